@@ -1,0 +1,129 @@
+// Package campaign turns a campaign spec and its recipients CSV into queued messages.
+//
+// Contract: Send streams the CSV (memory does not grow with its size), checks every
+// row (address, no CR/LF/NUL in any value), asks the suppression store about every
+// recipient before anything is written to the queue for that row, renders the message
+// with an unsubscribe link and a privacy link, and enqueues in groups of 256; a message
+// counts as enqueued only once the queue has committed its group. Message-IDs are
+// derived from a secret, the campaign and the address, so a re-run after a crash yields
+// the same messages, which the queue deduplicates on (Campaign, Key). A bad row never
+// stops the run: it is counted and reported with its file and line. A queue or
+// suppression error stops the run; a cancelled context stops it at the next row.
+// Logs carry masked addresses only.
+package campaign
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/postwarden/postwarden/templates"
+)
+
+// Spec is one campaign, already parsed from its file by the caller.
+type Spec struct {
+	ID, List, ListName        string
+	From, ReplyTo             string // "Ana Ruiz <ana@example.com>" forms (net/mail parseable)
+	Subject                   string // template text, kept for the record
+	Templates                 *templates.Set
+	Recipients                string // CSV path
+	PrivacyURL                string
+	Hostname                  string // Message-ID and List-Id domain
+	LegalBasis, LIA, Audience string // recorded
+	FileHash                  string // sha256 of the campaign file, recorded
+	MessageIDKey              []byte // secret for deterministic Message-IDs
+}
+
+// Suppressions reports whether an address may not be mailed on a list; it must be safe for concurrent use.
+type Suppressions interface {
+	Check(addr, list string) (reason string, suppressed bool, err error)
+}
+
+// Message is one rendered message handed to the queue; Key is the idempotency key within Campaign.
+type Message struct {
+	Campaign, List, Key, From, To string
+	Body                          []byte
+}
+
+// Queue stores messages durably, one commit per call, ignoring (Campaign, Key) pairs it already holds.
+type Queue interface {
+	Enqueue(msgs []Message) (added, duplicates int, err error)
+}
+
+// Links mints the one-click unsubscribe URL of a recipient; it must be safe for concurrent use.
+type Links interface {
+	UnsubscribeURL(address, list, campaign string) string
+}
+
+// Records stores the JSON record of a campaign run under its ID.
+type Records interface {
+	PutCampaign(id string, rec []byte) error
+}
+
+// Deps are the stores and services Send works with; Records, Now and Log may be left zero.
+type Deps struct {
+	Suppressions Suppressions
+	Queue        Queue
+	Links        Links
+	Records      Records
+	Now          func() time.Time
+	Log          zerolog.Logger
+}
+
+// RowError is a problem with one CSV row.
+type RowError struct {
+	File  string
+	Line  int
+	Field string
+	Err   error
+
+	rcpt string // the row's raw email value, if known; only ever logged masked
+}
+
+// Error returns "file:line: field: problem".
+func (e RowError) Error() string {
+	return fmt.Sprintf("%s:%d: %s: %v", e.File, e.Line, e.Field, e.Err)
+}
+
+// Unwrap returns the underlying problem.
+func (e RowError) Unwrap() error { return e.Err }
+
+// masked is Error with the address masked, for logs and stored records.
+func (e RowError) masked() string {
+	if ae, ok := e.Err.(addressError); ok {
+		return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Field, ae.masked())
+	}
+	return e.Error()
+}
+
+// Summary counts what a run did with the rows of the recipients file.
+type Summary struct {
+	Campaign     string         `json:"campaign"`
+	Rows         int            `json:"rows"` // data rows read (header excluded)
+	Invalid      int            `json:"invalid"`
+	InvalidRows  []RowError     `json:"-"`                      // the first 100, in line order
+	InvalidLines []string       `json:"invalid_rows,omitempty"` // their Error() strings
+	Suppressed   map[string]int `json:"suppressed"`             // by reason
+	Enqueued     int            `json:"enqueued"`
+	AlreadySent  int            `json:"already_sent"` // duplicates of an earlier run (or of an earlier row)
+}
+
+// Progress is told the rows read and the CSV bytes consumed so far; it is called from one goroutine.
+type Progress func(rows int, bytesRead int64)
+
+// Record is the JSON stored through Records at the start and at the end of a run.
+type Record struct {
+	ID         string    `json:"id"`
+	List       string    `json:"list"`
+	Subject    string    `json:"subject"`
+	Recipients string    `json:"recipients"`
+	LegalBasis string    `json:"legal_basis"`
+	LIA        string    `json:"lia,omitempty"`
+	Audience   string    `json:"audience,omitempty"`
+	FileHash   string    `json:"file_hash"`
+	RunBy      string    `json:"run_by"`
+	Started    time.Time `json:"started"`
+	Finished   time.Time `json:"finished,omitzero"`
+	Summary    Summary   `json:"summary,omitzero"`
+}

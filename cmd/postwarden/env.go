@@ -1,0 +1,139 @@
+package main
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"time"
+
+	"github.com/rs/zerolog"
+	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/postwarden/postwarden/configs"
+	"github.com/postwarden/postwarden/mta"
+	"github.com/postwarden/postwarden/mta/dkim"
+	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/suppression"
+	"github.com/postwarden/postwarden/suppression/unsubscribe"
+)
+
+// env is everything an op may use: the config and the opened stores. The
+// daemon builds one for its whole life; the CLI builds one per command when
+// no daemon answers on the admin socket.
+type env struct {
+	cfg      *configs.Server
+	log      zerolog.Logger
+	supp     *suppression.Store
+	queue    *queue.Store
+	tokens   *unsubscribe.Tokens
+	msgIDKey []byte
+	// daemon is true inside `serve`: delivery is the daemon's runner's job.
+	daemon bool
+}
+
+// storeOpenTimeout bounds the wait for bbolt's file lock.
+const storeOpenTimeout = time.Second
+
+// openEnv opens the stores under the config's data_dir.
+func openEnv(cfg *configs.Server, log zerolog.Logger) (*env, error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data_dir %s: %w", cfg.DataDir, err)
+	}
+	key, err := unsubscribe.LoadOrCreateKey(cfg.TokenKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	tokens, err := unsubscribe.NewTokens(key, cfg.PublicURL)
+	if err != nil {
+		return nil, err
+	}
+	supp, err := suppression.Open(suppression.Config{
+		Path:        filepath.Join(cfg.DataDir, "suppression.db"),
+		OpenTimeout: storeOpenTimeout,
+	}, log.With().Str("component", "suppression").Logger())
+	if err != nil {
+		return nil, lockHint(cfg, err)
+	}
+	q, err := queue.Open(queue.Config{
+		Path:        filepath.Join(cfg.DataDir, "queue.db"),
+		Retry:       cfg.Delivery.Retry,
+		MaxAge:      cfg.Delivery.MaxAge,
+		OpenTimeout: storeOpenTimeout,
+	}, log.With().Str("component", "queue").Logger())
+	if err != nil {
+		supp.Close()
+		return nil, lockHint(cfg, err)
+	}
+	mac := hmac.New(sha256.New, key)
+	mac.Write([]byte("postwarden message-id"))
+	return &env{cfg: cfg, log: log, supp: supp, queue: q, tokens: tokens, msgIDKey: mac.Sum(nil)}, nil
+}
+
+// lockHint explains a bbolt lock timeout: another process holds the store.
+func lockHint(cfg *configs.Server, err error) error {
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return fmt.Errorf("%w (another postwarden process holds the store; if `postwarden serve` runs, its admin socket %s should answer)", err, cfg.AdminSocket)
+	}
+	return err
+}
+
+// Close closes the stores.
+func (e *env) Close() error {
+	return errors.Join(e.queue.Close(), e.supp.Close())
+}
+
+// createdKey is a DKIM key generated on first use, whose record must be published.
+type createdKey struct {
+	Path      string `json:"path"`
+	DNSRecord string `json:"dns_record"`
+}
+
+// loadDKIM loads every configured key, generating missing ones.
+func loadDKIM(cfg *configs.Server) ([]*dkim.Key, []createdKey, error) {
+	var keys []*dkim.Key
+	var created []createdKey
+	for _, k := range cfg.DKIM {
+		key, isNew, err := dkim.LoadOrCreate(k.KeyFile, k.Domain, k.Selector, k.Type)
+		if err != nil {
+			return nil, nil, fmt.Errorf("dkim %s/%s: %w", k.Domain, k.Selector, err)
+		}
+		keys = append(keys, key)
+		if isNew {
+			created = append(created, createdKey{Path: k.KeyFile, DNSRecord: key.DNSRecord()})
+		}
+	}
+	return keys, created, nil
+}
+
+// newSender builds the MTA from the config, with its DKIM keys.
+func newSender(cfg *configs.Server, log zerolog.Logger) (*mta.Sender, []createdKey, error) {
+	keys, created, err := loadDKIM(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := mta.New(mta.Config{
+		Hostname:             cfg.Hostname,
+		Mode:                 cfg.Delivery.Mode,
+		CaptureDir:           cfg.Delivery.CaptureDir,
+		Relay:                cfg.Delivery.Relay,
+		Routes:               cfg.Delivery.Routes,
+		ConcurrencyPerDomain: cfg.Delivery.ConcurrencyPerDomain,
+		SMTPPort:             cfg.Delivery.SMTPPort,
+	}, dkim.NewSigner(keys), log.With().Str("component", "mta").Logger())
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, created, nil
+}
+
+// localUser names the person running the CLI, for logs and records.
+func localUser() string {
+	if u, err := user.Current(); err == nil {
+		return "local:" + u.Username
+	}
+	return fmt.Sprintf("local:uid:%d", os.Getuid())
+}

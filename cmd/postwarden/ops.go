@@ -1,0 +1,578 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/postwarden/postwarden/campaign"
+	"github.com/postwarden/postwarden/configs"
+	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/suppression"
+	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/templates"
+)
+
+// ops is the table of admin operations, by name.
+var ops map[string]opSpec
+
+func init() {
+	ops = map[string]opSpec{
+		"campaign.send":   {fn: opCampaignSend},
+		"campaign.status": {fn: opCampaignStatus},
+		"queue.ls":        {fn: opQueueList},
+		"queue.show":      {fn: opQueueShow},
+		"queue.retry":     {fn: opQueueAct("retry")},
+		"queue.hold":      {fn: opQueueAct("hold")},
+		"queue.release":   {fn: opQueueAct("release")},
+		"queue.delete":    {fn: opQueueAct("delete")},
+		"queue.stats":     {fn: opQueueStats},
+		"suppress.add":    {fn: opSuppressAdd},
+		"suppress.remove": {fn: opSuppressRemove},
+		"suppress.check":  {fn: opSuppressCheck},
+		"suppress.ls":     {fn: opSuppressList},
+		"suppress.import": {fn: opSuppressImport},
+	}
+}
+
+// decodeArgs reads an op's arguments, refusing unknown fields.
+func decodeArgs(req request, v any) error {
+	if len(req.Args) == 0 {
+		return nil
+	}
+	dec := json.NewDecoder(strings.NewReader(string(req.Args)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("bad arguments: %w", err)
+	}
+	return nil
+}
+
+// maskIf masks an address unless the caller asked to reveal it.
+func maskIf(reveal bool, addr string) string {
+	if reveal || addr == "" {
+		return addr
+	}
+	return address.Mask(addr)
+}
+
+// scrub removes a clear address from free text (SMTP replies quote it).
+func scrub(reveal bool, text, addr string) string {
+	if reveal || addr == "" || text == "" {
+		return text
+	}
+	return strings.ReplaceAll(text, addr, address.Mask(addr))
+}
+
+// --- campaign ---
+
+type campaignSendArgs struct {
+	File   string `json:"file"`
+	NoWait bool   `json:"no_wait"`
+}
+
+// sendResult is the record `campaign send` ends with.
+type sendResult struct {
+	Summary    campaign.Summary    `json:"summary"`
+	Delivery   map[queue.State]int `json:"delivery,omitempty"`
+	CaptureDir string              `json:"capture_dir,omitempty"`
+	Daemon     bool                `json:"handed_to_daemon,omitempty"`
+	DKIMKeys   []createdKey        `json:"dkim_keys_created,omitempty"`
+}
+
+// loadSpec loads a campaign file and its templates into a campaign.Spec.
+// Every problem names the campaign file and line.
+func loadSpec(e *env, file string) (campaign.Spec, *configs.Campaign, error) {
+	c, err := configs.LoadCampaign(file)
+	if err != nil {
+		return campaign.Spec{}, nil, err
+	}
+	set, err := templates.Load(c.Template, c.Subject)
+	if err != nil {
+		return campaign.Spec{}, nil, fmt.Errorf("%s:%d: template: %w", c.Path, c.Line("template"), err)
+	}
+	hash, err := c.Hash()
+	if err != nil {
+		return campaign.Spec{}, nil, err
+	}
+	privacy := c.PrivacyURL
+	if privacy == "" {
+		privacy = e.cfg.PrivacyURL
+	}
+	return campaign.Spec{
+		ID: c.ID, List: c.List, ListName: c.ListName,
+		From: c.From, ReplyTo: c.ReplyTo, Subject: c.Subject,
+		Templates:  set,
+		Recipients: c.Recipients,
+		PrivacyURL: privacy,
+		Hostname:   e.cfg.Hostname,
+		LegalBasis: c.LegalBasis, LIA: c.LIA, Audience: c.Audience,
+		FileHash:     hash,
+		MessageIDKey: e.msgIDKey,
+	}, c, nil
+}
+
+// queueAdapter lets the campaign engine enqueue into the queue store.
+type queueAdapter struct{ q *queue.Store }
+
+func (a queueAdapter) Enqueue(msgs []campaign.Message) (int, int, error) {
+	nm := make([]queue.NewMessage, len(msgs))
+	for i, m := range msgs {
+		nm[i] = queue.NewMessage{Campaign: m.Campaign, List: m.List, Key: m.Key, From: m.From, To: m.To, Body: m.Body}
+	}
+	r, err := a.q.Enqueue(nm)
+	return r.Added, r.Duplicates, err
+}
+
+func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
+	var args campaignSendArgs
+	if err := decodeArgs(req, &args); err != nil {
+		return err
+	}
+	spec, c, err := loadSpec(e, args.File)
+	if err != nil {
+		return err
+	}
+	if err := spec.Templates.Validate(); err != nil {
+		return fmt.Errorf("%s:%d: template: %w", c.Path, c.Line("template"), err)
+	}
+	var total int64
+	if fi, err := os.Stat(spec.Recipients); err == nil {
+		total = fi.Size()
+	}
+	e.log.Info().Str("who", req.Who).Str("campaign", spec.ID).Str("file", c.Path).Str("file_sha256", spec.FileHash).Msg("campaign send")
+	res := sendResult{}
+
+	// Without a daemon, this process delivers, starting while it enqueues.
+	var deliveryDone chan error
+	var stopDelivery context.CancelFunc
+	var drain func(context.Context) error
+	if !e.daemon && !args.NoWait {
+		sender, created, err := newSender(e.cfg, e.log)
+		if err != nil {
+			return err
+		}
+		defer sender.Close()
+		res.DKIMKeys = created
+		for _, k := range created {
+			_ = o.Note("generated DKIM key %s; publish this record:\n%s", k.Path, k.DNSRecord)
+		}
+		rc := queue.RunnerConfig{Workers: e.cfg.Delivery.Workers, Campaign: spec.ID}
+		runner := e.queue.NewRunner(sender, e.supp, rc)
+		var runCtx context.Context
+		runCtx, stopDelivery = context.WithCancel(ctx)
+		deliveryDone = make(chan error, 1)
+		go func() { deliveryDone <- runner.Run(runCtx) }()
+		drain = func(ctx context.Context) error {
+			return e.queue.NewRunner(sender, e.supp, rc).Drain(ctx)
+		}
+		if e.cfg.Delivery.Mode == "capture" {
+			res.CaptureDir = e.cfg.Delivery.CaptureDir
+		}
+	}
+
+	summary, sendErr := campaign.Send(ctx, spec, campaign.Deps{
+		Suppressions: e.supp,
+		Queue:        queueAdapter{e.queue},
+		Links:        e.tokens,
+		Records:      e.queue,
+		Now:          time.Now,
+		Log:          e.log.With().Str("component", "campaign").Logger(),
+	}, func(rows int, bytes int64) {
+		_ = o.Progress(progress{Rows: rows, Bytes: bytes, Total: total})
+	})
+	res.Summary = summary
+	if deliveryDone != nil {
+		stopDelivery()
+		if err := <-deliveryDone; err != nil && !errors.Is(err, context.Canceled) {
+			sendErr = errors.Join(sendErr, err)
+		}
+		if sendErr == nil {
+			// Deliver what is due, including what an interrupted earlier run left.
+			if err := drain(ctx); err != nil {
+				sendErr = fmt.Errorf("deliver campaign %s: %w", spec.ID, err)
+			}
+		}
+		counts, err := e.queue.CampaignCounts(spec.ID)
+		if err == nil {
+			res.Delivery = counts
+		}
+	}
+	if e.daemon {
+		e.queue.Kick()
+		res.Daemon = true
+	}
+	if err := o.Record(res); err != nil {
+		return err
+	}
+	return sendErr
+}
+
+type campaignStatusArgs struct {
+	ID string `json:"id"`
+}
+
+// campaignStatus is what `campaign status` reports.
+type campaignStatus struct {
+	ID     string              `json:"id"`
+	Record json.RawMessage     `json:"record,omitempty"`
+	Queue  map[queue.State]int `json:"queue"`
+}
+
+func opCampaignStatus(ctx context.Context, e *env, req request, o *out) error {
+	var args campaignStatusArgs
+	if err := decodeArgs(req, &args); err != nil {
+		return err
+	}
+	rec, err := e.queue.GetCampaign(args.ID)
+	if err != nil && !errors.Is(err, queue.ErrNotFound) {
+		return err
+	}
+	counts, err := e.queue.CampaignCounts(args.ID)
+	if err != nil {
+		return err
+	}
+	if rec == nil && len(counts) == 0 {
+		return no("campaign %q not found", args.ID)
+	}
+	return o.Record(campaignStatus{ID: args.ID, Record: rec, Queue: counts})
+}
+
+// --- queue ---
+
+// msgView is a queue message as the CLI shows it.
+type msgView struct {
+	ID          string          `json:"id"`
+	Campaign    string          `json:"campaign"`
+	List        string          `json:"list,omitempty"`
+	Rcpt        string          `json:"rcpt"`
+	Domain      string          `json:"domain"`
+	State       queue.State     `json:"state"`
+	Attempts    int             `json:"attempts"`
+	Created     time.Time       `json:"created"`
+	NextAttempt *time.Time      `json:"next_attempt,omitempty"`
+	LastReply   string          `json:"last_reply,omitempty"`
+	Reason      string          `json:"reason,omitempty"`
+	From        string          `json:"from,omitempty"`
+	History     []queue.Attempt `json:"history,omitempty"`
+}
+
+func viewOf(m queue.Message, reveal, full bool) msgView {
+	v := msgView{
+		ID: m.ID, Campaign: m.Campaign, List: m.List, Rcpt: maskIf(reveal, m.To), Domain: m.Domain,
+		State: m.State, Attempts: m.Attempts, Created: m.Created,
+		LastReply: scrub(reveal, m.LastReply, m.To), Reason: scrub(reveal, m.Reason, m.To),
+	}
+	if !m.NextAttempt.IsZero() && (m.State == queue.StateReady || m.State == queue.StateDeferred || m.State == queue.StateActive) {
+		t := m.NextAttempt
+		v.NextAttempt = &t
+	}
+	if full {
+		v.From = m.From
+		for _, a := range m.History {
+			a.Reply = scrub(reveal, a.Reply, m.To)
+			v.History = append(v.History, a)
+		}
+	}
+	return v
+}
+
+type queueListArgs struct {
+	Campaign  string `json:"campaign,omitempty"`
+	State     string `json:"state,omitempty"`
+	Domain    string `json:"domain,omitempty"`
+	OlderThan string `json:"older_than,omitempty"`
+	Limit     int    `json:"limit,omitempty"`
+}
+
+// validStates are the states `queue ls --state` accepts.
+var validStates = []queue.State{queue.StateReady, queue.StateDeferred, queue.StateHeld, queue.StateActive,
+	queue.StateDelivered, queue.StateBounced, queue.StateExpired, queue.StateCancelled}
+
+func (a queueListArgs) filter() (queue.Filter, error) {
+	f := queue.Filter{Campaign: a.Campaign, Domain: a.Domain, Limit: a.Limit}
+	if a.State != "" {
+		ok := false
+		for _, s := range validStates {
+			ok = ok || string(s) == a.State
+		}
+		if !ok {
+			return f, fmt.Errorf("--state %q: want one of %v", a.State, validStates)
+		}
+		f.State = queue.State(a.State)
+	}
+	if a.OlderThan != "" {
+		d, err := configs.ParseDuration(a.OlderThan)
+		if err != nil {
+			return f, fmt.Errorf("--older-than: %w", err)
+		}
+		f.OlderThan = d
+	}
+	return f, nil
+}
+
+func opQueueList(ctx context.Context, e *env, req request, o *out) error {
+	var args queueListArgs
+	if err := decodeArgs(req, &args); err != nil {
+		return err
+	}
+	f, err := args.filter()
+	if err != nil {
+		return err
+	}
+	return e.queue.List(f, func(m queue.Message) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return o.Record(viewOf(m, req.Reveal, false))
+	})
+}
+
+type idArgs struct {
+	IDs    []string `json:"ids,omitempty"`
+	All    bool     `json:"all,omitempty"`
+	Reason string   `json:"reason,omitempty"`
+	queueListArgs
+}
+
+func opQueueShow(ctx context.Context, e *env, req request, o *out) error {
+	var args idArgs
+	if err := decodeArgs(req, &args); err != nil {
+		return err
+	}
+	if len(args.IDs) == 0 {
+		return errors.New("queue show: an ID is required")
+	}
+	for _, id := range args.IDs {
+		m, err := e.queue.Get(id)
+		if errors.Is(err, queue.ErrNotFound) {
+			return no("queue message %s not found", id)
+		}
+		if err != nil {
+			return err
+		}
+		if err := o.Record(viewOf(m, req.Reveal, true)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// actResult reports what a queue action changed.
+type actResult struct {
+	Action  string   `json:"action"`
+	Changed int      `json:"changed"`
+	Missing []string `json:"missing,omitempty"`
+}
+
+func opQueueAct(action string) opFunc {
+	return func(ctx context.Context, e *env, req request, o *out) error {
+		var args idArgs
+		if err := decodeArgs(req, &args); err != nil {
+			return err
+		}
+		if action == "delete" && strings.TrimSpace(args.Reason) == "" {
+			return errors.New("queue delete: --reason is required")
+		}
+		ids := args.IDs
+		if args.All {
+			f, err := args.filter()
+			if err != nil {
+				return err
+			}
+			if ids, err = e.queue.AllIDs(f); err != nil {
+				return err
+			}
+		}
+		if len(ids) == 0 && !args.All {
+			return fmt.Errorf("queue %s: give message IDs or ALL", action)
+		}
+		var n int
+		var err error
+		switch action {
+		case "retry":
+			n, err = e.queue.Retry(ids)
+		case "hold":
+			n, err = e.queue.Hold(ids)
+		case "release":
+			n, err = e.queue.Release(ids)
+		case "delete":
+			n, err = e.queue.Delete(ids, args.Reason)
+		}
+		e.log.Info().Str("who", req.Who).Str("action", action).Int("ids", len(ids)).Int("changed", n).Str("reason", args.Reason).Msg("queue admin action")
+		res := actResult{Action: action, Changed: n}
+		if errors.Is(err, queue.ErrNotFound) {
+			res.Missing = missingIDs(e.queue, ids)
+			if rerr := o.Record(res); rerr != nil {
+				return rerr
+			}
+			return no("%v", err)
+		}
+		if err != nil {
+			return err
+		}
+		if action == "retry" || action == "release" {
+			e.queue.Kick()
+		}
+		return o.Record(res)
+	}
+}
+
+func missingIDs(q *queue.Store, ids []string) []string {
+	var miss []string
+	for _, id := range ids {
+		if _, err := q.Get(id); errors.Is(err, queue.ErrNotFound) {
+			miss = append(miss, id)
+		}
+	}
+	return miss
+}
+
+// statsView is `queue stats`.
+type statsView struct {
+	Total    int                 `json:"total"`
+	ByState  map[queue.State]int `json:"by_state"`
+	ByDomain map[string]int      `json:"by_domain"`
+	Oldest   *time.Time          `json:"oldest,omitempty"`
+}
+
+func opQueueStats(ctx context.Context, e *env, req request, o *out) error {
+	st, err := e.queue.Stats()
+	if err != nil {
+		return err
+	}
+	v := statsView{Total: st.Total, ByState: st.ByState, ByDomain: st.ByDomain}
+	if !st.Oldest.IsZero() {
+		v.Oldest = &st.Oldest
+	}
+	return o.Record(v)
+}
+
+// --- suppression ---
+
+type suppressArgs struct {
+	Target string `json:"target"`
+	List   string `json:"list,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	Note   string `json:"note,omitempty"`
+	Path   string `json:"path,omitempty"`
+}
+
+// entryView is a suppression entry as the CLI shows it.
+type entryView struct {
+	Target string    `json:"target"`
+	List   string    `json:"list"`
+	Reason string    `json:"reason"`
+	Source string    `json:"source,omitempty"`
+	Note   string    `json:"note,omitempty"`
+	Time   time.Time `json:"time"`
+}
+
+func entryOf(en suppression.Entry, reveal bool) entryView {
+	list := en.List
+	if list == "" {
+		list = "*"
+	}
+	return entryView{Target: maskIf(reveal, en.Target), List: list, Reason: string(en.Reason), Source: en.Source, Note: en.Note, Time: en.Time}
+}
+
+func opSuppressAdd(ctx context.Context, e *env, req request, o *out) error {
+	var a suppressArgs
+	if err := decodeArgs(req, &a); err != nil {
+		return err
+	}
+	en := suppression.Entry{Target: a.Target, List: a.List, Reason: suppression.Reason(a.Reason), Source: "cli:" + req.Who, Note: a.Note}
+	if err := e.supp.Add(en); err != nil {
+		return err
+	}
+	e.log.Info().Str("who", req.Who).Str("target", address.Mask(a.Target)).Str("list", a.List).Str("reason", a.Reason).Msg("suppression added")
+	got, _, err := e.supp.Lookup(a.Target, a.List)
+	if err != nil {
+		return err
+	}
+	return o.Record(entryOf(got, req.Reveal))
+}
+
+func opSuppressRemove(ctx context.Context, e *env, req request, o *out) error {
+	var a suppressArgs
+	if err := decodeArgs(req, &a); err != nil {
+		return err
+	}
+	ok, err := e.supp.Remove(a.Target, a.List)
+	if err != nil {
+		return err
+	}
+	e.log.Info().Str("who", req.Who).Str("target", address.Mask(a.Target)).Str("list", a.List).Bool("removed", ok).Msg("suppression removed")
+	if !ok {
+		return no("%s is not suppressed on %s", maskIf(req.Reveal, a.Target), listName(a.List))
+	}
+	return o.Record(map[string]any{"removed": maskIf(req.Reveal, a.Target), "list": listName(a.List)})
+}
+
+func listName(l string) string {
+	if l == "" {
+		return "all lists"
+	}
+	return "list " + l
+}
+
+func opSuppressCheck(ctx context.Context, e *env, req request, o *out) error {
+	var a suppressArgs
+	if err := decodeArgs(req, &a); err != nil {
+		return err
+	}
+	en, found, err := e.supp.Lookup(a.Target, a.List)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return no("%s is not suppressed", maskIf(req.Reveal, a.Target))
+	}
+	return o.Record(entryOf(en, req.Reveal))
+}
+
+func opSuppressList(ctx context.Context, e *env, req request, o *out) error {
+	var a suppressArgs
+	if err := decodeArgs(req, &a); err != nil {
+		return err
+	}
+	return e.supp.List(func(en suppression.Entry) error {
+		if a.List != "" && en.List != a.List {
+			return nil
+		}
+		return o.Record(entryOf(en, req.Reveal))
+	})
+}
+
+func opSuppressImport(ctx context.Context, e *env, req request, o *out) error {
+	var a suppressArgs
+	if err := decodeArgs(req, &a); err != nil {
+		return err
+	}
+	f, err := os.Open(a.Path)
+	if err != nil {
+		return fmt.Errorf("suppress import: %w", err)
+	}
+	defer f.Close()
+	res, err := e.supp.Import(f, a.Path, suppression.Entry{List: a.List, Reason: suppression.Reason(a.Reason), Source: "import:" + filepath.Base(a.Path)})
+	if err != nil {
+		return err
+	}
+	e.log.Info().Str("who", req.Who).Str("file", a.Path).Int("rows", res.Rows).Int("added", res.Added).Int("errors", len(res.Errors)).Msg("suppressions imported")
+	var msgs []string
+	for _, err := range res.Errors {
+		msgs = append(msgs, err.Error())
+	}
+	if err := o.Record(map[string]any{"file": a.Path, "rows": res.Rows, "added": res.Added, "errors": msgs}); err != nil {
+		return err
+	}
+	if len(res.Errors) > 0 {
+		return fmt.Errorf("suppress import: %d invalid rows in %s", len(res.Errors), a.Path)
+	}
+	return nil
+}

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+
+	"github.com/postwarden/postwarden/configs"
+	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/suppression/unsubscribe"
+)
+
+func (c *cli) serveCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "serve",
+		Short: "Run the daemon: delivery workers, the unsubscribe HTTP server, the admin socket",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := c.loadConfig()
+			if err != nil {
+				return err
+			}
+			log, err := c.logger(zerolog.InfoLevel)
+			if err != nil {
+				return err
+			}
+			return serve(cmd.Context(), cfg, log)
+		},
+	}
+}
+
+// shutdownGrace bounds how long serve waits for HTTP requests to finish.
+const shutdownGrace = 10 * time.Second
+
+// serve runs until ctx is cancelled (SIGTERM), then stops taking work, lets
+// in-flight deliveries finish and record their outcome, and closes the stores.
+func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
+	e, err := openEnv(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	e.daemon = true
+
+	sender, created, err := newSender(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer sender.Close()
+	for _, k := range created {
+		log.Warn().Str("key_file", k.Path).Str("dns_record", k.DNSRecord).Msg("generated DKIM key; publish its record")
+	}
+
+	admin, err := listenAdmin(cfg.AdminSocket, e, log.With().Str("component", "admin").Logger())
+	if err != nil {
+		return err
+	}
+
+	senderName := cfg.SenderName
+	if senderName == "" {
+		senderName = cfg.Hostname
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/u/", unsubscribe.NewHandler(unsubscribe.Config{
+		Tokens: e.tokens, Suppressor: e.supp, PrivacyURL: cfg.PrivacyURL, SenderName: senderName,
+	}, log.With().Str("component", "http").Logger()))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	ln, err := net.Listen("tcp", cfg.HTTPListen)
+	if err != nil {
+		_ = admin.Close(context.Background())
+		return fmt.Errorf("http_listen %s: %w", cfg.HTTPListen, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- srv.Serve(ln) }()
+
+	runner := e.queue.NewRunner(sender, e.supp, queue.RunnerConfig{Workers: cfg.Delivery.Workers})
+	runCtx, stopRunner := context.WithCancel(ctx)
+	defer stopRunner()
+	runDone := make(chan error, 1)
+	go func() { runDone <- runner.Run(runCtx) }()
+
+	log.Info().Str("http", ln.Addr().String()).Str("admin_socket", cfg.AdminSocket).Str("mode", cfg.Delivery.Mode).Msg("postwarden serving")
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-httpDone:
+		runErr = fmt.Errorf("http server: %w", err)
+	}
+	log.Info().Msg("shutting down: no new work; waiting for in-flight deliveries")
+	stopRunner()
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	_ = admin.Close(sctx)
+	if err := <-runDone; err != nil && !errors.Is(err, context.Canceled) {
+		runErr = errors.Join(runErr, err)
+	}
+	log.Info().Msg("stopped")
+	return runErr
+}

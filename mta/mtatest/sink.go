@@ -1,0 +1,175 @@
+// Package mtatest runs a real SMTP server (go-smtp) on loopback that records
+// what it receives: the peer that end-to-end tests and benchmarks deliver to.
+// Replies can be scripted per recipient to exercise retries and bounces.
+package mtatest
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Received is one message as the sink accepted it.
+type Received struct {
+	From string
+	To   []string
+	Data []byte
+	Time time.Time
+}
+
+// RcptFunc scripts the reply to RCPT TO: nil accepts; an *smtp.SMTPError
+// is sent as is. n counts the RCPT commands seen so far for this address,
+// starting at 1.
+type RcptFunc func(rcpt string, n int) error
+
+// Sink is a loopback SMTP server that records every message.
+type Sink struct {
+	// Addr is host:port of the listener.
+	Addr string
+
+	srv *smtp.Server
+	ln  net.Listener
+
+	mu       sync.Mutex
+	msgs     []Received
+	rcptSeen map[string]int
+	sessions int
+	rcpt     RcptFunc
+	delay    time.Duration
+	discard  bool
+	count    int
+}
+
+// Options configure a Sink.
+type Options struct {
+	// Rcpt scripts RCPT replies; nil accepts everyone.
+	Rcpt RcptFunc
+	// DataDelay is slept before answering the final DATA dot.
+	DataDelay time.Duration
+	// Discard counts messages without keeping them (benchmarks).
+	Discard bool
+}
+
+// Start listens on 127.0.0.1 on a free port and serves until Close.
+func Start(opt Options) (*Sink, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	s := &Sink{Addr: ln.Addr().String(), ln: ln, rcptSeen: map[string]int{}, rcpt: opt.Rcpt, delay: opt.DataDelay, discard: opt.Discard}
+	srv := smtp.NewServer(backend{s})
+	srv.Domain = "sink.test"
+	srv.AllowInsecureAuth = true
+	srv.MaxMessageBytes = 64 << 20
+	srv.MaxRecipients = 1000
+	srv.ReadTimeout = time.Minute
+	srv.WriteTimeout = time.Minute
+	s.srv = srv
+	go func() { _ = srv.Serve(ln) }()
+	return s, nil
+}
+
+// Close stops the server.
+func (s *Sink) Close() error { return s.srv.Close() }
+
+// Port is the listener's port.
+func (s *Sink) Port() int { return s.ln.Addr().(*net.TCPAddr).Port }
+
+// Messages returns a copy of what was received so far.
+func (s *Sink) Messages() []Received {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Received(nil), s.msgs...)
+}
+
+// Count is how many messages were accepted.
+func (s *Sink) Count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.count
+}
+
+// Sessions is how many SMTP connections were opened.
+func (s *Sink) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions
+}
+
+// ByRecipient counts accepted messages per recipient address.
+func (s *Sink) ByRecipient() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := map[string]int{}
+	for _, r := range s.msgs {
+		for _, to := range r.To {
+			m[to]++
+		}
+	}
+	return m
+}
+
+type backend struct{ s *Sink }
+
+func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	b.s.mu.Lock()
+	b.s.sessions++
+	b.s.mu.Unlock()
+	return &session{s: b.s}, nil
+}
+
+type session struct {
+	s    *Sink
+	from string
+	to   []string
+}
+
+func (ss *session) AuthMechanisms() []string { return nil }
+
+func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
+	ss.from = from
+	ss.to = nil
+	return nil
+}
+
+func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	ss.s.mu.Lock()
+	ss.s.rcptSeen[to]++
+	n := ss.s.rcptSeen[to]
+	f := ss.s.rcpt
+	ss.s.mu.Unlock()
+	if f != nil {
+		if err := f(to, n); err != nil {
+			return err
+		}
+	}
+	ss.to = append(ss.to, to)
+	return nil
+}
+
+func (ss *session) Data(r io.Reader) error {
+	if len(ss.to) == 0 {
+		return errors.New("no valid recipients")
+	}
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	if ss.s.delay > 0 {
+		time.Sleep(ss.s.delay)
+	}
+	ss.s.mu.Lock()
+	ss.s.count++
+	if !ss.s.discard {
+		ss.s.msgs = append(ss.s.msgs, Received{From: ss.from, To: append([]string(nil), ss.to...), Data: data, Time: time.Now()})
+	}
+	ss.s.mu.Unlock()
+	return nil
+}
+
+func (ss *session) Reset()        { ss.from, ss.to = "", nil }
+func (ss *session) Logout() error { return nil }

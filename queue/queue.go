@@ -1,0 +1,277 @@
+// Package queue is postwarden's durable delivery queue, stored in one bbolt file.
+//
+// Contract (failure semantics):
+//
+//   - A message is durable when Enqueue returns: it was written in a bbolt
+//     transaction whose commit fsynced the file. Nothing is acknowledged before that.
+//   - Enqueue is idempotent on (Campaign, Key): a message whose key is already
+//     known, in any state including finished ones, is counted as a duplicate and
+//     not written again, so re-running a campaign never mails anyone twice.
+//   - Each attempt is recorded before the Deliverer is called: the attempt count,
+//     the next-attempt time and state active are committed first, so a crash
+//     never loops on a remote.
+//   - After a crash, messages found in state active at Open are recovered. The
+//     first recovery of a message makes it ready now (a `campaign send` re-run
+//     after kill -9 finishes the job); from the second recovery on it stays
+//     deferred until its recorded next attempt, which protects the process from
+//     a message that crashes it.
+//   - A recipient can receive a message twice only if the crash fell between the
+//     remote's 250 reply and the commit recording it.
+//   - Finished messages (delivered, bounced, expired, cancelled) keep their record
+//     and history for reports; their body is deleted.
+//   - Suppressions are checked again just before each delivery: an unsubscribe
+//     that arrives while a message waits still stops it.
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.etcd.io/bbolt"
+)
+
+// State is where a message is in its life.
+type State string
+
+// Message states. Ready, deferred, held and active are pending; the rest are finished.
+const (
+	StateReady     State = "ready"     // due now
+	StateDeferred  State = "deferred"  // waiting for its next attempt
+	StateHeld      State = "held"      // held by the operator; never dispatched
+	StateActive    State = "active"    // claimed by a worker, delivery under way
+	StateDelivered State = "delivered" // the remote accepted it
+	StateBounced   State = "bounced"   // permanent failure
+	StateExpired   State = "expired"   // older than MaxAge, given up
+	StateCancelled State = "cancelled" // deleted by the operator or suppressed
+)
+
+// States lists every state, pending first.
+var States = []State{StateReady, StateDeferred, StateHeld, StateActive,
+	StateDelivered, StateBounced, StateExpired, StateCancelled}
+
+// Finished reports whether s is a final state.
+func (s State) Finished() bool {
+	switch s {
+	case StateDelivered, StateBounced, StateExpired, StateCancelled:
+		return true
+	}
+	return false
+}
+
+// Valid reports whether s is one of States.
+func (s State) Valid() bool {
+	for _, v := range States {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// due reports whether a message in state s has an entry in the due index.
+func (s State) due() bool { return s == StateReady || s == StateDeferred || s == StateActive }
+
+// NewMessage is a message to enqueue. Key is its idempotency key within Campaign.
+type NewMessage struct {
+	Campaign, List, Key, From, To string
+	Body                          []byte
+}
+
+// Message is a queued message's metadata (the body is stored apart; see Store.Body).
+type Message struct {
+	ID          string    `json:"id"`
+	Campaign    string    `json:"campaign"`
+	List        string    `json:"list,omitempty"`
+	Key         string    `json:"key"`
+	From        string    `json:"from"`
+	To          string    `json:"to"`
+	Domain      string    `json:"domain"`
+	State       State     `json:"state"`
+	Attempts    int       `json:"attempts"`
+	Recoveries  int       `json:"recoveries,omitempty"` // times found active at Open (crash during delivery)
+	Created     time.Time `json:"created"`
+	Updated     time.Time `json:"updated"`
+	NextAttempt time.Time `json:"next_attempt"`
+	LastReply   string    `json:"last_reply,omitempty"`
+	Reason      string    `json:"reason,omitempty"`
+	History     []Attempt `json:"history,omitempty"`
+}
+
+// Attempt is one event in a message's history: a delivery attempt, a recovery, an expiry.
+type Attempt struct {
+	Time    time.Time `json:"time"`
+	Outcome string    `json:"outcome"`
+	Reply   string    `json:"reply,omitempty"`
+	Remote  string    `json:"remote,omitempty"`
+}
+
+// Config configures a Store. Empty fields take the defaults below.
+type Config struct {
+	Path        string          // bbolt file; created 0600 if missing
+	Retry       []time.Duration // wait before attempt i+1 after attempt i fails; default 5m,15m,30m,1h,2h,4h
+	MaxAge      time.Duration   // give up this long after Created; default 120h
+	OpenTimeout time.Duration   // wait this long for the file lock; default 1s
+}
+
+// Default schedule. RFC 5321 §4.5.4.1: retry after a wait, give up after 4–5 days.
+var (
+	DefaultRetry       = []time.Duration{5 * time.Minute, 15 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour}
+	DefaultMaxAge      = 120 * time.Hour
+	DefaultOpenTimeout = time.Second
+)
+
+// ErrNotFound is returned (wrapped) for an unknown message id or a missing body.
+var ErrNotFound = errors.New("queue: not found")
+
+// Store is an open queue file. Its methods are safe for concurrent use.
+type Store struct {
+	db     *bbolt.DB
+	path   string
+	log    zerolog.Logger
+	retry  []time.Duration
+	maxAge time.Duration
+
+	mu       sync.Mutex
+	inflight map[string]struct{}    // ids handed to a worker in this process
+	wakers   map[chan struct{}]bool // one per running dispatcher
+}
+
+// Bucket names. Layout:
+//
+//	msg       id → JSON Message
+//	body      id → raw message bytes (pending messages only)
+//	idem      campaign \x00 key → id
+//	due       8-byte big-endian unix-nano NextAttempt || id → nil (ready, deferred, active only)
+//	state     state \x00 id → nil
+//	campaign  campaign \x00 id → state
+//	campaigns campaign id → caller's opaque JSON record
+var (
+	bktMsg       = []byte("msg")
+	bktBody      = []byte("body")
+	bktIdem      = []byte("idem")
+	bktDue       = []byte("due")
+	bktState     = []byte("state")
+	bktCampaign  = []byte("campaign")
+	bktCampaigns = []byte("campaigns")
+	allBuckets   = [][]byte{bktMsg, bktBody, bktIdem, bktDue, bktState, bktCampaign, bktCampaigns}
+)
+
+// Open opens (creating if needed) the queue file and recovers messages left active by a crash.
+func Open(cfg Config, log zerolog.Logger) (*Store, error) {
+	if cfg.Path == "" {
+		return nil, errors.New("open queue: empty path")
+	}
+	for i, d := range cfg.Retry {
+		if d <= 0 {
+			return nil, fmt.Errorf("open queue %s: retry step %d is %v, must be positive", cfg.Path, i+1, d)
+		}
+	}
+	if cfg.MaxAge < 0 || cfg.OpenTimeout < 0 {
+		return nil, fmt.Errorf("open queue %s: max age and open timeout must not be negative", cfg.Path)
+	}
+	if len(cfg.Retry) == 0 {
+		cfg.Retry = DefaultRetry
+	}
+	if cfg.MaxAge == 0 {
+		cfg.MaxAge = DefaultMaxAge
+	}
+	if cfg.OpenTimeout == 0 {
+		cfg.OpenTimeout = DefaultOpenTimeout
+	}
+	db, err := bbolt.Open(cfg.Path, 0o600, &bbolt.Options{Timeout: cfg.OpenTimeout})
+	if errors.Is(err, bbolt.ErrTimeout) {
+		return nil, fmt.Errorf("queue %s is locked by another process: %w", cfg.Path, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open queue %s: %w", cfg.Path, err)
+	}
+	s := &Store{
+		db:       db,
+		path:     cfg.Path,
+		log:      log.With().Str("component", "queue").Logger(),
+		retry:    append([]time.Duration(nil), cfg.Retry...),
+		maxAge:   cfg.MaxAge,
+		inflight: map[string]struct{}{},
+		wakers:   map[chan struct{}]bool{},
+	}
+	if err := s.init(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open queue %s: %w", cfg.Path, err)
+	}
+	return s, nil
+}
+
+// init creates the buckets and recovers messages left in state active.
+func (s *Store) init() error {
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		for _, name := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		b := buckets(tx)
+		ids := b.idsInState(StateActive)
+		now := time.Now()
+		for _, id := range ids {
+			m, err := b.get(id)
+			if err != nil {
+				return err
+			}
+			prev := m
+			m.Recoveries++
+			m.Updated = now
+			ev := Attempt{Time: now, Outcome: "recovered", Reply: "process stopped during delivery"}
+			if m.Recoveries < 2 {
+				m.State, m.NextAttempt = StateReady, now
+			} else {
+				m.State = StateDeferred // keep the recorded NextAttempt: this message may crash us
+				ev.Reply += "; waiting for its scheduled attempt"
+			}
+			m.History = append(m.History, ev)
+			if err := b.save(&m, &prev); err != nil {
+				return err
+			}
+			s.log.Warn().Str("queue_id", id).Str("state", string(m.State)).
+				Int("recoveries", m.Recoveries).Time("next_attempt", m.NextAttempt).
+				Msg("recovered message left active by a crash")
+		}
+		return nil
+	})
+}
+
+// Close closes the queue file. Stop runners first.
+func (s *Store) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("close queue %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// Kick wakes the running dispatchers so they look at the due index now.
+func (s *Store) Kick() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ch := range s.wakers {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// addWaker registers a dispatcher's wake channel.
+func (s *Store) addWaker(ch chan struct{}) {
+	s.mu.Lock()
+	s.wakers[ch] = true
+	s.mu.Unlock()
+}
+
+// removeWaker unregisters a dispatcher's wake channel.
+func (s *Store) removeWaker(ch chan struct{}) {
+	s.mu.Lock()
+	delete(s.wakers, ch)
+	s.mu.Unlock()
+}

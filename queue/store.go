@@ -1,0 +1,477 @@
+package queue
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/postwarden/postwarden/suppression/address"
+	"go.etcd.io/bbolt"
+)
+
+// Input limits, so keys stay small and bad input gets a clear error.
+const (
+	maxCampaignLen = 200
+	maxKeyLen      = 512
+)
+
+// EnqueueResult reports what Enqueue did; IDs[i] is msgs[i]'s new id, or "" for a duplicate.
+type EnqueueResult struct {
+	Added, Duplicates int
+	IDs               []string
+}
+
+// Enqueue stores msgs in one fsynced transaction, skipping (Campaign, Key) pairs already known.
+// If any message is invalid it returns an error naming it and writes nothing.
+func (s *Store) Enqueue(msgs []NewMessage) (EnqueueResult, error) {
+	res := EnqueueResult{IDs: make([]string, len(msgs))}
+	if len(msgs) == 0 {
+		return res, nil
+	}
+	addrs := make([]address.Address, len(msgs))
+	for i, m := range msgs {
+		a, err := validate(m)
+		if err != nil {
+			return EnqueueResult{}, fmt.Errorf("enqueue message %d (%s): %w", i, address.Mask(m.To), err)
+		}
+		addrs[i] = a
+	}
+	now := time.Now()
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		b := buckets(tx)
+		seen := make(map[string]bool, len(msgs))
+		var last uint64
+		if k, _ := b.msg.Cursor().Last(); k != nil {
+			last = parseID(k)
+		}
+		for i, nm := range msgs {
+			ik := join(nm.Campaign, nm.Key)
+			if seen[string(ik)] || b.idem.Get(ik) != nil {
+				res.Duplicates++
+				continue
+			}
+			seen[string(ik)] = true
+			seq, err := b.msg.NextSequence()
+			if err != nil {
+				return fmt.Errorf("next sequence: %w", err)
+			}
+			// 44 bits of unix millis (until year 2527), 20 bits of sequence; never below last+1,
+			// so ids stay sortable and unique even if the clock steps back.
+			n := uint64(now.UnixMilli())<<20 | seq&0xfffff
+			if n <= last {
+				n = last + 1
+			}
+			last = n
+			id := fmt.Sprintf("%016x", n)
+			m := Message{
+				ID: id, Campaign: nm.Campaign, List: nm.List, Key: nm.Key,
+				From: strings.TrimSpace(nm.From), To: addrs[i].String(), Domain: addrs[i].Domain,
+				State: StateReady, Created: now, Updated: now, NextAttempt: now,
+			}
+			if err := b.body.Put([]byte(id), nm.Body); err != nil {
+				return fmt.Errorf("store body of %s: %w", id, err)
+			}
+			if err := b.idem.Put(ik, []byte(id)); err != nil {
+				return fmt.Errorf("store idempotency key of %s: %w", id, err)
+			}
+			if err := b.save(&m, nil); err != nil {
+				return err
+			}
+			res.IDs[i] = id
+			res.Added++
+		}
+		return nil
+	})
+	if err != nil {
+		return EnqueueResult{}, fmt.Errorf("enqueue %d messages in %s: %w", len(msgs), s.path, err)
+	}
+	if res.Added > 0 {
+		s.Kick()
+	}
+	return res, nil
+}
+
+// validate checks one NewMessage and returns its parsed recipient.
+// Errors never quote the address in clear (privacy).
+func validate(m NewMessage) (address.Address, error) {
+	switch {
+	case m.Campaign == "":
+		return address.Address{}, errors.New("empty campaign")
+	case len(m.Campaign) > maxCampaignLen:
+		return address.Address{}, fmt.Errorf("campaign longer than %d bytes", maxCampaignLen)
+	case strings.IndexByte(m.Campaign, 0) >= 0:
+		return address.Address{}, errors.New("campaign contains NUL")
+	case m.Key == "":
+		return address.Address{}, errors.New("empty idempotency key")
+	case len(m.Key) > maxKeyLen:
+		return address.Address{}, fmt.Errorf("idempotency key longer than %d bytes", maxKeyLen)
+	case len(m.Body) == 0:
+		return address.Address{}, errors.New("empty body")
+	}
+	a, err := address.Parse(m.To)
+	if err != nil {
+		return address.Address{}, fmt.Errorf("invalid recipient: %s", problem(err))
+	}
+	if strings.TrimSpace(m.From) != "" { // "" is the null reverse-path, RFC 5321 §4.5.5
+		if _, err := address.Parse(m.From); err != nil {
+			return address.Address{}, fmt.Errorf("invalid sender: %s", problem(err))
+		}
+	}
+	return a, nil
+}
+
+// problem returns what is wrong with an address without quoting it.
+func problem(err error) string {
+	var ae *address.Error
+	if errors.As(err, &ae) {
+		return ae.Problem
+	}
+	return "unparsable"
+}
+
+// parseID decodes a 16-hex id; 0 if malformed.
+func parseID(k []byte) uint64 {
+	var b [8]byte
+	if len(k) != 16 {
+		return 0
+	}
+	for i := 0; i < 8; i++ {
+		hi, ok1 := unhex(k[2*i])
+		lo, ok2 := unhex(k[2*i+1])
+		if !ok1 || !ok2 {
+			return 0
+		}
+		b[i] = hi<<4 | lo
+	}
+	return binary.BigEndian.Uint64(b[:])
+}
+
+// unhex decodes one lower-case hex digit.
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
+}
+
+// Get returns message id's metadata; the error wraps ErrNotFound if it is unknown.
+func (s *Store) Get(id string) (Message, error) {
+	var m Message
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		var err error
+		m, err = buckets(tx).get(id)
+		return err
+	})
+	if err != nil {
+		return Message{}, fmt.Errorf("get from queue: %w", err)
+	}
+	return m, nil
+}
+
+// Body returns a copy of message id's raw bytes; finished messages have none (ErrNotFound).
+func (s *Store) Body(id string) ([]byte, error) {
+	var body []byte
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		v := buckets(tx).body.Get([]byte(id))
+		if v == nil {
+			return fmt.Errorf("body of %s: %w", id, ErrNotFound)
+		}
+		body = bytes.Clone(v)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read from queue: %w", err)
+	}
+	return body, nil
+}
+
+// Filter selects messages for List, AllIDs and the admin operations. Zero fields match all.
+type Filter struct {
+	Campaign  string
+	State     State
+	Domain    string
+	OlderThan time.Duration // Created at least this long ago
+	Limit     int           // at most this many; 0 = no limit
+}
+
+// listPage is how many messages List reads per short read transaction.
+const listPage = 256
+
+// List calls fn for each message matching f, in id order. It uses the campaign or state
+// index when f names one. fn runs outside any transaction, so it may call Store methods;
+// a non-nil error from fn stops the listing and is returned.
+func (s *Store) List(f Filter, fn func(Message) error) error {
+	if f.State != "" && !f.State.Valid() {
+		return fmt.Errorf("list queue: unknown state %q", f.State)
+	}
+	if f.Limit < 0 || f.OlderThan < 0 {
+		return errors.New("list queue: limit and older-than must not be negative")
+	}
+	f.Domain = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(f.Domain), "."))
+	var cutoff time.Time
+	if f.OlderThan > 0 {
+		cutoff = time.Now().Add(-f.OlderThan)
+	}
+	match := func(m *Message) bool {
+		return (f.State == "" || m.State == f.State) &&
+			(f.Campaign == "" || m.Campaign == f.Campaign) &&
+			(f.Domain == "" || m.Domain == f.Domain) &&
+			(cutoff.IsZero() || !m.Created.After(cutoff))
+	}
+	after, n := "", 0
+	for {
+		var page []Message
+		done := false
+		err := s.db.View(func(tx *bbolt.Tx) error {
+			b := buckets(tx)
+			bkt, prefix := b.msg, []byte(nil)
+			switch {
+			case f.Campaign != "":
+				bkt, prefix = b.campaign, join(f.Campaign, "")
+			case f.State != "":
+				bkt, prefix = b.state, join(string(f.State), "")
+			}
+			c := bkt.Cursor()
+			k, v := c.Seek(append(bytes.Clone(prefix), after...))
+			if after != "" && k != nil && string(k[len(prefix):]) == after {
+				k, v = c.Next()
+			}
+			for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+				id := string(k[len(prefix):])
+				after = id
+				if f.Campaign != "" && f.State != "" && State(v) != f.State {
+					continue // the campaign index carries the state
+				}
+				m, err := b.get(id)
+				if err != nil {
+					return err
+				}
+				if !match(&m) {
+					continue
+				}
+				page = append(page, m)
+				if len(page) == listPage {
+					return nil
+				}
+			}
+			done = true
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("list queue: %w", err)
+		}
+		for i := range page {
+			if f.Limit > 0 && n >= f.Limit {
+				return nil
+			}
+			if err := fn(page[i]); err != nil {
+				return err
+			}
+			n++
+		}
+		if done || (f.Limit > 0 && n >= f.Limit) {
+			return nil
+		}
+	}
+}
+
+// AllIDs returns the ids of the messages matching f, in id order.
+func (s *Store) AllIDs(f Filter) ([]string, error) {
+	var ids []string
+	err := s.List(f, func(m Message) error {
+		ids = append(ids, m.ID)
+		return nil
+	})
+	return ids, err
+}
+
+// change applies fn to each id in one transaction; fn reports whether it changed the message.
+// Unknown ids are skipped and reported after the rest is done, in an error wrapping ErrNotFound.
+func (s *Store) change(op string, ids []string, fn func(m *Message, now time.Time) bool) (int, error) {
+	var changed int
+	var missing []string
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		changed, missing = 0, nil
+		b := buckets(tx)
+		now := time.Now()
+		for _, id := range ids {
+			m, err := b.get(id)
+			if errors.Is(err, ErrNotFound) {
+				missing = append(missing, id)
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			prev := m
+			if !fn(&m, now) {
+				continue
+			}
+			m.Updated = now
+			if err := b.save(&m, &prev); err != nil {
+				return err
+			}
+			changed++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("%s in queue %s: %w", op, s.path, err)
+	}
+	s.log.Info().Str("op", op).Int("requested", len(ids)).Int("changed", changed).Msg("queue operation")
+	if changed > 0 {
+		s.Kick()
+	}
+	if len(missing) > 0 {
+		return changed, fmt.Errorf("%s: %w: %s", op, ErrNotFound, strings.Join(missing, ", "))
+	}
+	return changed, nil
+}
+
+// Retry makes held, deferred and ready messages ready now (clearing a hold).
+func (s *Store) Retry(ids []string) (int, error) {
+	return s.change("retry", ids, func(m *Message, now time.Time) bool {
+		switch m.State {
+		case StateHeld, StateDeferred, StateReady:
+			m.State, m.NextAttempt = StateReady, now
+			return true
+		}
+		return false
+	})
+}
+
+// Hold stops ready and deferred messages from being dispatched until Release or Retry.
+func (s *Store) Hold(ids []string) (int, error) {
+	return s.change("hold", ids, func(m *Message, now time.Time) bool {
+		switch m.State {
+		case StateReady, StateDeferred:
+			m.State = StateHeld
+			return true
+		}
+		return false
+	})
+}
+
+// Release makes held messages ready now.
+func (s *Store) Release(ids []string) (int, error) {
+	return s.change("release", ids, func(m *Message, now time.Time) bool {
+		if m.State != StateHeld {
+			return false
+		}
+		m.State, m.NextAttempt = StateReady, now
+		return true
+	})
+}
+
+// Delete cancels pending messages that are not in flight: the body is removed and the
+// record kept in state cancelled with reason, for reports.
+func (s *Store) Delete(ids []string, reason string) (int, error) {
+	if reason = strings.TrimSpace(reason); reason == "" {
+		reason = "deleted by operator"
+	}
+	return s.change("delete", ids, func(m *Message, now time.Time) bool {
+		switch m.State {
+		case StateReady, StateDeferred, StateHeld:
+			m.State, m.Reason = StateCancelled, reason
+			m.History = append(m.History, Attempt{Time: now, Outcome: string(StateCancelled), Reply: reason})
+			return true
+		}
+		return false
+	})
+}
+
+// Stats summarises the queue.
+type Stats struct {
+	ByState  map[State]int
+	ByDomain map[string]int // pending messages only
+	Oldest   time.Time      // oldest pending message's Created; zero if none
+	Total    int
+}
+
+// Stats counts messages by state, pending ones by domain, and finds the oldest pending one.
+func (s *Store) Stats() (Stats, error) {
+	st := Stats{ByState: map[State]int{}, ByDomain: map[string]int{}}
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		b := buckets(tx)
+		c := b.state.Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			i := bytes.IndexByte(k, 0)
+			if i < 0 {
+				continue
+			}
+			state := State(k[:i])
+			st.ByState[state]++
+			st.Total++
+			if state.Finished() {
+				continue
+			}
+			m, err := b.get(string(k[i+1:]))
+			if err != nil {
+				return err
+			}
+			st.ByDomain[m.Domain]++
+			if st.Oldest.IsZero() || m.Created.Before(st.Oldest) {
+				st.Oldest = m.Created
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return Stats{}, fmt.Errorf("queue stats %s: %w", s.path, err)
+	}
+	return st, nil
+}
+
+// CampaignCounts counts campaign id's messages by state.
+func (s *Store) CampaignCounts(id string) (map[State]int, error) {
+	counts := map[State]int{}
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		prefix := join(id, "")
+		c := buckets(tx).campaign.Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			counts[State(v)]++
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("count campaign %s: %w", id, err)
+	}
+	return counts, nil
+}
+
+// PutCampaign stores the caller's opaque record for campaign id (fsynced).
+func (s *Store) PutCampaign(id string, rec []byte) error {
+	if id == "" || len(id) > maxCampaignLen {
+		return fmt.Errorf("put campaign: id must be 1 to %d bytes", maxCampaignLen)
+	}
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		return buckets(tx).campaigns.Put([]byte(id), bytes.Clone(rec))
+	})
+	if err != nil {
+		return fmt.Errorf("put campaign %s: %w", id, err)
+	}
+	return nil
+}
+
+// GetCampaign returns campaign id's record; the error wraps ErrNotFound if there is none.
+func (s *Store) GetCampaign(id string) ([]byte, error) {
+	var rec []byte
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		v := buckets(tx).campaigns.Get([]byte(id))
+		if v == nil {
+			return ErrNotFound
+		}
+		rec = bytes.Clone(v)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("get campaign %s: %w", id, err)
+	}
+	return rec, nil
+}

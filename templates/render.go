@@ -1,0 +1,288 @@
+package templates
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"mime"
+	"net/url"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/emersion/go-message/mail"
+)
+
+// Render builds the message for one recipient: multipart/alternative with a
+// text/plain then a text/html part, utf-8, quoted-printable, CRLF line endings,
+// unsigned. Both bodies must carry d.UnsubscribeURL and d.PrivacyURL.
+func (s *Set) Render(d Data, env Envelope) ([]byte, error) {
+	if d.UnsubscribeURL == "" || d.PrivacyURL == "" {
+		return nil, errors.New("templates: Data needs both UnsubscribeURL and PrivacyURL")
+	}
+	subject, err := s.Subject(d)
+	if err != nil {
+		return nil, err
+	}
+	text, htm, err := s.bodies(d)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.checkLinks(d, text, htm); err != nil {
+		return nil, err
+	}
+	h, err := header(env, subject)
+	if err != nil {
+		return nil, err
+	}
+
+	var buf bytes.Buffer
+	buf.Grow(len(text) + len(htm) + len(htm)/8 + 2048)
+	w, err := mail.CreateInlineWriter(&buf, h)
+	if err != nil {
+		return nil, fmt.Errorf("templates: write header: %w", err)
+	}
+	if err := writePart(w, "text/plain", text); err != nil {
+		return nil, err
+	}
+	if err := writePart(w, "text/html", htm); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, fmt.Errorf("templates: close message: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// checkLinks refuses bodies that lost a link for this recipient, which happens
+// when a recipient-dependent conditional hides it.
+func (s *Set) checkLinks(d Data, text, htm []byte) error {
+	var errs []error
+	for _, l := range []struct{ name, url string }{{"unsubscribe", d.UnsubscribeURL}, {"privacy", d.PrivacyURL}} {
+		if !bytes.Contains(text, []byte(l.url)) {
+			errs = append(errs, fmt.Errorf("templates: %s: rendered text lacks the %s link for this recipient (a conditional hid it)", s.textPath, l.name))
+		}
+		if !htmlContains(htm, l.url) {
+			errs = append(errs, fmt.Errorf("templates: %s: rendered HTML lacks the %s link for this recipient (a conditional hid it)", s.htmlPath, l.name))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// writePart writes one quoted-printable utf-8 alternative. Quoted-printable
+// turns every line break into CRLF (RFC 2045 §6.7).
+func writePart(w *mail.InlineWriter, contentType string, body []byte) error {
+	var ph mail.InlineHeader
+	ph.SetContentType(contentType, map[string]string{"charset": "utf-8"})
+	ph.Set("Content-Transfer-Encoding", "quoted-printable")
+	pw, err := w.CreatePart(ph)
+	if err != nil {
+		return fmt.Errorf("templates: create %s part: %w", contentType, err)
+	}
+	if _, err := pw.Write(body); err != nil {
+		return fmt.Errorf("templates: write %s part: %w", contentType, err)
+	}
+	if err := pw.Close(); err != nil {
+		return fmt.Errorf("templates: close %s part: %w", contentType, err)
+	}
+	return nil
+}
+
+// header builds the top-level header. go-message writes fields in the reverse
+// order of insertion, so they are set here from last to first.
+func header(env Envelope, subject string) (mail.Header, error) {
+	var h mail.Header
+	var errs []error
+	fail := func(name string, err error) { errs = append(errs, fmt.Errorf("templates: header %s: %w", name, err)) }
+
+	unsub, https, err := listUnsubscribe(env.Unsubscribe)
+	if err != nil {
+		fail("List-Unsubscribe", err)
+	}
+	if https {
+		h.Set("List-Unsubscribe-Post", "List-Unsubscribe=One-Click") // RFC 8058 §3.1: only with an https URI
+	}
+	h.Set("List-Unsubscribe", unsub) // RFC 2369 §2: "<uri>, <uri>"
+
+	if id, err := listID(env.ListID, env.ListName); err != nil {
+		fail("List-Id", err)
+	} else {
+		h.Set("List-Id", id) // RFC 2919 §3
+	}
+	h.Set("MIME-Version", "1.0") // RFC 2045 §4
+
+	if err := checkMessageID(env.MessageID); err != nil {
+		fail("Message-ID", err)
+	} else {
+		h.SetMessageID(env.MessageID) // RFC 5322 §3.6.4
+	}
+	if env.Date.IsZero() {
+		fail("Date", errors.New("missing"))
+	} else {
+		h.SetDate(env.Date) // RFC 5322 §3.3
+	}
+	h.SetSubject(subject) // RFC 2047 §5 encoded-words for non-ASCII
+
+	if to, err := recipient(env.To, env.ToName); err != nil {
+		errs = append(errs, err)
+	} else {
+		h.SetAddressList("To", []*mail.Address{to}) // RFC 2047 §5 for non-ASCII display names
+	}
+	if env.ReplyTo != "" {
+		if a, err := mailbox("Reply-To", env.ReplyTo); err != nil {
+			errs = append(errs, err)
+		} else {
+			h.SetAddressList("Reply-To", []*mail.Address{a})
+		}
+	}
+	if a, err := mailbox("From", env.From); err != nil {
+		errs = append(errs, err)
+	} else {
+		h.SetAddressList("From", []*mail.Address{a})
+	}
+	return h, errors.Join(errs...)
+}
+
+// mailbox parses a "Name <addr>" value and checks the decoded parts too, since
+// an RFC 2047 word could smuggle a control character past the raw check.
+func mailbox(name, v string) (*mail.Address, error) {
+	if err := checkHeaderValue(name, v); err != nil {
+		return nil, err
+	}
+	a, err := mail.ParseAddress(v)
+	if err != nil {
+		return nil, fmt.Errorf("templates: header %s: %q: %w", name, v, err)
+	}
+	if err := checkHeaderValue(name, a.Name); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// recipient builds the To address from a bare address and a display name.
+func recipient(addr, name string) (*mail.Address, error) {
+	if addr == "" {
+		return nil, errors.New("templates: header To: missing address")
+	}
+	if err := checkHeaderValue("To", name); err != nil {
+		return nil, err
+	}
+	a, err := mailbox("To", addr)
+	if err != nil {
+		return nil, err
+	}
+	if a.Name != "" || strings.ContainsAny(addr, "<>") {
+		return nil, fmt.Errorf("templates: header To: %q: want a bare address, the name goes in ToName", addr)
+	}
+	a.Name = name
+	return a, nil
+}
+
+// listID formats `"ListName" <ListID>`, or `<ListID>` without a name (RFC 2919 §3).
+func listID(id, name string) (string, error) {
+	if id == "" {
+		return "", errors.New("missing list id")
+	}
+	if err := controlChars(id + name); err != nil {
+		return "", err
+	}
+	for _, r := range id { // RFC 2919 §2: list-label is a dot-atom
+		if !isAtext(r) && r != '.' {
+			return "", fmt.Errorf("list id %q: %q is not allowed", id, r)
+		}
+	}
+	if name == "" {
+		return "<" + id + ">", nil
+	}
+	return phrase(name) + " <" + id + ">", nil
+}
+
+// phrase quotes an ASCII display name or RFC 2047-encodes a non-ASCII one.
+func phrase(s string) string {
+	for _, r := range s {
+		if r >= utf8.RuneSelf {
+			return mime.QEncoding.Encode("utf-8", s) // RFC 2047 §5(3)
+		}
+	}
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`) // RFC 5322 §3.2.4 quoted-pair
+	return `"` + r.Replace(s) + `"`
+}
+
+// isAtext reports RFC 5322 §3.2.3 atext.
+func isAtext(r rune) bool {
+	switch {
+	case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+		return true
+	}
+	return strings.ContainsRune("!#$%&'*+-/=?^_`{|}~", r)
+}
+
+// listUnsubscribe formats the RFC 2369 value and says whether an https URI is
+// present, which RFC 8058 needs for one-click.
+func listUnsubscribe(uris []string) (string, bool, error) {
+	if len(uris) == 0 {
+		return "", false, errors.New("no URI: every message needs an unsubscribe")
+	}
+	parts := make([]string, 0, len(uris))
+	https := false
+	for _, u := range uris {
+		if err := controlChars(u); err != nil {
+			return "", false, err
+		}
+		// RFC 2369 §2: angle brackets delimit, commas separate; neither may appear inside.
+		if u == "" || strings.ContainsAny(u, "<>, ") {
+			return "", false, fmt.Errorf("URI %q: empty or holds <, >, comma or space", u)
+		}
+		p, err := url.Parse(u)
+		if err != nil {
+			return "", false, fmt.Errorf("URI %q: %w", u, err)
+		}
+		switch p.Scheme {
+		case "https":
+			https = true
+		case "http", "mailto":
+		default:
+			return "", false, fmt.Errorf("URI %q: scheme must be https, http or mailto", u)
+		}
+		parts = append(parts, "<"+u+">")
+	}
+	return strings.Join(parts, ", "), https, nil
+}
+
+// checkMessageID accepts id-left "@" id-right without brackets, spaces or controls.
+func checkMessageID(id string) error {
+	if err := controlChars(id); err != nil {
+		return err
+	}
+	at := strings.LastIndexByte(id, '@')
+	if at <= 0 || at == len(id)-1 || strings.ContainsAny(id, "<> \t\"") { // RFC 5322 §3.6.4
+		return fmt.Errorf("%q is not of the form left@right", id)
+	}
+	return nil
+}
+
+// checkHeaderValue refuses, naming the header, a value from data that
+// controlChars rejects.
+func checkHeaderValue(name, v string) error {
+	if err := controlChars(v); err != nil {
+		return fmt.Errorf("templates: header %s: %w", name, err)
+	}
+	return nil
+}
+
+// controlChars refuses invalid UTF-8, CR, LF and other control characters
+// (tab aside). RFC 5322 §2.2: a field body holds no CR or LF.
+func controlChars(v string) error {
+	if !utf8.ValidString(v) {
+		return errors.New("not valid UTF-8")
+	}
+	if strings.ContainsAny(v, "\r\n") {
+		return errors.New("contains CR or LF")
+	}
+	for _, r := range v {
+		if r != '\t' && unicode.IsControl(r) {
+			return fmt.Errorf("contains control character %U", r)
+		}
+	}
+	return nil
+}

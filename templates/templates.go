@@ -1,0 +1,114 @@
+// Package templates parses a campaign's HTML body, plain-text body and subject,
+// proves with sentinel data that every rendering carries the unsubscribe and
+// privacy links, and renders one recipient's message as multipart/alternative
+// MIME (CRLF, unsigned) with the list headers of RFC 2369, RFC 2919 and RFC 8058.
+//
+// A Set is parsed once by Load and is safe for concurrent Render calls. Header
+// values that come from data are checked for CR, LF and other control
+// characters and refused, never emitted.
+package templates
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	htmltemplate "html/template"
+	"os"
+	"path/filepath"
+	"strings"
+	texttemplate "text/template"
+	"time"
+)
+
+// Data is what the templates see for one recipient.
+type Data struct {
+	FirstName, LastName, Company, JobTitle, Country, Email string
+	Fields                                                 map[string]string // extra CSV columns; missing keys render empty
+	UnsubscribeURL, PrivacyURL                             string
+}
+
+// Envelope holds the header values of one message.
+type Envelope struct {
+	From, ReplyTo string    // "Name <addr>" forms
+	To, ToName    string    // bare recipient address and its display name
+	MessageID     string    // without <>
+	Date          time.Time // Date header
+	ListID        string    // "product-news.mail.example.com"
+	ListName      string    // optional List-Id phrase
+	Unsubscribe   []string  // List-Unsubscribe URIs, https first
+}
+
+// Set is a parsed HTML body, text body and subject; safe for concurrent use.
+type Set struct {
+	htmlPath, textPath string
+	html               *htmltemplate.Template
+	text               *texttemplate.Template
+	subject            *texttemplate.Template
+	fieldKeys          []string // .Fields keys the templates name, for Validate
+}
+
+// missingKey makes a missing .Fields key render as "" rather than "<no value>".
+const missingKey = "missingkey=zero"
+
+// Load parses base+".html" (html/template), base+".txt" (text/template) and the
+// subject (text/template named "subject"). Both files are required.
+func Load(base, subject string) (*Set, error) {
+	s := &Set{htmlPath: base + ".html", textPath: base + ".txt"}
+	htmlSrc, err := os.ReadFile(s.htmlPath)
+	if err != nil {
+		return nil, fmt.Errorf("templates: read HTML body: %w", err)
+	}
+	textSrc, err := os.ReadFile(s.textPath)
+	if err != nil {
+		return nil, fmt.Errorf("templates: read text body: %w", err)
+	}
+	// Template names are the file names, so parse and exec errors say "example.html:12".
+	s.html, err = htmltemplate.New(filepath.Base(s.htmlPath)).Option(missingKey).Parse(string(htmlSrc))
+	if err != nil {
+		return nil, fmt.Errorf("templates: parse %s: %w", s.htmlPath, err)
+	}
+	s.text, err = texttemplate.New(filepath.Base(s.textPath)).Option(missingKey).Parse(string(textSrc))
+	if err != nil {
+		return nil, fmt.Errorf("templates: parse %s: %w", s.textPath, err)
+	}
+	if strings.TrimSpace(subject) == "" {
+		return nil, errors.New("templates: subject is empty")
+	}
+	s.subject, err = texttemplate.New("subject").Option(missingKey).Parse(subject)
+	if err != nil {
+		return nil, fmt.Errorf("templates: parse subject: %w", err)
+	}
+	s.fieldKeys = s.collectFieldKeys()
+	return s, nil
+}
+
+// Files returns the paths of the HTML and text bodies.
+func (s *Set) Files() []string { return []string{s.htmlPath, s.textPath} }
+
+// Subject renders the subject for d: trimmed, non-empty, free of control characters.
+func (s *Set) Subject(d Data) (string, error) {
+	var b strings.Builder
+	if err := s.subject.Execute(&b, d); err != nil {
+		return "", fmt.Errorf("templates: render subject: %w", err)
+	}
+	subj := strings.TrimSpace(b.String())
+	if err := checkHeaderValue("Subject", subj); err != nil {
+		return "", err
+	}
+	if subj == "" {
+		return "", errors.New("templates: header Subject: renders empty")
+	}
+	return subj, nil
+}
+
+// bodies executes the text and HTML templates for d.
+func (s *Set) bodies(d Data) (text, html []byte, err error) {
+	var tb, hb bytes.Buffer
+	if err := s.text.Execute(&tb, d); err != nil {
+		return nil, nil, fmt.Errorf("templates: render %s: %w", s.textPath, err)
+	}
+	if err := s.html.Execute(&hb, d); err != nil {
+		return nil, nil, fmt.Errorf("templates: render %s: %w", s.htmlPath, err)
+	}
+	return tb.Bytes(), hb.Bytes(), nil
+}
