@@ -13,11 +13,14 @@
 package campaign
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/templates"
 )
 
@@ -91,10 +94,15 @@ func (e RowError) Unwrap() error { return e.Err }
 
 // masked is Error with the address masked, for logs and stored records.
 func (e RowError) masked() string {
-	if ae, ok := e.Err.(addressError); ok {
-		return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Field, ae.masked())
+	var ae *address.Error
+	if errors.As(e.Err, &ae) {
+		return fmt.Sprintf("%s:%d: %s: %s %q: %s", e.File, e.Line, e.Field, ae.Kind, address.Mask(ae.Input), ae.Problem)
 	}
-	return e.Error()
+	s := e.Error()
+	if strings.Contains(e.rcpt, "@") {
+		s = strings.ReplaceAll(s, e.rcpt, address.Mask(e.rcpt))
+	}
+	return s
 }
 
 // Summary counts what a run did with the rows of the recipients file.

@@ -23,24 +23,6 @@ const (
 // errControl is the problem of a value that could break out of a header line.
 var errControl = errors.New("value contains CR, LF or NUL")
 
-// addressError is an unparsable email value; masked() hides the value for logs.
-type addressError struct {
-	raw string
-	err error
-}
-
-func (e addressError) Error() string { return fmt.Sprintf("address %q: %v", e.raw, e.err) }
-
-func (e addressError) Unwrap() error { return e.err }
-
-func (e addressError) masked() string {
-	cause := e.err.Error()
-	if e.raw != "" {
-		cause = strings.ReplaceAll(cause, e.raw, address.Mask(e.raw))
-	}
-	return fmt.Sprintf("address %q: %s", address.Mask(e.raw), cause)
-}
-
 // row is one recipient that passed the row checks; data has no links yet.
 type row struct {
 	line int
@@ -182,7 +164,7 @@ func (rs *recipients) check(rec []string, line int) (row, *RowError) {
 	raw := rec[rs.email]
 	addr, err := address.Parse(raw)
 	if err != nil {
-		return row{}, &RowError{File: rs.path, Line: line, Field: "email", Err: addressError{raw: raw, err: err}, rcpt: raw}
+		return row{}, &RowError{File: rs.path, Line: line, Field: "email", Err: err, rcpt: raw}
 	}
 	r := row{line: line, addr: addr, data: templates.Data{Email: addr.String()}}
 	for i, v := range rec {

@@ -21,6 +21,10 @@
 //     and history for reports; their body is deleted.
 //   - Suppressions are checked again just before each delivery: an unsubscribe
 //     that arrives while a message waits still stops it.
+//   - Operator actions (Retry, Hold, Release, Delete) never touch a message in
+//     flight (state active); it finishes its attempt first.
+//   - Run stops dispatching when its context ends and returns only after the
+//     deliveries in flight have finished and their outcomes are committed.
 package queue
 
 import (
@@ -188,6 +192,7 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open queue %s: %w", cfg.Path, err)
 	}
+	db.MaxBatchDelay = time.Millisecond // outcomes of concurrent workers share a commit without waiting long
 	s := &Store{
 		db:       db,
 		path:     cfg.Path,

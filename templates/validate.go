@@ -155,9 +155,8 @@ func walk(n parse.Node, keys map[string]bool) {
 	case *parse.CommandNode:
 		if len(n.Args) == 3 {
 			fn, ok1 := n.Args[0].(*parse.IdentifierNode)
-			m, ok2 := n.Args[1].(*parse.FieldNode)
-			k, ok3 := n.Args[2].(*parse.StringNode)
-			if ok1 && ok2 && ok3 && fn.Ident == "index" && len(m.Ident) == 1 && m.Ident[0] == "Fields" {
+			k, ok2 := n.Args[2].(*parse.StringNode)
+			if ok1 && ok2 && fn.Ident == "index" && isFields(n.Args[1]) {
 				keys[k.Text] = true
 			}
 		}
@@ -175,6 +174,17 @@ func walk(n parse.Node, keys map[string]bool) {
 	case *parse.ChainNode:
 		walk(n.Node, keys)
 	}
+}
+
+// isFields reports whether n is .Fields or $.Fields.
+func isFields(n parse.Node) bool {
+	switch n := n.(type) {
+	case *parse.FieldNode:
+		return len(n.Ident) == 1 && n.Ident[0] == "Fields"
+	case *parse.VariableNode:
+		return len(n.Ident) == 2 && n.Ident[0] == "$" && n.Ident[1] == "Fields"
+	}
+	return false
 }
 
 func walkBranch(b *parse.BranchNode, keys map[string]bool) {

@@ -150,8 +150,9 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 
 	// Without a daemon, this process delivers, starting while it enqueues.
 	var deliveryDone chan error
-	var stopDelivery context.CancelFunc
 	var drain func(context.Context) error
+	runCtx, stopDelivery := context.WithCancel(ctx)
+	defer stopDelivery()
 	if !e.daemon && !args.NoWait {
 		sender, created, err := newSender(e.cfg, e.log)
 		if err != nil {
@@ -164,8 +165,6 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		}
 		rc := queue.RunnerConfig{Workers: e.cfg.Delivery.Workers, Campaign: spec.ID}
 		runner := e.queue.NewRunner(sender, e.supp, rc)
-		var runCtx context.Context
-		runCtx, stopDelivery = context.WithCancel(ctx)
 		deliveryDone = make(chan error, 1)
 		go func() { deliveryDone <- runner.Run(runCtx) }()
 		drain = func(ctx context.Context) error {

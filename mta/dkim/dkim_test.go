@@ -287,7 +287,7 @@ func TestSignBreaksOnTampering(t *testing.T) {
 				"List-Unsubscribe: <https://attacker.example/x>\r\n"),
 			"second List-Unsubscribe-Post": insertAfter(signed, sigEnd,
 				"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"),
-			"body byte": bytes.Replace(signed, []byte("the body"), []byte("the bodY"), 1),
+			"body byte":     bytes.Replace(signed, []byte("the body"), []byte("the bodY"), 1),
 			"appended body": append(bytes.Clone(signed), "Click here\r\n"...),
 		}
 		for name, msg := range tamper {

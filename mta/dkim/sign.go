@@ -18,11 +18,11 @@ import (
 // ErrNoKey is returned (wrapped) by Sign when no key is aligned with the From domain.
 var ErrNoKey = errors.New("dkim: no key for the From domain")
 
-// HeaderKeys lists the header fields named in h=, in order. From,
+// headerKeys lists the header fields named in h=, in order. From,
 // List-Unsubscribe and List-Unsubscribe-Post appear twice (over-signing,
 // RFC 6376 §5.4.2) so that a copy added in transit breaks the signature;
 // RFC 8058 §4 requires both List-Unsubscribe fields to be signed.
-var HeaderKeys = []string{
+var headerKeys = []string{
 	"From", "From",
 	"To", "Subject", "Date", "Message-ID", "List-Id",
 	"List-Unsubscribe", "List-Unsubscribe",
@@ -90,7 +90,7 @@ func signOne(k *Key, msg []byte) (string, error) {
 		Hash:                   crypto.SHA256,
 		HeaderCanonicalization: msgdkim.CanonicalizationRelaxed,
 		BodyCanonicalization:   msgdkim.CanonicalizationRelaxed,
-		HeaderKeys:             HeaderKeys,
+		HeaderKeys:             headerKeys,
 		// No l= tag: go-msgauth never emits one (MAIL-NOTES: body length lets anyone append).
 	}
 	w, err := msgdkim.NewSigner(opts)

@@ -45,10 +45,10 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("%s %q: %s", e.Kind, in, e.Problem)
 }
 
-// Parse trims surrounding whitespace and parses a bare address "local@domain".
+// Parse trims surrounding spaces and tabs and parses a bare address "local@domain".
 func Parse(s string) (Address, error) {
 	raw := s
-	s = strings.TrimSpace(s)
+	s = strings.Trim(s, " \t")
 	bad := func(format string, args ...any) (Address, error) {
 		return Address{}, &Error{Kind: "address", Input: raw, Problem: fmt.Sprintf(format, args...)}
 	}
@@ -145,7 +145,7 @@ func (a Address) Key() string { return strings.ToLower(a.Local + "@" + a.Domain)
 
 // NormalizeDomain converts d to lower-case ASCII (IDNA Lookup profile) without a trailing dot.
 func NormalizeDomain(d string) (string, error) {
-	out, p := normalizeDomain(strings.TrimSpace(d))
+	out, p := normalizeDomain(strings.Trim(d, " \t"))
 	if p != "" {
 		return "", &Error{Kind: "domain", Input: d, Problem: p}
 	}
@@ -166,11 +166,15 @@ func normalizeDomain(d string) (string, string) {
 			return "", "contains whitespace or a control character"
 		}
 	}
-	a, err := idna.Lookup.ToASCII(d) // UTS #46 mapping: lower-cases and converts IDN to xn--
-	if err != nil {
-		return "", "is not a valid domain name: " + err.Error()
+	a := strings.ToLower(d)
+	if !plainLDH(a) {
+		var err error
+		a, err = idna.Lookup.ToASCII(d) // UTS #46 mapping: lower-cases and converts IDN to xn--
+		if err != nil {
+			return "", "is not a valid domain name: " + err.Error()
+		}
+		a = strings.ToLower(a)
 	}
-	a = strings.ToLower(a)
 	if len(a) > MaxDomain {
 		return "", fmt.Sprintf("longer than %d bytes", MaxDomain)
 	}
@@ -198,10 +202,22 @@ func normalizeDomain(d string) (string, string) {
 	return a, ""
 }
 
+// plainLDH reports whether d is lower-case ASCII letters, digits, hyphens and
+// dots without "--" (so no punycode), which IDNA would return unchanged.
+func plainLDH(d string) bool {
+	for i := 0; i < len(d); i++ {
+		c := d[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return !strings.Contains(d, "--") // "xn--" and other reserved R-LDH labels go to IDNA
+}
+
 // Mask hides an address for logs: "ana@example.com" → "a***@example.com";
 // "@example.com" stays as is; anything unparsable becomes "***".
 func Mask(s string) string {
-	if t := strings.TrimSpace(s); strings.HasPrefix(t, "@") {
+	if t := strings.Trim(s, " \t"); strings.HasPrefix(t, "@") {
 		if d, err := NormalizeDomain(t[1:]); err == nil {
 			return "@" + d
 		}

@@ -1,0 +1,419 @@
+package campaign
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/mail"
+	"net/url"
+	"os/user"
+	"regexp"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/templates"
+)
+
+const (
+	batchSize      = 256  // messages per Queue.Enqueue call, one durable commit each
+	maxInvalidRows = 100  // Summary.InvalidRows kept, and invalid rows logged
+	maxErrors      = 1000 // row problems listed by Validate
+)
+
+// dotAtom is what a campaign ID, list and hostname must look like to sit in a
+// Message-ID or List-Id (RFC 5322 §3.2.3 dot-atom-text, narrowed).
+var dotAtom = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
+
+// Send queues one message for every valid, unsuppressed row of spec.Recipients.
+// It returns the summary so far together with any error that stopped it.
+func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary, error) {
+	sum := Summary{Campaign: spec.ID, Suppressed: map[string]int{}}
+	fail := func(err error) (Summary, error) { return sum, fmt.Errorf("campaign %s: %w", spec.ID, err) }
+	if deps.Suppressions == nil || deps.Queue == nil || deps.Links == nil {
+		return fail(errors.New("suppressions, queue and links are required"))
+	}
+	if len(spec.MessageIDKey) == 0 {
+		return fail(errors.New("message-id key is empty"))
+	}
+	s, errs := newRenderer(spec)
+	if len(errs) == 0 {
+		if err := spec.Templates.Validate(); err != nil {
+			errs = append(errs, err) // "templates: …"
+		}
+	}
+	if len(errs) > 0 {
+		return fail(errors.Join(errs...))
+	}
+	s.sup, s.links = deps.Suppressions, deps.Links.UnsubscribeURL
+	if deps.Now != nil {
+		s.now = deps.Now
+	}
+	rs, err := openRecipients(spec.Recipients)
+	if err != nil {
+		return fail(err)
+	}
+	defer rs.Close()
+
+	log := deps.Log.With().Str("campaign", spec.ID).Str("list", spec.List).Logger()
+	rec := Record{ID: spec.ID, List: spec.List, Subject: spec.Subject, Recipients: spec.Recipients,
+		LegalBasis: spec.LegalBasis, LIA: spec.LIA, Audience: spec.Audience, FileHash: spec.FileHash,
+		RunBy: runBy(), Started: s.now()}
+	if err := putRecord(deps.Records, rec); err != nil {
+		return fail(err)
+	}
+	log.Info().Str("recipients", spec.Recipients).Str("run_by", rec.RunBy).Msg("campaign send started")
+
+	invalid := firstRows{max: maxInvalidRows}
+	batch := make([]Message, 0, batchSize)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err // what is not committed yet is not sent; a re-run picks it up
+		}
+		added, dups, err := deps.Queue.Enqueue(batch)
+		if err != nil {
+			return fmt.Errorf("enqueue: %w", err)
+		}
+		sum.Enqueued += added
+		sum.AlreadySent += dups
+		batch = make([]Message, 0, batchSize)
+		return nil
+	}
+	handle := func(o outcome) error {
+		switch {
+		case o.err != nil:
+			return o.err
+		case o.rowErr != nil:
+			sum.Invalid++
+			invalid.add(*o.rowErr)
+			if sum.Invalid <= maxInvalidRows {
+				log.Warn().Str("file", o.rowErr.File).Int("line", o.rowErr.Line).Str("field", o.rowErr.Field).
+					Str("rcpt", address.Mask(o.rowErr.rcpt)).Str("problem", o.rowErr.masked()).Msg("invalid row skipped")
+			}
+		case o.suppressed != "":
+			sum.Suppressed[o.suppressed]++
+		default:
+			batch = append(batch, o.msg)
+			if len(batch) == batchSize {
+				return flush()
+			}
+		}
+		return nil
+	}
+	rows, err := run(ctx, rs, s.process, handle, progress)
+	if err == nil {
+		err = flush()
+	}
+	sum.Rows = rows
+	sum.InvalidRows = invalid.rows
+	for _, e := range invalid.rows {
+		sum.InvalidLines = append(sum.InvalidLines, e.Error())
+	}
+
+	rec.Finished = s.now()
+	rec.Summary = sum
+	rec.Summary.InvalidLines = nil
+	for _, e := range invalid.rows {
+		rec.Summary.InvalidLines = append(rec.Summary.InvalidLines, e.masked())
+	}
+	if recErr := putRecord(deps.Records, rec); recErr != nil {
+		err = errors.Join(err, recErr)
+	}
+	ev := log.Info()
+	if err != nil {
+		ev = log.Error().Err(err)
+	}
+	ev.Int("rows", sum.Rows).Int("invalid", sum.Invalid).Interface("suppressed", sum.Suppressed).
+		Int("enqueued", sum.Enqueued).Int("already_sent", sum.AlreadySent).Msg("campaign send finished")
+	if err != nil {
+		return fail(err)
+	}
+	return sum, nil
+}
+
+// Validate checks spec and its templates, then reads the whole recipients file and
+// renders every row with a dummy unsubscribe URL. It touches no store and returns
+// every problem found, row problems in line order, at most 1000 of them.
+func Validate(spec Spec) (Summary, []error) {
+	sum := Summary{Campaign: spec.ID, Suppressed: map[string]int{}}
+	s, errs := newRenderer(spec)
+	if spec.Templates != nil {
+		if err := spec.Templates.Validate(); err != nil {
+			errs = append(errs, split(err)...) // each "templates: …"
+		}
+	}
+	if spec.Recipients == "" {
+		return sum, errs
+	}
+	if len(errs) > 0 {
+		s = nil // the rows are still checked, but not rendered
+	}
+	rs, err := openRecipients(spec.Recipients)
+	if err != nil {
+		return sum, append(errs, err)
+	}
+	defer rs.Close()
+
+	problems := firstRows{max: maxErrors}
+	handle := func(o outcome) error {
+		if o.rowErr != nil {
+			sum.Invalid++
+			problems.add(*o.rowErr)
+		}
+		return nil
+	}
+	process := func(r row) outcome { return outcome{} }
+	if s != nil {
+		process = s.process
+	}
+	sum.Rows, err = run(context.Background(), rs, process, handle, nil)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for i, e := range problems.rows {
+		errs = append(errs, e)
+		if i < maxInvalidRows {
+			sum.InvalidRows = append(sum.InvalidRows, e)
+			sum.InvalidLines = append(sum.InvalidLines, e.Error())
+		}
+	}
+	if more := sum.Invalid - len(problems.rows); more > 0 {
+		errs = append(errs, fmt.Errorf("… and %d more invalid rows", more))
+	}
+	return sum, errs
+}
+
+// split lists the errors inside an errors.Join.
+func split(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// outcome is what became of one row; exactly one of its parts is set, or msg.
+type outcome struct {
+	msg        Message
+	suppressed string    // the suppression reason
+	rowErr     *RowError // the row is invalid
+	err        error     // the run must stop
+}
+
+// run reads the rows of rs and hands the checked ones to process on GOMAXPROCS
+// workers; handle sees every outcome on the calling goroutine. The first error from
+// handle stops the reading; run returns the rows read and the error that stopped it.
+func run(ctx context.Context, rs *recipients, process func(row) outcome, handle func(outcome) error, progress Progress) (int, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	workers := runtime.GOMAXPROCS(0)
+	jobs := make(chan row, 4*workers)
+	out := make(chan outcome, 4*workers)
+
+	var wg sync.WaitGroup
+	var rows int
+	var readErr error
+	wg.Go(func() {
+		defer close(jobs)
+		rows, readErr = rs.each(ctx, progress, func(r row, rerr *RowError) bool {
+			if rerr != nil {
+				select {
+				case out <- outcome{rowErr: rerr}:
+					return true
+				case <-ctx.Done():
+					return false
+				}
+			}
+			select {
+			case jobs <- r:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		})
+	})
+	for range workers {
+		wg.Go(func() {
+			for r := range jobs {
+				if ctx.Err() == nil {
+					out <- process(r)
+				}
+			}
+		})
+	}
+	go func() {
+		wg.Wait()
+		close(out)
+	}()
+
+	var stop error
+	for o := range out {
+		if stop == nil {
+			if stop = handle(o); stop != nil {
+				cancel()
+			}
+		}
+	}
+	if stop != nil {
+		return rows, stop
+	}
+	return rows, readErr
+}
+
+// renderer turns a checked row into a message.
+type renderer struct {
+	spec  Spec
+	from  string // envelope sender: the bare address of spec.From
+	sup   Suppressions
+	links func(addr, list, campaign string) string
+	now   func() time.Time
+}
+
+// newRenderer checks the fields of spec that go into headers and returns every problem.
+func newRenderer(spec Spec) (*renderer, []error) {
+	var errs []error
+	for _, f := range []struct{ name, v string }{{"id", spec.ID}, {"list", spec.List}, {"hostname", spec.Hostname}} {
+		if !dotAtom.MatchString(f.v) {
+			errs = append(errs, fmt.Errorf("%s %q: want letters, digits, '-', '_' and single dots", f.name, f.v))
+		}
+	}
+	s := &renderer{spec: spec, now: time.Now,
+		links: func(_, _, _ string) string { return "https://unsubscribe.invalid/u/validate" }}
+	from, err := headerAddress(spec.From)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("from: %w", err))
+	} else {
+		s.from = from.String()
+	}
+	if spec.ReplyTo != "" {
+		if _, err := headerAddress(spec.ReplyTo); err != nil {
+			errs = append(errs, fmt.Errorf("reply_to: %w", err))
+		}
+	}
+	if strings.ContainsAny(spec.ListName, "\r\n\x00") {
+		errs = append(errs, fmt.Errorf("list_name: %w", errControl))
+	}
+	if u, err := url.Parse(spec.PrivacyURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("privacy_url %q: want an http(s) URL", spec.PrivacyURL))
+	}
+	if spec.Templates == nil {
+		errs = append(errs, errors.New("templates: none loaded"))
+	}
+	if spec.Recipients == "" {
+		errs = append(errs, errors.New("recipients: no file given"))
+	}
+	return s, errs
+}
+
+// headerAddress parses a "Name <addr>" form and checks its address.
+func headerAddress(s string) (address.Address, error) {
+	if strings.ContainsAny(s, "\r\n\x00") {
+		return address.Address{}, errControl
+	}
+	m, err := mail.ParseAddress(s)
+	if err != nil {
+		return address.Address{}, fmt.Errorf("%q: %w", s, err)
+	}
+	a, err := address.Parse(m.Address)
+	if err != nil {
+		return address.Address{}, fmt.Errorf("%q: %w", s, err)
+	}
+	return a, nil
+}
+
+// process checks suppression (when a store is set), then renders the row's message.
+func (s *renderer) process(r row) outcome {
+	spec := s.spec
+	if s.sup != nil {
+		reason, suppressed, err := s.sup.Check(r.addr.String(), spec.List)
+		if err != nil {
+			return outcome{err: fmt.Errorf("%s:%d: suppression check: %w", spec.Recipients, r.line, err)}
+		}
+		if suppressed {
+			if reason == "" {
+				reason = "unspecified"
+			}
+			return outcome{suppressed: reason}
+		}
+	}
+	to, key := r.addr.String(), r.addr.Key()
+	unsubscribe := s.links(to, spec.List, spec.ID)
+	d := r.data
+	d.UnsubscribeURL, d.PrivacyURL = unsubscribe, spec.PrivacyURL
+	env := templates.Envelope{
+		From:        spec.From,
+		ReplyTo:     spec.ReplyTo,
+		To:          to,
+		ToName:      strings.TrimSpace(d.FirstName + " " + d.LastName),
+		MessageID:   messageID(spec.MessageIDKey, spec.ID, key, spec.Hostname),
+		Date:        s.now(),
+		ListID:      spec.List + "." + spec.Hostname, // RFC 2919 §2
+		ListName:    spec.ListName,
+		Unsubscribe: []string{unsubscribe}, // RFC 8058: the https URL
+	}
+	body, err := spec.Templates.Render(d, env)
+	if err != nil {
+		return outcome{rowErr: &RowError{File: spec.Recipients, Line: r.line, Field: "template", Err: err, rcpt: to}}
+	}
+	return outcome{msg: Message{Campaign: spec.ID, List: spec.List, Key: key, From: s.from, To: to, Body: body}}
+}
+
+// messageID is hex(HMAC-SHA256(secret, campaign NUL key))[:24] "." campaign "@" host:
+// the same recipient of the same campaign always gets the same Message-ID, so a
+// re-send after a crash can be deduplicated by receivers.
+func messageID(secret []byte, campaign, key, host string) string {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(campaign + "\x00" + key))
+	return hex.EncodeToString(m.Sum(nil))[:24] + "." + campaign + "@" + host
+}
+
+// firstRows keeps the max row problems with the lowest line numbers, in line order.
+type firstRows struct {
+	max  int
+	rows []RowError
+}
+
+// add keeps e if it is among the max lowest lines seen so far.
+func (f *firstRows) add(e RowError) {
+	if len(f.rows) == f.max && e.Line >= f.rows[len(f.rows)-1].Line {
+		return
+	}
+	i, _ := slices.BinarySearchFunc(f.rows, e.Line, func(r RowError, line int) int { return r.Line - line })
+	f.rows = slices.Insert(f.rows, i, e)
+	if len(f.rows) > f.max {
+		f.rows = f.rows[:f.max]
+	}
+}
+
+// putRecord stores rec through records, if set.
+func putRecord(records Records, rec Record) error {
+	if records == nil {
+		return nil
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode campaign record: %w", err)
+	}
+	if err := records.PutCampaign(rec.ID, b); err != nil {
+		return fmt.Errorf("store campaign record: %w", err)
+	}
+	return nil
+}
+
+// runBy names the operating-system user running the campaign, for the record.
+func runBy() string {
+	u, err := user.Current()
+	if err != nil {
+		return "unknown"
+	}
+	return u.Username
+}

@@ -1,0 +1,263 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-message/mail"
+	"github.com/emersion/go-smtp"
+
+	"github.com/postwarden/postwarden/mta/mtatest"
+)
+
+const e2eCSV = `email,first_name,last_name,company,job_title,country
+ana@acme.example,Ana,Silva,Acme,CTO,PT
+bob@acme.example,Bob,Stone,Acme,CFO,GB
+carol@initech.example,Carol,Reyes,Initech,COO,ES
+not-an-address,Nobody,Nowhere,Void,None,FR
+dave@globex.example,Dave,Kim,Globex,VP Sales,DE
+zoe@umbrella.example,Zoë,Müller,Ünïcode GmbH,CEO,AT
+`
+
+// The sink receives exactly the allowed messages, each DKIM-signed with a
+// signature that verifies, carrying the list and unsubscribe headers.
+func TestCampaignEndToEnd(t *testing.T) {
+	h := newHarness(t, mtatest.Options{})
+	h.mustRun(0, "suppress", "add", "bob@acme.example", "--reason", "manual")
+	h.mustRun(0, "suppress", "add", "@initech.example")
+	file := h.campaign("launch-1", e2eCSV)
+
+	r := h.mustRun(0, "campaign", "send", file)
+	for _, want := range []string{"rows read      6", "invalid rows   1", "launch-1.csv:5", "suppressed     2 (manual 2)", "enqueued       3", "delivered 3"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("summary lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if strings.Contains(r.stdout+r.stderr, "ana@acme.example") {
+		t.Errorf("output shows a clear address:\n%s\n%s", r.stdout, r.stderr)
+	}
+
+	got := h.sink.ByRecipient()
+	want := map[string]int{"ana@acme.example": 1, "dave@globex.example": 1, "zoe@umbrella.example": 1}
+	if len(got) != len(want) {
+		t.Fatalf("sink received %v, want %v", got, want)
+	}
+	for rcpt, n := range want {
+		if got[rcpt] != n {
+			t.Errorf("sink received %d for %s, want %d (all: %v)", got[rcpt], rcpt, n, got)
+		}
+	}
+	for _, m := range h.sink.Messages() {
+		if m.From != "ana@example.com" {
+			t.Errorf("envelope sender %q", m.From)
+		}
+		vs := h.verifyDKIM(m.Data)
+		if len(vs) == 0 {
+			t.Fatalf("message to %v has no DKIM signature", m.To)
+		}
+		for _, v := range vs {
+			if v.Err != nil {
+				t.Errorf("DKIM for %v: %v", m.To, v.Err)
+			}
+			for _, hk := range []string{"from", "to", "subject", "date", "message-id", "list-id", "list-unsubscribe", "list-unsubscribe-post", "mime-version", "content-type"} {
+				if !containsFold(v.HeaderKeys, hk) {
+					t.Errorf("DKIM h= lacks %s: %v", hk, v.HeaderKeys)
+				}
+			}
+		}
+		mr, err := mail.CreateReader(bytes.NewReader(m.Data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hd := mr.Header
+		for _, k := range []string{"From", "To", "Subject", "Date", "Message-Id", "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post"} {
+			if hd.Get(k) == "" {
+				t.Errorf("message to %v lacks %s", m.To, k)
+			}
+		}
+		if got := hd.Get("List-Unsubscribe-Post"); got != "List-Unsubscribe=One-Click" {
+			t.Errorf("List-Unsubscribe-Post = %q", got)
+		}
+		if m.To[0] == "zoe@umbrella.example" {
+			subj, _ := hd.Subject()
+			if subj != "Zoë, a note about Ünïcode GmbH" {
+				t.Errorf("decoded subject %q", subj)
+			}
+		}
+		if !bytes.Contains(m.Data, []byte("https://example.com/privacy")) {
+			t.Errorf("message to %v lacks the privacy link", m.To)
+		}
+	}
+
+	// Re-running the same campaign id mails nobody twice.
+	r = h.mustRun(0, "campaign", "send", file)
+	if !strings.Contains(r.stdout, "enqueued       0") || !strings.Contains(r.stdout, "already sent   3") {
+		t.Errorf("re-run summary:\n%s", r.stdout)
+	}
+	if n := h.sink.Count(); n != 3 {
+		t.Errorf("sink has %d messages after the re-run, want 3", n)
+	}
+}
+
+func containsFold(list []string, s string) bool {
+	for _, x := range list {
+		if strings.EqualFold(x, s) {
+			return true
+		}
+	}
+	return false
+}
+
+var unsubURL = regexp.MustCompile(`<(http://[^>]+/u/[A-Za-z0-9_-]+)>`)
+
+// One-click unsubscribe through the running daemon: a GET changes nothing,
+// the RFC 8058 POST suppresses, a forged token is 404, and the next campaign
+// on the list skips the address.
+func TestOneClickUnsubscribeThroughDaemon(t *testing.T) {
+	h := newHarness(t, mtatest.Options{})
+	h.serve()
+	file := h.campaign("news-1", "email,first_name,company\nana@acme.example,Ana,Acme\ndave@globex.example,Dave,Globex\n")
+	r := h.mustRun(0, "campaign", "send", file)
+	if !strings.Contains(r.stdout, "handed to the running daemon") {
+		t.Errorf("send did not go through the daemon:\n%s", r.stdout)
+	}
+	waitFor(t, "two deliveries", func() bool { return h.sink.Count() == 2 })
+
+	// Queue admin verbs work through the socket while serve holds the store.
+	ls := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--campaign", "news-1").stdout)
+	if len(ls) != 2 {
+		t.Fatalf("queue ls: %d entries", len(ls))
+	}
+	for _, v := range ls {
+		if v.ID == "" || strings.HasPrefix(v.Rcpt, "ana@") {
+			t.Errorf("queue ls entry %+v: want an id and a masked address", v)
+		}
+	}
+	show := h.mustRun(0, "queue", "show", ls[0].ID)
+	if !strings.Contains(show.stdout, "delivered") {
+		t.Errorf("queue show:\n%s", show.stdout)
+	}
+	h.mustRun(1, "queue", "show", "nonexistent")
+
+	var link string
+	for _, m := range h.sink.Messages() {
+		if m.To[0] == "ana@acme.example" {
+			mr, err := mail.CreateReader(bytes.NewReader(m.Data))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if mm := unsubURL.FindStringSubmatch(mr.Header.Get("List-Unsubscribe")); mm != nil {
+				link = mm[1]
+			}
+		}
+	}
+	if link == "" {
+		t.Fatal("no List-Unsubscribe URL in ana's message")
+	}
+	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
+	// A mail scanner's GET changes nothing.
+	resp, err := noRedirect.Get(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), "<form") {
+		t.Fatalf("GET %s: %d\n%s", link, resp.StatusCode, page)
+	}
+	h.mustRun(1, "suppress", "check", "ana@acme.example", "--list", "product-news")
+
+	// A forged token reveals nothing.
+	forged := link[:len(link)-3] + flip(link[len(link)-3:])
+	resp, err = noRedirect.PostForm(forged, url.Values{"List-Unsubscribe": {"One-Click"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound || strings.Contains(string(body), "ana") {
+		t.Errorf("forged token: %d\n%s", resp.StatusCode, body)
+	}
+	h.mustRun(1, "suppress", "check", "ana@acme.example", "--list", "product-news")
+
+	// RFC 8058 one-click POST.
+	resp, err = noRedirect.PostForm(link, url.Values{"List-Unsubscribe": {"One-Click"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("one-click POST: %d", resp.StatusCode)
+	}
+	chk := h.mustRun(0, "suppress", "check", "ana@acme.example", "--list", "product-news")
+	if !strings.Contains(chk.stdout, "unsubscribed") {
+		t.Errorf("suppress check: %s", chk.stdout)
+	}
+
+	// The next campaign on the list skips her.
+	file2 := h.campaign("news-2", "email,first_name,company\nana@acme.example,Ana,Acme\ndave@globex.example,Dave,Globex\n")
+	r = h.mustRun(0, "campaign", "send", file2)
+	if !strings.Contains(r.stdout, "unsubscribed 1") || !strings.Contains(r.stdout, "enqueued       1") {
+		t.Errorf("second campaign summary:\n%s", r.stdout)
+	}
+	waitFor(t, "the second campaign's delivery", func() bool { return h.sink.Count() == 3 })
+	if n := h.sink.ByRecipient()["ana@acme.example"]; n != 1 {
+		t.Errorf("ana received %d messages, want 1", n)
+	}
+}
+
+func flip(s string) string {
+	b := []byte(s)
+	for i := range b {
+		if b[i] == 'A' {
+			b[i] = 'B'
+		} else {
+			b[i] = 'A'
+		}
+	}
+	return string(b)
+}
+
+// A 4xx is retried and then delivered; a 550 5.1.1 bounces and suppresses.
+// Queue verbs run directly on the store when no daemon runs.
+func TestRetryAndHardBounce(t *testing.T) {
+	h := newHarness(t, mtatest.Options{Rcpt: func(rcpt string, n int) error {
+		switch {
+		case rcpt == "temp@acme.example" && n == 1:
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try again later"}
+		case rcpt == "gone@acme.example":
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+		}
+		return nil
+	}})
+	file := h.campaign("retry-1", "email,first_name,company\ntemp@acme.example,Tem,Acme\ngone@acme.example,Gon,Acme\nok@acme.example,Oka,Acme\n")
+	r := h.mustRun(0, "campaign", "send", file)
+	for _, want := range []string{"bounced 1", "deferred 1", "delivered 1"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("summary lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	chk := h.mustRun(0, "suppress", "check", "gone@acme.example")
+	if !strings.Contains(chk.stdout, "hard_bounce") {
+		t.Errorf("gone@ not suppressed as hard_bounce: %s", chk.stdout)
+	}
+	deferred := jsonLines[msgView](t, h.mustRun(0, "--json", "--reveal", "queue", "ls", "--state", "deferred").stdout)
+	if len(deferred) != 1 || deferred[0].Rcpt != "temp@acme.example" || !strings.Contains(deferred[0].LastReply, "451") {
+		t.Fatalf("deferred: %+v", deferred)
+	}
+	h.mustRun(0, "queue", "retry", "ALL")
+	h.mustRun(0, "campaign", "send", file)
+	if n := h.sink.ByRecipient()["temp@acme.example"]; n != 1 {
+		t.Errorf("temp@ delivered %d times after retry, want 1", n)
+	}
+	st := jsonLines[statsView](t, h.mustRun(0, "--json", "queue", "stats").stdout)
+	if len(st) != 1 || st[0].ByState["delivered"] != 2 || st[0].ByState["bounced"] != 1 {
+		t.Errorf("queue stats: %+v", st)
+	}
+}

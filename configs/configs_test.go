@@ -1,0 +1,245 @@
+package configs
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// problems splits an Errors value into its messages.
+func problems(t *testing.T, err error) []string {
+	t.Helper()
+	var errs Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("error %v (%T) is not Errors", err, err)
+	}
+	out := make([]string, len(errs))
+	for i, e := range errs {
+		out[i] = e.Error()
+	}
+	return out
+}
+
+func TestBadFiles(t *testing.T) {
+	tests := []struct {
+		load func(string) error
+		file string
+		want []string // each message, in order, as a prefix
+	}{
+		{server, "unknown_key.yaml", []string{`testdata/unknown_key.yaml:7: unknown key "hostnme"`}},
+		{server, "wrong_type.yaml", []string{
+			`testdata/wrong_type.yaml:3: data_dir: expected a string`,
+			`testdata/wrong_type.yaml:6: delivery.workers: expected an integer`,
+		}},
+		{server, "missing_required.yaml", []string{`testdata/missing_required.yaml:1: missing required key "privacy_url"`}},
+		{server, "bad_mode.yaml", []string{`testdata/bad_mode.yaml:6: delivery.mode: "smtp" must be one of capture, mx, relay`}},
+		{server, "bad_duration.yaml", []string{
+			`testdata/bad_duration.yaml:6: delivery.retry[1]: "15 minutes" is not a duration`,
+			`testdata/bad_duration.yaml:7: delivery.max_age: "5days" is not a duration`,
+		}},
+		{server, "three_problems.yaml", []string{
+			`testdata/three_problems.yaml:3: public_url: "ftp://example.com" is not an absolute http(s) URL`,
+			`testdata/three_problems.yaml:5: delivery.relay: required in relay mode`,
+			`testdata/three_problems.yaml:7: unknown key "delivery.colour"`,
+		}},
+		{server, "bad_dkim.yaml", []string{
+			`testdata/bad_dkim.yaml:7: dkim[1].selector: "" is not a selector`,
+			`testdata/bad_dkim.yaml:8: dkim[2].type: "dsa" must be rsa or ed25519`,
+			`testdata/bad_dkim.yaml:8: dkim[2]: domain EXAMPLE.com selector pw1 repeats dkim[0]`,
+			`testdata/bad_dkim.yaml:10: delivery.routes.example.org: "mx.example.org": want host:port`,
+		}},
+		{campaign, "campaign_bad.yaml", []string{
+			`testdata/campaign_bad.yaml:1: id: "bad id!" must be 1-64 of`,
+			`testdata/campaign_bad.yaml:3: from: "not an address": mail:`,
+			`testdata/campaign_bad.yaml:4: subject: must not be empty`,
+			`testdata/campaign_bad.yaml:7: legal_basis: "because" must be legitimate_interest or consent`,
+			`testdata/campaign_bad.yaml:8: audience: "b2x" must be b2b or b2c`,
+			`testdata/campaign_bad.yaml:9: unknown key "lsit"`,
+		}},
+		{campaign, "campaign_missing.yaml", []string{
+			`testdata/campaign_missing.yaml:1: missing required key "template"`,
+			`testdata/campaign_missing.yaml:1: missing required key "recipients"`,
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			err := tt.load("testdata/" + tt.file)
+			if err == nil {
+				t.Fatal("loaded without error")
+			}
+			got := problems(t, err)
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %d problems, want %d:\n%s", len(got), len(tt.want), err)
+			}
+			for i, w := range tt.want {
+				if !strings.HasPrefix(got[i], w) {
+					t.Errorf("problem %d:\n got %s\nwant %s…", i, got[i], w)
+				}
+			}
+			if strings.Count(err.Error(), "\n") != len(tt.want)-1 {
+				t.Errorf("Error() is not one line per problem:\n%s", err)
+			}
+		})
+	}
+}
+
+func server(p string) error   { _, err := LoadServer(p); return err }
+func campaign(p string) error { _, err := LoadCampaign(p); return err }
+
+func TestSyntaxAndShapeErrors(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct{ name, body, want string }{
+		{"empty.yaml", "", "empty.yaml:1: empty file"},
+		{"list.yaml", "- a\n- b\n", "list.yaml:1: expected a mapping of keys at the top level"},
+		{"syntax.yaml", "hostname: [a\n", "syntax.yaml: yaml:"},
+		{"repeat.yaml", "hostname: a.example\ndata_dir: v\npublic_url: http://x.example\nprivacy_url: https://x.example/p\nhostname: b.example\n",
+			"repeat.yaml:5: hostname: repeated key (first at line 1)"},
+		{"empty_value.yaml", "hostname:\ndata_dir: v\npublic_url: http://x.example\nprivacy_url: https://x.example/p\n",
+			"empty_value.yaml:1: hostname: must not be empty"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := filepath.Join(dir, tt.name)
+			if err := os.WriteFile(p, []byte(tt.body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			_, err := LoadServer(p)
+			got := problems(t, err)
+			if len(got) != 1 || !strings.Contains(got[0], tt.want) {
+				t.Errorf("got %q, want one problem containing %q", got, tt.want)
+			}
+		})
+	}
+	if _, err := LoadServer(filepath.Join(dir, "absent.yaml")); err == nil || !strings.Contains(err.Error(), "absent.yaml") {
+		t.Errorf("absent file: %v", err)
+	}
+}
+
+func TestDefaultsAndPaths(t *testing.T) {
+	s, err := LoadServer("testdata/relay_ok.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, _ := filepath.Abs("testdata")
+	checks := []struct{ name, got, want string }{
+		{"Path", s.Path, filepath.Join(dir, "relay_ok.yaml")},
+		{"DataDir", s.DataDir, "/srv/postwarden"},
+		{"TokenKeyFile", s.TokenKeyFile, filepath.Join(dir, "keys/token.key")},
+		{"AdminSocket", s.AdminSocket, "/srv/postwarden/admin.sock"},
+		{"CaptureDir", s.Delivery.CaptureDir, "/srv/postwarden/outbox"},
+		{"DKIM[0].KeyFile", s.DKIM[0].KeyFile, "/srv/postwarden/dkim/example.com.pw1.key"},
+		{"DKIM[0].Type", s.DKIM[0].Type, "rsa"},
+		{"DKIM[1].KeyFile", s.DKIM[1].KeyFile, filepath.Join(dir, "dkim/pw2.key")},
+		{"DKIM[1].Type", s.DKIM[1].Type, "ed25519"},
+		{"PublicURL", s.PublicURL, "https://mail.example.com"},
+		{"HTTPListen", s.HTTPListen, "127.0.0.1:8025"},
+		{"SenderName", s.SenderName, "mail.example.com"},
+		{"Mode", s.Delivery.Mode, ModeRelay},
+		{"Relay", s.Delivery.Relay, "smtp://smarthost.example.net:587"},
+		{"Route", s.Delivery.Routes["example.org"], "mx.example.org:2525"},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %q, want %q", c.name, c.got, c.want)
+		}
+	}
+	d := s.Delivery
+	if len(d.Retry) != 2 || d.Retry[0] != 24*time.Hour || d.Retry[1] != 36*time.Hour {
+		t.Errorf("Retry = %v, want [24h 36h]", d.Retry)
+	}
+	if d.MaxAge != 7*24*time.Hour || d.ConcurrencyPerDomain != 4 || d.SMTPPort != 25 || d.Workers != 16 {
+		t.Errorf("MaxAge %v, ConcurrencyPerDomain %d, SMTPPort %d, Workers %d", d.MaxAge, d.ConcurrencyPerDomain, d.SMTPPort, d.Workers)
+	}
+	if s.Line("delivery.relay") != 11 || s.Line("dkim[1].selector") != 8 {
+		t.Errorf("Line(delivery.relay) = %d, Line(dkim[1].selector) = %d", s.Line("delivery.relay"), s.Line("dkim[1].selector"))
+	}
+}
+
+func TestShippedServer(t *testing.T) {
+	s, err := LoadServer("postwarden.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, _ := filepath.Abs("..")
+	if s.DataDir != filepath.Join(root, "var") || s.Delivery.Mode != ModeCapture ||
+		s.Delivery.CaptureDir != filepath.Join(root, "var", "outbox") || s.Hostname != "mail.example.com" {
+		t.Errorf("DataDir %q, Mode %q, CaptureDir %q, Hostname %q", s.DataDir, s.Delivery.Mode, s.Delivery.CaptureDir, s.Hostname)
+	}
+	if len(s.DKIM) != 1 || s.DKIM[0].KeyFile != filepath.Join(root, "var", "dkim", "example.com.pw1.key") {
+		t.Errorf("DKIM = %+v", s.DKIM)
+	}
+	if len(s.Delivery.Retry) != 6 || s.Delivery.Retry[5] != 4*time.Hour || s.Delivery.MaxAge != 120*time.Hour {
+		t.Errorf("Retry %v, MaxAge %v", s.Delivery.Retry, s.Delivery.MaxAge)
+	}
+}
+
+func TestDefaultServer(t *testing.T) {
+	s, err := DefaultServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wd, _ := os.Getwd()
+	if s.Path != "" || s.DataDir != filepath.Join(wd, "var") || s.Delivery.Mode != ModeCapture ||
+		s.TokenKeyFile != filepath.Join(wd, "var", "token.key") {
+		t.Errorf("Path %q, DataDir %q, Mode %q, TokenKeyFile %q", s.Path, s.DataDir, s.Delivery.Mode, s.TokenKeyFile)
+	}
+	if len(s.DKIM) != 1 || s.DKIM[0].Domain != "example.com" || s.DKIM[0].Selector != "pw1" {
+		t.Errorf("DKIM = %+v", s.DKIM)
+	}
+}
+
+func TestShippedCampaign(t *testing.T) {
+	c, err := LoadCampaign("campaigns/example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ID != "example-2026-q4" || c.List != "product-news" || c.From != "Ana Ruiz <ana@example.com>" ||
+		c.LegalBasis != LegitimateInterest || c.Audience != AudienceB2B {
+		t.Errorf("campaign = %+v", c)
+	}
+	// Paths resolve against the campaign's folder and point at the shipped files.
+	for _, p := range []string{c.Template + ".html", c.Template + ".txt", c.Recipients, c.LIA} {
+		if !filepath.IsAbs(p) {
+			t.Errorf("%s is not absolute", p)
+		}
+		if _, err := os.Stat(p); err != nil {
+			t.Error(err)
+		}
+	}
+	if c.Line("template") != 8 || c.Line("id") != 2 || c.Line("nope") != 0 {
+		t.Errorf("Line(template) = %d, Line(id) = %d", c.Line("template"), c.Line("id"))
+	}
+	data, _ := os.ReadFile("campaigns/example.yaml")
+	sum := sha256.Sum256(data)
+	if h, err := c.Hash(); err != nil || h != hex.EncodeToString(sum[:]) {
+		t.Errorf("Hash = %q, %v", h, err)
+	}
+}
+
+func TestParseDuration(t *testing.T) {
+	tests := []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"5m", 5 * time.Minute, true},
+		{"7d", 7 * 24 * time.Hour, true},
+		{"1d12h", 36 * time.Hour, true},
+		{"1d30m", 24*time.Hour + 30*time.Minute, true},
+		{"d", 0, false},
+		{"1dd", 0, false},
+		{"1.5d", 0, false},
+		{"soon", 0, false},
+	}
+	for _, tt := range tests {
+		got, err := ParseDuration(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("ParseDuration(%q) = %v, %v", tt.in, got, err)
+		}
+	}
+}

@@ -1,0 +1,303 @@
+// Package configs loads postwarden's YAML files: the server configuration and
+// campaign files. Decoding walks the yaml.Node tree so that every problem —
+// unknown key, wrong type, missing or bad value — is reported at once as
+// "file:line: field: problem". Relative paths are resolved against the folder
+// of the file that names them; defaults are applied in one place.
+package configs
+
+import (
+	"fmt"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Errors is every problem found in one file; it is returned as the error.
+type Errors []error
+
+// Error joins the problems with newlines.
+func (e Errors) Error() string {
+	s := make([]string, len(e))
+	for i, err := range e {
+		s[i] = err.Error()
+	}
+	return strings.Join(s, "\n")
+}
+
+// Unwrap gives errors.Is and errors.As access to each problem.
+func (e Errors) Unwrap() []error { return e }
+
+// decoder walks one file's node tree, collecting problems and key lines.
+type decoder struct {
+	file  string         // as named in messages
+	errs  []lineError    // everything found so far
+	lines map[string]int // dotted key path → line
+	// failed holds paths already reported as missing or mistyped, so the
+	// value checks that follow do not report them twice.
+	failed map[string]bool
+}
+
+func newDecoder(file string) *decoder {
+	return &decoder{file: file, lines: map[string]int{}, failed: map[string]bool{}}
+}
+
+// typeErr records that the value at path is not what was expected.
+func (d *decoder) typeErr(path string, v *yaml.Node, want string) {
+	d.failed[path] = true
+	d.errf(v.Line, "%s: expected %s", path, want)
+}
+
+// lineError is one problem and the line it is reported at, for sorting.
+type lineError struct {
+	line int
+	err  error
+}
+
+// errf records a problem at line.
+func (d *decoder) errf(line int, format string, args ...any) {
+	d.errs = append(d.errs, lineError{line, fmt.Errorf("%s:%d: %s", d.file, line, fmt.Sprintf(format, args...))})
+}
+
+// fieldErr records a problem with the field at path, at the field's line
+// (or line 1 when the field is absent from the file). Paths under one already
+// reported as missing or mistyped are skipped.
+func (d *decoder) fieldErr(path, format string, args ...any) {
+	for p := path; p != ""; p = parent(p) {
+		if d.failed[p] {
+			return
+		}
+	}
+	line := 1
+	for p := path; p != ""; p = parent(p) { // an absent key is reported where its parent is
+		if l := d.lines[p]; l != 0 {
+			line = l
+			break
+		}
+	}
+	d.errf(line, "%s: %s", path, fmt.Sprintf(format, args...))
+}
+
+// parent cuts the last ".key" or "[i]" from a path.
+func parent(p string) string {
+	i := strings.LastIndexAny(p, ".[")
+	if i < 0 {
+		return ""
+	}
+	return p[:i]
+}
+
+// err returns the collected problems in line order, or nil.
+func (d *decoder) err() error {
+	if len(d.errs) == 0 {
+		return nil
+	}
+	sort.SliceStable(d.errs, func(i, j int) bool { return d.errs[i].line < d.errs[j].line })
+	out := make(Errors, len(d.errs))
+	for i, e := range d.errs {
+		out[i] = e.err
+	}
+	return out
+}
+
+// document parses data and returns its top-level mapping, or nil after
+// recording why there is none.
+func (d *decoder) document(data []byte) *yaml.Node {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		// yaml.v3 syntax errors read "yaml: line 3: …"; keep them whole.
+		d.errs = append(d.errs, lineError{0, fmt.Errorf("%s: %w", d.file, err)})
+		return nil
+	}
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
+		d.errf(1, "empty file, expected a mapping of keys")
+		return nil
+	}
+	n := resolve(doc.Content[0])
+	if n.Kind != yaml.MappingNode {
+		d.errf(n.Line, "expected a mapping of keys at the top level")
+		return nil
+	}
+	return n
+}
+
+// resolve follows an alias.
+func resolve(n *yaml.Node) *yaml.Node {
+	for n != nil && n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	return n
+}
+
+// fields decodes mapping node n: each known key's value goes to its function,
+// unknown and repeated keys are problems, and each key's line is recorded
+// under prefix+key. Missing required keys are reported at the mapping's line.
+func (d *decoder) fields(n *yaml.Node, prefix string, known map[string]func(path string, v *yaml.Node), required ...string) {
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := resolve(n.Content[i]), resolve(n.Content[i+1])
+		path := prefix + k.Value
+		fn, ok := known[k.Value]
+		switch {
+		case k.Kind != yaml.ScalarNode || !ok:
+			d.errf(k.Line, "unknown key %q", prefix+k.Value)
+		case seen[k.Value]:
+			d.errf(k.Line, "%s: repeated key (first at line %d)", path, d.lines[path])
+		default:
+			seen[k.Value] = true
+			d.lines[path] = k.Line
+			fn(path, v)
+		}
+	}
+	for _, r := range required {
+		if !seen[r] {
+			d.failed[prefix+r] = true
+			d.errf(n.Line, "missing required key %q", prefix+r)
+		}
+	}
+}
+
+// null reports whether v is an empty value ("key:" or "key: null").
+func null(v *yaml.Node) bool {
+	return v.Kind == yaml.ScalarNode && v.ShortTag() == "!!null"
+}
+
+// str decodes a string; null leaves it empty.
+func (d *decoder) str(dst *string) func(string, *yaml.Node) {
+	return func(path string, v *yaml.Node) {
+		if null(v) {
+			return
+		}
+		if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!str" {
+			d.typeErr(path, v, "a string")
+			return
+		}
+		*dst = v.Value
+	}
+}
+
+// integer decodes an int; null leaves it zero.
+func (d *decoder) integer(dst *int) func(string, *yaml.Node) {
+	return func(path string, v *yaml.Node) {
+		if null(v) {
+			return
+		}
+		n, err := strconv.Atoi(v.Value)
+		if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!int" || err != nil {
+			d.typeErr(path, v, "an integer")
+			return
+		}
+		*dst = n
+	}
+}
+
+// duration decodes a duration string; null leaves it zero.
+func (d *decoder) duration(dst *time.Duration) func(string, *yaml.Node) {
+	return func(path string, v *yaml.Node) {
+		if null(v) {
+			return
+		}
+		dur, err := d.parseDuration(path, v)
+		if err == nil {
+			*dst = dur
+		}
+	}
+}
+
+// durations decodes a sequence of durations; null leaves it nil.
+func (d *decoder) durations(dst *[]time.Duration) func(string, *yaml.Node) {
+	return func(path string, v *yaml.Node) {
+		if null(v) {
+			return
+		}
+		if v.Kind != yaml.SequenceNode {
+			d.typeErr(path, v, "a list of durations such as [5m, 1h]")
+			return
+		}
+		out := []time.Duration{}
+		for i, e := range v.Content {
+			dur, err := d.parseDuration(fmt.Sprintf("%s[%d]", path, i), resolve(e))
+			if err == nil {
+				out = append(out, dur)
+			}
+		}
+		*dst = out
+	}
+}
+
+// stringMap decodes a mapping of strings to strings; null leaves it nil.
+func (d *decoder) stringMap(dst *map[string]string) func(string, *yaml.Node) {
+	return func(path string, v *yaml.Node) {
+		if null(v) {
+			return
+		}
+		if v.Kind != yaml.MappingNode {
+			d.typeErr(path, v, "a mapping")
+			return
+		}
+		out := map[string]string{}
+		for i := 0; i+1 < len(v.Content); i += 2 {
+			k, e := resolve(v.Content[i]), resolve(v.Content[i+1])
+			if k.Kind != yaml.ScalarNode || e.Kind != yaml.ScalarNode || e.ShortTag() != "!!str" {
+				d.errf(k.Line, "%s: %s: expected a string", path, k.Value)
+				continue
+			}
+			if _, dup := out[k.Value]; dup {
+				d.errf(k.Line, "%s: %s: repeated key", path, k.Value)
+			}
+			out[k.Value] = e.Value
+			d.lines[path+"."+k.Value] = k.Line
+		}
+		*dst = out
+	}
+}
+
+// dayPrefix matches the day part of "7d" or "1d12h".
+var dayPrefix = regexp.MustCompile(`^(\d+)d(.*)$`)
+
+// parseDuration reads Go duration syntax plus a leading "<n>d" day count.
+func (d *decoder) parseDuration(path string, v *yaml.Node) (time.Duration, error) {
+	bad := func() (time.Duration, error) {
+		d.failed[path] = true
+		d.errf(v.Line, "%s: %q is not a duration (use e.g. 30m, 4h, 7d, 1d12h)", path, v.Value)
+		return 0, fmt.Errorf("bad duration")
+	}
+	if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!str" {
+		return bad()
+	}
+	dur, err := ParseDuration(v.Value)
+	if err != nil {
+		return bad()
+	}
+	if dur <= 0 {
+		d.failed[path] = true
+		d.errf(v.Line, "%s: %q must be positive", path, v.Value)
+		return 0, fmt.Errorf("bad duration")
+	}
+	return dur, nil
+}
+
+// ParseDuration reads Go duration syntax ("90m", "4h") plus a leading day
+// count with the "d" suffix ("7d", "1d12h").
+func ParseDuration(s string) (time.Duration, error) {
+	m := dayPrefix.FindStringSubmatch(s)
+	if m == nil {
+		return time.ParseDuration(s)
+	}
+	days, err := strconv.Atoi(m[1])
+	if err != nil || days > 100000 {
+		return 0, fmt.Errorf("duration %q: day count out of range", s)
+	}
+	total := time.Duration(days) * 24 * time.Hour
+	if m[2] != "" {
+		rest, err := time.ParseDuration(m[2])
+		if err != nil {
+			return 0, fmt.Errorf("duration %q: %w", s, err)
+		}
+		total += rest
+	}
+	return total, nil
+}

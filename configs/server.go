@@ -1,0 +1,358 @@
+package configs
+
+import (
+	_ "embed"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// DefaultPath is where the server configuration is looked for when none is named.
+const DefaultPath = "configs/postwarden.yaml"
+
+//go:embed default.yaml
+var defaultYAML []byte
+
+// Delivery modes.
+const (
+	ModeCapture = "capture" // write each message to <capture_dir>/<queue id>.eml
+	ModeMX      = "mx"      // deliver to the recipient domain's MX hosts
+	ModeRelay   = "relay"   // hand every message to one smart host
+)
+
+// Server is the server configuration (postwarden.yaml); keys mirror the YAML.
+type Server struct {
+	Path         string // absolute path of the file; "" for DefaultServer
+	Hostname     string // EHLO name, Message-ID domain
+	DataDir      string // absolute; bbolt files, keys, outbox
+	PublicURL    string // base of unsubscribe links, no trailing slash
+	HTTPListen   string // host:port of the unsubscribe pages
+	AdminSocket  string // absolute; default <data_dir>/admin.sock
+	PrivacyURL   string // privacy policy link put in every message
+	TokenKeyFile string // absolute; default <data_dir>/token.key
+	SenderName   string // shown on the unsubscribe pages; default the hostname
+	DKIM         []DKIM
+	Delivery     Delivery
+
+	lines map[string]int
+}
+
+// DKIM is one signing key.
+type DKIM struct {
+	Domain   string
+	Selector string
+	KeyFile  string // absolute; default <data_dir>/dkim/<domain>.<selector>.key
+	Type     string // rsa | ed25519
+}
+
+// Delivery says how the queue hands messages on.
+type Delivery struct {
+	Mode                 string            // capture | mx | relay
+	CaptureDir           string            // absolute; default <data_dir>/outbox
+	Relay                string            // smtp://host:port, required in relay mode
+	Routes               map[string]string // recipient domain → host:port, overrides MX
+	Retry                []time.Duration   // waits between attempts
+	MaxAge               time.Duration     // give up after this long in the queue
+	ConcurrencyPerDomain int
+	SMTPPort             int
+	Workers              int
+}
+
+// Line returns the line of a dotted key ("hostname", "delivery.mode",
+// "dkim[0].selector") in the file, or 0 when absent.
+func (s *Server) Line(key string) int { return s.lines[key] }
+
+// LoadServer reads the server configuration at path, applies defaults and
+// resolves relative paths against the file's folder. All problems come back
+// at once as Errors.
+func LoadServer(path string) (*Server, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("configs: read server config: %w", err)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("configs: %s: %w", path, err)
+	}
+	s, err := parseServer(path, data, filepath.Dir(abs))
+	if err != nil {
+		return nil, err
+	}
+	s.Path = abs
+	return s, nil
+}
+
+// DefaultServer returns the embedded default configuration (capture mode,
+// data_dir "var" under the current working directory), used when no file
+// exists at DefaultPath.
+func DefaultServer() (*Server, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return nil, fmt.Errorf("configs: default config: %w", err)
+	}
+	return parseServer("default.yaml (embedded)", defaultYAML, wd)
+}
+
+// parseServer decodes, defaults and checks one server file.
+func parseServer(name string, data []byte, dir string) (*Server, error) {
+	d := newDecoder(name)
+	s := &Server{lines: d.lines}
+	root := d.document(data)
+	if root == nil {
+		return nil, d.err()
+	}
+	d.fields(root, "", map[string]func(string, *yaml.Node){
+		"hostname":       d.str(&s.Hostname),
+		"data_dir":       d.str(&s.DataDir),
+		"public_url":     d.str(&s.PublicURL),
+		"http_listen":    d.str(&s.HTTPListen),
+		"admin_socket":   d.str(&s.AdminSocket),
+		"privacy_url":    d.str(&s.PrivacyURL),
+		"token_key_file": d.str(&s.TokenKeyFile),
+		"sender_name":    d.str(&s.SenderName),
+		"dkim":           d.dkimList(&s.DKIM),
+		"delivery": func(path string, v *yaml.Node) {
+			if d.mapping(path, v) {
+				dl := &s.Delivery
+				d.fields(v, path+".", map[string]func(string, *yaml.Node){
+					"mode":                   d.str(&dl.Mode),
+					"capture_dir":            d.str(&dl.CaptureDir),
+					"relay":                  d.str(&dl.Relay),
+					"routes":                 d.stringMap(&dl.Routes),
+					"retry":                  d.durations(&dl.Retry),
+					"max_age":                d.duration(&dl.MaxAge),
+					"concurrency_per_domain": d.integer(&dl.ConcurrencyPerDomain),
+					"smtp_port":              d.integer(&dl.SMTPPort),
+					"workers":                d.integer(&dl.Workers),
+				})
+			}
+		},
+	}, "hostname", "data_dir", "public_url", "privacy_url")
+	s.applyDefaults(dir)
+	s.check(d)
+	if err := d.err(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// dkimList decodes the dkim sequence.
+func (d *decoder) dkimList(dst *[]DKIM) func(string, *yaml.Node) {
+	return func(path string, v *yaml.Node) {
+		if null(v) {
+			return
+		}
+		if v.Kind != yaml.SequenceNode {
+			d.typeErr(path, v, "a list of {domain, selector, key_file, type}")
+			return
+		}
+		out := make([]DKIM, len(v.Content))
+		for i, e := range v.Content {
+			e = resolve(e)
+			p := fmt.Sprintf("%s[%d]", path, i)
+			d.lines[p] = e.Line
+			if !d.mapping(p, e) {
+				continue
+			}
+			k := &out[i]
+			d.fields(e, p+".", map[string]func(string, *yaml.Node){
+				"domain":   d.str(&k.Domain),
+				"selector": d.str(&k.Selector),
+				"key_file": d.str(&k.KeyFile),
+				"type":     d.str(&k.Type),
+			}, "domain", "selector")
+		}
+		*dst = out
+	}
+}
+
+// mapping reports whether v is a mapping, recording a problem if not.
+func (d *decoder) mapping(path string, v *yaml.Node) bool {
+	if v.Kind != yaml.MappingNode {
+		d.typeErr(path, v, "a mapping")
+		return false
+	}
+	return true
+}
+
+// applyDefaults fills every unset field and makes paths absolute: relative
+// paths are taken from dir (the config file's folder), then the defaults
+// derived from data_dir are applied.
+func (s *Server) applyDefaults(dir string) {
+	abs := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(dir, p)
+	}
+	s.DataDir = abs(s.DataDir)
+	s.AdminSocket = abs(s.AdminSocket)
+	s.TokenKeyFile = abs(s.TokenKeyFile)
+	s.Delivery.CaptureDir = abs(s.Delivery.CaptureDir)
+	for i := range s.DKIM {
+		s.DKIM[i].KeyFile = abs(s.DKIM[i].KeyFile)
+	}
+
+	or := func(v *string, def string) {
+		if *v == "" {
+			*v = def
+		}
+	}
+	or(&s.AdminSocket, filepath.Join(s.DataDir, "admin.sock"))
+	or(&s.TokenKeyFile, filepath.Join(s.DataDir, "token.key"))
+	or(&s.Delivery.CaptureDir, filepath.Join(s.DataDir, "outbox"))
+	for i := range s.DKIM {
+		k := &s.DKIM[i]
+		or(&k.KeyFile, filepath.Join(s.DataDir, "dkim", k.Domain+"."+k.Selector+".key"))
+		or(&k.Type, "rsa")
+	}
+	or(&s.HTTPListen, "127.0.0.1:8025")
+	or(&s.SenderName, s.Hostname)
+	or(&s.Delivery.Mode, ModeCapture)
+	s.PublicURL = strings.TrimRight(s.PublicURL, "/")
+
+	d := &s.Delivery
+	if d.Routes == nil {
+		d.Routes = map[string]string{}
+	}
+	if d.Retry == nil {
+		// Mox-like backoff, about 8 h of tries; the last wait repeats until MaxAge.
+		d.Retry = []time.Duration{5 * time.Minute, 15 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour}
+	}
+	if d.MaxAge == 0 {
+		d.MaxAge = 120 * time.Hour // RFC 5321 §4.5.4.1: give up after 4–5 days
+	}
+	ints := []struct {
+		v   *int
+		def int
+	}{{&d.ConcurrencyPerDomain, 4}, {&d.SMTPPort, 25}, {&d.Workers, 16}}
+	for _, n := range ints {
+		if *n.v == 0 {
+			*n.v = n.def
+		}
+	}
+}
+
+// check records every bad value.
+func (s *Server) check(d *decoder) {
+	required := []struct{ key, v string }{
+		{"hostname", s.Hostname}, {"data_dir", s.DataDir}, {"public_url", s.PublicURL}, {"privacy_url", s.PrivacyURL},
+	}
+	for _, r := range required {
+		if r.v == "" {
+			d.fieldErr(r.key, "must not be empty")
+			d.failed[r.key] = true
+		}
+	}
+	if !isHostname(s.Hostname) {
+		d.fieldErr("hostname", "%q is not a host name", s.Hostname)
+	}
+	if u, err := url.Parse(s.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		d.fieldErr("public_url", "%q is not an absolute http(s) URL", s.PublicURL)
+	}
+	if !absoluteURL(s.PrivacyURL) {
+		d.fieldErr("privacy_url", "%q is not an absolute URL", s.PrivacyURL)
+	}
+	if err := hostPort(s.HTTPListen, true); err != nil {
+		d.fieldErr("http_listen", "%q: %v", s.HTTPListen, err)
+	}
+
+	seen := map[string]int{}
+	for i, k := range s.DKIM {
+		p := fmt.Sprintf("dkim[%d]", i)
+		if !isHostname(k.Domain) {
+			d.fieldErr(p+".domain", "%q is not a domain name", k.Domain)
+		}
+		if !isHostname(k.Selector) {
+			d.fieldErr(p+".selector", "%q is not a selector (letters, digits, '-' and '.')", k.Selector)
+		}
+		if k.Type != "rsa" && k.Type != "ed25519" {
+			d.fieldErr(p+".type", "%q must be rsa or ed25519", k.Type)
+		}
+		pair := strings.ToLower(k.Domain + "/" + k.Selector)
+		if j, dup := seen[pair]; dup {
+			d.fieldErr(p, "domain %s selector %s repeats dkim[%d]", k.Domain, k.Selector, j)
+		}
+		seen[pair] = i
+	}
+
+	dl := s.Delivery
+	switch dl.Mode {
+	case ModeCapture, ModeMX, ModeRelay:
+	default:
+		d.fieldErr("delivery.mode", "%q must be one of capture, mx, relay", dl.Mode)
+	}
+	if dl.Mode == ModeRelay && dl.Relay == "" {
+		d.fieldErr("delivery.relay", "required in relay mode (smtp://host:port)")
+	}
+	if dl.Relay != "" {
+		u, err := url.Parse(dl.Relay)
+		if err != nil || u.Scheme != "smtp" || u.Path != "" || u.RawQuery != "" || u.User != nil || hostPort(u.Host, false) != nil {
+			d.fieldErr("delivery.relay", "%q must be smtp://host:port", dl.Relay)
+		}
+	}
+	for dom, hp := range dl.Routes {
+		if !isHostname(dom) {
+			d.fieldErr("delivery.routes."+dom, "%q is not a domain name", dom)
+		}
+		if err := hostPort(hp, false); err != nil {
+			d.fieldErr("delivery.routes."+dom, "%q: %v", hp, err)
+		}
+	}
+	positive := []struct {
+		key string
+		v   int
+		max int
+	}{{"concurrency_per_domain", dl.ConcurrencyPerDomain, 1000}, {"smtp_port", dl.SMTPPort, 65535}, {"workers", dl.Workers, 10000}}
+	for _, n := range positive {
+		if n.v < 1 || n.v > n.max {
+			d.fieldErr("delivery."+n.key, "%d must be between 1 and %d", n.v, n.max)
+		}
+	}
+}
+
+// isHostname accepts dot-separated labels of letters, digits and hyphens.
+func isHostname(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(s, "."), ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// absoluteURL accepts scheme://host… URLs.
+func absoluteURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && u.IsAbs() && u.Host != ""
+}
+
+// hostPort checks host:port with a numeric port; emptyHost allows ":8025".
+func hostPort(s string, emptyHost bool) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("want host:port")
+	}
+	if host == "" && !emptyHost {
+		return fmt.Errorf("host is empty")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q is not 1-65535", port)
+	}
+	return nil
+}

@@ -1,0 +1,98 @@
+package mta
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Stages named in DeliveryError.Stage.
+const (
+	StageSign     = "sign"     // parsing or signing the message
+	StageRoute    = "route"    // recipient, MX or address lookup
+	StageCapture  = "capture"  // writing the capture file
+	StageConnect  = "connect"  // TCP connect, greeting
+	StageEHLO     = "ehlo"     // EHLO
+	StageSTARTTLS = "starttls" // STARTTLS and TLS handshake
+	StageMail     = "mail"     // RSET, MAIL FROM
+	StageRcpt     = "rcpt"     // RCPT TO
+	StageData     = "data"     // DATA, body, final reply
+)
+
+// DeliveryError describes a failed delivery attempt; it is temporary unless Temp is false.
+type DeliveryError struct {
+	Temp     bool   // retry later (4yz, network, timeout); false: permanent (5yz, null MX, bad input)
+	Code     int    // SMTP reply code, 0 when the failure is not a reply
+	Enhanced string // RFC 3463 enhanced status code ("5.1.1"), "" when none
+	Message  string // reply text or error text
+	Remote   string // host:port talked to, "" before any
+	Stage    string // one of the Stage constants
+	Err      error  // underlying error, if any
+}
+
+// Error formats as "mta: rcpt at mx.example.com:25: 550 5.1.1 no such user".
+func (e *DeliveryError) Error() string {
+	var b strings.Builder
+	b.WriteString("mta: ")
+	b.WriteString(e.Stage)
+	if e.Remote != "" {
+		b.WriteString(" at ")
+		b.WriteString(e.Remote)
+	}
+	b.WriteString(": ")
+	if e.Code != 0 {
+		b.WriteString(strconv.Itoa(e.Code))
+		b.WriteByte(' ')
+	}
+	if e.Enhanced != "" {
+		b.WriteString(e.Enhanced)
+		b.WriteByte(' ')
+	}
+	b.WriteString(e.Message)
+	return b.String()
+}
+
+// Temporary reports whether the delivery may succeed if tried again later.
+func (e *DeliveryError) Temporary() bool { return e.Temp }
+
+// SMTPStatus returns the reply code and the RFC 3463 enhanced code.
+func (e *DeliveryError) SMTPStatus() (int, string) { return e.Code, e.Enhanced }
+
+// Unwrap returns the underlying error (a *smtp.SMTPError for replies).
+func (e *DeliveryError) Unwrap() error { return e.Err }
+
+// classify turns an error from a stage of an SMTP session into a *DeliveryError.
+func classify(stage, remote string, err error) *DeliveryError {
+	de := &DeliveryError{Temp: true, Message: err.Error(), Remote: remote, Stage: stage, Err: err}
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		de.Code = se.Code
+		de.Message = se.Message
+		de.Temp = se.Code/100 != 5 // RFC 5321 §4.2.1: 4yz transient, 5yz permanent
+		if ec := se.EnhancedCode; ec != smtp.NoEnhancedCode && ec != smtp.EnhancedCodeNotSet {
+			de.Enhanced = fmt.Sprintf("%d.%d.%d", ec[0], ec[1], ec[2])
+		}
+	}
+	// Anything else (network error, timeout, dropped connection) stays temporary.
+	return de
+}
+
+// permanent returns a permanent *DeliveryError that is not an SMTP reply.
+func permanent(stage string, err error) *DeliveryError {
+	return &DeliveryError{Message: err.Error(), Stage: stage, Err: err}
+}
+
+// temporary returns a temporary *DeliveryError that is not an SMTP reply.
+func temporary(stage, remote string, err error) *DeliveryError {
+	return &DeliveryError{Temp: true, Message: err.Error(), Remote: remote, Stage: stage, Err: err}
+}
+
+// isReply reports whether err is an SMTP reply from the server (the connection is still in sync).
+func isReply(err error) (*smtp.SMTPError, bool) {
+	var se *smtp.SMTPError
+	ok := errors.As(err, &se)
+	return se, ok
+}

@@ -1,0 +1,325 @@
+// Package mta hands one message at a time to the next hop: a capture folder,
+// a relay, or the recipient domain's MX hosts.
+//
+// Contract of Deliver: it returns nil only once the next hop owns the message
+// (250 after DATA, RFC 5321 §6.1, or the capture file is written, fsynced and
+// renamed into place). Every failure is a *DeliveryError, temporary unless it
+// says otherwise: 5yz replies, a null MX and unusable input are permanent;
+// 4yz replies, network errors, timeouts and dropped connections are temporary.
+// Before sending, line endings are made CRLF (a lone CR or LF becomes CRLF)
+// and the message is DKIM-signed when the Sender has a signer with a key for
+// the From domain; without such a key it goes out unsigned after one warning
+// per domain.
+//
+// Sessions use opportunistic STARTTLS (unauthenticated unless Config.TLS says
+// otherwise) and fall back to plain text when the handshake fails. Idle
+// connections are kept per destination address, reused after RSET, and closed
+// after IdleTimeout or 100 messages. At most ConcurrencyPerDomain sessions run
+// per recipient domain. Logs carry masked addresses only, never key material.
+package mta
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/postwarden/postwarden/mta/dkim"
+	"github.com/postwarden/postwarden/suppression/address"
+)
+
+// Modes of Config.Mode.
+const (
+	ModeCapture = "capture" // write each message to CaptureDir/<id>.eml
+	ModeRelay   = "relay"   // send everything to Config.Relay
+	ModeMX      = "mx"      // send to the recipient domain's MX hosts (or Config.Routes)
+)
+
+// maxPerConn is how many messages one connection carries before it is closed.
+const maxPerConn = 100
+
+// Resolver is the DNS a Sender uses; *net.Resolver satisfies it.
+type Resolver interface {
+	LookupMX(ctx context.Context, name string) ([]*net.MX, error)
+	LookupHost(ctx context.Context, host string) ([]string, error)
+}
+
+// Config configures a Sender; zero values take the defaults noted.
+type Config struct {
+	Hostname             string            // EHLO name (default: os.Hostname)
+	Mode                 string            // "capture", "relay" or "mx"
+	CaptureDir           string            // capture mode: folder of <id>.eml files
+	Relay                string            // relay mode: "smtp://host:port" (port default 25)
+	Routes               map[string]string // mx mode: recipient domain → "host:port", checked before MX lookup
+	ConcurrencyPerDomain int               // sessions at once per recipient domain (default 4)
+	SMTPPort             int               // port of MX hosts (default 25)
+	DialTimeout          time.Duration     // TCP connect (default 30s)
+	CommandTimeout       time.Duration     // each SMTP command (default 5m)
+	IdleTimeout          time.Duration     // idle pooled connections are closed after it (default 30s)
+	TLS                  *tls.Config       // base STARTTLS config; nil: opportunistic, unverified
+	Resolver             Resolver          // default net.DefaultResolver
+}
+
+// Sender delivers messages; safe for concurrent use.
+type Sender struct {
+	cfg    Config
+	signer *dkim.Signer
+	log    zerolog.Logger
+	relay  string            // relay mode: host:port
+	routes map[string]string // normalised domain → host:port
+	dialer net.Dialer
+
+	mu     sync.Mutex
+	idle   map[string][]*conn // server name and dialled address → idle connections
+	sems   map[string]*sem    // recipient domain → session slots
+	closed bool
+
+	warned sync.Map // domains already warned about for a missing DKIM key
+}
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+
+// New checks cfg, applies defaults and returns a Sender; signer may be nil (no signing).
+func New(cfg Config, signer *dkim.Signer, log zerolog.Logger) (*Sender, error) {
+	if cfg.Hostname == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("mta: hostname not set and os.Hostname failed: %w", err)
+		}
+		cfg.Hostname = h
+	}
+	if cfg.ConcurrencyPerDomain <= 0 {
+		cfg.ConcurrencyPerDomain = 4
+	}
+	if cfg.SMTPPort <= 0 {
+		cfg.SMTPPort = 25
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 30 * time.Second
+	}
+	if cfg.CommandTimeout <= 0 {
+		cfg.CommandTimeout = 5 * time.Minute // RFC 5321 §4.5.3.2
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 30 * time.Second
+	}
+	if cfg.Resolver == nil {
+		cfg.Resolver = net.DefaultResolver
+	}
+	s := &Sender{
+		cfg:    cfg,
+		signer: signer,
+		log:    log,
+		routes: map[string]string{},
+		dialer: net.Dialer{Timeout: cfg.DialTimeout},
+		idle:   map[string][]*conn{},
+		sems:   map[string]*sem{},
+	}
+	switch cfg.Mode {
+	case ModeCapture:
+		if cfg.CaptureDir == "" {
+			return nil, errors.New("mta: capture mode needs capture_dir")
+		}
+		if err := os.MkdirAll(cfg.CaptureDir, 0o700); err != nil {
+			return nil, fmt.Errorf("mta: create capture dir %s: %w", cfg.CaptureDir, err)
+		}
+	case ModeRelay:
+		u, err := url.Parse(cfg.Relay)
+		if err != nil || u.Scheme != "smtp" || u.Hostname() == "" || u.Path != "" || u.User != nil {
+			return nil, fmt.Errorf("mta: relay %q: want smtp://host:port", cfg.Relay)
+		}
+		port := u.Port()
+		if port == "" {
+			port = "25"
+		}
+		s.relay = net.JoinHostPort(u.Hostname(), port)
+	case ModeMX:
+	default:
+		return nil, fmt.Errorf("mta: unknown mode %q (want capture, relay or mx)", cfg.Mode)
+	}
+	for d, hp := range cfg.Routes {
+		nd, err := address.NormalizeDomain(d)
+		if err != nil {
+			return nil, fmt.Errorf("mta: route %q: %w", d, err)
+		}
+		if _, port, err := net.SplitHostPort(hp); err != nil || port == "" {
+			return nil, fmt.Errorf("mta: route for %s: %q is not host:port", d, hp)
+		}
+		s.routes[nd] = hp
+	}
+	return s, nil
+}
+
+// CapturePath returns the file capture mode writes for queue id.
+func (s *Sender) CapturePath(id string) string {
+	return filepath.Join(s.cfg.CaptureDir, id+".eml")
+}
+
+// Deliver normalises, signs and hands body to the next hop for the single
+// recipient to; from may be "" (null reverse-path). Errors are *DeliveryError.
+func (s *Sender) Deliver(ctx context.Context, id, from, to string, body []byte) error {
+	start := time.Now()
+	rcpt, err := address.Parse(to)
+	if err != nil {
+		return permanent(StageRcpt, fmt.Errorf("recipient: %w", err))
+	}
+	if from != "" {
+		if _, err := address.Parse(from); err != nil {
+			return permanent(StageMail, fmt.Errorf("sender: %w", err))
+		}
+	}
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return temporary(StageConnect, "", errors.New("sender closed"))
+	}
+	msg, err := s.sign(normalizeCRLF(body))
+	if err != nil {
+		return permanent(StageSign, err)
+	}
+	if s.cfg.Mode == ModeCapture {
+		return s.capture(id, rcpt, msg, start)
+	}
+	return s.deliverSMTP(ctx, &envelope{id: id, from: from, rcpt: rcpt, msg: msg})
+}
+
+// sign signs msg if there is a signer; a missing key is logged once per domain and not an error.
+func (s *Sender) sign(msg []byte) ([]byte, error) {
+	if s.signer == nil {
+		return msg, nil
+	}
+	out, err := s.signer.Sign(msg)
+	if errors.Is(err, dkim.ErrNoKey) {
+		d, _ := dkim.FromDomain(msg)
+		if _, seen := s.warned.LoadOrStore(d, true); !seen {
+			s.log.Warn().Str("from_domain", d).Msg("no DKIM key for From domain, sending unsigned")
+		}
+		return msg, nil
+	}
+	return out, err
+}
+
+// capture writes msg to CaptureDir/<id>.eml: temp file, fsync, rename, fsync dir.
+func (s *Sender) capture(id string, rcpt address.Address, msg []byte, start time.Time) error {
+	if !idPattern.MatchString(id) {
+		return permanent(StageCapture, fmt.Errorf("queue id %q: want only letters, digits, '.', '_', '-'", id))
+	}
+	path := s.CapturePath(id)
+	if err := writeFileSync(path, msg); err != nil {
+		return temporary(StageCapture, "", fmt.Errorf("write %s: %w", path, err))
+	}
+	s.log.Info().Str("queue_id", id).Str("rcpt", address.Mask(rcpt.String())).Str("mode", ModeCapture).
+		Str("path", path).Int("size", len(msg)).Dur("duration", time.Since(start)).Msg("delivery attempt")
+	return nil
+}
+
+// writeFileSync writes data to path atomically and durably (chasquid safeio).
+func writeFileSync(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// normalizeCRLF turns every lone CR and lone LF into CRLF (RFC 5321 §2.3.8)
+// and ends the message with CRLF (RFC 5321 §4.1.1.4).
+func normalizeCRLF(b []byte) []byte {
+	clean := len(b) >= 2 && b[len(b)-2] == '\r' && b[len(b)-1] == '\n'
+	for i := 0; clean && i < len(b); i++ {
+		switch b[i] {
+		case '\r':
+			clean = i+1 < len(b) && b[i+1] == '\n'
+		case '\n':
+			clean = i > 0 && b[i-1] == '\r'
+		}
+	}
+	if clean {
+		return b
+	}
+	out := make([]byte, 0, len(b)+len(b)/16+2)
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; c {
+		case '\r':
+			out = append(out, '\r', '\n')
+			if i+1 < len(b) && b[i+1] == '\n' {
+				i++
+			}
+		case '\n':
+			out = append(out, '\r', '\n')
+		default:
+			out = append(out, c)
+		}
+	}
+	if len(out) < 2 || out[len(out)-1] != '\n' {
+		out = append(out, '\r', '\n')
+	}
+	return out
+}
+
+// sem bounds the sessions of one recipient domain; refs counts holders and waiters.
+type sem struct {
+	ch   chan struct{}
+	refs int
+}
+
+// acquire takes a session slot for domain, or fails when ctx ends first.
+func (s *Sender) acquire(ctx context.Context, domain string) (func(), error) {
+	s.mu.Lock()
+	sm := s.sems[domain]
+	if sm == nil {
+		sm = &sem{ch: make(chan struct{}, s.cfg.ConcurrencyPerDomain)}
+		s.sems[domain] = sm
+	}
+	sm.refs++
+	s.mu.Unlock()
+	drop := func() {
+		s.mu.Lock()
+		if sm.refs--; sm.refs == 0 {
+			delete(s.sems, domain)
+		}
+		s.mu.Unlock()
+	}
+	select {
+	case sm.ch <- struct{}{}:
+		return func() { <-sm.ch; drop() }, nil
+	case <-ctx.Done():
+		drop()
+		return nil, ctx.Err()
+	}
+}
+
+// portOf formats a port number for net.JoinHostPort.
+func portOf(p int) string { return strconv.Itoa(p) }

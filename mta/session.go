@@ -1,0 +1,433 @@
+package mta
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/textproto"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/rs/zerolog"
+
+	"github.com/postwarden/postwarden/suppression/address"
+)
+
+// envelope is one message on its way to one recipient.
+type envelope struct {
+	id   string
+	from string
+	rcpt address.Address
+	msg  []byte
+}
+
+// conn is an SMTP session that may be pooled between messages.
+type conn struct {
+	c     *smtp.Client
+	raw   net.Conn // what to close: the TCP or TLS connection
+	key   string   // pool key: server name and dialled ip:port
+	tls   *tls.ConnectionState
+	sent  int
+	timer *time.Timer // idle timer while pooled
+}
+
+// deliverSMTP sends e through relay, route or MX hosts, trying each host in turn
+// until one accepts the connection and EHLO.
+func (s *Sender) deliverSMTP(ctx context.Context, e *envelope) error {
+	release, err := s.acquire(ctx, e.rcpt.Domain)
+	if err != nil {
+		return temporary(StageConnect, "", fmt.Errorf("wait for a session slot for %s: %w", e.rcpt.Domain, err))
+	}
+	defer release()
+
+	hosts, implicit, derr := s.hosts(ctx, e.rcpt.Domain)
+	if derr != nil {
+		return derr
+	}
+	var last *DeliveryError
+	notFound := 0
+	for _, hp := range hosts {
+		host, port, _ := net.SplitHostPort(hp)
+		ips := []string{host}
+		if net.ParseIP(host) == nil {
+			ips, err = s.cfg.Resolver.LookupHost(ctx, host)
+			if err != nil {
+				var dnsErr *net.DNSError
+				if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+					notFound++
+				}
+				last = temporary(StageRoute, hp, fmt.Errorf("look up %s: %w", host, err))
+				continue
+			}
+		}
+		for _, ip := range ips {
+			err := s.attempt(ctx, e, host, net.JoinHostPort(ip, port))
+			if err == nil {
+				return nil
+			}
+			last = err
+			if err.Stage != StageConnect && err.Stage != StageEHLO && err.Stage != StageSTARTTLS {
+				return err // the host accepted the session: its answer stands
+			}
+			if ctx.Err() != nil {
+				return err
+			}
+		}
+	}
+	if implicit && notFound == len(hosts) {
+		// The domain has neither MX nor address records: nothing will ever take the mail.
+		return &DeliveryError{Enhanced: "5.1.2", Stage: StageRoute, Message: "domain " + e.rcpt.Domain + " has no MX and no address records", Err: last}
+	}
+	if last == nil {
+		return temporary(StageRoute, "", fmt.Errorf("no destination for %s", e.rcpt.Domain))
+	}
+	last.Temp = true // no host took the session: RFC 5321 §4.5.4.1, try again later
+	return last
+}
+
+// hosts returns the host:port list to try for domain, in order; implicit is
+// true when it is the domain itself for want of MX records.
+func (s *Sender) hosts(ctx context.Context, domain string) ([]string, bool, *DeliveryError) {
+	if s.cfg.Mode == ModeRelay {
+		return []string{s.relay}, false, nil
+	}
+	if hp, ok := s.routes[domain]; ok {
+		return []string{hp}, false, nil
+	}
+	port := portOf(s.cfg.SMTPPort)
+	mxs, err := s.cfg.Resolver.LookupMX(ctx, domain)
+	if err != nil {
+		var dnsErr *net.DNSError
+		if !errors.As(err, &dnsErr) || !dnsErr.IsNotFound {
+			return nil, false, temporary(StageRoute, "", fmt.Errorf("look up MX of %s: %w", domain, err))
+		}
+		mxs = nil
+	}
+	if len(mxs) == 1 && strings.TrimSuffix(mxs[0].Host, ".") == "" {
+		// RFC 7505 §3: a single "MX 0 ." says the domain accepts no mail; §4.2: 556 5.1.10.
+		return nil, false, &DeliveryError{Code: 556, Enhanced: "5.1.10", Stage: StageRoute,
+			Message: "domain " + domain + " accepts no mail (null MX)"}
+	}
+	if len(mxs) == 0 {
+		return []string{net.JoinHostPort(domain, port)}, true, nil // RFC 5321 §5.1: implicit MX
+	}
+	mxs = slices.Clone(mxs)
+	sort.SliceStable(mxs, func(i, j int) bool { return mxs[i].Pref < mxs[j].Pref }) // RFC 5321 §5.1
+	var out []string
+	for _, mx := range mxs {
+		if h := strings.TrimSuffix(mx.Host, "."); h != "" {
+			out = append(out, net.JoinHostPort(h, port))
+		}
+	}
+	return out, false, nil
+}
+
+// attempt delivers e over a pooled or new connection to addr; host names the
+// server (TLS server name, logs). A dead pooled connection is redialled once.
+func (s *Sender) attempt(ctx context.Context, e *envelope, host, addr string) *DeliveryError {
+	remote := net.JoinHostPort(host, portFromAddr(addr))
+	key := host + " " + addr // a connection verified for one name is not reused for another
+	c := s.take(key)
+	reused := c != nil
+	for {
+		start := time.Now()
+		if c == nil {
+			var derr *DeliveryError
+			c, derr = s.dial(ctx, e.id, host, addr, remote, true)
+			if derr != nil {
+				s.logAttempt(e, remote, addr, nil, false, start, "", derr)
+				return derr
+			}
+		}
+		reply, stage, err := s.transact(ctx, c, e, reused)
+		if err == nil {
+			c.sent++
+			s.logAttempt(e, remote, addr, c, reused, start, reply, nil)
+			s.put(c)
+			return nil
+		}
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+		}
+		se, isRep := isReply(err)
+		if reused && ctx.Err() == nil && (stage == "rset" || stage == StageMail) && (!isRep || se.Code == 421) {
+			// The pooled connection died while idle: redial once, transparently.
+			s.log.Debug().Str("queue_id", e.id).Str("remote", remote).Err(err).Msg("pooled connection dead, redialling")
+			c.close()
+			c, reused = nil, false
+			continue
+		}
+		if stage == "rset" {
+			stage = StageMail
+		}
+		derr := classify(stage, remote, err)
+		s.logAttempt(e, remote, addr, c, reused, start, "", derr)
+		if isRep && se.Code != 421 && ctx.Err() == nil {
+			s.put(c) // still in step with the server: RSET before the next use
+		} else {
+			c.close()
+		}
+		return derr
+	}
+}
+
+// dial connects to addr, says EHLO and upgrades with STARTTLS when offered
+// (and useTLS); a failed TLS handshake is retried once without TLS.
+func (s *Sender) dial(ctx context.Context, id, host, addr, remote string, useTLS bool) (*conn, *DeliveryError) {
+	nc, err := s.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, temporary(StageConnect, remote, err)
+	}
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	defer stop()
+	c := s.newClient(nc)
+	if err := c.Hello(s.cfg.Hostname); err != nil { // greeting, then EHLO (RFC 5321 §4.1.1.1)
+		nc.Close()
+		return nil, classify(StageEHLO, remote, err)
+	}
+	pc := &conn{c: c, raw: nc, key: host + " " + addr}
+	if ok, _ := c.Extension("STARTTLS"); !ok || !useTLS {
+		return pc, nil
+	}
+	tc, err := s.startTLS(ctx, nc, host)
+	if err != nil {
+		nc.Close()
+		if ctx.Err() != nil {
+			return nil, temporary(StageSTARTTLS, remote, err)
+		}
+		// Opportunistic TLS (RFC 7435 §3): a failed upgrade falls back to plain text.
+		s.log.Info().Str("queue_id", id).Str("remote", remote).Str("addr", addr).Err(err).Msg("STARTTLS failed, retrying without TLS")
+		return s.dial(ctx, id, host, addr, remote, false)
+	}
+	c = s.newClient(&greetedConn{Conn: tc, greeting: strings.NewReader("220 post-STARTTLS\r\n")})
+	if err := c.Hello(s.cfg.Hostname); err != nil { // RFC 3207 §4.2: EHLO again over TLS
+		tc.Close()
+		return nil, classify(StageEHLO, remote, err)
+	}
+	st := tc.ConnectionState()
+	return &conn{c: c, raw: tc, key: pc.key, tls: &st}, nil
+}
+
+// newClient wraps nc in a go-smtp client with the configured timeouts.
+func (s *Sender) newClient(nc net.Conn) *smtp.Client {
+	c := smtp.NewClient(nc)
+	c.CommandTimeout = s.cfg.CommandTimeout
+	return c
+}
+
+// startTLS sends STARTTLS on nc (after EHLO) and performs the TLS handshake.
+// go-smtp's client cannot issue STARTTLS after a custom EHLO name, so it is done here.
+func (s *Sender) startTLS(ctx context.Context, nc net.Conn, host string) (*tls.Conn, error) {
+	nc.SetDeadline(time.Now().Add(s.cfg.CommandTimeout))
+	defer nc.SetDeadline(time.Time{})
+	if _, err := io.WriteString(nc, "STARTTLS\r\n"); err != nil {
+		return nil, err
+	}
+	// The server sends nothing after its 220 until our ClientHello, so this
+	// reader cannot swallow TLS bytes.
+	if _, _, err := textproto.NewReader(bufio.NewReader(nc)).ReadResponse(220); err != nil { // RFC 3207 §4
+		return nil, err
+	}
+	cfg := &tls.Config{InsecureSkipVerify: true} // opportunistic: encrypt, don't authenticate
+	if s.cfg.TLS != nil {
+		cfg = s.cfg.TLS.Clone()
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = host
+	}
+	tc := tls.Client(nc, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("TLS handshake: %w", err)
+	}
+	return tc, nil
+}
+
+// greetedConn replays a 220 greeting before the TLS stream: go-smtp's client
+// waits for a greeting, but none follows STARTTLS (RFC 3207 §4.2).
+type greetedConn struct {
+	net.Conn
+	greeting *strings.Reader
+}
+
+// Read returns the synthetic greeting first, then the connection's data.
+func (g *greetedConn) Read(p []byte) (int, error) {
+	if g.greeting.Len() > 0 {
+		return g.greeting.Read(p)
+	}
+	return g.Conn.Read(p)
+}
+
+// transact runs one mail transaction; stage says where it failed ("rset" for a reused connection's RSET).
+func (s *Sender) transact(ctx context.Context, c *conn, e *envelope, reused bool) (string, string, error) {
+	stop := context.AfterFunc(ctx, func() { c.raw.Close() })
+	defer stop()
+	if reused {
+		if err := c.c.Reset(); err != nil { // RFC 5321 §4.1.1.5
+			return "", "rset", err
+		}
+	}
+	rcpt := e.rcpt.String()
+	opts := &smtp.MailOptions{Size: int64(len(e.msg))} // RFC 1870
+	if !isASCII(e.from) || !isASCII(rcpt) {
+		if ok, _ := c.c.Extension("SMTPUTF8"); !ok {
+			return "", StageMail, &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7},
+				Message: "non-ASCII address and the server lacks SMTPUTF8 (RFC 6531 §3.2)"}
+		}
+		opts.UTF8 = true
+	}
+	if err := c.c.Mail(e.from, opts); err != nil {
+		return "", StageMail, err
+	}
+	if err := c.c.Rcpt(rcpt, nil); err != nil {
+		return "", StageRcpt, err
+	}
+	w, err := c.c.Data()
+	if err != nil {
+		return "", StageData, err
+	}
+	if _, err := w.Write(e.msg); err != nil {
+		return "", StageData, err
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		return "", StageData, err
+	}
+	return resp.StatusText, "", nil
+}
+
+var addrInText = regexp.MustCompile(`[^\s<>"]+@[^\s<>"]+`)
+
+// maskText masks every address in a server reply before it is logged.
+func maskText(s string) string {
+	return addrInText.ReplaceAllStringFunc(s, address.Mask)
+}
+
+// logAttempt writes the one Info line of a delivery attempt.
+func (s *Sender) logAttempt(e *envelope, remote, addr string, c *conn, reused bool, start time.Time, reply string, derr *DeliveryError) {
+	ev := s.log.Info().Str("queue_id", e.id).Str("rcpt", address.Mask(e.rcpt.String())).Str("mode", s.cfg.Mode).
+		Str("remote", remote).Str("addr", addr).Bool("reused", reused)
+	if c != nil && c.tls != nil {
+		ev = ev.Str("tls_version", tls.VersionName(c.tls.Version)).Str("tls_cipher", tls.CipherSuiteName(c.tls.CipherSuite))
+	}
+	ev = outcome(ev, reply, derr)
+	ev.Dur("duration", time.Since(start)).Msg("delivery attempt")
+}
+
+// outcome adds the result fields to a log event.
+func outcome(ev *zerolog.Event, reply string, derr *DeliveryError) *zerolog.Event {
+	if derr == nil {
+		return ev.Str("outcome", "delivered").Int("reply_code", 250).Str("reply", maskText(reply))
+	}
+	o := "failed"
+	if derr.Temp {
+		o = "deferred"
+	}
+	return ev.Str("outcome", o).Str("stage", derr.Stage).Int("reply_code", derr.Code).
+		Str("enhanced", derr.Enhanced).Str("reply", maskText(derr.Message))
+}
+
+// take removes and returns an idle connection under key, or nil.
+func (s *Sender) take(key string) *conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	list := s.idle[key]
+	if len(list) == 0 {
+		return nil
+	}
+	c := list[len(list)-1]
+	if len(list) == 1 {
+		delete(s.idle, key)
+	} else {
+		s.idle[key] = list[:len(list)-1]
+	}
+	c.timer.Stop()
+	return c
+}
+
+// put pools c for reuse, or closes it when it has carried maxPerConn messages or the Sender is closed.
+func (s *Sender) put(c *conn) {
+	s.mu.Lock()
+	if s.closed || c.sent >= maxPerConn {
+		s.mu.Unlock()
+		c.quit()
+		return
+	}
+	s.idle[c.key] = append(s.idle[c.key], c)
+	c.timer = time.AfterFunc(s.cfg.IdleTimeout, func() { s.expire(c) })
+	s.mu.Unlock()
+}
+
+// expire closes c if it is still idle in the pool.
+func (s *Sender) expire(c *conn) {
+	s.mu.Lock()
+	list := s.idle[c.key]
+	i := slices.Index(list, c)
+	if i < 0 {
+		s.mu.Unlock()
+		return
+	}
+	if list = slices.Delete(list, i, i+1); len(list) == 0 {
+		delete(s.idle, c.key)
+	} else {
+		s.idle[c.key] = list
+	}
+	s.mu.Unlock()
+	c.quit()
+}
+
+// quit says QUIT (briefly) and closes the connection.
+func (c *conn) quit() {
+	c.c.CommandTimeout = 5 * time.Second
+	c.c.Quit()
+	c.close()
+}
+
+// close closes the connection without QUIT.
+func (c *conn) close() { c.raw.Close() }
+
+// Close QUITs and closes every idle connection; later Deliver calls fail
+// temporarily. Safe to call more than once.
+func (s *Sender) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	var all []*conn
+	for addr, list := range s.idle {
+		for _, c := range list {
+			c.timer.Stop()
+		}
+		all = append(all, list...)
+		delete(s.idle, addr)
+	}
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, c := range all {
+		wg.Go(c.quit)
+	}
+	wg.Wait()
+	return nil
+}
+
+// portFromAddr returns the port of a host:port.
+func portFromAddr(addr string) string {
+	_, port, _ := net.SplitHostPort(addr)
+	return port
+}
+
+// isASCII reports whether s has only ASCII bytes.
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}

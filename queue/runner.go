@@ -1,0 +1,377 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/rs/zerolog"
+	"go.etcd.io/bbolt"
+)
+
+// Deliverer sends one message to one recipient. An error with Temporary() returning
+// false is permanent; every other error is temporary. SMTPStatus() (code, enhanced),
+// when present, gives the reply code and the RFC 3463 enhanced code.
+type Deliverer interface {
+	Deliver(ctx context.Context, id, from, to string, body []byte) error
+}
+
+// Suppressions is the do-not-mail list, checked just before each delivery.
+type Suppressions interface {
+	Check(addr, list string) (reason string, suppressed bool, err error)
+	SuppressAddress(addr, list, reason, source, note string) error
+}
+
+// temporary is implemented by delivery errors that say whether to retry.
+type temporary interface{ Temporary() bool }
+
+// smtpStatus is implemented by delivery errors carrying an SMTP reply.
+type smtpStatus interface{ SMTPStatus() (int, string) }
+
+// RunnerConfig configures a Runner. Empty fields take the defaults noted.
+type RunnerConfig struct {
+	Workers  int              // concurrent deliveries; default 16
+	Campaign string           // if set, only this campaign's messages are dispatched
+	Poll     time.Duration    // fallback look at the due index; default 1s (Enqueue and Kick wake it at once)
+	Now      func() time.Time // clock, for tests; default time.Now
+}
+
+// Runner dispatches due messages to a pool of workers that deliver them.
+type Runner struct {
+	s   *Store
+	d   Deliverer
+	sup Suppressions
+	cfg RunnerConfig
+	log zerolog.Logger
+}
+
+// NewRunner returns a Runner delivering s's messages through d after checking sup.
+func (s *Store) NewRunner(d Deliverer, sup Suppressions, cfg RunnerConfig) *Runner {
+	if cfg.Workers <= 0 {
+		cfg.Workers = 16
+	}
+	if cfg.Poll <= 0 {
+		cfg.Poll = time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	l := s.log.With().Logger()
+	if cfg.Campaign != "" {
+		l = l.With().Str("campaign", cfg.Campaign).Logger()
+	}
+	return &Runner{s: s, d: d, sup: sup, cfg: cfg, log: l}
+}
+
+// Run delivers due messages until ctx is done, then starts no new delivery, waits for
+// those in flight to finish and their outcomes to be committed, and returns nil.
+// In-flight deliveries are not cancelled with ctx; the Deliverer's own timeouts bound them.
+func (r *Runner) Run(ctx context.Context) error { return r.loop(ctx, false) }
+
+// Drain delivers until nothing matching the runner's Campaign is due now and nothing is
+// in flight; messages deferred to a later time do not count. It returns ctx's error if
+// ctx ends first (after in-flight deliveries finish) or a store error.
+func (r *Runner) Drain(ctx context.Context) error { return r.loop(ctx, true) }
+
+// loop is the dispatcher: claim due messages into free worker slots, wait, repeat.
+func (r *Runner) loop(ctx context.Context, drain bool) error {
+	if r.d == nil || r.sup == nil {
+		return errors.New("queue runner: Deliverer and Suppressions are required")
+	}
+	n := r.cfg.Workers
+	wake := make(chan struct{}, 1)
+	r.s.addWaker(wake)
+	defer r.s.removeWaker(wake)
+
+	jobs := make(chan Message, n)      // never blocks: at most n claimed and unfinished
+	done := make(chan struct{}, n)     // one per finished job; at most n unread
+	dctx := context.WithoutCancel(ctx) // let in-flight deliveries finish
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			for m := range jobs {
+				r.deliver(dctx, m)
+				done <- struct{}{}
+			}
+		})
+	}
+	tick := time.NewTicker(r.cfg.Poll)
+	defer tick.Stop()
+
+	minClaim := max(1, n/4)
+	var err error
+	inflight := 0
+	for ctx.Err() == nil {
+		found := false
+		// Claim when a quarter of the slots are free (or none are busy): each claim is
+		// an fsynced commit, so claiming slot by slot would cost one commit per message.
+		if free := n - inflight; free > 0 && (free >= minClaim || inflight == 0) {
+			msgs, progressed, cerr := r.claim(free)
+			if cerr != nil {
+				if drain {
+					err = cerr
+					break
+				}
+				r.log.Error().Err(cerr).Msg("claim due messages failed")
+			}
+			for _, m := range msgs {
+				jobs <- m
+			}
+			inflight += len(msgs)
+			found = progressed
+		}
+		if drain && !found && inflight == 0 {
+			break
+		}
+		if found && inflight < n {
+			continue // there may be more due right now
+		}
+		select {
+		case <-ctx.Done():
+		case <-wake:
+		case <-done:
+			inflight--
+			for more := true; more; { // take every finished slot before claiming again
+				select {
+				case <-done:
+					inflight--
+				default:
+					more = false
+				}
+			}
+		case <-tick.C:
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	if err == nil && drain {
+		err = ctx.Err()
+	}
+	return err
+}
+
+// backoff returns the wait after attempt n (1-based) fails, RFC 5321 §4.5.4.1:
+// attempt 1 waits Retry[0], attempt 2 Retry[1], …, every attempt from len(Retry) on
+// waits the last step, each ±10% random jitter so restarts don't stampede; the
+// message expires MaxAge after Created. Default: 5m, 15m, 30m, 1h, 2h, 4h, 4h, … for 120h.
+func (s *Store) backoff(n int) time.Duration {
+	d := s.retry[min(max(n, 1), len(s.retry))-1]
+	if j := int64(d) / 5; j > 0 {
+		d = d - d/10 + time.Duration(rand.Int64N(j+1))
+	}
+	return d
+}
+
+// maxClaimScan bounds the expirations one claim transaction processes.
+const maxClaimScan = 1024
+
+// claim moves up to free due messages to state active in one committed transaction,
+// recording the attempt and the next-attempt time before any delivery starts, and
+// expires those past MaxAge. progressed reports whether anything changed.
+func (r *Runner) claim(free int) (msgs []Message, progressed bool, err error) {
+	s := r.s
+	now := r.cfg.Now()
+	limit := dueKey(now, "")
+	var claimed []string
+	err = s.db.Update(func(tx *bbolt.Tx) error {
+		msgs, progressed, claimed = nil, false, nil
+		b := buckets(tx)
+		var cands []Message
+		nClaim, nExpire := 0, 0
+		c := b.due.Cursor() // read first, write after: a cursor is invalid once its bucket changes
+		for k, _ := c.First(); k != nil && nClaim < free && nExpire < maxClaimScan; k, _ = c.Next() {
+			if len(k) < 8 || bytes.Compare(k[:8], limit) > 0 {
+				break // sorted by time: nothing further is due
+			}
+			id := string(k[8:])
+			if s.isInflight(id) {
+				continue
+			}
+			m, err := b.get(id)
+			if err != nil {
+				return err
+			}
+			if r.cfg.Campaign != "" && m.Campaign != r.cfg.Campaign {
+				continue
+			}
+			cands = append(cands, m)
+			if now.After(m.Created.Add(s.maxAge)) {
+				nExpire++
+			} else {
+				nClaim++
+			}
+		}
+		for i := range cands {
+			m := &cands[i]
+			prev := *m
+			m.Updated = now
+			if now.After(m.Created.Add(s.maxAge)) { // RFC 5321 §4.5.4.1: give up eventually
+				m.State, m.Reason = StateExpired, "expired: undelivered after "+s.maxAge.String()
+				m.History = append(m.History, Attempt{Time: now, Outcome: string(StateExpired), Reply: m.LastReply})
+			} else {
+				m.Attempts++
+				m.State = StateActive
+				m.NextAttempt = now.Add(s.backoff(m.Attempts))
+			}
+			if err := b.save(m, &prev); err != nil {
+				return err
+			}
+			progressed = true
+			if m.State == StateActive {
+				msgs = append(msgs, *m)
+				claimed = append(claimed, m.ID)
+			} else {
+				r.log.Info().Str("queue_id", m.ID).Str("rcpt", address.Mask(m.To)).Str("domain", m.Domain).
+					Str("outcome", string(StateExpired)).Int("attempt", m.Attempts).Msg("delivery attempt")
+			}
+		}
+		s.setInflight(claimed, true) // inside the txn: claims are serialised by bbolt's write lock
+		return nil
+	})
+	if err != nil {
+		s.setInflight(claimed, false)
+		return nil, false, fmt.Errorf("claim due messages in %s: %w", s.path, err)
+	}
+	return msgs, progressed, nil
+}
+
+// isInflight reports whether id is with a worker of this process.
+func (s *Store) isInflight(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.inflight[id]
+	return ok
+}
+
+// setInflight adds or removes ids from the in-flight set.
+func (s *Store) setInflight(ids []string, on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		if on {
+			s.inflight[id] = struct{}{}
+		} else {
+			delete(s.inflight, id)
+		}
+	}
+}
+
+// outcome is what one attempt came to.
+type outcome struct {
+	state  State
+	reply  string
+	reason string
+}
+
+// deliver runs one claimed attempt and commits its outcome.
+func (r *Runner) deliver(ctx context.Context, m Message) {
+	defer r.s.setInflight([]string{m.ID}, false)
+	o := r.attempt(ctx, m)
+	final, err := r.s.finish(m, o, r.cfg.Now())
+	ev := r.log.Info()
+	if err != nil {
+		ev = r.log.Error().Err(err)
+	}
+	ev.Str("queue_id", m.ID).Str("rcpt", address.Mask(m.To)).Str("domain", m.Domain).
+		Str("outcome", string(final)).Str("reply", scrub(o.reply, m.To)).Int("attempt", m.Attempts).
+		Msg("delivery attempt")
+}
+
+// attempt checks suppression and calls the Deliverer; it decides the outcome.
+func (r *Runner) attempt(ctx context.Context, m Message) outcome {
+	body, err := r.s.Body(m.ID)
+	if err != nil {
+		return outcome{state: StateCancelled, reply: err.Error(), reason: "body missing"}
+	}
+	reason, suppressed, err := r.sup.Check(m.To, m.List)
+	if err != nil { // cannot tell: do not mail, try later
+		return outcome{state: StateDeferred, reply: "suppression check: " + err.Error()}
+	}
+	if suppressed {
+		return outcome{state: StateCancelled, reply: "suppressed: " + reason, reason: "suppressed: " + reason}
+	}
+	derr := r.d.Deliver(ctx, m.ID, m.From, m.To, body)
+	if derr == nil {
+		return outcome{state: StateDelivered}
+	}
+	o := outcome{state: StateDeferred, reply: derr.Error()}
+	var t temporary
+	if !errors.As(derr, &t) || t.Temporary() {
+		return o // RFC 5321 §4.2.1: 4yz and unknown failures are retried
+	}
+	o.state, o.reason = StateBounced, "permanent failure"
+	var st smtpStatus
+	if errors.As(derr, &st) {
+		if _, enh := st.SMTPStatus(); strings.HasPrefix(enh, "5.1.") { // RFC 3463 §3.2: bad mailbox or domain
+			if err := r.sup.SuppressAddress(m.To, "", "hard_bounce", "bounce", o.reply); err != nil {
+				r.log.Error().Err(err).Str("queue_id", m.ID).Str("rcpt", address.Mask(m.To)).
+					Msg("suppress hard-bounced address failed")
+			}
+		}
+	}
+	return o
+}
+
+// finish commits an attempt's outcome (db.Batch: many workers) and returns the final state.
+// A temporary failure leaves the message deferred until the NextAttempt set at claim,
+// or expires it if that falls past MaxAge.
+func (s *Store) finish(claimed Message, o outcome, now time.Time) (State, error) {
+	var final State
+	err := s.db.Batch(func(tx *bbolt.Tx) error {
+		b := buckets(tx)
+		m, err := b.get(claimed.ID)
+		if err != nil {
+			return err
+		}
+		if m.State != StateActive || m.Attempts != claimed.Attempts {
+			final = m.State // changed under us; leave it
+			return nil
+		}
+		prev := m
+		m.State, m.Updated, m.LastReply = o.state, now, o.reply
+		if o.reason != "" {
+			m.Reason = o.reason
+		}
+		if m.State == StateDeferred && m.NextAttempt.After(m.Created.Add(s.maxAge)) {
+			m.State, m.Reason = StateExpired, "expired: undelivered after "+s.maxAge.String()
+		}
+		m.History = append(m.History, Attempt{Time: now, Outcome: string(o.state), Reply: o.reply})
+		if m.State == StateExpired {
+			m.History = append(m.History, Attempt{Time: now, Outcome: string(StateExpired)})
+		}
+		final = m.State
+		return b.save(&m, &prev)
+	})
+	if err != nil {
+		return StateActive, fmt.Errorf("record outcome of %s in %s: %w", claimed.ID, s.path, err)
+	}
+	return final, nil
+}
+
+// scrub replaces the recipient in a remote reply with its masked form, for logs.
+func scrub(reply, to string) string {
+	if reply == "" || to == "" {
+		return reply
+	}
+	lr, lt := strings.ToLower(reply), strings.ToLower(to)
+	if len(lr) != len(reply) { // case mapping changed lengths: be safe
+		return strings.ReplaceAll(reply, to, address.Mask(to))
+	}
+	var sb strings.Builder
+	for {
+		i := strings.Index(lr, lt)
+		if i < 0 {
+			sb.WriteString(reply)
+			return sb.String()
+		}
+		sb.WriteString(reply[:i])
+		sb.WriteString(address.Mask(to))
+		reply, lr = reply[i+len(to):], lr[i+len(to):]
+	}
+}
