@@ -95,12 +95,14 @@ func header(env Envelope, subject string) (mail.Header, error) {
 	var errs []error
 	fail := func(name string, err error) { errs = append(errs, fmt.Errorf("templates: header %s: %w", name, err)) }
 
-	unsub, https, err := listUnsubscribe(env.Unsubscribe)
+	unsub, web, err := listUnsubscribe(env.Unsubscribe)
 	if err != nil {
 		fail("List-Unsubscribe", err)
 	}
-	if https {
-		h.Set("List-Unsubscribe-Post", "List-Unsubscribe=One-Click") // RFC 8058 §3.1: only with an https URI
+	if web {
+		// RFC 8058 §3.1: one-click needs an HTTP(S) URI to POST to (https in
+		// production; the CLI warns when public_url is plain http).
+		h.Set("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
 	}
 	h.Set("List-Unsubscribe", unsub) // RFC 2369 §2: "<uri>, <uri>"
 
@@ -217,14 +219,14 @@ func isAtext(r rune) bool {
 	return strings.ContainsRune("!#$%&'*+-/=?^_`{|}~", r)
 }
 
-// listUnsubscribe formats the RFC 2369 value and says whether an https URI is
-// present, which RFC 8058 needs for one-click.
+// listUnsubscribe formats the RFC 2369 value and says whether an http(s) URI
+// is present, which RFC 8058 one-click POSTs to.
 func listUnsubscribe(uris []string) (string, bool, error) {
 	if len(uris) == 0 {
 		return "", false, errors.New("no URI: every message needs an unsubscribe")
 	}
 	parts := make([]string, 0, len(uris))
-	https := false
+	web := false
 	for _, u := range uris {
 		if err := controlChars(u); err != nil {
 			return "", false, err
@@ -238,15 +240,15 @@ func listUnsubscribe(uris []string) (string, bool, error) {
 			return "", false, fmt.Errorf("URI %q: %w", u, err)
 		}
 		switch p.Scheme {
-		case "https":
-			https = true
-		case "http", "mailto":
+		case "https", "http":
+			web = true
+		case "mailto":
 		default:
 			return "", false, fmt.Errorf("URI %q: scheme must be https, http or mailto", u)
 		}
 		parts = append(parts, "<"+u+">")
 	}
-	return strings.Join(parts, ", "), https, nil
+	return strings.Join(parts, ", "), web, nil
 }
 
 // checkMessageID accepts id-left "@" id-right without brackets, spaces or controls.

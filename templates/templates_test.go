@@ -154,7 +154,7 @@ func TestRenderParsesBack(t *testing.T) {
 	}
 }
 
-func TestNoOneClickWithoutHTTPS(t *testing.T) {
+func TestNoOneClickWithoutWebURI(t *testing.T) {
 	s := load(t, goodHTML, goodText)
 	env := envelope()
 	env.Unsubscribe = []string{"mailto:unsubscribe@example.com"}
@@ -168,7 +168,7 @@ func TestNoOneClickWithoutHTTPS(t *testing.T) {
 		t.Fatal(err)
 	}
 	if mr.Header.Has("List-Unsubscribe-Post") {
-		t.Error("List-Unsubscribe-Post without an https URI")
+		t.Error("List-Unsubscribe-Post without an http(s) URI")
 	}
 	if got := mr.Header.Get("List-Id"); got != "<product-news.mail.example.com>" {
 		t.Errorf("List-Id = %q", got)

@@ -16,8 +16,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/postwarden/postwarden/configs"
-	"github.com/postwarden/postwarden/mta/mtatest"
 	pwdkim "github.com/postwarden/postwarden/mta/dkim"
+	"github.com/postwarden/postwarden/mta/mtatest"
 )
 
 // harness is a data directory, a server config routing every test domain to

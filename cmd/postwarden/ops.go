@@ -117,6 +117,14 @@ func loadSpec(e *env, file string) (campaign.Spec, *configs.Campaign, error) {
 	}, c, nil
 }
 
+// publicURLWarning says why a plain-http public_url is for testing only.
+func publicURLWarning(cfg *configs.Server) string {
+	if strings.HasPrefix(cfg.PublicURL, "https://") {
+		return ""
+	}
+	return fmt.Sprintf("note: public_url %s is not https; RFC 8058 one-click unsubscribe needs https, so mailbox providers will not use it (fine for a local test)", cfg.PublicURL)
+}
+
 // queueAdapter lets the campaign engine enqueue into the queue store.
 type queueAdapter struct{ q *queue.Store }
 
@@ -140,6 +148,9 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	}
 	if err := spec.Templates.Validate(); err != nil {
 		return fmt.Errorf("%s:%d: template: %w", c.Path, c.Line("template"), err)
+	}
+	if w := publicURLWarning(e.cfg); w != "" {
+		_ = o.Note("%s", w)
 	}
 	var total int64
 	if fi, err := os.Stat(spec.Recipients); err == nil {

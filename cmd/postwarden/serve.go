@@ -57,6 +57,9 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 		log.Warn().Str("key_file", k.Path).Str("dns_record", k.DNSRecord).Msg("generated DKIM key; publish its record")
 	}
 
+	if w := publicURLWarning(cfg); w != "" {
+		log.Warn().Str("public_url", cfg.PublicURL).Msg("public_url is not https: one-click unsubscribe (RFC 8058) needs https")
+	}
 	admin, err := listenAdmin(cfg.AdminSocket, e, log.With().Str("component", "admin").Logger())
 	if err != nil {
 		return err
