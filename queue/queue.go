@@ -196,7 +196,7 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 	s := &Store{
 		db:       db,
 		path:     cfg.Path,
-		log:      log.With().Str("component", "queue").Logger(),
+		log:      log,
 		retry:    append([]time.Duration(nil), cfg.Retry...),
 		maxAge:   cfg.MaxAge,
 		inflight: map[string]struct{}{},

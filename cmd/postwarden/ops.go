@@ -171,9 +171,6 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		}
 		defer sender.Close()
 		res.DKIMKeys = created
-		for _, k := range created {
-			_ = o.Note("generated DKIM key %s; publish this record:\n%s", k.Path, k.DNSRecord)
-		}
 		rc := queue.RunnerConfig{Workers: e.cfg.Delivery.Workers, Campaign: spec.ID}
 		runner := e.queue.NewRunner(sender, e.supp, rc)
 		deliveryDone = make(chan error, 1)
