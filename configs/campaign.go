@@ -36,6 +36,9 @@ type Campaign struct {
 	LIA        string // absolute path of the legitimate-interest assessment, or ""
 	Audience   string // b2b | b2c
 	PrivacyURL string // overrides the server's when set
+	// Rate is this campaign's own ceiling in messages per second ("rate:
+	// 50/s"); 0 is unlimited.
+	Rate float64
 
 	lines map[string]int
 	hash  string
@@ -76,6 +79,7 @@ func LoadCampaign(path string) (*Campaign, error) {
 	d := newDecoder(path)
 	sum := sha256.Sum256(data)
 	c := &Campaign{Path: abs, lines: d.lines, hash: hex.EncodeToString(sum[:])}
+	var rate string
 	root := d.document(data)
 	if root == nil {
 		return nil, d.err()
@@ -93,7 +97,15 @@ func LoadCampaign(path string) (*Campaign, error) {
 		"lia":         d.str(&c.LIA),
 		"audience":    d.str(&c.Audience),
 		"privacy_url": d.str(&c.PrivacyURL),
+		"rate":        d.scalarStr(&rate),
 	}, "id", "list", "from", "subject", "template", "recipients", "legal_basis")
+	if rate != "" {
+		r, err := ParseRate(rate)
+		if err != nil {
+			d.fieldErr("rate", "%v", err)
+		}
+		c.Rate = r
+	}
 	c.applyDefaults(filepath.Dir(abs))
 	c.check(d)
 	if err := d.err(); err != nil {

@@ -243,3 +243,76 @@ func TestParseDuration(t *testing.T) {
 		}
 	}
 }
+
+func TestDeliveryEngineKeys(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "pw.yaml")
+	os.WriteFile(p, []byte(`hostname: mail.example.com
+data_dir: var
+public_url: https://mail.example.com
+privacy_url: https://example.com/privacy
+smtp_listen: 127.0.0.1:2526
+bounce_domain: bounce.example.com
+metrics_listen: 127.0.0.1:9464
+delivery:
+  mode: mx
+  rates: {default: 0, "gmail.com": 20/s, "yahoo.com": 600/m}
+  tls: {default: opportunistic, "example.org": verify}
+  mta_sts: true
+  max_messages_per_connection: 50
+  resolver: 127.0.0.1:5353
+  smtp_port: 2525
+`), 0o644)
+	s, err := LoadServer(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := s.Delivery
+	if s.SMTPListen != "127.0.0.1:2526" || s.BounceDomain != "bounce.example.com" || s.MetricsListen != "127.0.0.1:9464" {
+		t.Errorf("listeners: %+v", s)
+	}
+	if d.Rates["gmail.com"] != 20 || d.Rates["yahoo.com"] != 10 || d.Rates["default"] != 0 {
+		t.Errorf("rates: %v", d.Rates)
+	}
+	if d.TLS["example.org"] != TLSVerify || d.TLS["default"] != TLSOpportunistic || !d.MTASTS {
+		t.Errorf("tls: %v %v", d.TLS, d.MTASTS)
+	}
+	if d.MaxMessagesPerConnection != 50 || d.Resolver != "127.0.0.1:5353" || d.SMTPPort != 2525 {
+		t.Errorf("delivery: %+v", d)
+	}
+
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte(`hostname: mail.example.com
+data_dir: var
+public_url: https://mail.example.com
+privacy_url: https://example.com/privacy
+smtp_listen: 127.0.0.1:2526
+delivery:
+  rates: {"gmail.com": 20/fortnight}
+  tls: {"example.org": sometimes}
+  mta_sts: maybe
+`), 0o644)
+	_, err = LoadServer(bad)
+	if err == nil {
+		t.Fatal("bad delivery keys accepted")
+	}
+	for _, want := range []string{"bad.yaml:5: smtp_listen: needs bounce_domain", "bad.yaml:7: delivery.rates.gmail.com", "bad.yaml:8: delivery.tls.example.org", "bad.yaml:9: delivery.mta_sts"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestParseRate(t *testing.T) {
+	for in, want := range map[string]float64{"0": 0, "20/s": 20, "120/m": 2, "3600/h": 1, "2.5/s": 2.5} {
+		got, err := ParseRate(in)
+		if err != nil || got != want {
+			t.Errorf("ParseRate(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "20", "x/s", "-1/s", "5/d"} {
+		if _, err := ParseRate(in); err == nil {
+			t.Errorf("ParseRate(%q) accepted", in)
+		}
+	}
+}

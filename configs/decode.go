@@ -230,6 +230,20 @@ func (d *decoder) durations(dst *[]time.Duration) func(string, *yaml.Node) {
 
 // stringMap decodes a mapping of strings to strings; null leaves it nil.
 func (d *decoder) stringMap(dst *map[string]string) func(string, *yaml.Node) {
+	return d.mapOf(dst, "a string", func(v *yaml.Node) bool { return v.ShortTag() == "!!str" })
+}
+
+// scalarMap decodes a mapping whose values are strings or numbers, kept as
+// text ("rates: {default: 0, gmail.com: 20/s}").
+func (d *decoder) scalarMap(dst *map[string]string) func(string, *yaml.Node) {
+	return d.mapOf(dst, "a string or a number", func(v *yaml.Node) bool {
+		t := v.ShortTag()
+		return t == "!!str" || t == "!!int" || t == "!!float"
+	})
+}
+
+// mapOf decodes a mapping of scalars accepted by ok; null leaves it nil.
+func (d *decoder) mapOf(dst *map[string]string, want string, ok func(*yaml.Node) bool) func(string, *yaml.Node) {
 	return func(path string, v *yaml.Node) {
 		if null(v) {
 			return
@@ -241,8 +255,8 @@ func (d *decoder) stringMap(dst *map[string]string) func(string, *yaml.Node) {
 		out := map[string]string{}
 		for i := 0; i+1 < len(v.Content); i += 2 {
 			k, e := resolve(v.Content[i]), resolve(v.Content[i+1])
-			if k.Kind != yaml.ScalarNode || e.Kind != yaml.ScalarNode || e.ShortTag() != "!!str" {
-				d.errf(k.Line, "%s: %s: expected a string", path, k.Value)
+			if k.Kind != yaml.ScalarNode || e.Kind != yaml.ScalarNode || !ok(e) {
+				d.errf(k.Line, "%s: %s: expected %s", path, k.Value, want)
 				continue
 			}
 			if _, dup := out[k.Value]; dup {
@@ -253,6 +267,62 @@ func (d *decoder) stringMap(dst *map[string]string) func(string, *yaml.Node) {
 		}
 		*dst = out
 	}
+}
+
+// scalarStr decodes a string or a number as text; null leaves it empty.
+func (d *decoder) scalarStr(dst *string) func(string, *yaml.Node) {
+	return func(path string, v *yaml.Node) {
+		if null(v) {
+			return
+		}
+		t := v.ShortTag()
+		if v.Kind != yaml.ScalarNode || (t != "!!str" && t != "!!int" && t != "!!float") {
+			d.typeErr(path, v, "a string or a number")
+			return
+		}
+		*dst = v.Value
+	}
+}
+
+// boolean decodes true or false; null leaves it false.
+func (d *decoder) boolean(dst *bool) func(string, *yaml.Node) {
+	return func(path string, v *yaml.Node) {
+		if null(v) {
+			return
+		}
+		b, err := strconv.ParseBool(v.Value)
+		if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!bool" || err != nil {
+			d.typeErr(path, v, "true or false")
+			return
+		}
+		*dst = b
+	}
+}
+
+// ParseRate reads a message rate: "0" (unlimited), "20/s", "300/m",
+// "1000/h"; it returns messages per second.
+func ParseRate(s string) (float64, error) {
+	s = strings.TrimSpace(s)
+	if s == "0" {
+		return 0, nil
+	}
+	num, unit, ok := strings.Cut(s, "/")
+	if !ok {
+		return 0, fmt.Errorf("rate %q: want N/s, N/m or N/h (or 0 for unlimited)", s)
+	}
+	n, err := strconv.ParseFloat(num, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("rate %q: %q is not a non-negative number", s, num)
+	}
+	switch unit {
+	case "s":
+		return n, nil
+	case "m":
+		return n / 60, nil
+	case "h":
+		return n / 3600, nil
+	}
+	return 0, fmt.Errorf("rate %q: unit must be s, m or h", s)
 }
 
 // dayPrefix matches the day part of "7d" or "1d12h".

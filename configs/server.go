@@ -38,8 +38,16 @@ type Server struct {
 	PrivacyURL   string // privacy policy link put in every message
 	TokenKeyFile string // absolute; default <data_dir>/token.key
 	SenderName   string // shown on the unsubscribe pages; default the hostname
-	DKIM         []DKIM
-	Delivery     Delivery
+	// SMTPListen is host:port of the inbound listener for bounces and
+	// complaints ("" = off); it never relays.
+	SMTPListen string
+	// BounceDomain is the envelope sender domain of campaign mail (VERP
+	// addresses bounce+TOKEN@BounceDomain); "" sends from the From address.
+	BounceDomain string
+	// MetricsListen is host:port of the Prometheus endpoint ("" = off).
+	MetricsListen string
+	DKIM          []DKIM
+	Delivery      Delivery
 
 	lines map[string]int
 }
@@ -63,7 +71,24 @@ type Delivery struct {
 	ConcurrencyPerDomain int
 	SMTPPort             int
 	Workers              int
+	// Rates is messages per second by destination domain; key "default"
+	// applies to the others; 0 is unlimited.
+	Rates map[string]float64
+	// TLS is the STARTTLS policy by destination domain: none, opportunistic,
+	// required or verify; key "default" applies to the others.
+	TLS                      map[string]string
+	MTASTS                   bool   // fetch, cache and enforce MTA-STS (RFC 8461)
+	MaxMessagesPerConnection int    // then the connection is closed and redialled
+	Resolver                 string // host:port of a DNS server; "" = the system's
 }
+
+// TLS policies, weakest first.
+const (
+	TLSNone          = "none"
+	TLSOpportunistic = "opportunistic"
+	TLSRequired      = "required"
+	TLSVerify        = "verify"
+)
 
 // Line returns the line of a dotted key ("hostname", "delivery.mode",
 // "dkim[0].selector") in the file, or 0 when absent.
@@ -104,6 +129,7 @@ func DefaultServer() (*Server, error) {
 func parseServer(name string, data []byte, dir string) (*Server, error) {
 	d := newDecoder(name)
 	s := &Server{lines: d.lines}
+	var rates map[string]string
 	root := d.document(data)
 	if root == nil {
 		return nil, d.err()
@@ -117,24 +143,33 @@ func parseServer(name string, data []byte, dir string) (*Server, error) {
 		"privacy_url":    d.str(&s.PrivacyURL),
 		"token_key_file": d.str(&s.TokenKeyFile),
 		"sender_name":    d.str(&s.SenderName),
+		"smtp_listen":    d.str(&s.SMTPListen),
+		"bounce_domain":  d.str(&s.BounceDomain),
+		"metrics_listen": d.str(&s.MetricsListen),
 		"dkim":           d.dkimList(&s.DKIM),
 		"delivery": func(path string, v *yaml.Node) {
 			if d.mapping(path, v) {
 				dl := &s.Delivery
 				d.fields(v, path+".", map[string]func(string, *yaml.Node){
-					"mode":                   d.str(&dl.Mode),
-					"capture_dir":            d.str(&dl.CaptureDir),
-					"relay":                  d.str(&dl.Relay),
-					"routes":                 d.stringMap(&dl.Routes),
-					"retry":                  d.durations(&dl.Retry),
-					"max_age":                d.duration(&dl.MaxAge),
-					"concurrency_per_domain": d.integer(&dl.ConcurrencyPerDomain),
-					"smtp_port":              d.integer(&dl.SMTPPort),
-					"workers":                d.integer(&dl.Workers),
+					"mode":                        d.str(&dl.Mode),
+					"capture_dir":                 d.str(&dl.CaptureDir),
+					"relay":                       d.str(&dl.Relay),
+					"routes":                      d.stringMap(&dl.Routes),
+					"retry":                       d.durations(&dl.Retry),
+					"max_age":                     d.duration(&dl.MaxAge),
+					"concurrency_per_domain":      d.integer(&dl.ConcurrencyPerDomain),
+					"smtp_port":                   d.integer(&dl.SMTPPort),
+					"workers":                     d.integer(&dl.Workers),
+					"rates":                       d.scalarMap(&rates),
+					"tls":                         d.stringMap(&dl.TLS),
+					"mta_sts":                     d.boolean(&dl.MTASTS),
+					"max_messages_per_connection": d.integer(&dl.MaxMessagesPerConnection),
+					"resolver":                    d.str(&dl.Resolver),
 				})
 			}
 		},
 	}, "hostname", "data_dir", "public_url", "privacy_url")
+	s.Delivery.Rates = d.rates("delivery.rates", rates)
 	s.applyDefaults(dir)
 	s.check(d)
 	if err := d.err(); err != nil {
@@ -229,10 +264,19 @@ func (s *Server) applyDefaults(dir string) {
 	if d.MaxAge == 0 {
 		d.MaxAge = 120 * time.Hour // RFC 5321 §4.5.4.1: give up after 4–5 days
 	}
+	if d.Rates == nil {
+		d.Rates = map[string]float64{}
+	}
+	if d.TLS == nil {
+		d.TLS = map[string]string{}
+	}
+	if d.TLS["default"] == "" {
+		d.TLS["default"] = TLSOpportunistic // RFC 3207: STARTTLS when offered
+	}
 	ints := []struct {
 		v   *int
 		def int
-	}{{&d.ConcurrencyPerDomain, 4}, {&d.SMTPPort, 25}, {&d.Workers, 16}}
+	}{{&d.ConcurrencyPerDomain, 4}, {&d.SMTPPort, 25}, {&d.Workers, 16}, {&d.MaxMessagesPerConnection, 100}}
 	for _, n := range ints {
 		if *n.v == 0 {
 			*n.v = n.def
@@ -283,7 +327,36 @@ func (s *Server) check(d *decoder) {
 		seen[pair] = i
 	}
 
+	for _, l := range []struct{ key, v string }{{"smtp_listen", s.SMTPListen}, {"metrics_listen", s.MetricsListen}} {
+		if l.v != "" {
+			if err := hostPort(l.v, true); err != nil {
+				d.fieldErr(l.key, "%q: %v", l.v, err)
+			}
+		}
+	}
+	if s.BounceDomain != "" && !isHostname(s.BounceDomain) {
+		d.fieldErr("bounce_domain", "%q is not a domain name", s.BounceDomain)
+	}
+	if s.SMTPListen != "" && s.BounceDomain == "" {
+		d.fieldErr("smtp_listen", "needs bounce_domain: the inbound listener takes mail only for that domain")
+	}
+
 	dl := s.Delivery
+	for dom, pol := range dl.TLS {
+		switch pol {
+		case TLSNone, TLSOpportunistic, TLSRequired, TLSVerify:
+		default:
+			d.fieldErr("delivery.tls."+dom, "%q must be one of none, opportunistic, required, verify", pol)
+		}
+		if dom != "default" && !isHostname(dom) {
+			d.fieldErr("delivery.tls."+dom, "%q is not a domain name", dom)
+		}
+	}
+	if dl.Resolver != "" {
+		if err := hostPort(dl.Resolver, false); err != nil {
+			d.fieldErr("delivery.resolver", "%q: %v", dl.Resolver, err)
+		}
+	}
 	switch dl.Mode {
 	case ModeCapture, ModeMX, ModeRelay:
 	default:
@@ -310,12 +383,30 @@ func (s *Server) check(d *decoder) {
 		key string
 		v   int
 		max int
-	}{{"concurrency_per_domain", dl.ConcurrencyPerDomain, 1000}, {"smtp_port", dl.SMTPPort, 65535}, {"workers", dl.Workers, 10000}}
+	}{{"concurrency_per_domain", dl.ConcurrencyPerDomain, 1000}, {"smtp_port", dl.SMTPPort, 65535}, {"workers", dl.Workers, 10000},
+		{"max_messages_per_connection", dl.MaxMessagesPerConnection, 100000}}
 	for _, n := range positive {
 		if n.v < 1 || n.v > n.max {
 			d.fieldErr("delivery."+n.key, "%d must be between 1 and %d", n.v, n.max)
 		}
 	}
+}
+
+// rates parses the delivery.rates values, recording bad ones.
+func (d *decoder) rates(path string, raw map[string]string) map[string]float64 {
+	out := make(map[string]float64, len(raw))
+	for dom, v := range raw {
+		r, err := ParseRate(v)
+		if err != nil {
+			d.fieldErr(path+"."+dom, "%v", err)
+			continue
+		}
+		if dom != "default" && !isHostname(dom) {
+			d.fieldErr(path+"."+dom, "%q is not a domain name", dom)
+		}
+		out[dom] = r
+	}
+	return out
 }
 
 // isHostname accepts dot-separated labels of letters, digits and hyphens.
