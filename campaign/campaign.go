@@ -92,8 +92,9 @@ func (e RowError) Error() string {
 // Unwrap returns the underlying problem.
 func (e RowError) Unwrap() error { return e.Err }
 
-// masked is Error with the address masked, for logs and stored records.
-func (e RowError) masked() string {
+// Masked is Error with the address masked, for logs, stored records and
+// output shown without --reveal.
+func (e RowError) Masked() string {
 	var ae *address.Error
 	if errors.As(e.Err, &ae) {
 		return fmt.Sprintf("%s:%d: %s: %s %q: %s", e.File, e.Line, e.Field, ae.Kind, address.Mask(ae.Input), ae.Problem)
@@ -111,7 +112,7 @@ type Summary struct {
 	Rows         int            `json:"rows"` // data rows read (header excluded)
 	Invalid      int            `json:"invalid"`
 	InvalidRows  []RowError     `json:"-"`                      // the first 100, in line order
-	InvalidLines []string       `json:"invalid_rows,omitempty"` // their Error() strings
+	InvalidLines []string       `json:"invalid_rows,omitempty"` // their Masked() strings
 	Suppressed   map[string]int `json:"suppressed"`             // by reason
 	Enqueued     int            `json:"enqueued"`
 	AlreadySent  int            `json:"already_sent"` // duplicates of an earlier run (or of an earlier row)

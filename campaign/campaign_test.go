@@ -237,8 +237,11 @@ func TestSendSummary(t *testing.T) {
 		t.Fatalf("InvalidLines = %q", sum.InvalidLines)
 	}
 	for i, w := range want {
-		if !strings.HasPrefix(sum.InvalidLines[i], w) {
-			t.Errorf("InvalidLines[%d] = %q, want prefix %q", i, sum.InvalidLines[i], w)
+		if !strings.HasPrefix(sum.InvalidRows[i].Error(), w) {
+			t.Errorf("InvalidRows[%d] = %q, want prefix %q", i, sum.InvalidRows[i].Error(), w)
+		}
+		if sum.InvalidLines[i] != sum.InvalidRows[i].Masked() || strings.Contains(sum.InvalidLines[i], "not-an-address@") {
+			t.Errorf("InvalidLines[%d] = %q: want the masked form", i, sum.InvalidLines[i])
 		}
 	}
 	for i, line := range []int{4, 5, 8} {
@@ -402,8 +405,8 @@ func TestSendRowProblems(t *testing.T) {
 				t.Fatalf("invalid = %d %q, want %q", sum.Invalid, sum.InvalidLines, tc.want)
 			}
 			for i, w := range tc.want {
-				if !strings.HasPrefix(sum.InvalidLines[i], spec.Recipients+w) {
-					t.Errorf("invalid line %q, want prefix %q", sum.InvalidLines[i], spec.Recipients+w)
+				if got := sum.InvalidRows[i].Error(); !strings.HasPrefix(got, spec.Recipients+w) {
+					t.Errorf("invalid row %q, want prefix %q", got, spec.Recipients+w)
 				}
 			}
 			if sum.Enqueued != tc.enqueued || q.len() != tc.enqueued {
@@ -429,7 +432,7 @@ func TestValidate(t *testing.T) {
 		t.Fatalf("summary = %+v, errors = %q", sum, errs)
 	}
 	for i, w := range want {
-		if !strings.HasPrefix(errs[i].Error(), w) || sum.InvalidLines[i] != errs[i].Error() {
+		if !strings.HasPrefix(errs[i].Error(), w) || sum.InvalidLines[i] != errs[i].(RowError).Masked() {
 			t.Errorf("error %d = %q, want prefix %q", i, errs[i], w)
 		}
 	}

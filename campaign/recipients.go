@@ -21,7 +21,7 @@ const (
 )
 
 // errControl is the problem of a value that could break out of a header line.
-var errControl = errors.New("value contains CR, LF or NUL")
+var errControl = errors.New("value contains CR, LF or NUL, which would reach a header")
 
 // row is one recipient that passed the row checks; data has no links yet.
 type row struct {
@@ -159,7 +159,13 @@ func (rs *recipients) parseError(pe *csv.ParseError, rec []string) *RowError {
 	return e
 }
 
-// check parses the email, rejects values with CR, LF or NUL and builds the template data.
+// headerColumns feed header values directly (the To display name); the
+// rendered Subject is checked by templates.Render. CR or LF there is refused
+// (never a header); elsewhere a line break is body text, and only NUL is refused.
+var headerColumns = map[string]bool{"email": true, "first_name": true, "last_name": true}
+
+// check parses the email, rejects control characters that could reach a
+// header and builds the template data.
 func (rs *recipients) check(rec []string, line int) (row, *RowError) {
 	raw := rec[rs.email]
 	addr, err := address.Parse(raw)
@@ -172,7 +178,7 @@ func (rs *recipients) check(rec []string, line int) (row, *RowError) {
 		if name == "" {
 			continue
 		}
-		if strings.ContainsAny(v, "\r\n\x00") {
+		if strings.ContainsRune(v, 0) || (headerColumns[name] && strings.ContainsAny(v, "\r\n")) {
 			return row{}, &RowError{File: rs.path, Line: line, Field: name, Err: errControl, rcpt: raw}
 		}
 		v = strings.TrimSpace(v)

@@ -98,7 +98,7 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 			invalid.add(*o.rowErr)
 			if sum.Invalid <= maxInvalidRows {
 				log.Warn().Str("file", o.rowErr.File).Int("line", o.rowErr.Line).Str("field", o.rowErr.Field).
-					Str("rcpt", address.Mask(o.rowErr.rcpt)).Str("problem", o.rowErr.masked()).Msg("invalid row skipped")
+					Str("rcpt", address.Mask(o.rowErr.rcpt)).Str("problem", o.rowErr.Masked()).Msg("invalid row skipped")
 			}
 		case o.suppressed != "":
 			sum.Suppressed[o.suppressed]++
@@ -117,15 +117,11 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 	sum.Rows = rows
 	sum.InvalidRows = invalid.rows
 	for _, e := range invalid.rows {
-		sum.InvalidLines = append(sum.InvalidLines, e.Error())
+		sum.InvalidLines = append(sum.InvalidLines, e.Masked())
 	}
 
 	rec.Finished = s.now()
 	rec.Summary = sum
-	rec.Summary.InvalidLines = nil
-	for _, e := range invalid.rows {
-		rec.Summary.InvalidLines = append(rec.Summary.InvalidLines, e.masked())
-	}
 	if recErr := putRecord(deps.Records, rec); recErr != nil {
 		err = errors.Join(err, recErr)
 	}
@@ -184,7 +180,7 @@ func Validate(spec Spec) (Summary, []error) {
 		errs = append(errs, e)
 		if i < maxInvalidRows {
 			sum.InvalidRows = append(sum.InvalidRows, e)
-			sum.InvalidLines = append(sum.InvalidLines, e.Error())
+			sum.InvalidLines = append(sum.InvalidLines, e.Masked())
 		}
 	}
 	if more := sum.Invalid - len(problems.rows); more > 0 {

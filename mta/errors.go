@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-smtp"
 )
@@ -20,6 +21,15 @@ const (
 	StageMail     = "mail"     // RSET, MAIL FROM
 	StageRcpt     = "rcpt"     // RCPT TO
 	StageData     = "data"     // DATA, body, final reply
+	StageThrottle = "throttle" // the destination's rate limit (Config.Rates); see RetryAt
+	StageCircuit  = "circuit"  // the destination's circuit is open; see RetryAt
+)
+
+// Outcomes returned by DeliveryError.Outcome.
+const (
+	OutcomeDeferred    = "deferred"     // temporary: try again later
+	OutcomeBouncedHard = "bounced-hard" // permanent, 5.1.x: the mailbox or domain does not exist
+	OutcomeBouncedSoft = "bounced-soft" // permanent for other reasons (5.7.x policy, 5.2.2 full…)
 )
 
 // DeliveryError describes a failed delivery attempt; it is temporary unless Temp is false.
@@ -31,6 +41,9 @@ type DeliveryError struct {
 	Remote   string // host:port talked to, "" before any
 	Stage    string // one of the Stage constants
 	Err      error  // underlying error, if any
+	// NotBefore, when set, is when the destination may be tried again
+	// (throttle, open circuit): no attempt was made.
+	NotBefore time.Time
 }
 
 // Error formats as "mta: rcpt at mx.example.com:25: 550 5.1.1 no such user".
@@ -60,6 +73,24 @@ func (e *DeliveryError) Temporary() bool { return e.Temp }
 
 // SMTPStatus returns the reply code and the RFC 3463 enhanced code.
 func (e *DeliveryError) SMTPStatus() (int, string) { return e.Code, e.Enhanced }
+
+// RetryAt returns when the message may be tried again when the Sender
+// refused it without an attempt (rate limit, open circuit); zero otherwise.
+func (e *DeliveryError) RetryAt() time.Time { return e.NotBefore }
+
+// Outcome classifies the error for logs and metrics: OutcomeDeferred when
+// temporary, OutcomeBouncedHard for a permanent 5.1.x (RFC 3463: bad
+// mailbox or domain, the address should be suppressed), else OutcomeBouncedSoft.
+func (e *DeliveryError) Outcome() string {
+	switch {
+	case e.Temp:
+		return OutcomeDeferred
+	case strings.HasPrefix(e.Enhanced, "5.1."):
+		return OutcomeBouncedHard
+	default:
+		return OutcomeBouncedSoft
+	}
+}
 
 // Unwrap returns the underlying error (a *smtp.SMTPError for replies).
 func (e *DeliveryError) Unwrap() error { return e.Err }

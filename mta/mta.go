@@ -6,16 +6,32 @@
 // renamed into place). Every failure is a *DeliveryError, temporary unless it
 // says otherwise: 5yz replies, a null MX and unusable input are permanent;
 // 4yz replies, network errors, timeouts and dropped connections are temporary.
+// A temporary error whose RetryAt is set (rate limit, open circuit) means no
+// attempt was made: the message should simply wait until then.
 // Before sending, line endings are made CRLF (a lone CR or LF becomes CRLF)
 // and the message is DKIM-signed when the Sender has a signer with a key for
 // the From domain; without such a key it goes out unsigned after one warning
 // per domain.
 //
-// Sessions use opportunistic STARTTLS (unauthenticated unless Config.TLS says
-// otherwise) and fall back to plain text when the handshake fails. Idle
-// connections are kept per destination address, reused after RSET, and closed
-// after IdleTimeout or 100 messages. At most ConcurrencyPerDomain sessions run
-// per recipient domain. Logs carry masked addresses only, never key material.
+// Destinations (mx mode): Routes, then the MX hosts in preference order, then
+// the domain's own address records (RFC 5321 §5.1); every address of every
+// host is tried before the delivery is deferred, and a 421 from one host
+// moves on to the next. A null MX (RFC 7505) bounces at once.
+//
+// TLS follows Config.TLSPolicy per recipient domain (none, opportunistic,
+// required, verify) and, with Config.MTASTS, the domain's MTA-STS policy
+// (RFC 8461): in enforce mode only MX hosts the policy names are used, over
+// verified TLS. Opportunistic sessions fall back to plain text when the
+// handshake fails; required and verify ones defer instead.
+//
+// Idle connections are kept per destination address and TLS policy, reused
+// after RSET, and closed after IdleTimeout or MaxMessagesPerConnection
+// messages. At most ConcurrencyPerDomain sessions run per recipient domain,
+// and at most Rates[domain] messages a second start. A domain that answers
+// 421, or fails 5 times running with 4yz or connection errors, has its
+// circuit opened: for a backoff (1m doubling to 30m, ±10%) its messages are
+// deferred without dialling, then one probe is let through. Logs carry masked
+// addresses only, never key material.
 package mta
 
 import (
@@ -23,7 +39,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -33,8 +51,10 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 
 	"github.com/postwarden/postwarden/mta/dkim"
+	"github.com/postwarden/postwarden/mta/mtasts"
 	"github.com/postwarden/postwarden/suppression/address"
 )
 
@@ -45,13 +65,19 @@ const (
 	ModeMX      = "mx"      // send to the recipient domain's MX hosts (or Config.Routes)
 )
 
-// maxPerConn is how many messages one connection carries before it is closed.
-const maxPerConn = 100
+// TLS policies of Config.TLSPolicy, weakest first.
+const (
+	TLSNone          = "none"          // never STARTTLS
+	TLSOpportunistic = "opportunistic" // STARTTLS when offered, unverified; plain text if it fails (RFC 7435)
+	TLSRequired      = "required"      // STARTTLS must be offered and succeed, unverified; else defer
+	TLSVerify        = "verify"        // STARTTLS with a certificate valid for the host name; else defer
+)
 
 // Resolver is the DNS a Sender uses; *net.Resolver satisfies it.
 type Resolver interface {
 	LookupMX(ctx context.Context, name string) ([]*net.MX, error)
 	LookupHost(ctx context.Context, host string) ([]string, error)
+	LookupTXT(ctx context.Context, name string) ([]string, error) // MTA-STS records
 }
 
 // Config configures a Sender; zero values take the defaults noted.
@@ -66,8 +92,28 @@ type Config struct {
 	DialTimeout          time.Duration     // TCP connect (default 30s)
 	CommandTimeout       time.Duration     // each SMTP command (default 5m)
 	IdleTimeout          time.Duration     // idle pooled connections are closed after it (default 30s)
-	TLS                  *tls.Config       // base STARTTLS config; nil: opportunistic, unverified
-	Resolver             Resolver          // default net.DefaultResolver
+	TLS                  *tls.Config       // base STARTTLS config (RootCAs for verify, client certificates, versions)
+	Resolver             Resolver          // default net.DefaultResolver, or DNSServer's
+	DNSServer            string            // host:port of the DNS server to ask when Resolver is nil ("": the system's)
+
+	MaxMessagesPerConnection int // then the connection is closed (default 100)
+	// TLSPolicy is the STARTTLS policy by recipient domain (TLSNone,
+	// TLSOpportunistic, TLSRequired, TLSVerify); key "default" applies to the
+	// others (default TLSOpportunistic). Verification uses TLS.RootCAs, or the
+	// system roots, and the host name of the MX, route or relay.
+	TLSPolicy map[string]string
+	// MTASTS looks up, caches and applies recipient domains' MTA-STS
+	// policies (RFC 8461) in mx mode (not to routes or the relay).
+	MTASTS       bool
+	MTASTSClient *http.Client // MTA-STS policy fetches (default: a plain client; redirects are never followed)
+	// Rates is messages per second by recipient domain; key "default"
+	// applies to the others; 0 or absent is unlimited. Bursts of up to
+	// ceil(rate) are allowed.
+	Rates map[string]float64
+	// EnvelopeFrom, when set, gives the MAIL FROM address of message id sent
+	// by from (VERP, for instance); it is not called for the null
+	// reverse-path, which stays null (RFC 5321 §4.5.5).
+	EnvelopeFrom func(id, from string) string
 }
 
 // Sender delivers messages; safe for concurrent use.
@@ -85,6 +131,13 @@ type Sender struct {
 	closed bool
 
 	warned sync.Map // domains already warned about for a missing DKIM key
+
+	tlsPolicy map[string]string  // normalised domain or "default" → policy
+	rates     map[string]float64 // normalised domain or "default" → messages/s
+	sts       *mtasts.Cache      // nil unless Config.MTASTS
+	now       func() time.Time   // clock of circuits and rate limits (tests replace it)
+	limiters  map[string]*rate.Limiter
+	circuits  map[string]*circuit // domains with recent failures; guarded by mu
 }
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
@@ -113,17 +166,35 @@ func New(cfg Config, signer *dkim.Signer, log zerolog.Logger) (*Sender, error) {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 30 * time.Second
 	}
+	if cfg.MaxMessagesPerConnection <= 0 {
+		cfg.MaxMessagesPerConnection = 100
+	}
+	if cfg.Resolver == nil && cfg.DNSServer != "" {
+		if _, port, err := net.SplitHostPort(cfg.DNSServer); err != nil || port == "" {
+			return nil, fmt.Errorf("mta: DNS server %q is not host:port", cfg.DNSServer)
+		}
+		server := cfg.DNSServer
+		cfg.Resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, server)
+		}}
+	}
 	if cfg.Resolver == nil {
 		cfg.Resolver = net.DefaultResolver
 	}
 	s := &Sender{
-		cfg:    cfg,
-		signer: signer,
-		log:    log,
-		routes: map[string]string{},
-		dialer: net.Dialer{Timeout: cfg.DialTimeout},
-		idle:   map[string][]*conn{},
-		sems:   map[string]*sem{},
+		cfg:       cfg,
+		signer:    signer,
+		log:       log,
+		routes:    map[string]string{},
+		dialer:    net.Dialer{Timeout: cfg.DialTimeout},
+		idle:      map[string][]*conn{},
+		sems:      map[string]*sem{},
+		tlsPolicy: map[string]string{"default": TLSOpportunistic},
+		rates:     map[string]float64{},
+		now:       time.Now,
+		limiters:  map[string]*rate.Limiter{},
+		circuits:  map[string]*circuit{},
 	}
 	switch cfg.Mode {
 	case ModeCapture:
@@ -157,7 +228,41 @@ func New(cfg Config, signer *dkim.Signer, log zerolog.Logger) (*Sender, error) {
 		}
 		s.routes[nd] = hp
 	}
+	for d, p := range cfg.TLSPolicy {
+		switch p {
+		case TLSNone, TLSOpportunistic, TLSRequired, TLSVerify:
+		default:
+			return nil, fmt.Errorf("mta: TLS policy %q for %s: want none, opportunistic, required or verify", p, d)
+		}
+		nd, err := domainKey(d)
+		if err != nil {
+			return nil, fmt.Errorf("mta: TLS policy for %q: %w", d, err)
+		}
+		s.tlsPolicy[nd] = p
+	}
+	for d, r := range cfg.Rates {
+		if r < 0 || math.IsNaN(r) || math.IsInf(r, 0) {
+			return nil, fmt.Errorf("mta: rate for %s: %v is not a number of messages per second", d, r)
+		}
+		nd, err := domainKey(d)
+		if err != nil {
+			return nil, fmt.Errorf("mta: rate for %q: %w", d, err)
+		}
+		s.rates[nd] = r
+	}
+	if cfg.MTASTS {
+		s.sts = mtasts.New(mtasts.Config{Resolver: cfg.Resolver, HTTPClient: cfg.MTASTSClient},
+			log.With().Str("subsystem", "mta-sts").Logger())
+	}
 	return s, nil
+}
+
+// domainKey normalises a domain key of a per-domain map; "default" stays.
+func domainKey(d string) (string, error) {
+	if d == "default" {
+		return d, nil
+	}
+	return address.NormalizeDomain(d)
 }
 
 // CapturePath returns the file capture mode writes for queue id.
@@ -178,20 +283,51 @@ func (s *Sender) Deliver(ctx context.Context, id, from, to string, body []byte) 
 			return permanent(StageMail, fmt.Errorf("sender: %w", err))
 		}
 	}
+	mailFrom := from
+	if from != "" && s.cfg.EnvelopeFrom != nil {
+		mailFrom = s.cfg.EnvelopeFrom(id, from)
+		if _, err := address.Parse(mailFrom); err != nil {
+			return permanent(StageMail, fmt.Errorf("envelope sender of %s: %w", id, err))
+		}
+	}
 	s.mu.Lock()
 	closed := s.closed
 	s.mu.Unlock()
 	if closed {
 		return temporary(StageConnect, "", errors.New("sender closed"))
 	}
-	msg, err := s.sign(normalizeCRLF(body))
-	if err != nil {
-		return permanent(StageSign, err)
-	}
 	if s.cfg.Mode == ModeCapture {
+		msg, err := s.sign(normalizeCRLF(body))
+		if err != nil {
+			return permanent(StageSign, err)
+		}
 		return s.capture(id, rcpt, msg, start)
 	}
-	return s.deliverSMTP(ctx, &envelope{id: id, from: from, rcpt: rcpt, msg: msg})
+
+	e := &envelope{id: id, from: mailFrom, rcpt: rcpt}
+	probe, derr := s.admit(rcpt.Domain)
+	if derr != nil {
+		s.logRefused(e, derr)
+		return derr
+	}
+	if derr := s.throttle(ctx, rcpt.Domain); derr != nil {
+		s.settle(ctx, e, probe, derr)
+		s.logRefused(e, derr)
+		return derr
+	}
+	msg, err := s.sign(normalizeCRLF(body))
+	if err != nil {
+		derr := permanent(StageSign, err)
+		s.settle(ctx, e, probe, derr)
+		return derr
+	}
+	e.msg = msg
+	derr = s.deliverSMTP(ctx, e)
+	s.settle(ctx, e, probe, derr)
+	if derr != nil {
+		return derr
+	}
+	return nil
 }
 
 // sign signs msg if there is a signer; a missing key is logged once per domain and not an error.

@@ -247,12 +247,14 @@ func TestConnectionReuse(t *testing.T) {
 
 func TestConnectionLimitPerConn(t *testing.T) {
 	ts := newTestServer(t, nil)
-	s := newSender(t, relayTo(ts), false)
-	for range maxPerConn + 1 {
+	cfg := relayTo(ts)
+	cfg.MaxMessagesPerConnection = 3
+	s := newSender(t, cfg, false)
+	for range 7 {
 		mustDeliver(t, s, "q", "ana@example.org", msg)
 	}
-	if n := ts.accepts.Load(); n != 2 {
-		t.Fatalf("%d connections for %d messages, want 2", n, maxPerConn+1)
+	if n := ts.accepts.Load(); n != 3 {
+		t.Fatalf("%d connections for 7 messages at 3 a connection, want 3", n)
 	}
 }
 
@@ -345,10 +347,18 @@ func TestConcurrencyWaitHonoursContext(t *testing.T) {
 	}
 }
 
-// stubResolver answers from maps; a missing MX entry is "not found".
+// stubResolver answers from maps; a missing entry is "not found".
 type stubResolver struct {
 	mx    map[string][]*net.MX
 	hosts map[string][]string
+	txt   map[string][]string
+}
+
+func (r stubResolver) LookupTXT(_ context.Context, name string) ([]string, error) {
+	if v, ok := r.txt[name]; ok {
+		return v, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: name, IsNotFound: true}
 }
 
 func (r stubResolver) LookupMX(_ context.Context, name string) ([]*net.MX, error) {
@@ -423,13 +433,17 @@ func TestStartTLS(t *testing.T) {
 		wantTLS bool
 		conns   int32
 	}{
-		{"verified", &tls.Config{RootCAs: pool}, true, 1},
+		{"trusted", &tls.Config{RootCAs: pool}, true, 1},
 		{"opportunistic", nil, true, 1},
-		{"handshake fails, plain text", &tls.Config{RootCAs: x509.NewCertPool()}, false, 2},
+		{"untrusted certificate, opportunistic: TLS unverified", &tls.Config{RootCAs: x509.NewCertPool()}, true, 1},
+		// The server speaks at most TLS 1.2, the client at least 1.3.
+		{"handshake fails, plain text", &tls.Config{MinVersion: tls.VersionTLS13}, false, 2},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			ts := newTestServer(t, srvTLS)
+			sc := srvTLS.Clone()
+			sc.MaxVersion = tls.VersionTLS12
+			ts := newTestServer(t, sc)
 			cfg := relayTo(ts)
 			cfg.TLS = c.tls
 			s := newSender(t, cfg, true)

@@ -34,6 +34,8 @@ type testServer struct {
 	Addr    string // 127.0.0.1:port
 	Port    int
 	accepts atomic.Int32
+	rcpts   atomic.Int32 // RCPT commands seen
+	live    atomic.Int32 // connections not yet closed by the server
 
 	mu      sync.Mutex
 	msgs    []received
@@ -50,21 +52,46 @@ type testServer struct {
 	loggedOut chan struct{}
 }
 
-// countingListener counts accepted connections.
+// countingListener counts accepted connections, and those still open in live.
 type countingListener struct {
 	net.Listener
-	n *atomic.Int32
+	n    *atomic.Int32
+	live *atomic.Int32
 }
 
 func (l countingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
-	if err == nil {
-		l.n.Add(1)
+	if err != nil {
+		return nil, err
 	}
-	return c, err
+	l.n.Add(1)
+	l.live.Add(1)
+	return &trackedConn{Conn: c, live: l.live}, nil
+}
+
+// trackedConn decrements live when first closed.
+type trackedConn struct {
+	net.Conn
+	once sync.Once
+	live *atomic.Int32
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() { c.live.Add(-1) })
+	return c.Conn.Close()
 }
 
 func newTestServer(t *testing.T, tlsCfg *tls.Config) *testServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serveTest(t, tlsCfg, ln)
+}
+
+// serveTest runs a testServer on ln until the test ends.
+func serveTest(t *testing.T, tlsCfg *tls.Config, ln net.Listener) *testServer {
 	t.Helper()
 	ts := &testServer{t: t, replies: map[string]*smtp.SMTPError{}, drop: map[string]bool{},
 		loggedOut: make(chan struct{}, 1000)}
@@ -77,14 +104,18 @@ func newTestServer(t *testing.T, tlsCfg *tls.Config) *testServer {
 	ts.srv.Domain = "mx.test"
 	ts.srv.TLSConfig = tlsCfg
 	ts.srv.ErrorLog = discardLogger{}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	ts.Addr = ln.Addr().String()
 	ts.Port = ln.Addr().(*net.TCPAddr).Port
-	go ts.srv.Serve(countingListener{ln, &ts.accepts})
-	t.Cleanup(func() { ts.srv.Close() })
+	go ts.srv.Serve(countingListener{ln, &ts.accepts, &ts.live})
+	t.Cleanup(func() {
+		// go-smtp's Conn.Close reads the connection that handleStartTLS
+		// replaces without a lock: let the sessions the client has ended
+		// wind down before closing the server from here.
+		for deadline := time.Now().Add(2 * time.Second); ts.live.Load() > 0 && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+		ts.srv.Close()
+	})
 	return ts
 }
 
@@ -131,6 +162,7 @@ func (s *session) Mail(from string, _ *smtp.MailOptions) error {
 }
 
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	s.ts.rcpts.Add(1)
 	s.ts.mu.Lock()
 	e, drop := s.ts.replies[to], s.ts.drop[to]
 	s.ts.mu.Unlock()

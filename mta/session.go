@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -19,43 +20,56 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
 
+	"github.com/postwarden/postwarden/mta/mtasts"
 	"github.com/postwarden/postwarden/suppression/address"
 )
 
 // envelope is one message on its way to one recipient.
 type envelope struct {
-	id   string
-	from string
-	rcpt address.Address
-	msg  []byte
+	id     string
+	from   string // MAIL FROM (after Config.EnvelopeFrom)
+	rcpt   address.Address
+	msg    []byte
+	saw421 bool // some host answered 421 during this delivery
 }
 
 // conn is an SMTP session that may be pooled between messages.
 type conn struct {
-	c     *smtp.Client
-	raw   net.Conn // what to close: the TCP or TLS connection
-	key   string   // pool key: server name and dialled ip:port
-	tls   *tls.ConnectionState
-	sent  int
-	timer *time.Timer // idle timer while pooled
+	c         *smtp.Client
+	raw       net.Conn // what to close: the TCP or TLS connection
+	key       string   // pool key: TLS policy, server name and dialled ip:port
+	tls       *tls.ConnectionState
+	verifyErr error // TLS: why the certificate does not verify for the host, nil if it does
+	sent      int
+	timer     *time.Timer // idle timer while pooled
 }
 
-// deliverSMTP sends e through relay, route or MX hosts, trying each host in turn
-// until one accepts the connection and EHLO.
-func (s *Sender) deliverSMTP(ctx context.Context, e *envelope) error {
+// route is how one delivery goes: hosts in order and the TLS they need.
+type route struct {
+	hosts      []string       // host:port
+	implicit   bool           // the domain itself, for want of MX records
+	policy     string         // effective TLS policy
+	sts        *mtasts.Policy // the domain's MTA-STS policy in force, nil if none
+	stsTesting bool           // sts is in testing mode: report violations only
+}
+
+// deliverSMTP sends e through relay, route or MX hosts, trying each host (and
+// each of its addresses) in turn until one takes the session; a 421 moves on
+// to the next host as well (RFC 5321 §5.1).
+func (s *Sender) deliverSMTP(ctx context.Context, e *envelope) *DeliveryError {
+	rt, derr := s.route(ctx, e)
+	if derr != nil {
+		return derr
+	}
 	release, err := s.acquire(ctx, e.rcpt.Domain)
 	if err != nil {
 		return temporary(StageConnect, "", fmt.Errorf("wait for a session slot for %s: %w", e.rcpt.Domain, err))
 	}
 	defer release()
 
-	hosts, implicit, derr := s.hosts(ctx, e.rcpt.Domain)
-	if derr != nil {
-		return derr
-	}
 	var last *DeliveryError
 	notFound := 0
-	for _, hp := range hosts {
+	for _, hp := range rt.hosts {
 		host, port, _ := net.SplitHostPort(hp)
 		ips := []string{host}
 		if net.ParseIP(host) == nil {
@@ -70,12 +84,14 @@ func (s *Sender) deliverSMTP(ctx context.Context, e *envelope) error {
 			}
 		}
 		for _, ip := range ips {
-			err := s.attempt(ctx, e, host, net.JoinHostPort(ip, port))
+			err := s.attempt(ctx, e, rt, host, net.JoinHostPort(ip, port))
 			if err == nil {
 				return nil
 			}
 			last = err
-			if err.Stage != StageConnect && err.Stage != StageEHLO && err.Stage != StageSTARTTLS {
+			if err.Code == 421 {
+				e.saw421 = true // RFC 5321 §3.8: the server is closing the channel; try the next one
+			} else if err.Stage != StageConnect && err.Stage != StageEHLO && err.Stage != StageSTARTTLS {
 				return err // the host accepted the session: its answer stands
 			}
 			if ctx.Err() != nil {
@@ -83,42 +99,93 @@ func (s *Sender) deliverSMTP(ctx context.Context, e *envelope) error {
 			}
 		}
 	}
-	if implicit && notFound == len(hosts) {
+	if rt.implicit && notFound == len(rt.hosts) {
 		// The domain has neither MX nor address records: nothing will ever take the mail.
 		return &DeliveryError{Enhanced: "5.1.2", Stage: StageRoute, Message: "domain " + e.rcpt.Domain + " has no MX and no address records", Err: last}
 	}
 	if last == nil {
 		return temporary(StageRoute, "", fmt.Errorf("no destination for %s", e.rcpt.Domain))
 	}
-	last.Temp = true // no host took the session: RFC 5321 §4.5.4.1, try again later
+	last.Temp = true // no host took the message: RFC 5321 §4.5.4.1, try again later
 	return last
 }
 
+// route finds the hosts of e's recipient domain and the TLS they need:
+// Config.TLSPolicy, raised to verify by an enforced MTA-STS policy, whose
+// mx patterns also filter the MX hosts (RFC 8461 §4, §5).
+func (s *Sender) route(ctx context.Context, e *envelope) (*route, *DeliveryError) {
+	domain := e.rcpt.Domain
+	hosts, implicit, fromMX, derr := s.hosts(ctx, domain)
+	if derr != nil {
+		return nil, derr
+	}
+	rt := &route{hosts: hosts, implicit: implicit, policy: s.tlsPolicyOf(domain)}
+	if s.sts == nil || !fromMX {
+		return rt, nil
+	}
+	pol, err := s.sts.Get(ctx, domain)
+	if err != nil {
+		s.log.Info().Str("domain", domain).Bool("cached", pol != nil).Err(err).Msg("MTA-STS policy not fetched")
+	}
+	if pol == nil || pol.Mode == mtasts.ModeNone {
+		return rt, nil
+	}
+	rt.sts = pol
+	var allowed []string
+	for _, hp := range hosts {
+		host, _, _ := net.SplitHostPort(hp)
+		if pol.Match(host) {
+			allowed = append(allowed, hp)
+			continue
+		}
+		s.log.Warn().Str("queue_id", e.id).Str("domain", domain).Str("mx", host).Str("sts_mode", pol.Mode).
+			Str("sts_id", pol.ID).Msg("MTA-STS: MX host not in the policy")
+	}
+	if pol.Mode == mtasts.ModeTesting {
+		rt.stsTesting = true // RFC 8461 §5: report, deliver anyway
+		return rt, nil
+	}
+	if len(allowed) == 0 {
+		return nil, temporary(StageRoute, "", fmt.Errorf("MTA-STS policy %s of %s allows none of its MX hosts", pol.ID, domain))
+	}
+	rt.hosts, rt.implicit, rt.policy = allowed, false, TLSVerify // RFC 8461 §4.2
+	return rt, nil
+}
+
+// tlsPolicyOf returns the configured TLS policy of a recipient domain.
+func (s *Sender) tlsPolicyOf(domain string) string {
+	if p, ok := s.tlsPolicy[domain]; ok {
+		return p
+	}
+	return s.tlsPolicy["default"]
+}
+
 // hosts returns the host:port list to try for domain, in order; implicit is
-// true when it is the domain itself for want of MX records.
-func (s *Sender) hosts(ctx context.Context, domain string) ([]string, bool, *DeliveryError) {
+// true when it is the domain itself for want of MX records; fromMX when the
+// list comes from DNS (not the relay or a route).
+func (s *Sender) hosts(ctx context.Context, domain string) (hosts []string, implicit, fromMX bool, derr *DeliveryError) {
 	if s.cfg.Mode == ModeRelay {
-		return []string{s.relay}, false, nil
+		return []string{s.relay}, false, false, nil
 	}
 	if hp, ok := s.routes[domain]; ok {
-		return []string{hp}, false, nil
+		return []string{hp}, false, false, nil
 	}
 	port := portOf(s.cfg.SMTPPort)
 	mxs, err := s.cfg.Resolver.LookupMX(ctx, domain)
 	if err != nil {
 		var dnsErr *net.DNSError
 		if !errors.As(err, &dnsErr) || !dnsErr.IsNotFound {
-			return nil, false, temporary(StageRoute, "", fmt.Errorf("look up MX of %s: %w", domain, err))
+			return nil, false, false, temporary(StageRoute, "", fmt.Errorf("look up MX of %s: %w", domain, err))
 		}
 		mxs = nil
 	}
 	if len(mxs) == 1 && strings.TrimSuffix(mxs[0].Host, ".") == "" {
 		// RFC 7505 §3: a single "MX 0 ." says the domain accepts no mail; §4.2: 556 5.1.10.
-		return nil, false, &DeliveryError{Code: 556, Enhanced: "5.1.10", Stage: StageRoute,
+		return nil, false, false, &DeliveryError{Code: 556, Enhanced: "5.1.10", Stage: StageRoute,
 			Message: "domain " + domain + " accepts no mail (null MX)"}
 	}
 	if len(mxs) == 0 {
-		return []string{net.JoinHostPort(domain, port)}, true, nil // RFC 5321 §5.1: implicit MX
+		return []string{net.JoinHostPort(domain, port)}, true, true, nil // RFC 5321 §5.1: implicit MX
 	}
 	mxs = slices.Clone(mxs)
 	sort.SliceStable(mxs, func(i, j int) bool { return mxs[i].Pref < mxs[j].Pref }) // RFC 5321 §5.1
@@ -128,30 +195,40 @@ func (s *Sender) hosts(ctx context.Context, domain string) ([]string, bool, *Del
 			out = append(out, net.JoinHostPort(h, port))
 		}
 	}
-	return out, false, nil
+	return out, false, true, nil
 }
 
 // attempt delivers e over a pooled or new connection to addr; host names the
 // server (TLS server name, logs). A dead pooled connection is redialled once.
-func (s *Sender) attempt(ctx context.Context, e *envelope, host, addr string) *DeliveryError {
+func (s *Sender) attempt(ctx context.Context, e *envelope, rt *route, host, addr string) *DeliveryError {
 	remote := net.JoinHostPort(host, portFromAddr(addr))
-	key := host + " " + addr // a connection verified for one name is not reused for another
+	// A connection made under one TLS policy, or verified for one name, is
+	// not reused for another.
+	key := rt.policy + " " + host + " " + addr
 	c := s.take(key)
 	reused := c != nil
 	for {
 		start := time.Now()
 		if c == nil {
 			var derr *DeliveryError
-			c, derr = s.dial(ctx, e.id, host, addr, remote, true)
+			c, derr = s.dial(ctx, e.id, host, addr, remote, key, rt.policy, true)
 			if derr != nil {
-				s.logAttempt(e, remote, addr, nil, false, start, "", derr)
+				s.logAttempt(e, rt, remote, addr, nil, false, start, "", derr)
 				return derr
+			}
+			if rt.stsTesting && (c.tls == nil || c.verifyErr != nil) {
+				reason := "no TLS"
+				if c.verifyErr != nil {
+					reason = c.verifyErr.Error()
+				}
+				s.log.Warn().Str("queue_id", e.id).Str("domain", e.rcpt.Domain).Str("remote", remote).
+					Str("sts_id", rt.sts.ID).Str("reason", reason).Msg("MTA-STS testing: TLS not verified, delivering anyway")
 			}
 		}
 		reply, stage, err := s.transact(ctx, c, e, reused)
 		if err == nil {
 			c.sent++
-			s.logAttempt(e, remote, addr, c, reused, start, reply, nil)
+			s.logAttempt(e, rt, remote, addr, c, reused, start, reply, nil)
 			s.put(c)
 			return nil
 		}
@@ -170,7 +247,7 @@ func (s *Sender) attempt(ctx context.Context, e *envelope, host, addr string) *D
 			stage = StageMail
 		}
 		derr := classify(stage, remote, err)
-		s.logAttempt(e, remote, addr, c, reused, start, "", derr)
+		s.logAttempt(e, rt, remote, addr, c, reused, start, "", derr)
 		if isRep && se.Code != 421 && ctx.Err() == nil {
 			s.put(c) // still in step with the server: RSET before the next use
 		} else {
@@ -180,9 +257,12 @@ func (s *Sender) attempt(ctx context.Context, e *envelope, host, addr string) *D
 	}
 }
 
-// dial connects to addr, says EHLO and upgrades with STARTTLS when offered
-// (and useTLS); a failed TLS handshake is retried once without TLS.
-func (s *Sender) dial(ctx context.Context, id, host, addr, remote string, useTLS bool) (*conn, *DeliveryError) {
+// dial connects to addr, says EHLO and upgrades with STARTTLS as policy says
+// (and useTLS): none never; opportunistic when offered, retrying once in
+// plain text when the handshake fails (RFC 7435 §3); required and verify
+// demand it, verify also a certificate valid for host (RFC 3207 §4.1 leaves
+// the choice to the client), and fail temporarily otherwise.
+func (s *Sender) dial(ctx context.Context, id, host, addr, remote, key, policy string, useTLS bool) (*conn, *DeliveryError) {
 	nc, err := s.dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, temporary(StageConnect, remote, err)
@@ -194,27 +274,60 @@ func (s *Sender) dial(ctx context.Context, id, host, addr, remote string, useTLS
 		nc.Close()
 		return nil, classify(StageEHLO, remote, err)
 	}
-	pc := &conn{c: c, raw: nc, key: host + " " + addr}
-	if ok, _ := c.Extension("STARTTLS"); !ok || !useTLS {
+	pc := &conn{c: c, raw: nc, key: key}
+	if policy == TLSNone || !useTLS {
 		return pc, nil
+	}
+	if ok, _ := c.Extension("STARTTLS"); !ok {
+		if policy == TLSOpportunistic {
+			return pc, nil
+		}
+		nc.Close()
+		return nil, temporary(StageSTARTTLS, remote, fmt.Errorf("STARTTLS not offered, TLS policy %s", policy))
 	}
 	tc, err := s.startTLS(ctx, nc, host)
 	if err != nil {
 		nc.Close()
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || policy != TLSOpportunistic {
 			return nil, temporary(StageSTARTTLS, remote, err)
 		}
 		// Opportunistic TLS (RFC 7435 §3): a failed upgrade falls back to plain text.
 		s.log.Info().Str("queue_id", id).Str("remote", remote).Str("addr", addr).Err(err).Msg("STARTTLS failed, retrying without TLS")
-		return s.dial(ctx, id, host, addr, remote, false)
+		return s.dial(ctx, id, host, addr, remote, key, policy, false)
+	}
+	st := tc.ConnectionState()
+	verr := s.verifyPeer(st, host)
+	if verr != nil && policy == TLSVerify {
+		tc.Close()
+		return nil, temporary(StageSTARTTLS, remote, fmt.Errorf("certificate not valid for %s (TLS policy verify): %w", host, verr))
 	}
 	c = s.newClient(&greetedConn{Conn: tc, greeting: strings.NewReader("220 post-STARTTLS\r\n")})
 	if err := c.Hello(s.cfg.Hostname); err != nil { // RFC 3207 §4.2: EHLO again over TLS
 		tc.Close()
 		return nil, classify(StageEHLO, remote, err)
 	}
-	st := tc.ConnectionState()
-	return &conn{c: c, raw: tc, key: pc.key, tls: &st}, nil
+	return &conn{c: c, raw: tc, key: key, tls: &st, verifyErr: verr}, nil
+}
+
+// verifyPeer checks the server's certificate chain against Config.TLS.RootCAs
+// (nil: the system roots) and host, the name the client was sent to: the MX,
+// route or relay host (RFC 8461 §4.2 for MTA-STS).
+func (s *Sender) verifyPeer(st tls.ConnectionState, host string) error {
+	if len(st.PeerCertificates) == 0 {
+		return errors.New("no certificate")
+	}
+	opts := x509.VerifyOptions{DNSName: host, Intermediates: x509.NewCertPool()}
+	if b := s.cfg.TLS; b != nil {
+		opts.Roots = b.RootCAs
+		if b.Time != nil {
+			opts.CurrentTime = b.Time()
+		}
+	}
+	for _, ic := range st.PeerCertificates[1:] {
+		opts.Intermediates.AddCert(ic)
+	}
+	_, err := st.PeerCertificates[0].Verify(opts)
+	return err
 }
 
 // newClient wraps nc in a go-smtp client with the configured timeouts.
@@ -237,13 +350,16 @@ func (s *Sender) startTLS(ctx context.Context, nc net.Conn, host string) (*tls.C
 	if _, _, err := textproto.NewReader(bufio.NewReader(nc)).ReadResponse(220); err != nil { // RFC 3207 §4
 		return nil, err
 	}
-	cfg := &tls.Config{InsecureSkipVerify: true} // opportunistic: encrypt, don't authenticate
+	cfg := &tls.Config{}
 	if s.cfg.TLS != nil {
 		cfg = s.cfg.TLS.Clone()
 	}
 	if cfg.ServerName == "" {
 		cfg.ServerName = host
 	}
+	// The handshake never fails on the certificate: verifyPeer judges it
+	// afterwards, so the policy decides and the logs can say whether it verified.
+	cfg.InsecureSkipVerify = true
 	tc := tls.Client(nc, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, fmt.Errorf("TLS handshake: %w", err)
@@ -275,6 +391,9 @@ func (s *Sender) transact(ctx context.Context, c *conn, e *envelope, reused bool
 			return "", "rset", err
 		}
 	}
+	// No PIPELINING (RFC 2920): go-smtp's client waits for each reply before
+	// the next command and does not implement it; we don't hand-roll SMTP to
+	// save the round trips.
 	rcpt := e.rcpt.String()
 	opts := &smtp.MailOptions{Size: int64(len(e.msg))} // RFC 1870
 	if !isASCII(e.from) || !isASCII(rcpt) {
@@ -312,11 +431,15 @@ func maskText(s string) string {
 }
 
 // logAttempt writes the one Info line of a delivery attempt.
-func (s *Sender) logAttempt(e *envelope, remote, addr string, c *conn, reused bool, start time.Time, reply string, derr *DeliveryError) {
+func (s *Sender) logAttempt(e *envelope, rt *route, remote, addr string, c *conn, reused bool, start time.Time, reply string, derr *DeliveryError) {
 	ev := s.log.Info().Str("queue_id", e.id).Str("rcpt", address.Mask(e.rcpt.String())).Str("mode", s.cfg.Mode).
-		Str("remote", remote).Str("addr", addr).Bool("reused", reused)
+		Str("remote", remote).Str("addr", addr).Bool("reused", reused).Str("tls_policy", rt.policy)
+	if rt.sts != nil {
+		ev = ev.Str("sts_mode", rt.sts.Mode).Str("sts_id", rt.sts.ID)
+	}
 	if c != nil && c.tls != nil {
-		ev = ev.Str("tls_version", tls.VersionName(c.tls.Version)).Str("tls_cipher", tls.CipherSuiteName(c.tls.CipherSuite))
+		ev = ev.Str("tls_version", tls.VersionName(c.tls.Version)).Str("tls_cipher", tls.CipherSuiteName(c.tls.CipherSuite)).
+			Bool("tls_verified", c.verifyErr == nil)
 	}
 	ev = outcome(ev, reply, derr)
 	ev.Dur("duration", time.Since(start)).Msg("delivery attempt")
@@ -327,11 +450,7 @@ func outcome(ev *zerolog.Event, reply string, derr *DeliveryError) *zerolog.Even
 	if derr == nil {
 		return ev.Str("outcome", "delivered").Int("reply_code", 250).Str("reply", maskText(reply))
 	}
-	o := "failed"
-	if derr.Temp {
-		o = "deferred"
-	}
-	return ev.Str("outcome", o).Str("stage", derr.Stage).Int("reply_code", derr.Code).
+	return ev.Str("outcome", derr.Outcome()).Str("stage", derr.Stage).Int("reply_code", derr.Code).
 		Str("enhanced", derr.Enhanced).Str("reply", maskText(derr.Message))
 }
 
@@ -353,10 +472,11 @@ func (s *Sender) take(key string) *conn {
 	return c
 }
 
-// put pools c for reuse, or closes it when it has carried maxPerConn messages or the Sender is closed.
+// put pools c for reuse, or closes it when it has carried
+// MaxMessagesPerConnection messages or the Sender is closed.
 func (s *Sender) put(c *conn) {
 	s.mu.Lock()
-	if s.closed || c.sent >= maxPerConn {
+	if s.closed || c.sent >= s.cfg.MaxMessagesPerConnection {
 		s.mu.Unlock()
 		c.quit()
 		return

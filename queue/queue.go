@@ -21,8 +21,13 @@
 //     and history for reports; their body is deleted.
 //   - Suppressions are checked again just before each delivery: an unsubscribe
 //     that arrives while a message waits still stops it.
-//   - Operator actions (Retry, Hold, Release, Delete) never touch a message in
-//     flight (state active); it finishes its attempt first.
+//   - Operator actions (Retry, Hold, Release, Delete, Bounce) never touch a
+//     message in flight (state active); it finishes its attempt first.
+//   - A delivery error carrying RetryAt() (the MTA's throttle or circuit
+//     breaker) is not an attempt: the count is undone and the message waits
+//     until that time. Campaign rates and suspensions likewise hold messages
+//     back without an attempt (see limits.go). None of these expires a message
+//     before MaxAge.
 //   - Run stops dispatching when its context ends and returns only after the
 //     deliveries in flight have finished and their outcomes are committed.
 package queue
@@ -35,6 +40,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"go.etcd.io/bbolt"
+	"golang.org/x/time/rate"
 )
 
 // State is where a message is in its life.
@@ -102,6 +108,9 @@ type Message struct {
 	LastReply   string    `json:"last_reply,omitempty"`
 	Reason      string    `json:"reason,omitempty"`
 	History     []Attempt `json:"history,omitempty"`
+	// RateSlot is the time of the campaign-rate token this message reserved; due
+	// at exactly that time, it is claimed without taking another token.
+	RateSlot time.Time `json:"rate_slot,omitzero"`
 }
 
 // Attempt is one event in a message's history: a delivery attempt, a recovery, an expiry.
@@ -139,8 +148,11 @@ type Store struct {
 	maxAge time.Duration
 
 	mu       sync.Mutex
-	inflight map[string]struct{}    // ids handed to a worker in this process
-	wakers   map[chan struct{}]bool // one per running dispatcher
+	inflight map[string]struct{}      // ids handed to a worker in this process
+	wakers   map[chan struct{}]bool   // one per running dispatcher
+	rates    map[string]float64       // campaign → msgs/s (mirror of bucket rates)
+	limiters map[string]*rate.Limiter // campaign → token bucket, made on first use
+	susp     map[string]Suspension    // Selector.key → active suspension (mirror of bucket susp)
 }
 
 // Bucket names. Layout:
@@ -152,6 +164,10 @@ type Store struct {
 //	state     state \x00 id → nil
 //	campaign  campaign \x00 id → state
 //	campaigns campaign id → caller's opaque JSON record
+//	counts    counters for Stats and CampaignCounts (see counters.go)
+//	minutes   delivery outcomes per minute, last 24 h (see counters.go)
+//	rates     campaign id → msgs/s (see limits.go)
+//	susp      suspensions (see limits.go)
 var (
 	bktMsg       = []byte("msg")
 	bktBody      = []byte("body")
@@ -160,7 +176,12 @@ var (
 	bktState     = []byte("state")
 	bktCampaign  = []byte("campaign")
 	bktCampaigns = []byte("campaigns")
-	allBuckets   = [][]byte{bktMsg, bktBody, bktIdem, bktDue, bktState, bktCampaign, bktCampaigns}
+	bktCounts    = []byte("counts")
+	bktMinutes   = []byte("minutes")
+	bktRates     = []byte("rates")
+	bktSusp      = []byte("susp")
+	allBuckets   = [][]byte{bktMsg, bktBody, bktIdem, bktDue, bktState, bktCampaign, bktCampaigns,
+		bktCounts, bktMinutes, bktRates, bktSusp}
 )
 
 // Open opens (creating if needed) the queue file and recovers messages left active by a crash.
@@ -201,6 +222,9 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 		maxAge:   cfg.MaxAge,
 		inflight: map[string]struct{}{},
 		wakers:   map[chan struct{}]bool{},
+		rates:    map[string]float64{},
+		limiters: map[string]*rate.Limiter{},
+		susp:     map[string]Suspension{},
 	}
 	if err := s.init(); err != nil {
 		db.Close()
@@ -209,7 +233,8 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 	return s, nil
 }
 
-// init creates the buckets and recovers messages left in state active.
+// init creates the buckets, builds the counters if missing, loads rates and
+// suspensions, and recovers messages left in state active.
 func (s *Store) init() error {
 	return s.db.Update(func(tx *bbolt.Tx) error {
 		for _, name := range allBuckets {
@@ -218,8 +243,17 @@ func (s *Store) init() error {
 			}
 		}
 		b := buckets(tx)
-		ids := b.idsInState(StateActive)
+		if b.counts.Get(counterVersion) == nil {
+			var err error
+			if b, err = b.rebuildCounts(tx); err != nil {
+				return fmt.Errorf("build counters: %w", err)
+			}
+		}
 		now := time.Now()
+		if err := s.loadLimits(tx, now); err != nil {
+			return fmt.Errorf("load rates and suspensions: %w", err)
+		}
+		ids := b.idsInState(StateActive)
 		for _, id := range ids {
 			m, err := b.get(id)
 			if err != nil {

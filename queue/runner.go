@@ -3,6 +3,7 @@ package queue
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -34,12 +35,24 @@ type temporary interface{ Temporary() bool }
 // smtpStatus is implemented by delivery errors carrying an SMTP reply.
 type smtpStatus interface{ SMTPStatus() (int, string) }
 
+// retryAter is implemented by delivery errors that say the message was not
+// tried at all (a throttle or an open circuit): wait until RetryAt.
+type retryAter interface{ RetryAt() time.Time }
+
+// Observer is told each attempt's outcome (delivered, deferred, bounced,
+// throttled, expired, cancelled), the recipient domain and how long the
+// Deliverer took (0 when it was not called). It must not block.
+type Observer interface {
+	Attempt(domain, outcome string, d time.Duration)
+}
+
 // RunnerConfig configures a Runner. Empty fields take the defaults noted.
 type RunnerConfig struct {
 	Workers  int              // concurrent deliveries; default 16
 	Campaign string           // if set, only this campaign's messages are dispatched
 	Poll     time.Duration    // fallback look at the due index; default 1s (Enqueue and Kick wake it at once)
 	Now      func() time.Time // clock, for tests; default time.Now
+	Observer Observer         // optional, for metrics
 }
 
 // Runner dispatches due messages to a pool of workers that deliver them.
@@ -103,6 +116,9 @@ func (r *Runner) loop(ctx context.Context, drain bool) error {
 	}
 	tick := time.NewTicker(r.cfg.Poll)
 	defer tick.Stop()
+	// next fires when the earliest future due entry falls due, if before the tick.
+	next := time.NewTimer(r.cfg.Poll)
+	defer next.Stop()
 
 	minClaim := max(1, n/4)
 	var err error
@@ -112,7 +128,7 @@ func (r *Runner) loop(ctx context.Context, drain bool) error {
 		// Claim when a quarter of the slots are free (or none are busy): each claim is
 		// an fsynced commit, so claiming slot by slot would cost one commit per message.
 		if free := n - inflight; free > 0 && (free >= minClaim || inflight == 0) {
-			msgs, progressed, cerr := r.claim(free)
+			msgs, progressed, nextDue, cerr := r.claim(free)
 			if cerr != nil {
 				if drain {
 					err = cerr
@@ -125,9 +141,18 @@ func (r *Runner) loop(ctx context.Context, drain bool) error {
 			}
 			inflight += len(msgs)
 			found = progressed
+			wait := r.cfg.Poll
+			if !nextDue.IsZero() {
+				wait = min(wait, max(nextDue.Sub(r.cfg.Now()), time.Millisecond))
+			}
+			next.Reset(wait)
 		}
 		if drain && !found && inflight == 0 {
-			break
+			// Messages a campaign rate spread out stay ready: wait for them.
+			if waiting, werr := r.rateWaiting(); werr != nil || !waiting {
+				err = werr
+				break
+			}
 		}
 		if found && inflight < n {
 			continue // there may be more due right now
@@ -146,6 +171,7 @@ func (r *Runner) loop(ctx context.Context, drain bool) error {
 				}
 			}
 		case <-tick.C:
+		case <-next.C:
 		}
 	}
 	close(jobs)
@@ -168,25 +194,46 @@ func (s *Store) backoff(n int) time.Duration {
 	return d
 }
 
-// maxClaimScan bounds the expirations one claim transaction processes.
+// maxClaimScan bounds the messages one claim transaction expires or moves
+// (suspensions, campaign rates) without claiming them.
 const maxClaimScan = 1024
 
+// claim action for one due message.
+const (
+	actClaim   = iota // attempt it now
+	actExpire         // past MaxAge: give up
+	actSuspend        // under a suspension: wait for its end
+	actRate           // its campaign has no token now: wait for the reserved one
+)
+
 // claim moves up to free due messages to state active in one committed transaction,
-// recording the attempt and the next-attempt time before any delivery starts, and
-// expires those past MaxAge. progressed reports whether anything changed.
-func (r *Runner) claim(free int) (msgs []Message, progressed bool, err error) {
+// recording the attempt and the next-attempt time before any delivery starts,
+// expires those past MaxAge and moves those held back by a suspension or their
+// campaign's rate (no attempt). progressed reports whether anything changed;
+// next is the earliest future due time seen, zero if none.
+func (r *Runner) claim(free int) (msgs []Message, progressed bool, next time.Time, err error) {
 	s := r.s
 	now := r.cfg.Now()
 	limit := dueKey(now, "")
-	var claimed []string
+	var claimed, expired []string
+	type cand struct {
+		m    Message
+		act  int
+		sp   Suspension
+		slot time.Time
+	}
 	err = s.db.Update(func(tx *bbolt.Tx) error {
-		msgs, progressed, claimed = nil, false, nil
+		msgs, progressed, claimed, expired, next = nil, false, nil, nil, time.Time{}
 		b := buckets(tx)
-		var cands []Message
-		nClaim, nExpire := 0, 0
+		var cands []cand
+		nClaim, nOther := 0, 0
 		c := b.due.Cursor() // read first, write after: a cursor is invalid once its bucket changes
-		for k, _ := c.First(); k != nil && nClaim < free && nExpire < maxClaimScan; k, _ = c.Next() {
-			if len(k) < 8 || bytes.Compare(k[:8], limit) > 0 {
+		for k, _ := c.First(); k != nil && nClaim < free && nOther < maxClaimScan; k, _ = c.Next() {
+			if len(k) < 8 {
+				continue
+			}
+			if bytes.Compare(k[:8], limit) > 0 {
+				next = time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
 				break // sorted by time: nothing further is due
 			}
 			id := string(k[8:])
@@ -200,35 +247,59 @@ func (r *Runner) claim(free int) (msgs []Message, progressed bool, err error) {
 			if r.cfg.Campaign != "" && m.Campaign != r.cfg.Campaign {
 				continue
 			}
-			cands = append(cands, m)
+			cd := cand{m: m, act: actClaim}
 			if now.After(m.Created.Add(s.maxAge)) {
-				nExpire++
-			} else {
-				nClaim++
+				cd.act = actExpire
+			} else if sp, ok := s.suspendedFor(m.Domain, m.Campaign, now); ok {
+				cd.act, cd.sp = actSuspend, sp
+			} else if m.RateSlot.IsZero() || !m.RateSlot.Equal(m.NextAttempt) {
+				if slot := s.reserve(m.Campaign, now); !slot.IsZero() {
+					cd.act, cd.slot = actRate, slot
+				}
 			}
+			if cd.act == actClaim {
+				nClaim++
+			} else {
+				nOther++
+			}
+			cands = append(cands, cd)
 		}
 		for i := range cands {
-			m := &cands[i]
+			cd := &cands[i]
+			m := &cd.m
 			prev := *m
 			m.Updated = now
-			if now.After(m.Created.Add(s.maxAge)) { // RFC 5321 §4.5.4.1: give up eventually
+			switch cd.act {
+			case actExpire: // RFC 5321 §4.5.4.1: give up eventually
 				m.State, m.Reason = StateExpired, "expired: undelivered after "+s.maxAge.String()
 				m.History = append(m.History, Attempt{Time: now, Outcome: string(StateExpired), Reply: m.LastReply})
-			} else {
+			case actSuspend:
+				holdFor(m, cd.sp, now)
+			case actRate:
+				m.NextAttempt, m.RateSlot = cd.slot, cd.slot
+				if next.IsZero() || cd.slot.Before(next) {
+					next = cd.slot
+				}
+			default:
 				m.Attempts++
 				m.State = StateActive
 				m.NextAttempt = now.Add(s.backoff(m.Attempts))
+				m.RateSlot = time.Time{}
 			}
 			if err := b.save(m, &prev); err != nil {
 				return err
 			}
 			progressed = true
-			if m.State == StateActive {
+			switch cd.act {
+			case actClaim:
 				msgs = append(msgs, *m)
 				claimed = append(claimed, m.ID)
-			} else {
+			case actExpire:
+				expired = append(expired, m.Domain)
 				r.log.Info().Str("queue_id", m.ID).Str("rcpt", address.Mask(m.To)).Str("domain", m.Domain).
 					Str("outcome", string(StateExpired)).Int("attempt", m.Attempts).Msg("delivery attempt")
+			case actSuspend:
+				r.log.Debug().Str("queue_id", m.ID).Str("domain", m.Domain).Time("until", cd.sp.Until).Msg("held by suspension")
 			}
 		}
 		s.setInflight(claimed, true) // inside the txn: claims are serialised by bbolt's write lock
@@ -236,9 +307,25 @@ func (r *Runner) claim(free int) (msgs []Message, progressed bool, err error) {
 	})
 	if err != nil {
 		s.setInflight(claimed, false)
-		return nil, false, fmt.Errorf("claim due messages in %s: %w", s.path, err)
+		return nil, false, time.Time{}, fmt.Errorf("claim due messages in %s: %w", s.path, err)
 	}
-	return msgs, progressed, nil
+	if r.cfg.Observer != nil {
+		for _, d := range expired {
+			r.cfg.Observer.Attempt(d, string(StateExpired), 0)
+		}
+	}
+	return msgs, progressed, next, nil
+}
+
+// rateWaiting reports whether messages of the runner's campaign (any, if none is
+// set) wait in state ready for a later time: a campaign rate spread them out.
+func (r *Runner) rateWaiting() (bool, error) {
+	if r.cfg.Campaign != "" {
+		counts, err := r.s.CampaignCounts(r.cfg.Campaign)
+		return counts[StateReady] > 0, err
+	}
+	st, err := r.s.Stats()
+	return st.ByState[StateReady] > 0, err
 }
 
 // isInflight reports whether id is with a worker of this process.
@@ -264,9 +351,12 @@ func (s *Store) setInflight(ids []string, on bool) {
 
 // outcome is what one attempt came to.
 type outcome struct {
-	state  State
-	reply  string
-	reason string
+	state   State
+	reply   string
+	reason  string
+	retryAt time.Time     // set: throttled, not an attempt; wait until then
+	took    time.Duration // time spent in the Deliverer
+	event   string        // campaign event to count once recorded (bounced_hard, bounced_soft)
 }
 
 // deliver runs one claimed attempt and commits its outcome.
@@ -278,9 +368,22 @@ func (r *Runner) deliver(ctx context.Context, m Message) {
 	if err != nil {
 		ev = r.log.Error().Err(err)
 	}
+	name := string(final)
+	if !o.retryAt.IsZero() && final == StateDeferred {
+		name = "throttled"
+		ev.Time("retry_at", o.retryAt)
+	}
 	ev.Str("queue_id", m.ID).Str("rcpt", address.Mask(m.To)).Str("domain", m.Domain).
-		Str("outcome", string(final)).Str("reply", scrub(o.reply, m.To)).Int("attempt", m.Attempts).
+		Str("outcome", name).Str("reply", scrub(o.reply, m.To)).Int("attempt", m.Attempts).
 		Msg("delivery attempt")
+	if err == nil && final == StateBounced && o.event != "" {
+		if eerr := r.s.AddCampaignEvent(m.Campaign, o.event); eerr != nil {
+			r.log.Error().Err(eerr).Str("queue_id", m.ID).Msg("count bounce event failed")
+		}
+	}
+	if r.cfg.Observer != nil && err == nil && final != StateActive {
+		r.cfg.Observer.Attempt(m.Domain, name, o.took)
+	}
 }
 
 // attempt checks suppression and calls the Deliverer; it decides the outcome.
@@ -296,19 +399,29 @@ func (r *Runner) attempt(ctx context.Context, m Message) outcome {
 	if suppressed {
 		return outcome{state: StateCancelled, reply: "suppressed: " + reason, reason: "suppressed: " + reason}
 	}
+	start := time.Now()
 	derr := r.d.Deliver(ctx, m.ID, m.From, m.To, body)
+	took := time.Since(start)
 	if derr == nil {
-		return outcome{state: StateDelivered}
+		return outcome{state: StateDelivered, took: took}
 	}
-	o := outcome{state: StateDeferred, reply: derr.Error()}
+	o := outcome{state: StateDeferred, reply: derr.Error(), took: took}
+	var ra retryAter
+	if errors.As(derr, &ra) {
+		if t := ra.RetryAt(); !t.IsZero() {
+			o.retryAt = t
+			return o
+		}
+	}
 	var t temporary
 	if !errors.As(derr, &t) || t.Temporary() {
 		return o // RFC 5321 §4.2.1: 4yz and unknown failures are retried
 	}
-	o.state, o.reason = StateBounced, "permanent failure"
+	o.state, o.reason, o.event = StateBounced, "permanent failure", "bounced_soft"
 	var st smtpStatus
 	if errors.As(derr, &st) {
 		if _, enh := st.SMTPStatus(); strings.HasPrefix(enh, "5.1.") { // RFC 3463 §3.2: bad mailbox or domain
+			o.event = "bounced_hard"
 			if err := r.sup.SuppressAddress(m.To, "", "hard_bounce", "bounce", o.reply); err != nil {
 				r.log.Error().Err(err).Str("queue_id", m.ID).Str("rcpt", address.Mask(m.To)).
 					Msg("suppress hard-bounced address failed")
@@ -320,7 +433,9 @@ func (r *Runner) attempt(ctx context.Context, m Message) outcome {
 
 // finish commits an attempt's outcome (db.Batch: many workers) and returns the final state.
 // A temporary failure leaves the message deferred until the NextAttempt set at claim,
-// or expires it if that falls past MaxAge.
+// or expires it if that falls past MaxAge. A throttled one (retryAt set) was no
+// attempt: its count is undone and it waits until retryAt, never expired for it.
+// Delivered, bounced and deferred attempts are counted in the per-minute stats.
 func (s *Store) finish(claimed Message, o outcome, now time.Time) (State, error) {
 	var final State
 	err := s.db.Batch(func(tx *bbolt.Tx) error {
@@ -335,6 +450,13 @@ func (s *Store) finish(claimed Message, o outcome, now time.Time) (State, error)
 		}
 		prev := m
 		m.State, m.Updated, m.LastReply = o.state, now, o.reply
+		if !o.retryAt.IsZero() {
+			m.Attempts--
+			m.NextAttempt = o.retryAt
+			m.History = append(m.History, Attempt{Time: now, Outcome: "throttled", Reply: o.reply})
+			final = m.State
+			return b.save(&m, &prev)
+		}
 		if o.reason != "" {
 			m.Reason = o.reason
 		}
@@ -346,6 +468,9 @@ func (s *Store) finish(claimed Message, o outcome, now time.Time) (State, error)
 			m.History = append(m.History, Attempt{Time: now, Outcome: string(StateExpired)})
 		}
 		final = m.State
+		if err := b.countMinute(now, minuteSlot(o.state)); err != nil {
+			return fmt.Errorf("count outcome: %w", err)
+		}
 		return b.save(&m, &prev)
 	})
 	if err != nil {

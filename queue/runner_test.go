@@ -166,7 +166,7 @@ func TestCrashRecovery(t *testing.T) {
 	// Claim it as a dispatcher would, then "crash": close without recording an outcome.
 	crash := func(s *Store) {
 		t.Helper()
-		msgs, _, err := s.NewRunner(f, newSup(), RunnerConfig{}).claim(1)
+		msgs, _, _, err := s.NewRunner(f, newSup(), RunnerConfig{}).claim(1)
 		if err != nil || len(msgs) != 1 || msgs[0].ID != id {
 			t.Fatalf("claim = %v, %v", msgs, err)
 		}

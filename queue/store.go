@@ -71,6 +71,9 @@ func (s *Store) Enqueue(msgs []NewMessage) (EnqueueResult, error) {
 				From: strings.TrimSpace(nm.From), To: addrs[i].String(), Domain: addrs[i].Domain,
 				State: StateReady, Created: now, Updated: now, NextAttempt: now,
 			}
+			if sp, ok := s.suspendedFor(m.Domain, m.Campaign, now); ok {
+				holdFor(&m, sp, now) // held like the queued ones until the suspension ends
+			}
 			if err := b.body.Put([]byte(id), nm.Body); err != nil {
 				return fmt.Errorf("store body of %s: %w", id, err)
 			}
@@ -386,41 +389,85 @@ func (s *Store) Delete(ids []string, reason string) (int, error) {
 	})
 }
 
-// Stats summarises the queue.
-type Stats struct {
-	ByState  map[State]int
-	ByDomain map[string]int // pending messages only
-	Oldest   time.Time      // oldest pending message's Created; zero if none
-	Total    int
+// Bounce fails pending messages that are not in flight on purpose: state
+// bounced with Reason "admin: "+reason, recorded in the history, body deleted.
+func (s *Store) Bounce(ids []string, reason string) (int, error) {
+	if reason = strings.TrimSpace(reason); reason == "" {
+		return 0, errors.New("bounce: a reason is required")
+	}
+	reason = "admin: " + reason
+	return s.change("bounce", ids, func(m *Message, now time.Time) bool {
+		switch m.State {
+		case StateReady, StateDeferred, StateHeld:
+			m.State, m.Reason = StateBounced, reason
+			m.History = append(m.History, Attempt{Time: now, Outcome: string(StateBounced), Reply: reason})
+			return true
+		}
+		return false
+	})
 }
 
-// Stats counts messages by state, pending ones by domain, and finds the oldest pending one.
+// Stats summarises the queue.
+type Stats struct {
+	ByState      map[State]int
+	ByDomain     map[string]int           // pending messages only
+	DomainStates map[string]map[State]int // pending messages by domain and state
+	Oldest       time.Time                // oldest pending message's Created; zero if none
+	Total        int
+	// Rates is messages delivered per minute over the last "1m", "5m" and "15m"
+	// (each window also covers the current, partial minute).
+	Rates map[string]float64
+	// Recent counts attempt outcomes ("delivered", "bounced", "deferred") over the last 15 minutes.
+	Recent map[string]int
+}
+
+// Stats counts messages by state, pending ones by domain, finds the oldest pending
+// one and the recent delivery rates. It reads counters, not messages: its cost
+// grows with the number of domains, not with the queue.
 func (s *Store) Stats() (Stats, error) {
-	st := Stats{ByState: map[State]int{}, ByDomain: map[string]int{}}
+	st := Stats{ByState: map[State]int{}, ByDomain: map[string]int{}, DomainStates: map[string]map[State]int{},
+		Rates: map[string]float64{}, Recent: map[string]int{}}
+	now := time.Now()
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		b := buckets(tx)
-		c := b.state.Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
-			i := bytes.IndexByte(k, 0)
-			if i < 0 {
+		for _, state := range States {
+			if n := b.counter(stateKey(state)); n > 0 {
+				st.ByState[state] = n
+				st.Total += n
+			}
+		}
+		prefix := []byte("d\x00")
+		c := b.counts.Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			rest := k[len(prefix):]
+			i := bytes.LastIndexByte(rest, 0)
+			if i < 0 || len(v) != 8 {
 				continue
 			}
-			state := State(k[:i])
-			st.ByState[state]++
-			st.Total++
-			if state.Finished() {
+			domain, state := string(rest[:i]), State(rest[i+1:])
+			n := int(binary.BigEndian.Uint64(v))
+			st.ByDomain[domain] += n
+			if st.DomainStates[domain] == nil {
+				st.DomainStates[domain] = map[State]int{}
+			}
+			st.DomainStates[domain][state] += n
+		}
+		// Ids grow with creation time: the first id of each pending state is its oldest.
+		for _, state := range []State{StateReady, StateDeferred, StateHeld, StateActive} {
+			p := join(string(state), "")
+			k, _ := b.state.Cursor().Seek(p)
+			if k == nil || !bytes.HasPrefix(k, p) {
 				continue
 			}
-			m, err := b.get(string(k[i+1:]))
+			m, err := b.get(string(k[len(p):]))
 			if err != nil {
 				return err
 			}
-			st.ByDomain[m.Domain]++
 			if st.Oldest.IsZero() || m.Created.Before(st.Oldest) {
 				st.Oldest = m.Created
 			}
 		}
-		return nil
+		return b.fillRates(&st, now)
 	})
 	if err != nil {
 		return Stats{}, fmt.Errorf("queue stats %s: %w", s.path, err)
@@ -428,14 +475,15 @@ func (s *Store) Stats() (Stats, error) {
 	return st, nil
 }
 
-// CampaignCounts counts campaign id's messages by state.
+// CampaignCounts counts campaign id's messages by state (from counters).
 func (s *Store) CampaignCounts(id string) (map[State]int, error) {
 	counts := map[State]int{}
 	err := s.db.View(func(tx *bbolt.Tx) error {
-		prefix := join(id, "")
-		c := buckets(tx).campaign.Cursor()
-		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			counts[State(v)]++
+		b := buckets(tx)
+		for _, state := range States {
+			if n := b.counter(campaignKey(id, state)); n > 0 {
+				counts[state] = n
+			}
 		}
 		return nil
 	})
@@ -474,4 +522,19 @@ func (s *Store) GetCampaign(id string) ([]byte, error) {
 		return nil, fmt.Errorf("get campaign %s: %w", id, err)
 	}
 	return rec, nil
+}
+
+// Campaigns returns the ids of the campaigns with a record (PutCampaign), sorted.
+func (s *Store) Campaigns() ([]string, error) {
+	var ids []string
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		return buckets(tx).campaigns.ForEach(func(k, _ []byte) error {
+			ids = append(ids, string(k))
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list campaigns in %s: %w", s.path, err)
+	}
+	return ids, nil
 }

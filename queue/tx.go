@@ -13,6 +13,7 @@ import (
 // bkts holds one transaction's buckets. Never keep it past the closure.
 type bkts struct {
 	msg, body, idem, due, state, campaign, campaigns *bbolt.Bucket
+	counts, minutes, rates, susp                     *bbolt.Bucket
 }
 
 // buckets returns tx's buckets (created by Open).
@@ -25,6 +26,10 @@ func buckets(tx *bbolt.Tx) bkts {
 		state:     tx.Bucket(bktState),
 		campaign:  tx.Bucket(bktCampaign),
 		campaigns: tx.Bucket(bktCampaigns),
+		counts:    tx.Bucket(bktCounts),
+		minutes:   tx.Bucket(bktMinutes),
+		rates:     tx.Bucket(bktRates),
+		susp:      tx.Bucket(bktSusp),
 	}
 }
 
@@ -60,7 +65,7 @@ func (b bkts) get(id string) (Message, error) {
 	return m, nil
 }
 
-// save writes m and moves its index entries from prev's (nil for a new message).
+// save writes m and moves its index entries and counters from prev's (nil for a new message).
 func (b bkts) save(m *Message, prev *Message) error {
 	v, err := json.Marshal(m)
 	if err != nil {
@@ -93,6 +98,11 @@ func (b bkts) save(m *Message, prev *Message) error {
 	if m.State.Finished() {
 		if err := b.body.Delete([]byte(m.ID)); err != nil {
 			return fmt.Errorf("delete body of %s: %w", m.ID, err)
+		}
+	}
+	if prev == nil || prev.State != m.State {
+		if err := b.countMove(m, prev); err != nil {
+			return fmt.Errorf("count message %s: %w", m.ID, err)
 		}
 	}
 	return nil

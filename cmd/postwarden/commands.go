@@ -18,6 +18,7 @@ import (
 
 	"github.com/postwarden/postwarden/campaign"
 	"github.com/postwarden/postwarden/mta/dkim"
+	"github.com/postwarden/postwarden/queue"
 )
 
 func sortStrings(s []string) { sort.Strings(s) }
@@ -46,10 +47,10 @@ func (c *cli) campaignCommand() *cobra.Command {
 	send.Flags().BoolVar(&noWait, "no-wait", false, "only enqueue; do not deliver in this process")
 	status := &cobra.Command{
 		Use:   "status ID",
-		Short: "Show a campaign's record and its messages by state",
+		Short: "Enqueued, delivered, deferred, bounced, complained, unsubscribed and suppressed counts of a campaign",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.call(cmd.Context(), "campaign.status", campaignStatusArgs{ID: args[0]}, c.printFields)
+			return c.call(cmd.Context(), "campaign.status", campaignStatusArgs{ID: args[0]}, c.printCampaignStatus)
 		},
 	}
 	cmd.AddCommand(validate, send, status)
@@ -70,6 +71,11 @@ func (c *cli) campaignValidate(file string) error {
 	for _, p := range problems {
 		if cf != nil && strings.HasPrefix(p.Error(), "templates:") {
 			fmt.Fprintf(c.stderr, "%s:%d: template: %v\n", cf.Path, cf.Line("template"), p)
+			continue
+		}
+		var re campaign.RowError
+		if !c.reveal && errors.As(p, &re) {
+			fmt.Fprintln(c.stderr, re.Masked())
 			continue
 		}
 		fmt.Fprintln(c.stderr, p)
@@ -133,6 +139,49 @@ func (c *cli) printSendResult(raw json.RawMessage) error {
 	return nil
 }
 
+func (c *cli) printCampaignStatus(raw json.RawMessage) error {
+	var st campaignStatus
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return err
+	}
+	var rec campaign.Record
+	_ = json.Unmarshal(st.Record, &rec)
+	w := c.stdout
+	fmt.Fprintf(w, "campaign %s\n", st.ID)
+	if rec.ID != "" {
+		fmt.Fprintf(w, "  list           %s\n", rec.List)
+		fmt.Fprintf(w, "  started        %s by %s\n", rec.Started.Local().Format(time.DateTime), rec.RunBy)
+		if !rec.Finished.IsZero() {
+			fmt.Fprintf(w, "  finished       %s\n", rec.Finished.Local().Format(time.DateTime))
+		}
+	}
+	if st.Rate > 0 {
+		fmt.Fprintf(w, "  rate           %g/s\n", st.Rate)
+	}
+	fmt.Fprintf(w, "  enqueued       %d\n", st.Enqueued)
+	fmt.Fprintf(w, "  delivered      %d\n", st.Delivered)
+	fmt.Fprintf(w, "  pending        %d (ready %d, deferred %d, held %d, in flight %d)\n", st.Pending,
+		st.Queue["ready"], st.Deferred, st.Queue["held"], st.Queue["active"])
+	fmt.Fprintf(w, "  bounced        %d (hard %d, soft %d)\n", st.Bounced, st.BouncedHard, st.BouncedSoft)
+	fmt.Fprintf(w, "  expired        %d\n", st.Expired)
+	fmt.Fprintf(w, "  cancelled      %d\n", st.Cancelled)
+	fmt.Fprintf(w, "  complained     %d\n", st.Complained)
+	fmt.Fprintf(w, "  unsubscribed   %d\n", st.Unsubscribed)
+	total := 0
+	var reasons []string
+	for k, n := range st.Suppressed {
+		total += n
+		reasons = append(reasons, fmt.Sprintf("%s %d", k, n))
+	}
+	sort.Strings(reasons)
+	fmt.Fprintf(w, "  suppressed at enqueue %d", total)
+	if len(reasons) > 0 {
+		fmt.Fprintf(w, " (%s)", strings.Join(reasons, ", "))
+	}
+	fmt.Fprintln(w)
+	return nil
+}
+
 // --- queue ---
 
 func (c *cli) queueCommand() *cobra.Command {
@@ -179,31 +228,146 @@ func (c *cli) queueCommand() *cobra.Command {
 	}
 	stats := &cobra.Command{
 		Use:   "stats",
-		Short: "Counts by state and by domain, oldest message",
+		Short: "Counts by state and by domain, oldest message, delivery rate over the last minutes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.call(cmd.Context(), "queue.stats", nil, c.printFields)
+			return c.call(cmd.Context(), "queue.stats", nil, c.printStats)
 		},
 	}
-	cmd.AddCommand(ls, show, stats,
-		c.queueAction("retry", "Deliver now: ID…, - (IDs on stdin) or ALL", false),
-		c.queueAction("hold", "Stop delivering: ID…, - or ALL", false),
-		c.queueAction("release", "Release held messages: ID…, - or ALL", false),
-		c.queueAction("delete", "Cancel messages (kept as records): ID…, - or ALL, with --reason", true),
+	cmd.AddCommand(ls, show, stats, c.topCommand(), c.suspendCommand(), c.resumeCommand(),
+		c.queueAction("retry", "Deliver now (flush): ID…, - (IDs on stdin), ALL, --domain D or --campaign C", false),
+		c.queueAction("hold", "Stop delivering: ID…, -, ALL, --domain D or --campaign C", false),
+		c.queueAction("release", "Release held messages: ID…, -, ALL, --domain D or --campaign C", false),
+		c.queueAction("delete", "Cancel messages (kept as records): ID…, -, ALL, --domain or --campaign, with --reason", true),
+		c.queueAction("bounce", "Fail messages on purpose (state bounced, recorded): ID…, -, ALL, --domain or --campaign, with --reason", true),
 	)
+	return cmd
+}
+
+// printStats prints `queue stats`.
+func (c *cli) printStats(raw json.RawMessage) error {
+	var v statsView
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return err
+	}
+	w := c.stdout
+	fmt.Fprintf(w, "messages: %d\n", v.Total)
+	for _, st := range validStates {
+		if n := v.ByState[st]; n > 0 {
+			fmt.Fprintf(w, "  %-10s %d\n", st, n)
+		}
+	}
+	if v.Oldest != nil {
+		fmt.Fprintf(w, "oldest pending: %s (%s ago)\n", v.Oldest.Local().Format(time.DateTime), time.Since(*v.Oldest).Round(time.Second))
+	}
+	fmt.Fprintf(w, "delivered/min: %.1f (1m)  %.1f (5m)  %.1f (15m)\n", v.Rates["1m"], v.Rates["5m"], v.Rates["15m"])
+	fmt.Fprintf(w, "last 15 min: delivered %d, deferred %d, bounced %d\n", v.Recent["delivered"], v.Recent["deferred"], v.Recent["bounced"])
+	for _, sp := range v.Suspensions {
+		fmt.Fprintf(w, "suspended: %s until %s: %s\n", sp.Selector, sp.Until.Local().Format(time.DateTime), sp.Reason)
+	}
+	if len(v.ByDomain) > 0 {
+		t := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(t, "DOMAIN\tPENDING\tDEFERRED\tHELD")
+		for _, d := range topDomains(v.ByDomain, 0) {
+			fmt.Fprintf(t, "%s\t%d\t%d\t%d\n", d, v.ByDomain[d], v.DomainStates[d]["deferred"], v.DomainStates[d]["held"])
+		}
+		t.Flush()
+	}
+	return nil
+}
+
+// topDomains returns the domains by descending count (then name); n > 0 keeps the first n.
+func topDomains(m map[string]int, n int) []string {
+	ds := make([]string, 0, len(m))
+	for d := range m {
+		ds = append(ds, d)
+	}
+	sort.Slice(ds, func(i, j int) bool {
+		if m[ds[i]] != m[ds[j]] {
+			return m[ds[i]] > m[ds[j]]
+		}
+		return ds[i] < ds[j]
+	})
+	if n > 0 && len(ds) > n {
+		ds = ds[:n]
+	}
+	return ds
+}
+
+func (c *cli) suspendCommand() *cobra.Command {
+	var a suspendArgs
+	cmd := &cobra.Command{
+		Use:   "suspend --domain D|--campaign C --duration 30m --reason R",
+		Short: "Stop delivering to a domain or a campaign for a while (no attempts are spent)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if a.Domain == "" && a.Campaign == "" {
+				return errors.New("queue suspend: --domain or --campaign is required")
+			}
+			if strings.TrimSpace(a.Reason) == "" {
+				return errors.New("queue suspend: --reason is required")
+			}
+			return c.call(cmd.Context(), "queue.suspend", a, c.printSuspension)
+		},
+	}
+	cmd.Flags().StringVar(&a.Domain, "domain", "", "recipient domain")
+	cmd.Flags().StringVar(&a.Campaign, "campaign", "", "campaign id")
+	cmd.Flags().StringVar(&a.Duration, "duration", "30m", "how long (e.g. 30m, 2h, 1d)")
+	cmd.Flags().StringVar(&a.Reason, "reason", "", "why (logged and kept)")
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List active suspensions",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.call(cmd.Context(), "queue.suspended", nil, c.printSuspension)
+		},
+	}
+	cmd.AddCommand(ls)
+	return cmd
+}
+
+func (c *cli) printSuspension(raw json.RawMessage) error {
+	var sp queue.Suspension
+	if err := json.Unmarshal(raw, &sp); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "%s suspended until %s: %s\n", sp.Selector, sp.Until.Local().Format(time.DateTime), sp.Reason)
+	return nil
+}
+
+func (c *cli) resumeCommand() *cobra.Command {
+	var a suspendArgs
+	cmd := &cobra.Command{
+		Use:   "resume --domain D|--campaign C",
+		Short: "End a suspension; the messages it held are due at once",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if a.Domain == "" && a.Campaign == "" {
+				return errors.New("queue resume: --domain or --campaign is required")
+			}
+			return c.call(cmd.Context(), "queue.resume", a, c.printFields)
+		},
+	}
+	cmd.Flags().StringVar(&a.Domain, "domain", "", "recipient domain")
+	cmd.Flags().StringVar(&a.Campaign, "campaign", "", "campaign id")
 	return cmd
 }
 
 func (c *cli) queueAction(action, short string, needReason bool) *cobra.Command {
 	var a idArgs
 	cmd := &cobra.Command{
-		Use:   action + " ID…|ALL",
+		Use:   action + " ID…|-|ALL|--domain D|--campaign C",
 		Short: short,
-		Args:  cobra.MinimumNArgs(1),
+		Args:  cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 1 && args[0] == "ALL" {
+			switch {
+			case len(args) == 0 && (a.Domain != "" || a.Campaign != ""):
+				// --domain and --campaign are a bulk selection by themselves.
+			case len(args) == 0:
+				return fmt.Errorf("queue %s: give message IDs, - (IDs on stdin), ALL, --domain or --campaign", action)
+			case len(args) == 1 && args[0] == "ALL":
 				a.All = true
-			} else {
+			default:
 				for _, x := range args {
 					if strings.EqualFold(x, "all") {
 						return fmt.Errorf("queue %s: the bulk form is the upper-case word ALL, alone", action)
@@ -221,8 +385,9 @@ func (c *cli) queueAction(action, short string, needReason bool) *cobra.Command 
 			return c.call(cmd.Context(), "queue."+action, a, c.printFields)
 		},
 	}
-	cmd.Flags().StringVar(&a.Campaign, "campaign", "", "with ALL: only this campaign")
-	cmd.Flags().StringVar(&a.State, "state", "", "with ALL: only this state")
+	cmd.Flags().StringVar(&a.Campaign, "campaign", "", "every message of this campaign (bulk)")
+	cmd.Flags().StringVar(&a.Domain, "domain", "", "every message to this recipient domain (bulk)")
+	cmd.Flags().StringVar(&a.State, "state", "", "with a bulk selection: only this state")
 	if needReason {
 		cmd.Flags().StringVar(&a.Reason, "reason", "", "why (logged and kept with the message)")
 	}
@@ -243,8 +408,27 @@ func (c *cli) printMessage(raw json.RawMessage) error {
 	if v.Reason != "" {
 		fmt.Fprintf(w, "reason:    %s\n", v.Reason)
 	}
+	if v.LastReply != "" {
+		fmt.Fprintf(w, "last reply: %s\n", v.LastReply)
+	}
+	if len(v.Headers) > 0 {
+		fmt.Fprintln(w, "headers:")
+		for _, h := range v.Headers {
+			fmt.Fprintf(w, "  %s: %s\n", h.Name, oneLine(h.Value, 200))
+		}
+	}
+	if len(v.History) > 0 {
+		fmt.Fprintln(w, "history:")
+	}
 	for i, a := range v.History {
-		fmt.Fprintf(w, "attempt %d: %s %s %s %s\n", i+1, a.Time.Local().Format(time.RFC3339), a.Outcome, a.Remote, a.Reply)
+		fmt.Fprintf(w, "  %d. %s %s", i+1, a.Time.Local().Format(time.RFC3339), a.Outcome)
+		if a.Remote != "" {
+			fmt.Fprintf(w, " [%s]", a.Remote)
+		}
+		if a.Reply != "" {
+			fmt.Fprintf(w, ": %s", a.Reply)
+		}
+		fmt.Fprintln(w)
 	}
 	return nil
 }

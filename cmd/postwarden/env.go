@@ -116,13 +116,18 @@ func newSender(cfg *configs.Server, log zerolog.Logger) (*mta.Sender, []createdK
 		return nil, nil, err
 	}
 	s, err := mta.New(mta.Config{
-		Hostname:             cfg.Hostname,
-		Mode:                 cfg.Delivery.Mode,
-		CaptureDir:           cfg.Delivery.CaptureDir,
-		Relay:                cfg.Delivery.Relay,
-		Routes:               cfg.Delivery.Routes,
-		ConcurrencyPerDomain: cfg.Delivery.ConcurrencyPerDomain,
-		SMTPPort:             cfg.Delivery.SMTPPort,
+		Hostname:                 cfg.Hostname,
+		Mode:                     cfg.Delivery.Mode,
+		CaptureDir:               cfg.Delivery.CaptureDir,
+		Relay:                    cfg.Delivery.Relay,
+		Routes:                   cfg.Delivery.Routes,
+		ConcurrencyPerDomain:     cfg.Delivery.ConcurrencyPerDomain,
+		SMTPPort:                 cfg.Delivery.SMTPPort,
+		TLSPolicy:                cfg.Delivery.TLS,
+		MTASTS:                   cfg.Delivery.MTASTS,
+		MaxMessagesPerConnection: cfg.Delivery.MaxMessagesPerConnection,
+		Rates:                    cfg.Delivery.Rates,
+		DNSServer:                cfg.Delivery.Resolver,
 	}, dkim.NewSigner(keys), log.With().Str("component", "mta").Logger())
 	if err != nil {
 		return nil, nil, err

@@ -1,14 +1,20 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"mime"
+	"net/mail"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/emersion/go-message/textproto"
 
 	"github.com/postwarden/postwarden/campaign"
 	"github.com/postwarden/postwarden/configs"
@@ -31,7 +37,11 @@ func init() {
 		"queue.hold":      {fn: opQueueAct("hold")},
 		"queue.release":   {fn: opQueueAct("release")},
 		"queue.delete":    {fn: opQueueAct("delete")},
+		"queue.bounce":    {fn: opQueueAct("bounce")},
 		"queue.stats":     {fn: opQueueStats},
+		"queue.suspend":   {fn: opQueueSuspend},
+		"queue.suspended": {fn: opQueueSuspensions},
+		"queue.resume":    {fn: opQueueResume},
 		"suppress.add":    {fn: opSuppressAdd},
 		"suppress.remove": {fn: opSuppressRemove},
 		"suppress.check":  {fn: opSuppressCheck},
@@ -90,6 +100,9 @@ type sendResult struct {
 func loadSpec(e *env, file string) (campaign.Spec, *configs.Campaign, error) {
 	c, err := configs.LoadCampaign(file)
 	if err != nil {
+		return campaign.Spec{}, nil, err
+	}
+	if err := checkSendable(e.cfg, c); err != nil {
 		return campaign.Spec{}, nil, err
 	}
 	set, err := templates.Load(c.Template, c.Subject)
@@ -156,8 +169,14 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	if fi, err := os.Stat(spec.Recipients); err == nil {
 		total = fi.Size()
 	}
-	e.log.Info().Str("who", req.Who).Str("campaign", spec.ID).Str("file", c.Path).Str("file_sha256", spec.FileHash).Msg("campaign send")
+	e.log.Info().Str("who", req.Who).Str("campaign", spec.ID).Str("file", c.Path).Str("file_sha256", spec.FileHash).Float64("rate", c.Rate).Msg("campaign send")
 	res := sendResult{}
+	if c.Rate > 0 || e.queue.CampaignRate(spec.ID) > 0 {
+		// The file's rate (none: unlimited) holds for this and later runs of the campaign.
+		if err := e.queue.SetCampaignRate(spec.ID, c.Rate); err != nil {
+			return err
+		}
+	}
 
 	// Without a daemon, this process delivers, starting while it enqueues.
 	var deliveryDone chan error
@@ -193,6 +212,12 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	}, func(rows int, bytes int64) {
 		_ = o.Progress(progress{Rows: rows, Bytes: bytes, Total: total})
 	})
+	if req.Reveal {
+		summary.InvalidLines = summary.InvalidLines[:0]
+		for _, re := range summary.InvalidRows {
+			summary.InvalidLines = append(summary.InvalidLines, re.Error())
+		}
+	}
 	res.Summary = summary
 	if deliveryDone != nil {
 		stopDelivery()
@@ -224,11 +249,30 @@ type campaignStatusArgs struct {
 	ID string `json:"id"`
 }
 
-// campaignStatus is what `campaign status` reports.
+// campaignStatus is what `campaign status` reports: the queue's counts by
+// state, the campaign record's summary and the inbound events.
 type campaignStatus struct {
 	ID     string              `json:"id"`
 	Record json.RawMessage     `json:"record,omitempty"`
 	Queue  map[queue.State]int `json:"queue"`
+	// Enqueued counts every message the campaign put in the queue (all runs).
+	Enqueued  int `json:"enqueued"`
+	Delivered int `json:"delivered"`
+	Pending   int `json:"pending"` // ready, deferred, held or in flight
+	Deferred  int `json:"deferred"`
+	// Bounced counts messages in state bounced (during delivery, after it, or by
+	// an operator); BouncedHard and BouncedSoft count the bounce events by kind.
+	Bounced      int `json:"bounced"`
+	BouncedHard  int `json:"bounced_hard"`
+	BouncedSoft  int `json:"bounced_soft"`
+	Expired      int `json:"expired"`
+	Cancelled    int `json:"cancelled"` // suppressed before delivery, or deleted
+	Complained   int `json:"complained"`
+	Unsubscribed int `json:"unsubscribed"`
+	// Suppressed counts the recipients skipped at enqueue, by reason (last run's summary).
+	Suppressed map[string]int `json:"suppressed_at_enqueue"`
+	Rate       float64        `json:"rate,omitempty"` // msgs/s ceiling; 0 unlimited
+	Events     map[string]int `json:"events,omitempty"`
 }
 
 func opCampaignStatus(ctx context.Context, e *env, req request, o *out) error {
@@ -247,7 +291,29 @@ func opCampaignStatus(ctx context.Context, e *env, req request, o *out) error {
 	if rec == nil && len(counts) == 0 {
 		return no("campaign %q not found", args.ID)
 	}
-	return o.Record(campaignStatus{ID: args.ID, Record: rec, Queue: counts})
+	events, err := e.queue.CampaignEvents(args.ID)
+	if err != nil {
+		return err
+	}
+	st := campaignStatus{ID: args.ID, Record: rec, Queue: counts, Events: events,
+		Delivered: counts[queue.StateDelivered], Deferred: counts[queue.StateDeferred],
+		Bounced: counts[queue.StateBounced], Expired: counts[queue.StateExpired], Cancelled: counts[queue.StateCancelled],
+		BouncedHard: events["bounced_hard"], BouncedSoft: events["bounced_soft"],
+		Complained: events["complained"], Unsubscribed: events["unsubscribed"],
+		Suppressed: map[string]int{}, Rate: e.queue.CampaignRate(args.ID)}
+	for state, n := range counts {
+		st.Enqueued += n
+		if !state.Finished() {
+			st.Pending += n
+		}
+	}
+	if rec != nil {
+		var r campaign.Record
+		if err := json.Unmarshal(rec, &r); err == nil && r.Summary.Suppressed != nil {
+			st.Suppressed = r.Summary.Suppressed
+		}
+	}
+	return o.Record(st)
 }
 
 // --- queue ---
@@ -267,6 +333,13 @@ type msgView struct {
 	Reason      string          `json:"reason,omitempty"`
 	From        string          `json:"from,omitempty"`
 	History     []queue.Attempt `json:"history,omitempty"`
+	Headers     []headerView    `json:"headers,omitempty"`
+}
+
+// headerView is one header field of a stored message.
+type headerView struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
 }
 
 func viewOf(m queue.Message, reveal, full bool) msgView {
@@ -363,11 +436,58 @@ func opQueueShow(ctx context.Context, e *env, req request, o *out) error {
 		if err != nil {
 			return err
 		}
-		if err := o.Record(viewOf(m, req.Reveal, true)); err != nil {
+		v := viewOf(m, req.Reveal, true)
+		if body, err := e.queue.Body(id); err == nil { // finished messages keep no body
+			v.Headers = headersOf(body, m.To, req.Reveal)
+		}
+		if err := o.Record(v); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// maskedHeaders carry recipient addresses: masked unless --reveal.
+var maskedHeaders = map[string]bool{"To": true, "Cc": true}
+
+// headersOf parses the header of a stored message (go-message textproto), in order.
+func headersOf(body []byte, rcpt string, reveal bool) []headerView {
+	h, err := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(body)))
+	if err != nil {
+		return []headerView{{Name: "X-Postwarden-Error", Value: "unparsable header: " + err.Error()}}
+	}
+	var out []headerView
+	for f := h.Fields(); f.Next(); {
+		v := f.Value()
+		if dec, err := (&mime.WordDecoder{}).DecodeHeader(v); err == nil {
+			v = dec
+		}
+		if !reveal {
+			if maskedHeaders[f.Key()] {
+				v = maskAddresses(v)
+			} else {
+				v = scrub(false, v, rcpt)
+			}
+		}
+		out = append(out, headerView{Name: f.Key(), Value: v})
+	}
+	return out
+}
+
+// maskAddresses masks every address in an address-list header value.
+func maskAddresses(v string) string {
+	list, err := mail.ParseAddressList(v)
+	if err != nil {
+		return "***"
+	}
+	parts := make([]string, len(list))
+	for i, a := range list {
+		parts[i] = address.Mask(a.Address)
+		if a.Name != "" {
+			parts[i] = fmt.Sprintf("%q <%s>", a.Name, parts[i])
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // actResult reports what a queue action changed.
@@ -377,27 +497,60 @@ type actResult struct {
 	Missing []string `json:"missing,omitempty"`
 }
 
+// actStates are the states each action can change: a bulk selection reads
+// only those (state index), not every message ever queued.
+var actStates = map[string][]queue.State{
+	"retry":   {queue.StateReady, queue.StateDeferred, queue.StateHeld},
+	"hold":    {queue.StateReady, queue.StateDeferred},
+	"release": {queue.StateHeld},
+	"delete":  {queue.StateReady, queue.StateDeferred, queue.StateHeld},
+	"bounce":  {queue.StateReady, queue.StateDeferred, queue.StateHeld},
+}
+
+// selectIDs returns the ids of a bulk selection for action.
+func selectIDs(q *queue.Store, action string, args idArgs) ([]string, error) {
+	f, err := args.filter()
+	if err != nil {
+		return nil, err
+	}
+	if f.State != "" {
+		return q.AllIDs(f)
+	}
+	var ids []string
+	for _, st := range actStates[action] {
+		f.State = st
+		more, err := q.AllIDs(f)
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, more...)
+	}
+	return ids, nil
+}
+
 func opQueueAct(action string) opFunc {
 	return func(ctx context.Context, e *env, req request, o *out) error {
 		var args idArgs
 		if err := decodeArgs(req, &args); err != nil {
 			return err
 		}
-		if action == "delete" && strings.TrimSpace(args.Reason) == "" {
-			return errors.New("queue delete: --reason is required")
+		if (action == "delete" || action == "bounce") && strings.TrimSpace(args.Reason) == "" {
+			return fmt.Errorf("queue %s: --reason is required", action)
+		}
+		// --domain or --campaign select in bulk, like ALL.
+		bulk := args.All || args.Domain != "" || args.Campaign != ""
+		if bulk && len(args.IDs) > 0 {
+			return fmt.Errorf("queue %s: give message IDs or a selection (ALL, --domain, --campaign), not both", action)
 		}
 		ids := args.IDs
-		if args.All {
-			f, err := args.filter()
-			if err != nil {
-				return err
-			}
-			if ids, err = e.queue.AllIDs(f); err != nil {
+		if bulk {
+			var err error
+			if ids, err = selectIDs(e.queue, action, args); err != nil {
 				return err
 			}
 		}
-		if len(ids) == 0 && !args.All {
-			return fmt.Errorf("queue %s: give message IDs or ALL", action)
+		if len(ids) == 0 && !bulk {
+			return fmt.Errorf("queue %s: give message IDs, ALL, --domain or --campaign", action)
 		}
 		var n int
 		var err error
@@ -410,8 +563,12 @@ func opQueueAct(action string) opFunc {
 			n, err = e.queue.Release(ids)
 		case "delete":
 			n, err = e.queue.Delete(ids, args.Reason)
+		case "bounce":
+			n, err = e.queue.Bounce(ids, args.Reason)
 		}
-		e.log.Info().Str("who", req.Who).Str("action", action).Int("ids", len(ids)).Int("changed", n).Str("reason", args.Reason).Msg("queue admin action")
+		e.log.Info().Str("who", req.Who).Str("action", action).Bool("bulk", bulk).Str("campaign", args.Campaign).
+			Str("domain", args.Domain).Str("state", args.State).Int("ids", len(ids)).Int("changed", n).
+			Str("reason", args.Reason).Msg("queue admin action")
 		res := actResult{Action: action, Changed: n}
 		if errors.Is(err, queue.ErrNotFound) {
 			res.Missing = missingIDs(e.queue, ids)
@@ -442,10 +599,15 @@ func missingIDs(q *queue.Store, ids []string) []string {
 
 // statsView is `queue stats`.
 type statsView struct {
-	Total    int                 `json:"total"`
-	ByState  map[queue.State]int `json:"by_state"`
-	ByDomain map[string]int      `json:"by_domain"`
-	Oldest   *time.Time          `json:"oldest,omitempty"`
+	Total        int                            `json:"total"`
+	ByState      map[queue.State]int            `json:"by_state"`
+	ByDomain     map[string]int                 `json:"by_domain"`
+	DomainStates map[string]map[queue.State]int `json:"domain_states,omitempty"`
+	Oldest       *time.Time                     `json:"oldest,omitempty"`
+	// Rates is delivered messages per minute over the last 1m, 5m and 15m.
+	Rates       map[string]float64 `json:"delivered_per_minute"`
+	Recent      map[string]int     `json:"last_15m"`
+	Suspensions []queue.Suspension `json:"suspensions,omitempty"`
 }
 
 func opQueueStats(ctx context.Context, e *env, req request, o *out) error {
@@ -453,11 +615,101 @@ func opQueueStats(ctx context.Context, e *env, req request, o *out) error {
 	if err != nil {
 		return err
 	}
-	v := statsView{Total: st.Total, ByState: st.ByState, ByDomain: st.ByDomain}
+	sus, err := e.queue.Suspensions()
+	if err != nil {
+		return err
+	}
+	v := statsView{Total: st.Total, ByState: st.ByState, ByDomain: st.ByDomain, DomainStates: st.DomainStates,
+		Rates: st.Rates, Recent: st.Recent, Suspensions: sus}
 	if !st.Oldest.IsZero() {
 		v.Oldest = &st.Oldest
 	}
 	return o.Record(v)
+}
+
+type suspendArgs struct {
+	Domain   string `json:"domain,omitempty"`
+	Campaign string `json:"campaign,omitempty"`
+	Duration string `json:"duration,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+func (a suspendArgs) selector() (queue.Selector, error) {
+	if a.Domain == "" && a.Campaign == "" {
+		return queue.Selector{}, errors.New("--domain or --campaign is required")
+	}
+	return queue.Selector{Domain: a.Domain, Campaign: a.Campaign}, nil
+}
+
+func opQueueSuspend(ctx context.Context, e *env, req request, o *out) error {
+	var a suspendArgs
+	if err := decodeArgs(req, &a); err != nil {
+		return err
+	}
+	sel, err := a.selector()
+	if err != nil {
+		return fmt.Errorf("queue suspend: %w", err)
+	}
+	if strings.TrimSpace(a.Reason) == "" {
+		return errors.New("queue suspend: --reason is required")
+	}
+	d, err := configs.ParseDuration(a.Duration)
+	if err != nil || d <= 0 {
+		return fmt.Errorf("queue suspend: --duration %q: want a positive duration such as 30m, 2h, 1d", a.Duration)
+	}
+	if err := e.queue.Suspend(sel, time.Now().Add(d), a.Reason); err != nil {
+		return err
+	}
+	e.log.Info().Str("who", req.Who).Str("action", "suspend").Str("domain", a.Domain).Str("campaign", a.Campaign).
+		Dur("duration", d).Str("reason", a.Reason).Msg("queue admin action")
+	sus, err := e.queue.Suspensions()
+	if err != nil {
+		return err
+	}
+	if len(sus) == 0 {
+		return nil
+	}
+	newest := sus[0]
+	for _, sp := range sus[1:] {
+		if sp.Created.After(newest.Created) {
+			newest = sp
+		}
+	}
+	return o.Record(newest)
+}
+
+func opQueueSuspensions(ctx context.Context, e *env, req request, o *out) error {
+	sus, err := e.queue.Suspensions()
+	if err != nil {
+		return err
+	}
+	for _, sp := range sus {
+		if err := o.Record(sp); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func opQueueResume(ctx context.Context, e *env, req request, o *out) error {
+	var a suspendArgs
+	if err := decodeArgs(req, &a); err != nil {
+		return err
+	}
+	sel, err := a.selector()
+	if err != nil {
+		return fmt.Errorf("queue resume: %w", err)
+	}
+	ok, err := e.queue.Resume(sel)
+	if err != nil {
+		return err
+	}
+	e.log.Info().Str("who", req.Who).Str("action", "resume").Str("domain", a.Domain).Str("campaign", a.Campaign).
+		Bool("was_suspended", ok).Msg("queue admin action")
+	if !ok {
+		return no("%s was not suspended", sel)
+	}
+	return o.Record(map[string]any{"resumed": sel.String()})
 }
 
 // --- suppression ---

@@ -86,7 +86,14 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- srv.Serve(ln) }()
 
-	runner := e.queue.NewRunner(sender, e.supp, queue.RunnerConfig{Workers: cfg.Delivery.Workers})
+	observer, stopMetrics, err := startMetrics(cfg.MetricsListen, e.queue, log.With().Str("component", "metrics").Logger())
+	if err != nil {
+		_ = admin.Close(context.Background())
+		_ = srv.Close()
+		return err
+	}
+	defer stopMetrics(context.Background())
+	runner := e.queue.NewRunner(sender, e.supp, queue.RunnerConfig{Workers: cfg.Delivery.Workers, Observer: observer})
 	runCtx, stopRunner := context.WithCancel(ctx)
 	defer stopRunner()
 	runDone := make(chan error, 1)

@@ -11,6 +11,7 @@ package address
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -229,4 +230,17 @@ func Mask(s string) string {
 	}
 	r, _ := utf8.DecodeRuneInString(a.Local)
 	return string(r) + "***@" + a.Domain
+}
+
+// addrInText finds address-like tokens in free text (SMTP replies, errors).
+var addrInText = regexp.MustCompile(`[^\s<>"'(),;:\[\]]+@[^\s<>"'(),;:\[\]]+`)
+
+// MaskText masks every address-like token in free text, whatever its case,
+// so replies that echo an address ("550 5.1.1 <ANA@EXAMPLE.COM>") can be
+// shown and logged.
+func MaskText(s string) string {
+	if !strings.Contains(s, "@") {
+		return s
+	}
+	return addrInText.ReplaceAllStringFunc(s, Mask)
 }

@@ -134,3 +134,15 @@ func TestMask(t *testing.T) {
 		}
 	}
 }
+
+func TestMaskText(t *testing.T) {
+	for in, want := range map[string]string{
+		"550 5.1.1 <ANA@EXAMPLE.COM>: no such user":         "550 5.1.1 <A***@example.com>: no such user",
+		"451 4.2.0 bob@x.example, carol@y.example deferred": "451 4.2.0 b***@x.example, c***@y.example deferred",
+		"250 2.0.0 ok": "250 2.0.0 ok",
+	} {
+		if got := MaskText(in); got != want {
+			t.Errorf("MaskText(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

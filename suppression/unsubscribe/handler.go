@@ -27,6 +27,11 @@ type Config struct {
 	Suppressor Suppressor // required
 	PrivacyURL string     // shown on every page when set
 	SenderName string     // "Unsubscribe from all mail from {{SenderName}}"
+	// Events, when set, counts each recorded unsubscribe against the token's
+	// campaign (kind "unsubscribed"); its errors are logged, not shown.
+	Events interface {
+		AddCampaignEvent(campaign, kind string) error
+	}
 }
 
 type handler struct {
@@ -174,6 +179,11 @@ func (h *handler) unsubscribe(w http.ResponseWriter, r *http.Request) {
 	}
 	h.log.Info().Str("rcpt", address.Mask(c.Address)).Str("list", e.List).Str("campaign", c.Campaign).
 		Str("source", e.Source).Msg("unsubscribed")
+	if h.cfg.Events != nil && c.Campaign != "" {
+		if err := h.cfg.Events.AddCampaignEvent(c.Campaign, "unsubscribed"); err != nil {
+			h.log.Error().Err(err).Str("campaign", c.Campaign).Msg("unsubscribe event not counted")
+		}
+	}
 	text := "You will receive no more of these messages."
 	if e.List == "" {
 		text = "You will receive no more email from " + h.cfg.SenderName + "."

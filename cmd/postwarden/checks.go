@@ -1,0 +1,60 @@
+package main
+
+import (
+	"fmt"
+	"net/mail"
+	"os"
+	"strings"
+
+	"github.com/postwarden/postwarden/configs"
+	"github.com/postwarden/postwarden/suppression/address"
+)
+
+// checkSendable refuses a campaign that would go out wrong: a From domain
+// that no configured DKIM key signs (the message would leave unsigned and
+// fail DMARC alignment), or a recipients file that cannot be opened. Each
+// problem names the campaign file and line.
+func checkSendable(cfg *configs.Server, c *configs.Campaign) error {
+	var problems []string
+	if a, err := mail.ParseAddress(c.From); err == nil {
+		if at := strings.LastIndexByte(a.Address, '@'); at > 0 {
+			dom, err := address.NormalizeDomain(a.Address[at+1:])
+			if err == nil && !signs(cfg.DKIM, dom) {
+				var have []string
+				for _, k := range cfg.DKIM {
+					have = append(have, k.Domain)
+				}
+				problems = append(problems, fmt.Sprintf("%s:%d: from: no DKIM key signs %s (keys for: %s); add one under dkim: in %s",
+					c.Path, c.Line("from"), dom, strings.Join(have, ", "), configName(cfg)))
+			}
+		}
+	}
+	if f, err := os.Open(c.Recipients); err != nil {
+		problems = append(problems, fmt.Sprintf("%s:%d: recipients: %v", c.Path, c.Line("recipients"), err))
+	} else {
+		f.Close()
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%s", strings.Join(problems, "\n"))
+	}
+	return nil
+}
+
+// signs reports whether a key's domain equals dom or is a parent of it
+// (relaxed DMARC alignment, RFC 7489 §3.1.1).
+func signs(keys []configs.DKIM, dom string) bool {
+	for _, k := range keys {
+		kd := strings.ToLower(strings.TrimSuffix(k.Domain, "."))
+		if dom == kd || strings.HasSuffix(dom, "."+kd) {
+			return true
+		}
+	}
+	return false
+}
+
+func configName(cfg *configs.Server) string {
+	if cfg.Path == "" {
+		return "the server config"
+	}
+	return cfg.Path
+}

@@ -1,0 +1,314 @@
+// Package bounce reads bounce messages and spam complaints: RFC 3464
+// delivery status notifications, RFC 5965 ARF feedback reports, and the
+// plain-text bounces of MTAs that send neither (qmail, Exim, older Exchange,
+// some webmail providers).
+//
+// Contract: Parse never panics and returns an error only when the input
+// cannot be read. It returns at least one Report: when nothing is
+// recognised, one Report of Kind "unknown". Every Report carries the VERP
+// addresses (local part "bounce+…") found in the message's headers and in
+// the returned original's Return-Path, because a report's text can be wrong
+// or forged: callers should act on the message that the VERP address names,
+// and take Recipient as information only.
+package bounce
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+
+	"github.com/emersion/go-message"
+)
+
+// Kinds of report.
+const (
+	KindHard      = "hard"      // the address does not exist (5.1.x but 5.1.7/5.1.8, 5.2.1, 5.4.4)
+	KindSoft      = "soft"      // the message failed or waits, the address may be fine (other 5.x.x, 4.x.x, 5.2.2)
+	KindComplaint = "complaint" // a spam complaint (ARF)
+	KindUnknown   = "unknown"   // nothing usable found, or not a failure
+)
+
+// Report is one recipient's fate as a bounce or complaint tells it.
+type Report struct {
+	Recipient  string `json:"recipient,omitempty"`   // as the report names it; may be absent or wrong
+	Status     string `json:"status,omitempty"`      // RFC 3463 code "5.1.1"
+	Action     string `json:"action,omitempty"`      // failed, delayed, delivered, relayed, expanded
+	Diagnostic string `json:"diagnostic,omitempty"`  // the remote's reply, type prefix removed
+	RemoteMTA  string `json:"remote_mta,omitempty"`  // host that gave the reply
+	Kind       string `json:"kind"`                  // hard, soft, complaint, unknown
+	// FeedbackType is the ARF Feedback-Type (abuse, fraud, virus, other, not-spam).
+	FeedbackType string `json:"feedback_type,omitempty"`
+	// OriginalMailFrom is the envelope sender of the reported message (ARF
+	// Original-Mail-From, else the returned original's Return-Path).
+	OriginalMailFrom string `json:"original_mail_from,omitempty"`
+	// VERP lists the bounce+… addresses found in To, Delivered-To,
+	// X-Original-To, Envelope-To, the original's Return-Path, ARF
+	// Original-Mail-From and Postfix's X-Postfix-Sender.
+	VERP []string `json:"verp,omitempty"`
+}
+
+// Limits that keep hostile input cheap.
+const (
+	maxInput    = 32 << 20 // bytes read from r
+	maxPartSize = 4 << 20  // bytes read from one MIME part
+	maxParts    = 64       // MIME parts visited
+	maxDepth    = 8        // multipart nesting
+	maxText     = 64 << 10 // bytes of human-readable text searched
+	maxReports  = 100      // reports returned
+)
+
+// ErrTooLarge is returned when the input exceeds 32 MiB.
+var ErrTooLarge = errors.New("bounce: message larger than 32 MiB")
+
+// parser collects what the walk over a message finds.
+type parser struct {
+	top       fields   // the message's own header
+	dsn       []fields // delivery-status groups, per-message group first
+	sawDSN    bool
+	arf       fields // the feedback-report fields
+	sawARF    bool
+	orig      fields // the returned original's header
+	texts     []string
+	htmls     []string
+	parts     int
+	verp      []string
+	verpSeen  map[string]bool
+	rawBody   []byte // the top-level body, for the fallback
+	mailFrom  string
+	isMulti   bool
+	walkError bool
+}
+
+// Parse reads one bounce or complaint message and returns what it says
+// about each recipient.
+func Parse(r io.Reader) ([]Report, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxInput+1))
+	if err != nil {
+		return nil, errors.Join(errors.New("bounce: read message"), err)
+	}
+	if len(data) > maxInput {
+		return nil, ErrTooLarge
+	}
+	p := &parser{verpSeen: map[string]bool{}}
+	p.run(data)
+	reps := p.reports()
+	if len(reps) == 0 {
+		reps = []Report{{Kind: KindUnknown}}
+	}
+	if len(reps) > maxReports {
+		reps = reps[:maxReports]
+	}
+	for i := range reps {
+		reps[i].VERP = append([]string(nil), p.verp...)
+		if reps[i].OriginalMailFrom == "" {
+			reps[i].OriginalMailFrom = p.mailFrom
+		}
+	}
+	return reps, nil
+}
+
+// run walks the message: its header, then its MIME tree.
+func (p *parser) run(data []byte) {
+	data = bytes.ReplaceAll(data, []byte("\r\n"), []byte("\n"))
+	var body []byte
+	p.top, body = readFields(data)
+	p.rawBody = body
+	for _, k := range []string{"To", "Delivered-To", "X-Original-To", "Envelope-To"} {
+		for _, v := range p.top.all(k) {
+			p.addVERP(v)
+		}
+	}
+	e, err := message.Read(bytes.NewReader(data))
+	if e == nil {
+		_ = err // unreadable header: only the text fallback is left
+		return
+	}
+	p.entity(e, 0)
+}
+
+// entity visits one MIME entity.
+func (p *parser) entity(e *message.Entity, depth int) {
+	p.parts++
+	if p.parts > maxParts || depth > maxDepth {
+		return
+	}
+	mt, _, err := e.Header.ContentType()
+	if err != nil || mt == "" {
+		mt = "text/plain"
+	}
+	mt = strings.ToLower(mt)
+	if strings.HasPrefix(mt, "multipart/") {
+		if depth == 0 {
+			p.isMulti = true
+		}
+		mr := e.MultipartReader()
+		if mr == nil {
+			return
+		}
+		for {
+			part, err := mr.NextPart()
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					p.walkError = true
+				}
+				return
+			}
+			p.entity(part, depth+1)
+			if p.parts > maxParts {
+				return
+			}
+		}
+	}
+	body, _ := io.ReadAll(io.LimitReader(e.Body, maxPartSize)) // a decoding error keeps what was read
+	body = bytes.ReplaceAll(body, []byte("\r\n"), []byte("\n"))
+	switch mt {
+	case "message/delivery-status", "message/global-delivery-status": // RFC 3464 §2, RFC 6533
+		p.sawDSN = true
+		p.dsn = append(p.dsn, readGroups(body)...)
+		for _, g := range p.dsn {
+			p.addVERP(g.get("X-Postfix-Sender"))
+		}
+	case "message/feedback-report": // RFC 5965 §3
+		p.sawARF = true
+		p.arf, _ = readFields(body)
+		p.addVERP(p.arf.get("Original-Mail-From"))
+	case "message/rfc822", "message/global", "text/rfc822-headers", "message/rfc822-headers":
+		p.original(body)
+	case "text/plain":
+		p.texts = append(p.texts, string(body))
+	case "text/html":
+		p.htmls = append(p.htmls, stripTags(string(body)))
+	}
+}
+
+// original records the returned original message's header.
+func (p *parser) original(b []byte) {
+	if len(p.orig) > 0 {
+		return // the first one is the original; later ones are attachments of it
+	}
+	p.orig, _ = readFields(b)
+	if rp := p.orig.get("Return-Path"); rp != "" {
+		p.addVERP(rp)
+		if p.mailFrom == "" {
+			p.mailFrom = bareAddress(rp)
+		}
+	}
+}
+
+// addVERP records every bounce+… address in a header value.
+func (p *parser) addVERP(v string) {
+	for _, a := range findAddresses(v) {
+		local := a[:strings.LastIndexByte(a, '@')]
+		if !hasPrefixFold(local, "bounce+") {
+			continue
+		}
+		k := strings.ToLower(a)
+		if p.verpSeen[k] || len(p.verp) >= 16 {
+			continue
+		}
+		p.verpSeen[k] = true
+		p.verp = append(p.verp, a)
+	}
+}
+
+// reports turns what the walk found into Reports: from the delivery-status
+// part if there is one, else from the feedback report, else from the text.
+func (p *parser) reports() []Report {
+	if reps := p.dsnReports(); len(reps) > 0 {
+		return reps
+	}
+	if p.sawARF {
+		return []Report{p.arfReport()}
+	}
+	text := strings.Join(p.texts, "\n")
+	if strings.TrimSpace(text) == "" {
+		text = strings.Join(p.htmls, "\n")
+	}
+	if strings.TrimSpace(text) == "" && !p.isMulti {
+		text = string(p.rawBody)
+	}
+	return p.textReports(text)
+}
+
+// dsnReports reads the per-recipient groups of a delivery-status part
+// (RFC 3464 §2.3).
+func (p *parser) dsnReports() []Report {
+	var out []Report
+	for _, g := range p.dsn {
+		final, orig := g.get("Final-Recipient"), g.get("Original-Recipient")
+		action, status := g.get("Action"), g.get("Status")
+		if final == "" && orig == "" && action == "" && status == "" {
+			continue // the per-message group, or noise
+		}
+		r := Report{
+			Recipient:  pickRecipient(final, orig),
+			Action:     firstWord(action),
+			Diagnostic: clean(stripType(g.get("Diagnostic-Code"))),
+			RemoteMTA:  hostOf(stripType(g.get("Remote-MTA"))),
+		}
+		r.Status = enhancedCode(status)
+		// A generic x.0.0 (or none) is refined by the remote's own reply.
+		if d := diagCode(r.Diagnostic); d != "" && (r.Status == "" || (strings.HasSuffix(r.Status, ".0.0") && d[0] == r.Status[0])) {
+			r.Status = d
+		}
+		r.Kind = Classify(r.Status, r.Action)
+		out = append(out, r)
+	}
+	return out
+}
+
+// arfReport reads a feedback report (RFC 5965 §3.1–3.2).
+func (p *parser) arfReport() Report {
+	ft := strings.ToLower(firstWord(p.arf.get("Feedback-Type")))
+	r := Report{FeedbackType: ft, Kind: KindComplaint}
+	if ft == "not-spam" { // RFC 6430: the opposite of a complaint
+		r.Kind = KindUnknown
+	}
+	for _, k := range []string{"Original-Rcpt-To", "Removal-Recipient"} {
+		if a := firstAddress(p.arf.get(k)); a != "" {
+			r.Recipient = a
+			break
+		}
+	}
+	if r.Recipient == "" {
+		r.Recipient = firstAddress(p.orig.get("To"))
+	}
+	r.OriginalMailFrom = bareAddress(p.arf.get("Original-Mail-From"))
+	return r
+}
+
+// Classify maps an RFC 3463 status and a DSN action to a Kind. Delayed is
+// soft; 5.1.x (but 5.1.7 and 5.1.8, which are about the sender's address),
+// 5.2.1 (mailbox disabled) and 5.4.4 (unroutable, e.g. null MX) are hard;
+// other 5.x.x (policy, content, 5.2.2 mailbox full) and 4.x.x are soft;
+// success actions and missing codes are unknown.
+func Classify(status, action string) string {
+	switch strings.ToLower(action) {
+	case "delayed": // RFC 3464 §2.3.3: not a failure yet
+		return KindSoft
+	case "delivered", "relayed", "expanded":
+		return KindUnknown
+	}
+	code := enhancedCode(status)
+	if code == "" {
+		return KindUnknown
+	}
+	cls, rest, _ := strings.Cut(code, ".")
+	subj, detail, _ := strings.Cut(rest, ".")
+	switch cls {
+	case "5":
+		switch {
+		case subj == "1" && (detail == "7" || detail == "8"): // RFC 3463 §3.2: bad sender address
+			return KindSoft
+		case subj == "1": // bad destination mailbox or system, incl. 5.1.10 null MX (RFC 7505)
+			return KindHard
+		case subj == "2" && detail == "1", subj == "4" && detail == "4":
+			return KindHard
+		}
+		return KindSoft
+	case "4":
+		return KindSoft
+	}
+	return KindUnknown
+}

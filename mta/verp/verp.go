@@ -1,0 +1,113 @@
+// Package verp encodes a queue id into a per-message envelope sender
+// (Variable Envelope Return Path), so that a bounce or a complaint names the
+// message it is about whatever the report's text says.
+//
+// Contract: Address(id) is bounce+TOKEN@domain where TOKEN is the lower-case
+// base32 (RFC 4648, no padding) of id's bytes followed by a 10-byte truncated
+// HMAC-SHA256 over "verp" || id. Parse accepts the token in any letter case,
+// since some relays change the case of local parts, and checks the MAC in
+// constant time: an address we did not mint gives ErrForged and names no
+// message.
+package verp
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/postwarden/postwarden/suppression/address"
+)
+
+// Prefix starts the local part of every VERP address.
+const Prefix = "bounce+"
+
+// macSize is the length of the truncated HMAC in a token.
+const macSize = 10
+
+// minKeySize is the shortest key New accepts.
+const minKeySize = 16
+
+// Errors returned (wrapped) by Parse.
+var (
+	ErrNotVERP = errors.New("verp: not a VERP address of this domain")
+	ErrForged  = errors.New("verp: forged or damaged token")
+)
+
+// enc is base32 without padding; tokens are lower-cased on output and
+// upper-cased before decoding.
+var enc = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// Codec mints and parses VERP addresses; safe for concurrent use.
+type Codec struct {
+	key    []byte
+	domain string
+}
+
+// New returns a Codec for domain signing with key (at least 16 bytes; the
+// caller derives it from the token key).
+func New(key []byte, domain string) (*Codec, error) {
+	if len(key) < minKeySize {
+		return nil, fmt.Errorf("verp: key is %d bytes; want at least %d", len(key), minKeySize)
+	}
+	d, err := address.NormalizeDomain(domain)
+	if err != nil {
+		return nil, fmt.Errorf("verp: domain %q: %w", domain, err)
+	}
+	return &Codec{key: append([]byte(nil), key...), domain: d}, nil
+}
+
+// Domain is the (normalised) domain of the addresses.
+func (c *Codec) Domain() string { return c.domain }
+
+// mac returns HMAC-SHA256(key, "verp" || id)[:10].
+func (c *Codec) mac(id []byte) []byte {
+	m := hmac.New(sha256.New, c.key)
+	m.Write([]byte("verp"))
+	m.Write(id)
+	return m.Sum(nil)[:macSize]
+}
+
+// Address returns bounce+TOKEN@domain for queueID. A 16-byte queue id gives
+// a 49-octet local part; ids up to 24 bytes stay within RFC 5321
+// §4.5.3.1.1's 64 octets (longer ones work with relays that allow it).
+func (c *Codec) Address(queueID string) string {
+	raw := append([]byte(queueID), c.mac([]byte(queueID))...)
+	return Prefix + strings.ToLower(enc.EncodeToString(raw)) + "@" + c.domain
+}
+
+// Parse returns the queue id in a VERP address ("<…>" allowed). The prefix,
+// token and domain are matched case-insensitively.
+func (c *Codec) Parse(addr string) (string, error) {
+	a := strings.TrimSpace(addr)
+	a = strings.TrimSuffix(strings.TrimPrefix(a, "<"), ">")
+	at := strings.LastIndexByte(a, '@')
+	if at < 0 {
+		return "", ErrNotVERP
+	}
+	local, dom := a[:at], a[at+1:]
+	if d, err := address.NormalizeDomain(dom); err != nil || d != c.domain {
+		return "", ErrNotVERP
+	}
+	if len(local) <= len(Prefix) || !strings.EqualFold(local[:len(Prefix)], Prefix) {
+		return "", ErrNotVERP
+	}
+	return c.ParseToken(local[len(Prefix):])
+}
+
+// ParseToken returns the queue id in a token (the part after "bounce+").
+func (c *Codec) ParseToken(tok string) (string, error) {
+	up := strings.ToUpper(tok)
+	raw, err := enc.DecodeString(up)
+	// Canonical only: non-zero trailing bits would let two spellings decode alike.
+	if err != nil || len(raw) <= macSize || enc.EncodeToString(raw) != up {
+		return "", ErrForged
+	}
+	id, sum := raw[:len(raw)-macSize], raw[len(raw)-macSize:]
+	if !hmac.Equal(sum, c.mac(id)) {
+		return "", ErrForged
+	}
+	return string(id), nil
+}

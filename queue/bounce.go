@@ -1,0 +1,85 @@
+package queue
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+// BounceRecord is a bounce or complaint report about one message, as the
+// inbound listener parsed it (the fields of mta/bounce.Report).
+type BounceRecord struct {
+	Recipient, Status, Action, Diagnostic, RemoteMTA string
+	Kind                                             string // hard | soft | complaint | unknown
+	Time                                             time.Time
+}
+
+// Limits on what a report may add to a record: VERP addresses are visible to
+// recipients, so anyone may send reports, and the record must stay small.
+const (
+	maxBounceReply  = 1000 // bytes of status and diagnostic kept per event
+	maxHistoryLen   = 200  // bounce events stop being appended past this
+	bounceOutcomePx = "bounce-"
+)
+
+// RecordBounce appends a "bounce-<kind>" event to message id's history and,
+// for a hard or soft report whose Action is "failed", turns a delivered
+// message into a bounced one (an asynchronous bounce: the remote accepted it
+// with 250, then could not deliver it), setting Reason. It commits (fsynced)
+// before returning the updated message, whose To, List and Campaign tell the
+// caller whom the report is about. An unknown id gives an error wrapping
+// ErrNotFound. A message in any other state only gains the history event: a
+// pending message keeps its schedule, and one in flight is the runner's.
+func (s *Store) RecordBounce(id string, r BounceRecord) (Message, error) {
+	now := time.Now()
+	if r.Time.IsZero() {
+		r.Time = now
+	}
+	reply := strings.TrimSpace(r.Status + " " + r.Diagnostic)
+	if len(reply) > maxBounceReply {
+		reply = strings.ToValidUTF8(reply[:maxBounceReply], "")
+	}
+	kind := r.Kind
+	if kind == "" {
+		kind = "unknown"
+	}
+	var out Message
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		b := buckets(tx)
+		m, err := b.get(id)
+		if err != nil {
+			return err
+		}
+		prev := m
+		changed := false
+		if len(m.History) < maxHistoryLen {
+			m.History = append(m.History, Attempt{Time: r.Time, Outcome: bounceOutcomePx + kind, Reply: reply, Remote: r.RemoteMTA})
+			changed = true
+		}
+		failed := strings.EqualFold(strings.TrimSpace(r.Action), "failed")
+		if (kind == "hard" || kind == "soft") && failed && m.State == StateDelivered {
+			m.State = StateBounced
+			m.LastReply = reply
+			m.Reason = "bounced after delivery: " + reply
+			changed = true
+		}
+		if !changed {
+			out = m
+			return nil
+		}
+		m.Updated = now
+		if err := b.save(&m, &prev); err != nil {
+			return err
+		}
+		out = m
+		return nil
+	})
+	if err != nil {
+		return Message{}, fmt.Errorf("record bounce of %s in %s: %w", id, s.path, err)
+	}
+	s.log.Info().Str("queue_id", id).Str("kind", kind).Str("status", r.Status).
+		Str("state", string(out.State)).Msg("bounce recorded")
+	return out, nil
+}
