@@ -33,9 +33,50 @@ type Spec struct {
 	Recipients                string // CSV path
 	PrivacyURL                string
 	Hostname                  string // Message-ID and List-Id domain
-	LegalBasis, LIA, Audience string // recorded
+	LegalBasis, LIA, Audience string // see the legal-basis rules below; all recorded
+	LIAHash                   string // sha256 of the LIA file as the caller read it, recorded
 	FileHash                  string // sha256 of the campaign file, recorded
 	MessageIDKey              []byte // secret for deterministic Message-IDs
+
+	// ExcludeCountries holds ISO 3166-1 alpha-2 codes (any case; EL and UK
+	// are read as GR and GB): a row whose country column names one is
+	// skipped as region_excluded. The caller expands groups such as EU.
+	ExcludeCountries map[string]bool
+	// UnknownCountry is "exclude" or "include": what becomes of a row whose
+	// country is empty, absent or not recognised. "" means exclude when
+	// ExcludeCountries is not empty, else include.
+	UnknownCountry string
+	// FreeMail holds consumer mailbox domains (lower-case ASCII, exact
+	// match): under legitimate_interest a row at one is skipped as not_b2b.
+	FreeMail map[string]bool
+}
+
+// Legal bases, audiences, unknown-country policies and skip reasons.
+//
+// A campaign under LegitimateInterest must name its assessment (LIA), have
+// the B2B audience and carry the free-mail list (PECR regulation 22 lets a
+// sender email corporate subscribers without consent, not individuals); one
+// under Consent needs Deps.Consents to send. Send and Validate refuse a spec
+// that breaks these rules. Rows pass, in order: address parsing, region,
+// free-mail (legitimate interest only), suppression, consent (consent only);
+// the first that fails names the skip.
+const (
+	LegitimateInterest = "legitimate_interest"
+	Consent            = "consent"
+	AudienceB2B        = "b2b"
+
+	UnknownExclude = "exclude"
+	UnknownInclude = "include"
+
+	SkipRegion    = "region_excluded" // the country is excluded, or unknown under UnknownExclude
+	SkipNotB2B    = "not_b2b"         // a free-mail address under legitimate interest
+	SkipNoConsent = "no_consent"      // no confirmed consent on the list under consent
+)
+
+// Consents reports whether addr has confirmed consent on list (double opt-in
+// done and not withdrawn); it must be safe for concurrent use.
+type Consents interface {
+	Confirmed(addr, list string) (bool, error)
 }
 
 // Suppressions reports whether an address may not be mailed on a list; it must be safe for concurrent use.
@@ -64,12 +105,14 @@ type Records interface {
 	PutCampaign(id string, rec []byte) error
 }
 
-// Deps are the stores and services Send works with; Records, Now and Log may be left zero.
+// Deps are the stores and services Send works with; Records, Now and Log may
+// be left zero, and Consents too unless the legal basis is consent.
 type Deps struct {
 	Suppressions Suppressions
 	Queue        Queue
 	Links        Links
 	Records      Records
+	Consents     Consents // required when the legal basis is consent
 	Now          func() time.Time
 	Log          zerolog.Logger
 }
@@ -113,7 +156,8 @@ type Summary struct {
 	Invalid      int            `json:"invalid"`
 	InvalidRows  []RowError     `json:"-"`                      // the first 100, in line order
 	InvalidLines []string       `json:"invalid_rows,omitempty"` // their Masked() strings
-	Suppressed   map[string]int `json:"suppressed"`             // by reason
+	Suppressed   map[string]int `json:"suppressed"`             // by the suppression store's reason
+	Skipped      map[string]int `json:"skipped"`                // by legal-basis reason: region_excluded, not_b2b, no_consent
 	Enqueued     int            `json:"enqueued"`
 	AlreadySent  int            `json:"already_sent"` // duplicates of an earlier run (or of an earlier row)
 }
@@ -123,16 +167,20 @@ type Progress func(rows int, bytesRead int64)
 
 // Record is the JSON stored through Records at the start and at the end of a run.
 type Record struct {
-	ID         string    `json:"id"`
-	List       string    `json:"list"`
-	Subject    string    `json:"subject"`
-	Recipients string    `json:"recipients"`
-	LegalBasis string    `json:"legal_basis"`
-	LIA        string    `json:"lia,omitempty"`
-	Audience   string    `json:"audience,omitempty"`
-	FileHash   string    `json:"file_hash"`
-	RunBy      string    `json:"run_by"`
-	Started    time.Time `json:"started"`
-	Finished   time.Time `json:"finished,omitzero"`
-	Summary    Summary   `json:"summary,omitzero"`
+	ID         string `json:"id"`
+	List       string `json:"list"`
+	Subject    string `json:"subject"`
+	Recipients string `json:"recipients"`
+	LegalBasis string `json:"legal_basis"`
+	LIA        string `json:"lia,omitempty"`
+	LIAHash    string `json:"lia_hash,omitempty"` // sha256 hex of the LIA file
+	Audience   string `json:"audience,omitempty"`
+	// ExcludeCountries (sorted) and UnknownCountry as applied.
+	ExcludeCountries []string  `json:"exclude_countries,omitempty"`
+	UnknownCountry   string    `json:"unknown_country,omitempty"`
+	FileHash         string    `json:"file_hash"`
+	RunBy            string    `json:"run_by"`
+	Started          time.Time `json:"started"`
+	Finished         time.Time `json:"finished,omitzero"`
+	Summary          Summary   `json:"summary,omitzero"`
 }

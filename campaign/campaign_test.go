@@ -66,8 +66,8 @@ func testSpec(t testing.TB, csv string) Spec {
 		From: "Ana Ruiz <news@example.com>", ReplyTo: "Support <support@example.com>",
 		Subject: "News for {{.Company}}", Templates: loadTemplates(t, testHTML, testText), Recipients: path,
 		PrivacyURL: "https://example.com/privacy", Hostname: "mail.example.com",
-		LegalBasis: "legitimate_interest", LIA: "lia-2026.pdf", Audience: "IT buyers",
-		FileHash: "f00d", MessageIDKey: []byte(testKey),
+		LegalBasis: "legitimate_interest", LIA: "lia-2026.md", Audience: "b2b", LIAHash: "beef",
+		FreeMail: map[string]bool{"gmail.com": true}, FileHash: "f00d", MessageIDKey: []byte(testKey),
 	}
 }
 

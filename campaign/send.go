@@ -32,13 +32,17 @@ const (
 // Message-ID or List-Id (RFC 5322 §3.2.3 dot-atom-text, narrowed).
 var dotAtom = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
 
-// Send queues one message for every valid, unsuppressed row of spec.Recipients.
-// It returns the summary so far together with any error that stopped it.
+// Send queues one message for every valid row of spec.Recipients that its
+// legal basis allows and the suppression store does not stop. It returns the
+// summary so far together with any error that stopped it.
 func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary, error) {
-	sum := Summary{Campaign: spec.ID, Suppressed: map[string]int{}}
+	sum := Summary{Campaign: spec.ID, Suppressed: map[string]int{}, Skipped: map[string]int{}}
 	fail := func(err error) (Summary, error) { return sum, fmt.Errorf("campaign %s: %w", spec.ID, err) }
 	if deps.Suppressions == nil || deps.Queue == nil || deps.Links == nil {
 		return fail(errors.New("suppressions, queue and links are required"))
+	}
+	if spec.LegalBasis == Consent && deps.Consents == nil {
+		return fail(errors.New("consent campaigns need the subscriber store (no consent store given)"))
 	}
 	if len(spec.MessageIDKey) == 0 {
 		return fail(errors.New("message-id key is empty"))
@@ -52,7 +56,7 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 	if len(errs) > 0 {
 		return fail(errors.Join(errs...))
 	}
-	s.sup, s.links = deps.Suppressions, deps.Links.UnsubscribeURL
+	s.sup, s.links, s.consents = deps.Suppressions, deps.Links.UnsubscribeURL, deps.Consents
 	if deps.Now != nil {
 		s.now = deps.Now
 	}
@@ -64,8 +68,9 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 
 	log := deps.Log.With().Str("campaign", spec.ID).Str("list", spec.List).Logger()
 	rec := Record{ID: spec.ID, List: spec.List, Subject: spec.Subject, Recipients: spec.Recipients,
-		LegalBasis: spec.LegalBasis, LIA: spec.LIA, Audience: spec.Audience, FileHash: spec.FileHash,
-		RunBy: runBy(), Started: s.now()}
+		LegalBasis: spec.LegalBasis, LIA: spec.LIA, LIAHash: spec.LIAHash, Audience: spec.Audience,
+		ExcludeCountries: s.excludedList(), UnknownCountry: s.unknownPolicy(),
+		FileHash: spec.FileHash, RunBy: runBy(), Started: s.now()}
 	if err := putRecord(deps.Records, rec); err != nil {
 		return fail(err)
 	}
@@ -102,6 +107,8 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 			}
 		case o.suppressed != "":
 			sum.Suppressed[o.suppressed]++
+		case o.skipped != "":
+			sum.Skipped[o.skipped]++
 		default:
 			batch = append(batch, o.msg)
 			if len(batch) == batchSize {
@@ -129,7 +136,7 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 	if err != nil {
 		ev = log.Error().Err(err)
 	}
-	ev.Int("rows", sum.Rows).Int("invalid", sum.Invalid).Interface("suppressed", sum.Suppressed).
+	ev.Int("rows", sum.Rows).Int("invalid", sum.Invalid).Interface("suppressed", sum.Suppressed).Interface("skipped", sum.Skipped).
 		Int("enqueued", sum.Enqueued).Int("already_sent", sum.AlreadySent).Msg("campaign send finished")
 	if err != nil {
 		return fail(err)
@@ -140,8 +147,13 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 // Validate checks spec and its templates, then reads the whole recipients file and
 // renders every row with a dummy unsubscribe URL. It touches no store and returns
 // every problem found, row problems in line order, at most 1000 of them.
+//
+// Summary.Skipped counts the region_excluded and not_b2b rows, which depend on
+// the spec alone. Suppressed stays empty and no_consent is never counted: both
+// need a store (suppression, subscribers), and Validate asks none, so a
+// consent campaign's Enqueued-to-be is only known at Send.
 func Validate(spec Spec) (Summary, []error) {
-	sum := Summary{Campaign: spec.ID, Suppressed: map[string]int{}}
+	sum := Summary{Campaign: spec.ID, Suppressed: map[string]int{}, Skipped: map[string]int{}}
 	s, errs := newRenderer(spec)
 	if spec.Templates != nil {
 		if err := spec.Templates.Validate(); err != nil {
@@ -151,9 +163,7 @@ func Validate(spec Spec) (Summary, []error) {
 	if spec.Recipients == "" {
 		return sum, errs
 	}
-	if len(errs) > 0 {
-		s = nil // the rows are still checked, but not rendered
-	}
+	render := len(errs) == 0 // else the rows are still checked, but not rendered
 	rs, err := openRecipients(spec.Recipients)
 	if err != nil {
 		return sum, append(errs, err)
@@ -162,14 +172,17 @@ func Validate(spec Spec) (Summary, []error) {
 
 	problems := firstRows{max: maxErrors}
 	handle := func(o outcome) error {
-		if o.rowErr != nil {
+		switch {
+		case o.rowErr != nil:
 			sum.Invalid++
 			problems.add(*o.rowErr)
+		case o.skipped != "":
+			sum.Skipped[o.skipped]++
 		}
 		return nil
 	}
-	process := func(r row) outcome { return outcome{} }
-	if s != nil {
+	process := func(r row) outcome { return outcome{skipped: s.skip(r)} }
+	if render {
 		process = s.process
 	}
 	sum.Rows, err = run(context.Background(), rs, process, handle, nil)
@@ -201,6 +214,7 @@ func split(err error) []error {
 type outcome struct {
 	msg        Message
 	suppressed string    // the suppression reason
+	skipped    string    // the legal-basis reason: SkipRegion, SkipNotB2B, SkipNoConsent
 	rowErr     *RowError // the row is invalid
 	err        error     // the run must stop
 }
@@ -267,11 +281,16 @@ func run(ctx context.Context, rs *recipients, process func(row) outcome, handle 
 
 // renderer turns a checked row into a message.
 type renderer struct {
-	spec  Spec
-	from  string // envelope sender: the bare address of spec.From
-	sup   Suppressions
-	links func(addr, list, campaign string) string
-	now   func() time.Time
+	spec     Spec
+	from     string // envelope sender: the bare address of spec.From
+	sup      Suppressions
+	consents Consents
+	links    func(addr, list, campaign string) string
+	now      func() time.Time
+
+	exclude        map[string]bool // spec.ExcludeCountries, upper-case ISO codes
+	unknownExclude bool            // rows of unknown country are skipped
+	freeMail       map[string]bool // spec.FreeMail, lower case; used under legitimate interest
 }
 
 // newRenderer checks the fields of spec that go into headers and returns every problem.
@@ -307,7 +326,85 @@ func newRenderer(spec Spec) (*renderer, []error) {
 	if spec.Recipients == "" {
 		errs = append(errs, errors.New("recipients: no file given"))
 	}
-	return s, errs
+	return s, append(errs, s.legalBasis()...)
+}
+
+// legalBasis checks the rules of the spec's legal basis and prepares the
+// row filters; it returns every problem.
+func (s *renderer) legalBasis() []error {
+	spec := s.spec
+	var errs []error
+	switch spec.LegalBasis {
+	case LegitimateInterest:
+		if strings.TrimSpace(spec.LIA) == "" {
+			errs = append(errs, errors.New("lia: legitimate_interest needs a legitimate-interest assessment (purpose, necessity, balancing)"))
+		}
+		if spec.Audience != AudienceB2B {
+			errs = append(errs, fmt.Errorf("audience %q: legitimate_interest covers b2b audiences only (PECR regulation 22)", spec.Audience))
+		}
+		if spec.FreeMail == nil {
+			errs = append(errs, errors.New("free-mail list: legitimate_interest needs the consumer mailbox domains to skip"))
+		}
+	case Consent:
+	default:
+		errs = append(errs, fmt.Errorf("legal_basis %q: want legitimate_interest or consent", spec.LegalBasis))
+	}
+	s.exclude = make(map[string]bool, len(spec.ExcludeCountries))
+	for c := range spec.ExcludeCountries {
+		code, ok := countryCodes[strings.ToUpper(strings.TrimSpace(c))]
+		if !ok {
+			errs = append(errs, fmt.Errorf("exclude_countries: %q is not an ISO 3166-1 alpha-2 code (groups such as EU are expanded by the caller)", c))
+			continue
+		}
+		s.exclude[code] = true
+	}
+	switch spec.UnknownCountry {
+	case UnknownExclude:
+		s.unknownExclude = true
+	case UnknownInclude:
+	case "":
+		s.unknownExclude = len(s.exclude) > 0
+	default:
+		errs = append(errs, fmt.Errorf("unknown_country %q: want exclude or include", spec.UnknownCountry))
+	}
+	s.freeMail = make(map[string]bool, len(spec.FreeMail))
+	for d := range spec.FreeMail {
+		s.freeMail[strings.ToLower(d)] = true
+	}
+	return errs
+}
+
+// skip returns why the legal basis leaves row r out — SkipRegion, then
+// SkipNotB2B — or "" when it may go on to the suppression check.
+func (s *renderer) skip(r row) string {
+	if len(s.exclude) > 0 || s.unknownExclude {
+		code, known := countryCode(r.data.Country)
+		if (known && s.exclude[code]) || (!known && s.unknownExclude) {
+			return SkipRegion
+		}
+	}
+	if s.spec.LegalBasis == LegitimateInterest && s.freeMail[r.addr.Domain] {
+		return SkipNotB2B
+	}
+	return ""
+}
+
+// excludedList is the excluded country codes, sorted, for the record.
+func (s *renderer) excludedList() []string {
+	out := make([]string, 0, len(s.exclude))
+	for c := range s.exclude {
+		out = append(out, c)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// unknownPolicy is the unknown-country policy applied, for the record.
+func (s *renderer) unknownPolicy() string {
+	if s.unknownExclude {
+		return UnknownExclude
+	}
+	return UnknownInclude
 }
 
 // headerAddress parses a "Name <addr>" form and checks its address.
@@ -326,9 +423,13 @@ func headerAddress(s string) (address.Address, error) {
 	return a, nil
 }
 
-// process checks suppression (when a store is set), then renders the row's message.
+// process checks the legal basis's filters, suppression and consent (each
+// store when set), then renders the row's message.
 func (s *renderer) process(r row) outcome {
 	spec := s.spec
+	if why := s.skip(r); why != "" {
+		return outcome{skipped: why}
+	}
 	if s.sup != nil {
 		reason, suppressed, err := s.sup.Check(r.addr.String(), spec.List)
 		if err != nil {
@@ -339,6 +440,15 @@ func (s *renderer) process(r row) outcome {
 				reason = "unspecified"
 			}
 			return outcome{suppressed: reason}
+		}
+	}
+	if s.consents != nil && spec.LegalBasis == Consent {
+		ok, err := s.consents.Confirmed(r.addr.String(), spec.List)
+		if err != nil {
+			return outcome{err: fmt.Errorf("%s:%d: consent check: %w", spec.Recipients, r.line, err)}
+		}
+		if !ok {
+			return outcome{skipped: SkipNoConsent}
 		}
 	}
 	to, key := r.addr.String(), r.addr.Key()

@@ -3,6 +3,7 @@ package configs
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/mail"
 	"os"
@@ -39,10 +40,48 @@ type Campaign struct {
 	// Rate is this campaign's own ceiling in messages per second ("rate:
 	// 50/s"); 0 is unlimited.
 	Rate float64
+	// ExcludeCountries is exclude_countries as written: ISO 3166-1 alpha-2
+	// codes or the groups EU, EEA, UK, any case. ExcludedCountries gives the
+	// expanded set.
+	ExcludeCountries []string
+	// UnknownCountry decides for rows whose country is empty or not
+	// recognised: "exclude" or "include"; the default is exclude when any
+	// country is excluded, else include.
+	UnknownCountry string
+	// FreeMailList is the absolute path of freemail_list, or "" for the
+	// embedded configs/freemail.txt.
+	FreeMailList string
+	// FreeMail is the set of consumer mailbox domains (lower case), loaded
+	// from FreeMailList or the embedded list when legal_basis is
+	// legitimate_interest or freemail_list is given; nil otherwise.
+	FreeMail map[string]bool
 
-	lines map[string]int
-	hash  string
+	lines    map[string]int
+	hash     string
+	excluded map[string]bool // ExcludeCountries expanded
+	liaHash  string          // sha256 hex of the LIA file as read at load
 }
+
+// Unknown-country policies.
+const (
+	UnknownExclude = "exclude"
+	UnknownInclude = "include"
+)
+
+// ExcludedCountries returns a copy of the expanded exclude_countries set:
+// upper-case ISO 3166-1 alpha-2 codes (EU, EEA and UK become their members,
+// EL becomes GR, UK becomes GB). It is empty when nothing is excluded.
+func (c *Campaign) ExcludedCountries() map[string]bool {
+	out := make(map[string]bool, len(c.excluded))
+	for k := range c.excluded {
+		out[k] = true
+	}
+	return out
+}
+
+// LIAHash returns the sha256 hex of the legitimate-interest assessment file
+// as read at load, or "" when the campaign names none.
+func (c *Campaign) LIAHash() string { return c.liaHash }
 
 // idPattern is the charset of id and list.
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
@@ -98,6 +137,10 @@ func LoadCampaign(path string) (*Campaign, error) {
 		"audience":    d.str(&c.Audience),
 		"privacy_url": d.str(&c.PrivacyURL),
 		"rate":        d.scalarStr(&rate),
+
+		"exclude_countries": d.strList(&c.ExcludeCountries),
+		"unknown_country":   d.str(&c.UnknownCountry),
+		"freemail_list":     d.str(&c.FreeMailList),
 	}, "id", "list", "from", "subject", "template", "recipients", "legal_basis")
 	if rate != "" {
 		r, err := ParseRate(rate)
@@ -106,8 +149,10 @@ func LoadCampaign(path string) (*Campaign, error) {
 		}
 		c.Rate = r
 	}
+	audienceGiven := c.Audience != ""
 	c.applyDefaults(filepath.Dir(abs))
 	c.check(d)
+	c.checkLegalBasis(d, audienceGiven)
 	if err := d.err(); err != nil {
 		return nil, err
 	}
@@ -116,13 +161,19 @@ func LoadCampaign(path string) (*Campaign, error) {
 
 // applyDefaults sets the audience and makes paths absolute against dir.
 func (c *Campaign) applyDefaults(dir string) {
-	for _, p := range []*string{&c.Template, &c.Recipients, &c.LIA} {
+	for _, p := range []*string{&c.Template, &c.Recipients, &c.LIA, &c.FreeMailList} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
 	if c.Audience == "" {
 		c.Audience = AudienceB2B
+	}
+	if c.UnknownCountry == "" {
+		c.UnknownCountry = UnknownInclude
+		if len(c.ExcludeCountries) > 0 {
+			c.UnknownCountry = UnknownExclude
+		}
 	}
 }
 
@@ -166,5 +217,74 @@ func (c *Campaign) check(d *decoder) {
 	}
 	if c.PrivacyURL != "" && !absoluteURL(c.PrivacyURL) {
 		d.fieldErr("privacy_url", "%q is not an absolute URL", c.PrivacyURL)
+	}
+}
+
+// checkLegalBasis records what the legal basis lacks — legitimate_interest
+// needs a complete assessment (lia) and audience: b2b, since PECR regulation
+// 22 lets a sender email corporate subscribers without consent but not
+// individuals — expands exclude_countries, and loads the LIA's hash and the
+// free-mail list.
+func (c *Campaign) checkLegalBasis(d *decoder, audienceGiven bool) {
+	c.excluded = map[string]bool{}
+	for i, e := range c.ExcludeCountries {
+		set, unknown := ExpandCountries([]string{e})
+		if len(unknown) > 0 {
+			d.fieldErr(fmt.Sprintf("exclude_countries[%d]", i), "%q is not an ISO 3166-1 alpha-2 country code nor one of the groups EU, EEA, UK", e)
+		}
+		for k := range set {
+			c.excluded[k] = true
+		}
+	}
+	c.UnknownCountry = strings.ToLower(strings.TrimSpace(c.UnknownCountry))
+	if c.UnknownCountry != UnknownExclude && c.UnknownCountry != UnknownInclude {
+		d.fieldErr("unknown_country", "%q must be exclude or include", c.UnknownCountry)
+	}
+
+	li := c.LegalBasis == LegitimateInterest
+	basisLine := c.Line("legal_basis")
+	if c.LIA != "" {
+		data, err := os.ReadFile(c.LIA)
+		if err != nil {
+			d.fieldErr("lia", "cannot read the legitimate-interest assessment: %v", err)
+		} else {
+			sum := sha256.Sum256(data)
+			c.liaHash = hex.EncodeToString(sum[:])
+			if li {
+				for _, m := range CheckLIA(string(data)) {
+					d.fieldErr("lia", "%s: %s", c.LIA, m)
+				}
+			}
+		}
+	}
+	if li {
+		switch {
+		case c.LIA == "" && c.Line("lia") != 0:
+			d.fieldErr("lia", "must name the legitimate-interest assessment when legal_basis is legitimate_interest (see configs/lia/TEMPLATE.md)")
+		case c.LIA == "":
+			d.errf(basisLine, "lia: required when legal_basis is legitimate_interest: name the legitimate-interest assessment (purpose, necessity, balancing; see configs/lia/TEMPLATE.md)")
+		}
+		switch {
+		case !audienceGiven && c.Line("audience") != 0:
+			d.fieldErr("audience", "must be b2b when legal_basis is legitimate_interest")
+		case !audienceGiven:
+			d.errf(basisLine, "audience: required when legal_basis is legitimate_interest: add \"audience: b2b\"")
+		case c.Audience == AudienceB2C:
+			d.fieldErr("audience", "b2c is not allowed with legal_basis legitimate_interest: PECR regulation 22 needs consent to email individuals (use legal_basis: consent)")
+		}
+	}
+	if li || c.FreeMailList != "" {
+		fm, err := FreeMailDomains(c.FreeMailList)
+		var errs Errors
+		switch {
+		case errors.As(err, &errs):
+			for _, e := range errs {
+				d.fieldErr("freemail_list", "%v", e)
+			}
+		case err != nil:
+			d.fieldErr("freemail_list", "%v", err)
+		default:
+			c.FreeMail = fm
+		}
 	}
 }

@@ -138,7 +138,11 @@ func (s *Sender) route(ctx context.Context, e *envelope) (*route, *DeliveryError
 			allowed = append(allowed, hp)
 			continue
 		}
-		s.log.Warn().Str("queue_id", e.id).Str("domain", domain).Str("mx", host).Str("sts_mode", pol.Mode).
+		ev := s.log.Info() // enforce: the host is skipped
+		if pol.Mode == mtasts.ModeTesting {
+			ev = s.log.Warn() // testing: a violation to report (RFC 8461 §5)
+		}
+		ev.Str("queue_id", e.id).Str("domain", domain).Str("mx", host).Str("sts_mode", pol.Mode).
 			Str("sts_id", pol.ID).Msg("MTA-STS: MX host not in the policy")
 	}
 	if pol.Mode == mtasts.ModeTesting {

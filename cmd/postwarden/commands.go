@@ -531,7 +531,7 @@ func (c *cli) suppressCommand() *cobra.Command {
 	return cmd
 }
 
-// --- dkim and dns ---
+// --- dkim ---
 
 func (c *cli) dkimCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "dkim", Short: "DKIM keys"}
@@ -570,32 +570,6 @@ func (c *cli) dkimCommand() *cobra.Command {
 	keygen.Flags().StringVar(&out, "out", "", "key file (default <data_dir>/dkim/<domain>.<selector>.key)")
 	cmd.AddCommand(keygen)
 	return cmd
-}
-
-func (c *cli) dnsCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "dns",
-		Short: "Print the DNS records to publish, in zone-file form",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := c.loadConfig()
-			if err != nil {
-				return err
-			}
-			keys, created, err := loadDKIM(cfg)
-			if err != nil {
-				return err
-			}
-			for _, k := range created {
-				fmt.Fprintf(c.stderr, "generated DKIM key %s\n", k.Path)
-			}
-			fmt.Fprintf(c.stdout, "; DKIM (RFC 6376): one TXT record per configured key\n")
-			for _, k := range keys {
-				fmt.Fprintln(c.stdout, k.DNSRecord())
-			}
-			return nil
-		},
-	}
 }
 
 // --- progress ---

@@ -91,6 +91,8 @@ func (c *cli) rootCommand() *cobra.Command {
 	pf.BoolVar(&c.reveal, "reveal", false, "show addresses in clear (masked by default)")
 	pf.StringVar(&c.logLevel, "log-level", "", "log level: debug, info, warn, error (default info for serve, warn otherwise)")
 	root.AddCommand(c.campaignCommand(), c.queueCommand(), c.suppressCommand(), c.serveCommand(), c.dkimCommand(), c.dnsCommand())
+	root.AddCommand(c.checkDNSCommand())
+	root.AddCommand(c.bounceCommand())
 	return root
 }
 

@@ -64,6 +64,14 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
+	inb, err := startInbound(cfg, e, log.With().Str("component", "inbound").Logger())
+	if err != nil {
+		_ = admin.Close(context.Background())
+		return err
+	}
+	if inb != nil {
+		defer inb.Close() // before the stores close: it waits for reports being recorded
+	}
 
 	senderName := cfg.SenderName
 	if senderName == "" {
@@ -71,7 +79,7 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/u/", unsubscribe.NewHandler(unsubscribe.Config{
-		Tokens: e.tokens, Suppressor: e.supp, PrivacyURL: cfg.PrivacyURL, SenderName: senderName,
+		Tokens: e.tokens, Suppressor: e.supp, PrivacyURL: cfg.PrivacyURL, SenderName: senderName, Events: e.queue,
 	}, log.With().Str("component", "http").Logger()))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -31,12 +31,12 @@ const (
 
 // Report is one recipient's fate as a bounce or complaint tells it.
 type Report struct {
-	Recipient  string `json:"recipient,omitempty"`   // as the report names it; may be absent or wrong
-	Status     string `json:"status,omitempty"`      // RFC 3463 code "5.1.1"
-	Action     string `json:"action,omitempty"`      // failed, delayed, delivered, relayed, expanded
-	Diagnostic string `json:"diagnostic,omitempty"`  // the remote's reply, type prefix removed
-	RemoteMTA  string `json:"remote_mta,omitempty"`  // host that gave the reply
-	Kind       string `json:"kind"`                  // hard, soft, complaint, unknown
+	Recipient  string `json:"recipient,omitempty"`  // as the report names it; may be absent or wrong
+	Status     string `json:"status,omitempty"`     // RFC 3463 code "5.1.1"
+	Action     string `json:"action,omitempty"`     // failed, delayed, delivered, relayed, expanded
+	Diagnostic string `json:"diagnostic,omitempty"` // the remote's reply, type prefix removed
+	RemoteMTA  string `json:"remote_mta,omitempty"` // host that gave the reply
+	Kind       string `json:"kind"`                 // hard, soft, complaint, unknown
 	// FeedbackType is the ARF Feedback-Type (abuse, fraud, virus, other, not-spam).
 	FeedbackType string `json:"feedback_type,omitempty"`
 	// OriginalMailFrom is the envelope sender of the reported message (ARF

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"text/tabwriter"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+
+	"github.com/postwarden/postwarden/configs"
+	"github.com/postwarden/postwarden/mta/bounce"
+	"github.com/postwarden/postwarden/mta/inbound"
+	"github.com/postwarden/postwarden/mta/verp"
+	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/suppression"
+	"github.com/postwarden/postwarden/suppression/unsubscribe"
+)
+
+// --- bounce ---
+
+func (c *cli) bounceCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "bounce", Short: "Inspect bounce messages and complaint reports"}
+	parse := &cobra.Command{
+		Use:   "parse FILE…",
+		Short: "Show what each bounce or ARF report says about its recipients (changes nothing)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.bounceParse(args)
+		},
+	}
+	cmd.AddCommand(parse)
+	return cmd
+}
+
+// bounceLine is one recipient found in one file.
+type bounceLine struct {
+	File         string `json:"file"`
+	Recipient    string `json:"recipient"`
+	Status       string `json:"status"`
+	Action       string `json:"action"`
+	Kind         string `json:"kind"`
+	FeedbackType string `json:"feedback_type,omitempty"`
+}
+
+// bounceParse parses files locally: no store, no daemon. A file that cannot
+// be read is reported after the others and makes the exit status 2.
+func (c *cli) bounceParse(files []string) error {
+	var tw *tabwriter.Writer
+	if !c.jsonOut {
+		tw = tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "FILE\tRECIPIENT\tSTATUS\tACTION\tKIND")
+	}
+	var failed []string
+	for _, name := range files {
+		reps, err := parseBounceFile(name)
+		if err != nil {
+			fmt.Fprintf(c.stderr, "postwarden: %v\n", err)
+			failed = append(failed, name)
+			continue
+		}
+		for _, r := range reps {
+			l := bounceLine{File: name, Recipient: maskIf(c.reveal, r.Recipient), Status: r.Status,
+				Action: r.Action, Kind: r.Kind, FeedbackType: r.FeedbackType}
+			if c.jsonOut {
+				b, _ := json.Marshal(l)
+				fmt.Fprintf(c.stdout, "%s\n", b)
+				continue
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.File, dash(l.Recipient), dash(l.Status), dash(l.Action), l.Kind)
+		}
+	}
+	if tw != nil {
+		tw.Flush()
+	}
+	if len(failed) > 0 {
+		return &exitError{code: 2, msg: fmt.Sprintf("%d of %d files could not be read", len(failed), len(files))}
+	}
+	return nil
+}
+
+// parseBounceFile reads and parses one file.
+func parseBounceFile(name string) ([]bounce.Report, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, fmt.Errorf("bounce parse: %w", err)
+	}
+	defer f.Close()
+	reps, err := bounce.Parse(f)
+	if err != nil {
+		return nil, fmt.Errorf("bounce parse %s: %w", name, err)
+	}
+	return reps, nil
+}
+
+// dash shows "-" for an empty table cell.
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// --- inbound listener ---
+
+// verpKey derives the VERP MAC key from the token key: HMAC-SHA256(tokenKey, "postwarden verp").
+func verpKey(tokenKey []byte) []byte {
+	m := hmac.New(sha256.New, tokenKey)
+	m.Write([]byte("postwarden verp"))
+	return m.Sum(nil)
+}
+
+// newVERP returns the VERP codec of cfg's bounce domain.
+func newVERP(cfg *configs.Server) (*verp.Codec, error) {
+	key, err := unsubscribe.LoadOrCreateKey(cfg.TokenKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	return verp.New(verpKey(key), cfg.BounceDomain)
+}
+
+// startInbound starts the SMTP listener for bounces, complaints and mailto
+// unsubscribes on smtp_listen; nil, nil when smtp_listen is empty.
+func startInbound(cfg *configs.Server, e *env, log zerolog.Logger) (*inbound.Server, error) {
+	if cfg.SMTPListen == "" {
+		return nil, nil
+	}
+	codec, err := newVERP(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("smtp_listen: %w", err)
+	}
+	srv, err := inbound.Start(inbound.Config{
+		Listen:   cfg.SMTPListen,
+		Domain:   cfg.BounceDomain,
+		Hostname: cfg.Hostname,
+	}, inbound.Deps{
+		VERP:         codec,
+		Mailto:       e.tokens,
+		Bounces:      queueBounces{e.queue},
+		Suppressor:   e.supp,
+		Unsubscriber: mailUnsubscriber{e.supp},
+		Events:       e.queue,
+	}, log)
+	if err != nil {
+		return nil, fmt.Errorf("smtp_listen %s: %w", cfg.SMTPListen, err)
+	}
+	return srv, nil
+}
+
+// queueBounces records reports on queued messages.
+type queueBounces struct{ q *queue.Store }
+
+func (a queueBounces) Bounce(id string, r bounce.Report) (to, list, campaign string, err error) {
+	m, err := a.q.RecordBounce(id, queue.BounceRecord{Recipient: r.Recipient, Status: r.Status, Action: r.Action,
+		Diagnostic: r.Diagnostic, RemoteMTA: r.RemoteMTA, Kind: r.Kind})
+	if errors.Is(err, queue.ErrNotFound) {
+		return "", "", "", errors.Join(inbound.ErrUnknownMessage, err)
+	}
+	if err != nil {
+		return "", "", "", err
+	}
+	return m.To, m.List, m.Campaign, nil
+}
+
+// mailUnsubscriber records a mailto unsubscribe like the one-click POST:
+// the claim's list, reason unsubscribed.
+type mailUnsubscriber struct{ s *suppression.Store }
+
+func (u mailUnsubscriber) Unsubscribe(c unsubscribe.Claim, source string) error {
+	return u.s.Add(suppression.Entry{Target: c.Address, List: c.List, Reason: suppression.Unsubscribed, Source: source})
+}

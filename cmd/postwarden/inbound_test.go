@@ -1,0 +1,154 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/postwarden/postwarden/mta/mtatest"
+)
+
+// bounceDomain is the harness's bounce_domain when the listener is on.
+const bounceDomain = "bounce.example.com"
+
+// fixtureVERP is the fake VERP address in testdata/bounces.
+const fixtureVERP = "bounce+gaydsmbrgm2tembrgizdsmbsgaydanbrmfqwc3dpnfxa@bounce.example.com"
+
+// bounceFixtures is testdata/bounces, from this package's folder.
+var bounceFixtures = filepath.Join("..", "..", "testdata", "bounces")
+
+// newInboundHarness is the standard harness with smtp_listen and
+// bounce_domain added to its config; it returns the listener's address.
+func newInboundHarness(t *testing.T) (*harness, string) {
+	t.Helper()
+	h := newHarness(t, mtatest.Options{})
+	listen := freeAddr(t)
+	cfg := readFile(t, h.cfgPath)
+	h.write("postwarden.yaml", cfg+"smtp_listen: "+listen+"\nbounce_domain: "+bounceDomain+"\n")
+	return h, listen
+}
+
+// A campaign goes out; a DSN for one recipient comes back to the inbound
+// listener at that message's VERP address; the recipient is suppressed
+// (hard_bounce) and the message marked bounced, the others untouched.
+func TestInboundBounceEndToEnd(t *testing.T) {
+	h, listen := newInboundHarness(t)
+	h.serve()
+	file := h.campaign("bounce-1", "email,first_name,company\nana@acme.example,Ana,Acme\ndave@globex.example,Dave,Globex\n")
+	h.mustRun(0, "campaign", "send", file)
+	waitFor(t, "two messages at the sink", func() bool { return h.sink.Count() == 2 })
+	waitFor(t, "both delivered", func() bool {
+		n := 0
+		for _, v := range jsonLines[map[string]any](t, h.mustRun(0, "queue", "ls", "--json", "--campaign", "bounce-1").stdout) {
+			if v["state"] == "delivered" {
+				n++
+			}
+		}
+		return n == 2
+	})
+
+	// The envelope sender the sink saw is the VERP address once the MTA uses
+	// it; until then, build it from the queue id, as the MTA will.
+	var id string
+	for _, v := range jsonLines[map[string]any](t, h.mustRun(0, "queue", "ls", "--json", "--reveal", "--campaign", "bounce-1").stdout) {
+		if v["rcpt"] == "ana@acme.example" {
+			id, _ = v["id"].(string)
+		}
+	}
+	if id == "" {
+		t.Fatal("no queue id for ana@acme.example")
+	}
+	codec, err := newVERP(h.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcpt := codec.Address(id)
+	for _, m := range h.sink.Messages() {
+		if len(m.To) == 1 && m.To[0] == "ana@acme.example" && strings.HasPrefix(m.From, "bounce+") {
+			rcpt = m.From
+		}
+	}
+	if got, err := codec.Parse(rcpt); err != nil || got != id {
+		t.Fatalf("VERP address %s names %q (%v), want %s", rcpt, got, err, id)
+	}
+
+	dsn, err := os.ReadFile(filepath.Join(bounceFixtures, "postfix-5.1.1.eml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsn = bytes.ReplaceAll(dsn, []byte(fixtureVERP), []byte(rcpt))
+	if err := smtp.SendMail(listen, nil, "", []string{rcpt}, bytes.NewReader(bytes.ReplaceAll(dsn, []byte("\n"), []byte("\r\n")))); err != nil {
+		t.Fatalf("send DSN to %s: %v", listen, err)
+	}
+	// Other domains are refused: the listener never relays.
+	err = smtp.SendMail(listen, nil, "", []string{"dave@globex.example"}, strings.NewReader("Subject: relay\r\n\r\nhi\r\n"))
+	if se, ok := err.(*smtp.SMTPError); !ok || se.Code != 550 {
+		t.Errorf("relay attempt: %v, want 550", err)
+	}
+
+	r := h.mustRun(0, "suppress", "check", "ana@acme.example", "--json")
+	if !strings.Contains(r.stdout, `"reason":"hard_bounce"`) {
+		t.Errorf("suppress check: %s", r.stdout)
+	}
+	h.mustRun(1, "suppress", "check", "dave@globex.example")
+	h.mustRun(1, "suppress", "check", "nobody@example.net") // the address in the report's text is not trusted
+	show := jsonLines[map[string]any](t, h.mustRun(0, "queue", "show", id, "--json").stdout)
+	if len(show) != 1 || show[0]["state"] != "bounced" {
+		t.Errorf("queue show %s: %v", id, show)
+	}
+}
+
+// `bounce parse` prints one line per recipient, masked unless --reveal, and
+// exits 2 after the others when a file cannot be read.
+func TestBounceParseCommand(t *testing.T) {
+	h := newHarness(t, mtatest.Options{})
+	files, err := filepath.Glob(filepath.Join(bounceFixtures, "*.eml"))
+	if err != nil || len(files) < 12 {
+		t.Fatalf("fixtures: %v %v", files, err)
+	}
+	r := h.mustRun(0, append([]string{"bounce", "parse", "--json", "--reveal"}, files...)...)
+	type line struct{ File, Recipient, Status, Action, Kind string }
+	got := map[string]line{}
+	for _, l := range jsonLines[line](t, r.stdout) {
+		got[filepath.Base(l.File)] = l
+	}
+	want := map[string]line{
+		"postfix-5.1.1.eml":      {Recipient: "nobody@example.net", Status: "5.1.1", Action: "failed", Kind: "hard"},
+		"exim-550.eml":           {Recipient: "jdoe@example.org", Status: "5.1.1", Action: "failed", Kind: "hard"},
+		"sendmail-5.1.1.eml":     {Recipient: "old.user@example.net", Status: "5.1.1", Action: "failed", Kind: "hard"},
+		"exchange-ndr.eml":       {Recipient: "mailbox@fabrikam.example", Status: "5.1.10", Action: "failed", Kind: "hard"},
+		"gmail-5.1.1.eml":        {Recipient: "someone@example.org", Status: "5.1.1", Action: "failed", Kind: "hard"},
+		"yahoo-554.eml":          {Recipient: "user@example.net", Status: "5.7.9", Action: "failed", Kind: "soft"},
+		"qmail-plain.eml":        {Recipient: "gone@example.org", Status: "5.1.1", Action: "failed", Kind: "hard"},
+		"mailbox-full-5.2.2.eml": {Recipient: "full@example.com", Status: "5.2.2", Action: "failed", Kind: "soft"},
+		"delayed-4.4.7.eml":      {Recipient: "slow@example.net", Status: "4.4.7", Action: "delayed", Kind: "soft"},
+		"arf-abuse.eml":          {Recipient: "reader@isp.example", Kind: "complaint"},
+		"arf-headers-only.eml":   {Recipient: "pat.lee@complaints.example.net", Kind: "complaint"},
+		"garbage.eml":            {Kind: "unknown"},
+	}
+	for f, w := range want {
+		g := got[f]
+		g.File = ""
+		if g != w {
+			t.Errorf("%s: %+v, want %+v", f, g, w)
+		}
+	}
+
+	r = h.mustRun(2, "bounce", "parse", "--json", filepath.Join(h.dir, "missing.eml"), filepath.Join(bounceFixtures, "postfix-5.1.1.eml"))
+	lines := jsonLines[line](t, r.stdout)
+	if len(lines) != 1 || lines[0].Recipient != "n***@example.net" {
+		t.Errorf("with a missing file: %v (addresses must be masked)", lines)
+	}
+	if !strings.Contains(r.stderr, "missing.eml") {
+		t.Errorf("stderr does not name the missing file: %s", r.stderr)
+	}
+
+	r = h.mustRun(0, "bounce", "parse", filepath.Join(bounceFixtures, "qmail-plain.eml"))
+	if !strings.Contains(r.stdout, "g***@example.org") || !strings.Contains(r.stdout, "5.1.1") || strings.Contains(r.stdout, "gone@") {
+		t.Errorf("table output:\n%s", r.stdout)
+	}
+}

@@ -1,0 +1,558 @@
+// Package inbound is postwarden's SMTP listener for what comes back:
+// bounces, spam complaints and mailto unsubscribes, all addressed to the
+// bounce domain.
+//
+// Contract:
+//   - It never relays. RCPT for any other domain gets 550 5.7.1. On the
+//     bounce domain it takes only bounce+TOKEN (a VERP address naming a
+//     queued message), unsubscribe+TOKEN (a mailto unsubscribe token),
+//     postmaster and abuse; a token we did not mint gets 550 5.1.1 at RCPT
+//     and so matches nothing.
+//   - A bounce or complaint acts on the message its VERP address names: the
+//     address suppressed is that message's recipient from the queue, never an
+//     address taken from the report's text (reports can lie). Reports sent to
+//     postmaster or abuse act only through a VERP address of ours found in
+//     them; others are logged and dropped.
+//   - The final 250 to DATA is sent only after every store write it caused
+//     has returned (they fsync). If one fails the reply is 451 4.3.0 and the
+//     sender retries; the writes are idempotent upserts, except that a retried
+//     report adds another history event and event count.
+//   - Each client address may hold MaxConnsPerIP connections and start
+//     MessageRate messages per second (burst MessageBurst); beyond that it
+//     gets 421 4.7.0.
+//   - Addresses are masked in logs.
+package inbound
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
+
+	"github.com/postwarden/postwarden/mta/bounce"
+	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/unsubscribe"
+)
+
+// Config configures the listener. Zero fields take the defaults noted.
+type Config struct {
+	Listen          string        // host:port; required
+	Domain          string        // the bounce domain, the only one accepted; required
+	Hostname        string        // name in the greeting; default Domain
+	MaxMessageBytes int64         // default 10 MiB; larger messages get 552
+	MaxRecipients   int           // per message; default 10
+	ReadTimeout     time.Duration // default 5m (RFC 5321 §4.5.3.2.7)
+	WriteTimeout    time.Duration // default 1m
+	MaxConnsPerIP   int           // concurrent connections per client address; default 10
+	MessageRate     float64       // new messages per second per client address; default 10
+	MessageBurst    int           // default 20
+}
+
+// Defaults.
+const (
+	DefaultMaxMessageBytes = 10 << 20
+	DefaultMaxRecipients   = 10
+	DefaultReadTimeout     = 5 * time.Minute
+	DefaultWriteTimeout    = time.Minute
+	DefaultMaxConnsPerIP   = 10
+	DefaultMessageRate     = 10
+	DefaultMessageBurst    = 20
+)
+
+// VERPDecoder returns the queue id named by a bounce+TOKEN address; *verp.Codec satisfies it.
+type VERPDecoder interface {
+	Parse(addr string) (queueID string, err error)
+}
+
+// MailtoDecoder checks an unsubscribe+TOKEN local part; *unsubscribe.Tokens satisfies it.
+type MailtoDecoder interface {
+	ParseMailto(localpart string) (unsubscribe.Claim, error)
+}
+
+// BounceSink records a report on queued message queueID and returns the
+// message's recipient, list and campaign. It returns an error wrapping
+// ErrUnknownMessage when there is no such message.
+type BounceSink interface {
+	Bounce(queueID string, r bounce.Report) (to, list, campaign string, err error)
+}
+
+// Suppressor adds a suppression entry; *suppression.Store satisfies it.
+type Suppressor interface {
+	SuppressAddress(addr, list, reason, source, note string) error
+}
+
+// Unsubscriber records an unsubscribe exactly as the one-click POST does
+// (the claim's list, reason unsubscribed).
+type Unsubscriber interface {
+	Unsubscribe(c unsubscribe.Claim, source string) error
+}
+
+// Events counts campaign events (unsubscribed, complained, bounced_hard,
+// bounced_soft, delayed); *queue.Store satisfies it.
+type Events interface {
+	AddCampaignEvent(campaign, kind string) error
+}
+
+// Deps are the listener's collaborators. Events is optional.
+type Deps struct {
+	VERP         VERPDecoder
+	Mailto       MailtoDecoder
+	Bounces      BounceSink
+	Suppressor   Suppressor
+	Unsubscriber Unsubscriber
+	Events       Events
+}
+
+// ErrUnknownMessage is what a BounceSink wraps for a queue id it does not know.
+var ErrUnknownMessage = errors.New("inbound: unknown message")
+
+// Server is a running listener.
+type Server struct {
+	cfg  Config
+	deps Deps
+	log  zerolog.Logger
+	srv  *smtp.Server
+	ln   net.Listener
+
+	mu     sync.Mutex
+	closed bool
+	busy   sync.WaitGroup // DATA handlers writing to the stores
+	rates  map[string]*ipRate
+	swept  time.Time
+}
+
+// ipRate is one client address's message limiter.
+type ipRate struct {
+	lim  *rate.Limiter
+	seen time.Time
+}
+
+// Start listens on cfg.Listen and serves until Close.
+func Start(cfg Config, deps Deps, log zerolog.Logger) (*Server, error) {
+	if cfg.Listen == "" {
+		return nil, errors.New("inbound: no listen address")
+	}
+	d, err := address.NormalizeDomain(cfg.Domain)
+	if err != nil {
+		return nil, fmt.Errorf("inbound: domain %q: %w", cfg.Domain, err)
+	}
+	cfg.Domain = d
+	if deps.VERP == nil || deps.Mailto == nil || deps.Bounces == nil || deps.Suppressor == nil || deps.Unsubscriber == nil {
+		return nil, errors.New("inbound: VERP, Mailto, Bounces, Suppressor and Unsubscriber are required")
+	}
+	if cfg.Hostname == "" {
+		cfg.Hostname = cfg.Domain
+	}
+	if cfg.MaxMessageBytes <= 0 {
+		cfg.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if cfg.MaxRecipients <= 0 {
+		cfg.MaxRecipients = DefaultMaxRecipients
+	}
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = DefaultReadTimeout
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
+	if cfg.MaxConnsPerIP <= 0 {
+		cfg.MaxConnsPerIP = DefaultMaxConnsPerIP
+	}
+	if cfg.MessageRate <= 0 {
+		cfg.MessageRate = DefaultMessageRate
+	}
+	if cfg.MessageBurst <= 0 {
+		cfg.MessageBurst = DefaultMessageBurst
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("inbound: listen %s: %w", cfg.Listen, err)
+	}
+	s := &Server{cfg: cfg, deps: deps, log: log, rates: map[string]*ipRate{}}
+	s.ln = &limitListener{Listener: ln, max: cfg.MaxConnsPerIP, hostname: cfg.Hostname, n: map[string]int{}, log: log}
+	srv := smtp.NewServer(backend{s})
+	srv.Domain = cfg.Hostname
+	srv.MaxMessageBytes = cfg.MaxMessageBytes
+	srv.MaxRecipients = cfg.MaxRecipients
+	srv.ReadTimeout = cfg.ReadTimeout
+	srv.WriteTimeout = cfg.WriteTimeout
+	srv.ErrorLog = errorLog{log}
+	s.srv = srv
+	go func() {
+		if err := srv.Serve(s.ln); err != nil {
+			log.Error().Err(err).Msg("inbound listener stopped")
+		}
+	}()
+	log.Info().Str("listen", ln.Addr().String()).Str("domain", cfg.Domain).Msg("inbound SMTP listening")
+	return s, nil
+}
+
+// Addr is the listener's address (host:port).
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Close stops accepting, closes every connection and waits for DATA
+// handlers already writing to the stores; a message whose 250 was not sent
+// is retried by its sender.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	err := s.srv.Close()
+	s.busy.Wait()
+	if errors.Is(err, smtp.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	return err
+}
+
+// enter registers a DATA handler about to write; false once closing.
+func (s *Server) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.busy.Add(1)
+	return true
+}
+
+// allow takes one message token of ip's limiter.
+func (s *Server) allow(ip string, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now.Sub(s.swept) > time.Minute { // forget idle clients
+		for k, r := range s.rates {
+			if now.Sub(r.seen) > 10*time.Minute {
+				delete(s.rates, k)
+			}
+		}
+		s.swept = now
+	}
+	r := s.rates[ip]
+	if r == nil {
+		r = &ipRate{lim: rate.NewLimiter(rate.Limit(s.cfg.MessageRate), s.cfg.MessageBurst)}
+		s.rates[ip] = r
+	}
+	r.seen = now
+	return r.lim.AllowN(now, 1)
+}
+
+// backend makes sessions.
+type backend struct{ s *Server }
+
+func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	return &session{s: b.s, ip: remoteIP(c.Conn().RemoteAddr())}, nil
+}
+
+// target is one accepted recipient.
+type target struct {
+	kind    int // tBounce, tUnsub, tReport
+	queueID string
+	claim   unsubscribe.Claim
+}
+
+const (
+	tBounce = iota // bounce+TOKEN
+	tUnsub         // unsubscribe+TOKEN
+	tReport        // postmaster, abuse
+)
+
+// session is one SMTP connection's state.
+type session struct {
+	s       *Server
+	ip      string
+	from    string
+	targets []target
+}
+
+// SMTP replies.
+var (
+	errRate     = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many messages from your address, try again later"}
+	errRelay    = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relaying denied"}
+	errNoUser   = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such user here"}
+	errSyntax   = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
+	errTempFail = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Could not record the report, try again later"}
+	errClosing  = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Shutting down, try again later"}
+)
+
+func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
+	if !ss.s.allow(ss.ip, time.Now()) {
+		ss.s.log.Warn().Str("ip", ss.ip).Msg("inbound message rate exceeded")
+		return errRate
+	}
+	ss.from, ss.targets = from, nil
+	return nil
+}
+
+func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	t, err := ss.s.classify(to)
+	if err != nil {
+		ss.s.log.Info().Str("ip", ss.ip).Str("rcpt", address.Mask(to)).Str("reply", err.Error()).Msg("inbound recipient refused")
+		return err
+	}
+	ss.targets = append(ss.targets, t)
+	return nil
+}
+
+// classify decides whether to take mail for to.
+func (s *Server) classify(to string) (target, error) {
+	if strings.EqualFold(to, "postmaster") { // RFC 5321 §4.5.1: "postmaster" without a domain
+		return target{kind: tReport}, nil
+	}
+	at := strings.LastIndexByte(to, '@')
+	if at <= 0 || at == len(to)-1 || strings.ContainsAny(to, "\r\n\x00 ") {
+		return target{}, errSyntax
+	}
+	local, dom := to[:at], to[at+1:]
+	d, err := address.NormalizeDomain(dom)
+	if err != nil {
+		return target{}, errSyntax
+	}
+	if d != s.cfg.Domain { // RFC 5321 §3.6.2: no open relay
+		return target{}, errRelay
+	}
+	l := strings.ToLower(local)
+	switch {
+	case l == "postmaster" || l == "abuse": // RFC 2142
+		return target{kind: tReport}, nil
+	case strings.HasPrefix(l, "bounce+"):
+		id, err := s.deps.VERP.Parse(to)
+		if err != nil {
+			return target{}, errNoUser
+		}
+		return target{kind: tBounce, queueID: id}, nil
+	case strings.HasPrefix(l, unsubscribe.MailtoPrefix):
+		c, err := s.deps.Mailto.ParseMailto(local)
+		if err != nil {
+			return target{}, errNoUser
+		}
+		return target{kind: tUnsub, claim: c}, nil
+	}
+	return target{}, errNoUser
+}
+
+func (ss *session) Data(r io.Reader) error {
+	body, err := io.ReadAll(r)
+	if err != nil {
+		return err // go-smtp's ErrDataTooLarge is 552 5.3.4
+	}
+	if !ss.s.enter() {
+		return errClosing
+	}
+	defer ss.s.busy.Done()
+	log := ss.s.log.With().Str("ip", ss.ip).Str("from", address.Mask(ss.from)).Int("bytes", len(body)).Logger()
+	var reports []bounce.Report
+	for _, t := range ss.targets {
+		if t.kind != tUnsub && reports == nil {
+			if reports, err = bounce.Parse(bytes.NewReader(body)); err != nil {
+				log.Warn().Err(err).Msg("inbound report unreadable; dropped")
+				return nil // retrying cannot help
+			}
+		}
+	}
+	failed := false
+	for _, t := range ss.targets {
+		var err error
+		switch t.kind {
+		case tBounce:
+			for _, rep := range reports {
+				err = errors.Join(err, ss.s.apply(log, t.queueID, rep))
+			}
+		case tUnsub:
+			err = ss.s.unsubscribe(log, t.claim)
+		case tReport:
+			err = ss.s.report(log, reports)
+		}
+		if err != nil {
+			log.Error().Err(err).Msg("inbound report not recorded; asking the sender to retry")
+			failed = true
+		}
+	}
+	if failed {
+		return errTempFail
+	}
+	return nil
+}
+
+func (ss *session) Reset()        { ss.from, ss.targets = "", nil }
+func (ss *session) Logout() error { return nil }
+
+// apply records one report on message queueID and acts on its kind.
+func (s *Server) apply(log zerolog.Logger, queueID string, rep bounce.Report) error {
+	switch rep.Action {
+	case "delivered", "relayed", "expanded": // RFC 3464 §2.3.3: success notices
+		log.Info().Str("queue_id", queueID).Str("action", rep.Action).Msg("inbound success notice ignored")
+		return nil
+	}
+	to, list, campaign, err := s.deps.Bounces.Bounce(queueID, rep)
+	if errors.Is(err, ErrUnknownMessage) {
+		log.Warn().Str("queue_id", queueID).Msg("inbound report for an unknown message dropped")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("record bounce of %s: %w", queueID, err)
+	}
+	ev := log.Info().Str("queue_id", queueID).Str("rcpt", address.Mask(to)).Str("list", list).Str("campaign", campaign).
+		Str("kind", rep.Kind).Str("status", rep.Status).Str("action", rep.Action)
+	event := ""
+	switch rep.Kind {
+	case bounce.KindHard:
+		note := strings.TrimSpace(rep.Status + " " + rep.Diagnostic)
+		if err := s.deps.Suppressor.SuppressAddress(to, "", "hard_bounce", "dsn", note); err != nil {
+			return fmt.Errorf("suppress hard-bounced recipient of %s: %w", queueID, err)
+		}
+		event = "bounced_hard"
+	case bounce.KindSoft:
+		event = "bounced_soft"
+		if rep.Action == "delayed" {
+			event = "delayed"
+		}
+	case bounce.KindComplaint:
+		if err := s.deps.Suppressor.SuppressAddress(to, "", "complaint", "arf", rep.FeedbackType); err != nil {
+			return fmt.Errorf("suppress complaining recipient of %s: %w", queueID, err)
+		}
+		event = "complained"
+	}
+	ev.Msg("inbound report recorded")
+	s.count(log, campaign, event)
+	return nil
+}
+
+// report handles mail to postmaster or abuse: each report acts through the
+// first VERP address of ours it carries, or is dropped.
+func (s *Server) report(log zerolog.Logger, reports []bounce.Report) error {
+	var errs error
+	for _, rep := range reports {
+		id := ""
+		for _, v := range rep.VERP {
+			if q, err := s.deps.VERP.Parse(v); err == nil {
+				id = q
+				break
+			}
+		}
+		if id == "" {
+			log.Info().Str("kind", rep.Kind).Str("rcpt", address.Mask(rep.Recipient)).Msg("inbound report without a VERP address of ours dropped")
+			continue
+		}
+		errs = errors.Join(errs, s.apply(log, id, rep))
+	}
+	return errs
+}
+
+// unsubscribe records a mailto unsubscribe (RFC 2369 List-Unsubscribe mailto).
+func (s *Server) unsubscribe(log zerolog.Logger, c unsubscribe.Claim) error {
+	if err := s.deps.Unsubscriber.Unsubscribe(c, "mailto"); err != nil {
+		return fmt.Errorf("record mailto unsubscribe: %w", err)
+	}
+	log.Info().Str("rcpt", address.Mask(c.Address)).Str("list", c.List).Str("campaign", c.Campaign).Msg("unsubscribed by mail")
+	s.count(log, c.Campaign, "unsubscribed")
+	return nil
+}
+
+// count adds a campaign event; a failure is logged, not returned: counters
+// are reports, and a retry would repeat the writes that did succeed.
+func (s *Server) count(log zerolog.Logger, campaign, kind string) {
+	if s.deps.Events == nil || campaign == "" || kind == "" {
+		return
+	}
+	if err := s.deps.Events.AddCampaignEvent(campaign, kind); err != nil {
+		log.Error().Err(err).Str("campaign", campaign).Str("event", kind).Msg("campaign event not counted")
+	}
+}
+
+// remoteIP returns the host part of a peer address.
+func remoteIP(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	if h, _, err := net.SplitHostPort(a.String()); err == nil {
+		return h
+	}
+	return a.String()
+}
+
+// limitListener refuses a client's connections beyond max at once.
+type limitListener struct {
+	net.Listener
+	max      int
+	hostname string
+	log      zerolog.Logger
+
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		ip := remoteIP(c.RemoteAddr())
+		l.mu.Lock()
+		over := l.n[ip] >= l.max
+		if !over {
+			l.n[ip]++
+		}
+		l.mu.Unlock()
+		if over {
+			l.log.Warn().Str("ip", ip).Int("max", l.max).Msg("inbound connection limit reached")
+			go refuse(c, l.hostname)
+			continue
+		}
+		return &limitConn{Conn: c, release: func() { l.release(ip) }}, nil
+	}
+}
+
+// release forgets one of ip's connections.
+func (l *limitListener) release(ip string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n[ip] <= 1 {
+		delete(l.n, ip)
+	} else {
+		l.n[ip]--
+	}
+}
+
+// refuse greets with 421 and closes (RFC 5321 §3.1).
+func refuse(c net.Conn, hostname string) {
+	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, _ = io.WriteString(c, "421 4.7.0 "+hostname+" Too many connections from your address, try again later\r\n")
+	_ = c.Close()
+}
+
+// limitConn releases its slot once when closed.
+type limitConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
+}
+
+// errorLog sends go-smtp's own messages to zerolog.
+type errorLog struct{ log zerolog.Logger }
+
+func (e errorLog) Printf(format string, v ...any) {
+	e.log.Warn().Str("detail", fmt.Sprintf(format, v...)).Msg("smtp server error")
+}
+
+func (e errorLog) Println(v ...any) {
+	e.log.Warn().Str("detail", strings.TrimSpace(fmt.Sprintln(v...))).Msg("smtp server error")
+}

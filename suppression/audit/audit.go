@@ -1,0 +1,547 @@
+// Package audit keeps postwarden's audit trail: an append-only log in its own
+// bbolt file (the daemon opens <data_dir>/audit.db) in which every entry is
+// chained to the previous one by SHA-256.
+//
+// Contract:
+//   - Append assigns Seq (the bucket's NextSequence), Time (when zero), Prev
+//     and Hash in one bbolt Update transaction, which fsyncs before it returns:
+//     when Append returns nil the entry is on disk, so callers append before
+//     they report the recorded action as done. If Append fails the caller must
+//     treat the action as not audited. Append is safe for concurrent use; the
+//     write lock orders entries, so seqs have no gaps.
+//   - Entries are never edited. Prune removes the oldest entries (retention)
+//     and, in the same transaction, stores a checkpoint (seq and hash of the
+//     last removed entry) and appends an "audit.prune" entry naming it, so the
+//     remaining chain still verifies and a forged checkpoint does not.
+//   - Verify recomputes every hash and link and names the first bad entry: a
+//     changed entry (hash mismatch), a removed one (a gap in seq, or a seq
+//     counter ahead of the last entry), a moved or reordered one (a record under
+//     another entry's key), a broken link (prev mismatch).
+//   - Target, Reason and Details values must not carry clear addresses:
+//     callers pass masked addresses or keyed hashes, and Append masks anything
+//     still shaped like an address (address.MaskText), because audit entries
+//     outlive an erasure and cannot be edited.
+//
+// Tamper evidence: the chain has no secret, so someone who can write the file
+// can rewrite every entry after the one they change and recompute all hashes.
+// Head returns the latest seq and hash; an operator who copies it somewhere
+// the host cannot rewrite (a ticket, a log shipper, paper) can later show that
+// entry seq still has that hash (Get) and that Verify passes, which proves
+// nothing up to that entry was changed, removed or reordered since.
+package audit
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.etcd.io/bbolt"
+	bberrors "go.etcd.io/bbolt/errors"
+
+	"github.com/postwarden/postwarden/suppression/address"
+)
+
+// Entry is one audit record. Its JSON form is the stored record and the
+// output of `audit ls --json`; see Canonical for how Hash is computed.
+type Entry struct {
+	Seq     uint64            `json:"seq"`     // 1, 2, 3…; assigned by Append
+	Time    time.Time         `json:"time"`    // UTC; Append sets it when zero
+	Who     string            `json:"who"`     // "uid:1000", "local:alice", "http:203.0.113.9"
+	Action  string            `json:"action"`  // "subject.erase", "suppress.add", "campaign.send"…
+	Target  string            `json:"target"`  // masked address or keyed hash, never a clear address
+	Reason  string            `json:"reason"`  // the reason the operator gave
+	Details map[string]string `json:"details"` // e.g. "file_sha256", "count", "request"
+	Prev    string            `json:"prev"`    // the previous entry's Hash; "" for entry 1
+	Hash    string            `json:"hash"`    // hex SHA-256 of Canonical(entry)
+}
+
+// Actions written by this package.
+const (
+	ActionPrune = "audit.prune" // Details: through_seq, through_hash, removed, before
+	WhoPrune    = "system:retention"
+)
+
+// ErrLocked is returned by Open when another process holds the file.
+var ErrLocked = errors.New("audit: log is locked by another process")
+
+var (
+	bucketEntries = []byte("entries") // 8-byte big-endian seq → JSON Entry
+	bucketMeta    = []byte("meta")
+	keyCheckpoint = []byte("checkpoint") // JSON checkpoint, present after the first prune
+)
+
+// checkpoint stands in for the pruned entries: the chain continues from Hash.
+type checkpoint struct {
+	Seq      uint64    `json:"seq"`       // last pruned entry
+	Hash     string    `json:"hash"`      // its hash
+	Time     time.Time `json:"time"`      // its time
+	Before   time.Time `json:"before"`    // the cut-off that pruned it
+	PrunedAt time.Time `json:"pruned_at"` // when
+}
+
+// Log is the audit log; safe for concurrent use.
+type Log struct {
+	db  *bbolt.DB
+	log zerolog.Logger
+	now func() time.Time
+}
+
+// Open opens (creating if needed) the log at path, waiting up to timeout
+// (0 = 1s) for another process's lock.
+func Open(path string, timeout time.Duration, log zerolog.Logger) (*Log, error) {
+	if path == "" {
+		return nil, errors.New("open audit log: no path given")
+	}
+	if timeout <= 0 {
+		timeout = time.Second
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("open audit log %s: %w", path, err)
+	}
+	// bbolt's defaults fsync every commit; Append's durability relies on it.
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout})
+	if errors.Is(err, bberrors.ErrTimeout) {
+		return nil, fmt.Errorf("open audit log %s: waited %s: %w (use the running daemon's admin socket)", path, timeout, ErrLocked)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open audit log %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		if _, err := tx.CreateBucketIfNotExists(bucketEntries); err != nil {
+			return err
+		}
+		_, err := tx.CreateBucketIfNotExists(bucketMeta)
+		return err
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open audit log %s: create buckets: %w", path, err)
+	}
+	return &Log{db: db, log: log, now: time.Now}, nil
+}
+
+// Close closes the file.
+func (l *Log) Close() error { return l.db.Close() }
+
+// Append records e and returns it as stored, with Seq, Time, Prev and Hash
+// filled in (any values the caller put there are replaced, except a non-zero
+// Time). Who and Action are required. It returns after the entry is fsynced.
+func (l *Log) Append(e Entry) (Entry, error) {
+	e, err := l.prepare(e)
+	if err != nil {
+		return Entry{}, fmt.Errorf("audit append %s: %w", e.Action, err)
+	}
+	err = l.db.Update(func(tx *bbolt.Tx) error {
+		var err error
+		e, err = appendTx(tx, e)
+		return err
+	})
+	if err != nil {
+		return Entry{}, fmt.Errorf("audit append %s: %w", e.Action, err)
+	}
+	l.log.Debug().Uint64("seq", e.Seq).Str("action", e.Action).Str("who", e.Who).Msg("audit entry appended")
+	return e, nil
+}
+
+// prepare checks e and brings it into the form that is stored and hashed.
+func (l *Log) prepare(e Entry) (Entry, error) {
+	e.Who = strings.ToValidUTF8(e.Who, "\uFFFD")
+	e.Action = strings.ToValidUTF8(e.Action, "\uFFFD")
+	if e.Who == "" {
+		return e, errors.New("no who")
+	}
+	if e.Action == "" {
+		return e, errors.New("no action")
+	}
+	if e.Time.IsZero() {
+		e.Time = l.now()
+	}
+	e.Time = e.Time.UTC() // also drops the monotonic reading
+	if y := e.Time.Year(); y < 1 || y > 9999 {
+		return e, fmt.Errorf("time %s out of range", e.Time)
+	}
+	e.Target = clean(e.Target)
+	e.Reason = clean(e.Reason)
+	details := make(map[string]string, len(e.Details))
+	for k, v := range e.Details {
+		details[strings.ToValidUTF8(k, "\uFFFD")] = clean(v)
+	}
+	e.Details = details
+	e.Seq, e.Prev, e.Hash = 0, "", ""
+	return e, nil
+}
+
+// clean makes s valid UTF-8 and masks anything shaped like an address.
+func clean(s string) string {
+	return address.MaskText(strings.ToValidUTF8(s, "\uFFFD"))
+}
+
+// appendTx chains e (already prepared) to the head and stores it.
+func appendTx(tx *bbolt.Tx, e Entry) (Entry, error) {
+	prev, err := headTx(tx)
+	if err != nil {
+		return e, err
+	}
+	b := tx.Bucket(bucketEntries)
+	if prev.seq > b.Sequence() {
+		// Someone wrote past the counter; appending would overwrite that
+		// record and destroy the evidence.
+		return e, fmt.Errorf("entry %d exists beyond the log's sequence counter %d: the file was changed outside postwarden; run audit verify", prev.seq, b.Sequence())
+	}
+	seq, err := b.NextSequence()
+	if err != nil {
+		return e, err
+	}
+	e.Seq, e.Prev, e.Hash = seq, prev.hash, ""
+	e.Hash = Hash(e)
+	v, err := json.Marshal(e)
+	if err != nil {
+		return e, err
+	}
+	return e, b.Put(seqKey(seq), v)
+}
+
+type head struct {
+	seq  uint64
+	hash string
+}
+
+// headTx returns the last entry's seq and hash, else the checkpoint's, else
+// zero. A damaged last record does not stop appends (the action must still be
+// recordable): the chain continues from the SHA-256 of its raw bytes, and
+// Verify names the damaged entry.
+func headTx(tx *bbolt.Tx) (head, error) {
+	k, v := tx.Bucket(bucketEntries).Cursor().Last()
+	if k != nil {
+		var rec struct {
+			Hash string `json:"hash"`
+		}
+		if err := json.Unmarshal(v, &rec); err != nil || rec.Hash == "" {
+			sum := sha256.Sum256(v)
+			return head{seq: keySeq(k), hash: hex.EncodeToString(sum[:])}, nil
+		}
+		return head{seq: keySeq(k), hash: rec.Hash}, nil
+	}
+	cp, ok, err := checkpointTx(tx)
+	if err != nil || !ok {
+		return head{}, err
+	}
+	return head{seq: cp.Seq, hash: cp.Hash}, nil
+}
+
+// Head returns the seq and hash of the latest entry ("" when the log is
+// empty). Write them down outside this host to make later tampering
+// evident; see the package comment.
+func (l *Log) Head() (seq uint64, hash string) {
+	var h head
+	err := l.db.View(func(tx *bbolt.Tx) error {
+		var err error
+		h, err = headTx(tx)
+		return err
+	})
+	if err != nil {
+		l.log.Error().Err(err).Msg("audit head unreadable")
+		return 0, ""
+	}
+	return h.seq, h.hash
+}
+
+// Get returns entry seq as stored; false if there is none.
+func (l *Log) Get(seq uint64) (Entry, bool, error) {
+	var e Entry
+	var found bool
+	err := l.db.View(func(tx *bbolt.Tx) error {
+		v := tx.Bucket(bucketEntries).Get(seqKey(seq))
+		if v == nil {
+			return nil
+		}
+		found = true
+		return json.Unmarshal(v, &e)
+	})
+	if err != nil {
+		return Entry{}, false, fmt.Errorf("audit get entry %d: %w", seq, err)
+	}
+	return e, found, nil
+}
+
+// listChunk is how many entries List reads per (short) read transaction.
+const listChunk = 256
+
+// List calls fn for every entry with Time at or after since (zero: all), in
+// seq order. fn runs outside any transaction, so it may be slow or append;
+// an error from fn stops List and is returned.
+func (l *Log) List(since time.Time, fn func(Entry) error) error {
+	var from uint64
+	for {
+		batch := make([]Entry, 0, listChunk)
+		var more bool
+		err := l.db.View(func(tx *bbolt.Tx) error {
+			c := tx.Bucket(bucketEntries).Cursor()
+			for k, v := c.Seek(seqKey(from)); k != nil; k, v = c.Next() {
+				if len(batch) == listChunk {
+					more = true
+					from = keySeq(k)
+					return nil
+				}
+				var e Entry
+				if err := json.Unmarshal(v, &e); err != nil {
+					return fmt.Errorf("entry %d: %w", keySeq(k), err)
+				}
+				if !e.Time.Before(since) {
+					batch = append(batch, e)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("list audit log: %w", err)
+		}
+		for _, e := range batch {
+			if err := fn(e); err != nil {
+				return err
+			}
+		}
+		if !more {
+			return nil
+		}
+	}
+}
+
+// VerifyResult is what Verify found.
+type VerifyResult struct {
+	Entries    int    // entries in the log
+	OK         bool   // the whole chain verified
+	FirstBad   uint64 // the first bad seq when !OK
+	Problem    string // what is wrong with it, "entry 42: hash mismatch: content changed"
+	Checkpoint uint64 // the chain was verified from the checkpoint at this seq; 0 = from entry 1
+	HeadSeq    uint64 // the last entry verified
+	HeadHash   string // its hash
+}
+
+// String is the one-line summary `audit verify` prints.
+func (r VerifyResult) String() string {
+	if !r.OK {
+		return fmt.Sprintf("audit log BROKEN (%d entries): %s", r.Entries, r.Problem)
+	}
+	from := ""
+	if r.Checkpoint > 0 {
+		from = fmt.Sprintf(" from checkpoint at entry %d", r.Checkpoint)
+	}
+	if r.HeadSeq == 0 {
+		return "audit log verified: empty"
+	}
+	return fmt.Sprintf("audit log verified%s: %d entries, head entry %d hash %s", from, r.Entries, r.HeadSeq, r.HeadHash)
+}
+
+// Verify recomputes the whole chain in one read transaction and reports the
+// first bad entry. The error is for failures to read the file; a broken chain
+// is reported in the result.
+func (l *Log) Verify() (VerifyResult, error) {
+	var r VerifyResult
+	err := l.db.View(func(tx *bbolt.Tx) error {
+		var err error
+		r, err = verifyTx(tx)
+		return err
+	})
+	if err != nil {
+		return VerifyResult{}, fmt.Errorf("verify audit log: %w", err)
+	}
+	return r, nil
+}
+
+func verifyTx(tx *bbolt.Tx) (VerifyResult, error) {
+	var r VerifyResult
+	fail := func(seq uint64, format string, args ...any) {
+		if r.Problem == "" {
+			r.FirstBad, r.Problem = seq, fmt.Sprintf(format, args...)
+		}
+	}
+	cp, hasCP, err := checkpointTx(tx)
+	if err != nil {
+		fail(0, "checkpoint record damaged: %v", err)
+	}
+	prev := head{seq: cp.Seq, hash: cp.Hash}
+	r.Checkpoint = cp.Seq
+	vouched := !hasCP // a checkpoint must be named by an audit.prune entry
+	b := tx.Bucket(bucketEntries)
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		r.Entries++
+		if r.Problem != "" {
+			continue
+		}
+		if len(k) != 8 {
+			fail(prev.seq+1, "unexpected key %x after entry %d", k, prev.seq)
+			continue
+		}
+		seq := keySeq(k)
+		switch {
+		case seq == 0:
+			fail(0, "entry 0: no entry has seq 0: added outside the log")
+		case seq <= prev.seq:
+			fail(seq, "entry %d: still present although the checkpoint at entry %d pruned it", seq, cp.Seq)
+		case seq == prev.seq+2:
+			fail(prev.seq+1, "entry %d missing: chain jumps from %d to %d", prev.seq+1, prev.seq, seq)
+		case seq > prev.seq+2:
+			fail(prev.seq+1, "entries %d to %d missing: chain jumps from %d to %d", prev.seq+1, seq-1, prev.seq, seq)
+		}
+		if r.Problem != "" {
+			continue
+		}
+		var e Entry
+		if err := json.Unmarshal(v, &e); err != nil {
+			fail(seq, "entry %d: record damaged: %v", seq, err)
+			continue
+		}
+		switch {
+		case e.Seq != seq:
+			fail(seq, "entry %d: holds the record of entry %d: moved or reordered", seq, e.Seq)
+		case Hash(e) != e.Hash:
+			fail(seq, "entry %d: hash mismatch: content changed", seq)
+		case e.Prev != prev.hash && prev.seq == 0:
+			fail(seq, "entry %d: prev should be empty for the first entry", seq)
+		case e.Prev != prev.hash && hasCP && prev.seq == cp.Seq:
+			fail(seq, "entry %d: prev does not match the hash of the checkpoint at entry %d", seq, cp.Seq)
+		case e.Prev != prev.hash:
+			fail(seq, "entry %d: prev does not match entry %d's hash", seq, prev.seq)
+		}
+		if e.Action == ActionPrune && hasCP &&
+			e.Details["through_seq"] == strconv.FormatUint(cp.Seq, 10) && e.Details["through_hash"] == cp.Hash {
+			vouched = true
+		}
+		prev = head{seq: seq, hash: e.Hash}
+	}
+	if n := b.Sequence(); r.Problem == "" && n != prev.seq {
+		switch {
+		case n < prev.seq:
+			fail(n+1, "entry %d: beyond the log's sequence counter %d: added outside the log", n+1, n)
+		case n == prev.seq+1:
+			fail(n, "entry %d missing at the end: the log has issued up to %d", n, n)
+		default:
+			fail(prev.seq+1, "entries %d to %d missing at the end: the log has issued up to %d", prev.seq+1, n, n)
+		}
+	}
+	if r.Problem == "" && !vouched {
+		fail(cp.Seq, "checkpoint at entry %d is not recorded by any %s entry: forged", cp.Seq, ActionPrune)
+	}
+	r.OK = r.Problem == ""
+	if r.OK {
+		r.HeadSeq, r.HeadHash = prev.seq, prev.hash
+	}
+	return r, nil
+}
+
+// Prune removes, oldest first, the entries whose Time is before before,
+// stopping at the first one that is not (so what remains is a suffix of the
+// chain). In the same transaction it stores a checkpoint with the seq and hash
+// of the last removed entry, from which Verify then starts, and appends an
+// audit.prune entry naming that checkpoint. It refuses to prune a log that
+// does not verify, so pruning never destroys the evidence of tampering. It
+// returns how many entries were removed (the audit.prune entry not counted).
+//
+// Freed bbolt pages are not wiped: the removed records stay in the file until
+// overwritten or compacted. Audit entries hold no clear addresses, so this
+// matters for size, not for erasure.
+func (l *Log) Prune(before time.Time) (int, error) {
+	var removed int
+	var cp checkpoint
+	err := l.db.Update(func(tx *bbolt.Tx) error {
+		removed = 0
+		r, err := verifyTx(tx)
+		if err != nil {
+			return err
+		}
+		if !r.OK {
+			return fmt.Errorf("log does not verify, not pruning: %s", r.Problem)
+		}
+		b := tx.Bucket(bucketEntries)
+		var keys [][]byte
+		var last Entry
+		c := b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			var e Entry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return fmt.Errorf("entry %d: %w", keySeq(k), err)
+			}
+			if !e.Time.Before(before) {
+				break
+			}
+			keys = append(keys, append([]byte(nil), k...))
+			last = e
+		}
+		if len(keys) == 0 {
+			return nil
+		}
+		for _, k := range keys {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		now := l.now().UTC()
+		cp = checkpoint{Seq: last.Seq, Hash: last.Hash, Time: last.Time, Before: before.UTC(), PrunedAt: now}
+		v, err := json.Marshal(cp)
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketMeta).Put(keyCheckpoint, v); err != nil {
+			return err
+		}
+		e, err := l.prepare(Entry{
+			Time:   now,
+			Who:    WhoPrune,
+			Action: ActionPrune,
+			Reason: "retention",
+			Details: map[string]string{
+				"through_seq":  strconv.FormatUint(cp.Seq, 10),
+				"through_hash": cp.Hash,
+				"removed":      strconv.Itoa(len(keys)),
+				"before":       cp.Before.Format(time.RFC3339Nano),
+			},
+		})
+		if err != nil {
+			return err
+		}
+		if _, err := appendTx(tx, e); err != nil {
+			return err
+		}
+		removed = len(keys)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("prune audit log: %w", err)
+	}
+	if removed > 0 {
+		l.log.Info().Int("removed", removed).Uint64("checkpoint_seq", cp.Seq).Time("before", before).Msg("audit log pruned")
+	}
+	return removed, nil
+}
+
+func checkpointTx(tx *bbolt.Tx) (checkpoint, bool, error) {
+	var cp checkpoint
+	v := tx.Bucket(bucketMeta).Get(keyCheckpoint)
+	if v == nil {
+		return cp, false, nil
+	}
+	if err := json.Unmarshal(v, &cp); err != nil {
+		return checkpoint{}, true, fmt.Errorf("checkpoint: %w", err)
+	}
+	return cp, true, nil
+}
+
+func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
+
+func keySeq(k []byte) uint64 {
+	if len(k) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(k)
+}
