@@ -104,8 +104,11 @@ func (c *Campaign) Hash() (string, error) {
 }
 
 // LoadCampaign reads the campaign file at path, resolving template,
-// recipients and lia against its folder. All problems come back at once as
-// Errors, each "file:line: field: problem". Files named are not opened here.
+// recipients, lia and freemail_list against its folder. All problems come back
+// at once as Errors, each "file:line: field: problem". Of the files named, only
+// the assessment (lia: read, hashed and, under legitimate_interest, checked
+// for its Purpose, Necessity and Balancing sections) and the free-mail list
+// are opened here.
 func LoadCampaign(path string) (*Campaign, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {

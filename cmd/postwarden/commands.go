@@ -23,6 +23,21 @@ import (
 
 func sortStrings(s []string) { sort.Strings(s) }
 
+// countsLine prints "N (reason a, reason b)" for counts by reason.
+func countsLine(m map[string]int) string {
+	total := 0
+	parts := make([]string, 0, len(m))
+	for k, n := range m {
+		total += n
+		parts = append(parts, fmt.Sprintf("%s %d", k, n))
+	}
+	sort.Strings(parts)
+	if len(parts) == 0 {
+		return "0"
+	}
+	return fmt.Sprintf("%d (%s)", total, strings.Join(parts, ", "))
+}
+
 // --- campaign ---
 
 func (c *cli) campaignCommand() *cobra.Command {
@@ -117,6 +132,7 @@ func (c *cli) printSendResult(raw json.RawMessage) error {
 		fmt.Fprintf(w, " (%s)", strings.Join(reasons, ", "))
 	}
 	fmt.Fprintln(w)
+	fmt.Fprintf(w, "  skipped        %s\n", countsLine(s.Skipped))
 	fmt.Fprintf(w, "  enqueued       %d\n", s.Enqueued)
 	fmt.Fprintf(w, "  already sent   %d\n", s.AlreadySent)
 	if r.Delivery != nil {

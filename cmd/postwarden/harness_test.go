@@ -82,6 +82,7 @@ delivery:
 <p>Hello {{.FirstName}},</p><p>A note for {{.Company}}.</p>
 <p><a href="{{.UnsubscribeURL}}">Unsubscribe</a> · <a href="{{.PrivacyURL}}">Privacy</a></p>
 </body></html>`)
+	h.write("lia.md", "# Legitimate-interest assessment\n\n## Purpose\nProduct news for buyers at companies.\n\n## Necessity\nWork addresses only, no profiling.\n\n## Balancing\nLow impact, one-click unsubscribe in every message.\n")
 	h.write("templates/note.txt", "Hello {{.FirstName}},\n\nA note for {{.Company}}.\n\nUnsubscribe: {{.UnsubscribeURL}}\nPrivacy: {{.PrivacyURL}}\n")
 	return h
 }

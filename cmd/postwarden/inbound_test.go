@@ -29,6 +29,9 @@ func newInboundHarness(t *testing.T) (*harness, string) {
 	listen := freeAddr(t)
 	cfg := readFile(t, h.cfgPath)
 	h.write("postwarden.yaml", cfg+"smtp_listen: "+listen+"\nbounce_domain: "+bounceDomain+"\n")
+	if _, err := os.Stat(filepath.Join(h.dir, "lia.md")); err != nil { // the campaign files name it
+		h.write("lia.md", readFile(t, filepath.Join("..", "..", "configs", "lia", "example.md")))
+	}
 	return h, listen
 }
 
@@ -81,11 +84,11 @@ func TestInboundBounceEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	dsn = bytes.ReplaceAll(dsn, []byte(fixtureVERP), []byte(rcpt))
-	if err := smtp.SendMail(listen, nil, "", []string{rcpt}, bytes.NewReader(bytes.ReplaceAll(dsn, []byte("\n"), []byte("\r\n")))); err != nil {
+	if err := sendSMTP(listen, "", rcpt, dsn); err != nil {
 		t.Fatalf("send DSN to %s: %v", listen, err)
 	}
 	// Other domains are refused: the listener never relays.
-	err = smtp.SendMail(listen, nil, "", []string{"dave@globex.example"}, strings.NewReader("Subject: relay\r\n\r\nhi\r\n"))
+	err = sendSMTP(listen, "", "dave@globex.example", []byte("Subject: relay\n\nhi\n"))
 	if se, ok := err.(*smtp.SMTPError); !ok || se.Code != 550 {
 		t.Errorf("relay attempt: %v, want 550", err)
 	}
@@ -100,6 +103,35 @@ func TestInboundBounceEndToEnd(t *testing.T) {
 	if len(show) != 1 || show[0]["state"] != "bounced" {
 		t.Errorf("queue show %s: %v", id, show)
 	}
+}
+
+// sendSMTP runs one plain SMTP transaction (no STARTTLS: the listener is on loopback).
+func sendSMTP(addr, from, rcpt string, msg []byte) error {
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Hello("mx.example.net"); err != nil {
+		return err
+	}
+	if err := c.Mail(from, nil); err != nil {
+		return err
+	}
+	if err := c.Rcpt(rcpt, nil); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(bytes.ReplaceAll(bytes.ReplaceAll(msg, []byte("\r\n"), []byte("\n")), []byte("\n"), []byte("\r\n"))); err != nil {
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	return c.Quit()
 }
 
 // `bounce parse` prints one line per recipient, masked unless --reveal, and

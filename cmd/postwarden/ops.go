@@ -125,6 +125,10 @@ func loadSpec(e *env, file string) (campaign.Spec, *configs.Campaign, error) {
 		PrivacyURL: privacy,
 		Hostname:   e.cfg.Hostname,
 		LegalBasis: c.LegalBasis, LIA: c.LIA, Audience: c.Audience,
+		LIAHash:          c.LIAHash(),
+		ExcludeCountries: c.ExcludedCountries(),
+		UnknownCountry:   c.UnknownCountry,
+		FreeMail:         c.FreeMail,
 		FileHash:     hash,
 		MessageIDKey: e.msgIDKey,
 	}, c, nil

@@ -63,21 +63,19 @@ var ErrTooLarge = errors.New("bounce: message larger than 32 MiB")
 
 // parser collects what the walk over a message finds.
 type parser struct {
-	top       fields   // the message's own header
-	dsn       []fields // delivery-status groups, per-message group first
-	sawDSN    bool
-	arf       fields // the feedback-report fields
-	sawARF    bool
-	orig      fields // the returned original's header
-	texts     []string
-	htmls     []string
-	parts     int
-	verp      []string
-	verpSeen  map[string]bool
-	rawBody   []byte // the top-level body, for the fallback
-	mailFrom  string
-	isMulti   bool
-	walkError bool
+	top      fields   // the message's own header
+	dsn      []fields // delivery-status groups, per-message group first
+	arf      fields   // the feedback-report fields
+	sawARF   bool
+	orig     fields // the returned original's header
+	texts    []string
+	htmls    []string
+	parts    int
+	verp     []string
+	verpSeen map[string]bool
+	rawBody  []byte // the top-level body, for the fallback
+	mailFrom string
+	isMulti  bool
 }
 
 // Parse reads one bounce or complaint message and returns what it says
@@ -119,10 +117,9 @@ func (p *parser) run(data []byte) {
 			p.addVERP(v)
 		}
 	}
-	e, err := message.Read(bytes.NewReader(data))
+	e, _ := message.Read(bytes.NewReader(data)) // an unknown charset or encoding still gives an entity
 	if e == nil {
-		_ = err // unreadable header: only the text fallback is left
-		return
+		return // unreadable header: only the text fallback is left
 	}
 	p.entity(e, 0)
 }
@@ -148,10 +145,7 @@ func (p *parser) entity(e *message.Entity, depth int) {
 		}
 		for {
 			part, err := mr.NextPart()
-			if err != nil {
-				if !errors.Is(err, io.EOF) {
-					p.walkError = true
-				}
+			if err != nil { // io.EOF, or a broken structure: keep what was read
 				return
 			}
 			p.entity(part, depth+1)
@@ -164,7 +158,6 @@ func (p *parser) entity(e *message.Entity, depth int) {
 	body = bytes.ReplaceAll(body, []byte("\r\n"), []byte("\n"))
 	switch mt {
 	case "message/delivery-status", "message/global-delivery-status": // RFC 3464 §2, RFC 6533
-		p.sawDSN = true
 		p.dsn = append(p.dsn, readGroups(body)...)
 		for _, g := range p.dsn {
 			p.addVERP(g.get("X-Postfix-Sender"))

@@ -147,7 +147,7 @@ func (w *world) send(from, rcpt string, body []byte) (string, error) {
 	if err != nil {
 		return "data", err
 	}
-	if _, err := wc.Write(bytes.ReplaceAll(body, []byte("\n"), []byte("\r\n"))); err != nil {
+	if _, err := wc.Write(bytes.ReplaceAll(bytes.ReplaceAll(body, []byte("\r\n"), []byte("\n")), []byte("\n"), []byte("\r\n"))); err != nil {
 		return "data", err
 	}
 	if err := wc.Close(); err != nil {

@@ -33,9 +33,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -93,6 +95,8 @@ type Event struct {
 	ConsentText string    `json:"consent_text,omitempty"` // consent wording or its version shown
 	// SubscriberID identifies the record the event belongs to; empty on erased markers.
 	SubscriberID string `json:"subscriber_id,omitempty"`
+	// Consents: on erased markers only, the dates of the original consent per list.
+	Consents []ConsentDates `json:"consents,omitempty"`
 }
 
 // Status is the state of an address on a list, derived from its latest event.
@@ -138,13 +142,13 @@ type Tombstone struct {
 
 // Subscription is a sign-up.
 type Subscription struct {
-	Address, List                   string
-	Name, Company                   string // optional; sealed; fill a record's empty fields only
-	Source                          string // form id, "api"…
-	IP, UserAgent                   string // sealed
-	PrivacyURL, ConsentText         string // what the person was shown
-	Pending                         bool   // record "subscribed" awaiting Confirm; false: "confirmed" at once
-	ViaDoubleOptIn                  bool   // the sign-up goes through double opt-in (implies Pending); required after an erasure
+	Address, List           string
+	Name, Company           string // optional; sealed; fill a record's empty fields only
+	Source                  string // form id, "api"…
+	IP, UserAgent           string // sealed
+	PrivacyURL, ConsentText string // what the person was shown
+	Pending                 bool   // record "subscribed" awaiting Confirm; false: "confirmed" at once
+	ViaDoubleOptIn          bool   // the sign-up goes through double opt-in (implies Pending); required after an erasure
 }
 
 // Candidate is one imported contact.
@@ -359,13 +363,14 @@ func (s *Store) update(fn func(*bbolt.Tx) error) error {
 
 // ---- keys ----
 
-// addrKey parses an address and returns its matching key.
-func addrKey(addr string) (string, error) {
+// addrKey parses an address and returns its matching key (what is indexed)
+// and its canonical form (what is sealed: the local part as given).
+func addrKey(addr string) (key, canonical string, err error) {
 	a, err := address.Parse(addr)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
-	return a.Key(), nil
+	return a.Key(), a.String(), nil
 }
 
 // checkList rejects list names that would break keys or logs ("" only where allowed).
@@ -411,7 +416,8 @@ func splitEventKey(k []byte) (list string, ok bool) {
 // lastEvent returns the latest event value of a history (valid only in the tx), or nil.
 func lastEvent(b *bbolt.Bucket, prefix []byte) []byte {
 	c := b.Cursor()
-	upper := append(prefix[:len(prefix)-1:len(prefix)-1], 1) // just past every prefix||seq
+	var ub [sealed.IndexSize + maxField + 1]byte
+	upper := append(append(ub[:0], prefix[:len(prefix)-1]...), 1) // just past every prefix||seq
 	k, v := c.Seek(upper)
 	if k == nil {
 		k, v = c.Last()
@@ -489,28 +495,28 @@ func (s *Store) openOpt(v []byte, field, id string) (string, error) {
 }
 
 // decodeEvent turns a stored value into an Event, opening sealed fields.
-func (s *Store) decodeEvent(v []byte) (Event, []ConsentDates, error) {
+func (s *Store) decodeEvent(v []byte) (Event, error) {
 	if len(v) < 2 {
-		return Event{}, nil, errors.New("empty event value")
+		return Event{}, errors.New("empty event value")
 	}
 	kind, ok := kindOfCode[v[0]]
 	if !ok {
-		return Event{}, nil, fmt.Errorf("unknown event kind %d", v[0])
+		return Event{}, fmt.Errorf("unknown event kind %d", v[0])
 	}
 	var se storedEvent
 	if err := json.Unmarshal(v[1:], &se); err != nil {
-		return Event{}, nil, fmt.Errorf("decode event: %w", err)
+		return Event{}, fmt.Errorf("decode event: %w", err)
 	}
 	e := Event{Kind: kind, Time: se.Time, Recorded: se.Recorded, Source: se.Source,
-		PrivacyURL: se.Privacy, ConsentText: se.Consent, SubscriberID: se.ID}
+		PrivacyURL: se.Privacy, ConsentText: se.Consent, SubscriberID: se.ID, Consents: se.Consents}
 	var err error
 	if e.IP, err = s.openOpt(se.IP, ctxIP, se.ID); err != nil {
-		return Event{}, nil, err
+		return Event{}, err
 	}
 	if e.UserAgent, err = s.openOpt(se.UA, ctxUserAgent, se.ID); err != nil {
-		return Event{}, nil, err
+		return Event{}, err
 	}
-	return e, se.Consents, nil
+	return e, nil
 }
 
 // newEvent builds the stored and the returned form of an event.
@@ -601,7 +607,7 @@ func checkCommon(list, name, company, source, privacy, consent string) error {
 // on the list gives ErrAlreadyConfirmed and nothing is written; a repeated
 // pending sign-up appends another "subscribed" event.
 func (s *Store) Subscribe(sub Subscription) (Event, error) {
-	key, err := addrKey(sub.Address)
+	key, canon, err := addrKey(sub.Address)
 	if err != nil {
 		return Event{}, fmt.Errorf("subscribe: %w", err)
 	}
@@ -638,7 +644,7 @@ func (s *Store) Subscribe(sub Subscription) (Event, error) {
 				code = codeResubscribed
 			}
 			p = person{ID: newID(), Created: s.now().UTC()}
-			p.Addr = s.box.SealString(key, ctx(ctxAddress, p.ID))
+			p.Addr = s.box.SealString(canon, ctx(ctxAddress, p.ID))
 		} else if last := lastEvent(events, prefix); last != nil && last[0] == codeConfirmed {
 			return ErrAlreadyConfirmed
 		}
@@ -672,7 +678,7 @@ func (s *Store) Subscribe(sub Subscription) (Event, error) {
 // the IP and user agent of the click; the policy and wording shown at sign-up
 // are carried over. Anything but a pending state gives ErrNoPending.
 func (s *Store) Confirm(addr, list, ip, ua string) (Event, error) {
-	key, err := addrKey(addr)
+	key, _, err := addrKey(addr)
 	if err != nil {
 		return Event{}, fmt.Errorf("confirm: %w", err)
 	}
@@ -715,7 +721,7 @@ func (s *Store) Confirm(addr, list, ip, ua string) (Event, error) {
 // No record at all (or erased): ErrNotFound, which callers that also
 // suppress the address may ignore.
 func (s *Store) Unsubscribe(addr, list, source string) error {
-	key, err := addrKey(addr)
+	key, _, err := addrKey(addr)
 	if err != nil {
 		return fmt.Errorf("unsubscribe: %w", err)
 	}
@@ -808,29 +814,27 @@ func (s *Store) ImportCandidate(addr, list, source string, consentedAt time.Time
 // The caller also screens against the suppression store, which wins.
 func (s *Store) Import(cands []Candidate) ([]ImportResult, error) {
 	type row struct {
-		key, ip string
-		idx     []byte
+		Candidate      // normalised copy
+		key, canon, ip string
+		idx            []byte // nil: invalid, Err set
 	}
 	res := make([]ImportResult, len(cands))
 	rows := make([]row, len(cands))
 	now := s.now()
 	for i, c := range cands {
-		key, err := addrKey(c.Address)
+		key, canon, err := addrKey(c.Address)
 		if err != nil {
 			res[i].Err = fmt.Errorf("import: %w", err)
 			continue
 		}
-		cands[i].List = strings.TrimSpace(c.List)
-		cands[i].Name, cands[i].Company = strings.TrimSpace(c.Name), strings.TrimSpace(c.Company)
-		src := strings.TrimSpace(c.Source)
-		switch {
-		case src == "":
-			src = "import"
-		case !strings.HasPrefix(src, "import:") && src != "import":
-			src = "import:" + src
+		c.List = strings.TrimSpace(c.List)
+		c.Name, c.Company = strings.TrimSpace(c.Name), strings.TrimSpace(c.Company)
+		switch c.Source = strings.TrimSpace(c.Source); {
+		case c.Source == "":
+			c.Source = "import"
+		case !strings.HasPrefix(c.Source, "import:") && c.Source != "import":
+			c.Source = "import:" + c.Source
 		}
-		cands[i].Source = src
-		c = cands[i]
 		err = checkCommon(c.List, c.Name, c.Company, c.Source, c.PrivacyURL, c.ConsentText)
 		if err == nil && c.ConsentedAt.After(now.Add(24*time.Hour)) {
 			err = fmt.Errorf("consented_at %s is in the future", c.ConsentedAt.Format(time.RFC3339))
@@ -843,18 +847,16 @@ func (s *Store) Import(cands []Candidate) ([]ImportResult, error) {
 			res[i].Err = fmt.Errorf("import %s to %q: %w", address.Mask(key), c.List, err)
 			continue
 		}
-		rows[i] = row{key: key, ip: ip, idx: s.box.Index(key)}
+		rows[i] = row{Candidate: c, key: key, canon: canon, ip: ip, idx: s.box.Index(key)}
 	}
 
 	err := s.update(func(tx *bbolt.Tx) error {
 		events := tx.Bucket(bucketEvents)
-		for i, c := range cands {
-			res[i].Event = Event{}
-			if rows[i].idx == nil { // invalid, error already set
+		for i, r := range rows {
+			if r.idx == nil { // invalid, error already set
 				continue
 			}
-			res[i].Err = nil
-			r := rows[i]
+			c := r.Candidate
 			prefix := groupPrefix(r.idx, c.List)
 			p, exists, err := getPerson(tx, r.idx)
 			if err != nil {
@@ -877,7 +879,7 @@ func (s *Store) Import(cands []Candidate) ([]ImportResult, error) {
 			changed := !exists
 			if !exists {
 				p = person{ID: newID(), Created: s.now().UTC()}
-				p.Addr = s.box.SealString(r.key, ctx(ctxAddress, p.ID))
+				p.Addr = s.box.SealString(r.canon, ctx(ctxAddress, p.ID))
 			}
 			if p.Name == nil && c.Name != "" {
 				p.Name, changed = s.sealOpt(c.Name, ctxName, p.ID), true
@@ -917,7 +919,7 @@ func (s *Store) Import(cands []Candidate) ([]ImportResult, error) {
 // the suppression tombstone. ref is a request reference: never put the
 // address in it. Call Compact afterwards so freed pages leave the file.
 func (s *Store) Erase(addr, ref string) (Tombstone, error) {
-	key, err := addrKey(addr)
+	key, _, err := addrKey(addr)
 	if err != nil {
 		return Tombstone{}, fmt.Errorf("erase: %w", err)
 	}
@@ -945,7 +947,6 @@ func (s *Store) Erase(addr, ref string) (Tombstone, error) {
 			if cd == nil {
 				cd = &ConsentDates{List: l}
 				byList[l] = cd
-				ts.Consents = append(ts.Consents, ConsentDates{}) // placeholder, filled below
 			}
 			if len(v) < 2 {
 				continue
@@ -965,8 +966,7 @@ func (s *Store) Erase(addr, ref string) (Tombstone, error) {
 				}
 			}
 		}
-		ts.Consents = ts.Consents[:0]
-		for _, l := range sortedKeys(byList) {
+		for _, l := range slices.Sorted(maps.Keys(byList)) {
 			ts.Consents = append(ts.Consents, *byList[l])
 			if err := tx.Bucket(bucketMembers).Delete(memberKey(l, idx)); err != nil {
 				return err
@@ -992,20 +992,6 @@ func (s *Store) Erase(addr, ref string) (Tombstone, error) {
 	return ts, nil
 }
 
-func sortedKeys(m map[string]*ConsentDates) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	// Small maps; insertion sort keeps the import list short.
-	for i := 1; i < len(keys); i++ {
-		for j := i; j > 0 && keys[j] < keys[j-1]; j-- {
-			keys[j], keys[j-1] = keys[j-1], keys[j]
-		}
-	}
-	return keys
-}
-
 // PrunePending deletes sign-ups still pending more than olderThan after
 // their last "subscribed"/"resubscribed" event (the opt-in TTL): the trailing
 // pending events of each history, its list membership when nothing else is
@@ -1022,19 +1008,18 @@ func (s *Store) PrunePending(olderThan time.Duration) (int, error) {
 			run     [][]byte // trailing pending keys of the current history
 			runLast time.Time
 			group   []byte
-			size    int // events in the current history
-			emptied []([]byte)
+			size    int      // events in the current history
+			emptied [][]byte // histories left with no event
 		)
-		flush := func() error {
+		flush := func() {
 			if group == nil || len(run) == 0 || !runLast.Before(cutoff) {
-				return nil
+				return
 			}
 			dead = append(dead, run...)
 			n++
-			if len(run) == size { // nothing else left in this history
+			if len(run) == size {
 				emptied = append(emptied, group)
 			}
-			return nil
 		}
 		c := events.Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
@@ -1043,9 +1028,7 @@ func (s *Store) PrunePending(olderThan time.Duration) (int, error) {
 			}
 			g := k[:len(k)-8]
 			if !bytes.Equal(g, group) {
-				if err := flush(); err != nil {
-					return err
-				}
+				flush()
 				group, run, size = bytes.Clone(g), nil, 0
 			}
 			size++
@@ -1059,9 +1042,7 @@ func (s *Store) PrunePending(olderThan time.Duration) (int, error) {
 			}
 			run, runLast = append(run, bytes.Clone(k)), se.Time
 		}
-		if err := flush(); err != nil {
-			return err
-		}
+		flush()
 		for _, k := range dead {
 			if err := events.Delete(k); err != nil {
 				return err
@@ -1098,10 +1079,11 @@ func (s *Store) PrunePending(olderThan time.Duration) (int, error) {
 // Confirmed reports whether addr has confirmed consent on list: its latest
 // event there is "confirmed". One b-tree descent; satisfies campaign's Consents.
 func (s *Store) Confirmed(addr, list string) (bool, error) {
-	key, err := addrKey(addr)
+	key, _, err := addrKey(addr)
 	if err != nil {
 		return false, fmt.Errorf("check consent: %w", err)
 	}
+	list = strings.TrimSpace(list)
 	var ok bool
 	var buf [sealed.IndexSize + maxField + 1]byte
 	prefix := append(append(s.box.AppendIndex(buf[:0], key), list...), 0)
@@ -1119,7 +1101,7 @@ func (s *Store) Confirmed(addr, list string) (bool, error) {
 // Status returns the state of addr on list, derived from its latest event;
 // an address erased and not come back is "erased" on every list.
 func (s *Store) Status(addr, list string) (Status, error) {
-	key, err := addrKey(addr)
+	key, _, err := addrKey(addr)
 	if err != nil {
 		return Status{}, fmt.Errorf("subscriber status: %w", err)
 	}
@@ -1178,7 +1160,7 @@ func (s *Store) openPerson(idx []byte, p person) (Subscriber, error) {
 // (erasure markers under list ""), events oldest first: for subject export.
 // Nothing held gives an empty slice.
 func (s *Store) History(addr string) ([]ListHistory, error) {
-	key, err := addrKey(addr)
+	key, _, err := addrKey(addr)
 	if err != nil {
 		return nil, fmt.Errorf("subscriber history: %w", err)
 	}
@@ -1208,7 +1190,7 @@ func (s *Store) History(addr string) ([]ListHistory, error) {
 				h.List = l
 				out = append(out, h)
 			}
-			e, _, err := s.decodeEvent(v)
+			e, err := s.decodeEvent(v)
 			if err != nil {
 				return err
 			}
@@ -1250,7 +1232,6 @@ func (s *Store) List(list string, fn func(Subscriber) error) error {
 		prefix = append([]byte(list), 0)
 	}
 	err := s.view(func(tx *bbolt.Tx) error {
-		people := tx.Bucket(bucketPeople)
 		c := tx.Bucket(bucketMembers).Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 			if len(k) < sealed.IndexSize+1 || k[len(k)-sealed.IndexSize-1] != 0 {
@@ -1264,7 +1245,6 @@ func (s *Store) List(list string, fn func(Subscriber) error) error {
 			if !ok {
 				continue
 			}
-			_ = people
 			sub, err := s.openPerson(idx, p)
 			if err != nil {
 				return err
