@@ -100,6 +100,13 @@ type Links interface {
 	UnsubscribeURL(address, list, campaign string) string
 }
 
+// MailtoLinks may also be implemented by Links: a mailto URI that
+// unsubscribes like the one-click POST, listed after the https URL in
+// List-Unsubscribe; "" when there is none.
+type MailtoLinks interface {
+	UnsubscribeMailto(address, list, campaign string) string
+}
+
 // Records stores the JSON record of a campaign run under its ID.
 type Records interface {
 	PutCampaign(id string, rec []byte) error

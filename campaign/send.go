@@ -57,6 +57,9 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 		return fail(errors.Join(errs...))
 	}
 	s.sup, s.links, s.consents = deps.Suppressions, deps.Links.UnsubscribeURL, deps.Consents
+	if ml, ok := deps.Links.(MailtoLinks); ok {
+		s.mailto = ml.UnsubscribeMailto
+	}
 	if deps.Now != nil {
 		s.now = deps.Now
 	}
@@ -286,6 +289,7 @@ type renderer struct {
 	sup      Suppressions
 	consents Consents
 	links    func(addr, list, campaign string) string
+	mailto   func(addr, list, campaign string) string // nil without a mailto URI
 	now      func() time.Time
 
 	exclude        map[string]bool // spec.ExcludeCountries, upper-case ISO codes
@@ -464,7 +468,12 @@ func (s *renderer) process(r row) outcome {
 		Date:        s.now(),
 		ListID:      spec.List + "." + spec.Hostname, // RFC 2919 §2
 		ListName:    spec.ListName,
-		Unsubscribe: []string{unsubscribe}, // RFC 8058: the https URL
+		Unsubscribe: []string{unsubscribe}, // RFC 8058: the https URL first
+	}
+	if s.mailto != nil {
+		if m := s.mailto(to, spec.List, spec.ID); m != "" {
+			env.Unsubscribe = append(env.Unsubscribe, m) // RFC 2369 §3.2: mailto as an alternative
+		}
 	}
 	body, err := spec.Templates.Render(d, env)
 	if err != nil {

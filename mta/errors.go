@@ -74,6 +74,10 @@ func (e *DeliveryError) Temporary() bool { return e.Temp }
 // SMTPStatus returns the reply code and the RFC 3463 enhanced code.
 func (e *DeliveryError) SMTPStatus() (int, string) { return e.Code, e.Enhanced }
 
+// FailedCommand is the stage whose reply failed ("mail", "rcpt", "data"…),
+// so the queue can tell a sender problem from a recipient one.
+func (e *DeliveryError) FailedCommand() string { return e.Stage }
+
 // RetryAt returns when the message may be tried again when the Sender
 // refused it without an attempt (rate limit, open circuit); zero otherwise.
 func (e *DeliveryError) RetryAt() time.Time { return e.NotBefore }

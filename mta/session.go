@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/textproto"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -427,12 +426,8 @@ func (s *Sender) transact(ctx context.Context, c *conn, e *envelope, reused bool
 	return resp.StatusText, "", nil
 }
 
-var addrInText = regexp.MustCompile(`[^\s<>"]+@[^\s<>"]+`)
-
 // maskText masks every address in a server reply before it is logged.
-func maskText(s string) string {
-	return addrInText.ReplaceAllStringFunc(s, address.Mask)
-}
+func maskText(s string) string { return address.MaskText(s) }
 
 // logAttempt writes the one Info line of a delivery attempt.
 func (s *Sender) logAttempt(e *envelope, rt *route, remote, addr string, c *conn, reused bool, start time.Time, reply string, derr *DeliveryError) {

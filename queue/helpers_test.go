@@ -22,6 +22,14 @@ func (e *smtpErr) Error() string             { return fmt.Sprintf("%d %s %s", e.
 func (e *smtpErr) Temporary() bool           { return e.code/100 == 4 }
 func (e *smtpErr) SMTPStatus() (int, string) { return e.code, e.enh }
 
+// stagedErr also names the SMTP command that failed, like mta.DeliveryError.
+type stagedErr struct {
+	smtpErr
+	stage string
+}
+
+func (e *stagedErr) FailedCommand() string { return e.stage }
+
 // fakeDeliverer returns scripted errors per address (then success) and counts calls.
 type fakeDeliverer struct {
 	mu     sync.Mutex

@@ -35,6 +35,24 @@ type temporary interface{ Temporary() bool }
 // smtpStatus is implemented by delivery errors carrying an SMTP reply.
 type smtpStatus interface{ SMTPStatus() (int, string) }
 
+// failedCommand names the SMTP command a reply answered ("mail", "rcpt", "data").
+type failedCommand interface{ FailedCommand() string }
+
+// badRecipient reports whether a permanent failure says the recipient's
+// mailbox or domain does not exist (RFC 3463 §3.2, X.1.x), which suppresses
+// the address. 5.1.7 and 5.1.8 are about our sender, and so is any reply to
+// MAIL FROM: they never suppress a recipient.
+func badRecipient(err error, enhanced string) bool {
+	if !strings.HasPrefix(enhanced, "5.1.") || enhanced == "5.1.7" || enhanced == "5.1.8" {
+		return false
+	}
+	var fc failedCommand
+	if errors.As(err, &fc) && fc.FailedCommand() == "mail" {
+		return false
+	}
+	return true
+}
+
 // retryAter is implemented by delivery errors that say the message was not
 // tried at all (a throttle or an open circuit): wait until RetryAt.
 type retryAter interface{ RetryAt() time.Time }
@@ -364,7 +382,9 @@ func (r *Runner) deliver(ctx context.Context, m Message) {
 	defer r.s.setInflight([]string{m.ID}, false)
 	o := r.attempt(ctx, m)
 	final, err := r.s.finish(m, o, r.cfg.Now())
-	ev := r.log.Info()
+	// The MTA logs the one Info line of each attempt (destination, TLS,
+	// reply); this line adds the queue's view at Debug.
+	ev := r.log.Debug()
 	if err != nil {
 		ev = r.log.Error().Err(err)
 	}
@@ -375,7 +395,7 @@ func (r *Runner) deliver(ctx context.Context, m Message) {
 	}
 	ev.Str("queue_id", m.ID).Str("rcpt", address.Mask(m.To)).Str("domain", m.Domain).
 		Str("outcome", name).Str("reply", scrub(o.reply, m.To)).Int("attempt", m.Attempts).
-		Msg("delivery attempt")
+		Msg("attempt recorded")
 	if err == nil && final == StateBounced && o.event != "" {
 		if eerr := r.s.AddCampaignEvent(m.Campaign, o.event); eerr != nil {
 			r.log.Error().Err(eerr).Str("queue_id", m.ID).Msg("count bounce event failed")
@@ -420,7 +440,7 @@ func (r *Runner) attempt(ctx context.Context, m Message) outcome {
 	o.state, o.reason, o.event = StateBounced, "permanent failure", "bounced_soft"
 	var st smtpStatus
 	if errors.As(derr, &st) {
-		if _, enh := st.SMTPStatus(); strings.HasPrefix(enh, "5.1.") { // RFC 3463 §3.2: bad mailbox or domain
+		if _, enh := st.SMTPStatus(); badRecipient(derr, enh) {
 			o.event = "bounced_hard"
 			if err := r.sup.SuppressAddress(m.To, "", "hard_bounce", "bounce", o.reply); err != nil {
 				r.log.Error().Err(err).Str("queue_id", m.ID).Str("rcpt", address.Mask(m.To)).
@@ -479,24 +499,5 @@ func (s *Store) finish(claimed Message, o outcome, now time.Time) (State, error)
 	return final, nil
 }
 
-// scrub replaces the recipient in a remote reply with its masked form, for logs.
-func scrub(reply, to string) string {
-	if reply == "" || to == "" {
-		return reply
-	}
-	lr, lt := strings.ToLower(reply), strings.ToLower(to)
-	if len(lr) != len(reply) { // case mapping changed lengths: be safe
-		return strings.ReplaceAll(reply, to, address.Mask(to))
-	}
-	var sb strings.Builder
-	for {
-		i := strings.Index(lr, lt)
-		if i < 0 {
-			sb.WriteString(reply)
-			return sb.String()
-		}
-		sb.WriteString(reply[:i])
-		sb.WriteString(address.Mask(to))
-		reply, lr = reply[i+len(to):], lr[i+len(to):]
-	}
-}
+// scrub masks every address in a remote reply (whatever its case), for logs.
+func scrub(reply, _ string) string { return address.MaskText(reply) }

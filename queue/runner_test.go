@@ -67,6 +67,10 @@ func TestPermanentFailures(t *testing.T) {
 		{"bad domain 5.1.2", fmt.Errorf("deliver: %w", &smtpErr{550, "5.1.2", "no such domain"}), true},
 		{"policy 5.7.1", &smtpErr{550, "5.7.1", "blocked as spam"}, false},
 		{"mailbox full 5.2.2", &smtpErr{552, "5.2.2", "over quota"}, false},
+		{"our sender 5.1.8", &smtpErr{553, "5.1.8", "sender domain does not resolve"}, false},
+		{"our sender 5.1.7", &smtpErr{553, "5.1.7", "bad sender address syntax"}, false},
+		{"5.1.1 in reply to MAIL FROM", &stagedErr{smtpErr{550, "5.1.1", "sender unknown"}, "mail"}, false},
+		{"5.1.1 in reply to RCPT TO", &stagedErr{smtpErr{550, "5.1.1", "user unknown"}, "rcpt"}, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -19,6 +20,7 @@ import (
 	"github.com/postwarden/postwarden/campaign"
 	"github.com/postwarden/postwarden/mta/dkim"
 	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/suppression/address"
 )
 
 func sortStrings(s []string) { sort.Strings(s) }
@@ -549,6 +551,9 @@ func (c *cli) suppressCommand() *cobra.Command {
 
 // --- dkim ---
 
+// selectorPattern is a DKIM selector: one or more DNS labels (RFC 6376 §3.1).
+var selectorPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
+
 func (c *cli) dkimCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "dkim", Short: "DKIM keys"}
 	var domain, selector, keyType, out string
@@ -560,6 +565,16 @@ func (c *cli) dkimCommand() *cobra.Command {
 			if domain == "" || selector == "" {
 				return errors.New("dkim keygen: --domain and --selector are required")
 			}
+			// Check both before they become part of a file name.
+			d, err := address.NormalizeDomain(domain)
+			if err != nil {
+				return fmt.Errorf("dkim keygen: --domain %q: %w", domain, err)
+			}
+			sel := strings.ToLower(selector)
+			if !selectorPattern.MatchString(sel) {
+				return fmt.Errorf("dkim keygen: --selector %q: want DNS labels (letters, digits, '-', '.')", selector)
+			}
+			domain, selector = d, sel
 			path := out
 			if path == "" {
 				cfg, err := c.loadConfig()

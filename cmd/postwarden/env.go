@@ -16,6 +16,7 @@ import (
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/mta/dkim"
+	"github.com/postwarden/postwarden/mta/verp"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
@@ -31,6 +32,8 @@ type env struct {
 	queue    *queue.Store
 	tokens   *unsubscribe.Tokens
 	msgIDKey []byte
+	// verp encodes envelope senders on bounce_domain; nil when unset.
+	verp *verp.Codec
 	// daemon is true inside `serve`: delivery is the daemon's runner's job.
 	daemon bool
 }
@@ -70,7 +73,14 @@ func openEnv(cfg *configs.Server, log zerolog.Logger) (*env, error) {
 	}
 	mac := hmac.New(sha256.New, key)
 	mac.Write([]byte("postwarden message-id"))
-	return &env{cfg: cfg, log: log, supp: supp, queue: q, tokens: tokens, msgIDKey: mac.Sum(nil)}, nil
+	e := &env{cfg: cfg, log: log, supp: supp, queue: q, tokens: tokens, msgIDKey: mac.Sum(nil)}
+	if cfg.BounceDomain != "" {
+		if e.verp, err = verp.New(verpKey(key), cfg.BounceDomain); err != nil {
+			e.Close()
+			return nil, fmt.Errorf("bounce_domain: %w", err)
+		}
+	}
+	return e, nil
 }
 
 // lockHint explains a bbolt lock timeout: another process holds the store.
@@ -109,8 +119,15 @@ func loadDKIM(cfg *configs.Server) ([]*dkim.Key, []createdKey, error) {
 	return keys, created, nil
 }
 
-// newSender builds the MTA from the config, with its DKIM keys.
-func newSender(cfg *configs.Server, log zerolog.Logger) (*mta.Sender, []createdKey, error) {
+// newSender builds the MTA from the config, with its DKIM keys. With a
+// bounce_domain, every message leaves with its VERP envelope sender, so a
+// bounce names the queue message it is about.
+func (e *env) newSender() (*mta.Sender, []createdKey, error) {
+	cfg, log := e.cfg, e.log
+	var envelopeFrom func(id, from string) string
+	if e.verp != nil {
+		envelopeFrom = func(id, _ string) string { return e.verp.Address(id) }
+	}
 	keys, created, err := loadDKIM(cfg)
 	if err != nil {
 		return nil, nil, err
@@ -128,6 +145,7 @@ func newSender(cfg *configs.Server, log zerolog.Logger) (*mta.Sender, []createdK
 		MaxMessagesPerConnection: cfg.Delivery.MaxMessagesPerConnection,
 		Rates:                    cfg.Delivery.Rates,
 		DNSServer:                cfg.Delivery.Resolver,
+		EnvelopeFrom:             envelopeFrom,
 	}, dkim.NewSigner(keys), log.With().Str("component", "mta").Logger())
 	if err != nil {
 		return nil, nil, err

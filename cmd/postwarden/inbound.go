@@ -15,7 +15,6 @@ import (
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/mta/bounce"
 	"github.com/postwarden/postwarden/mta/inbound"
-	"github.com/postwarden/postwarden/mta/verp"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
@@ -114,25 +113,13 @@ func verpKey(tokenKey []byte) []byte {
 	return m.Sum(nil)
 }
 
-// newVERP returns the VERP codec of cfg's bounce domain.
-func newVERP(cfg *configs.Server) (*verp.Codec, error) {
-	key, err := unsubscribe.LoadOrCreateKey(cfg.TokenKeyFile)
-	if err != nil {
-		return nil, err
-	}
-	return verp.New(verpKey(key), cfg.BounceDomain)
-}
-
 // startInbound starts the SMTP listener for bounces, complaints and mailto
 // unsubscribes on smtp_listen; nil, nil when smtp_listen is empty.
 func startInbound(cfg *configs.Server, e *env, log zerolog.Logger) (*inbound.Server, error) {
 	if cfg.SMTPListen == "" {
 		return nil, nil
 	}
-	codec, err := newVERP(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("smtp_listen: %w", err)
-	}
+	codec := e.verp
 	srv, err := inbound.Start(inbound.Config{
 		Listen:   cfg.SMTPListen,
 		Domain:   cfg.BounceDomain,

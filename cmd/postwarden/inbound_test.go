@@ -7,9 +7,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-smtp"
 
 	"github.com/postwarden/postwarden/mta/mtatest"
+	"github.com/postwarden/postwarden/mta/verp"
+	"github.com/postwarden/postwarden/suppression/unsubscribe"
 )
 
 // bounceDomain is the harness's bounce_domain when the listener is on.
@@ -29,9 +32,6 @@ func newInboundHarness(t *testing.T) (*harness, string) {
 	listen := freeAddr(t)
 	cfg := readFile(t, h.cfgPath)
 	h.write("postwarden.yaml", cfg+"smtp_listen: "+listen+"\nbounce_domain: "+bounceDomain+"\n")
-	if _, err := os.Stat(filepath.Join(h.dir, "lia.md")); err != nil { // the campaign files name it
-		h.write("lia.md", readFile(t, filepath.Join("..", "..", "configs", "lia", "example.md")))
-	}
 	return h, listen
 }
 
@@ -54,8 +54,7 @@ func TestInboundBounceEndToEnd(t *testing.T) {
 		return n == 2
 	})
 
-	// The envelope sender the sink saw is the VERP address once the MTA uses
-	// it; until then, build it from the queue id, as the MTA will.
+	// The envelope sender the sink saw is the message's VERP address.
 	var id string
 	for _, v := range jsonLines[map[string]any](t, h.mustRun(0, "queue", "ls", "--json", "--reveal", "--campaign", "bounce-1").stdout) {
 		if v["rcpt"] == "ana@acme.example" {
@@ -65,15 +64,22 @@ func TestInboundBounceEndToEnd(t *testing.T) {
 	if id == "" {
 		t.Fatal("no queue id for ana@acme.example")
 	}
-	codec, err := newVERP(h.config())
+	key, err := unsubscribe.LoadOrCreateKey(h.config().TokenKeyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rcpt := codec.Address(id)
+	codec, err := verp.New(verpKey(key), h.config().BounceDomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcpt := ""
 	for _, m := range h.sink.Messages() {
-		if len(m.To) == 1 && m.To[0] == "ana@acme.example" && strings.HasPrefix(m.From, "bounce+") {
+		if len(m.To) == 1 && m.To[0] == "ana@acme.example" {
 			rcpt = m.From
 		}
+	}
+	if rcpt != codec.Address(id) {
+		t.Fatalf("envelope sender %q, want the VERP address %q", rcpt, codec.Address(id))
 	}
 	if got, err := codec.Parse(rcpt); err != nil || got != id {
 		t.Fatalf("VERP address %s names %q (%v), want %s", rcpt, got, err, id)
@@ -103,6 +109,31 @@ func TestInboundBounceEndToEnd(t *testing.T) {
 	if len(show) != 1 || show[0]["state"] != "bounced" {
 		t.Errorf("queue show %s: %v", id, show)
 	}
+
+	// List-Unsubscribe carries a mailto URI after the https one (RFC 2369);
+	// mail to it unsubscribes from the list exactly as the one-click POST does.
+	var mailto string
+	for _, m := range h.sink.Messages() {
+		if m.To[0] != "dave@globex.example" {
+			continue
+		}
+		mr, err := mail.CreateReader(bytes.NewReader(m.Data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lu := mr.Header.Get("List-Unsubscribe")
+		if i := strings.Index(lu, "<mailto:"); i > 0 && strings.Index(lu, "<http") < i {
+			mailto = strings.TrimSuffix(strings.SplitN(lu[i+len("<mailto:"):], ">", 2)[0], "?subject=unsubscribe")
+		}
+	}
+	if !strings.HasPrefix(mailto, "unsubscribe+") || !strings.HasSuffix(mailto, "@"+bounceDomain) {
+		t.Fatalf("no mailto URI after the https one in dave's List-Unsubscribe (got %q)", mailto)
+	}
+	if err := sendSMTP(listen, "dave@globex.example", mailto, []byte("Subject: unsubscribe\r\n\r\nunsubscribe\r\n")); err != nil {
+		t.Fatalf("mail to the mailto URI: %v", err)
+	}
+	h.mustRun(0, "suppress", "check", "dave@globex.example", "--list", "product-news")
+	h.mustRun(1, "suppress", "check", "dave@globex.example")
 }
 
 // sendSMTP runs one plain SMTP transaction (no STARTTLS: the listener is on loopback).

@@ -21,6 +21,7 @@ import (
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/unsubscribe"
 	"github.com/postwarden/postwarden/templates"
 )
 
@@ -71,12 +72,13 @@ func maskIf(reveal bool, addr string) string {
 	return address.Mask(addr)
 }
 
-// scrub removes a clear address from free text (SMTP replies quote it).
-func scrub(reveal bool, text, addr string) string {
-	if reveal || addr == "" || text == "" {
+// scrub masks every address in free text (SMTP replies quote them, in any
+// case) unless the caller asked to reveal them.
+func scrub(reveal bool, text, _ string) string {
+	if reveal {
 		return text
 	}
-	return strings.ReplaceAll(text, addr, address.Mask(addr))
+	return address.MaskText(text)
 }
 
 // --- campaign ---
@@ -129,8 +131,8 @@ func loadSpec(e *env, file string) (campaign.Spec, *configs.Campaign, error) {
 		ExcludeCountries: c.ExcludedCountries(),
 		UnknownCountry:   c.UnknownCountry,
 		FreeMail:         c.FreeMail,
-		FileHash:     hash,
-		MessageIDKey: e.msgIDKey,
+		FileHash:         hash,
+		MessageIDKey:     e.msgIDKey,
 	}, c, nil
 }
 
@@ -140,6 +142,30 @@ func publicURLWarning(cfg *configs.Server) string {
 		return ""
 	}
 	return fmt.Sprintf("note: public_url %s is not https; RFC 8058 one-click unsubscribe needs https, so mailbox providers will not use it (fine for a local test)", cfg.PublicURL)
+}
+
+// links mints the unsubscribe URIs of a message: the one-click https URL
+// and, when the inbound listener takes mail for bounce_domain, a mailto URI.
+type links struct {
+	*unsubscribe.Tokens
+	bounceDomain string
+}
+
+// UnsubscribeMailto satisfies campaign.MailtoLinks.
+func (l links) UnsubscribeMailto(address, list, campaign string) string {
+	if l.bounceDomain == "" {
+		return ""
+	}
+	return l.MailtoURI(address, list, campaign, l.bounceDomain)
+}
+
+// mailtoDomain is the domain of mailto unsubscribe URIs: bounce_domain when
+// smtp_listen receives its mail, else none.
+func (e *env) mailtoDomain() string {
+	if e.cfg.SMTPListen == "" {
+		return ""
+	}
+	return e.cfg.BounceDomain
 }
 
 // queueAdapter lets the campaign engine enqueue into the queue store.
@@ -188,7 +214,7 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	runCtx, stopDelivery := context.WithCancel(ctx)
 	defer stopDelivery()
 	if !e.daemon && !args.NoWait {
-		sender, created, err := newSender(e.cfg, e.log)
+		sender, created, err := e.newSender()
 		if err != nil {
 			return err
 		}
@@ -209,7 +235,7 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	summary, sendErr := campaign.Send(ctx, spec, campaign.Deps{
 		Suppressions: e.supp,
 		Queue:        queueAdapter{e.queue},
-		Links:        e.tokens,
+		Links:        links{e.tokens, e.mailtoDomain()},
 		Records:      e.queue,
 		Now:          time.Now,
 		Log:          e.log.With().Str("component", "campaign").Logger(),

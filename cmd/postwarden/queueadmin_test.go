@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -190,18 +191,8 @@ func TestMetricsEndpoint(t *testing.T) {
 	file := h.campaign("metrics-1", adminCSV)
 	h.mustRun(0, "campaign", "send", file)
 	waitFor(t, "deliveries", func() bool { return h.sink.Count() == 2 })
-	var body string
-	waitFor(t, "the outcomes in /metrics", func() bool {
-		resp, err := http.Get("http://" + addr + "/metrics")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		body = string(b)
-		return strings.Contains(body, `postwarden_deliveries_total{domain="globex.example",outcome="deferred"} 4`)
-	})
-	for _, want := range []string{
+	wants := []string{
+		`postwarden_deliveries_total{domain="globex.example",outcome="deferred"} 4`,
 		`postwarden_deliveries_total{domain="acme.example",outcome="delivered"} 1`,
 		`postwarden_deliveries_total{domain="umbrella.example",outcome="delivered"} 1`,
 		`postwarden_deliveries_total{domain="acme.example",outcome="bounced"} 1`,
@@ -213,7 +204,28 @@ func TestMetricsEndpoint(t *testing.T) {
 		`postwarden_unsubscribes_total 0`,
 		`postwarden_delivered_per_minute{window="5m"}`,
 		`postwarden_queue_scrape_error 0`,
-	} {
+	}
+	// The sink counts a message at DATA, before the runner records the
+	// outcome: poll until every series is there (or report what is missing).
+	var body string
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body = string(b)
+		}
+		missing := 0
+		for _, want := range wants {
+			if !strings.Contains(body, want) {
+				missing++
+			}
+		}
+		if missing == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, want := range wants {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

@@ -48,7 +48,7 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 	defer e.Close()
 	e.daemon = true
 
-	sender, created, err := newSender(cfg, log)
+	sender, created, err := e.newSender()
 	if err != nil {
 		return err
 	}
