@@ -316,3 +316,52 @@ func TestParseRate(t *testing.T) {
 		}
 	}
 }
+
+func TestPrivacyKeys(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "pw.yaml")
+	os.WriteFile(p, []byte(`hostname: mail.example.com
+data_dir: var
+public_url: https://mail.example.com
+privacy_url: https://example.com/privacy
+lists:
+  news: {name: "Product news", double_opt_in: true}
+  ops: {double_opt_in: false}
+data_key_file: keys/data.key
+retention: {finished_messages: 30d, pending_optin: 2d}
+optin_ttl: 48h
+branding: {name: "Example Ltd", logo_url: "https://example.com/logo.png", color: "#112233"}
+`), 0o644)
+	s, err := LoadServer(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := s.Lists["news"]; l.Name != "Product news" || !l.DoubleOptIn || s.Lists["ops"].DoubleOptIn {
+		t.Errorf("lists: %+v", s.Lists)
+	}
+	if s.DataKeyFile != filepath.Join(dir, "keys", "data.key") || s.OptinTTL != 48*time.Hour {
+		t.Errorf("data_key_file %s optin_ttl %v", s.DataKeyFile, s.OptinTTL)
+	}
+	if r := s.Retention; r.FinishedMessages != 30*24*time.Hour || r.PendingOptin != 48*time.Hour || r.Audit != 1825*24*time.Hour {
+		t.Errorf("retention: %+v", r)
+	}
+	if b := s.Branding; b.Name != "Example Ltd" || b.Color != "#112233" || b.Background != "#ffffff" {
+		t.Errorf("branding: %+v", b)
+	}
+
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte(`hostname: mail.example.com
+data_dir: var
+public_url: https://mail.example.com
+privacy_url: https://example.com/privacy
+lists:
+  news: {name: "Product news"}
+branding: {color: red, logo_url: "http://x.example/l.png"}
+`), 0o644)
+	_, err = LoadServer(bad)
+	for _, want := range []string{"bad.yaml:6: missing required key \"lists.news.double_opt_in\"", "branding.color", "branding.logo_url"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+}

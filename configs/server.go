@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -46,10 +47,41 @@ type Server struct {
 	BounceDomain string
 	// MetricsListen is host:port of the Prometheus endpoint ("" = off).
 	MetricsListen string
-	DKIM          []DKIM
-	Delivery      Delivery
+	// DataKeyFile holds the AES-256 key that seals personal fields at rest
+	// (default <data_dir>/data.key, created 0600).
+	DataKeyFile string
+	// Lists are the lists that take subscriptions, by id.
+	Lists map[string]List
+	// OptinTTL is how long a double opt-in confirmation link stays valid.
+	OptinTTL  time.Duration
+	Retention Retention
+	Branding  Branding
+	DKIM      []DKIM
+	Delivery  Delivery
 
 	lines map[string]int
+}
+
+// List is a mailing list people may subscribe to.
+type List struct {
+	Name        string // shown on pages and in List-Id
+	DoubleOptIn bool   // a sign-up is confirmed by a click in an email first
+}
+
+// Retention says how long records are kept before `db prune` (and the
+// daemon) remove them.
+type Retention struct {
+	FinishedMessages time.Duration // delivered/bounced/expired records
+	PendingOptin     time.Duration // unconfirmed sign-ups
+	Audit            time.Duration // audit entries
+}
+
+// Branding is how the pages a recipient sees look.
+type Branding struct {
+	Name       string // sender name shown on pages; default sender_name
+	LogoURL    string // optional https URL of a logo
+	Color      string // accent colour, #rrggbb
+	Background string // page background, #rrggbb
 }
 
 // DKIM is one signing key.
@@ -146,7 +178,31 @@ func parseServer(name string, data []byte, dir string) (*Server, error) {
 		"smtp_listen":    d.str(&s.SMTPListen),
 		"bounce_domain":  d.str(&s.BounceDomain),
 		"metrics_listen": d.str(&s.MetricsListen),
-		"dkim":           d.dkimList(&s.DKIM),
+		"data_key_file":  d.str(&s.DataKeyFile),
+		"optin_ttl":      d.duration(&s.OptinTTL),
+		"lists":          d.lists(&s.Lists),
+		"retention": func(path string, v *yaml.Node) {
+			if d.mapping(path, v) {
+				r := &s.Retention
+				d.fields(v, path+".", map[string]func(string, *yaml.Node){
+					"finished_messages": d.duration(&r.FinishedMessages),
+					"pending_optin":     d.duration(&r.PendingOptin),
+					"audit":             d.duration(&r.Audit),
+				})
+			}
+		},
+		"branding": func(path string, v *yaml.Node) {
+			if d.mapping(path, v) {
+				b := &s.Branding
+				d.fields(v, path+".", map[string]func(string, *yaml.Node){
+					"name":       d.str(&b.Name),
+					"logo_url":   d.str(&b.LogoURL),
+					"color":      d.str(&b.Color),
+					"background": d.str(&b.Background),
+				})
+			}
+		},
+		"dkim": d.dkimList(&s.DKIM),
 		"delivery": func(path string, v *yaml.Node) {
 			if d.mapping(path, v) {
 				dl := &s.Delivery
@@ -228,6 +284,7 @@ func (s *Server) applyDefaults(dir string) {
 		return filepath.Join(dir, p)
 	}
 	s.DataDir = abs(s.DataDir)
+	s.DataKeyFile = abs(s.DataKeyFile)
 	s.AdminSocket = abs(s.AdminSocket)
 	s.TokenKeyFile = abs(s.TokenKeyFile)
 	s.Delivery.CaptureDir = abs(s.Delivery.CaptureDir)
@@ -242,6 +299,22 @@ func (s *Server) applyDefaults(dir string) {
 	}
 	or(&s.AdminSocket, filepath.Join(s.DataDir, "admin.sock"))
 	or(&s.TokenKeyFile, filepath.Join(s.DataDir, "token.key"))
+	or(&s.DataKeyFile, filepath.Join(s.DataDir, "data.key"))
+	if s.OptinTTL == 0 {
+		s.OptinTTL = 7 * 24 * time.Hour
+	}
+	if s.Lists == nil {
+		s.Lists = map[string]List{}
+	}
+	rt := &s.Retention
+	for _, r := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{{&rt.FinishedMessages, 365 * 24 * time.Hour}, {&rt.PendingOptin, 7 * 24 * time.Hour}, {&rt.Audit, 1825 * 24 * time.Hour}} {
+		if *r.v == 0 {
+			*r.v = r.def
+		}
+	}
 	or(&s.Delivery.CaptureDir, filepath.Join(s.DataDir, "outbox"))
 	for i := range s.DKIM {
 		k := &s.DKIM[i]
@@ -250,6 +323,9 @@ func (s *Server) applyDefaults(dir string) {
 	}
 	or(&s.HTTPListen, "127.0.0.1:8025")
 	or(&s.SenderName, s.Hostname)
+	or(&s.Branding.Name, s.SenderName)
+	or(&s.Branding.Color, "#1a56db")
+	or(&s.Branding.Background, "#ffffff")
 	or(&s.Delivery.Mode, ModeCapture)
 	s.PublicURL = strings.TrimRight(s.PublicURL, "/")
 
@@ -334,6 +410,22 @@ func (s *Server) check(d *decoder) {
 			}
 		}
 	}
+	for id, l := range s.Lists {
+		if !listID.MatchString(id) {
+			d.fieldErr("lists."+id, "%q must be 1-64 of A-Z a-z 0-9 . _ -", id)
+		}
+		if strings.ContainsAny(l.Name, "\r\n") {
+			d.fieldErr("lists."+id+".name", "contains CR or LF")
+		}
+	}
+	for _, c := range []struct{ key, v string }{{"branding.color", s.Branding.Color}, {"branding.background", s.Branding.Background}} {
+		if !hexColor.MatchString(c.v) {
+			d.fieldErr(c.key, "%q must be a colour like #1a56db", c.v)
+		}
+	}
+	if s.Branding.LogoURL != "" && !strings.HasPrefix(s.Branding.LogoURL, "https://") {
+		d.fieldErr("branding.logo_url", "%q must be an https URL", s.Branding.LogoURL)
+	}
 	if s.BounceDomain != "" && !isHostname(s.BounceDomain) {
 		d.fieldErr("bounce_domain", "%q is not a domain name", s.BounceDomain)
 	}
@@ -389,6 +481,36 @@ func (s *Server) check(d *decoder) {
 		if n.v < 1 || n.v > n.max {
 			d.fieldErr("delivery."+n.key, "%d must be between 1 and %d", n.v, n.max)
 		}
+	}
+}
+
+var (
+	listID   = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+	hexColor = regexp.MustCompile(`^#[0-9A-Fa-f]{6}$`)
+)
+
+// lists decodes the lists mapping: id → {name, double_opt_in}.
+func (d *decoder) lists(dst *map[string]List) func(string, *yaml.Node) {
+	return func(path string, v *yaml.Node) {
+		if null(v) || !d.mapping(path, v) {
+			return
+		}
+		out := map[string]List{}
+		for i := 0; i+1 < len(v.Content); i += 2 {
+			k, e := resolve(v.Content[i]), resolve(v.Content[i+1])
+			p := path + "." + k.Value
+			d.lines[p] = k.Line
+			if !d.mapping(p, e) {
+				continue
+			}
+			var l List
+			d.fields(e, p+".", map[string]func(string, *yaml.Node){
+				"name":          d.str(&l.Name),
+				"double_opt_in": d.boolean(&l.DoubleOptIn),
+			}, "double_opt_in")
+			out[k.Value] = l
+		}
+		*dst = out
 	}
 }
 
