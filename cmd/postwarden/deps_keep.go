@@ -1,0 +1,4 @@
+package main
+
+// Kept until the browser tests import chromedp for real.
+import _ "github.com/chromedp/chromedp"
