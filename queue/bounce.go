@@ -30,7 +30,8 @@ const (
 // with 250, then could not deliver it), setting Reason. It commits (fsynced)
 // before returning the updated message, whose To, List and Campaign tell the
 // caller whom the report is about. An unknown id gives an error wrapping
-// ErrNotFound. A message in any other state only gains the history event: a
+// ErrNotFound; so does a message whose recipient was erased (ErrErased):
+// nothing about that person is recorded any more. A message in any other state only gains the history event: a
 // pending message keeps its schedule, and one in flight is the runner's.
 func (s *Store) RecordBounce(id string, r BounceRecord) (Message, error) {
 	now := time.Now()
@@ -46,11 +47,14 @@ func (s *Store) RecordBounce(id string, r BounceRecord) (Message, error) {
 		kind = "unknown"
 	}
 	var out Message
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		b := buckets(tx)
+	err := s.update(func(tx *bbolt.Tx) error {
+		b := s.buckets(tx)
 		m, err := b.get(id)
 		if err != nil {
 			return err
+		}
+		if m.Erased {
+			return fmt.Errorf("message %s: %w", id, ErrErased)
 		}
 		prev := m
 		changed := false

@@ -360,7 +360,7 @@ func TestCountersAndRates(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
-	s2, err := Open(Config{Path: path}, zerolog.Nop())
+	s2, err := Open(Config{Box: testBox, Path: path}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -371,8 +371,8 @@ func TestCountersAndRates(t *testing.T) {
 func TestMinutesPruned(t *testing.T) {
 	s := openTest(t, Config{})
 	now := time.Now()
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		b := buckets(tx)
+	err := s.update(func(tx *bbolt.Tx) error {
+		b := s.buckets(tx)
 		for _, at := range []time.Time{now.Add(-48 * time.Hour), now.Add(-25 * time.Hour), now.Add(-time.Hour)} {
 			if err := b.countMinute(at, minDelivered); err != nil {
 				return err

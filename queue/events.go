@@ -29,7 +29,7 @@ func (s *Store) AddCampaignEvent(campaign, kind string) error {
 		return fmt.Errorf("count campaign event: %w", err)
 	}
 	k := join(campaign, kind)
-	err := s.db.Batch(func(tx *bbolt.Tx) error {
+	err := s.batch(func(tx *bbolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bktEvents)
 		if err != nil {
 			return fmt.Errorf("create bucket %s: %w", bktEvents, err)
@@ -51,7 +51,7 @@ func (s *Store) AddCampaignEvent(campaign, kind string) error {
 // CampaignEvents returns campaign's event counters by kind (empty if none).
 func (s *Store) CampaignEvents(campaign string) (map[string]int, error) {
 	out := map[string]int{}
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.view(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bktEvents)
 		if b == nil {
 			return nil

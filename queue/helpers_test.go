@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"path/filepath"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/postwarden/postwarden/suppression/sealed"
 )
 
 // smtpErr is a delivery error like go-smtp's *SMTPError.
@@ -126,9 +129,21 @@ func (c *clock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// openTest opens a queue in a fresh temp dir.
+// testBox seals with a fixed key, so a file reopened in a test opens again.
+var testBox = func() *sealed.Box {
+	b, err := sealed.New(bytes.Repeat([]byte{7}, sealed.KeySize))
+	if err != nil {
+		panic(err)
+	}
+	return b
+}()
+
+// openTest opens a queue in a fresh temp dir (sealing with testBox unless cfg.Box is set).
 func openTest(t testing.TB, cfg Config) *Store {
 	t.Helper()
+	if cfg.Box == nil {
+		cfg.Box = testBox
+	}
 	if cfg.Path == "" {
 		cfg.Path = filepath.Join(t.TempDir(), "queue.db")
 	}

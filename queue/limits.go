@@ -40,8 +40,8 @@ func (s *Store) SetCampaignRate(campaign string, perSecond float64) error {
 	if math.IsNaN(perSecond) || math.IsInf(perSecond, 0) {
 		return fmt.Errorf("set campaign rate %s: %v is not a rate", campaign, perSecond)
 	}
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		b := buckets(tx)
+	err := s.update(func(tx *bbolt.Tx) error {
+		b := s.buckets(tx)
 		if perSecond <= 0 {
 			return b.rates.Delete([]byte(campaign))
 		}
@@ -103,7 +103,7 @@ func (s *Store) reserve(campaign string, now time.Time) time.Time {
 
 // loadLimits reads the campaign rates and the active suspensions, removing expired ones.
 func (s *Store) loadLimits(tx *bbolt.Tx, now time.Time) error {
-	b := buckets(tx)
+	b := s.buckets(tx)
 	err := b.rates.ForEach(func(k, v []byte) error {
 		r, err := strconv.ParseFloat(string(v), 64)
 		if err == nil && r > 0 {
@@ -206,8 +206,8 @@ func (s *Store) Suspend(sel Selector, until time.Time, reason string) error {
 	old, had := s.susp[sel.key()]
 	s.mu.Unlock()
 	moved := 0
-	err = s.db.Update(func(tx *bbolt.Tx) error {
-		b := buckets(tx)
+	err = s.update(func(tx *bbolt.Tx) error {
+		b := s.buckets(tx)
 		v, err := json.Marshal(sp)
 		if err != nil {
 			return err
@@ -243,8 +243,8 @@ func (s *Store) Resume(sel Selector) (bool, error) {
 	old, had := s.susp[sel.key()]
 	s.mu.Unlock()
 	moved := 0
-	err = s.db.Update(func(tx *bbolt.Tx) error {
-		b := buckets(tx)
+	err = s.update(func(tx *bbolt.Tx) error {
+		b := s.buckets(tx)
 		if err := b.susp.Delete([]byte(sel.key())); err != nil {
 			return err
 		}

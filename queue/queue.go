@@ -7,6 +7,8 @@
 //   - Enqueue is idempotent on (Campaign, Key): a message whose key is already
 //     known, in any state including finished ones, is counted as a duplicate and
 //     not written again, so re-running a campaign never mails anyone twice.
+//     PruneFinished and EraseRecipient forget the keys of the records they
+//     delete or scrub; suppression still stops an erased address.
 //   - Each attempt is recorded before the Deliverer is called: the attempt count,
 //     the next-attempt time and state active are committed first, so a crash
 //     never loops on a remote.
@@ -18,7 +20,7 @@
 //   - A recipient can receive a message twice only if the crash fell between the
 //     remote's 250 reply and the commit recording it.
 //   - Finished messages (delivered, bounced, expired, cancelled) keep their record
-//     and history for reports; their body is deleted.
+//     and history for reports, until PruneFinished; their body is deleted.
 //   - Suppressions are checked again just before each delivery: an unsubscribe
 //     that arrives while a message waits still stops it.
 //   - Operator actions (Retry, Hold, Release, Delete, Bounce) never touch a
@@ -30,6 +32,14 @@
 //     before MaxAge.
 //   - Run stops dispatching when its context ends and returns only after the
 //     deliveries in flight have finished and their outcomes are committed.
+//
+// Protection at rest (see seal.go): no clear recipient is stored. The
+// recipient, the idempotency key, replies and reasons are sealed
+// (AES-256-GCM, sealed.Box) per record, the body per message; lookups by
+// person go through keyed HMAC indexes. Domain, campaign, list, state and
+// times stay clear for routing and reports. EraseRecipient scrubs a person's
+// records and Compact rewrites the file so the freed pages are gone;
+// PruneFinished enforces retention.
 package queue
 
 import (
@@ -41,6 +51,8 @@ import (
 	"github.com/rs/zerolog"
 	"go.etcd.io/bbolt"
 	"golang.org/x/time/rate"
+
+	"github.com/postwarden/postwarden/suppression/sealed"
 )
 
 // State is where a message is in its life.
@@ -108,6 +120,8 @@ type Message struct {
 	LastReply   string    `json:"last_reply,omitempty"`
 	Reason      string    `json:"reason,omitempty"`
 	History     []Attempt `json:"history,omitempty"`
+	// Erased is set by EraseRecipient: To, Key, replies and body are gone.
+	Erased bool `json:"erased,omitempty"`
 	// RateSlot is the time of the campaign-rate token this message reserved; due
 	// at exactly that time, it is claimed without taking another token.
 	RateSlot time.Time `json:"rate_slot,omitzero"`
@@ -127,6 +141,7 @@ type Config struct {
 	Retry       []time.Duration // wait before attempt i+1 after attempt i fails; default 5m,15m,30m,1h,2h,4h
 	MaxAge      time.Duration   // give up this long after Created; default 120h
 	OpenTimeout time.Duration   // wait this long for the file lock; default 1s
+	Box         *sealed.Box     // seals personal fields and indexes recipients; required
 }
 
 // Default schedule. RFC 5321 §4.5.4.1: retry after a wait, give up after 4–5 days.
@@ -141,11 +156,14 @@ var ErrNotFound = errors.New("queue: not found")
 
 // Store is an open queue file. Its methods are safe for concurrent use.
 type Store struct {
-	db     *bbolt.DB
-	path   string
-	log    zerolog.Logger
-	retry  []time.Duration
-	maxAge time.Duration
+	dbmu    sync.RWMutex // write-held only by Compact and Close, which swap or close db
+	db      *bbolt.DB
+	path    string
+	timeout time.Duration
+	box     *sealed.Box
+	log     zerolog.Logger
+	retry   []time.Duration
+	maxAge  time.Duration
 
 	mu       sync.Mutex
 	inflight map[string]struct{}      // ids handed to a worker in this process
@@ -157,9 +175,11 @@ type Store struct {
 
 // Bucket names. Layout:
 //
-//	msg       id → JSON Message
-//	body      id → raw message bytes (pending messages only)
-//	idem      campaign \x00 key → id
+//	msg       id → JSON record: Message with personal fields sealed (see seal.go)
+//	body      id → sealed message bytes (pending messages only)
+//	idem      campaign \x00 box.Index(key) → id
+//	rcpt      box.Index(recipient address key) || id → nil (removed on erase and prune)
+//	meta      "layout" → storage layout version (see seal.go)
 //	due       8-byte big-endian unix-nano NextAttempt || id → nil (ready, deferred, active only)
 //	state     state \x00 id → nil
 //	campaign  campaign \x00 id → state
@@ -180,14 +200,19 @@ var (
 	bktMinutes   = []byte("minutes")
 	bktRates     = []byte("rates")
 	bktSusp      = []byte("susp")
+	bktRcpt      = []byte("rcpt")
+	bktMeta      = []byte("meta")
 	allBuckets   = [][]byte{bktMsg, bktBody, bktIdem, bktDue, bktState, bktCampaign, bktCampaigns,
-		bktCounts, bktMinutes, bktRates, bktSusp}
+		bktCounts, bktMinutes, bktRates, bktSusp, bktRcpt, bktMeta}
 )
 
 // Open opens (creating if needed) the queue file and recovers messages left active by a crash.
 func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 	if cfg.Path == "" {
 		return nil, errors.New("open queue: empty path")
+	}
+	if cfg.Box == nil {
+		return nil, fmt.Errorf("open queue %s: no sealing box (data key)", cfg.Path)
 	}
 	for i, d := range cfg.Retry {
 		if d <= 0 {
@@ -206,17 +231,15 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 	if cfg.OpenTimeout == 0 {
 		cfg.OpenTimeout = DefaultOpenTimeout
 	}
-	db, err := bbolt.Open(cfg.Path, 0o600, &bbolt.Options{Timeout: cfg.OpenTimeout})
-	if errors.Is(err, bbolt.ErrTimeout) {
-		return nil, fmt.Errorf("queue %s is locked by another process: %w", cfg.Path, err)
-	}
+	db, err := openDB(cfg.Path, cfg.OpenTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("open queue %s: %w", cfg.Path, err)
+		return nil, err
 	}
-	db.MaxBatchDelay = time.Millisecond // outcomes of concurrent workers share a commit without waiting long
 	s := &Store{
 		db:       db,
 		path:     cfg.Path,
+		timeout:  cfg.OpenTimeout,
+		box:      cfg.Box,
 		log:      log,
 		retry:    append([]time.Duration(nil), cfg.Retry...),
 		maxAge:   cfg.MaxAge,
@@ -233,16 +256,54 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 	return s, nil
 }
 
-// init creates the buckets, builds the counters if missing, loads rates and
-// suspensions, and recovers messages left in state active.
+// openDB opens the bbolt file.
+func openDB(path string, timeout time.Duration) (*bbolt.DB, error) {
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout})
+	if errors.Is(err, bbolt.ErrTimeout) {
+		return nil, fmt.Errorf("queue %s is locked by another process: %w", path, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open queue %s: %w", path, err)
+	}
+	db.MaxBatchDelay = time.Millisecond // outcomes of concurrent workers share a commit without waiting long
+	return db, nil
+}
+
+// view, update and batch run fn in a bbolt transaction while no Compact swaps
+// the file. Never call one from inside another (fn must not re-enter the Store's
+// transactional methods): a waiting Compact would deadlock them.
+func (s *Store) view(fn func(*bbolt.Tx) error) error {
+	s.dbmu.RLock()
+	defer s.dbmu.RUnlock()
+	return s.db.View(fn)
+}
+
+func (s *Store) update(fn func(*bbolt.Tx) error) error {
+	s.dbmu.RLock()
+	defer s.dbmu.RUnlock()
+	return s.db.Update(fn)
+}
+
+func (s *Store) batch(fn func(*bbolt.Tx) error) error {
+	s.dbmu.RLock()
+	defer s.dbmu.RUnlock()
+	return s.db.Batch(fn)
+}
+
+// init creates the buckets, moves an older layout to the sealed one, builds the
+// counters if missing, loads rates and suspensions, and recovers messages left
+// in state active (cancelling those whose recipient was erased meanwhile).
 func (s *Store) init() error {
-	return s.db.Update(func(tx *bbolt.Tx) error {
+	return s.update(func(tx *bbolt.Tx) error {
 		for _, name := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
 		}
-		b := buckets(tx)
+		b := s.buckets(tx)
+		if err := s.migrate(tx, b); err != nil {
+			return fmt.Errorf("seal older layout: %w", err)
+		}
 		if b.counts.Get(counterVersion) == nil {
 			var err error
 			if b, err = b.rebuildCounts(tx); err != nil {
@@ -263,7 +324,10 @@ func (s *Store) init() error {
 			m.Recoveries++
 			m.Updated = now
 			ev := Attempt{Time: now, Outcome: "recovered", Reply: "process stopped during delivery"}
-			if m.Recoveries < 2 {
+			if m.Erased {
+				m.State = StateCancelled // EraseRecipient met it in flight
+				ev.Outcome, ev.Reply = string(StateCancelled), ""
+			} else if m.Recoveries < 2 {
 				m.State, m.NextAttempt = StateReady, now
 			} else {
 				m.State = StateDeferred // keep the recorded NextAttempt: this message may crash us
@@ -283,6 +347,8 @@ func (s *Store) init() error {
 
 // Close closes the queue file. Stop runners first.
 func (s *Store) Close() error {
+	s.dbmu.Lock()
+	defer s.dbmu.Unlock()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close queue %s: %w", s.path, err)
 	}

@@ -222,6 +222,7 @@ const (
 	actExpire         // past MaxAge: give up
 	actSuspend        // under a suspension: wait for its end
 	actRate           // its campaign has no token now: wait for the reserved one
+	actErased         // its recipient was erased: cancel
 )
 
 // claim moves up to free due messages to state active in one committed transaction,
@@ -240,9 +241,9 @@ func (r *Runner) claim(free int) (msgs []Message, progressed bool, next time.Tim
 		sp   Suspension
 		slot time.Time
 	}
-	err = s.db.Update(func(tx *bbolt.Tx) error {
+	err = s.update(func(tx *bbolt.Tx) error {
 		msgs, progressed, claimed, expired, next = nil, false, nil, nil, time.Time{}
-		b := buckets(tx)
+		b := s.buckets(tx)
 		var cands []cand
 		nClaim, nOther := 0, 0
 		c := b.due.Cursor() // read first, write after: a cursor is invalid once its bucket changes
@@ -266,7 +267,9 @@ func (r *Runner) claim(free int) (msgs []Message, progressed bool, next time.Tim
 				continue
 			}
 			cd := cand{m: m, act: actClaim}
-			if now.After(m.Created.Add(s.maxAge)) {
+			if m.Erased {
+				cd.act = actErased
+			} else if now.After(m.Created.Add(s.maxAge)) {
 				cd.act = actExpire
 			} else if sp, ok := s.suspendedFor(m.Domain, m.Campaign, now); ok {
 				cd.act, cd.sp = actSuspend, sp
@@ -291,6 +294,9 @@ func (r *Runner) claim(free int) (msgs []Message, progressed bool, next time.Tim
 			case actExpire: // RFC 5321 §4.5.4.1: give up eventually
 				m.State, m.Reason = StateExpired, "expired: undelivered after "+s.maxAge.String()
 				m.History = append(m.History, Attempt{Time: now, Outcome: string(StateExpired), Reply: m.LastReply})
+			case actErased:
+				m.State = StateCancelled
+				m.History = append(m.History, Attempt{Time: now, Outcome: string(StateCancelled)})
 			case actSuspend:
 				holdFor(m, cd.sp, now)
 			case actRate:
@@ -369,12 +375,13 @@ func (s *Store) setInflight(ids []string, on bool) {
 
 // outcome is what one attempt came to.
 type outcome struct {
-	state   State
-	reply   string
-	reason  string
-	retryAt time.Time     // set: throttled, not an attempt; wait until then
-	took    time.Duration // time spent in the Deliverer
-	event   string        // campaign event to count once recorded (bounced_hard, bounced_soft)
+	state    State
+	reply    string
+	reason   string
+	retryAt  time.Time     // set: throttled, not an attempt; wait until then
+	took     time.Duration // time spent in the Deliverer
+	event    string        // campaign event to count once recorded (bounced_hard, bounced_soft)
+	suppress bool          // hard bounce: suppress the address once recorded (not if erased meanwhile)
 }
 
 // deliver runs one claimed attempt and commits its outcome.
@@ -396,6 +403,12 @@ func (r *Runner) deliver(ctx context.Context, m Message) {
 	ev.Str("queue_id", m.ID).Str("rcpt", address.Mask(m.To)).Str("domain", m.Domain).
 		Str("outcome", name).Str("reply", scrub(o.reply, m.To)).Int("attempt", m.Attempts).
 		Msg("attempt recorded")
+	if err == nil && final == StateBounced && o.suppress {
+		if serr := r.sup.SuppressAddress(m.To, "", "hard_bounce", "bounce", o.reply); serr != nil {
+			r.log.Error().Err(serr).Str("queue_id", m.ID).Str("rcpt", address.Mask(m.To)).
+				Msg("suppress hard-bounced address failed")
+		}
+	}
 	if err == nil && final == StateBounced && o.event != "" {
 		if eerr := r.s.AddCampaignEvent(m.Campaign, o.event); eerr != nil {
 			r.log.Error().Err(eerr).Str("queue_id", m.ID).Msg("count bounce event failed")
@@ -441,11 +454,7 @@ func (r *Runner) attempt(ctx context.Context, m Message) outcome {
 	var st smtpStatus
 	if errors.As(derr, &st) {
 		if _, enh := st.SMTPStatus(); badRecipient(derr, enh) {
-			o.event = "bounced_hard"
-			if err := r.sup.SuppressAddress(m.To, "", "hard_bounce", "bounce", o.reply); err != nil {
-				r.log.Error().Err(err).Str("queue_id", m.ID).Str("rcpt", address.Mask(m.To)).
-					Msg("suppress hard-bounced address failed")
-			}
+			o.event, o.suppress = "bounced_hard", true // deliver suppresses after the commit
 		}
 	}
 	return o
@@ -458,8 +467,8 @@ func (r *Runner) attempt(ctx context.Context, m Message) outcome {
 // Delivered, bounced and deferred attempts are counted in the per-minute stats.
 func (s *Store) finish(claimed Message, o outcome, now time.Time) (State, error) {
 	var final State
-	err := s.db.Batch(func(tx *bbolt.Tx) error {
-		b := buckets(tx)
+	err := s.batch(func(tx *bbolt.Tx) error {
+		b := s.buckets(tx)
 		m, err := b.get(claimed.ID)
 		if err != nil {
 			return err
@@ -469,6 +478,18 @@ func (s *Store) finish(claimed Message, o outcome, now time.Time) (State, error)
 			return nil
 		}
 		prev := m
+		if m.Erased { // EraseRecipient met it in flight: keep nothing personal
+			m.State, m.Updated = StateCancelled, now
+			m.History = append(m.History, Attempt{Time: now, Outcome: string(o.state)},
+				Attempt{Time: now, Outcome: string(StateCancelled)})
+			final = m.State
+			if o.retryAt.IsZero() {
+				if err := b.countMinute(now, minuteSlot(o.state)); err != nil {
+					return fmt.Errorf("count outcome: %w", err)
+				}
+			}
+			return b.save(&m, &prev)
+		}
 		m.State, m.Updated, m.LastReply = o.state, now, o.reply
 		if !o.retryAt.IsZero() {
 			m.Attempts--

@@ -160,7 +160,7 @@ func TestBackoffSchedule(t *testing.T) {
 
 func TestCrashRecovery(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "queue.db")
-	s, err := Open(Config{Path: path}, zerolog.Nop())
+	s, err := Open(Config{Box: testBox, Path: path}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +183,7 @@ func TestCrashRecovery(t *testing.T) {
 	}
 	crash(s)
 
-	s, err = Open(Config{Path: path}, zerolog.Nop())
+	s, err = Open(Config{Box: testBox, Path: path}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +193,7 @@ func TestCrashRecovery(t *testing.T) {
 	}
 	crash(s)
 
-	s, err = Open(Config{Path: path}, zerolog.Nop())
+	s, err = Open(Config{Box: testBox, Path: path}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,7 +279,7 @@ func (w *syncBuffer) Write(p []byte) (int, error) {
 
 func TestLogsMaskAddresses(t *testing.T) {
 	var buf syncBuffer
-	s, err := Open(Config{Path: filepath.Join(t.TempDir(), "queue.db")}, zerolog.New(&buf))
+	s, err := Open(Config{Box: testBox, Path: filepath.Join(t.TempDir(), "queue.db")}, zerolog.New(&buf))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,8 +8,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/postwarden/postwarden/suppression/address"
 	"go.etcd.io/bbolt"
+
+	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/sealed"
 )
 
 // Input limits, so keys stay small and bad input gets a clear error.
@@ -40,15 +42,15 @@ func (s *Store) Enqueue(msgs []NewMessage) (EnqueueResult, error) {
 		addrs[i] = a
 	}
 	now := time.Now()
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		b := buckets(tx)
+	err := s.update(func(tx *bbolt.Tx) error {
+		b := s.buckets(tx)
 		seen := make(map[string]bool, len(msgs))
 		var last uint64
 		if k, _ := b.msg.Cursor().Last(); k != nil {
 			last = parseID(k)
 		}
 		for i, nm := range msgs {
-			ik := join(nm.Campaign, nm.Key)
+			ik := b.idemKey(nm.Campaign, nm.Key)
 			if seen[string(ik)] || b.idem.Get(ik) != nil {
 				res.Duplicates++
 				continue
@@ -74,11 +76,18 @@ func (s *Store) Enqueue(msgs []NewMessage) (EnqueueResult, error) {
 			if sp, ok := s.suspendedFor(m.Domain, m.Campaign, now); ok {
 				holdFor(&m, sp, now) // held like the queued ones until the suspension ends
 			}
-			if err := b.body.Put([]byte(id), nm.Body); err != nil {
+			if err := b.putBody(id, nm.Body); err != nil {
 				return fmt.Errorf("store body of %s: %w", id, err)
 			}
 			if err := b.idem.Put(ik, []byte(id)); err != nil {
 				return fmt.Errorf("store idempotency key of %s: %w", id, err)
+			}
+			rk := ik[len(ik)-sealed.IndexSize:] // the key is usually the address key: reuse its index
+			if nm.Key != addrs[i].Key() {
+				rk = b.box.Index(addrs[i].Key())
+			}
+			if err := b.rcpt.Put(append(bytes.Clone(rk), id...), nil); err != nil {
+				return fmt.Errorf("index recipient of %s: %w", id, err)
 			}
 			if err := b.save(&m, nil); err != nil {
 				return err
@@ -166,9 +175,9 @@ func unhex(c byte) (byte, bool) {
 // Get returns message id's metadata; the error wraps ErrNotFound if it is unknown.
 func (s *Store) Get(id string) (Message, error) {
 	var m Message
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.view(func(tx *bbolt.Tx) error {
 		var err error
-		m, err = buckets(tx).get(id)
+		m, err = s.buckets(tx).get(id)
 		return err
 	})
 	if err != nil {
@@ -177,15 +186,19 @@ func (s *Store) Get(id string) (Message, error) {
 	return m, nil
 }
 
-// Body returns a copy of message id's raw bytes; finished messages have none (ErrNotFound).
+// Body returns message id's raw bytes, opened; finished and erased messages
+// have none (ErrNotFound).
 func (s *Store) Body(id string) ([]byte, error) {
 	var body []byte
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		v := buckets(tx).body.Get([]byte(id))
+	err := s.view(func(tx *bbolt.Tx) error {
+		v := s.buckets(tx).body.Get([]byte(id))
 		if v == nil {
 			return fmt.Errorf("body of %s: %w", id, ErrNotFound)
 		}
-		body = bytes.Clone(v)
+		var err error
+		if body, err = s.box.Open(v, bodyContext(id)); err != nil {
+			return fmt.Errorf("body of %s: %w", id, err)
+		}
 		return nil
 	})
 	if err != nil {
@@ -231,8 +244,8 @@ func (s *Store) List(f Filter, fn func(Message) error) error {
 	for {
 		var page []Message
 		done := false
-		err := s.db.View(func(tx *bbolt.Tx) error {
-			b := buckets(tx)
+		err := s.view(func(tx *bbolt.Tx) error {
+			b := s.buckets(tx)
 			bkt, prefix := b.msg, []byte(nil)
 			switch {
 			case f.Campaign != "":
@@ -299,9 +312,9 @@ func (s *Store) AllIDs(f Filter) ([]string, error) {
 func (s *Store) change(op string, ids []string, fn func(m *Message, now time.Time) bool) (int, error) {
 	var changed int
 	var missing []string
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	err := s.update(func(tx *bbolt.Tx) error {
 		changed, missing = 0, nil
-		b := buckets(tx)
+		b := s.buckets(tx)
 		now := time.Now()
 		for _, id := range ids {
 			m, err := b.get(id)
@@ -428,8 +441,8 @@ func (s *Store) Stats() (Stats, error) {
 	st := Stats{ByState: map[State]int{}, ByDomain: map[string]int{}, DomainStates: map[string]map[State]int{},
 		Rates: map[string]float64{}, Recent: map[string]int{}}
 	now := time.Now()
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		b := buckets(tx)
+	err := s.view(func(tx *bbolt.Tx) error {
+		b := s.buckets(tx)
 		for _, state := range States {
 			if n := b.counter(stateKey(state)); n > 0 {
 				st.ByState[state] = n
@@ -478,8 +491,8 @@ func (s *Store) Stats() (Stats, error) {
 // CampaignCounts counts campaign id's messages by state (from counters).
 func (s *Store) CampaignCounts(id string) (map[State]int, error) {
 	counts := map[State]int{}
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		b := buckets(tx)
+	err := s.view(func(tx *bbolt.Tx) error {
+		b := s.buckets(tx)
 		for _, state := range States {
 			if n := b.counter(campaignKey(id, state)); n > 0 {
 				counts[state] = n
@@ -498,8 +511,8 @@ func (s *Store) PutCampaign(id string, rec []byte) error {
 	if id == "" || len(id) > maxCampaignLen {
 		return fmt.Errorf("put campaign: id must be 1 to %d bytes", maxCampaignLen)
 	}
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		return buckets(tx).campaigns.Put([]byte(id), bytes.Clone(rec))
+	err := s.update(func(tx *bbolt.Tx) error {
+		return s.buckets(tx).campaigns.Put([]byte(id), bytes.Clone(rec))
 	})
 	if err != nil {
 		return fmt.Errorf("put campaign %s: %w", id, err)
@@ -510,8 +523,8 @@ func (s *Store) PutCampaign(id string, rec []byte) error {
 // GetCampaign returns campaign id's record; the error wraps ErrNotFound if there is none.
 func (s *Store) GetCampaign(id string) ([]byte, error) {
 	var rec []byte
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		v := buckets(tx).campaigns.Get([]byte(id))
+	err := s.view(func(tx *bbolt.Tx) error {
+		v := s.buckets(tx).campaigns.Get([]byte(id))
 		if v == nil {
 			return ErrNotFound
 		}
@@ -527,8 +540,8 @@ func (s *Store) GetCampaign(id string) ([]byte, error) {
 // Campaigns returns the ids of the campaigns with a record (PutCampaign), sorted.
 func (s *Store) Campaigns() ([]string, error) {
 	var ids []string
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		return buckets(tx).campaigns.ForEach(func(k, _ []byte) error {
+	err := s.view(func(tx *bbolt.Tx) error {
+		return s.buckets(tx).campaigns.ForEach(func(k, _ []byte) error {
 			ids = append(ids, string(k))
 			return nil
 		})

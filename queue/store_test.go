@@ -119,16 +119,17 @@ func TestIDsUniqueAndSorted(t *testing.T) {
 func TestOpenLockedAndBadConfig(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "queue.db")
 	openTest(t, Config{Path: path})
-	_, err := Open(Config{Path: path, OpenTimeout: 50 * time.Millisecond}, zerolog.Nop())
+	_, err := Open(Config{Box: testBox, Path: path, OpenTimeout: 50 * time.Millisecond}, zerolog.Nop())
 	if err == nil || !strings.Contains(err.Error(), "locked by another process") {
 		t.Fatalf("second Open = %v, want locked error", err)
 	}
-	for _, cfg := range []Config{{}, {Path: path + "2", Retry: []time.Duration{time.Minute, 0}}, {Path: path + "3", MaxAge: -1}} {
+	for _, cfg := range []Config{{Box: testBox}, {Box: testBox, Path: path + "2", Retry: []time.Duration{time.Minute, 0}},
+		{Box: testBox, Path: path + "3", MaxAge: -1}, {Path: path + "4"}} {
 		if _, err := Open(cfg, zerolog.Nop()); err == nil {
 			t.Fatalf("Open(%+v) accepted bad config", cfg)
 		}
 	}
-	if _, err := Open(Config{Path: filepath.Join(t.TempDir(), "missing", "queue.db")}, zerolog.Nop()); err == nil {
+	if _, err := Open(Config{Box: testBox, Path: filepath.Join(t.TempDir(), "missing", "queue.db")}, zerolog.Nop()); err == nil {
 		t.Fatal("Open in a missing folder succeeded")
 	}
 }

@@ -3,22 +3,27 @@ package queue
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"time"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/postwarden/postwarden/suppression/sealed"
 )
 
 // bkts holds one transaction's buckets. Never keep it past the closure.
 type bkts struct {
 	msg, body, idem, due, state, campaign, campaigns *bbolt.Bucket
-	counts, minutes, rates, susp                     *bbolt.Bucket
+	counts, minutes, rates, susp, rcpt, meta         *bbolt.Bucket
+	box                                              *sealed.Box
 }
 
-// buckets returns tx's buckets (created by Open).
-func buckets(tx *bbolt.Tx) bkts {
+// buckets returns tx's buckets (created by Open) with the Store's sealing box.
+func (s *Store) buckets(tx *bbolt.Tx) bkts {
 	return bkts{
+		box:       s.box,
+		rcpt:      tx.Bucket(bktRcpt),
+		meta:      tx.Bucket(bktMeta),
 		msg:       tx.Bucket(bktMsg),
 		body:      tx.Bucket(bktBody),
 		idem:      tx.Bucket(bktIdem),
@@ -58,8 +63,8 @@ func (b bkts) get(id string) (Message, error) {
 	if v == nil {
 		return Message{}, fmt.Errorf("message %s: %w", id, ErrNotFound)
 	}
-	var m Message
-	if err := json.Unmarshal(v, &m); err != nil {
+	m, err := b.decode(id, v)
+	if err != nil {
 		return Message{}, fmt.Errorf("decode message %s: %w", id, err)
 	}
 	return m, nil
@@ -67,7 +72,7 @@ func (b bkts) get(id string) (Message, error) {
 
 // save writes m and moves its index entries and counters from prev's (nil for a new message).
 func (b bkts) save(m *Message, prev *Message) error {
-	v, err := json.Marshal(m)
+	v, err := b.encode(m)
 	if err != nil {
 		return fmt.Errorf("encode message %s: %w", m.ID, err)
 	}

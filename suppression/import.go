@@ -25,9 +25,11 @@ type ImportResult struct {
 // Import reads a CSV with a header row and adds one entry per row. The
 // target column is "email" (or "address" / "target"; "@domain" allowed);
 // optional columns are "list", "reason", "source" and "note"; empty values
-// come from def, and Source defaults to "import:"+basename(name). Invalid rows
-// are skipped and reported in ImportResult.Errors; the returned error is for
-// problems that stop the whole import (no header, unreadable input, store).
+// come from def, and Source defaults to "import:"+basename(name). Targets
+// and notes are sealed as Add seals them; a row never changes an erased
+// address. Invalid rows are skipped and reported in ImportResult.Errors; the
+// returned error is for problems that stop the whole import (no header,
+// unreadable input, store).
 func (s *Store) Import(r io.Reader, name string, def Entry) (ImportResult, error) {
 	var res ImportResult
 	if def.Source == "" {
@@ -81,11 +83,11 @@ func (s *Store) Import(r io.Reader, name string, def Entry) (ImportResult, error
 			return nil
 		}
 		n := 0
-		err := s.db.Update(func(tx *bbolt.Tx) error {
+		err := s.update(func(tx *bbolt.Tx) error {
 			b := tx.Bucket(bucketEntries)
 			n = 0
 			for _, e := range batch {
-				wrote, err := put(b, e)
+				wrote, err := s.put(b, e)
 				if err != nil {
 					return err
 				}

@@ -5,17 +5,35 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/postwarden/postwarden/suppression/sealed"
 )
+
+// testBox loads (creating on first use) the data key beside path.
+func testBox(t testing.TB, path string) *sealed.Box {
+	t.Helper()
+	key, err := sealed.LoadOrCreateKey(filepath.Join(filepath.Dir(path), "data.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	box, err := sealed.New(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return box
+}
 
 func openTest(t testing.TB, path string) *Store {
 	t.Helper()
-	s, err := Open(Config{Path: path}, zerolog.Nop())
+	s, err := Open(Config{Path: path, Box: testBox(t, path)}, zerolog.Nop())
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -151,9 +169,16 @@ func TestListOrderAndCopy(t *testing.T) {
 	}
 	var keys []string
 	for _, e := range got {
+		if len(e.Index) != 2*sealed.IndexSize {
+			t.Errorf("entry %s: Index %q", e.Target, e.Index)
+		}
 		keys = append(keys, e.Target+"|"+e.List+"|"+string(e.Reason)+"|"+e.Note)
 	}
-	want := "@example.net||hard_bounce|,ana@example.com||manual|,ana@example.com|news|manual|n1,zed@example.com||manual|"
+	if !slices.IsSortedFunc(got, func(a, b Entry) int { return strings.Compare(a.Index, b.Index) }) {
+		t.Error("List is not in index order")
+	}
+	slices.Sort(keys) // index order reveals nothing about the targets
+	want := "@example.net||hard_bounce|,ana@example.com|news|manual|n1,ana@example.com||manual|,zed@example.com||manual|"
 	if strings.Join(keys, ",") != want {
 		t.Errorf("List = %s\nwant   %s", strings.Join(keys, ","), want)
 	}
@@ -171,7 +196,7 @@ func TestReopenPersistsAndLock(t *testing.T) {
 	mustAdd(t, s, Entry{Target: "ana@example.com", List: "news", Reason: Complaint, Source: "arf", Note: "fbl", Time: when})
 
 	// A second open of a locked file fails clearly instead of hanging.
-	_, err := Open(Config{Path: path, OpenTimeout: 100 * time.Millisecond}, zerolog.Nop())
+	_, err := Open(Config{Path: path, OpenTimeout: 100 * time.Millisecond, Box: testBox(t, path)}, zerolog.Nop())
 	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), path) {
 		t.Errorf("second Open: err = %v, want ErrLocked naming the path", err)
 	}
@@ -188,8 +213,9 @@ func TestReopenPersistsAndLock(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("after reopen: %v %v", ok, err)
 	}
-	want := Entry{Target: "ana@example.com", List: "news", Reason: Complaint, Source: "arf", Note: "fbl", Time: when}
-	if e != want {
+	want := Entry{Target: "ana@example.com", List: "news", Reason: Complaint, Source: "arf", Note: "fbl", Time: when,
+		Index: testBox(t, path).IndexHex("ana@example.com")}
+	if !reflect.DeepEqual(e, want) {
 		t.Errorf("after reopen = %+v\nwant %+v", e, want)
 	}
 }
@@ -283,7 +309,7 @@ func TestImportBatchesAndHeaderErrors(t *testing.T) {
 	}
 }
 
-func benchStore(b *testing.B) *Store {
+func benchStore(b testing.TB) *Store {
 	s, _ := newStore(b)
 	const n = 100_000
 	for start := 0; start < n; start += importBatch {

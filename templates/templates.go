@@ -53,15 +53,22 @@ const missingKey = "missingkey=zero"
 // Load parses base+".html" (html/template), base+".txt" (text/template) and the
 // subject (text/template named "subject"). Both files are required.
 func Load(base, subject string) (*Set, error) {
-	s := &Set{htmlPath: base + ".html", textPath: base + ".txt"}
-	htmlSrc, err := os.ReadFile(s.htmlPath)
+	htmlSrc, err := os.ReadFile(base + ".html")
 	if err != nil {
 		return nil, fmt.Errorf("templates: read HTML body: %w", err)
 	}
-	textSrc, err := os.ReadFile(s.textPath)
+	textSrc, err := os.ReadFile(base + ".txt")
 	if err != nil {
 		return nil, fmt.Errorf("templates: read text body: %w", err)
 	}
+	return Parse(base, htmlSrc, textSrc, subject)
+}
+
+// Parse is Load for bodies already in memory (embedded ones); base names
+// them in errors as base+".html" and base+".txt".
+func Parse(base string, htmlSrc, textSrc []byte, subject string) (*Set, error) {
+	s := &Set{htmlPath: base + ".html", textPath: base + ".txt"}
+	var err error
 	// Template names are the file names, so parse and exec errors say "example.html:12".
 	s.html, err = htmltemplate.New(filepath.Base(s.htmlPath)).Option(missingKey).Parse(string(htmlSrc))
 	if err != nil {

@@ -128,7 +128,14 @@ func runOp(ctx context.Context, name string, e *env, req request, sink func(line
 		return code
 	}
 	o := &out{sink: sink}
-	err := spec.fn(ctx, e, req, o)
+	var err error
+	if req.Reveal && e != nil && e.audit != nil {
+		// Showing addresses in clear is itself an access to personal data.
+		err = e.record(req, "reveal", "op:"+name, "", nil)
+	}
+	if err == nil {
+		err = spec.fn(ctx, e, req, o)
+	}
 	code := exitCode(err)
 	l := line{Exit: &code}
 	if err != nil {

@@ -19,6 +19,9 @@ import (
 	"github.com/postwarden/postwarden/mta/verp"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
+	"github.com/postwarden/postwarden/suppression/audit"
+	"github.com/postwarden/postwarden/suppression/sealed"
+	"github.com/postwarden/postwarden/suppression/subscribers"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
 )
 
@@ -32,6 +35,12 @@ type env struct {
 	queue    *queue.Store
 	tokens   *unsubscribe.Tokens
 	msgIDKey []byte
+	// box seals personal fields and derives lookup indexes (data_key_file).
+	box *sealed.Box
+	// subs is the consent store (subscribers.db).
+	subs *subscribers.Store
+	// audit is the hash-chained log of who did what (audit.db).
+	audit *audit.Log
 	// verp encodes envelope senders on bounce_domain; nil when unset.
 	verp *verp.Codec
 	// daemon is true inside `serve`: delivery is the daemon's runner's job.
@@ -54,9 +63,18 @@ func openEnv(cfg *configs.Server, log zerolog.Logger) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
+	dataKey, err := sealed.LoadOrCreateKey(cfg.DataKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	box, err := sealed.New(dataKey)
+	if err != nil {
+		return nil, fmt.Errorf("data_key_file %s: %w", cfg.DataKeyFile, err)
+	}
 	supp, err := suppression.Open(suppression.Config{
 		Path:        filepath.Join(cfg.DataDir, "suppression.db"),
 		OpenTimeout: storeOpenTimeout,
+		Box:         box,
 	}, log.With().Str("component", "suppression").Logger())
 	if err != nil {
 		return nil, lockHint(cfg, err)
@@ -66,6 +84,7 @@ func openEnv(cfg *configs.Server, log zerolog.Logger) (*env, error) {
 		Retry:       cfg.Delivery.Retry,
 		MaxAge:      cfg.Delivery.MaxAge,
 		OpenTimeout: storeOpenTimeout,
+		Box:         box,
 	}, log.With().Str("component", "queue").Logger())
 	if err != nil {
 		supp.Close()
@@ -73,7 +92,19 @@ func openEnv(cfg *configs.Server, log zerolog.Logger) (*env, error) {
 	}
 	mac := hmac.New(sha256.New, key)
 	mac.Write([]byte("postwarden message-id"))
-	e := &env{cfg: cfg, log: log, supp: supp, queue: q, tokens: tokens, msgIDKey: mac.Sum(nil)}
+	e := &env{cfg: cfg, log: log, supp: supp, queue: q, tokens: tokens, msgIDKey: mac.Sum(nil), box: box}
+	if e.subs, err = subscribers.Open(subscribers.Config{
+		Path:        filepath.Join(cfg.DataDir, "subscribers.db"),
+		OpenTimeout: storeOpenTimeout,
+		Box:         box,
+	}, log.With().Str("component", "subscribers").Logger()); err != nil {
+		e.Close()
+		return nil, lockHint(cfg, err)
+	}
+	if e.audit, err = audit.Open(filepath.Join(cfg.DataDir, "audit.db"), storeOpenTimeout, log.With().Str("component", "audit").Logger()); err != nil {
+		e.Close()
+		return nil, lockHint(cfg, err)
+	}
 	if cfg.BounceDomain != "" {
 		if e.verp, err = verp.New(verpKey(key), cfg.BounceDomain); err != nil {
 			e.Close()
@@ -93,7 +124,14 @@ func lockHint(cfg *configs.Server, err error) error {
 
 // Close closes the stores.
 func (e *env) Close() error {
-	return errors.Join(e.queue.Close(), e.supp.Close())
+	errs := []error{e.queue.Close(), e.supp.Close()}
+	if e.subs != nil {
+		errs = append(errs, e.subs.Close())
+	}
+	if e.audit != nil {
+		errs = append(errs, e.audit.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // createdKey is a DKIM key generated on first use, whose record must be published.

@@ -90,9 +90,11 @@ func (c *cli) rootCommand() *cobra.Command {
 	pf.BoolVar(&c.jsonOut, "json", false, "print one JSON object per line")
 	pf.BoolVar(&c.reveal, "reveal", false, "show addresses in clear (masked by default)")
 	pf.StringVar(&c.logLevel, "log-level", "", "log level: debug, info, warn, error (default info for serve, warn otherwise)")
+	root.AddCommand(c.subjectCommand(), c.auditCommand(), c.dbCommand())
 	root.AddCommand(c.campaignCommand(), c.queueCommand(), c.suppressCommand(), c.serveCommand(), c.dkimCommand(), c.dnsCommand())
 	root.AddCommand(c.checkDNSCommand())
 	root.AddCommand(c.bounceCommand())
+	root.AddCommand(c.subscribersCommand())
 	return root
 }
 

@@ -48,6 +48,9 @@ func init() {
 		"suppress.check":  {fn: opSuppressCheck},
 		"suppress.ls":     {fn: opSuppressList},
 		"suppress.import": {fn: opSuppressImport},
+
+		"subscribers.import": {fn: opSubscribersImport},
+		"subscribers.ls":     {fn: opSubscribersList},
 	}
 }
 
@@ -200,6 +203,10 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		total = fi.Size()
 	}
 	e.log.Info().Str("who", req.Who).Str("campaign", spec.ID).Str("file", c.Path).Str("file_sha256", spec.FileHash).Float64("rate", c.Rate).Msg("campaign send")
+	if err := e.record(req, "campaign.send", "campaign:"+spec.ID, "", map[string]string{"file": c.Path, "file_sha256": spec.FileHash,
+		"legal_basis": spec.LegalBasis, "lia_sha256": spec.LIAHash, "recipients": spec.Recipients}); err != nil {
+		return err
+	}
 	res := sendResult{}
 	if c.Rate > 0 || e.queue.CampaignRate(spec.ID) > 0 {
 		// The file's rate (none: unlimited) holds for this and later runs of the campaign.
@@ -221,11 +228,11 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		defer sender.Close()
 		res.DKIMKeys = created
 		rc := queue.RunnerConfig{Workers: e.cfg.Delivery.Workers, Campaign: spec.ID}
-		runner := e.queue.NewRunner(sender, e.supp, rc)
+		runner := e.queue.NewRunner(sender, deliveryGate{e.supp}, rc)
 		deliveryDone = make(chan error, 1)
 		go func() { deliveryDone <- runner.Run(runCtx) }()
 		drain = func(ctx context.Context) error {
-			return e.queue.NewRunner(sender, e.supp, rc).Drain(ctx)
+			return e.queue.NewRunner(sender, deliveryGate{e.supp}, rc).Drain(ctx)
 		}
 		if e.cfg.Delivery.Mode == "capture" {
 			res.CaptureDir = e.cfg.Delivery.CaptureDir
@@ -234,6 +241,7 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 
 	summary, sendErr := campaign.Send(ctx, spec, campaign.Deps{
 		Suppressions: e.supp,
+		Consents:     e.subs,
 		Queue:        queueAdapter{e.queue},
 		Links:        links{e.tokens, e.mailtoDomain()},
 		Records:      e.queue,
@@ -599,6 +607,12 @@ func opQueueAct(action string) opFunc {
 		e.log.Info().Str("who", req.Who).Str("action", action).Bool("bulk", bulk).Str("campaign", args.Campaign).
 			Str("domain", args.Domain).Str("state", args.State).Int("ids", len(ids)).Int("changed", n).
 			Str("reason", args.Reason).Msg("queue admin action")
+		if action == "delete" || action == "bounce" {
+			if aerr := e.record(req, "queue."+action, fmt.Sprintf("messages:%d", n), args.Reason, map[string]string{
+				"campaign": args.Campaign, "domain": args.Domain, "ids": strings.Join(ids, " ")}); aerr != nil {
+				return aerr
+			}
+		}
 		res := actResult{Action: action, Changed: n}
 		if errors.Is(err, queue.ErrNotFound) {
 			res.Missing = missingIDs(e.queue, ids)
@@ -780,6 +794,9 @@ func opSuppressAdd(ctx context.Context, e *env, req request, o *out) error {
 		return err
 	}
 	e.log.Info().Str("who", req.Who).Str("target", address.Mask(a.Target)).Str("list", a.List).Str("reason", a.Reason).Msg("suppression added")
+	if err := e.record(req, "suppress.add", e.targetRef(a.Target), a.Reason, map[string]string{"list": listName(a.List)}); err != nil {
+		return err
+	}
 	got, _, err := e.supp.Lookup(a.Target, a.List)
 	if err != nil {
 		return err
@@ -797,6 +814,11 @@ func opSuppressRemove(ctx context.Context, e *env, req request, o *out) error {
 		return err
 	}
 	e.log.Info().Str("who", req.Who).Str("target", address.Mask(a.Target)).Str("list", a.List).Bool("removed", ok).Msg("suppression removed")
+	if ok {
+		if err := e.record(req, "suppress.remove", e.targetRef(a.Target), a.Reason, map[string]string{"list": listName(a.List)}); err != nil {
+			return err
+		}
+	}
 	if !ok {
 		return no("%s is not suppressed on %s", maskIf(req.Reveal, a.Target), listName(a.List))
 	}
@@ -853,6 +875,10 @@ func opSuppressImport(ctx context.Context, e *env, req request, o *out) error {
 		return err
 	}
 	e.log.Info().Str("who", req.Who).Str("file", a.Path).Int("rows", res.Rows).Int("added", res.Added).Int("errors", len(res.Errors)).Msg("suppressions imported")
+	if err := e.record(req, "suppress.import", "file:"+filepath.Base(a.Path), a.Reason, map[string]string{
+		"rows": fmt.Sprint(res.Rows), "added": fmt.Sprint(res.Added), "errors": fmt.Sprint(len(res.Errors))}); err != nil {
+		return err
+	}
 	var msgs []string
 	for _, err := range res.Errors {
 		msgs = append(msgs, err.Error())

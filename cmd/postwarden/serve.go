@@ -13,7 +13,6 @@ import (
 
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/queue"
-	"github.com/postwarden/postwarden/suppression/unsubscribe"
 )
 
 func (c *cli) serveCommand() *cobra.Command {
@@ -73,14 +72,11 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 		defer inb.Close() // before the stores close: it waits for reports being recorded
 	}
 
-	senderName := cfg.SenderName
-	if senderName == "" {
-		senderName = cfg.Hostname
-	}
 	mux := http.NewServeMux()
-	mux.Handle("/u/", unsubscribe.NewHandler(unsubscribe.Config{
-		Tokens: e.tokens, Suppressor: e.supp, PrivacyURL: cfg.PrivacyURL, SenderName: senderName, Events: e.queue,
-	}, log.With().Str("component", "http").Logger()))
+	if err := e.mountPages(mux, log.With().Str("component", "http").Logger()); err != nil {
+		_ = admin.Close(context.Background())
+		return err
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
@@ -101,7 +97,7 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 		return err
 	}
 	defer stopMetrics(context.Background())
-	runner := e.queue.NewRunner(sender, e.supp, queue.RunnerConfig{Workers: cfg.Delivery.Workers, Observer: observer})
+	runner := e.queue.NewRunner(sender, deliveryGate{e.supp}, queue.RunnerConfig{Workers: cfg.Delivery.Workers, Observer: observer})
 	runCtx, stopRunner := context.WithCancel(ctx)
 	defer stopRunner()
 	runDone := make(chan error, 1)

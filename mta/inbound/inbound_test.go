@@ -18,6 +18,7 @@ import (
 	"github.com/postwarden/postwarden/mta/verp"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
+	"github.com/postwarden/postwarden/suppression/sealed"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
 )
 
@@ -68,12 +69,16 @@ func newWorld(t *testing.T, cfg inbound.Config) *world {
 	t.Helper()
 	dir := t.TempDir()
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	q, err := queue.Open(queue.Config{Path: filepath.Join(dir, "queue.db")}, zerolog.Nop())
+	box, err := sealed.New(bytes.Repeat([]byte{1}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := queue.Open(queue.Config{Path: filepath.Join(dir, "queue.db"), Box: box}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Close() })
-	supp, err := suppression.Open(suppression.Config{Path: filepath.Join(dir, "suppression.db")}, zerolog.Nop())
+	supp, err := suppression.Open(suppression.Config{Path: filepath.Join(dir, "suppression.db"), Box: box}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,31 +2,61 @@ package unsubscribe
 
 import (
 	"errors"
-	"html/template"
 	"io"
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/rs/zerolog"
 
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/pages"
 )
 
 // maxBody caps the POST body; a one-click body is 26 bytes.
 const maxBody = 4 << 10
 
-// Suppressor records an unsubscribe; *suppression.Store satisfies it.
+// Suppressor records an unsubscribe; *suppression.Store satisfies it. When it
+// also has Check (as *suppression.Store does), the preference page shows
+// which lists are already left.
 type Suppressor interface{ Add(suppression.Entry) error }
+
+// checker is the optional power of a Suppressor to say what is suppressed.
+type checker interface {
+	Check(addr, list string) (reason string, suppressed bool, err error)
+}
+
+// ListStatus is one list on the preference page.
+type ListStatus struct {
+	ID, Name   string
+	Subscribed bool
+}
+
+// Lists tells the preference page which lists a person is on.
+type Lists interface {
+	ListsFor(addr string) ([]ListStatus, error)
+}
+
+// unsubscribeRecorder is the optional power of Lists to record an unsubscribe
+// in the consent history too (list "" = every list); its errors are logged.
+type unsubscribeRecorder interface {
+	Unsubscribed(addr, list, source string) error
+}
 
 // Config is what the handler needs.
 type Config struct {
 	Tokens     *Tokens    // required
 	Suppressor Suppressor // required
-	PrivacyURL string     // shown on every page when set
+	PrivacyURL string     // shown on every page when set (unless Pages is set)
 	SenderName string     // "Unsubscribe from all mail from {{SenderName}}"
+	// Pages renders the pages in the sender's branding; nil: a plain
+	// renderer with SenderName and PrivacyURL.
+	Pages *pages.Renderer
+	// Lists, when set, enables the preference page GET|POST /u/{token}/prefs.
+	Lists Lists
 	// Events, when set, counts each recorded unsubscribe against the token's
 	// campaign (kind "unsubscribed"); its errors are logged, not shown.
 	Events interface {
@@ -35,89 +65,66 @@ type Config struct {
 }
 
 type handler struct {
-	cfg Config
-	log zerolog.Logger
+	cfg   Config
+	pages *pages.Renderer
+	log   zerolog.Logger
 }
 
-// page is the data of every page.
-type page struct {
-	Title, Heading, Text string
-	Form                 bool // show the confirm form
-	Sender, PrivacyURL   string
-}
-
-var pageTmpl = template.Must(template.New("page").Parse(`<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="robots" content="noindex">
-<title>{{.Title}}</title>
-<style>body{font-family:system-ui,sans-serif;max-width:36em;margin:3em auto;padding:0 1em;line-height:1.5}button{font-size:1em;padding:.5em 1em;margin:.25em 0}</style>
-</head>
-<body>
-<main>
-<h1>{{.Heading}}</h1>
-<p>{{.Text}}</p>
-{{- if .Form}}
-<form method="post">
-<p><button type="submit" name="scope" value="one">Unsubscribe</button></p>
-<p><button type="submit" name="scope" value="all">Unsubscribe from all mail from {{.Sender}}</button></p>
-</form>
-{{- end}}
-{{- if .PrivacyURL}}
-<p><a href="{{.PrivacyURL}}">Privacy notice</a></p>
-{{- end}}
-</main>
-</body>
-</html>
-`))
-
-// NewHandler serves GET and POST /u/{token}. GET shows a confirm page and
-// changes nothing; POST (the page's form, or an RFC 8058 one-click request)
-// records the unsubscribe and answers 200.
+// NewHandler serves GET and POST /u/{token} and, with Config.Lists, GET and
+// POST /u/{token}/prefs. GET shows a page and changes nothing; POST (the
+// page's form, or an RFC 8058 one-click request) records the unsubscribe and
+// answers 200, never a redirect.
 func NewHandler(cfg Config, log zerolog.Logger) http.Handler {
-	if cfg.SenderName == "" {
-		cfg.SenderName = "this sender"
+	h := &handler{cfg: cfg, pages: cfg.Pages, log: log}
+	if h.pages == nil {
+		r, err := pages.New(pages.Branding{Name: cfg.SenderName}, cfg.PrivacyURL)
+		if err != nil {
+			log.Error().Err(err).Msg("unsubscribe pages: bad privacy URL; pages show no privacy link")
+			r, _ = pages.New(pages.Branding{Name: cfg.SenderName}, "")
+		}
+		h.pages = r
 	}
-	h := &handler{cfg: cfg, log: log}
+	if h.cfg.SenderName == "" {
+		h.cfg.SenderName = h.pages.Name()
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /u/{token}", h.confirm)
 	mux.HandleFunc("POST /u/{token}", h.unsubscribe)
 	mux.HandleFunc("/u/{token}", h.methodNotAllowed)
+	if cfg.Lists != nil {
+		mux.HandleFunc("GET /u/{token}/prefs", h.prefs)
+		mux.HandleFunc("POST /u/{token}/prefs", h.prefsPost)
+		mux.HandleFunc("/u/{token}/prefs", h.methodNotAllowed)
+	}
 	mux.HandleFunc("/", h.notFound)
 	return mux
 }
 
 // render writes a page with the headers every response carries.
-func (h *handler) render(w http.ResponseWriter, status int, p page) {
-	p.Sender, p.PrivacyURL = h.cfg.SenderName, h.cfg.PrivacyURL
-	hd := w.Header()
-	hd.Set("Content-Type", "text/html; charset=utf-8")
-	hd.Set("Cache-Control", "no-store")
-	hd.Set("Referrer-Policy", "no-referrer")
-	hd.Set("X-Content-Type-Options", "nosniff")
-	hd.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
-	w.WriteHeader(status)
-	if err := pageTmpl.Execute(w, p); err != nil {
+func (h *handler) render(w http.ResponseWriter, status int, p pages.Page) {
+	if err := h.pages.Render(w, status, p); err != nil {
 		h.log.Warn().Err(err).Msg("unsubscribe page not written")
 	}
 }
 
+// message is a page of one heading and one paragraph.
+func message(title, heading, text string) pages.Page {
+	return pages.Page{Title: title, Heading: heading, Text: []string{text}}
+}
+
 func (h *handler) notFound(w http.ResponseWriter, _ *http.Request) {
-	h.render(w, http.StatusNotFound, page{Title: "Not found", Heading: "Not found",
-		Text: "This link is not valid. Please use the link from the most recent message you received."})
+	h.render(w, http.StatusNotFound, message("Not found", "Not found",
+		"This link is not valid. Please use the link from the most recent message you received."))
 }
 
 func (h *handler) methodNotAllowed(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Allow", "GET, HEAD, POST")
-	h.render(w, http.StatusMethodNotAllowed, page{Title: "Method not allowed", Heading: "Method not allowed",
-		Text: "Open the link in your browser."})
+	h.render(w, http.StatusMethodNotAllowed, message("Method not allowed", "Method not allowed", "Open the link in your browser."))
 }
 
 func (h *handler) serverError(w http.ResponseWriter) {
-	h.render(w, http.StatusInternalServerError, page{Title: "Try again later", Heading: "Something went wrong",
-		Text: "We could not record your request. Please try again in a few minutes."})
+	h.render(w, http.StatusInternalServerError, message("Try again later", "Something went wrong",
+		"We could not record your request. Please try again in a few minutes."))
 }
 
 // claim parses the token in the path; ok is false (and a 404 or 500 has been
@@ -142,8 +149,31 @@ func (h *handler) confirm(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	h.render(w, http.StatusOK, page{Title: "Unsubscribe", Heading: "Unsubscribe",
-		Text: "Stop sending email to " + address.Mask(c.Address) + "?", Form: true})
+	p := pages.Page{Title: "Unsubscribe", Heading: "Unsubscribe",
+		Text: []string{"Stop sending email to " + address.Mask(c.Address) + "?"},
+		Forms: []pages.Form{{Buttons: []pages.Button{
+			{Name: "scope", Value: "one", Label: "Unsubscribe"},
+			{Name: "scope", Value: "all", Label: "Unsubscribe from all mail from " + h.cfg.SenderName, Secondary: true},
+		}}}}
+	if h.cfg.Lists != nil {
+		p.Links = []pages.Link{{URL: r.PathValue("token") + "/prefs", Label: "Choose which lists you receive"}}
+	}
+	h.render(w, http.StatusOK, p)
+}
+
+// readPost reads the form of a POST, writing a 413 or 400 page when it cannot.
+func (h *handler) readPost(w http.ResponseWriter, r *http.Request) (url.Values, bool) {
+	form, err := readForm(w, r)
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		h.render(w, http.StatusRequestEntityTooLarge, message("Request too large", "Request too large", "Open the link in your browser."))
+		return nil, false
+	}
+	if err != nil {
+		h.render(w, http.StatusBadRequest, message("Bad request", "Bad request", "Open the link in your browser."))
+		return nil, false
+	}
+	return form, true
 }
 
 // unsubscribe records the request and answers 200, never a redirect.
@@ -152,16 +182,8 @@ func (h *handler) unsubscribe(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	form, err := readForm(w, r)
-	var tooBig *http.MaxBytesError
-	if errors.As(err, &tooBig) {
-		h.render(w, http.StatusRequestEntityTooLarge, page{Title: "Request too large", Heading: "Request too large",
-			Text: "Open the link in your browser."})
-		return
-	}
-	if err != nil {
-		h.render(w, http.StatusBadRequest, page{Title: "Bad request", Heading: "Bad request",
-			Text: "Open the link in your browser."})
+	form, ok := h.readPost(w, r)
+	if !ok {
 		return
 	}
 	e := suppression.Entry{Target: c.Address, List: c.List, Reason: suppression.Unsubscribed, Source: "web"}
@@ -171,11 +193,24 @@ func (h *handler) unsubscribe(w http.ResponseWriter, r *http.Request) {
 	if form.Get("scope") == "all" {
 		e.List = ""
 	}
+	if !h.record(w, c, e) {
+		return
+	}
+	text := "You will receive no more of these messages."
+	if e.List == "" {
+		text = "You will receive no more email from " + h.cfg.SenderName + "."
+	}
+	h.render(w, http.StatusOK, message("Unsubscribed", "You are unsubscribed", text)) // RFC 8058 §3.2: no redirect
+}
+
+// record adds the suppression entry, counts the event and tells the consent
+// history; false means a 500 page has been written.
+func (h *handler) record(w http.ResponseWriter, c Claim, e suppression.Entry) bool {
 	if err := h.cfg.Suppressor.Add(e); err != nil {
 		h.log.Error().Err(scrub(err, c.Address)).Str("rcpt", address.Mask(c.Address)).Str("list", e.List).
 			Str("campaign", c.Campaign).Msg("unsubscribe not recorded")
 		h.serverError(w)
-		return
+		return false
 	}
 	h.log.Info().Str("rcpt", address.Mask(c.Address)).Str("list", e.List).Str("campaign", c.Campaign).
 		Str("source", e.Source).Msg("unsubscribed")
@@ -184,11 +219,134 @@ func (h *handler) unsubscribe(w http.ResponseWriter, r *http.Request) {
 			h.log.Error().Err(err).Str("campaign", c.Campaign).Msg("unsubscribe event not counted")
 		}
 	}
-	text := "You will receive no more of these messages."
-	if e.List == "" {
-		text = "You will receive no more email from " + h.cfg.SenderName + "."
+	if rec, ok := h.cfg.Lists.(unsubscribeRecorder); ok {
+		if err := rec.Unsubscribed(c.Address, e.List, e.Source); err != nil {
+			h.log.Error().Err(scrub(err, c.Address)).Str("rcpt", address.Mask(c.Address)).Str("list", e.List).
+				Msg("unsubscribe not recorded in the consent history")
+		}
 	}
-	h.render(w, http.StatusOK, page{Title: "Unsubscribed", Heading: "You are unsubscribed", Text: text}) // RFC 8058 §3.2: no redirect
+	return true
+}
+
+// listsOf returns the lists shown on the preference page: those Lists knows
+// the person is on, plus the token's own list, each marked left when the
+// suppression store says so.
+func (h *handler) listsOf(c Claim) ([]ListStatus, error) {
+	ls, err := h.cfg.Lists.ListsFor(c.Address)
+	if err != nil {
+		return nil, err
+	}
+	if c.List != "" && !slices.ContainsFunc(ls, func(l ListStatus) bool { return l.ID == c.List }) {
+		ls = append([]ListStatus{{ID: c.List, Name: c.List, Subscribed: true}}, ls...)
+	}
+	if ck, ok := h.cfg.Suppressor.(checker); ok {
+		for i := range ls {
+			if !ls[i].Subscribed {
+				continue
+			}
+			_, sup, err := ck.Check(c.Address, ls[i].ID)
+			if err != nil {
+				return nil, err
+			}
+			ls[i].Subscribed = !sup
+		}
+	}
+	return ls, nil
+}
+
+// prefsPage builds the preference page; done, when set, leads it.
+func (h *handler) prefsPage(c Claim, ls []ListStatus, done string) pages.Page {
+	p := pages.Page{Title: "Your subscriptions", Heading: "Your subscriptions"}
+	if done != "" {
+		p.Text = append(p.Text, done)
+	}
+	p.Text = append(p.Text, "Email to "+address.Mask(c.Address)+" from "+h.cfg.SenderName+":")
+	on := false
+	for _, l := range ls {
+		name := l.Name
+		if name == "" {
+			name = l.ID
+		}
+		if !l.Subscribed {
+			p.Items = append(p.Items, name+": not subscribed")
+			continue
+		}
+		on = true
+		p.Forms = append(p.Forms, pages.Form{Legend: name, Buttons: []pages.Button{
+			{Name: "list", Value: l.ID, Label: "Unsubscribe from " + name},
+		}})
+	}
+	if !on && len(p.Items) == 0 {
+		p.Text = append(p.Text, "You are on no list.")
+	}
+	p.Forms = append(p.Forms, pages.Form{Legend: "Everything", Buttons: []pages.Button{
+		{Name: "scope", Value: "all", Label: "Unsubscribe from all mail from " + h.cfg.SenderName, Secondary: true},
+	}})
+	return p
+}
+
+// prefs shows the lists the person is on. It changes nothing.
+func (h *handler) prefs(w http.ResponseWriter, r *http.Request) {
+	c, ok := h.claim(w, r)
+	if !ok {
+		return
+	}
+	ls, err := h.listsOf(c)
+	if err != nil {
+		h.log.Error().Err(scrub(err, c.Address)).Str("rcpt", address.Mask(c.Address)).Msg("preference page: lists not read")
+		h.serverError(w)
+		return
+	}
+	h.render(w, http.StatusOK, h.prefsPage(c, ls, ""))
+}
+
+// prefsPost leaves one list (list=ID, one shown on the page) or everything
+// (scope=all), then shows the page again with 200.
+func (h *handler) prefsPost(w http.ResponseWriter, r *http.Request) {
+	c, ok := h.claim(w, r)
+	if !ok {
+		return
+	}
+	form, ok := h.readPost(w, r)
+	if !ok {
+		return
+	}
+	ls, err := h.listsOf(c)
+	if err != nil {
+		h.log.Error().Err(scrub(err, c.Address)).Str("rcpt", address.Mask(c.Address)).Msg("preference page: lists not read")
+		h.serverError(w)
+		return
+	}
+	e := suppression.Entry{Target: c.Address, Reason: suppression.Unsubscribed, Source: "preferences"}
+	var done string
+	switch id := form.Get("list"); {
+	case form.Get("scope") == "all":
+		done = "You are unsubscribed from all mail from " + h.cfg.SenderName + "."
+	case id != "":
+		i := slices.IndexFunc(ls, func(l ListStatus) bool { return l.ID == id })
+		if i < 0 {
+			h.render(w, http.StatusBadRequest, message("Bad request", "Bad request", "That list is not one of yours."))
+			return
+		}
+		e.List = id
+		name := ls[i].Name
+		if name == "" {
+			name = id
+		}
+		done = "You are unsubscribed from " + name + "."
+	default:
+		h.render(w, http.StatusBadRequest, message("Bad request", "Bad request", "Choose a list or everything."))
+		return
+	}
+	if !h.record(w, c, e) {
+		return
+	}
+	for i := range ls {
+		if e.List == "" || ls[i].ID == e.List {
+			ls[i].Subscribed = false
+		}
+	}
+	h.render(w, http.StatusOK, h.prefsPage(c, ls, done))
 }
 
 // readForm reads a url-encoded or multipart body of at most maxBody bytes.

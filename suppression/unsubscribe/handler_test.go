@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/postwarden/postwarden/suppression"
+	"github.com/postwarden/postwarden/suppression/sealed"
 )
 
 type env struct {
@@ -27,7 +28,7 @@ type env struct {
 func newEnv(t *testing.T, sup Suppressor) *env {
 	t.Helper()
 	dir := t.TempDir()
-	store, err := suppression.Open(suppression.Config{Path: filepath.Join(dir, "suppression.db")}, zerolog.Nop())
+	store, err := suppression.Open(suppression.Config{Path: filepath.Join(dir, "suppression.db"), Box: testBox(t)}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +101,7 @@ func TestGetChangesNothing(t *testing.T) {
 		if hdr.Get("Cache-Control") != "no-store" || hdr.Get("Referrer-Policy") != "no-referrer" {
 			t.Errorf("headers: %v", hdr)
 		}
-		for _, want := range []string{`<html lang="en">`, "<title>Unsubscribe</title>", `<form method="post">`,
+		for _, want := range []string{`<html lang="en">`, "<title>Unsubscribe – Example &amp; Co</title>", `<form method="post">`,
 			`name="scope" value="all"`, "Unsubscribe from all mail from Example &amp; Co", `href="https://example.com/privacy"`, "a***@example.com"} {
 			if !strings.Contains(body, want) {
 				t.Errorf("GET page lacks %q", want)
@@ -251,4 +252,14 @@ func TestStoreError(t *testing.T) {
 	if logs := e.logs.String(); !strings.Contains(logs, "unsubscribe not recorded") || strings.Contains(logs, "ana.ruiz") {
 		t.Errorf("log: %s", logs)
 	}
+}
+
+// testBox is a data key for the stores of a test.
+func testBox(t testing.TB) *sealed.Box {
+	t.Helper()
+	b, err := sealed.New(bytes.Repeat([]byte{5}, sealed.KeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

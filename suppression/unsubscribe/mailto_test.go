@@ -70,7 +70,7 @@ func (f *fakeEvents) AddCampaignEvent(campaign, kind string) error {
 // a failing counter does not fail the unsubscribe; GET counts nothing.
 func TestHandlerCountsEvents(t *testing.T) {
 	for _, fail := range []bool{false, true} {
-		store, err := suppression.Open(suppression.Config{Path: filepath.Join(t.TempDir(), "s.db")}, zerolog.Nop())
+		store, err := suppression.Open(suppression.Config{Path: filepath.Join(t.TempDir(), "s.db"), Box: testBox(t)}, zerolog.Nop())
 		if err != nil {
 			t.Fatal(err)
 		}

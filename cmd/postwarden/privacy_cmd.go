@@ -1,0 +1,134 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/postwarden/postwarden/suppression/audit"
+)
+
+// subjectCommand is `postwarden subject export|erase|restrict|unrestrict`.
+func (c *cli) subjectCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "subject", Short: "Data subject requests: export, erase, restrict (GDPR Art. 15-20)"}
+	verb := func(name, short string) *cobra.Command {
+		var a subjectArgs
+		sc := &cobra.Command{
+			Use:   name + " ADDR --reason R",
+			Short: short,
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				a.Address = args[0]
+				if strings.TrimSpace(a.Reason) == "" {
+					return fmt.Errorf("subject %s: --reason is required (it is kept in the audit log)", name)
+				}
+				print := c.printFields
+				if name == "export" {
+					print = c.printExport(a.Format)
+				}
+				return c.call(cmd.Context(), "subject."+name, a, print)
+			},
+		}
+		sc.Flags().StringVar(&a.Reason, "reason", "", "why (request reference; kept in the audit log)")
+		if name == "export" {
+			sc.Flags().StringVar(&a.Format, "format", "json", "json (complete, machine-readable) or csv")
+		}
+		return sc
+	}
+	cmd.AddCommand(
+		verb("export", "Everything held about a person, as JSON or CSV"),
+		verb("erase", "Erase a person's data everywhere; keep only a tombstone that blocks re-contact"),
+		verb("restrict", "Keep the data, process nothing (reversible)"),
+		verb("unrestrict", "Lift a restriction"),
+	)
+	return cmd
+}
+
+// printExport writes an export as it is: JSON indented, or the CSV text.
+func (c *cli) printExport(format string) func(json.RawMessage) error {
+	return func(raw json.RawMessage) error {
+		if format == "csv" {
+			var m map[string]string
+			if err := json.Unmarshal(raw, &m); err != nil {
+				return err
+			}
+			_, err := fmt.Fprint(c.stdout, m["csv"])
+			return err
+		}
+		var v any
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return err
+		}
+		b, err := json.MarshalIndent(v, "", "  ")
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(c.stdout, "%s\n", b)
+		return err
+	}
+}
+
+// auditCommand is `postwarden audit ls|verify`.
+func (c *cli) auditCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "audit", Short: "The hash-chained audit log of who did what"}
+	var a auditArgs
+	ls := &cobra.Command{
+		Use:   "ls [--since 7d|DATE]",
+		Short: "List audit entries",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t := c.table("SEQ", "TIME", "WHO", "ACTION", "TARGET", "REASON")
+			defer t.Flush()
+			return c.call(cmd.Context(), "audit.ls", a, func(raw json.RawMessage) error {
+				var en audit.Entry
+				if err := json.Unmarshal(raw, &en); err != nil {
+					return err
+				}
+				fmt.Fprintf(t, "%d\t%s\t%s\t%s\t%s\t%s\n", en.Seq, en.Time.Local().Format(time.DateTime), en.Who, en.Action, oneLine(en.Target, 40), oneLine(en.Reason, 50))
+				return nil
+			})
+		},
+	}
+	ls.Flags().StringVar(&a.Since, "since", "", "only entries since a date, a time or a duration ago")
+	verify := &cobra.Command{
+		Use:   "verify",
+		Short: "Recompute the hash chain; exit 1 and name the first bad entry if it was changed",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.call(cmd.Context(), "audit.verify", nil, func(raw json.RawMessage) error {
+				var r audit.VerifyResult
+				if err := json.Unmarshal(raw, &r); err != nil {
+					return err
+				}
+				fmt.Fprintln(c.stdout, r.String())
+				return nil
+			})
+		},
+	}
+	cmd.AddCommand(ls, verify)
+	return cmd
+}
+
+// dbCommand is `postwarden db prune|compact`.
+func (c *cli) dbCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "db", Short: "Store maintenance: retention and compaction"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "prune",
+		Short: "Apply the retention periods (finished messages, pending opt-ins, audit entries)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.call(cmd.Context(), "db.prune", nil, c.printFields)
+		},
+	}, &cobra.Command{
+		Use:   "compact",
+		Short: "Rewrite the store files so freed pages (deleted data) are gone",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.call(cmd.Context(), "db.compact", nil, c.printFields)
+		},
+	})
+	return cmd
+}

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/postwarden/postwarden/mta/mtatest"
+)
+
+// scanData reports every file under dir whose raw bytes contain any needle.
+func scanData(t *testing.T, dir string, needles ...string) []string {
+	t.Helper()
+	var hits []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || d.Type()&fs.ModeSocket != 0 {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for _, n := range needles {
+			if bytes.Contains(bytes.ToLower(b), bytes.ToLower([]byte(n))) {
+				hits = append(hits, p+": "+n)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hits
+}
+
+// Export shows what is held; erase leaves only a tombstone: a new campaign
+// skips the address as erased, and no file under data_dir holds the
+// address or the recipient's name.
+func TestSubjectExportAndErase(t *testing.T) {
+	h := newHarness(t, mtatest.Options{})
+	csv := "email,first_name,last_name,company\nmarguerite.okonkwo@acme.example,Marguerite,Okonkwo,Acme\ndave@globex.example,Dave,Kim,Globex\n"
+	h.mustRun(0, "campaign", "send", h.campaign("gdpr-1", csv))
+	h.mustRun(0, "suppress", "add", "marguerite.okonkwo@acme.example", "--list", "product-news", "--reason", "unsubscribed")
+
+	h.mustRun(2, "subject", "export", "marguerite.okonkwo@acme.example") // --reason is required
+	exp := h.mustRun(0, "--json", "subject", "export", "marguerite.okonkwo@acme.example", "--reason", "DSAR-1")
+	var x subjectExport
+	if err := json.Unmarshal([]byte(strings.TrimSpace(exp.stdout)), &x); err != nil {
+		t.Fatalf("export JSON: %v\n%s", err, exp.stdout)
+	}
+	if x.Subject != "marguerite.okonkwo@acme.example" || len(x.Messages) != 1 || len(x.Suppression) != 1 {
+		t.Fatalf("export before erase: %+v", x)
+	}
+	csvOut := h.mustRun(0, "subject", "export", "marguerite.okonkwo@acme.example", "--reason", "DSAR-1", "--format", "csv")
+	if !strings.HasPrefix(csvOut.stdout, "section,item,time,detail") || !strings.Contains(csvOut.stdout, "gdpr-1") {
+		t.Errorf("csv export:\n%s", csvOut.stdout)
+	}
+
+	h.mustRun(0, "subject", "erase", "marguerite.okonkwo@acme.example", "--reason", "DSAR-2 erasure request")
+	exp = h.mustRun(0, "--json", "subject", "export", "marguerite.okonkwo@acme.example", "--reason", "DSAR-3")
+	x = subjectExport{}
+	if err := json.Unmarshal([]byte(strings.TrimSpace(exp.stdout)), &x); err != nil {
+		t.Fatal(err)
+	}
+	if len(x.Messages) != 0 || len(x.Suppression) != 1 || x.Suppression[0].Reason != "erased" || x.Suppression[0].Target != "" {
+		t.Errorf("export after erase shows more than the tombstone: %+v", x)
+	}
+	chk := h.mustRun(0, "suppress", "check", "marguerite.okonkwo@acme.example")
+	if !strings.Contains(chk.stdout, "erased") {
+		t.Errorf("suppress check: %s", chk.stdout)
+	}
+	r := h.mustRun(0, "campaign", "send", h.campaign("gdpr-2", csv))
+	if !strings.Contains(r.stdout, "erased 1") {
+		t.Errorf("a new campaign does not skip the erased address:\n%s", r.stdout)
+	}
+	if hits := scanData(t, filepath.Join(h.dir, "var"), "marguerite.okonkwo@acme.example", "Okonkwo", "Marguerite"); len(hits) > 0 {
+		t.Errorf("erased data still in files: %v", hits)
+	}
+	// The other recipient is untouched.
+	if n := h.sink.ByRecipient()["dave@globex.example"]; n != 2 {
+		t.Errorf("dave received %d messages, want 2", n)
+	}
+
+	// Restrict keeps the data but processes nothing; unrestrict lifts it.
+	h.mustRun(0, "subject", "restrict", "dave@globex.example", "--reason", "objection pending")
+	if r := h.mustRun(0, "campaign", "send", h.campaign("gdpr-3", "email\ndave@globex.example\n")); !strings.Contains(r.stdout, "restricted 1") {
+		t.Errorf("restricted address not skipped:\n%s", r.stdout)
+	}
+	h.mustRun(0, "subject", "unrestrict", "dave@globex.example", "--reason", "objection resolved")
+	h.mustRun(1, "subject", "unrestrict", "dave@globex.example", "--reason", "again")
+
+	// Every one of these is in the audit log, which names no address.
+	al := h.mustRun(0, "--json", "audit", "ls").stdout
+	for _, want := range []string{`"action":"subject.export"`, `"action":"subject.erase"`, `"action":"subject.restrict"`, `"action":"subject.unrestrict"`, `"reason":"DSAR-2 erasure request"`, `"action":"suppress.add"`, `"action":"campaign.send"`} {
+		if !strings.Contains(al, want) {
+			t.Errorf("audit log lacks %s", want)
+		}
+	}
+	if strings.Contains(al, "marguerite") {
+		t.Errorf("audit log names the erased person:\n%s", al)
+	}
+}
+
+// audit verify passes on an untouched log and names the entry after one is
+// altered on disk.
+func TestAuditVerifyDetectsTampering(t *testing.T) {
+	h := newHarness(t, mtatest.Options{})
+	h.mustRun(0, "suppress", "add", "a@acme.example", "--reason", "manual")
+	h.mustRun(0, "suppress", "add", "b@acme.example", "--reason", "manual")
+	h.mustRun(0, "suppress", "remove", "a@acme.example")
+	v := h.mustRun(0, "audit", "verify")
+	if !strings.Contains(v.stdout, "verified") {
+		t.Errorf("audit verify: %s", v.stdout)
+	}
+	// Change the second entry's reason on disk.
+	db, err := bolt.Open(filepath.Join(h.dir, "var", "audit.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := false
+	err = db.Update(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+			return b.ForEach(func(k, val []byte) error {
+				if changed || !bytes.Contains(val, []byte(`"seq":2`)) {
+					return nil
+				}
+				changed = true
+				return b.Put(k, bytes.Replace(val, []byte(`"action":"suppress.add"`), []byte(`"action":"suppress.del"`), 1))
+			})
+		})
+	})
+	db.Close()
+	if err != nil || !changed {
+		t.Fatalf("tamper: changed=%v err=%v", changed, err)
+	}
+	v = h.mustRun(1, "audit", "verify")
+	if !strings.Contains(v.stdout+v.stderr, "entry 2") {
+		t.Errorf("audit verify does not name entry 2:\n%s\n%s", v.stdout, v.stderr)
+	}
+}

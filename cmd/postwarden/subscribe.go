@@ -1,0 +1,489 @@
+package main
+
+// Sign-up, double opt-in and the consent store's admin verbs: the wiring of
+// suppression/optin and the preference page into serve, the confirmation
+// mailer (built-in templates → queue → DKIM → MTA, like every message), and
+// `postwarden subscribers import|ls`.
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/csv"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/mail"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+
+	"github.com/postwarden/postwarden/configs"
+	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/suppression"
+	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/optin"
+	"github.com/postwarden/postwarden/suppression/pages"
+	"github.com/postwarden/postwarden/suppression/subscribers"
+	"github.com/postwarden/postwarden/suppression/unsubscribe"
+	"github.com/postwarden/postwarden/templates"
+)
+
+// mountPages puts the recipient pages on mux: /u/ (unsubscribe and
+// preferences), /subscribe and /c/ (sign-up and double opt-in).
+func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
+	cfg := e.cfg
+	pg, err := pages.New(pages.Branding{
+		Name: cfg.Branding.Name, LogoURL: cfg.Branding.LogoURL, Color: cfg.Branding.Color, Background: cfg.Branding.Background,
+	}, cfg.PrivacyURL)
+	if err != nil {
+		return fmt.Errorf("branding: %w", err)
+	}
+	senderName := cfg.SenderName
+	if senderName == "" {
+		senderName = cfg.Hostname
+	}
+	mux.Handle("/u/", unsubscribe.NewHandler(unsubscribe.Config{
+		Tokens: e.tokens, Suppressor: e.supp, PrivacyURL: cfg.PrivacyURL, SenderName: senderName, Events: e.queue,
+		Pages: pg, Lists: listsAdapter{subs: e.subs, lists: cfg.Lists},
+	}, log))
+
+	key, err := unsubscribe.LoadOrCreateKey(cfg.TokenKeyFile)
+	if err != nil {
+		return err
+	}
+	tk, err := optin.NewTokens(key, cfg.OptinTTL)
+	if err != nil {
+		return err
+	}
+	mailer, err := newConfirmMailer(e, pg.Name())
+	if err != nil {
+		return err
+	}
+	lists := make(map[string]optin.List, len(cfg.Lists))
+	for id, l := range cfg.Lists {
+		name := l.Name
+		if name == "" {
+			name = id
+		}
+		lists[id] = optin.List{Name: name, DoubleOptIn: l.DoubleOptIn}
+	}
+	h := optin.NewHandler(optin.Config{
+		Lists: lists, Store: e.subs, Mailer: mailer, Suppressions: suppLifter{e.supp}, Pages: pg, Tokens: tk,
+		PublicURL: cfg.PublicURL, PrivacyURL: cfg.PrivacyURL,
+	}, log.With().Str("component", "optin").Logger())
+	mux.Handle("/subscribe", h)
+	mux.Handle("/c/", h)
+	return nil
+}
+
+// listsAdapter shows the preference page the configured lists a person is
+// on, from the consent store, and records unsubscribes there too.
+type listsAdapter struct {
+	subs  *subscribers.Store
+	lists map[string]configs.List
+}
+
+// ListsFor satisfies unsubscribe.Lists: confirmed and legitimate-interest
+// memberships count as subscribed, unsubscribed ones as left; lists the
+// person never joined (or only signed up to, unconfirmed) are not shown.
+func (a listsAdapter) ListsFor(addr string) ([]unsubscribe.ListStatus, error) {
+	ids := make([]string, 0, len(a.lists))
+	for id := range a.lists {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	var out []unsubscribe.ListStatus
+	for _, id := range ids {
+		st, err := a.subs.Status(addr, id)
+		if err != nil {
+			return nil, err
+		}
+		name := a.lists[id].Name
+		if name == "" {
+			name = id
+		}
+		switch st.State {
+		case subscribers.StateConfirmed, subscribers.StateLegitimateInterest:
+			out = append(out, unsubscribe.ListStatus{ID: id, Name: name, Subscribed: true})
+		case subscribers.StateUnsubscribed:
+			out = append(out, unsubscribe.ListStatus{ID: id, Name: name})
+		}
+	}
+	return out, nil
+}
+
+// Unsubscribed appends the consent store's "unsubscribed" event; an address
+// it holds nothing for is not an error (the suppression entry is what counts).
+func (a listsAdapter) Unsubscribed(addr, list, source string) error {
+	if err := a.subs.Unsubscribe(addr, list, source); err != nil && !errors.Is(err, subscribers.ErrNotFound) {
+		return err
+	}
+	return nil
+}
+
+// suppLifter lets optin check suppressions and lift a person's own earlier
+// per-list unsubscribe once they confirmed that list again by double opt-in.
+type suppLifter struct{ *suppression.Store }
+
+// LiftUnsubscribe satisfies optin.Lifter: only an "unsubscribed" entry of
+// this very address on this very list goes; global entries, bounces,
+// complaints, erasures and domain entries stay.
+func (s suppLifter) LiftUnsubscribe(addr, list string) error {
+	a, err := address.Parse(addr)
+	if err != nil {
+		return err
+	}
+	en, found, err := s.Lookup(addr, list)
+	if err != nil || !found {
+		return err
+	}
+	if en.List != list || en.Reason != suppression.Unsubscribed || !strings.EqualFold(en.Target, a.Key()) {
+		return nil
+	}
+	_, err = s.Remove(addr, list)
+	return err
+}
+
+// confirmMailer renders the built-in confirmation message and enqueues it.
+type confirmMailer struct {
+	e      *env
+	set    *templates.Set
+	from   string
+	sender string
+}
+
+func newConfirmMailer(e *env, senderName string) (*confirmMailer, error) {
+	set, err := templates.Parse("configs/templates/confirm", configs.ConfirmHTML, configs.ConfirmText, configs.ConfirmSubject)
+	if err != nil {
+		return nil, err
+	}
+	if err := set.Validate(); err != nil {
+		return nil, err
+	}
+	// The From domain is the first DKIM domain, so the signer signs it.
+	domain := e.cfg.Hostname
+	if len(e.cfg.DKIM) > 0 {
+		domain = e.cfg.DKIM[0].Domain
+	}
+	from := (&mail.Address{Name: senderName, Address: "noreply@" + domain}).String()
+	return &confirmMailer{e: e, set: set, from: from, sender: senderName}, nil
+}
+
+// SendConfirmation satisfies optin.Mailer. The message goes into the queue
+// as campaign "optin-LIST" under a fresh key, so a later sign-up can mail
+// again; its queue list is "optin:LIST", so a global suppression stops it but
+// the person's own unsubscribe from LIST does not (they are asking back in).
+func (m *confirmMailer) SendConfirmation(ctx context.Context, addr, list, listName, confirmURL string) error {
+	e := m.e
+	camp := "optin-" + list
+	var rnd [12]byte
+	_, _ = rand.Read(rnd[:])
+	unsub := e.tokens.UnsubscribeURL(addr, list, camp)
+	uris := []string{unsub}
+	if mt := (links{e.tokens, e.mailtoDomain()}).UnsubscribeMailto(addr, list, camp); mt != "" {
+		uris = append(uris, mt)
+	}
+	valid := fmt.Sprintf("%d days", int(e.cfg.OptinTTL/(24*time.Hour)))
+	if e.cfg.OptinTTL < 48*time.Hour {
+		valid = fmt.Sprintf("%d hours", int(e.cfg.OptinTTL/time.Hour))
+	}
+	body, err := m.set.Render(templates.Data{
+		Email:          addr,
+		Fields:         map[string]string{"ConfirmURL": confirmURL, "ListName": listName, "SenderName": m.sender, "ValidFor": valid},
+		UnsubscribeURL: unsub, PrivacyURL: e.cfg.PrivacyURL,
+	}, templates.Envelope{
+		From: m.from, To: addr,
+		MessageID:   "optin." + hex.EncodeToString(rnd[:]) + "@" + e.cfg.Hostname,
+		Date:        time.Now(),
+		ListID:      list + "." + e.cfg.Hostname, // RFC 2919 §2
+		ListName:    listName,
+		Unsubscribe: uris,
+	})
+	if err != nil {
+		return fmt.Errorf("render confirmation: %w", err)
+	}
+	a, err := address.Parse(addr)
+	if err != nil {
+		return err
+	}
+	from, _ := mail.ParseAddress(m.from)
+	if _, err := e.queue.Enqueue([]queue.NewMessage{{
+		Campaign: camp, List: "optin:" + list,
+		Key:  a.Key() + ":" + fmt.Sprint(time.Now().UnixNano()),
+		From: from.Address, To: addr, Body: body,
+	}}); err != nil {
+		return fmt.Errorf("enqueue confirmation: %w", err)
+	}
+	e.queue.Kick()
+	return nil
+}
+
+// --- subscribers import / ls ---
+
+type subscribersArgs struct {
+	Path   string `json:"path,omitempty"`
+	List   string `json:"list,omitempty"`
+	Source string `json:"source,omitempty"`
+}
+
+// importSummary is the record `subscribers import` ends with.
+type importSummary struct {
+	File               string         `json:"file"`
+	List               string         `json:"list"`
+	Rows               int            `json:"rows"`
+	Consent            int            `json:"imported_consent"`
+	LegitimateInterest int            `json:"imported_legitimate_interest"`
+	Existing           int            `json:"existing"`
+	Suppressed         int            `json:"suppressed"`
+	SuppressedBy       map[string]int `json:"suppressed_by,omitempty"`
+	Errors             []string       `json:"errors,omitempty"`
+}
+
+// importBatch is how many rows go into one fsynced transaction.
+const importBatch = 500
+
+// parseConsentTime reads consented_at: RFC 3339 or a date.
+func parseConsentTime(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	if t, err := time.Parse(time.DateOnly, s); err == nil {
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("consented_at %q: want RFC 3339 or YYYY-MM-DD", s)
+}
+
+func opSubscribersImport(ctx context.Context, e *env, req request, o *out) error {
+	var a subscribersArgs
+	if err := decodeArgs(req, &a); err != nil {
+		return err
+	}
+	if _, ok := e.cfg.Lists[a.List]; !ok {
+		return fmt.Errorf("subscribers import: list %q is not configured (lists: in the server config)", a.List)
+	}
+	f, err := os.Open(a.Path)
+	if err != nil {
+		return fmt.Errorf("subscribers import: %w", err)
+	}
+	defer f.Close()
+	source := a.Source
+	if source == "" {
+		source = filepath.Base(a.Path)
+	}
+	sum := importSummary{File: a.Path, List: a.List, SuppressedBy: map[string]int{}}
+	rowErr := func(line int, format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		if !req.Reveal {
+			msg = address.MaskText(msg)
+		}
+		sum.Errors = append(sum.Errors, fmt.Sprintf("%s:%d: %s", a.Path, line, msg))
+	}
+	r := csv.NewReader(f)
+	r.FieldsPerRecord = -1
+	r.TrimLeadingSpace = true
+	header, err := r.Read()
+	if err != nil {
+		return fmt.Errorf("subscribers import %s: read header: %w", a.Path, err)
+	}
+	col := map[string]int{}
+	for i, h := range header {
+		col[strings.ToLower(strings.TrimSpace(strings.TrimPrefix(h, "\ufeff")))] = i
+	}
+	if _, ok := col["email"]; !ok {
+		return fmt.Errorf("%s:1: no email column", a.Path)
+	}
+	get := func(rec []string, name string) string {
+		if i, ok := col[name]; ok && i < len(rec) {
+			return strings.TrimSpace(rec[i])
+		}
+		return ""
+	}
+	var cands []subscribers.Candidate
+	var lines []int
+	flush := func() error {
+		if len(cands) == 0 {
+			return nil
+		}
+		res, err := e.subs.Import(cands)
+		if err != nil {
+			return err
+		}
+		for i, rs := range res {
+			switch {
+			case rs.Err == nil && rs.Event.Kind == subscribers.KindImportedLegitimate:
+				sum.LegitimateInterest++
+			case rs.Err == nil:
+				sum.Consent++
+			case errors.Is(rs.Err, subscribers.ErrExists):
+				sum.Existing++
+			case errors.Is(rs.Err, subscribers.ErrUnsubscribed):
+				sum.Suppressed++
+				sum.SuppressedBy["unsubscribed"]++
+			case errors.Is(rs.Err, subscribers.ErrErased):
+				sum.Suppressed++
+				sum.SuppressedBy["erased"]++
+			default:
+				rowErr(lines[i], "%v", rs.Err)
+			}
+		}
+		cands, lines = cands[:0], lines[:0]
+		_ = o.Progress(progress{Rows: sum.Rows})
+		return nil
+	}
+	for {
+		rec, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		line, _ := r.FieldPos(0)
+		if err != nil {
+			var pe *csv.ParseError
+			if errors.As(err, &pe) {
+				rowErr(pe.Line, "%v", pe.Err)
+				continue
+			}
+			return fmt.Errorf("subscribers import %s: %w", a.Path, err)
+		}
+		sum.Rows++
+		addr, err := address.Parse(get(rec, "email"))
+		if err != nil {
+			rowErr(line, "email: %v", err)
+			continue
+		}
+		at, err := parseConsentTime(get(rec, "consented_at"))
+		if err != nil {
+			rowErr(line, "%v", err)
+			continue
+		}
+		// The suppression store wins: whoever unsubscribed, bounced,
+		// complained or was erased is never brought back by an import.
+		reason, suppressed, err := e.supp.Check(addr.String(), a.List)
+		if err != nil {
+			return err
+		}
+		if suppressed {
+			sum.Suppressed++
+			sum.SuppressedBy[reason]++
+			continue
+		}
+		src := source
+		if s := get(rec, "source"); s != "" {
+			src += "/" + s
+		}
+		c := subscribers.Candidate{Address: addr.String(), List: a.List, Name: get(rec, "name"), Company: get(rec, "company"),
+			Source: src, ConsentedAt: at}
+		if !at.IsZero() {
+			c.IP = get(rec, "ip") // evidence only with a consent time
+		}
+		cands, lines = append(cands, c), append(lines, line)
+		if len(cands) >= importBatch {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	e.log.Info().Str("who", req.Who).Str("file", a.Path).Str("list", a.List).Int("rows", sum.Rows).Int("consent", sum.Consent).
+		Int("legitimate_interest", sum.LegitimateInterest).Int("suppressed", sum.Suppressed).Int("errors", len(sum.Errors)).Msg("subscribers imported")
+	if err := o.Record(sum); err != nil {
+		return err
+	}
+	if len(sum.Errors) > 0 {
+		return fmt.Errorf("subscribers import: %d invalid rows in %s", len(sum.Errors), a.Path)
+	}
+	return nil
+}
+
+// subscriberView is one row of `subscribers ls`.
+type subscriberView struct {
+	Address      string    `json:"address"`
+	Name         string    `json:"name,omitempty"`
+	Company      string    `json:"company,omitempty"`
+	List         string    `json:"list"`
+	State        string    `json:"state"`
+	Since        time.Time `json:"since"`
+	SubscriberID string    `json:"subscriber_id"`
+}
+
+func opSubscribersList(ctx context.Context, e *env, req request, o *out) error {
+	var a subscribersArgs
+	if err := decodeArgs(req, &a); err != nil {
+		return err
+	}
+	return e.subs.List(a.List, func(s subscribers.Subscriber) error {
+		v := subscriberView{Address: maskIf(req.Reveal, s.Address), List: s.List, State: s.Status.State,
+			Since: s.Status.Since, SubscriberID: s.SubscriberID}
+		if req.Reveal {
+			v.Name, v.Company = s.Name, s.Company
+		}
+		return o.Record(v)
+	})
+}
+
+func (c *cli) subscribersCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "subscribers", Short: "The consent store: who subscribed to which list, with evidence"}
+	var ia subscribersArgs
+	imp := &cobra.Command{
+		Use:   "import CSV",
+		Short: "Import contacts (email, name, company, consented_at, ip, source); rows without consented_at are legitimate-interest candidates, never consent",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ia.Path = absPath(args[0])
+			return c.call(cmd.Context(), "subscribers.import", ia, func(raw json.RawMessage) error {
+				var s importSummary
+				if err := json.Unmarshal(raw, &s); err != nil {
+					return err
+				}
+				w := c.stdout
+				fmt.Fprintf(w, "import %s into list %s\n", s.File, s.List)
+				fmt.Fprintf(w, "  rows read                     %d\n", s.Rows)
+				fmt.Fprintf(w, "  imported with consent         %d\n", s.Consent)
+				fmt.Fprintf(w, "  legitimate-interest candidates %d\n", s.LegitimateInterest)
+				fmt.Fprintf(w, "  already on the list           %d\n", s.Existing)
+				fmt.Fprintf(w, "  suppressed                    %s\n", countsLine(s.SuppressedBy))
+				fmt.Fprintf(w, "  invalid rows                  %d\n", len(s.Errors))
+				for _, e := range s.Errors {
+					fmt.Fprintf(c.stderr, "%s\n", e)
+				}
+				return nil
+			})
+		},
+	}
+	imp.Flags().StringVar(&ia.List, "list", "", "the list to import into (must be configured)")
+	imp.Flags().StringVar(&ia.Source, "source", "", "where the contacts come from (default: the file name)")
+	_ = imp.MarkFlagRequired("list")
+	var la subscribersArgs
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List subscribers and their state (addresses masked unless --reveal)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t := c.table("ADDRESS", "LIST", "STATE", "SINCE")
+			defer t.Flush()
+			return c.call(cmd.Context(), "subscribers.ls", la, func(raw json.RawMessage) error {
+				var v subscriberView
+				if err := json.Unmarshal(raw, &v); err != nil {
+					return err
+				}
+				fmt.Fprintf(t, "%s\t%s\t%s\t%s\n", v.Address, v.List, v.State, v.Since.Local().Format(time.DateTime))
+				return nil
+			})
+		},
+	}
+	ls.Flags().StringVar(&la.List, "list", "", "only this list")
+	cmd.AddCommand(imp, ls)
+	return cmd
+}
