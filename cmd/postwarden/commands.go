@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -551,6 +552,44 @@ func (c *cli) suppressCommand() *cobra.Command {
 
 // --- dkim ---
 
+// keygenArgs are the arguments of the dkim.keygen op.
+type keygenArgs struct {
+	Domain   string `json:"domain"`
+	Selector string `json:"selector"`
+	Type     string `json:"type"`
+	Out      string `json:"out,omitempty"`
+}
+
+func absIfSet(p string) string {
+	if p == "" {
+		return ""
+	}
+	return absPath(p)
+}
+
+// opDKIMKeygen writes a new key (never over an existing one) and records it.
+func opDKIMKeygen(ctx context.Context, e *env, req request, o *out) error {
+	var a keygenArgs
+	if err := decodeArgs(req, &a); err != nil {
+		return err
+	}
+	path := a.Out
+	if path == "" {
+		path = filepath.Join(e.cfg.DataDir, "dkim", a.Domain+"."+a.Selector+".key")
+	}
+	if err := dkim.WriteNew(path, a.Type); err != nil {
+		return err
+	}
+	k, _, err := dkim.LoadOrCreate(path, a.Domain, a.Selector, a.Type)
+	if err != nil {
+		return err
+	}
+	if err := e.record(req, "dkim.keygen", a.Selector+"._domainkey."+a.Domain, "", map[string]string{"type": k.Type(), "path": path}); err != nil {
+		return err
+	}
+	return o.Record(createdKey{Path: path, DNSRecord: k.DNSRecord()})
+}
+
 // selectorPattern is a DKIM selector: one or more DNS labels (RFC 6376 §3.1).
 var selectorPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 
@@ -575,24 +614,18 @@ func (c *cli) dkimCommand() *cobra.Command {
 				return fmt.Errorf("dkim keygen: --selector %q: want DNS labels (letters, digits, '-', '.')", selector)
 			}
 			domain, selector = d, sel
-			path := out
-			if path == "" {
-				cfg, err := c.loadConfig()
-				if err != nil {
-					return err
-				}
-				path = filepath.Join(cfg.DataDir, "dkim", domain+"."+selector+".key")
-			}
-			if err := dkim.WriteNew(path, keyType); err != nil {
-				return err
-			}
-			k, _, err := dkim.LoadOrCreate(path, domain, selector, keyType)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(c.stderr, "wrote %s (mode 0600); publish:\n", path)
-			fmt.Fprintln(c.stdout, k.DNSRecord())
-			return nil
+			// The key is written by whoever holds the stores (the daemon, or
+			// this process), so the change is in the audit log.
+			return c.call(cmd.Context(), "dkim.keygen", keygenArgs{Domain: domain, Selector: selector, Type: keyType, Out: absIfSet(out)},
+				func(raw json.RawMessage) error {
+					var k createdKey
+					if err := json.Unmarshal(raw, &k); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.stderr, "wrote %s (mode 0600); publish:\n", k.Path)
+					fmt.Fprintln(c.stdout, k.DNSRecord)
+					return nil
+				})
 		},
 	}
 	keygen.Flags().StringVar(&domain, "domain", "", "signing domain (d=)")

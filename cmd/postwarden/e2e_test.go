@@ -199,6 +199,12 @@ func TestOneClickUnsubscribeThroughDaemon(t *testing.T) {
 	if !strings.Contains(chk.stdout, "unsubscribed") {
 		t.Errorf("suppress check: %s", chk.stdout)
 	}
+	// The unsubscribe is in the audit log as the recipient's own action,
+	// naming them by index only.
+	al := h.mustRun(0, "--json", "audit", "ls").stdout
+	if !strings.Contains(al, `"who":"http:127.0.0.1"`) || !strings.Contains(al, `"action":"suppress.add"`) || strings.Contains(al, "ana@") {
+		t.Errorf("audit log after a one-click unsubscribe:\n%s", al)
+	}
 
 	// The next campaign on the list skips her.
 	file2 := h.campaign("news-2", "email,first_name,company\nana@acme.example,Ana,Acme\ndave@globex.example,Dave,Globex\n")

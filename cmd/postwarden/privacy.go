@@ -35,6 +35,7 @@ func init() {
 		"audit.verify":       opAuditVerify,
 		"db.prune":           opDBPrune,
 		"db.compact":         opDBCompact,
+		"dkim.keygen":        opDKIMKeygen,
 	} {
 		ops[name] = opSpec{fn: fn}
 	}
@@ -433,4 +434,13 @@ func (g deliveryGate) Check(addr, list string) (string, bool, error) {
 		return reason, true, nil
 	}
 	return "", false, nil
+}
+
+// httpAuditor records what a recipient did over HTTP (unsubscribe, sign-up,
+// confirmation) as "http:IP", naming the person by index.
+type httpAuditor struct{ e *env }
+
+// HTTPAction satisfies unsubscribe.Auditor and optin.Auditor.
+func (a httpAuditor) HTTPAction(ip, action, addr, detail string) error {
+	return a.e.record(request{Who: "http:" + ip}, action, a.e.targetRef(addr), detail, nil)
 }

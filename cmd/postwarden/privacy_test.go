@@ -4,14 +4,19 @@ import (
 	"bytes"
 	"encoding/json"
 	"io/fs"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/emersion/go-smtp"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/postwarden/postwarden/mta/mtatest"
+	"github.com/postwarden/postwarden/suppression/unsubscribe"
 )
 
 // scanData reports every file under dir whose raw bytes contain any needle.
@@ -143,4 +148,66 @@ func TestAuditVerifyDetectsTampering(t *testing.T) {
 	if !strings.Contains(v.stdout+v.stderr, "entry 2") {
 		t.Errorf("audit verify does not name entry 2:\n%s\n%s", v.stdout, v.stderr)
 	}
+}
+
+// An unsubscribe that arrives while a message waits deferred in the queue
+// stops it: the retry never reaches the recipient.
+func TestUnsubscribeWhileDeferredIsNeverDelivered(t *testing.T) {
+	h := newHarness(t, mtatest.Options{Rcpt: func(rcpt string, n int) error {
+		if rcpt == "ana@acme.example" {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"}
+		}
+		return nil
+	}})
+	file := h.campaign("wait-1", "email,first_name\nana@acme.example,Ana\n")
+	if r := h.mustRun(0, "campaign", "send", file); !strings.Contains(r.stdout, "deferred 1") {
+		t.Fatalf("not deferred:\n%s", r.stdout)
+	}
+	h.serve()
+	// The recipient clicks one-click unsubscribe (the link their message
+	// carries: minted here with the same token key).
+	key, err := unsubscribe.LoadOrCreateKey(h.config().TokenKeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := unsubscribe.NewTokens(key, h.config().PublicURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.PostForm(tokens.UnsubscribeURL("ana@acme.example", "product-news", "wait-1"), url.Values{"List-Unsubscribe": {"One-Click"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("one-click POST: %d", resp.StatusCode)
+	}
+	h.mustRun(0, "queue", "retry", "ALL")
+	waitFor(t, "the retry to finish", func() bool {
+		ls := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--campaign", "wait-1").stdout)
+		return len(ls) == 1 && ls[0].State == "cancelled"
+	})
+	if n := h.sink.ByRecipient()["ana@acme.example"]; n != 0 {
+		t.Errorf("delivered %d times after the unsubscribe", n)
+	}
+}
+
+// db prune applies the retention periods: finished records older than
+// retention.finished_messages go, and the prune is in the audit log.
+func TestDBPruneAppliesRetention(t *testing.T) {
+	h := newHarness(t, mtatest.Options{})
+	h.appendConfig("retention: {finished_messages: 1ms}\n")
+	h.mustRun(0, "campaign", "send", h.campaign("old-1", "email\nana@acme.example\ndave@globex.example\n"))
+	time.Sleep(5 * time.Millisecond) // let the records age past 1ms
+	r := h.mustRun(0, "--json", "db", "prune")
+	if !strings.Contains(r.stdout, `"finished_messages":2`) {
+		t.Errorf("db prune: %s", r.stdout)
+	}
+	if ls := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--campaign", "old-1").stdout); len(ls) != 0 {
+		t.Errorf("%d records left after prune", len(ls))
+	}
+	if al := h.mustRun(0, "--json", "audit", "ls").stdout; !strings.Contains(al, `"action":"db.prune"`) {
+		t.Errorf("prune not audited:\n%s", al)
+	}
+	h.mustRun(0, "db", "compact")
 }

@@ -34,6 +34,33 @@ func (c *cli) serveCommand() *cobra.Command {
 	}
 }
 
+// retentionEvery is how often the daemon applies the retention periods.
+const retentionEvery = time.Hour
+
+// enforceRetention prunes what the retention periods say is due, at start
+// and then every period, until ctx ends.
+func (e *env) enforceRetention(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		r, err := e.prune()
+		if err != nil {
+			e.log.Error().Err(err).Msg("retention prune failed")
+		} else if r != (pruneResult{}) {
+			if aerr := e.record(request{Who: "system:retention"}, "db.prune", "", "retention", map[string]string{
+				"finished_messages": fmt.Sprint(r.FinishedMessages), "pending_optins": fmt.Sprint(r.PendingOptins), "audit_entries": fmt.Sprint(r.AuditEntries)}); aerr != nil {
+				e.log.Error().Err(aerr).Msg("retention prune not audited")
+			}
+			e.log.Info().Int("finished_messages", r.FinishedMessages).Int("pending_optins", r.PendingOptins).Int("audit_entries", r.AuditEntries).Msg("retention pruned")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // shutdownGrace bounds how long serve waits for HTTP requests to finish.
 const shutdownGrace = 10 * time.Second
 
@@ -102,6 +129,8 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 	defer stopRunner()
 	runDone := make(chan error, 1)
 	go func() { runDone <- runner.Run(runCtx) }()
+	retentionDone := make(chan struct{})
+	go func() { defer close(retentionDone); e.enforceRetention(runCtx, retentionEvery) }()
 
 	log.Info().Str("http", ln.Addr().String()).Str("admin_socket", cfg.AdminSocket).Str("mode", cfg.Delivery.Mode).Msg("postwarden serving")
 
@@ -117,6 +146,7 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 	defer cancel()
 	_ = srv.Shutdown(sctx)
 	_ = admin.Close(sctx)
+	<-retentionDone
 	if err := <-runDone; err != nil && !errors.Is(err, context.Canceled) {
 		runErr = errors.Join(runErr, err)
 	}

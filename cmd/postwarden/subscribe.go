@@ -52,7 +52,7 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 	}
 	mux.Handle("/u/", unsubscribe.NewHandler(unsubscribe.Config{
 		Tokens: e.tokens, Suppressor: e.supp, PrivacyURL: cfg.PrivacyURL, SenderName: senderName, Events: e.queue,
-		Pages: pg, Lists: listsAdapter{subs: e.subs, lists: cfg.Lists},
+		Pages: pg, Lists: listsAdapter{subs: e.subs, lists: cfg.Lists}, Audit: httpAuditor{e},
 	}, log))
 
 	key, err := unsubscribe.LoadOrCreateKey(cfg.TokenKeyFile)
@@ -77,7 +77,7 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 	}
 	h := optin.NewHandler(optin.Config{
 		Lists: lists, Store: e.subs, Mailer: mailer, Suppressions: suppLifter{e.supp}, Pages: pg, Tokens: tk,
-		PublicURL: cfg.PublicURL, PrivacyURL: cfg.PrivacyURL,
+		PublicURL: cfg.PublicURL, PrivacyURL: cfg.PrivacyURL, Audit: httpAuditor{e},
 	}, log.With().Str("component", "optin").Logger())
 	mux.Handle("/subscribe", h)
 	mux.Handle("/c/", h)

@@ -95,6 +95,14 @@ type Config struct {
 	PrivacyURL   string          // recorded with every sign-up as the policy shown
 	Limits       Limits
 	Now          func() time.Time // default time.Now
+	// Audit, when set, records sign-ups and confirmations as actions of
+	// "http:IP" before they are reported done.
+	Audit Auditor
+}
+
+// Auditor records an action a person took over HTTP.
+type Auditor interface {
+	HTTPAction(ip, action, address, detail string) error
 }
 
 // Handler serves /subscribe and /c/{token}.
@@ -295,6 +303,13 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 		}
 		pending = suppressed // the suppression store wins: only a confirmed click brings them back
 	}
+	if h.cfg.Audit != nil {
+		if err := h.cfg.Audit.HTTPAction(ip, "subscribers.subscribe", addr, "list "+id); err != nil {
+			h.log.Error().Err(err).Str("rcpt", address.Mask(addr)).Msg("sign-up not audited")
+			h.serverError(w)
+			return
+		}
+	}
 	sub := subscribers.Subscription{Address: addr, List: id, Name: name, Company: company, Source: source,
 		IP: ip, UserAgent: r.UserAgent(), PrivacyURL: h.cfg.PrivacyURL, ConsentText: consent,
 		Pending: pending, ViaDoubleOptIn: pending}
@@ -384,6 +399,13 @@ func (h *Handler) confirm(w http.ResponseWriter, r *http.Request) {
 	}
 	if _, ok := h.readForm(w, r); !ok {
 		return
+	}
+	if h.cfg.Audit != nil {
+		if err := h.cfg.Audit.HTTPAction(ip, "subscribers.confirm", c.Address, "list "+c.List); err != nil {
+			h.log.Error().Err(err).Str("rcpt", address.Mask(c.Address)).Msg("confirmation not audited")
+			h.serverError(w)
+			return
+		}
 	}
 	_, err := h.cfg.Store.Confirm(c.Address, c.List, ip, r.UserAgent())
 	if errors.Is(err, subscribers.ErrNoPending) {

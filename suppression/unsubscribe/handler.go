@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -62,6 +63,14 @@ type Config struct {
 	Events interface {
 		AddCampaignEvent(campaign, kind string) error
 	}
+	// Audit, when set, records each unsubscribe as an action of "http:IP";
+	// an unsubscribe counts as done only once it is recorded.
+	Audit Auditor
+}
+
+// Auditor records an action a recipient took over HTTP.
+type Auditor interface {
+	HTTPAction(ip, action, address, detail string) error
 }
 
 type handler struct {
@@ -193,7 +202,7 @@ func (h *handler) unsubscribe(w http.ResponseWriter, r *http.Request) {
 	if form.Get("scope") == "all" {
 		e.List = ""
 	}
-	if !h.record(w, c, e) {
+	if !h.record(w, r, c, e) {
 		return
 	}
 	text := "You will receive no more of these messages."
@@ -205,7 +214,18 @@ func (h *handler) unsubscribe(w http.ResponseWriter, r *http.Request) {
 
 // record adds the suppression entry, counts the event and tells the consent
 // history; false means a 500 page has been written.
-func (h *handler) record(w http.ResponseWriter, c Claim, e suppression.Entry) bool {
+func (h *handler) record(w http.ResponseWriter, r *http.Request, c Claim, e suppression.Entry) bool {
+	if h.cfg.Audit != nil {
+		list := e.List
+		if list == "" {
+			list = "*"
+		}
+		if err := h.cfg.Audit.HTTPAction(remoteIP(r), "suppress.add", c.Address, "unsubscribed list "+list+" via "+e.Source); err != nil {
+			h.log.Error().Err(err).Str("rcpt", address.Mask(c.Address)).Msg("unsubscribe not audited")
+			h.serverError(w)
+			return false
+		}
+	}
 	if err := h.cfg.Suppressor.Add(e); err != nil {
 		h.log.Error().Err(scrub(err, c.Address)).Str("rcpt", address.Mask(c.Address)).Str("list", e.List).
 			Str("campaign", c.Campaign).Msg("unsubscribe not recorded")
@@ -338,7 +358,7 @@ func (h *handler) prefsPost(w http.ResponseWriter, r *http.Request) {
 		h.render(w, http.StatusBadRequest, message("Bad request", "Bad request", "Choose a list or everything."))
 		return
 	}
-	if !h.record(w, c, e) {
+	if !h.record(w, r, c, e) {
 		return
 	}
 	for i := range ls {
@@ -385,4 +405,13 @@ func scrub(err error, addr string) error {
 		return err
 	}
 	return errors.New(strings.ReplaceAll(err.Error(), addr, address.Mask(addr)))
+}
+
+// remoteIP is the host of RemoteAddr; forwarding headers are not trusted.
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
