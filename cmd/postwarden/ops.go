@@ -228,11 +228,11 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		defer sender.Close()
 		res.DKIMKeys = created
 		rc := queue.RunnerConfig{Workers: e.cfg.Delivery.Workers, Campaign: spec.ID}
-		runner := e.queue.NewRunner(sender, deliveryGate{e.supp}, rc)
+		runner := e.queue.NewRunner(sender, deliveryGate{e.suppressions()}, rc)
 		deliveryDone = make(chan error, 1)
 		go func() { deliveryDone <- runner.Run(runCtx) }()
 		drain = func(ctx context.Context) error {
-			return e.queue.NewRunner(sender, deliveryGate{e.supp}, rc).Drain(ctx)
+			return e.queue.NewRunner(sender, deliveryGate{e.suppressions()}, rc).Drain(ctx)
 		}
 		if e.cfg.Delivery.Mode == "capture" {
 			res.CaptureDir = e.cfg.Delivery.CaptureDir
@@ -240,7 +240,7 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	}
 
 	summary, sendErr := campaign.Send(ctx, spec, campaign.Deps{
-		Suppressions: e.supp,
+		Suppressions: e.suppressions(),
 		Consents:     e.subs,
 		Queue:        queueAdapter{e.queue},
 		Links:        links{e.tokens, e.mailtoDomain()},

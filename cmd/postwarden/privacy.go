@@ -413,6 +413,29 @@ func opDBCompact(ctx context.Context, e *env, req request, o *out) error {
 	return nil
 }
 
+// suppressionView is the suppression check of campaigns (at enqueue) and
+// of the queue (at dequeue). An erasure tombstone blocks an address
+// forever, except on a list where the person came back through double
+// opt-in after the erasure: the consent store takes an erased address back
+// only that way, so a confirmed status there is that fresh consent.
+type suppressionView struct {
+	*suppression.Store
+	subs *subscribers.Store
+}
+
+// Check implements campaign.Suppressions and queue.Suppressions.
+func (v suppressionView) Check(addr, list string) (string, bool, error) {
+	reason, suppressed, err := v.Store.Check(addr, list)
+	if err != nil || !suppressed || suppression.Reason(reason) != suppression.Erased || v.subs == nil {
+		return reason, suppressed, err
+	}
+	st, serr := v.subs.Status(addr, strings.TrimPrefix(list, optinListPrefix))
+	if serr == nil && st.State == subscribers.StateConfirmed {
+		return "", false, nil
+	}
+	return reason, suppressed, err
+}
+
 // optinListPrefix marks the queue list of double opt-in confirmations.
 const optinListPrefix = "optin:"
 
@@ -421,11 +444,11 @@ const optinListPrefix = "optin:"
 // it reaches them even after an unsubscribe or an erasure (coming back after
 // an erasure is only possible through double opt-in); a hard bounce, a
 // complaint or a restriction still stops it.
-type deliveryGate struct{ *suppression.Store }
+type deliveryGate struct{ suppressionView }
 
 // Check implements queue.Suppressions.
 func (g deliveryGate) Check(addr, list string) (string, bool, error) {
-	reason, suppressed, err := g.Store.Check(addr, list)
+	reason, suppressed, err := g.suppressionView.Check(addr, list)
 	if err != nil || !suppressed || !strings.HasPrefix(list, optinListPrefix) {
 		return reason, suppressed, err
 	}
@@ -435,6 +458,9 @@ func (g deliveryGate) Check(addr, list string) (string, bool, error) {
 	}
 	return "", false, nil
 }
+
+// suppressions is the view of the suppression store that sending uses.
+func (e *env) suppressions() suppressionView { return suppressionView{e.supp, e.subs} }
 
 // httpAuditor records what a recipient did over HTTP (unsubscribe, sign-up,
 // confirmation) as "http:IP", naming the person by index.

@@ -211,3 +211,65 @@ func TestDBPruneAppliesRetention(t *testing.T) {
 	}
 	h.mustRun(0, "db", "compact")
 }
+
+// An erased person can come back only by double opt-in: the tombstone
+// blocks every campaign until they sign up again and confirm; the new
+// record has a new subscriber id, and the tombstone stays as the proof.
+func TestErasedComesBackOnlyByDoubleOptIn(t *testing.T) {
+	h := newHarness(t, mtatest.Options{})
+	h.withLists()
+	h.serve()
+	base := "http://" + h.httpAddr
+	const ana = "ana@acme.example"
+	if code, _ := postForm(t, base+"/subscribe", url.Values{"list": {"news"}, "email": {ana}}); code != 200 {
+		t.Fatalf("subscribe: %d", code)
+	}
+	if code, _ := postForm(t, h.confirmLink(ana, 1), url.Values{"confirm": {"yes"}}); code != 200 {
+		t.Fatalf("confirm: %d", code)
+	}
+	firstID := h.subscriberID(ana, "news")
+
+	h.mustRun(0, "subject", "erase", ana, "--reason", "DSAR-9")
+	r := h.mustRun(0, "campaign", "send", h.consentCampaign("back-1", "email\n"+ana+"\n"))
+	if !strings.Contains(r.stdout, "erased 1") || !strings.Contains(r.stdout, "enqueued       0") {
+		t.Fatalf("campaign after erasure:\n%s", r.stdout)
+	}
+
+	// She signs up again: the confirmation reaches her despite the tombstone,
+	// and only her click brings her back.
+	if code, _ := postForm(t, base+"/subscribe", url.Values{"list": {"news"}, "email": {ana}}); code != 200 {
+		t.Fatalf("subscribe again: %d", code)
+	}
+	link := h.confirmLink(ana, 2)
+	r = h.mustRun(0, "campaign", "send", h.consentCampaign("back-2", "email\n"+ana+"\n"))
+	if !strings.Contains(r.stdout, "enqueued       0") {
+		t.Fatalf("an unconfirmed comeback was mailed:\n%s", r.stdout)
+	}
+	if code, _ := postForm(t, link, url.Values{"confirm": {"yes"}}); code != 200 {
+		t.Fatalf("confirm again: %d", code)
+	}
+	if id := h.subscriberID(ana, "news"); id == "" || id == firstID {
+		t.Errorf("subscriber id after the comeback %q, first %q: want a new one", id, firstID)
+	}
+	r = h.mustRun(0, "campaign", "send", h.consentCampaign("back-3", "email\n"+ana+"\n"))
+	if !strings.Contains(r.stdout, "enqueued       1") {
+		t.Errorf("the confirmed comeback is not mailed:\n%s", r.stdout)
+	}
+	waitFor(t, "the campaign after the comeback", func() bool { return h.sink.ByRecipient()[ana] == 3 })
+	if chk := h.mustRun(0, "suppress", "check", ana); !strings.Contains(chk.stdout, "erased") {
+		t.Errorf("the tombstone is gone: %s", chk.stdout)
+	}
+}
+
+// subscriberID is a subscriber's id on a list, "" when none.
+func (h *harness) subscriberID(addr, list string) string {
+	h.t.Helper()
+	r := h.run("--json", "--reveal", "subscribers", "ls", "--list", list)
+	for _, v := range jsonLines[map[string]any](h.t, r.stdout) {
+		if v["address"] == addr {
+			id, _ := v["subscriber_id"].(string)
+			return id
+		}
+	}
+	return ""
+}
