@@ -57,25 +57,31 @@ type Box struct {
 	macs     sync.Pool // of hash.Hash: HMAC-SHA256 under indexKey
 }
 
-// LoadOrCreateKey reads the data key at path, creating it (32 random bytes,
+// LoadOrCreateKey reads the data key at path (see KeyFile), creating it (32 random bytes,
 // mode 0600, parent directory 0700, O_EXCL, fsynced) if it does not exist. It
 // refuses a key file readable by group or others, or not exactly 32 bytes.
-func LoadOrCreateKey(path string) ([]byte, error) {
-	key, err := readKey(path)
+func LoadOrCreateKey(path string) ([]byte, error) { return KeyFile(path, "data key") }
+
+// KeyFile reads a 32-byte secret key file, creating it (random bytes, mode
+// 0600, parent directory 0700, O_EXCL, fsynced) if it does not exist; it
+// refuses one readable by group or others, or not exactly 32 bytes. kind
+// names the key in errors ("data key", "token key").
+func KeyFile(path, kind string) ([]byte, error) {
+	key, err := readKey(path, kind)
 	if !errors.Is(err, os.ErrNotExist) {
 		return key, err
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("create data key %s: %w", path, err)
+		return nil, fmt.Errorf("create %s %s: %w", kind, path, err)
 	}
 	key = make([]byte, KeySize)
 	rand.Read(key) // never fails (crypto/rand, Go ≥ 1.24)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, os.ErrExist) {
-		return readKey(path) // another process created it first
+		return readKey(path, kind) // another process created it first
 	}
 	if err != nil {
-		return nil, fmt.Errorf("create data key %s: %w", path, err)
+		return nil, fmt.Errorf("create %s %s: %w", kind, path, err)
 	}
 	_, err = f.Write(key)
 	if err == nil {
@@ -86,7 +92,7 @@ func LoadOrCreateKey(path string) ([]byte, error) {
 	}
 	if err != nil {
 		os.Remove(path) // never leave a short key behind
-		return nil, fmt.Errorf("create data key %s: %w", path, err)
+		return nil, fmt.Errorf("create %s %s: %w", kind, path, err)
 	}
 	if d, err := os.Open(filepath.Dir(path)); err == nil { // make the new name durable
 		d.Sync()
@@ -96,26 +102,26 @@ func LoadOrCreateKey(path string) ([]byte, error) {
 }
 
 // readKey reads and checks an existing key file.
-func readKey(path string) ([]byte, error) {
+func readKey(path, kind string) ([]byte, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("read data key %s: %w", path, err)
+		return nil, fmt.Errorf("read %s %s: %w", kind, path, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("data key %s is not a regular file", path)
+		return nil, fmt.Errorf("%s %s is not a regular file", kind, path)
 	}
 	if m := fi.Mode().Perm(); m&0o077 != 0 {
-		return nil, fmt.Errorf("data key %s is readable by group or others (mode %o); chmod 600 it", path, m)
+		return nil, fmt.Errorf("%s %s is readable by group or others (mode %o); chmod 600 it", kind, path, m)
 	}
 	key, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read data key %s: %w", path, err)
+		return nil, fmt.Errorf("read %s %s: %w", kind, path, err)
 	}
 	if len(key) != KeySize {
-		return nil, fmt.Errorf("data key %s is %d bytes; want exactly %d", path, len(key), KeySize)
+		return nil, fmt.Errorf("%s %s is %d bytes; want exactly %d", kind, path, len(key), KeySize)
 	}
 	return key, nil
 }

@@ -45,6 +45,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"go.etcd.io/bbolt"
+
+	"github.com/postwarden/postwarden/suppression/compact"
 	bberrors "go.etcd.io/bbolt/errors"
 
 	"github.com/postwarden/postwarden/suppression/address"
@@ -1277,33 +1279,8 @@ func (s *Store) Compact() error {
 	if s.db == nil {
 		return ErrClosed
 	}
-	tmp := s.path + ".compact"
-	os.Remove(tmp) // a leftover from a crash
-	dst, err := bbolt.Open(tmp, 0o600, &bbolt.Options{Timeout: s.timeout})
-	if err != nil {
-		return fmt.Errorf("compact subscriber store %s: %w", s.path, err)
-	}
-	if err := bbolt.Compact(dst, s.db, 64<<20); err != nil {
-		dst.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("compact subscriber store %s: %w", s.path, err)
-	}
-	err = dst.Sync() // every Compact commit fsyncs already; this covers NoSync builds
-	if cerr := dst.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("compact subscriber store %s: %w", s.path, err)
-	}
-	// The old file stays open (and locked) until the new one is in place.
-	if err := os.Rename(tmp, s.path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("compact subscriber store %s: %w", s.path, err)
-	}
-	if d, err := os.Open(filepath.Dir(s.path)); err == nil { // make the rename durable
-		d.Sync()
-		d.Close()
+	if err := compact.Rewrite(s.db, s.path, s.timeout); err != nil {
+		return fmt.Errorf("subscriber store: %w", err)
 	}
 	old := s.db
 	s.db = nil

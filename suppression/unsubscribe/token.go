@@ -11,15 +11,14 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
+
+	"github.com/postwarden/postwarden/suppression/sealed"
 )
 
 // KeySize is the length of the token key in bytes.
@@ -47,67 +46,7 @@ type Tokens struct {
 // LoadOrCreateKey reads the token key at path, creating it (32 random bytes,
 // mode 0600, parent directory 0700) if it does not exist. It refuses a key
 // file readable by group or others, or shorter than 32 bytes.
-func LoadOrCreateKey(path string) ([]byte, error) {
-	key, err := readKey(path)
-	if !errors.Is(err, os.ErrNotExist) {
-		return key, err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("create token key %s: %w", path, err)
-	}
-	key = make([]byte, KeySize)
-	if _, err := rand.Read(key); err != nil {
-		return nil, fmt.Errorf("create token key %s: %w", path, err)
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		return readKey(path) // another process created it first
-	}
-	if err != nil {
-		return nil, fmt.Errorf("create token key %s: %w", path, err)
-	}
-	_, err = f.Write(key)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(path) // never leave a short key behind
-		return nil, fmt.Errorf("create token key %s: %w", path, err)
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil { // make the new name durable
-		d.Sync()
-		d.Close()
-	}
-	return key, nil
-}
-
-// readKey reads and checks an existing key file.
-func readKey(path string) ([]byte, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, err
-		}
-		return nil, fmt.Errorf("read token key %s: %w", path, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("token key %s is not a regular file", path)
-	}
-	if m := fi.Mode().Perm(); m&0o077 != 0 {
-		return nil, fmt.Errorf("token key %s is readable by group or others (mode %o); chmod 600 it", path, m)
-	}
-	key, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read token key %s: %w", path, err)
-	}
-	if len(key) < KeySize {
-		return nil, fmt.Errorf("token key %s is %d bytes; want at least %d", path, len(key), KeySize)
-	}
-	return key, nil
-}
+func LoadOrCreateKey(path string) ([]byte, error) { return sealed.KeyFile(path, "token key") }
 
 // NewTokens derives the MAC and encryption keys from key; publicURL is the
 // base of unsubscribe URLs (a trailing "/" is dropped).

@@ -1,0 +1,58 @@
+// Package compact rewrites a bbolt file into a fresh one. bbolt reuses freed
+// pages without wiping them, so bytes of deleted records (an erased person's
+// data) stay in the file until it is rewritten; after Rewrite they are gone
+// from it. The old file's blocks go back to the file system unwiped, which is
+// why the stores seal personal data as well.
+package compact
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+// txMaxSize bounds one copy transaction of bbolt.Compact.
+const txMaxSize = 64 << 20
+
+// Rewrite copies the open db into <path>.compact, fsyncs it, renames it over
+// path and fsyncs the folder. The caller holds off every other use of db,
+// and closes and reopens it afterwards: db still reads the old (unlinked)
+// file. On error path is untouched.
+func Rewrite(db *bbolt.DB, path string, timeout time.Duration) error {
+	tmp := path + ".compact"
+	os.Remove(tmp) // a leftover from a crash
+	dst, err := bbolt.Open(tmp, 0o600, &bbolt.Options{Timeout: timeout})
+	if err != nil {
+		return fmt.Errorf("compact %s: %w", path, err)
+	}
+	if err := bbolt.Compact(dst, db, txMaxSize); err != nil {
+		dst.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("compact %s: %w", path, err)
+	}
+	err = dst.Sync() // every Compact commit fsyncs already; this covers NoSync builds
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("compact %s: %w", path, err)
+	}
+	// The old file stays open (and locked) until the new one is in place.
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("compact %s: %w", path, err)
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return fmt.Errorf("compact %s: open folder: %w", path, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil { // make the rename durable
+		return fmt.Errorf("compact %s: sync folder: %w", path, err)
+	}
+	return nil
+}
