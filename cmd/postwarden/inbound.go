@@ -129,7 +129,7 @@ func startInbound(cfg *configs.Server, e *env, log zerolog.Logger) (*inbound.Ser
 		Mailto:       e.tokens,
 		Bounces:      queueBounces{e.queue},
 		Suppressor:   e.supp,
-		Unsubscriber: mailUnsubscriber{e.supp},
+		Unsubscriber: mailUnsubscriber{e},
 		Events:       e.queue,
 	}, log)
 	if err != nil {
@@ -153,10 +153,17 @@ func (a queueBounces) Bounce(id string, r bounce.Report) (to, list, campaign str
 	return m.To, m.List, m.Campaign, nil
 }
 
-// mailUnsubscriber records a mailto unsubscribe like the one-click POST:
-// the claim's list, reason unsubscribed.
-type mailUnsubscriber struct{ s *suppression.Store }
+// mailUnsubscriber records a mailto unsubscribe exactly as the one-click
+// POST does: audited as the recipient's own action, the claim's list
+// suppressed (reason unsubscribed), and the consent history told.
+type mailUnsubscriber struct{ e *env }
 
 func (u mailUnsubscriber) Unsubscribe(c unsubscribe.Claim, source string) error {
-	return u.s.Add(suppression.Entry{Target: c.Address, List: c.List, Reason: suppression.Unsubscribed, Source: source})
+	if err := (httpAuditor{u.e}).action("smtp", "suppress.add", c.Address, "unsubscribed list "+c.List+" via "+source); err != nil {
+		return err
+	}
+	if err := u.e.supp.Add(suppression.Entry{Target: c.Address, List: c.List, Reason: suppression.Unsubscribed, Source: source}); err != nil {
+		return err
+	}
+	return listsAdapter{subs: u.e.subs}.Unsubscribed(c.Address, c.List, source)
 }

@@ -7,6 +7,7 @@ package main
 // nothing readable behind.
 
 import (
+	"bytes"
 	"context"
 	"encoding/csv"
 	"errors"
@@ -231,6 +232,13 @@ func opSubjectErase(ctx context.Context, e *env, req request, o *out) error {
 		}
 		res.CaptureFiles += n
 	}
+	// Capture files whose queue record is gone (pruned) still hold the
+	// address in clear: find them by content.
+	n, err := removeCapturesOf(e.cfg.Delivery.CaptureDir, a.Address)
+	if err != nil {
+		return fmt.Errorf("subject erase: capture files: %w", err)
+	}
+	res.CaptureFiles += n
 	// bbolt reuses freed pages without wiping them: rewrite every store so
 	// the erased bytes are gone from the files (MAIL-NOTES, bbolt).
 	if err := e.compact(); err != nil {
@@ -254,6 +262,69 @@ func removeCaptures(dir, id string) (int, error) {
 	n := 0
 	for _, p := range append(matches, tmps...) {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// removeCapturesOf deletes every capture file that mentions addr (any
+// case), returning how many it removed.
+func removeCapturesOf(dir, addr string) (int, error) {
+	if dir == "" {
+		return 0, nil
+	}
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	needle := bytes.ToLower([]byte(addr))
+	n := 0
+	for _, de := range entries {
+		if de.IsDir() || !strings.Contains(de.Name(), ".eml") {
+			continue
+		}
+		p := filepath.Join(dir, de.Name())
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return n, err
+		}
+		if !bytes.Contains(bytes.ToLower(b), needle) {
+			continue
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// pruneCaptures deletes capture files older than the finished-message
+// retention: they are copies of finished messages.
+func pruneCaptures(dir string, olderThan time.Duration) (int, error) {
+	entries, err := os.ReadDir(dir)
+	if dir == "" || errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	cut := time.Now().Add(-olderThan)
+	n := 0
+	for _, de := range entries {
+		if de.IsDir() || !strings.HasSuffix(de.Name(), ".eml") {
+			continue
+		}
+		fi, err := de.Info()
+		if err != nil || !fi.ModTime().Before(cut) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, de.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return n, err
 		}
 		n++
@@ -352,6 +423,7 @@ func opAuditVerify(ctx context.Context, e *env, req request, o *out) error {
 // pruneResult is what `db prune` removed.
 type pruneResult struct {
 	FinishedMessages int `json:"finished_messages"`
+	CaptureFiles     int `json:"capture_files"`
 	PendingOptins    int `json:"pending_optins"`
 	AuditEntries     int `json:"audit_entries"`
 }
@@ -363,6 +435,9 @@ func (e *env) prune() (pruneResult, error) {
 	rt := e.cfg.Retention
 	if r.FinishedMessages, err = e.queue.PruneFinished(rt.FinishedMessages); err != nil {
 		return r, fmt.Errorf("prune finished messages: %w", err)
+	}
+	if r.CaptureFiles, err = pruneCaptures(e.cfg.Delivery.CaptureDir, rt.FinishedMessages); err != nil {
+		return r, fmt.Errorf("prune capture files: %w", err)
 	}
 	if r.PendingOptins, err = e.subs.PrunePending(rt.PendingOptin); err != nil {
 		return r, fmt.Errorf("prune pending opt-ins: %w", err)
@@ -379,7 +454,8 @@ func opDBPrune(ctx context.Context, e *env, req request, o *out) error {
 		return err
 	}
 	if err := e.record(req, "db.prune", "", "retention", map[string]string{
-		"finished_messages": fmt.Sprint(r.FinishedMessages), "pending_optins": fmt.Sprint(r.PendingOptins), "audit_entries": fmt.Sprint(r.AuditEntries)}); err != nil {
+		"finished_messages": fmt.Sprint(r.FinishedMessages), "capture_files": fmt.Sprint(r.CaptureFiles),
+		"pending_optins": fmt.Sprint(r.PendingOptins), "audit_entries": fmt.Sprint(r.AuditEntries)}); err != nil {
 		return err
 	}
 	return o.Record(r)
@@ -468,5 +544,10 @@ type httpAuditor struct{ e *env }
 
 // HTTPAction satisfies unsubscribe.Auditor and optin.Auditor.
 func (a httpAuditor) HTTPAction(ip, action, addr, detail string) error {
-	return a.e.record(request{Who: "http:" + ip}, action, a.e.targetRef(addr), detail, nil)
+	return a.action("http:"+ip, action, addr, detail)
+}
+
+// action records what the person at addr did through who ("http:IP", "smtp").
+func (a httpAuditor) action(who, action, addr, detail string) error {
+	return a.e.record(request{Who: who}, action, a.e.targetRef(addr), detail, nil)
 }

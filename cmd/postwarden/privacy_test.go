@@ -273,3 +273,37 @@ func (h *harness) subscriberID(addr, list string) string {
 	}
 	return ""
 }
+
+// In capture mode the signed messages sit in clear in the outbox: erasure
+// removes the person's files (found by content too), retention prunes old
+// ones, and afterwards no file under data_dir holds the address or name.
+func TestEraseAndPruneInCaptureMode(t *testing.T) {
+	h := newHarness(t, mtatest.Options{})
+	h.write("postwarden.yaml", strings.Replace(readFile(t, h.cfgPath), "mode: mx", "mode: capture", 1))
+	csv := "email,first_name,last_name,company\nbeatrix.vanderlinde@acme.example,Beatrix,Vanderlinde,Acme\ndave@globex.example,Dave,Kim,Globex\n"
+	h.mustRun(0, "campaign", "send", h.campaign("cap-1", csv))
+	outbox := filepath.Join(h.dir, "var", "outbox")
+	if hits := scanData(t, outbox, "beatrix.vanderlinde@acme.example"); len(hits) != 1 {
+		t.Fatalf("capture files holding the address: %v (want exactly one)", hits)
+	}
+	r := h.mustRun(0, "--json", "subject", "erase", "beatrix.vanderlinde@acme.example", "--reason", "DSAR-7")
+	if !strings.Contains(r.stdout, `"capture_files_removed":1`) {
+		t.Errorf("erase: %s", r.stdout)
+	}
+	if hits := scanData(t, filepath.Join(h.dir, "var"), "beatrix.vanderlinde@acme.example", "Vanderlinde", "Beatrix"); len(hits) > 0 {
+		t.Errorf("erased data still in files: %v", hits)
+	}
+	if hits := scanData(t, outbox, "dave@globex.example"); len(hits) != 1 {
+		t.Errorf("dave's capture file: %v", hits)
+	}
+
+	h.appendConfig("retention: {finished_messages: 1ms}\n")
+	time.Sleep(5 * time.Millisecond)
+	r = h.mustRun(0, "--json", "db", "prune")
+	if !strings.Contains(r.stdout, `"capture_files":1`) {
+		t.Errorf("db prune: %s", r.stdout)
+	}
+	if hits := scanData(t, outbox, "dave@globex.example"); len(hits) != 0 {
+		t.Errorf("capture files outlive retention: %v", hits)
+	}
+}

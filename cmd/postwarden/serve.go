@@ -48,7 +48,7 @@ func (e *env) enforceRetention(ctx context.Context, every time.Duration) {
 			e.log.Error().Err(err).Msg("retention prune failed")
 		} else if r != (pruneResult{}) {
 			if aerr := e.record(request{Who: "system:retention"}, "db.prune", "", "retention", map[string]string{
-				"finished_messages": fmt.Sprint(r.FinishedMessages), "pending_optins": fmt.Sprint(r.PendingOptins), "audit_entries": fmt.Sprint(r.AuditEntries)}); aerr != nil {
+				"finished_messages": fmt.Sprint(r.FinishedMessages), "capture_files": fmt.Sprint(r.CaptureFiles), "pending_optins": fmt.Sprint(r.PendingOptins), "audit_entries": fmt.Sprint(r.AuditEntries)}); aerr != nil {
 				e.log.Error().Err(aerr).Msg("retention prune not audited")
 			}
 			e.log.Info().Int("finished_messages", r.FinishedMessages).Int("pending_optins", r.PendingOptins).Int("audit_entries", r.AuditEntries).Msg("retention pruned")
