@@ -198,6 +198,7 @@ func (c *cli) printCampaignStatus(raw json.RawMessage) error {
 		fmt.Fprintf(w, " (%s)", strings.Join(reasons, ", "))
 	}
 	fmt.Fprintln(w)
+	fmt.Fprintf(w, "  skipped at enqueue    %s\n", countsLine(st.Skipped))
 	return nil
 }
 

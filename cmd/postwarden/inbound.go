@@ -24,14 +24,16 @@ import (
 
 func (c *cli) bounceCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "bounce", Short: "Inspect bounce messages and complaint reports"}
+	var table bool
 	parse := &cobra.Command{
 		Use:   "parse FILE…",
-		Short: "Show what each bounce or ARF report says about its recipients (changes nothing)",
+		Short: "Print, as JSON Lines, what each bounce or ARF report says about its recipients (changes nothing)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.bounceParse(args)
+			return c.bounceParse(args, table)
 		},
 	}
+	parse.Flags().BoolVar(&table, "table", false, "print a table instead of JSON Lines")
 	cmd.AddCommand(parse)
 	return cmd
 }
@@ -46,11 +48,13 @@ type bounceLine struct {
 	FeedbackType string `json:"feedback_type,omitempty"`
 }
 
-// bounceParse parses files locally: no store, no daemon. A file that cannot
-// be read is reported after the others and makes the exit status 2.
-func (c *cli) bounceParse(files []string) error {
+// bounceParse parses files locally: no store, no daemon. It prints JSON
+// Lines, one object per recipient found (a file with none gets a note on
+// stderr). A file that cannot be read is reported after the others and
+// makes the exit status 2.
+func (c *cli) bounceParse(files []string, table bool) error {
 	var tw *tabwriter.Writer
-	if !c.jsonOut {
+	if table && !c.jsonOut {
 		tw = tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "FILE\tRECIPIENT\tSTATUS\tACTION\tKIND")
 	}
@@ -62,15 +66,23 @@ func (c *cli) bounceParse(files []string) error {
 			failed = append(failed, name)
 			continue
 		}
+		found := 0
 		for _, r := range reps {
+			if r.Recipient == "" {
+				continue
+			}
+			found++
 			l := bounceLine{File: name, Recipient: maskIf(c.reveal, r.Recipient), Status: r.Status,
 				Action: r.Action, Kind: r.Kind, FeedbackType: r.FeedbackType}
-			if c.jsonOut {
+			if tw == nil {
 				b, _ := json.Marshal(l)
 				fmt.Fprintf(c.stdout, "%s\n", b)
 				continue
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.File, dash(l.Recipient), dash(l.Status), dash(l.Action), l.Kind)
+		}
+		if found == 0 {
+			fmt.Fprintf(c.stderr, "%s: no recipient found (kind %s)\n", name, reps[0].Kind)
 		}
 	}
 	if tw != nil {

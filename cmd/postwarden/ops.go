@@ -309,6 +309,9 @@ type campaignStatus struct {
 	Unsubscribed int `json:"unsubscribed"`
 	// Suppressed counts the recipients skipped at enqueue, by reason (last run's summary).
 	Suppressed map[string]int `json:"suppressed_at_enqueue"`
+	// Skipped counts the recipients the legal basis left out (region_excluded,
+	// not_b2b, no_consent), by reason (last run's summary).
+	Skipped map[string]int `json:"skipped_at_enqueue"`
 	Rate       float64        `json:"rate,omitempty"` // msgs/s ceiling; 0 unlimited
 	Events     map[string]int `json:"events,omitempty"`
 }
@@ -347,8 +350,11 @@ func opCampaignStatus(ctx context.Context, e *env, req request, o *out) error {
 	}
 	if rec != nil {
 		var r campaign.Record
-		if err := json.Unmarshal(rec, &r); err == nil && r.Summary.Suppressed != nil {
-			st.Suppressed = r.Summary.Suppressed
+		if err := json.Unmarshal(rec, &r); err == nil {
+			if r.Summary.Suppressed != nil {
+				st.Suppressed = r.Summary.Suppressed
+			}
+			st.Skipped = r.Summary.Skipped
 		}
 	}
 	return o.Record(st)

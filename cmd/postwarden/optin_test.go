@@ -188,6 +188,9 @@ func TestDoubleOptInEndToEnd(t *testing.T) {
 	if !strings.Contains(r.stdout, "enqueued       1") || !strings.Contains(r.stdout, "no_consent 2") {
 		t.Errorf("consent campaign summary:\n%s", r.stdout)
 	}
+	if st := h.mustRun(0, "campaign", "status", "news-c1").stdout; !strings.Contains(st, "skipped at enqueue    2 (no_consent 2)") {
+		t.Errorf("campaign status lacks the skip reasons:\n%s", st)
+	}
 	waitFor(t, "the consent campaign's delivery", func() bool { return h.sink.ByRecipient()["ana@acme.example"] == 2 })
 	if n := h.sink.ByRecipient()["bob@acme.example"]; n != 1 {
 		t.Errorf("bob got %d messages, want only the confirmation", n)
@@ -230,6 +233,9 @@ func TestDoubleOptInEndToEnd(t *testing.T) {
 		"not-an-address,X,Y,,,\n"+
 		"ivy@globex.example,Ivy,Globex,yesterday,,\n")
 	r = h.mustRun(2, "subscribers", "import", csvPath, "--list", "news", "--source", "crm-2025")
+	if al := h.mustRun(0, "--json", "audit", "ls").stdout; !strings.Contains(al, `"action":"subscribers.import"`) {
+		t.Errorf("the import is not audited:\n%s", al)
+	}
 	for _, want := range []string{"imported with consent         1", "legitimate-interest candidates 1", "suppressed                    4",
 		"invalid rows                  2"} {
 		if !strings.Contains(r.stdout, want) {
@@ -258,5 +264,16 @@ func TestDoubleOptInEndToEnd(t *testing.T) {
 			t.Errorf("4th sign-up: %d\n%s", code, page)
 		}
 	}
-	waitFor(t, "three confirmations to the victim", func() bool { return h.sink.ByRecipient()["victim@initech.example"] == 3 })
+	// ...and while the first link is valid, no second confirmation goes out.
+	waitFor(t, "the confirmation to the victim", func() bool { return h.sink.ByRecipient()["victim@initech.example"] >= 1 })
+	// Confirmations are enqueued before the page answers: count the queue.
+	n := 0
+	for _, v := range jsonLines[msgView](t, h.mustRun(0, "--json", "--reveal", "queue", "ls", "--campaign", "optin-news").stdout) {
+		if v.Rcpt == "victim@initech.example" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d confirmations queued for the victim, want 1", n)
+	}
 }

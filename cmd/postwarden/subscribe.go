@@ -398,6 +398,11 @@ func opSubscribersImport(ctx context.Context, e *env, req request, o *out) error
 	}
 	e.log.Info().Str("who", req.Who).Str("file", a.Path).Str("list", a.List).Int("rows", sum.Rows).Int("consent", sum.Consent).
 		Int("legitimate_interest", sum.LegitimateInterest).Int("suppressed", sum.Suppressed).Int("errors", len(sum.Errors)).Msg("subscribers imported")
+	if err := e.record(req, "subscribers.import", "file:"+filepath.Base(a.Path), a.Source, map[string]string{"list": a.List,
+		"rows": fmt.Sprint(sum.Rows), "consent": fmt.Sprint(sum.Consent), "legitimate_interest": fmt.Sprint(sum.LegitimateInterest),
+		"suppressed": fmt.Sprint(sum.Suppressed), "errors": fmt.Sprint(len(sum.Errors))}); err != nil {
+		return err
+	}
 	if err := o.Record(sum); err != nil {
 		return err
 	}

@@ -318,13 +318,13 @@ func (l *Log) List(since time.Time, fn func(Entry) error) error {
 
 // VerifyResult is what Verify found.
 type VerifyResult struct {
-	Entries    int    // entries in the log
-	OK         bool   // the whole chain verified
-	FirstBad   uint64 // the first bad seq when !OK
-	Problem    string // what is wrong with it, "entry 42: hash mismatch: content changed"
-	Checkpoint uint64 // the chain was verified from the checkpoint at this seq; 0 = from entry 1
-	HeadSeq    uint64 // the last entry verified
-	HeadHash   string // its hash
+	Entries    int    `json:"entries"`              // entries in the log
+	OK         bool   `json:"ok"`                   // the whole chain verified
+	FirstBad   uint64 `json:"first_bad,omitempty"`  // the first bad seq when !OK
+	Problem    string `json:"problem,omitempty"`    // what is wrong with it, "entry 42: hash mismatch: content changed"
+	Checkpoint uint64 `json:"checkpoint,omitempty"` // the chain was verified from the checkpoint at this seq; 0 = from entry 1
+	HeadSeq    uint64 `json:"head_seq"`             // the last entry verified
+	HeadHash   string `json:"head_hash"`            // its hash
 }
 
 // String is the one-line summary `audit verify` prints.

@@ -280,9 +280,13 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 	}
 	addr := a.String()
 	name, company := strings.TrimSpace(form.Get("name")), strings.TrimSpace(form.Get("company"))
-	consent, source := strings.TrimSpace(form.Get("consent_text")), strings.TrimSpace(form.Get("source"))
+	// The evidence records the wording this server shows (a client cannot
+	// write its own into the consent history) and a source marked as a form.
+	consent, source := h.consentText(l), strings.TrimSpace(form.Get("source"))
 	if source == "" {
 		source = "form"
+	} else if !strings.HasPrefix(source, "form") {
+		source = "form:" + source
 	}
 	if len(name) > 200 || len(company) > 200 || len(source) > 200 || len(consent) > maxConsentText {
 		h.badRequest(w, "Some of what you entered is too long.")
@@ -291,6 +295,16 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 	if !h.byAddr.allow(a.Key(), h.cfg.Now()) {
 		h.log.Warn().Str("rcpt", address.Mask(addr)).Str("ip", ip).Msg("sign-up rate limited (address)")
 		h.tooMany(w)
+		return
+	}
+	// While a confirmation link is still valid, another sign-up sends no
+	// second message: the form cannot be used to mail someone repeatedly.
+	if st, err := h.cfg.Store.Status(addr, id); err == nil && st.State == subscribers.StatePending &&
+		h.cfg.Now().Sub(st.Since) < h.cfg.Tokens.ttl {
+		h.log.Info().Str("rcpt", address.Mask(addr)).Str("list", id).Msg("sign-up: confirmation already pending")
+		h.render(w, http.StatusOK, message("Check your inbox", "Check your inbox",
+			"If "+address.Mask(addr)+" can receive "+l.Name+", we have sent it a message with a link to confirm your subscription.",
+			"Nothing is sent to you until you confirm. The link is valid for "+days(h.cfg.Tokens.ttl)+"."))
 		return
 	}
 	pending := l.DoubleOptIn

@@ -178,7 +178,8 @@ func TestDoubleOptIn(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev := hist[0].Events
-	if len(ev) != 2 || ev[0].IP != "127.0.0.1" || ev[0].ConsentText != "I agree v3" || ev[0].Source != "form:footer" ||
+	// The wording recorded is the server's own, whatever the client posted.
+	if len(ev) != 2 || ev[0].IP != "127.0.0.1" || !strings.HasPrefix(ev[0].ConsentText, "I agree to receive Product news") || ev[0].Source != "form:footer" ||
 		ev[0].PrivacyURL != "https://example.com/privacy" || ev[1].Kind != subscribers.KindConfirmed || ev[1].IP != "127.0.0.1" {
 		t.Errorf("history %+v", ev)
 	}
@@ -261,8 +262,9 @@ func TestRateLimits(t *testing.T) {
 	if c := post("eve@acme.example"); c != http.StatusTooManyRequests {
 		t.Errorf("4th sign-up of one address = %d", c)
 	}
-	if len(e.mail.sent) != 3 {
-		t.Errorf("mails %d", len(e.mail.sent))
+	// One confirmation while its link is valid, however often the form is sent.
+	if len(e.mail.sent) != 1 {
+		t.Errorf("mails %d, want 1", len(e.mail.sent))
 	}
 	// Per IP: burst 10, 6 left after the 4 above.
 	got429 := false
