@@ -312,8 +312,8 @@ type campaignStatus struct {
 	// Skipped counts the recipients the legal basis left out (region_excluded,
 	// not_b2b, no_consent), by reason (last run's summary).
 	Skipped map[string]int `json:"skipped_at_enqueue"`
-	Rate       float64        `json:"rate,omitempty"` // msgs/s ceiling; 0 unlimited
-	Events     map[string]int `json:"events,omitempty"`
+	Rate    float64        `json:"rate,omitempty"` // msgs/s ceiling; 0 unlimited
+	Events  map[string]int `json:"events,omitempty"`
 }
 
 func opCampaignStatus(ctx context.Context, e *env, req request, o *out) error {
