@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -213,6 +214,12 @@ func (h *harness) serve() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// The pages answer too (serve opens them before the socket).
+	resp, err := http.Get("http://" + h.httpAddr + "/healthz")
+	if err != nil {
+		h.t.Fatalf("serve's pages do not answer: %v", err)
+	}
+	resp.Body.Close()
 }
 
 // waitFor polls cond until it holds or a generous deadline passes.

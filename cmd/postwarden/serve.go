@@ -86,22 +86,10 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 	if w := publicURLWarning(cfg); w != "" {
 		log.Warn().Str("public_url", cfg.PublicURL).Msg("public_url is not https: one-click unsubscribe (RFC 8058) needs https")
 	}
-	admin, err := listenAdmin(cfg.AdminSocket, e, log.With().Str("component", "admin").Logger())
-	if err != nil {
-		return err
-	}
-	inb, err := startInbound(cfg, e, log.With().Str("component", "inbound").Logger())
-	if err != nil {
-		_ = admin.Close(context.Background())
-		return err
-	}
-	if inb != nil {
-		defer inb.Close() // before the stores close: it waits for reports being recorded
-	}
-
+	// The pages and the inbound listener open before the admin socket: a
+	// daemon that answers on its socket also serves them.
 	mux := http.NewServeMux()
 	if err := e.mountPages(mux, log.With().Str("component", "http").Logger()); err != nil {
-		_ = admin.Close(context.Background())
 		return err
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -110,12 +98,24 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 	})
 	ln, err := net.Listen("tcp", cfg.HTTPListen)
 	if err != nil {
-		_ = admin.Close(context.Background())
 		return fmt.Errorf("http_listen %s: %w", cfg.HTTPListen, err)
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- srv.Serve(ln) }()
+	inb, err := startInbound(cfg, e, log.With().Str("component", "inbound").Logger())
+	if err != nil {
+		_ = srv.Close()
+		return err
+	}
+	if inb != nil {
+		defer inb.Close() // before the stores close: it waits for reports being recorded
+	}
+	admin, err := listenAdmin(cfg.AdminSocket, e, log.With().Str("component", "admin").Logger())
+	if err != nil {
+		_ = srv.Close()
+		return err
+	}
 
 	observer, stopMetrics, err := startMetrics(cfg.MetricsListen, e.queue, log.With().Str("component", "metrics").Logger())
 	if err != nil {
