@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/pprof"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/postwarden/postwarden/campaign"
+	"github.com/postwarden/postwarden/mta"
+	"github.com/postwarden/postwarden/mta/dkim"
+	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/suppression"
+	"github.com/postwarden/postwarden/suppression/sealed"
+	"github.com/postwarden/postwarden/suppression/unsubscribe"
+)
+
+// profileRun sends the campaign once through the packages in this process,
+// wired as `campaign send` wires them without a daemon (delivery runner
+// started before enqueueing, then drained), under a CPU profile. It is for
+// finding where the time goes, not for the timed figures.
+func profileRun(out string, campDir string, sd *seed, sig string, sk *sink, o options, tmp string) (string, error) {
+	dataDir := filepath.Join(tmp, "profile-data")
+	for _, f := range []string{"data.key", "token.key", "suppression.db"} {
+		if err := copyFile(filepath.Join(sd.dir, f), filepath.Join(dataDir, f), 0o600); err != nil {
+			return "", err
+		}
+	}
+	key, err := sealed.LoadOrCreateKey(filepath.Join(dataDir, "data.key"))
+	if err != nil {
+		return "", err
+	}
+	box, err := sealed.New(key)
+	if err != nil {
+		return "", err
+	}
+	tokKey, err := unsubscribe.LoadOrCreateKey(filepath.Join(dataDir, "token.key"))
+	if err != nil {
+		return "", err
+	}
+	tokens, err := unsubscribe.NewTokens(tokKey, "https://"+fromDomain)
+	if err != nil {
+		return "", err
+	}
+	sup, err := suppression.Open(suppression.Config{Path: filepath.Join(dataDir, "suppression.db"), Box: box}, zerolog.Nop())
+	if err != nil {
+		return "", err
+	}
+	defer sup.Close()
+	q, err := queue.Open(queue.Config{Path: filepath.Join(dataDir, "queue.db"), Box: box}, zerolog.Nop())
+	if err != nil {
+		return "", err
+	}
+	defer q.Close()
+	k, _, err := dkim.LoadOrCreate(sd.dkimFile, fromDomain, selector, sig)
+	if err != nil {
+		return "", err
+	}
+	routes := map[string]string{}
+	for i := range o.Domains {
+		routes[fmt.Sprintf("d%04d.bench.example", i)] = sk.addr
+	}
+	snd, err := mta.New(mta.Config{Hostname: "mail." + fromDomain, Mode: "mx", Routes: routes, ConcurrencyPerDomain: o.PerDomain},
+		dkim.NewSigner([]*dkim.Key{k}), zerolog.Nop())
+	if err != nil {
+		return "", err
+	}
+	defer snd.Close()
+	set, err := loadSet(campDir)
+	if err != nil {
+		return "", err
+	}
+	spec := campaign.Spec{ID: campaignID, List: listID, From: "Bench Sender <news@" + fromDomain + ">",
+		Subject: "{{.FirstName}}, a note about {{.Company}}", Templates: set,
+		Recipients: filepath.Join(campDir, "recipients.csv"), PrivacyURL: "https://" + fromDomain + "/privacy",
+		Hostname: "mail." + fromDomain, LegalBasis: "legitimate_interest", LIA: filepath.Join(campDir, "lia.md"),
+		Audience: "b2b", LIAHash: "bench", FileHash: "bench", MessageIDKey: []byte("bench message-id key"),
+		UnknownCountry: "include", FreeMail: map[string]bool{}}
+
+	f, err := os.Create(out)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return "", err
+	}
+	start := time.Now()
+	rc := queue.RunnerConfig{Workers: o.Workers, Campaign: campaignID}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- q.NewRunner(snd, sup, rc).Run(ctx) }()
+	sum, err := campaign.Send(context.Background(), spec, campaign.Deps{Suppressions: sup, Queue: qAdapter{q},
+		Links: tokens, Records: q, Now: time.Now, Log: zerolog.Nop()}, func(int, int64) {})
+	stop()
+	if rerr := <-done; rerr != nil && !errors.Is(rerr, context.Canceled) {
+		err = errors.Join(err, rerr)
+	}
+	if err == nil {
+		err = q.NewRunner(snd, sup, rc).Drain(context.Background())
+	}
+	pprof.StopCPUProfile()
+	if err != nil {
+		return "", fmt.Errorf("profile run: %w", err)
+	}
+	took := time.Since(start)
+	counts, _ := q.CampaignCounts(campaignID)
+	logf("profile run: enqueued %d, delivered %d in %s (%.0f msgs/s, in-process)", sum.Enqueued, counts[queue.StateDelivered], took.Round(time.Millisecond), float64(counts[queue.StateDelivered])/took.Seconds())
+	top, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=35", out).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go tool pprof: %v: %s", err, top)
+	}
+	cum, _ := exec.Command("go", "tool", "pprof", "-top", "-cum", "-nodecount=45", out).CombinedOutput()
+	return fmt.Sprintf("in-process profile run: %d delivered in %s (%.0f msgs/s)\n\n%s\n-- by cumulative --\n%s",
+		counts[queue.StateDelivered], took.Round(time.Millisecond), float64(counts[queue.StateDelivered])/took.Seconds(),
+		strings.TrimSpace(string(top)), strings.TrimSpace(string(cum))), nil
+}
+
+// qAdapter lets the campaign engine enqueue into the queue store.
+type qAdapter struct{ q *queue.Store }
+
+func (a qAdapter) Enqueue(msgs []campaign.Message) (int, int, error) {
+	nm := make([]queue.NewMessage, len(msgs))
+	for i, m := range msgs {
+		nm[i] = queue.NewMessage{Campaign: m.Campaign, List: m.List, Key: m.Key, From: m.From, To: m.To, Body: m.Body}
+	}
+	r, err := a.q.Enqueue(nm)
+	return r.Added, r.Duplicates, err
+}

@@ -1,0 +1,235 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// runResult is one timed `postwarden campaign send`.
+type runResult struct {
+	Run             int     `json:"run"`
+	Expected        int     `json:"expected_at_sink"`
+	AtSink          int64   `json:"at_sink"`
+	Enqueued        int     `json:"enqueued"`
+	Suppressed      int     `json:"suppressed_at_enqueue"`
+	Delivered       int     `json:"delivered"`
+	FirstDeliveryMs float64 `json:"time_to_first_delivery_ms"`
+	EnqueueDoneMs   float64 `json:"enqueue_done_ms,omitempty"` // last progress record (rows == N), when printed
+	AllDeliveredS   float64 `json:"all_at_sink_s"`             // start → sink has every allowed message
+	ExitS           float64 `json:"process_exit_s"`
+	Rate            float64 `json:"msgs_per_s"` // at sink / all_at_sink_s
+	PeakRSSMB       float64 `json:"peak_rss_mb"`
+	PeakAnonMB      float64 `json:"peak_rss_anon_mb"`
+	PeakFileMB      float64 `json:"peak_rss_file_mb"`
+	HeapPeakMB      float64 `json:"go_heap_peak_mb"`     // gctrace: max heap size at a GC's start
+	HeapLiveMaxMB   float64 `json:"go_heap_live_max_mb"` // gctrace: max live heap after a GC
+	GCs             int     `json:"gcs"`
+	QueueDBBytes    int64   `json:"queue_db_bytes"`
+	BytesPerRcpt    float64 `json:"queue_bytes_per_recipient"`
+	CPUUserS        float64 `json:"cpu_user_s"`
+	CPUSysS         float64 `json:"cpu_sys_s"`
+}
+
+var (
+	gcHeapRe = regexp.MustCompile(`(\d+)->(\d+)->(\d+) MB`)
+)
+
+// runCampaign runs the binary once in a fresh data dir and times it at the sink.
+func runCampaign(bin, cfgPath, campFile, dataDir string, sk *sink, expected int, n int, timeout time.Duration) (runResult, error) {
+	res := runResult{Expected: expected}
+	base := sk.Count()
+	first := sk.when(base + 1)
+	all := sk.when(base + int64(expected))
+
+	cmd := exec.Command(bin, "-c", cfgPath, "--json", "campaign", "send", campFile)
+	cmd.Env = append(os.Environ(), "GODEBUG=gctrace=1")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return res, err
+	}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return res, err
+	}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return res, err
+	}
+	var wg sync.WaitGroup
+	var final json.RawMessage
+	var tail []string
+	var enqDone time.Time
+	wg.Go(func() { // stdout: progress and the final record
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 1<<20), 16<<20)
+		for sc.Scan() {
+			line := sc.Bytes()
+			var l struct {
+				Progress *struct{ Rows int } `json:"progress"`
+				Summary  json.RawMessage     `json:"summary"`
+			}
+			if json.Unmarshal(line, &l) == nil {
+				if l.Progress != nil && l.Progress.Rows >= n {
+					enqDone = time.Now()
+				}
+				if l.Summary != nil {
+					final = append(json.RawMessage(nil), line...)
+				}
+			}
+		}
+	})
+	wg.Go(func() { // stderr: gctrace and logs
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 16<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if strings.HasPrefix(line, "gc ") {
+				if m := gcHeapRe.FindStringSubmatch(line); m != nil {
+					res.GCs++
+					a, _ := strconv.ParseFloat(m[1], 64)
+					c, _ := strconv.ParseFloat(m[3], 64)
+					res.HeapPeakMB = max(res.HeapPeakMB, a)
+					res.HeapLiveMaxMB = max(res.HeapLiveMaxMB, c)
+				}
+				continue
+			}
+			tail = append(tail, line)
+			if len(tail) > 40 {
+				tail = tail[1:]
+			}
+		}
+	})
+	// Poll memory every 50 ms until exit.
+	exited := make(chan error, 1)
+	go func() { wg.Wait(); exited <- cmd.Wait() }()
+	pid := cmd.Process.Pid
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	limit := time.After(timeout)
+	var waitErr error
+	firstSeen, allSeen := time.Time{}, time.Time{}
+loop:
+	for {
+		select {
+		case t := <-first:
+			firstSeen = t
+		case t := <-all:
+			allSeen = t
+		case <-tick.C:
+			pollRSS(pid, &res)
+		case waitErr = <-exited:
+			break loop
+		case <-limit:
+			_ = cmd.Process.Kill()
+			<-exited
+			return res, fmt.Errorf("timed out after %s; sink has %d of %d", timeout, sk.Count()-base, expected)
+		}
+	}
+	exitAt := time.Now()
+	// The sink may count the last messages a moment after the client got 250.
+	if allSeen.IsZero() {
+		select {
+		case allSeen = <-all:
+		case <-time.After(5 * time.Second):
+		}
+	}
+	if firstSeen.IsZero() {
+		select {
+		case firstSeen = <-first:
+		default:
+		}
+	}
+	res.AtSink = sk.Count() - base
+	if cmd.ProcessState != nil {
+		res.CPUUserS, res.CPUSysS = cmd.ProcessState.UserTime().Seconds(), cmd.ProcessState.SystemTime().Seconds()
+	}
+	if waitErr != nil {
+		return res, fmt.Errorf("postwarden campaign send: %v\n%s", waitErr, strings.Join(tail, "\n"))
+	}
+	if final == nil {
+		return res, fmt.Errorf("postwarden campaign send printed no summary\n%s", strings.Join(tail, "\n"))
+	}
+	var rec struct {
+		Summary struct {
+			Enqueued   int            `json:"enqueued"`
+			Suppressed map[string]int `json:"suppressed"`
+		} `json:"summary"`
+		Delivery map[string]int `json:"delivery"`
+	}
+	if err := json.Unmarshal(final, &rec); err != nil {
+		return res, fmt.Errorf("summary: %w: %s", err, final)
+	}
+	res.Enqueued = rec.Summary.Enqueued
+	for _, v := range rec.Summary.Suppressed {
+		res.Suppressed += v
+	}
+	res.Delivered = rec.Delivery["delivered"]
+	res.ExitS = exitAt.Sub(start).Seconds()
+	if !firstSeen.IsZero() {
+		res.FirstDeliveryMs = float64(firstSeen.Sub(start).Microseconds()) / 1e3
+	}
+	if !enqDone.IsZero() {
+		res.EnqueueDoneMs = float64(enqDone.Sub(start).Microseconds()) / 1e3
+	}
+	if fi, err := os.Stat(filepath.Join(dataDir, "queue.db")); err == nil {
+		res.QueueDBBytes = fi.Size()
+		if res.Enqueued > 0 {
+			res.BytesPerRcpt = float64(fi.Size()) / float64(res.Enqueued)
+		}
+	}
+	if allSeen.IsZero() || res.AtSink < int64(expected) {
+		return res, fmt.Errorf("sink has %d of %d expected messages (summary: enqueued %d, delivered %d)\n%s",
+			res.AtSink, expected, res.Enqueued, res.Delivered, final)
+	}
+	if res.Enqueued != expected || res.Delivered != expected {
+		return res, fmt.Errorf("expected %d enqueued and delivered, summary says enqueued %d, delivered %d: %s", expected, res.Enqueued, res.Delivered, final)
+	}
+	res.AllDeliveredS = allSeen.Sub(start).Seconds()
+	res.Rate = float64(expected) / res.AllDeliveredS
+	return res, nil
+}
+
+// pollRSS reads VmRSS, RssAnon and RssFile of pid and keeps the peaks.
+func pollRSS(pid int, r *runResult) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 {
+			continue
+		}
+		kb, err := strconv.ParseFloat(f[1], 64)
+		if err != nil {
+			continue
+		}
+		mb := kb / 1024
+		switch f[0] {
+		case "VmRSS:":
+			r.PeakRSSMB = max(r.PeakRSSMB, mb)
+		case "RssAnon:":
+			r.PeakAnonMB = max(r.PeakAnonMB, mb)
+		case "RssFile:":
+			r.PeakFileMB = max(r.PeakFileMB, mb)
+		}
+	}
+}
+
+// timeCmd runs the binary with args and returns its wall time and output.
+func timeCmd(bin string, args ...string) (time.Duration, []byte, error) {
+	start := time.Now()
+	out, err := exec.Command(bin, args...).CombinedOutput()
+	return time.Since(start), out, err
+}

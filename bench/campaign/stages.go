@@ -1,0 +1,231 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/postwarden/postwarden/mta"
+	"github.com/postwarden/postwarden/mta/dkim"
+	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/suppression"
+	"github.com/postwarden/postwarden/suppression/sealed"
+	"github.com/postwarden/postwarden/templates"
+)
+
+// stage is the latency of one pipeline stage measured through the packages
+// in this process, one call at a time (not inside the binary: postwarden
+// does not time its stages per message).
+type stage struct {
+	Name    string  `json:"name"`
+	Samples int     `json:"samples"`
+	P50Us   float64 `json:"p50_us"`
+	P99Us   float64 `json:"p99_us"`
+	Note    string  `json:"note,omitempty"`
+}
+
+func mkStage(name string, lat []time.Duration, div int, note string) stage {
+	slices.Sort(lat)
+	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 / float64(div) }
+	return stage{Name: name, Samples: len(lat), P50Us: us(pct(lat, 50)), P99Us: us(pct(lat, 99)), Note: note}
+}
+
+// renderSample renders one bench message as the campaign would (same
+// template, same header set; links minted by the bench, not signed tokens).
+func renderSample(set *templates.Set, i, d int) ([]byte, error) {
+	to := recipient(i, d)
+	unsub := fmt.Sprintf("https://%s/u/%s", fromDomain, strings.Repeat("A", 120))
+	return set.Render(templates.Data{FirstName: fmt.Sprint("First", i), LastName: "Last", Company: "Company GmbH",
+		JobTitle: "Head of Procurement", Country: "DE", Email: to, UnsubscribeURL: unsub, PrivacyURL: "https://" + fromDomain + "/privacy"},
+		templates.Envelope{From: "Bench Sender <news@" + fromDomain + ">", To: to, ToName: "First Last",
+			MessageID: fmt.Sprintf("%d.bench@mail.%s", i, fromDomain), Date: time.Now(),
+			ListID: listID + ".mail." + fromDomain, Unsubscribe: []string{unsub}})
+}
+
+// measureStages samples render, suppression check (on the pre-filled store),
+// sign, grouped commit and deliver over loopback into the sink.
+func measureStages(campDir string, sd *seed, sig string, sk *sink, n, d, samples int, tmp string) ([]stage, error) {
+	var out []stage
+	set, err := templates.Load(filepath.Join(campDir, "bench"), "{{.FirstName}}, a note about {{.Company}}")
+	if err != nil {
+		return nil, err
+	}
+	lat := make([]time.Duration, 0, samples)
+	msgs := make([][]byte, 0, 256)
+	for i := range samples {
+		t := time.Now()
+		m, err := renderSample(set, i, d)
+		if err != nil {
+			return nil, err
+		}
+		lat = append(lat, time.Since(t))
+		if len(msgs) < 256 {
+			msgs = append(msgs, m)
+		}
+	}
+	out = append(out, mkStage("render", lat, 1, fmt.Sprintf("templates.Set.Render, %d-byte message", len(msgs[0]))))
+
+	// Suppression check on a copy of the pre-filled store (the seed stays pristine).
+	key, err := sealed.LoadOrCreateKey(filepath.Join(sd.dir, "data.key"))
+	if err != nil {
+		return nil, err
+	}
+	box, err := sealed.New(key)
+	if err != nil {
+		return nil, err
+	}
+	supPath := filepath.Join(tmp, "stage-suppression.db")
+	if err := copyFile(filepath.Join(sd.dir, "suppression.db"), supPath, 0o600); err != nil {
+		return nil, err
+	}
+	st, err := suppression.Open(suppression.Config{Path: supPath, Box: box}, zerolog.Nop())
+	if err != nil {
+		return nil, err
+	}
+	lat = lat[:0]
+	hits := 0
+	for k := range samples * 10 {
+		i := (k * 7919) % n
+		t := time.Now()
+		_, sup, err := st.Check(recipient(i, d), listID)
+		lat = append(lat, time.Since(t))
+		if err != nil {
+			st.Close()
+			return nil, err
+		}
+		if sup {
+			hits++
+		}
+	}
+	st.Close()
+	out = append(out, mkStage("suppression check", lat, 1, fmt.Sprintf("Store.Check on %d entries, %d of %d hits", sd.entries, hits, len(lat))))
+
+	k, _, err := dkim.LoadOrCreate(sd.dkimFile, fromDomain, selector, sig)
+	if err != nil {
+		return nil, err
+	}
+	signer := dkim.NewSigner([]*dkim.Key{k})
+	lat = lat[:0]
+	for i := range min(samples, 1000) {
+		t := time.Now()
+		if _, err := signer.Sign(msgs[i%len(msgs)]); err != nil {
+			return nil, err
+		}
+		lat = append(lat, time.Since(t))
+	}
+	out = append(out, mkStage("sign ("+sig+")", lat, 1, "dkim.Signer.Sign, one goroutine"))
+
+	// Grouped commit: Enqueue of 256 messages per fsynced transaction.
+	q, err := queue.Open(queue.Config{Path: filepath.Join(tmp, "stage-queue.db"), Box: box}, zerolog.Nop())
+	if err != nil {
+		return nil, err
+	}
+	lat = lat[:0]
+	groups := max(4, samples/256)
+	for g := range groups {
+		batch := make([]queue.NewMessage, len(msgs))
+		for j := range batch {
+			i := g*len(msgs) + j
+			batch[j] = queue.NewMessage{Campaign: "stage", List: listID, Key: strconv.Itoa(i), From: "news@" + fromDomain, To: recipient(i, d), Body: msgs[j]}
+		}
+		t := time.Now()
+		if _, err := q.Enqueue(batch); err != nil {
+			q.Close()
+			return nil, err
+		}
+		lat = append(lat, time.Since(t))
+	}
+	q.Close()
+	out = append(out, mkStage("commit (per message)", slices.Clone(lat), len(msgs), fmt.Sprintf("queue.Store.Enqueue of %d, fsynced; per-message share of a group", len(msgs))))
+	out = append(out, mkStage("commit (per group of 256)", lat, 1, "one fsynced transaction"))
+
+	// Deliver over loopback into the sink: mta.Sender.Deliver (sign + SMTP), one at a time.
+	routes := map[string]string{}
+	for i := range d {
+		routes[fmt.Sprintf("d%04d.bench.example", i)] = sk.addr
+	}
+	snd, err := mta.New(mta.Config{Hostname: "mail." + fromDomain, Mode: "mx", Routes: routes, ConcurrencyPerDomain: 4}, signer, zerolog.Nop())
+	if err != nil {
+		return nil, err
+	}
+	defer snd.Close()
+	lat = lat[:0]
+	for i := range min(samples, 1000) {
+		t := time.Now()
+		if err := snd.Deliver(context.Background(), fmt.Sprint("stage", i), "news@"+fromDomain, recipient(i, d), msgs[i%len(msgs)]); err != nil {
+			return nil, fmt.Errorf("deliver to sink: %w", err)
+		}
+		lat = append(lat, time.Since(t))
+	}
+	out = append(out, mkStage("deliver (sign + SMTP)", lat, 1, "mta.Sender.Deliver into the sink, pooled connection, one at a time"))
+	return out, nil
+}
+
+// pkgBench is one line of `go test -bench` output.
+type pkgBench struct {
+	Package string  `json:"package"`
+	Name    string  `json:"name"`
+	NsOp    float64 `json:"ns_per_op"`
+	BytesOp float64 `json:"bytes_per_op,omitempty"`
+	Allocs  float64 `json:"allocs_per_op,omitempty"`
+	Extra   string  `json:"extra,omitempty"`
+}
+
+var benchLineRe = regexp.MustCompile(`^(Benchmark\S+)\s+\d+\s+([\d.]+) ns/op(.*)$`)
+
+// runPkgBenches runs the packages' Benchmark functions.
+func runPkgBenches(root, benchtime string) ([]pkgBench, error) {
+	pkgs := []string{"./templates", "./suppression", "./mta/dkim", "./queue", "./campaign"}
+	args := append([]string{"test", "-run", "^$", "-bench", ".", "-benchmem", "-benchtime", benchtime}, pkgs...)
+	cmd := exec.Command("go", args...)
+	cmd.Dir = root
+	outb, err := cmd.CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, outb)
+	}
+	var res []pkgBench
+	pkg := ""
+	sc := bufio.NewScanner(bytes.NewReader(outb))
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "pkg: ") {
+			pkg = strings.TrimPrefix(line, "pkg: github.com/postwarden/postwarden/")
+		}
+		m := benchLineRe.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		b := pkgBench{Package: pkg, Name: m[1]}
+		b.NsOp, _ = strconv.ParseFloat(m[2], 64)
+		f := strings.Fields(m[3])
+		var extra []string
+		for i := 0; i+1 < len(f); i += 2 {
+			v, _ := strconv.ParseFloat(f[i], 64)
+			switch f[i+1] {
+			case "B/op":
+				b.BytesOp = v
+			case "allocs/op":
+				b.Allocs = v
+			default:
+				extra = append(extra, f[i]+" "+f[i+1])
+			}
+		}
+		b.Extra = strings.Join(extra, " ")
+		res = append(res, b)
+	}
+	return res, nil
+}
+
+func loadSet(campDir string) (*templates.Set, error) {
+	return templates.Load(filepath.Join(campDir, "bench"), "{{.FirstName}}, a note about {{.Company}}")
+}
