@@ -98,8 +98,7 @@ type Config struct {
 
 // Store is the suppression list; safe for concurrent use.
 type Store struct {
-	mu      sync.RWMutex // write-held only by Compact and Close, which swap db
-	db      *bbolt.DB
+	file    *compact.File // swapped by Compact while other calls wait
 	path    string
 	timeout time.Duration
 	box     *sealed.Box
@@ -185,7 +184,7 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.db = db
+	s.file = compact.NewFile(db, s.path, s.timeout, func() (*bbolt.DB, error) { db, _, err := s.openDB(); return db, err }, ErrClosed)
 	if migrated > 0 { // the clear keys sit in freed pages until the file is rewritten
 		s.log.Info().Int("entries", migrated).Msg("suppressions sealed")
 		if err := s.Compact(); err != nil {
@@ -272,43 +271,11 @@ func (s *Store) migrate(tx *bbolt.Tx, b *bbolt.Bucket) (int, error) {
 }
 
 // Close closes the file.
-func (s *Store) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.db == nil {
-		return nil
-	}
-	err := s.db.Close()
-	s.db = nil
-	return err
-}
+func (s *Store) Close() error { return s.file.Close() }
 
-func (s *Store) view(fn func(*bbolt.Tx) error) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.db == nil {
-		return ErrClosed
-	}
-	return s.db.View(fn)
-}
-
-func (s *Store) batch(fn func(*bbolt.Tx) error) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.db == nil {
-		return ErrClosed
-	}
-	return s.db.Batch(fn)
-}
-
-func (s *Store) update(fn func(*bbolt.Tx) error) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.db == nil {
-		return ErrClosed
-	}
-	return s.db.Update(fn)
-}
+func (s *Store) view(fn func(*bbolt.Tx) error) error   { return s.file.View(fn) }
+func (s *Store) batch(fn func(*bbolt.Tx) error) error  { return s.file.Batch(fn) }
+func (s *Store) update(fn func(*bbolt.Tx) error) error { return s.file.Update(fn) }
 
 // ---- targets, keys and values ----
 
@@ -976,22 +943,9 @@ func (s *Store) Count() (int, error) {
 // runs. The old file's blocks go back to the file system unwiped; what they
 // held was sealed.
 func (s *Store) Compact() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.db == nil {
-		return ErrClosed
-	}
-	if err := compact.Rewrite(s.db, s.path, s.timeout); err != nil {
+	if err := s.file.Compact(); err != nil {
 		return fmt.Errorf("suppression store: %w", err)
 	}
-	old := s.db
-	s.db = nil
-	old.Close()
-	db, _, err := s.openDB()
-	if err != nil {
-		return fmt.Errorf("compact suppression store %s: reopen: %w", s.path, err)
-	}
-	s.db = db
 	s.log.Info().Str("path", s.path).Msg("suppression store compacted")
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -55,4 +56,85 @@ func Rewrite(db *bbolt.DB, path string, timeout time.Duration) error {
 		return fmt.Errorf("compact %s: sync folder: %w", path, err)
 	}
 	return nil
+}
+
+// File is a bbolt database that Compact can rewrite and swap while a store
+// uses it: every transaction holds a read lock; Compact and Close take the
+// write lock, so no transaction runs on a file being replaced.
+type File struct {
+	mu      sync.RWMutex
+	db      *bbolt.DB
+	path    string
+	timeout time.Duration
+	reopen  func() (*bbolt.DB, error)
+	closed  error
+}
+
+// NewFile wraps an open db. reopen opens path again after a rewrite (with
+// whatever checks the store makes); closed is the error returned once the
+// file is closed.
+func NewFile(db *bbolt.DB, path string, timeout time.Duration, reopen func() (*bbolt.DB, error), closed error) *File {
+	return &File{db: db, path: path, timeout: timeout, reopen: reopen, closed: closed}
+}
+
+// View runs fn in a read transaction.
+func (f *File) View(fn func(*bbolt.Tx) error) error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.db == nil {
+		return f.closed
+	}
+	return f.db.View(fn)
+}
+
+// Update runs fn in a write transaction, committed with fsync.
+func (f *File) Update(fn func(*bbolt.Tx) error) error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.db == nil {
+		return f.closed
+	}
+	return f.db.Update(fn)
+}
+
+// Batch runs fn in a write transaction shared with concurrent callers.
+func (f *File) Batch(fn func(*bbolt.Tx) error) error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.db == nil {
+		return f.closed
+	}
+	return f.db.Batch(fn)
+}
+
+// Compact rewrites the file (see Rewrite) and reopens it.
+func (f *File) Compact() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.db == nil {
+		return f.closed
+	}
+	if err := Rewrite(f.db, f.path, f.timeout); err != nil {
+		return err
+	}
+	f.db.Close() // it reads the old, unlinked file
+	f.db = nil
+	db, err := f.reopen()
+	if err != nil {
+		return fmt.Errorf("compact %s: reopen: %w", f.path, err)
+	}
+	f.db = db
+	return nil
+}
+
+// Close closes the file; later calls return the closed error.
+func (f *File) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.db == nil {
+		return nil
+	}
+	err := f.db.Close()
+	f.db = nil
+	return err
 }

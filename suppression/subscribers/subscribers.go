@@ -39,7 +39,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -178,8 +177,7 @@ type Config struct {
 
 // Store is the consent-evidence store; safe for concurrent use.
 type Store struct {
-	mu      sync.RWMutex // write-held only by Compact and Close, which swap db
-	db      *bbolt.DB
+	file    *compact.File // swapped by Compact while other calls wait
 	path    string
 	timeout time.Duration
 	box     *sealed.Box
@@ -289,7 +287,7 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.db = db
+	s.file = compact.NewFile(db, s.path, s.timeout, s.openDB, ErrClosed)
 	return s, nil
 }
 
@@ -325,43 +323,11 @@ func (s *Store) openDB() (*bbolt.DB, error) {
 }
 
 // Close closes the file.
-func (s *Store) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.db == nil {
-		return nil
-	}
-	err := s.db.Close()
-	s.db = nil
-	return err
-}
+func (s *Store) Close() error { return s.file.Close() }
 
-func (s *Store) view(fn func(*bbolt.Tx) error) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.db == nil {
-		return ErrClosed
-	}
-	return s.db.View(fn)
-}
-
-func (s *Store) batch(fn func(*bbolt.Tx) error) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.db == nil {
-		return ErrClosed
-	}
-	return s.db.Batch(fn)
-}
-
-func (s *Store) update(fn func(*bbolt.Tx) error) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.db == nil {
-		return ErrClosed
-	}
-	return s.db.Update(fn)
-}
+func (s *Store) view(fn func(*bbolt.Tx) error) error   { return s.file.View(fn) }
+func (s *Store) batch(fn func(*bbolt.Tx) error) error  { return s.file.Batch(fn) }
+func (s *Store) update(fn func(*bbolt.Tx) error) error { return s.file.Update(fn) }
 
 // ---- keys ----
 
@@ -1274,22 +1240,9 @@ func (s *Store) List(list string, fn func(Subscriber) error) error {
 // pruned bytes are gone from it. Other calls wait while it runs. The old
 // file's blocks go back to the file system unwiped; what they held was sealed.
 func (s *Store) Compact() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.db == nil {
-		return ErrClosed
-	}
-	if err := compact.Rewrite(s.db, s.path, s.timeout); err != nil {
+	if err := s.file.Compact(); err != nil {
 		return fmt.Errorf("subscriber store: %w", err)
 	}
-	old := s.db
-	s.db = nil
-	old.Close()
-	db, err := s.openDB()
-	if err != nil {
-		return fmt.Errorf("compact subscriber store %s: reopen: %w", s.path, err)
-	}
-	s.db = db
 	s.log.Info().Str("path", s.path).Msg("subscriber store compacted")
 	return nil
 }
