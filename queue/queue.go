@@ -258,7 +258,10 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 
 // openDB opens the bbolt file.
 func openDB(path string, timeout time.Duration) (*bbolt.DB, error) {
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout})
+	// The freelist is not written at every commit but rebuilt from the
+	// pages at open (etcd does the same): a commit costs what it changes,
+	// not the size of a file with many freed pages. Durability is the same.
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType})
 	if errors.Is(err, bbolt.ErrTimeout) {
 		return nil, fmt.Errorf("queue %s is locked by another process: %w", path, err)
 	}
