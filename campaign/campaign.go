@@ -42,6 +42,9 @@ type Spec struct {
 	// are read as GR and GB): a row whose country column names one is
 	// skipped as region_excluded. The caller expands groups such as EU.
 	ExcludeCountries map[string]bool
+	// CountryCode reads a recipient's country column (a code or a name) as an
+	// ISO 3166-1 alpha-2 code; required with exclusions (configs.CountryCode).
+	CountryCode func(string) (string, bool)
 	// UnknownCountry is "exclude" or "include": what becomes of a row whose
 	// country is empty, absent or not recognised. "" means exclude when
 	// ExcludeCountries is not empty, else include.

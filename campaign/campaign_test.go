@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/postwarden/postwarden/configs"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -68,6 +69,7 @@ func testSpec(t testing.TB, csv string) Spec {
 		PrivacyURL: "https://example.com/privacy", Hostname: "mail.example.com",
 		LegalBasis: "legitimate_interest", LIA: "lia-2026.md", Audience: "b2b", LIAHash: "beef",
 		FreeMail: map[string]bool{"gmail.com": true}, FileHash: "f00d", MessageIDKey: []byte(testKey),
+		CountryCode: configs.CountryCode,
 	}
 }
 

@@ -354,9 +354,15 @@ func (s *renderer) legalBasis() []error {
 		errs = append(errs, fmt.Errorf("legal_basis %q: want legitimate_interest or consent", spec.LegalBasis))
 	}
 	s.exclude = make(map[string]bool, len(spec.ExcludeCountries))
+	if (len(spec.ExcludeCountries) > 0 || spec.UnknownCountry == UnknownExclude) && spec.CountryCode == nil {
+		errs = append(errs, errors.New("exclude_countries: no CountryCode to read the recipients' country column"))
+	}
 	for c := range spec.ExcludeCountries {
-		code, ok := countryCodes[strings.ToUpper(strings.TrimSpace(c))]
-		if !ok {
+		if spec.CountryCode == nil {
+			break
+		}
+		code, ok := spec.CountryCode(c)
+		if !ok || len(strings.TrimSpace(c)) != 2 {
 			errs = append(errs, fmt.Errorf("exclude_countries: %q is not an ISO 3166-1 alpha-2 code (groups such as EU are expanded by the caller)", c))
 			continue
 		}
@@ -382,7 +388,7 @@ func (s *renderer) legalBasis() []error {
 // SkipNotB2B — or "" when it may go on to the suppression check.
 func (s *renderer) skip(r row) string {
 	if len(s.exclude) > 0 || s.unknownExclude {
-		code, known := countryCode(r.data.Country)
+		code, known := s.spec.CountryCode(r.data.Country)
 		if (known && s.exclude[code]) || (!known && s.unknownExclude) {
 			return SkipRegion
 		}

@@ -193,7 +193,7 @@ func TestExpandCountries(t *testing.T) {
 			}
 		}
 	}
-	if n := len(CountryCodes()); n != 250 {
+	if n := len(countryCodes); n != 250 {
 		t.Errorf("%d country codes, want 249 ISO + XK", n)
 	}
 }
@@ -267,5 +267,39 @@ func TestShippedCampaignLegalBasis(t *testing.T) {
 	if c.LIAHash() != hex.EncodeToString(sum[:]) || c.FreeMailList != abs || !c.FreeMail["gmail.com"] ||
 		c.UnknownCountry != UnknownInclude || len(c.ExcludedCountries()) != 0 {
 		t.Errorf("LIAHash %q, FreeMailList %q (%d), UnknownCountry %q", c.LIAHash(), c.FreeMailList, len(c.FreeMail), c.UnknownCountry)
+	}
+}
+
+func TestCountryCode(t *testing.T) {
+	tests := []struct {
+		in, want string
+		ok       bool
+	}{
+		{"DE", "DE", true}, {"de", "DE", true}, {" De ", "DE", true}, {"EL", "GR", true}, {"uk", "GB", true},
+		{"Germany", "DE", true}, {"GERMANY", "DE", true}, {"United  Kingdom", "GB", true}, {"U.K.", "GB", true},
+		{"the Netherlands", "NL", true}, {"España", "ES", true}, {"Norway", "NO", true}, {"USA", "US", true},
+		{"", "", false}, {"XX", "", false}, {"Narnia", "", false}, {"DEU", "", false},
+	}
+	for _, tt := range tests {
+		got, ok := CountryCode(tt.in)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("CountryCode(%q) = %q, %v; want %q, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
+	}
+	// Every EEA country and the UK can be named in English, and every name maps to a real code.
+	set, _ := ExpandCountries([]string{"EEA", "UK"})
+	for c := range set {
+		found := false
+		for _, code := range countryNames {
+			found = found || code == c
+		}
+		if !found {
+			t.Errorf("no English name for %s", c)
+		}
+	}
+	for name, code := range countryNames {
+		if !countryCodes[code] {
+			t.Errorf("countryNames[%q] = %q is not an ISO code", name, code)
+		}
 	}
 }

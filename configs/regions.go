@@ -47,17 +47,6 @@ var countryCodes = func() map[string]bool {
 	return m
 }()
 
-// CountryCodes returns every ISO 3166-1 alpha-2 code exclude_countries
-// accepts (upper case, sorted), without the groups and aliases.
-func CountryCodes() []string {
-	out := make([]string, 0, len(countryCodes))
-	for c := range countryCodes {
-		out = append(out, c)
-	}
-	sort.Strings(out)
-	return out
-}
-
 // ExpandCountries turns exclude_countries entries — ISO 3166-1 alpha-2 codes
 // or the groups EU, EEA and UK, in any case — into a set of upper-case
 // alpha-2 codes. It returns the entries it does not know, as written.
@@ -113,4 +102,84 @@ func (d *decoder) strList(dst *[]string) func(string, *yaml.Node) {
 		}
 		*dst = out
 	}
+}
+
+// countryNames maps the English (and own-language) names of the EU, EEA and
+// UK countries, and of the countries most often found beside them in B2B
+// lists, to their codes. Keys are lower case, dots removed, spaces single.
+var countryNames = map[string]string{
+	// EU
+	"austria": "AT", "österreich": "AT", "osterreich": "AT",
+	"belgium": "BE", "belgië": "BE", "belgie": "BE", "belgique": "BE", "belgien": "BE",
+	"bulgaria": "BG", "българия": "BG",
+	"croatia": "HR", "hrvatska": "HR",
+	"cyprus": "CY", "κύπρος": "CY",
+	"czech republic": "CZ", "czechia": "CZ", "česko": "CZ", "česká republika": "CZ",
+	"denmark": "DK", "danmark": "DK",
+	"estonia": "EE", "eesti": "EE",
+	"finland": "FI", "suomi": "FI",
+	"france":  "FR",
+	"germany": "DE", "deutschland": "DE",
+	"greece": "GR", "ελλάδα": "GR", "hellas": "GR",
+	"hungary": "HU", "magyarország": "HU", "magyarorszag": "HU",
+	"ireland": "IE", "republic of ireland": "IE", "éire": "IE", "eire": "IE",
+	"italy": "IT", "italia": "IT",
+	"latvia": "LV", "latvija": "LV",
+	"lithuania": "LT", "lietuva": "LT",
+	"luxembourg": "LU", "luxemburg": "LU",
+	"malta":       "MT",
+	"netherlands": "NL", "the netherlands": "NL", "holland": "NL", "nederland": "NL",
+	"poland": "PL", "polska": "PL",
+	"portugal": "PT",
+	"romania":  "RO", "românia": "RO",
+	"slovakia": "SK", "slovensko": "SK",
+	"slovenia": "SI", "slovenija": "SI",
+	"spain": "ES", "españa": "ES", "espana": "ES",
+	"sweden": "SE", "sverige": "SE",
+	// EEA
+	"iceland": "IS", "ísland": "IS",
+	"liechtenstein": "LI",
+	"norway":        "NO", "norge": "NO", "noreg": "NO",
+	// UK
+	"united kingdom": "GB", "the united kingdom": "GB", "great britain": "GB", "britain": "GB",
+	"england": "GB", "scotland": "GB", "wales": "GB", "northern ireland": "GB",
+	"united kingdom of great britain and northern ireland": "GB",
+	// Others often beside them
+	"switzerland": "CH", "schweiz": "CH", "suisse": "CH", "svizzera": "CH",
+	"united states": "US", "united states of america": "US", "the united states": "US", "usa": "US",
+	"canada": "CA", "mexico": "MX", "brazil": "BR", "argentina": "AR", "chile": "CL",
+	"australia": "AU", "new zealand": "NZ", "japan": "JP", "china": "CN", "india": "IN",
+	"singapore": "SG", "hong kong": "HK", "south korea": "KR", "korea": "KR", "taiwan": "TW",
+	"israel": "IL", "turkey": "TR", "türkiye": "TR", "turkiye": "TR",
+	"united arab emirates": "AE", "uae": "AE", "saudi arabia": "SA", "south africa": "ZA",
+	"ukraine": "UA", "russia": "RU", "russian federation": "RU", "serbia": "RS",
+	"bosnia and herzegovina": "BA", "north macedonia": "MK", "albania": "AL", "montenegro": "ME",
+	"moldova": "MD", "andorra": "AD", "monaco": "MC", "san marino": "SM",
+	"gibraltar": "GI", "jersey": "JE", "guernsey": "GG", "isle of man": "IM",
+}
+
+// CountryCode reads a country value from a recipients file: an ISO 3166-1
+// alpha-2 code in any case (EL and UK too), or a name from countryNames. ok
+// is false for an empty or unrecognised value (the row's country is unknown).
+func CountryCode(v string) (code string, ok bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return "", false
+	}
+	name := strings.Join(strings.Fields(strings.ToLower(strings.ReplaceAll(v, ".", ""))), " ")
+	if len(name) == 2 { // "DE", "de", "U.K."
+		up := strings.ToUpper(name)
+		if c, ok := countryAliases[up]; ok {
+			return c, true
+		}
+		if up == "UK" {
+			return "GB", true
+		}
+		if countryCodes[up] {
+			return up, true
+		}
+		return "", false
+	}
+	code, ok = countryNames[name]
+	return code, ok
 }

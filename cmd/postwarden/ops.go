@@ -132,6 +132,7 @@ func loadSpec(e *env, file string) (campaign.Spec, *configs.Campaign, error) {
 		LegalBasis: c.LegalBasis, LIA: c.LIA, Audience: c.Audience,
 		LIAHash:          c.LIAHash(),
 		ExcludeCountries: c.ExcludedCountries(),
+		CountryCode:      configs.CountryCode,
 		UnknownCountry:   c.UnknownCountry,
 		FreeMail:         c.FreeMail,
 		FileHash:         hash,
