@@ -305,16 +305,26 @@ func (h *handler) prefsPage(c Claim, ls []ListStatus, done string) pages.Page {
 	return p
 }
 
-// prefs shows the lists the person is on. It changes nothing.
-func (h *handler) prefs(w http.ResponseWriter, r *http.Request) {
+// claimLists reads the token and the lists its person is on; false means an
+// error page has been written.
+func (h *handler) claimLists(w http.ResponseWriter, r *http.Request) (Claim, []ListStatus, bool) {
 	c, ok := h.claim(w, r)
 	if !ok {
-		return
+		return c, nil, false
 	}
 	ls, err := h.listsOf(c)
 	if err != nil {
 		h.log.Error().Err(scrub(err, c.Address)).Str("rcpt", address.Mask(c.Address)).Msg("preference page: lists not read")
 		h.serverError(w)
+		return c, nil, false
+	}
+	return c, ls, true
+}
+
+// prefs shows the lists the person is on. It changes nothing.
+func (h *handler) prefs(w http.ResponseWriter, r *http.Request) {
+	c, ls, ok := h.claimLists(w, r)
+	if !ok {
 		return
 	}
 	h.render(w, http.StatusOK, h.prefsPage(c, ls, ""))
@@ -323,18 +333,12 @@ func (h *handler) prefs(w http.ResponseWriter, r *http.Request) {
 // prefsPost leaves one list (list=ID, one shown on the page) or everything
 // (scope=all), then shows the page again with 200.
 func (h *handler) prefsPost(w http.ResponseWriter, r *http.Request) {
-	c, ok := h.claim(w, r)
+	c, ls, ok := h.claimLists(w, r)
 	if !ok {
 		return
 	}
 	form, ok := h.readPost(w, r)
 	if !ok {
-		return
-	}
-	ls, err := h.listsOf(c)
-	if err != nil {
-		h.log.Error().Err(scrub(err, c.Address)).Str("rcpt", address.Mask(c.Address)).Msg("preference page: lists not read")
-		h.serverError(w)
 		return
 	}
 	e := suppression.Entry{Target: c.Address, Reason: suppression.Unsubscribed, Source: "preferences"}
