@@ -129,12 +129,7 @@ func TestKillDuringDeliveryLosesNothing(t *testing.T) {
 	bin := buildBinary(t)
 	h := newHarness(t, mtatest.Options{DataDelay: 15 * time.Millisecond})
 	const n = 200
-	var csv strings.Builder
-	csv.WriteString("email,first_name,company\n")
-	for i := 0; i < n; i++ {
-		fmt.Fprintf(&csv, "rcpt%03d@%s,R%d,Co\n", i, testDomains[i%len(testDomains)], i)
-	}
-	file := h.campaign("crash-1", csv.String())
+	file := h.campaign("crash-1", bulkCSV(n))
 
 	cmd := exec.Command(bin, "-c", h.cfgPath, "campaign", "send", file)
 	var out strings.Builder
@@ -156,7 +151,7 @@ func TestKillDuringDeliveryLosesNothing(t *testing.T) {
 	got := h.sink.ByRecipient()
 	dups := 0
 	for i := 0; i < n; i++ {
-		rcpt := fmt.Sprintf("rcpt%03d@%s", i, testDomains[i%len(testDomains)])
+		rcpt := bulkRecipient(i)
 		switch c := got[rcpt]; {
 		case c == 0:
 			t.Errorf("%s lost: never delivered", rcpt)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/rs/zerolog"
 
@@ -241,4 +242,42 @@ func readFile(t *testing.T, p string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// bulkRecipient is the i-th generated recipient, spread over testDomains.
+func bulkRecipient(i int) string {
+	return fmt.Sprintf("rcpt%03d@%s", i, testDomains[i%len(testDomains)])
+}
+
+// bulkCSV is a recipients file of n generated recipients.
+func bulkCSV(n int) string {
+	var csv strings.Builder
+	csv.WriteString("email,first_name,company\n")
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&csv, "%s,R%d,Co\n", bulkRecipient(i), i)
+	}
+	return csv.String()
+}
+
+// unsubscribeLink is the http(s) List-Unsubscribe URL of the last message
+// the sink received for rcpt (any case) whose bytes contain marker ("" any).
+func (h *harness) unsubscribeLink(rcpt, marker string) string {
+	h.t.Helper()
+	link := ""
+	for _, m := range h.sink.Messages() {
+		if !strings.EqualFold(m.To[0], rcpt) || !bytes.Contains(m.Data, []byte(marker)) {
+			continue
+		}
+		mr, err := mail.CreateReader(bytes.NewReader(m.Data))
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if mm := unsubURL.FindStringSubmatch(mr.Header.Get("List-Unsubscribe")); mm != nil {
+			link = mm[1]
+		}
+	}
+	if link == "" {
+		h.t.Fatalf("no List-Unsubscribe URL in a message to %s", rcpt)
+	}
+	return link
 }

@@ -18,12 +18,7 @@ func TestGracefulShutdownDeliversExactlyOnce(t *testing.T) {
 	bin := buildBinary(t)
 	h := newHarness(t, mtatest.Options{DataDelay: 20 * time.Millisecond})
 	const n = 300
-	var csv strings.Builder
-	csv.WriteString("email,first_name,company\n")
-	for i := 0; i < n; i++ {
-		fmt.Fprintf(&csv, "rcpt%03d@%s,R%d,Co\n", i, testDomains[i%len(testDomains)], i)
-	}
-	file := h.campaign("graceful-1", csv.String())
+	file := h.campaign("graceful-1", bulkCSV(n))
 	sock := h.config().AdminSocket
 
 	start := func() (*exec.Cmd, *strings.Builder) {
@@ -71,7 +66,7 @@ func TestGracefulShutdownDeliversExactlyOnce(t *testing.T) {
 	stop(cmd, out)
 	got := h.sink.ByRecipient()
 	for i := 0; i < n; i++ {
-		rcpt := fmt.Sprintf("rcpt%03d@%s", i, testDomains[i%len(testDomains)])
+		rcpt := bulkRecipient(i)
 		if got[rcpt] != 1 {
 			t.Errorf("%s received %d messages, want exactly 1", rcpt, got[rcpt])
 		}
