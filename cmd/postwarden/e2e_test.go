@@ -127,6 +127,7 @@ func TestOneClickUnsubscribeThroughDaemon(t *testing.T) {
 		t.Errorf("send did not go through the daemon:\n%s", r.stdout)
 	}
 	waitFor(t, "two deliveries", func() bool { return h.sink.Count() == 2 })
+	h.waitDelivered("news-1", 2)
 
 	// Queue admin verbs work through the socket while serve holds the store.
 	ls := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--campaign", "news-1").stdout)

@@ -20,6 +20,7 @@ import (
 	"github.com/postwarden/postwarden/configs"
 	pwdkim "github.com/postwarden/postwarden/mta/dkim"
 	"github.com/postwarden/postwarden/mta/mtatest"
+	"github.com/postwarden/postwarden/queue"
 )
 
 // harness is a data directory, a server config routing every test domain to
@@ -280,4 +281,20 @@ func (h *harness) unsubscribeLink(rcpt, marker string) string {
 		h.t.Fatalf("no List-Unsubscribe URL in a message to %s", rcpt)
 	}
 	return link
+}
+
+// waitDelivered waits until n of the campaign's messages are recorded as
+// delivered in the queue. The sink counts a message at DATA, before the
+// runner records the outcome, so a sink count alone races the queue.
+func (h *harness) waitDelivered(campaign string, n int) {
+	h.t.Helper()
+	waitFor(h.t, fmt.Sprintf("%d of %s delivered", n, campaign), func() bool {
+		got := 0
+		for _, v := range jsonLines[msgView](h.t, h.mustRun(0, "--json", "queue", "ls", "--campaign", campaign).stdout) {
+			if v.State == queue.StateDelivered {
+				got++
+			}
+		}
+		return got >= n
+	})
 }

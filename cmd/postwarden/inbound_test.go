@@ -44,15 +44,7 @@ func TestInboundBounceEndToEnd(t *testing.T) {
 	file := h.campaign("bounce-1", "email,first_name,company\nana@acme.example,Ana,Acme\ndave@globex.example,Dave,Globex\n")
 	h.mustRun(0, "campaign", "send", file)
 	waitFor(t, "two messages at the sink", func() bool { return h.sink.Count() == 2 })
-	waitFor(t, "both delivered", func() bool {
-		n := 0
-		for _, v := range jsonLines[map[string]any](t, h.mustRun(0, "queue", "ls", "--json", "--campaign", "bounce-1").stdout) {
-			if v["state"] == "delivered" {
-				n++
-			}
-		}
-		return n == 2
-	})
+	h.waitDelivered("bounce-1", 2)
 
 	// The envelope sender the sink saw is the message's VERP address.
 	var id string
