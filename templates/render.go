@@ -7,6 +7,7 @@ import (
 	"mime"
 	"net/url"
 	"strings"
+	"sync"
 	"unicode"
 	"unicode/utf8"
 
@@ -15,7 +16,8 @@ import (
 
 // Render builds the message for one recipient: multipart/alternative with a
 // text/plain then a text/html part, utf-8, quoted-printable, CRLF line endings,
-// unsigned. Both bodies must carry d.UnsubscribeURL and d.PrivacyURL.
+// unsigned. Both bodies must carry d.UnsubscribeURL and d.PrivacyURL. The
+// returned slice is the caller's; no memory of it is reused.
 func (s *Set) Render(d Data, env Envelope) ([]byte, error) {
 	if d.UnsubscribeURL == "" || d.PrivacyURL == "" {
 		return nil, errors.New("templates: Data needs both UnsubscribeURL and PrivacyURL")
@@ -24,10 +26,12 @@ func (s *Set) Render(d Data, env Envelope) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	text, htm, err := s.bodies(d)
-	if err != nil {
+	sc := getScratch()
+	defer putScratch(sc)
+	if err := s.bodies(d, &sc.text, &sc.html); err != nil {
 		return nil, err
 	}
+	text, htm := sc.text.Bytes(), sc.html.Bytes()
 	if err := s.checkLinks(d, text, htm); err != nil {
 		return nil, err
 	}
@@ -36,22 +40,49 @@ func (s *Set) Render(d Data, env Envelope) ([]byte, error) {
 		return nil, err
 	}
 
-	var buf bytes.Buffer
+	buf := &sc.msg // keeps the capacity of earlier messages
 	buf.Grow(len(text) + len(htm) + len(htm)/8 + 2048)
-	w, err := mail.CreateInlineWriter(&buf, h)
+	w, err := mail.CreateInlineWriter(buf, h)
 	if err != nil {
 		return nil, fmt.Errorf("templates: write header: %w", err)
 	}
-	if err := writePart(w, "text/plain", text); err != nil {
+	if err := writePart(w, textPart, text); err != nil {
 		return nil, err
 	}
-	if err := writePart(w, "text/html", htm); err != nil {
+	if err := writePart(w, htmlPart, htm); err != nil {
 		return nil, err
 	}
 	if err := w.Close(); err != nil {
 		return nil, fmt.Errorf("templates: close message: %w", err)
 	}
-	return buf.Bytes(), nil
+	msg := make([]byte, buf.Len()) // the one copy that leaves; sc goes back to the pool
+	copy(msg, buf.Bytes())
+	return msg, nil
+}
+
+// scratch holds one Render's working buffers. They come from scratchPool and
+// go back to it when Render returns, so a render's bytes never outlive it
+// except in the copy Render returns.
+type scratch struct {
+	text, html, msg bytes.Buffer
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+// maxPooled is the largest buffer put back in the pool, so that one unusual
+// message does not keep its memory alive.
+const maxPooled = 1 << 20
+
+func getScratch() *scratch { return scratchPool.Get().(*scratch) }
+
+func putScratch(sc *scratch) {
+	if sc.text.Cap() > maxPooled || sc.html.Cap() > maxPooled || sc.msg.Cap() > maxPooled {
+		return
+	}
+	sc.text.Reset()
+	sc.html.Reset()
+	sc.msg.Reset()
+	scratchPool.Put(sc)
 }
 
 // checkLinks refuses bodies that lost a link for this recipient, which happens
@@ -69,21 +100,36 @@ func (s *Set) checkLinks(d Data, text, htm []byte) error {
 	return errors.Join(errs...)
 }
 
-// writePart writes one quoted-printable utf-8 alternative. Quoted-printable
-// turns every line break into CRLF (RFC 2045 §6.7).
-func writePart(w *mail.InlineWriter, contentType string, body []byte) error {
-	var ph mail.InlineHeader
-	ph.SetContentType(contentType, map[string]string{"charset": "utf-8"})
-	ph.Set("Content-Transfer-Encoding", "quoted-printable")
-	pw, err := w.CreatePart(ph)
+// textPart and htmlPart are the two alternatives, their headers built once:
+// they are only read, since InlineWriter.CreatePart copies a header before
+// adding to it.
+var textPart, htmlPart = newPart("text/plain"), newPart("text/html")
+
+// part is one quoted-printable utf-8 alternative.
+type part struct {
+	contentType string
+	header      mail.InlineHeader
+}
+
+func newPart(contentType string) part {
+	p := part{contentType: contentType}
+	p.header.SetContentType(contentType, map[string]string{"charset": "utf-8"})
+	p.header.Set("Content-Transfer-Encoding", "quoted-printable")
+	return p
+}
+
+// writePart writes body as alternative p. Quoted-printable turns every line
+// break into CRLF (RFC 2045 §6.7).
+func writePart(w *mail.InlineWriter, p part, body []byte) error {
+	pw, err := w.CreatePart(p.header)
 	if err != nil {
-		return fmt.Errorf("templates: create %s part: %w", contentType, err)
+		return fmt.Errorf("templates: create %s part: %w", p.contentType, err)
 	}
 	if _, err := pw.Write(body); err != nil {
-		return fmt.Errorf("templates: write %s part: %w", contentType, err)
+		return fmt.Errorf("templates: write %s part: %w", p.contentType, err)
 	}
 	if err := pw.Close(); err != nil {
-		return fmt.Errorf("templates: close %s part: %w", contentType, err)
+		return fmt.Errorf("templates: close %s part: %w", p.contentType, err)
 	}
 	return nil
 }
@@ -206,9 +252,11 @@ func phrase(s string) string {
 			return mime.QEncoding.Encode("utf-8", s) // RFC 2047 §5(3)
 		}
 	}
-	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`) // RFC 5322 §3.2.4 quoted-pair
-	return `"` + r.Replace(s) + `"`
+	return `"` + quotedPair.Replace(s) + `"`
 }
+
+// quotedPair escapes a quoted-string's backslashes and quotes (RFC 5322 §3.2.4).
+var quotedPair = strings.NewReplacer(`\`, `\\`, `"`, `\"`)
 
 // isAtext reports RFC 5322 §3.2.3 atext.
 func isAtext(r rune) bool {

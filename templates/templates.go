@@ -108,14 +108,13 @@ func (s *Set) Subject(d Data) (string, error) {
 	return subj, nil
 }
 
-// bodies executes the text and HTML templates for d.
-func (s *Set) bodies(d Data) (text, html []byte, err error) {
-	var tb, hb bytes.Buffer
-	if err := s.text.Execute(&tb, d); err != nil {
-		return nil, nil, fmt.Errorf("templates: render %s: %w", s.textPath, err)
+// bodies executes the text and HTML templates for d into text and html.
+func (s *Set) bodies(d Data, text, html *bytes.Buffer) error {
+	if err := s.text.Execute(text, d); err != nil {
+		return fmt.Errorf("templates: render %s: %w", s.textPath, err)
 	}
-	if err := s.html.Execute(&hb, d); err != nil {
-		return nil, nil, fmt.Errorf("templates: render %s: %w", s.htmlPath, err)
+	if err := s.html.Execute(html, d); err != nil {
+		return fmt.Errorf("templates: render %s: %w", s.htmlPath, err)
 	}
-	return tb.Bytes(), hb.Bytes(), nil
+	return nil
 }

@@ -2,6 +2,7 @@ package templates
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -352,17 +353,85 @@ func TestFilesAndFieldKeys(t *testing.T) {
 	}
 }
 
+// TestConcurrentRender renders for two recipients from many goroutines at once
+// and checks every message carries its own recipient's data and nothing of the
+// other's: pooled buffers must not carry one render's bytes into another.
 func TestConcurrentRender(t *testing.T) {
-	s := load(t, goodHTML, goodText)
+	html := strings.Repeat(`<p>Dear {{.FirstName}} ({{.Email}}) at {{.Company}}</p>`+"\n", 40) + goodHTML
+	text := strings.Repeat("Dear {{.FirstName}} ({{.Email}})\n", 40) + goodText
+	s := load(t, html, text)
+	type who struct {
+		d   Data
+		env Envelope
+	}
+	var rcpts [2]who
+	for i, r := range []struct{ name, addr, token string }{
+		{"Zoë-Ünïque", "zoe@one.example", "TOKEN-ONE-1111"},
+		{"Björn-Ŝecond", "bjorn@two.example", "TOKEN-TWO-2222"},
+	} {
+		d, env := data(), envelope()
+		d.FirstName, d.Email = r.name, r.addr
+		d.UnsubscribeURL = "https://mail.example.com/u/" + r.token
+		env.To, env.ToName = r.addr, r.name
+		env.Unsubscribe = []string{d.UnsubscribeURL}
+		rcpts[i] = who{d, env}
+	}
+	check := func(msg []byte, self, other Data) error {
+		mr, err := mail.CreateReader(bytes.NewReader(msg))
+		if err != nil {
+			return err
+		}
+		subj, err := mr.Header.Subject()
+		if err != nil {
+			return err
+		}
+		texts := []string{subj, mr.Header.Get("To"), mr.Header.Get("List-Unsubscribe")}
+		if to, err := mr.Header.AddressList("To"); err != nil || len(to) != 1 || to[0].Address != self.Email || to[0].Name != self.FirstName {
+			return fmt.Errorf("To = %v, %v; want %s <%s>", to, err, self.FirstName, self.Email)
+		}
+		for {
+			p, err := mr.NextPart()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			body, err := io.ReadAll(p.Body)
+			if err != nil {
+				return err
+			}
+			for _, want := range []string{self.FirstName, self.Email, self.UnsubscribeURL} {
+				if n := bytes.Count(body, []byte(want)); n < 40 && want != self.UnsubscribeURL || n < 1 {
+					return fmt.Errorf("part has %q %d times:\n%s", want, n, body)
+				}
+			}
+			texts = append(texts, string(body))
+		}
+		for _, txt := range texts {
+			for _, leak := range []string{other.FirstName, other.Email, other.UnsubscribeURL} {
+				if strings.Contains(txt, leak) {
+					return fmt.Errorf("the other recipient's %q is in:\n%s", leak, txt)
+				}
+			}
+		}
+		return nil
+	}
+
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
-	for i := 0; i < 8; i++ {
+	for g := range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for j := 0; j < 20; j++ {
-				if _, err := s.Render(data(), envelope()); err != nil {
-					errs <- err
+			for j := range 50 {
+				i := (g + j) % 2
+				msg, err := s.Render(rcpts[i].d, rcpts[i].env)
+				if err == nil {
+					err = check(msg, rcpts[i].d, rcpts[1-i].d)
+				}
+				if err != nil {
+					errs <- fmt.Errorf("recipient %d: %w", i, err)
 					return
 				}
 			}
@@ -378,8 +447,13 @@ func TestConcurrentRender(t *testing.T) {
 func BenchmarkRender(b *testing.B) {
 	var sb strings.Builder
 	sb.WriteString(`<!DOCTYPE html><html lang="en"><body><p>Hello {{.FirstName}} at {{.Company}}</p>`)
-	for sb.Len() < 20_000 {
-		sb.WriteString(`<p style="margin:0 0 16px; font-family:Arial, sans-serif;">Our Q4 release adds automatic matching of invoices to orders for {{.Company}}, and an export your accountants can read as it is.</p>` + "\n")
+	// A realistic newsletter: long static copy, a placeholder every tenth paragraph.
+	for i := 0; sb.Len() < 20_000; i++ {
+		who := "your team"
+		if i%10 == 0 {
+			who = "{{.Company}}"
+		}
+		sb.WriteString(`<p style="margin:0 0 16px; font-family:Arial, sans-serif;">Our Q4 release adds automatic matching of invoices to orders for ` + who + `, and an export your accountants can read as it is.</p>` + "\n")
 	}
 	sb.WriteString(`<p><a href="{{.UnsubscribeURL}}">Unsubscribe</a> <a href="{{.PrivacyURL}}">Privacy</a></p></body></html>`)
 	s := load(b, sb.String(), goodText)

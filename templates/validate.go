@@ -34,11 +34,12 @@ func (s *Set) Validate() error {
 		if _, err := s.Subject(v.data); err != nil {
 			add("subject"+err.Error(), fmt.Errorf("%w (with %s)", err, v.name))
 		}
-		text, htm, err := s.bodies(v.data)
-		if err != nil {
+		var tb, hb bytes.Buffer
+		if err := s.bodies(v.data, &tb, &hb); err != nil {
 			add("exec"+err.Error(), fmt.Errorf("%w (with %s)", err, v.name))
 			continue
 		}
+		text, htm := tb.Bytes(), hb.Bytes()
 		for _, l := range []struct{ name, field, url string }{
 			{"unsubscribe", "{{.UnsubscribeURL}}", SentinelUnsubscribeURL},
 			{"privacy", "{{.PrivacyURL}}", SentinelPrivacyURL},

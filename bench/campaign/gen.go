@@ -195,8 +195,14 @@ func templateBodies() (string, string) {
 <table role="presentation" width="100%" cellpadding="0" cellspacing="0" border="0"><tr><td align="center" style="padding:24px 12px;">
 <p style="margin:0 0 16px;">Hello {{.FirstName}},</p>
 `)
+	// Long static copy with a placeholder every tenth paragraph, as a real
+	// newsletter has: a handful of merge fields, not one per paragraph.
 	for i := 0; h.Len() < 15500; i++ {
-		fmt.Fprintf(&h, "<p style=\"margin:0 0 16px;font-family:Arial,Helvetica,sans-serif;font-size:16px;line-height:1.5;color:#1f2937;\">%d. %s%s</p>\n", i+1, para, "For {{.Company}} this means fewer manual steps.")
+		who := "your team"
+		if i%10 == 0 {
+			who = "{{.Company}}"
+		}
+		fmt.Fprintf(&h, "<p style=\"margin:0 0 16px;font-family:Arial,Helvetica,sans-serif;font-size:16px;line-height:1.5;color:#1f2937;\">%d. %sFor %s this means fewer manual steps.</p>\n", i+1, para, who)
 	}
 	h.WriteString(`<p style="margin:0;font-size:13px;color:#4b5563;">If you would rather not hear from us, <a href="{{.UnsubscribeURL}}">unsubscribe with one click</a>. How we handle your data: <a href="{{.PrivacyURL}}">privacy notice</a>.</p>
 </td></tr></table></body></html>
