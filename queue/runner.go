@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/rs/zerolog"
-	"go.etcd.io/bbolt"
 )
 
 // Deliverer sends one message to one recipient. An error with Temporary() returning
@@ -110,58 +108,98 @@ func (r *Runner) Run(ctx context.Context) error { return r.loop(ctx, false) }
 // ctx ends first (after in-flight deliveries finish) or a store error.
 func (r *Runner) Drain(ctx context.Context) error { return r.loop(ctx, true) }
 
-// loop is the dispatcher: claim due messages into free worker slots, wait, repeat.
+// loop is the dispatcher and the committer: it records the workers' results and
+// claims due messages for the free slots in one transaction per round (see
+// committer.go), hands the claims to the workers, waits, repeats.
 func (r *Runner) loop(ctx context.Context, drain bool) error {
 	if r.d == nil || r.sup == nil {
 		return errors.New("queue runner: Deliverer and Suppressions are required")
 	}
 	n := r.cfg.Workers
+	// At most limit messages are claimed and not yet recorded: one per worker and
+	// as many again waiting in jobs, so a worker finds its next message at once
+	// while the loop commits.
+	limit := 2 * n
 	wake := make(chan struct{}, 1)
 	r.s.addWaker(wake)
 	defer r.s.removeWaker(wake)
 
-	jobs := make(chan Message, n)      // never blocks: at most n claimed and unfinished
-	done := make(chan struct{}, n)     // one per finished job; at most n unread
-	dctx := context.WithoutCancel(ctx) // let in-flight deliveries finish
+	sctx, stop := context.WithCancel(ctx) // ends when the loop stops dispatching
+	defer stop()
+	jobs := make(chan job, limit)       // never blocks: at most limit claimed and unrecorded
+	results := make(chan result, limit) // never blocks, for the same reason
+	dctx := context.WithoutCancel(ctx)  // let in-flight deliveries finish
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
-			for m := range jobs {
-				r.deliver(dctx, m)
-				done <- struct{}{}
+			for j := range jobs {
+				if sctx.Err() != nil { // stopping: give the claim back unattempted
+					results <- result{j: j, skipped: true}
+					continue
+				}
+				results <- result{j: j, o: r.attempt(dctx, j.m)}
 			}
 		})
 	}
+	// Bounces are followed up beside the loop, a commit's all at once: their
+	// writes (db.Batch in both stores) share commits as the workers' did.
+	follow := make(chan []result, 16)
+	var fwg sync.WaitGroup
+	fwg.Go(func() {
+		for bounces := range follow {
+			var g sync.WaitGroup
+			for _, d := range bounces {
+				g.Go(func() { r.followUp(d) })
+			}
+			g.Wait()
+		}
+	})
 	tick := time.NewTicker(r.cfg.Poll)
 	defer tick.Stop()
 	// next fires when the earliest future due entry falls due, if before the tick.
 	next := time.NewTimer(r.cfg.Poll)
 	defer next.Stop()
 
+	// gather adds every result waiting in results to done, without blocking.
+	var done []result
+	gather := func() {
+		for {
+			select {
+			case res := <-results:
+				done = append(done, res)
+			default:
+				return
+			}
+		}
+	}
 	minClaim := max(1, n/4)
 	var err error
-	inflight := 0
+	inflight := 0 // claimed, outcome not yet committed
 	for ctx.Err() == nil {
+		gather()
 		found := false
-		// Claim when a quarter of the slots are free (or none are busy): each claim is
-		// an fsynced commit, so claiming slot by slot would cost one commit per message.
-		if free := n - inflight; free > 0 && (free >= minClaim || inflight == 0) {
-			msgs, progressed, nextDue, cerr := r.claim(free)
-			if cerr != nil {
+		// Commit when there are results, or to claim alone when a quarter of the
+		// slots are free (or none are busy): each commit is an fsync.
+		if free := limit - inflight + len(done); len(done) > 0 || free >= minClaim || inflight == 0 {
+			c := r.commit(done, free)
+			r.settle(done, c, follow)
+			inflight -= len(done)
+			done = done[:0]
+			for _, j := range c.jobs {
+				jobs <- j
+			}
+			inflight += len(c.jobs)
+			if c.claimErr != nil {
 				if drain {
-					err = cerr
+					err = c.claimErr
 					break
 				}
-				r.log.Error().Err(cerr).Msg("claim due messages failed")
+				r.log.Error().Err(c.claimErr).Msg("claim due messages failed")
 			}
-			for _, m := range msgs {
-				jobs <- m
-			}
-			inflight += len(msgs)
-			found = progressed
+			found = c.progressed
 			wait := r.cfg.Poll
-			if !nextDue.IsZero() {
-				wait = min(wait, max(nextDue.Sub(r.cfg.Now()), time.Millisecond))
+			if !c.next.IsZero() {
+				wait = min(wait, max(c.next.Sub(r.cfg.Now()), time.Millisecond))
 			}
 			next.Reset(wait)
 		}
@@ -172,28 +210,34 @@ func (r *Runner) loop(ctx context.Context, drain bool) error {
 				break
 			}
 		}
-		if found && inflight < n {
+		if found && inflight < limit {
 			continue // there may be more due right now
 		}
 		select {
 		case <-ctx.Done():
 		case <-wake:
-		case <-done:
-			inflight--
-			for more := true; more; { // take every finished slot before claiming again
-				select {
-				case <-done:
-					inflight--
-				default:
-					more = false
-				}
-			}
+		case res := <-results:
+			done = append(done, res)
 		case <-tick.C:
 		case <-next.C:
 		}
 	}
+	// Stop: jobs no worker took are given back; record every result.
+	stop()
 	close(jobs)
+	for inflight > 0 {
+		if len(done) == 0 {
+			done = append(done, <-results)
+		}
+		gather()
+		c := r.commit(done, 0)
+		r.settle(done, c, follow)
+		inflight -= len(done)
+		done = done[:0]
+	}
 	wg.Wait()
+	close(follow)
+	fwg.Wait()
 	if err == nil && drain {
 		err = ctx.Err()
 	}
@@ -229,116 +273,115 @@ const (
 // recording the attempt and the next-attempt time before any delivery starts,
 // expires those past MaxAge and moves those held back by a suspension or their
 // campaign's rate (no attempt). progressed reports whether anything changed;
-// next is the earliest future due time seen, zero if none.
+// next is the earliest future due time seen, zero if none. The claimed
+// messages join the in-flight set.
 func (r *Runner) claim(free int) (msgs []Message, progressed bool, next time.Time, err error) {
+	c := r.commit(nil, free)
+	if c.claimErr != nil {
+		return nil, false, time.Time{}, c.claimErr
+	}
+	for _, j := range c.jobs {
+		msgs = append(msgs, j.m)
+	}
+	return msgs, c.progressed, c.next, nil
+}
+
+// claimIn is claim's work inside a group transaction: it adds the claimed jobs,
+// the expired messages and the earliest future due time to c. Messages in the
+// in-flight set are skipped, except those in mine: their outcome was recorded
+// earlier in the same transaction.
+func (r *Runner) claimIn(b bkts, free int, now time.Time, mine map[string]bool, c *batch) error {
 	s := r.s
-	now := r.cfg.Now()
 	limit := dueKey(now, "")
-	var claimed, expired []string
 	type cand struct {
 		m    Message
 		act  int
 		sp   Suspension
 		slot time.Time
 	}
-	err = s.update(func(tx *bbolt.Tx) error {
-		msgs, progressed, claimed, expired, next = nil, false, nil, nil, time.Time{}
-		b := s.buckets(tx)
-		var cands []cand
-		nClaim, nOther := 0, 0
-		c := b.due.Cursor() // read first, write after: a cursor is invalid once its bucket changes
-		for k, _ := c.First(); k != nil && nClaim < free && nOther < maxClaimScan; k, _ = c.Next() {
-			if len(k) < 8 {
-				continue
-			}
-			if bytes.Compare(k[:8], limit) > 0 {
-				next = time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
-				break // sorted by time: nothing further is due
-			}
-			id := string(k[8:])
-			if s.isInflight(id) {
-				continue
-			}
-			m, err := b.get(id)
-			if err != nil {
-				return err
-			}
-			if r.cfg.Campaign != "" && m.Campaign != r.cfg.Campaign {
-				continue
-			}
-			cd := cand{m: m, act: actClaim}
-			if m.Erased {
-				cd.act = actErased
-			} else if now.After(m.Created.Add(s.maxAge)) {
-				cd.act = actExpire
-			} else if sp, ok := s.suspendedFor(m.Domain, m.Campaign, now); ok {
-				cd.act, cd.sp = actSuspend, sp
-			} else if m.RateSlot.IsZero() || !m.RateSlot.Equal(m.NextAttempt) {
-				if slot := s.reserve(m.Campaign, now); !slot.IsZero() {
-					cd.act, cd.slot = actRate, slot
-				}
-			}
-			if cd.act == actClaim {
-				nClaim++
-			} else {
-				nOther++
-			}
-			cands = append(cands, cd)
+	var cands []cand
+	nClaim, nOther := 0, 0
+	cur := b.due.Cursor() // read first, write after: a cursor is invalid once its bucket changes
+	for k, _ := cur.First(); k != nil && nClaim < free && nOther < maxClaimScan; k, _ = cur.Next() {
+		if len(k) < 8 {
+			continue
 		}
-		for i := range cands {
-			cd := &cands[i]
-			m := &cd.m
-			prev := *m
-			m.Updated = now
-			switch cd.act {
-			case actExpire: // RFC 5321 §4.5.4.1: give up eventually
-				m.State, m.Reason = StateExpired, "expired: undelivered after "+s.maxAge.String()
-				m.History = append(m.History, Attempt{Time: now, Outcome: string(StateExpired), Reply: m.LastReply})
-			case actErased:
-				m.State = StateCancelled
-				m.History = append(m.History, Attempt{Time: now, Outcome: string(StateCancelled)})
-			case actSuspend:
-				holdFor(m, cd.sp, now)
-			case actRate:
-				m.NextAttempt, m.RateSlot = cd.slot, cd.slot
-				if next.IsZero() || cd.slot.Before(next) {
-					next = cd.slot
-				}
-			default:
-				m.Attempts++
-				m.State = StateActive
-				m.NextAttempt = now.Add(s.backoff(m.Attempts))
-				m.RateSlot = time.Time{}
-			}
-			if err := b.save(m, &prev); err != nil {
-				return err
-			}
-			progressed = true
-			switch cd.act {
-			case actClaim:
-				msgs = append(msgs, *m)
-				claimed = append(claimed, m.ID)
-			case actExpire:
-				expired = append(expired, m.Domain)
-				r.log.Info().Str("queue_id", m.ID).Str("rcpt", address.Mask(m.To)).Str("domain", m.Domain).
-					Str("outcome", string(StateExpired)).Int("attempt", m.Attempts).Msg("delivery attempt")
-			case actSuspend:
-				r.log.Debug().Str("queue_id", m.ID).Str("domain", m.Domain).Time("until", cd.sp.Until).Msg("held by suspension")
+		if bytes.Compare(k[:8], limit) > 0 {
+			c.next = time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
+			break // sorted by time: nothing further is due
+		}
+		id := string(k[8:])
+		if !mine[id] && s.isInflight(id) {
+			continue
+		}
+		m, err := b.get(id)
+		if err != nil {
+			return err
+		}
+		if r.cfg.Campaign != "" && m.Campaign != r.cfg.Campaign {
+			continue
+		}
+		cd := cand{m: m, act: actClaim}
+		if m.Erased {
+			cd.act = actErased
+		} else if now.After(m.Created.Add(s.maxAge)) {
+			cd.act = actExpire
+		} else if sp, ok := s.suspendedFor(m.Domain, m.Campaign, now); ok {
+			cd.act, cd.sp = actSuspend, sp
+		} else if m.RateSlot.IsZero() || !m.RateSlot.Equal(m.NextAttempt) {
+			if slot := s.reserve(m.Campaign, now); !slot.IsZero() {
+				cd.act, cd.slot = actRate, slot
 			}
 		}
-		s.setInflight(claimed, true) // inside the txn: claims are serialised by bbolt's write lock
-		return nil
-	})
-	if err != nil {
-		s.setInflight(claimed, false)
-		return nil, false, time.Time{}, fmt.Errorf("claim due messages in %s: %w", s.path, err)
+		if cd.act == actClaim {
+			nClaim++
+		} else {
+			nOther++
+		}
+		cands = append(cands, cd)
 	}
-	if r.cfg.Observer != nil {
-		for _, d := range expired {
-			r.cfg.Observer.Attempt(d, string(StateExpired), 0)
+	var claimed []string
+	for i := range cands {
+		cd := &cands[i]
+		m := &cd.m
+		prev := *m
+		m.Updated = now
+		switch cd.act {
+		case actExpire: // RFC 5321 §4.5.4.1: give up eventually
+			m.State, m.Reason = StateExpired, "expired: undelivered after "+s.maxAge.String()
+			m.History = append(m.History, Attempt{Time: now, Outcome: string(StateExpired), Reply: m.LastReply})
+		case actErased:
+			m.State = StateCancelled
+			m.History = append(m.History, Attempt{Time: now, Outcome: string(StateCancelled)})
+		case actSuspend:
+			holdFor(m, cd.sp, now)
+		case actRate:
+			m.NextAttempt, m.RateSlot = cd.slot, cd.slot
+			if c.next.IsZero() || cd.slot.Before(c.next) {
+				c.next = cd.slot
+			}
+		default:
+			m.Attempts++
+			m.State = StateActive
+			m.NextAttempt = now.Add(s.backoff(m.Attempts))
+			m.RateSlot = time.Time{}
+		}
+		if err := b.save(m, &prev); err != nil {
+			return err
+		}
+		c.progressed = true
+		switch cd.act {
+		case actClaim:
+			c.jobs = append(c.jobs, job{m: *m, was: prev.State, wasNext: prev.NextAttempt, wasSlot: prev.RateSlot})
+			claimed = append(claimed, m.ID)
+		case actExpire:
+			c.expired = append(c.expired, *m)
+		case actSuspend:
+			r.log.Debug().Str("queue_id", m.ID).Str("domain", m.Domain).Time("until", cd.sp.Until).Msg("held by suspension")
 		}
 	}
-	return msgs, progressed, next, nil
+	s.setInflight(claimed, true) // inside the txn: claims are serialised by bbolt's write lock
+	return nil
 }
 
 // rateWaiting reports whether messages of the runner's campaign (any, if none is
@@ -384,41 +427,6 @@ type outcome struct {
 	suppress bool          // hard bounce: suppress the address once recorded (not if erased meanwhile)
 }
 
-// deliver runs one claimed attempt and commits its outcome.
-func (r *Runner) deliver(ctx context.Context, m Message) {
-	defer r.s.setInflight([]string{m.ID}, false)
-	o := r.attempt(ctx, m)
-	final, err := r.s.finish(m, o, r.cfg.Now())
-	// The MTA logs the one Info line of each attempt (destination, TLS,
-	// reply); this line adds the queue's view at Debug.
-	ev := r.log.Debug()
-	if err != nil {
-		ev = r.log.Error().Err(err)
-	}
-	name := string(final)
-	if !o.retryAt.IsZero() && final == StateDeferred {
-		name = "throttled"
-		ev.Time("retry_at", o.retryAt)
-	}
-	ev.Str("queue_id", m.ID).Str("rcpt", address.Mask(m.To)).Str("domain", m.Domain).
-		Str("outcome", name).Str("reply", scrub(o.reply, m.To)).Int("attempt", m.Attempts).
-		Msg("attempt recorded")
-	if err == nil && final == StateBounced && o.suppress {
-		if serr := r.sup.SuppressAddress(m.To, "", "hard_bounce", "bounce", o.reply); serr != nil {
-			r.log.Error().Err(serr).Str("queue_id", m.ID).Str("rcpt", address.Mask(m.To)).
-				Msg("suppress hard-bounced address failed")
-		}
-	}
-	if err == nil && final == StateBounced && o.event != "" {
-		if eerr := r.s.AddCampaignEvent(m.Campaign, o.event); eerr != nil {
-			r.log.Error().Err(eerr).Str("queue_id", m.ID).Msg("count bounce event failed")
-		}
-	}
-	if r.cfg.Observer != nil && err == nil && final != StateActive {
-		r.cfg.Observer.Attempt(m.Domain, name, o.took)
-	}
-}
-
 // attempt checks suppression and calls the Deliverer; it decides the outcome.
 func (r *Runner) attempt(ctx context.Context, m Message) outcome {
 	body, err := r.s.Body(m.ID)
@@ -454,70 +462,10 @@ func (r *Runner) attempt(ctx context.Context, m Message) outcome {
 	var st smtpStatus
 	if errors.As(derr, &st) {
 		if _, enh := st.SMTPStatus(); badRecipient(derr, enh) {
-			o.event, o.suppress = "bounced_hard", true // deliver suppresses after the commit
+			o.event, o.suppress = "bounced_hard", true // followUp suppresses after the commit
 		}
 	}
 	return o
-}
-
-// finish commits an attempt's outcome (db.Batch: many workers) and returns the final state.
-// A temporary failure leaves the message deferred until the NextAttempt set at claim,
-// or expires it if that falls past MaxAge. A throttled one (retryAt set) was no
-// attempt: its count is undone and it waits until retryAt, never expired for it.
-// Delivered, bounced and deferred attempts are counted in the per-minute stats.
-func (s *Store) finish(claimed Message, o outcome, now time.Time) (State, error) {
-	var final State
-	err := s.batch(func(tx *bbolt.Tx) error {
-		b := s.buckets(tx)
-		m, err := b.get(claimed.ID)
-		if err != nil {
-			return err
-		}
-		if m.State != StateActive || m.Attempts != claimed.Attempts {
-			final = m.State // changed under us; leave it
-			return nil
-		}
-		prev := m
-		if m.Erased { // EraseRecipient met it in flight: keep nothing personal
-			m.State, m.Updated = StateCancelled, now
-			m.History = append(m.History, Attempt{Time: now, Outcome: string(o.state)},
-				Attempt{Time: now, Outcome: string(StateCancelled)})
-			final = m.State
-			if o.retryAt.IsZero() {
-				if err := b.countMinute(now, minuteSlot(o.state)); err != nil {
-					return fmt.Errorf("count outcome: %w", err)
-				}
-			}
-			return b.save(&m, &prev)
-		}
-		m.State, m.Updated, m.LastReply = o.state, now, o.reply
-		if !o.retryAt.IsZero() {
-			m.Attempts--
-			m.NextAttempt = o.retryAt
-			m.History = append(m.History, Attempt{Time: now, Outcome: "throttled", Reply: o.reply})
-			final = m.State
-			return b.save(&m, &prev)
-		}
-		if o.reason != "" {
-			m.Reason = o.reason
-		}
-		if m.State == StateDeferred && m.NextAttempt.After(m.Created.Add(s.maxAge)) {
-			m.State, m.Reason = StateExpired, "expired: undelivered after "+s.maxAge.String()
-		}
-		m.History = append(m.History, Attempt{Time: now, Outcome: string(o.state), Reply: o.reply})
-		if m.State == StateExpired {
-			m.History = append(m.History, Attempt{Time: now, Outcome: string(StateExpired)})
-		}
-		final = m.State
-		if err := b.countMinute(now, minuteSlot(o.state)); err != nil {
-			return fmt.Errorf("count outcome: %w", err)
-		}
-		return b.save(&m, &prev)
-	})
-	if err != nil {
-		return StateActive, fmt.Errorf("record outcome of %s in %s: %w", claimed.ID, s.path, err)
-	}
-	return final, nil
 }
 
 // scrub masks every address in a remote reply (whatever its case), for logs.
