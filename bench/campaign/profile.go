@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"time"
@@ -92,6 +93,9 @@ func profileRun(out string, campDir string, sd *seed, sig string, sk *sink, o op
 	if err := pprof.StartCPUProfile(f); err != nil {
 		return "", err
 	}
+	// Where goroutines wait, beside where the CPU goes: FILE.block.
+	runtime.SetBlockProfileRate(int(10 * time.Microsecond))
+	defer runtime.SetBlockProfileRate(0)
 	start := time.Now()
 	rc := queue.RunnerConfig{Workers: o.Workers, Campaign: campaignID}
 	ctx, stop := context.WithCancel(context.Background())
@@ -107,6 +111,10 @@ func profileRun(out string, campDir string, sd *seed, sig string, sk *sink, o op
 		err = q.NewRunner(snd, sup, rc).Drain(context.Background())
 	}
 	pprof.StopCPUProfile()
+	if bf, berr := os.Create(out + ".block"); berr == nil {
+		pprof.Lookup("block").WriteTo(bf, 0)
+		bf.Close()
+	}
 	if err != nil {
 		return "", fmt.Errorf("profile run: %w", err)
 	}
