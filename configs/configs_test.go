@@ -49,6 +49,7 @@ func TestBadFiles(t *testing.T) {
 		}},
 		{server, "bad_dkim.yaml", []string{
 			`testdata/bad_dkim.yaml:7: dkim[1].selector: "" is not a selector`,
+			`testdata/bad_dkim.yaml:7: dkim[1].body_canonicalization: "loose" must be simple or relaxed`,
 			`testdata/bad_dkim.yaml:8: dkim[2].type: "dsa" must be rsa or ed25519`,
 			`testdata/bad_dkim.yaml:8: dkim[2]: domain EXAMPLE.com selector pw1 repeats dkim[0]`,
 			`testdata/bad_dkim.yaml:10: delivery.routes.example.org: "mx.example.org": want host:port`,
@@ -136,6 +137,8 @@ func TestDefaultsAndPaths(t *testing.T) {
 		{"DKIM[0].Type", s.DKIM[0].Type, "rsa"},
 		{"DKIM[1].KeyFile", s.DKIM[1].KeyFile, filepath.Join(dir, "dkim/pw2.key")},
 		{"DKIM[1].Type", s.DKIM[1].Type, "ed25519"},
+		{"DKIM[0].BodyCanonicalization", s.DKIM[0].BodyCanonicalization, "simple"},
+		{"DKIM[1].BodyCanonicalization", s.DKIM[1].BodyCanonicalization, "relaxed"},
 		{"PublicURL", s.PublicURL, "https://mail.example.com"},
 		{"HTTPListen", s.HTTPListen, "127.0.0.1:8025"},
 		{"SenderName", s.SenderName, "mail.example.com"},

@@ -149,6 +149,7 @@ func loadDKIM(cfg *configs.Server) ([]*dkim.Key, []createdKey, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("dkim %s/%s: %w", k.Domain, k.Selector, err)
 		}
+		key.RelaxedBody = k.BodyCanonicalization == "relaxed"
 		keys = append(keys, key)
 		if isNew {
 			created = append(created, createdKey{Path: k.KeyFile, DNSRecord: key.DNSRecord()})

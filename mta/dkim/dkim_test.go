@@ -300,6 +300,41 @@ func TestSignBreaksOnTampering(t *testing.T) {
 	}
 }
 
+// The body canonicalisation is relaxed/simple by default and relaxed/relaxed
+// on request (RFC 6376 §3.4); a white-space change in the body breaks the
+// first only, a header white-space change neither.
+func TestSignBodyCanonicalization(t *testing.T) {
+	rk, ek := testKeys(t)
+	for _, relaxed := range []bool{false, true} {
+		for _, base := range []*Key{rk, ek} {
+			k := *base
+			k.RelaxedBody = relaxed
+			signed, err := NewSigner([]*Key{&k}).Sign([]byte(testMsg))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := "c=relaxed/simple"
+			if relaxed {
+				want = "c=relaxed/relaxed"
+			}
+			if !bytes.Contains(signed, []byte(want)) {
+				t.Fatalf("%s relaxed=%v: want %s in\n%s", k.Type(), relaxed, want, signed)
+			}
+			if errs := verify(t, signed, &k); len(errs) != 0 {
+				t.Fatalf("%s relaxed=%v: %v", k.Type(), relaxed, errs)
+			}
+			header := bytes.Replace(signed, []byte("Subject: Hello"), []byte("Subject:   Hello"), 1)
+			if errs := verify(t, header, &k); len(errs) != 0 {
+				t.Errorf("%s relaxed=%v: header white space broke the signature: %v", k.Type(), relaxed, errs)
+			}
+			body := bytes.Replace(signed, []byte("this is the body"), []byte("this  is the body"), 1)
+			if errs := verify(t, body, &k); (len(errs) == 0) != relaxed {
+				t.Errorf("%s relaxed=%v: body white-space change verified=%v", k.Type(), relaxed, len(errs) == 0)
+			}
+		}
+	}
+}
+
 func insertAfter(b []byte, at int, s string) []byte {
 	out := append([]byte{}, b[:at]...)
 	out = append(out, s...)

@@ -45,6 +45,9 @@ type Key struct {
 	Selector string        // DNS selector
 	Path     string        // file the key was loaded from ("" if built in memory)
 	Signer   crypto.Signer // *rsa.PrivateKey or ed25519.PrivateKey
+	// RelaxedBody selects c=relaxed/relaxed; the default is relaxed/simple
+	// (RFC 6376 §3.4.3): the header relaxed, the body as it is.
+	RelaxedBody bool
 }
 
 // LoadOrCreate loads the key at path, or generates and writes one of keyType
