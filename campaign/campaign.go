@@ -91,9 +91,11 @@ type Suppressions interface {
 type Message struct {
 	Campaign, List, Key, From, To string
 	Body                          []byte
+	Dict                          uint32 // the queue's compression dictionary for Body (dictionaryStore); 0: none
 }
 
 // Queue stores messages durably, one commit per call, ignoring (Campaign, Key) pairs it already holds.
+// It may also keep compression dictionaries (dictionaryStore, in send.go).
 type Queue interface {
 	Enqueue(msgs []Message) (added, duplicates int, err error)
 }

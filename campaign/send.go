@@ -1,6 +1,7 @@
 package campaign
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -8,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"mime"
 	"net/mail"
 	"net/url"
 	"os/user"
@@ -17,6 +19,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/templates"
@@ -31,6 +35,13 @@ const (
 // dotAtom is what a campaign ID, list and hostname must look like to sit in a
 // Message-ID or List-Id (RFC 5322 §3.2.3 dot-atom-text, narrowed).
 var dotAtom = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
+
+// dictionaryStore may be implemented by Queue: it keeps a sample message as the
+// compression dictionary of the campaign's bodies and returns its id, for
+// Message.Dict. The sample must hold no personal data.
+type dictionaryStore interface {
+	PutDictionary(sample []byte) (uint32, error)
+}
 
 // Send queues one message for every valid row of spec.Recipients that its
 // legal basis allows and the suppression store does not stop. It returns the
@@ -70,6 +81,11 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 	defer rs.Close()
 
 	log := deps.Log.With().Str("campaign", spec.ID).Str("list", spec.List).Logger()
+	if ds, ok := deps.Queue.(dictionaryStore); ok {
+		if s.dict, err = s.putDictionary(ds, log); err != nil {
+			return fail(err)
+		}
+	}
 	rec := Record{ID: spec.ID, List: spec.List, Subject: spec.Subject, Recipients: spec.Recipients,
 		LegalBasis: spec.LegalBasis, LIA: spec.LIA, LIAHash: spec.LIAHash, Audience: spec.Audience,
 		ExcludeCountries: s.excludedList(), UnknownCountry: s.unknownPolicy(),
@@ -291,6 +307,7 @@ type renderer struct {
 	links    func(addr, list, campaign string) string
 	mailto   func(addr, list, campaign string) string // nil without a mailto URI
 	now      func() time.Time
+	dict     uint32 // the queue's compression dictionary for this campaign; 0: none
 
 	exclude        map[string]bool // spec.ExcludeCountries, upper-case ISO codes
 	unknownExclude bool            // rows of unknown country are skipped
@@ -462,8 +479,18 @@ func (s *renderer) process(r row) outcome {
 		}
 	}
 	to, key := r.addr.String(), r.addr.Key()
+	body, err := s.render(to, key, r.data, s.now())
+	if err != nil {
+		return outcome{rowErr: &RowError{File: spec.Recipients, Line: r.line, Field: "template", Err: err, rcpt: to}}
+	}
+	return outcome{msg: Message{Campaign: spec.ID, List: spec.List, Key: key, From: s.from, To: to, Body: body, Dict: s.dict}}
+}
+
+// render renders the message to address to, whose address key is key, with
+// its row's data d, dated date.
+func (s *renderer) render(to, key string, d templates.Data, date time.Time) ([]byte, error) {
+	spec := s.spec
 	unsubscribe := s.links(to, spec.List, spec.ID)
-	d := r.data
 	d.UnsubscribeURL, d.PrivacyURL = unsubscribe, spec.PrivacyURL
 	env := templates.Envelope{
 		From:        spec.From,
@@ -471,7 +498,7 @@ func (s *renderer) process(r row) outcome {
 		To:          to,
 		ToName:      strings.TrimSpace(d.FirstName + " " + d.LastName),
 		MessageID:   messageID(spec.MessageIDKey, spec.ID, key, spec.Hostname),
-		Date:        s.now(),
+		Date:        date,
 		ListID:      spec.List + "." + spec.Hostname, // RFC 2919 §2
 		ListName:    spec.ListName,
 		Unsubscribe: []string{unsubscribe}, // RFC 8058: the https URL first
@@ -481,11 +508,40 @@ func (s *renderer) process(r row) outcome {
 			env.Unsubscribe = append(env.Unsubscribe, m) // RFC 2369 §3.2: mailto as an alternative
 		}
 	}
-	body, err := spec.Templates.Render(d, env)
+	return spec.Templates.Render(d, env)
+}
+
+// sampleAddress is the recipient of a campaign's dictionary sample: nobody.
+// Its date and MIME boundary are fixed too, so a re-run of the campaign
+// stores the same sample and the queue keeps one dictionary for both.
+const sampleAddress = "recipient@example.invalid"
+
+var sampleDate = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// putDictionary renders the campaign's message for a placeholder recipient
+// (no personal data: placeholder names, an unsubscribe link minted for
+// sampleAddress, the real privacy link and headers) and stores it as the
+// queue's compression dictionary. It returns the id, or 0 when the templates
+// do not render for the placeholder (the queue then compresses without one).
+func (s *renderer) putDictionary(ds dictionaryStore, log zerolog.Logger) (uint32, error) {
+	d := templates.Data{FirstName: "Firstname", LastName: "Lastname", Company: "Company Name",
+		JobTitle: "Job Title", Email: sampleAddress}
+	sample, err := s.render(sampleAddress, sampleAddress, d, sampleDate)
 	if err != nil {
-		return outcome{rowErr: &RowError{File: spec.Recipients, Line: r.line, Field: "template", Err: err, rcpt: to}}
+		log.Warn().Err(err).Msg("campaign sample does not render; bodies compressed without a dictionary")
+		return 0, nil
 	}
-	return outcome{msg: Message{Campaign: spec.ID, List: spec.List, Key: key, From: s.from, To: to, Body: body}}
+	if m, err := mail.ReadMessage(bytes.NewReader(sample)); err == nil {
+		if _, params, err := mime.ParseMediaType(m.Header.Get("Content-Type")); err == nil && len(params["boundary"]) > 0 {
+			b := params["boundary"] // random per render
+			sample = bytes.ReplaceAll(sample, []byte(b), bytes.Repeat([]byte("0"), len(b)))
+		}
+	}
+	id, err := ds.PutDictionary(sample)
+	if err != nil {
+		return 0, fmt.Errorf("store compression dictionary: %w", err)
+	}
+	return id, nil
 }
 
 // messageID is hex(HMAC-SHA256(secret, campaign NUL key))[:24] "." campaign "@" host:

@@ -32,14 +32,20 @@
 //     before MaxAge.
 //   - Run stops dispatching when its context ends and returns only after the
 //     deliveries in flight have finished and their outcomes are committed.
+//     Messages claimed ahead for a worker but not yet started are given back
+//     unattempted (state, next attempt and rate slot restored).
+//   - The runner group-commits (committer.go): workers hand their outcomes to
+//     one loop that records them and claims the next messages in a single
+//     fsynced transaction.
 //
 // Protection at rest (see seal.go): no clear recipient is stored. The
 // recipient, the idempotency key, replies and reasons are sealed
-// (AES-256-GCM, sealed.Box) per record, the body per message; lookups by
-// person go through keyed HMAC indexes. Domain, campaign, list, state and
-// times stay clear for routing and reports. EraseRecipient scrubs a person's
-// records and Compact rewrites the file so the freed pages are gone;
-// PruneFinished enforces retention.
+// (AES-256-GCM, sealed.Box) per record, the body (compressed, see dict.go)
+// per message; lookups by person go through keyed HMAC indexes. Domain,
+// campaign, list, state and times stay clear for routing and reports.
+// EraseRecipient scrubs a person's records and Compact rewrites the file so
+// the freed pages are gone; PruneFinished enforces retention. Compression
+// dictionaries (placeholder samples, no personal data) are kept.
 package queue
 
 import (
@@ -100,6 +106,9 @@ func (s State) due() bool { return s == StateReady || s == StateDeferred || s ==
 type NewMessage struct {
 	Campaign, List, Key, From, To string
 	Body                          []byte
+	// Dict is the id (from PutDictionary) of the dictionary Body is
+	// compressed with; 0 compresses it without one.
+	Dict uint32
 }
 
 // Message is a queued message's metadata (the body is stored apart; see Store.Body).
@@ -176,7 +185,8 @@ type Store struct {
 // Bucket names. Layout:
 //
 //	msg       id → JSON record: Message with personal fields sealed (see seal.go)
-//	body      id → sealed message bytes (pending messages only)
+//	body      id → sealed, compressed message bytes (pending messages only; see dict.go)
+//	dict      dictionary id (4 bytes, big endian) → tag || sealed sample message (see dict.go)
 //	idem      campaign \x00 box.Index(key) → id
 //	rcpt      box.Index(recipient address key) || id → nil (removed on erase and prune)
 //	meta      "layout" → storage layout version (see seal.go)
@@ -202,8 +212,9 @@ var (
 	bktSusp      = []byte("susp")
 	bktRcpt      = []byte("rcpt")
 	bktMeta      = []byte("meta")
+	bktDict      = []byte("dict")
 	allBuckets   = [][]byte{bktMsg, bktBody, bktIdem, bktDue, bktState, bktCampaign, bktCampaigns,
-		bktCounts, bktMinutes, bktRates, bktSusp, bktRcpt, bktMeta}
+		bktCounts, bktMinutes, bktRates, bktSusp, bktRcpt, bktMeta, bktDict}
 )
 
 // Open opens (creating if needed) the queue file and recovers messages left active by a crash.
@@ -261,7 +272,10 @@ func openDB(path string, timeout time.Duration) (*bbolt.DB, error) {
 	// The freelist is not written at every commit but rebuilt from the
 	// pages at open (etcd does the same): a commit costs what it changes,
 	// not the size of a file with many freed pages. Durability is the same.
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType,
+		// Mapped address space, not memory: reads never wait for a remap
+		// while the file grows (a remap blocks every reader), until 1 GiB.
+		InitialMmapSize: 1 << 30})
 	if errors.Is(err, bbolt.ErrTimeout) {
 		return nil, fmt.Errorf("queue %s is locked by another process: %w", path, err)
 	}

@@ -18,9 +18,10 @@ import (
 //
 // so the recipient, its idempotency key and anything a remote or an
 // operator wrote (replies quote addresses) exist only sealed, bound to the
-// message id. A body is box.Seal(bytes, "queue:body:"+id): it cannot be
-// moved to another message. Keys that stand for a person are keyed HMACs
-// (box.Index): idem campaign \x00 Index(key), rcpt Index(address key) || id.
+// message id. A body is box.Seal(format || payload, "queue:zbody:"+id), the
+// payload compressed (see dict.go): it cannot be moved to another message.
+// Keys that stand for a person are keyed HMACs (box.Index): idem campaign
+// \x00 Index(key), rcpt Index(address key) || id.
 // Version 1 (no "v": everything clear) is sealed in place at Open.
 const layoutVersion = 2
 
@@ -44,7 +45,7 @@ type personal struct {
 }
 
 func msgContext(id string) string  { return "queue:msg:" + id }
-func bodyContext(id string) string { return "queue:body:" + id }
+func bodyContext(id string) string { return "queue:zbody:" + id }
 
 // encode seals m's personal fields and returns its stored form.
 func (b bkts) encode(m *Message) ([]byte, error) {
@@ -124,9 +125,9 @@ func (b bkts) rcptKey(to, id string) []byte {
 	return append(b.box.Index(a.Key()), id...)
 }
 
-// putBody seals and stores message id's body.
-func (b bkts) putBody(id string, body []byte) error {
-	return b.body.Put([]byte(id), b.box.Seal(body, bodyContext(id)))
+// putBody seals and stores message id's packed body (codec.pack: format byte first).
+func (b bkts) putBody(id string, packed []byte) error {
+	return b.body.Put([]byte(id), b.box.Seal(packed, bodyContext(id)))
 }
 
 // migrate seals a version 1 file (every field clear) in place: records,
@@ -156,6 +157,10 @@ func (s *Store) migrate(tx *bbolt.Tx, b bkts) error {
 		}
 		olds = append(olds, o)
 	}
+	plain, err := plainCodec()
+	if err != nil {
+		return err
+	}
 	if len(olds) > 0 {
 		// Every idempotency key of version 1 is clear: rebuild the bucket.
 		if err := tx.DeleteBucket(bktIdem); err != nil {
@@ -176,7 +181,7 @@ func (s *Store) migrate(tx *bbolt.Tx, b bkts) error {
 			return err
 		}
 		if o.body != nil {
-			if err := b.putBody(m.ID, o.body); err != nil {
+			if err := b.putBody(m.ID, plain.pack(nil, o.body)); err != nil {
 				return err
 			}
 		}

@@ -20,6 +20,9 @@ const (
 	maxKeyLen      = 512
 )
 
+// appendFill is the fill of pages split by Enqueue's appends to msg and body.
+const appendFill = 0.9
+
 // EnqueueResult reports what Enqueue did; IDs[i] is msgs[i]'s new id, or "" for a duplicate.
 type EnqueueResult struct {
 	Added, Duplicates int
@@ -41,9 +44,18 @@ func (s *Store) Enqueue(msgs []NewMessage) (EnqueueResult, error) {
 		}
 		addrs[i] = a
 	}
+	// Compressing before the transaction keeps it short and lets callers compress in parallel.
+	packed, release, err := s.packBodies(msgs)
+	if err != nil {
+		return EnqueueResult{}, err
+	}
+	defer release()
 	now := time.Now()
-	err := s.update(func(tx *bbolt.Tx) error {
+	err = s.update(func(tx *bbolt.Tx) error {
 		b := s.buckets(tx)
+		// New ids sort after every stored one: pages split by these appends
+		// are filled, not left half empty (bbolt's default suits random keys).
+		b.msg.FillPercent, b.body.FillPercent = appendFill, appendFill
 		seen := make(map[string]bool, len(msgs))
 		var last uint64
 		if k, _ := b.msg.Cursor().Last(); k != nil {
@@ -76,7 +88,7 @@ func (s *Store) Enqueue(msgs []NewMessage) (EnqueueResult, error) {
 			if sp, ok := s.suspendedFor(m.Domain, m.Campaign, now); ok {
 				holdFor(&m, sp, now) // held like the queued ones until the suspension ends
 			}
-			if err := b.putBody(id, nm.Body); err != nil {
+			if err := b.putBody(id, packed[i]); err != nil {
 				return fmt.Errorf("store body of %s: %w", id, err)
 			}
 			if err := b.idem.Put(ik, []byte(id)); err != nil {
@@ -186,17 +198,18 @@ func (s *Store) Get(id string) (Message, error) {
 	return m, nil
 }
 
-// Body returns message id's raw bytes, opened; finished and erased messages
-// have none (ErrNotFound).
+// Body returns message id's raw bytes, opened and decompressed, exactly as
+// enqueued; finished and erased messages have none (ErrNotFound).
 func (s *Store) Body(id string) ([]byte, error) {
 	var body []byte
 	err := s.view(func(tx *bbolt.Tx) error {
-		v := s.buckets(tx).body.Get([]byte(id))
+		b := s.buckets(tx)
+		v := b.body.Get([]byte(id))
 		if v == nil {
 			return fmt.Errorf("body of %s: %w", id, ErrNotFound)
 		}
 		var err error
-		if body, err = s.box.Open(v, bodyContext(id)); err != nil {
+		if body, err = b.openBody(id, v); err != nil {
 			return fmt.Errorf("body of %s: %w", id, err)
 		}
 		return nil

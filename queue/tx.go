@@ -14,7 +14,7 @@ import (
 // bkts holds one transaction's buckets. Never keep it past the closure.
 type bkts struct {
 	msg, body, idem, due, state, campaign, campaigns *bbolt.Bucket
-	counts, minutes, rates, susp, rcpt, meta         *bbolt.Bucket
+	counts, minutes, rates, susp, rcpt, meta, dict   *bbolt.Bucket
 	box                                              *sealed.Box
 }
 
@@ -24,6 +24,7 @@ func (s *Store) buckets(tx *bbolt.Tx) bkts {
 		box:       s.box,
 		rcpt:      tx.Bucket(bktRcpt),
 		meta:      tx.Bucket(bktMeta),
+		dict:      tx.Bucket(bktDict),
 		msg:       tx.Bucket(bktMsg),
 		body:      tx.Bucket(bktBody),
 		idem:      tx.Bucket(bktIdem),

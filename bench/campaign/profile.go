@@ -137,8 +137,11 @@ type qAdapter struct{ q *queue.Store }
 func (a qAdapter) Enqueue(msgs []campaign.Message) (int, int, error) {
 	nm := make([]queue.NewMessage, len(msgs))
 	for i, m := range msgs {
-		nm[i] = queue.NewMessage{Campaign: m.Campaign, List: m.List, Key: m.Key, From: m.From, To: m.To, Body: m.Body}
+		nm[i] = queue.NewMessage{Campaign: m.Campaign, List: m.List, Key: m.Key, From: m.From, To: m.To, Body: m.Body, Dict: m.Dict}
 	}
 	r, err := a.q.Enqueue(nm)
 	return r.Added, r.Duplicates, err
 }
+
+// PutDictionary stores the campaign's sample message, as campaign send does.
+func (a qAdapter) PutDictionary(sample []byte) (uint32, error) { return a.q.PutDictionary(sample) }

@@ -178,11 +178,15 @@ type queueAdapter struct{ q *queue.Store }
 func (a queueAdapter) Enqueue(msgs []campaign.Message) (int, int, error) {
 	nm := make([]queue.NewMessage, len(msgs))
 	for i, m := range msgs {
-		nm[i] = queue.NewMessage{Campaign: m.Campaign, List: m.List, Key: m.Key, From: m.From, To: m.To, Body: m.Body}
+		nm[i] = queue.NewMessage{Campaign: m.Campaign, List: m.List, Key: m.Key, From: m.From, To: m.To, Body: m.Body, Dict: m.Dict}
 	}
 	r, err := a.q.Enqueue(nm)
 	return r.Added, r.Duplicates, err
 }
+
+// PutDictionary stores a campaign's placeholder sample as the queue's
+// compression dictionary (campaign's optional dictionaryStore).
+func (a queueAdapter) PutDictionary(sample []byte) (uint32, error) { return a.q.PutDictionary(sample) }
 
 func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	var args campaignSendArgs
