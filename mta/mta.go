@@ -25,7 +25,8 @@
 // handshake fails; required and verify ones defer instead.
 //
 // Idle connections are kept per destination address and TLS policy, reused
-// after RSET, and closed after IdleTimeout or MaxMessagesPerConnection
+// (with RSET first only when the last transaction did not end in an accepted
+// DATA), and closed after IdleTimeout or MaxMessagesPerConnection
 // messages. At most ConcurrencyPerDomain sessions run per recipient domain,
 // and at most Rates[domain] messages a second start. A domain that answers
 // 421, or fails 5 times running with 4yz or connection errors, has its

@@ -243,6 +243,19 @@ func TestConnectionReuse(t *testing.T) {
 	if len(ts.messages()) != 5 {
 		t.Fatalf("%d messages, want 5", len(ts.messages()))
 	}
+	// Each accepted DATA ended its transaction: no RSET before the next MAIL.
+	if n := ts.rsets.Load(); n != 0 {
+		t.Fatalf("%d RSETs after clean transactions, want 0", n)
+	}
+	// A refused recipient leaves the transaction open: RSET before the next.
+	ts.reply("gone@example.org", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"})
+	if err := s.Deliver(context.Background(), "qf", "", "gone@example.org", []byte(msg)); err == nil {
+		t.Fatal("delivery to a refused recipient succeeded")
+	}
+	mustDeliver(t, s, "qg", "ana@example.org", msg)
+	if n, c := ts.rsets.Load(), ts.accepts.Load(); n != 1 || c != 1 {
+		t.Fatalf("after a refused recipient: %d RSETs on %d connections, want 1 on 1", n, c)
+	}
 }
 
 func TestConnectionLimitPerConn(t *testing.T) {

@@ -1,6 +1,7 @@
 package mta
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -36,6 +37,7 @@ type testServer struct {
 	accepts atomic.Int32
 	rcpts   atomic.Int32 // RCPT commands seen
 	live    atomic.Int32 // connections not yet closed by the server
+	rsets   atomic.Int32 // RSET commands read from clients
 
 	mu      sync.Mutex
 	msgs    []received
@@ -55,8 +57,9 @@ type testServer struct {
 // countingListener counts accepted connections, and those still open in live.
 type countingListener struct {
 	net.Listener
-	n    *atomic.Int32
-	live *atomic.Int32
+	n     *atomic.Int32
+	live  *atomic.Int32
+	rsets *atomic.Int32
 }
 
 func (l countingListener) Accept() (net.Conn, error) {
@@ -66,14 +69,25 @@ func (l countingListener) Accept() (net.Conn, error) {
 	}
 	l.n.Add(1)
 	l.live.Add(1)
-	return &trackedConn{Conn: c, live: l.live}, nil
+	return &trackedConn{Conn: c, live: l.live, rsets: l.rsets}, nil
 }
 
-// trackedConn decrements live when first closed.
+// trackedConn decrements live when first closed and counts the RSET
+// commands it reads (the client flushes each command whole; test bodies
+// never hold the word).
 type trackedConn struct {
 	net.Conn
-	once sync.Once
-	live *atomic.Int32
+	once  sync.Once
+	live  *atomic.Int32
+	rsets *atomic.Int32
+}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if k := bytes.Count(bytes.ToUpper(p[:n]), []byte("RSET\r\n")); k > 0 {
+		c.rsets.Add(int32(k))
+	}
+	return n, err
 }
 
 func (c *trackedConn) Close() error {
@@ -106,7 +120,7 @@ func serveTest(t *testing.T, tlsCfg *tls.Config, ln net.Listener) *testServer {
 	ts.srv.ErrorLog = discardLogger{}
 	ts.Addr = ln.Addr().String()
 	ts.Port = ln.Addr().(*net.TCPAddr).Port
-	go ts.srv.Serve(countingListener{ln, &ts.accepts, &ts.live})
+	go ts.srv.Serve(countingListener{ln, &ts.accepts, &ts.live, &ts.rsets})
 	t.Cleanup(func() {
 		// go-smtp's Conn.Close reads the connection that handleStartTLS
 		// replaces without a lock: let the sessions the client has ended

@@ -41,6 +41,10 @@ type conn struct {
 	verifyErr error // TLS: why the certificate does not verify for the host, nil if it does
 	sent      int
 	timer     *time.Timer // idle timer while pooled
+	// clean: the last transaction ended with DATA accepted, which ends the
+	// transaction on the server too (RFC 5321 §4.1.1.4), so the next MAIL
+	// needs no RSET first; any other ending leaves it false.
+	clean bool
 }
 
 // route is how one delivery goes: hosts in order and the TLS they need.
@@ -252,7 +256,7 @@ func (s *Sender) attempt(ctx context.Context, e *envelope, rt *route, host, addr
 		derr := classify(stage, remote, err)
 		s.logAttempt(e, rt, remote, addr, c, reused, start, "", derr)
 		if isRep && se.Code != 421 && ctx.Err() == nil {
-			s.put(c) // still in step with the server: RSET before the next use
+			s.put(c) // still in step with the server: RSET before the next use (not clean)
 		} else {
 			c.close()
 		}
@@ -389,11 +393,12 @@ func (g *greetedConn) Read(p []byte) (int, error) {
 func (s *Sender) transact(ctx context.Context, c *conn, e *envelope, reused bool) (string, string, error) {
 	stop := context.AfterFunc(ctx, func() { c.raw.Close() })
 	defer stop()
-	if reused {
+	if reused && !c.clean {
 		if err := c.c.Reset(); err != nil { // RFC 5321 §4.1.1.5
 			return "", "rset", err
 		}
 	}
+	c.clean = false
 	// No PIPELINING (RFC 2920): go-smtp's client waits for each reply before
 	// the next command and does not implement it; we don't hand-roll SMTP to
 	// save the round trips.
@@ -423,6 +428,7 @@ func (s *Sender) transact(ctx context.Context, c *conn, e *envelope, reused bool
 	if err != nil {
 		return "", StageData, err
 	}
+	c.clean = true
 	return resp.StatusText, "", nil
 }
 
