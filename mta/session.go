@@ -339,7 +339,7 @@ func (s *Sender) verifyPeer(st tls.ConnectionState, host string) error {
 
 // newClient wraps nc in a go-smtp client with the configured timeouts.
 func (s *Sender) newClient(nc net.Conn) *smtp.Client {
-	c := smtp.NewClient(nc)
+	c := smtp.NewClient(&writeCoalescer{Conn: nc})
 	c.CommandTimeout = s.cfg.CommandTimeout
 	return c
 }
