@@ -154,6 +154,10 @@ func TestNormalizeCRLF(t *testing.T) {
 		"a\r\n.\rb\r\n":  "a\r\n.\r\nb\r\n",
 		"\n\r\r\n\n\r":   "\r\n\r\n\r\n\r\n\r\n",
 		"x\r\n\r\n.\r\n": "x\r\n\r\n.\r\n",
+		"a\r\r\n":        "a\r\n\r\n",
+		"\r\na\r\n":      "\r\na\r\n",
+		"\na\r\n":        "\r\na\r\n",
+		"a\r\nb\rc\r\n":  "a\r\nb\r\nc\r\n",
 	}
 	for in, want := range cases {
 		if got := string(normalizeCRLF([]byte(in))); got != want {
