@@ -52,7 +52,17 @@ type Spec struct {
 	// FreeMail holds consumer mailbox domains (lower-case ASCII, exact
 	// match): under legitimate_interest a row at one is skipped as not_b2b.
 	FreeMail map[string]bool
+	// MaxAhead bounds how many of the campaign's messages may wait to be
+	// sent at once when the queue reports its backlog; 0 means
+	// DefaultMaxAhead.
+	MaxAhead int
 }
+
+// DefaultMaxAhead is the enqueue window: ten seconds and more of delivery at
+// the rates measured in docs/performance.md, so workers never run dry, while
+// the queue file, its mapped pages and bbolt's freelist stay the size of the
+// window instead of growing with the campaign.
+const DefaultMaxAhead = 20000
 
 // Legal bases, audiences, unknown-country policies and skip reasons.
 //

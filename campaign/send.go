@@ -43,6 +43,36 @@ type dictionaryStore interface {
 	PutDictionary(sample []byte) (uint32, error)
 }
 
+// backlog may be implemented by Queue: how many of the campaign's messages
+// wait to be sent now (ready, or with a worker). Send holds off enqueueing
+// while that reaches Spec.MaxAhead: bounded work ahead, back-pressure from
+// delivery down to the CSV reader. Deferred and held messages do not count.
+type backlog interface {
+	Backlog(campaign string) (int, error)
+}
+
+// backlogPoll is how often Send looks at a full backlog again.
+const backlogPoll = 20 * time.Millisecond
+
+// waitBacklog returns once fewer than max of campaign's messages wait in the
+// queue, or when ctx ends.
+func waitBacklog(ctx context.Context, bl backlog, campaign string, max int) error {
+	for {
+		n, err := bl.Backlog(campaign)
+		if err != nil {
+			return fmt.Errorf("queue backlog: %w", err)
+		}
+		if n < max {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backlogPoll):
+		}
+	}
+}
+
 // Send queues one message for every valid row of spec.Recipients that its
 // legal basis allows and the suppression store does not stop. It returns the
 // summary so far together with any error that stopped it.
@@ -96,6 +126,10 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 	log.Info().Str("recipients", spec.Recipients).Str("run_by", rec.RunBy).Msg("campaign send started")
 
 	invalid := firstRows{max: maxInvalidRows}
+	maxAhead := spec.MaxAhead
+	if maxAhead <= 0 {
+		maxAhead = DefaultMaxAhead
+	}
 	batch := make([]Message, 0, batchSize)
 	flush := func() error {
 		if len(batch) == 0 {
@@ -103,6 +137,11 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 		}
 		if err := ctx.Err(); err != nil {
 			return err // what is not committed yet is not sent; a re-run picks it up
+		}
+		if bl, ok := deps.Queue.(backlog); ok {
+			if err := waitBacklog(ctx, bl, spec.ID, maxAhead); err != nil {
+				return err
+			}
 		}
 		added, dups, err := deps.Queue.Enqueue(batch)
 		if err != nil {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postwarden/postwarden/campaign"
 	"github.com/postwarden/postwarden/mta/mtatest"
 )
 
@@ -172,5 +173,20 @@ func TestKillDuringDeliveryLosesNothing(t *testing.T) {
 	}
 	if after := h.sink.Count(); after != before {
 		t.Errorf("re-run sent %d more messages", after-before)
+	}
+}
+
+// With --no-wait and no daemon nothing delivers, so the enqueue window must
+// not hold the send: every row past campaign.DefaultMaxAhead is enqueued and
+// none is delivered.
+func TestSendNoWaitIgnoresEnqueueWindow(t *testing.T) {
+	h := newHarness(t, mtatest.Options{})
+	n := campaign.DefaultMaxAhead + 300
+	r := h.mustRun(0, "campaign", "send", "--no-wait", h.campaign("nowait-1", bulkCSV(n)))
+	if want := fmt.Sprintf("enqueued       %d", n); !strings.Contains(r.stdout, want) {
+		t.Fatalf("summary lacks %q:\n%s", want, r.stdout)
+	}
+	if c := h.sink.Count(); c != 0 {
+		t.Fatalf("%d messages delivered by a --no-wait send", c)
 	}
 }

@@ -175,6 +175,19 @@ func (e *env) mailtoDomain() string {
 // queueAdapter lets the campaign engine enqueue into the queue store.
 type queueAdapter struct{ q *queue.Store }
 
+// deliveringQueue is the queue while a runner delivers from it (the
+// daemon's, or campaign send's own): it also reports the campaign's backlog,
+// which the campaign engine keeps under its enqueue window. Without a runner
+// (send --no-wait, no daemon) nothing would drain it, so the plain
+// queueAdapter goes in its place.
+type deliveringQueue struct{ queueAdapter }
+
+// Backlog counts the campaign's messages waiting to go out now.
+func (a deliveringQueue) Backlog(campaign string) (int, error) {
+	c, err := a.q.CampaignCounts(campaign)
+	return c[queue.StateReady] + c[queue.StateActive], err
+}
+
 func (a queueAdapter) Enqueue(msgs []campaign.Message) (int, int, error) {
 	nm := make([]queue.NewMessage, len(msgs))
 	for i, m := range msgs {
@@ -244,10 +257,14 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		}
 	}
 
+	var q campaign.Queue = queueAdapter{e.queue}
+	if e.daemon || deliveryDone != nil {
+		q = deliveringQueue{queueAdapter{e.queue}}
+	}
 	summary, sendErr := campaign.Send(ctx, spec, campaign.Deps{
 		Suppressions: e.suppressions(),
 		Consents:     e.subs,
-		Queue:        queueAdapter{e.queue},
+		Queue:        q,
 		Links:        links{e.tokens, e.mailtoDomain()},
 		Records:      e.queue,
 		Now:          time.Now,
