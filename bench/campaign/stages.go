@@ -185,7 +185,7 @@ var benchLineRe = regexp.MustCompile(`^(Benchmark\S+)\s+\d+\s+([\d.]+) ns/op(.*)
 
 // runPkgBenches runs the packages' Benchmark functions.
 func runPkgBenches(root, benchtime string) ([]pkgBench, error) {
-	pkgs := []string{"./templates", "./suppression", "./mta/dkim", "./queue", "./campaign"}
+	pkgs := []string{"./templates", "./suppression", "./mta/dkim", "./mta", "./queue", "./campaign"}
 	args := append([]string{"test", "-run", "^$", "-bench", ".", "-benchmem", "-benchtime", benchtime}, pkgs...)
 	cmd := exec.Command("go", args...)
 	cmd.Dir = root
