@@ -269,10 +269,11 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 
 // openDB opens the bbolt file.
 func openDB(path string, timeout time.Duration) (*bbolt.DB, error) {
-	// The freelist is not written at every commit but rebuilt from the
-	// pages at open (etcd does the same): a commit costs what it changes,
-	// not the size of a file with many freed pages. Durability is the same.
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType,
+	// The freelist is synced (bbolt's default). Not syncing it saved commit
+	// time while bodies were stored whole, but then every open in write mode
+	// walks the whole file to rebuild it: 1 s for a 1.7 GB queue, on every
+	// CLI command run without the daemon (docs/performance.md).
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout, FreelistType: bbolt.FreelistMapType,
 		// Mapped address space, not memory: reads never wait for a remap
 		// while the file grows (a remap blocks every reader), until 1 GiB.
 		InitialMmapSize: 1 << 30})
