@@ -252,6 +252,10 @@ func run(o options) error {
 				return err
 			}
 		}
+		if lastData != "" && !o.Keep {
+			_ = os.RemoveAll(lastData)
+		}
+		syncAll() // the seed copy and the last run's files are on disk before the clock starts
 		cfgPath := filepath.Join(tmp, fmt.Sprintf("postwarden%d.yaml", r))
 		if err := writeServerConfig(cfgPath, dataDir, sd.dkimFile, o.Sig, sk.addr, o.Domains, o.Workers, o.PerDomain); err != nil {
 			return err
@@ -264,9 +268,6 @@ func run(o options) error {
 		}
 		logf("run %d: %.0f msgs/s, first delivery %.0f ms, all at sink %.2f s, peak anon %.1f MB", r, res.Rate, res.FirstDeliveryMs, res.AllDeliveredS, res.PeakAnonMB)
 		rep.Runs = append(rep.Runs, res)
-		if lastData != "" && !o.Keep {
-			_ = os.RemoveAll(lastData)
-		}
 		lastData, lastCfg = dataDir, cfgPath
 	}
 

@@ -93,7 +93,7 @@ func profileRun(out string, campDir string, sd *seed, sig string, sk *sink, o op
 	if err := pprof.StartCPUProfile(f); err != nil {
 		return "", err
 	}
-	// Where goroutines wait, beside where the CPU goes: FILE.block.
+	// Where goroutines wait, beside where the CPU goes: FILE.block (and FILE.heap below).
 	runtime.SetBlockProfileRate(int(10 * time.Microsecond))
 	defer runtime.SetBlockProfileRate(0)
 	start := time.Now()
@@ -111,6 +111,12 @@ func profileRun(out string, campDir string, sd *seed, sig string, sk *sink, o op
 		err = q.NewRunner(snd, sup, rc).Drain(context.Background())
 	}
 	pprof.StopCPUProfile()
+	// What is still live at the end (stores open): FILE.heap, for memory that grows with N.
+	runtime.GC()
+	if hf, herr := os.Create(out + ".heap"); herr == nil {
+		pprof.Lookup("heap").WriteTo(hf, 0)
+		hf.Close()
+	}
 	if bf, berr := os.Create(out + ".block"); berr == nil {
 		pprof.Lookup("block").WriteTo(bf, 0)
 		bf.Close()
