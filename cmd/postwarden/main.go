@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -27,12 +26,6 @@ import (
 )
 
 func main() {
-	if os.Getenv("GOGC") == "" {
-		// Campaign work allocates fast over a small live heap: collecting at
-		// twice the live heap instead of once cut CPU per message ~5 % for
-		// ~20 MB more memory (docs/performance.md). GOGC overrides it.
-		debug.SetGCPercent(200)
-	}
 	ctx, stop := signalContext()
 	defer stop()
 	os.Exit(run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
