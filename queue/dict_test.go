@@ -552,6 +552,16 @@ func benchBodies() [][]byte {
 	return bodies
 }
 
+// benchStore opens a store for a benchmark and, withDict, stores the
+// campaign sample as its dictionary (id 0 without).
+func benchStore(b *testing.B, withDict bool) (*Store, uint32) {
+	s := openTest(b, Config{})
+	if !withDict {
+		return s, 0
+	}
+	return s, putDict(b, s, sampleBody())
+}
+
 // BenchmarkEnqueueCampaign is BenchmarkEnqueue with realistic ~22 KB campaign
 // bodies, compressed without and with the campaign's dictionary; it reports
 // the queue file's bytes per message.
@@ -559,11 +569,7 @@ func BenchmarkEnqueueCampaign(b *testing.B) {
 	bodies := benchBodies()
 	for _, withDict := range []bool{false, true} {
 		b.Run(fmt.Sprintf("dict=%v", withDict), func(b *testing.B) {
-			s := openTest(b, Config{})
-			var dict uint32
-			if withDict {
-				dict = putDict(b, s, sampleBody())
-			}
+			s, dict := benchStore(b, withDict)
 			const group = 256
 			msgs := make([]NewMessage, group)
 			b.ReportAllocs()
@@ -621,11 +627,7 @@ func BenchmarkBodyOpen(b *testing.B) {
 	bodies := benchBodies()
 	for _, withDict := range []bool{false, true} {
 		b.Run(fmt.Sprintf("dict=%v", withDict), func(b *testing.B) {
-			s := openTest(b, Config{})
-			var dict uint32
-			if withDict {
-				dict = putDict(b, s, sampleBody())
-			}
+			s, dict := benchStore(b, withDict)
 			msgs := make([]NewMessage, len(bodies))
 			for i := range msgs {
 				msgs[i] = NewMessage{Campaign: "bench", Key: fmt.Sprint(i), To: fmt.Sprintf("u%d@example.com", i), Body: bodies[i], Dict: dict}
