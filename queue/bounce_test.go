@@ -124,3 +124,26 @@ func TestCampaignEvents(t *testing.T) {
 		}
 	}
 }
+
+// Backlog counts a campaign's ready and active messages only: not another
+// campaign's, not held ones, not finished ones.
+func TestBacklog(t *testing.T) {
+	s := openTest(t, Config{})
+	ids := enqueue(t, s, msg("c1", "a@example.org"), msg("c1", "b@example.org"), msg("c1", "c@example.org"),
+		msg("c1", "d@example.org"), msg("c2", "e@example.org")).IDs
+	if n, err := s.Backlog("c1"); err != nil || n != 4 {
+		t.Fatalf("Backlog(c1) = %d, %v; want 4", n, err)
+	}
+	if _, err := s.Hold(ids[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Delete(ids[1:2], "test"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Backlog("c1"); err != nil || n != 2 {
+		t.Fatalf("Backlog(c1) after a hold and a delete = %d, %v; want 2", n, err)
+	}
+	if n, err := s.Backlog("none"); err != nil || n != 0 {
+		t.Fatalf("Backlog(none) = %d, %v; want 0", n, err)
+	}
+}

@@ -519,6 +519,15 @@ func (s *Store) CampaignCounts(id string) (map[State]int, error) {
 	return counts, nil
 }
 
+// Backlog counts campaign id's messages waiting to go out now: ready (due,
+// or holding a campaign-rate slot) or with a worker. Deferred and held ones
+// wait on a schedule or an operator and do not count. Read from counters, so
+// it costs one read transaction whatever the queue's size.
+func (s *Store) Backlog(id string) (int, error) {
+	c, err := s.CampaignCounts(id)
+	return c[StateReady] + c[StateActive], err
+}
+
 // PutCampaign stores the caller's opaque record for campaign id (fsynced).
 func (s *Store) PutCampaign(id string, rec []byte) error {
 	if id == "" || len(id) > maxCampaignLen {

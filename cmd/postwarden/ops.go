@@ -183,10 +183,7 @@ type queueAdapter struct{ q *queue.Store }
 type deliveringQueue struct{ queueAdapter }
 
 // Backlog counts the campaign's messages waiting to go out now.
-func (a deliveringQueue) Backlog(campaign string) (int, error) {
-	c, err := a.q.CampaignCounts(campaign)
-	return c[queue.StateReady] + c[queue.StateActive], err
-}
+func (a deliveringQueue) Backlog(campaign string) (int, error) { return a.q.Backlog(campaign) }
 
 func (a queueAdapter) Enqueue(msgs []campaign.Message) (int, int, error) {
 	nm := make([]queue.NewMessage, len(msgs))
