@@ -18,7 +18,8 @@
 //     deferred until its recorded next attempt, which protects the process from
 //     a message that crashes it.
 //   - A recipient can receive a message twice only if the crash fell between the
-//     remote's 250 reply and the commit recording it.
+//     remote's 250 reply and the commit recording it; at most
+//     MaxUnrecorded(workers) messages are in that window at once.
 //   - Finished messages (delivered, bounced, expired, cancelled) keep their record
 //     and history for reports, until PruneFinished; their body is deleted.
 //   - Suppressions are checked again just before each delivery: an unsubscribe

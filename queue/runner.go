@@ -108,6 +108,13 @@ func (r *Runner) Run(ctx context.Context) error { return r.loop(ctx, false) }
 // ctx ends first (after in-flight deliveries finish) or a store error.
 func (r *Runner) Drain(ctx context.Context) error { return r.loop(ctx, true) }
 
+// MaxUnrecorded is how many messages a runner of workers workers may hold
+// claimed with their outcome not yet committed: one per worker and as many
+// again waiting for one, so a worker finds its next message at once while the
+// loop commits. Workers do not wait for their outcome's commit, so this, not
+// workers, bounds what a crash can send twice.
+func MaxUnrecorded(workers int) int { return 2 * workers }
+
 // loop is the dispatcher and the committer: it records the workers' results and
 // claims due messages for the free slots in one transaction per round (see
 // committer.go), hands the claims to the workers, waits, repeats.
@@ -116,10 +123,7 @@ func (r *Runner) loop(ctx context.Context, drain bool) error {
 		return errors.New("queue runner: Deliverer and Suppressions are required")
 	}
 	n := r.cfg.Workers
-	// At most limit messages are claimed and not yet recorded: one per worker and
-	// as many again waiting in jobs, so a worker finds its next message at once
-	// while the loop commits.
-	limit := 2 * n
+	limit := MaxUnrecorded(n)
 	wake := make(chan struct{}, 1)
 	r.s.addWaker(wake)
 	defer r.s.removeWaker(wake)
