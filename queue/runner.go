@@ -115,6 +115,11 @@ func (r *Runner) Drain(ctx context.Context) error { return r.loop(ctx, true) }
 // workers, bounds what a crash can send twice.
 func MaxUnrecorded(workers int) int { return 2 * workers }
 
+// commitLinger is the longest a worker's result waits for others to share its
+// commit. It delays only the record of an outcome, never a delivery: workers
+// take their next claimed job at once.
+const commitLinger = 10 * time.Millisecond
+
 // loop is the dispatcher and the committer: it records the workers' results and
 // claims due messages for the free slots in one transaction per round (see
 // committer.go), hands the claims to the workers, waits, repeats.
@@ -177,18 +182,33 @@ func (r *Runner) loop(ctx context.Context, drain bool) error {
 		}
 	}
 	minClaim := max(1, n/4)
+	lowWater := max(1, n/2) // claimed jobs queued for the workers below which the loop claims more
+	// A commit rewrites every page it touches (bbolt copies on write), so its
+	// cost is shared by the results it carries. Results wait for company until
+	// the workers' queue of claimed jobs runs low, a worker's worth of them
+	// are in, or the first has waited commitLinger.
+	linger := time.NewTimer(commitLinger)
+	linger.Stop()
+	defer linger.Stop()
+	var firstDone time.Time
 	var err error
 	inflight := 0 // claimed, outcome not yet committed
 	for ctx.Err() == nil {
 		gather()
 		found := false
-		// Commit when there are results, or to claim alone when a quarter of the
-		// slots are free (or none are busy): each commit is an fsync.
-		if free := limit - inflight + len(done); len(done) > 0 || free >= minClaim || inflight == 0 {
+		if len(done) > 0 && firstDone.IsZero() {
+			firstDone = time.Now()
+			linger.Reset(commitLinger)
+		}
+		free := limit - inflight + len(done)
+		lingered := len(done) > 0 && time.Since(firstDone) >= commitLinger
+		starving := len(jobs) < lowWater && (len(done) > 0 || free >= minClaim)
+		if inflight == 0 || len(done) >= n || lingered || starving {
 			c := r.commit(done, free)
 			r.settle(done, c, follow)
 			inflight -= len(done)
-			done = done[:0]
+			done, firstDone = done[:0], time.Time{}
+			linger.Stop()
 			for _, j := range c.jobs {
 				jobs <- j
 			}
@@ -224,6 +244,7 @@ func (r *Runner) loop(ctx context.Context, drain bool) error {
 			done = append(done, res)
 		case <-tick.C:
 		case <-next.C:
+		case <-linger.C:
 		}
 	}
 	// Stop: jobs no worker took are given back; record every result.

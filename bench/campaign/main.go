@@ -96,6 +96,8 @@ type summary struct {
 	HeapPeakMB       stat    `json:"go_heap_peak_mb"`
 	BytesPerRcpt     stat    `json:"queue_bytes_per_recipient"`
 	CPUPerMsgUs      stat    `json:"cpu_per_message_us"`
+	DiskKBPerMsg     stat    `json:"disk_write_kb_per_message"`
+	WritesPerMsg     stat    `json:"write_syscalls_per_message"`
 	VsSignCeiling    float64 `json:"ratio_to_sign_ceiling"`
 	VsTransport      float64 `json:"ratio_to_transport_ref"`
 	VsOpenSSL        float64 `json:"ratio_to_openssl_rsa,omitempty"`
@@ -355,6 +357,8 @@ func summarize(rep *report) {
 	s.HeapPeakMB = get(func(r runResult) float64 { return r.HeapPeakMB })
 	s.BytesPerRcpt = get(func(r runResult) float64 { return r.BytesPerRcpt })
 	s.CPUPerMsgUs = get(func(r runResult) float64 { return (r.CPUUserS + r.CPUSysS) / float64(r.Expected) * 1e6 })
+	s.DiskKBPerMsg = get(func(r runResult) float64 { return float64(r.DiskWriteBytes) / 1024 / float64(r.Expected) })
+	s.WritesPerMsg = get(func(r runResult) float64 { return float64(r.WriteSyscalls) / float64(r.Expected) })
 	ceil := rep.SignRSA
 	if rep.Options.Sig == "ed25519" {
 		ceil = rep.SignEd
@@ -415,6 +419,8 @@ func printReport(w0 *os.File, rep *report) {
 	row("Go heap peak MB", "%.0f", s.HeapPeakMB)
 	row("queue bytes/recipient", "%.0f", s.BytesPerRcpt)
 	row("CPU µs/message", "%.0f", s.CPUPerMsgUs)
+	row("disk written KB/message", "%.1f", s.DiskKBPerMsg)
+	row("write syscalls/message", "%.1f", s.WritesPerMsg)
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "ratio to signing ceiling (%s)\t%.2f\n", o.Sig, s.VsSignCeiling)
 	fmt.Fprintf(w, "ratio to transport ref\t%.2f\n", s.VsTransport)

@@ -38,6 +38,11 @@ type runResult struct {
 	BytesPerRcpt    float64 `json:"queue_bytes_per_recipient"`
 	CPUUserS        float64 `json:"cpu_user_s"`
 	CPUSysS         float64 `json:"cpu_sys_s"`
+	// From /proc/PID/io at the last poll: bytes the process sent to storage
+	// (bbolt's page writes at each commit) and its write-type syscalls
+	// (pwrite64 of pages and the SMTP client's socket writes).
+	DiskWriteBytes int64 `json:"disk_write_bytes"`
+	WriteSyscalls  int64 `json:"write_syscalls"`
 }
 
 var (
@@ -127,6 +132,7 @@ loop:
 			allSeen = t
 		case <-tick.C:
 			pollRSS(pid, &res)
+			pollIO(pid, &res)
 		case waitErr = <-exited:
 			break loop
 		case <-limit:
@@ -223,6 +229,31 @@ func pollRSS(pid int, r *runResult) {
 			r.PeakAnonMB = max(r.PeakAnonMB, mb)
 		case "RssFile:":
 			r.PeakFileMB = max(r.PeakFileMB, mb)
+		}
+	}
+}
+
+// pollIO reads write_bytes and syscw of pid; they only grow, so the last
+// read before exit is the run's total (less the final 50 ms).
+func pollIO(pid int, r *runResult) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		k, v, ok := strings.Cut(line, ": ")
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			continue
+		}
+		switch k {
+		case "write_bytes":
+			r.DiskWriteBytes = max(r.DiskWriteBytes, n)
+		case "syscw":
+			r.WriteSyscalls = max(r.WriteSyscalls, n)
 		}
 	}
 }
