@@ -454,16 +454,17 @@ type outcome struct {
 
 // attempt checks suppression and calls the Deliverer; it decides the outcome.
 func (r *Runner) attempt(ctx context.Context, m Message) outcome {
-	body, err := r.s.Body(m.ID)
-	if err != nil {
-		return outcome{state: StateCancelled, reply: err.Error(), reason: "body missing"}
-	}
+	// Suppression first: a message suppressed while it waited needs no body.
 	reason, suppressed, err := r.sup.Check(m.To, m.List)
 	if err != nil { // cannot tell: do not mail, try later
 		return outcome{state: StateDeferred, reply: "suppression check: " + err.Error()}
 	}
 	if suppressed {
 		return outcome{state: StateCancelled, reply: "suppressed: " + reason, reason: "suppressed: " + reason}
+	}
+	body, err := r.s.Body(m.ID)
+	if err != nil {
+		return outcome{state: StateCancelled, reply: err.Error(), reason: "body missing"}
 	}
 	start := time.Now()
 	derr := r.d.Deliver(ctx, m.ID, m.From, m.To, body)
