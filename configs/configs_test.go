@@ -121,6 +121,34 @@ func TestSyntaxAndShapeErrors(t *testing.T) {
 	}
 }
 
+func TestDKIMRSASigner(t *testing.T) {
+	dir := t.TempDir()
+	load := func(name, signer string) (*Server, error) {
+		body := "hostname: a.example\ndata_dir: v\npublic_url: http://x.example\nprivacy_url: https://x.example/p\n" +
+			"dkim:\n  - {domain: example.com, selector: pw1}\n  - {domain: example.com, selector: pw2" + signer + "}\n"
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return LoadServer(p)
+	}
+	for _, v := range []string{"auto", "go", "openssl"} {
+		s, err := load(v+".yaml", ", rsa_signer: "+v)
+		if err != nil {
+			t.Fatalf("rsa_signer %s: %v", v, err)
+		}
+		if s.DKIM[0].RSASigner != "auto" || s.DKIM[1].RSASigner != v {
+			t.Errorf("rsa_signer %s: got %q and %q, want auto (the default) and %s", v, s.DKIM[0].RSASigner, s.DKIM[1].RSASigner, v)
+		}
+	}
+	_, err := load("fips.yaml", ", rsa_signer: fips")
+	got := problems(t, err)
+	want := `fips.yaml:7: dkim[1].rsa_signer: "fips" must be auto, go or openssl`
+	if len(got) != 1 || !strings.HasSuffix(got[0], want) {
+		t.Errorf("got %q, want one problem ending %q", got, want)
+	}
+}
+
 func TestDefaultsAndPaths(t *testing.T) {
 	s, err := LoadServer("testdata/relay_ok.yaml")
 	if err != nil {
@@ -139,6 +167,7 @@ func TestDefaultsAndPaths(t *testing.T) {
 		{"DKIM[1].Type", s.DKIM[1].Type, "ed25519"},
 		{"DKIM[0].BodyCanonicalization", s.DKIM[0].BodyCanonicalization, "simple"},
 		{"DKIM[1].BodyCanonicalization", s.DKIM[1].BodyCanonicalization, "relaxed"},
+		{"DKIM[0].RSASigner", s.DKIM[0].RSASigner, "auto"},
 		{"PublicURL", s.PublicURL, "https://mail.example.com"},
 		{"HTTPListen", s.HTTPListen, "127.0.0.1:8025"},
 		{"SenderName", s.SenderName, "mail.example.com"},

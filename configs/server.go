@@ -95,6 +95,10 @@ type DKIM struct {
 	// lines and no trailing white space, so both survive the same transit;
 	// simple costs next to nothing, relaxed ~15 % of a campaign's CPU.
 	BodyCanonicalization string
+	// RSASigner computes an RSA key's signatures: auto (default: OpenSSL's
+	// libcrypto when it loads, else Go), go, or openssl (an error without
+	// libcrypto). The signatures are the same bytes; OpenSSL is ~4x faster.
+	RSASigner string
 }
 
 // Delivery says how the queue hands messages on.
@@ -264,6 +268,7 @@ func (d *decoder) dkimList(dst *[]DKIM) func(string, *yaml.Node) {
 				"key_file":              d.str(&k.KeyFile),
 				"type":                  d.str(&k.Type),
 				"body_canonicalization": d.str(&k.BodyCanonicalization),
+				"rsa_signer":            d.str(&k.RSASigner),
 			}, "domain", "selector")
 		}
 		*dst = out
@@ -327,6 +332,7 @@ func (s *Server) applyDefaults(dir string) {
 		or(&k.KeyFile, filepath.Join(s.DataDir, "dkim", k.Domain+"."+k.Selector+".key"))
 		or(&k.Type, "rsa")
 		or(&k.BodyCanonicalization, "simple")
+		or(&k.RSASigner, "auto")
 	}
 	or(&s.HTTPListen, "127.0.0.1:8025")
 	or(&s.SenderName, s.Hostname)
@@ -405,6 +411,9 @@ func (s *Server) check(d *decoder) {
 		}
 		if k.BodyCanonicalization != "simple" && k.BodyCanonicalization != "relaxed" {
 			d.fieldErr(p+".body_canonicalization", "%q must be simple or relaxed", k.BodyCanonicalization)
+		}
+		if k.RSASigner != "auto" && k.RSASigner != "go" && k.RSASigner != "openssl" {
+			d.fieldErr(p+".rsa_signer", "%q must be auto, go or openssl", k.RSASigner)
 		}
 		pair := strings.ToLower(k.Domain + "/" + k.Selector)
 		if j, dup := seen[pair]; dup {

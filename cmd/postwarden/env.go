@@ -150,6 +150,9 @@ func loadDKIM(cfg *configs.Server) ([]*dkim.Key, []createdKey, error) {
 			return nil, nil, fmt.Errorf("dkim %s/%s: %w", k.Domain, k.Selector, err)
 		}
 		key.RelaxedBody = k.BodyCanonicalization == "relaxed"
+		if err := key.UseEngine(k.RSASigner); err != nil {
+			return nil, nil, fmt.Errorf("dkim %s/%s: rsa_signer %s: %w", k.Domain, k.Selector, k.RSASigner, err)
+		}
 		keys = append(keys, key)
 		if isNew {
 			created = append(created, createdKey{Path: k.KeyFile, DNSRecord: key.DNSRecord()})

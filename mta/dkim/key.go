@@ -44,7 +44,7 @@ type Key struct {
 	Domain   string        // signing domain, lower-case ASCII, no trailing dot
 	Selector string        // DNS selector
 	Path     string        // file the key was loaded from ("" if built in memory)
-	Signer   crypto.Signer // *rsa.PrivateKey or ed25519.PrivateKey
+	Signer   crypto.Signer // *rsa.PrivateKey or ed25519.PrivateKey, or an RSA key's OpenSSL signer (UseEngine)
 	// RelaxedBody selects c=relaxed/relaxed; the default is relaxed/simple
 	// (RFC 6376 §3.4.3): the header relaxed, the body as it is.
 	RelaxedBody bool
