@@ -217,7 +217,7 @@ func templateBodies() (string, string) {
 }
 
 // writeServerConfig writes the server config of one run.
-func writeServerConfig(path, dataDir, dkimFile, sig, sinkAddr string, d, workers, perDomain int) error {
+func writeServerConfig(path, dataDir, dkimFile, sig, rsaSigner, sinkAddr string, d, workers, perDomain int) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, `hostname: mail.%s
 data_dir: %s
@@ -225,13 +225,13 @@ public_url: https://%s
 http_listen: 127.0.0.1:8025
 privacy_url: https://%s/privacy
 dkim:
-  - {domain: %s, selector: %s, key_file: %s, type: %s}
+  - {domain: %s, selector: %s, key_file: %s, type: %s, rsa_signer: %s}
 delivery:
   mode: mx
   workers: %d
   concurrency_per_domain: %d
   routes:
-`, fromDomain, dataDir, fromDomain, fromDomain, fromDomain, selector, dkimFile, sig, workers, perDomain)
+`, fromDomain, dataDir, fromDomain, fromDomain, fromDomain, selector, dkimFile, sig, rsaSigner, workers, perDomain)
 	for i := range d {
 		fmt.Fprintf(&b, "    d%04d.bench.example: %q\n", i, sinkAddr)
 	}

@@ -26,11 +26,14 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/postwarden/postwarden/mta/dkim"
 )
 
 type options struct {
 	N, Domains, Suppressed, Runs int
 	Sig                          string
+	RSASigner                    string
 	JSON                         string
 	Sink                         string
 	Workers, PerDomain, C        int
@@ -45,24 +48,26 @@ type options struct {
 
 // report is everything one invocation measured.
 type report struct {
-	Started   time.Time     `json:"started"`
-	Options   options       `json:"options"`
-	Machine   machine       `json:"machine"`
-	Sink      string        `json:"sink"`
-	Complete  string        `json:"completion_detected_by"`
-	Seed      seedInfo      `json:"suppression_seed"`
-	Fsync     fsyncStat     `json:"fdatasync_4k"`
-	Transport *transportRef `json:"transport_ref,omitempty"`
-	SignRSA   *signRef      `json:"sign_ref_rsa2048,omitempty"`
-	SignEd    *signRef      `json:"sign_ref_ed25519,omitempty"`
-	OpenSSL   *opensslRef   `json:"openssl_ref,omitempty"`
-	Runs      []runResult   `json:"runs"`
-	Summary   summary       `json:"summary"`
-	QueueCLI  []cliTiming   `json:"queue_cli,omitempty"`
-	Stages    []stage       `json:"stages_in_process,omitempty"`
-	PkgBench  []pkgBench    `json:"package_benchmarks,omitempty"`
-	Profile   string        `json:"profile_top,omitempty"`
-	Notes     []string      `json:"notes"`
+	Started        time.Time     `json:"started"`
+	Options        options       `json:"options"`
+	Machine        machine       `json:"machine"`
+	Sink           string        `json:"sink"`
+	Complete       string        `json:"completion_detected_by"`
+	Seed           seedInfo      `json:"suppression_seed"`
+	Fsync          fsyncStat     `json:"fdatasync_4k"`
+	Transport      *transportRef `json:"transport_ref,omitempty"`
+	SignRSA        *signRef      `json:"sign_ref_rsa2048,omitempty"`         // go-msgauth + Go's crypto/rsa: the issue's signing ceiling
+	SignRSAOpenSSL *signRef      `json:"sign_ref_rsa2048_openssl,omitempty"` // go-msgauth + OpenSSL's libcrypto (dkim rsa_signer openssl)
+	RSAEngine      string        `json:"rsa_engine_in_binary,omitempty"`     // what the binary's rsa_signer resolves to
+	SignEd         *signRef      `json:"sign_ref_ed25519,omitempty"`
+	OpenSSL        *opensslRef   `json:"openssl_ref,omitempty"`
+	Runs           []runResult   `json:"runs"`
+	Summary        summary       `json:"summary"`
+	QueueCLI       []cliTiming   `json:"queue_cli,omitempty"`
+	Stages         []stage       `json:"stages_in_process,omitempty"`
+	PkgBench       []pkgBench    `json:"package_benchmarks,omitempty"`
+	Profile        string        `json:"profile_top,omitempty"`
+	Notes          []string      `json:"notes"`
 }
 
 type machine struct {
@@ -99,6 +104,7 @@ type summary struct {
 	DiskKBPerMsg     stat    `json:"disk_write_kb_per_message"`
 	WritesPerMsg     stat    `json:"write_syscalls_per_message"`
 	VsSignCeiling    float64 `json:"ratio_to_sign_ceiling"`
+	VsSignOpenSSL    float64 `json:"ratio_to_sign_ceiling_openssl,omitempty"`
 	VsTransport      float64 `json:"ratio_to_transport_ref"`
 	VsOpenSSL        float64 `json:"ratio_to_openssl_rsa,omitempty"`
 	CheckShare       float64 `json:"suppression_check_share"`
@@ -119,6 +125,7 @@ func main() {
 	flag.IntVar(&o.Suppressed, "suppressed", 1000000, "suppression store entries (~5 % of recipients are members)")
 	flag.IntVar(&o.Runs, "runs", 3, "timed runs (median, min, max)")
 	flag.StringVar(&o.Sig, "sig", "rsa", "DKIM key type: rsa (2048) | ed25519")
+	flag.StringVar(&o.RSASigner, "rsa-signer", "auto", "the binary's dkim rsa_signer: auto (as shipped) | go | openssl")
 	flag.StringVar(&o.JSON, "json", "", "write the report as JSON to this file")
 	flag.StringVar(&o.Sink, "sink", "auto", "receiver: auto | smtp-sink | go")
 	flag.IntVar(&o.C, "c", 10, "concurrency of the transport reference (smtp-source -s)")
@@ -227,16 +234,32 @@ func run(o options) error {
 	}
 	dur := time.Duration(o.SignSeconds) * time.Second
 	logf("signing references (%s each)", dur)
-	for _, t := range []string{"rsa", "ed25519"} {
-		keyFile := filepath.Join(tmp, "signref-"+t+".key")
-		r, err := runSignRef(keyFile, t, sample, dur)
+	for _, ref := range []struct{ typ, engine string }{{"rsa", dkim.EngineGo}, {"rsa", dkim.EngineOpenSSL}, {"ed25519", dkim.EngineGo}} {
+		if ref.engine == dkim.EngineOpenSSL && dkim.OpenSSLError() != nil {
+			rep.Notes = append(rep.Notes, "RSA signing reference with OpenSSL skipped: "+dkim.OpenSSLError().Error())
+			continue
+		}
+		keyFile := filepath.Join(tmp, "signref-"+ref.typ+".key")
+		r, err := runSignRef(keyFile, ref.typ, ref.engine, sample, dur)
 		if err != nil {
 			return err
 		}
-		if t == "rsa" {
-			rep.SignRSA = &r
-		} else {
+		switch {
+		case ref.typ == "ed25519":
 			rep.SignEd = &r
+		case ref.engine == dkim.EngineOpenSSL:
+			rep.SignRSAOpenSSL = &r
+		default:
+			rep.SignRSA = &r
+		}
+	}
+	if o.Sig == "rsa" {
+		rep.RSAEngine = o.RSASigner
+		if o.RSASigner == dkim.EngineAuto {
+			rep.RSAEngine = "auto: go"
+			if dkim.OpenSSLError() == nil {
+				rep.RSAEngine = "auto: openssl"
+			}
 		}
 	}
 	if osr, err := runOpenSSL(o.SignSeconds); err == nil {
@@ -259,7 +282,7 @@ func run(o options) error {
 		}
 		syncAll() // the seed copy and the last run's files are on disk before the clock starts
 		cfgPath := filepath.Join(tmp, fmt.Sprintf("postwarden%d.yaml", r))
-		if err := writeServerConfig(cfgPath, dataDir, sd.dkimFile, o.Sig, sk.addr, o.Domains, o.Workers, o.PerDomain); err != nil {
+		if err := writeServerConfig(cfgPath, dataDir, sd.dkimFile, o.Sig, o.RSASigner, sk.addr, o.Domains, o.Workers, o.PerDomain); err != nil {
 			return err
 		}
 		logf("run %d/%d: campaign send of %d recipients (%d allowed)", r, o.Runs, o.N, expected)
@@ -289,7 +312,7 @@ func run(o options) error {
 
 	if o.StageSamples > 0 {
 		logf("in-process stage samples")
-		st, err := measureStages(campDir, sd, o.Sig, sk, o.N, o.Domains, o.StageSamples, tmp)
+		st, err := measureStages(campDir, sd, o.Sig, o.RSASigner, sk, o.N, o.Domains, o.StageSamples, tmp)
 		if err != nil {
 			return fmt.Errorf("stages: %w", err)
 		}
@@ -369,6 +392,9 @@ func summarize(rep *report) {
 	if rep.Transport != nil && rep.Transport.Rate > 0 {
 		s.VsTransport = s.Rate.Median / rep.Transport.Rate
 	}
+	if r := rep.SignRSAOpenSSL; r != nil && r.Rate > 0 && rep.Options.Sig == "rsa" {
+		s.VsSignOpenSSL = s.Rate.Median / r.Rate
+	}
 	if rep.OpenSSL != nil && rep.OpenSSL.SignPS > 0 && rep.Options.Sig == "rsa" {
 		s.VsOpenSSL = s.Rate.Median / rep.OpenSSL.SignPS
 	}
@@ -396,7 +422,13 @@ func printReport(w0 *os.File, rep *report) {
 		fmt.Fprintf(w, "transport ref\t%.0f msgs/s  (%s)\n", t.Rate, t.Command)
 	}
 	if r := rep.SignRSA; r != nil {
-		fmt.Fprintf(w, "sign ref RSA-2048\t%.0f signs/s over %d goroutines (%d-byte message)\n", r.Rate, r.Goroutines, r.MsgBytes)
+		fmt.Fprintf(w, "sign ref RSA-2048 (Go)\t%.0f signs/s over %d goroutines (%d-byte message)\n", r.Rate, r.Goroutines, r.MsgBytes)
+	}
+	if r := rep.SignRSAOpenSSL; r != nil {
+		fmt.Fprintf(w, "sign ref RSA-2048 (OpenSSL)\t%.0f signs/s\n", r.Rate)
+	}
+	if rep.RSAEngine != "" {
+		fmt.Fprintf(w, "binary's RSA signer\t%s\n", rep.RSAEngine)
 	}
 	if r := rep.SignEd; r != nil {
 		fmt.Fprintf(w, "sign ref Ed25519\t%.0f signs/s\n", r.Rate)
@@ -423,6 +455,9 @@ func printReport(w0 *os.File, rep *report) {
 	row("write syscalls/message", "%.1f", s.WritesPerMsg)
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "ratio to signing ceiling (%s)\t%.2f\n", o.Sig, s.VsSignCeiling)
+	if s.VsSignOpenSSL > 0 {
+		fmt.Fprintf(w, "ratio to signing ceiling (rsa, OpenSSL signer)\t%.2f\n", s.VsSignOpenSSL)
+	}
 	fmt.Fprintf(w, "ratio to transport ref\t%.2f\n", s.VsTransport)
 	if s.VsOpenSSL > 0 {
 		fmt.Fprintf(w, "ratio to openssl rsa2048\t%.2f\n", s.VsOpenSSL)

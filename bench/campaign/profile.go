@@ -60,7 +60,7 @@ func profileRun(out string, campDir string, sd *seed, sig string, sk *sink, o op
 		return "", err
 	}
 	defer q.Close()
-	k, _, err := dkim.LoadOrCreate(sd.dkimFile, fromDomain, selector, sig)
+	k, err := benchKey(sd.dkimFile, sig, o.RSASigner)
 	if err != nil {
 		return "", err
 	}

@@ -96,14 +96,15 @@ func goSource(addr string, m, c int) error {
 // cores, one goroutine per core, on the rendered bench message.
 type signRef struct {
 	Type       string  `json:"type"`
+	Engine     string  `json:"engine"` // dkim rsa_signer: go or openssl
 	Goroutines int     `json:"goroutines"`
 	MsgBytes   int     `json:"message_bytes"`
 	Seconds    float64 `json:"seconds"`
 	Rate       float64 `json:"signs_per_s"`
 }
 
-func runSignRef(keyFile, keyType string, msg []byte, dur time.Duration) (signRef, error) {
-	k, _, err := dkim.LoadOrCreate(keyFile, fromDomain, selector, keyType)
+func runSignRef(keyFile, keyType, engine string, msg []byte, dur time.Duration) (signRef, error) {
+	k, err := benchKey(keyFile, keyType, engine)
 	if err != nil {
 		return signRef{}, err
 	}
@@ -128,7 +129,20 @@ func runSignRef(keyFile, keyType string, msg []byte, dur time.Duration) (signRef
 	}
 	wg.Wait()
 	secs := time.Since(start).Seconds()
-	return signRef{Type: keyType, Goroutines: g, MsgBytes: len(msg), Seconds: secs, Rate: float64(n.Load()) / secs}, nil
+	return signRef{Type: keyType, Engine: k.Engine(), Goroutines: g, MsgBytes: len(msg), Seconds: secs, Rate: float64(n.Load()) / secs}, nil
+}
+
+// benchKey loads (or creates) the bench's DKIM key and sets its RSA engine
+// the way the binary's dkim[].rsa_signer does.
+func benchKey(keyFile, keyType, engine string) (*dkim.Key, error) {
+	k, _, err := dkim.LoadOrCreate(keyFile, fromDomain, selector, keyType)
+	if err != nil {
+		return nil, err
+	}
+	if err := k.UseEngine(engine); err != nil {
+		return nil, err
+	}
+	return k, nil
 }
 
 // opensslRef is `openssl speed -seconds S -multi nproc rsa2048`.

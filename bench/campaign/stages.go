@@ -54,7 +54,7 @@ func renderSample(set *templates.Set, i, d int) ([]byte, error) {
 
 // measureStages samples render, suppression check (on the pre-filled store),
 // sign, grouped commit and deliver over loopback into the sink.
-func measureStages(campDir string, sd *seed, sig string, sk *sink, n, d, samples int, tmp string) ([]stage, error) {
+func measureStages(campDir string, sd *seed, sig, rsaSigner string, sk *sink, n, d, samples int, tmp string) ([]stage, error) {
 	var out []stage
 	set, err := templates.Load(filepath.Join(campDir, "bench"), "{{.FirstName}}, a note about {{.Company}}")
 	if err != nil {
@@ -110,7 +110,7 @@ func measureStages(campDir string, sd *seed, sig string, sk *sink, n, d, samples
 	st.Close()
 	out = append(out, mkStage("suppression check", lat, 1, fmt.Sprintf("Store.Check on %d entries, %d of %d hits", sd.entries, hits, len(lat))))
 
-	k, _, err := dkim.LoadOrCreate(sd.dkimFile, fromDomain, selector, sig)
+	k, err := benchKey(sd.dkimFile, sig, rsaSigner)
 	if err != nil {
 		return nil, err
 	}
