@@ -184,7 +184,7 @@ func TestDefaultsAndPaths(t *testing.T) {
 	if len(d.Retry) != 2 || d.Retry[0] != 24*time.Hour || d.Retry[1] != 36*time.Hour {
 		t.Errorf("Retry = %v, want [24h 36h]", d.Retry)
 	}
-	if d.MaxAge != 7*24*time.Hour || d.ConcurrencyPerDomain != 4 || d.SMTPPort != 25 || d.Workers != 32 {
+	if d.MaxAge != 7*24*time.Hour || d.ConcurrencyPerDomain != 4 || d.SMTPPort != 25 || d.Workers != 64 {
 		t.Errorf("MaxAge %v, ConcurrencyPerDomain %d, SMTPPort %d, Workers %d", d.MaxAge, d.ConcurrencyPerDomain, d.SMTPPort, d.Workers)
 	}
 	if s.Line("delivery.relay") != 11 || s.Line("dkim[1].selector") != 8 {

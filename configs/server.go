@@ -365,7 +365,7 @@ func (s *Server) applyDefaults(dir string) {
 	ints := []struct {
 		v   *int
 		def int
-	}{{&d.ConcurrencyPerDomain, 4}, {&d.SMTPPort, 25}, {&d.Workers, 32}, {&d.MaxMessagesPerConnection, 100}}
+	}{{&d.ConcurrencyPerDomain, 4}, {&d.SMTPPort, 25}, {&d.Workers, 64}, {&d.MaxMessagesPerConnection, 100}}
 	for _, n := range ints {
 		if *n.v == 0 {
 			*n.v = n.def

@@ -129,7 +129,7 @@ func main() {
 	flag.StringVar(&o.JSON, "json", "", "write the report as JSON to this file")
 	flag.StringVar(&o.Sink, "sink", "auto", "receiver: auto | smtp-sink | go")
 	flag.IntVar(&o.C, "c", 10, "concurrency of the transport reference (smtp-source -s)")
-	flag.IntVar(&o.Workers, "workers", 32, "delivery.workers of postwarden (default: the shipped default)")
+	flag.IntVar(&o.Workers, "workers", 64, "delivery.workers of postwarden (default: the shipped default)")
 	flag.IntVar(&o.PerDomain, "per-domain", 10, "delivery.concurrency_per_domain of postwarden")
 	flag.IntVar(&o.SignSeconds, "sign-seconds", 3, "seconds for each signing reference and openssl speed")
 	flag.StringVar(&o.PkgBenchtime, "pkg-benchtime", "1s", "-benchtime for the packages' Benchmark functions; empty skips them")
