@@ -264,3 +264,36 @@ func TestReleaseRestoresClaim(t *testing.T) {
 	}
 	checkCounters(t, s)
 }
+
+// A result that finds no company is still recorded: while the workers have
+// claimed jobs queued, a lone outcome waits for others only commitLinger, not
+// until the next poll (an hour here) or until the other deliveries end.
+func TestLoneOutcomeRecordedAfterLinger(t *testing.T) {
+	s := openTest(t, Config{})
+	d := &gateDeliverer{held: map[string]bool{}, gate: make(chan struct{}), bounce: map[string]error{}, calls: map[string]int{}}
+	msgs := []NewMessage{msg("c", "free@example.com")} // enqueued first, so claimed first
+	for i := range 40 {
+		to := fmt.Sprintf("held%d@example.com", i)
+		d.held[to] = true
+		msgs = append(msgs, msg("c", to))
+	}
+	res := enqueue(t, s, msgs...)
+	r := s.NewRunner(d, newSup(), RunnerConfig{Workers: 8, Poll: time.Hour})
+	done := make(chan error, 1)
+	go func() { done <- r.Drain(context.Background()) }()
+	waitFor(t, "the lone outcome to be recorded", func() bool { return mustGet(t, s, res.IDs[0]).State == StateDelivered })
+	for _, id := range res.IDs[1:] {
+		if st := mustGet(t, s, id).State; st == StateDelivered {
+			t.Fatalf("held message %s is %s before its delivery was let go", id, st)
+		}
+	}
+	close(d.gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range res.IDs {
+		if st := mustGet(t, s, id).State; st != StateDelivered {
+			t.Fatalf("message %s is %s after the drain, want delivered", id, st)
+		}
+	}
+}
