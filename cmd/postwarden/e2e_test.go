@@ -2,9 +2,11 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -12,6 +14,7 @@ import (
 	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-smtp"
 
+	pwdkim "github.com/postwarden/postwarden/mta/dkim"
 	"github.com/postwarden/postwarden/mta/mtatest"
 )
 
@@ -252,5 +255,43 @@ func TestRetryAndHardBounce(t *testing.T) {
 	st := jsonLines[statsView](t, h.mustRun(0, "--json", "queue", "stats").stdout)
 	if len(st) != 1 || st[0].ByState["delivered"] != 2 || st[0].ByState["bounced"] != 1 {
 		t.Errorf("queue stats: %+v", st)
+	}
+}
+
+// dkim[].rsa_signer reaches the key that signs: the log names the engine, and
+// the message verifies whichever engine signed it.
+func TestRSASignerFromConfig(t *testing.T) {
+	want := map[string]string{"go": pwdkim.EngineGo, "openssl": pwdkim.EngineOpenSSL, "auto": pwdkim.EngineGo}
+	osErr := pwdkim.OpenSSLError()
+	if osErr == nil {
+		want["auto"] = pwdkim.EngineOpenSSL
+	} else if os.Getenv("CI") == "true" {
+		t.Fatalf("CI=true and OpenSSL is unavailable: %v", osErr)
+	} else {
+		delete(want, "openssl")
+	}
+	for signer, engine := range want {
+		t.Run(signer, func(t *testing.T) {
+			h := newHarness(t, mtatest.Options{})
+			cfg, err := os.ReadFile(h.cfgPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.write("postwarden.yaml", strings.Replace(string(cfg), "{domain: example.com, selector: pw1}",
+				"{domain: example.com, selector: pw1, rsa_signer: "+signer+"}", 1))
+			r := h.mustRun(0, "--log-level", "info", "campaign", "send", h.campaign("signer-1", "email,first_name,company\nana@acme.example,Ana,Acme\n"))
+			if line := fmt.Sprintf(`"signer":%q`, engine); !strings.Contains(r.stderr, `"message":"dkim key"`) || !strings.Contains(r.stderr, line) {
+				t.Fatalf("rsa_signer %s: log lacks the dkim key line with %s:\n%s", signer, line, r.stderr)
+			}
+			msgs := h.sink.Messages()
+			if len(msgs) != 1 {
+				t.Fatalf("sink has %d messages, want 1", len(msgs))
+			}
+			for _, v := range h.verifyDKIM(msgs[0].Data) {
+				if v.Err != nil {
+					t.Fatalf("rsa_signer %s: signature does not verify: %v", signer, v.Err)
+				}
+			}
+		})
 	}
 }

@@ -129,7 +129,9 @@ func (c *cli) logger(def zerolog.Level) (zerolog.Logger, error) {
 	if f, ok := c.stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		w = zerolog.ConsoleWriter{Out: f, TimeFormat: "15:04:05"}
 	}
-	return zerolog.New(w).Level(level).With().Timestamp().Logger(), nil
+	// Delivery workers log at once; run's stderr may be any writer (a buffer
+	// in tests), so writes are serialised here rather than trusted to it.
+	return zerolog.New(zerolog.SyncWriter(w)).Level(level).With().Timestamp().Logger(), nil
 }
 
 // call runs an op: in the daemon when one answers on the admin socket,

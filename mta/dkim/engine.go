@@ -40,6 +40,7 @@ func (k *Key) UseEngine(engine string) error {
 	if priv == nil { // Ed25519: nothing to choose
 		return nil
 	}
+	k.EngineFallback = nil
 	if engine == EngineGo {
 		k.Signer = priv
 		return nil
@@ -54,7 +55,7 @@ func (k *Key) UseEngine(engine string) error {
 	case engine == EngineOpenSSL:
 		return err
 	default: // auto: OpenSSL is only ever a speed-up, Go signs the same bytes
-		k.Signer = priv
+		k.Signer, k.EngineFallback = priv, err
 	}
 	return nil
 }

@@ -48,6 +48,9 @@ type Key struct {
 	// RelaxedBody selects c=relaxed/relaxed; the default is relaxed/simple
 	// (RFC 6376 §3.4.3): the header relaxed, the body as it is.
 	RelaxedBody bool
+	// EngineFallback says why UseEngine("auto") left an RSA key's signatures
+	// to Go; nil when it did not, so that the caller can tell the operator.
+	EngineFallback error
 }
 
 // LoadOrCreate loads the key at path, or generates and writes one of keyType

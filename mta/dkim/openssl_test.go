@@ -234,6 +234,9 @@ func TestUseEngine(t *testing.T) {
 		if k.rsaPrivateKey() != priv || k.Type() != TypeRSA {
 			t.Fatal("the RSA key is no longer reachable")
 		}
+		if (k.EngineFallback == nil) != (osErr == nil) {
+			t.Fatalf("UseEngine(%q): EngineFallback = %v while OpenSSLError() = %v", e, k.EngineFallback, osErr)
+		}
 	}
 	if err := k.UseEngine(EngineGo); err != nil || k.Engine() != EngineGo || k.Signer != crypto.Signer(priv) {
 		t.Fatalf("UseEngine(go): err %v, engine %s, signer %T", err, k.Engine(), k.Signer)
