@@ -61,6 +61,7 @@ type report struct {
 	RSAEngine      string        `json:"rsa_engine_in_binary,omitempty"`     // what the binary's rsa_signer resolves to
 	SignEd         *signRef      `json:"sign_ref_ed25519,omitempty"`
 	OpenSSL        *opensslRef   `json:"openssl_ref,omitempty"`
+	Send           *sendRef      `json:"send_floor,omitempty"` // reference 3: the MTA alone, nothing rendered or queued
 	Runs           []runResult   `json:"runs"`
 	Summary        summary       `json:"summary"`
 	QueueCLI       []cliTiming   `json:"queue_cli,omitempty"`
@@ -107,6 +108,8 @@ type summary struct {
 	VsSignOpenSSL    float64 `json:"ratio_to_sign_ceiling_openssl,omitempty"`
 	VsTransport      float64 `json:"ratio_to_transport_ref"`
 	VsOpenSSL        float64 `json:"ratio_to_openssl_rsa,omitempty"`
+	VsSend           float64 `json:"ratio_to_send_floor,omitempty"`
+	SendVsTransport  float64 `json:"send_floor_ratio_to_transport_ref,omitempty"`
 	CheckShare       float64 `json:"suppression_check_share"`
 	CheckShareMethod string  `json:"suppression_check_share_method"`
 }
@@ -268,6 +271,14 @@ func run(o options) error {
 		rep.Notes = append(rep.Notes, "openssl reference skipped: "+err.Error())
 	}
 
+	conc := min(o.Workers, o.Domains*o.PerDomain)
+	logf("send floor: %d messages through the MTA alone at %d deliveries at once", refN, conc)
+	sr, err := runSendRef(sk, filepath.Join(tmp, "sendref.key"), o.Sig, o.RSASigner, sample, refN, o.Domains, conc, o.PerDomain)
+	if err != nil {
+		return err
+	}
+	rep.Send = &sr
+
 	// The timed runs.
 	var lastData, lastCfg string
 	for r := 1; r <= o.Runs; r++ {
@@ -395,6 +406,12 @@ func summarize(rep *report) {
 	if r := rep.SignRSAOpenSSL; r != nil && r.Rate > 0 && rep.Options.Sig == "rsa" {
 		s.VsSignOpenSSL = s.Rate.Median / r.Rate
 	}
+	if r := rep.Send; r != nil && r.Rate > 0 {
+		s.VsSend = s.Rate.Median / r.Rate
+		if rep.Transport != nil && rep.Transport.Rate > 0 {
+			s.SendVsTransport = r.Rate / rep.Transport.Rate
+		}
+	}
 	if rep.OpenSSL != nil && rep.OpenSSL.SignPS > 0 && rep.Options.Sig == "rsa" {
 		s.VsOpenSSL = s.Rate.Median / rep.OpenSSL.SignPS
 	}
@@ -436,6 +453,10 @@ func printReport(w0 *os.File, rep *report) {
 	if r := rep.OpenSSL; r != nil {
 		fmt.Fprintf(w, "openssl rsa2048\t%.0f sign/s (%s)\n", r.SignPS, r.Command)
 	}
+	if r := rep.Send; r != nil {
+		fmt.Fprintf(w, "send floor (MTA alone)\t%.0f msgs/s, %.0f µs CPU/message  (%s %s, %d at once, pre-rendered message, no render/suppression/queue)\n",
+			r.Rate, r.CPUPerMsgUs, r.Type, r.Engine, r.Concurrency)
+	}
 	s := rep.Summary
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "metric\tmedian\tmin\tmax\n")
@@ -459,6 +480,9 @@ func printReport(w0 *os.File, rep *report) {
 		fmt.Fprintf(w, "ratio to signing ceiling (rsa, OpenSSL signer)\t%.2f\n", s.VsSignOpenSSL)
 	}
 	fmt.Fprintf(w, "ratio to transport ref\t%.2f\n", s.VsTransport)
+	if s.VsSend > 0 {
+		fmt.Fprintf(w, "ratio to send floor\t%.2f  (the floor itself is %.2f of the transport ref)\n", s.VsSend, s.SendVsTransport)
+	}
 	if s.VsOpenSSL > 0 {
 		fmt.Fprintf(w, "ratio to openssl rsa2048\t%.2f\n", s.VsOpenSSL)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,7 +17,9 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/rs/zerolog"
 
+	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/mta/dkim"
 )
 
@@ -222,4 +225,75 @@ func pct(sorted []time.Duration, p float64) time.Duration {
 	}
 	i := int(float64(len(sorted))*p/100+0.5) - 1
 	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+// sendRef is reference 3, the send floor: postwarden's MTA alone (mta.Sender:
+// go-msgauth signing with the run's key and go-smtp over pooled
+// connections) delivering the pre-rendered bench message into the same sink,
+// at the binary's delivery concurrency. Nothing is rendered, checked or
+// queued, so it bounds what the whole pipeline can reach on this box with
+// the libraries the design card fixes; postwarden's rate over it is what
+// render, suppression and the durable queue cost.
+type sendRef struct {
+	Type        string  `json:"type"`
+	Engine      string  `json:"engine"`
+	Concurrency int     `json:"concurrency"`
+	Msgs        int     `json:"messages"`
+	Seconds     float64 `json:"seconds"`
+	Rate        float64 `json:"msgs_per_s"`
+	CPUPerMsgUs float64 `json:"cpu_per_message_us"`
+}
+
+func runSendRef(sk *sink, keyFile, keyType, engine string, msg []byte, m, d, concurrency, perDomain int) (sendRef, error) {
+	k, err := benchKey(keyFile, keyType, engine)
+	if err != nil {
+		return sendRef{}, err
+	}
+	routes := make(map[string]string, d)
+	for i := range d {
+		routes[fmt.Sprintf("d%04d.bench.example", i)] = sk.addr
+	}
+	s, err := mta.New(mta.Config{Hostname: "mail." + fromDomain, Mode: mta.ModeMX, Routes: routes,
+		ConcurrencyPerDomain: perDomain, TLSPolicy: map[string]string{"default": mta.TLSNone}},
+		dkim.NewSigner([]*dkim.Key{k}), zerolog.Nop())
+	if err != nil {
+		return sendRef{}, err
+	}
+	defer s.Close()
+	ref := sendRef{Type: keyType, Engine: k.Engine(), Concurrency: concurrency, Msgs: m}
+	base := sk.Count()
+	done := sk.when(base + int64(m))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, concurrency)
+	cpu0 := processCPU()
+	start := time.Now()
+	for range concurrency {
+		wg.Go(func() {
+			for {
+				i := next.Add(1)
+				if i > int64(m) {
+					return
+				}
+				if err := s.Deliver(context.Background(), fmt.Sprintf("ref%d", i), "bounce@"+fromDomain, recipient(int(i), d), msg); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return ref, fmt.Errorf("send floor: %w", err)
+	}
+	select {
+	case end := <-done:
+		ref.Seconds = end.Sub(start).Seconds()
+	case <-time.After(30 * time.Second):
+		return ref, fmt.Errorf("send floor: sink counted %d of %d", sk.Count()-base, m)
+	}
+	ref.CPUPerMsgUs = (processCPU() - cpu0).Seconds() / float64(m) * 1e6
+	ref.Rate = float64(m) / ref.Seconds
+	return ref, nil
 }
