@@ -274,6 +274,7 @@ func (s *Sender) CapturePath(id string) string {
 
 // Deliver normalises, signs and hands body to the next hop for the single
 // recipient to; from may be "" (null reverse-path). Errors are *DeliveryError.
+// body is neither changed nor kept after Deliver returns: the caller may reuse it.
 func (s *Sender) Deliver(ctx context.Context, id, from, to string, body []byte) error {
 	start := time.Now()
 	rcpt, err := address.Parse(to)
@@ -299,11 +300,12 @@ func (s *Sender) Deliver(ctx context.Context, id, from, to string, body []byte) 
 		return temporary(StageConnect, "", errors.New("sender closed"))
 	}
 	if s.cfg.Mode == ModeCapture {
-		msg, err := s.sign(normalizeCRLF(body))
+		msg := normalizeCRLF(body)
+		head, err := s.sign(msg)
 		if err != nil {
 			return permanent(StageSign, err)
 		}
-		return s.capture(id, rcpt, msg, start)
+		return s.capture(id, rcpt, append(head, msg...), start)
 	}
 
 	e := &envelope{id: id, from: mailFrom, rcpt: rcpt}
@@ -317,13 +319,12 @@ func (s *Sender) Deliver(ctx context.Context, id, from, to string, body []byte) 
 		s.logRefused(e, derr)
 		return derr
 	}
-	msg, err := s.sign(normalizeCRLF(body))
-	if err != nil {
+	e.msg = normalizeCRLF(body)
+	if e.head, err = s.sign(e.msg); err != nil {
 		derr := permanent(StageSign, err)
 		s.settle(ctx, e, probe, derr)
 		return derr
 	}
-	e.msg = msg
 	derr = s.deliverSMTP(ctx, e)
 	s.settle(ctx, e, probe, derr)
 	if derr != nil {
@@ -332,20 +333,22 @@ func (s *Sender) Deliver(ctx context.Context, id, from, to string, body []byte) 
 	return nil
 }
 
-// sign signs msg if there is a signer; a missing key is logged once per domain and not an error.
+// sign returns the DKIM-Signature fields to send before msg (none without a
+// signer); a missing key is logged once per domain and not an error. msg is
+// not copied: a 22 KB campaign message would be, once per recipient.
 func (s *Sender) sign(msg []byte) ([]byte, error) {
 	if s.signer == nil {
-		return msg, nil
+		return nil, nil
 	}
-	out, err := s.signer.Sign(msg)
+	head, err := s.signer.Signatures(msg)
 	if errors.Is(err, dkim.ErrNoKey) {
 		d, _ := dkim.FromDomain(msg)
 		if _, seen := s.warned.LoadOrStore(d, true); !seen {
 			s.log.Warn().Str("from_domain", d).Msg("no DKIM key for From domain, sending unsigned")
 		}
-		return msg, nil
+		return nil, nil
 	}
-	return out, err
+	return head, err
 }
 
 // capture writes msg to CaptureDir/<id>.eml: temp file, fsync, rename, fsync dir.

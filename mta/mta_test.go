@@ -129,6 +129,9 @@ func TestRelayDeliversSigned(t *testing.T) {
 	if !bytes.HasPrefix(m.Body, []byte("DKIM-Signature:")) || !bytes.HasSuffix(m.Body, []byte(msg)) {
 		t.Fatalf("body not the signed message byte for byte:\n%s", m.Body)
 	}
+	if m.Size != int64(len(m.Body)) { // the signatures are counted in SIZE=
+		t.Fatalf("SIZE=%d, message is %d bytes", m.Size, len(m.Body))
+	}
 	verifyDKIM(t, m.Body, 2)
 }
 

@@ -23,6 +23,7 @@ import (
 // received is one message as the test server saw it.
 type received struct {
 	From, To string
+	Size     int64 // MAIL FROM's SIZE= (RFC 1870), 0 if absent
 	Body     []byte
 	TLS      bool
 }
@@ -165,13 +166,17 @@ type session struct {
 	ts       *testServer
 	conn     *smtp.Conn
 	from, to string
+	size     int64
 }
 
-func (s *session) Reset()        { s.from, s.to = "", "" }
+func (s *session) Reset()        { s.from, s.to, s.size = "", "", 0 }
 func (s *session) Logout() error { s.ts.loggedOut <- struct{}{}; return nil }
 
-func (s *session) Mail(from string, _ *smtp.MailOptions) error {
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.from = from
+	if opts != nil {
+		s.size = opts.Size
+	}
 	return nil
 }
 
@@ -210,7 +215,7 @@ func (s *session) Data(r io.Reader) error {
 	}
 	_, isTLS := s.conn.TLSConnectionState()
 	ts.mu.Lock()
-	ts.msgs = append(ts.msgs, received{From: s.from, To: s.to, Body: body, TLS: isTLS})
+	ts.msgs = append(ts.msgs, received{From: s.from, To: s.to, Size: s.size, Body: body, TLS: isTLS})
 	ts.mu.Unlock()
 	return nil
 }

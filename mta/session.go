@@ -28,6 +28,7 @@ type envelope struct {
 	id     string
 	from   string // MAIL FROM (after Config.EnvelopeFrom)
 	rcpt   address.Address
+	head   []byte // DKIM-Signature fields, sent before msg
 	msg    []byte
 	saw421 bool // some host answered 421 during this delivery
 }
@@ -403,7 +404,7 @@ func (s *Sender) transact(ctx context.Context, c *conn, e *envelope, reused bool
 	// the next command and does not implement it; we don't hand-roll SMTP to
 	// save the round trips.
 	rcpt := e.rcpt.String()
-	opts := &smtp.MailOptions{Size: int64(len(e.msg))} // RFC 1870
+	opts := &smtp.MailOptions{Size: int64(len(e.head) + len(e.msg))} // RFC 1870
 	if !isASCII(e.from) || !isASCII(rcpt) {
 		if ok, _ := c.c.Extension("SMTPUTF8"); !ok {
 			return "", StageMail, &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7},
@@ -419,6 +420,9 @@ func (s *Sender) transact(ctx context.Context, c *conn, e *envelope, reused bool
 	}
 	w, err := c.c.Data()
 	if err != nil {
+		return "", StageData, err
+	}
+	if _, err := w.Write(e.head); err != nil {
 		return "", StageData, err
 	}
 	if _, err := w.Write(e.msg); err != nil {

@@ -175,9 +175,9 @@ func (c *codec) pack(dst, body []byte) []byte {
 	return dst
 }
 
-// expand decompresses one frame.
-func (c *codec) expand(frame []byte) ([]byte, error) {
-	body, err := c.dec.DecodeAll(frame, nil)
+// expand decompresses one frame into dst's memory when it has room.
+func (c *codec) expand(frame, dst []byte) ([]byte, error) {
+	body, err := c.dec.DecodeAll(frame, dst[:0])
 	if err == nil && len(body) == 0 {
 		err = errors.New("empty")
 	}
@@ -257,7 +257,7 @@ func (b bkts) dictCodec(id uint32) (*codec, error) {
 }
 
 // openBody opens and expands message id's stored body v.
-func (b bkts) openBody(id string, v []byte) ([]byte, error) {
+func (b bkts) openBody(id string, v, dst []byte) ([]byte, error) {
 	plain, err := b.box.Open(v, bodyContext(id))
 	if err != nil {
 		if old, oerr := b.box.Open(v, legacyBodyContext(id)); oerr == nil {
@@ -276,7 +276,7 @@ func (b bkts) openBody(id string, v []byte) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		return c.expand(payload)
+		return c.expand(payload, dst)
 	case bodyZstdDict:
 		if len(payload) < 4 {
 			return nil, errors.New("stored body lacks its dictionary id")
@@ -285,7 +285,7 @@ func (b bkts) openBody(id string, v []byte) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		return c.expand(payload[4:])
+		return c.expand(payload[4:], dst)
 	default:
 		return nil, fmt.Errorf("unknown body format %d", plain[0])
 	}

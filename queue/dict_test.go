@@ -10,10 +10,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"go.etcd.io/bbolt"
 
@@ -642,5 +644,53 @@ func BenchmarkBodyOpen(b *testing.B) {
 				n++
 			}
 		})
+	}
+}
+
+// A worker reads each body into the memory the last one used (Deliver does
+// not keep it), and every delivery still gets exactly its own bytes: a
+// long body after a short one grows the buffer, a short one after it reuses it.
+func TestRunnerReusesBodyBuffer(t *testing.T) {
+	s := openTest(t, Config{})
+	dict := putDict(t, s, sampleBody())
+	bodies := map[string][]byte{}
+	var msgs []NewMessage
+	for i, extra := range []int{0, 40 << 10, 0, 3} {
+		rc := recipientN(i)
+		body := append(campaignBody(rc), bytes.Repeat([]byte("P.S. one more line of text.\r\n"), extra/29)...)
+		msgs = append(msgs, NewMessage{Campaign: "c", Key: rc.addr, To: rc.addr, Body: body, Dict: dict})
+	}
+	res := enqueue(t, s, msgs...)
+	for i, id := range res.IDs {
+		bodies[id] = msgs[i].Body
+	}
+	var (
+		mu    sync.Mutex
+		got   = map[string][]byte{}
+		mem   []*byte
+		order []string
+	)
+	drain(t, s.NewRunner(deliverFunc(func(_ context.Context, id, _, _ string, b []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		got[id] = bytes.Clone(b)
+		mem = append(mem, unsafe.SliceData(b))
+		order = append(order, id)
+		return nil
+	}), newSup(), RunnerConfig{Workers: 1}))
+	for id, want := range bodies {
+		if !bytes.Equal(got[id], want) {
+			t.Fatalf("%s: delivered %d bytes differing from the %d enqueued", id, len(got[id]), len(want))
+		}
+	}
+	// After the longest body, the shorter ones that follow land in its memory.
+	longest := slices.IndexFunc(order, func(id string) bool { return len(bodies[id]) > 40<<10 })
+	if longest < 0 || longest == len(order)-1 {
+		t.Fatalf("delivery order %v: want the long body before another", order)
+	}
+	for i := longest + 1; i < len(mem); i++ {
+		if mem[i] != mem[longest] {
+			t.Fatalf("delivery %d did not reuse the worker's buffer", i)
+		}
 	}
 }

@@ -16,7 +16,8 @@ import (
 
 // Deliverer sends one message to one recipient. An error with Temporary() returning
 // false is permanent; every other error is temporary. SMTPStatus() (code, enhanced),
-// when present, gives the reply code and the RFC 3463 enhanced code.
+// when present, gives the reply code and the RFC 3463 enhanced code. Deliver
+// must not keep body after it returns: the runner reuses its memory.
 type Deliverer interface {
 	Deliver(ctx context.Context, id, from, to string, body []byte) error
 }
@@ -141,12 +142,15 @@ func (r *Runner) loop(ctx context.Context, drain bool) error {
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
+			var buf []byte // this worker's body buffer: Deliver does not keep the body
 			for j := range jobs {
 				if sctx.Err() != nil { // stopping: give the claim back unattempted
 					results <- result{j: j, skipped: true}
 					continue
 				}
-				results <- result{j: j, o: r.attempt(dctx, j.m)}
+				var o outcome
+				o, buf = r.attempt(dctx, j.m, buf)
+				results <- result{j: j, o: o}
 			}
 		})
 	}
@@ -453,22 +457,31 @@ type outcome struct {
 }
 
 // attempt checks suppression and calls the Deliverer; it decides the outcome.
-func (r *Runner) attempt(ctx context.Context, m Message) outcome {
+// The body is read into buf's memory; attempt returns the buffer to reuse.
+func (r *Runner) attempt(ctx context.Context, m Message, buf []byte) (outcome, []byte) {
 	// Suppression first: a message suppressed while it waited needs no body.
 	reason, suppressed, err := r.sup.Check(m.To, m.List)
 	if err != nil { // cannot tell: do not mail, try later
-		return outcome{state: StateDeferred, reply: "suppression check: " + err.Error()}
+		return outcome{state: StateDeferred, reply: "suppression check: " + err.Error()}, buf
 	}
 	if suppressed {
-		return outcome{state: StateCancelled, reply: "suppressed: " + reason, reason: "suppressed: " + reason}
+		return outcome{state: StateCancelled, reply: "suppressed: " + reason, reason: "suppressed: " + reason}, buf
 	}
-	body, err := r.s.Body(m.ID)
+	body, err := r.s.body(m.ID, buf)
 	if err != nil {
-		return outcome{state: StateCancelled, reply: err.Error(), reason: "body missing"}
+		return outcome{state: StateCancelled, reply: err.Error(), reason: "body missing"}, buf
 	}
 	start := time.Now()
 	derr := r.d.Deliver(ctx, m.ID, m.From, m.To, body)
 	took := time.Since(start)
+	if cap(body) > cap(buf) {
+		buf = body[:0] // grown (or a raw body's own memory): keep the larger
+	}
+	return decide(derr, took), buf
+}
+
+// decide is the outcome of a delivery that returned derr after took.
+func decide(derr error, took time.Duration) outcome {
 	if derr == nil {
 		return outcome{state: StateDelivered, took: took}
 	}

@@ -90,6 +90,15 @@ func profileRun(out string, campDir string, sd *seed, sig string, sk *sink, o op
 		return "", err
 	}
 	defer f.Close()
+	// The heap profile counts allocations since the process started (the
+	// references included): FILE.heap.base lets `go tool pprof -base` subtract them.
+	runtime.GC()
+	if hf, herr := os.Create(out + ".heap.base"); herr == nil {
+		pprof.Lookup("heap").WriteTo(hf, 0)
+		hf.Close()
+	}
+	var ms0 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
 	if err := pprof.StartCPUProfile(f); err != nil {
 		return "", err
 	}
@@ -111,6 +120,8 @@ func profileRun(out string, campDir string, sd *seed, sig string, sk *sink, o op
 		err = q.NewRunner(snd, sup, rc).Drain(context.Background())
 	}
 	pprof.StopCPUProfile()
+	var ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms1)
 	// What is still live at the end (stores open): FILE.heap, for memory that grows with N.
 	runtime.GC()
 	if hf, herr := os.Create(out + ".heap"); herr == nil {
@@ -132,8 +143,11 @@ func profileRun(out string, campDir string, sd *seed, sig string, sk *sink, o op
 		return "", fmt.Errorf("go tool pprof: %v: %s", err, top)
 	}
 	cum, _ := exec.Command("go", "tool", "pprof", "-top", "-cum", "-nodecount=45", out).CombinedOutput()
-	return fmt.Sprintf("in-process profile run: %d delivered in %s (%.0f msgs/s)\n\n%s\n-- by cumulative --\n%s",
+	nd := max(counts[queue.StateDelivered], 1)
+	return fmt.Sprintf("in-process profile run: %d delivered in %s (%.0f msgs/s), %.1f KB and %.0f objects allocated per delivered message"+
+		" (allocations: go tool pprof -sample_index=alloc_space -base %s.heap.base %s.heap)\n\n%s\n-- by cumulative --\n%s",
 		counts[queue.StateDelivered], took.Round(time.Millisecond), float64(counts[queue.StateDelivered])/took.Seconds(),
+		float64(ms1.TotalAlloc-ms0.TotalAlloc)/1024/float64(nd), float64(ms1.Mallocs-ms0.Mallocs)/float64(nd), out, out,
 		strings.TrimSpace(string(top)), strings.TrimSpace(string(cum))), nil
 }
 

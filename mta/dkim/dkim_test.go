@@ -273,6 +273,33 @@ func TestSignVerifies(t *testing.T) {
 	}
 }
 
+// Signatures is what Sign prepends: the fields alone, which verify when
+// sent before the message, and the same errors.
+func TestSignatures(t *testing.T) {
+	rk, ek := testKeys(t)
+	s := NewSigner([]*Key{rk, ek})
+	head, err := s.Signatures([]byte(testMsg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := bytes.Count(head, []byte("DKIM-Signature:")); n != 2 || !bytes.HasPrefix(head, []byte("DKIM-Signature:")) || !bytes.HasSuffix(head, []byte("\r\n")) {
+		t.Fatalf("want 2 whole DKIM-Signature fields, got %q", head)
+	}
+	if bytes.Contains(head, []byte("\r\nSubject:")) {
+		t.Fatal("Signatures returned message fields")
+	}
+	if errs := verify(t, append(head, testMsg...), rk, ek); len(errs) != 0 {
+		t.Fatalf("verification failed: %v", errs)
+	}
+	other := strings.Replace(testMsg, "news@mail.example.com", "news@example.net", 1)
+	if head, err := s.Signatures([]byte(other)); !errors.Is(err, ErrNoKey) || head != nil {
+		t.Fatalf("unaligned From: %q, %v; want nil, ErrNoKey", head, err)
+	}
+	if _, err := s.Signatures([]byte("To: a@example.org\r\n\r\nbody\r\n")); err == nil || errors.Is(err, ErrNoKey) {
+		t.Fatalf("no From: err = %v", err)
+	}
+}
+
 func TestSignBreaksOnTampering(t *testing.T) {
 	rk, ek := testKeys(t)
 	for _, k := range []*Key{rk, ek} {

@@ -52,9 +52,24 @@ func NewSigner(keys []*Key) *Signer {
 // aligned key prepended. With no aligned key it returns msg unchanged and an
 // error wrapping ErrNoKey.
 func (s *Signer) Sign(msg []byte) ([]byte, error) {
-	domain, err := FromDomain(msg)
+	sigs, err := s.signatures(msg, len(msg))
 	if err != nil {
 		return msg, err
+	}
+	return append(sigs, msg...), nil
+}
+
+// Signatures returns the DKIM-Signature header fields (each with its final
+// CRLF) of msg, one per aligned key, to be sent before msg: what Sign
+// prepends, without copying msg. With no aligned key it returns an error
+// wrapping ErrNoKey.
+func (s *Signer) Signatures(msg []byte) ([]byte, error) { return s.signatures(msg, 0) }
+
+// signatures is Signatures with room for spare more bytes after the fields.
+func (s *Signer) signatures(msg []byte, spare int) ([]byte, error) {
+	domain, err := FromDomain(msg)
+	if err != nil {
+		return nil, err
 	}
 	var sigs []string
 	for _, k := range s.keys {
@@ -63,14 +78,14 @@ func (s *Signer) Sign(msg []byte) ([]byte, error) {
 		}
 		sig, err := signOne(k, msg)
 		if err != nil {
-			return msg, fmt.Errorf("dkim: sign for %s with selector %s: %w", k.Domain, k.Selector, err)
+			return nil, fmt.Errorf("dkim: sign for %s with selector %s: %w", k.Domain, k.Selector, err)
 		}
 		sigs = append(sigs, sig)
 	}
 	if len(sigs) == 0 {
-		return msg, fmt.Errorf("%w %s", ErrNoKey, domain)
+		return nil, fmt.Errorf("%w %s", ErrNoKey, domain)
 	}
-	n := len(msg)
+	n := spare
 	for _, sig := range sigs {
 		n += len(sig)
 	}
@@ -78,7 +93,7 @@ func (s *Signer) Sign(msg []byte) ([]byte, error) {
 	for _, sig := range sigs {
 		out = append(out, sig...)
 	}
-	return append(out, msg...), nil
+	return out, nil
 }
 
 // signOne computes the DKIM-Signature header field (with its final CRLF) of msg with k.
