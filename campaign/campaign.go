@@ -106,6 +106,7 @@ type Message struct {
 
 // Queue stores messages durably, one commit per call, ignoring (Campaign, Key) pairs it already holds.
 // It may also keep compression dictionaries (dictionaryStore, in send.go).
+// Enqueue must not keep the Body slices after it returns: their memory is reused.
 type Queue interface {
 	Enqueue(msgs []Message) (added, duplicates int, err error)
 }

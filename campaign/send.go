@@ -144,6 +144,9 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 			}
 		}
 		added, dups, err := deps.Queue.Enqueue(batch)
+		for _, m := range batch {
+			s.giveSpare(m.Body)
+		}
 		if err != nil {
 			return fmt.Errorf("enqueue: %w", err)
 		}
@@ -347,6 +350,9 @@ type renderer struct {
 	mailto   func(addr, list, campaign string) string // nil without a mailto URI
 	now      func() time.Time
 	dict     uint32 // the queue's compression dictionary for this campaign; 0: none
+	// spare holds the memory of bodies already enqueued, for the next renders
+	// (Queue.Enqueue does not keep Body): ~22 KB less garbage per message.
+	spare chan []byte
 
 	exclude        map[string]bool // spec.ExcludeCountries, upper-case ISO codes
 	unknownExclude bool            // rows of unknown country are skipped
@@ -361,7 +367,7 @@ func newRenderer(spec Spec) (*renderer, []error) {
 			errs = append(errs, fmt.Errorf("%s %q: want letters, digits, '-', '_' and single dots", f.name, f.v))
 		}
 	}
-	s := &renderer{spec: spec, now: time.Now,
+	s := &renderer{spec: spec, now: time.Now, spare: make(chan []byte, 2*batchSize),
 		links: func(_, _, _ string) string { return "https://unsubscribe.invalid/u/validate" }}
 	from, err := headerAddress(spec.From)
 	if err != nil {
@@ -518,16 +524,17 @@ func (s *renderer) process(r row) outcome {
 		}
 	}
 	to, key := r.addr.String(), r.addr.Key()
-	body, err := s.render(to, key, r.data, s.now())
+	body, err := s.render(s.takeSpare(), to, key, r.data, s.now())
 	if err != nil {
+		s.giveSpare(body)
 		return outcome{rowErr: &RowError{File: spec.Recipients, Line: r.line, Field: "template", Err: err, rcpt: to}}
 	}
 	return outcome{msg: Message{Campaign: spec.ID, List: spec.List, Key: key, From: s.from, To: to, Body: body, Dict: s.dict}}
 }
 
-// render renders the message to address to, whose address key is key, with
-// its row's data d, dated date.
-func (s *renderer) render(to, key string, d templates.Data, date time.Time) ([]byte, error) {
+// render appends to dst the message to address to, whose address key is
+// key, with its row's data d, dated date.
+func (s *renderer) render(dst []byte, to, key string, d templates.Data, date time.Time) ([]byte, error) {
 	spec := s.spec
 	unsubscribe := s.links(to, spec.List, spec.ID)
 	d.UnsubscribeURL, d.PrivacyURL = unsubscribe, spec.PrivacyURL
@@ -547,7 +554,28 @@ func (s *renderer) render(to, key string, d templates.Data, date time.Time) ([]b
 			env.Unsubscribe = append(env.Unsubscribe, m) // RFC 2369 §3.2: mailto as an alternative
 		}
 	}
-	return spec.Templates.Render(d, env)
+	return spec.Templates.RenderAppend(dst, d, env)
+}
+
+// takeSpare returns the memory of an enqueued body to render into, or nil.
+func (s *renderer) takeSpare() []byte {
+	select {
+	case b := <-s.spare:
+		return b
+	default:
+		return nil
+	}
+}
+
+// giveSpare keeps b's memory for a later render, if there is room.
+func (s *renderer) giveSpare(b []byte) {
+	if cap(b) == 0 {
+		return
+	}
+	select {
+	case s.spare <- b[:0]:
+	default:
+	}
 }
 
 // sampleAddress is the recipient of a campaign's dictionary sample: nobody.
@@ -565,7 +593,7 @@ var sampleDate = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 func (s *renderer) putDictionary(ds dictionaryStore, log zerolog.Logger) (uint32, error) {
 	d := templates.Data{FirstName: "Firstname", LastName: "Lastname", Company: "Company Name",
 		JobTitle: "Job Title", Email: sampleAddress}
-	sample, err := s.render(sampleAddress, sampleAddress, d, sampleDate)
+	sample, err := s.render(nil, sampleAddress, sampleAddress, d, sampleDate)
 	if err != nil {
 		log.Warn().Err(err).Msg("campaign sample does not render; bodies compressed without a dictionary")
 		return 0, nil

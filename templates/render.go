@@ -18,46 +18,49 @@ import (
 // text/plain then a text/html part, utf-8, quoted-printable, CRLF line endings,
 // unsigned. Both bodies must carry d.UnsubscribeURL and d.PrivacyURL. The
 // returned slice is the caller's; no memory of it is reused.
-func (s *Set) Render(d Data, env Envelope) ([]byte, error) {
+func (s *Set) Render(d Data, env Envelope) ([]byte, error) { return s.RenderAppend(nil, d, env) }
+
+// RenderAppend is Render appending the message to dst: a caller that renders
+// many messages can reuse the memory of one it no longer needs. On error dst
+// is returned unchanged.
+func (s *Set) RenderAppend(dst []byte, d Data, env Envelope) ([]byte, error) {
 	if d.UnsubscribeURL == "" || d.PrivacyURL == "" {
-		return nil, errors.New("templates: Data needs both UnsubscribeURL and PrivacyURL")
+		return dst, errors.New("templates: Data needs both UnsubscribeURL and PrivacyURL")
 	}
 	subject, err := s.Subject(d)
 	if err != nil {
-		return nil, err
+		return dst, err
 	}
 	sc := getScratch()
 	defer putScratch(sc)
 	if err := s.bodies(d, &sc.text, &sc.html); err != nil {
-		return nil, err
+		return dst, err
 	}
 	text, htm := sc.text.Bytes(), sc.html.Bytes()
 	if err := s.checkLinks(d, text, htm); err != nil {
-		return nil, err
+		return dst, err
 	}
 	h, err := header(env, subject)
 	if err != nil {
-		return nil, err
+		return dst, err
 	}
 
 	buf := &sc.msg // keeps the capacity of earlier messages
 	buf.Grow(len(text) + len(htm) + len(htm)/8 + 2048)
 	w, err := mail.CreateInlineWriter(buf, h)
 	if err != nil {
-		return nil, fmt.Errorf("templates: write header: %w", err)
+		return dst, fmt.Errorf("templates: write header: %w", err)
 	}
 	if err := writePart(w, textPart, text); err != nil {
-		return nil, err
+		return dst, err
 	}
 	if err := writePart(w, htmlPart, htm); err != nil {
-		return nil, err
+		return dst, err
 	}
 	if err := w.Close(); err != nil {
-		return nil, fmt.Errorf("templates: close message: %w", err)
+		return dst, fmt.Errorf("templates: close message: %w", err)
 	}
-	msg := make([]byte, buf.Len()) // the one copy that leaves; sc goes back to the pool
-	copy(msg, buf.Bytes())
-	return msg, nil
+	return append(dst, buf.Bytes()...), nil // the one copy that leaves; sc goes back to the pool
 }
 
 // scratch holds one Render's working buffers. They come from scratchPool and

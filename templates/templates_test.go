@@ -6,10 +6,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/emersion/go-message/mail"
 )
@@ -464,5 +466,42 @@ func BenchmarkRender(b *testing.B) {
 		if _, err := s.Render(d, env); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+var boundaryParam = regexp.MustCompile(`boundary=([0-9a-f]+)`)
+
+// RenderAppend appends what Render returns, keeps dst's bytes, and renders
+// into dst's memory when it has room; on error it returns dst as it was.
+func TestRenderAppend(t *testing.T) {
+	s := load(t, goodHTML, goodText)
+	want, err := s.Render(data(), envelope())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := make([]byte, 0, 2*len(want))
+	dst = append(dst, "prefix"...)
+	got, err := s.RenderAppend(dst, data(), envelope())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The MIME boundary is random per render: compare with it named B.
+	unbound := func(msg []byte) []byte {
+		m := boundaryParam.FindSubmatch(msg)
+		if m == nil {
+			t.Fatalf("no boundary in %q", msg)
+		}
+		return bytes.ReplaceAll(msg, m[1], []byte("B"))
+	}
+	if !bytes.HasPrefix(got, []byte("prefix")) || !bytes.Equal(unbound(got[len("prefix"):]), unbound(want)) {
+		t.Fatal("RenderAppend differs from prefix + Render")
+	}
+	if unsafe.SliceData(got) != unsafe.SliceData(dst) {
+		t.Fatal("RenderAppend did not use dst's memory")
+	}
+	bad := data()
+	bad.UnsubscribeURL = ""
+	if out, err := s.RenderAppend(dst, bad, envelope()); err == nil || string(out) != "prefix" {
+		t.Fatalf("bad data: %q, %v; want dst unchanged and an error", out, err)
 	}
 }
