@@ -147,7 +147,8 @@ func FromDomain(msg []byte) (string, error) {
 	} else {
 		hdr = append(bytes.Clone(msg), "\r\n"...) // header only, no body (RFC 5322 §3.5)
 	}
-	r := textproto.NewReader(bufio.NewReader(bytes.NewReader(hdr)))
+	// The reader needs no more than the header: not bufio's 4 KB default per message.
+	r := textproto.NewReader(bufio.NewReaderSize(bytes.NewReader(hdr), min(len(hdr), 4096)))
 	h, err := r.ReadMIMEHeader()
 	if err != nil {
 		return "", fmt.Errorf("dkim: read message header: %w", err)
