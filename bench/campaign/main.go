@@ -15,6 +15,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -48,27 +49,29 @@ type options struct {
 
 // report is everything one invocation measured.
 type report struct {
-	Started        time.Time     `json:"started"`
-	Options        options       `json:"options"`
-	Machine        machine       `json:"machine"`
-	Sink           string        `json:"sink"`
-	Complete       string        `json:"completion_detected_by"`
-	Seed           seedInfo      `json:"suppression_seed"`
-	Fsync          fsyncStat     `json:"fdatasync_4k"`
-	Transport      *transportRef `json:"transport_ref,omitempty"`
-	SignRSA        *signRef      `json:"sign_ref_rsa2048,omitempty"`         // go-msgauth + Go's crypto/rsa: the issue's signing ceiling
-	SignRSAOpenSSL *signRef      `json:"sign_ref_rsa2048_openssl,omitempty"` // go-msgauth + OpenSSL's libcrypto (dkim rsa_signer openssl)
-	RSAEngine      string        `json:"rsa_engine_in_binary,omitempty"`     // what the binary's rsa_signer resolves to
-	SignEd         *signRef      `json:"sign_ref_ed25519,omitempty"`
-	OpenSSL        *opensslRef   `json:"openssl_ref,omitempty"`
-	Send           *sendRef      `json:"send_floor,omitempty"` // reference 3: the MTA alone, nothing rendered or queued
-	Runs           []runResult   `json:"runs"`
-	Summary        summary       `json:"summary"`
-	QueueCLI       []cliTiming   `json:"queue_cli,omitempty"`
-	Stages         []stage       `json:"stages_in_process,omitempty"`
-	PkgBench       []pkgBench    `json:"package_benchmarks,omitempty"`
-	Profile        string        `json:"profile_top,omitempty"`
-	Notes          []string      `json:"notes"`
+	Started        time.Time      `json:"started"`
+	Options        options        `json:"options"`
+	Machine        machine        `json:"machine"`
+	Sink           string         `json:"sink"`
+	Complete       string         `json:"completion_detected_by"`
+	Seed           seedInfo       `json:"suppression_seed"`
+	Fsync          fsyncStat      `json:"fdatasync_4k"`
+	Transport      *transportRef  `json:"transport_ref,omitempty"`            // the median round
+	SignRSA        *signRef       `json:"sign_ref_rsa2048,omitempty"`         // go-msgauth + Go's crypto/rsa: the issue's signing ceiling
+	SignRSAOpenSSL *signRef       `json:"sign_ref_rsa2048_openssl,omitempty"` // go-msgauth + OpenSSL's libcrypto (dkim rsa_signer openssl)
+	RSAEngine      string         `json:"rsa_engine_in_binary,omitempty"`     // what the binary's rsa_signer resolves to
+	SignEd         *signRef       `json:"sign_ref_ed25519,omitempty"`
+	OpenSSL        *opensslRef    `json:"openssl_ref,omitempty"`
+	Send           *sendRef       `json:"send_floor,omitempty"`           // reference 3: the MTA alone, nothing rendered or queued (the median round)
+	TransportRuns  []transportRef `json:"transport_ref_rounds,omitempty"` // one before each timed run
+	SendRuns       []sendRef      `json:"send_floor_rounds,omitempty"`    // one before each timed run
+	Runs           []runResult    `json:"runs"`
+	Summary        summary        `json:"summary"`
+	QueueCLI       []cliTiming    `json:"queue_cli,omitempty"`
+	Stages         []stage        `json:"stages_in_process,omitempty"`
+	PkgBench       []pkgBench     `json:"package_benchmarks,omitempty"`
+	Profile        string         `json:"profile_top,omitempty"`
+	Notes          []string       `json:"notes"`
 }
 
 type machine struct {
@@ -108,6 +111,8 @@ type summary struct {
 	VsSignOpenSSL    float64 `json:"ratio_to_sign_ceiling_openssl,omitempty"`
 	VsTransport      float64 `json:"ratio_to_transport_ref"`
 	VsOpenSSL        float64 `json:"ratio_to_openssl_rsa,omitempty"`
+	TransportRate    stat    `json:"transport_ref_msgs_per_s"`
+	SendRate         stat    `json:"send_floor_msgs_per_s"`
 	VsSend           float64 `json:"ratio_to_send_floor,omitempty"`
 	SendVsTransport  float64 `json:"send_floor_ratio_to_transport_ref,omitempty"`
 	CheckShare       float64 `json:"suppression_check_share"`
@@ -219,14 +224,10 @@ func run(o options) error {
 		return err
 	}
 
-	// References, measured in this run.
+	// References, measured in this run. The transport reference and the send
+	// floor are measured again before each timed run (the box's speed drifts
+	// within an invocation); the report gives their medians.
 	refN := min(o.N, 100000)
-	logf("transport reference: %d messages at C=%d", refN, o.C)
-	tr, err := runTransportRef(sk, refN, o.C)
-	if err != nil {
-		return err
-	}
-	rep.Transport = &tr
 	set, err := loadSet(campDir)
 	if err != nil {
 		return err
@@ -272,16 +273,22 @@ func run(o options) error {
 	}
 
 	conc := min(o.Workers, o.Domains*o.PerDomain)
-	logf("send floor: %d messages through the MTA alone at %d deliveries at once", refN, conc)
-	sr, err := runSendRef(sk, filepath.Join(tmp, "sendref.key"), o.Sig, o.RSASigner, sample, refN, o.Domains, conc, o.PerDomain)
-	if err != nil {
-		return err
-	}
-	rep.Send = &sr
 
-	// The timed runs.
+	// The timed runs, each after its own transport reference and send floor.
 	var lastData, lastCfg string
 	for r := 1; r <= o.Runs; r++ {
+		logf("round %d/%d: transport reference, %d messages at C=%d", r, o.Runs, refN, o.C)
+		tr, err := runTransportRef(sk, refN, o.C)
+		if err != nil {
+			return err
+		}
+		rep.TransportRuns = append(rep.TransportRuns, tr)
+		logf("round %d/%d: send floor, %d messages through the MTA alone at %d deliveries at once", r, o.Runs, refN, conc)
+		sr, err := runSendRef(sk, filepath.Join(tmp, "sendref.key"), o.Sig, o.RSASigner, sample, refN, o.Domains, conc, o.PerDomain)
+		if err != nil {
+			return err
+		}
+		rep.SendRuns = append(rep.SendRuns, sr)
 		dataDir := filepath.Join(tmp, fmt.Sprintf("data%d", r))
 		for _, f := range []string{"data.key", "token.key", "suppression.db"} {
 			if err := copyFile(filepath.Join(sd.dir, f), filepath.Join(dataDir, f), 0o600); err != nil {
@@ -370,16 +377,7 @@ func firstLine(b []byte) string {
 
 func summarize(rep *report) {
 	get := func(f func(runResult) float64) stat {
-		v := make([]float64, len(rep.Runs))
-		for i, r := range rep.Runs {
-			v[i] = f(r)
-		}
-		slices.Sort(v)
-		m := v[len(v)/2]
-		if len(v)%2 == 0 {
-			m = (v[len(v)/2-1] + v[len(v)/2]) / 2
-		}
-		return stat{Median: m, Min: v[0], Max: v[len(v)-1]}
+		return statOf(len(rep.Runs), func(i int) float64 { return f(rep.Runs[i]) })
 	}
 	s := &rep.Summary
 	s.Rate = get(func(r runResult) float64 { return r.Rate })
@@ -393,6 +391,14 @@ func summarize(rep *report) {
 	s.CPUPerMsgUs = get(func(r runResult) float64 { return (r.CPUUserS + r.CPUSysS) / float64(r.Expected) * 1e6 })
 	s.DiskKBPerMsg = get(func(r runResult) float64 { return float64(r.DiskWriteBytes) / 1024 / float64(r.Expected) })
 	s.WritesPerMsg = get(func(r runResult) float64 { return float64(r.WriteSyscalls) / float64(r.Expected) })
+	if len(rep.TransportRuns) > 0 {
+		rep.Transport = &rep.TransportRuns[medianIndex(len(rep.TransportRuns), func(i int) float64 { return rep.TransportRuns[i].Rate })]
+		s.TransportRate = statOf(len(rep.TransportRuns), func(i int) float64 { return rep.TransportRuns[i].Rate })
+	}
+	if len(rep.SendRuns) > 0 {
+		rep.Send = &rep.SendRuns[medianIndex(len(rep.SendRuns), func(i int) float64 { return rep.SendRuns[i].Rate })]
+		s.SendRate = statOf(len(rep.SendRuns), func(i int) float64 { return rep.SendRuns[i].Rate })
+	}
 	ceil := rep.SignRSA
 	if rep.Options.Sig == "ed25519" {
 		ceil = rep.SignEd
@@ -401,15 +407,15 @@ func summarize(rep *report) {
 		s.VsSignCeiling = s.Rate.Median / ceil.Rate
 	}
 	if rep.Transport != nil && rep.Transport.Rate > 0 {
-		s.VsTransport = s.Rate.Median / rep.Transport.Rate
+		s.VsTransport = s.Rate.Median / s.TransportRate.Median
 	}
 	if r := rep.SignRSAOpenSSL; r != nil && r.Rate > 0 && rep.Options.Sig == "rsa" {
 		s.VsSignOpenSSL = s.Rate.Median / r.Rate
 	}
 	if r := rep.Send; r != nil && r.Rate > 0 {
-		s.VsSend = s.Rate.Median / r.Rate
-		if rep.Transport != nil && rep.Transport.Rate > 0 {
-			s.SendVsTransport = r.Rate / rep.Transport.Rate
+		s.VsSend = s.Rate.Median / s.SendRate.Median
+		if s.TransportRate.Median > 0 {
+			s.SendVsTransport = s.SendRate.Median / s.TransportRate.Median
 		}
 	}
 	if rep.OpenSSL != nil && rep.OpenSSL.SignPS > 0 && rep.Options.Sig == "rsa" {
@@ -436,7 +442,7 @@ func printReport(w0 *os.File, rep *report) {
 	fmt.Fprintf(w, "sink\t%s\n", rep.Sink)
 	fmt.Fprintf(w, "fdatasync 4 KB\tp50 %.0f µs, p99 %.0f µs (%d)\n", rep.Fsync.P50Usec, rep.Fsync.P99Usec, rep.Fsync.Count)
 	if t := rep.Transport; t != nil {
-		fmt.Fprintf(w, "transport ref\t%.0f msgs/s  (%s)\n", t.Rate, t.Command)
+		fmt.Fprintf(w, "transport ref\t%.0f msgs/s%s  (%s)\n", rep.Summary.TransportRate.Median, rounds(rep.Summary.TransportRate, len(rep.TransportRuns)), t.Command)
 	}
 	if r := rep.SignRSA; r != nil {
 		fmt.Fprintf(w, "sign ref RSA-2048 (Go)\t%.0f signs/s over %d goroutines (%d-byte message)\n", r.Rate, r.Goroutines, r.MsgBytes)
@@ -454,8 +460,8 @@ func printReport(w0 *os.File, rep *report) {
 		fmt.Fprintf(w, "openssl rsa2048\t%.0f sign/s (%s)\n", r.SignPS, r.Command)
 	}
 	if r := rep.Send; r != nil {
-		fmt.Fprintf(w, "send floor (MTA alone)\t%.0f msgs/s, %.0f µs CPU/message  (%s %s, %d at once, pre-rendered message, no render/suppression/queue)\n",
-			r.Rate, r.CPUPerMsgUs, r.Type, r.Engine, r.Concurrency)
+		fmt.Fprintf(w, "send floor (MTA alone)\t%.0f msgs/s%s, %.0f µs CPU/message  (%s %s, %d at once, pre-rendered message, no render/suppression/queue)\n",
+			rep.Summary.SendRate.Median, rounds(rep.Summary.SendRate, len(rep.SendRuns)), r.CPUPerMsgUs, r.Type, r.Engine, r.Concurrency)
 	}
 	s := rep.Summary
 	fmt.Fprintln(w)
@@ -554,4 +560,36 @@ func repoRoot() (string, error) {
 		return "", fmt.Errorf("run the bench inside the postwarden module")
 	}
 	return filepath.Dir(mod), nil
+}
+
+// statOf is the median, min and max of n values.
+func statOf(n int, v func(int) float64) stat {
+	vs := make([]float64, n)
+	for i := range vs {
+		vs[i] = v(i)
+	}
+	slices.Sort(vs)
+	m := vs[n/2]
+	if n%2 == 0 {
+		m = (vs[n/2-1] + vs[n/2]) / 2
+	}
+	return stat{Median: m, Min: vs[0], Max: vs[n-1]}
+}
+
+// medianIndex is the index of the median of n values (the lower middle when n is even).
+func medianIndex(n int, v func(int) float64) int {
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int { return cmp.Compare(v(a), v(b)) })
+	return idx[(n-1)/2]
+}
+
+// rounds describes a reference measured once per round: "" for one round.
+func rounds(st stat, n int) string {
+	if n < 2 {
+		return ""
+	}
+	return fmt.Sprintf(" (median of %d rounds, %.0f–%.0f)", n, st.Min, st.Max)
 }
