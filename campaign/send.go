@@ -367,7 +367,7 @@ func newRenderer(spec Spec) (*renderer, []error) {
 			errs = append(errs, fmt.Errorf("%s %q: want letters, digits, '-', '_' and single dots", f.name, f.v))
 		}
 	}
-	s := &renderer{spec: spec, now: time.Now, spare: make(chan []byte, 2*batchSize),
+	s := &renderer{spec: spec, now: time.Now, spare: make(chan []byte, batchSize),
 		links: func(_, _, _ string) string { return "https://unsubscribe.invalid/u/validate" }}
 	from, err := headerAddress(spec.From)
 	if err != nil {
