@@ -154,18 +154,10 @@ func measureStages(campDir string, sd *seed, sig, rsaSigner string, sk *sink, n,
 	for i := range d {
 		routes[fmt.Sprintf("d%04d.bench.example", i)] = sk.addr
 	}
-	snd, err := mta.New(mta.Config{Hostname: "mail." + fromDomain, Mode: "mx", Routes: routes, ConcurrencyPerDomain: 4}, signer, zerolog.Nop())
+	deliveries := min(samples, 1000)
+	lat, err = timeDeliveries(routes, signer, msgs, deliveries, d)
 	if err != nil {
-		return nil, err
-	}
-	defer snd.Close()
-	lat = lat[:0]
-	for i := range min(samples, 1000) {
-		t := time.Now()
-		if err := snd.Deliver(context.Background(), fmt.Sprint("stage", i), "news@"+fromDomain, recipient(i, d), msgs[i%len(msgs)]); err != nil {
-			return nil, fmt.Errorf("deliver to sink: %w", err)
-		}
-		lat = append(lat, time.Since(t))
+		return nil, fmt.Errorf("deliver to sink: %w", err)
 	}
 	out = append(out, mkStage("deliver (sign + SMTP)", lat, 1, "mta.Sender.Deliver into the sink, pooled connection, one at a time"))
 
@@ -176,21 +168,30 @@ func measureStages(campDir string, sd *seed, sig, rsaSigner string, sk *sink, n,
 			return nil, err
 		}
 	}
-	plain, err := mta.New(mta.Config{Hostname: "mail." + fromDomain, Mode: "mx", Routes: routes, ConcurrencyPerDomain: 4}, nil, zerolog.Nop())
-	if err != nil {
-		return nil, err
-	}
-	defer plain.Close()
-	lat = lat[:0]
-	for i := range min(samples, 1000) {
-		t := time.Now()
-		if err := plain.Deliver(context.Background(), fmt.Sprint("smtp", i), "news@"+fromDomain, recipient(i, d), signed[i%len(signed)]); err != nil {
-			return nil, fmt.Errorf("SMTP to sink: %w", err)
-		}
-		lat = append(lat, time.Since(t))
+	if lat, err = timeDeliveries(routes, nil, signed, deliveries, d); err != nil {
+		return nil, fmt.Errorf("SMTP to sink: %w", err)
 	}
 	out = append(out, mkStage("SMTP", lat, 1, "mta.Sender.Deliver of messages signed beforehand, by a Sender without a signer: the SMTP transaction alone, pooled connection, one at a time"))
 	return out, nil
+}
+
+// timeDeliveries times n deliveries of msgs (in turn) to recipients over d
+// domains, one at a time, through a Sender with signer (nil: none) and routes.
+func timeDeliveries(routes map[string]string, signer *dkim.Signer, msgs [][]byte, n, d int) ([]time.Duration, error) {
+	snd, err := mta.New(mta.Config{Hostname: "mail." + fromDomain, Mode: "mx", Routes: routes, ConcurrencyPerDomain: 4}, signer, zerolog.Nop())
+	if err != nil {
+		return nil, err
+	}
+	defer snd.Close()
+	lat := make([]time.Duration, 0, n)
+	for i := range n {
+		t := time.Now()
+		if err := snd.Deliver(context.Background(), fmt.Sprint("stage", i), "news@"+fromDomain, recipient(i, d), msgs[i%len(msgs)]); err != nil {
+			return nil, err
+		}
+		lat = append(lat, time.Since(t))
+	}
+	return lat, nil
 }
 
 // pkgBench is one line of `go test -bench` output.
