@@ -27,7 +27,20 @@ const (
 
 // recipient is the address of row i: spread round-robin over d domains.
 func recipient(i, d int) string {
-	return fmt.Sprintf("user%08d@d%04d.bench.example", i, i%d)
+	return fmt.Sprintf("user%08d@%s", i, domain(i%d))
+}
+
+// domain is the bench's recipient domain i.
+func domain(i int) string { return fmt.Sprintf("d%04d.bench.example", i) }
+
+// sinkRoutes sends each of the d recipient domains to the sink at addr, as
+// the binary's delivery.routes do (writeServerConfig).
+func sinkRoutes(d int, addr string) map[string]string {
+	routes := make(map[string]string, d)
+	for i := range d {
+		routes[domain(i)] = addr
+	}
+	return routes
 }
 
 // suppressedRow says whether row i is a member of the suppression store
@@ -233,7 +246,7 @@ delivery:
   routes:
 `, fromDomain, dataDir, fromDomain, fromDomain, fromDomain, selector, dkimFile, sig, rsaSigner, workers, perDomain)
 	for i := range d {
-		fmt.Fprintf(&b, "    d%04d.bench.example: %q\n", i, sinkAddr)
+		fmt.Fprintf(&b, "    %s: %q\n", domain(i), sinkAddr)
 	}
 	return os.WriteFile(path, []byte(b.String()), 0o600)
 }

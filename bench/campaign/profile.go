@@ -64,11 +64,7 @@ func profileRun(out string, campDir string, sd *seed, sig string, sk *sink, o op
 	if err != nil {
 		return "", err
 	}
-	routes := map[string]string{}
-	for i := range o.Domains {
-		routes[fmt.Sprintf("d%04d.bench.example", i)] = sk.addr
-	}
-	snd, err := mta.New(mta.Config{Hostname: "mail." + fromDomain, Mode: "mx", Routes: routes, ConcurrencyPerDomain: o.PerDomain},
+	snd, err := mta.New(mta.Config{Hostname: "mail." + fromDomain, Mode: "mx", Routes: sinkRoutes(o.Domains, sk.addr), ConcurrencyPerDomain: o.PerDomain},
 		dkim.NewSigner([]*dkim.Key{k}), zerolog.Nop())
 	if err != nil {
 		return "", err

@@ -249,11 +249,7 @@ func runSendRef(sk *sink, keyFile, keyType, engine string, msg []byte, m, d, con
 	if err != nil {
 		return sendRef{}, err
 	}
-	routes := make(map[string]string, d)
-	for i := range d {
-		routes[fmt.Sprintf("d%04d.bench.example", i)] = sk.addr
-	}
-	s, err := mta.New(mta.Config{Hostname: "mail." + fromDomain, Mode: mta.ModeMX, Routes: routes,
+	s, err := mta.New(mta.Config{Hostname: "mail." + fromDomain, Mode: mta.ModeMX, Routes: sinkRoutes(d, sk.addr),
 		ConcurrencyPerDomain: perDomain, TLSPolicy: map[string]string{"default": mta.TLSNone}},
 		dkim.NewSigner([]*dkim.Key{k}), zerolog.Nop())
 	if err != nil {
@@ -264,18 +260,20 @@ func runSendRef(sk *sink, keyFile, keyType, engine string, msg []byte, m, d, con
 	base := sk.Count()
 	done := sk.when(base + int64(m))
 	var next atomic.Int64
+	var failed atomic.Bool // one failure stops the others: the reference is void
 	var wg sync.WaitGroup
 	errs := make(chan error, concurrency)
 	cpu0 := processCPU()
 	start := time.Now()
 	for range concurrency {
 		wg.Go(func() {
-			for {
+			for !failed.Load() {
 				i := next.Add(1)
 				if i > int64(m) {
 					return
 				}
 				if err := s.Deliver(context.Background(), fmt.Sprintf("ref%d", i), "bounce@"+fromDomain, recipient(int(i), d), msg); err != nil {
+					failed.Store(true)
 					errs <- err
 					return
 				}

@@ -150,10 +150,7 @@ func measureStages(campDir string, sd *seed, sig, rsaSigner string, sk *sink, n,
 	out = append(out, mkStage("commit (per group of 256)", lat, 1, "one fsynced transaction"))
 
 	// Deliver over loopback into the sink: mta.Sender.Deliver (sign + SMTP), one at a time.
-	routes := map[string]string{}
-	for i := range d {
-		routes[fmt.Sprintf("d%04d.bench.example", i)] = sk.addr
-	}
+	routes := sinkRoutes(d, sk.addr)
 	deliveries := min(samples, 1000)
 	lat, err = timeDeliveries(routes, signer, msgs, deliveries, d)
 	if err != nil {
