@@ -23,6 +23,7 @@ type job struct {
 	m                Message // as claimed: state active, the attempt counted
 	was              State
 	wasNext, wasSlot time.Time
+	wasGen           uint64
 }
 
 // result is a worker's report on one job.
@@ -276,7 +277,7 @@ func release(b bkts, j job, now time.Time) (State, error) {
 		m.State = StateCancelled
 		m.History = append(m.History, Attempt{Time: now, Outcome: string(StateCancelled)})
 	} else {
-		m.State, m.Attempts, m.NextAttempt, m.RateSlot = j.was, m.Attempts-1, j.wasNext, j.wasSlot
+		m.State, m.Attempts, m.NextAttempt, m.RateSlot, m.RateGen = j.was, m.Attempts-1, j.wasNext, j.wasSlot, j.wasGen
 	}
 	return m.State, b.save(&m, &prev)
 }

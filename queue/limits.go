@@ -25,6 +25,13 @@ import (
 // time (Message.RateSlot), where it is claimed without taking another. Waiting
 // messages thus spread out at the campaign's rate and each moves once.
 //
+// A slot is honoured only by the limiter that reserved it (Message.RateGen
+// names it): the limiter lives in memory, so after a restart, or once the rate
+// changed, slots recorded earlier are worth nothing and the message reserves
+// again. Otherwise the slots that fell due while the process was down (or
+// were spaced for another rate) would all go at once on top of the new
+// limiter's burst.
+//
 // A suspension (Suspend, bucket "susp": key → JSON Suspension) stops delivery to
 // a domain, a campaign, or a campaign's messages to a domain until a time. The
 // dispatcher moves matching due messages to the suspension's end (state
@@ -54,12 +61,10 @@ func (s *Store) SetCampaignRate(campaign string, perSecond float64) error {
 	if perSecond <= 0 {
 		delete(s.rates, campaign)
 		delete(s.limiters, campaign)
-	} else {
+	} else if s.rates[campaign] != perSecond {
+		// A new limiter (a new generation): slots spaced for the old rate are void.
 		s.rates[campaign] = perSecond
-		if l := s.limiters[campaign]; l != nil {
-			l.SetLimit(rate.Limit(perSecond))
-			l.SetBurst(burstOf(perSecond))
-		}
+		delete(s.limiters, campaign)
 	}
 	s.mu.Unlock()
 	s.log.Info().Str("campaign", campaign).Float64("rate", perSecond).Msg("campaign rate set")
@@ -77,28 +82,37 @@ func (s *Store) CampaignRate(campaign string) float64 {
 // burstOf is the token bucket size for a rate: one second's worth, at least one.
 func burstOf(perSecond float64) int { return max(1, int(math.Ceil(perSecond))) }
 
-// reserve decides whether campaign's message may go at now. It returns the zero
-// time when it may, or the later time its reserved token falls due.
-func (s *Store) reserve(campaign string, now time.Time) time.Time {
+// limiter is a campaign's token bucket and the generation that names it.
+type limiter struct {
+	*rate.Limiter
+	gen uint64
+}
+
+// reserve decides whether m, a due message, may go at now. It returns the
+// zero time when it may: m holds a slot of campaign's current limiter, or a
+// token is free now. Otherwise it returns the later time of the token it
+// reserved and the generation of the limiter that gave it.
+func (s *Store) reserve(m *Message, now time.Time) (slot time.Time, gen uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r := s.rates[campaign]
+	r := s.rates[m.Campaign]
 	if r <= 0 {
-		return time.Time{}
+		return time.Time{}, 0
 	}
-	l := s.limiters[campaign]
+	l := s.limiters[m.Campaign]
 	if l == nil {
-		l = rate.NewLimiter(rate.Limit(r), burstOf(r))
-		s.limiters[campaign] = l
+		s.gen++
+		l = &limiter{Limiter: rate.NewLimiter(rate.Limit(r), burstOf(r)), gen: s.gen}
+		s.limiters[m.Campaign] = l
 	}
-	res := l.ReserveN(now, 1)
-	if !res.OK() {
-		return time.Time{}
+	if !m.RateSlot.IsZero() && m.RateSlot.Equal(m.NextAttempt) && m.RateGen == l.gen {
+		return time.Time{}, 0 // its token was taken when the slot was reserved
 	}
+	res := l.ReserveN(now, 1) // burst ≥ 1: always OK
 	if d := res.DelayFrom(now); d > 0 {
-		return now.Add(d)
+		return now.Add(d), l.gen
 	}
-	return time.Time{}
+	return time.Time{}, 0
 }
 
 // loadLimits reads the campaign rates and the active suspensions, removing expired ones.

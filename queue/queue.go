@@ -52,12 +52,12 @@ package queue
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 	"go.etcd.io/bbolt"
-	"golang.org/x/time/rate"
 
 	"github.com/postwarden/postwarden/suppression/sealed"
 )
@@ -135,6 +135,9 @@ type Message struct {
 	// RateSlot is the time of the campaign-rate token this message reserved; due
 	// at exactly that time, it is claimed without taking another token.
 	RateSlot time.Time `json:"rate_slot,omitzero"`
+	// RateGen names the limiter that reserved RateSlot; a slot of another
+	// (an earlier process, an earlier rate) is void (see limits.go).
+	RateGen uint64 `json:"rate_gen,omitempty"`
 }
 
 // Attempt is one event in a message's history: a delivery attempt, a recovery, an expiry.
@@ -176,11 +179,12 @@ type Store struct {
 	maxAge  time.Duration
 
 	mu       sync.Mutex
-	inflight map[string]struct{}      // ids handed to a worker in this process
-	wakers   map[chan struct{}]bool   // one per running dispatcher
-	rates    map[string]float64       // campaign → msgs/s (mirror of bucket rates)
-	limiters map[string]*rate.Limiter // campaign → token bucket, made on first use
-	susp     map[string]Suspension    // Selector.key → active suspension (mirror of bucket susp)
+	inflight map[string]struct{}    // ids handed to a worker in this process
+	wakers   map[chan struct{}]bool // one per running dispatcher
+	rates    map[string]float64     // campaign → msgs/s (mirror of bucket rates)
+	limiters map[string]*limiter    // campaign → token bucket, made on first use
+	gen      uint64                 // generation of the last limiter made; random at Open
+	susp     map[string]Suspension  // Selector.key → active suspension (mirror of bucket susp)
 }
 
 // Bucket names. Layout:
@@ -258,7 +262,8 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 		inflight: map[string]struct{}{},
 		wakers:   map[chan struct{}]bool{},
 		rates:    map[string]float64{},
-		limiters: map[string]*rate.Limiter{},
+		limiters: map[string]*limiter{},
+		gen:      rand.Uint64() >> 1, // no two processes' limiters share a generation
 		susp:     map[string]Suspension{},
 	}
 	if err := s.init(); err != nil {

@@ -327,6 +327,7 @@ func (r *Runner) claimIn(b bkts, free int, now time.Time, mine map[string]bool, 
 		act  int
 		sp   Suspension
 		slot time.Time
+		gen  uint64
 	}
 	var cands []cand
 	nClaim, nOther := 0, 0
@@ -357,10 +358,8 @@ func (r *Runner) claimIn(b bkts, free int, now time.Time, mine map[string]bool, 
 			cd.act = actExpire
 		} else if sp, ok := s.suspendedFor(m.Domain, m.Campaign, now); ok {
 			cd.act, cd.sp = actSuspend, sp
-		} else if m.RateSlot.IsZero() || !m.RateSlot.Equal(m.NextAttempt) {
-			if slot := s.reserve(m.Campaign, now); !slot.IsZero() {
-				cd.act, cd.slot = actRate, slot
-			}
+		} else if slot, gen := s.reserve(&m, now); !slot.IsZero() {
+			cd.act, cd.slot, cd.gen = actRate, slot, gen
 		}
 		if cd.act == actClaim {
 			nClaim++
@@ -385,7 +384,7 @@ func (r *Runner) claimIn(b bkts, free int, now time.Time, mine map[string]bool, 
 		case actSuspend:
 			holdFor(m, cd.sp, now)
 		case actRate:
-			m.NextAttempt, m.RateSlot = cd.slot, cd.slot
+			m.NextAttempt, m.RateSlot, m.RateGen = cd.slot, cd.slot, cd.gen
 			if c.next.IsZero() || cd.slot.Before(c.next) {
 				c.next = cd.slot
 			}
@@ -393,7 +392,7 @@ func (r *Runner) claimIn(b bkts, free int, now time.Time, mine map[string]bool, 
 			m.Attempts++
 			m.State = StateActive
 			m.NextAttempt = now.Add(s.backoff(m.Attempts))
-			m.RateSlot = time.Time{}
+			m.RateSlot, m.RateGen = time.Time{}, 0
 		}
 		if err := b.save(m, &prev); err != nil {
 			return err
@@ -401,7 +400,7 @@ func (r *Runner) claimIn(b bkts, free int, now time.Time, mine map[string]bool, 
 		c.progressed = true
 		switch cd.act {
 		case actClaim:
-			c.jobs = append(c.jobs, job{m: *m, was: prev.State, wasNext: prev.NextAttempt, wasSlot: prev.RateSlot})
+			c.jobs = append(c.jobs, job{m: *m, was: prev.State, wasNext: prev.NextAttempt, wasSlot: prev.RateSlot, wasGen: prev.RateGen})
 			claimed = append(claimed, m.ID)
 		case actExpire:
 			c.expired = append(c.expired, *m)
