@@ -179,7 +179,7 @@ func (r *Runner) settle(done []result, c batch, follow chan<- []result) {
 			ev.Time("retry_at", o.retryAt)
 		}
 		ev.Str("queue_id", m.ID).Str("rcpt", address.Mask(m.To)).Str("domain", m.Domain).
-			Str("outcome", name).Str("reply", scrub(o.reply, m.To)).Int("attempt", m.Attempts).
+			Str("outcome", name).Str("reply", scrub(o.reply, m.To)).Int("attempt", m.Attempts+1).
 			Msg("attempt recorded")
 		if err == nil && final == StateBounced && (o.suppress || o.event != "") {
 			bounces = append(bounces, d)
@@ -239,10 +239,12 @@ func (s *Store) recordOutcome(b bkts, claimed Message, o outcome, now time.Time)
 	}
 	m.State, m.Updated, m.LastReply = o.state, now, o.reply
 	if !o.retryAt.IsZero() {
-		m.Attempts--
 		m.NextAttempt = o.retryAt
 		m.History = append(m.History, Attempt{Time: now, Outcome: "throttled", Reply: o.reply})
 		return m.State, b.save(&m, &prev)
+	}
+	if o.tried {
+		m.Attempts++ // counted here, not at the claim: only a started delivery is an attempt
 	}
 	if o.reason != "" {
 		m.Reason = o.reason
@@ -277,7 +279,7 @@ func release(b bkts, j job, now time.Time) (State, error) {
 		m.State = StateCancelled
 		m.History = append(m.History, Attempt{Time: now, Outcome: string(StateCancelled)})
 	} else {
-		m.State, m.Attempts, m.NextAttempt, m.RateSlot, m.RateGen = j.was, m.Attempts-1, j.wasNext, j.wasSlot, j.wasGen
+		m.State, m.NextAttempt, m.RateSlot, m.RateGen = j.was, j.wasNext, j.wasSlot, j.wasGen
 	}
 	return m.State, b.save(&m, &prev)
 }

@@ -69,8 +69,8 @@ func TestGroupCommitWhileOthersInFlight(t *testing.T) {
 		return err == nil && cc[StateDelivered]+cc[StateBounced] == len(msgs)-len(d.held)
 	})
 	for i, id := range ids {
-		if m := mustGet(t, s, id); d.held[msgs[i].To] && (m.State != StateActive || m.Attempts != 1) {
-			t.Fatalf("held message %s = %s after %d attempts, want active after 1", id, m.State, m.Attempts)
+		if m := mustGet(t, s, id); d.held[msgs[i].To] && (m.State != StateActive || m.Attempts != 0) {
+			t.Fatalf("held message %s = %s after %d attempts, want active, its attempt counted with its outcome", id, m.State, m.Attempts)
 		}
 	}
 	close(d.gate)
@@ -180,7 +180,7 @@ func TestUncommittedOutcomeRecovered(t *testing.T) {
 		if i < 2 && (m.State != StateDelivered || m.Recoveries != 0) {
 			t.Fatalf("committed outcome %d = %+v", i, m)
 		}
-		if i == 2 && (m.State != StateReady || m.Recoveries != 1 || m.Attempts != 1) {
+		if i == 2 && (m.State != StateReady || m.Recoveries != 1 || m.Attempts != 0) {
 			t.Fatalf("uncommitted outcome = %+v, want recovered ready", m)
 		}
 	}
@@ -249,7 +249,7 @@ func TestReleaseRestoresClaim(t *testing.T) {
 	}
 	r := s.NewRunner(newFake(), newSup(), RunnerConfig{})
 	c := r.commit(nil, 1)
-	if len(c.jobs) != 1 || c.jobs[0].m.State != StateActive || c.jobs[0].m.Attempts != 1 {
+	if len(c.jobs) != 1 || c.jobs[0].m.State != StateActive || c.jobs[0].m.Attempts != 0 {
 		t.Fatalf("claim = %+v, %v", c.jobs, c.claimErr)
 	}
 	g := r.commit([]result{{j: c.jobs[0], skipped: true}}, 0)

@@ -9,9 +9,12 @@
 //     not written again, so re-running a campaign never mails anyone twice.
 //     PruneFinished and EraseRecipient forget the keys of the records they
 //     delete or scrub; suppression still stops an erased address.
-//   - Each attempt is recorded before the Deliverer is called: the attempt count,
-//     the next-attempt time and state active are committed first, so a crash
-//     never loops on a remote.
+//   - Each attempt is recorded before the Deliverer is called: the next-attempt
+//     time and state active are committed first, so a crash never loops on a
+//     remote. The attempt count goes up with the outcome's record, only when
+//     the Deliverer was called: a claim cut off by a crash or a stop before
+//     Deliver is no attempt (nor is a delivery a crash cut off: the queue cannot
+//     tell whether it started; its history says recovered).
 //   - After a crash, messages found in state active at Open are recovered. The
 //     first recovery of a message makes it ready now (a `campaign send` re-run
 //     after kill -9 finishes the job); from the second recovery on it stays

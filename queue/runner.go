@@ -389,9 +389,10 @@ func (r *Runner) claimIn(b bkts, free int, now time.Time, mine map[string]bool, 
 				c.next = cd.slot
 			}
 		default:
-			m.Attempts++
+			// The attempt is counted when its outcome is recorded, not here: a
+			// claim a crash or a stop cut off before Deliver was no attempt.
 			m.State = StateActive
-			m.NextAttempt = now.Add(s.backoff(m.Attempts))
+			m.NextAttempt = now.Add(s.backoff(m.Attempts + 1))
 			m.RateSlot, m.RateGen = time.Time{}, 0
 		}
 		if err := b.save(m, &prev); err != nil {
@@ -453,6 +454,7 @@ type outcome struct {
 	took     time.Duration // time spent in the Deliverer
 	event    string        // campaign event to count once recorded (bounced_hard, bounced_soft)
 	suppress bool          // hard bounce: suppress the address once recorded (not if erased meanwhile)
+	tried    bool          // the Deliverer was called: an attempt to count
 }
 
 // attempt checks suppression and calls the Deliverer; it decides the outcome.
@@ -476,7 +478,9 @@ func (r *Runner) attempt(ctx context.Context, m Message, buf []byte) (outcome, [
 	if cap(body) > cap(buf) {
 		buf = body[:0] // grown (or a raw body's own memory): keep the larger
 	}
-	return decide(derr, took), buf
+	o := decide(derr, took)
+	o.tried = true
+	return o, buf
 }
 
 // decide is the outcome of a delivery that returned derr after took.
