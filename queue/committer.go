@@ -246,6 +246,11 @@ func (s *Store) recordOutcome(b bkts, claimed Message, o outcome, now time.Time)
 	if o.tried {
 		m.Attempts++ // counted here, not at the claim: only a started delivery is an attempt
 	}
+	if o.interrupted {
+		m.NextAttempt = now // the process is stopping: the next one tries at once
+		m.History = append(m.History, Attempt{Time: now, Outcome: "interrupted", Reply: o.reply})
+		return m.State, b.save(&m, &prev)
+	}
 	if o.reason != "" {
 		m.Reason = o.reason
 	}

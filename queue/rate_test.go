@@ -92,3 +92,66 @@ func TestCampaignRateAcrossRestart(t *testing.T) {
 		t.Fatalf("counts = %v", cc)
 	}
 }
+
+// slowDeliverer starts one delivery, announced on started, and holds it until
+// its context ends; later calls succeed at once.
+type slowDeliverer struct {
+	started chan string
+	mu      sync.Mutex
+	calls   int
+}
+
+func (d *slowDeliverer) Deliver(ctx context.Context, id, from, to string, body []byte) error {
+	d.mu.Lock()
+	d.calls++
+	first := d.calls == 1
+	d.mu.Unlock()
+	if !first {
+		return nil
+	}
+	d.started <- id
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// A stopped runner waits for a slow delivery only until DrainTimeout, then
+// returns it to the queue, due at once: it is delivered by the next runner,
+// and nothing else started after the stop.
+func TestDrainTimeoutReturnsInFlight(t *testing.T) {
+	s := openTest(t, Config{})
+	var batch []NewMessage
+	for i := range 5 {
+		batch = append(batch, msg("c", fmt.Sprintf("u%d@example.com", i)))
+	}
+	enqueue(t, s, batch...)
+	d := &slowDeliverer{started: make(chan string, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- s.NewRunner(d, newSup(), RunnerConfig{Workers: 1, DrainTimeout: 300 * time.Millisecond}).Run(ctx)
+	}()
+	id := <-d.started
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within its drain timeout")
+	}
+	m := mustGet(t, s, id)
+	if m.State != StateReady || m.Attempts != 1 || m.NextAttempt.After(time.Now()) {
+		t.Fatalf("cut-off delivery = %s, %d attempts, next %v; want ready now after 1 attempt", m.State, m.Attempts, m.NextAttempt)
+	}
+	if d.calls != 1 {
+		t.Fatalf("%d deliveries started; want only the one in flight at the stop", d.calls)
+	}
+	drain(t, s.NewRunner(d, newSup(), RunnerConfig{Workers: 1}))
+	if m := mustGet(t, s, id); m.State != StateDelivered {
+		t.Fatalf("after restart: %s", m.State)
+	}
+	if cc, _ := s.CampaignCounts("c"); cc[StateDelivered] != 5 {
+		t.Fatalf("counts = %v", cc)
+	}
+}

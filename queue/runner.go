@@ -70,7 +70,15 @@ type RunnerConfig struct {
 	Poll     time.Duration    // fallback look at the due index; default 1s (Enqueue and Kick wake it at once)
 	Now      func() time.Time // clock, for tests; default time.Now
 	Observer Observer         // optional, for metrics
+	// DrainTimeout bounds the deliveries in flight once the runner stops: then
+	// their context is cancelled and each is returned to the queue, due at once.
+	// Default DefaultDrainTimeout.
+	DrainTimeout time.Duration
 }
+
+// DefaultDrainTimeout is RunnerConfig.DrainTimeout's default: under the 60 s
+// a service manager usually gives a stopping unit.
+const DefaultDrainTimeout = 30 * time.Second
 
 // Runner dispatches due messages to a pool of workers that deliver them.
 type Runner struct {
@@ -91,6 +99,9 @@ func (s *Store) NewRunner(d Deliverer, sup Suppressions, cfg RunnerConfig) *Runn
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
 	}
 	l := s.log.With().Logger()
 	if cfg.Campaign != "" {
@@ -138,7 +149,9 @@ func (r *Runner) loop(ctx context.Context, drain bool) error {
 	defer stop()
 	jobs := make(chan job, limit)       // never blocks: at most limit claimed and unrecorded
 	results := make(chan result, limit) // never blocks, for the same reason
-	dctx := context.WithoutCancel(ctx)  // let in-flight deliveries finish
+	// In-flight deliveries outlive ctx by up to DrainTimeout (see the stop below).
+	dctx, cutoff := context.WithCancel(context.WithoutCancel(ctx))
+	defer cutoff()
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
@@ -149,8 +162,8 @@ func (r *Runner) loop(ctx context.Context, drain bool) error {
 					continue
 				}
 				var o outcome
-				o, buf = r.attempt(dctx, j.m, buf)
-				results <- result{j: j, o: o}
+				o, buf = r.attempt(dctx, sctx, j.m, buf)
+				results <- result{j: j, o: o, skipped: !o.tried && sctx.Err() != nil}
 			}
 		})
 	}
@@ -251,8 +264,11 @@ func (r *Runner) loop(ctx context.Context, drain bool) error {
 		case <-linger.C:
 		}
 	}
-	// Stop: jobs no worker took are given back; record every result.
+	// Stop: jobs no worker took are given back; record every result. The
+	// deliveries still running after DrainTimeout are cut off and returned.
 	stop()
+	deadline := time.AfterFunc(r.cfg.DrainTimeout, cutoff)
+	defer deadline.Stop()
 	close(jobs)
 	for inflight > 0 {
 		if len(done) == 0 {
@@ -455,11 +471,16 @@ type outcome struct {
 	event    string        // campaign event to count once recorded (bounced_hard, bounced_soft)
 	suppress bool          // hard bounce: suppress the address once recorded (not if erased meanwhile)
 	tried    bool          // the Deliverer was called: an attempt to count
+	// interrupted: cut off by the drain deadline; back to the queue, due at once
+	interrupted bool
 }
 
 // attempt checks suppression and calls the Deliverer; it decides the outcome.
 // The body is read into buf's memory; attempt returns the buffer to reuse.
-func (r *Runner) attempt(ctx context.Context, m Message, buf []byte) (outcome, []byte) {
+// stop ends when the runner stops: a delivery not yet started then is not
+// started (the outcome is not tried). An error after ctx was cut off by the
+// drain deadline returns the message to the queue (interrupted).
+func (r *Runner) attempt(ctx, stop context.Context, m Message, buf []byte) (outcome, []byte) {
 	// Suppression first: a message suppressed while it waited needs no body.
 	reason, suppressed, err := r.sup.Check(m.To, m.List)
 	if err != nil { // cannot tell: do not mail, try later
@@ -472,6 +493,9 @@ func (r *Runner) attempt(ctx context.Context, m Message, buf []byte) (outcome, [
 	if err != nil {
 		return outcome{state: StateCancelled, reply: err.Error(), reason: "body missing"}, buf
 	}
+	if stop.Err() != nil { // stopping: no new delivery starts
+		return outcome{}, buf
+	}
 	start := time.Now()
 	derr := r.d.Deliver(ctx, m.ID, m.From, m.To, body)
 	took := time.Since(start)
@@ -479,6 +503,9 @@ func (r *Runner) attempt(ctx context.Context, m Message, buf []byte) (outcome, [
 		buf = body[:0] // grown (or a raw body's own memory): keep the larger
 	}
 	o := decide(derr, took)
+	if derr != nil && ctx.Err() != nil {
+		o = outcome{state: StateReady, reply: "interrupted by shutdown: " + derr.Error(), took: took, interrupted: true}
+	}
 	o.tried = true
 	return o, buf
 }
