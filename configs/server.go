@@ -109,6 +109,7 @@ type Delivery struct {
 	Routes               map[string]string // recipient domain → host:port, overrides MX
 	Retry                []time.Duration   // waits between attempts
 	MaxAge               time.Duration     // give up after this long in the queue
+	DrainTimeout         time.Duration     // on SIGTERM, in-flight deliveries get this long, then go back to the queue
 	ConcurrencyPerDomain int
 	SMTPPort             int
 	Workers              int
@@ -222,6 +223,7 @@ func parseServer(name string, data []byte, dir string) (*Server, error) {
 					"routes":                      d.stringMap(&dl.Routes),
 					"retry":                       d.durations(&dl.Retry),
 					"max_age":                     d.duration(&dl.MaxAge),
+					"drain_timeout":               d.duration(&dl.DrainTimeout),
 					"concurrency_per_domain":      d.integer(&dl.ConcurrencyPerDomain),
 					"smtp_port":                   d.integer(&dl.SMTPPort),
 					"workers":                     d.integer(&dl.Workers),
@@ -352,6 +354,9 @@ func (s *Server) applyDefaults(dir string) {
 	}
 	if d.MaxAge == 0 {
 		d.MaxAge = 120 * time.Hour // RFC 5321 §4.5.4.1: give up after 4–5 days
+	}
+	if d.DrainTimeout == 0 {
+		d.DrainTimeout = 30 * time.Second // under systemd's TimeoutStopSec=60
 	}
 	if d.Rates == nil {
 		d.Rates = map[string]float64{}

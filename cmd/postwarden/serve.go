@@ -124,7 +124,7 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 		return err
 	}
 	defer stopMetrics(context.Background())
-	runner := e.queue.NewRunner(sender, deliveryGate{e.suppressions()}, queue.RunnerConfig{Workers: cfg.Delivery.Workers, Observer: observer})
+	runner := e.queue.NewRunner(sender, deliveryGate{e.suppressions()}, queue.RunnerConfig{Workers: cfg.Delivery.Workers, Observer: observer, DrainTimeout: cfg.Delivery.DrainTimeout})
 	runCtx, stopRunner := context.WithCancel(ctx)
 	defer stopRunner()
 	runDone := make(chan error, 1)
@@ -140,7 +140,7 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 	case err := <-httpDone:
 		runErr = fmt.Errorf("http server: %w", err)
 	}
-	log.Info().Msg("shutting down: no new work; waiting for in-flight deliveries")
+	log.Info().Dur("drain_timeout", cfg.Delivery.DrainTimeout).Msg("shutting down: no new work; waiting for in-flight deliveries")
 	stopRunner()
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
