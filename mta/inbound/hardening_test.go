@@ -211,7 +211,7 @@ func dialFrom(addr string, i int) (*smtp.Client, error) {
 func TestBytesInFlightCap(t *testing.T) {
 	const clients, addrs, size = 100, 30, 300_000
 	const cap = 3 << 20
-	w := newWorld(t, inbound.Config{MaxBytesInFlight: cap})
+	w := newWorld(t, inbound.Config{MaxBytesInFlight: cap, MaxMessageBytes: 1 << 20})
 	body := bigMessage(size)
 
 	outcomes := runBig(t, w.srv.Addr(), "postmaster@"+domain, clients, addrs, body)

@@ -203,6 +203,9 @@ func Start(cfg Config, deps Deps, log zerolog.Logger) (*Server, error) {
 	if cfg.MaxLineLength <= 0 {
 		cfg.MaxLineLength = DefaultMaxLineLength
 	}
+	if cfg.MaxBytesInFlight < cfg.MaxMessageBytes {
+		return nil, fmt.Errorf("inbound: MaxBytesInFlight %d is less than MaxMessageBytes %d: no message that size could ever be taken", cfg.MaxBytesInFlight, cfg.MaxMessageBytes)
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("inbound: listen %s: %w", cfg.Listen, err)
@@ -442,17 +445,32 @@ func (ss *session) Data(r io.Reader) error {
 // the bytes reserved, which the caller releases. Past the budget it stops
 // with errBusy (go-smtp then discards the rest of the data).
 func (ss *session) readBody(r io.Reader) ([]byte, int64, error) {
-	limit := ss.s.cfg.MaxMessageBytes + 1 // room to see go-smtp's ErrDataTooLarge
+	limit := ss.s.cfg.MaxMessageBytes
 	var buf []byte
 	var held int64
 	for {
+		if len(buf) == cap(buf) && int64(cap(buf)) >= limit {
+			// Full: only the end of the data may follow (go-smtp's reader
+			// stops at MaxMessageBytes with ErrDataTooLarge).
+			var one [1]byte
+			n, err := r.Read(one[:])
+			switch {
+			case n > 0:
+				return nil, held, smtp.ErrDataTooLarge
+			case err == io.EOF:
+				return buf, held, nil
+			case err == nil:
+				continue
+			}
+			return nil, held, err
+		}
 		if len(buf) == cap(buf) {
 			grow := max(int64(cap(buf)), 64<<10)
 			if cap(buf) == 0 && ss.size > 0 {
-				grow = ss.size + 1 // RFC 1870 SIZE: one buffer of the right size
+				grow = ss.size + 1 // RFC 1870 SIZE: one buffer of the right size (+1 to see the end)
 			}
 			grow = min(grow, limit-int64(cap(buf)))
-			if grow <= 0 || !ss.s.flight.reserve(grow) {
+			if !ss.s.flight.reserve(grow) {
 				ss.s.log.Warn().Str("ip", ss.ip).Int64("max_bytes_in_flight", ss.s.cfg.MaxBytesInFlight).
 					Msg("inbound bytes in flight at the limit; message refused for now")
 				return nil, held, errBusy
