@@ -114,7 +114,9 @@ type guardConn struct {
 	dataMode bool       // between 354 and the end of data
 	dead     bool       // a data timeout: reads end
 
-	in       []byte // read from the network, not yet handed on
+	in       []byte // read from the network, not yet looked at
+	pend     []byte // a command line looked at, not yet all handed on
+	pendRaw  int64  // BDAT chunk size that follows pend
 	buf      []byte // read buffer in command mode
 	midLine  bool   // the last byte handed on in command mode was not '\n'
 	raw      int64  // BDAT chunk bytes still to pass through
@@ -150,25 +152,28 @@ func (c *guardConn) Read(b []byte) (int, error) {
 	if dead {
 		return 0, io.EOF
 	}
+	if len(c.pend) > 0 { // the rest of a command line (go-smtp's buffer was short)
+		n := copy(b, c.pend)
+		c.pend = c.pend[n:]
+		if len(c.pend) == 0 {
+			c.raw, c.pendRaw = c.pendRaw, 0
+		}
+		return n, nil
+	}
 	if data || c.raw > 0 {
 		return c.readData(b, data)
 	}
 	for {
 		if i := bytes.IndexByte(c.in, '\n'); i >= 0 {
 			line := c.in[:i+1]
-			out := line
+			out, raw := line, int64(0)
 			if !c.midLine {
-				out = c.command(line)
+				out, raw = c.command(line)
 			}
-			n := copy(b, out)
-			if n < len(out) { // b too small: hand on the rest next time
-				c.in = append(append([]byte(nil), out[n:]...), c.in[i+1:]...)
-				c.midLine = true
-				return n, nil
-			}
+			c.pend, c.pendRaw = append([]byte(nil), out...), raw
 			c.in = c.in[i+1:]
 			c.midLine = false
-			return n, nil
+			return c.Read(b)
 		}
 		// A line longer than go-smtp accepts is not looked at: go-smtp
 		// refuses it (500) and closes.
@@ -281,17 +286,17 @@ func (c *guardConn) endOfData(ch byte) bool {
 	return false
 }
 
-// command looks at one whole command line: a BDAT line starts a chunk to
-// pass through, a bare postmaster RCPT is rewritten.
-func (c *guardConn) command(line []byte) []byte {
+// command looks at one whole command line: a BDAT line is followed by a
+// chunk of the size returned, to pass through; a bare postmaster RCPT is
+// rewritten.
+func (c *guardConn) command(line []byte) ([]byte, int64) {
 	if size, ok := bdatSize(line); ok {
-		c.raw = size
-		return line
+		return line, size
 	}
 	if out, ok := rewritePostmaster(line, c.l.domain); ok {
-		return out
+		return out, 0
 	}
-	return line
+	return line, 0
 }
 
 // bdatSize parses a BDAT command exactly as go-smtp does (parseCmd, then
