@@ -397,3 +397,43 @@ branding: {color: red, logo_url: "http://x.example/l.png"}
 		}
 	}
 }
+
+// The inbound listener's limits: byte counts with units, every bad value
+// named by file:line and key.
+func TestInboundLimits(t *testing.T) {
+	dir := t.TempDir()
+	head := "hostname: mail.example.com\ndata_dir: var\npublic_url: https://mail.example.com\nprivacy_url: https://example.com/privacy\n" +
+		"smtp_listen: 127.0.0.1:2526\nbounce_domain: bounce.example.com\n"
+	p := filepath.Join(dir, "pw.yaml")
+	os.WriteFile(p, []byte(head+"inbound: {max_connections: 50, max_connections_per_ip: 5, max_bytes_in_flight: 64MiB, max_message_bytes: 5 MB, read_timeout: 2m}\n"), 0o644)
+	s, err := LoadServer(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Inbound{MaxConnections: 50, MaxConnectionsPerIP: 5, MaxBytesInFlight: 64 << 20, MaxMessageBytes: 5_000_000, ReadTimeout: 2 * time.Minute}
+	if s.Inbound != want {
+		t.Errorf("inbound %+v, want %+v", s.Inbound, want)
+	}
+
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte(head+`inbound:
+  max_connections: -1
+  max_bytes_in_flight: lots
+  max_message_bytes: 64MiB
+  speed: 3
+`), 0o644)
+	_, err = LoadServer(bad)
+	if err == nil {
+		t.Fatal("bad inbound keys accepted")
+	}
+	for _, want := range []string{"bad.yaml:8: inbound.max_connections: must not be negative", `bad.yaml:9: inbound.max_bytes_in_flight: "lots" is not a byte count`,
+		"bad.yaml:10: inbound.max_message_bytes: 67108864 is over 32 MiB", `bad.yaml:11: unknown key "inbound.speed"`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	os.WriteFile(bad, []byte(head+"inbound: {max_bytes_in_flight: 1MiB, max_message_bytes: 2MiB}\n"), 0o644)
+	if _, err = LoadServer(bad); err == nil || !strings.Contains(err.Error(), "inbound.max_bytes_in_flight: 1048576 is less than inbound.max_message_bytes") {
+		t.Errorf("in flight below one message: %v", err)
+	}
+}

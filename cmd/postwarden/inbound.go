@@ -133,9 +133,14 @@ func startInbound(cfg *configs.Server, e *env, log zerolog.Logger) (*inbound.Ser
 	}
 	codec := e.verp
 	srv, err := inbound.Start(inbound.Config{
-		Listen:   cfg.SMTPListen,
-		Domain:   cfg.BounceDomain,
-		Hostname: cfg.Hostname,
+		Listen:           cfg.SMTPListen,
+		Domain:           cfg.BounceDomain,
+		Hostname:         cfg.Hostname,
+		MaxConns:         cfg.Inbound.MaxConnections,
+		MaxConnsPerIP:    cfg.Inbound.MaxConnectionsPerIP,
+		MaxBytesInFlight: cfg.Inbound.MaxBytesInFlight,
+		MaxMessageBytes:  cfg.Inbound.MaxMessageBytes,
+		ReadTimeout:      cfg.Inbound.ReadTimeout,
 	}, inbound.Deps{
 		VERP:         codec,
 		Mailto:       e.tokens,

@@ -85,6 +85,12 @@ func Parse(r io.Reader) ([]Report, error) {
 	if err != nil {
 		return nil, errors.Join(errors.New("bounce: read message"), err)
 	}
+	return ParseBytes(data)
+}
+
+// ParseBytes is Parse of a message already in memory; it does not copy it
+// first.
+func ParseBytes(data []byte) ([]Report, error) {
 	if len(data) > maxInput {
 		return nil, ErrTooLarge
 	}

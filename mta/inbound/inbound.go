@@ -19,16 +19,24 @@
 //     report adds another history event and event count.
 //   - Each client address may hold MaxConnsPerIP connections and start
 //     MessageRate messages per second (burst MessageBurst); beyond that it
-//     gets 421 4.7.0.
+//     gets 421 4.7.0. All clients together may hold MaxConns connections
+//     (then 421 4.7.0 at the greeting) and MaxBytesInFlight bytes of
+//     message data in memory (then 452 4.3.1 after the data): memory stays
+//     bounded, and every refusal is a 4yz, so the sender retries.
+//   - A transient failure answers 4yz (RFC 5321 §4.2.5): a data timeout is
+//     421 4.4.2 and closes the connection, a read error 451 4.3.0. No reply
+//     carries an error's text (socket addresses).
+//   - The bare RCPT TO:<postmaster> is accepted (RFC 5321 §4.5.1), as
+//     postmaster@Domain.
 //   - Addresses are masked in logs.
 package inbound
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -52,19 +60,30 @@ type Config struct {
 	ReadTimeout     time.Duration // default 5m (RFC 5321 §4.5.3.2.7)
 	WriteTimeout    time.Duration // default 1m
 	MaxConnsPerIP   int           // concurrent connections per client address; default 10
-	MessageRate     float64       // new messages per second per client address; default 10
-	MessageBurst    int           // default 20
+	MaxConns        int           // concurrent connections in all; default 100
+	// MaxBytesInFlight caps the message bytes all sessions hold in memory
+	// at once; a message that would pass it gets 452 4.3.1. Default 128 MiB.
+	MaxBytesInFlight int64
+	// MaxLineLength is the longest line taken, in commands and in message
+	// data; default 64 KiB (RFC 5321 §4.5.3.1.6 asks senders for 1000,
+	// §4.5.3.1 receivers for as few limits as possible).
+	MaxLineLength int
+	MessageRate   float64 // new messages per second per client address; default 10
+	MessageBurst  int     // default 20
 }
 
 // Defaults.
 const (
-	DefaultMaxMessageBytes = 10 << 20
-	DefaultMaxRecipients   = 10
-	DefaultReadTimeout     = 5 * time.Minute
-	DefaultWriteTimeout    = time.Minute
-	DefaultMaxConnsPerIP   = 10
-	DefaultMessageRate     = 10
-	DefaultMessageBurst    = 20
+	DefaultMaxMessageBytes  = 10 << 20
+	DefaultMaxRecipients    = 10
+	DefaultReadTimeout      = 5 * time.Minute
+	DefaultWriteTimeout     = time.Minute
+	DefaultMaxConnsPerIP    = 10
+	DefaultMaxConns         = 100
+	DefaultMaxBytesInFlight = 128 << 20
+	DefaultMaxLineLength    = 64 << 10
+	DefaultMessageRate      = 10
+	DefaultMessageBurst     = 20
 )
 
 // VERPDecoder returns the queue id named by a bounce+TOKEN address; *verp.Codec satisfies it.
@@ -120,7 +139,10 @@ type Server struct {
 	deps Deps
 	log  zerolog.Logger
 	srv  *smtp.Server
-	ln   net.Listener
+	ln   *limitListener
+
+	flight budget        // message bytes held by all sessions
+	parse  chan struct{} // parse slots: bounds the parser's copies
 
 	mu     sync.Mutex
 	closed bool
@@ -172,15 +194,30 @@ func Start(cfg Config, deps Deps, log zerolog.Logger) (*Server, error) {
 	if cfg.MessageBurst <= 0 {
 		cfg.MessageBurst = DefaultMessageBurst
 	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.MaxBytesInFlight <= 0 {
+		cfg.MaxBytesInFlight = DefaultMaxBytesInFlight
+	}
+	if cfg.MaxLineLength <= 0 {
+		cfg.MaxLineLength = DefaultMaxLineLength
+	}
+	if cfg.MaxBytesInFlight < cfg.MaxMessageBytes {
+		return nil, fmt.Errorf("inbound: MaxBytesInFlight %d is less than MaxMessageBytes %d: no message that size could ever be taken", cfg.MaxBytesInFlight, cfg.MaxMessageBytes)
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("inbound: listen %s: %w", cfg.Listen, err)
 	}
-	s := &Server{cfg: cfg, deps: deps, log: log, rates: map[string]*ipRate{}}
-	s.ln = &limitListener{Listener: ln, max: cfg.MaxConnsPerIP, hostname: cfg.Hostname, n: map[string]int{}, log: log}
+	s := &Server{cfg: cfg, deps: deps, log: log, rates: map[string]*ipRate{},
+		flight: budget{max: cfg.MaxBytesInFlight}, parse: make(chan struct{}, runtime.GOMAXPROCS(0))}
+	s.ln = &limitListener{Listener: ln, max: cfg.MaxConns, perIP: cfg.MaxConnsPerIP, hostname: cfg.Hostname,
+		domain: cfg.Domain, idle: cfg.ReadTimeout, peek: cfg.MaxLineLength + 2, n: map[string]int{}, log: log}
 	srv := smtp.NewServer(backend{s})
 	srv.Domain = cfg.Hostname
 	srv.MaxMessageBytes = cfg.MaxMessageBytes
+	srv.MaxLineLength = cfg.MaxLineLength
 	srv.MaxRecipients = cfg.MaxRecipients
 	srv.ReadTimeout = cfg.ReadTimeout
 	srv.WriteTimeout = cfg.WriteTimeout
@@ -209,8 +246,12 @@ func (s *Server) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	s.ln.mu.Lock()
+	s.ln.closing = true // closes from now on are immediate
+	s.ln.mu.Unlock()
 	err := s.srv.Close()
 	s.busy.Wait()
+	s.ln.shutdown()
 	if errors.Is(err, smtp.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
 		err = nil
 	}
@@ -274,6 +315,7 @@ type session struct {
 	s       *Server
 	ip      string
 	from    string
+	size    int64 // the SIZE the client declared (RFC 1870), 0 if none
 	targets []target
 }
 
@@ -285,14 +327,25 @@ var (
 	errSyntax   = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
 	errTempFail = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Could not record the report, try again later"}
 	errClosing  = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Shutting down, try again later"}
+	// RFC 5321 §4.2.5 and RFC 3463 X.3.1: too much mail in memory at once.
+	errBusy = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Too much mail in progress, try again later"}
+	// RFC 5321 §4.5.3.2.7: the server gave up waiting; 421 because it closes.
+	errDataTimeout = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Timeout waiting for message data, closing connection"}
+	errDataRead    = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Error reading message data, try again later"}
+	// RFC 5321 §4.5.3.1.9: "500 Line too long"; the same bytes fail again,
+	// so it is not a transient failure.
+	errLineTooLong = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Line too long"}
 )
 
-func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if !ss.s.allow(ss.ip, time.Now()) {
 		ss.s.log.Warn().Str("ip", ss.ip).Msg("inbound message rate exceeded")
 		return errRate
 	}
-	ss.from, ss.targets = from, nil
+	ss.from, ss.targets, ss.size = from, nil, 0
+	if opts != nil && opts.Size > 0 && opts.Size <= ss.s.cfg.MaxMessageBytes {
+		ss.size = opts.Size
+	}
 	return nil
 }
 
@@ -308,9 +361,6 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 
 // classify decides whether to take mail for to.
 func (s *Server) classify(to string) (target, error) {
-	if strings.EqualFold(to, "postmaster") { // RFC 5321 §4.5.1: "postmaster" without a domain
-		return target{kind: tReport}, nil
-	}
 	at := strings.LastIndexByte(to, '@')
 	if at <= 0 || at == len(to)-1 || strings.ContainsAny(to, "\r\n\x00 ") {
 		return target{}, errSyntax
@@ -344,9 +394,10 @@ func (s *Server) classify(to string) (target, error) {
 }
 
 func (ss *session) Data(r io.Reader) error {
-	body, err := io.ReadAll(r)
+	body, held, err := ss.readBody(r)
+	defer ss.s.flight.release(held)
 	if err != nil {
-		return err // go-smtp's ErrDataTooLarge is 552 5.3.4
+		return ss.dataError(err)
 	}
 	if !ss.s.enter() {
 		return errClosing
@@ -356,7 +407,10 @@ func (ss *session) Data(r io.Reader) error {
 	var reports []bounce.Report
 	for _, t := range ss.targets {
 		if t.kind != tUnsub && reports == nil {
-			if reports, err = bounce.Parse(bytes.NewReader(body)); err != nil {
+			ss.s.parse <- struct{}{} // the parser copies the message: a few at once
+			reports, err = bounce.ParseBytes(body)
+			<-ss.s.parse
+			if err != nil {
 				log.Warn().Err(err).Msg("inbound report unreadable; dropped")
 				return nil // retrying cannot help
 			}
@@ -386,7 +440,77 @@ func (ss *session) Data(r io.Reader) error {
 	return nil
 }
 
-func (ss *session) Reset()        { ss.from, ss.targets = "", nil }
+// readBody reads the message data into memory, reserving each growth of
+// the buffer from the bytes-in-flight budget first; it returns the body and
+// the bytes reserved, which the caller releases. Past the budget it stops
+// with errBusy (go-smtp then discards the rest of the data).
+func (ss *session) readBody(r io.Reader) ([]byte, int64, error) {
+	limit := ss.s.cfg.MaxMessageBytes
+	var buf []byte
+	var held int64
+	for {
+		if len(buf) == cap(buf) && int64(cap(buf)) >= limit {
+			// Full: only the end of the data may follow (go-smtp's reader
+			// stops at MaxMessageBytes with ErrDataTooLarge).
+			var one [1]byte
+			n, err := r.Read(one[:])
+			switch {
+			case n > 0:
+				return nil, held, smtp.ErrDataTooLarge
+			case err == io.EOF:
+				return buf, held, nil
+			case err == nil:
+				continue
+			}
+			return nil, held, err
+		}
+		if len(buf) == cap(buf) {
+			grow := max(int64(cap(buf)), 64<<10)
+			if cap(buf) == 0 && ss.size > 0 {
+				grow = ss.size + 1 // RFC 1870 SIZE: one buffer of the right size (+1 to see the end)
+			}
+			grow = min(grow, limit-int64(cap(buf)))
+			if !ss.s.flight.reserve(grow) {
+				ss.s.log.Warn().Str("ip", ss.ip).Int64("max_bytes_in_flight", ss.s.cfg.MaxBytesInFlight).
+					Msg("inbound bytes in flight at the limit; message refused for now")
+				return nil, held, errBusy
+			}
+			held += grow
+			nb := make([]byte, len(buf), int64(cap(buf))+grow)
+			copy(nb, buf)
+			buf = nb
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, held, nil
+		}
+		if err != nil {
+			return nil, held, err
+		}
+	}
+}
+
+// dataError turns a failure to read the message data into its reply; no
+// reply carries the error's own text, which names socket addresses.
+func (ss *session) dataError(err error) error {
+	var se *smtp.SMTPError
+	var ne net.Error
+	switch {
+	case errors.As(err, &se): // errBusy; go-smtp's ErrDataTooLarge is 552 5.3.4 (RFC 5321 §4.5.3.1.9)
+		return se
+	case errors.Is(err, smtp.ErrTooLongLine):
+		ss.s.log.Info().Str("ip", ss.ip).Int("max_line_length", ss.s.cfg.MaxLineLength).Msg("inbound message line too long")
+		return errLineTooLong
+	case errors.As(err, &ne) && ne.Timeout():
+		ss.s.log.Info().Str("ip", ss.ip).Msg("inbound message data timed out")
+		return errDataTimeout
+	}
+	ss.s.log.Info().Str("ip", ss.ip).Err(err).Msg("inbound message data not read")
+	return errDataRead
+}
+
+func (ss *session) Reset()        { ss.from, ss.targets, ss.size = "", nil, 0 }
 func (ss *session) Logout() error { return nil }
 
 // apply records one report on message queueID and acts on its kind.
@@ -483,69 +607,6 @@ func remoteIP(a net.Addr) string {
 	return a.String()
 }
 
-// limitListener refuses a client's connections beyond max at once.
-type limitListener struct {
-	net.Listener
-	max      int
-	hostname string
-	log      zerolog.Logger
-
-	mu sync.Mutex
-	n  map[string]int
-}
-
-func (l *limitListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		ip := remoteIP(c.RemoteAddr())
-		l.mu.Lock()
-		over := l.n[ip] >= l.max
-		if !over {
-			l.n[ip]++
-		}
-		l.mu.Unlock()
-		if over {
-			l.log.Warn().Str("ip", ip).Int("max", l.max).Msg("inbound connection limit reached")
-			go refuse(c, l.hostname)
-			continue
-		}
-		return &limitConn{Conn: c, release: func() { l.release(ip) }}, nil
-	}
-}
-
-// release forgets one of ip's connections.
-func (l *limitListener) release(ip string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.n[ip] <= 1 {
-		delete(l.n, ip)
-	} else {
-		l.n[ip]--
-	}
-}
-
-// refuse greets with 421 and closes (RFC 5321 §3.1).
-func refuse(c net.Conn, hostname string) {
-	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_, _ = io.WriteString(c, "421 4.7.0 "+hostname+" Too many connections from your address, try again later\r\n")
-	_ = c.Close()
-}
-
-// limitConn releases its slot once when closed.
-type limitConn struct {
-	net.Conn
-	once    sync.Once
-	release func()
-}
-
-func (c *limitConn) Close() error {
-	c.once.Do(c.release)
-	return c.Conn.Close()
-}
-
 // errorLog sends go-smtp's own messages to zerolog.
 type errorLog struct{ log zerolog.Logger }
 
@@ -555,4 +616,49 @@ func (e errorLog) Printf(format string, v ...any) {
 
 func (e errorLog) Println(v ...any) {
 	e.log.Warn().Str("detail", strings.TrimSpace(fmt.Sprintln(v...))).Msg("smtp server error")
+}
+
+// budget counts bytes against a cap shared by all sessions.
+type budget struct {
+	mu             sync.Mutex
+	max, used, top int64
+}
+
+// reserve takes n bytes if they fit under the cap.
+func (b *budget) reserve(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.used+n > b.max {
+		return false
+	}
+	b.used += n
+	b.top = max(b.top, b.used)
+	return true
+}
+
+// release gives n bytes back.
+func (b *budget) release(n int64) {
+	if n == 0 {
+		return
+	}
+	b.mu.Lock()
+	b.used -= n
+	b.mu.Unlock()
+}
+
+// Stats are the listener's gauges.
+type Stats struct {
+	Connections       int   // connections open now
+	BytesInFlight     int64 // message bytes held in memory now
+	PeakBytesInFlight int64 // the most held at once since Start
+}
+
+// Stats returns the listener's gauges.
+func (s *Server) Stats() Stats {
+	s.ln.mu.Lock()
+	conns := s.ln.total
+	s.ln.mu.Unlock()
+	s.flight.mu.Lock()
+	defer s.flight.mu.Unlock()
+	return Stats{Connections: conns, BytesInFlight: s.flight.used, PeakBytesInFlight: s.flight.top}
 }
