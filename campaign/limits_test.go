@@ -70,7 +70,7 @@ func TestCSVFieldOverCap(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := testSpec(t, "")
 			spec.Recipients = writeCSV(t, head, 8<<20, tc.fill, tc.quote, "\ncy@acme.example,Cy,Initech\n")
-			want := fmt.Sprintf("%s:3: column 3 (company): field longer than %d bytes", spec.Recipients, (64<<10))
+			want := fmt.Sprintf("%s:3: column 3 (company): field longer than %d bytes", spec.Recipients, (64 << 10))
 
 			var errs []error
 			var sum Summary
@@ -113,7 +113,7 @@ func TestCSVFieldCapFollowsQuotes(t *testing.T) {
 	many := strings.Repeat("x,", (1<<20)/2+1)
 	spec = testSpec(t, "email,first_name\nana@acme.example,Ana\n"+many+"\n")
 	_, errs = Validate(context.Background(), spec)
-	want := fmt.Sprintf("%s:3: row: row longer than %d bytes", spec.Recipients, (1<<20))
+	want := fmt.Sprintf("%s:3: row: row longer than %d bytes", spec.Recipients, (1 << 20))
 	if len(errs) != 1 || !strings.HasPrefix(errs[0].Error(), want) {
 		t.Fatalf("Validate: %v, want %q", errs, want)
 	}
