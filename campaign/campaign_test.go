@@ -427,7 +427,7 @@ func TestSendRowProblems(t *testing.T) {
 
 func TestValidate(t *testing.T) {
 	spec := testSpec(t, strings.Replace(mixedCSV, "plan\n", "country\n", 1)+"gil@example.com,Gil,Ortiz,Eta,FR\n")
-	sum, errs := Validate(spec)
+	sum, errs := Validate(context.Background(), spec)
 	want := []string{
 		spec.Recipients + `:4: email: address "not-an-address@": `,
 		spec.Recipients + `:5: first_name: value contains CR, LF or NUL`,
@@ -458,7 +458,7 @@ func TestValidateSpecProblemsAndCap(t *testing.T) {
 	spec.From = "no address here"
 	spec.Hostname = "mail example.com"
 	spec.PrivacyURL = ""
-	sum, errs := Validate(spec)
+	sum, errs := Validate(context.Background(), spec)
 	if sum.Rows != 1005 || sum.Invalid != 1005 || len(sum.InvalidLines) != 100 {
 		t.Errorf("summary rows %d invalid %d lines %d", sum.Rows, sum.Invalid, len(sum.InvalidLines))
 	}
@@ -494,7 +494,7 @@ func TestSendRefusesBadSpec(t *testing.T) {
 func TestTemplatesWithoutUnsubscribeLink(t *testing.T) {
 	spec := testSpec(t, "email\nana@example.com\n")
 	spec.Templates = loadTemplates(t, `<p><a href="{{.PrivacyURL}}">Privacy</a></p>`, testText)
-	_, errs := Validate(spec)
+	_, errs := Validate(context.Background(), spec)
 	if len(errs) == 0 {
 		t.Fatal("Validate accepted an HTML body without the unsubscribe link")
 	}

@@ -178,7 +178,7 @@ func TestSendLegalBasisTable(t *testing.T) {
 			}
 
 			// Validate counts the same region and free-mail skips, with no store to ask.
-			vsum, errs := Validate(spec)
+			vsum, errs := Validate(context.Background(), spec)
 			if len(errs) != 0 {
 				t.Fatalf("Validate: %v", errs)
 			}
@@ -245,7 +245,7 @@ func TestLegalBasisSpecRefused(t *testing.T) {
 			if q.len() != 0 {
 				t.Errorf("queue holds %d messages", q.len())
 			}
-			_, errs := Validate(spec)
+			_, errs := Validate(context.Background(), spec)
 			if len(errs) != 1 || !strings.HasPrefix(errs[0].Error(), tt.want) {
 				t.Errorf("Validate errs = %q, want one %q", errs, tt.want)
 			}
@@ -254,7 +254,7 @@ func TestLegalBasisSpecRefused(t *testing.T) {
 	// Consent needs neither an LIA, nor b2b, nor the free-mail list.
 	spec := testSpec(t, "email\nana@gmail.com\n")
 	spec.LegalBasis, spec.LIA, spec.Audience, spec.FreeMail = Consent, "", "b2c", nil
-	if _, errs := Validate(spec); len(errs) != 0 {
+	if _, errs := Validate(context.Background(), spec); len(errs) != 0 {
 		t.Errorf("consent spec: %q", errs)
 	}
 }

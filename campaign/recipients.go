@@ -20,6 +20,14 @@ const (
 	progressEvery = 100 * time.Millisecond
 )
 
+// MaxFieldBytes caps one CSV field and MaxRowBytes one CSV row (record): a
+// longer one stops the read with an error naming its line and column, so a
+// broken or hostile file costs bounded time and memory.
+const (
+	MaxFieldBytes = 64 << 10
+	MaxRowBytes   = 1 << 20
+)
+
 // errControl is the problem of a value that could break out of a header line.
 var errControl = errors.New("value contains CR, LF or NUL, which would reach a header")
 
@@ -35,6 +43,7 @@ type recipients struct {
 	path  string
 	f     *os.File
 	count *countingReader
+	limit *fieldLimiter
 	r     *csv.Reader
 	cols  []string // normalised header names; "" = ignored column
 	email int      // index of the email column
@@ -59,9 +68,14 @@ func openRecipients(path string) (*recipients, error) {
 		return nil, fmt.Errorf("open recipients: %w", err)
 	}
 	rs := &recipients{path: path, f: f, count: &countingReader{r: f}, email: -1}
-	rs.r = csv.NewReader(rs.count)
+	rs.limit = newFieldLimiter(rs.count, MaxFieldBytes, MaxRowBytes)
+	rs.r = csv.NewReader(rs.limit)
 	rs.r.ReuseRecord = true
 	header, err := rs.r.Read()
+	if err := rs.limitErr(); err != nil {
+		f.Close()
+		return nil, err
+	}
 	if err != nil {
 		f.Close()
 		if err == io.EOF {
@@ -114,6 +128,9 @@ func (rs *recipients) each(ctx context.Context, progress Progress, fn func(row, 
 			return rows, err
 		}
 		rec, err := rs.r.Read()
+		if err := rs.limitErr(); err != nil {
+			return rows, err // the csv reader's view of a cut-off record is not trusted
+		}
 		if err == io.EOF {
 			break
 		}
@@ -142,6 +159,23 @@ func (rs *recipients) each(ctx context.Context, progress Progress, fn func(row, 
 		progress(rows, rs.count.n)
 	}
 	return rows, nil
+}
+
+// limitErr returns the field or row that went over its cap, as a RowError
+// naming the line and the column, or nil.
+func (rs *recipients) limitErr() error {
+	le := rs.limit.err
+	if le == nil {
+		return nil
+	}
+	field := fmt.Sprintf("column %d", le.column)
+	if le.column > 0 && le.column <= len(rs.cols) && rs.cols[le.column-1] != "" {
+		field += " (" + rs.cols[le.column-1] + ")"
+	}
+	if le.row {
+		field = "row"
+	}
+	return RowError{File: rs.path, Line: le.line, Field: field, Err: le}
 }
 
 // parseError turns a CSV syntax or field-count error into the row's problem.
@@ -202,4 +236,113 @@ func (rs *recipients) check(rec []string, line int) (row, *RowError) {
 		}
 	}
 	return r, nil
+}
+
+// limitError is a field or a row of the CSV that passed its cap.
+type limitError struct {
+	line, column int  // where the field (or row) starts; columns count from 1
+	row          bool // the row, not one field, is over
+	max          int
+}
+
+func (e *limitError) Error() string {
+	if e.row {
+		return fmt.Sprintf("row longer than %d bytes (the cap of a recipients row)", e.max)
+	}
+	return fmt.Sprintf("field longer than %d bytes (the cap of a recipients field)", e.max)
+}
+
+// Lexer states of fieldLimiter.
+const (
+	fieldStart = iota // before a field's first byte
+	inBare            // inside an unquoted field
+	inQuoted          // inside a quoted field
+	quoteSeen         // a quote inside a quoted field: its end, or the first of a pair
+)
+
+// fieldLimiter passes a CSV stream through while following its fields with a
+// lexer of encoding/csv's default dialect (comma, quotes at a field's start,
+// "" inside quotes), and fails the read once a field or a row passes its cap,
+// before encoding/csv buffers it. It is an over-estimate, never an under-one:
+// a quoted field's length counts its quotes.
+type fieldLimiter struct {
+	r                  io.Reader
+	maxField, maxRow   int
+	state              int
+	field, rowLen      int // bytes of the current field and row so far
+	line, column       int // physical line now, column of the current field
+	fieldLine, rowLine int // where the current field and row started
+	err                *limitError
+}
+
+func newFieldLimiter(r io.Reader, maxField, maxRow int) *fieldLimiter {
+	return &fieldLimiter{r: r, maxField: maxField, maxRow: maxRow, line: 1, column: 1, fieldLine: 1, rowLine: 1}
+}
+
+// Read reads from the underlying reader and lexes what it got; past a cap it
+// returns the bytes before the offending one and the limitError, then only
+// the error.
+func (l *fieldLimiter) Read(p []byte) (int, error) {
+	if l.err != nil {
+		return 0, l.err
+	}
+	n, err := l.r.Read(p)
+	for i, c := range p[:n] {
+		if l.step(c) {
+			return i, l.err
+		}
+	}
+	return n, err
+}
+
+// step lexes one byte; it reports whether a cap was passed.
+func (l *fieldLimiter) step(c byte) bool {
+	endRecord := func() {
+		l.state, l.field, l.rowLen, l.column = fieldStart, 0, 0, 1
+		l.fieldLine, l.rowLine = l.line+1, l.line+1
+	}
+	nextField := func() {
+		l.state, l.field = fieldStart, 0
+		l.column++
+		l.fieldLine = l.line
+	}
+	switch l.state {
+	case fieldStart, inBare, quoteSeen:
+		switch {
+		case c == ',':
+			nextField()
+		case c == '\n':
+			endRecord()
+		case c == '\r': // a line end's first half, or (alone) a field byte: counted, state kept
+			l.field++
+		case c == '"' && l.state == fieldStart:
+			l.state = inQuoted
+			l.field++
+		case c == '"' && l.state == quoteSeen: // "" inside quotes
+			l.state = inQuoted
+			l.field++
+		default:
+			if l.state == fieldStart {
+				l.fieldLine = l.line
+			}
+			l.state = inBare // bytes after a closing quote make encoding/csv report the row
+			l.field++
+		}
+	case inQuoted:
+		if c == '"' {
+			l.state = quoteSeen
+		}
+		l.field++
+	}
+	if c == '\n' {
+		l.line++
+	}
+	l.rowLen++
+	switch {
+	case l.field > l.maxField:
+		l.err = &limitError{line: l.fieldLine, column: l.column, max: l.maxField}
+	case l.rowLen > l.maxRow:
+		l.err = &limitError{line: l.rowLine, column: l.column, row: true, max: l.maxRow}
+	}
+	return l.err != nil
 }

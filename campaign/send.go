@@ -212,8 +212,9 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 // Summary.Skipped counts the region_excluded and not_b2b rows, which depend on
 // the spec alone. Suppressed stays empty and no_consent is never counted: both
 // need a store (suppression, subscribers), and Validate asks none, so a
-// consent campaign's Enqueued-to-be is only known at Send.
-func Validate(spec Spec) (Summary, []error) {
+// consent campaign's Enqueued-to-be is only known at Send. When ctx ends it
+// stops reading and returns ctx's error among the problems.
+func Validate(ctx context.Context, spec Spec) (Summary, []error) {
 	sum := Summary{Campaign: spec.ID, Suppressed: map[string]int{}, Skipped: map[string]int{}}
 	s, errs := newRenderer(spec)
 	if spec.Templates != nil {
@@ -246,7 +247,7 @@ func Validate(spec Spec) (Summary, []error) {
 	if render {
 		process = s.process
 	}
-	sum.Rows, err = run(context.Background(), rs, process, handle, nil)
+	sum.Rows, err = run(ctx, rs, process, handle, nil)
 	if err != nil {
 		errs = append(errs, err)
 	}

@@ -194,7 +194,7 @@ func (c *Campaign) check(d *decoder) {
 	}
 	for _, f := range []struct{ key, v string }{{"id", c.ID}, {"list", c.List}} {
 		if !idPattern.MatchString(f.v) {
-			d.fieldErr(f.key, "%q must be 1-64 of A-Z a-z 0-9 . _ -", f.v)
+			d.fieldErr(f.key, "%s must be 1-64 of A-Z a-z 0-9 . _ -", Quote(f.v))
 		}
 	}
 	// Header values must never carry CR or LF (RFC 5322 §2.2).
@@ -205,21 +205,21 @@ func (c *Campaign) check(d *decoder) {
 		}
 	}
 	if _, err := mail.ParseAddress(c.From); err != nil {
-		d.fieldErr("from", "%q: %v", c.From, err)
+		d.fieldErr("from", "%s: %v", Quote(c.From), err)
 	}
 	if c.ReplyTo != "" {
 		if _, err := mail.ParseAddress(c.ReplyTo); err != nil {
-			d.fieldErr("reply_to", "%q: %v", c.ReplyTo, err)
+			d.fieldErr("reply_to", "%s: %v", Quote(c.ReplyTo), err)
 		}
 	}
 	if c.LegalBasis != LegitimateInterest && c.LegalBasis != Consent {
-		d.fieldErr("legal_basis", "%q must be legitimate_interest or consent", c.LegalBasis)
+		d.fieldErr("legal_basis", "%s must be legitimate_interest or consent", Quote(c.LegalBasis))
 	}
 	if c.Audience != AudienceB2B && c.Audience != AudienceB2C {
-		d.fieldErr("audience", "%q must be b2b or b2c", c.Audience)
+		d.fieldErr("audience", "%s must be b2b or b2c", Quote(c.Audience))
 	}
 	if c.PrivacyURL != "" && !absoluteURL(c.PrivacyURL) {
-		d.fieldErr("privacy_url", "%q is not an absolute URL", c.PrivacyURL)
+		d.fieldErr("privacy_url", "%s is not an absolute URL", Quote(c.PrivacyURL))
 	}
 }
 
@@ -233,7 +233,7 @@ func (c *Campaign) checkLegalBasis(d *decoder, audienceGiven bool) {
 	for i, e := range c.ExcludeCountries {
 		set, unknown := ExpandCountries([]string{e})
 		if len(unknown) > 0 {
-			d.fieldErr(fmt.Sprintf("exclude_countries[%d]", i), "%q is not an ISO 3166-1 alpha-2 country code nor one of the groups EU, EEA, UK", e)
+			d.fieldErr(fmt.Sprintf("exclude_countries[%d]", i), "%s is not an ISO 3166-1 alpha-2 country code nor one of the groups EU, EEA, UK", Quote(e))
 		}
 		for k := range set {
 			c.excluded[k] = true
@@ -241,7 +241,7 @@ func (c *Campaign) checkLegalBasis(d *decoder, audienceGiven bool) {
 	}
 	c.UnknownCountry = strings.ToLower(strings.TrimSpace(c.UnknownCountry))
 	if c.UnknownCountry != UnknownExclude && c.UnknownCountry != UnknownInclude {
-		d.fieldErr("unknown_country", "%q must be exclude or include", c.UnknownCountry)
+		d.fieldErr("unknown_country", "%s must be exclude or include", Quote(c.UnknownCountry))
 	}
 
 	li := c.LegalBasis == LegitimateInterest

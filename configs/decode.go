@@ -81,6 +81,19 @@ func (d *decoder) fieldErr(path, format string, args ...any) {
 	d.errf(line, "%s: %s", path, fmt.Sprintf(format, args...))
 }
 
+// maxQuoted is how many characters of a bad value an error quotes.
+const maxQuoted = 80
+
+// Quote returns v quoted (%q) for an error message, cut to its first 80
+// characters and marked "…" when longer, so a huge value is never echoed.
+func Quote(v string) string {
+	r := []rune(v)
+	if len(r) <= maxQuoted {
+		return strconv.Quote(v)
+	}
+	return strconv.Quote(string(r[:maxQuoted])) + fmt.Sprintf("… (%d bytes)", len(v))
+}
+
 // parent cuts the last ".key" or "[i]" from a path.
 func parent(p string) string {
 	i := strings.LastIndexAny(p, ".[")
@@ -143,7 +156,7 @@ func (d *decoder) fields(n *yaml.Node, prefix string, known map[string]func(path
 		fn, ok := known[k.Value]
 		switch {
 		case k.Kind != yaml.ScalarNode || !ok:
-			d.errf(k.Line, "unknown key %q", prefix+k.Value)
+			d.errf(k.Line, "unknown key %s", Quote(prefix+k.Value))
 		case seen[k.Value]:
 			d.errf(k.Line, "%s: repeated key (first at line %d)", path, d.lines[path])
 		default:
@@ -332,7 +345,7 @@ var dayPrefix = regexp.MustCompile(`^(\d+)d(.*)$`)
 func (d *decoder) parseDuration(path string, v *yaml.Node) (time.Duration, error) {
 	bad := func() (time.Duration, error) {
 		d.failed[path] = true
-		d.errf(v.Line, "%s: %q is not a duration (use e.g. 30m, 4h, 7d, 1d12h)", path, v.Value)
+		d.errf(v.Line, "%s: %s is not a duration (use e.g. 30m, 4h, 7d, 1d12h)", path, Quote(v.Value))
 		return 0, fmt.Errorf("bad duration")
 	}
 	if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!str" {
@@ -344,7 +357,7 @@ func (d *decoder) parseDuration(path string, v *yaml.Node) (time.Duration, error
 	}
 	if dur <= 0 {
 		d.failed[path] = true
-		d.errf(v.Line, "%s: %q must be positive", path, v.Value)
+		d.errf(v.Line, "%s: %s must be positive", path, Quote(v.Value))
 		return 0, fmt.Errorf("bad duration")
 	}
 	return dur, nil

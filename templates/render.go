@@ -33,7 +33,8 @@ func (s *Set) RenderAppend(dst []byte, d Data, env Envelope) ([]byte, error) {
 	}
 	sc := getScratch()
 	defer putScratch(sc)
-	if err := s.bodies(d, &sc.text, &sc.html); err != nil {
+	left := MaxMessageBytes - len(subject)
+	if err := s.bodiesCapped(d, &sc.text, &sc.html, &left); err != nil {
 		return dst, err
 	}
 	text, htm := sc.text.Bytes(), sc.html.Bytes()
@@ -59,6 +60,9 @@ func (s *Set) RenderAppend(dst []byte, d Data, env Envelope) ([]byte, error) {
 	}
 	if err := w.Close(); err != nil {
 		return dst, fmt.Errorf("templates: close message: %w", err)
+	}
+	if buf.Len() > MaxMessageBytes { // quoted-printable grew the bodies past the cap
+		return dst, fmt.Errorf("templates: render %s and %s: encoded %w", s.textPath, s.htmlPath, ErrTooLarge)
 	}
 	return append(dst, buf.Bytes()...), nil // the one copy that leaves; sc goes back to the pool
 }

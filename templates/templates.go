@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	htmltemplate "html/template"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -95,7 +96,8 @@ func (s *Set) Files() []string { return []string{s.htmlPath, s.textPath} }
 // Subject renders the subject for d: trimmed, non-empty, free of control characters.
 func (s *Set) Subject(d Data) (string, error) {
 	var b strings.Builder
-	if err := s.subject.Execute(&b, d); err != nil {
+	left := MaxMessageBytes
+	if err := s.subject.Execute(capWriter{&b, &left}, d); err != nil {
 		return "", fmt.Errorf("templates: render subject: %w", err)
 	}
 	subj := strings.TrimSpace(b.String())
@@ -108,12 +110,42 @@ func (s *Set) Subject(d Data) (string, error) {
 	return subj, nil
 }
 
+// MaxMessageBytes caps a rendered message: the subject and both bodies
+// together, and the encoded message. 10 MB is the SIZE (RFC 1870) most
+// receivers accept; a template that renders more (a huge range) is stopped
+// there, with an error naming it.
+const MaxMessageBytes = 10 << 20
+
+// ErrTooLarge is the error of a render that passed MaxMessageBytes.
+var ErrTooLarge = fmt.Errorf("message over the %d-byte cap (MaxMessageBytes)", MaxMessageBytes)
+
+// capWriter fails every write once its budget of bytes is spent, so the
+// template engine, which stops at a write error, stops there.
+type capWriter struct {
+	w    io.Writer
+	left *int // shared by the writers of one message
+}
+
+func (c capWriter) Write(p []byte) (int, error) {
+	if len(p) > *c.left {
+		return 0, ErrTooLarge
+	}
+	*c.left -= len(p)
+	return c.w.Write(p)
+}
+
 // bodies executes the text and HTML templates for d into text and html.
 func (s *Set) bodies(d Data, text, html *bytes.Buffer) error {
-	if err := s.text.Execute(text, d); err != nil {
+	left := MaxMessageBytes
+	return s.bodiesCapped(d, text, html, &left)
+}
+
+// bodiesCapped is bodies within a budget of left bytes, which it spends.
+func (s *Set) bodiesCapped(d Data, text, html *bytes.Buffer, left *int) error {
+	if err := s.text.Execute(capWriter{text, left}, d); err != nil {
 		return fmt.Errorf("templates: render %s: %w", s.textPath, err)
 	}
-	if err := s.html.Execute(html, d); err != nil {
+	if err := s.html.Execute(capWriter{html, left}, d); err != nil {
 		return fmt.Errorf("templates: render %s: %w", s.htmlPath, err)
 	}
 	return nil

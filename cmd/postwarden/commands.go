@@ -50,7 +50,7 @@ func (c *cli) campaignCommand() *cobra.Command {
 		Short: "Check config, campaign, templates and every recipient row without sending",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.campaignValidate(args[0])
+			return c.campaignValidate(cmd.Context(), args[0])
 		},
 	}
 	var noWait bool
@@ -76,7 +76,7 @@ func (c *cli) campaignCommand() *cobra.Command {
 }
 
 // campaignValidate needs no store: it runs in this process even beside a daemon.
-func (c *cli) campaignValidate(file string) error {
+func (c *cli) campaignValidate(ctx context.Context, file string) error {
 	cfg, err := c.loadConfig()
 	if err != nil {
 		return err
@@ -85,7 +85,7 @@ func (c *cli) campaignValidate(file string) error {
 	if err != nil {
 		return err
 	}
-	summary, problems := campaign.Validate(spec)
+	summary, problems := campaign.Validate(ctx, spec)
 	for _, p := range problems {
 		if cf != nil && strings.HasPrefix(p.Error(), "templates:") {
 			fmt.Fprintf(c.stderr, "%s:%d: template: %v\n", cf.Path, cf.Line("template"), p)
