@@ -124,7 +124,7 @@ func Network(ip string) string {
 }
 
 // Rate is one limit: Burst tokens at most, refilled at Limit per second.
-// A zero Limit means no limit; a Burst below 1 refuses everything.
+// Limit 0 or rate.Inf means no limit; a Burst below 1 refuses everything.
 type Rate struct {
 	Limit rate.Limit
 	Burst int
@@ -166,10 +166,20 @@ func (b *Buckets) Len() int {
 	return len(b.m)
 }
 
-// Allow takes one token for key at now.
-func (b *Buckets) Allow(key string, now time.Time) bool {
-	ok, _ := TakeAll(now, Take{b, key})
-	return ok
+// Has reports whether key has a bucket that is not full: it was drawn on
+// lately.
+func (b *Buckets) Has(key string, now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	l, ok := b.m[key]
+	return ok && l.TokensAt(now) < float64(b.rate.Burst)
+}
+
+// Allow takes one token for key at now; when there is none, wait is how
+// long until there is.
+func (b *Buckets) Allow(key string, now time.Time) (ok bool, wait time.Duration) {
+	ok, wait, _ = TakeAll(now, Take{B: b, Key: key})
+	return ok, wait
 }
 
 // limiter returns key's bucket, creating it; b.mu is held.
@@ -200,14 +210,15 @@ func (b *Buckets) limiter(key string, now time.Time) *rate.Limiter {
 
 // Take names one bucket of a TakeAll.
 type Take struct {
-	B   *Buckets // nil or unlimited: always allowed
-	Key string
+	B    *Buckets // nil or unlimited: always allowed
+	Key  string
+	Name string // what the limit is, for logs ("mailbox")
 }
 
 // TakeAll takes one token from every named bucket, or none: when one is
-// empty, the tokens already taken are given back and wait is how long until
-// that bucket has one again.
-func TakeAll(now time.Time, takes ...Take) (ok bool, wait time.Duration) {
+// empty, the tokens already taken are given back, wait is how long until
+// that bucket has one again and by is its Take's Name.
+func TakeAll(now time.Time, takes ...Take) (ok bool, wait time.Duration, by string) {
 	var done []*rate.Reservation
 	undo := func() {
 		for _, res := range done {
@@ -215,7 +226,7 @@ func TakeAll(now time.Time, takes ...Take) (ok bool, wait time.Duration) {
 		}
 	}
 	for _, t := range takes {
-		if t.B == nil || t.B.rate.Limit == 0 {
+		if t.B == nil || t.B.rate.Limit == 0 || t.B.rate.Limit == rate.Inf {
 			continue
 		}
 		t.B.mu.Lock()
@@ -230,11 +241,11 @@ func TakeAll(now time.Time, takes ...Take) (ok bool, wait time.Duration) {
 		t.B.mu.Unlock()
 		if d > 0 {
 			undo()
-			return false, d
+			return false, d, t.Name
 		}
 		done = append(done, res)
 	}
-	return true, 0
+	return true, 0, ""
 }
 
 // RetryAfter writes a wait as whole seconds for a Retry-After header

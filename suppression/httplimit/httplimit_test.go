@@ -69,17 +69,17 @@ func TestTakeAllIsAllOrNothing(t *testing.T) {
 	wide := NewBuckets(Per(1, time.Hour, 10), 0)
 	narrow := NewBuckets(Per(1, time.Hour, 2), 0)
 	for i := 0; i < 2; i++ {
-		if ok, _ := TakeAll(now, Take{wide, "k"}, Take{narrow, "k"}); !ok {
+		if ok, _, _ := TakeAll(now, Take{wide, "k", "wide"}, Take{narrow, "k", "narrow"}); !ok {
 			t.Fatalf("take %d refused", i)
 		}
 	}
-	ok, wait := TakeAll(now, Take{wide, "k"}, Take{narrow, "k"})
-	if ok || wait < 59*time.Minute || wait > time.Hour {
-		t.Fatalf("third take: ok %v wait %v", ok, wait)
+	ok, wait, by := TakeAll(now, Take{wide, "k", "wide"}, Take{narrow, "k", "narrow"})
+	if ok || wait < 59*time.Minute || wait > time.Hour || by != "narrow" {
+		t.Fatalf("third take: ok %v wait %v by %q", ok, wait, by)
 	}
 	// The refused take gave its token from wide back: 8 remain.
 	n := 0
-	for wide.Allow("k", now) {
+	for ok, _ := wide.Allow("k", now); ok; ok, _ = wide.Allow("k", now) {
 		n++
 	}
 	if n != 8 {
@@ -88,7 +88,7 @@ func TestTakeAllIsAllOrNothing(t *testing.T) {
 	if RetryAfter(wait) != "3600" || RetryAfter(0) != "1" {
 		t.Errorf("RetryAfter %s %s", RetryAfter(wait), RetryAfter(0))
 	}
-	if ok, _ := TakeAll(now, Take{NewBuckets(Rate{}, 0), "x"}, Take{nil, "y"}); !ok {
+	if ok, _, _ := TakeAll(now, Take{NewBuckets(Rate{}, 0), "x", ""}, Take{nil, "y", ""}); !ok {
 		t.Error("unlimited refused")
 	}
 }
@@ -108,4 +108,3 @@ func TestBucketsStayBounded(t *testing.T) {
 		t.Errorf("%d keys after the sweep, want 1", n)
 	}
 }
-
