@@ -28,27 +28,9 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Proxies are the networks of reverse proxies whose X-Forwarded-For is believed.
+// Proxies are the networks of reverse proxies whose X-Forwarded-For is
+// believed (the server config's http_trusted_proxies, parsed by configs).
 type Proxies []netip.Prefix
-
-// ParseProxies reads CIDRs ("10.0.0.0/8", "::1/128") or single addresses.
-func ParseProxies(cidrs []string) (Proxies, error) {
-	out := make(Proxies, 0, len(cidrs))
-	for _, c := range cidrs {
-		c = strings.TrimSpace(c)
-		if p, err := netip.ParsePrefix(c); err == nil {
-			out = append(out, p.Masked())
-			continue
-		}
-		a, err := netip.ParseAddr(c)
-		if err != nil {
-			return nil, fmt.Errorf("trusted proxy %q: not a CIDR or an IP address", c)
-		}
-		a = a.Unmap()
-		out = append(out, netip.PrefixFrom(a, a.BitLen()))
-	}
-	return out, nil
-}
 
 // trusted reports whether a is one of the proxies.
 func (p Proxies) trusted(a netip.Addr) bool {
@@ -133,6 +115,15 @@ type Rate struct {
 // Per returns n events per d with a burst of burst.
 func Per(n float64, d time.Duration, burst int) Rate {
 	return Rate{Limit: rate.Limit(n / d.Seconds()), Burst: burst}
+}
+
+// PerSecond returns perSecond events a second with a burst of burst; 0 is
+// no limit (the server config's "rate: 0").
+func PerSecond(perSecond float64, burst int) Rate {
+	if perSecond == 0 {
+		return Rate{Limit: rate.Inf, Burst: burst}
+	}
+	return Rate{Limit: rate.Limit(perSecond), Burst: burst}
 }
 
 // DefaultMaxKeys bounds a Buckets' map when MaxKeys is 0.

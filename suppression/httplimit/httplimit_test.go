@@ -3,15 +3,13 @@ package httplimit
 import (
 	"fmt"
 	"net/http/httptest"
+	"net/netip"
 	"testing"
 	"time"
 )
 
 func TestClientIP(t *testing.T) {
-	px, err := ParseProxies([]string{"127.0.0.1", "10.0.0.0/8", "2001:db8:1::/48"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	px := Proxies{netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8:1::/48")}
 	for _, tc := range []struct {
 		name, peer string
 		xff        []string
@@ -45,9 +43,6 @@ func TestClientIP(t *testing.T) {
 	r.Header.Set("X-Forwarded-For", "203.0.113.9")
 	if got := Proxies(nil).ClientIP(r); got != "127.0.0.1" {
 		t.Errorf("no proxies: %q", got)
-	}
-	if _, err := ParseProxies([]string{"10.0.0.0/33"}); err == nil {
-		t.Error("bad CIDR accepted")
 	}
 }
 
