@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -398,8 +399,64 @@ branding: {color: red, logo_url: "http://x.example/l.png"}
 	}
 }
 
-// The inbound listener's limits: byte counts with units, every bad value
-// named by file:line and key.
+func TestHTTPProxiesAndLimits(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "pw.yaml")
+	os.WriteFile(p, []byte(`hostname: mail.example.com
+data_dir: var
+public_url: https://mail.example.com
+privacy_url: https://example.com/privacy
+http_trusted_proxies: [127.0.0.1, "10.0.0.0/8", "2001:db8::/32"]
+subscribe_limits:
+  confirmations_per_mailbox: {rate: 2/h}
+  confirmations_total: {rate: 0}
+unsubscribe_limits:
+  per_token: {rate: 1/m, burst: 2}
+`), 0o644)
+	s, err := LoadServer(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(s.HTTPTrustedProxies) != "[127.0.0.1/32 10.0.0.0/8 2001:db8::/32]" {
+		t.Errorf("proxies %v", s.HTTPTrustedProxies)
+	}
+	sl, ul := s.SubscribeLimits, s.UnsubscribeLimits
+	if sl.ConfirmationsPerMailbox != (Limit{2.0 / 3600, 3}) || sl.ConfirmationsTotal.Rate != 0 {
+		t.Errorf("given limits: %+v", sl)
+	}
+	if sl.RequestsPerIP != (Limit{5.0 / 60, 10}) || sl.ConfirmationsPerNetwork != (Limit{60.0 / 3600, 20}) {
+		t.Errorf("default limits: %+v", sl)
+	}
+	if ul.PerToken != (Limit{1.0 / 60, 2}) || ul.PerIP != (Limit{1, 120}) {
+		t.Errorf("unsubscribe limits: %+v", ul)
+	}
+	if d, err := DefaultServer(); err != nil || len(d.HTTPTrustedProxies) != 0 || d.SubscribeLimits.ConfirmationsPerMailbox.Burst != 3 {
+		t.Errorf("default server: %v %+v", err, d)
+	}
+
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte(`hostname: mail.example.com
+data_dir: var
+public_url: https://mail.example.com
+privacy_url: https://example.com/privacy
+http_trusted_proxies: [10.0.0.0/33, localhost]
+subscribe_limits:
+  confirmations_per_mailbox: {rate: 2/fortnight}
+  requests_per_ip: {rate: 1/s, burst: 0}
+  per_moon: {rate: 1/s}
+`), 0o644)
+	_, err = LoadServer(bad)
+	if err == nil {
+		t.Fatal("bad limits accepted")
+	}
+	for _, want := range []string{`bad.yaml:5: http_trusted_proxies[0]: "10.0.0.0/33"`, `bad.yaml:5: http_trusted_proxies[1]: "localhost"`,
+		"bad.yaml:7: subscribe_limits.confirmations_per_mailbox.rate", "bad.yaml:8: subscribe_limits.requests_per_ip.burst: 0 must be at least 1",
+		`bad.yaml:9: unknown key "subscribe_limits.per_moon"`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
 func TestInboundLimits(t *testing.T) {
 	dir := t.TempDir()
 	head := "hostname: mail.example.com\ndata_dir: var\npublic_url: https://mail.example.com\nprivacy_url: https://example.com/privacy\n" +

@@ -4,6 +4,7 @@ import (
 	_ "embed"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -60,6 +61,11 @@ type Server struct {
 	Branding  Branding
 	DKIM      []DKIM
 	Delivery  Delivery
+	// HTTPTrustedProxies are the reverse proxies in front of http_listen:
+	// only from these is X-Forwarded-For read for the client address.
+	HTTPTrustedProxies []netip.Prefix
+	SubscribeLimits    SubscribeLimits
+	UnsubscribeLimits  UnsubscribeLimits
 
 	lines map[string]int
 }
@@ -72,6 +78,30 @@ type Inbound struct {
 	MaxBytesInFlight    int64         // message bytes held in memory at once; default 128 MiB
 	MaxMessageBytes     int64         // one message; default 10 MiB
 	ReadTimeout         time.Duration // waiting for a command, or for more message data; default 5m
+}
+
+// Limit is a token bucket: Burst requests at once, refilled at Rate per
+// second; Rate 0 is no limit.
+type Limit struct {
+	Rate  float64
+	Burst int
+}
+
+// SubscribeLimits bound POST /subscribe and /c/TOKEN (429 with Retry-After).
+type SubscribeLimits struct {
+	RequestsPerIP           Limit // every POST, per client IP
+	SignupsPerMailbox       Limit // sign-ups per mailbox (address without +tag, case-folded)
+	ConfirmationsPerMailbox Limit // confirmation mails per mailbox
+	ConfirmationsPerIP      Limit // confirmation mails per client IP
+	ConfirmationsPerNetwork Limit // confirmation mails per /24 (IPv4) or /64 (IPv6)
+	ConfirmationsTotal      Limit // confirmation mails in all
+}
+
+// UnsubscribeLimits bound repeated POSTs on /u/TOKEN; the first POST on a
+// token, and any whose unsubscribe is not yet recorded, always counts.
+type UnsubscribeLimits struct {
+	PerIP    Limit
+	PerToken Limit
 }
 
 // List is a mailing list people may subscribe to.
@@ -259,6 +289,19 @@ func parseServer(name string, data []byte, dir string) (*Server, error) {
 				})
 			}
 		},
+		"http_trusted_proxies": d.cidrs(&s.HTTPTrustedProxies),
+		"subscribe_limits": d.limits(map[string]*Limit{
+			"requests_per_ip":           &s.SubscribeLimits.RequestsPerIP,
+			"signups_per_mailbox":       &s.SubscribeLimits.SignupsPerMailbox,
+			"confirmations_per_mailbox": &s.SubscribeLimits.ConfirmationsPerMailbox,
+			"confirmations_per_ip":      &s.SubscribeLimits.ConfirmationsPerIP,
+			"confirmations_per_network": &s.SubscribeLimits.ConfirmationsPerNetwork,
+			"confirmations_total":       &s.SubscribeLimits.ConfirmationsTotal,
+		}),
+		"unsubscribe_limits": d.limits(map[string]*Limit{
+			"per_ip":    &s.UnsubscribeLimits.PerIP,
+			"per_token": &s.UnsubscribeLimits.PerToken,
+		}),
 	}, "hostname", "data_dir", "public_url", "privacy_url")
 	s.Delivery.Rates = d.rates("delivery.rates", rates)
 	s.applyDefaults(dir)
@@ -353,6 +396,29 @@ func (s *Server) applyDefaults(dir string) {
 		}
 	}
 	or(&s.Delivery.CaptureDir, filepath.Join(s.DataDir, "outbox"))
+	sl, ul := &s.SubscribeLimits, &s.UnsubscribeLimits
+	for _, l := range []struct {
+		key  string
+		v    *Limit
+		rate float64 // per second
+		b    int
+	}{
+		{"subscribe_limits.requests_per_ip", &sl.RequestsPerIP, 5.0 / 60, 10},
+		{"subscribe_limits.signups_per_mailbox", &sl.SignupsPerMailbox, 3.0 / 3600, 3},
+		{"subscribe_limits.confirmations_per_mailbox", &sl.ConfirmationsPerMailbox, 1.0 / 3600, 3},
+		{"subscribe_limits.confirmations_per_ip", &sl.ConfirmationsPerIP, 20.0 / 3600, 10},
+		{"subscribe_limits.confirmations_per_network", &sl.ConfirmationsPerNetwork, 60.0 / 3600, 20},
+		{"subscribe_limits.confirmations_total", &sl.ConfirmationsTotal, 600.0 / 3600, 100},
+		{"unsubscribe_limits.per_ip", &ul.PerIP, 60.0 / 60, 120},
+		{"unsubscribe_limits.per_token", &ul.PerToken, 10.0 / 3600, 5},
+	} {
+		if s.lines[l.key+".rate"] == 0 {
+			l.v.Rate = l.rate
+		}
+		if s.lines[l.key+".burst"] == 0 {
+			l.v.Burst = l.b
+		}
+	}
 	for i := range s.DKIM {
 		k := &s.DKIM[i]
 		or(&k.KeyFile, filepath.Join(s.DataDir, "dkim", k.Domain+"."+k.Selector+".key"))
@@ -493,6 +559,23 @@ func (s *Server) check(d *decoder) {
 	if in.MaxBytesInFlight > 0 && in.MaxMessageBytes > 0 && in.MaxBytesInFlight < in.MaxMessageBytes {
 		d.fieldErr("inbound.max_bytes_in_flight", "%d is less than inbound.max_message_bytes %d: no message that size could ever be taken", in.MaxBytesInFlight, in.MaxMessageBytes)
 	}
+	for _, l := range []struct {
+		key string
+		v   Limit
+	}{
+		{"subscribe_limits.requests_per_ip", s.SubscribeLimits.RequestsPerIP},
+		{"subscribe_limits.signups_per_mailbox", s.SubscribeLimits.SignupsPerMailbox},
+		{"subscribe_limits.confirmations_per_mailbox", s.SubscribeLimits.ConfirmationsPerMailbox},
+		{"subscribe_limits.confirmations_per_ip", s.SubscribeLimits.ConfirmationsPerIP},
+		{"subscribe_limits.confirmations_per_network", s.SubscribeLimits.ConfirmationsPerNetwork},
+		{"subscribe_limits.confirmations_total", s.SubscribeLimits.ConfirmationsTotal},
+		{"unsubscribe_limits.per_ip", s.UnsubscribeLimits.PerIP},
+		{"unsubscribe_limits.per_token", s.UnsubscribeLimits.PerToken},
+	} {
+		if l.v.Rate > 0 && l.v.Burst < 1 {
+			d.fieldErr(l.key+".burst", "%d must be at least 1 (or rate 0 for no limit)", l.v.Burst)
+		}
+	}
 	if s.SMTPListen != "" && s.BounceDomain == "" {
 		d.fieldErr("smtp_listen", "needs bounce_domain: the inbound listener takes mail only for that domain")
 	}
@@ -575,6 +658,66 @@ func (d *decoder) lists(dst *map[string]List) func(string, *yaml.Node) {
 			out[k.Value] = l
 		}
 		*dst = out
+	}
+}
+
+// cidrs decodes a list of CIDRs ("10.0.0.0/8") or single IP addresses.
+func (d *decoder) cidrs(dst *[]netip.Prefix) func(string, *yaml.Node) {
+	return func(path string, v *yaml.Node) {
+		if null(v) {
+			return
+		}
+		if v.Kind != yaml.SequenceNode {
+			d.typeErr(path, v, "a list of CIDRs such as [127.0.0.1/32, 10.0.0.0/8]")
+			return
+		}
+		out := []netip.Prefix{}
+		for i, e := range v.Content {
+			e = resolve(e)
+			p, err := netip.ParsePrefix(e.Value)
+			if err != nil {
+				a, aerr := netip.ParseAddr(e.Value)
+				if aerr != nil || e.Kind != yaml.ScalarNode {
+					d.errf(e.Line, "%s[%d]: %q is not a CIDR such as 10.0.0.0/8", path, i, e.Value)
+					continue
+				}
+				p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+			}
+			out = append(out, p.Masked())
+		}
+		*dst = out
+	}
+}
+
+// limits decodes a mapping of named limits, each {rate: N/s|N/m|N/h, burst: N}.
+func (d *decoder) limits(dst map[string]*Limit) func(string, *yaml.Node) {
+	return func(path string, v *yaml.Node) {
+		if null(v) || !d.mapping(path, v) {
+			return
+		}
+		known := make(map[string]func(string, *yaml.Node), len(dst))
+		for name, l := range dst {
+			known[name] = func(p string, v *yaml.Node) {
+				if null(v) || !d.mapping(p, v) {
+					return
+				}
+				var raw string
+				d.fields(v, p+".", map[string]func(string, *yaml.Node){
+					"rate":  d.scalarStr(&raw),
+					"burst": d.integer(&l.Burst),
+				})
+				if raw == "" {
+					return
+				}
+				r, err := ParseRate(raw)
+				if err != nil {
+					d.fieldErr(p+".rate", "%v", err)
+					return
+				}
+				l.Rate = r
+			}
+		}
+		d.fields(v, path+".", known)
 	}
 }
 

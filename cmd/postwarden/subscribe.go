@@ -29,6 +29,7 @@ import (
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/httplimit"
 	"github.com/postwarden/postwarden/suppression/optin"
 	"github.com/postwarden/postwarden/suppression/pages"
 	"github.com/postwarden/postwarden/suppression/subscribers"
@@ -50,9 +51,13 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 	if senderName == "" {
 		senderName = cfg.Hostname
 	}
+	proxies := httplimit.Proxies(cfg.HTTPTrustedProxies)
+	lim := func(l configs.Limit) httplimit.Rate { return httplimit.PerSecond(l.Rate, l.Burst) }
+	ul, sl := cfg.UnsubscribeLimits, cfg.SubscribeLimits
 	mux.Handle("/u/", unsubscribe.NewHandler(unsubscribe.Config{
 		Tokens: e.tokens, Suppressor: e.supp, PrivacyURL: cfg.PrivacyURL, SenderName: senderName, Events: e.queue,
 		Pages: pg, Lists: listsAdapter{subs: e.subs, lists: cfg.Lists}, Audit: httpAuditor{e},
+		Limits: unsubscribe.Limits{PerIP: lim(ul.PerIP), PerToken: lim(ul.PerToken)}, Proxies: proxies,
 	}, log))
 
 	key, err := unsubscribe.LoadOrCreateKey(cfg.TokenKeyFile)
@@ -77,7 +82,10 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 	}
 	h := optin.NewHandler(optin.Config{
 		Lists: lists, Store: e.subs, Mailer: mailer, Suppressions: suppLifter{e.supp}, Pages: pg, Tokens: tk,
-		PublicURL: cfg.PublicURL, PrivacyURL: cfg.PrivacyURL, Audit: httpAuditor{e},
+		PublicURL: cfg.PublicURL, PrivacyURL: cfg.PrivacyURL, Audit: httpAuditor{e}, Proxies: proxies,
+		Limits: optin.Limits{RequestsPerIP: lim(sl.RequestsPerIP), SignupsPerMailbox: lim(sl.SignupsPerMailbox),
+			ConfirmationsPerMailbox: lim(sl.ConfirmationsPerMailbox), ConfirmationsPerIP: lim(sl.ConfirmationsPerIP),
+			ConfirmationsPerNetwork: lim(sl.ConfirmationsPerNetwork), ConfirmationsTotal: lim(sl.ConfirmationsTotal)},
 	}, log.With().Str("component", "optin").Logger())
 	mux.Handle("/subscribe", h)
 	mux.Handle("/c/", h)

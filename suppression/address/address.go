@@ -144,6 +144,18 @@ func (a Address) String() string { return a.Local + "@" + a.Domain }
 // Key returns the lower-cased local@domain, the key used for matching.
 func (a Address) Key() string { return strings.ToLower(a.Local + "@" + a.Domain) }
 
+// MailboxKey returns the key of the mailbox behind the address: Key without
+// a "+tag" (RFC 5233 subaddress) on the local part, so "Ana+1@x" and
+// "ana+2@x" are one inbox for rate limits. It is never used to match
+// suppressions: "ana+news@x" may be unsubscribed while "ana@x" is not.
+func (a Address) MailboxKey() string {
+	local := a.Local
+	if i := strings.IndexByte(local, '+'); i > 0 {
+		local = local[:i]
+	}
+	return strings.ToLower(local + "@" + a.Domain)
+}
+
 // NormalizeDomain converts d to lower-case ASCII (IDNA Lookup profile) without a trailing dot.
 func NormalizeDomain(d string) (string, error) {
 	out, p := normalizeDomain(strings.Trim(d, " \t"))

@@ -146,3 +146,22 @@ func TestMaskText(t *testing.T) {
 		}
 	}
 }
+
+func TestMailboxKey(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"ana@example.com", "ana@example.com"},
+		{"Ana+1@Example.COM", "ana@example.com"},
+		{"ana+news+x@example.com", "ana@example.com"},
+		{"ana+@example.com", "ana@example.com"},
+		{"+tag@example.com", "+tag@example.com"}, // no mailbox before the tag: the whole local part
+		{"JÖRG+x@müller.example", "jörg@xn--mller-kva.example"},
+	} {
+		a, err := Parse(tc.in)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.in, err)
+		}
+		if got := a.MailboxKey(); got != tc.want {
+			t.Errorf("MailboxKey(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

@@ -13,34 +13,34 @@
 //     POST /c/TOKEN. Confirmation tokens are authenticated, bind address, list
 //     and issue time, and expire after Config.TTL; a bad or expired one is a
 //     404 that names nothing.
-//   - Rate limits per client IP (RemoteAddr only; forwarding headers are not
-//     trusted) and per address keep the form from mail-bombing anyone: 429.
+//   - Rate limits keep the form from mail-bombing anyone (429 with
+//     Retry-After, nothing recorded): requests per client IP (the peer, or
+//     X-Forwarded-For from Config.Proxies only), sign-ups per mailbox (the
+//     address without its +tag, case-folded), and confirmation mails per
+//     mailbox, per IP, per /24 (IPv6 /64) and in total.
+//   - Bad form input is a 400 naming the field, before anything is audited,
+//     recorded or mailed.
 package optin
 
 import (
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
-	"golang.org/x/time/rate"
 
 	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/httplimit"
 	"github.com/postwarden/postwarden/suppression/pages"
 	"github.com/postwarden/postwarden/suppression/subscribers"
 )
 
 // maxBody caps a sign-up or confirm POST body.
 const maxBody = 16 << 10
-
-// maxConsentText caps the consent wording a form may carry.
-const maxConsentText = 2000
 
 // Store is the consent store; *subscribers.Store satisfies it.
 type Store interface {
@@ -75,12 +75,27 @@ type List struct {
 	DoubleOptIn bool
 }
 
-// Limits are the rate limits of the sign-up form.
+// Limits are the rate limits of the sign-up form; a zero Rate takes its
+// default (DefaultLimits), rate.Inf switches it off.
 type Limits struct {
-	PerIP           rate.Limit // sign-ups and confirms per second per client IP; default 5/min
-	PerIPBurst      int        // default 10
-	PerAddress      rate.Limit // sign-ups per second per address; default 3/hour
-	PerAddressBurst int        // default 3
+	RequestsPerIP           httplimit.Rate // every POST /subscribe and /c/TOKEN, per client IP
+	SignupsPerMailbox       httplimit.Rate // POST /subscribe per mailbox (address.MailboxKey)
+	ConfirmationsPerMailbox httplimit.Rate // confirmation mails per mailbox
+	ConfirmationsPerIP      httplimit.Rate // confirmation mails per client IP
+	ConfirmationsPerNetwork httplimit.Rate // confirmation mails per /24 (IPv4) or /64 (IPv6)
+	ConfirmationsTotal      httplimit.Rate // confirmation mails from the whole form
+	MaxKeys                 int            // keys each limit remembers; default httplimit.DefaultMaxKeys
+}
+
+// DefaultLimits are the limits a zero Limits field takes; the server
+// config's subscribe_limits defaults are the same (README, server config).
+var DefaultLimits = Limits{
+	RequestsPerIP:           httplimit.Per(5, time.Minute, 10),
+	SignupsPerMailbox:       httplimit.Per(3, time.Hour, 3),
+	ConfirmationsPerMailbox: httplimit.Per(1, time.Hour, 3),
+	ConfirmationsPerIP:      httplimit.Per(20, time.Hour, 10),
+	ConfirmationsPerNetwork: httplimit.Per(60, time.Hour, 20),
+	ConfirmationsTotal:      httplimit.Per(600, time.Hour, 100),
 }
 
 // Config is what the handler needs.
@@ -98,6 +113,8 @@ type Config struct {
 	// Audit, when set, records sign-ups and confirmations as actions of
 	// "http:IP" before they are reported done.
 	Audit Auditor
+	// Proxies are the reverse proxies whose X-Forwarded-For names the client.
+	Proxies httplimit.Proxies
 }
 
 // Auditor records an action a person took over HTTP.
@@ -107,11 +124,13 @@ type Auditor interface {
 
 // Handler serves /subscribe and /c/{token}.
 type Handler struct {
-	cfg    Config
-	log    zerolog.Logger
-	mux    *http.ServeMux
-	byIP   *limiters
-	byAddr *limiters
+	cfg       Config
+	log       zerolog.Logger
+	mux       *http.ServeMux
+	byIP      *httplimit.Buckets // requests
+	byMailbox *httplimit.Buckets // sign-ups
+	// confirmation mails
+	mailMailbox, mailIP, mailNet, mailTotal *httplimit.Buckets
 }
 
 // NewHandler returns the handler; mount it on "/subscribe" and "/c/".
@@ -119,22 +138,22 @@ func NewHandler(cfg Config, log zerolog.Logger) *Handler {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	l := &cfg.Limits
-	if l.PerIP == 0 {
-		l.PerIP = rate.Every(12 * time.Second)
+	l, d := &cfg.Limits, DefaultLimits
+	for _, r := range []struct{ v, def *httplimit.Rate }{
+		{&l.RequestsPerIP, &d.RequestsPerIP}, {&l.SignupsPerMailbox, &d.SignupsPerMailbox},
+		{&l.ConfirmationsPerMailbox, &d.ConfirmationsPerMailbox}, {&l.ConfirmationsPerIP, &d.ConfirmationsPerIP},
+		{&l.ConfirmationsPerNetwork, &d.ConfirmationsPerNetwork}, {&l.ConfirmationsTotal, &d.ConfirmationsTotal},
+	} {
+		if *r.v == (httplimit.Rate{}) {
+			*r.v = *r.def
+		}
 	}
-	if l.PerIPBurst == 0 {
-		l.PerIPBurst = 10
-	}
-	if l.PerAddress == 0 {
-		l.PerAddress = rate.Every(20 * time.Minute)
-	}
-	if l.PerAddressBurst == 0 {
-		l.PerAddressBurst = 3
-	}
+	b := func(r httplimit.Rate) *httplimit.Buckets { return httplimit.NewBuckets(r, l.MaxKeys) }
 	cfg.PublicURL = strings.TrimRight(cfg.PublicURL, "/")
 	h := &Handler{cfg: cfg, log: log,
-		byIP: newLimiters(l.PerIP, l.PerIPBurst), byAddr: newLimiters(l.PerAddress, l.PerAddressBurst)}
+		byIP: b(l.RequestsPerIP), byMailbox: b(l.SignupsPerMailbox),
+		mailMailbox: b(l.ConfirmationsPerMailbox), mailIP: b(l.ConfirmationsPerIP),
+		mailNet: b(l.ConfirmationsPerNetwork), mailTotal: b(l.ConfirmationsTotal)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /subscribe", h.form)
 	mux.HandleFunc("POST /subscribe", h.subscribe)
@@ -184,8 +203,8 @@ func (h *Handler) serverError(w http.ResponseWriter) {
 		"We could not record your request. Please try again in a few minutes."))
 }
 
-func (h *Handler) tooMany(w http.ResponseWriter) {
-	w.Header().Set("Retry-After", "3600")
+func (h *Handler) tooMany(w http.ResponseWriter, wait time.Duration) {
+	w.Header().Set("Retry-After", httplimit.RetryAfter(wait)) // RFC 6585 §4
 	h.render(w, http.StatusTooManyRequests, message("Too many requests", "Too many requests",
 		"Please wait a while before you try again."))
 }
@@ -223,15 +242,6 @@ func (h *Handler) form(w http.ResponseWriter, r *http.Request) {
 		}}})
 }
 
-// clientIP is the host of RemoteAddr; forwarding headers are not trusted.
-func clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
-}
-
 // readForm parses a POST form of at most maxBody bytes; false means a page
 // has been written.
 func (h *Handler) readForm(w http.ResponseWriter, r *http.Request) (url.Values, bool) {
@@ -257,10 +267,10 @@ func (h *Handler) readForm(w http.ResponseWriter, r *http.Request) (url.Values, 
 // subscribe records a sign-up and, when it is pending, mails the confirmation
 // link. The page is the same for known and unknown addresses.
 func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
-	ip := clientIP(r)
-	if !h.byIP.allow(ip, h.cfg.Now()) {
+	ip := h.cfg.Proxies.ClientIP(r)
+	if ok, wait := h.byIP.Allow(ip, h.cfg.Now()); !ok {
 		h.log.Warn().Str("ip", ip).Msg("sign-up rate limited (ip)")
-		h.tooMany(w)
+		h.tooMany(w, wait)
 		return
 	}
 	form, ok := h.readForm(w, r)
@@ -275,7 +285,7 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 	}
 	a, err := address.Parse(form.Get("email"))
 	if err != nil {
-		h.badRequest(w, "Please enter a valid email address.")
+		h.badRequest(w, "email: please enter a valid email address.")
 		return
 	}
 	addr := a.String()
@@ -288,13 +298,25 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 	} else if !strings.HasPrefix(source, "form") {
 		source = "form:" + source
 	}
-	if len(name) > 200 || len(company) > 200 || len(source) > 200 || len(consent) > maxConsentText {
-		h.badRequest(w, "Some of what you entered is too long.")
+	sub := subscribers.Subscription{Address: addr, List: id, Name: name, Company: company, Source: source,
+		IP: ip, UserAgent: r.UserAgent(), PrivacyURL: h.cfg.PrivacyURL, ConsentText: consent}
+	// The consent store's own rules, asked before anything is audited,
+	// recorded or mailed: bad input is the sender's mistake, not a 500.
+	if err := sub.Check(); err != nil {
+		var fe *subscribers.FieldError
+		if !errors.As(err, &fe) {
+			h.log.Error().Err(err).Str("rcpt", address.Mask(addr)).Msg("sign-up refused")
+			h.serverError(w)
+			return
+		}
+		h.log.Info().Str("field", fe.Field).Str("problem", fe.Problem).Msg("sign-up: bad form field")
+		h.badRequest(w, fe.Field+": "+fe.Problem+". Please correct it and send the form again.")
 		return
 	}
-	if !h.byAddr.allow(a.Key(), h.cfg.Now()) {
-		h.log.Warn().Str("rcpt", address.Mask(addr)).Str("ip", ip).Msg("sign-up rate limited (address)")
-		h.tooMany(w)
+	now := h.cfg.Now()
+	if ok, wait := h.byMailbox.Allow(a.MailboxKey(), now); !ok {
+		h.log.Warn().Str("rcpt", address.Mask(addr)).Str("ip", ip).Msg("sign-up rate limited (mailbox)")
+		h.tooMany(w, wait)
 		return
 	}
 	// While a confirmation link is still valid, another sign-up sends no
@@ -317,6 +339,21 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 		}
 		pending = suppressed // the suppression store wins: only a confirmed click brings them back
 	}
+	// A sign-up that will mail draws on every confirmation limit, or on none
+	// when one is spent, before anything is recorded: a pending sign-up
+	// without its mail would hold back the next one for the link's lifetime.
+	if pending {
+		if ok, wait, by := httplimit.TakeAll(now,
+			httplimit.Take{B: h.mailIP, Key: ip, Name: "ip"},
+			httplimit.Take{B: h.mailNet, Key: httplimit.Network(ip), Name: "network"},
+			httplimit.Take{B: h.mailMailbox, Key: a.MailboxKey(), Name: "mailbox"},
+			httplimit.Take{B: h.mailTotal, Key: "", Name: "total"},
+		); !ok {
+			h.log.Warn().Str("rcpt", address.Mask(addr)).Str("ip", ip).Str("limit", by).Msg("confirmation rate limited")
+			h.tooMany(w, wait)
+			return
+		}
+	}
 	if h.cfg.Audit != nil {
 		if err := h.cfg.Audit.HTTPAction(ip, "subscribers.subscribe", addr, "list "+id); err != nil {
 			h.log.Error().Err(err).Str("rcpt", address.Mask(addr)).Msg("sign-up not audited")
@@ -324,9 +361,7 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	sub := subscribers.Subscription{Address: addr, List: id, Name: name, Company: company, Source: source,
-		IP: ip, UserAgent: r.UserAgent(), PrivacyURL: h.cfg.PrivacyURL, ConsentText: consent,
-		Pending: pending, ViaDoubleOptIn: pending}
+	sub.Pending, sub.ViaDoubleOptIn = pending, pending
 	_, err = h.cfg.Store.Subscribe(sub)
 	if errors.Is(err, subscribers.ErrErased) && !pending {
 		pending, sub.Pending, sub.ViaDoubleOptIn = true, true, true // an erased person comes back only by double opt-in
@@ -406,9 +441,9 @@ func (h *Handler) confirm(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	ip := clientIP(r)
-	if !h.byIP.allow(ip, h.cfg.Now()) {
-		h.tooMany(w)
+	ip := h.cfg.Proxies.ClientIP(r)
+	if ok, wait := h.byIP.Allow(ip, h.cfg.Now()); !ok {
+		h.tooMany(w, wait)
 		return
 	}
 	if _, ok := h.readForm(w, r); !ok {
@@ -442,37 +477,4 @@ func (h *Handler) confirm(w http.ResponseWriter, r *http.Request) {
 	h.log.Info().Str("rcpt", address.Mask(c.Address)).Str("list", c.List).Msg("subscription confirmed")
 	h.render(w, http.StatusOK, message("Subscription confirmed", "Subscription confirmed",
 		"Thank you. "+l.Name+" will come to "+address.Mask(c.Address)+". Every message has a link to unsubscribe."))
-}
-
-// limiters keeps one token bucket per key, dropping idle full ones.
-type limiters struct {
-	mu    sync.Mutex
-	limit rate.Limit
-	burst int
-	m     map[string]*rate.Limiter
-	swept time.Time
-}
-
-func newLimiters(l rate.Limit, burst int) *limiters {
-	return &limiters{limit: l, burst: burst, m: map[string]*rate.Limiter{}}
-}
-
-// allow takes one token for key at now.
-func (l *limiters) allow(key string, now time.Time) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if now.Sub(l.swept) > time.Minute {
-		for k, lim := range l.m {
-			if lim.TokensAt(now) >= float64(l.burst) {
-				delete(l.m, k) // full again: the same as a fresh one
-			}
-		}
-		l.swept = now
-	}
-	lim, ok := l.m[key]
-	if !ok {
-		lim = rate.NewLimiter(l.limit, l.burst)
-		l.m[key] = lim
-	}
-	return lim.AllowN(now, 1)
 }

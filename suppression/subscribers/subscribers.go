@@ -507,16 +507,25 @@ func erasedMarker(tx *bbolt.Tx, idx []byte) bool {
 
 // ---- validation ----
 
+// FieldError names the field of a sign-up or import that is refused, and why.
+type FieldError struct {
+	Field   string // "name", "company", "source", "privacy url", "consent text", "ip"…
+	Problem string // "contains a control character"
+}
+
+// Error formats as "name: contains a control character".
+func (e *FieldError) Error() string { return e.Field + ": " + e.Problem }
+
 func checkField(name, v string, max int) error {
 	if len(v) > max {
-		return fmt.Errorf("%s: longer than %d bytes", name, max)
+		return &FieldError{name, fmt.Sprintf("longer than %d bytes", max)}
 	}
 	if !utf8.ValidString(v) {
-		return fmt.Errorf("%s: not valid UTF-8", name)
+		return &FieldError{name, "not valid UTF-8"}
 	}
 	for _, r := range v {
 		if r < 0x20 && r != '\t' && !(name == "consent text" && (r == '\n' || r == '\r')) || r == 0x7f {
-			return fmt.Errorf("%s: contains a control character", name)
+			return &FieldError{name, "contains a control character"}
 		}
 	}
 	return nil
@@ -530,7 +539,7 @@ func normIP(ip string) (string, error) {
 	}
 	a, err := netip.ParseAddr(ip)
 	if err != nil {
-		return "", fmt.Errorf("ip %q: not an IP address", ip)
+		return "", &FieldError{"ip", fmt.Sprintf("%q is not an IP address", ip)}
 	}
 	return a.Unmap().String(), nil
 }
@@ -566,6 +575,29 @@ func checkCommon(list, name, company, source, privacy, consent string) error {
 	return nil
 }
 
+// trimmed returns sub with the spaces Subscribe ignores cut off.
+func (sub Subscription) trimmed() Subscription {
+	sub.List = strings.TrimSpace(sub.List)
+	sub.Name, sub.Company = strings.TrimSpace(sub.Name), strings.TrimSpace(sub.Company)
+	return sub
+}
+
+// Check says what Subscribe would refuse in sub, writing nothing, so a form
+// can answer before it records anything: a bad address is an
+// *address.Error, a bad name, company, source, privacy URL, consent text or
+// IP a *FieldError naming the field.
+func (sub Subscription) Check() error {
+	if _, _, err := addrKey(sub.Address); err != nil {
+		return err
+	}
+	sub = sub.trimmed()
+	if err := checkCommon(sub.List, sub.Name, sub.Company, sub.Source, sub.PrivacyURL, sub.ConsentText); err != nil {
+		return err
+	}
+	_, err := normIP(sub.IP)
+	return err
+}
+
 // ---- writes ----
 
 // Subscribe records a sign-up: "subscribed" (pending) when s.Pending or
@@ -579,15 +611,11 @@ func (s *Store) Subscribe(sub Subscription) (Event, error) {
 	if err != nil {
 		return Event{}, fmt.Errorf("subscribe: %w", err)
 	}
-	sub.List = strings.TrimSpace(sub.List)
-	sub.Name, sub.Company = strings.TrimSpace(sub.Name), strings.TrimSpace(sub.Company)
-	if err := checkCommon(sub.List, sub.Name, sub.Company, sub.Source, sub.PrivacyURL, sub.ConsentText); err != nil {
+	sub = sub.trimmed()
+	if err := sub.Check(); err != nil {
 		return Event{}, fmt.Errorf("subscribe %s to %q: %w", address.Mask(key), sub.List, err)
 	}
-	ip, err := normIP(sub.IP)
-	if err != nil {
-		return Event{}, fmt.Errorf("subscribe %s to %q: %w", address.Mask(key), sub.List, err)
-	}
+	ip, _ := normIP(sub.IP) // checked above
 	ua := cutUA(sub.UserAgent)
 	pending := sub.Pending || sub.ViaDoubleOptIn
 	idx := s.box.Index(key)

@@ -4,16 +4,17 @@ import (
 	"errors"
 	"io"
 	"mime"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/httplimit"
 	"github.com/postwarden/postwarden/suppression/pages"
 )
 
@@ -24,6 +25,12 @@ const maxBody = 4 << 10
 // also has Check (as *suppression.Store does), the preference page shows
 // which lists are already left.
 type Suppressor interface{ Add(suppression.Entry) error }
+
+// looker is the optional power of a Suppressor to say which entry suppresses
+// an address; with it, repeated POSTs are rate limited.
+type looker interface {
+	Lookup(addr, list string) (suppression.Entry, bool, error)
+}
 
 // checker is the optional power of a Suppressor to say what is suppressed.
 type checker interface {
@@ -66,6 +73,29 @@ type Config struct {
 	// Audit, when set, records each unsubscribe as an action of "http:IP";
 	// an unsubscribe counts as done only once it is recorded.
 	Audit Auditor
+	// Limits bound repeated POSTs; a zero Rate takes DefaultLimits.
+	Limits Limits
+	// Proxies are the reverse proxies whose X-Forwarded-For names the client.
+	Proxies httplimit.Proxies
+	Now     func() time.Time // default time.Now
+}
+
+// Limits are the rate limits of POST /u/TOKEN and /u/TOKEN/prefs. They
+// refuse (429) only a repeat: a POST on a token already drawn on lately whose
+// unsubscribe is already in effect. The first POST on a token, and any POST
+// whose unsubscribe is not yet recorded, is always recorded (RFC 8058: a
+// provider's one-click POST must not be lost).
+type Limits struct {
+	PerIP    httplimit.Rate // POSTs per client IP
+	PerToken httplimit.Rate // POSTs per token
+	MaxKeys  int            // keys each limit remembers; default httplimit.DefaultMaxKeys
+}
+
+// DefaultLimits are the limits a zero Limits field takes; the server
+// config's unsubscribe_limits defaults are the same (README, server config).
+var DefaultLimits = Limits{
+	PerIP:    httplimit.Per(60, time.Minute, 120),
+	PerToken: httplimit.Per(10, time.Hour, 5),
 }
 
 // Auditor records an action a recipient took over HTTP.
@@ -74,9 +104,11 @@ type Auditor interface {
 }
 
 type handler struct {
-	cfg   Config
-	pages *pages.Renderer
-	log   zerolog.Logger
+	cfg     Config
+	pages   *pages.Renderer
+	log     zerolog.Logger
+	byIP    *httplimit.Buckets
+	byToken *httplimit.Buckets
 }
 
 // NewHandler serves GET and POST /u/{token} and, with Config.Lists, GET and
@@ -84,7 +116,18 @@ type handler struct {
 // page's form, or an RFC 8058 one-click request) records the unsubscribe and
 // answers 200, never a redirect.
 func NewHandler(cfg Config, log zerolog.Logger) http.Handler {
-	h := &handler{cfg: cfg, pages: cfg.Pages, log: log}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Limits.PerIP == (httplimit.Rate{}) {
+		cfg.Limits.PerIP = DefaultLimits.PerIP
+	}
+	if cfg.Limits.PerToken == (httplimit.Rate{}) {
+		cfg.Limits.PerToken = DefaultLimits.PerToken
+	}
+	h := &handler{cfg: cfg, pages: cfg.Pages, log: log,
+		byIP:    httplimit.NewBuckets(cfg.Limits.PerIP, cfg.Limits.MaxKeys),
+		byToken: httplimit.NewBuckets(cfg.Limits.PerToken, cfg.Limits.MaxKeys)}
 	if h.pages == nil {
 		r, err := pages.New(pages.Branding{Name: cfg.SenderName}, cfg.PrivacyURL)
 		if err != nil {
@@ -212,15 +255,55 @@ func (h *handler) unsubscribe(w http.ResponseWriter, r *http.Request) {
 	h.render(w, http.StatusOK, message("Unsubscribed", "You are unsubscribed", text)) // RFC 8058 §3.2: no redirect
 }
 
+// admit applies the limits to a POST that would record e; false means a
+// 429 page has been written. Only a repeat is refused: the token was drawn
+// on lately and the store already holds the address's own entry for e's
+// scope, so refusing loses nothing. Without a Suppressor that can Lookup,
+// nothing is refused.
+func (h *handler) admit(w http.ResponseWriter, r *http.Request, ip string, c Claim, e suppression.Entry) bool {
+	now, token := h.cfg.Now(), r.PathValue("token")
+	seen := h.byToken.Has(token, now)
+	ok, wait, by := httplimit.TakeAll(now,
+		httplimit.Take{B: h.byToken, Key: token, Name: "token"}, httplimit.Take{B: h.byIP, Key: ip, Name: "ip"})
+	if ok {
+		return true
+	}
+	if !h.repeat(seen, c, e) {
+		h.byToken.Allow(token, now) // recorded anyway, and drawn on: its next POST is a repeat
+		return true
+	}
+	h.log.Warn().Str("rcpt", address.Mask(c.Address)).Str("ip", ip).Str("limit", by).Msg("unsubscribe repeat rate limited")
+	w.Header().Set("Retry-After", httplimit.RetryAfter(wait)) // RFC 6585 §4
+	h.render(w, http.StatusTooManyRequests, message("Too many requests", "You are already unsubscribed",
+		"Your unsubscribe was recorded earlier; nothing more is needed. Too many requests came for this link."))
+	return false
+}
+
+// repeat reports whether a POST the limits refused repeats one already in
+// effect: the token was drawn on lately and the store holds the address's
+// own entry for e's scope (a domain entry can be lifted, so it does not count).
+func (h *handler) repeat(seen bool, c Claim, e suppression.Entry) bool {
+	lk, ok := h.cfg.Suppressor.(looker)
+	if !seen || !ok {
+		return false
+	}
+	en, found, err := lk.Lookup(c.Address, e.List)
+	return err == nil && found && !strings.HasPrefix(en.Target, "@")
+}
+
 // record adds the suppression entry, counts the event and tells the consent
-// history; false means a 500 page has been written.
+// history; false means a 429 or 500 page has been written.
 func (h *handler) record(w http.ResponseWriter, r *http.Request, c Claim, e suppression.Entry) bool {
+	ip := h.cfg.Proxies.ClientIP(r)
+	if !h.admit(w, r, ip, c, e) {
+		return false
+	}
 	if h.cfg.Audit != nil {
 		list := e.List
 		if list == "" {
 			list = "*"
 		}
-		if err := h.cfg.Audit.HTTPAction(remoteIP(r), "suppress.add", c.Address, "unsubscribed list "+list+" via "+e.Source); err != nil {
+		if err := h.cfg.Audit.HTTPAction(ip, "suppress.add", c.Address, "unsubscribed list "+list+" via "+e.Source); err != nil {
 			h.log.Error().Err(err).Str("rcpt", address.Mask(c.Address)).Msg("unsubscribe not audited")
 			h.serverError(w)
 			return false
@@ -409,13 +492,4 @@ func scrub(err error, addr string) error {
 		return err
 	}
 	return errors.New(strings.ReplaceAll(err.Error(), addr, address.Mask(addr)))
-}
-
-// remoteIP is the host of RemoteAddr; forwarding headers are not trusted.
-func remoteIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
 }

@@ -11,10 +11,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/postwarden/postwarden/suppression"
+	"github.com/postwarden/postwarden/suppression/httplimit"
 	"github.com/postwarden/postwarden/suppression/sealed"
 )
 
@@ -25,7 +27,7 @@ type env struct {
 	logs  *bytes.Buffer
 }
 
-func newEnv(t *testing.T, sup Suppressor) *env {
+func newEnv(t *testing.T, sup Suppressor, opts ...func(*Config)) *env {
 	t.Helper()
 	dir := t.TempDir()
 	store, err := suppression.Open(suppression.Config{Path: filepath.Join(dir, "suppression.db"), Box: testBox(t)}, zerolog.Nop())
@@ -47,8 +49,11 @@ func newEnv(t *testing.T, sup Suppressor) *env {
 	if e.tk, err = NewTokens(key, e.srv.URL); err != nil {
 		t.Fatal(err)
 	}
-	h := NewHandler(Config{Tokens: e.tk, Suppressor: sup, PrivacyURL: "https://example.com/privacy", SenderName: "Example & Co"},
-		zerolog.New(e.logs))
+	cfg := Config{Tokens: e.tk, Suppressor: sup, PrivacyURL: "https://example.com/privacy", SenderName: "Example & Co"}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	h := NewHandler(cfg, zerolog.New(e.logs))
 	mux.Handle("/", h)
 	return e
 }
@@ -262,4 +267,53 @@ func testBox(t testing.TB) *sealed.Box {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// A flood of POSTs on one token from one IP gets 429 with Retry-After once
+// the unsubscribe is recorded, while the first POST on every other token
+// from that IP is still recorded, even with the IP's limit spent.
+func TestRepeatedPostsLimitedFirstHonoured(t *testing.T) {
+	e := newEnv(t, nil, func(c *Config) {
+		c.Limits = Limits{PerIP: httplimit.Per(1, time.Hour, 4), PerToken: httplimit.Per(1, time.Hour, 2)}
+	})
+	u := e.tk.UnsubscribeURL("ana@example.com", "news", "c1")
+	var ok, limited int
+	for i := 0; i < 20; i++ {
+		req, _ := http.NewRequest(http.MethodPost, u, strings.NewReader("List-Unsubscribe=One-Click"))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		code, hdr, body := do(t, req)
+		switch code {
+		case http.StatusOK:
+			ok++
+		case http.StatusTooManyRequests:
+			limited++
+			if ra := hdr.Get("Retry-After"); ra == "" || ra == "0" || !strings.Contains(body, "already unsubscribed") {
+				t.Errorf("429 without Retry-After or explanation: %q %q", ra, body)
+			}
+		default:
+			t.Fatalf("POST %d = %d", i, code)
+		}
+	}
+	if ok == 0 || ok > 3 || limited < 17 {
+		t.Errorf("one token, 20 POSTs: %d recorded, %d limited; want 1-3 and the rest 429", ok, limited)
+	}
+	if _, found := check(t, e.store, "ana@example.com", "news"); !found {
+		t.Fatal("the first POST was not recorded")
+	}
+	// The IP's bucket is spent now; first POSTs on new tokens still count.
+	for i := 0; i < 6; i++ {
+		addr := "bo" + string(rune('a'+i)) + "@example.com"
+		code, _ := post(t, e.tk.UnsubscribeURL(addr, "news", "c1"), "application/x-www-form-urlencoded", "List-Unsubscribe=One-Click")
+		if code != http.StatusOK {
+			t.Errorf("first POST for %s = %d", addr, code)
+		}
+		if _, found := check(t, e.store, addr, "news"); !found {
+			t.Errorf("first POST for %s not recorded", addr)
+		}
+	}
+	// A second POST on one of those is a repeat: refused, nothing lost.
+	code, _ := post(t, e.tk.UnsubscribeURL("boa@example.com", "news", "c1"), "application/x-www-form-urlencoded", "List-Unsubscribe=One-Click")
+	if code != http.StatusTooManyRequests {
+		t.Errorf("repeat with the IP's limit spent = %d, want 429", code)
+	}
 }
