@@ -193,7 +193,7 @@ func (r *Runner) settle(done []result, c batch, follow chan<- []result) {
 	}
 }
 
-// followUp suppresses a hard-bounced address and counts the bounce event of a
+// followUp suppresses a hard-bounced address and counts the bounce event (once per person) of a
 // recorded result. It writes to other stores (one fsync each), so it runs beside
 // the loop, not in it.
 func (r *Runner) followUp(d result) {
@@ -204,8 +204,8 @@ func (r *Runner) followUp(d result) {
 				Msg("suppress hard-bounced address failed")
 		}
 	}
-	if o.event != "" {
-		if err := r.s.AddCampaignEvent(m.Campaign, o.event); err != nil {
+	if o.event != "" { // once per person: a later DSN for the same message adds nothing
+		if _, err := r.s.CountCampaignEvent(m.Campaign, m.To, o.event); err != nil {
 			r.log.Error().Err(err).Str("queue_id", m.ID).Msg("count bounce event failed")
 		}
 	}

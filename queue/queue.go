@@ -130,8 +130,12 @@ type Message struct {
 	LastReply   string    `json:"last_reply,omitempty"`
 	Reason      string    `json:"reason,omitempty"`
 	History     []Attempt `json:"history,omitempty"`
-	// Erased is set by EraseRecipient: To, Key, replies and body are gone.
+	// Erased is set by EraseRecipient on a message in flight: To, Key,
+	// replies and body are gone, and the record goes once its outcome is in.
 	Erased bool `json:"erased,omitempty"`
+	// Counted names the campaign events already counted for this message's
+	// recipient (CountCampaignEvent), so each counts once.
+	Counted []string `json:"counted,omitempty"`
 	// RateSlot is the time of the campaign-rate token this message reserved; due
 	// at exactly that time, it is claimed without taking another token.
 	RateSlot time.Time `json:"rate_slot,omitzero"`
