@@ -225,16 +225,13 @@ func (s *Store) recordOutcome(b bkts, claimed Message, o outcome, now time.Time)
 		return m.State, nil // changed under us; leave it
 	}
 	prev := m
-	if m.Erased { // EraseRecipient met it in flight: keep nothing personal
-		m.State, m.Updated = StateCancelled, now
-		m.History = append(m.History, Attempt{Time: now, Outcome: string(o.state)},
-			Attempt{Time: now, Outcome: string(StateCancelled)})
+	if m.Erased { // EraseRecipient met it in flight: only a count stays
 		if o.retryAt.IsZero() {
 			if err := b.countMinute(now, minuteSlot(o.state)); err != nil {
 				return StateActive, fmt.Errorf("count outcome: %w", err)
 			}
 		}
-		return m.State, b.save(&m, &prev)
+		return StateCancelled, b.forget(&m, StateCancelled)
 	}
 	m.State, m.Updated, m.LastReply = o.state, now, o.reply
 	if !o.retryAt.IsZero() {
@@ -261,7 +258,7 @@ func (s *Store) recordOutcome(b bkts, claimed Message, o outcome, now time.Time)
 
 // release gives back a claim no worker attempted (the runner stopped first):
 // the attempt is undone and the message returns to its state before the
-// claim, its rate slot kept. One erased meanwhile is cancelled.
+// claim, its rate slot kept. One erased meanwhile is forgotten (counted as cancelled).
 func release(b bkts, j job, now time.Time) (State, error) {
 	m, err := b.get(j.m.ID)
 	if err != nil {
@@ -270,13 +267,11 @@ func release(b bkts, j job, now time.Time) (State, error) {
 	if m.State != StateActive || m.Attempts != j.m.Attempts {
 		return m.State, nil // changed under us; leave it
 	}
+	if m.Erased {
+		return StateCancelled, b.forget(&m, StateCancelled)
+	}
 	prev := m
 	m.Updated = now
-	if m.Erased {
-		m.State = StateCancelled
-		m.History = append(m.History, Attempt{Time: now, Outcome: string(StateCancelled)})
-	} else {
-		m.State, m.Attempts, m.NextAttempt, m.RateSlot = j.was, m.Attempts-1, j.wasNext, j.wasSlot
-	}
+	m.State, m.Attempts, m.NextAttempt, m.RateSlot = j.was, m.Attempts-1, j.wasNext, j.wasSlot
 	return m.State, b.save(&m, &prev)
 }
