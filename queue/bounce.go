@@ -2,6 +2,7 @@ package queue
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,7 +25,8 @@ const (
 	bounceOutcomePx = "bounce-"
 )
 
-// RecordBounce appends a "bounce-<kind>" event to message id's history and,
+// RecordBounce appends a "bounce-<kind>" event to message id's history (unless
+// the same report is there already: a repeat adds nothing) and,
 // for a hard or soft report whose Action is "failed", turns a delivered
 // message into a bounced one (an asynchronous bounce: the remote accepted it
 // with 250, then could not deliver it), setting Reason. It commits (fsynced)
@@ -58,8 +60,12 @@ func (s *Store) RecordBounce(id string, r BounceRecord) (Message, error) {
 		}
 		prev := m
 		changed := false
-		if len(m.History) < maxHistoryLen {
-			m.History = append(m.History, Attempt{Time: r.Time, Outcome: bounceOutcomePx + kind, Reply: reply, Remote: r.RemoteMTA})
+		ev := Attempt{Time: r.Time, Outcome: bounceOutcomePx + kind, Reply: reply, Remote: r.RemoteMTA}
+		repeat := slices.ContainsFunc(m.History, func(a Attempt) bool {
+			return a.Outcome == ev.Outcome && a.Reply == ev.Reply && a.Remote == ev.Remote
+		})
+		if !repeat && len(m.History) < maxHistoryLen { // a report sent again adds nothing
+			m.History = append(m.History, ev)
 			changed = true
 		}
 		failed := strings.EqualFold(strings.TrimSpace(r.Action), "failed")

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -65,8 +66,8 @@ func TestRecordBounceBounded(t *testing.T) {
 	s := openTest(t, Config{})
 	id := enqueue(t, s, msg("c1", "ana@acme.example")).IDs[0]
 	long := strings.Repeat("x", 5000)
-	for range maxHistoryLen + 20 {
-		if _, err := s.RecordBounce(id, BounceRecord{Kind: "unknown", Diagnostic: long, Time: time.Now()}); err != nil {
+	for i := range maxHistoryLen + 20 { // each report different: a repeat adds nothing anyway
+		if _, err := s.RecordBounce(id, BounceRecord{Kind: "unknown", Diagnostic: fmt.Sprint(i, long), Time: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -145,5 +146,20 @@ func TestBacklog(t *testing.T) {
 	}
 	if n, err := s.Backlog("none"); err != nil || n != 0 {
 		t.Fatalf("Backlog(none) = %d, %v; want 0", n, err)
+	}
+}
+
+// The same report recorded twice adds one history event.
+func TestRecordBounceRepeatAddsNothing(t *testing.T) {
+	s := openTest(t, Config{})
+	id := enqueue(t, s, msg("c1", "ana@acme.example")).IDs[0]
+	r := BounceRecord{Status: "5.1.1", Action: "failed", Kind: "hard", Diagnostic: "no such user", RemoteMTA: "mx.acme.example"}
+	for range 3 {
+		if _, err := s.RecordBounce(id, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h := mustGet(t, s, id).History; len(h) != 1 || h[0].Outcome != "bounce-hard" {
+		t.Errorf("history %+v, want one bounce-hard event", h)
 	}
 }

@@ -194,7 +194,7 @@ func (r *Runner) settle(done []result, c batch, follow chan<- []result) {
 	}
 }
 
-// followUp suppresses a hard-bounced address and counts the bounce event of a
+// followUp suppresses a hard-bounced address and counts the bounce event (once per person) of a
 // recorded result. It writes to other stores (one fsync each), so it runs beside
 // the loop, not in it.
 func (r *Runner) followUp(d result) {
@@ -205,8 +205,8 @@ func (r *Runner) followUp(d result) {
 				Msg("suppress hard-bounced address failed")
 		}
 	}
-	if o.event != "" {
-		if err := r.s.AddCampaignEvent(m.Campaign, o.event); err != nil {
+	if o.event != "" { // once per person: a later DSN for the same message adds nothing
+		if _, err := r.s.CountCampaignEvent(m.Campaign, m.To, o.event); err != nil {
 			r.log.Error().Err(err).Str("queue_id", m.ID).Msg("count bounce event failed")
 		}
 	}
@@ -226,16 +226,13 @@ func (s *Store) recordOutcome(b bkts, claimed Message, o outcome, now time.Time)
 		return m.State, nil // changed under us; leave it
 	}
 	prev := m
-	if m.Erased { // EraseRecipient met it in flight: keep nothing personal
-		m.State, m.Updated = StateCancelled, now
-		m.History = append(m.History, Attempt{Time: now, Outcome: string(o.state)},
-			Attempt{Time: now, Outcome: string(StateCancelled)})
+	if m.Erased { // EraseRecipient met it in flight: only a count stays
 		if o.retryAt.IsZero() {
 			if err := b.countMinute(now, minuteSlot(o.state)); err != nil {
 				return StateActive, fmt.Errorf("count outcome: %w", err)
 			}
 		}
-		return m.State, b.save(&m, &prev)
+		return StateCancelled, b.forget(&m, StateCancelled)
 	}
 	m.State, m.Updated, m.LastReply = o.state, now, o.reply
 	if !o.retryAt.IsZero() {
@@ -269,7 +266,7 @@ func (s *Store) recordOutcome(b bkts, claimed Message, o outcome, now time.Time)
 
 // release gives back a claim no worker attempted (the runner stopped first):
 // the attempt is undone and the message returns to its state before the
-// claim, its rate slot kept. One erased meanwhile is cancelled.
+// claim, its rate slot kept. One erased meanwhile is forgotten (counted as cancelled).
 func release(b bkts, j job, now time.Time) (State, error) {
 	m, err := b.get(j.m.ID)
 	if err != nil {
@@ -278,13 +275,11 @@ func release(b bkts, j job, now time.Time) (State, error) {
 	if m.State != StateActive || m.Attempts != j.m.Attempts {
 		return m.State, nil // changed under us; leave it
 	}
+	if m.Erased {
+		return StateCancelled, b.forget(&m, StateCancelled)
+	}
 	prev := m
 	m.Updated = now
-	if m.Erased {
-		m.State = StateCancelled
-		m.History = append(m.History, Attempt{Time: now, Outcome: string(StateCancelled)})
-	} else {
-		m.State, m.NextAttempt, m.RateSlot, m.RateGen = j.was, j.wasNext, j.wasSlot, j.wasGen
-	}
+	m.State, m.NextAttempt, m.RateSlot, m.RateGen = j.was, j.wasNext, j.wasSlot, j.wasGen
 	return m.State, b.save(&m, &prev)
 }

@@ -5,9 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/postwarden/postwarden/suppression/address"
 )
 
 // bktEvents holds campaign event counters:
@@ -20,10 +23,11 @@ var bktEvents = []byte("events")
 // maxEventKindLen bounds an event kind ("unsubscribed", "suppressed:complaint"…).
 const maxEventKindLen = 64
 
-// AddCampaignEvent adds one to campaign's counter of kind: "unsubscribed",
-// "complained", "bounced_hard", "bounced_soft", "suppressed:<reason>", or any
-// other short string without control characters. It uses db.Batch (many
-// goroutines count at once) and returns after the commit is fsynced.
+// AddCampaignEvent adds one to campaign's counter of kind (a short string
+// without control characters) on every call. It uses db.Batch (many
+// goroutines count at once) and returns after the commit is fsynced. What a
+// person did (unsubscribed, complained, bounced) is counted with
+// CountCampaignEvent instead, once per person.
 func (s *Store) AddCampaignEvent(campaign, kind string) error {
 	if err := checkEvent(campaign, kind); err != nil {
 		return fmt.Errorf("count campaign event: %w", err)
@@ -34,18 +38,101 @@ func (s *Store) AddCampaignEvent(campaign, kind string) error {
 		if err != nil {
 			return fmt.Errorf("create bucket %s: %w", bktEvents, err)
 		}
-		var n uint64
-		if v := b.Get(k); len(v) == 8 {
-			n = binary.BigEndian.Uint64(v)
-		}
-		var buf [8]byte
-		binary.BigEndian.PutUint64(buf[:], n+1)
-		return b.Put(k, buf[:])
+		return incr(b, k)
 	})
 	if err != nil {
 		return fmt.Errorf("count %s event of campaign %s in %s: %w", kind, campaign, s.path, err)
 	}
 	return nil
+}
+
+// CountCampaignEvent counts kind ("unsubscribed", "complained",
+// "bounced_hard", "bounced_soft", "delayed") once per person per campaign:
+// the first time for addr's message in campaign it adds one to campaign's
+// counter and marks the message (Message.Counted), in the same transaction,
+// and reports true; a repeat, or an address with no message in campaign
+// (never sent, erased, pruned), changes nothing and reports false. A repeat
+// costs one read transaction.
+func (s *Store) CountCampaignEvent(campaign, addr, kind string) (bool, error) {
+	if err := checkEvent(campaign, kind); err != nil {
+		return false, fmt.Errorf("count campaign event: %w", err)
+	}
+	a, err := address.Parse(addr)
+	if err != nil {
+		return false, fmt.Errorf("count %s event of campaign %s: recipient %s", kind, campaign, problem(err))
+	}
+	idx := s.box.Index(a.Key())
+	// find returns the person's message in campaign that should carry the
+	// mark, or nil when there is none or the event is counted already.
+	find := func(b bkts) (*Message, error) {
+		var first *Message
+		c := b.rcpt.Cursor()
+		for k, _ := c.Seek(idx); k != nil && bytes.HasPrefix(k, idx); k, _ = c.Next() {
+			m, err := b.get(string(k[len(idx):]))
+			if err != nil {
+				return nil, err
+			}
+			if m.Campaign != campaign || m.Erased {
+				continue
+			}
+			if slices.Contains(m.Counted, kind) {
+				return nil, nil
+			}
+			if first == nil {
+				first = &m
+			}
+		}
+		return first, nil
+	}
+	var todo bool
+	if err := s.view(func(tx *bbolt.Tx) error {
+		m, err := find(s.buckets(tx))
+		todo = m != nil
+		return err
+	}); err != nil || !todo {
+		if err != nil {
+			return false, fmt.Errorf("count %s event of campaign %s in %s: %w", kind, campaign, s.path, err)
+		}
+		return false, nil
+	}
+	var added bool
+	err = s.batch(func(tx *bbolt.Tx) error {
+		added = false // Batch may run fn again
+		b := s.buckets(tx)
+		m, err := find(b) // again: another request may have counted it since the read
+		if err != nil || m == nil {
+			return err
+		}
+		ev, err := tx.CreateBucketIfNotExists(bktEvents)
+		if err != nil {
+			return fmt.Errorf("create bucket %s: %w", bktEvents, err)
+		}
+		prev := *m
+		m.Counted = append(slices.Clone(m.Counted), kind)
+		if err := b.save(m, &prev); err != nil {
+			return err
+		}
+		if err := incr(ev, join(campaign, kind)); err != nil {
+			return err
+		}
+		added = true
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("count %s event of campaign %s in %s: %w", kind, campaign, s.path, err)
+	}
+	return added, nil
+}
+
+// incr adds one to the 8-byte big-endian counter k of b.
+func incr(b *bbolt.Bucket, k []byte) error {
+	var n uint64
+	if v := b.Get(k); len(v) == 8 {
+		n = binary.BigEndian.Uint64(v)
+	}
+	var buf [8]byte
+	binary.BigEndian.PutUint64(buf[:], n+1)
+	return b.Put(k, buf[:])
 }
 
 // CampaignEvents returns campaign's event counters by kind (empty if none).

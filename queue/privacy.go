@@ -2,6 +2,7 @@ package queue
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -23,7 +24,7 @@ var ErrErased = fmt.Errorf("%w: recipient erased", ErrNotFound)
 // address (so the caller can delete capture files named after them).
 // Cancelled counts the pending messages cancelled, those in flight included
 // (they are cancelled when their outcome comes back); Scrubbed counts the
-// finished records scrubbed.
+// finished records removed.
 type EraseResult struct {
 	IDs                 []string
 	Cancelled, Scrubbed int
@@ -57,14 +58,16 @@ func (s *Store) MessagesFor(addr string) ([]Message, error) {
 }
 
 // EraseRecipient removes addr's personal data from the queue (GDPR Art. 17), in
-// one fsynced transaction. Its pending messages are cancelled with Reason
-// "erased: "+reason; every record of the address, in any state, loses its
-// recipient, idempotency key, replies and body, and keeps campaign, list,
-// domain, state and times so reports still add up. A message in flight is
-// scrubbed now and cancelled when its outcome comes back. The recipient-index
-// and idempotency entries go too: a later enqueue of the address is stopped by
-// the suppression tombstone (checked at enqueue and before delivery), not here.
-// The erased bytes stay in freed pages until Compact.
+// one fsynced transaction. Each message of the address is deleted with every
+// index entry naming it (its id carries its creation time; the record its
+// domain and times: together they could single the person out) and is counted
+// instead under its campaign in bucket erased, in its final state (pending
+// ones as cancelled), so CampaignCounts still add up. A message in flight
+// keeps a scrubbed record (no recipient, key, replies or body; Reason
+// "erased: "+reason) until its outcome comes back, then goes the same way.
+// A later enqueue of the address is stopped by the suppression tombstone
+// (checked at enqueue and before delivery), not here. The erased bytes stay
+// in freed pages until Compact.
 func (s *Store) EraseRecipient(addr, reason string) (EraseResult, error) {
 	a, err := address.Parse(addr)
 	if err != nil {
@@ -91,16 +94,24 @@ func (s *Store) EraseRecipient(addr, reason string) (EraseResult, error) {
 			if err != nil {
 				return err
 			}
-			prev := m
+			res.IDs = append(res.IDs, id)
 			switch {
 			case m.State == StateActive:
-				res.Cancelled++ // the runner cancels it when the outcome comes back
+				res.Cancelled++ // the runner forgets it when the outcome comes back
 			case m.State.Finished():
 				res.Scrubbed++
+				if err := b.forget(&m, m.State); err != nil {
+					return err
+				}
+				continue
 			default:
-				m.State = StateCancelled
 				res.Cancelled++
+				if err := b.forget(&m, StateCancelled); err != nil {
+					return err
+				}
+				continue
 			}
+			prev := m
 			if m.Key != "" {
 				ik := b.idemKey(m.Campaign, m.Key)
 				if v := b.idem.Get(ik); string(v) == id {
@@ -124,7 +135,6 @@ func (s *Store) EraseRecipient(addr, reason string) (EraseResult, error) {
 			if err := b.rcpt.Delete(k); err != nil {
 				return fmt.Errorf("unindex recipient of %s: %w", id, err)
 			}
-			res.IDs = append(res.IDs, id)
 		}
 		return nil
 	})
@@ -134,6 +144,68 @@ func (s *Store) EraseRecipient(addr, reason string) (EraseResult, error) {
 	s.log.Info().Str("rcpt", address.Mask(a.Key())).Int("cancelled", res.Cancelled).
 		Int("scrubbed", res.Scrubbed).Msg("recipient erased from queue")
 	return res, nil
+}
+
+// forget deletes an erased person's message m (as stored) with its index
+// entries and counts, and counts it in bucket erased under its campaign in
+// state final: a count is all that is left of it.
+func (b bkts) forget(m *Message, final State) error {
+	if err := b.remove(m); err != nil {
+		return err
+	}
+	if err := incr(b.erased, join(m.Campaign, string(final))); err != nil {
+		return fmt.Errorf("count erased message %s: %w", m.ID, err)
+	}
+	return nil
+}
+
+// erasedCounts returns campaign's erased messages by final state.
+func (b bkts) erasedCounts(campaign string) map[State]int {
+	out := map[State]int{}
+	prefix := join(campaign, "")
+	c := b.erased.Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		if len(v) == 8 {
+			out[State(k[len(prefix):])] += int(binary.BigEndian.Uint64(v))
+		}
+	}
+	return out
+}
+
+// erasedFolded marks (in bucket meta) a file whose erased records, as
+// versions before bucket erased kept them, were folded into counts.
+var erasedFolded = []byte("erased-folded")
+
+// foldErased forgets the scrubbed records an older version kept of erased
+// people (all but those in flight), once per file.
+func (b bkts) foldErased() error {
+	if b.meta.Get(erasedFolded) != nil {
+		return nil
+	}
+	var olds []Message
+	c := b.msg.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if !bytes.Contains(v, []byte(`"erased":true`)) { // skip the sealed ones unopened
+			continue
+		}
+		m, err := b.decode(string(k), v)
+		if err != nil {
+			return fmt.Errorf("decode message %s: %w", k, err)
+		}
+		if m.Erased && m.State != StateActive {
+			olds = append(olds, m)
+		}
+	}
+	for i := range olds {
+		final := olds[i].State
+		if !final.Finished() {
+			final = StateCancelled
+		}
+		if err := b.forget(&olds[i], final); err != nil {
+			return err
+		}
+	}
+	return b.meta.Put(erasedFolded, []byte{1})
 }
 
 // pruneChunk bounds the records one PruneFinished transaction deletes.

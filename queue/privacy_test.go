@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -183,24 +185,18 @@ func TestEraseRecipientAndCompact(t *testing.T) {
 		t.Fatalf("EraseRecipient = %+v, want ids %v, 2 cancelled, 1 scrubbed", res, anaIDs)
 	}
 	for _, id := range anaIDs {
-		m := mustGet(t, s, id)
-		if m.To != "" || m.Key != "" || m.LastReply != "" || !m.Erased || m.Campaign == "" || m.Created.IsZero() {
-			t.Errorf("erased record %+v", m)
-		}
-		for _, a := range m.History {
-			if a.Reply != "" {
-				t.Errorf("erased record %s keeps reply %q", id, a.Reply)
-			}
+		if _, err := s.Get(id); !errors.Is(err, ErrNotFound) {
+			t.Errorf("erased message %s still has a record (%v)", id, err)
 		}
 		if _, err := s.Body(id); !errors.Is(err, ErrNotFound) {
 			t.Errorf("erased message %s still has a body (%v)", id, err)
 		}
 	}
-	if m := mustGet(t, s, later.IDs[0]); m.State != StateCancelled || m.Reason != "erased: request 42" {
-		t.Fatalf("pending erased message = %s %q, want cancelled, erased: request 42", m.State, m.Reason)
+	if c, err := s.CampaignCounts("c1"); err != nil || c[StateBounced] != 1 || len(c) != 1 {
+		t.Fatalf("CampaignCounts(c1) = %v, %v; want the erased bounce counted", c, err)
 	}
-	if m := mustGet(t, s, first.IDs[0]); m.State != StateBounced {
-		t.Fatalf("finished erased message = %s, want it to stay bounced", m.State)
+	if c, err := s.CampaignCounts("c3"); err != nil || c[StateCancelled] != 1 || len(c) != 1 {
+		t.Fatalf("CampaignCounts(c3) = %v, %v; want the erased pending message counted as cancelled", c, err)
 	}
 	if ms, err := s.MessagesFor("ana.lopez@example.com"); err != nil || len(ms) != 0 {
 		t.Fatalf("MessagesFor after erase = %+v, %v", ms, err)
@@ -261,14 +257,11 @@ func TestEraseInFlightStaysErased(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
-		m := mustGet(t, s, id)
-		if m.State != StateCancelled || m.To != "" || m.LastReply != "" || !m.Erased || m.Reason != "erased: request 7" {
-			t.Fatalf("outcome %v: erased in-flight message = %+v", outcome, m)
+		if _, err := s.Get(id); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("outcome %v: erased in-flight message kept a record after its outcome (%v)", outcome, err)
 		}
-		for _, a := range m.History {
-			if a.Reply != "" {
-				t.Fatalf("outcome %v: history keeps reply %q", outcome, a.Reply)
-			}
+		if c, err := s.CampaignCounts("c1"); err != nil || c[StateCancelled] != 1 || len(c) != 1 {
+			t.Fatalf("outcome %v: CampaignCounts = %v, %v; want 1 cancelled", outcome, c, err)
 		}
 		if ms, _ := s.MessagesFor("ana@example.com"); len(ms) != 0 {
 			t.Fatalf("outcome %v: MessagesFor after erase = %+v", outcome, ms)
@@ -295,9 +288,13 @@ func TestEraseActiveRecoveredAsCancelled(t *testing.T) {
 	}
 	s.Close() // crash during the delivery
 	s = openTest(t, Config{Path: path})
-	if m := mustGet(t, s, id); m.State != StateCancelled || m.To != "" {
-		t.Fatalf("recovered erased message = %+v, want cancelled", m)
+	if _, err := s.Get(id); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("recovered erased message kept a record (%v)", err)
 	}
+	if c, err := s.CampaignCounts("c"); err != nil || c[StateCancelled] != 1 || len(c) != 1 {
+		t.Fatalf("CampaignCounts after recovery = %v, %v; want 1 cancelled", c, err)
+	}
+	checkCounters(t, s)
 }
 
 func TestPruneFinished(t *testing.T) {
@@ -460,4 +457,158 @@ func TestOpenSealsVersion1File(t *testing.T) {
 	if f.count("ana@example.com") != 1 || f.count("bob@example.com") != 1 {
 		t.Fatal("migrated messages were not delivered")
 	}
+}
+
+// eachBucketEntry calls fn with every key and value of every bucket (nested
+// ones included), as stored.
+func eachBucketEntry(t *testing.T, s *Store, fn func(bucket string, k, v []byte)) {
+	t.Helper()
+	var walk func(name string, b *bbolt.Bucket) error
+	walk = func(name string, b *bbolt.Bucket) error {
+		return b.ForEach(func(k, v []byte) error {
+			if v == nil && b.Bucket(k) != nil {
+				return walk(name+"/"+string(k), b.Bucket(k))
+			}
+			fn(name, k, v)
+			return nil
+		})
+	}
+	if err := s.view(func(tx *bbolt.Tx) error {
+		return tx.ForEach(func(name []byte, b *bbolt.Bucket) error { return walk(string(name), b) })
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// After EraseRecipient nothing in queue.db ties a record to the person: no
+// key or value of any bucket holds their recipient domain, the ids of their
+// messages (an id carries the creation time in milliseconds) or the exact
+// times of those messages, and after Compact the file holds none of them;
+// the campaign counts still include their messages.
+func TestEraseLeavesOnlyCounts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "queue.db")
+	s := openTest(t, Config{Path: path})
+	const dom = "zyxwvut-ana.example"
+	// One enqueue each: messages enqueued together share their times.
+	f := newFake()
+	f.script["bob@other.example"] = []error{&smtpErr{550, "5.7.1", "policy"}}
+	c1 := enqueue(t, s, msg("c1", "ana@"+dom))
+	drain(t, s.NewRunner(f, newSup(), RunnerConfig{Campaign: "c1"}))
+	enqueue(t, s, msg("c1", "bob@other.example"))
+	drain(t, s.NewRunner(f, newSup(), RunnerConfig{Campaign: "c1"}))
+	c2 := enqueue(t, s, msg("c2", "ana@"+dom))
+	time.Sleep(time.Millisecond) // so carol's id (milliseconds) differs too
+	enqueue(t, s, msg("c2", "carol@other.example"))
+	anaIDs := []string{c1.IDs[0], c2.IDs[0]}
+	var needles [][]byte
+	for _, id := range anaIDs {
+		m := mustGet(t, s, id)
+		needles = append(needles, []byte(id))
+		for _, tm := range []time.Time{m.Created, m.Updated, m.NextAttempt} {
+			j, _ := tm.MarshalJSON()
+			needles = append(needles, bytes.Trim(j, `"`), dueKey(tm, "")) // as JSON, and as the due index writes it
+		}
+	}
+	needles = append(needles, []byte(dom))
+	if _, err := s.CountCampaignEvent("c1", "ana@"+dom, "complained"); err != nil {
+		t.Fatal(err)
+	}
+
+	res, err := s.EraseRecipient("ana@"+dom, "request 9")
+	if err != nil || len(res.IDs) != 2 || res.Cancelled != 1 || res.Scrubbed != 1 {
+		t.Fatalf("EraseRecipient = %+v, %v", res, err)
+	}
+	eachBucketEntry(t, s, func(bucket string, k, v []byte) {
+		for _, n := range needles {
+			if bytes.Contains(k, n) || bytes.Contains(v, n) {
+				t.Errorf("bucket %s: entry %q holds %q of the erased person", bucket, k, n)
+			}
+		}
+	})
+	for c, want := range map[string]map[State]int{
+		"c1": {StateDelivered: 1, StateBounced: 1},
+		"c2": {StateCancelled: 1, StateReady: 1},
+	} {
+		if got, err := s.CampaignCounts(c); err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("CampaignCounts(%s) = %v, %v; want %v", c, got, err, want)
+		}
+	}
+	if ev, err := s.CampaignEvents("c1"); err != nil || ev["complained"] != 1 {
+		t.Errorf("CampaignEvents(c1) = %v, %v; want the erased person's complaint still counted", ev, err)
+	}
+	if ok, err := s.CountCampaignEvent("c1", "ana@"+dom, "unsubscribed"); ok || err != nil {
+		t.Errorf("CountCampaignEvent after erase = %v, %v; want nothing counted", ok, err)
+	}
+	checkCounters(t, s)
+
+	if err := s.Compact(); err != nil {
+		t.Fatal(err)
+	}
+	raw := rawFile(t, path)
+	for _, n := range append([]string{dom}, anaIDs...) {
+		if bytes.Contains(raw, []byte(n)) {
+			t.Errorf("after compact the file holds %q of the erased person", n)
+		}
+	}
+	// Reopened (the one-time fold of older files' erased records runs), the counts stay.
+	s.Close()
+	s = openTest(t, Config{Path: path})
+	if got, _ := s.CampaignCounts("c1"); got[StateDelivered] != 1 || got[StateBounced] != 1 {
+		t.Errorf("CampaignCounts(c1) after reopen = %v", got)
+	}
+}
+
+// CountCampaignEvent counts a kind once per person per campaign, however
+// many times and however concurrently it is asked; other kinds, other
+// campaigns and other people count on their own; an address without a
+// message in the campaign counts nothing.
+func TestCountCampaignEventOnce(t *testing.T) {
+	s := openTest(t, Config{})
+	enqueue(t, s, msg("c1", "ana@example.com"), msg("c1", "bob@example.com"), msg("c2", "ana@example.com"))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	firsts := 0
+	for i := range 50 {
+		wg.Go(func() {
+			addr := "ana@example.com"
+			if i%2 == 1 {
+				addr = "ANA@Example.com" // the same person
+			}
+			ok, err := s.CountCampaignEvent("c1", addr, "unsubscribed")
+			if err != nil {
+				t.Error(err)
+			}
+			if ok {
+				mu.Lock()
+				firsts++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if firsts != 1 {
+		t.Errorf("%d calls reported a first count, want 1", firsts)
+	}
+	for _, c := range []struct {
+		campaign, addr, kind string
+		want                 bool
+	}{
+		{"c1", "ana@example.com", "complained", true},
+		{"c1", "ana@example.com", "complained", false},
+		{"c1", "bob@example.com", "unsubscribed", true},
+		{"c2", "ana@example.com", "unsubscribed", true},
+		{"c1", "carol@example.com", "unsubscribed", false}, // not a recipient of c1
+		{"c3", "ana@example.com", "unsubscribed", false},
+	} {
+		if ok, err := s.CountCampaignEvent(c.campaign, c.addr, c.kind); ok != c.want || err != nil {
+			t.Errorf("CountCampaignEvent(%s, %s, %s) = %v, %v; want %v", c.campaign, c.addr, c.kind, ok, err, c.want)
+		}
+	}
+	if ev, err := s.CampaignEvents("c1"); err != nil || fmt.Sprint(ev) != fmt.Sprint(map[string]int{"complained": 1, "unsubscribed": 2}) {
+		t.Errorf("CampaignEvents(c1) = %v, %v", ev, err)
+	}
+	if _, err := s.CountCampaignEvent("c1", "not an address", "unsubscribed"); err == nil {
+		t.Error("CountCampaignEvent accepted a bad address")
+	}
+	checkCounters(t, s)
 }

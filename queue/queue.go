@@ -47,8 +47,9 @@
 // (AES-256-GCM, sealed.Box) per record, the body (compressed, see dict.go)
 // per message; lookups by person go through keyed HMAC indexes. Domain,
 // campaign, list, state and times stay clear for routing and reports.
-// EraseRecipient scrubs a person's records and Compact rewrites the file so
-// the freed pages are gone; PruneFinished enforces retention. Compression
+// EraseRecipient deletes a person's records and Compact rewrites the file so
+// the freed pages are gone (an erased person's messages leave only a count per
+// campaign and state); PruneFinished enforces retention. Compression
 // dictionaries (placeholder samples, no personal data) are kept.
 package queue
 
@@ -133,8 +134,12 @@ type Message struct {
 	LastReply   string    `json:"last_reply,omitempty"`
 	Reason      string    `json:"reason,omitempty"`
 	History     []Attempt `json:"history,omitempty"`
-	// Erased is set by EraseRecipient: To, Key, replies and body are gone.
+	// Erased is set by EraseRecipient on a message in flight: To, Key,
+	// replies and body are gone, and the record goes once its outcome is in.
 	Erased bool `json:"erased,omitempty"`
+	// Counted names the campaign events already counted for this message's
+	// recipient (CountCampaignEvent), so each counts once.
+	Counted []string `json:"counted,omitempty"`
 	// RateSlot is the time of the campaign-rate token this message reserved; due
 	// at exactly that time, it is claimed without taking another token.
 	RateSlot time.Time `json:"rate_slot,omitzero"`
@@ -206,6 +211,7 @@ type Store struct {
 //	minutes   delivery outcomes per minute, last 24 h (see counters.go)
 //	rates     campaign id → msgs/s (see limits.go)
 //	susp      suspensions (see limits.go)
+//	erased    campaign \x00 state → 8-byte count of erased people's messages (see privacy.go)
 var (
 	bktMsg       = []byte("msg")
 	bktBody      = []byte("body")
@@ -221,8 +227,9 @@ var (
 	bktRcpt      = []byte("rcpt")
 	bktMeta      = []byte("meta")
 	bktDict      = []byte("dict")
+	bktErased    = []byte("erased")
 	allBuckets   = [][]byte{bktMsg, bktBody, bktIdem, bktDue, bktState, bktCampaign, bktCampaigns,
-		bktCounts, bktMinutes, bktRates, bktSusp, bktRcpt, bktMeta, bktDict}
+		bktCounts, bktMinutes, bktRates, bktSusp, bktRcpt, bktMeta, bktDict, bktErased}
 )
 
 // Open opens (creating if needed) the queue file and recovers messages left active by a crash.
@@ -319,7 +326,7 @@ func (s *Store) batch(fn func(*bbolt.Tx) error) error {
 
 // init creates the buckets, moves an older layout to the sealed one, builds the
 // counters if missing, loads rates and suspensions, and recovers messages left
-// in state active (cancelling those whose recipient was erased meanwhile).
+// in state active (forgetting those whose recipient was erased meanwhile).
 func (s *Store) init() error {
 	return s.update(func(tx *bbolt.Tx) error {
 		for _, name := range allBuckets {
@@ -330,6 +337,9 @@ func (s *Store) init() error {
 		b := s.buckets(tx)
 		if err := s.migrate(tx, b); err != nil {
 			return fmt.Errorf("seal older layout: %w", err)
+		}
+		if err := b.foldErased(); err != nil {
+			return fmt.Errorf("fold erased records: %w", err)
 		}
 		if b.counts.Get(counterVersion) == nil {
 			var err error
@@ -347,14 +357,17 @@ func (s *Store) init() error {
 			if err != nil {
 				return err
 			}
+			if m.Erased { // EraseRecipient met it in flight: only a count stays
+				if err := b.forget(&m, StateCancelled); err != nil {
+					return err
+				}
+				continue
+			}
 			prev := m
 			m.Recoveries++
 			m.Updated = now
 			ev := Attempt{Time: now, Outcome: "recovered", Reply: "process stopped during delivery"}
-			if m.Erased {
-				m.State = StateCancelled // EraseRecipient met it in flight
-				ev.Outcome, ev.Reply = string(StateCancelled), ""
-			} else if m.Recoveries < 2 {
+			if m.Recoveries < 2 {
 				m.State, m.NextAttempt = StateReady, now
 			} else {
 				m.State = StateDeferred // keep the recorded NextAttempt: this message may crash us

@@ -311,7 +311,7 @@ const (
 	actExpire         // past MaxAge: give up
 	actSuspend        // under a suspension: wait for its end
 	actRate           // its campaign has no token now: wait for the reserved one
-	actErased         // its recipient was erased: cancel
+	actErased         // its recipient was erased: forget it, counted as cancelled
 )
 
 // claim moves up to free due messages to state active in one committed transaction,
@@ -394,9 +394,12 @@ func (r *Runner) claimIn(b bkts, free int, now time.Time, mine map[string]bool, 
 		case actExpire: // RFC 5321 §4.5.4.1: give up eventually
 			m.State, m.Reason = StateExpired, "expired: undelivered after "+s.maxAge.String()
 			m.History = append(m.History, Attempt{Time: now, Outcome: string(StateExpired), Reply: m.LastReply})
-		case actErased:
-			m.State = StateCancelled
-			m.History = append(m.History, Attempt{Time: now, Outcome: string(StateCancelled)})
+		case actErased: // only a count stays (EraseRecipient leaves none of these behind; an older file might)
+			if err := b.forget(&prev, StateCancelled); err != nil {
+				return err
+			}
+			c.progressed = true
+			continue
 		case actSuspend:
 			holdFor(m, cd.sp, now)
 		case actRate:

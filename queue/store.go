@@ -505,14 +505,16 @@ func (s *Store) Stats() (Stats, error) {
 	return st, nil
 }
 
-// CampaignCounts counts campaign id's messages by state (from counters).
+// CampaignCounts counts campaign id's messages by state (from counters),
+// those of erased people included (EraseRecipient keeps only their count).
 func (s *Store) CampaignCounts(id string) (map[State]int, error) {
 	counts := map[State]int{}
 	err := s.view(func(tx *bbolt.Tx) error {
 		b := s.buckets(tx)
+		counts = b.erasedCounts(id)
 		for _, state := range States {
 			if n := b.counter(campaignKey(id, state)); n > 0 {
-				counts[state] = n
+				counts[state] += n
 			}
 		}
 		return nil

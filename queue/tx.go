@@ -15,6 +15,7 @@ import (
 type bkts struct {
 	msg, body, idem, due, state, campaign, campaigns *bbolt.Bucket
 	counts, minutes, rates, susp, rcpt, meta, dict   *bbolt.Bucket
+	erased                                           *bbolt.Bucket
 	box                                              *sealed.Box
 }
 
@@ -36,6 +37,7 @@ func (s *Store) buckets(tx *bbolt.Tx) bkts {
 		minutes:   tx.Bucket(bktMinutes),
 		rates:     tx.Bucket(bktRates),
 		susp:      tx.Bucket(bktSusp),
+		erased:    tx.Bucket(bktErased),
 	}
 }
 

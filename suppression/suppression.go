@@ -524,6 +524,45 @@ func (s *Store) Add(e Entry) error {
 	return nil
 }
 
+// Covers reports whether e is in effect already, so that adding it again
+// would change nothing: its target is erased, or already suppressed for e's
+// reason globally or on e's list. Two point gets in one read transaction;
+// callers use it to record and audit a repeated request only once.
+func (s *Store) Covers(e Entry) (bool, error) {
+	e, err := normalize(e)
+	if err != nil {
+		return false, fmt.Errorf("check suppression: %w", err)
+	}
+	idx := s.box.Index(e.Target)
+	var covered bool
+	err = s.view(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketEntries)
+		keys := [][]byte{key(idx, "")}
+		if e.List != "" {
+			keys = append(keys, key(idx, e.List))
+		}
+		for i, k := range keys {
+			raw := b.Get(k)
+			if raw == nil {
+				continue
+			}
+			r, ok := reasonOf(raw)
+			if !ok {
+				return errors.New("malformed value")
+			}
+			if r == e.Reason || (i == 0 && r == Erased) {
+				covered = true
+				return nil
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("check suppression for %s: %w", address.Mask(e.Target), err)
+	}
+	return covered, nil
+}
+
 // SuppressAddress is Add for callers that hold plain strings.
 func (s *Store) SuppressAddress(addr, list, reason, source, note string) error {
 	return s.Add(Entry{Target: addr, List: list, Reason: Reason(reason), Source: source, Note: note})

@@ -351,3 +351,44 @@ func BenchmarkCheck(b *testing.B) {
 		}
 	})
 }
+
+// Covers says whether an entry is in effect already: the same reason on the
+// same list or globally, or an erased address; another reason, another list
+// or a domain entry does not cover it.
+func TestCovers(t *testing.T) {
+	s, _ := newStore(t)
+	for _, e := range []Entry{
+		{Target: "ana@example.com", List: "news", Reason: Unsubscribed},
+		{Target: "bob@example.com", Reason: Unsubscribed},
+		{Target: "carol@example.com", Reason: HardBounce},
+		{Target: "@example.net", Reason: Unsubscribed},
+	} {
+		if err := s.Add(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Erase("erin@example.com", "req 1", nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		e    Entry
+		want bool
+	}{
+		{Entry{Target: "ANA@example.com", List: "news", Reason: Unsubscribed}, true},
+		{Entry{Target: "ana@example.com", Reason: Unsubscribed}, false}, // all lists: new
+		{Entry{Target: "ana@example.com", List: "other", Reason: Unsubscribed}, false},
+		{Entry{Target: "ana@example.com", List: "news", Reason: Complaint}, false},
+		{Entry{Target: "bob@example.com", List: "news", Reason: Unsubscribed}, true}, // the global entry covers it
+		{Entry{Target: "bob@example.com", Reason: Unsubscribed}, true},
+		{Entry{Target: "carol@example.com", Reason: Unsubscribed}, false},
+		{Entry{Target: "dave@example.net", Reason: Unsubscribed}, false}, // a domain entry is not the person's
+		{Entry{Target: "erin@example.com", List: "news", Reason: Unsubscribed}, true},
+	} {
+		if got, err := s.Covers(c.e); got != c.want || err != nil {
+			t.Errorf("Covers(%+v) = %v, %v; want %v", c.e, got, err, c.want)
+		}
+	}
+	if _, err := s.Covers(Entry{Target: "not an address", Reason: Unsubscribed}); err == nil {
+		t.Error("Covers accepted a bad target")
+	}
+}

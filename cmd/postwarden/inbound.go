@@ -142,12 +142,13 @@ func startInbound(cfg *configs.Server, e *env, log zerolog.Logger) (*inbound.Ser
 		MaxMessageBytes:  cfg.Inbound.MaxMessageBytes,
 		ReadTimeout:      cfg.Inbound.ReadTimeout,
 	}, inbound.Deps{
-		VERP:         codec,
-		Mailto:       e.tokens,
-		Bounces:      queueBounces{e.queue},
-		Suppressor:   e.supp,
-		Unsubscriber: mailUnsubscriber{e},
-		Events:       e.queue,
+		VERP:       codec,
+		Mailto:     e.tokens,
+		Bounces:    queueBounces{e.queue},
+		Suppressor: e.supp,
+		Unsubscriber: mailUnsubscriber{e, unsubscribe.NewRecorder(unsubscribe.Config{
+			Suppressor: e.supp, Events: e.queue, Lists: listsAdapter{subs: e.subs}}, log)},
+		Events: e.queue,
 	}, log)
 	if err != nil {
 		return nil, fmt.Errorf("smtp_listen %s: %w", cfg.SMTPListen, err)
@@ -170,17 +171,28 @@ func (a queueBounces) Bounce(id string, r bounce.Report) (to, list, campaign str
 	return m.To, m.List, m.Campaign, nil
 }
 
-// mailUnsubscriber records a mailto unsubscribe exactly as the one-click
-// POST does: audited as the recipient's own action, the claim's list
-// suppressed (reason unsubscribed), and the consent history told.
-type mailUnsubscriber struct{ e *env }
+func (a queueBounces) Recipient(id string) (string, error) {
+	m, err := a.q.Get(id)
+	if err == nil && m.Erased {
+		err = fmt.Errorf("message %s: %w", id, queue.ErrErased)
+	}
+	if errors.Is(err, queue.ErrNotFound) {
+		return "", errors.Join(inbound.ErrUnknownMessage, err)
+	}
+	return m.To, err
+}
+
+// mailUnsubscriber records a mailto unsubscribe through the same Recorder
+// rules as the one-click POST: audited as the recipient's own action
+// ("smtp"), the claim's list suppressed (reason unsubscribed), the consent
+// history told, the campaign counting the person once; a repeat adds nothing.
+type mailUnsubscriber struct {
+	e   *env
+	rec *unsubscribe.Recorder
+}
 
 func (u mailUnsubscriber) Unsubscribe(c unsubscribe.Claim, source string) error {
-	if err := (httpAuditor{u.e}).action("smtp", "suppress.add", c.Address, "unsubscribed list "+c.List+" via "+source); err != nil {
-		return err
-	}
-	if err := u.e.supp.Add(suppression.Entry{Target: c.Address, List: c.List, Reason: suppression.Unsubscribed, Source: source}); err != nil {
-		return err
-	}
-	return listsAdapter{subs: u.e.subs}.Unsubscribed(c.Address, c.List, source)
+	audit := func(detail string) error { return (httpAuditor{u.e}).action("smtp", "suppress.add", c.Address, detail) }
+	_, err := u.rec.Record(c, suppression.Entry{Target: c.Address, List: c.List, Reason: suppression.Unsubscribed, Source: source}, audit)
+	return err
 }

@@ -112,6 +112,24 @@ func ParseBytes(data []byte) ([]Report, error) {
 	return reps, nil
 }
 
+// About returns the report of reps about rcpt, the one recipient of the
+// message a VERP address names: the first whose Recipient is rcpt, else the
+// first report (a lone one, or a remote that rewrote the address). A report
+// listing many recipients thus counts once, for that message. ok is false
+// when reps is empty.
+func About(reps []Report, rcpt string) (Report, bool) {
+	if len(reps) == 0 {
+		return Report{}, false
+	}
+	rcpt = strings.TrimSpace(rcpt)
+	for _, r := range reps {
+		if rcpt != "" && strings.EqualFold(strings.TrimSpace(r.Recipient), rcpt) {
+			return r, true
+		}
+	}
+	return reps[0], true
+}
+
 // run walks the message: its header, then its MIME tree.
 func (p *parser) run(data []byte) {
 	data = bytes.ReplaceAll(data, []byte("\r\n"), []byte("\n"))

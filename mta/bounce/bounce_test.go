@@ -285,3 +285,18 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// About picks the report naming the recipient (any case), else the first;
+// nothing from no reports.
+func TestAbout(t *testing.T) {
+	reps := []Report{{Recipient: "one@example.com", Kind: KindSoft}, {Recipient: "Two@Example.com", Kind: KindHard}}
+	if r, ok := About(reps, "two@example.com"); !ok || r.Kind != KindHard {
+		t.Errorf("About(two) = %+v, %v", r, ok)
+	}
+	if r, ok := About(reps, "three@example.com"); !ok || r.Recipient != "one@example.com" {
+		t.Errorf("About(three) = %+v, %v; want the first", r, ok)
+	}
+	if _, ok := About(nil, "one@example.com"); ok {
+		t.Error("About(nil) found a report")
+	}
+}

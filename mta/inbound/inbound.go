@@ -13,10 +13,13 @@
 //     address taken from the report's text (reports can lie). Reports sent to
 //     postmaster or abuse act only through a VERP address of ours found in
 //     them; others are logged and dropped.
+//   - A report counts once: a DSN listing many recipients acts on the
+//     message its VERP address names through the one group about that
+//     message's recipient (bounce.About), and a campaign counts each outcome
+//     once per person (Events), so a repeated report changes nothing.
 //   - The final 250 to DATA is sent only after every store write it caused
 //     has returned (they fsync). If one fails the reply is 451 4.3.0 and the
-//     sender retries; the writes are idempotent upserts, except that a retried
-//     report adds another history event and event count.
+//     sender retries; the writes are idempotent.
 //   - Each client address may hold MaxConnsPerIP connections and start
 //     MessageRate messages per second (burst MessageBurst); beyond that it
 //     gets 421 4.7.0. All clients together may hold MaxConns connections
@@ -97,10 +100,12 @@ type MailtoDecoder interface {
 }
 
 // BounceSink records a report on queued message queueID and returns the
-// message's recipient, list and campaign. It returns an error wrapping
-// ErrUnknownMessage when there is no such message.
+// message's recipient, list and campaign; Recipient returns the recipient
+// alone, changing nothing. Both return an error wrapping ErrUnknownMessage
+// when there is no such message.
 type BounceSink interface {
 	Bounce(queueID string, r bounce.Report) (to, list, campaign string, err error)
+	Recipient(queueID string) (to string, err error)
 }
 
 // Suppressor adds a suppression entry; *suppression.Store satisfies it.
@@ -109,15 +114,16 @@ type Suppressor interface {
 }
 
 // Unsubscriber records an unsubscribe exactly as the one-click POST does
-// (the claim's list, reason unsubscribed).
+// (the claim's list, reason unsubscribed, counted once for the claim's
+// campaign); *unsubscribe.Recorder does it.
 type Unsubscriber interface {
 	Unsubscribe(c unsubscribe.Claim, source string) error
 }
 
-// Events counts campaign events (unsubscribed, complained, bounced_hard,
-// bounced_soft, delayed); *queue.Store satisfies it.
+// Events counts campaign events (complained, bounced_hard, bounced_soft,
+// delayed) once per person per campaign; *queue.Store satisfies it.
 type Events interface {
-	AddCampaignEvent(campaign, kind string) error
+	CountCampaignEvent(campaign, addr, kind string) (bool, error)
 }
 
 // Deps are the listener's collaborators. Events is optional.
@@ -421,9 +427,7 @@ func (ss *session) Data(r io.Reader) error {
 		var err error
 		switch t.kind {
 		case tBounce:
-			for _, rep := range reports {
-				err = errors.Join(err, ss.s.apply(log, t.queueID, rep))
-			}
+			err = ss.s.applyTo(log, t.queueID, reports)
 		case tUnsub:
 			err = ss.s.unsubscribe(log, t.claim)
 		case tReport:
@@ -513,6 +517,25 @@ func (ss *session) dataError(err error) error {
 func (ss *session) Reset()        { ss.from, ss.targets, ss.size = "", nil, 0 }
 func (ss *session) Logout() error { return nil }
 
+// applyTo acts on message queueID through the one report of reps about its
+// recipient: a DSN lists every recipient the remote held, but the VERP
+// address names one message (RFC 3464 §2.3: one group per recipient).
+func (s *Server) applyTo(log zerolog.Logger, queueID string, reps []bounce.Report) error {
+	to, err := s.deps.Bounces.Recipient(queueID)
+	if errors.Is(err, ErrUnknownMessage) {
+		log.Warn().Str("queue_id", queueID).Msg("inbound report for an unknown message dropped")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read recipient of %s: %w", queueID, err)
+	}
+	rep, ok := bounce.About(reps, to)
+	if !ok {
+		return nil
+	}
+	return s.apply(log, queueID, rep)
+}
+
 // apply records one report on message queueID and acts on its kind.
 func (s *Server) apply(log zerolog.Logger, queueID string, rep bounce.Report) error {
 	switch rep.Action {
@@ -550,14 +573,15 @@ func (s *Server) apply(log zerolog.Logger, queueID string, rep bounce.Report) er
 		event = "complained"
 	}
 	ev.Msg("inbound report recorded")
-	s.count(log, campaign, event)
+	s.count(log, campaign, to, event)
 	return nil
 }
 
 // report handles mail to postmaster or abuse: each report acts through the
 // first VERP address of ours it carries, or is dropped.
 func (s *Server) report(log zerolog.Logger, reports []bounce.Report) error {
-	var errs error
+	var ids []string
+	byID := map[string][]bounce.Report{}
 	for _, rep := range reports {
 		id := ""
 		for _, v := range rep.VERP {
@@ -570,7 +594,14 @@ func (s *Server) report(log zerolog.Logger, reports []bounce.Report) error {
 			log.Info().Str("kind", rep.Kind).Str("rcpt", address.Mask(rep.Recipient)).Msg("inbound report without a VERP address of ours dropped")
 			continue
 		}
-		errs = errors.Join(errs, s.apply(log, id, rep))
+		if byID[id] == nil {
+			ids = append(ids, id)
+		}
+		byID[id] = append(byID[id], rep)
+	}
+	var errs error
+	for _, id := range ids { // each message once, through its recipient's report
+		errs = errors.Join(errs, s.applyTo(log, id, byID[id]))
 	}
 	return errs
 }
@@ -581,17 +612,16 @@ func (s *Server) unsubscribe(log zerolog.Logger, c unsubscribe.Claim) error {
 		return fmt.Errorf("record mailto unsubscribe: %w", err)
 	}
 	log.Info().Str("rcpt", address.Mask(c.Address)).Str("list", c.List).Str("campaign", c.Campaign).Msg("unsubscribed by mail")
-	s.count(log, c.Campaign, "unsubscribed")
 	return nil
 }
 
-// count adds a campaign event; a failure is logged, not returned: counters
-// are reports, and a retry would repeat the writes that did succeed.
-func (s *Server) count(log zerolog.Logger, campaign, kind string) {
+// count adds a campaign event for the person at to, once; a failure is
+// logged, not returned: counters are reports.
+func (s *Server) count(log zerolog.Logger, campaign, to, kind string) {
 	if s.deps.Events == nil || campaign == "" || kind == "" {
 		return
 	}
-	if err := s.deps.Events.AddCampaignEvent(campaign, kind); err != nil {
+	if _, err := s.deps.Events.CountCampaignEvent(campaign, to, kind); err != nil {
 		log.Error().Err(err).Str("campaign", campaign).Str("event", kind).Msg("campaign event not counted")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -40,11 +41,21 @@ func (s queueSink) Bounce(id string, r bounce.Report) (string, string, string, e
 	return m.To, m.List, m.Campaign, err
 }
 
-// storeUnsub records an unsubscribe like the one-click POST.
-type storeUnsub struct{ s *suppression.Store }
+func (s queueSink) Recipient(id string) (string, error) {
+	m, err := s.q.Get(id)
+	if errors.Is(err, queue.ErrNotFound) {
+		return "", errors.Join(inbound.ErrUnknownMessage, err)
+	}
+	return m.To, err
+}
+
+// storeUnsub records an unsubscribe like the one-click POST, through the
+// same Recorder.
+type storeUnsub struct{ rec *unsubscribe.Recorder }
 
 func (u storeUnsub) Unsubscribe(c unsubscribe.Claim, source string) error {
-	return u.s.Add(suppression.Entry{Target: c.Address, List: c.List, Reason: suppression.Unsubscribed, Source: source})
+	_, err := u.rec.Record(c, suppression.Entry{Target: c.Address, List: c.List, Reason: suppression.Unsubscribed, Source: source}, nil)
+	return err
 }
 
 // okDeliverer accepts everything, so messages end delivered.
@@ -109,7 +120,8 @@ func newWorld(t *testing.T, cfg inbound.Config) *world {
 	}
 	cfg.Listen, cfg.Domain = "127.0.0.1:0", domain
 	w.srv, err = inbound.Start(cfg, inbound.Deps{VERP: w.codec, Mailto: w.tokens, Bounces: queueSink{q},
-		Suppressor: supp, Unsubscriber: storeUnsub{supp}, Events: q}, log)
+		Suppressor: supp, Unsubscriber: storeUnsub{unsubscribe.NewRecorder(unsubscribe.Config{Suppressor: supp, Events: q}, log)},
+		Events: q}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,6 +314,8 @@ func (failingSink) Bounce(string, bounce.Report) (string, string, string, error)
 	return "", "", "", errors.New("disk full")
 }
 
+func (failingSink) Recipient(string) (string, error) { return "", errors.New("disk full") }
+
 // A store error answers 451 4.3.0 so the sender retries.
 func TestStoreErrorIsTemporary(t *testing.T) {
 	key := bytes.Repeat([]byte{7}, 32)
@@ -387,5 +401,109 @@ func dialEventually(addr string) (*smtp.Client, error) {
 			return nil, err
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// multiGroupDSN is a DSN to verpAddr with n per-recipient groups: group
+// hard (0-based) fails 5.1.1 for rcpt, every other one fails 5.2.2 for
+// another address (RFC 3464 §2.3: one group per recipient).
+func multiGroupDSN(verpAddr, rcpt string, n, hard int) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "From: MAILER-DAEMON@mx.example.net\nTo: %s\nSubject: Undelivered Mail\nMIME-Version: 1.0\n"+
+		"Content-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\n\n"+
+		"--B\nContent-Type: text/plain\n\nSome messages could not be delivered.\n\n"+
+		"--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.net\n", verpAddr)
+	for i := range n {
+		if i == hard {
+			fmt.Fprintf(&b, "\nFinal-Recipient: rfc822; %s\nAction: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 no such user\n", rcpt)
+			continue
+		}
+		fmt.Fprintf(&b, "\nFinal-Recipient: rfc822; other%d@example.net\nAction: failed\nStatus: 5.2.2\nDiagnostic-Code: smtp; 552 5.2.2 mailbox full\n", i)
+	}
+	b.WriteString("\n--B--\n")
+	return []byte(b.String())
+}
+
+// A DSN with 500 recipient groups sent to one VERP address acts once, on
+// that message, through the group naming its recipient: one history event,
+// one bounced_hard, nothing soft, nobody else touched. Sent again it changes
+// nothing.
+func TestMultiGroupDSNActsOnceOnItsMessage(t *testing.T) {
+	w := newWorld(t, inbound.Config{})
+	ana := w.codec.Address(w.ids["ana@acme.example"])
+	before, bobBefore := len(w.history("ana@acme.example")), len(w.history("bob@acme.example"))
+	dsn := multiGroupDSN(ana, "ana@acme.example", 500, 40)
+	for i := range 2 {
+		if step, err := w.send("", ana, dsn); err != nil {
+			t.Fatalf("DSN %d: %s: %v", i+1, step, err)
+		}
+		h := w.history("ana@acme.example")
+		if len(h) != before+1 || h[len(h)-1].Outcome != "bounce-hard" {
+			t.Fatalf("after DSN %d: ana's history %+v, want one bounce-hard event added", i+1, h[before:])
+		}
+		ev, err := w.q.CampaignEvents("c1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev["bounced_hard"] != 1 || ev["bounced_soft"] != 0 || len(ev) != 1 {
+			t.Fatalf("after DSN %d: campaign events %v, want bounced_hard 1 alone", i+1, ev)
+		}
+	}
+	if m, _ := w.q.Get(w.ids["ana@acme.example"]); m.State != queue.StateBounced {
+		t.Errorf("ana's message %s, want bounced", m.State)
+	}
+	w.checkSupp("ana@acme.example", "", "hard_bounce")
+	w.checkSupp("bob@acme.example", "", "")
+	if n := len(w.history("bob@acme.example")); n != bobBefore {
+		t.Errorf("bob's message gained %d events", n-bobBefore)
+	}
+}
+
+// The same DSN twice and the same ARF report twice count once each: one
+// history event, one campaign event, per person.
+func TestRepeatedReportsCountOnce(t *testing.T) {
+	w := newWorld(t, inbound.Config{})
+	ana, bob := w.codec.Address(w.ids["ana@acme.example"]), w.codec.Address(w.ids["bob@acme.example"])
+	for i := range 2 {
+		if step, err := w.send("", ana, fixture(t, "postfix-5.1.1.eml", ana)); err != nil {
+			t.Fatalf("DSN %d: %s: %v", i+1, step, err)
+		}
+		if step, err := w.send("fbl@complaints.example.net", bob, fixture(t, "arf-headers-only.eml", bob)); err != nil {
+			t.Fatalf("ARF %d: %s: %v", i+1, step, err)
+		}
+	}
+	ev, err := w.q.CampaignEvents("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev["bounced_hard"] != 1 || ev["complained"] != 1 || len(ev) != 2 {
+		t.Errorf("campaign events %v, want bounced_hard 1 and complained 1", ev)
+	}
+	for addr, outcome := range map[string]string{"ana@acme.example": "bounce-hard", "bob@acme.example": "bounce-complaint"} {
+		n := 0
+		for _, a := range w.history(addr) {
+			if a.Outcome == outcome {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%s: %d %s events, want 1", addr, n, outcome)
+		}
+	}
+}
+
+// A mailto unsubscribe sent twice counts once.
+func TestRepeatedMailtoUnsubscribeCountsOnce(t *testing.T) {
+	w := newWorld(t, inbound.Config{})
+	uri := w.tokens.MailtoURI("dave@globex.example", "news", "c1", domain)
+	rcpt := strings.TrimSuffix(strings.TrimPrefix(uri, "mailto:"), "?subject=unsubscribe")
+	for i := range 2 {
+		if step, err := w.send("dave@globex.example", rcpt, []byte("From: dave@globex.example\nSubject: unsubscribe\n\n")); err != nil {
+			t.Fatalf("mailto %d: %s: %v", i+1, step, err)
+		}
+	}
+	w.checkSupp("dave@globex.example", "news", "unsubscribed")
+	if ev, _ := w.q.CampaignEvents("c1"); ev["unsubscribed"] != 1 || len(ev) != 1 {
+		t.Errorf("events %v, want unsubscribed 1", ev)
 	}
 }

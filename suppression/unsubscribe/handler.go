@@ -65,13 +65,12 @@ type Config struct {
 	Pages *pages.Renderer
 	// Lists, when set, enables the preference page GET|POST /u/{token}/prefs.
 	Lists Lists
-	// Events, when set, counts each recorded unsubscribe against the token's
-	// campaign (kind "unsubscribed"); its errors are logged, not shown.
-	Events interface {
-		AddCampaignEvent(campaign, kind string) error
-	}
-	// Audit, when set, records each unsubscribe as an action of "http:IP";
-	// an unsubscribe counts as done only once it is recorded.
+	// Events, when set, counts an unsubscribe against the token's campaign
+	// (kind "unsubscribed"), once per person; its errors are logged, not shown.
+	Events Events
+	// Audit, when set, records each unsubscribe that changes the suppression
+	// store as an action of "http:IP" (a repeat is not audited again); an
+	// unsubscribe counts as done only once it is recorded.
 	Audit Auditor
 	// Limits bound repeated POSTs; a zero Rate takes DefaultLimits.
 	Limits Limits
@@ -106,6 +105,7 @@ type Auditor interface {
 type handler struct {
 	cfg     Config
 	pages   *pages.Renderer
+	rec     *Recorder
 	log     zerolog.Logger
 	byIP    *httplimit.Buckets
 	byToken *httplimit.Buckets
@@ -125,7 +125,7 @@ func NewHandler(cfg Config, log zerolog.Logger) http.Handler {
 	if cfg.Limits.PerToken == (httplimit.Rate{}) {
 		cfg.Limits.PerToken = DefaultLimits.PerToken
 	}
-	h := &handler{cfg: cfg, pages: cfg.Pages, log: log,
+	h := &handler{cfg: cfg, pages: cfg.Pages, rec: NewRecorder(cfg, log), log: log,
 		byIP:    httplimit.NewBuckets(cfg.Limits.PerIP, cfg.Limits.MaxKeys),
 		byToken: httplimit.NewBuckets(cfg.Limits.PerToken, cfg.Limits.MaxKeys)}
 	if h.pages == nil {
@@ -291,42 +291,22 @@ func (h *handler) repeat(seen bool, c Claim, e suppression.Entry) bool {
 	return err == nil && found && !strings.HasPrefix(en.Target, "@")
 }
 
-// record adds the suppression entry, counts the event and tells the consent
-// history; false means a 429 or 500 page has been written.
+// record records the unsubscribe (once: a repeat answers 200 and adds
+// nothing); false means a 429 or 500 page has been written.
 func (h *handler) record(w http.ResponseWriter, r *http.Request, c Claim, e suppression.Entry) bool {
 	ip := h.cfg.Proxies.ClientIP(r)
 	if !h.admit(w, r, ip, c, e) {
 		return false
 	}
+	var audit func(string) error
 	if h.cfg.Audit != nil {
-		list := e.List
-		if list == "" {
-			list = "*"
-		}
-		if err := h.cfg.Audit.HTTPAction(ip, "suppress.add", c.Address, "unsubscribed list "+list+" via "+e.Source); err != nil {
-			h.log.Error().Err(err).Str("rcpt", address.Mask(c.Address)).Msg("unsubscribe not audited")
-			h.serverError(w)
-			return false
+		audit = func(detail string) error {
+			return h.cfg.Audit.HTTPAction(ip, "suppress.add", c.Address, detail)
 		}
 	}
-	if err := h.cfg.Suppressor.Add(e); err != nil {
-		h.log.Error().Err(scrub(err, c.Address)).Str("rcpt", address.Mask(c.Address)).Str("list", e.List).
-			Str("campaign", c.Campaign).Msg("unsubscribe not recorded")
+	if _, err := h.rec.Record(c, e, audit); err != nil {
 		h.serverError(w)
 		return false
-	}
-	h.log.Info().Str("rcpt", address.Mask(c.Address)).Str("list", e.List).Str("campaign", c.Campaign).
-		Str("source", e.Source).Msg("unsubscribed")
-	if h.cfg.Events != nil && c.Campaign != "" {
-		if err := h.cfg.Events.AddCampaignEvent(c.Campaign, "unsubscribed"); err != nil {
-			h.log.Error().Err(err).Str("campaign", c.Campaign).Msg("unsubscribe event not counted")
-		}
-	}
-	if rec, ok := h.cfg.Lists.(unsubscribeRecorder); ok {
-		if err := rec.Unsubscribed(c.Address, e.List, e.Source); err != nil {
-			h.log.Error().Err(scrub(err, c.Address)).Str("rcpt", address.Mask(c.Address)).Str("list", e.List).
-				Msg("unsubscribe not recorded in the consent history")
-		}
 	}
 	return true
 }

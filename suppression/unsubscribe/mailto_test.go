@@ -55,15 +55,15 @@ func TestMailto(t *testing.T) {
 	}
 }
 
-// fakeEvents records AddCampaignEvent calls; it fails when err is set.
+// fakeEvents records CountCampaignEvent calls; it fails when err is set.
 type fakeEvents struct {
 	got []string
 	err error
 }
 
-func (f *fakeEvents) AddCampaignEvent(campaign, kind string) error {
+func (f *fakeEvents) CountCampaignEvent(campaign, _, kind string) (bool, error) {
 	f.got = append(f.got, campaign+"/"+kind)
-	return f.err
+	return f.err == nil, f.err
 }
 
 // A successful POST counts an "unsubscribed" event for the token's campaign;
