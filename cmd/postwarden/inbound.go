@@ -140,7 +140,7 @@ func startInbound(cfg *configs.Server, e *env, log zerolog.Logger) (*inbound.Ser
 		VERP:         codec,
 		Mailto:       e.tokens,
 		Bounces:      queueBounces{e.queue},
-		Suppressor:   e.supp,
+		Suppressor:   auditedSuppressor{e, "inbound"},
 		Unsubscriber: mailUnsubscriber{e},
 		Events:       e.queue,
 	}, log)
@@ -166,12 +166,12 @@ func (a queueBounces) Bounce(id string, r bounce.Report) (to, list, campaign str
 }
 
 // mailUnsubscriber records a mailto unsubscribe exactly as the one-click
-// POST does: audited as the recipient's own action, the claim's list
+// POST does: audited (who "inbound") before anything is written, the claim's list
 // suppressed (reason unsubscribed), and the consent history told.
 type mailUnsubscriber struct{ e *env }
 
 func (u mailUnsubscriber) Unsubscribe(c unsubscribe.Claim, source string) error {
-	if err := (httpAuditor{u.e}).action("smtp", "suppress.add", c.Address, "unsubscribed list "+c.List+" via "+source); err != nil {
+	if err := (httpAuditor{u.e}).action("inbound", "suppress.add", c.Address, "unsubscribed list "+c.List+" via "+source); err != nil {
 		return err
 	}
 	if err := u.e.supp.Add(suppression.Entry{Target: c.Address, List: c.List, Reason: suppression.Unsubscribed, Source: source}); err != nil {
