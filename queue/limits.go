@@ -168,6 +168,10 @@ func (sel Selector) String() string {
 	return strings.Join(parts, " ")
 }
 
+// Normalize returns sel as the queue keeps it (domain lower-cased, IDNA),
+// or why it is no valid selector.
+func (sel Selector) Normalize() (Selector, error) { return sel.normalize() }
+
 // normalize lower-cases the domain (IDNA) and checks the selector.
 func (sel Selector) normalize() (Selector, error) {
 	sel.Campaign = strings.TrimSpace(sel.Campaign)

@@ -1,10 +1,15 @@
 package suppression
 
 import (
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/csv"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -18,8 +23,183 @@ const importBatch = 1000
 // ImportResult counts what Import did.
 type ImportResult struct {
 	Rows   int     // data rows read (header excluded)
-	Added  int     // entries written (new or updated)
+	Added  int     // entries written (new or updated), by this run and an interrupted one it resumed
 	Errors []error // one per skipped row, each naming name:line
+	// Run names the import run (ImportFile only); a resumed run keeps the
+	// id of the interrupted one.
+	Run     string
+	Batches int  // batches committed, by this run and the one it resumed
+	Resumed int  // of which the interrupted run had committed
+	Skipped bool // ImportFile: the whole file had been imported already by that run
+}
+
+// ImportAuditor records the steps of an import before the store commits
+// them (write-ahead): AuditImport must be durable when it returns nil, and
+// idempotent on step.Key, because a resumed import asks again for the step
+// a crash interrupted. If it fails, nothing of that step is written.
+type ImportAuditor interface {
+	AuditImport(step ImportStep) error
+}
+
+// ImportStep is one audited step of an import: a batch of entries about to
+// be committed, or (Final) the summary once every batch is.
+type ImportStep struct {
+	Key        string // Run + "/" + batch number, or Run + "/done"; the same on a resumed run
+	Run        string // the import run
+	File       string // base name of the file
+	FileSHA256 string // hex SHA-256 of the file's bytes
+	Batch      int    // 1, 2, 3…; 0 on the summary
+	FirstLine  int    // file line of the batch's first entry
+	LastLine   int    // file line of its last
+	Entries    int    // entries in the batch
+	Final      bool
+	Result     ImportResult // on the summary: the whole import's counts
+}
+
+// importRun is the record of an import in bucket imports, keyed by the
+// digest of the file and the defaults it was imported with. It is updated
+// in the transaction that commits each batch, so a re-run after a crash
+// knows which batches are in and resumes with the same run id.
+type importRun struct {
+	Run     string    `json:"run"`
+	File    string    `json:"file"` // base name
+	Started time.Time `json:"started"`
+	Batches int       `json:"batches"` // committed
+	Added   int       `json:"added"`
+	Done    bool      `json:"done"`
+	Ended   time.Time `json:"ended,omitzero"`
+}
+
+var bucketImports = []byte("imports")
+
+// ImportFile imports the CSV at path as Import does, auditing through a
+// before it commits anything, and survives being killed: the file's digest
+// and the defaults name the import, each batch's commit records its
+// progress, and a re-run of the same file with the same defaults after an
+// interruption resumes the interrupted run (same run id, same entry time):
+// it skips the committed batches, asks a to audit the rest (a asks again
+// for a batch audited but not committed, and must not audit it twice) and
+// ends with the summary step. A re-run after a completed import is a new
+// run. Only one import of the same file and defaults runs at a time.
+func (s *Store) ImportFile(path string, def Entry, a ImportAuditor) (ImportResult, error) {
+	if a == nil {
+		return ImportResult{}, fmt.Errorf("import %s: no auditor", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return ImportResult{}, fmt.Errorf("import %s: %w", path, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return ImportResult{}, fmt.Errorf("import %s: read: %w", path, err)
+	}
+	digest := hex.EncodeToString(h.Sum(nil))
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return ImportResult{}, fmt.Errorf("import %s: %w", path, err)
+	}
+	if def.Source == "" {
+		def.Source = "import:" + filepath.Base(path)
+	}
+	// The defaults are part of the import's identity: the same file with
+	// another --list is another import.
+	k := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%s\x00%s\x00%s", digest, def.List, def.Reason, def.Source, def.Note))
+	key := k[:]
+
+	s.importing.Lock()
+	if s.importing.m == nil {
+		s.importing.m = map[string]bool{}
+	}
+	if s.importing.m[string(key)] {
+		s.importing.Unlock()
+		return ImportResult{}, fmt.Errorf("import %s: an import of this file with these defaults is already running", path)
+	}
+	s.importing.m[string(key)] = true
+	s.importing.Unlock()
+	defer func() {
+		s.importing.Lock()
+		delete(s.importing.m, string(key))
+		s.importing.Unlock()
+	}()
+
+	var run importRun
+	err = s.update(func(tx *bbolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketImports)
+		if err != nil {
+			return err
+		}
+		if v := b.Get(key); v != nil {
+			if err := json.Unmarshal(v, &run); err != nil {
+				return fmt.Errorf("import record: %w", err)
+			}
+		}
+		if run.Run != "" && !run.Done {
+			return nil // resume it
+		}
+		id := make([]byte, 8)
+		if _, err := rand.Read(id); err != nil {
+			return err
+		}
+		run = importRun{Run: hex.EncodeToString(id), File: filepath.Base(path), Started: time.Now().UTC()}
+		if !def.Time.IsZero() {
+			run.Started = def.Time.UTC()
+		}
+		v, err := json.Marshal(run)
+		if err != nil {
+			return err
+		}
+		return b.Put(key, v)
+	})
+	if err != nil {
+		return ImportResult{}, fmt.Errorf("import %s: start: %w", path, err)
+	}
+	if run.Batches > 0 {
+		s.log.Info().Str("file", run.File).Str("run", run.Run).Int("batches_done", run.Batches).Msg("resuming interrupted import")
+	}
+	def.Time = run.Started // a resumed run writes what the interrupted one would have
+	imp := &importer{s: s, key: key, run: run, digest: digest, auditor: a}
+	return s.importCSV(f, path, def, imp)
+}
+
+// importer carries ImportFile's state through importCSV.
+type importer struct {
+	s       *Store
+	key     []byte
+	run     importRun
+	digest  string
+	auditor ImportAuditor
+	resumed int
+}
+
+// step makes the audit step of batch n.
+func (im *importer) step(n int) ImportStep {
+	return ImportStep{Key: fmt.Sprintf("%s/%d", im.run.Run, n), Run: im.run.Run, File: im.run.File, FileSHA256: im.digest, Batch: n}
+}
+
+// commit writes batch n's entries and the run's progress in one transaction.
+func (im *importer) commit(tx *bbolt.Tx, n, added int) error {
+	im.run.Batches, im.run.Added = n, im.run.Added+added
+	v, err := json.Marshal(im.run)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketImports).Put(im.key, v)
+}
+
+// finish audits the summary and marks the run done.
+func (im *importer) finish(res *ImportResult) error {
+	res.Run, res.Added, res.Batches, res.Resumed = im.run.Run, im.run.Added, im.run.Batches, im.resumed
+	res.Skipped = im.resumed > 0 && im.resumed == im.run.Batches
+	st := ImportStep{Key: im.run.Run + "/done", Run: im.run.Run, File: im.run.File, FileSHA256: im.digest, Final: true, Result: *res}
+	if err := im.auditor.AuditImport(st); err != nil {
+		return err
+	}
+	im.run.Done, im.run.Ended = true, time.Now().UTC()
+	v, err := json.Marshal(im.run)
+	if err != nil {
+		return err
+	}
+	return im.s.update(func(tx *bbolt.Tx) error { return tx.Bucket(bucketImports).Put(im.key, v) })
 }
 
 // Import reads a CSV with a header row and adds one entry per row. The
@@ -29,8 +209,14 @@ type ImportResult struct {
 // and notes are sealed as Add seals them; a row never changes an erased
 // address. Invalid rows are skipped and reported in ImportResult.Errors; the
 // returned error is for problems that stop the whole import (no header,
-// unreadable input, store).
+// unreadable input, store). Import has no audit hook and does not resume:
+// ImportFile is the import an operator runs.
 func (s *Store) Import(r io.Reader, name string, def Entry) (ImportResult, error) {
+	return s.importCSV(r, name, def, nil)
+}
+
+// importCSV is Import, and with im ImportFile's audited, resumable batches.
+func (s *Store) importCSV(r io.Reader, name string, def Entry, im *importer) (ImportResult, error) {
 	var res ImportResult
 	if def.Source == "" {
 		def.Source = "import:" + filepath.Base(name)
@@ -78,9 +264,23 @@ func (s *Store) Import(r io.Reader, name string, def Entry) (ImportResult, error
 	}
 
 	batch := make([]Entry, 0, importBatch)
+	var batchNo, firstLine, lastLine int
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
+		}
+		batchNo++
+		defer func() { batch = batch[:0] }()
+		if im != nil && batchNo <= im.run.Batches {
+			im.resumed++ // committed by the interrupted run
+			return nil
+		}
+		if im != nil { // write-ahead: the audit entry is on disk before the entries
+			st := im.step(batchNo)
+			st.FirstLine, st.LastLine, st.Entries = firstLine, lastLine, len(batch)
+			if err := im.auditor.AuditImport(st); err != nil {
+				return fmt.Errorf("import %s: audit batch %d (lines %d-%d): %w", name, batchNo, firstLine, lastLine, err)
+			}
 		}
 		n := 0
 		err := s.update(func(tx *bbolt.Tx) error {
@@ -95,9 +295,11 @@ func (s *Store) Import(r io.Reader, name string, def Entry) (ImportResult, error
 					n++
 				}
 			}
+			if im != nil {
+				return im.commit(tx, batchNo, n)
+			}
 			return nil
 		})
-		batch = batch[:0]
 		if err != nil {
 			return fmt.Errorf("import %s: write: %w", name, err)
 		}
@@ -142,6 +344,10 @@ func (s *Store) Import(r io.Reader, name string, def Entry) (ImportResult, error
 			res.Errors = append(res.Errors, fmt.Errorf("%s:%d: %w", name, line, err))
 			continue
 		}
+		if len(batch) == 0 {
+			firstLine = line
+		}
+		lastLine = line
 		if batch = append(batch, e); len(batch) == importBatch {
 			if err := flush(); err != nil {
 				return res, err
@@ -150,6 +356,11 @@ func (s *Store) Import(r io.Reader, name string, def Entry) (ImportResult, error
 	}
 	if err := flush(); err != nil {
 		return res, err
+	}
+	if im != nil {
+		if err := im.finish(&res); err != nil {
+			return res, fmt.Errorf("import %s: audit summary: %w", name, err)
+		}
 	}
 	s.log.Info().Str("file", filepath.Base(name)).Int("rows", res.Rows).Int("added", res.Added).
 		Int("errors", len(res.Errors)).Msg("suppressions imported")

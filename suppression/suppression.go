@@ -98,11 +98,15 @@ type Config struct {
 
 // Store is the suppression list; safe for concurrent use.
 type Store struct {
-	file    *compact.File // swapped by Compact while other calls wait
-	path    string
-	timeout time.Duration
-	box     *sealed.Box
-	log     zerolog.Logger
+	file      *compact.File // swapped by Compact while other calls wait
+	path      string
+	timeout   time.Duration
+	box       *sealed.Box
+	log       zerolog.Logger
+	importing struct { // imports running in this process, by key (ImportFile)
+		sync.Mutex
+		m map[string]bool
+	}
 	domains struct { // domain → index, see domainIndex
 		mu sync.RWMutex
 		m  map[string][sealed.IndexSize]byte

@@ -145,7 +145,7 @@ func startInbound(cfg *configs.Server, e *env, log zerolog.Logger) (*inbound.Ser
 		VERP:       codec,
 		Mailto:     e.tokens,
 		Bounces:    queueBounces{e.queue},
-		Suppressor: e.supp,
+		Suppressor: auditedSuppressor{e, "inbound"},
 		Unsubscriber: mailUnsubscriber{e, unsubscribe.NewRecorder(unsubscribe.Config{
 			Suppressor: e.supp, Events: e.queue, Lists: listsAdapter{subs: e.subs}}, log)},
 		Events: e.queue,
@@ -184,7 +184,7 @@ func (a queueBounces) Recipient(id string) (string, error) {
 
 // mailUnsubscriber records a mailto unsubscribe through the same Recorder
 // rules as the one-click POST: audited as the recipient's own action
-// ("smtp"), the claim's list suppressed (reason unsubscribed), the consent
+// ("inbound"), the claim's list suppressed (reason unsubscribed), the consent
 // history told, the campaign counting the person once; a repeat adds nothing.
 type mailUnsubscriber struct {
 	e   *env
@@ -192,7 +192,9 @@ type mailUnsubscriber struct {
 }
 
 func (u mailUnsubscriber) Unsubscribe(c unsubscribe.Claim, source string) error {
-	audit := func(detail string) error { return (httpAuditor{u.e}).action("smtp", "suppress.add", c.Address, detail) }
+	audit := func(detail string) error {
+		return (httpAuditor{u.e}).action("inbound", "suppress.add", c.Address, detail)
+	}
 	_, err := u.rec.Record(c, suppression.Entry{Target: c.Address, List: c.List, Reason: suppression.Unsubscribed, Source: source}, audit)
 	return err
 }

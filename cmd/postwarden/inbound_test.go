@@ -126,7 +126,7 @@ func TestInboundBounceEndToEnd(t *testing.T) {
 	}
 	h.mustRun(0, "suppress", "check", "dave@globex.example", "--list", "product-news")
 	h.mustRun(1, "suppress", "check", "dave@globex.example")
-	if al := h.mustRun(0, "--json", "audit", "ls").stdout; !strings.Contains(al, `"who":"smtp"`) {
+	if al := h.mustRun(0, "--json", "audit", "ls").stdout; !strings.Contains(al, `"who":"inbound"`) {
 		t.Errorf("the mailto unsubscribe is not audited like the one-click one:\n%s", al)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net/mail"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/audit"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
 	"github.com/postwarden/postwarden/templates"
 )
@@ -243,11 +245,11 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		defer sender.Close()
 		res.DKIMKeys = created
 		rc := queue.RunnerConfig{Workers: e.cfg.Delivery.Workers, Campaign: spec.ID}
-		runner := e.queue.NewRunner(sender, deliveryGate{e.suppressions()}, rc)
+		runner := e.queue.NewRunner(sender, e.deliveryGate(), rc)
 		deliveryDone = make(chan error, 1)
 		go func() { deliveryDone <- runner.Run(runCtx) }()
 		drain = func(ctx context.Context) error {
-			return e.queue.NewRunner(sender, deliveryGate{e.suppressions()}, rc).Drain(ctx)
+			return e.queue.NewRunner(sender, e.deliveryGate(), rc).Drain(ctx)
 		}
 		if e.cfg.Delivery.Mode == "capture" {
 			res.CaptureDir = e.cfg.Delivery.CaptureDir
@@ -615,6 +617,14 @@ func opQueueAct(action string) opFunc {
 		if len(ids) == 0 && !bulk {
 			return fmt.Errorf("queue %s: give message IDs, ALL, --domain or --campaign", action)
 		}
+		// Write-ahead: the request is on the audit log before any message changes.
+		details := map[string]string{"campaign": args.Campaign, "domain": args.Domain, "state": args.State, "bulk": fmt.Sprint(bulk)}
+		if len(ids) <= maxAuditIDs {
+			details["ids"] = strings.Join(ids, " ")
+		}
+		if aerr := e.record(req, "queue."+action, fmt.Sprintf("messages:%d", len(ids)), args.Reason, details); aerr != nil {
+			return aerr
+		}
 		var n int
 		var err error
 		switch action {
@@ -632,12 +642,6 @@ func opQueueAct(action string) opFunc {
 		e.log.Info().Str("who", req.Who).Str("action", action).Bool("bulk", bulk).Str("campaign", args.Campaign).
 			Str("domain", args.Domain).Str("state", args.State).Int("ids", len(ids)).Int("changed", n).
 			Str("reason", args.Reason).Msg("queue admin action")
-		if action == "delete" || action == "bounce" {
-			if aerr := e.record(req, "queue."+action, fmt.Sprintf("messages:%d", n), args.Reason, map[string]string{
-				"campaign": args.Campaign, "domain": args.Domain, "ids": strings.Join(ids, " ")}); aerr != nil {
-				return aerr
-			}
-		}
 		res := actResult{Action: action, Changed: n}
 		if errors.Is(err, queue.ErrNotFound) {
 			res.Missing = missingIDs(e.queue, ids)
@@ -655,6 +659,10 @@ func opQueueAct(action string) opFunc {
 		return o.Record(res)
 	}
 }
+
+// maxAuditIDs is how many message ids a queue action's audit entry lists;
+// a larger selection is recorded by its selectors and count.
+const maxAuditIDs = 1000
 
 func missingIDs(q *queue.Store, ids []string) []string {
 	var miss []string
@@ -707,7 +715,7 @@ func (a suspendArgs) selector() (queue.Selector, error) {
 	if a.Domain == "" && a.Campaign == "" {
 		return queue.Selector{}, errors.New("--domain or --campaign is required")
 	}
-	return queue.Selector{Domain: a.Domain, Campaign: a.Campaign}, nil
+	return queue.Selector{Domain: a.Domain, Campaign: a.Campaign}.Normalize()
 }
 
 func opQueueSuspend(ctx context.Context, e *env, req request, o *out) error {
@@ -726,7 +734,11 @@ func opQueueSuspend(ctx context.Context, e *env, req request, o *out) error {
 	if err != nil || d <= 0 {
 		return fmt.Errorf("queue suspend: --duration %q: want a positive duration such as 30m, 2h, 1d", a.Duration)
 	}
-	if err := e.queue.Suspend(sel, time.Now().Add(d), a.Reason); err != nil {
+	until := time.Now().Add(d)
+	if err := e.record(req, "queue.suspend", sel.String(), a.Reason, map[string]string{"duration": a.Duration, "until": until.UTC().Format(time.RFC3339)}); err != nil {
+		return err
+	}
+	if err := e.queue.Suspend(sel, until, a.Reason); err != nil {
 		return err
 	}
 	e.log.Info().Str("who", req.Who).Str("action", "suspend").Str("domain", a.Domain).Str("campaign", a.Campaign).
@@ -768,6 +780,16 @@ func opQueueResume(ctx context.Context, e *env, req request, o *out) error {
 	sel, err := a.selector()
 	if err != nil {
 		return fmt.Errorf("queue resume: %w", err)
+	}
+	sus, err := e.queue.Suspensions()
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(sus, func(sp queue.Suspension) bool { return sp.Selector == sel }) {
+		return no("%s was not suspended", sel)
+	}
+	if err := e.record(req, "queue.resume", sel.String(), a.Reason, nil); err != nil {
+		return err
 	}
 	ok, err := e.queue.Resume(sel)
 	if err != nil {
@@ -815,13 +837,17 @@ func opSuppressAdd(ctx context.Context, e *env, req request, o *out) error {
 		return err
 	}
 	en := suppression.Entry{Target: a.Target, List: a.List, Reason: suppression.Reason(a.Reason), Source: "cli:" + req.Who, Note: a.Note}
+	if _, err := suppression.NormalizeTarget(a.Target); err != nil {
+		return fmt.Errorf("add suppression: %w", err)
+	}
+	// Write-ahead: audited before it is written.
+	if err := e.record(req, "suppress.add", e.targetRef(a.Target), a.Reason, map[string]string{"list": listName(a.List)}); err != nil {
+		return err
+	}
 	if err := e.supp.Add(en); err != nil {
 		return err
 	}
 	e.log.Info().Str("who", req.Who).Str("target", address.Mask(a.Target)).Str("list", a.List).Str("reason", a.Reason).Msg("suppression added")
-	if err := e.record(req, "suppress.add", e.targetRef(a.Target), a.Reason, map[string]string{"list": listName(a.List)}); err != nil {
-		return err
-	}
 	got, _, err := e.supp.Lookup(a.Target, a.List)
 	if err != nil {
 		return err
@@ -890,29 +916,62 @@ func opSuppressImport(ctx context.Context, e *env, req request, o *out) error {
 	if err := decodeArgs(req, &a); err != nil {
 		return err
 	}
-	f, err := os.Open(a.Path)
+	if e.audit == nil {
+		return errors.New("suppress import: audit log is not open")
+	}
+	res, err := e.supp.ImportFile(a.Path, suppression.Entry{List: a.List, Reason: suppression.Reason(a.Reason), Source: "import:" + filepath.Base(a.Path)},
+		importAuditor{e.audit, req.Who, a.Reason})
 	if err != nil {
 		return fmt.Errorf("suppress import: %w", err)
 	}
-	defer f.Close()
-	res, err := e.supp.Import(f, a.Path, suppression.Entry{List: a.List, Reason: suppression.Reason(a.Reason), Source: "import:" + filepath.Base(a.Path)})
-	if err != nil {
-		return err
-	}
-	e.log.Info().Str("who", req.Who).Str("file", a.Path).Int("rows", res.Rows).Int("added", res.Added).Int("errors", len(res.Errors)).Msg("suppressions imported")
-	if err := e.record(req, "suppress.import", "file:"+filepath.Base(a.Path), a.Reason, map[string]string{
-		"rows": fmt.Sprint(res.Rows), "added": fmt.Sprint(res.Added), "errors": fmt.Sprint(len(res.Errors))}); err != nil {
-		return err
-	}
+	e.log.Info().Str("who", req.Who).Str("file", a.Path).Str("run", res.Run).Int("rows", res.Rows).Int("added", res.Added).
+		Int("batches", res.Batches).Int("resumed_batches", res.Resumed).Int("errors", len(res.Errors)).Msg("suppressions imported")
 	var msgs []string
 	for _, err := range res.Errors {
 		msgs = append(msgs, err.Error())
 	}
-	if err := o.Record(map[string]any{"file": a.Path, "rows": res.Rows, "added": res.Added, "errors": msgs}); err != nil {
+	rec := map[string]any{"file": a.Path, "rows": res.Rows, "added": res.Added, "errors": msgs, "run": res.Run}
+	if res.Resumed > 0 {
+		rec["resumed_batches"] = res.Resumed
+	}
+	if err := o.Record(rec); err != nil {
 		return err
 	}
 	if len(res.Errors) > 0 {
 		return fmt.Errorf("suppress import: %d invalid rows in %s", len(res.Errors), a.Path)
+	}
+	return nil
+}
+
+// importAuditor writes a suppression import's steps to the audit log before
+// the store commits them: one suppress.import.batch entry per batch (file
+// digest, run, batch number, line range) and a suppress.import summary.
+// Each is appended once per run and step (AppendOnce), so a re-run that
+// resumes a killed import does not audit a batch twice.
+type importAuditor struct {
+	log    *audit.Log
+	who    string
+	reason string
+}
+
+// AuditImport implements suppression.ImportAuditor.
+func (a importAuditor) AuditImport(st suppression.ImportStep) error {
+	en := audit.Entry{Who: a.who, Action: "suppress.import.batch", Target: "file:" + st.File, Reason: a.reason,
+		Details: map[string]string{"file_sha256": st.FileSHA256, "run": st.Run}}
+	if st.Final {
+		en.Action = "suppress.import"
+		en.Details["rows"] = fmt.Sprint(st.Result.Rows)
+		en.Details["added"] = fmt.Sprint(st.Result.Added)
+		en.Details["errors"] = fmt.Sprint(len(st.Result.Errors))
+		en.Details["batches"] = fmt.Sprint(st.Result.Batches)
+		en.Details["resumed_batches"] = fmt.Sprint(st.Result.Resumed)
+	} else {
+		en.Details["batch"] = fmt.Sprint(st.Batch)
+		en.Details["lines"] = fmt.Sprintf("%d-%d", st.FirstLine, st.LastLine)
+		en.Details["entries"] = fmt.Sprint(st.Entries)
+	}
+	if _, _, err := a.log.AppendOnce("suppress.import/"+st.Key, en); err != nil {
+		return fmt.Errorf("audit %s: %w", en.Action, err)
 	}
 	return nil
 }

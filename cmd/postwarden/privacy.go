@@ -520,7 +520,40 @@ const optinListPrefix = "optin:"
 // it reaches them even after an unsubscribe or an erasure (coming back after
 // an erasure is only possible through double opt-in); a hard bounce, a
 // complaint or a restriction still stops it.
-type deliveryGate struct{ suppressionView }
+type deliveryGate struct {
+	suppressionView
+	sup auditedSuppressor
+}
+
+// deliveryGate is the gate of this env's runners: hard bounces at SMTP time
+// are suppressed and audited as "mta".
+func (e *env) deliveryGate() deliveryGate {
+	return deliveryGate{suppressionView: e.suppressions(), sup: auditedSuppressor{e, "mta"}}
+}
+
+// SuppressAddress implements queue.Suppressions: audited, then written.
+func (g deliveryGate) SuppressAddress(addr, list, reason, source, note string) error {
+	return g.sup.SuppressAddress(addr, list, reason, source, note)
+}
+
+// auditedSuppressor is how an automatic source (who: "mta" for hard bounces
+// at SMTP time, "inbound" for DSNs and complaints) suppresses: the audit
+// entry is appended (fsynced) before the entry is written, so no suppression
+// exists without its record. A retry after a crash between the two appends
+// a second entry for the same address, never none.
+type auditedSuppressor struct {
+	e   *env
+	who string
+}
+
+// SuppressAddress implements queue.Suppressions' and inbound.Suppressor's write.
+func (a auditedSuppressor) SuppressAddress(addr, list, reason, source, note string) error {
+	if err := a.e.record(request{Who: a.who}, "suppress.add", a.e.targetRef(addr), reason,
+		map[string]string{"list": listName(list), "source": source}); err != nil {
+		return err
+	}
+	return a.e.supp.SuppressAddress(addr, list, reason, source, note)
+}
 
 // Check implements queue.Suppressions.
 func (g deliveryGate) Check(addr, list string) (string, bool, error) {

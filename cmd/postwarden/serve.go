@@ -124,7 +124,7 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 		return err
 	}
 	defer stopMetrics(context.Background())
-	runner := e.queue.NewRunner(sender, deliveryGate{e.suppressions()}, queue.RunnerConfig{Workers: cfg.Delivery.Workers, Observer: observer, DrainTimeout: cfg.Delivery.DrainTimeout})
+	runner := e.queue.NewRunner(sender, e.deliveryGate(), queue.RunnerConfig{Workers: cfg.Delivery.Workers, Observer: observer, DrainTimeout: cfg.Delivery.DrainTimeout})
 	runCtx, stopRunner := context.WithCancel(ctx)
 	defer stopRunner()
 	runDone := make(chan error, 1)

@@ -9,6 +9,11 @@
 //     they report the recorded action as done. If Append fails the caller must
 //     treat the action as not audited. Append is safe for concurrent use; the
 //     write lock orders entries, so seqs have no gaps.
+//   - AppendOnce is Append made idempotent on a caller's key: the key is
+//     indexed in the same transaction as the entry (and recorded in its
+//     Details as "once"), so a caller that crashed after auditing an action
+//     and before doing it can ask again on its re-run and get the entry
+//     already written instead of a second one.
 //   - Entries are never edited. Prune removes the oldest entries (retention)
 //     and, in the same transaction, stores a checkpoint (seq and hash of the
 //     last removed entry) and appends an "audit.prune" entry naming it, so the
@@ -37,6 +42,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -77,7 +83,11 @@ var (
 	bucketEntries = []byte("entries") // 8-byte big-endian seq → JSON Entry
 	bucketMeta    = []byte("meta")
 	keyCheckpoint = []byte("checkpoint") // JSON checkpoint, present after the first prune
+	bucketOnce    = []byte("once")       // AppendOnce key → 8-byte big-endian seq
 )
+
+// DetailOnce is the Details key under which AppendOnce records its key.
+const DetailOnce = "once"
 
 // checkpoint stands in for the pruned entries: the chain continues from Hash.
 type checkpoint struct {
@@ -116,11 +126,12 @@ func Open(path string, timeout time.Duration, log zerolog.Logger) (*Log, error) 
 		return nil, fmt.Errorf("open audit log %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		if _, err := tx.CreateBucketIfNotExists(bucketEntries); err != nil {
-			return err
+		for _, b := range [][]byte{bucketEntries, bucketMeta, bucketOnce} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
 		}
-		_, err := tx.CreateBucketIfNotExists(bucketMeta)
-		return err
+		return nil
 	})
 	if err != nil {
 		db.Close()
@@ -150,6 +161,50 @@ func (l *Log) Append(e Entry) (Entry, error) {
 	}
 	l.log.Debug().Uint64("seq", e.Seq).Str("action", e.Action).Str("who", e.Who).Msg("audit entry appended")
 	return e, nil
+}
+
+// AppendOnce appends e unless an entry was already appended under key; then
+// it returns that entry and false, and e is not recorded. The key (at most
+// 200 bytes, no address) goes into the entry's Details as "once". Like
+// Append, it returns after the entry is fsynced.
+func (l *Log) AppendOnce(key string, e Entry) (Entry, bool, error) {
+	if key == "" || len(key) > 200 {
+		return Entry{}, false, fmt.Errorf("audit append %s: once key must be 1-200 bytes", e.Action)
+	}
+	if e.Details == nil {
+		e.Details = map[string]string{}
+	} else {
+		e.Details = maps.Clone(e.Details)
+	}
+	e.Details[DetailOnce] = key
+	e, err := l.prepare(e)
+	if err != nil {
+		return Entry{}, false, fmt.Errorf("audit append %s: %w", e.Action, err)
+	}
+	added := false
+	err = l.db.Update(func(tx *bbolt.Tx) error {
+		ob := tx.Bucket(bucketOnce)
+		if seq := ob.Get([]byte(key)); seq != nil {
+			v := tx.Bucket(bucketEntries).Get(seq)
+			if v == nil {
+				return fmt.Errorf("once key %q names entry %d, which is missing; run audit verify", key, keySeq(seq))
+			}
+			return json.Unmarshal(v, &e)
+		}
+		var err error
+		if e, err = appendTx(tx, e); err != nil {
+			return err
+		}
+		added = true
+		return ob.Put([]byte(key), seqKey(e.Seq))
+	})
+	if err != nil {
+		return Entry{}, false, fmt.Errorf("audit append %s: %w", e.Action, err)
+	}
+	if added {
+		l.log.Debug().Uint64("seq", e.Seq).Str("action", e.Action).Str("who", e.Who).Msg("audit entry appended")
+	}
+	return e, added, nil
 }
 
 // prepare checks e and brings it into the form that is stored and hashed.
@@ -465,6 +520,7 @@ func (l *Log) Prune(before time.Time) (int, error) {
 		}
 		b := tx.Bucket(bucketEntries)
 		var keys [][]byte
+		var onceKeys []string
 		var last Entry
 		c := b.Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
@@ -476,6 +532,9 @@ func (l *Log) Prune(before time.Time) (int, error) {
 				break
 			}
 			keys = append(keys, append([]byte(nil), k...))
+			if ok := e.Details[DetailOnce]; ok != "" {
+				onceKeys = append(onceKeys, ok)
+			}
 			last = e
 		}
 		if len(keys) == 0 {
@@ -483,6 +542,11 @@ func (l *Log) Prune(before time.Time) (int, error) {
 		}
 		for _, k := range keys {
 			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		for _, k := range onceKeys { // a pruned entry no longer vouches for its key
+			if err := tx.Bucket(bucketOnce).Delete([]byte(k)); err != nil {
 				return err
 			}
 		}

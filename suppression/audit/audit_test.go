@@ -509,3 +509,36 @@ func BenchmarkAppend(b *testing.B) {
 		}
 	}
 }
+
+// AppendOnce records an entry once per key, across reopenings, and the chain
+// still verifies; pruning the entry frees its key.
+func TestAppendOnce(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.db")
+	l := openLog(t, path)
+	first, added, err := l.AppendOnce("import/r1/1", Entry{Time: t0, Who: "uid:1000", Action: "suppress.import.batch"})
+	if err != nil || !added || first.Details[DetailOnce] != "import/r1/1" {
+		t.Fatalf("first AppendOnce = %+v, %v, %v", first, added, err)
+	}
+	l.Close()
+	l = openLog(t, path)
+	defer l.Close()
+	again, added, err := l.AppendOnce("import/r1/1", Entry{Time: t0.Add(time.Hour), Who: "uid:1001", Action: "suppress.import.batch"})
+	if err != nil || added || again.Seq != first.Seq || again.Hash != first.Hash {
+		t.Fatalf("second AppendOnce = %+v, %v, %v; want entry %d unchanged", again, added, err, first.Seq)
+	}
+	if _, added, err := l.AppendOnce("import/r1/2", Entry{Time: t0, Who: "uid:1000", Action: "suppress.import.batch"}); err != nil || !added {
+		t.Fatalf("another key: %v, %v", added, err)
+	}
+	if r, err := l.Verify(); err != nil || !r.OK || r.Entries != 2 {
+		t.Fatalf("Verify = %+v, %v", r, err)
+	}
+	if _, err := l.Prune(t0.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if _, added, err := l.AppendOnce("import/r1/1", Entry{Who: "uid:1000", Action: "suppress.import.batch"}); err != nil || !added {
+		t.Fatalf("key of a pruned entry: %v, %v; want appended anew", added, err)
+	}
+	if _, _, err := l.AppendOnce("", Entry{Who: "x", Action: "y"}); err == nil {
+		t.Error("AppendOnce with no key: no error")
+	}
+}

@@ -1,0 +1,91 @@
+package suppression
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// onceAuditor is an ImportAuditor that keeps each key once, like
+// audit.Log.AppendOnce; failAfter makes the call for that key fail after it
+// was recorded, as a crash between the audit and the commit would.
+type onceAuditor struct {
+	steps     map[string]ImportStep
+	calls     []string
+	failAfter string
+}
+
+func (a *onceAuditor) AuditImport(st ImportStep) error {
+	a.calls = append(a.calls, st.Key)
+	if _, ok := a.steps[st.Key]; !ok {
+		a.steps[st.Key] = st
+	}
+	if st.Key == a.failAfter {
+		return errors.New("killed")
+	}
+	return nil
+}
+
+// An import interrupted after a batch was audited and before it was
+// committed resumes on the re-run: same run, the committed batches neither
+// rewritten nor audited again, the interrupted one asked for again (the
+// auditor's key makes it one entry), every row in. A further run of the same
+// file is a new run.
+func TestImportFileResumesInterruptedRun(t *testing.T) {
+	s, _ := newStore(t)
+	var b strings.Builder
+	b.WriteString("email\n")
+	for i := 0; i < 3500; i++ {
+		fmt.Fprintf(&b, "user%d@example.com\n", i)
+	}
+	path := filepath.Join(t.TempDir(), "list.csv")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := &onceAuditor{steps: map[string]ImportStep{}}
+	if _, err := s.ImportFile(path, Entry{}, &failAt{a, 3}); err == nil {
+		t.Fatal("interrupted import: no error")
+	}
+	if n, _ := s.Count(); n != 2000 {
+		t.Fatalf("after the interruption %d entries, want the 2 committed batches", n)
+	}
+	run := a.steps[a.calls[0]].Run
+	a.calls, a.failAfter = nil, ""
+	res, err := s.ImportFile(path, Entry{}, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Run != run || res.Resumed != 2 || res.Batches != 4 || res.Added != 3500 {
+		t.Errorf("re-run = %+v; want run %s resumed after 2 of 4 batches, 3500 added", res, run)
+	}
+	want := []string{run + "/3", run + "/4", run + "/done"}
+	if strings.Join(a.calls, " ") != strings.Join(want, " ") {
+		t.Errorf("re-run asked to audit %v, want %v", a.calls, want)
+	}
+	if len(a.steps) != 5 || a.steps[run+"/3"].FirstLine != 2002 || a.steps[run+"/4"].LastLine != 3501 {
+		t.Errorf("steps %v", a.steps)
+	}
+	if n, _ := s.Count(); n != 3500 {
+		t.Errorf("%d entries, want 3500", n)
+	}
+	again, err := s.ImportFile(path, Entry{}, a)
+	if err != nil || again.Run == run || again.Resumed != 0 {
+		t.Errorf("import after a completed one = %+v, %v; want a new run", again, err)
+	}
+}
+
+// failAt makes batch n's audit call fail after recording it.
+type failAt struct {
+	*onceAuditor
+	n int
+}
+
+func (f *failAt) AuditImport(st ImportStep) error {
+	if st.Batch == f.n {
+		f.onceAuditor.failAfter = st.Key
+	}
+	return f.onceAuditor.AuditImport(st)
+}
