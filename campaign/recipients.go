@@ -83,36 +83,13 @@ func openRecipients(path string) (*recipients, error) {
 		}
 		return nil, fmt.Errorf("%s:1: header: %w", path, err)
 	}
-	rs.cols = make([]string, len(header))
-	seen := make(map[string]bool, len(header))
-	for i, h := range header {
-		name := normaliseColumn(h)
-		if name == "" {
-			continue // an unnamed column (a trailing comma) is ignored
-		}
-		if seen[name] {
-			f.Close()
-			return nil, fmt.Errorf("%s:1: header: column %q appears twice", path, name)
-		}
-		seen[name] = true
-		rs.cols[i] = name
-		if name == "email" {
-			rs.email = i
-		}
-	}
-	if rs.email < 0 {
+	h, err := address.ReadHeader(path, header)
+	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("%s:1: header: no email column (columns: %s)", path, strings.Join(rs.cols, ", "))
+		return nil, err
 	}
+	rs.cols, rs.email = h.Names, h.Address
 	return rs, nil
-}
-
-var columnReplacer = strings.NewReplacer(" ", "_", "-", "_")
-
-// normaliseColumn trims a header name, strips a UTF-8 BOM, lower-cases it and turns spaces and hyphens into underscores.
-func normaliseColumn(h string) string {
-	h = strings.TrimSpace(strings.TrimPrefix(h, "\uFEFF"))
-	return columnReplacer.Replace(strings.ToLower(h))
 }
 
 // Close closes the file.

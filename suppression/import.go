@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/postwarden/postwarden/suppression/address"
 )
 
 // importBatch is how many entries Import writes per transaction (one fsync each).
@@ -233,29 +235,11 @@ func (s *Store) importCSV(r io.Reader, name string, def Entry, im *importer) (Im
 	if err != nil {
 		return res, fmt.Errorf("import %s: header: %w", name, err)
 	}
-	col := map[string]int{}
-	for i, h := range header {
-		h = strings.ToLower(strings.TrimSpace(strings.TrimPrefix(h, "\ufeff"))) // Excel writes a BOM
-		if _, dup := col[h]; !dup {
-			col[h] = i
-		}
+	hd, err := address.ReadHeader(name, header)
+	if err != nil {
+		return res, fmt.Errorf("import %w", err)
 	}
-	target := -1
-	for _, n := range []string{"email", "address", "target"} {
-		if i, ok := col[n]; ok {
-			target = i
-			break
-		}
-	}
-	if target < 0 {
-		return res, fmt.Errorf("import %s:1: header has no \"email\" (or \"address\", \"target\") column", name)
-	}
-	field := func(rec []string, n string) string {
-		if i, ok := col[n]; ok && i < len(rec) {
-			return strings.Trim(rec[i], " \t")
-		}
-		return ""
-	}
+	target, field := hd.Address, hd.Field
 	or := func(v, d string) string {
 		if v == "" {
 			return d
@@ -329,7 +313,7 @@ func (s *Store) importCSV(r io.Reader, name string, def Entry, im *importer) (Im
 		}
 		raw := strings.Trim(rec[target], " \t")
 		if raw == "" {
-			res.Errors = append(res.Errors, fmt.Errorf("%s:%d: %s is empty", name, line, header[target]))
+			res.Errors = append(res.Errors, fmt.Errorf("%s:%d: %s is empty", name, line, hd.Names[target]))
 			continue
 		}
 		e, err := normalize(Entry{

@@ -89,3 +89,16 @@ func (f *failAt) AuditImport(st ImportStep) error {
 	}
 	return f.onceAuditor.AuditImport(st)
 }
+
+// An import reads its header by the one rule: a duplicated column is refused
+// (it was kept first before), nothing is imported.
+func TestImportHeaderRule(t *testing.T) {
+	s, _ := newStore(t)
+	_, err := s.Import(strings.NewReader("email,list,List\nana@example.com,news,promo\n"), "dup.csv", Entry{Reason: Unsubscribed})
+	if err == nil || !strings.Contains(err.Error(), `dup.csv:1: header: column "list" appears twice`) {
+		t.Fatalf("err = %v", err)
+	}
+	if _, sup, _ := s.Check("ana@example.com", "news"); sup {
+		t.Fatal("a refused file imported a row")
+	}
+}

@@ -304,19 +304,11 @@ func opSubscribersImport(ctx context.Context, e *env, req request, o *out) error
 	if err != nil {
 		return fmt.Errorf("subscribers import %s: read header: %w", a.Path, err)
 	}
-	col := map[string]int{}
-	for i, h := range header {
-		col[strings.ToLower(strings.TrimSpace(strings.TrimPrefix(h, "\ufeff")))] = i
+	hd, err := address.ReadHeader(a.Path, header)
+	if err != nil {
+		return fmt.Errorf("subscribers import: %w", err)
 	}
-	if _, ok := col["email"]; !ok {
-		return fmt.Errorf("%s:1: no email column", a.Path)
-	}
-	get := func(rec []string, name string) string {
-		if i, ok := col[name]; ok && i < len(rec) {
-			return strings.TrimSpace(rec[i])
-		}
-		return ""
-	}
+	get := hd.Field
 	var cands []subscribers.Candidate
 	var lines []int
 	flush := func() error {
@@ -364,7 +356,7 @@ func opSubscribersImport(ctx context.Context, e *env, req request, o *out) error
 			return fmt.Errorf("subscribers import %s: %w", a.Path, err)
 		}
 		sum.Rows++
-		addr, err := address.Parse(get(rec, "email"))
+		addr, err := address.Parse(get(rec, hd.Names[hd.Address]))
 		if err != nil {
 			rowErr(line, "email: %v", err)
 			continue
