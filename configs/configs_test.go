@@ -7,9 +7,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postwarden/postwarden/mta"
+	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/suppression/optin"
+	"github.com/postwarden/postwarden/suppression/unsubscribe"
 )
 
 // problems splits an Errors value into its messages.
@@ -492,5 +498,29 @@ func TestInboundLimits(t *testing.T) {
 	os.WriteFile(bad, []byte(head+"inbound: {max_bytes_in_flight: 1MiB, max_message_bytes: 2MiB}\n"), 0o644)
 	if _, err = LoadServer(bad); err == nil || !strings.Contains(err.Error(), "inbound.max_bytes_in_flight: 1048576 is less than inbound.max_message_bytes") {
 		t.Errorf("in flight below one message: %v", err)
+	}
+}
+
+// Each default lives with the package that owns the setting; the server
+// config takes it from there.
+func TestDefaultsComeFromTheirOwners(t *testing.T) {
+	s, err := DefaultServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := s.Delivery
+	if !slices.Equal(d.Retry, queue.DefaultRetry) || d.MaxAge != queue.DefaultMaxAge || d.DrainTimeout != queue.DefaultDrainTimeout ||
+		d.Workers != queue.DefaultWorkers {
+		t.Errorf("queue defaults: retry %v max_age %v drain %v workers %d", d.Retry, d.MaxAge, d.DrainTimeout, d.Workers)
+	}
+	if d.ConcurrencyPerDomain != mta.DefaultConcurrencyPerDomain || d.SMTPPort != mta.DefaultSMTPPort ||
+		d.MaxMessagesPerConnection != mta.DefaultMaxMessagesPerConnection {
+		t.Errorf("mta defaults: concurrency %d port %d per connection %d", d.ConcurrencyPerDomain, d.SMTPPort, d.MaxMessagesPerConnection)
+	}
+	if got, want := s.SubscribeLimits.ConfirmationsPerMailbox, optin.DefaultLimits.ConfirmationsPerMailbox; got.Rate != float64(want.Limit) || got.Burst != want.Burst {
+		t.Errorf("subscribe_limits.confirmations_per_mailbox %+v, optin's default %+v", got, want)
+	}
+	if got, want := s.UnsubscribeLimits.PerToken, unsubscribe.DefaultLimits.PerToken; got.Rate != float64(want.Limit) || got.Burst != want.Burst {
+		t.Errorf("unsubscribe_limits.per_token %+v, unsubscribe's default %+v", got, want)
 	}
 }

@@ -9,11 +9,18 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/postwarden/postwarden/mta"
+	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/suppression/httplimit"
+	"github.com/postwarden/postwarden/suppression/optin"
+	"github.com/postwarden/postwarden/suppression/unsubscribe"
 )
 
 // DefaultPath is where the server configuration is looked for when none is named.
@@ -397,26 +404,26 @@ func (s *Server) applyDefaults(dir string) {
 	}
 	or(&s.Delivery.CaptureDir, filepath.Join(s.DataDir, "outbox"))
 	sl, ul := &s.SubscribeLimits, &s.UnsubscribeLimits
+	od, ud := optin.DefaultLimits, unsubscribe.DefaultLimits // each limit's default lives with its handler
 	for _, l := range []struct {
-		key  string
-		v    *Limit
-		rate float64 // per second
-		b    int
+		key string
+		v   *Limit
+		def httplimit.Rate
 	}{
-		{"subscribe_limits.requests_per_ip", &sl.RequestsPerIP, 5.0 / 60, 10},
-		{"subscribe_limits.signups_per_mailbox", &sl.SignupsPerMailbox, 3.0 / 3600, 3},
-		{"subscribe_limits.confirmations_per_mailbox", &sl.ConfirmationsPerMailbox, 1.0 / 3600, 3},
-		{"subscribe_limits.confirmations_per_ip", &sl.ConfirmationsPerIP, 20.0 / 3600, 10},
-		{"subscribe_limits.confirmations_per_network", &sl.ConfirmationsPerNetwork, 60.0 / 3600, 20},
-		{"subscribe_limits.confirmations_total", &sl.ConfirmationsTotal, 600.0 / 3600, 100},
-		{"unsubscribe_limits.per_ip", &ul.PerIP, 60.0 / 60, 120},
-		{"unsubscribe_limits.per_token", &ul.PerToken, 10.0 / 3600, 5},
+		{"subscribe_limits.requests_per_ip", &sl.RequestsPerIP, od.RequestsPerIP},
+		{"subscribe_limits.signups_per_mailbox", &sl.SignupsPerMailbox, od.SignupsPerMailbox},
+		{"subscribe_limits.confirmations_per_mailbox", &sl.ConfirmationsPerMailbox, od.ConfirmationsPerMailbox},
+		{"subscribe_limits.confirmations_per_ip", &sl.ConfirmationsPerIP, od.ConfirmationsPerIP},
+		{"subscribe_limits.confirmations_per_network", &sl.ConfirmationsPerNetwork, od.ConfirmationsPerNetwork},
+		{"subscribe_limits.confirmations_total", &sl.ConfirmationsTotal, od.ConfirmationsTotal},
+		{"unsubscribe_limits.per_ip", &ul.PerIP, ud.PerIP},
+		{"unsubscribe_limits.per_token", &ul.PerToken, ud.PerToken},
 	} {
 		if s.lines[l.key+".rate"] == 0 {
-			l.v.Rate = l.rate
+			l.v.Rate = float64(l.def.Limit)
 		}
 		if s.lines[l.key+".burst"] == 0 {
-			l.v.Burst = l.b
+			l.v.Burst = l.def.Burst
 		}
 	}
 	for i := range s.DKIM {
@@ -439,14 +446,13 @@ func (s *Server) applyDefaults(dir string) {
 		d.Routes = map[string]string{}
 	}
 	if d.Retry == nil {
-		// Mox-like backoff, about 8 h of tries; the last wait repeats until MaxAge.
-		d.Retry = []time.Duration{5 * time.Minute, 15 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour}
+		d.Retry = slices.Clone(queue.DefaultRetry)
 	}
 	if d.MaxAge == 0 {
-		d.MaxAge = 120 * time.Hour // RFC 5321 §4.5.4.1: give up after 4–5 days
+		d.MaxAge = queue.DefaultMaxAge
 	}
 	if d.DrainTimeout == 0 {
-		d.DrainTimeout = 30 * time.Second // under systemd's TimeoutStopSec=60
+		d.DrainTimeout = queue.DefaultDrainTimeout
 	}
 	if d.Rates == nil {
 		d.Rates = map[string]float64{}
@@ -460,7 +466,8 @@ func (s *Server) applyDefaults(dir string) {
 	ints := []struct {
 		v   *int
 		def int
-	}{{&d.ConcurrencyPerDomain, 4}, {&d.SMTPPort, 25}, {&d.Workers, 64}, {&d.MaxMessagesPerConnection, 100}}
+	}{{&d.ConcurrencyPerDomain, mta.DefaultConcurrencyPerDomain}, {&d.SMTPPort, mta.DefaultSMTPPort},
+		{&d.Workers, queue.DefaultWorkers}, {&d.MaxMessagesPerConnection, mta.DefaultMaxMessagesPerConnection}}
 	for _, n := range ints {
 		if *n.v == 0 {
 			*n.v = n.def

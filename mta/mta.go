@@ -144,6 +144,13 @@ type Sender struct {
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
 
+// Defaults of Config; the server config (configs) takes the same.
+const (
+	DefaultConcurrencyPerDomain     = 4
+	DefaultSMTPPort                 = 25 // RFC 5321 §4.5.4.2
+	DefaultMaxMessagesPerConnection = 100
+)
+
 // New checks cfg, applies defaults and returns a Sender; signer may be nil (no signing).
 func New(cfg Config, signer *dkim.Signer, log zerolog.Logger) (*Sender, error) {
 	if cfg.Hostname == "" {
@@ -154,10 +161,10 @@ func New(cfg Config, signer *dkim.Signer, log zerolog.Logger) (*Sender, error) {
 		cfg.Hostname = h
 	}
 	if cfg.ConcurrencyPerDomain <= 0 {
-		cfg.ConcurrencyPerDomain = 4
+		cfg.ConcurrencyPerDomain = DefaultConcurrencyPerDomain
 	}
 	if cfg.SMTPPort <= 0 {
-		cfg.SMTPPort = 25
+		cfg.SMTPPort = DefaultSMTPPort
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 30 * time.Second
@@ -169,7 +176,7 @@ func New(cfg Config, signer *dkim.Signer, log zerolog.Logger) (*Sender, error) {
 		cfg.IdleTimeout = 30 * time.Second
 	}
 	if cfg.MaxMessagesPerConnection <= 0 {
-		cfg.MaxMessagesPerConnection = 100
+		cfg.MaxMessagesPerConnection = DefaultMaxMessagesPerConnection
 	}
 	if cfg.Resolver == nil && cfg.DNSServer != "" {
 		if _, port, err := net.SplitHostPort(cfg.DNSServer); err != nil || port == "" {

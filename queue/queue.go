@@ -165,7 +165,9 @@ type Config struct {
 	Box         *sealed.Box     // seals personal fields and indexes recipients; required
 }
 
-// Default schedule. RFC 5321 §4.5.4.1: retry after a wait, give up after 4–5 days.
+// Default schedule, mox-like backoff: about 8 h of tries, the last wait
+// repeating until DefaultMaxAge. RFC 5321 §4.5.4.1: retry after a wait (30
+// min or more is usual), give up after 4–5 days.
 var (
 	DefaultRetry       = []time.Duration{5 * time.Minute, 15 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour}
 	DefaultMaxAge      = 120 * time.Hour

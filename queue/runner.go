@@ -76,6 +76,10 @@ type RunnerConfig struct {
 	DrainTimeout time.Duration
 }
 
+// DefaultWorkers is RunnerConfig.Workers' default: deliveries at once, most
+// of them waiting on remote servers.
+const DefaultWorkers = 64
+
 // DefaultDrainTimeout is RunnerConfig.DrainTimeout's default: under the 60 s
 // a service manager usually gives a stopping unit.
 const DefaultDrainTimeout = 30 * time.Second
@@ -92,7 +96,7 @@ type Runner struct {
 // NewRunner returns a Runner delivering s's messages through d after checking sup.
 func (s *Store) NewRunner(d Deliverer, sup Suppressions, cfg RunnerConfig) *Runner {
 	if cfg.Workers <= 0 {
-		cfg.Workers = 16
+		cfg.Workers = DefaultWorkers
 	}
 	if cfg.Poll <= 0 {
 		cfg.Poll = time.Second
