@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	pathpkg "path"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -165,8 +166,8 @@ type layerRule struct {
 }
 
 // layerRules are the numbered rules of docs/architecture.md, "Layering rules".
-// Rule 1 (nothing imports cmd or bench, not even a test) and rule 8 (mtatest
-// only in tests and bench) are checked on direct and test imports in
+// Rule 1 (nothing imports cmd or bench, not even a test) and rule 8 (test-support
+// packages only in tests and bench) are checked on direct and test imports in
 // TestArchitecture itself.
 var layerRules = []layerRule{
 	{2, func(p string) bool { return p == "templates" }, func(d string) bool {
@@ -221,9 +222,13 @@ func TestArchitecture(t *testing.T) {
 				violation(1, name, imp)
 			}
 		}
-		// Rule 8: mtatest only in tests and bench/... (cmd/postwarden's tests use it).
-		if !under(name, "bench") && slices.Contains(p.Imports, "mta/mtatest") {
-			violation(8, name, "mta/mtatest")
+		// Rule 8: test-support packages (mtatest, bouncetest) only in tests and bench/...
+		if !under(name, "bench") {
+			for _, imp := range p.Imports {
+				if strings.HasSuffix(pathpkg.Base(imp), "test") {
+					violation(8, name, imp)
+				}
+			}
 		}
 		for _, r := range layerRules {
 			if !r.from(name) {
