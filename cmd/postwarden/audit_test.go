@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/postwarden/postwarden/mta/bounce/bouncetest"
 	"github.com/postwarden/postwarden/mta/mtatest"
 	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/suppression/audit"
@@ -241,11 +242,7 @@ func TestInboundSuppressionsAreAudited(t *testing.T) {
 		verpOf[m.To[0]] = m.From
 	}
 	fixture := func(name, verp string) []byte {
-		b, err := os.ReadFile(filepath.Join(bounceFixtures, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return []byte(strings.ReplaceAll(string(b), fixtureVERP, verp))
+		return []byte(strings.ReplaceAll(string(bouncetest.Read(t, name)), fixtureVERP, verp))
 	}
 	if err := sendSMTP(listen, "", verpOf["ana@acme.example"], fixture("postfix-5.1.1.eml", verpOf["ana@acme.example"])); err != nil {
 		t.Fatalf("DSN: %v", err)

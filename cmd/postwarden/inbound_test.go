@@ -10,6 +10,7 @@ import (
 	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-smtp"
 
+	"github.com/postwarden/postwarden/mta/bounce/bouncetest"
 	"github.com/postwarden/postwarden/mta/mtatest"
 	"github.com/postwarden/postwarden/mta/verp"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
@@ -18,11 +19,8 @@ import (
 // bounceDomain is the harness's bounce_domain when the listener is on.
 const bounceDomain = "bounce.example.com"
 
-// fixtureVERP is the fake VERP address in testdata/bounces.
-const fixtureVERP = "bounce+gaydsmbrgm2tembrgizdsmbsgaydanbrmfqwc3dpnfxa@bounce.example.com"
-
-// bounceFixtures is testdata/bounces, from this package's folder.
-var bounceFixtures = filepath.Join("..", "..", "testdata", "bounces")
+// fixtureVERP is the fake VERP address in the bouncetest reports.
+const fixtureVERP = bouncetest.VERP
 
 // newInboundHarness is the standard harness with smtp_listen and
 // bounce_domain added to its config; it returns the listener's address.
@@ -77,11 +75,7 @@ func TestInboundBounceEndToEnd(t *testing.T) {
 		t.Fatalf("VERP address %s names %q (%v), want %s", rcpt, got, err, id)
 	}
 
-	dsn, err := os.ReadFile(filepath.Join(bounceFixtures, "postfix-5.1.1.eml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dsn = bytes.ReplaceAll(dsn, []byte(fixtureVERP), []byte(rcpt))
+	dsn := bytes.ReplaceAll(bouncetest.Read(t, "postfix-5.1.1.eml"), []byte(fixtureVERP), []byte(rcpt))
 	if err := sendSMTP(listen, "", rcpt, dsn); err != nil {
 		t.Fatalf("send DSN to %s: %v", listen, err)
 	}
@@ -164,9 +158,13 @@ func sendSMTP(addr, from, rcpt string, msg []byte) error {
 // exits 2 after the others when a file cannot be read.
 func TestBounceParseCommand(t *testing.T) {
 	h := newHarness(t, mtatest.Options{})
-	files, err := filepath.Glob(filepath.Join(bounceFixtures, "*.eml"))
-	if err != nil || len(files) < 12 {
-		t.Fatalf("fixtures: %v %v", files, err)
+	bounceFixtures := filepath.Join(h.dir, "bounces")
+	if err := os.Mkdir(bounceFixtures, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	files := bouncetest.WriteDir(t, bounceFixtures)
+	if len(files) < 12 {
+		t.Fatalf("fixtures: %v", files)
 	}
 	r := h.mustRun(0, append([]string{"bounce", "parse", "--reveal"}, files...)...) // JSON Lines by default
 	type line struct{ File, Recipient, Status, Action, Kind string }

@@ -239,8 +239,8 @@ func opSubjectErase(ctx context.Context, e *env, req request, o *out) error {
 		return fmt.Errorf("subject erase: capture files: %w", err)
 	}
 	res.CaptureFiles += n
-	// bbolt reuses freed pages without wiping them: rewrite every store so
-	// the erased bytes are gone from the files (MAIL-NOTES, bbolt).
+	// bbolt puts freed pages on its freelist and reuses them without zeroing
+	// them: rewrite every store so the erased bytes are gone from the files.
 	if err := e.compact(); err != nil {
 		return fmt.Errorf("subject erase: %w", err)
 	}

@@ -2,16 +2,16 @@ package bounce
 
 import (
 	"bytes"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/postwarden/postwarden/mta/bounce/bouncetest"
 )
 
 // fixtureVERP is the (fake) VERP address every fixture is addressed to.
-const fixtureVERP = "bounce+gaydsmbrgm2tembrgizdsmbsgaydanbrmfqwc3dpnfxa@bounce.example.com"
+const fixtureVERP = bouncetest.VERP
 
-// fixtures lists what each file under testdata/bounces must parse to.
+// fixtures lists what each report of bouncetest must parse to.
 var fixtures = []struct {
 	file                               string
 	recipient, status, action, kind    string
@@ -33,17 +33,13 @@ var fixtures = []struct {
 
 func readFixture(t testing.TB, name string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "testdata", "bounces", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return bouncetest.Read(t, name)
 }
 
 func TestFixtures(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("..", "..", "testdata", "bounces", "*.eml"))
-	if err != nil || len(files) != len(fixtures) {
-		t.Fatalf("%d fixture files, %d in the table (%v)", len(files), len(fixtures), err)
+	files := bouncetest.Names()
+	if len(files) != len(fixtures) {
+		t.Fatalf("%d fixture files, %d in the table", len(files), len(fixtures))
 	}
 	for _, f := range fixtures {
 		t.Run(f.file, func(t *testing.T) {

@@ -106,7 +106,8 @@ func signOne(k *Key, msg []byte) (string, error) {
 		HeaderCanonicalization: msgdkim.CanonicalizationRelaxed,
 		BodyCanonicalization:   bodyCanonicalization(k),
 		HeaderKeys:             headerKeys,
-		// No l= tag: go-msgauth never emits one (MAIL-NOTES: body length lets anyone append).
+		// No l= tag (go-msgauth never emits one): a body length lets anyone append
+		// unsigned text below the signed part, RFC 6376 §8.2.
 	}
 	w, err := msgdkim.NewSigner(opts)
 	if err != nil {

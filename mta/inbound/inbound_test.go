@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/postwarden/postwarden/mta/bounce"
+	"github.com/postwarden/postwarden/mta/bounce/bouncetest"
 	"github.com/postwarden/postwarden/mta/inbound"
 	"github.com/postwarden/postwarden/mta/verp"
 	"github.com/postwarden/postwarden/queue"
@@ -25,9 +25,9 @@ import (
 
 const domain = "bounce.example.com"
 
-// fixtureVERP is the fake VERP address in testdata/bounces; tests replace it
-// with a real one.
-const fixtureVERP = "bounce+gaydsmbrgm2tembrgizdsmbsgaydanbrmfqwc3dpnfxa@bounce.example.com"
+// fixtureVERP is the fake VERP address in the bouncetest reports; tests replace
+// it with a real one.
+const fixtureVERP = bouncetest.VERP
 
 // queueSink records reports on the real queue, as cmd/postwarden wires it.
 type queueSink struct{ q *queue.Store }
@@ -133,14 +133,10 @@ func newWorld(t *testing.T, cfg inbound.Config) *world {
 	return w
 }
 
-// fixture reads a file of testdata/bounces with the fake VERP address replaced.
+// fixture reads a bouncetest report with the fake VERP address replaced.
 func fixture(t *testing.T, name, verpAddr string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "testdata", "bounces", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bytes.ReplaceAll(b, []byte(fixtureVERP), []byte(verpAddr))
+	return bytes.ReplaceAll(bouncetest.Read(t, name), []byte(fixtureVERP), []byte(verpAddr))
 }
 
 // send runs one SMTP transaction; it returns the first error and the step that gave it.

@@ -15,8 +15,10 @@
 //     personal and are stored in clear.
 //   - Erase removes every event and sealed field of the address and appends one
 //     "erased" marker holding only the index, the time, the request reference and
-//     the dates of the original consent. bbolt reuses freed pages without wiping
-//     them (MAIL-NOTES): call Compact after Erase so the sealed bytes leave the file.
+//     the dates of the original consent. bbolt puts freed pages on its freelist and
+//     reuses them without zeroing them, so deleted bytes stay in the file until
+//     the page is overwritten: call Compact after Erase so the sealed bytes leave
+//     the file.
 //   - An erased address comes back only through double opt-in
 //     (Subscription.ViaDoubleOptIn); it gets a new SubscriberID and its first event
 //     is "resubscribed". Imports never bring back an erased or unsubscribed address.
