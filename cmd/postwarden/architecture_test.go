@@ -189,7 +189,9 @@ var layerRules = []layerRule{
 	{7, func(p string) bool { return !under(p, "cmd") && !under(p, "bench") }, func(d string) bool {
 		return d == "configs"
 	}},
-	{7, func(p string) bool { return p == "configs" }, func(string) bool { return true }},
+	{7, func(p string) bool { return p == "configs" }, func(d string) bool {
+		return d == "campaign" || d == "templates" || under(d, "mta/inbound") || d == "mta/bounce"
+	}},
 	{9, func(p string) bool { return p == "suppression/address" }, func(string) bool { return true }},
 }
 
