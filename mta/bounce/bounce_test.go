@@ -217,20 +217,6 @@ Status: 5.4.4 (unroutable: null MX)
 	}
 }
 
-func TestClassify(t *testing.T) {
-	for _, c := range []struct{ status, action, want string }{
-		{"5.1.1", "failed", KindHard}, {"5.1.10", "failed", KindHard}, {"5.1.2", "", KindHard},
-		{"5.4.4", "failed", KindHard}, {"5.2.1", "failed", KindHard}, {"5.2.2", "failed", KindSoft},
-		{"5.7.1", "failed", KindSoft}, {"5.7.9", "failed", KindSoft}, {"5.1.7", "failed", KindSoft},
-		{"5.1.8", "failed", KindSoft}, {"4.4.7", "failed", KindSoft}, {"5.1.1", "delayed", KindSoft},
-		{"2.0.0", "delivered", KindUnknown}, {"", "failed", KindUnknown}, {"9.9.9", "failed", KindUnknown},
-	} {
-		if got := Classify(c.status, c.action); got != c.want {
-			t.Errorf("Classify(%q, %q) = %q, want %q", c.status, c.action, got, c.want)
-		}
-	}
-}
-
 // Hostile input: huge headers, deep nesting, many parts, binary junk.
 func TestHostileInput(t *testing.T) {
 	var deep strings.Builder
