@@ -517,6 +517,9 @@ func TestOutcome(t *testing.T) {
 		if got := c.e.Outcome(); got != c.want {
 			t.Errorf("%+v: Outcome = %s, want %s", c.e, got, c.want)
 		}
+		if hard, _ := c.e.HardBounce(); hard != (c.want == OutcomeBouncedHard) { // the queue's question, same answer
+			t.Errorf("%+v: HardBounce = %v, want %v", c.e, hard, !hard)
+		}
 	}
 }
 

@@ -76,8 +76,8 @@ func (e *DeliveryError) Temporary() bool { return e.Temp }
 // SMTPStatus returns the reply code and the RFC 3463 enhanced code.
 func (e *DeliveryError) SMTPStatus() (int, string) { return e.Code, e.Enhanced }
 
-// FailedCommand is the stage whose reply failed ("mail", "rcpt", "data"…),
-// so the queue can tell a sender problem from a recipient one.
+// FailedCommand is the stage whose reply failed ("mail", "rcpt", "data"…):
+// a sender problem or a recipient one.
 func (e *DeliveryError) FailedCommand() string { return e.Stage }
 
 // RetryAt returns when the message may be tried again when the Sender
@@ -101,6 +101,17 @@ func (e *DeliveryError) Outcome() string {
 // Verdict is bounce.Classify of the failure: hard or soft, and why.
 func (e *DeliveryError) Verdict() bounce.Verdict {
 	return bounce.Classify(bounce.Failure{Stage: e.Stage, Code: e.Code, Enhanced: e.Enhanced, Text: e.Message})
+}
+
+// HardBounce reports whether the recipient's mailbox or domain will never
+// take mail (the queue suppresses the address), and why: bounce.Classify, the
+// rule DSNs are read by. A temporary error is never hard.
+func (e *DeliveryError) HardBounce() (hard bool, reason string) {
+	if e.Temp {
+		return false, ""
+	}
+	v := e.Verdict()
+	return v.Hard(), v.Reason
 }
 
 // Unwrap returns the underlying error (a *smtp.SMTPError for replies).
