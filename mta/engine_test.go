@@ -506,10 +506,19 @@ func TestOutcome(t *testing.T) {
 		{DeliveryError{Code: 550, Enhanced: "5.7.1"}, OutcomeBouncedSoft},
 		{DeliveryError{Code: 552, Enhanced: "5.2.2"}, OutcomeBouncedSoft},
 		{DeliveryError{Code: 550}, OutcomeBouncedSoft},
+		// The queue's rule, from bounce.Classify: the stage and the text count.
+		{DeliveryError{Code: 550, Enhanced: "5.1.1", Stage: StageMail}, OutcomeBouncedSoft},
+		{DeliveryError{Code: 553, Enhanced: "5.1.8", Stage: StageRcpt}, OutcomeBouncedSoft},
+		{DeliveryError{Code: 550, Enhanced: "5.2.1", Stage: StageRcpt}, OutcomeBouncedSoft},
+		{DeliveryError{Code: 550, Enhanced: "5.0.0", Stage: StageRcpt, Message: "User unknown"}, OutcomeBouncedHard},
+		{DeliveryError{Code: 450, Enhanced: "4.1.1", Stage: StageRcpt, Temp: true}, OutcomeDeferred},
 	}
 	for _, c := range cases {
 		if got := c.e.Outcome(); got != c.want {
 			t.Errorf("%+v: Outcome = %s, want %s", c.e, got, c.want)
+		}
+		if hard, _ := c.e.HardBounce(); hard != (c.want == OutcomeBouncedHard) { // the queue's question, same answer
+			t.Errorf("%+v: HardBounce = %v, want %v", c.e, hard, !hard)
 		}
 	}
 }

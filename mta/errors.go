@@ -8,28 +8,30 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/postwarden/postwarden/mta/bounce"
 )
 
 // Stages named in DeliveryError.Stage.
 const (
-	StageSign     = "sign"     // parsing or signing the message
-	StageRoute    = "route"    // recipient, MX or address lookup
-	StageCapture  = "capture"  // writing the capture file
-	StageConnect  = "connect"  // TCP connect, greeting
-	StageEHLO     = "ehlo"     // EHLO
-	StageSTARTTLS = "starttls" // STARTTLS and TLS handshake
-	StageMail     = "mail"     // RSET, MAIL FROM
-	StageRcpt     = "rcpt"     // RCPT TO
-	StageData     = "data"     // DATA, body, final reply
-	StageThrottle = "throttle" // the destination's rate limit (Config.Rates); see RetryAt
-	StageCircuit  = "circuit"  // the destination's circuit is open; see RetryAt
+	StageSign     = "sign"               // parsing or signing the message
+	StageRoute    = bounce.StageRoute    // recipient, MX or address lookup
+	StageCapture  = "capture"            // writing the capture file
+	StageConnect  = bounce.StageConnect  // TCP connect, greeting
+	StageEHLO     = bounce.StageEHLO     // EHLO
+	StageSTARTTLS = bounce.StageSTARTTLS // STARTTLS and TLS handshake
+	StageMail     = bounce.StageMail     // RSET, MAIL FROM
+	StageRcpt     = bounce.StageRcpt     // RCPT TO
+	StageData     = bounce.StageData     // DATA, body, final reply
+	StageThrottle = "throttle"           // the destination's rate limit (Config.Rates); see RetryAt
+	StageCircuit  = "circuit"            // the destination's circuit is open; see RetryAt
 )
 
 // Outcomes returned by DeliveryError.Outcome.
 const (
 	OutcomeDeferred    = "deferred"     // temporary: try again later
-	OutcomeBouncedHard = "bounced-hard" // permanent, 5.1.x: the mailbox or domain does not exist
-	OutcomeBouncedSoft = "bounced-soft" // permanent for other reasons (5.7.x policy, 5.2.2 full…)
+	OutcomeBouncedHard = "bounced-hard" // permanent, and bounce.Classify says the mailbox or domain never takes mail
+	OutcomeBouncedSoft = "bounced-soft" // permanent for other reasons (5.7.x policy, 5.2.2 full, a reply to MAIL…)
 )
 
 // DeliveryError describes a failed delivery attempt; it is temporary unless Temp is false.
@@ -74,8 +76,8 @@ func (e *DeliveryError) Temporary() bool { return e.Temp }
 // SMTPStatus returns the reply code and the RFC 3463 enhanced code.
 func (e *DeliveryError) SMTPStatus() (int, string) { return e.Code, e.Enhanced }
 
-// FailedCommand is the stage whose reply failed ("mail", "rcpt", "data"…),
-// so the queue can tell a sender problem from a recipient one.
+// FailedCommand is the stage whose reply failed ("mail", "rcpt", "data"…):
+// a sender problem or a recipient one.
 func (e *DeliveryError) FailedCommand() string { return e.Stage }
 
 // RetryAt returns when the message may be tried again when the Sender
@@ -83,17 +85,33 @@ func (e *DeliveryError) FailedCommand() string { return e.Stage }
 func (e *DeliveryError) RetryAt() time.Time { return e.NotBefore }
 
 // Outcome classifies the error for logs and metrics: OutcomeDeferred when
-// temporary, OutcomeBouncedHard for a permanent 5.1.x (RFC 3463: bad
-// mailbox or domain, the address should be suppressed), else OutcomeBouncedSoft.
+// temporary, OutcomeBouncedHard when bounce.Classify, the rule the queue
+// suppresses by, says hard, else OutcomeBouncedSoft.
 func (e *DeliveryError) Outcome() string {
 	switch {
 	case e.Temp:
 		return OutcomeDeferred
-	case strings.HasPrefix(e.Enhanced, "5.1."):
+	case e.Verdict().Hard():
 		return OutcomeBouncedHard
 	default:
 		return OutcomeBouncedSoft
 	}
+}
+
+// Verdict is bounce.Classify of the failure: hard or soft, and why.
+func (e *DeliveryError) Verdict() bounce.Verdict {
+	return bounce.Classify(bounce.Failure{Stage: e.Stage, Code: e.Code, Enhanced: e.Enhanced, Text: e.Message})
+}
+
+// HardBounce reports whether the recipient's mailbox or domain will never
+// take mail (the queue suppresses the address), and why: bounce.Classify, the
+// rule DSNs are read by. A temporary error is never hard.
+func (e *DeliveryError) HardBounce() (hard bool, reason string) {
+	if e.Temp {
+		return false, ""
+	}
+	v := e.Verdict()
+	return v.Hard(), v.Reason
 }
 
 // Unwrap returns the underlying error (a *smtp.SMTPError for replies).

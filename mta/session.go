@@ -459,8 +459,8 @@ func outcome(ev *zerolog.Event, reply string, derr *DeliveryError) *zerolog.Even
 	if derr == nil {
 		return ev.Str("outcome", "delivered").Int("reply_code", 250).Str("reply", maskText(reply))
 	}
-	return ev.Str("outcome", derr.Outcome()).Str("stage", derr.Stage).Int("reply_code", derr.Code).
-		Str("enhanced", derr.Enhanced).Str("reply", maskText(derr.Message))
+	return ev.Str("outcome", derr.Outcome()).Str("reason", derr.Verdict().Reason).Str("stage", derr.Stage).
+		Int("reply_code", derr.Code).Str("enhanced", derr.Enhanced).Str("reply", maskText(derr.Message))
 }
 
 // take removes and returns an idle connection under key, or nil.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/postwarden/postwarden/mta/bounce"
 	"github.com/postwarden/postwarden/suppression/sealed"
 )
 
@@ -25,13 +26,27 @@ func (e *smtpErr) Error() string             { return fmt.Sprintf("%d %s %s", e.
 func (e *smtpErr) Temporary() bool           { return e.code/100 == 4 }
 func (e *smtpErr) SMTPStatus() (int, string) { return e.code, e.enh }
 
+// HardBounce asks the real classifier, as mta.DeliveryError does.
+func (e *smtpErr) HardBounce() (bool, string) { return hardBounce("", e) }
+
+// permErr is a permanent error that does not say whether it is a hard bounce.
+type permErr string
+
+func (e permErr) Error() string   { return string(e) }
+func (e permErr) Temporary() bool { return false }
+
 // stagedErr also names the SMTP command that failed, like mta.DeliveryError.
 type stagedErr struct {
 	smtpErr
 	stage string
 }
 
-func (e *stagedErr) FailedCommand() string { return e.stage }
+func (e *stagedErr) HardBounce() (bool, string) { return hardBounce(e.stage, &e.smtpErr) }
+
+func hardBounce(stage string, e *smtpErr) (bool, string) {
+	v := bounce.Classify(bounce.Failure{Stage: stage, Code: e.code, Enhanced: e.enh, Text: e.msg})
+	return v.Hard(), v.Reason
+}
 
 // fakeDeliverer returns scripted errors per address (then success) and counts calls.
 type fakeDeliverer struct {

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"time"
 
@@ -15,8 +14,9 @@ import (
 )
 
 // Deliverer sends one message to one recipient. An error with Temporary() returning
-// false is permanent; every other error is temporary. SMTPStatus() (code, enhanced),
-// when present, gives the reply code and the RFC 3463 enhanced code. Deliver
+// false is permanent; every other error is temporary. A permanent error's
+// HardBounce(), when present, says whether the recipient's mailbox or domain
+// will never take mail (then the address is suppressed). Deliver
 // must not keep body after it returns: the runner reuses its memory.
 type Deliverer interface {
 	Deliver(ctx context.Context, id, from, to string, body []byte) error
@@ -31,25 +31,14 @@ type Suppressions interface {
 // temporary is implemented by delivery errors that say whether to retry.
 type temporary interface{ Temporary() bool }
 
-// smtpStatus is implemented by delivery errors carrying an SMTP reply.
-type smtpStatus interface{ SMTPStatus() (int, string) }
-
-// failedCommand names the SMTP command a reply answered ("mail", "rcpt", "data").
-type failedCommand interface{ FailedCommand() string }
-
-// badRecipient reports whether a permanent failure says the recipient's
-// mailbox or domain does not exist (RFC 3463 §3.2, X.1.x), which suppresses
-// the address. 5.1.7 and 5.1.8 are about our sender, and so is any reply to
-// MAIL FROM: they never suppress a recipient.
-func badRecipient(err error, enhanced string) bool {
-	if !strings.HasPrefix(enhanced, "5.1.") || enhanced == "5.1.7" || enhanced == "5.1.8" {
-		return false
-	}
-	var fc failedCommand
-	if errors.As(err, &fc) && fc.FailedCommand() == "mail" {
-		return false
-	}
-	return true
+// hardBouncer is implemented by delivery errors that know whether a permanent
+// failure means the recipient's mailbox or domain will never take mail. The
+// queue keeps no rule of its own: mta answers with mta/bounce's classifier, the
+// same one that reads DSNs, so an address is suppressed alike whether the
+// remote refused it at RCPT or bounced it later. An error without it never
+// suppresses.
+type hardBouncer interface {
+	HardBounce() (hard bool, reason string)
 }
 
 // retryAter is implemented by delivery errors that say the message was not
@@ -535,9 +524,9 @@ func decide(derr error, took time.Duration) outcome {
 		return o // RFC 5321 §4.2.1: 4yz and unknown failures are retried
 	}
 	o.state, o.reason, o.event = StateBounced, "permanent failure", "bounced_soft"
-	var st smtpStatus
-	if errors.As(derr, &st) {
-		if _, enh := st.SMTPStatus(); badRecipient(derr, enh) {
+	var hb hardBouncer
+	if errors.As(derr, &hb) {
+		if hard, _ := hb.HardBounce(); hard {
 			o.event, o.suppress = "bounced_hard", true // followUp suppresses after the commit
 		}
 	}

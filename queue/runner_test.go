@@ -71,6 +71,11 @@ func TestPermanentFailures(t *testing.T) {
 		{"our sender 5.1.7", &smtpErr{553, "5.1.7", "bad sender address syntax"}, false},
 		{"5.1.1 in reply to MAIL FROM", &stagedErr{smtpErr{550, "5.1.1", "sender unknown"}, "mail"}, false},
 		{"5.1.1 in reply to RCPT TO", &stagedErr{smtpErr{550, "5.1.1", "user unknown"}, "rcpt"}, true},
+		// One rule with DSNs (mta/bounce.Classify): disabled is not gone, a generic code's text counts.
+		{"disabled 5.2.1 at RCPT", &stagedErr{smtpErr{550, "5.2.1", "mailbox disabled"}, "rcpt"}, false},
+		{"unroutable 5.4.4 at RCPT", &stagedErr{smtpErr{550, "5.4.4", "unable to route"}, "rcpt"}, false},
+		{"generic 5.0.0 user unknown at RCPT", &stagedErr{smtpErr{550, "5.0.0", "User unknown"}, "rcpt"}, true},
+		{"no HardBounce: never suppresses", permErr("550 5.1.1 no such user"), false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -190,7 +190,7 @@ var layerRules = []layerRule{
 		return d == "configs"
 	}},
 	{7, func(p string) bool { return p == "configs" }, func(d string) bool {
-		return d == "campaign" || d == "templates" || under(d, "mta/inbound") || d == "mta/bounce"
+		return d == "campaign" || d == "templates" || under(d, "mta/inbound")
 	}},
 	{9, func(p string) bool { return p == "suppression/address" }, func(string) bool { return true }},
 }

@@ -23,8 +23,8 @@ import (
 
 // Kinds of report.
 const (
-	KindHard      = "hard"      // the address does not exist (5.1.x but 5.1.7/5.1.8, 5.2.1, 5.4.4)
-	KindSoft      = "soft"      // the message failed or waits, the address may be fine (other 5.x.x, 4.x.x, 5.2.2)
+	KindHard      = "hard"      // the mailbox or domain will never take mail: suppress the address (see Classify)
+	KindSoft      = "soft"      // the message failed or waits, the address may be fine
 	KindComplaint = "complaint" // a spam complaint (ARF)
 	KindUnknown   = "unknown"   // nothing usable found, or not a failure
 )
@@ -37,6 +37,7 @@ type Report struct {
 	Diagnostic string `json:"diagnostic,omitempty"` // the remote's reply, type prefix removed
 	RemoteMTA  string `json:"remote_mta,omitempty"` // host that gave the reply
 	Kind       string `json:"kind"`                 // hard, soft, complaint, unknown
+	Reason     string `json:"reason,omitempty"`     // why, one of the Reason constants (Classify)
 	// FeedbackType is the ARF Feedback-Type (abuse, fraud, virus, other, not-spam).
 	FeedbackType string `json:"feedback_type,omitempty"`
 	// OriginalMailFrom is the envelope sender of the reported message (ARF
@@ -269,7 +270,9 @@ func (p *parser) dsnReports() []Report {
 		if d := diagCode(r.Diagnostic); d != "" && (r.Status == "" || (strings.HasSuffix(r.Status, ".0.0") && d[0] == r.Status[0])) {
 			r.Status = d
 		}
-		r.Kind = Classify(r.Status, r.Action)
+		// The Status field's comment may say what the code does not ("5.4.4 (null MX)").
+		v := Classify(Failure{Stage: StageReport, Enhanced: r.Status, Text: strings.TrimSpace(r.Diagnostic + " " + status), Action: r.Action})
+		r.Kind, r.Reason = v.Kind, v.Reason
 		out = append(out, r)
 	}
 	return out
@@ -278,9 +281,9 @@ func (p *parser) dsnReports() []Report {
 // arfReport reads a feedback report (RFC 5965 §3.1–3.2).
 func (p *parser) arfReport() Report {
 	ft := strings.ToLower(firstWord(p.arf.get("Feedback-Type")))
-	r := Report{FeedbackType: ft, Kind: KindComplaint}
+	r := Report{FeedbackType: ft, Kind: KindComplaint, Reason: ReasonFeedback}
 	if ft == "not-spam" { // RFC 6430: the opposite of a complaint
-		r.Kind = KindUnknown
+		r.Kind, r.Reason = KindUnknown, ReasonUndefined
 	}
 	for _, k := range []string{"Original-Rcpt-To", "Removal-Recipient"} {
 		if a := firstAddress(p.arf.get(k)); a != "" {
@@ -293,39 +296,4 @@ func (p *parser) arfReport() Report {
 	}
 	r.OriginalMailFrom = bareAddress(p.arf.get("Original-Mail-From"))
 	return r
-}
-
-// Classify maps an RFC 3463 status and a DSN action to a Kind. Delayed is
-// soft; 5.1.x (but 5.1.7 and 5.1.8, which are about the sender's address),
-// 5.2.1 (mailbox disabled) and 5.4.4 (unroutable, e.g. null MX) are hard;
-// other 5.x.x (policy, content, 5.2.2 mailbox full) and 4.x.x are soft;
-// success actions and missing codes are unknown.
-func Classify(status, action string) string {
-	switch strings.ToLower(action) {
-	case "delayed": // RFC 3464 §2.3.3: not a failure yet
-		return KindSoft
-	case "delivered", "relayed", "expanded":
-		return KindUnknown
-	}
-	code := enhancedCode(status)
-	if code == "" {
-		return KindUnknown
-	}
-	cls, rest, _ := strings.Cut(code, ".")
-	subj, detail, _ := strings.Cut(rest, ".")
-	switch cls {
-	case "5":
-		switch {
-		case subj == "1" && (detail == "7" || detail == "8"): // RFC 3463 §3.2: bad sender address
-			return KindSoft
-		case subj == "1": // bad destination mailbox or system, incl. 5.1.10 null MX (RFC 7505)
-			return KindHard
-		case subj == "2" && detail == "1", subj == "4" && detail == "4":
-			return KindHard
-		}
-		return KindSoft
-	case "4":
-		return KindSoft
-	}
-	return KindUnknown
 }

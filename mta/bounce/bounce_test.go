@@ -16,18 +16,19 @@ var fixtures = []struct {
 	file                               string
 	recipient, status, action, kind    string
 	feedbackType, remote, diagContains string
+	reason                             string
 }{
-	{file: "postfix-5.1.1.eml", recipient: "nobody@example.net", status: "5.1.1", action: "failed", kind: KindHard, remote: "mail.example.net", diagContains: "User unknown in virtual mailbox table"},
-	{file: "exim-550.eml", recipient: "jdoe@example.org", status: "5.1.1", action: "failed", kind: KindHard, remote: "mail.example.org", diagContains: "550 5.1.1"},
-	{file: "sendmail-5.1.1.eml", recipient: "old.user@example.net", status: "5.1.1", action: "failed", kind: KindHard, remote: "mx.example.net", diagContains: "User unknown"},
-	{file: "exchange-ndr.eml", recipient: "mailbox@fabrikam.example", status: "5.1.10", action: "failed", kind: KindHard, diagContains: "RESOLVER.ADR.RecipientNotFound"},
-	{file: "gmail-5.1.1.eml", recipient: "someone@example.org", status: "5.1.1", action: "failed", kind: KindHard, remote: "mx.example.org", diagContains: "does not exist"},
-	{file: "yahoo-554.eml", recipient: "user@example.net", status: "5.7.9", action: "failed", kind: KindSoft, diagContains: "policy reasons"},
-	{file: "qmail-plain.eml", recipient: "gone@example.org", status: "5.1.1", action: "failed", kind: KindHard, remote: "198.51.100.9", diagContains: "No such user"},
-	{file: "mailbox-full-5.2.2.eml", recipient: "full@example.com", status: "5.2.2", action: "failed", kind: KindSoft, remote: "mx1.example.com", diagContains: "Mailbox full"},
-	{file: "delayed-4.4.7.eml", recipient: "slow@example.net", status: "4.4.7", action: "delayed", kind: KindSoft, diagContains: "Connection timed out"},
-	{file: "arf-abuse.eml", recipient: "reader@isp.example", kind: KindComplaint, feedbackType: "abuse"},
-	{file: "arf-headers-only.eml", recipient: "pat.lee@complaints.example.net", kind: KindComplaint, feedbackType: "abuse"},
+	{file: "postfix-5.1.1.eml", recipient: "nobody@example.net", status: "5.1.1", action: "failed", kind: KindHard, remote: "mail.example.net", diagContains: "User unknown in virtual mailbox table", reason: ReasonUserUnknown},
+	{file: "exim-550.eml", recipient: "jdoe@example.org", status: "5.1.1", action: "failed", kind: KindHard, remote: "mail.example.org", diagContains: "550 5.1.1", reason: ReasonUserUnknown},
+	{file: "sendmail-5.1.1.eml", recipient: "old.user@example.net", status: "5.1.1", action: "failed", kind: KindHard, remote: "mx.example.net", diagContains: "User unknown", reason: ReasonUserUnknown},
+	{file: "exchange-ndr.eml", recipient: "mailbox@fabrikam.example", status: "5.1.10", action: "failed", kind: KindHard, diagContains: "RESOLVER.ADR.RecipientNotFound", reason: ReasonUserUnknown},
+	{file: "gmail-5.1.1.eml", recipient: "someone@example.org", status: "5.1.1", action: "failed", kind: KindHard, remote: "mx.example.org", diagContains: "does not exist", reason: ReasonUserUnknown},
+	{file: "yahoo-554.eml", recipient: "user@example.net", status: "5.7.9", action: "failed", kind: KindSoft, diagContains: "policy reasons", reason: ReasonPolicyViolation},
+	{file: "qmail-plain.eml", recipient: "gone@example.org", status: "5.1.1", action: "failed", kind: KindHard, remote: "198.51.100.9", diagContains: "No such user", reason: ReasonUserUnknown},
+	{file: "mailbox-full-5.2.2.eml", recipient: "full@example.com", status: "5.2.2", action: "failed", kind: KindSoft, remote: "mx1.example.com", diagContains: "Mailbox full", reason: ReasonMailboxFull},
+	{file: "delayed-4.4.7.eml", recipient: "slow@example.net", status: "4.4.7", action: "delayed", kind: KindSoft, diagContains: "Connection timed out", reason: ReasonExpired},
+	{file: "arf-abuse.eml", recipient: "reader@isp.example", kind: KindComplaint, feedbackType: "abuse", reason: ReasonFeedback},
+	{file: "arf-headers-only.eml", recipient: "pat.lee@complaints.example.net", kind: KindComplaint, feedbackType: "abuse", reason: ReasonFeedback},
 	{file: "garbage.eml", kind: KindUnknown},
 }
 
@@ -54,6 +55,9 @@ func TestFixtures(t *testing.T) {
 			if r.Recipient != f.recipient || r.Status != f.status || r.Action != f.action || r.Kind != f.kind || r.FeedbackType != f.feedbackType {
 				t.Errorf("got recipient %q status %q action %q kind %q feedback %q\nwant %q %q %q %q %q",
 					r.Recipient, r.Status, r.Action, r.Kind, r.FeedbackType, f.recipient, f.status, f.action, f.kind, f.feedbackType)
+			}
+			if r.Reason != f.reason {
+				t.Errorf("reason %q, want %q", r.Reason, f.reason)
 			}
 			if r.RemoteMTA != f.remote {
 				t.Errorf("remote MTA %q, want %q", r.RemoteMTA, f.remote)
@@ -210,20 +214,6 @@ Status: 5.4.4 (unroutable: null MX)
 	reps, err = Parse(strings.NewReader(arf))
 	if err != nil || len(reps) != 1 || reps[0].Kind != KindUnknown || reps[0].FeedbackType != "not-spam" {
 		t.Errorf("not-spam report: %+v, %v", reps, err)
-	}
-}
-
-func TestClassify(t *testing.T) {
-	for _, c := range []struct{ status, action, want string }{
-		{"5.1.1", "failed", KindHard}, {"5.1.10", "failed", KindHard}, {"5.1.2", "", KindHard},
-		{"5.4.4", "failed", KindHard}, {"5.2.1", "failed", KindHard}, {"5.2.2", "failed", KindSoft},
-		{"5.7.1", "failed", KindSoft}, {"5.7.9", "failed", KindSoft}, {"5.1.7", "failed", KindSoft},
-		{"5.1.8", "failed", KindSoft}, {"4.4.7", "failed", KindSoft}, {"5.1.1", "delayed", KindSoft},
-		{"2.0.0", "delivered", KindUnknown}, {"", "failed", KindUnknown}, {"9.9.9", "failed", KindUnknown},
-	} {
-		if got := Classify(c.status, c.action); got != c.want {
-			t.Errorf("Classify(%q, %q) = %q, want %q", c.status, c.action, got, c.want)
-		}
 	}
 }
 

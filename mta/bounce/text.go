@@ -137,7 +137,8 @@ func windowReport(w, action string) Report {
 	if r.Status == "" {
 		r.Action = ""
 	}
-	r.Kind = Classify(r.Status, r.Action)
+	v := Classify(Failure{Stage: StageReport, Enhanced: r.Status, Text: r.Diagnostic, Action: r.Action})
+	r.Kind, r.Reason = v.Kind, v.Reason
 	return r
 }
 

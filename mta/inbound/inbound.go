@@ -552,8 +552,8 @@ func (s *Server) apply(log zerolog.Logger, queueID string, rep bounce.Report) er
 		return fmt.Errorf("record bounce of %s: %w", queueID, err)
 	}
 	ev := log.Info().Str("queue_id", queueID).Str("rcpt", address.Mask(to)).Str("list", list).Str("campaign", campaign).
-		Str("kind", rep.Kind).Str("status", rep.Status).Str("action", rep.Action)
-	event := ""
+		Str("kind", rep.Kind).Str("reason", rep.Reason).Str("status", rep.Status).Str("action", rep.Action)
+	event := "" // rep.Kind is bounce.Classify's verdict on this recipient's group, the queue's rule too
 	switch rep.Kind {
 	case bounce.KindHard:
 		note := strings.TrimSpace(rep.Status + " " + rep.Diagnostic)

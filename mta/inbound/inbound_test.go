@@ -503,3 +503,41 @@ func TestRepeatedMailtoUnsubscribeCountsOnce(t *testing.T) {
 		t.Errorf("events %v, want unsubscribed 1", ev)
 	}
 }
+
+// A DSN group is judged by bounce.Classify, the rule the queue suppresses by
+// at RCPT time: 5.2.1 (disabled) and 5.1.8 (our sender) stay soft, a 5.4.4
+// saying the host does not exist and a generic code saying "User unknown"
+// are hard.
+func TestDSNGroupsJudgedByTheOneRule(t *testing.T) {
+	for _, c := range []struct {
+		status, diag string
+		hard         bool
+	}{
+		{"5.2.1", "550 5.2.1 mailbox disabled", false},
+		{"5.1.8", "553 5.1.8 Sender address rejected: Domain not found", false},
+		{"5.4.4", "Host or domain name not found. Name service error for name=acme.example type=A: Host not found", true},
+		{"5.0.0", "550 User unknown", true},
+	} {
+		t.Run(c.status, func(t *testing.T) {
+			w := newWorld(t, inbound.Config{})
+			ana := w.codec.Address(w.ids["ana@acme.example"])
+			dsn := fmt.Sprintf("From: MAILER-DAEMON@mx.example.net\nTo: %s\nSubject: Undelivered Mail\nMIME-Version: 1.0\n"+
+				"Content-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\n\n"+
+				"--B\nContent-Type: text/plain\n\nNot delivered.\n\n"+
+				"--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.net\n\n"+
+				"Final-Recipient: rfc822; ana@acme.example\nAction: failed\nStatus: %s\nDiagnostic-Code: smtp; %s\n\n--B--\n",
+				ana, c.status, c.diag)
+			if step, err := w.send("", ana, []byte(dsn)); err != nil {
+				t.Fatalf("%s: %v", step, err)
+			}
+			want, supp := "bounce-soft", ""
+			if c.hard {
+				want, supp = "bounce-hard", "hard_bounce"
+			}
+			if h := w.history("ana@acme.example"); len(h) == 0 || h[len(h)-1].Outcome != want {
+				t.Fatalf("history %+v, want %s last", h, want)
+			}
+			w.checkSupp("ana@acme.example", "", supp)
+		})
+	}
+}

@@ -1,0 +1,87 @@
+package bounce
+
+import "testing"
+
+// TestClassify is the one table for the hard/soft rule: SMTP-time replies
+// (by stage), DSN groups and text bounces alike.
+func TestClassify(t *testing.T) {
+	cases := []struct {
+		name string
+		f    Failure
+		kind string
+		why  string
+	}{
+		// 5.1.x: the mailbox or domain, except the sender's own address.
+		{"5.1.1 at RCPT", Failure{Stage: StageRcpt, Code: 550, Enhanced: "5.1.1", Text: "no such user"}, KindHard, ReasonUserUnknown},
+		{"5.1.1 after DATA", Failure{Stage: StageData, Code: 550, Enhanced: "5.1.1"}, KindHard, ReasonUserUnknown},
+		{"5.1.1 DSN", Failure{Enhanced: "5.1.1", Action: "failed", Text: "550 5.1.1 unknown"}, KindHard, ReasonUserUnknown},
+		{"5.1.2 at RCPT", Failure{Stage: StageRcpt, Code: 550, Enhanced: "5.1.2", Text: "no such domain"}, KindHard, ReasonHostUnknown},
+		{"5.1.2 our own lookup", Failure{Stage: StageRoute, Enhanced: "5.1.2", Text: "no MX and no address records"}, KindHard, ReasonHostUnknown},
+		{"5.1.3 bad syntax", Failure{Stage: StageRcpt, Code: 553, Enhanced: "5.1.3"}, KindHard, ReasonUserUnknown},
+		{"5.1.6 moved", Failure{Stage: StageRcpt, Code: 550, Enhanced: "5.1.6", Text: "mailbox has moved"}, KindHard, ReasonHasMoved},
+		{"5.1.7 our sender syntax", Failure{Stage: StageRcpt, Code: 553, Enhanced: "5.1.7", Text: "bad sender address syntax"}, KindSoft, ReasonRejected},
+		{"5.1.8 our sender domain", Failure{Stage: StageRcpt, Code: 553, Enhanced: "5.1.8", Text: "sender domain does not resolve"}, KindSoft, ReasonRejected},
+		{"5.1.8 DSN", Failure{Enhanced: "5.1.8", Action: "failed"}, KindSoft, ReasonRejected},
+		{"5.1.10 null MX, our lookup", Failure{Stage: StageRoute, Code: 556, Enhanced: "5.1.10", Text: "domain accepts no mail (null MX)"}, KindHard, ReasonNotAccept},
+		{"5.1.10 Microsoft recipient not found", Failure{Enhanced: "5.1.10", Action: "failed", Text: "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"}, KindHard, ReasonUserUnknown},
+		{"5.1.0 generic, no wording", Failure{Stage: StageRcpt, Code: 550, Enhanced: "5.1.0", Text: "address rejected"}, KindSoft, ReasonUndefined},
+		// 5.2.x: the mailbox exists.
+		{"5.2.1 disabled at RCPT", Failure{Stage: StageRcpt, Code: 550, Enhanced: "5.2.1", Text: "mailbox disabled"}, KindSoft, ReasonSuspend},
+		{"5.2.1 DSN", Failure{Enhanced: "5.2.1", Action: "failed", Text: "account disabled"}, KindSoft, ReasonSuspend},
+		{"5.2.2 full", Failure{Stage: StageRcpt, Code: 552, Enhanced: "5.2.2", Text: "over quota"}, KindSoft, ReasonMailboxFull},
+		{"5.2.3 too big", Failure{Stage: StageData, Code: 552, Enhanced: "5.2.3"}, KindSoft, ReasonMesgTooBig},
+		// 5.4.4: hard only when the text says the domain is gone or takes no mail.
+		{"5.4.4 host not found", Failure{Enhanced: "5.4.4", Action: "failed", Text: "Host or domain name not found. Name service error for name=gone.example type=A: Host not found"}, KindHard, ReasonHostUnknown},
+		{"5.4.4 null MX", Failure{Enhanced: "5.4.4", Action: "failed", Text: "550 5.4.4 domain has null MX"}, KindHard, ReasonNotAccept},
+		{"5.4.4 unroutable", Failure{Enhanced: "5.4.4", Action: "failed", Text: "Unrouteable address"}, KindSoft, ReasonNetworkError},
+		{"5.4.4 at RCPT, no wording", Failure{Stage: StageRcpt, Code: 550, Enhanced: "5.4.4"}, KindSoft, ReasonNetworkError},
+		// 5.7.x: policy and reputation never suppress, whatever the text says.
+		{"5.7.1 blocked", Failure{Stage: StageRcpt, Code: 550, Enhanced: "5.7.1", Text: "IP listed on Spamhaus"}, KindSoft, ReasonBlocked},
+		{"5.7.1 spam", Failure{Stage: StageData, Code: 550, Enhanced: "5.7.1", Text: "likely unsolicited mail"}, KindSoft, ReasonSpamDetected},
+		{"5.7.1 relay", Failure{Stage: StageRcpt, Code: 554, Enhanced: "5.7.1", Text: "Relay access denied"}, KindSoft, ReasonNoRelaying},
+		{"5.7.1 user unknown wording", Failure{Stage: StageRcpt, Code: 550, Enhanced: "5.7.1", Text: "user unknown"}, KindSoft, ReasonSecurityError},
+		{"5.7.26 auth", Failure{Stage: StageData, Code: 550, Enhanced: "5.7.26", Text: "unauthenticated email"}, KindSoft, ReasonAuthFailure},
+		{"5.7.9 DSN", Failure{Enhanced: "5.7.9", Action: "failed", Text: "554 5.7.9 Message not accepted for policy reasons"}, KindSoft, ReasonPolicyViolation},
+		// 4.x.x and delays are never hard.
+		{"4.1.1 at RCPT", Failure{Stage: StageRcpt, Code: 450, Enhanced: "4.1.1", Text: "user unknown"}, KindSoft, ReasonUserUnknown},
+		{"4.2.2 over quota", Failure{Stage: StageRcpt, Code: 452, Enhanced: "4.2.2", Text: "over quota"}, KindSoft, ReasonMailboxFull},
+		{"4.7.0 rate", Failure{Stage: StageConnect, Code: 421, Enhanced: "4.7.0", Text: "try again later"}, KindSoft, ReasonSpeeding},
+		{"4.4.7 DSN", Failure{Enhanced: "4.4.7", Action: "failed"}, KindSoft, ReasonExpired},
+		{"5.1.1 delayed", Failure{Enhanced: "5.1.1", Action: "delayed"}, KindSoft, ReasonUserUnknown},
+		{"4.0.0 text user unknown", Failure{Stage: StageRcpt, Code: 450, Text: "User unknown"}, KindSoft, ReasonUserUnknown},
+		// MAIL FROM and the session: about us, never the recipient.
+		{"5.1.1 at MAIL", Failure{Stage: StageMail, Code: 550, Enhanced: "5.1.1", Text: "sender unknown"}, KindSoft, ReasonRejected},
+		{"5.1.2 at MAIL", Failure{Stage: StageMail, Code: 553, Enhanced: "5.1.2"}, KindSoft, ReasonRejected},
+		{"5.7.1 at MAIL", Failure{Stage: StageMail, Code: 550, Enhanced: "5.7.1", Text: "blocked"}, KindSoft, ReasonBlocked},
+		{"554 greeting", Failure{Stage: StageConnect, Code: 554, Text: "no SMTP service here"}, KindSoft, ReasonUndefined},
+		{"521 greeting", Failure{Stage: StageConnect, Code: 521, Text: "mx.example does not accept mail"}, KindSoft, ReasonNotAccept},
+		// Generic codes: the text decides.
+		{"5.0.0 user unknown", Failure{Stage: StageRcpt, Code: 550, Enhanced: "5.0.0", Text: "<ana@example.com>: Recipient address rejected: User unknown in local recipient table"}, KindHard, ReasonUserUnknown},
+		{"550 no enhanced, no such user", Failure{Stage: StageRcpt, Code: 550, Text: "No such user here"}, KindHard, ReasonUserUnknown},
+		{"550 no enhanced, no wording", Failure{Stage: StageRcpt, Code: 550, Text: "Requested action not taken: mailbox unavailable"}, KindSoft, ReasonUndefined},
+		{"5.0.0 spam before user", Failure{Stage: StageData, Code: 554, Enhanced: "5.0.0", Text: "rejected as spam; user unknown"}, KindSoft, ReasonSpamDetected},
+		{"5.0.0 sender rejected", Failure{Stage: StageRcpt, Code: 550, Enhanced: "5.0.0", Text: "Sender address rejected: User unknown in local recipient table"}, KindSoft, ReasonRejected},
+		{"5.0.0 mailbox full", Failure{Enhanced: "5.0.0", Action: "failed", Text: "552 mailbox full"}, KindSoft, ReasonMailboxFull},
+		{"556 DSN", Failure{Action: "failed", Text: "556 domain does not accept mail"}, KindHard, ReasonNotAccept},
+		{"DSN code only in the diagnostic", Failure{Action: "failed", Text: "550 The email account that you tried to reach does not exist"}, KindHard, ReasonUserUnknown},
+		{"class mismatch: the reply wins", Failure{Stage: StageRcpt, Code: 450, Enhanced: "5.1.1", Text: "try later"}, KindSoft, ReasonSpeeding},
+		// Not failures, or nothing to tell.
+		{"delivered", Failure{Enhanced: "2.0.0", Action: "delivered"}, KindUnknown, ReasonDelivered},
+		{"relayed", Failure{Enhanced: "5.1.1", Action: "relayed"}, KindUnknown, ReasonDelivered},
+		{"no code", Failure{Action: "failed"}, KindUnknown, ReasonUndefined},
+		{"not a code", Failure{Enhanced: "9.9.9", Action: "failed"}, KindUnknown, ReasonUndefined},
+		{"our own permanent error", Failure{Stage: "sign", Text: "parse message: bad header"}, KindUnknown, ReasonUndefined},
+		{"vacation", Failure{Text: "I am out of the office"}, KindUnknown, ReasonVacation},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			v := Classify(c.f)
+			if v.Kind != c.kind || v.Reason != c.why {
+				t.Errorf("Classify(%+v) = %+v, want %s %s", c.f, v, c.kind, c.why)
+			}
+			if v.Hard() != (c.kind == KindHard) {
+				t.Errorf("Hard() = %v for %s", v.Hard(), v.Kind)
+			}
+		})
+	}
+}
