@@ -11,7 +11,7 @@ import (
 var goldenKey = []byte("golden unsubscribe key, 32 bytes")
 
 var goldenTokens = []struct {
-	claim        Claim
+	claim         Claim
 	token, mailto string
 }{
 	{Claim{Address: "ana@example.com", List: "news", Campaign: "c1"}, "AfyleCvA3ekMx_gPh5P-jzQSfVzJEZPdqLe4gdVWQiHTPGTwDAsP8A", "mailto:unsubscribe+ah6kk6blydo6sdgh7ahype76r42be7k4zeizhxniw64idvkwiiq5gpde6agawd7q@bounce.example.com?subject=unsubscribe"},
