@@ -22,6 +22,9 @@ func TestGoldenAddressesStillParse(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, g := range goldenAddresses {
+		if a := c.Address(g.id); a == g.addr {
+			t.Errorf("Address(%q) is still the old format", g.id)
+		}
 		for _, spelled := range []string{g.addr, strings.ToUpper(g.addr), "<" + g.addr + ">"} {
 			if id, err := c.Parse(spelled); err != nil || id != g.id {
 				t.Errorf("Parse(%q) = %q, %v; want %q", spelled, id, err, g.id)

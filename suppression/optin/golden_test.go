@@ -3,6 +3,8 @@ package optin
 import (
 	"testing"
 	"time"
+
+	"github.com/postwarden/postwarden/suppression/unsubscribe"
 )
 
 // goldenKey minted goldenTokens with the code of before the shared token
@@ -31,5 +33,34 @@ func TestGoldenTokensStillParse(t *testing.T) {
 		if _, err := tk.Parse(g.token, g.claim.Issued.Add(2*time.Hour)); err != ErrBadToken {
 			t.Errorf("Parse(%q) after its ttl: err = %v, want ErrBadToken", g.token, err)
 		}
+	}
+}
+
+// TestNotAnUnsubscribeToken: opt-in and unsubscribe tokens come from the one
+// token key; neither kind parses as the other, old or new.
+func TestNotAnUnsubscribeToken(t *testing.T) {
+	key := []byte("one token key for both kinds, 32")
+	in, err := NewTokens(key, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	un, err := unsubscribe.NewTokens(key, "https://mail.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1_700_000_000, 0)
+	// An unsubscribe claim whose payload is also a well-formed opt-in payload.
+	issued := string([]byte{0, 0, 0, 0, 0x65, 0x53, 0xf1, 0x00})
+	for _, tok := range []string{
+		un.Mint(unsubscribe.Claim{Campaign: issued + "news", List: "a@b.example", Address: ""}),
+		un.Mint(unsubscribe.Claim{Address: "a@b.example", List: "news", Campaign: "c1"}),
+	} {
+		if c, err := in.Parse(tok, now); err != ErrBadToken {
+			t.Errorf("unsubscribe token %q parsed as opt-in: %+v, %v", tok, c, err)
+		}
+	}
+	tok := in.Mint(Claim{Address: "a@b.example", List: "news", Issued: now})
+	if c, err := un.Parse(tok); err != unsubscribe.ErrBadToken {
+		t.Errorf("opt-in token %q parsed as unsubscribe: %+v, %v", tok, c, err)
 	}
 }
