@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/rs/zerolog"
 )
 
@@ -539,6 +538,3 @@ func decide(derr error, took time.Duration) outcome {
 	}
 	return o
 }
-
-// scrub masks every address in a remote reply (whatever its case), for logs.
-func scrub(reply, _ string) string { return address.MaskText(reply) }

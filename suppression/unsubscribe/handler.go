@@ -367,7 +367,7 @@ func (h *handler) claimLists(w http.ResponseWriter, r *http.Request) (Claim, []L
 	}
 	ls, err := h.listsOf(c)
 	if err != nil {
-		h.log.Error().Err(scrub(err, c.Address)).Str("rcpt", address.Mask(c.Address)).Msg("preference page: lists not read")
+		h.log.Error().Err(address.MaskError(err)).Str("rcpt", address.Mask(c.Address)).Msg("preference page: lists not read")
 		h.render(w, http.StatusInternalServerError, pages.ServerError())
 		return c, nil, false
 	}
@@ -454,12 +454,4 @@ func readForm(w http.ResponseWriter, r *http.Request) (url.Values, error) {
 		return url.Values{}, nil // an opaque body still means "unsubscribe"
 	}
 	return v, nil
-}
-
-// scrub replaces the address in an error text by its mask, for logs.
-func scrub(err error, addr string) error {
-	if addr == "" {
-		return err
-	}
-	return errors.New(strings.ReplaceAll(err.Error(), addr, address.Mask(addr)))
 }
