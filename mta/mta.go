@@ -58,6 +58,7 @@ import (
 	"github.com/postwarden/postwarden/mta/dkim"
 	"github.com/postwarden/postwarden/mta/mtasts"
 	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/atomicfile"
 )
 
 // Modes of Config.Mode.
@@ -364,42 +365,12 @@ func (s *Sender) capture(id string, rcpt address.Address, msg []byte, start time
 		return permanent(StageCapture, fmt.Errorf("queue id %q: want only letters, digits, '.', '_', '-'", id))
 	}
 	path := s.CapturePath(id)
-	if err := writeFileSync(path, msg); err != nil {
+	if err := atomicfile.WriteFile(path, msg, 0o600); err != nil {
 		return temporary(StageCapture, "", fmt.Errorf("write %s: %w", path, err))
 	}
 	s.log.Info().Str("queue_id", id).Str("rcpt", address.Mask(rcpt.String())).Str("mode", ModeCapture).
 		Str("path", path).Int("size", len(msg)).Dur("duration", time.Since(start)).Msg("delivery attempt")
 	return nil
-}
-
-// writeFileSync writes data to path atomically and durably (chasquid safeio).
-func writeFileSync(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // normalizeCRLF turns every lone CR and lone LF into CRLF (RFC 5321 §2.3.8)

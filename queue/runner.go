@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/rs/zerolog"
 )
 
@@ -532,6 +531,3 @@ func decide(derr error, took time.Duration) outcome {
 	}
 	return o
 }
-
-// scrub masks every address in a remote reply (whatever its case), for logs.
-func scrub(reply, _ string) string { return address.MaskText(reply) }

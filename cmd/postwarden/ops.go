@@ -77,9 +77,9 @@ func maskIf(reveal bool, addr string) string {
 	return address.Mask(addr)
 }
 
-// scrub masks every address in free text (SMTP replies quote them, in any
-// case) unless the caller asked to reveal them.
-func scrub(reveal bool, text, _ string) string {
+// maskTextIf masks every address in free text (SMTP replies quote them, in
+// any case) unless the caller asked to reveal them.
+func maskTextIf(reveal bool, text string) string {
 	if reveal {
 		return text
 	}
@@ -411,7 +411,7 @@ func viewOf(m queue.Message, reveal, full bool) msgView {
 	v := msgView{
 		ID: m.ID, Campaign: m.Campaign, List: m.List, Rcpt: maskIf(reveal, m.To), Domain: m.Domain,
 		State: m.State, Attempts: m.Attempts, Created: m.Created,
-		LastReply: scrub(reveal, m.LastReply, m.To), Reason: scrub(reveal, m.Reason, m.To),
+		LastReply: maskTextIf(reveal, m.LastReply), Reason: maskTextIf(reveal, m.Reason),
 	}
 	if !m.NextAttempt.IsZero() && (m.State == queue.StateReady || m.State == queue.StateDeferred || m.State == queue.StateActive) {
 		t := m.NextAttempt
@@ -420,7 +420,7 @@ func viewOf(m queue.Message, reveal, full bool) msgView {
 	if full {
 		v.From = m.From
 		for _, a := range m.History {
-			a.Reply = scrub(reveal, a.Reply, m.To)
+			a.Reply = maskTextIf(reveal, a.Reply)
 			v.History = append(v.History, a)
 		}
 	}
@@ -531,7 +531,7 @@ func headersOf(body []byte, rcpt string, reveal bool) []headerView {
 			if maskedHeaders[f.Key()] {
 				v = maskAddresses(v)
 			} else {
-				v = scrub(false, v, rcpt)
+				v = address.MaskText(v)
 			}
 		}
 		out = append(out, headerView{Name: f.Key(), Value: v})

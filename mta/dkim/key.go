@@ -28,6 +28,7 @@ import (
 	"strings"
 
 	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/atomicfile"
 )
 
 // Key types accepted by LoadOrCreate, Generate and WriteNew.
@@ -121,24 +122,8 @@ func WriteNew(path, keyType string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("dkim key %s: create directory: %w", path, err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
+	if err := atomicfile.WriteNew(path, pemBytes, 0o600); err != nil {
 		return fmt.Errorf("dkim key %s: create: %w", path, err)
-	}
-	_, err = f.Write(pemBytes)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(path)
-		return fmt.Errorf("dkim key %s: write: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil { // make the new directory entry durable
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }

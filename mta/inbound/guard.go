@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/postwarden/postwarden/suppression/httplimit"
 )
 
 // limitListener refuses connections beyond max in all, or beyond perIP
@@ -38,7 +40,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		ip := remoteIP(c.RemoteAddr())
+		ip := httplimit.PeerIP(c.RemoteAddr())
 		l.mu.Lock()
 		reply := ""
 		switch {

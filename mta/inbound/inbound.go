@@ -50,6 +50,7 @@ import (
 
 	"github.com/postwarden/postwarden/mta/bounce"
 	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/httplimit"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
 )
 
@@ -300,7 +301,7 @@ func (s *Server) allow(ip string, now time.Time) bool {
 type backend struct{ s *Server }
 
 func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	return &session{s: b.s, ip: remoteIP(c.Conn().RemoteAddr())}, nil
+	return &session{s: b.s, ip: httplimit.PeerIP(c.Conn().RemoteAddr())}, nil
 }
 
 // target is one accepted recipient.
@@ -624,17 +625,6 @@ func (s *Server) count(log zerolog.Logger, campaign, to, kind string) {
 	if _, err := s.deps.Events.CountCampaignEvent(campaign, to, kind); err != nil {
 		log.Error().Err(err).Str("campaign", campaign).Str("event", kind).Msg("campaign event not counted")
 	}
-}
-
-// remoteIP returns the host part of a peer address.
-func remoteIP(a net.Addr) string {
-	if a == nil {
-		return ""
-	}
-	if h, _, err := net.SplitHostPort(a.String()); err == nil {
-		return h
-	}
-	return a.String()
 }
 
 // errorLog sends go-smtp's own messages to zerolog.

@@ -3,32 +3,29 @@
 // message it is about whatever the report's text says.
 //
 // Contract: Address(id) is bounce+TOKEN@domain where TOKEN is the lower-case
-// base32 (RFC 4648, no padding) of id's bytes followed by a 10-byte truncated
-// HMAC-SHA256 over "verp" || id. Parse accepts the token in any letter case,
-// since some relays change the case of local parts, and checks the MAC in
-// constant time: an address we did not mint gives ErrForged and names no
-// message.
+// base32 (RFC 4648, no padding) of the suppression/token codec's sealing of
+// id (kind VERP: 1 version byte, a 10-byte synthetic IV, then id encrypted).
+// Parse accepts the token in any letter case, since some relays change the
+// case of local parts, and the codec checks it in constant time: an address
+// we did not mint gives ErrForged and names no message. Addresses minted
+// before the codec (id || HMAC-SHA256(key, "verp" || id)[:10]) still parse.
 package verp
 
 import (
-	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/base32"
 	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/token"
 )
 
 // Prefix starts the local part of every VERP address.
 const Prefix = "bounce+"
 
-// macSize is the length of the truncated HMAC in a token.
-const macSize = 10
-
 // minKeySize is the shortest key New accepts.
-const minKeySize = 16
+const minKeySize = token.MinKeySize
 
 // Errors returned (wrapped) by Parse.
 var (
@@ -42,7 +39,7 @@ var enc = base32.StdEncoding.WithPadding(base32.NoPadding)
 
 // Codec mints and parses VERP addresses; safe for concurrent use.
 type Codec struct {
-	key    []byte
+	tokens *token.Codec
 	domain string
 }
 
@@ -56,25 +53,21 @@ func New(key []byte, domain string) (*Codec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("verp: domain %q: %w", domain, err)
 	}
-	return &Codec{key: append([]byte(nil), key...), domain: d}, nil
+	tk, err := token.New(key, token.VERP)
+	if err != nil {
+		return nil, fmt.Errorf("verp: %w", err)
+	}
+	return &Codec{tokens: tk, domain: d}, nil
 }
 
 // Domain is the (normalised) domain of the addresses.
 func (c *Codec) Domain() string { return c.domain }
 
-// mac returns HMAC-SHA256(key, "verp" || id)[:10].
-func (c *Codec) mac(id []byte) []byte {
-	m := hmac.New(sha256.New, c.key)
-	m.Write([]byte("verp"))
-	m.Write(id)
-	return m.Sum(nil)[:macSize]
-}
-
 // Address returns bounce+TOKEN@domain for queueID. A 16-byte queue id gives
-// a 49-octet local part; ids up to 24 bytes stay within RFC 5321
+// a 50-octet local part; ids up to 24 bytes stay within RFC 5321
 // §4.5.3.1.1's 64 octets (longer ones work with relays that allow it).
 func (c *Codec) Address(queueID string) string {
-	raw := append([]byte(queueID), c.mac([]byte(queueID))...)
+	raw := c.tokens.Seal([]byte(queueID))
 	return Prefix + strings.ToLower(enc.EncodeToString(raw)) + "@" + c.domain
 }
 
@@ -102,11 +95,11 @@ func (c *Codec) ParseToken(tok string) (string, error) {
 	up := strings.ToUpper(tok)
 	raw, err := enc.DecodeString(up)
 	// Canonical only: non-zero trailing bits would let two spellings decode alike.
-	if err != nil || len(raw) <= macSize || enc.EncodeToString(raw) != up {
+	if err != nil || len(raw) == 0 || enc.EncodeToString(raw) != up {
 		return "", ErrForged
 	}
-	id, sum := raw[:len(raw)-macSize], raw[len(raw)-macSize:]
-	if !hmac.Equal(sum, c.mac(id)) {
+	id, err := c.tokens.Open(raw)
+	if err != nil || len(id) == 0 {
 		return "", ErrForged
 	}
 	return string(id), nil

@@ -10,6 +10,7 @@
 package address
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -246,6 +247,19 @@ func Mask(s string) string {
 
 // addrInText finds address-like tokens in free text (SMTP replies, errors).
 var addrInText = regexp.MustCompile(`[^\s<>"'(),;:\[\]]+@[^\s<>"'(),;:\[\]]+`)
+
+// MaskError returns err with every address in its text masked, for logs; err
+// itself (its chain intact) when there is nothing to mask.
+func MaskError(err error) error {
+	if err == nil {
+		return nil
+	}
+	text := err.Error()
+	if m := MaskText(text); m != text {
+		return errors.New(m)
+	}
+	return err
+}
 
 // MaskText masks every address-like token in free text, whatever its case,
 // so replies that echo an address ("550 5.1.1 <ANA@EXAMPLE.COM>") can be

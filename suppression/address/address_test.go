@@ -2,6 +2,7 @@ package address
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -162,6 +163,31 @@ func TestMailboxKey(t *testing.T) {
 		}
 		if got := a.MailboxKey(); got != tc.want {
 			t.Errorf("MailboxKey(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestMaskError(t *testing.T) {
+	base := errors.New("store closed")
+	for _, c := range []struct {
+		err  error
+		want string
+		same bool // err itself comes back, its chain intact
+	}{
+		{nil, "", true},
+		{base, "store closed", true},
+		{fmt.Errorf("suppress ana@example.com: %w", base), "suppress a***@example.com: store closed", false},
+		{fmt.Errorf("suppress <ANA@Example.COM>, bo@example.org: %w", base), "suppress <A***@example.com>, b***@example.org: store closed", false},
+	} {
+		got := MaskError(c.err)
+		if c.err == nil {
+			if got != nil {
+				t.Errorf("MaskError(nil) = %v", got)
+			}
+			continue
+		}
+		if got.Error() != c.want || (got == c.err) != c.same {
+			t.Errorf("MaskError(%q) = %q (same %v), want %q (same %v)", c.err, got, got == c.err, c.want, c.same)
 		}
 	}
 }

@@ -8,11 +8,12 @@ package compact
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/postwarden/postwarden/suppression/atomicfile"
 )
 
 // txMaxSize bounds one copy transaction of bbolt.Compact.
@@ -43,17 +44,8 @@ func Rewrite(db *bbolt.DB, path string, timeout time.Duration) error {
 		return fmt.Errorf("compact %s: %w", path, err)
 	}
 	// The old file stays open (and locked) until the new one is in place.
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := atomicfile.Rename(tmp, path); err != nil {
 		return fmt.Errorf("compact %s: %w", path, err)
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return fmt.Errorf("compact %s: open folder: %w", path, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil { // make the rename durable
-		return fmt.Errorf("compact %s: sync folder: %w", path, err)
 	}
 	return nil
 }

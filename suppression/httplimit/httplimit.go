@@ -74,6 +74,19 @@ func (p Proxies) ClientIP(r *http.Request) string {
 	return client.String()
 }
 
+// PeerIP returns the IP of a connection's peer address in canonical form,
+// as ClientIP does for an untrusted peer (SMTP has no proxies to believe);
+// the address's text when it is not an IP, "" for none.
+func PeerIP(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	if ip, ok := parseHost(a.String()); ok {
+		return ip.String()
+	}
+	return a.String()
+}
+
 // parseHost reads "ip", "ip:port" or "[ipv6]:port".
 func parseHost(s string) (netip.Addr, bool) {
 	if a, err := netip.ParseAddr(s); err == nil {

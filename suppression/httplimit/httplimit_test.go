@@ -2,6 +2,7 @@ package httplimit
 
 import (
 	"fmt"
+	"net"
 	"net/http/httptest"
 	"net/netip"
 	"testing"
@@ -101,5 +102,22 @@ func TestBucketsStayBounded(t *testing.T) {
 	b.Allow("late", now.Add(2*time.Minute))
 	if n := b.Len(); n != 1 {
 		t.Errorf("%d keys after the sweep, want 1", n)
+	}
+}
+
+func TestPeerIP(t *testing.T) {
+	for _, c := range []struct {
+		addr net.Addr
+		want string
+	}{
+		{nil, ""},
+		{&net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 25}, "192.0.2.7"},
+		{&net.TCPAddr{IP: net.ParseIP("::ffff:192.0.2.7"), Port: 25}, "192.0.2.7"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 25, Zone: "eth0"}, "2001:db8::1"},
+		{&net.UnixAddr{Name: "/run/pw.sock", Net: "unix"}, "/run/pw.sock"},
+	} {
+		if got := PeerIP(c.addr); got != c.want {
+			t.Errorf("PeerIP(%v) = %q, want %q", c.addr, got, c.want)
+		}
 	}
 }

@@ -180,32 +180,23 @@ func (h *Handler) render(w http.ResponseWriter, status int, p pages.Page) {
 	}
 }
 
-func message(title, heading string, text ...string) pages.Page {
-	return pages.Page{Title: title, Heading: heading, Text: text}
-}
-
 func (h *Handler) notFound(w http.ResponseWriter, _ *http.Request) {
-	h.render(w, http.StatusNotFound, message("Not found", "Not found",
+	h.render(w, http.StatusNotFound, pages.Message("Not found", "Not found",
 		"This link is not valid or has expired. Please sign up again if you still want to subscribe."))
 }
 
 func (h *Handler) methodNotAllowed(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Allow", "GET, HEAD, POST")
-	h.render(w, http.StatusMethodNotAllowed, message("Method not allowed", "Method not allowed", "Open the page in your browser."))
+	h.render(w, http.StatusMethodNotAllowed, pages.Message("Method not allowed", "Method not allowed", "Open the page in your browser."))
 }
 
 func (h *Handler) badRequest(w http.ResponseWriter, text string) {
-	h.render(w, http.StatusBadRequest, message("Please check the form", "Please check the form", text))
-}
-
-func (h *Handler) serverError(w http.ResponseWriter) {
-	h.render(w, http.StatusInternalServerError, message("Try again later", "Something went wrong",
-		"We could not record your request. Please try again in a few minutes."))
+	h.render(w, http.StatusBadRequest, pages.Message("Please check the form", "Please check the form", text))
 }
 
 func (h *Handler) tooMany(w http.ResponseWriter, wait time.Duration) {
 	w.Header().Set("Retry-After", httplimit.RetryAfter(wait)) // RFC 6585 §4
-	h.render(w, http.StatusTooManyRequests, message("Too many requests", "Too many requests",
+	h.render(w, http.StatusTooManyRequests, pages.Message("Too many requests", "Too many requests",
 		"Please wait a while before you try again."))
 }
 
@@ -254,7 +245,7 @@ func (h *Handler) readForm(w http.ResponseWriter, r *http.Request) (url.Values, 
 	}
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
-		h.render(w, http.StatusRequestEntityTooLarge, message("Request too large", "Request too large", "Please shorten what you entered."))
+		h.render(w, http.StatusRequestEntityTooLarge, pages.Message("Request too large", "Request too large", "Please shorten what you entered."))
 		return nil, false
 	}
 	if err != nil {
@@ -306,7 +297,7 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 		var fe *subscribers.FieldError
 		if !errors.As(err, &fe) {
 			h.log.Error().Err(err).Str("rcpt", address.Mask(addr)).Msg("sign-up refused")
-			h.serverError(w)
+			h.render(w, http.StatusInternalServerError, pages.ServerError())
 			return
 		}
 		h.log.Info().Str("field", fe.Field).Str("problem", fe.Problem).Msg("sign-up: bad form field")
@@ -324,7 +315,7 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 	if st, err := h.cfg.Store.Status(addr, id); err == nil && st.State == subscribers.StatePending &&
 		h.cfg.Now().Sub(st.Since) < h.cfg.Tokens.ttl {
 		h.log.Info().Str("rcpt", address.Mask(addr)).Str("list", id).Msg("sign-up: confirmation already pending")
-		h.render(w, http.StatusOK, message("Check your inbox", "Check your inbox",
+		h.render(w, http.StatusOK, pages.Message("Check your inbox", "Check your inbox",
 			"If "+address.Mask(addr)+" can receive "+l.Name+", we have sent it a message with a link to confirm your subscription.",
 			"Nothing is sent to you until you confirm. The link is valid for "+days(h.cfg.Tokens.ttl)+"."))
 		return
@@ -334,7 +325,7 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 		_, suppressed, err := h.cfg.Suppressions.Check(addr, id)
 		if err != nil {
 			h.log.Error().Err(err).Str("rcpt", address.Mask(addr)).Msg("sign-up: suppression not checked")
-			h.serverError(w)
+			h.render(w, http.StatusInternalServerError, pages.ServerError())
 			return
 		}
 		pending = suppressed // the suppression store wins: only a confirmed click brings them back
@@ -357,7 +348,7 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 	if h.cfg.Audit != nil {
 		if err := h.cfg.Audit.HTTPAction(ip, "subscribers.subscribe", addr, "list "+id); err != nil {
 			h.log.Error().Err(err).Str("rcpt", address.Mask(addr)).Msg("sign-up not audited")
-			h.serverError(w)
+			h.render(w, http.StatusInternalServerError, pages.ServerError())
 			return
 		}
 	}
@@ -373,7 +364,7 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 		mail = false // nothing to confirm; the page says the same as for anyone
 	case err != nil:
 		h.log.Error().Err(err).Str("rcpt", address.Mask(addr)).Str("list", id).Msg("sign-up not recorded")
-		h.serverError(w)
+		h.render(w, http.StatusInternalServerError, pages.ServerError())
 		return
 	}
 	h.log.Info().Str("rcpt", address.Mask(addr)).Str("list", id).Str("source", source).Bool("pending", pending).
@@ -381,22 +372,22 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 	if mail {
 		if h.cfg.Mailer == nil {
 			h.log.Error().Str("list", id).Msg("sign-up: no mailer for the confirmation")
-			h.serverError(w)
+			h.render(w, http.StatusInternalServerError, pages.ServerError())
 			return
 		}
 		if err := h.cfg.Mailer.SendConfirmation(r.Context(), addr, id, l.Name, h.ConfirmURL(addr, id)); err != nil {
 			h.log.Error().Err(err).Str("rcpt", address.Mask(addr)).Str("list", id).Msg("confirmation not sent")
-			h.serverError(w)
+			h.render(w, http.StatusInternalServerError, pages.ServerError())
 			return
 		}
 	}
 	if pending {
-		h.render(w, http.StatusOK, message("Check your inbox", "Check your inbox",
+		h.render(w, http.StatusOK, pages.Message("Check your inbox", "Check your inbox",
 			"If "+address.Mask(addr)+" can receive "+l.Name+", we have sent it a message with a link to confirm your subscription.",
 			"Nothing is sent to you until you confirm. The link is valid for "+days(h.cfg.Tokens.ttl)+"."))
 		return
 	}
-	h.render(w, http.StatusOK, message("Subscribed", "You are subscribed",
+	h.render(w, http.StatusOK, pages.Message("Subscribed", "You are subscribed",
 		"Thank you. "+l.Name+" will come to "+address.Mask(addr)+". Every message has a link to unsubscribe."))
 }
 
@@ -452,7 +443,7 @@ func (h *Handler) confirm(w http.ResponseWriter, r *http.Request) {
 	if h.cfg.Audit != nil {
 		if err := h.cfg.Audit.HTTPAction(ip, "subscribers.confirm", c.Address, "list "+c.List); err != nil {
 			h.log.Error().Err(err).Str("rcpt", address.Mask(c.Address)).Msg("confirmation not audited")
-			h.serverError(w)
+			h.render(w, http.StatusInternalServerError, pages.ServerError())
 			return
 		}
 	}
@@ -467,7 +458,7 @@ func (h *Handler) confirm(w http.ResponseWriter, r *http.Request) {
 		}
 	} else if err != nil {
 		h.log.Error().Err(err).Str("rcpt", address.Mask(c.Address)).Str("list", c.List).Msg("confirmation not recorded")
-		h.serverError(w)
+		h.render(w, http.StatusInternalServerError, pages.ServerError())
 		return
 	} else if lf, ok := h.cfg.Suppressions.(Lifter); ok {
 		if err := lf.LiftUnsubscribe(c.Address, c.List); err != nil {
@@ -475,6 +466,6 @@ func (h *Handler) confirm(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	h.log.Info().Str("rcpt", address.Mask(c.Address)).Str("list", c.List).Msg("subscription confirmed")
-	h.render(w, http.StatusOK, message("Subscription confirmed", "Subscription confirmed",
+	h.render(w, http.StatusOK, pages.Message("Subscription confirmed", "Subscription confirmed",
 		"Thank you. "+l.Name+" will come to "+address.Mask(c.Address)+". Every message has a link to unsubscribe."))
 }

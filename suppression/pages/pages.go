@@ -46,6 +46,18 @@ type Page struct {
 	Links   []Link // secondary links under the forms
 }
 
+// Message is a page of one heading and its paragraphs.
+func Message(title, heading string, text ...string) Page {
+	return Page{Title: title, Heading: heading, Text: text}
+}
+
+// ServerError is the page of a request that could not be carried out
+// (status 500); it says no more, so nothing about the failure leaks.
+func ServerError() Page {
+	return Message("Try again later", "Something went wrong",
+		"We could not record your request. Please try again in a few minutes.")
+}
+
 // Form is a POST form. Action "" posts to the page's own URL.
 type Form struct {
 	Action  string

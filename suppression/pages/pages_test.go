@@ -79,3 +79,22 @@ func TestContrast(t *testing.T) {
 		}
 	}
 }
+
+func TestServerErrorPage(t *testing.T) {
+	r, err := New(Branding{Name: "Acme"}, "https://example.com/privacy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	if err := r.Render(rec, http.StatusInternalServerError, ServerError()); err != nil {
+		t.Fatal(err)
+	}
+	body := rec.Body.String()
+	if rec.Code != http.StatusInternalServerError || !strings.Contains(body, "<h1>Something went wrong</h1>") ||
+		!strings.Contains(body, "try again in a few minutes") || !strings.Contains(body, "https://example.com/privacy") {
+		t.Errorf("status %d, body %s", rec.Code, body)
+	}
+	if p := Message("T", "H", "a", "b"); p.Title != "T" || p.Heading != "H" || len(p.Text) != 2 {
+		t.Errorf("Message = %+v", p)
+	}
+}

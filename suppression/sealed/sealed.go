@@ -29,6 +29,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/postwarden/postwarden/suppression/atomicfile"
 )
 
 // KeySize is the length of the data key in bytes.
@@ -76,27 +78,13 @@ func KeyFile(path, kind string) ([]byte, error) {
 	}
 	key = make([]byte, KeySize)
 	rand.Read(key) // never fails (crypto/rand, Go ≥ 1.24)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	// Whole or not at all: a short key never appears under path.
+	err = atomicfile.WriteNew(path, key, 0o600)
 	if errors.Is(err, os.ErrExist) {
 		return readKey(path, kind) // another process created it first
 	}
 	if err != nil {
 		return nil, fmt.Errorf("create %s %s: %w", kind, path, err)
-	}
-	_, err = f.Write(key)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(path) // never leave a short key behind
-		return nil, fmt.Errorf("create %s %s: %w", kind, path, err)
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil { // make the new name durable
-		d.Sync()
-		d.Close()
 	}
 	return key, nil
 }

@@ -159,24 +159,14 @@ func (h *handler) render(w http.ResponseWriter, status int, p pages.Page) {
 	}
 }
 
-// message is a page of one heading and one paragraph.
-func message(title, heading, text string) pages.Page {
-	return pages.Page{Title: title, Heading: heading, Text: []string{text}}
-}
-
 func (h *handler) notFound(w http.ResponseWriter, _ *http.Request) {
-	h.render(w, http.StatusNotFound, message("Not found", "Not found",
+	h.render(w, http.StatusNotFound, pages.Message("Not found", "Not found",
 		"This link is not valid. Please use the link from the most recent message you received."))
 }
 
 func (h *handler) methodNotAllowed(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Allow", "GET, HEAD, POST")
-	h.render(w, http.StatusMethodNotAllowed, message("Method not allowed", "Method not allowed", "Open the link in your browser."))
-}
-
-func (h *handler) serverError(w http.ResponseWriter) {
-	h.render(w, http.StatusInternalServerError, message("Try again later", "Something went wrong",
-		"We could not record your request. Please try again in a few minutes."))
+	h.render(w, http.StatusMethodNotAllowed, pages.Message("Method not allowed", "Method not allowed", "Open the link in your browser."))
 }
 
 // claim parses the token in the path; ok is false (and a 404 or 500 has been
@@ -184,7 +174,7 @@ func (h *handler) serverError(w http.ResponseWriter) {
 func (h *handler) claim(w http.ResponseWriter, r *http.Request) (Claim, bool) {
 	if h.cfg.Tokens == nil || h.cfg.Suppressor == nil {
 		h.log.Error().Msg("unsubscribe handler misconfigured: no tokens or suppressor")
-		h.serverError(w)
+		h.render(w, http.StatusInternalServerError, pages.ServerError())
 		return Claim{}, false
 	}
 	c, err := h.cfg.Tokens.Parse(r.PathValue("token"))
@@ -218,11 +208,11 @@ func (h *handler) readPost(w http.ResponseWriter, r *http.Request) (url.Values, 
 	form, err := readForm(w, r)
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
-		h.render(w, http.StatusRequestEntityTooLarge, message("Request too large", "Request too large", "Open the link in your browser."))
+		h.render(w, http.StatusRequestEntityTooLarge, pages.Message("Request too large", "Request too large", "Open the link in your browser."))
 		return nil, false
 	}
 	if err != nil {
-		h.render(w, http.StatusBadRequest, message("Bad request", "Bad request", "Open the link in your browser."))
+		h.render(w, http.StatusBadRequest, pages.Message("Bad request", "Bad request", "Open the link in your browser."))
 		return nil, false
 	}
 	return form, true
@@ -252,7 +242,7 @@ func (h *handler) unsubscribe(w http.ResponseWriter, r *http.Request) {
 	if e.List == "" {
 		text = "You will receive no more email from " + h.cfg.SenderName + "."
 	}
-	h.render(w, http.StatusOK, message("Unsubscribed", "You are unsubscribed", text)) // RFC 8058 §3.2: no redirect
+	h.render(w, http.StatusOK, pages.Message("Unsubscribed", "You are unsubscribed", text)) // RFC 8058 §3.2: no redirect
 }
 
 // admit applies the limits to a POST that would record e; false means a
@@ -274,7 +264,7 @@ func (h *handler) admit(w http.ResponseWriter, r *http.Request, ip string, c Cla
 	}
 	h.log.Warn().Str("rcpt", address.Mask(c.Address)).Str("ip", ip).Str("limit", by).Msg("unsubscribe repeat rate limited")
 	w.Header().Set("Retry-After", httplimit.RetryAfter(wait)) // RFC 6585 §4
-	h.render(w, http.StatusTooManyRequests, message("Too many requests", "You are already unsubscribed",
+	h.render(w, http.StatusTooManyRequests, pages.Message("Too many requests", "You are already unsubscribed",
 		"Your unsubscribe was recorded earlier; nothing more is needed. Too many requests came for this link."))
 	return false
 }
@@ -305,7 +295,7 @@ func (h *handler) record(w http.ResponseWriter, r *http.Request, c Claim, e supp
 		}
 	}
 	if _, err := h.rec.Record(c, e, audit); err != nil {
-		h.serverError(w)
+		h.render(w, http.StatusInternalServerError, pages.ServerError())
 		return false
 	}
 	return true
@@ -377,8 +367,8 @@ func (h *handler) claimLists(w http.ResponseWriter, r *http.Request) (Claim, []L
 	}
 	ls, err := h.listsOf(c)
 	if err != nil {
-		h.log.Error().Err(scrub(err, c.Address)).Str("rcpt", address.Mask(c.Address)).Msg("preference page: lists not read")
-		h.serverError(w)
+		h.log.Error().Err(address.MaskError(err)).Str("rcpt", address.Mask(c.Address)).Msg("preference page: lists not read")
+		h.render(w, http.StatusInternalServerError, pages.ServerError())
 		return c, nil, false
 	}
 	return c, ls, true
@@ -412,7 +402,7 @@ func (h *handler) prefsPost(w http.ResponseWriter, r *http.Request) {
 	case id != "":
 		i := slices.IndexFunc(ls, func(l ListStatus) bool { return l.ID == id })
 		if i < 0 {
-			h.render(w, http.StatusBadRequest, message("Bad request", "Bad request", "That list is not one of yours."))
+			h.render(w, http.StatusBadRequest, pages.Message("Bad request", "Bad request", "That list is not one of yours."))
 			return
 		}
 		e.List = id
@@ -422,7 +412,7 @@ func (h *handler) prefsPost(w http.ResponseWriter, r *http.Request) {
 		}
 		done = "You are unsubscribed from " + name + "."
 	default:
-		h.render(w, http.StatusBadRequest, message("Bad request", "Bad request", "Choose a list or everything."))
+		h.render(w, http.StatusBadRequest, pages.Message("Bad request", "Bad request", "Choose a list or everything."))
 		return
 	}
 	if !h.record(w, r, c, e) {
@@ -464,12 +454,4 @@ func readForm(w http.ResponseWriter, r *http.Request) (url.Values, error) {
 		return url.Values{}, nil // an opaque body still means "unsubscribe"
 	}
 	return v, nil
-}
-
-// scrub replaces the address in an error text by its mask, for logs.
-func scrub(err error, addr string) error {
-	if addr == "" {
-		return err
-	}
-	return errors.New(strings.ReplaceAll(err.Error(), addr, address.Mask(addr)))
 }

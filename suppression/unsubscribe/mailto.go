@@ -2,7 +2,6 @@ package unsubscribe
 
 import (
 	"encoding/base32"
-	"encoding/base64"
 	"strings"
 )
 
@@ -21,7 +20,7 @@ var b32 = base32.StdEncoding.WithPadding(base32.NoPadding)
 // most claims (about 1.6 characters per byte of campaign, list and address);
 // most MTAs accept it, some may not, so the https link comes first.
 func (t *Tokens) MailtoURI(address, list, campaign, bounceDomain string) string {
-	raw, _ := base64.RawURLEncoding.DecodeString(t.Mint(Claim{Address: address, List: list, Campaign: campaign}))
+	raw := t.codec.Seal(payload(Claim{Address: address, List: list, Campaign: campaign}))
 	return "mailto:" + MailtoPrefix + strings.ToLower(b32.EncodeToString(raw)) + "@" + bounceDomain + "?subject=unsubscribe"
 }
 
@@ -39,5 +38,9 @@ func (t *Tokens) ParseMailto(localpart string) (Claim, error) {
 	if err != nil || len(raw) == 0 || b32.EncodeToString(raw) != up {
 		return Claim{}, ErrBadToken
 	}
-	return t.Parse(base64.RawURLEncoding.EncodeToString(raw))
+	p, err := t.codec.Open(raw)
+	if err != nil {
+		return Claim{}, ErrBadToken
+	}
+	return claim(p)
 }

@@ -67,7 +67,7 @@ func (r *Recorder) Record(c Claim, e suppression.Entry, audit func(detail string
 	}
 	if r.events != nil && c.Campaign != "" {
 		if _, err := r.events.CountCampaignEvent(c.Campaign, c.Address, "unsubscribed"); err != nil {
-			r.log.Error().Err(scrub(err, c.Address)).Str("campaign", c.Campaign).Msg("unsubscribe event not counted")
+			r.log.Error().Err(address.MaskError(err)).Str("campaign", c.Campaign).Msg("unsubscribe event not counted")
 		}
 	}
 	return changed, nil
@@ -80,7 +80,7 @@ func (r *Recorder) suppress(c Claim, e suppression.Entry, audit func(detail stri
 	if cv, ok := r.sup.(coverer); ok {
 		covered, err := cv.Covers(e)
 		if err != nil {
-			log.Error().Err(scrub(err, c.Address)).Msg("unsubscribe not recorded")
+			log.Error().Err(address.MaskError(err)).Msg("unsubscribe not recorded")
 			return false, err
 		}
 		if covered {
@@ -99,13 +99,13 @@ func (r *Recorder) suppress(c Claim, e suppression.Entry, audit func(detail stri
 		}
 	}
 	if err := r.sup.Add(e); err != nil {
-		log.Error().Err(scrub(err, c.Address)).Msg("unsubscribe not recorded")
+		log.Error().Err(address.MaskError(err)).Msg("unsubscribe not recorded")
 		return false, err
 	}
 	log.Info().Msg("unsubscribed")
 	if rec, ok := r.lists.(unsubscribeRecorder); ok {
 		if err := rec.Unsubscribed(c.Address, e.List, e.Source); err != nil {
-			log.Error().Err(scrub(err, c.Address)).Msg("unsubscribe not recorded in the consent history")
+			log.Error().Err(address.MaskError(err)).Msg("unsubscribe not recorded in the consent history")
 		}
 	}
 	return true, nil

@@ -8,27 +8,17 @@
 package unsubscribe
 
 import (
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/url"
 	"strings"
 
 	"github.com/postwarden/postwarden/suppression/sealed"
+	"github.com/postwarden/postwarden/suppression/token"
 )
 
 // KeySize is the length of the token key in bytes.
 const KeySize = 32
-
-// tokenVersion is the first byte of every token.
-const tokenVersion = 1
-
-// sivSize is the length of the synthetic IV (a truncated HMAC-SHA256).
-const sivSize = 16
 
 // ErrBadToken is returned by Parse for any token that is not one we minted.
 var ErrBadToken = errors.New("unsubscribe: bad token")
@@ -36,11 +26,11 @@ var ErrBadToken = errors.New("unsubscribe: bad token")
 // Claim is what a token carries.
 type Claim struct{ Address, List, Campaign string }
 
-// Tokens mints and parses tokens; safe for concurrent use.
+// Tokens mints and parses tokens (suppression/token, kind Unsubscribe); safe
+// for concurrent use.
 type Tokens struct {
-	macKey, encKey []byte
-	block          cipher.Block
-	publicURL      string
+	codec     *token.Codec
+	publicURL string
 }
 
 // LoadOrCreateKey reads the token key at path, creating it (32 random bytes,
@@ -48,8 +38,8 @@ type Tokens struct {
 // file readable by group or others, or shorter than 32 bytes.
 func LoadOrCreateKey(path string) ([]byte, error) { return sealed.KeyFile(path, "token key") }
 
-// NewTokens derives the MAC and encryption keys from key; publicURL is the
-// base of unsubscribe URLs (a trailing "/" is dropped).
+// NewTokens derives the unsubscribe keys from key; publicURL is the base of
+// unsubscribe URLs (a trailing "/" is dropped).
 func NewTokens(key []byte, publicURL string) (*Tokens, error) {
 	if len(key) < KeySize {
 		return nil, fmt.Errorf("unsubscribe tokens: key is %d bytes; want at least %d", len(key), KeySize)
@@ -59,58 +49,32 @@ func NewTokens(key []byte, publicURL string) (*Tokens, error) {
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 		return nil, fmt.Errorf("unsubscribe tokens: public URL %q: want an absolute http(s) URL without query", publicURL)
 	}
-	t := &Tokens{
-		macKey:    derive(key, "postwarden mac"),
-		encKey:    derive(key, "postwarden enc"),
-		publicURL: publicURL,
-	}
-	t.block, err = aes.NewCipher(t.encKey) // AES-256
+	c, err := token.New(key, token.Unsubscribe)
 	if err != nil {
 		return nil, fmt.Errorf("unsubscribe tokens: %w", err)
 	}
-	return t, nil
+	return &Tokens{codec: c, publicURL: publicURL}, nil
 }
 
-// derive returns HMAC-SHA256(key, label).
-func derive(key []byte, label string) []byte {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte(label))
-	return m.Sum(nil)
-}
+// payload is campaign NUL list NUL address.
+func payload(c Claim) []byte { return []byte(c.Campaign + "\x00" + c.List + "\x00" + c.Address) }
 
-// siv returns HMAC-SHA256(macKey, payload)[:16].
-func (t *Tokens) siv(payload []byte) []byte {
-	m := hmac.New(sha256.New, t.macKey)
-	m.Write(payload)
-	return m.Sum(nil)[:sivSize]
-}
-
-// Mint returns the token for c: base64url(1 || siv || AES-256-CTR(payload)).
-// The same claim always gives the same token. Fields must not contain NUL.
-func (t *Tokens) Mint(c Claim) string {
-	payload := []byte(c.Campaign + "\x00" + c.List + "\x00" + c.Address)
-	iv := t.siv(payload)
-	out := make([]byte, 1+sivSize+len(payload))
-	out[0] = tokenVersion
-	copy(out[1:], iv)
-	cipher.NewCTR(t.block, iv).XORKeyStream(out[1+sivSize:], payload)
-	return base64.RawURLEncoding.EncodeToString(out)
-}
+// Mint returns the token for c, unpadded base64url. The same claim always
+// gives the same token. Fields must not contain NUL.
+func (t *Tokens) Mint(c Claim) string { return t.codec.Mint(payload(c)) }
 
 // Parse checks and decrypts a token; anything wrong gives ErrBadToken.
 func (t *Tokens) Parse(tok string) (Claim, error) {
-	// Strict: non-zero padding bits would let two spellings decode alike.
-	raw, err := base64.RawURLEncoding.Strict().DecodeString(tok)
-	if err != nil || len(raw) < 1+sivSize+2 || raw[0] != tokenVersion {
+	p, err := t.codec.Parse(tok)
+	if err != nil {
 		return Claim{}, ErrBadToken
 	}
-	iv := raw[1 : 1+sivSize]
-	payload := make([]byte, len(raw)-1-sivSize)
-	cipher.NewCTR(t.block, iv).XORKeyStream(payload, raw[1+sivSize:])
-	if !hmac.Equal(iv, t.siv(payload)) {
-		return Claim{}, ErrBadToken
-	}
-	parts := strings.SplitN(string(payload), "\x00", 3)
+	return claim(p)
+}
+
+// claim splits an opened payload.
+func claim(p []byte) (Claim, error) {
+	parts := strings.SplitN(string(p), "\x00", 3)
 	if len(parts) != 3 {
 		return Claim{}, ErrBadToken
 	}
