@@ -160,12 +160,12 @@ func (l *Log) ID() string { return l.id }
 // page is an error naming the file.
 func (l *Log) view(fn func(*bbolt.Tx) error) (err error) {
 	defer storefile.Guard(l.db.Path(), &err)()
-	return l.view(fn)
+	return l.db.View(fn)
 }
 
 func (l *Log) update(fn func(*bbolt.Tx) error) (err error) {
 	defer storefile.Guard(l.db.Path(), &err)()
-	return l.update(fn)
+	return l.db.Update(fn)
 }
 
 // Close closes the file.
