@@ -27,6 +27,7 @@ import (
 	"io/fs"
 	"os"
 	"runtime/debug"
+	"time"
 
 	"go.etcd.io/bbolt"
 	bberrors "go.etcd.io/bbolt/errors"
@@ -341,4 +342,33 @@ func walk(b *bbolt.Bucket) error {
 	})
 	touched += int(sum)
 	return err
+}
+
+// Inspect checks the file at path as fully as it can without changing it:
+// Check, a read-only open (which waits up to timeout for a process holding
+// the file, then fails with ErrLocked), Verify, and its id against x.ID (if
+// set). It returns the file's id.
+func Inspect(path string, x Expect, timeout time.Duration) (id string, err error) {
+	if err := Check(path); err != nil {
+		return "", err
+	}
+	defer Guard(path, &err)()
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: timeout})
+	if errors.Is(err, bberrors.ErrTimeout) {
+		return "", fmt.Errorf("%s: %w (a running `postwarden serve` holds it; stop it to check this store)", path, ErrLocked)
+	}
+	if err != nil {
+		return "", fmt.Errorf("%s: %w: %w", path, ErrDamaged, err)
+	}
+	defer db.Close()
+	if err := Verify(db, path); err != nil {
+		return "", err
+	}
+	if id, err = ReadID(db); err != nil {
+		return "", err
+	}
+	if x.ID != "" && id != x.ID {
+		return id, fmt.Errorf("%s: %w: it has store id %q, stores.json expects %s", path, ErrWrongID, id, x.ID)
+	}
+	return id, nil
 }
