@@ -81,6 +81,10 @@ func (c *cli) campaignValidate(ctx context.Context, file string) error {
 	if err != nil {
 		return err
 	}
+	// A mistyped data_dir is a config problem; nothing is created here.
+	if fi, err := os.Stat(cfg.DataDir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("data_dir %s does not exist or is not a directory (is data_dir right? `postwarden serve` or `postwarden campaign send` create a new data directory)", cfg.DataDir)
+	}
 	spec, cf, err := loadSpec(&env{cfg: cfg, msgIDKey: []byte("validate")}, file)
 	if err != nil {
 		return err

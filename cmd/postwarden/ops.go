@@ -42,7 +42,7 @@ func init() {
 		"queue.delete":    {fn: opQueueAct("delete")},
 		"queue.bounce":    {fn: opQueueAct("bounce")},
 		"queue.stats":     {fn: opQueueStats},
-		"queue.suspend":   {fn: opQueueSuspend},
+		"queue.suspend":   {fn: opQueueSuspend, creates: true},
 		"queue.suspended": {fn: opQueueSuspensions},
 		"queue.resume":    {fn: opQueueResume},
 		"suppress.add":    {fn: opSuppressAdd, creates: true},
