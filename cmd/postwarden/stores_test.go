@@ -274,3 +274,13 @@ func TestServeAuditsGeneratedDKIMKey(t *testing.T) {
 		t.Fatalf("no dkim.generated entry:\n%s", r.stdout)
 	}
 }
+
+// db check beside a running daemon says which stores it could not check and why.
+func TestDBCheckBesideDaemon(t *testing.T) {
+	h := newHarness(t, mtatest.Options{})
+	h.serve()
+	r := h.run("db", "check")
+	if r.code != 2 || !strings.Contains(r.stdout, "not checked") || !strings.Contains(r.stdout, "postwarden serve") {
+		t.Fatalf("db check beside serve: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+}
