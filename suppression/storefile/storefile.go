@@ -221,13 +221,18 @@ func Open(path string, opts *bbolt.Options, x Expect) (db *bbolt.DB, id string, 
 		}
 		created = true
 	}
-	defer Guard(path, &err)()
+	// Runs after Guard has turned a panic into err: close what was opened
+	// (bbolt's file lock), even if closing a damaged file panics too.
 	defer func() {
 		if err != nil && db != nil {
-			db.Close()
+			func() {
+				defer func() { _ = recover() }()
+				db.Close()
+			}()
 			db = nil
 		}
 	}()
+	defer Guard(path, &err)()
 	db, err = bbolt.Open(path, 0o600, opts)
 	if errors.Is(err, bberrors.ErrTimeout) {
 		return nil, "", fmt.Errorf("%s: %w: %w", path, ErrLocked, err)
