@@ -336,7 +336,7 @@ func (s *Store) Compact() error {
 	if err := s.db.Close(); err != nil {
 		s.log.Warn().Err(err).Msg("close queue file replaced by compaction")
 	}
-	db, err := openDB(s.path, s.timeout)
+	db, _, err := openDB(s.path, s.timeout, s.expect)
 	if err != nil {
 		return fmt.Errorf("compact queue %s: reopen: %w", s.path, err)
 	}

@@ -64,6 +64,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/postwarden/postwarden/suppression/sealed"
+	"github.com/postwarden/postwarden/suppression/storefile"
 )
 
 // State is where a message is in its life.
@@ -163,6 +164,9 @@ type Config struct {
 	MaxAge      time.Duration   // give up this long after Created; default 120h
 	OpenTimeout time.Duration   // wait this long for the file lock; default 1s
 	Box         *sealed.Box     // seals personal fields and indexes recipients; required
+	// Expect is what the data directory knows of the file (its id, whether
+	// it must exist); the zero value creates a missing file.
+	Expect storefile.Expect
 }
 
 // Default schedule, mox-like backoff: about 8 h of tries, the last wait
@@ -183,6 +187,7 @@ type Store struct {
 	db      *bbolt.DB
 	path    string
 	timeout time.Duration
+	expect  storefile.Expect // the file's id once opened, for reopening after Compact
 	box     *sealed.Box
 	log     zerolog.Logger
 	retry   []time.Duration
@@ -259,11 +264,16 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 	if cfg.OpenTimeout == 0 {
 		cfg.OpenTimeout = DefaultOpenTimeout
 	}
-	db, err := openDB(cfg.Path, cfg.OpenTimeout)
+	if cfg.Expect.Name == "" {
+		cfg.Expect.Name = "queue"
+	}
+	db, id, err := openDB(cfg.Path, cfg.OpenTimeout, cfg.Expect)
 	if err != nil {
 		return nil, err
 	}
+	cfg.Expect.ID, cfg.Expect.Exist = id, true
 	s := &Store{
+		expect:   cfg.Expect,
 		db:       db,
 		path:     cfg.Path,
 		timeout:  cfg.OpenTimeout,
@@ -285,44 +295,50 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 	return s, nil
 }
 
-// openDB opens the bbolt file.
-func openDB(path string, timeout time.Duration) (*bbolt.DB, error) {
+// openDB checks and opens the bbolt file (see storefile.Open) and returns its id.
+func openDB(path string, timeout time.Duration, x storefile.Expect) (*bbolt.DB, string, error) {
 	// The freelist is synced (bbolt's default). Not syncing it saved commit
 	// time while bodies were stored whole, but then every open in write mode
 	// walks the whole file to rebuild it: 1 s for a 1.7 GB queue, on every
 	// CLI command run without the daemon (docs/performance.md).
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout, FreelistType: bbolt.FreelistMapType,
+	db, id, err := storefile.Open(path, &bbolt.Options{Timeout: timeout, FreelistType: bbolt.FreelistMapType,
 		// Mapped address space, not memory: reads never wait for a remap
 		// while the file grows (a remap blocks every reader), until 1 GiB.
-		InitialMmapSize: 1 << 30})
-	if errors.Is(err, bbolt.ErrTimeout) {
-		return nil, fmt.Errorf("queue %s is locked by another process: %w", path, err)
+		InitialMmapSize: 1 << 30}, x)
+	if errors.Is(err, storefile.ErrLocked) {
+		return nil, "", fmt.Errorf("queue %s is locked by another process: %w", path, bbolt.ErrTimeout)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open queue %s: %w", path, err)
+		return nil, "", fmt.Errorf("open queue: %w", err)
 	}
 	db.MaxBatchDelay = time.Millisecond // outcomes of concurrent workers share a commit without waiting long
-	return db, nil
+	return db, id, nil
 }
+
+// ID returns the store id recorded in the file (see storefile).
+func (s *Store) ID() string { return s.expect.ID }
 
 // view, update and batch run fn in a bbolt transaction while no Compact swaps
 // the file. Never call one from inside another (fn must not re-enter the Store's
 // transactional methods): a waiting Compact would deadlock them.
-func (s *Store) view(fn func(*bbolt.Tx) error) error {
+func (s *Store) view(fn func(*bbolt.Tx) error) (err error) {
 	s.dbmu.RLock()
 	defer s.dbmu.RUnlock()
+	defer storefile.Guard(s.path, &err)() // a damaged page is an error, not a crash
 	return s.db.View(fn)
 }
 
-func (s *Store) update(fn func(*bbolt.Tx) error) error {
+func (s *Store) update(fn func(*bbolt.Tx) error) (err error) {
 	s.dbmu.RLock()
 	defer s.dbmu.RUnlock()
+	defer storefile.Guard(s.path, &err)() // a damaged page is an error, not a crash
 	return s.db.Update(fn)
 }
 
-func (s *Store) batch(fn func(*bbolt.Tx) error) error {
+func (s *Store) batch(fn func(*bbolt.Tx) error) (err error) {
 	s.dbmu.RLock()
 	defer s.dbmu.RUnlock()
+	defer storefile.Guard(s.path, &err)() // a damaged page is an error, not a crash
 	return s.db.Batch(fn)
 }
 

@@ -37,10 +37,10 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/postwarden/postwarden/suppression/compact"
-	bberrors "go.etcd.io/bbolt/errors"
 
 	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/suppression/sealed"
+	"github.com/postwarden/postwarden/suppression/storefile"
 )
 
 // Reason says why a target is suppressed.
@@ -94,6 +94,9 @@ type Config struct {
 	Path        string        // bbolt file
 	OpenTimeout time.Duration // how long to wait for another process's lock; 0 = 1s
 	Box         *sealed.Box   // data key; required
+	// Expect is what the data directory knows of the file (its id, whether
+	// it must exist); the zero value creates a missing file.
+	Expect storefile.Expect
 }
 
 // Store is the suppression list; safe for concurrent use.
@@ -103,7 +106,8 @@ type Store struct {
 	timeout   time.Duration
 	box       *sealed.Box
 	log       zerolog.Logger
-	importing struct { // imports running in this process, by key (ImportFile)
+	expect    storefile.Expect // the file's id once opened, for reopening after Compact
+	importing struct {         // imports running in this process, by key (ImportFile)
 		sync.Mutex
 		m map[string]bool
 	}
@@ -180,10 +184,15 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 	if timeout <= 0 {
 		timeout = time.Second
 	}
-	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
-		return nil, fmt.Errorf("open suppression store %s: %w", cfg.Path, err)
+	if !cfg.Expect.Exist {
+		if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
+			return nil, fmt.Errorf("open suppression store %s: %w", cfg.Path, err)
+		}
 	}
-	s := &Store{path: cfg.Path, timeout: timeout, box: cfg.Box, log: log}
+	s := &Store{path: cfg.Path, timeout: timeout, box: cfg.Box, log: log, expect: cfg.Expect}
+	if s.expect.Name == "" {
+		s.expect.Name = "suppression"
+	}
 	db, migrated, err := s.openDB()
 	if err != nil {
 		return nil, err
@@ -202,13 +211,14 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 // openDB opens the file, creates the buckets, checks the data key and
 // migrates entries written before sealing.
 func (s *Store) openDB() (*bbolt.DB, int, error) {
-	db, err := bbolt.Open(s.path, 0o600, &bbolt.Options{Timeout: s.timeout})
-	if errors.Is(err, bberrors.ErrTimeout) {
+	db, id, err := storefile.Open(s.path, &bbolt.Options{Timeout: s.timeout}, s.expect)
+	if errors.Is(err, storefile.ErrLocked) {
 		return nil, 0, fmt.Errorf("open suppression store %s: waited %s: %w (use the running daemon's admin socket)", s.path, s.timeout, ErrLocked)
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("open suppression store %s: %w", s.path, err)
+		return nil, 0, fmt.Errorf("open suppression store: %w", err)
 	}
+	s.expect.ID, s.expect.Exist = id, true
 	migrated := 0
 	err = db.Update(func(tx *bbolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketEntries)
@@ -276,6 +286,9 @@ func (s *Store) migrate(tx *bbolt.Tx, b *bbolt.Bucket) (int, error) {
 
 // Close closes the file.
 func (s *Store) Close() error { return s.file.Close() }
+
+// ID returns the store id recorded in the file (see storefile).
+func (s *Store) ID() string { return s.expect.ID }
 
 func (s *Store) view(fn func(*bbolt.Tx) error) error   { return s.file.View(fn) }
 func (s *Store) batch(fn func(*bbolt.Tx) error) error  { return s.file.Batch(fn) }

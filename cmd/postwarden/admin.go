@@ -117,6 +117,9 @@ type opSpec struct {
 	fn opFunc
 	// localOnly ops never go over the socket (they touch no bbolt store).
 	localOnly bool
+	// creates: run without the daemon, the op may create the data directory
+	// and, in a fresh one, the stores and keys; other ops need them to exist.
+	creates bool
 }
 
 // runOp runs an op in this process and reports its final status line.

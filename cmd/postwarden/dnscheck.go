@@ -242,7 +242,7 @@ func (c *cli) dnsCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			keys, created, err := loadDKIM(cfg)
+			keys, created, err := loadDKIM(cfg, false)
 			if err != nil {
 				return err
 			}
@@ -269,7 +269,7 @@ func (c *cli) checkDNSCommand() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("check-dns: %q: %w", args[0], err)
 			}
-			keys, _, err := loadDKIM(cfg)
+			keys, _, err := loadDKIM(cfg, false)
 			if err != nil {
 				return err
 			}

@@ -105,6 +105,7 @@ func TestCheckDNSResolverDown(t *testing.T) {
 	closed := freeAddr(t) // nothing listens there any more
 	cfg := strings.Replace(readConfig(t, h), "delivery:\n", "delivery:\n  resolver: "+closed+"\n", 1)
 	h.write("postwarden.yaml", cfg)
+	h.mustRun(0, "dkim", "keygen", "--domain", "example.com", "--selector", "pw1")
 	r := h.run("check-dns", "example.com")
 	if r.code != 2 || !strings.Contains(r.stderr, "resolver "+closed) || !strings.Contains(r.stderr, "look up") {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
@@ -114,6 +115,7 @@ func TestCheckDNSResolverDown(t *testing.T) {
 func TestDNSPrintsSPFDMARCAndBounceMX(t *testing.T) {
 	h := newHarness(t, mtatest.Options{})
 	h.appendConfig("bounce_domain: bounce.example.com\n")
+	h.mustRun(0, "dkim", "keygen", "--domain", "example.com", "--selector", "pw1")
 	out := h.mustRun(0, "dns").stdout
 	for _, want := range []string{
 		"pw1._domainkey.example.com. IN TXT",

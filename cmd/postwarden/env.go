@@ -5,9 +5,9 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/user"
-	"path/filepath"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -50,61 +50,24 @@ type env struct {
 // storeOpenTimeout bounds the wait for bbolt's file lock.
 const storeOpenTimeout = time.Second
 
-// openEnv opens the stores under the config's data_dir.
-func openEnv(cfg *configs.Server, log zerolog.Logger) (*env, error) {
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data_dir %s: %w", cfg.DataDir, err)
-	}
-	key, err := unsubscribe.LoadOrCreateKey(cfg.TokenKeyFile)
+// openEnv opens the key files and the stores under the config's data_dir.
+// With create (commands that write) a missing data_dir, and the stores and
+// keys of a fresh one, are created; otherwise all must exist already (see
+// openStores).
+func openEnv(cfg *configs.Server, log zerolog.Logger, create bool) (*env, error) {
+	e := &env{cfg: cfg, log: log}
+	key, err := e.openStores(create)
 	if err != nil {
+		e.Close()
 		return nil, err
 	}
-	tokens, err := unsubscribe.NewTokens(key, cfg.PublicURL)
-	if err != nil {
+	if e.tokens, err = unsubscribe.NewTokens(key, cfg.PublicURL); err != nil {
+		e.Close()
 		return nil, err
-	}
-	dataKey, err := sealed.LoadOrCreateKey(cfg.DataKeyFile)
-	if err != nil {
-		return nil, err
-	}
-	box, err := sealed.New(dataKey)
-	if err != nil {
-		return nil, fmt.Errorf("data_key_file %s: %w", cfg.DataKeyFile, err)
-	}
-	supp, err := suppression.Open(suppression.Config{
-		Path:        filepath.Join(cfg.DataDir, "suppression.db"),
-		OpenTimeout: storeOpenTimeout,
-		Box:         box,
-	}, log.With().Str("component", "suppression").Logger())
-	if err != nil {
-		return nil, lockHint(cfg, err)
-	}
-	q, err := queue.Open(queue.Config{
-		Path:        filepath.Join(cfg.DataDir, "queue.db"),
-		Retry:       cfg.Delivery.Retry,
-		MaxAge:      cfg.Delivery.MaxAge,
-		OpenTimeout: storeOpenTimeout,
-		Box:         box,
-	}, log.With().Str("component", "queue").Logger())
-	if err != nil {
-		supp.Close()
-		return nil, lockHint(cfg, err)
 	}
 	mac := hmac.New(sha256.New, key)
 	mac.Write([]byte("postwarden message-id"))
-	e := &env{cfg: cfg, log: log, supp: supp, queue: q, tokens: tokens, msgIDKey: mac.Sum(nil), box: box}
-	if e.subs, err = subscribers.Open(subscribers.Config{
-		Path:        filepath.Join(cfg.DataDir, "subscribers.db"),
-		OpenTimeout: storeOpenTimeout,
-		Box:         box,
-	}, log.With().Str("component", "subscribers").Logger()); err != nil {
-		e.Close()
-		return nil, lockHint(cfg, err)
-	}
-	if e.audit, err = audit.Open(filepath.Join(cfg.DataDir, "audit.db"), storeOpenTimeout, log.With().Str("component", "audit").Logger()); err != nil {
-		e.Close()
-		return nil, lockHint(cfg, err)
-	}
+	e.msgIDKey = mac.Sum(nil)
 	if cfg.BounceDomain != "" {
 		if e.verp, err = verp.New(verpKey(key), cfg.BounceDomain); err != nil {
 			e.Close()
@@ -124,12 +87,9 @@ func lockHint(cfg *configs.Server, err error) error {
 
 // Close closes the stores.
 func (e *env) Close() error {
-	errs := []error{e.queue.Close(), e.supp.Close()}
-	if e.subs != nil {
-		errs = append(errs, e.subs.Close())
-	}
-	if e.audit != nil {
-		errs = append(errs, e.audit.Close())
+	var errs []error
+	for _, name := range storeNames {
+		errs = append(errs, e.closeStore(name))
 	}
 	return errors.Join(errs...)
 }
@@ -140,11 +100,16 @@ type createdKey struct {
 	DNSRecord string `json:"dns_record"`
 }
 
-// loadDKIM loads every configured key, generating missing ones.
-func loadDKIM(cfg *configs.Server) ([]*dkim.Key, []createdKey, error) {
+// loadDKIM loads every configured key; with create it generates missing
+// ones, otherwise a missing key file is an error (a key nobody signs with
+// must never be printed for publishing).
+func loadDKIM(cfg *configs.Server, create bool) ([]*dkim.Key, []createdKey, error) {
 	var keys []*dkim.Key
 	var created []createdKey
 	for _, k := range cfg.DKIM {
+		if _, err := os.Stat(k.KeyFile); errors.Is(err, fs.ErrNotExist) && !create {
+			return nil, nil, fmt.Errorf("dkim %s/%s: key file %s does not exist (is data_dir or key_file right? `postwarden dkim keygen` creates one)", k.Domain, k.Selector, k.KeyFile)
+		}
 		key, isNew, err := dkim.LoadOrCreate(k.KeyFile, k.Domain, k.Selector, k.Type)
 		if err != nil {
 			return nil, nil, fmt.Errorf("dkim %s/%s: %w", k.Domain, k.Selector, err)
@@ -170,7 +135,7 @@ func (e *env) newSender() (*mta.Sender, []createdKey, error) {
 	if e.verp != nil {
 		envelopeFrom = func(id, _ string) string { return e.verp.Address(id) }
 	}
-	keys, created, err := loadDKIM(cfg)
+	keys, created, err := loadDKIM(cfg, true)
 	if err != nil {
 		return nil, nil, err
 	}

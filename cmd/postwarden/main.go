@@ -182,7 +182,7 @@ func (c *cli) call(ctx context.Context, name string, args any, print func(json.R
 	if err != nil {
 		return err
 	}
-	e, err := openEnv(cfg, log)
+	e, err := openEnv(cfg, log, ops[name].creates)
 	if err != nil {
 		return err
 	}

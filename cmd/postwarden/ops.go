@@ -32,7 +32,7 @@ var ops map[string]opSpec
 
 func init() {
 	ops = map[string]opSpec{
-		"campaign.send":   {fn: opCampaignSend},
+		"campaign.send":   {fn: opCampaignSend, creates: true},
 		"campaign.status": {fn: opCampaignStatus},
 		"queue.ls":        {fn: opQueueList},
 		"queue.show":      {fn: opQueueShow},
@@ -42,16 +42,16 @@ func init() {
 		"queue.delete":    {fn: opQueueAct("delete")},
 		"queue.bounce":    {fn: opQueueAct("bounce")},
 		"queue.stats":     {fn: opQueueStats},
-		"queue.suspend":   {fn: opQueueSuspend},
+		"queue.suspend":   {fn: opQueueSuspend, creates: true},
 		"queue.suspended": {fn: opQueueSuspensions},
 		"queue.resume":    {fn: opQueueResume},
-		"suppress.add":    {fn: opSuppressAdd},
+		"suppress.add":    {fn: opSuppressAdd, creates: true},
 		"suppress.remove": {fn: opSuppressRemove},
 		"suppress.check":  {fn: opSuppressCheck},
 		"suppress.ls":     {fn: opSuppressList},
-		"suppress.import": {fn: opSuppressImport},
+		"suppress.import": {fn: opSuppressImport, creates: true},
 
-		"subscribers.import": {fn: opSubscribersImport},
+		"subscribers.import": {fn: opSubscribersImport, creates: true},
 		"subscribers.ls":     {fn: opSubscribersList},
 	}
 }

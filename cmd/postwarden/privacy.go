@@ -36,10 +36,10 @@ func init() {
 		"audit.verify":       opAuditVerify,
 		"db.prune":           opDBPrune,
 		"db.compact":         opDBCompact,
-		"dkim.keygen":        opDKIMKeygen,
 	} {
 		ops[name] = opSpec{fn: fn}
 	}
+	ops["dkim.keygen"] = opSpec{fn: opDKIMKeygen, creates: true}
 }
 
 // record appends an audit entry for what req did; the action it records

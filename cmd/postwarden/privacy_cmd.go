@@ -112,9 +112,10 @@ func (c *cli) auditCommand() *cobra.Command {
 	return cmd
 }
 
-// dbCommand is `postwarden db prune|compact`.
+// dbCommand is `postwarden db prune|compact|check|init`.
 func (c *cli) dbCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "db", Short: "Store maintenance: retention and compaction"}
+	cmd := &cobra.Command{Use: "db", Short: "Store maintenance: retention, compaction, checks, and starting a store empty"}
+	cmd.AddCommand(c.dbCheckCommand(), c.dbInitCommand())
 	cmd.AddCommand(&cobra.Command{
 		Use:   "prune",
 		Short: "Apply the retention periods (finished messages, pending opt-ins, audit entries)",

@@ -67,7 +67,7 @@ const shutdownGrace = 10 * time.Second
 // serve runs until ctx is cancelled (SIGTERM), then stops taking work, lets
 // in-flight deliveries finish and record their outcome, and closes the stores.
 func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
-	e, err := openEnv(cfg, log)
+	e, err := openEnv(cfg, log, true)
 	if err != nil {
 		return err
 	}
@@ -81,6 +81,9 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 	defer sender.Close()
 	for _, k := range created {
 		log.Warn().Str("key_file", k.Path).Str("dns_record", k.DNSRecord).Msg("generated DKIM key; publish its record")
+		if err := e.record(request{Who: "system:serve"}, "dkim.generated", k.Path, "configured key file was missing", map[string]string{"dns_record": k.DNSRecord}); err != nil {
+			return err
+		}
 	}
 
 	if w := publicURLWarning(cfg); w != "" {

@@ -51,9 +51,9 @@ import (
 
 	"github.com/rs/zerolog"
 	"go.etcd.io/bbolt"
-	bberrors "go.etcd.io/bbolt/errors"
 
 	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/storefile"
 )
 
 // Entry is one audit record. Its JSON form is the stored record and the
@@ -103,29 +103,42 @@ type Log struct {
 	db  *bbolt.DB
 	log zerolog.Logger
 	now func() time.Time
+	id  string
 }
 
 // Open opens (creating if needed) the log at path, waiting up to timeout
 // (0 = 1s) for another process's lock.
 func Open(path string, timeout time.Duration, log zerolog.Logger) (*Log, error) {
+	return OpenFile(path, timeout, storefile.Expect{}, log)
+}
+
+// OpenFile is Open with what the data directory knows of the file: its id
+// and whether it must exist already (see storefile.Expect).
+func OpenFile(path string, timeout time.Duration, x storefile.Expect, log zerolog.Logger) (*Log, error) {
 	if path == "" {
 		return nil, errors.New("open audit log: no path given")
 	}
 	if timeout <= 0 {
 		timeout = time.Second
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("open audit log %s: %w", path, err)
+	if x.Name == "" {
+		x.Name = "audit"
+	}
+	if !x.Exist {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, fmt.Errorf("open audit log %s: %w", path, err)
+		}
 	}
 	// bbolt's defaults fsync every commit; Append's durability relies on it.
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout})
-	if errors.Is(err, bberrors.ErrTimeout) {
+	db, id, err := storefile.Open(path, &bbolt.Options{Timeout: timeout}, x)
+	if errors.Is(err, storefile.ErrLocked) {
 		return nil, fmt.Errorf("open audit log %s: waited %s: %w (use the running daemon's admin socket)", path, timeout, ErrLocked)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open audit log %s: %w", path, err)
+		return nil, fmt.Errorf("open audit log: %w", err)
 	}
-	err = db.Update(func(tx *bbolt.Tx) error {
+	l := &Log{db: db, log: log, now: time.Now, id: id}
+	err = l.update(func(tx *bbolt.Tx) error {
 		for _, b := range [][]byte{bucketEntries, bucketMeta, bucketOnce} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
@@ -137,7 +150,22 @@ func Open(path string, timeout time.Duration, log zerolog.Logger) (*Log, error) 
 		db.Close()
 		return nil, fmt.Errorf("open audit log %s: create buckets: %w", path, err)
 	}
-	return &Log{db: db, log: log, now: time.Now}, nil
+	return l, nil
+}
+
+// ID returns the store id recorded in the file (see storefile).
+func (l *Log) ID() string { return l.id }
+
+// view and update run fn in a transaction; a panic or fault on a damaged
+// page is an error naming the file.
+func (l *Log) view(fn func(*bbolt.Tx) error) (err error) {
+	defer storefile.Guard(l.db.Path(), &err)()
+	return l.db.View(fn)
+}
+
+func (l *Log) update(fn func(*bbolt.Tx) error) (err error) {
+	defer storefile.Guard(l.db.Path(), &err)()
+	return l.db.Update(fn)
 }
 
 // Close closes the file.
@@ -151,7 +179,7 @@ func (l *Log) Append(e Entry) (Entry, error) {
 	if err != nil {
 		return Entry{}, fmt.Errorf("audit append %s: %w", e.Action, err)
 	}
-	err = l.db.Update(func(tx *bbolt.Tx) error {
+	err = l.update(func(tx *bbolt.Tx) error {
 		var err error
 		e, err = appendTx(tx, e)
 		return err
@@ -182,7 +210,7 @@ func (l *Log) AppendOnce(key string, e Entry) (Entry, bool, error) {
 		return Entry{}, false, fmt.Errorf("audit append %s: %w", e.Action, err)
 	}
 	added := false
-	err = l.db.Update(func(tx *bbolt.Tx) error {
+	err = l.update(func(tx *bbolt.Tx) error {
 		ob := tx.Bucket(bucketOnce)
 		if seq := ob.Get([]byte(key)); seq != nil {
 			v := tx.Bucket(bucketEntries).Get(seq)
@@ -298,7 +326,7 @@ func headTx(tx *bbolt.Tx) (head, error) {
 // evident; see the package comment.
 func (l *Log) Head() (seq uint64, hash string) {
 	var h head
-	err := l.db.View(func(tx *bbolt.Tx) error {
+	err := l.view(func(tx *bbolt.Tx) error {
 		var err error
 		h, err = headTx(tx)
 		return err
@@ -314,7 +342,7 @@ func (l *Log) Head() (seq uint64, hash string) {
 func (l *Log) Get(seq uint64) (Entry, bool, error) {
 	var e Entry
 	var found bool
-	err := l.db.View(func(tx *bbolt.Tx) error {
+	err := l.view(func(tx *bbolt.Tx) error {
 		v := tx.Bucket(bucketEntries).Get(seqKey(seq))
 		if v == nil {
 			return nil
@@ -339,7 +367,7 @@ func (l *Log) List(since time.Time, fn func(Entry) error) error {
 	for {
 		batch := make([]Entry, 0, listChunk)
 		var more bool
-		err := l.db.View(func(tx *bbolt.Tx) error {
+		err := l.view(func(tx *bbolt.Tx) error {
 			c := tx.Bucket(bucketEntries).Cursor()
 			for k, v := c.Seek(seqKey(from)); k != nil; k, v = c.Next() {
 				if len(batch) == listChunk {
@@ -402,7 +430,7 @@ func (r VerifyResult) String() string {
 // is reported in the result.
 func (l *Log) Verify() (VerifyResult, error) {
 	var r VerifyResult
-	err := l.db.View(func(tx *bbolt.Tx) error {
+	err := l.view(func(tx *bbolt.Tx) error {
 		var err error
 		r, err = verifyTx(tx)
 		return err
@@ -509,7 +537,7 @@ func verifyTx(tx *bbolt.Tx) (VerifyResult, error) {
 func (l *Log) Prune(before time.Time) (int, error) {
 	var removed int
 	var cp checkpoint
-	err := l.db.Update(func(tx *bbolt.Tx) error {
+	err := l.update(func(tx *bbolt.Tx) error {
 		removed = 0
 		r, err := verifyTx(tx)
 		if err != nil {

@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/postwarden/postwarden/suppression/atomicfile"
+	"github.com/postwarden/postwarden/suppression/storefile"
 )
 
 // txMaxSize bounds one copy transaction of bbolt.Compact.
@@ -52,7 +53,8 @@ func Rewrite(db *bbolt.DB, path string, timeout time.Duration) error {
 
 // File is a bbolt database that Compact can rewrite and swap while a store
 // uses it: every transaction holds a read lock; Compact and Close take the
-// write lock, so no transaction runs on a file being replaced.
+// write lock, so no transaction runs on a file being replaced. A panic or
+// fault inside a transaction (a damaged page) is an error naming the file.
 type File struct {
 	mu      sync.RWMutex
 	db      *bbolt.DB
@@ -70,32 +72,35 @@ func NewFile(db *bbolt.DB, path string, timeout time.Duration, reopen func() (*b
 }
 
 // View runs fn in a read transaction.
-func (f *File) View(fn func(*bbolt.Tx) error) error {
+func (f *File) View(fn func(*bbolt.Tx) error) (err error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	if f.db == nil {
 		return f.closed
 	}
+	defer storefile.Guard(f.path, &err)()
 	return f.db.View(fn)
 }
 
 // Update runs fn in a write transaction, committed with fsync.
-func (f *File) Update(fn func(*bbolt.Tx) error) error {
+func (f *File) Update(fn func(*bbolt.Tx) error) (err error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	if f.db == nil {
 		return f.closed
 	}
+	defer storefile.Guard(f.path, &err)()
 	return f.db.Update(fn)
 }
 
 // Batch runs fn in a write transaction shared with concurrent callers.
-func (f *File) Batch(fn func(*bbolt.Tx) error) error {
+func (f *File) Batch(fn func(*bbolt.Tx) error) (err error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	if f.db == nil {
 		return f.closed
 	}
+	defer storefile.Guard(f.path, &err)()
 	return f.db.Batch(fn)
 }
 

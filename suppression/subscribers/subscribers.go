@@ -48,10 +48,10 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/postwarden/postwarden/suppression/compact"
-	bberrors "go.etcd.io/bbolt/errors"
 
 	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/suppression/sealed"
+	"github.com/postwarden/postwarden/suppression/storefile"
 )
 
 // Event kinds.
@@ -175,6 +175,9 @@ type Config struct {
 	Path        string        // bbolt file
 	OpenTimeout time.Duration // how long to wait for another process's lock; 0 = 1s
 	Box         *sealed.Box   // data key; required
+	// Expect is what the data directory knows of the file (its id, whether
+	// it must exist); the zero value creates a missing file.
+	Expect storefile.Expect
 }
 
 // Store is the consent-evidence store; safe for concurrent use.
@@ -185,6 +188,7 @@ type Store struct {
 	box     *sealed.Box
 	log     zerolog.Logger
 	now     func() time.Time
+	expect  storefile.Expect // the file's id once opened, for reopening after Compact
 }
 
 // Storage layout (all keys binary; idx = Box.Index(address key), 32 bytes):
@@ -281,10 +285,15 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 	if timeout <= 0 {
 		timeout = time.Second
 	}
-	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
-		return nil, fmt.Errorf("open subscriber store %s: %w", cfg.Path, err)
+	if !cfg.Expect.Exist {
+		if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
+			return nil, fmt.Errorf("open subscriber store %s: %w", cfg.Path, err)
+		}
 	}
-	s := &Store{path: cfg.Path, timeout: timeout, box: cfg.Box, log: log, now: time.Now}
+	s := &Store{path: cfg.Path, timeout: timeout, box: cfg.Box, log: log, now: time.Now, expect: cfg.Expect}
+	if s.expect.Name == "" {
+		s.expect.Name = "subscribers"
+	}
 	db, err := s.openDB()
 	if err != nil {
 		return nil, err
@@ -295,13 +304,14 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 
 // openDB opens the file, creates the buckets and checks the data key.
 func (s *Store) openDB() (*bbolt.DB, error) {
-	db, err := bbolt.Open(s.path, 0o600, &bbolt.Options{Timeout: s.timeout})
-	if errors.Is(err, bberrors.ErrTimeout) {
+	db, id, err := storefile.Open(s.path, &bbolt.Options{Timeout: s.timeout}, s.expect)
+	if errors.Is(err, storefile.ErrLocked) {
 		return nil, fmt.Errorf("open subscriber store %s: waited %s: %w (use the running daemon's admin socket)", s.path, s.timeout, ErrLocked)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open subscriber store %s: %w", s.path, err)
+		return nil, fmt.Errorf("open subscriber store: %w", err)
 	}
+	s.expect.ID, s.expect.Exist = id, true
 	err = db.Update(func(tx *bbolt.Tx) error {
 		for _, name := range [][]byte{bucketEvents, bucketPeople, bucketMembers, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
@@ -326,6 +336,9 @@ func (s *Store) openDB() (*bbolt.DB, error) {
 
 // Close closes the file.
 func (s *Store) Close() error { return s.file.Close() }
+
+// ID returns the store id recorded in the file (see storefile).
+func (s *Store) ID() string { return s.expect.ID }
 
 func (s *Store) view(fn func(*bbolt.Tx) error) error   { return s.file.View(fn) }
 func (s *Store) batch(fn func(*bbolt.Tx) error) error  { return s.file.Batch(fn) }
