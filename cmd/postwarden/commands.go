@@ -81,11 +81,12 @@ func (c *cli) campaignValidate(ctx context.Context, file string) error {
 	if err != nil {
 		return err
 	}
-	// Validation needs no store and creates nothing; a data_dir that is not
-	// there is named (mistyped?) but is no problem of the campaign: a first
-	// campaign is validated before anything has created it.
-	if fi, err := os.Stat(cfg.DataDir); err != nil || !fi.IsDir() {
-		fmt.Fprintf(c.stderr, "note: data_dir %s does not exist (yet? `postwarden serve` or `postwarden campaign send` create it)\n", cfg.DataDir)
+	// Validation creates nothing and reads no store, but a data_dir that is
+	// not there is a mistyped config more often than not: say so and stop
+	// (exit 2), as every read-only command does, rather than validate a
+	// campaign against keys that do not exist.
+	if err := requireDataDir(cfg, false); err != nil {
+		return err
 	}
 	spec, cf, err := loadSpec(&env{cfg: cfg, msgIDKey: []byte("validate")}, file)
 	if err != nil {

@@ -100,18 +100,8 @@ type storeLayout struct {
 // it is made); a fresh one (no manifest, no store) may only be filled by a
 // command that creates.
 func inspectDataDir(cfg *configs.Server, create bool) (storeLayout, error) {
-	fi, err := os.Stat(cfg.DataDir)
-	switch {
-	case errors.Is(err, fs.ErrNotExist) && create:
-		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-			return storeLayout{}, fmt.Errorf("data_dir %s: %w", cfg.DataDir, err)
-		}
-	case errors.Is(err, fs.ErrNotExist):
-		return storeLayout{}, fmt.Errorf("data_dir %s does not exist (is data_dir right? this command creates nothing; `postwarden serve` or `postwarden campaign send` create a new data directory)", cfg.DataDir)
-	case err != nil:
-		return storeLayout{}, fmt.Errorf("data_dir %s: %w", cfg.DataDir, err)
-	case !fi.IsDir():
-		return storeLayout{}, fmt.Errorf("data_dir %s is not a directory", cfg.DataDir)
+	if err := requireDataDir(cfg, create); err != nil {
+		return storeLayout{}, err
 	}
 	m, err := storefile.LoadManifest(cfg.DataDir)
 	if err != nil {
@@ -122,6 +112,25 @@ func inspectDataDir(cfg *configs.Server, create bool) (storeLayout, error) {
 		return l, fmt.Errorf("data_dir %s holds no stores (is data_dir right? this command creates nothing; `postwarden serve` or `postwarden campaign send` create them)", cfg.DataDir)
 	}
 	return l, nil
+}
+
+// requireDataDir checks that data_dir is a directory; with create, a
+// missing one is made.
+func requireDataDir(cfg *configs.Server, create bool) error {
+	fi, err := os.Stat(cfg.DataDir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && create:
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return fmt.Errorf("data_dir %s: %w", cfg.DataDir, err)
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("data_dir %s does not exist (is data_dir right? this command creates nothing; `postwarden serve` or `postwarden campaign send` create a new data directory)", cfg.DataDir)
+	case err != nil:
+		return fmt.Errorf("data_dir %s: %w", cfg.DataDir, err)
+	case !fi.IsDir():
+		return fmt.Errorf("data_dir %s is not a directory", cfg.DataDir)
+	}
+	return nil
 }
 
 // expect says what the layout knows of a store before it is opened.

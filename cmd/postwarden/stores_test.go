@@ -169,9 +169,9 @@ func TestReadOnlyCommandsCreateNothing(t *testing.T) {
 			t.Fatalf("postwarden %s created the data directory", strings.Join(args, " "))
 		}
 	}
-	// campaign validate needs no store: it validates, names the missing
-	// data_dir, and creates nothing either.
-	if r := h.run("campaign", "validate", file); r.code != 0 || !strings.Contains(r.stderr, filepath.Join(h.dir, "vra")) {
+	// campaign validate reads no store, but a missing data_dir is a mistyped
+	// config: it is named, exit 2, and nothing is created.
+	if r := h.run("campaign", "validate", file); r.code != 2 || !strings.Contains(r.stderr, filepath.Join(h.dir, "vra")+" does not exist") {
 		t.Fatalf("campaign validate: exit %d\n%s", r.code, r.stderr)
 	}
 	if _, err := os.Stat(filepath.Join(h.dir, "vra")); !errors.Is(err, os.ErrNotExist) {
