@@ -155,3 +155,124 @@ func TestDrainTimeoutReturnsInFlight(t *testing.T) {
 		t.Fatalf("counts = %v", cc)
 	}
 }
+
+// deferAll is a Deliverer that fails every delivery temporarily.
+type deferAll struct{}
+
+func (deferAll) Deliver(ctx context.Context, id, from, to string, body []byte) error {
+	return &smtpErr{451, "4.3.0", "try later"}
+}
+
+// checkRate fails t if a second of d's starts carried more than perSecond
+// plus its burst (one second's worth); a little slack for timer jitter.
+func checkRate(t *testing.T, d *startLog, perSecond int) {
+	t.Helper()
+	got, most := d.busiestSecond(), 2*perSecond+perSecond/10
+	if got > most {
+		t.Fatalf("busiest second carried %d deliveries; the rate %d/s allows %d", got, perSecond, most)
+	}
+	t.Logf("busiest second: %d deliveries (rate %d/s, at most %d)", got, perSecond, most)
+}
+
+// runBeside starts r and returns its stop, which waits for Run to return.
+func runBeside(t *testing.T, r *Runner) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
+}
+
+// rateBacklog opens a store with campaign "c" at perSecond and n messages of it.
+func rateBacklog(t *testing.T, perSecond, n int) *Store {
+	t.Helper()
+	s := openTest(t, Config{})
+	if err := s.SetCampaignRate("c", float64(perSecond)); err != nil {
+		t.Fatal(err)
+	}
+	var batch []NewMessage
+	for i := range n {
+		batch = append(batch, msg("c", fmt.Sprintf("u%d@example.com", i)))
+	}
+	enqueue(t, s, batch...)
+	return s
+}
+
+// allIDs is every message id of campaign "c".
+func allIDs(t *testing.T, s *Store) []string {
+	t.Helper()
+	ids, err := s.AllIDs(Filter{Campaign: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+// `queue retry ALL` on a deferred backlog makes it due at once; the campaign's
+// rate still spaces it at the deliverer.
+func TestCampaignRateAfterRetryAll(t *testing.T) {
+	const perSecond, n = 100, 300
+	s := rateBacklog(t, perSecond, n)
+	drain(t, s.NewRunner(deferAll{}, newSup(), RunnerConfig{Workers: 8})) // every message deferred
+	if cc, _ := s.CampaignCounts("c"); cc[StateDeferred] != n {
+		t.Fatalf("counts = %v; want all deferred", cc)
+	}
+	time.Sleep(time.Second) // the bucket refills: a full burst is allowed, no more
+	d := &startLog{}
+	stop := runBeside(t, s.NewRunner(d, newSup(), RunnerConfig{Workers: 8}))
+	if _, err := s.Retry(allIDs(t, s)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every delivery", func() bool { return d.count() >= n })
+	stop()
+	checkRate(t, d, perSecond)
+}
+
+// `queue hold` then `queue release` of a backlog the rate had spread out:
+// released at once, it is spaced again.
+func TestCampaignRateAfterHoldRelease(t *testing.T) {
+	const perSecond, n = 100, 400
+	s := rateBacklog(t, perSecond, n)
+	d := &startLog{}
+	stop := runBeside(t, s.NewRunner(d, newSup(), RunnerConfig{Workers: 8}))
+	waitFor(t, "deliveries to start", func() bool { return d.count() >= perSecond })
+	if _, err := s.Hold(allIDs(t, s)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond) // the held messages' slots pass
+	if _, err := s.Release(allIDs(t, s)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every delivery", func() bool { return d.count() >= n })
+	stop()
+	checkRate(t, d, perSecond)
+}
+
+// A campaign suspended mid-send and resumed: the messages the suspension held
+// are due at once and spaced by the rate again.
+func TestCampaignRateAfterResume(t *testing.T) {
+	const perSecond, n = 100, 400
+	s := rateBacklog(t, perSecond, n)
+	d := &startLog{}
+	stop := runBeside(t, s.NewRunner(d, newSup(), RunnerConfig{Workers: 8}))
+	waitFor(t, "deliveries to start", func() bool { return d.count() >= perSecond })
+	sel := Selector{Campaign: "c"}
+	if err := s.Suspend(sel, time.Now().Add(time.Hour), "test"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the suspension to hold the rest", func() bool {
+		cc, _ := s.CampaignCounts("c")
+		return cc[StateDeferred]+cc[StateDelivered] == n
+	})
+	if _, err := s.Resume(sel); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every delivery", func() bool { return d.count() >= n })
+	stop()
+	checkRate(t, d, perSecond)
+}
