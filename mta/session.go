@@ -60,12 +60,15 @@ type route struct {
 // deliverSMTP sends e through relay, route or MX hosts, trying each host (and
 // each of its addresses) in turn until one takes the session; a 421 moves on
 // to the next host as well (RFC 5321 §5.1).
-func (s *Sender) deliverSMTP(ctx context.Context, e *envelope) *DeliveryError {
+func (s *Sender) deliverSMTP(ctx, stop context.Context, e *envelope) *DeliveryError {
 	rt, derr := s.route(ctx, e)
 	if derr != nil {
 		return derr
 	}
-	release, err := s.acquire(ctx, e.rcpt.Domain)
+	release, err := s.acquire(ctx, stop, e.rcpt.Domain)
+	if errors.Is(err, errStopped) {
+		return stopped("wait for a session slot for "+e.rcpt.Domain, s.now())
+	}
 	if err != nil {
 		return temporary(StageConnect, "", fmt.Errorf("wait for a session slot for %s: %w", e.rcpt.Domain, err))
 	}
