@@ -3,6 +3,7 @@ package mta
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,7 +31,8 @@ func TestDeliverUntilStopEndsRateWait(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // q2 waits for its slot
 	stopNow()
 	de := asDeliveryError(t, <-errc)
-	if de.Stage != StageStopped || !de.Temporary() || de.RetryAt().IsZero() || !errors.Is(de, errStopped) {
+	if de.Stage != StageStopped || !de.Temporary() || de.RetryAt().IsZero() || !errors.Is(de, errStopped) ||
+		!strings.Contains(de.Message, "rate limit") {
 		t.Fatalf("stopped wait: %v (stage %s, retry at %v); want temporary, stage stopped, RetryAt set", de, de.Stage, de.RetryAt())
 	}
 	if got := sink.Count(); got != 1 {
