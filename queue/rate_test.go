@@ -276,3 +276,52 @@ func TestCampaignRateAfterResume(t *testing.T) {
 	stop()
 	checkRate(t, d, perSecond)
 }
+
+// A message the rate spread out and made due again before its slot (retry,
+// release, resume: each sets only NextAttempt) keeps the slot: it takes no
+// second token, so the slot is not wasted, and it goes no earlier.
+func TestMadeDueAgainKeepsRateSlot(t *testing.T) {
+	const perSecond, n = 10, 40
+	s := rateBacklog(t, perSecond, n)
+	clk := newClock()
+	r := s.NewRunner(newFake(), newSup(), RunnerConfig{Now: clk.Now})
+	if msgs, _, _, err := r.claim(n); err != nil || len(msgs) != perSecond {
+		t.Fatalf("claim: %d messages, %v; want the burst of %d", len(msgs), err, perSecond)
+	}
+	slots := map[string]time.Time{}
+	var ids []string
+	for _, id := range allIDs(t, s) {
+		if m := mustGet(t, s, id); m.State == StateReady {
+			slots[id] = m.RateSlot
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) != n-perSecond {
+		t.Fatalf("%d messages wait for a slot, want %d", len(ids), n-perSecond)
+	}
+	for _, op := range []struct {
+		name string
+		do   func() error
+	}{
+		{"retry", func() error { _, err := s.Retry(ids); return err }},
+		{"hold, release", func() error {
+			if _, err := s.Hold(ids); err != nil {
+				return err
+			}
+			_, err := s.Release(ids)
+			return err
+		}},
+	} {
+		if err := op.do(); err != nil {
+			t.Fatal(err)
+		}
+		if msgs, _, _, err := r.claim(n); err != nil || len(msgs) != 0 {
+			t.Fatalf("after %s: claimed %d, %v; want none before their slots", op.name, len(msgs), err)
+		}
+		for _, id := range ids {
+			if m := mustGet(t, s, id); !m.NextAttempt.Equal(slots[id]) || !m.RateSlot.Equal(slots[id]) {
+				t.Fatalf("after %s: %s waits until %v (slot %v); want its slot %v", op.name, id, m.NextAttempt, m.RateSlot, slots[id])
+			}
+		}
+	}
+}

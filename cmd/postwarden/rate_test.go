@@ -3,6 +3,7 @@ package main
 import (
 	"os/exec"
 	"sort"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -89,5 +90,43 @@ func TestSigtermEndsDomainRateWaits(t *testing.T) {
 		if got := h.sink.ByRecipient()[bulkRecipient(i)]; got != 1 {
 			t.Errorf("%s received %d messages, want exactly 1", bulkRecipient(i), got)
 		}
+	}
+}
+
+// A domain's rate (delivery.rates) holds at the receiving sink across SIGTERM
+// and a restart and after `queue retry ALL` of the backlog its limiter handed
+// back (throttled, deferred): no second carries more than the rate plus its
+// burst (one second's worth).
+func TestDomainRateAcrossRestartAndRetryAll(t *testing.T) {
+	bin := buildBinary(t)
+	h := newHarness(t, mtatest.Options{})
+	const perSecond = 10
+	h.write("postwarden.yaml", readFile(t, h.cfgPath)+"  rates: {default: 0, acme.example: 10/s}\n")
+	const n = 240 // 60 to acme.example: most of them wait past the limiter's 2 s and are handed back
+	file := h.campaign("domain-paced", bulkCSV(n))
+	acme := func(rcpt string) bool { return strings.HasSuffix(rcpt, "@acme.example") }
+	acmeCount := func() int {
+		c := 0
+		for _, m := range h.sink.Messages() {
+			if acme(m.To[0]) {
+				c++
+			}
+		}
+		return c
+	}
+	cmd := startServe(t, bin, h)
+	h.mustRun(0, "campaign", "send", file)
+	waitFor(t, "acme.example deliveries", func() bool { return acmeCount() >= perSecond })
+	stopServe(t, cmd)
+	time.Sleep(2 * time.Second) // the handed-back messages' times pass while serve is down
+	cmd = startServe(t, bin, h)
+	h.mustRun(0, "queue", "retry", "ALL")
+	h.waitDelivered("domain-paced", n)
+	stopServe(t, cmd)
+	if got := acmeCount(); got != n/len(testDomains) {
+		t.Fatalf("acme.example received %d messages, want %d", got, n/len(testDomains))
+	}
+	if most, limit := busiestSecond(h.sink, acme), 2*perSecond+perSecond/10; most > limit {
+		t.Fatalf("the busiest second at the sink carried %d acme.example messages; rate %d/s plus its burst allows %d", most, perSecond, limit)
 	}
 }
