@@ -86,6 +86,14 @@ func (s *Store) CampaignRate(campaign string) float64 {
 // burstOf is the token bucket size for a rate: one second's worth, at least one.
 func burstOf(perSecond float64) int { return max(1, int(math.Ceil(perSecond))) }
 
+// slotGrace is how late a reserved slot may still be used. A slot claimed
+// later (the receiver was slow, every worker busy) is void and the message
+// reserves again: the token bucket counted it at its slot, so the slots that
+// fell due meanwhile would otherwise all go at once when the receiver
+// recovers, on top of those falling due then. The grace absorbs the
+// dispatcher's own lateness; it adds at most rate × slotGrace to a second.
+const slotGrace = 100 * time.Millisecond
+
 // limiter is a campaign's token bucket and the generation that names it.
 type limiter struct {
 	*rate.Limiter
@@ -94,7 +102,7 @@ type limiter struct {
 
 // reserve decides whether m, a due message, may go at now. It returns the
 // zero time when it may: m holds a slot of campaign's current limiter, fallen
-// due, or a token is free now. Otherwise it returns the later time of the
+// due no more than slotGrace ago, or a token is free now. Otherwise it returns the later time of the
 // slot m holds or of the token it reserved, and the generation of the limiter
 // that gave it. Every message due again (retry, release, resume, a restart)
 // comes here at its claim: the verbs only set NextAttempt.
@@ -117,7 +125,7 @@ func (s *Store) reserve(m *Message, now time.Time) (slot time.Time, gen uint64) 
 			// Made due before its slot (retry, release, resume): it waits for
 			// the slot it holds rather than wasting it for a later one.
 			return m.RateSlot, l.gen
-		case m.RateSlot.Equal(m.NextAttempt):
+		case m.RateSlot.Equal(m.NextAttempt) && now.Sub(m.RateSlot) <= slotGrace:
 			return time.Time{}, 0 // its token was taken when the slot was reserved
 		}
 	}

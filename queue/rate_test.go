@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -324,4 +325,37 @@ func TestMadeDueAgainKeepsRateSlot(t *testing.T) {
 			}
 		}
 	}
+}
+
+// phased is a startLog whose deliveries take slow each while slowed is set: a
+// receiving server that stalls for a while, then recovers.
+type phased struct {
+	startLog
+	slowed atomic.Bool
+	slow   time.Duration
+}
+
+func (d *phased) Deliver(ctx context.Context, id, from, to string, body []byte) error {
+	d.startLog.Deliver(ctx, id, from, to, body)
+	if d.slowed.Load() {
+		time.Sleep(d.slow)
+	}
+	return nil
+}
+
+// A receiving server that slows below the campaign's rate and then recovers:
+// the slots that fell due while it was slow do not all go at once when it
+// recovers, on top of the slots falling due then.
+func TestCampaignRateAfterSlowReceiver(t *testing.T) {
+	const perSecond, n = 100, 700
+	s := rateBacklog(t, perSecond, n)
+	d := &phased{slow: 200 * time.Millisecond} // 8 workers: 40/s while slow
+	stop := runBeside(t, s.NewRunner(d, newSup(), RunnerConfig{Workers: 8}))
+	waitFor(t, "deliveries to start", func() bool { return d.count() >= 2*perSecond })
+	d.slowed.Store(true)
+	time.Sleep(2500 * time.Millisecond) // about 150 slots fall due unclaimed
+	d.slowed.Store(false)
+	waitFor(t, "every delivery", func() bool { return d.count() >= n })
+	stop()
+	checkRate(t, &d.startLog, perSecond)
 }
