@@ -317,21 +317,10 @@ func (s *Sender) DeliverUntil(ctx, stop context.Context, id, from, to string, bo
 		return s.capture(id, rcpt, append(head, msg...), start)
 	}
 
-	e := &envelope{id: id, from: mailFrom, rcpt: rcpt}
+	e := &envelope{id: id, from: mailFrom, rcpt: rcpt, body: body}
 	probe, derr := s.admit(rcpt.Domain)
 	if derr != nil {
 		s.logRefused(e, derr)
-		return derr
-	}
-	if derr := s.throttle(ctx, stop, rcpt.Domain); derr != nil {
-		s.settle(ctx, e, probe, derr)
-		s.logRefused(e, derr)
-		return derr
-	}
-	e.msg = normalizeCRLF(body)
-	if e.head, err = s.sign(e.msg); err != nil {
-		derr := permanent(StageSign, err)
-		s.settle(ctx, e, probe, derr)
 		return derr
 	}
 	derr = s.deliverSMTP(ctx, stop, e)

@@ -3,7 +3,11 @@ package mta
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,4 +46,68 @@ func TestDeliverUntilStopEndsRateWait(t *testing.T) {
 	if tok := s.limiter("slow.example").TokensAt(s.now()); tok < -0.5 {
 		t.Fatalf("%.2f tokens after the stopped wait: it kept its reservation", tok)
 	}
+}
+
+// A domain's rate holds at the receiver while it stalls and after it recovers:
+// deliveries queued for a session slot meanwhile take their token only once
+// they hold the slot, so they do not all arrive at once on its recovery. The
+// arrivals are timed at RCPT, before the stall, so the receiver's own
+// slowness is not counted.
+func TestDomainRateAfterStalledReceiver(t *testing.T) {
+	var stalled atomic.Bool
+	var mu sync.Mutex
+	var arrivals []time.Time
+	sink, err := mtatest.Start(mtatest.Options{Rcpt: func(string, int) error {
+		mu.Lock()
+		arrivals = append(arrivals, time.Now())
+		mu.Unlock()
+		for stalled.Load() {
+			time.Sleep(5 * time.Millisecond)
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sink.Close() })
+	const perSecond, n = 10, 60
+	s := newSender(t, Config{Mode: ModeMX, Routes: map[string]string{"slow.example": sink.Addr},
+		ConcurrencyPerDomain: 2, Rates: map[string]float64{"slow.example": perSecond}}, false)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			for {
+				err := s.Deliver(context.Background(), fmt.Sprint("q", i), "b@example.com", "ana@slow.example", []byte(msg))
+				var de *DeliveryError
+				if errors.As(err, &de) && !de.RetryAt().IsZero() {
+					time.Sleep(time.Until(de.RetryAt())) // what the queue does: not an attempt, wait
+					continue
+				}
+				if err != nil {
+					t.Error(err)
+				}
+				return
+			}
+		})
+	}
+	time.Sleep(1500 * time.Millisecond)
+	stalled.Store(true)
+	time.Sleep(2500 * time.Millisecond)
+	stalled.Store(false)
+	wg.Wait()
+	mu.Lock()
+	at := append([]time.Time(nil), arrivals...)
+	mu.Unlock()
+	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
+	most, j := 0, 0
+	for i := range at {
+		for at[i].Sub(at[j]) >= time.Second {
+			j++
+		}
+		most = max(most, i-j+1)
+	}
+	if limit := 2*perSecond + 1; most > limit {
+		t.Fatalf("the busiest second carried %d arrivals; rate %d/s plus its burst allows %d", most, perSecond, limit)
+	}
+	t.Logf("busiest second: %d arrivals of %d", most, len(at))
 }
