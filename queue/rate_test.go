@@ -165,10 +165,12 @@ func (deferAll) Deliver(ctx context.Context, id, from, to string, body []byte) e
 }
 
 // checkRate fails t if a second of d's starts carried more than perSecond
-// plus its burst (one second's worth); a little slack for timer jitter.
+// plus its burst (one second's worth). The slack is the dispatcher's own
+// lateness on a loaded machine: a slot may be claimed up to slotGrace late,
+// and a claimed job may wait for a worker.
 func checkRate(t *testing.T, d *startLog, perSecond int) {
 	t.Helper()
-	got, most := d.busiestSecond(), 2*perSecond+perSecond/10
+	got, most := d.busiestSecond(), 2*perSecond+perSecond/5
 	if got > most {
 		t.Fatalf("busiest second carried %d deliveries; the rate %d/s allows %d", got, perSecond, most)
 	}
