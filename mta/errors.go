@@ -25,6 +25,7 @@ const (
 	StageData     = bounce.StageData     // DATA, body, final reply
 	StageThrottle = "throttle"           // the destination's rate limit (Config.Rates); see RetryAt
 	StageCircuit  = "circuit"            // the destination's circuit is open; see RetryAt
+	StageStopped  = "stopped"            // a wait before the session given up: DeliverUntil's stop ended; see RetryAt
 )
 
 // Outcomes returned by DeliveryError.Outcome.
@@ -141,6 +142,16 @@ func permanent(stage string, err error) *DeliveryError {
 // temporary returns a temporary *DeliveryError that is not an SMTP reply.
 func temporary(stage, remote string, err error) *DeliveryError {
 	return &DeliveryError{Temp: true, Message: err.Error(), Remote: remote, Stage: stage, Err: err}
+}
+
+// errStopped is a wait before a delivery ended by DeliverUntil's stop.
+var errStopped = errors.New("mta: stopping")
+
+// stopped is the error of a wait before a delivery that DeliverUntil's stop
+// ended: not an attempt, the message may go again at once (RetryAt now).
+func stopped(what string, now time.Time) *DeliveryError {
+	return &DeliveryError{Temp: true, Stage: StageStopped, NotBefore: now, Err: errStopped,
+		Message: what + ": given up, stopping"}
 }
 
 // isReply reports whether err is an SMTP reply from the server (the connection is still in sync).

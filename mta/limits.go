@@ -49,7 +49,8 @@ func (s *Sender) limiter(domain string) *rate.Limiter {
 // throttle waits for the domain's rate limit when the wait is short
 // (≤ maxThrottleWait); a longer wait is not taken: the reservation is given
 // back and the error carries RetryAt, so no worker sits on a slow domain.
-func (s *Sender) throttle(ctx context.Context, domain string) *DeliveryError {
+// A wait that stop ends gives the reservation back as well: nothing was sent.
+func (s *Sender) throttle(ctx, stop context.Context, domain string) *DeliveryError {
 	l := s.limiter(domain)
 	if l == nil {
 		return nil
@@ -73,6 +74,10 @@ func (s *Sender) throttle(ctx context.Context, domain string) *DeliveryError {
 	case <-ctx.Done():
 		r.CancelAt(s.now())
 		return temporary(StageThrottle, "", fmt.Errorf("wait for the rate limit of %s: %w", domain, ctx.Err()))
+	case <-stop.Done():
+		now := s.now()
+		r.CancelAt(now)
+		return stopped("wait for the rate limit of "+domain, now)
 	}
 }
 

@@ -284,6 +284,15 @@ func (s *Sender) CapturePath(id string) string {
 // recipient to; from may be "" (null reverse-path). Errors are *DeliveryError.
 // body is neither changed nor kept after Deliver returns: the caller may reuse it.
 func (s *Sender) Deliver(ctx context.Context, id, from, to string, body []byte) error {
+	return s.DeliverUntil(ctx, ctx, id, from, to, body)
+}
+
+// DeliverUntil is Deliver whose waits before the delivery starts (the
+// domain's rate limit, a session slot) also end with stop: a stopping queue
+// starts no delivery, and a wait must not hold its drain up. A wait stop ended
+// returns an error with RetryAt set to now (no attempt); once a session is
+// under way only ctx bounds it.
+func (s *Sender) DeliverUntil(ctx, stop context.Context, id, from, to string, body []byte) error {
 	start := time.Now()
 	rcpt, err := address.Parse(to)
 	if err != nil {
@@ -316,24 +325,13 @@ func (s *Sender) Deliver(ctx context.Context, id, from, to string, body []byte) 
 		return s.capture(id, rcpt, append(head, msg...), start)
 	}
 
-	e := &envelope{id: id, from: mailFrom, rcpt: rcpt}
+	e := &envelope{id: id, from: mailFrom, rcpt: rcpt, body: body}
 	probe, derr := s.admit(rcpt.Domain)
 	if derr != nil {
 		s.logRefused(e, derr)
 		return derr
 	}
-	if derr := s.throttle(ctx, rcpt.Domain); derr != nil {
-		s.settle(ctx, e, probe, derr)
-		s.logRefused(e, derr)
-		return derr
-	}
-	e.msg = normalizeCRLF(body)
-	if e.head, err = s.sign(e.msg); err != nil {
-		derr := permanent(StageSign, err)
-		s.settle(ctx, e, probe, derr)
-		return derr
-	}
-	derr = s.deliverSMTP(ctx, e)
+	derr = s.deliverSMTP(ctx, stop, e)
 	s.settle(ctx, e, probe, derr)
 	if derr != nil {
 		return derr
@@ -405,8 +403,8 @@ type sem struct {
 	refs int
 }
 
-// acquire takes a session slot for domain, or fails when ctx ends first.
-func (s *Sender) acquire(ctx context.Context, domain string) (func(), error) {
+// acquire takes a session slot for domain, or fails when ctx or stop ends first.
+func (s *Sender) acquire(ctx, stop context.Context, domain string) (func(), error) {
 	s.mu.Lock()
 	sm := s.sems[domain]
 	if sm == nil {
@@ -428,6 +426,9 @@ func (s *Sender) acquire(ctx context.Context, domain string) (func(), error) {
 	case <-ctx.Done():
 		drop()
 		return nil, ctx.Err()
+	case <-stop.Done():
+		drop()
+		return nil, errStopped
 	}
 }
 

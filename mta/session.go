@@ -28,6 +28,7 @@ type envelope struct {
 	id     string
 	from   string // MAIL FROM (after Config.EnvelopeFrom)
 	rcpt   address.Address
+	body   []byte // as handed to Deliver; msg and head are made from it once the rate allows
 	head   []byte // DKIM-Signature fields, sent before msg
 	msg    []byte
 	saw421 bool // some host answered 421 during this delivery
@@ -60,16 +61,31 @@ type route struct {
 // deliverSMTP sends e through relay, route or MX hosts, trying each host (and
 // each of its addresses) in turn until one takes the session; a 421 moves on
 // to the next host as well (RFC 5321 §5.1).
-func (s *Sender) deliverSMTP(ctx context.Context, e *envelope) *DeliveryError {
+func (s *Sender) deliverSMTP(ctx, stop context.Context, e *envelope) *DeliveryError {
 	rt, derr := s.route(ctx, e)
 	if derr != nil {
 		return derr
 	}
-	release, err := s.acquire(ctx, e.rcpt.Domain)
+	release, err := s.acquire(ctx, stop, e.rcpt.Domain)
+	if errors.Is(err, errStopped) {
+		return stopped("wait for a session slot for "+e.rcpt.Domain, s.now())
+	}
 	if err != nil {
 		return temporary(StageConnect, "", fmt.Errorf("wait for a session slot for %s: %w", e.rcpt.Domain, err))
 	}
 	defer release()
+	// The rate's token is taken with the session slot held, as near the wire
+	// as it gets: deliveries queued for a slot behind a slow receiver would
+	// otherwise all go at once when it recovers, each on a token of the past.
+	if derr := s.throttle(ctx, stop, e.rcpt.Domain); derr != nil {
+		s.logRefused(e, derr)
+		return derr
+	}
+	e.msg = normalizeCRLF(e.body) // signed only now: a throttled message costs no signature
+	var serr error
+	if e.head, serr = s.sign(e.msg); serr != nil {
+		return permanent(StageSign, serr)
+	}
 
 	var last *DeliveryError
 	notFound := 0

@@ -30,7 +30,11 @@ import (
 // changed, slots recorded earlier are worth nothing and the message reserves
 // again. Otherwise the slots that fell due while the process was down (or
 // were spaced for another rate) would all go at once on top of the new
-// limiter's burst.
+// limiter's burst. The verbs that make messages due again (Retry, Release,
+// Resume) only set NextAttempt: the claim's reserve is the one place that
+// decides, so a message keeps a slot still ahead of it and never goes before
+// it, and the promise holds at the receiving side whatever made it due: no
+// second carries more than the rate plus its burst.
 //
 // A suspension (Suspend, bucket "susp": key → JSON Suspension) stops delivery to
 // a domain, a campaign, or a campaign's messages to a domain until a time. The
@@ -82,6 +86,14 @@ func (s *Store) CampaignRate(campaign string) float64 {
 // burstOf is the token bucket size for a rate: one second's worth, at least one.
 func burstOf(perSecond float64) int { return max(1, int(math.Ceil(perSecond))) }
 
+// slotGrace is how late a reserved slot may still be used. A slot claimed
+// later (the receiver was slow, every worker busy) is void and the message
+// reserves again: the token bucket counted it at its slot, so the slots that
+// fell due meanwhile would otherwise all go at once when the receiver
+// recovers, on top of those falling due then. The grace absorbs the
+// dispatcher's own lateness; it adds at most rate × slotGrace to a second.
+const slotGrace = 100 * time.Millisecond
+
 // limiter is a campaign's token bucket and the generation that names it.
 type limiter struct {
 	*rate.Limiter
@@ -89,9 +101,11 @@ type limiter struct {
 }
 
 // reserve decides whether m, a due message, may go at now. It returns the
-// zero time when it may: m holds a slot of campaign's current limiter, or a
-// token is free now. Otherwise it returns the later time of the token it
-// reserved and the generation of the limiter that gave it.
+// zero time when it may: m holds a slot of campaign's current limiter, fallen
+// due no more than slotGrace ago, or a token is free now. Otherwise it returns the later time of the
+// slot m holds or of the token it reserved, and the generation of the limiter
+// that gave it. Every message due again (retry, release, resume, a restart)
+// comes here at its claim: the verbs only set NextAttempt.
 func (s *Store) reserve(m *Message, now time.Time) (slot time.Time, gen uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -105,8 +119,15 @@ func (s *Store) reserve(m *Message, now time.Time) (slot time.Time, gen uint64) 
 		l = &limiter{Limiter: rate.NewLimiter(rate.Limit(r), burstOf(r)), gen: s.gen}
 		s.limiters[m.Campaign] = l
 	}
-	if !m.RateSlot.IsZero() && m.RateSlot.Equal(m.NextAttempt) && m.RateGen == l.gen {
-		return time.Time{}, 0 // its token was taken when the slot was reserved
+	if !m.RateSlot.IsZero() && m.RateGen == l.gen {
+		switch {
+		case m.RateSlot.After(now):
+			// Made due before its slot (retry, release, resume): it waits for
+			// the slot it holds rather than wasting it for a later one.
+			return m.RateSlot, l.gen
+		case m.RateSlot.Equal(m.NextAttempt) && now.Sub(m.RateSlot) <= slotGrace:
+			return time.Time{}, 0 // its token was taken when the slot was reserved
+		}
 	}
 	res := l.ReserveN(now, 1) // burst ≥ 1: always OK
 	if d := res.DelayFrom(now); d > 0 {

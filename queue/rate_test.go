@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -154,4 +155,209 @@ func TestDrainTimeoutReturnsInFlight(t *testing.T) {
 	if cc, _ := s.CampaignCounts("c"); cc[StateDelivered] != 5 {
 		t.Fatalf("counts = %v", cc)
 	}
+}
+
+// deferAll is a Deliverer that fails every delivery temporarily.
+type deferAll struct{}
+
+func (deferAll) Deliver(ctx context.Context, id, from, to string, body []byte) error {
+	return &smtpErr{451, "4.3.0", "try later"}
+}
+
+// checkRate fails t if a second of d's starts carried more than perSecond
+// plus its burst (one second's worth). The slack is the dispatcher's own
+// lateness on a loaded machine: a slot may be claimed up to slotGrace late,
+// and a claimed job may wait for a worker.
+func checkRate(t *testing.T, d *startLog, perSecond int) {
+	t.Helper()
+	got, most := d.busiestSecond(), 2*perSecond+perSecond/5
+	if got > most {
+		t.Fatalf("busiest second carried %d deliveries; the rate %d/s allows %d", got, perSecond, most)
+	}
+	t.Logf("busiest second: %d deliveries (rate %d/s, at most %d)", got, perSecond, most)
+}
+
+// runBeside starts r and returns its stop, which waits for Run to return.
+func runBeside(t *testing.T, r *Runner) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
+}
+
+// rateBacklog opens a store with campaign "c" at perSecond and n messages of it.
+func rateBacklog(t *testing.T, perSecond, n int) *Store {
+	t.Helper()
+	s := openTest(t, Config{})
+	if err := s.SetCampaignRate("c", float64(perSecond)); err != nil {
+		t.Fatal(err)
+	}
+	var batch []NewMessage
+	for i := range n {
+		batch = append(batch, msg("c", fmt.Sprintf("u%d@example.com", i)))
+	}
+	enqueue(t, s, batch...)
+	return s
+}
+
+// allIDs is every message id of campaign "c".
+func allIDs(t *testing.T, s *Store) []string {
+	t.Helper()
+	ids, err := s.AllIDs(Filter{Campaign: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+// `queue retry ALL` on a deferred backlog makes it due at once; the campaign's
+// rate still spaces it at the deliverer.
+func TestCampaignRateAfterRetryAll(t *testing.T) {
+	const perSecond, n = 100, 300
+	s := rateBacklog(t, perSecond, n)
+	drain(t, s.NewRunner(deferAll{}, newSup(), RunnerConfig{Workers: 8})) // every message deferred
+	if cc, _ := s.CampaignCounts("c"); cc[StateDeferred] != n {
+		t.Fatalf("counts = %v; want all deferred", cc)
+	}
+	time.Sleep(time.Second) // the bucket refills: a full burst is allowed, no more
+	d := &startLog{}
+	stop := runBeside(t, s.NewRunner(d, newSup(), RunnerConfig{Workers: 8}))
+	if _, err := s.Retry(allIDs(t, s)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every delivery", func() bool { return d.count() >= n })
+	stop()
+	checkRate(t, d, perSecond)
+}
+
+// `queue hold` then `queue release` of a backlog the rate had spread out:
+// released at once, it is spaced again.
+func TestCampaignRateAfterHoldRelease(t *testing.T) {
+	const perSecond, n = 100, 400
+	s := rateBacklog(t, perSecond, n)
+	d := &startLog{}
+	stop := runBeside(t, s.NewRunner(d, newSup(), RunnerConfig{Workers: 8}))
+	waitFor(t, "deliveries to start", func() bool { return d.count() >= perSecond })
+	if _, err := s.Hold(allIDs(t, s)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond) // the held messages' slots pass
+	if _, err := s.Release(allIDs(t, s)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every delivery", func() bool { return d.count() >= n })
+	stop()
+	checkRate(t, d, perSecond)
+}
+
+// A campaign suspended mid-send and resumed: the messages the suspension held
+// are due at once and spaced by the rate again.
+func TestCampaignRateAfterResume(t *testing.T) {
+	const perSecond, n = 100, 400
+	s := rateBacklog(t, perSecond, n)
+	d := &startLog{}
+	stop := runBeside(t, s.NewRunner(d, newSup(), RunnerConfig{Workers: 8}))
+	waitFor(t, "deliveries to start", func() bool { return d.count() >= perSecond })
+	sel := Selector{Campaign: "c"}
+	if err := s.Suspend(sel, time.Now().Add(time.Hour), "test"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the suspension to hold the rest", func() bool {
+		cc, _ := s.CampaignCounts("c")
+		return cc[StateDeferred]+cc[StateDelivered] == n
+	})
+	if _, err := s.Resume(sel); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every delivery", func() bool { return d.count() >= n })
+	stop()
+	checkRate(t, d, perSecond)
+}
+
+// A message the rate spread out and made due again before its slot (retry,
+// release, resume: each sets only NextAttempt) keeps the slot: it takes no
+// second token, so the slot is not wasted, and it goes no earlier.
+func TestMadeDueAgainKeepsRateSlot(t *testing.T) {
+	const perSecond, n = 10, 40
+	s := rateBacklog(t, perSecond, n)
+	clk := newClock()
+	r := s.NewRunner(newFake(), newSup(), RunnerConfig{Now: clk.Now})
+	if msgs, _, _, err := r.claim(n); err != nil || len(msgs) != perSecond {
+		t.Fatalf("claim: %d messages, %v; want the burst of %d", len(msgs), err, perSecond)
+	}
+	slots := map[string]time.Time{}
+	var ids []string
+	for _, id := range allIDs(t, s) {
+		if m := mustGet(t, s, id); m.State == StateReady {
+			slots[id] = m.RateSlot
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) != n-perSecond {
+		t.Fatalf("%d messages wait for a slot, want %d", len(ids), n-perSecond)
+	}
+	for _, op := range []struct {
+		name string
+		do   func() error
+	}{
+		{"retry", func() error { _, err := s.Retry(ids); return err }},
+		{"hold, release", func() error {
+			if _, err := s.Hold(ids); err != nil {
+				return err
+			}
+			_, err := s.Release(ids)
+			return err
+		}},
+	} {
+		if err := op.do(); err != nil {
+			t.Fatal(err)
+		}
+		if msgs, _, _, err := r.claim(n); err != nil || len(msgs) != 0 {
+			t.Fatalf("after %s: claimed %d, %v; want none before their slots", op.name, len(msgs), err)
+		}
+		for _, id := range ids {
+			if m := mustGet(t, s, id); !m.NextAttempt.Equal(slots[id]) || !m.RateSlot.Equal(slots[id]) {
+				t.Fatalf("after %s: %s waits until %v (slot %v); want its slot %v", op.name, id, m.NextAttempt, m.RateSlot, slots[id])
+			}
+		}
+	}
+}
+
+// phased is a startLog whose deliveries take slow each while slowed is set: a
+// receiving server that stalls for a while, then recovers.
+type phased struct {
+	startLog
+	slowed atomic.Bool
+	slow   time.Duration
+}
+
+func (d *phased) Deliver(ctx context.Context, id, from, to string, body []byte) error {
+	d.startLog.Deliver(ctx, id, from, to, body)
+	if d.slowed.Load() {
+		time.Sleep(d.slow)
+	}
+	return nil
+}
+
+// A receiving server that slows below the campaign's rate and then recovers:
+// the slots that fell due while it was slow do not all go at once when it
+// recovers, on top of the slots falling due then.
+func TestCampaignRateAfterSlowReceiver(t *testing.T) {
+	const perSecond, n = 100, 700
+	s := rateBacklog(t, perSecond, n)
+	d := &phased{slow: 200 * time.Millisecond} // 8 workers: 40/s while slow
+	stop := runBeside(t, s.NewRunner(d, newSup(), RunnerConfig{Workers: 8}))
+	waitFor(t, "deliveries to start", func() bool { return d.count() >= 2*perSecond })
+	d.slowed.Store(true)
+	time.Sleep(2500 * time.Millisecond) // about 150 slots fall due unclaimed
+	d.slowed.Store(false)
+	waitFor(t, "every delivery", func() bool { return d.count() >= n })
+	stop()
+	checkRate(t, &d.startLog, perSecond)
 }

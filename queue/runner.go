@@ -21,6 +21,15 @@ type Deliverer interface {
 	Deliver(ctx context.Context, id, from, to string, body []byte) error
 }
 
+// stopAware is a Deliverer that may wait before a delivery starts (the
+// destination's rate limit, a session slot). DeliverUntil gives such a wait
+// up when stop ends, returning an error whose RetryAt is set: not an attempt.
+// Once the delivery has started only ctx bounds it. The runner uses it when
+// its Deliverer has it, so that waits see the stop and a drain is not held up.
+type stopAware interface {
+	DeliverUntil(ctx, stop context.Context, id, from, to string, body []byte) error
+}
+
 // Suppressions is the do-not-mail list, checked just before each delivery.
 type Suppressions interface {
 	Check(addr, list string) (reason string, suppressed bool, err error)
@@ -473,7 +482,8 @@ type outcome struct {
 // attempt checks suppression and calls the Deliverer; it decides the outcome.
 // The body is read into buf's memory; attempt returns the buffer to reuse.
 // stop ends when the runner stops: a delivery not yet started then is not
-// started (the outcome is not tried). An error after ctx was cut off by the
+// started (the outcome is not tried), nor one still waiting inside a
+// stopAware Deliverer. An error after ctx was cut off by the
 // drain deadline returns the message to the queue (interrupted).
 func (r *Runner) attempt(ctx, stop context.Context, m Message, buf []byte) (outcome, []byte) {
 	// Suppression first: a message suppressed while it waited needs no body.
@@ -492,12 +502,20 @@ func (r *Runner) attempt(ctx, stop context.Context, m Message, buf []byte) (outc
 		return outcome{}, buf
 	}
 	start := time.Now()
-	derr := r.d.Deliver(ctx, m.ID, m.From, m.To, body)
+	var derr error
+	if sa, ok := r.d.(stopAware); ok {
+		derr = sa.DeliverUntil(ctx, stop, m.ID, m.From, m.To, body)
+	} else {
+		derr = r.d.Deliver(ctx, m.ID, m.From, m.To, body)
+	}
 	took := time.Since(start)
 	if cap(body) > cap(buf) {
 		buf = body[:0] // grown (or a raw body's own memory): keep the larger
 	}
 	o := decide(derr, took)
+	if !o.retryAt.IsZero() && stop.Err() != nil {
+		return outcome{}, buf // a wait the stop ended: not started, the claim is given back
+	}
 	if derr != nil && ctx.Err() != nil {
 		o = outcome{state: StateReady, reply: "interrupted by shutdown: " + derr.Error(), took: took, interrupted: true}
 	}
