@@ -118,6 +118,12 @@ func LoadCampaign(path string) (*Campaign, error) {
 	if err != nil {
 		return nil, fmt.Errorf("configs: %s: %w", path, err)
 	}
+	return parseCampaign(path, abs, data)
+}
+
+// parseCampaign is LoadCampaign on the bytes of the file path, whose
+// absolute path is abs.
+func parseCampaign(path, abs string, data []byte) (*Campaign, error) {
 	d := newDecoder(path)
 	sum := sha256.Sum256(data)
 	c := &Campaign{Path: abs, lines: d.lines, hash: hex.EncodeToString(sum[:])}
