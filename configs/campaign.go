@@ -118,6 +118,12 @@ func LoadCampaign(path string) (*Campaign, error) {
 	if err != nil {
 		return nil, fmt.Errorf("configs: %s: %w", path, err)
 	}
+	return parseCampaign(path, abs, data)
+}
+
+// parseCampaign is LoadCampaign on the bytes of the file path, whose
+// absolute path is abs.
+func parseCampaign(path, abs string, data []byte) (*Campaign, error) {
 	d := newDecoder(path)
 	sum := sha256.Sum256(data)
 	c := &Campaign{Path: abs, lines: d.lines, hash: hex.EncodeToString(sum[:])}
@@ -249,13 +255,13 @@ func (c *Campaign) checkLegalBasis(d *decoder, audienceGiven bool) {
 	if c.LIA != "" {
 		data, err := os.ReadFile(c.LIA)
 		if err != nil {
-			d.fieldErr("lia", "cannot read the legitimate-interest assessment: %v", err)
+			d.fieldErr("lia", "%v", fileErr("cannot read the legitimate-interest assessment", c.LIA, err))
 		} else {
 			sum := sha256.Sum256(data)
 			c.liaHash = hex.EncodeToString(sum[:])
 			if li {
 				for _, m := range CheckLIA(string(data)) {
-					d.fieldErr("lia", "%s: %s", c.LIA, m)
+					d.fieldErr("lia", "%s: %s", short(c.LIA), m)
 				}
 			}
 		}

@@ -6,7 +6,9 @@
 package configs
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"regexp"
 	"sort"
 	"strconv"
@@ -48,7 +50,7 @@ func newDecoder(file string) *decoder {
 // typeErr records that the value at path is not what was expected.
 func (d *decoder) typeErr(path string, v *yaml.Node, want string) {
 	d.failed[path] = true
-	d.errf(v.Line, "%s: expected %s", path, want)
+	d.errf(v.Line, "%s: expected %s", short(path), want)
 }
 
 // lineError is one problem and the line it is reported at, for sorting.
@@ -59,8 +61,16 @@ type lineError struct {
 
 // errf records a problem at line.
 func (d *decoder) errf(line int, format string, args ...any) {
-	d.errs = append(d.errs, lineError{line, fmt.Errorf("%s:%d: %s", d.file, line, fmt.Sprintf(format, args...))})
+	msg := fmt.Sprintf(format, args...)
+	if len(msg) > maxProblem { // a last bound, whatever a site echoes
+		msg = strings.ToValidUTF8(msg[:maxProblem], "") + fmt.Sprintf("… (%d bytes)", len(msg))
+	}
+	d.errs = append(d.errs, lineError{line, fmt.Errorf("%s:%d: %s", d.file, line, msg)})
 }
+
+// maxProblem bounds one problem's text in bytes: sites quote bad values
+// with Quote and paths with short; this catches any that does not.
+const maxProblem = 1024
 
 // fieldErr records a problem with the field at path, at the field's line
 // (or line 1 when the field is absent from the file). Paths under one already
@@ -78,7 +88,7 @@ func (d *decoder) fieldErr(path, format string, args ...any) {
 			break
 		}
 	}
-	d.errf(line, "%s: %s", path, fmt.Sprintf(format, args...))
+	d.errf(line, "%s: %s", short(path), fmt.Sprintf(format, args...))
 }
 
 // maxQuoted is how many characters of a bad value an error quotes.
@@ -92,6 +102,27 @@ func Quote(v string) string {
 		return strconv.Quote(v)
 	}
 	return strconv.Quote(string(r[:maxQuoted])) + fmt.Sprintf("… (%d bytes)", len(v))
+}
+
+// short cuts v, a key or a path holding keys from the file, to its first
+// 80 characters marked "…", for an error that names it unquoted.
+func short(v string) string {
+	r := []rune(v)
+	if len(r) <= maxQuoted {
+		return v
+	}
+	return string(r[:maxQuoted]) + "…"
+}
+
+// fileErr is err from reading the file at path, a value from a config, with
+// path cut by short (an *fs.PathError names all of it); it wraps the cause,
+// so errors.Is(err, fs.ErrNotExist) still holds.
+func fileErr(what, path string, err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("%s: %s %s: %w", what, pe.Op, short(pe.Path), pe.Err)
+	}
+	return fmt.Errorf("%s: %s: %w", what, short(path), err)
 }
 
 // parent cuts the last ".key" or "[i]" from a path.
@@ -168,7 +199,7 @@ func (d *decoder) fields(n *yaml.Node, prefix string, known map[string]func(path
 	for _, r := range required {
 		if !seen[r] {
 			d.failed[prefix+r] = true
-			d.errf(n.Line, "missing required key %q", prefix+r)
+			d.errf(n.Line, "missing required key %s", Quote(prefix+r))
 		}
 	}
 }
@@ -269,11 +300,11 @@ func (d *decoder) mapOf(dst *map[string]string, want string, ok func(*yaml.Node)
 		for i := 0; i+1 < len(v.Content); i += 2 {
 			k, e := resolve(v.Content[i]), resolve(v.Content[i+1])
 			if k.Kind != yaml.ScalarNode || e.Kind != yaml.ScalarNode || !ok(e) {
-				d.errf(k.Line, "%s: %s: expected %s", path, k.Value, want)
+				d.errf(k.Line, "%s: %s: expected %s", short(path), short(k.Value), want)
 				continue
 			}
 			if _, dup := out[k.Value]; dup {
-				d.errf(k.Line, "%s: %s: repeated key", path, k.Value)
+				d.errf(k.Line, "%s: %s: repeated key", short(path), short(k.Value))
 			}
 			out[k.Value] = e.Value
 			d.lines[path+"."+k.Value] = k.Line
@@ -321,11 +352,11 @@ func ParseRate(s string) (float64, error) {
 	}
 	num, unit, ok := strings.Cut(s, "/")
 	if !ok {
-		return 0, fmt.Errorf("rate %q: want N/s, N/m or N/h (or 0 for unlimited)", s)
+		return 0, fmt.Errorf("rate %s: want N/s, N/m or N/h (or 0 for unlimited)", Quote(s))
 	}
 	n, err := strconv.ParseFloat(num, 64)
 	if err != nil || n < 0 {
-		return 0, fmt.Errorf("rate %q: %q is not a non-negative number", s, num)
+		return 0, fmt.Errorf("rate %s: %s is not a non-negative number", Quote(s), Quote(num))
 	}
 	switch unit {
 	case "s":
@@ -335,7 +366,7 @@ func ParseRate(s string) (float64, error) {
 	case "h":
 		return n / 3600, nil
 	}
-	return 0, fmt.Errorf("rate %q: unit must be s, m or h", s)
+	return 0, fmt.Errorf("rate %s: unit must be s, m or h", Quote(s))
 }
 
 // dayPrefix matches the day part of "7d" or "1d12h".
@@ -366,19 +397,25 @@ func (d *decoder) parseDuration(path string, v *yaml.Node) (time.Duration, error
 // ParseDuration reads Go duration syntax ("90m", "4h") plus a leading day
 // count with the "d" suffix ("7d", "1d12h").
 func ParseDuration(s string) (time.Duration, error) {
+	// time.ParseDuration's errors quote all of s: they are not passed on.
+	bad := fmt.Errorf("duration %s: want e.g. 30m, 4h, 7d, 1d12h", Quote(s))
 	m := dayPrefix.FindStringSubmatch(s)
 	if m == nil {
-		return time.ParseDuration(s)
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return 0, bad
+		}
+		return d, nil
 	}
 	days, err := strconv.Atoi(m[1])
 	if err != nil || days > 100000 {
-		return 0, fmt.Errorf("duration %q: day count out of range", s)
+		return 0, fmt.Errorf("duration %s: day count out of range", Quote(s))
 	}
 	total := time.Duration(days) * 24 * time.Hour
 	if m[2] != "" {
 		rest, err := time.ParseDuration(m[2])
 		if err != nil {
-			return 0, fmt.Errorf("duration %q: %w", s, err)
+			return 0, bad
 		}
 		total += rest
 	}

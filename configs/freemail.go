@@ -29,7 +29,7 @@ func FreeMailDomains(path string) (map[string]bool, error) {
 	if path != "" {
 		b, err := os.ReadFile(path)
 		if err != nil {
-			return nil, fmt.Errorf("configs: read free-mail list: %w", err)
+			return nil, fileErr("configs: read free-mail list", path, err)
 		}
 		name, data = path, b
 	}
@@ -48,7 +48,7 @@ func parseFreeMail(name string, data []byte) (map[string]bool, error) {
 			continue
 		}
 		if !domainPattern.MatchString(s) || len(s) > 253 {
-			errs = append(errs, fmt.Errorf("%s:%d: %q is not a domain name (one ASCII domain a line, such as gmail.com)", name, line, s))
+			errs = append(errs, fmt.Errorf("%s:%d: %s is not a domain name (one ASCII domain a line, such as gmail.com)", name, line, Quote(s)))
 			continue
 		}
 		out[s] = true

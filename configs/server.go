@@ -487,35 +487,35 @@ func (s *Server) check(d *decoder) {
 		}
 	}
 	if !isHostname(s.Hostname) {
-		d.fieldErr("hostname", "%q is not a host name", s.Hostname)
+		d.fieldErr("hostname", "%s is not a host name", Quote(s.Hostname))
 	}
 	if u, err := url.Parse(s.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		d.fieldErr("public_url", "%q is not an absolute http(s) URL", s.PublicURL)
+		d.fieldErr("public_url", "%s is not an absolute http(s) URL", Quote(s.PublicURL))
 	}
 	if !absoluteURL(s.PrivacyURL) {
-		d.fieldErr("privacy_url", "%q is not an absolute URL", s.PrivacyURL)
+		d.fieldErr("privacy_url", "%s is not an absolute URL", Quote(s.PrivacyURL))
 	}
 	if err := hostPort(s.HTTPListen, true); err != nil {
-		d.fieldErr("http_listen", "%q: %v", s.HTTPListen, err)
+		d.fieldErr("http_listen", "%s: %v", Quote(s.HTTPListen), err)
 	}
 
 	seen := map[string]int{}
 	for i, k := range s.DKIM {
 		p := fmt.Sprintf("dkim[%d]", i)
 		if !isHostname(k.Domain) {
-			d.fieldErr(p+".domain", "%q is not a domain name", k.Domain)
+			d.fieldErr(p+".domain", "%s is not a domain name", Quote(k.Domain))
 		}
 		if !isHostname(k.Selector) {
-			d.fieldErr(p+".selector", "%q is not a selector (letters, digits, '-' and '.')", k.Selector)
+			d.fieldErr(p+".selector", "%s is not a selector (letters, digits, '-' and '.')", Quote(k.Selector))
 		}
 		if k.Type != "rsa" && k.Type != "ed25519" {
-			d.fieldErr(p+".type", "%q must be rsa or ed25519", k.Type)
+			d.fieldErr(p+".type", "%s must be rsa or ed25519", Quote(k.Type))
 		}
 		if k.BodyCanonicalization != "simple" && k.BodyCanonicalization != "relaxed" {
-			d.fieldErr(p+".body_canonicalization", "%q must be simple or relaxed", k.BodyCanonicalization)
+			d.fieldErr(p+".body_canonicalization", "%s must be simple or relaxed", Quote(k.BodyCanonicalization))
 		}
 		if k.RSASigner != "auto" && k.RSASigner != "go" && k.RSASigner != "openssl" {
-			d.fieldErr(p+".rsa_signer", "%q must be auto, go or openssl", k.RSASigner)
+			d.fieldErr(p+".rsa_signer", "%s must be auto, go or openssl", Quote(k.RSASigner))
 		}
 		pair := strings.ToLower(k.Domain + "/" + k.Selector)
 		if j, dup := seen[pair]; dup {
@@ -527,13 +527,13 @@ func (s *Server) check(d *decoder) {
 	for _, l := range []struct{ key, v string }{{"smtp_listen", s.SMTPListen}, {"metrics_listen", s.MetricsListen}} {
 		if l.v != "" {
 			if err := hostPort(l.v, true); err != nil {
-				d.fieldErr(l.key, "%q: %v", l.v, err)
+				d.fieldErr(l.key, "%s: %v", Quote(l.v), err)
 			}
 		}
 	}
 	for id, l := range s.Lists {
 		if !listID.MatchString(id) {
-			d.fieldErr("lists."+id, "%q must be 1-64 of A-Z a-z 0-9 . _ -", id)
+			d.fieldErr("lists."+id, "%s must be 1-64 of A-Z a-z 0-9 . _ -", Quote(id))
 		}
 		if strings.ContainsAny(l.Name, "\r\n") {
 			d.fieldErr("lists."+id+".name", "contains CR or LF")
@@ -541,14 +541,14 @@ func (s *Server) check(d *decoder) {
 	}
 	for _, c := range []struct{ key, v string }{{"branding.color", s.Branding.Color}, {"branding.background", s.Branding.Background}} {
 		if !hexColor.MatchString(c.v) {
-			d.fieldErr(c.key, "%q must be a colour like #1a56db", c.v)
+			d.fieldErr(c.key, "%s must be a colour like #1a56db", Quote(c.v))
 		}
 	}
 	if s.Branding.LogoURL != "" && !strings.HasPrefix(s.Branding.LogoURL, "https://") {
-		d.fieldErr("branding.logo_url", "%q must be an https URL", s.Branding.LogoURL)
+		d.fieldErr("branding.logo_url", "%s must be an https URL", Quote(s.Branding.LogoURL))
 	}
 	if s.BounceDomain != "" && !isHostname(s.BounceDomain) {
-		d.fieldErr("bounce_domain", "%q is not a domain name", s.BounceDomain)
+		d.fieldErr("bounce_domain", "%s is not a domain name", Quote(s.BounceDomain))
 	}
 	in := s.Inbound
 	for _, n := range []struct {
@@ -592,21 +592,21 @@ func (s *Server) check(d *decoder) {
 		switch pol {
 		case TLSNone, TLSOpportunistic, TLSRequired, TLSVerify:
 		default:
-			d.fieldErr("delivery.tls."+dom, "%q must be one of none, opportunistic, required, verify", pol)
+			d.fieldErr("delivery.tls."+dom, "%s must be one of none, opportunistic, required, verify", Quote(pol))
 		}
 		if dom != "default" && !isHostname(dom) {
-			d.fieldErr("delivery.tls."+dom, "%q is not a domain name", dom)
+			d.fieldErr("delivery.tls."+dom, "%s is not a domain name", Quote(dom))
 		}
 	}
 	if dl.Resolver != "" {
 		if err := hostPort(dl.Resolver, false); err != nil {
-			d.fieldErr("delivery.resolver", "%q: %v", dl.Resolver, err)
+			d.fieldErr("delivery.resolver", "%s: %v", Quote(dl.Resolver), err)
 		}
 	}
 	switch dl.Mode {
 	case ModeCapture, ModeMX, ModeRelay:
 	default:
-		d.fieldErr("delivery.mode", "%q must be one of capture, mx, relay", dl.Mode)
+		d.fieldErr("delivery.mode", "%s must be one of capture, mx, relay", Quote(dl.Mode))
 	}
 	if dl.Mode == ModeRelay && dl.Relay == "" {
 		d.fieldErr("delivery.relay", "required in relay mode (smtp://host:port)")
@@ -614,15 +614,15 @@ func (s *Server) check(d *decoder) {
 	if dl.Relay != "" {
 		u, err := url.Parse(dl.Relay)
 		if err != nil || u.Scheme != "smtp" || u.Path != "" || u.RawQuery != "" || u.User != nil || hostPort(u.Host, false) != nil {
-			d.fieldErr("delivery.relay", "%q must be smtp://host:port", dl.Relay)
+			d.fieldErr("delivery.relay", "%s must be smtp://host:port", Quote(dl.Relay))
 		}
 	}
 	for dom, hp := range dl.Routes {
 		if !isHostname(dom) {
-			d.fieldErr("delivery.routes."+dom, "%q is not a domain name", dom)
+			d.fieldErr("delivery.routes."+dom, "%s is not a domain name", Quote(dom))
 		}
 		if err := hostPort(hp, false); err != nil {
-			d.fieldErr("delivery.routes."+dom, "%q: %v", hp, err)
+			d.fieldErr("delivery.routes."+dom, "%s: %v", Quote(hp), err)
 		}
 	}
 	positive := []struct {
@@ -685,7 +685,7 @@ func (d *decoder) cidrs(dst *[]netip.Prefix) func(string, *yaml.Node) {
 			if err != nil {
 				a, aerr := netip.ParseAddr(e.Value)
 				if aerr != nil || e.Kind != yaml.ScalarNode {
-					d.errf(e.Line, "%s[%d]: %q is not a CIDR such as 10.0.0.0/8", path, i, e.Value)
+					d.errf(e.Line, "%s[%d]: %s is not a CIDR such as 10.0.0.0/8", path, i, Quote(e.Value))
 					continue
 				}
 				p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
@@ -738,7 +738,7 @@ func (d *decoder) rates(path string, raw map[string]string) map[string]float64 {
 			continue
 		}
 		if dom != "default" && !isHostname(dom) {
-			d.fieldErr(path+"."+dom, "%q is not a domain name", dom)
+			d.fieldErr(path+"."+dom, "%s is not a domain name", Quote(dom))
 		}
 		out[dom] = r
 	}
@@ -779,7 +779,7 @@ func hostPort(s string, emptyHost bool) error {
 		return fmt.Errorf("host is empty")
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("port %q is not 1-65535", port)
+		return fmt.Errorf("port %s is not 1-65535", Quote(port))
 	}
 	return nil
 }
@@ -795,7 +795,7 @@ func (d *decoder) byteSize(dst *int64) func(string, *yaml.Node) {
 		n, err := parseByteSize(v.Value)
 		if v.Kind != yaml.ScalarNode || err != nil {
 			d.failed[path] = true
-			d.errf(v.Line, "%s: %q is not a byte count (use e.g. 10485760, 10MiB, 256MB)", path, v.Value)
+			d.errf(v.Line, "%s: %s is not a byte count (use e.g. 10485760, 10MiB, 256MB)", path, Quote(v.Value))
 			return
 		}
 		*dst = n
@@ -820,7 +820,7 @@ func parseByteSize(s string) (int64, error) {
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || n < 0 || n > (1<<62)/mult {
-		return 0, fmt.Errorf("bad byte count %q", s)
+		return 0, fmt.Errorf("bad byte count %s", Quote(s))
 	}
 	return n * mult, nil
 }

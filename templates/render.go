@@ -176,7 +176,8 @@ func header(env Envelope, subject string) (mail.Header, error) {
 	} else {
 		h.SetDate(env.Date) // RFC 5322 §3.3
 	}
-	h.SetSubject(subject) // RFC 2047 §5 encoded-words for non-ASCII
+	// Set, not SetSubject: the value is already encoded, word by word.
+	h.Set("Subject", subjectField(subject))
 
 	if to, err := recipient(env.To, env.ToName); err != nil {
 		errs = append(errs, err)
@@ -251,6 +252,70 @@ func listID(id, name string) (string, error) {
 	}
 	return phrase(name) + " <" + id + ">", nil
 }
+
+// Line budgets of an encoded-word: RFC 2047 §2 keeps a line that holds one to
+// 76 characters, so a word on a continuation line (after its folding space)
+// has 75, and the first word of the Subject field ("Subject: " before it) 67.
+const (
+	encodedWordMax   = 75
+	encodedWordFirst = 76 - len("Subject: ")
+)
+
+// subjectField is the Subject's field body: ASCII words as they are, and each
+// run of words that need RFC 2047 encoding as encoded-words holding whole
+// words (mime.QEncoding encodes; it would split anywhere at 75 characters).
+// go-message's writer folds at white space, so the subject folds only between
+// words (RFC 5322 §2.2.3), every line within 76 characters. Only a single word
+// too long for one encoded-word is split inside, by mime, losslessly.
+func subjectField(s string) string {
+	// words[i] is followed by seps[i] (the last by "").
+	words := strings.FieldsFunc(s, isWSP)
+	seps := make([]string, len(words))
+	rest := s
+	for i, w := range words {
+		rest = rest[strings.Index(rest, w)+len(w):]
+		end := strings.IndexFunc(rest, func(r rune) bool { return !isWSP(r) })
+		if end < 0 {
+			end = len(rest)
+		}
+		seps[i], rest = rest[:end], rest[end:]
+	}
+	enc := func(t string) string { return mime.QEncoding.Encode("utf-8", t) } // RFC 2047 §4.2
+	needs := func(w string) bool { return enc(w) != w }
+
+	var b strings.Builder
+	for i := 0; i < len(words); {
+		if !needs(words[i]) {
+			b.WriteString(words[i] + seps[i]) // plain text keeps its white space
+			i++
+			continue
+		}
+		budget := encodedWordMax
+		if b.Len() == 0 {
+			budget = encodedWordFirst
+		}
+		text, j := words[i], i+1
+		for ; j < len(words) && needs(words[j]); j++ {
+			cand := text + seps[j-1] + words[j]
+			if len(enc(cand+seps[j])) > budget {
+				break
+			}
+			text = cand
+		}
+		if j < len(words) && needs(words[j]) {
+			// RFC 2047 §6.2: white space between two encoded-words is
+			// dropped on decoding, so the separator goes inside this one.
+			b.WriteString(enc(text+seps[j-1]) + " ")
+		} else {
+			b.WriteString(enc(text) + seps[j-1]) // §5(1): white space beside plain text is kept
+		}
+		i = j
+	}
+	return b.String()
+}
+
+// isWSP reports RFC 5234 WSP, where a header may fold.
+func isWSP(r rune) bool { return r == ' ' || r == '\t' }
 
 // phrase quotes an ASCII display name or RFC 2047-encodes a non-ASCII one.
 func phrase(s string) string {

@@ -19,13 +19,13 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
+
+	"github.com/postwarden/postwarden/cmd/internal/sockfile"
 )
 
 // line is one line of an op's output stream. Exactly one field is set,
@@ -160,25 +160,14 @@ type adminServer struct {
 type connKey struct{}
 
 // listenAdmin creates the socket (mode 0600, its folder 0700) and serves it.
+// Only a stale socket at the path is replaced (sockfile.Listen).
 func listenAdmin(path string, e *env, log zerolog.Logger) (*adminServer, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	ln, err := sockfile.Listen(path)
+	if errors.Is(err, sockfile.ErrInUse) {
+		return nil, fmt.Errorf("admin_socket %s: another postwarden serve is running", path)
 	}
-	// A socket file left by a crashed daemon answers nothing: remove it.
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("admin socket %s: another postwarden serve is running", path)
-	}
-	_ = os.Remove(path)
-	old := syscall.Umask(0o177)
-	ln, err := net.Listen("unix", path)
-	syscall.Umask(old)
 	if err != nil {
-		return nil, fmt.Errorf("admin socket %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+		return nil, fmt.Errorf("admin_socket: %w", err)
 	}
 	a := &adminServer{env: e, log: log, ln: ln, path: path}
 	mux := http.NewServeMux()

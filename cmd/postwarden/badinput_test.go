@@ -192,3 +192,24 @@ func TestSendNoWaitIgnoresEnqueueWindow(t *testing.T) {
 		t.Fatalf("%d messages delivered by a --no-wait send", c)
 	}
 }
+
+// A campaign whose recipients path is absurdly long (a paste gone wrong) is
+// refused by validate and send with an error that quotes ~80 characters of
+// it, not all of it.
+func TestLongRecipientsPathQuotedShort(t *testing.T) {
+	h := newHarness(t, mtatest.Options{})
+	file := h.campaign("long-path", "email,first_name,company\nana@acme.example,Ana,Acme\n")
+	long := strings.Repeat("r", 20000) + ".csv"
+	h.write("long-path.yaml", strings.Replace(readFile(t, file), "recipients: long-path.csv", "recipients: "+long, 1))
+	for _, verb := range []string{"validate", "send"} {
+		r := h.run("campaign", verb, file)
+		if r.code != 2 || !strings.Contains(r.stderr, "recipients") {
+			t.Errorf("campaign %s: exit %d, want 2 naming recipients\n%.500s", verb, r.code, r.stderr)
+		}
+		for _, l := range strings.Split(r.stderr, "\n") {
+			if len(l) > 500 {
+				t.Errorf("campaign %s: error line of %d bytes: %.300s…", verb, len(l), l)
+			}
+		}
+	}
+}

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/mail"
 	"os"
 	"strings"
@@ -30,7 +32,11 @@ func checkSendable(cfg *configs.Server, c *configs.Campaign) error {
 		}
 	}
 	if f, err := os.Open(c.Recipients); err != nil {
-		problems = append(problems, fmt.Sprintf("%s:%d: recipients: %v", c.Path, c.Line("recipients"), err))
+		var pe *fs.PathError
+		if errors.As(err, &pe) { // it names all of the path: quote at most ~80 characters
+			err = pe.Err
+		}
+		problems = append(problems, fmt.Sprintf("%s:%d: recipients: open %s: %v", c.Path, c.Line("recipients"), configs.Quote(c.Recipients), err))
 	} else {
 		f.Close()
 	}

@@ -244,7 +244,8 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		}
 		defer sender.Close()
 		res.DKIMKeys = created
-		rc := queue.RunnerConfig{Workers: e.cfg.Delivery.Workers, Campaign: spec.ID}
+		// On a signal, deliveries in flight get drain_timeout, as in serve.
+		rc := queue.RunnerConfig{Workers: e.cfg.Delivery.Workers, Campaign: spec.ID, DrainTimeout: e.cfg.Delivery.DrainTimeout}
 		runner := e.queue.NewRunner(sender, e.deliveryGate(), rc)
 		deliveryDone = make(chan error, 1)
 		go func() { deliveryDone <- runner.Run(runCtx) }()
