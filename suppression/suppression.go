@@ -896,6 +896,47 @@ func (s *Store) Check(addr, list string) (reason string, suppressed bool, err er
 	return reason, suppressed, nil
 }
 
+// Matches returns every entry that applies to addr on list, in Lookup's
+// order (the address globally, on list, the domain globally, on list), a
+// restriction kept beneath another reason as an entry of its own right
+// after it. It opens nothing sealed: Target is the clear target looked up
+// ("" on an erasure tombstone) and Note is left empty. suppression/gate
+// decides on them; a plain Check sees only the first reason.
+func (s *Store) Matches(addr, list string) ([]Entry, error) {
+	keys, targets, err := s.candidates(addr, list)
+	if err != nil {
+		return nil, fmt.Errorf("check suppression: %w", err)
+	}
+	var out []Entry
+	err = s.view(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketEntries)
+		for i, k := range keys {
+			raw := b.Get(k)
+			if raw == nil {
+				continue
+			}
+			r, st, err := decodeValue(raw) // copies out of the mmap
+			if err != nil {
+				return fmt.Errorf("decode entry: %w", err)
+			}
+			idx, l, _ := splitKey(k)
+			ih, target := hex.EncodeToString(idx), targets[i]
+			if st.Target == nil {
+				target = ""
+			}
+			out = append(out, Entry{Target: target, List: l, Reason: r, Source: st.Source, Time: st.Time, Index: ih, Consents: st.Consents})
+			if h := st.Hold; h != nil {
+				out = append(out, Entry{Target: target, List: l, Reason: Restricted, Source: h.Source, Time: h.Time, Index: ih})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("check suppression for %s: %w", address.Mask(addr), err)
+	}
+	return out, nil
+}
+
 // EntriesFor returns everything held for addr, for a subject export: its
 // entries on every list (an erasure tombstone included) and its domain's
 // entries. A restriction kept beneath another reason is an entry of its own.
