@@ -899,9 +899,9 @@ func (s *Store) Check(addr, list string) (reason string, suppressed bool, err er
 // Matches returns every entry that applies to addr on list, in Lookup's
 // order (the address globally, on list, the domain globally, on list), a
 // restriction kept beneath another reason as an entry of its own right
-// after it. It opens nothing sealed: Target is the clear target looked up
-// ("" on an erasure tombstone) and Note is left empty. suppression/gate
-// decides on them; a plain Check sees only the first reason.
+// after it; Target is "" on an erasure tombstone. Most addresses have no
+// entry, so this costs what Check does; suppression/gate decides on the
+// result, where Check and Lookup see only the first entry.
 func (s *Store) Matches(addr, list string) ([]Entry, error) {
 	keys, targets, err := s.candidates(addr, list)
 	if err != nil {
@@ -920,14 +920,11 @@ func (s *Store) Matches(addr, list string) ([]Entry, error) {
 				return fmt.Errorf("decode entry: %w", err)
 			}
 			idx, l, _ := splitKey(k)
-			ih, target := hex.EncodeToString(idx), targets[i]
-			if st.Target == nil {
-				target = ""
+			es, err := s.entries(idx, l, r, st, targets[i])
+			if err != nil {
+				return err
 			}
-			out = append(out, Entry{Target: target, List: l, Reason: r, Source: st.Source, Time: st.Time, Index: ih, Consents: st.Consents})
-			if h := st.Hold; h != nil {
-				out = append(out, Entry{Target: target, List: l, Reason: Restricted, Source: h.Source, Time: h.Time, Index: ih})
-			}
+			out = append(out, es...)
 		}
 		return nil
 	})

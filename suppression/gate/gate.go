@@ -13,10 +13,12 @@
 //     reason this package does not know. It passes an unsubscribed, manual or
 //     erased entry: coming back after an unsubscribe or an erasure is
 //     possible only through the confirmation. The consent state is not read.
-//   - A campaign message is stopped by every entry but an erasure tombstone,
-//     which stops it unless the person's consent state on this very list is
-//     confirmed: the consent store takes an erased address back only through
-//     double opt-in, so that state is the fresh consent, on that list alone.
+//   - A campaign message is stopped by every entry but an erasure of the
+//     address itself (its tombstone), which stops it unless the person's
+//     consent state on this very list is confirmed: the consent store takes
+//     an erased address back only through double opt-in, so that state is the
+//     fresh consent, on that list alone. An "erased" @domain entry stops it
+//     like any other.
 //     A consent state of unsubscribed (an objection; PECR and GDPR Art. 21
 //     hold it under every legal basis) or erased stops it too. Under the
 //     consent basis anything but confirmed stops it (NoConsent); under
@@ -28,7 +30,6 @@
 package gate
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 
@@ -85,8 +86,8 @@ type Decision struct {
 	Mailable bool
 	// Reason says why not: a suppression reason, or NoConsent.
 	Reason string
-	// Entry is the suppression entry that stops the message (Note not
-	// opened); nil when mailable or when the consent state stops it.
+	// Entry is the suppression entry that stops the message; nil when
+	// mailable or when the consent state stops it.
 	Entry *suppression.Entry
 	// Consent is the consent state on the list when it was read (campaigns
 	// to an address); State is "" when it was not.
@@ -114,12 +115,7 @@ type Gate struct {
 
 // New returns the gate over the suppression and consent stores; both are
 // required.
-func New(sup Suppressions, subs Consents) (*Gate, error) {
-	if sup == nil || subs == nil {
-		return nil, errors.New("gate: the suppression and consent stores are required")
-	}
-	return &Gate{sup: sup, subs: subs}, nil
-}
+func New(sup Suppressions, subs Consents) *Gate { return &Gate{sup: sup, subs: subs} }
 
 // Decide applies the rule (package comment) to addr on list for a message
 // of purpose p under legal basis basis (campaigns only). addr may be
@@ -140,7 +136,7 @@ func (g *Gate) Decide(addr, list string, p Purpose, basis string) (Decision, err
 		switch {
 		case p == Confirmation && passesConfirmation(en.Reason):
 			continue
-		case p == Campaign && en.Reason == suppression.Erased:
+		case p == Campaign && en.Reason == suppression.Erased && !strings.HasPrefix(en.Target, "@"):
 			if erased == nil {
 				erased = en
 			}

@@ -34,11 +34,7 @@ func stores(t *testing.T) (*suppression.Store, *subscribers.Store, *gate.Gate) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { subs.Close() })
-	g, err := gate.New(sup, subs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sup, subs, g
+	return sup, subs, gate.New(sup, subs)
 }
 
 const list = "news"
@@ -63,8 +59,8 @@ const (
 )
 
 // entryStops is the rule table of the package comment: whether an entry
-// that applies stops a message of each purpose. An erasure is lifted for a
-// campaign by confirmed consent on the list (want, below).
+// that applies stops a message of each purpose. The address's own erasure
+// is lifted for a campaign by confirmed consent on the list (want, below).
 var entryStops = map[gate.Purpose]map[suppression.Reason]bool{
 	gate.Campaign: {suppression.Unsubscribed: true, suppression.HardBounce: true, suppression.Complaint: true,
 		suppression.Manual: true, suppression.Restricted: true, suppression.Erased: true},
@@ -77,7 +73,8 @@ func applies(scope string) bool { return scope != scopeNone && scope != scopeOth
 // want is the documented rule, step by step.
 func want(r suppression.Reason, scope, state, basis string, p gate.Purpose) (mailable bool, reason string) {
 	on := applies(scope)
-	if on && entryStops[p][r] && !(p == gate.Campaign && r == suppression.Erased) {
+	own := scope == scopeGlobal || scope == scopeThisList // the address's own entry, not its domain's
+	if on && entryStops[p][r] && !(p == gate.Campaign && r == suppression.Erased && own) {
 		return false, string(r)
 	}
 	if p == gate.Confirmation {
