@@ -18,12 +18,11 @@
 //     consent state on this very list is confirmed: the consent store takes
 //     an erased address back only through double opt-in, so that state is the
 //     fresh consent, on that list alone. An "erased" @domain entry stops it
-//     like any other.
-//     A consent state of unsubscribed (an objection; PECR and GDPR Art. 21
-//     hold it under every legal basis) or erased stops it too. Under the
-//     consent basis anything but confirmed stops it (NoConsent); under
-//     legitimate interest, or Unchecked (the basis was checked at enqueue),
-//     none, pending and confirmed pass.
+//     like any other. A consent state of unsubscribed on the list (an
+//     objection; PECR and GDPR Art. 21 hold it under every legal basis) or
+//     erased stops it too. Under the consent basis anything but confirmed
+//     stops it (NoConsent); under legitimate interest, or Unchecked (the
+//     basis was checked at enqueue), every other state passes.
 //
 // When several things stop a message the first in the order above is
 // reported: entries in lookup order, then the consent state.
