@@ -69,9 +69,10 @@ const DefaultMaxAhead = 20000
 // A campaign under LegitimateInterest must name its assessment (LIA), have
 // the B2B audience and carry the free-mail list (PECR regulation 22 lets a
 // sender email corporate subscribers without consent, not individuals); one
-// under Consent needs Deps.Consents to send. Send and Validate refuse a spec
-// that breaks these rules. Rows pass, in order: address parsing, region,
-// free-mail (legitimate interest only), suppression, consent (consent only);
+// under Consent is mailed only to confirmed consent, which Deps.Suppressions
+// decides with the suppressions. Send and Validate refuse a spec that breaks
+// these rules. Rows pass, in order: address parsing, region, free-mail
+// (legitimate interest only), then the one gate over suppression and consent;
 // the first that fails names the skip.
 const (
 	LegitimateInterest = "legitimate_interest"
@@ -86,15 +87,14 @@ const (
 	SkipNoConsent = "no_consent"      // no confirmed consent on the list under consent
 )
 
-// Consents reports whether addr has confirmed consent on list (double opt-in
-// done and not withdrawn); it must be safe for concurrent use.
-type Consents interface {
-	Confirmed(addr, list string) (bool, error)
-}
-
-// Suppressions reports whether an address may not be mailed on a list; it must be safe for concurrent use.
+// Suppressions decides whether an address may not be mailed on a list under
+// a legal basis (LegitimateInterest or Consent): suppression entries, consent
+// and restriction in one rule (suppression/gate satisfies it). reason is a
+// suppression reason, or SkipNoConsent when the basis is consent and the
+// address has no confirmed consent on the list. It must be safe for
+// concurrent use.
 type Suppressions interface {
-	Check(addr, list string) (reason string, suppressed bool, err error)
+	CheckCampaign(addr, list, legalBasis string) (reason string, suppressed bool, err error)
 }
 
 // Message is one rendered message handed to the queue; Key is the idempotency key within Campaign.
@@ -129,13 +129,12 @@ type Records interface {
 }
 
 // Deps are the stores and services Send works with; Records, Now and Log may
-// be left zero, and Consents too unless the legal basis is consent.
+// be left zero.
 type Deps struct {
 	Suppressions Suppressions
 	Queue        Queue
 	Links        Links
 	Records      Records
-	Consents     Consents // required when the legal basis is consent
 	Now          func() time.Time
 	Log          zerolog.Logger
 }

@@ -130,20 +130,38 @@ func (q *fakeQueue) len() int {
 	return len(q.msgs)
 }
 
-// fakeSuppressions suppresses the lower-cased addresses it holds, on every list.
+// fakeSuppressions is the gate: it suppresses the lower-cased addresses it
+// holds, on every list, and under the consent basis stops those it holds no
+// consent for (SkipNoConsent).
 type fakeSuppressions struct {
 	reasons map[string]string
+	consent map[string]bool // confirmed consent, on every list
 	checked atomic.Int64
 	err     error
+
+	mu    sync.Mutex
+	lists map[string]bool // lists asked about
+	bases map[string]bool // legal bases asked about
 }
 
-func (s *fakeSuppressions) Check(addr, list string) (string, bool, error) {
+func (s *fakeSuppressions) CheckCampaign(addr, list, basis string) (string, bool, error) {
 	s.checked.Add(1)
+	s.mu.Lock()
+	if s.lists == nil {
+		s.lists, s.bases = map[string]bool{}, map[string]bool{}
+	}
+	s.lists[list], s.bases[basis] = true, true
+	s.mu.Unlock()
 	if s.err != nil {
 		return "", false, s.err
 	}
-	r, ok := s.reasons[strings.ToLower(addr)]
-	return r, ok, nil
+	if r, ok := s.reasons[strings.ToLower(addr)]; ok {
+		return r, true, nil
+	}
+	if basis == Consent && !s.consent[strings.ToLower(addr)] {
+		return SkipNoConsent, true, nil
+	}
+	return "", false, nil
 }
 
 // fakeLinks mints an opaque URL per (address, list, campaign).
@@ -532,7 +550,7 @@ func generated(n int) string {
 // suppressAll suppresses every address that starts with "sup".
 type suppressAll struct{ fakeSuppressions }
 
-func (s *suppressAll) Check(addr, list string) (string, bool, error) {
+func (s *suppressAll) CheckCampaign(addr, list, basis string) (string, bool, error) {
 	s.checked.Add(1)
 	return "hard_bounce", strings.HasPrefix(addr, "sup"), nil
 }

@@ -9,36 +9,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/postwarden/postwarden/configs"
 )
-
-// fakeConsents confirms the lower-cased addresses it holds as true, on every list.
-type fakeConsents struct {
-	mu      sync.Mutex
-	ok      map[string]bool
-	asked   []string
-	err     error
-	lists   map[string]bool
-	checked int
-}
-
-func (c *fakeConsents) Confirmed(addr, list string) (bool, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.checked++
-	c.asked = append(c.asked, strings.ToLower(addr))
-	if c.lists == nil {
-		c.lists = map[string]bool{}
-	}
-	c.lists[list] = true
-	if c.err != nil {
-		return false, c.err
-	}
-	return c.ok[strings.ToLower(addr)], nil
-}
 
 // sent lists the keys the queue holds, sorted.
 func (q *fakeQueue) sent() []string {
@@ -142,11 +116,9 @@ func TestSendLegalBasisTable(t *testing.T) {
 			q := newFakeQueue()
 			sup := &fakeSuppressions{reasons: tt.sup}
 			deps := testDeps(q, sup)
-			var cons *fakeConsents
 			if tt.consent != nil {
 				spec.LegalBasis, spec.LIA, spec.FreeMail = Consent, "", nil
-				cons = &fakeConsents{ok: tt.consent}
-				deps.Consents = cons
+				sup.consent = tt.consent
 			}
 			sum, err := Send(context.Background(), spec, deps, nil)
 			if err != nil {
@@ -163,18 +135,18 @@ func TestSendLegalBasisTable(t *testing.T) {
 				!maps.Equal(sum.Suppressed, tt.supp) || sum.Rows != rows || sum.Invalid != 0 || sum.Enqueued != len(tt.sent) {
 				t.Errorf("summary = %+v, want skipped %v suppressed %v enqueued %d of %d rows", sum, tt.skipped, tt.supp, len(tt.sent), rows)
 			}
-			// Skipped rows never reach the suppression store; consent is asked only after it.
+			// Rows the region and free-mail filters skip never reach the
+			// gate; every other row asks it once, on the campaign's list and basis.
 			skipped := 0
 			for _, n := range sum.Skipped {
 				skipped += n
 			}
-			if want := rows - skipped + sum.Skipped[SkipNoConsent]; sup.checked.Load() != int64(want) {
-				t.Errorf("suppression checks = %d, want %d", sup.checked.Load(), want)
+			want := rows - skipped + sum.Skipped[SkipNoConsent]
+			if sup.checked.Load() != int64(want) {
+				t.Errorf("gate checks = %d, want %d", sup.checked.Load(), want)
 			}
-			if cons != nil {
-				if want := len(tt.sent) + sum.Skipped[SkipNoConsent]; cons.checked != want || !cons.lists[spec.List] || len(cons.lists) != 1 {
-					t.Errorf("consent checks = %d (%q) on lists %v, want %d on %s", cons.checked, cons.asked, cons.lists, want, spec.List)
-				}
+			if want > 0 && (!sup.lists[spec.List] || len(sup.lists) != 1 || !sup.bases[spec.LegalBasis] || len(sup.bases) != 1) {
+				t.Errorf("gate asked on lists %v bases %v, want %s under %s", sup.lists, sup.bases, spec.List, spec.LegalBasis)
 			}
 
 			// Validate counts the same region and free-mail skips, with no store to ask.
@@ -182,37 +154,26 @@ func TestSendLegalBasisTable(t *testing.T) {
 			if len(errs) != 0 {
 				t.Fatalf("Validate: %v", errs)
 			}
-			want := maps.Clone(tt.skipped)
-			delete(want, SkipNoConsent)
-			if len(want) == 0 {
-				want = map[string]int{}
+			wantSkipped := maps.Clone(tt.skipped)
+			delete(wantSkipped, SkipNoConsent)
+			if len(wantSkipped) == 0 {
+				wantSkipped = map[string]int{}
 			}
-			if !maps.Equal(vsum.Skipped, want) || len(vsum.Suppressed) != 0 {
-				t.Errorf("Validate summary = %+v, want skipped %v", vsum, want)
+			if !maps.Equal(vsum.Skipped, wantSkipped) || len(vsum.Suppressed) != 0 {
+				t.Errorf("Validate summary = %+v, want skipped %v", vsum, wantSkipped)
 			}
 		})
 	}
 }
 
-func TestSendConsentNeedsStore(t *testing.T) {
+// A gate error under the consent basis stops the run and names the row.
+func TestSendConsentStoreError(t *testing.T) {
 	spec := testSpec(t, "email\nana@example.com\n")
-	spec.LegalBasis = Consent
+	spec.LegalBasis, spec.LIA, spec.FreeMail = Consent, "", nil
 	q := newFakeQueue()
-	deps := testDeps(q, &fakeSuppressions{})
-	recs := &fakeRecords{}
-	deps.Records = recs
+	deps := testDeps(q, &fakeSuppressions{err: errors.New("disk on fire")})
 	_, err := Send(context.Background(), spec, deps, nil)
-	if err == nil || !strings.Contains(err.Error(), "consent campaigns need the subscriber store") {
-		t.Fatalf("err = %v", err)
-	}
-	if q.len() != 0 || len(recs.recs) != 0 {
-		t.Errorf("queue %d, records %d: want nothing started", q.len(), len(recs.recs))
-	}
-
-	// A consent store error stops the run and names the row.
-	deps.Consents = &fakeConsents{err: errors.New("disk on fire")}
-	_, err = Send(context.Background(), spec, deps, nil)
-	if err == nil || !strings.Contains(err.Error(), spec.Recipients+":2: consent check: disk on fire") {
+	if err == nil || !strings.Contains(err.Error(), spec.Recipients+":2: suppression check: disk on fire") {
 		t.Fatalf("err = %v", err)
 	}
 	if q.len() != 0 {
@@ -334,9 +295,8 @@ func TestCampaignFileToSend(t *testing.T) {
 			spec.ExcludeCountries, spec.UnknownCountry, spec.FreeMail = c.ExcludedCountries(), c.UnknownCountry, c.FreeMail
 
 			q := newFakeQueue()
-			deps := testDeps(q, &fakeSuppressions{})
-			deps.Consents = &fakeConsents{ok: map[string]bool{"ann@acme.example": true, "bob@gmail.com": true,
-				"cy@mailbox.example": true, "dee@acme.example": true, "eve@acme.example": true}}
+			deps := testDeps(q, &fakeSuppressions{consent: map[string]bool{"ann@acme.example": true, "bob@gmail.com": true,
+				"cy@mailbox.example": true, "dee@acme.example": true, "eve@acme.example": true}})
 			sum, err := Send(context.Background(), spec, deps, nil)
 			if err != nil {
 				t.Fatal(err)

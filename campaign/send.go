@@ -82,9 +82,6 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 	if deps.Suppressions == nil || deps.Queue == nil || deps.Links == nil {
 		return fail(errors.New("suppressions, queue and links are required"))
 	}
-	if spec.LegalBasis == Consent && deps.Consents == nil {
-		return fail(errors.New("consent campaigns need the subscriber store (no consent store given)"))
-	}
 	if len(spec.MessageIDKey) == 0 {
 		return fail(errors.New("message-id key is empty"))
 	}
@@ -97,7 +94,7 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 	if len(errs) > 0 {
 		return fail(errors.Join(errs...))
 	}
-	s.sup, s.links, s.consents = deps.Suppressions, deps.Links.UnsubscribeURL, deps.Consents
+	s.sup, s.links = deps.Suppressions, deps.Links.UnsubscribeURL
 	if ml, ok := deps.Links.(MailtoLinks); ok {
 		s.mailto = ml.UnsubscribeMailto
 	}
@@ -343,14 +340,13 @@ func run(ctx context.Context, rs *recipients, process func(row) outcome, handle 
 
 // renderer turns a checked row into a message.
 type renderer struct {
-	spec     Spec
-	from     string // envelope sender: the bare address of spec.From
-	sup      Suppressions
-	consents Consents
-	links    func(addr, list, campaign string) string
-	mailto   func(addr, list, campaign string) string // nil without a mailto URI
-	now      func() time.Time
-	dict     uint32 // the queue's compression dictionary for this campaign; 0: none
+	spec   Spec
+	from   string // envelope sender: the bare address of spec.From
+	sup    Suppressions
+	links  func(addr, list, campaign string) string
+	mailto func(addr, list, campaign string) string // nil without a mailto URI
+	now    func() time.Time
+	dict   uint32 // the queue's compression dictionary for this campaign; 0: none
 	// spare holds the memory of bodies already enqueued, for the next renders
 	// (Queue.Enqueue does not keep Body): ~22 KB less garbage per message.
 	spare chan []byte
@@ -496,32 +492,25 @@ func headerAddress(s string) (address.Address, error) {
 	return a, nil
 }
 
-// process checks the legal basis's filters, suppression and consent (each
-// store when set), then renders the row's message.
+// process checks the legal basis's filters, then the gate over suppression
+// and consent (when set), then renders the row's message.
 func (s *renderer) process(r row) outcome {
 	spec := s.spec
 	if why := s.skip(r); why != "" {
 		return outcome{skipped: why}
 	}
 	if s.sup != nil {
-		reason, suppressed, err := s.sup.Check(r.addr.String(), spec.List)
+		reason, suppressed, err := s.sup.CheckCampaign(r.addr.String(), spec.List, spec.LegalBasis)
 		if err != nil {
 			return outcome{err: fmt.Errorf("%s:%d: suppression check: %w", spec.Recipients, r.line, err)}
 		}
-		if suppressed {
-			if reason == "" {
-				reason = "unspecified"
-			}
-			return outcome{suppressed: reason}
-		}
-	}
-	if s.consents != nil && spec.LegalBasis == Consent {
-		ok, err := s.consents.Confirmed(r.addr.String(), spec.List)
-		if err != nil {
-			return outcome{err: fmt.Errorf("%s:%d: consent check: %w", spec.Recipients, r.line, err)}
-		}
-		if !ok {
+		switch {
+		case suppressed && reason == SkipNoConsent:
 			return outcome{skipped: SkipNoConsent}
+		case suppressed && reason == "":
+			return outcome{suppressed: "unspecified"}
+		case suppressed:
+			return outcome{suppressed: reason}
 		}
 	}
 	to, key := r.addr.String(), r.addr.Key()

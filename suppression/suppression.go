@@ -909,6 +909,44 @@ func (s *Store) Check(addr, list string) (reason string, suppressed bool, err er
 	return reason, suppressed, nil
 }
 
+// Matches returns every entry that applies to addr on list, in Lookup's
+// order (the address globally, on list, the domain globally, on list), a
+// restriction kept beneath another reason as an entry of its own right
+// after it; Target is "" on an erasure tombstone. Most addresses have no
+// entry, so this costs what Check does; suppression/gate decides on the
+// result, where Check and Lookup see only the first entry.
+func (s *Store) Matches(addr, list string) ([]Entry, error) {
+	keys, targets, err := s.candidates(addr, list)
+	if err != nil {
+		return nil, fmt.Errorf("check suppression: %w", err)
+	}
+	var out []Entry
+	err = s.view(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketEntries)
+		for i, k := range keys {
+			raw := b.Get(k)
+			if raw == nil {
+				continue
+			}
+			r, st, err := decodeValue(raw) // copies out of the mmap
+			if err != nil {
+				return fmt.Errorf("decode entry: %w", err)
+			}
+			idx, l, _ := splitKey(k)
+			es, err := s.entries(idx, l, r, st, targets[i])
+			if err != nil {
+				return err
+			}
+			out = append(out, es...)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("check suppression for %s: %w", address.Mask(addr), err)
+	}
+	return out, nil
+}
+
 // EntriesFor returns everything held for addr, for a subject export: its
 // entries on every list (an erasure tombstone included) and its domain's
 // entries. A restriction kept beneath another reason is an entry of its own.

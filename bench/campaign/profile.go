@@ -19,7 +19,9 @@ import (
 	"github.com/postwarden/postwarden/mta/dkim"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
+	"github.com/postwarden/postwarden/suppression/gate"
 	"github.com/postwarden/postwarden/suppression/sealed"
+	"github.com/postwarden/postwarden/suppression/subscribers"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
 )
 
@@ -55,6 +57,12 @@ func profileRun(out string, campDir string, sd *seed, sig string, sk *sink, o op
 		return "", err
 	}
 	defer sup.Close()
+	subs, err := subscribers.Open(subscribers.Config{Path: filepath.Join(dataDir, "subscribers.db"), Box: box}, zerolog.Nop())
+	if err != nil {
+		return "", err
+	}
+	defer subs.Close()
+	g := runnerGate{gate.New(sup, subs), sup}
 	q, err := queue.Open(queue.Config{Path: filepath.Join(dataDir, "queue.db"), Box: box}, zerolog.Nop())
 	if err != nil {
 		return "", err
@@ -105,15 +113,15 @@ func profileRun(out string, campDir string, sd *seed, sig string, sk *sink, o op
 	rc := queue.RunnerConfig{Workers: o.Workers, Campaign: campaignID}
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- q.NewRunner(snd, sup, rc).Run(ctx) }()
-	sum, err := campaign.Send(context.Background(), spec, campaign.Deps{Suppressions: sup, Queue: qAdapter{q},
+	go func() { done <- q.NewRunner(snd, g, rc).Run(ctx) }()
+	sum, err := campaign.Send(context.Background(), spec, campaign.Deps{Suppressions: g.Gate, Queue: qAdapter{q},
 		Links: tokens, Records: q, Now: time.Now, Log: zerolog.Nop()}, func(int, int64) {})
 	stop()
 	if rerr := <-done; rerr != nil && !errors.Is(rerr, context.Canceled) {
 		err = errors.Join(err, rerr)
 	}
 	if err == nil {
-		err = q.NewRunner(snd, sup, rc).Drain(context.Background())
+		err = q.NewRunner(snd, g, rc).Drain(context.Background())
 	}
 	pprof.StopCPUProfile()
 	var ms1 runtime.MemStats
@@ -164,3 +172,15 @@ func (a qAdapter) PutDictionary(sample []byte) (uint32, error) { return a.q.PutD
 
 // Backlog counts the campaign's messages waiting to go out, as campaign send does.
 func (a qAdapter) Backlog(campaign string) (int, error) { return a.q.Backlog(campaign) }
+
+// runnerGate is the runners' check at dequeue (the gate), with the
+// suppression store's write of hard bounces, as cmd/postwarden wires it.
+type runnerGate struct {
+	*gate.Gate
+	st *suppression.Store
+}
+
+// SuppressAddress satisfies queue.Suppressions.
+func (g runnerGate) SuppressAddress(addr, list, reason, source, note string) error {
+	return g.st.SuppressAddress(addr, list, reason, source, note)
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/suppression/audit"
+	"github.com/postwarden/postwarden/suppression/gate"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
 	"github.com/postwarden/postwarden/templates"
 )
@@ -262,8 +263,7 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		q = deliveringQueue{queueAdapter{e.queue}}
 	}
 	summary, sendErr := campaign.Send(ctx, spec, campaign.Deps{
-		Suppressions: e.suppressions(),
-		Consents:     e.subs,
+		Suppressions: e.gate(),
 		Queue:        q,
 		Links:        links{e.tokens, e.mailtoDomain()},
 		Records:      e.queue,
@@ -889,14 +889,22 @@ func opSuppressCheck(ctx context.Context, e *env, req request, o *out) error {
 	if err := decodeArgs(req, &a); err != nil {
 		return err
 	}
-	en, found, err := e.supp.Lookup(a.Target, a.List)
+	// Answered as a campaign on the list would be (the gate), so a person
+	// who came back by double opt-in after an erasure is not suppressed on
+	// the list they re-joined.
+	d, err := e.gate().Decide(a.Target, a.List, gate.Campaign, gate.Unchecked)
 	if err != nil {
 		return err
 	}
-	if !found {
+	switch {
+	case d.Mailable:
 		return no("%s is not suppressed", maskIf(req.Reveal, a.Target))
+	case d.Entry != nil:
+		return o.Record(entryOf(*d.Entry, req.Reveal))
 	}
-	return o.Record(entryOf(en, req.Reveal))
+	// The consent store stops it with no entry here: an unsubscribe or an
+	// erasure recorded there.
+	return o.Record(entryOf(suppression.Entry{Target: a.Target, List: a.List, Reason: suppression.Reason(d.Reason), Source: "consent", Time: d.Consent.Since}, req.Reveal))
 }
 
 func opSuppressList(ctx context.Context, e *env, req request, o *out) error {

@@ -23,6 +23,7 @@ import (
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/suppression/audit"
+	"github.com/postwarden/postwarden/suppression/gate"
 	"github.com/postwarden/postwarden/suppression/subscribers"
 )
 
@@ -489,51 +490,21 @@ func opDBCompact(ctx context.Context, e *env, req request, o *out) error {
 	return nil
 }
 
-// suppressionView is the suppression check of campaigns (at enqueue) and
-// of the queue (at dequeue). An erasure tombstone blocks an address
-// forever, except on a list where the person came back through double
-// opt-in after the erasure: the consent store takes an erased address back
-// only that way, so a confirmed status there is that fresh consent.
-type suppressionView struct {
-	*suppression.Store
-	subs *subscribers.Store
-}
+// gate is who may be mailed (suppression/gate): campaigns ask it at
+// enqueue, the runners at dequeue, the sign-up form, the subscribers import
+// and `suppress check` too.
+func (e *env) gate() *gate.Gate { return gate.New(e.supp, e.subs) }
 
-// Check implements campaign.Suppressions and queue.Suppressions.
-func (v suppressionView) Check(addr, list string) (string, bool, error) {
-	reason, suppressed, err := v.Store.Check(addr, list)
-	if err != nil || !suppressed || suppression.Reason(reason) != suppression.Erased || v.subs == nil {
-		return reason, suppressed, err
-	}
-	st, serr := v.subs.Status(addr, strings.TrimPrefix(list, optinListPrefix))
-	if serr == nil && st.State == subscribers.StateConfirmed {
-		return "", false, nil
-	}
-	return reason, suppressed, err
-}
-
-// optinListPrefix marks the queue list of double opt-in confirmations.
-const optinListPrefix = "optin:"
-
-// deliveryGate is the suppression check a message passes as it leaves the
-// queue. A confirmation of a sign-up is mail the person just asked for, so
-// it reaches them even after an unsubscribe or an erasure (coming back after
-// an erasure is only possible through double opt-in); a hard bounce, a
-// complaint or a restriction still stops it.
+// deliveryGate is the check a message passes as it leaves the queue (the
+// gate), with the write of hard bounces at SMTP time, audited as "mta".
 type deliveryGate struct {
-	suppressionView
-	sup auditedSuppressor
+	*gate.Gate
+	auditedSuppressor
 }
 
-// deliveryGate is the gate of this env's runners: hard bounces at SMTP time
-// are suppressed and audited as "mta".
+// deliveryGate is the gate of this env's runners.
 func (e *env) deliveryGate() deliveryGate {
-	return deliveryGate{suppressionView: e.suppressions(), sup: auditedSuppressor{e, "mta"}}
-}
-
-// SuppressAddress implements queue.Suppressions: audited, then written.
-func (g deliveryGate) SuppressAddress(addr, list, reason, source, note string) error {
-	return g.sup.SuppressAddress(addr, list, reason, source, note)
+	return deliveryGate{e.gate(), auditedSuppressor{e, "mta"}}
 }
 
 // auditedSuppressor is how an automatic source (who: "mta" for hard bounces
@@ -554,22 +525,6 @@ func (a auditedSuppressor) SuppressAddress(addr, list, reason, source, note stri
 	}
 	return a.e.supp.SuppressAddress(addr, list, reason, source, note)
 }
-
-// Check implements queue.Suppressions.
-func (g deliveryGate) Check(addr, list string) (string, bool, error) {
-	reason, suppressed, err := g.suppressionView.Check(addr, list)
-	if err != nil || !suppressed || !strings.HasPrefix(list, optinListPrefix) {
-		return reason, suppressed, err
-	}
-	switch suppression.Reason(reason) {
-	case suppression.HardBounce, suppression.Complaint, suppression.Restricted:
-		return reason, true, nil
-	}
-	return "", false, nil
-}
-
-// suppressions is the view of the suppression store that sending uses.
-func (e *env) suppressions() suppressionView { return suppressionView{e.supp, e.subs} }
 
 // httpAuditor records what a recipient did over HTTP (unsubscribe, sign-up,
 // confirmation) as "http:IP", naming the person by index.

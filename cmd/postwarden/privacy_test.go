@@ -259,6 +259,14 @@ func TestErasedComesBackOnlyByDoubleOptIn(t *testing.T) {
 	if chk := h.mustRun(0, "suppress", "check", ana); !strings.Contains(chk.stdout, "erased") {
 		t.Errorf("the tombstone is gone: %s", chk.stdout)
 	}
+	// suppress check answers as sending does: mailable on the list she
+	// re-joined, still erased on any other.
+	if chk := h.run("suppress", "check", ana, "--list", "news"); chk.code != 1 {
+		t.Errorf("suppress check --list news of the confirmed comeback: exit %d, want 1 (not suppressed)\n%s", chk.code, chk.stdout)
+	}
+	if chk := h.mustRun(0, "suppress", "check", ana, "--list", "offers"); !strings.Contains(chk.stdout, "erased") {
+		t.Errorf("suppress check --list offers: %s", chk.stdout)
+	}
 }
 
 // subscriberID is a subscriber's id on a list, "" when none.

@@ -19,7 +19,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -27,8 +26,8 @@ import (
 
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/queue"
-	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/gate"
 	"github.com/postwarden/postwarden/suppression/httplimit"
 	"github.com/postwarden/postwarden/suppression/optin"
 	"github.com/postwarden/postwarden/suppression/pages"
@@ -81,7 +80,7 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 		lists[id] = optin.List{Name: name, DoubleOptIn: l.DoubleOptIn}
 	}
 	h := optin.NewHandler(optin.Config{
-		Lists: lists, Store: e.subs, Mailer: mailer, Suppressions: suppLifter{e.supp}, Pages: pg, Tokens: tk,
+		Lists: lists, Store: e.subs, Mailer: mailer, Suppressions: e.gate(), Pages: pg, Tokens: tk,
 		PublicURL: cfg.PublicURL, PrivacyURL: cfg.PrivacyURL, Audit: httpAuditor{e}, Proxies: proxies,
 		Limits: optin.Limits{RequestsPerIP: lim(sl.RequestsPerIP), SignupsPerMailbox: lim(sl.SignupsPerMailbox),
 			ConfirmationsPerMailbox: lim(sl.ConfirmationsPerMailbox), ConfirmationsPerIP: lim(sl.ConfirmationsPerIP),
@@ -137,29 +136,6 @@ func (a listsAdapter) Unsubscribed(addr, list, source string) error {
 	return nil
 }
 
-// suppLifter lets optin check suppressions and lift a person's own earlier
-// per-list unsubscribe once they confirmed that list again by double opt-in.
-type suppLifter struct{ *suppression.Store }
-
-// LiftUnsubscribe satisfies optin.Lifter: only an "unsubscribed" entry of
-// this very address on this very list goes; global entries, bounces,
-// complaints, erasures and domain entries stay.
-func (s suppLifter) LiftUnsubscribe(addr, list string) error {
-	a, err := address.Parse(addr)
-	if err != nil {
-		return err
-	}
-	en, found, err := s.Lookup(addr, list)
-	if err != nil || !found {
-		return err
-	}
-	if en.List != list || en.Reason != suppression.Unsubscribed || !strings.EqualFold(en.Target, a.Key()) {
-		return nil
-	}
-	_, err = s.Remove(addr, list)
-	return err
-}
-
 // confirmMailer renders the built-in confirmation message and enqueues it.
 type confirmMailer struct {
 	e      *env
@@ -187,8 +163,8 @@ func newConfirmMailer(e *env, senderName string) (*confirmMailer, error) {
 
 // SendConfirmation satisfies optin.Mailer. The message goes into the queue
 // as campaign "optin-LIST" under a fresh key, so a later sign-up can mail
-// again; its queue list is "optin:LIST", so a global suppression stops it but
-// the person's own unsubscribe from LIST does not (they are asking back in).
+// again; its queue list is gate.ConfirmationList(LIST), so the gate lets it
+// reach a person who unsubscribed or was erased (they are asking back in).
 func (m *confirmMailer) SendConfirmation(ctx context.Context, addr, list, listName, confirmURL string) error {
 	e := m.e
 	camp := "optin-" + list
@@ -224,7 +200,7 @@ func (m *confirmMailer) SendConfirmation(ctx context.Context, addr, list, listNa
 	}
 	from, _ := mail.ParseAddress(m.from)
 	if _, err := e.queue.Enqueue([]queue.NewMessage{{
-		Campaign: camp, List: "optin:" + list,
+		Campaign: camp, List: gate.ConfirmationList(list),
 		Key:  a.Key() + ":" + fmt.Sprint(time.Now().UnixNano()),
 		From: from.Address, To: addr, Body: body,
 	}}); err != nil {
@@ -366,12 +342,14 @@ func opSubscribersImport(ctx context.Context, e *env, req request, o *out) error
 			rowErr(line, "%v", err)
 			continue
 		}
-		// The suppression store wins: whoever unsubscribed, bounced,
-		// complained or was erased is never brought back by an import.
-		reason, suppressed, err := e.supp.Check(addr.String(), a.List)
+		// The gate wins: whoever unsubscribed, bounced, complained or was
+		// erased (and did not come back by double opt-in) is never brought
+		// back by an import.
+		d, err := e.gate().Decide(addr.String(), a.List, gate.Campaign, gate.Unchecked)
 		if err != nil {
 			return err
 		}
+		reason, suppressed := d.Reason, !d.Mailable
 		if suppressed {
 			sum.Suppressed++
 			sum.SuppressedBy[reason]++

@@ -55,9 +55,9 @@ type Mailer interface {
 	SendConfirmation(ctx context.Context, addr, list, listName, confirmURL string) error
 }
 
-// Suppressions says whether an address is suppressed on a list;
-// *suppression.Store satisfies it. Such an address signs up only through
-// double opt-in.
+// Suppressions says whether an address may not be mailed on a list;
+// suppression/gate's Gate satisfies it. Such an address signs up only
+// through double opt-in.
 type Suppressions interface {
 	Check(addr, list string) (reason string, suppressed bool, err error)
 }
