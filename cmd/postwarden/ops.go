@@ -27,33 +27,44 @@ import (
 	"github.com/postwarden/postwarden/templates"
 )
 
-// ops is the table of admin operations, by name.
-var ops map[string]opSpec
+// ops is the table of admin operations, by name: every op is here, so
+// none depends on the order in which files' init functions run.
+var ops = map[string]opSpec{
+	"campaign.send":   {fn: opCampaignSend},
+	"campaign.status": {fn: opCampaignStatus},
 
-func init() {
-	ops = map[string]opSpec{
-		"campaign.send":   {fn: opCampaignSend},
-		"campaign.status": {fn: opCampaignStatus},
-		"queue.ls":        {fn: opQueueList},
-		"queue.show":      {fn: opQueueShow},
-		"queue.retry":     {fn: opQueueAct("retry")},
-		"queue.hold":      {fn: opQueueAct("hold")},
-		"queue.release":   {fn: opQueueAct("release")},
-		"queue.delete":    {fn: opQueueAct("delete")},
-		"queue.bounce":    {fn: opQueueAct("bounce")},
-		"queue.stats":     {fn: opQueueStats},
-		"queue.suspend":   {fn: opQueueSuspend},
-		"queue.suspended": {fn: opQueueSuspensions},
-		"queue.resume":    {fn: opQueueResume},
-		"suppress.add":    {fn: opSuppressAdd},
-		"suppress.remove": {fn: opSuppressRemove},
-		"suppress.check":  {fn: opSuppressCheck},
-		"suppress.ls":     {fn: opSuppressList},
-		"suppress.import": {fn: opSuppressImport},
+	"queue.ls":        {fn: opQueueList},
+	"queue.show":      {fn: opQueueShow},
+	"queue.retry":     {fn: opQueueAct("retry")},
+	"queue.hold":      {fn: opQueueAct("hold")},
+	"queue.release":   {fn: opQueueAct("release")},
+	"queue.delete":    {fn: opQueueAct("delete")},
+	"queue.bounce":    {fn: opQueueAct("bounce")},
+	"queue.stats":     {fn: opQueueStats},
+	"queue.suspend":   {fn: opQueueSuspend},
+	"queue.suspended": {fn: opQueueSuspensions},
+	"queue.resume":    {fn: opQueueResume},
 
-		"subscribers.import": {fn: opSubscribersImport},
-		"subscribers.ls":     {fn: opSubscribersList},
-	}
+	"suppress.add":    {fn: opSuppressAdd},
+	"suppress.remove": {fn: opSuppressRemove},
+	"suppress.check":  {fn: opSuppressCheck},
+	"suppress.ls":     {fn: opSuppressList},
+	"suppress.import": {fn: opSuppressImport},
+
+	"subscribers.import": {fn: opSubscribersImport},
+	"subscribers.ls":     {fn: opSubscribersList},
+
+	"subject.export":     {fn: opSubjectExport},
+	"subject.erase":      {fn: opSubjectErase},
+	"subject.restrict":   {fn: opSubjectRestrict(true)},
+	"subject.unrestrict": {fn: opSubjectRestrict(false)},
+
+	"audit.ls":     {fn: opAuditList},
+	"audit.verify": {fn: opAuditVerify},
+
+	"db.prune":    {fn: opDBPrune},
+	"db.compact":  {fn: opDBCompact},
+	"dkim.keygen": {fn: opDKIMKeygen},
 }
 
 // decodeArgs reads an op's arguments, refusing unknown fields.

@@ -26,22 +26,6 @@ import (
 	"github.com/postwarden/postwarden/suppression/subscribers"
 )
 
-func init() {
-	for name, fn := range map[string]opFunc{
-		"subject.export":     opSubjectExport,
-		"subject.erase":      opSubjectErase,
-		"subject.restrict":   opSubjectRestrict(true),
-		"subject.unrestrict": opSubjectRestrict(false),
-		"audit.ls":           opAuditList,
-		"audit.verify":       opAuditVerify,
-		"db.prune":           opDBPrune,
-		"db.compact":         opDBCompact,
-		"dkim.keygen":        opDKIMKeygen,
-	} {
-		ops[name] = opSpec{fn: fn}
-	}
-}
-
 // record appends an audit entry for what req did; the action it records
 // counts as done only if this succeeds.
 func (e *env) record(req request, action, target, reason string, details map[string]string) error {
