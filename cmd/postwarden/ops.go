@@ -188,16 +188,6 @@ func (e *env) mailtoDomain() string {
 // queueAdapter lets the campaign engine enqueue into the queue store.
 type queueAdapter struct{ q *queue.Store }
 
-// deliveringQueue is the queue while a runner delivers from it (the
-// daemon's, or campaign send's own): it also reports the campaign's backlog,
-// which the campaign engine keeps under its enqueue window. Without a runner
-// (send --no-wait, no daemon) nothing would drain it, so the plain
-// queueAdapter goes in its place.
-type deliveringQueue struct{ queueAdapter }
-
-// Backlog counts the campaign's messages waiting to go out now.
-func (a deliveringQueue) Backlog(campaign string) (int, error) { return a.q.Backlog(campaign) }
-
 func (a queueAdapter) Enqueue(msgs []campaign.Message) (int, int, error) {
 	nm := make([]queue.NewMessage, len(msgs))
 	for i, m := range msgs {
@@ -206,10 +196,6 @@ func (a queueAdapter) Enqueue(msgs []campaign.Message) (int, int, error) {
 	r, err := a.q.Enqueue(nm)
 	return r.Added, r.Duplicates, err
 }
-
-// PutDictionary stores a campaign's placeholder sample as the queue's
-// compression dictionary (campaign's optional dictionaryStore).
-func (a queueAdapter) PutDictionary(sample []byte) (uint32, error) { return a.q.PutDictionary(sample) }
 
 func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	var args campaignSendArgs
@@ -267,15 +253,22 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		}
 	}
 
-	var q campaign.Queue = queueAdapter{e.queue}
+	// The campaign's backlog holds enqueueing back only while a runner (the
+	// daemon's, or this process's) delivers: without one (send --no-wait, no
+	// daemon) nothing would drain it.
+	var backlog campaign.Backlog
 	if e.daemon || deliveryDone != nil {
-		q = deliveringQueue{queueAdapter{e.queue}}
+		backlog = e.queue
 	}
+	lk := links{e.tokens, e.mailtoDomain()}
 	summary, sendErr := campaign.Send(ctx, spec, campaign.Deps{
 		Suppressions: e.suppressions(),
 		Consents:     e.subs,
-		Queue:        q,
-		Links:        links{e.tokens, e.mailtoDomain()},
+		Queue:        queueAdapter{e.queue},
+		Links:        lk,
+		Mailto:       lk,
+		Dictionary:   e.queue,
+		Backlog:      backlog,
 		Records:      e.queue,
 		Now:          time.Now,
 		Log:          e.log.With().Str("component", "campaign").Logger(),
