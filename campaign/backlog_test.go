@@ -58,7 +58,7 @@ func TestSendHoldsToTheEnqueueWindow(t *testing.T) {
 	spec.MaxAhead = 600
 	q := &backlogQueue{fakeQueue: newFakeQueue(), drain: 50, campaigns: map[string]bool{}}
 	deps := testDeps(q.fakeQueue, &fakeSuppressions{})
-	deps.Queue = q
+	deps.Queue, deps.Backlog = q, q
 	sum, err := Send(context.Background(), spec, deps, nil)
 	if err != nil || sum.Enqueued != 3000 {
 		t.Fatalf("Send = %+v, %v", sum, err)
@@ -82,7 +82,7 @@ func TestSendBacklogWaitEndsWithContext(t *testing.T) {
 	spec := testSpec(t, rowsCSV(10))
 	q := &backlogQueue{fakeQueue: newFakeQueue(), full: true, campaigns: map[string]bool{}}
 	deps := testDeps(q.fakeQueue, &fakeSuppressions{})
-	deps.Queue = q
+	deps.Queue, deps.Backlog = q, q
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		for {

@@ -101,11 +101,10 @@ type Suppressions interface {
 type Message struct {
 	Campaign, List, Key, From, To string
 	Body                          []byte
-	Dict                          uint32 // the queue's compression dictionary for Body (dictionaryStore); 0: none
+	Dict                          uint32 // the queue's compression dictionary for Body (Deps.Dictionary); 0: none
 }
 
 // Queue stores messages durably, one commit per call, ignoring (Campaign, Key) pairs it already holds.
-// It may also keep compression dictionaries (dictionaryStore, in send.go).
 // Enqueue must not keep the Body slices after it returns: their memory is reused.
 type Queue interface {
 	Enqueue(msgs []Message) (added, duplicates int, err error)
@@ -116,11 +115,24 @@ type Links interface {
 	UnsubscribeURL(address, list, campaign string) string
 }
 
-// MailtoLinks may also be implemented by Links: a mailto URI that
-// unsubscribes like the one-click POST, listed after the https URL in
-// List-Unsubscribe; "" when there is none.
+// MailtoLinks mints a mailto URI that unsubscribes like the one-click POST,
+// listed after the https URL in List-Unsubscribe; "" when there is none. It
+// must be safe for concurrent use.
 type MailtoLinks interface {
 	UnsubscribeMailto(address, list, campaign string) string
+}
+
+// Dictionaries keeps a sample message as the compression dictionary of a
+// campaign's bodies and returns its id, for Message.Dict. The sample holds
+// no personal data.
+type Dictionaries interface {
+	PutDictionary(sample []byte) (uint32, error)
+}
+
+// Backlog says how many of the campaign's messages wait to be sent now
+// (ready, or with a worker); deferred and held messages do not count.
+type Backlog interface {
+	Backlog(campaign string) (int, error)
 }
 
 // Records stores the JSON record of a campaign run under its ID.
@@ -128,15 +140,25 @@ type Records interface {
 	PutCampaign(id string, rec []byte) error
 }
 
-// Deps are the stores and services Send works with; Records, Now and Log may
-// be left zero.
+// Deps are the stores and services Send works with; Suppressions, Queue and
+// Links are required.
 type Deps struct {
 	Suppressions Suppressions
 	Queue        Queue
 	Links        Links
-	Records      Records
-	Now          func() time.Time
-	Log          zerolog.Logger
+	// Mailto, when set, adds a mailto URI to List-Unsubscribe.
+	Mailto MailtoLinks
+	// Dictionary, when set, stores the campaign's compression dictionary;
+	// nil: bodies are queued without one (Message.Dict 0).
+	Dictionary Dictionaries
+	// Backlog, when set, holds Send off enqueueing while Spec.MaxAhead of the
+	// campaign's messages wait: bounded work ahead, back-pressure from
+	// delivery down to the CSV reader. Leave it nil when nothing delivers
+	// from the queue, or Send would wait for ever.
+	Backlog Backlog
+	Records Records
+	Now     func() time.Time
+	Log     zerolog.Logger
 }
 
 // RowError is a problem with one CSV row.

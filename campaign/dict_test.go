@@ -28,7 +28,7 @@ func TestSendStoresDictionary(t *testing.T) {
 	spec := testSpec(t, mixedCSV)
 	q := &dictQueue{fakeQueue: newFakeQueue()}
 	deps := testDeps(q.fakeQueue, &fakeSuppressions{})
-	deps.Queue = q
+	deps.Queue, deps.Dictionary = q, q
 	sum, err := Send(context.Background(), spec, deps, nil)
 	if err != nil || sum.Enqueued != 3 {
 		t.Fatalf("Send = %+v, %v", sum, err)
@@ -81,11 +81,32 @@ func TestSendDictionaryErrorStops(t *testing.T) {
 	spec := testSpec(t, mixedCSV)
 	q := &dictQueue{fakeQueue: newFakeQueue(), err: errors.New("disk full")}
 	deps := testDeps(q.fakeQueue, &fakeSuppressions{})
-	deps.Queue = q
+	deps.Queue, deps.Dictionary = q, q
 	if _, err := Send(context.Background(), spec, deps, nil); err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Fatalf("Send with a failing dictionary store: %v", err)
 	}
 	if q.len() != 0 {
 		t.Fatalf("%d messages enqueued after the dictionary failed", q.len())
+	}
+}
+
+// Without Deps.Dictionary no dictionary is stored, even when the queue
+// could keep one: the power is wired, never guessed.
+func TestSendWithoutDictionary(t *testing.T) {
+	spec := testSpec(t, mixedCSV)
+	q := &dictQueue{fakeQueue: newFakeQueue()}
+	deps := testDeps(q.fakeQueue, &fakeSuppressions{})
+	deps.Queue = q
+	sum, err := Send(context.Background(), spec, deps, nil)
+	if err != nil || sum.Enqueued != 3 {
+		t.Fatalf("Send = %+v, %v", sum, err)
+	}
+	if len(q.samples) != 0 {
+		t.Fatalf("%d dictionaries stored, want none", len(q.samples))
+	}
+	for _, m := range q.msgs {
+		if m.Dict != 0 {
+			t.Errorf("message to %s has dictionary %x, want none", m.To, m.Dict)
+		}
 	}
 }

@@ -36,27 +36,12 @@ const (
 // Message-ID or List-Id (RFC 5322 §3.2.3 dot-atom-text, narrowed).
 var dotAtom = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
 
-// dictionaryStore may be implemented by Queue: it keeps a sample message as the
-// compression dictionary of the campaign's bodies and returns its id, for
-// Message.Dict. The sample must hold no personal data.
-type dictionaryStore interface {
-	PutDictionary(sample []byte) (uint32, error)
-}
-
-// backlog may be implemented by Queue: how many of the campaign's messages
-// wait to be sent now (ready, or with a worker). Send holds off enqueueing
-// while that reaches Spec.MaxAhead: bounded work ahead, back-pressure from
-// delivery down to the CSV reader. Deferred and held messages do not count.
-type backlog interface {
-	Backlog(campaign string) (int, error)
-}
-
 // backlogPoll is how often Send looks at a full backlog again.
 const backlogPoll = 20 * time.Millisecond
 
 // waitBacklog returns once fewer than max of campaign's messages wait in the
 // queue, or when ctx ends.
-func waitBacklog(ctx context.Context, bl backlog, campaign string, max int) error {
+func waitBacklog(ctx context.Context, bl Backlog, campaign string, max int) error {
 	for {
 		n, err := bl.Backlog(campaign)
 		if err != nil {
@@ -95,8 +80,8 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 		return fail(errors.Join(errs...))
 	}
 	s.sup, s.links = deps.Suppressions, deps.Links.UnsubscribeURL
-	if ml, ok := deps.Links.(MailtoLinks); ok {
-		s.mailto = ml.UnsubscribeMailto
+	if deps.Mailto != nil {
+		s.mailto = deps.Mailto.UnsubscribeMailto
 	}
 	if deps.Now != nil {
 		s.now = deps.Now
@@ -108,8 +93,8 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 	defer rs.Close()
 
 	log := deps.Log.With().Str("campaign", spec.ID).Str("list", spec.List).Logger()
-	if ds, ok := deps.Queue.(dictionaryStore); ok {
-		if s.dict, err = s.putDictionary(ds, log); err != nil {
+	if deps.Dictionary != nil {
+		if s.dict, err = s.putDictionary(deps.Dictionary, log); err != nil {
 			return fail(err)
 		}
 	}
@@ -135,8 +120,8 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 		if err := ctx.Err(); err != nil {
 			return err // what is not committed yet is not sent; a re-run picks it up
 		}
-		if bl, ok := deps.Queue.(backlog); ok {
-			if err := waitBacklog(ctx, bl, spec.ID, maxAhead); err != nil {
+		if deps.Backlog != nil {
+			if err := waitBacklog(ctx, deps.Backlog, spec.ID, maxAhead); err != nil {
 				return err
 			}
 		}
@@ -580,7 +565,7 @@ var sampleDate = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 // sampleAddress, the real privacy link and headers) and stores it as the
 // queue's compression dictionary. It returns the id, or 0 when the templates
 // do not render for the placeholder (the queue then compresses without one).
-func (s *renderer) putDictionary(ds dictionaryStore, log zerolog.Logger) (uint32, error) {
+func (s *renderer) putDictionary(ds Dictionaries, log zerolog.Logger) (uint32, error) {
 	d := templates.Data{FirstName: "Firstname", LastName: "Lastname", Company: "Company Name",
 		JobTitle: "Job Title", Email: sampleAddress}
 	sample, err := s.render(nil, sampleAddress, sampleAddress, d, sampleDate)

@@ -46,7 +46,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"sync"
@@ -277,7 +276,7 @@ func domainKey(d string) (string, error) {
 
 // CapturePath returns the file capture mode writes for queue id.
 func (s *Sender) CapturePath(id string) string {
-	return filepath.Join(s.cfg.CaptureDir, id+".eml")
+	return NewOutbox(s.cfg.CaptureDir).Path(id)
 }
 
 // Deliver normalises, signs and hands body to the next hop for the single

@@ -115,7 +115,7 @@ func profileRun(out string, campDir string, sd *seed, sig string, sk *sink, o op
 	done := make(chan error, 1)
 	go func() { done <- q.NewRunner(snd, g, rc).Run(ctx) }()
 	sum, err := campaign.Send(context.Background(), spec, campaign.Deps{Suppressions: g.Gate, Queue: qAdapter{q},
-		Links: tokens, Records: q, Now: time.Now, Log: zerolog.Nop()}, func(int, int64) {})
+		Links: tokens, Dictionary: q, Backlog: q, Records: q, Now: time.Now, Log: zerolog.Nop()}, func(int, int64) {})
 	stop()
 	if rerr := <-done; rerr != nil && !errors.Is(rerr, context.Canceled) {
 		err = errors.Join(err, rerr)
@@ -166,12 +166,6 @@ func (a qAdapter) Enqueue(msgs []campaign.Message) (int, int, error) {
 	r, err := a.q.Enqueue(nm)
 	return r.Added, r.Duplicates, err
 }
-
-// PutDictionary stores the campaign's sample message, as campaign send does.
-func (a qAdapter) PutDictionary(sample []byte) (uint32, error) { return a.q.PutDictionary(sample) }
-
-// Backlog counts the campaign's messages waiting to go out, as campaign send does.
-func (a qAdapter) Backlog(campaign string) (int, error) { return a.q.Backlog(campaign) }
 
 // runnerGate is the runners' check at dequeue (the gate), with the
 // suppression store's write of hard bounces, as cmd/postwarden wires it.

@@ -28,33 +28,44 @@ import (
 	"github.com/postwarden/postwarden/templates"
 )
 
-// ops is the table of admin operations, by name.
-var ops map[string]opSpec
+// ops is the table of admin operations, by name: every op is here, so
+// none depends on the order in which files' init functions run.
+var ops = map[string]opSpec{
+	"campaign.send":   {fn: opCampaignSend, creates: true},
+	"campaign.status": {fn: opCampaignStatus},
 
-func init() {
-	ops = map[string]opSpec{
-		"campaign.send":   {fn: opCampaignSend, creates: true},
-		"campaign.status": {fn: opCampaignStatus},
-		"queue.ls":        {fn: opQueueList},
-		"queue.show":      {fn: opQueueShow},
-		"queue.retry":     {fn: opQueueAct("retry")},
-		"queue.hold":      {fn: opQueueAct("hold")},
-		"queue.release":   {fn: opQueueAct("release")},
-		"queue.delete":    {fn: opQueueAct("delete")},
-		"queue.bounce":    {fn: opQueueAct("bounce")},
-		"queue.stats":     {fn: opQueueStats},
-		"queue.suspend":   {fn: opQueueSuspend, creates: true},
-		"queue.suspended": {fn: opQueueSuspensions},
-		"queue.resume":    {fn: opQueueResume},
-		"suppress.add":    {fn: opSuppressAdd, creates: true},
-		"suppress.remove": {fn: opSuppressRemove},
-		"suppress.check":  {fn: opSuppressCheck},
-		"suppress.ls":     {fn: opSuppressList},
-		"suppress.import": {fn: opSuppressImport, creates: true},
+	"queue.ls":        {fn: opQueueList},
+	"queue.show":      {fn: opQueueShow},
+	"queue.retry":     {fn: opQueueAct("retry")},
+	"queue.hold":      {fn: opQueueAct("hold")},
+	"queue.release":   {fn: opQueueAct("release")},
+	"queue.delete":    {fn: opQueueAct("delete")},
+	"queue.bounce":    {fn: opQueueAct("bounce")},
+	"queue.stats":     {fn: opQueueStats},
+	"queue.suspend":   {fn: opQueueSuspend, creates: true},
+	"queue.suspended": {fn: opQueueSuspensions},
+	"queue.resume":    {fn: opQueueResume},
 
-		"subscribers.import": {fn: opSubscribersImport, creates: true},
-		"subscribers.ls":     {fn: opSubscribersList},
-	}
+	"suppress.add":    {fn: opSuppressAdd, creates: true},
+	"suppress.remove": {fn: opSuppressRemove},
+	"suppress.check":  {fn: opSuppressCheck},
+	"suppress.ls":     {fn: opSuppressList},
+	"suppress.import": {fn: opSuppressImport, creates: true},
+
+	"subscribers.import": {fn: opSubscribersImport, creates: true},
+	"subscribers.ls":     {fn: opSubscribersList},
+
+	"subject.export":     {fn: opSubjectExport},
+	"subject.erase":      {fn: opSubjectErase},
+	"subject.restrict":   {fn: opSubjectRestrict(true)},
+	"subject.unrestrict": {fn: opSubjectRestrict(false)},
+
+	"audit.ls":     {fn: opAuditList},
+	"audit.verify": {fn: opAuditVerify},
+
+	"db.prune":    {fn: opDBPrune},
+	"db.compact":  {fn: opDBCompact},
+	"dkim.keygen": {fn: opDKIMKeygen, creates: true},
 }
 
 // decodeArgs reads an op's arguments, refusing unknown fields.
@@ -178,16 +189,6 @@ func (e *env) mailtoDomain() string {
 // queueAdapter lets the campaign engine enqueue into the queue store.
 type queueAdapter struct{ q *queue.Store }
 
-// deliveringQueue is the queue while a runner delivers from it (the
-// daemon's, or campaign send's own): it also reports the campaign's backlog,
-// which the campaign engine keeps under its enqueue window. Without a runner
-// (send --no-wait, no daemon) nothing would drain it, so the plain
-// queueAdapter goes in its place.
-type deliveringQueue struct{ queueAdapter }
-
-// Backlog counts the campaign's messages waiting to go out now.
-func (a deliveringQueue) Backlog(campaign string) (int, error) { return a.q.Backlog(campaign) }
-
 func (a queueAdapter) Enqueue(msgs []campaign.Message) (int, int, error) {
 	nm := make([]queue.NewMessage, len(msgs))
 	for i, m := range msgs {
@@ -196,10 +197,6 @@ func (a queueAdapter) Enqueue(msgs []campaign.Message) (int, int, error) {
 	r, err := a.q.Enqueue(nm)
 	return r.Added, r.Duplicates, err
 }
-
-// PutDictionary stores a campaign's placeholder sample as the queue's
-// compression dictionary (campaign's optional dictionaryStore).
-func (a queueAdapter) PutDictionary(sample []byte) (uint32, error) { return a.q.PutDictionary(sample) }
 
 func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	var args campaignSendArgs
@@ -258,14 +255,21 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		}
 	}
 
-	var q campaign.Queue = queueAdapter{e.queue}
+	// The campaign's backlog holds enqueueing back only while a runner (the
+	// daemon's, or this process's) delivers: without one (send --no-wait, no
+	// daemon) nothing would drain it.
+	var backlog campaign.Backlog
 	if e.daemon || deliveryDone != nil {
-		q = deliveringQueue{queueAdapter{e.queue}}
+		backlog = e.queue
 	}
+	lk := links{e.tokens, e.mailtoDomain()}
 	summary, sendErr := campaign.Send(ctx, spec, campaign.Deps{
 		Suppressions: e.gate(),
-		Queue:        q,
-		Links:        links{e.tokens, e.mailtoDomain()},
+		Queue:        queueAdapter{e.queue},
+		Links:        lk,
+		Mailto:       lk,
+		Dictionary:   e.queue,
+		Backlog:      backlog,
 		Records:      e.queue,
 		Now:          time.Now,
 		Log:          e.log.With().Str("component", "campaign").Logger(),

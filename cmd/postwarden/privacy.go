@@ -7,7 +7,6 @@ package main
 // nothing readable behind.
 
 import (
-	"bytes"
 	"context"
 	"encoding/csv"
 	"errors"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/postwarden/postwarden/configs"
+	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/address"
@@ -26,22 +26,6 @@ import (
 	"github.com/postwarden/postwarden/suppression/gate"
 	"github.com/postwarden/postwarden/suppression/subscribers"
 )
-
-func init() {
-	for name, fn := range map[string]opFunc{
-		"subject.export":     opSubjectExport,
-		"subject.erase":      opSubjectErase,
-		"subject.restrict":   opSubjectRestrict(true),
-		"subject.unrestrict": opSubjectRestrict(false),
-		"audit.ls":           opAuditList,
-		"audit.verify":       opAuditVerify,
-		"db.prune":           opDBPrune,
-		"db.compact":         opDBCompact,
-	} {
-		ops[name] = opSpec{fn: fn}
-	}
-	ops["dkim.keygen"] = opSpec{fn: opDKIMKeygen, creates: true}
-}
 
 // record appends an audit entry for what req did; the action it records
 // counts as done only if this succeeds.
@@ -226,8 +210,9 @@ func opSubjectErase(ctx context.Context, e *env, req request, o *out) error {
 		return fmt.Errorf("subject erase: queue: %w", err)
 	}
 	res := eraseResult{Subject: address.Mask(a.Address), Tombstone: tomb.Index, Consents: tomb.Consents, Cancelled: er.Cancelled, Scrubbed: er.Scrubbed}
+	outbox := mta.NewOutbox(e.cfg.Delivery.CaptureDir)
 	for _, id := range er.IDs {
-		n, err := removeCaptures(e.cfg.Delivery.CaptureDir, id)
+		n, err := outbox.Remove(id)
 		if err != nil {
 			return fmt.Errorf("subject erase: capture files: %w", err)
 		}
@@ -235,7 +220,7 @@ func opSubjectErase(ctx context.Context, e *env, req request, o *out) error {
 	}
 	// Capture files whose queue record is gone (pruned) still hold the
 	// address in clear: find them by content.
-	n, err := removeCapturesOf(e.cfg.Delivery.CaptureDir, a.Address)
+	n, err := outbox.RemoveMentioning(a.Address)
 	if err != nil {
 		return fmt.Errorf("subject erase: capture files: %w", err)
 	}
@@ -247,90 +232,6 @@ func opSubjectErase(ctx context.Context, e *env, req request, o *out) error {
 	}
 	e.log.Info().Str("who", req.Who).Str("subject", ref).Str("request", requestRef).Int("messages", len(er.IDs)).Msg("subject erased")
 	return o.Record(res)
-}
-
-// removeCaptures deletes the capture file of a message (and a temp file a
-// crash may have left), returning how many it removed.
-func removeCaptures(dir, id string) (int, error) {
-	if dir == "" || strings.ContainsAny(id, `/\`) {
-		return 0, nil
-	}
-	matches, err := filepath.Glob(filepath.Join(dir, id+".eml*"))
-	if err != nil {
-		return 0, err
-	}
-	tmps, _ := filepath.Glob(filepath.Join(dir, "."+id+"*"))
-	n := 0
-	for _, p := range append(matches, tmps...) {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return n, err
-		}
-		n++
-	}
-	return n, nil
-}
-
-// removeCapturesOf deletes every capture file that mentions addr (any
-// case), returning how many it removed.
-func removeCapturesOf(dir, addr string) (int, error) {
-	if dir == "" {
-		return 0, nil
-	}
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	needle := bytes.ToLower([]byte(addr))
-	n := 0
-	for _, de := range entries {
-		if de.IsDir() || !strings.Contains(de.Name(), ".eml") {
-			continue
-		}
-		p := filepath.Join(dir, de.Name())
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return n, err
-		}
-		if !bytes.Contains(bytes.ToLower(b), needle) {
-			continue
-		}
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return n, err
-		}
-		n++
-	}
-	return n, nil
-}
-
-// pruneCaptures deletes capture files older than the finished-message
-// retention: they are copies of finished messages.
-func pruneCaptures(dir string, olderThan time.Duration) (int, error) {
-	entries, err := os.ReadDir(dir)
-	if dir == "" || errors.Is(err, os.ErrNotExist) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	cut := time.Now().Add(-olderThan)
-	n := 0
-	for _, de := range entries {
-		if de.IsDir() || !strings.HasSuffix(de.Name(), ".eml") {
-			continue
-		}
-		fi, err := de.Info()
-		if err != nil || !fi.ModTime().Before(cut) {
-			continue
-		}
-		if err := os.Remove(filepath.Join(dir, de.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return n, err
-		}
-		n++
-	}
-	return n, nil
 }
 
 // compact rewrites every store file.
@@ -437,7 +338,7 @@ func (e *env) prune() (pruneResult, error) {
 	if r.FinishedMessages, err = e.queue.PruneFinished(rt.FinishedMessages); err != nil {
 		return r, fmt.Errorf("prune finished messages: %w", err)
 	}
-	if r.CaptureFiles, err = pruneCaptures(e.cfg.Delivery.CaptureDir, rt.FinishedMessages); err != nil {
+	if r.CaptureFiles, err = mta.NewOutbox(e.cfg.Delivery.CaptureDir).Prune(time.Now().Add(-rt.FinishedMessages)); err != nil {
 		return r, fmt.Errorf("prune capture files: %w", err)
 	}
 	if r.PendingOptins, err = e.subs.PrunePending(rt.PendingOptin); err != nil {

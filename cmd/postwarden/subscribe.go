@@ -55,7 +55,7 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 	ul, sl := cfg.UnsubscribeLimits, cfg.SubscribeLimits
 	mux.Handle("/u/", unsubscribe.NewHandler(unsubscribe.Config{
 		Tokens: e.tokens, Suppressor: e.supp, PrivacyURL: cfg.PrivacyURL, SenderName: senderName, Events: e.queue,
-		Pages: pg, Lists: listsAdapter{subs: e.subs, lists: cfg.Lists}, Audit: httpAuditor{e},
+		Pages: pg, Lists: listsAdapter{subs: e.subs, lists: cfg.Lists}, History: listsAdapter{subs: e.subs}, Audit: httpAuditor{e},
 		Limits: unsubscribe.Limits{PerIP: lim(ul.PerIP), PerToken: lim(ul.PerToken)}, Proxies: proxies,
 	}, log))
 
@@ -80,7 +80,7 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 		lists[id] = optin.List{Name: name, DoubleOptIn: l.DoubleOptIn}
 	}
 	h := optin.NewHandler(optin.Config{
-		Lists: lists, Store: e.subs, Mailer: mailer, Suppressions: e.gate(), Pages: pg, Tokens: tk,
+		Lists: lists, Store: e.subs, Mailer: mailer, Suppressions: e.gate(), Lifter: e.gate(), Pages: pg, Tokens: tk,
 		PublicURL: cfg.PublicURL, PrivacyURL: cfg.PrivacyURL, Audit: httpAuditor{e}, Proxies: proxies,
 		Limits: optin.Limits{RequestsPerIP: lim(sl.RequestsPerIP), SignupsPerMailbox: lim(sl.SignupsPerMailbox),
 			ConfirmationsPerMailbox: lim(sl.ConfirmationsPerMailbox), ConfirmationsPerIP: lim(sl.ConfirmationsPerIP),

@@ -62,9 +62,9 @@ type Suppressions interface {
 	Check(addr, list string) (reason string, suppressed bool, err error)
 }
 
-// Lifter is an optional power of Suppressions: once a person confirms a list
-// again through double opt-in, lift their own earlier "unsubscribed" entry on
-// that list (never a bounce, complaint or erasure).
+// Lifter lifts a person's own earlier "unsubscribed" entry on a list once
+// they confirm that list again through double opt-in (never a bounce,
+// complaint or erasure).
 type Lifter interface {
 	LiftUnsubscribe(addr, list string) error
 }
@@ -104,6 +104,7 @@ type Config struct {
 	Store        Store           // required
 	Mailer       Mailer          // required for double opt-in lists
 	Suppressions Suppressions    // optional
+	Lifter       Lifter          // optional; nil: a confirmation lifts nothing
 	Pages        *pages.Renderer // required
 	Tokens       *Tokens         // required
 	PublicURL    string          // base of confirmation links
@@ -460,8 +461,8 @@ func (h *Handler) confirm(w http.ResponseWriter, r *http.Request) {
 		h.log.Error().Err(err).Str("rcpt", address.Mask(c.Address)).Str("list", c.List).Msg("confirmation not recorded")
 		h.render(w, http.StatusInternalServerError, pages.ServerError())
 		return
-	} else if lf, ok := h.cfg.Suppressions.(Lifter); ok {
-		if err := lf.LiftUnsubscribe(c.Address, c.List); err != nil {
+	} else if h.cfg.Lifter != nil {
+		if err := h.cfg.Lifter.LiftUnsubscribe(c.Address, c.List); err != nil {
 			h.log.Error().Err(err).Str("rcpt", address.Mask(c.Address)).Str("list", c.List).Msg("earlier unsubscribe not lifted")
 		}
 	}

@@ -61,7 +61,7 @@ func (e *tenv) advance(d time.Duration) {
 	e.now = e.now.Add(d)
 }
 
-func newTenv(t *testing.T) *tenv {
+func newTenv(t *testing.T, opts ...func(*Config)) *tenv {
 	t.Helper()
 	dir := t.TempDir()
 	box, err := sealed.New(bytes.Repeat([]byte{7}, sealed.KeySize))
@@ -90,11 +90,15 @@ func newTenv(t *testing.T) *tenv {
 	mux := http.NewServeMux()
 	e.srv = httptest.NewServer(mux)
 	t.Cleanup(e.srv.Close)
-	h := NewHandler(Config{
+	cfg := Config{
 		Lists: map[string]List{"news": {Name: "Product news", DoubleOptIn: true}, "open": {Name: "Open list"}},
 		Store: subs, Mailer: e.mail, Suppressions: supp, Pages: r, Tokens: tk,
 		PublicURL: e.srv.URL, PrivacyURL: "https://example.com/privacy", Now: e.clock,
-	}, zerolog.Nop())
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	h := NewHandler(cfg, zerolog.Nop())
 	mux.Handle("/", h)
 	return e
 }
@@ -306,5 +310,39 @@ func TestTokens(t *testing.T) {
 		if _, err := tk.Parse(string(b), now); err == nil {
 			t.Errorf("altered at %d accepted", i)
 		}
+	}
+}
+
+// lifter records what Config.Lifter was asked to lift.
+type lifter struct {
+	mu     sync.Mutex
+	lifted []string
+}
+
+func (l *lifter) LiftUnsubscribe(addr, list string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lifted = append(l.lifted, addr+"/"+list)
+	return nil
+}
+
+// With Config.Lifter a confirmation lifts the person's own unsubscribe on
+// the list, and only a confirmation does.
+func TestConfirmingCallsLifter(t *testing.T) {
+	lf := &lifter{}
+	e := newTenv(t, func(c *Config) { c.Lifter = lf })
+	if code, _ := req(t, "POST", e.srv.URL+"/subscribe", url.Values{"list": {"news"}, "email": {"dan@acme.example"}}); code != 200 {
+		t.Fatal(code)
+	}
+	if len(lf.lifted) != 0 {
+		t.Fatalf("signing up lifted %v", lf.lifted)
+	}
+	if code, _ := req(t, "POST", e.mail.last(t).url, url.Values{}); code != 200 {
+		t.Fatal(code)
+	}
+	lf.mu.Lock()
+	defer lf.mu.Unlock()
+	if strings.Join(lf.lifted, ",") != "dan@acme.example/news" {
+		t.Errorf("lifted %v, want dan@acme.example/news", lf.lifted)
 	}
 }

@@ -21,19 +21,15 @@ import (
 // maxBody caps the POST body; a one-click body is 26 bytes.
 const maxBody = 4 << 10
 
-// Suppressor records an unsubscribe; *suppression.Store satisfies it. When it
-// also has Check (as *suppression.Store does), the preference page shows
-// which lists are already left.
-type Suppressor interface{ Add(suppression.Entry) error }
-
-// looker is the optional power of a Suppressor to say which entry suppresses
-// an address; with it, repeated POSTs are rate limited.
-type looker interface {
+// Suppressor is the suppression store as unsubscribing uses it;
+// *suppression.Store satisfies it. Add records an unsubscribe; Covers says
+// it is in effect already, so a repeat records and audits nothing; Lookup
+// says which entry suppresses an address, so a repeated POST can be rate
+// limited; Check says which lists the preference page shows as left.
+type Suppressor interface {
+	Add(suppression.Entry) error
+	Covers(suppression.Entry) (bool, error)
 	Lookup(addr, list string) (suppression.Entry, bool, error)
-}
-
-// checker is the optional power of a Suppressor to say what is suppressed.
-type checker interface {
 	Check(addr, list string) (reason string, suppressed bool, err error)
 }
 
@@ -48,9 +44,9 @@ type Lists interface {
 	ListsFor(addr string) ([]ListStatus, error)
 }
 
-// unsubscribeRecorder is the optional power of Lists to record an unsubscribe
-// in the consent history too (list "" = every list); its errors are logged.
-type unsubscribeRecorder interface {
+// ConsentHistory records an unsubscribe in the consent history too
+// (list "" = every list).
+type ConsentHistory interface {
 	Unsubscribed(addr, list, source string) error
 }
 
@@ -65,6 +61,9 @@ type Config struct {
 	Pages *pages.Renderer
 	// Lists, when set, enables the preference page GET|POST /u/{token}/prefs.
 	Lists Lists
+	// History, when set, is told of each unsubscribe recorded; its errors
+	// are logged, not shown: the suppression store has it already.
+	History ConsentHistory
 	// Events, when set, counts an unsubscribe against the token's campaign
 	// (kind "unsubscribed"), once per person; its errors are logged, not shown.
 	Events Events
@@ -248,8 +247,7 @@ func (h *handler) unsubscribe(w http.ResponseWriter, r *http.Request) {
 // admit applies the limits to a POST that would record e; false means a
 // 429 page has been written. Only a repeat is refused: the token was drawn
 // on lately and the store already holds the address's own entry for e's
-// scope, so refusing loses nothing. Without a Suppressor that can Lookup,
-// nothing is refused.
+// scope, so refusing loses nothing.
 func (h *handler) admit(w http.ResponseWriter, r *http.Request, ip string, c Claim, e suppression.Entry) bool {
 	now, token := h.cfg.Now(), r.PathValue("token")
 	seen := h.byToken.Has(token, now)
@@ -273,11 +271,10 @@ func (h *handler) admit(w http.ResponseWriter, r *http.Request, ip string, c Cla
 // effect: the token was drawn on lately and the store holds the address's
 // own entry for e's scope (a domain entry can be lifted, so it does not count).
 func (h *handler) repeat(seen bool, c Claim, e suppression.Entry) bool {
-	lk, ok := h.cfg.Suppressor.(looker)
-	if !seen || !ok {
+	if !seen {
 		return false
 	}
-	en, found, err := lk.Lookup(c.Address, e.List)
+	en, found, err := h.cfg.Suppressor.Lookup(c.Address, e.List)
 	return err == nil && found && !strings.HasPrefix(en.Target, "@")
 }
 
@@ -312,17 +309,15 @@ func (h *handler) listsOf(c Claim) ([]ListStatus, error) {
 	if c.List != "" && !slices.ContainsFunc(ls, func(l ListStatus) bool { return l.ID == c.List }) {
 		ls = append([]ListStatus{{ID: c.List, Name: c.List, Subscribed: true}}, ls...)
 	}
-	if ck, ok := h.cfg.Suppressor.(checker); ok {
-		for i := range ls {
-			if !ls[i].Subscribed {
-				continue
-			}
-			_, sup, err := ck.Check(c.Address, ls[i].ID)
-			if err != nil {
-				return nil, err
-			}
-			ls[i].Subscribed = !sup
+	for i := range ls {
+		if !ls[i].Subscribed {
+			continue
 		}
+		_, sup, err := h.cfg.Suppressor.Check(c.Address, ls[i].ID)
+		if err != nil {
+			return nil, err
+		}
+		ls[i].Subscribed = !sup
 	}
 	return ls, nil
 }

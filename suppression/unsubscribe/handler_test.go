@@ -248,6 +248,13 @@ func (failing) Add(e suppression.Entry) error {
 	return errors.New("disk full while writing " + e.Target)
 }
 
+// The rest of failing reads an empty store: only the write fails.
+func (failing) Covers(suppression.Entry) (bool, error) { return false, nil }
+func (failing) Lookup(string, string) (suppression.Entry, bool, error) {
+	return suppression.Entry{}, false, nil
+}
+func (failing) Check(string, string) (string, bool, error) { return "", false, nil }
+
 func TestStoreError(t *testing.T) {
 	e := newEnv(t, failing{})
 	code, body := post(t, e.tk.UnsubscribeURL("ana.ruiz@example.com", "news", "c1"), "application/x-www-form-urlencoded", "List-Unsubscribe=One-Click")

@@ -46,7 +46,7 @@ func TestPreferencePage(t *testing.T) {
 	defer srv.Close()
 	tk, _ := NewTokens(key, srv.URL)
 	fl := &fakeLists{lists: []ListStatus{{"news", "Product news", true}, {"events", "Events", true}, {"old", "Old list", false}}}
-	mux.Handle("/", NewHandler(Config{Tokens: tk, Suppressor: store, Lists: fl, SenderName: "Acme", PrivacyURL: "https://example.com/p"}, zerolog.Nop()))
+	mux.Handle("/", NewHandler(Config{Tokens: tk, Suppressor: store, Lists: fl, History: fl, SenderName: "Acme", PrivacyURL: "https://example.com/p"}, zerolog.Nop()))
 	u := tk.UnsubscribeURL("ana@example.com", "news", "c1")
 
 	req, _ := http.NewRequest(http.MethodGet, u, nil)

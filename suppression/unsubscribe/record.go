@@ -17,27 +17,21 @@ type Events interface {
 	CountCampaignEvent(campaign, addr, kind string) (bool, error)
 }
 
-// coverer is the optional power of a Suppressor (*suppression.Store has it)
-// to say that an entry is in effect already.
-type coverer interface {
-	Covers(suppression.Entry) (bool, error)
-}
-
 // Recorder records unsubscribes, from POST /u/TOKEN and from mailto alike.
 // A request is recorded once: when the suppression store already holds what
 // it asks (Covers), nothing is written or audited again, and the campaign
 // counts each person once (Events), so repeating a request changes nothing.
 type Recorder struct {
-	sup    Suppressor
-	events Events
-	lists  Lists
-	log    zerolog.Logger
+	sup     Suppressor
+	events  Events
+	history ConsentHistory
+	log     zerolog.Logger
 }
 
-// NewRecorder records into cfg.Suppressor, cfg.Events and, when cfg.Lists
-// can, the consent history.
+// NewRecorder records into cfg.Suppressor and, when set, cfg.Events and
+// cfg.History.
 func NewRecorder(cfg Config, log zerolog.Logger) *Recorder {
-	return &Recorder{sup: cfg.Suppressor, events: cfg.Events, lists: cfg.Lists, log: log}
+	return &Recorder{sup: cfg.Suppressor, events: cfg.Events, history: cfg.History, log: log}
 }
 
 // personLocks serialise the requests about one address (by hash), in the
@@ -77,16 +71,14 @@ func (r *Recorder) Record(c Claim, e suppression.Entry, audit func(detail string
 func (r *Recorder) suppress(c Claim, e suppression.Entry, audit func(detail string) error) (bool, error) {
 	log := r.log.With().Str("rcpt", address.Mask(c.Address)).Str("list", e.List).Str("campaign", c.Campaign).
 		Str("source", e.Source).Logger()
-	if cv, ok := r.sup.(coverer); ok {
-		covered, err := cv.Covers(e)
-		if err != nil {
-			log.Error().Err(address.MaskError(err)).Msg("unsubscribe not recorded")
-			return false, err
-		}
-		if covered {
-			log.Debug().Msg("unsubscribe repeated; nothing to record")
-			return false, nil
-		}
+	covered, err := r.sup.Covers(e)
+	if err != nil {
+		log.Error().Err(address.MaskError(err)).Msg("unsubscribe not recorded")
+		return false, err
+	}
+	if covered {
+		log.Debug().Msg("unsubscribe repeated; nothing to record")
+		return false, nil
 	}
 	if audit != nil {
 		list := e.List
@@ -103,8 +95,8 @@ func (r *Recorder) suppress(c Claim, e suppression.Entry, audit func(detail stri
 		return false, err
 	}
 	log.Info().Msg("unsubscribed")
-	if rec, ok := r.lists.(unsubscribeRecorder); ok {
-		if err := rec.Unsubscribed(c.Address, e.List, e.Source); err != nil {
+	if r.history != nil {
+		if err := r.history.Unsubscribed(c.Address, e.List, e.Source); err != nil {
 			log.Error().Err(address.MaskError(err)).Msg("unsubscribe not recorded in the consent history")
 		}
 	}

@@ -1,0 +1,65 @@
+package main
+
+// Compile-time checks that what main wires satisfies the interface each
+// consumer declares, for every pair whose implementation may not import its
+// consumer (layering) or lives here. A change to either side fails the
+// build here, next to the wiring, instead of at the call that passes it.
+// Pairs inside the library layer are checked in the implementation's tests
+// (suppression, suppression/subscribers, mta/verp).
+
+import (
+	"github.com/postwarden/postwarden/campaign"
+	"github.com/postwarden/postwarden/mta"
+	"github.com/postwarden/postwarden/mta/inbound"
+	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/suppression"
+	"github.com/postwarden/postwarden/suppression/gate"
+	"github.com/postwarden/postwarden/suppression/optin"
+	"github.com/postwarden/postwarden/suppression/unsubscribe"
+)
+
+// queue's collaborators.
+var (
+	_ queue.Deliverer    = (*mta.Sender)(nil)
+	_ queue.Suppressions = deliveryGate{}
+	_ queue.Observer     = (*metrics)(nil)
+)
+
+// campaign's collaborators (campaign send).
+var (
+	_ campaign.Suppressions = (*gate.Gate)(nil)
+	_ campaign.Queue        = queueAdapter{}
+	_ campaign.Links        = links{}
+	_ campaign.MailtoLinks  = links{}
+	_ campaign.Dictionaries = (*queue.Store)(nil)
+	_ campaign.Backlog      = (*queue.Store)(nil)
+	_ campaign.Records      = (*queue.Store)(nil)
+)
+
+// mta/inbound's collaborators (smtp_listen).
+var (
+	_ inbound.MailtoDecoder = (*unsubscribe.Tokens)(nil)
+	_ inbound.BounceSink    = queueBounces{}
+	_ inbound.Suppressor    = auditedSuppressor{}
+	_ inbound.Unsubscriber  = mailUnsubscriber{}
+	_ inbound.Events        = (*queue.Store)(nil)
+)
+
+// suppression/unsubscribe's collaborators (/u/ and mailto unsubscribes).
+var (
+	_ unsubscribe.Events         = (*queue.Store)(nil)
+	_ unsubscribe.Lists          = listsAdapter{}
+	_ unsubscribe.ConsentHistory = listsAdapter{}
+	_ unsubscribe.Auditor        = httpAuditor{}
+)
+
+// suppression/optin's collaborators (/subscribe, /c/).
+var (
+	_ optin.Mailer       = (*confirmMailer)(nil)
+	_ optin.Suppressions = (*gate.Gate)(nil)
+	_ optin.Lifter       = (*gate.Gate)(nil)
+	_ optin.Auditor      = httpAuditor{}
+)
+
+// suppression's collaborator (suppress import).
+var _ suppression.ImportAuditor = importAuditor{}
