@@ -77,6 +77,9 @@ func (s *Sender) throttle(ctx, stop context.Context, domain string) *DeliveryErr
 	case <-stop.Done():
 		now := s.now()
 		r.CancelAt(now)
+		if ctx.Err() != nil { // both ended (Deliver passes ctx as stop): the context's error wins
+			return temporary(StageThrottle, "", fmt.Errorf("wait for the rate limit of %s: %w", domain, ctx.Err()))
+		}
 		return stopped("wait for the rate limit of "+domain, now)
 	}
 }

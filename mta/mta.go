@@ -427,6 +427,9 @@ func (s *Sender) acquire(ctx, stop context.Context, domain string) (func(), erro
 		return nil, ctx.Err()
 	case <-stop.Done():
 		drop()
+		if ctx.Err() != nil { // both ended (Deliver passes ctx as stop): the context's error wins
+			return nil, ctx.Err()
+		}
 		return nil, errStopped
 	}
 }
