@@ -20,6 +20,7 @@ import (
 // enqueued for what was bad.
 func TestBadInputIsNamedAndNothingBadIsEnqueued(t *testing.T) {
 	h := newHarness(t, mtatest.Options{})
+	h.mkDataDir()
 	h.write("templates/nolink.html", `<p>Hello {{.FirstName}} <a href="{{.PrivacyURL}}">privacy</a></p>`)
 	h.write("templates/nolink.txt", "Hello {{.FirstName}}\nPrivacy: {{.PrivacyURL}}\n")
 	h.write("templates/hidden.html", `<p>Hi {{if .Company}}<a href="{{.UnsubscribeURL}}">unsubscribe</a>{{end}} <a href="{{.PrivacyURL}}">privacy</a></p>`)
@@ -198,6 +199,7 @@ func TestSendNoWaitIgnoresEnqueueWindow(t *testing.T) {
 // it, not all of it.
 func TestLongRecipientsPathQuotedShort(t *testing.T) {
 	h := newHarness(t, mtatest.Options{})
+	h.mkDataDir()
 	file := h.campaign("long-path", "email,first_name,company\nana@acme.example,Ana,Acme\n")
 	long := strings.Repeat("r", 20000) + ".csv"
 	h.write("long-path.yaml", strings.Replace(readFile(t, file), "recipients: long-path.csv", "recipients: "+long, 1))

@@ -11,6 +11,7 @@ import (
 // refused, naming the campaign file's from line; so is a missing recipients file.
 func TestCampaignRefusedWithoutSigningKeyOrRecipients(t *testing.T) {
 	h := newHarness(t, mtatest.Options{})
+	h.mkDataDir()
 	file := h.campaign("nokey", "email,first_name\nana@acme.example,Ana\n")
 	h.write("nokey.yaml", strings.Replace(readFile(t, file), "ana@example.com", "ana@other.example", 1))
 	for _, verb := range []string{"validate", "send"} {

@@ -11,6 +11,7 @@ import (
 // that reaches no header is body text, not an invalid row.
 func TestRowErrorsMaskedAndMultilineBodyField(t *testing.T) {
 	h := newHarness(t, mtatest.Options{})
+	h.mkDataDir()
 	file := h.campaign("mask", "email,first_name,notes\n\"Jane Doe@acme.example\",Jane,x\nana@acme.example,Ana,\"line one\nline two\"\n")
 	for _, verb := range []string{"validate", "send"} {
 		r := h.run("campaign", verb, file)

@@ -90,6 +90,15 @@ delivery:
 	return h
 }
 
+// mkDataDir makes the data directory, empty, as for a campaign validated
+// before the first send: validate refuses a data_dir that is not there.
+func (h *harness) mkDataDir() {
+	h.t.Helper()
+	if err := os.MkdirAll(filepath.Join(h.dir, "var"), 0o700); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
 // write creates a file under the harness folder.
 func (h *harness) write(name, content string) string {
 	h.t.Helper()
