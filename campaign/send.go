@@ -325,13 +325,16 @@ func run(ctx context.Context, rs *recipients, process func(row) outcome, handle 
 
 // renderer turns a checked row into a message.
 type renderer struct {
-	spec   Spec
-	from   string // envelope sender: the bare address of spec.From
-	sup    Suppressions
-	links  func(addr, list, campaign string) string
-	mailto func(addr, list, campaign string) string // nil without a mailto URI
-	now    func() time.Time
-	dict   uint32 // the queue's compression dictionary for this campaign; 0: none
+	spec Spec
+	from string // envelope sender: the bare address of spec.From
+	// feedbackID is "campaign:list:sender" (the From domain), Gmail's
+	// feedback-loop key, in every message and under its DKIM signature.
+	feedbackID string
+	sup        Suppressions
+	links      func(addr, list, campaign string) string
+	mailto     func(addr, list, campaign string) string // nil without a mailto URI
+	now        func() time.Time
+	dict       uint32 // the queue's compression dictionary for this campaign; 0: none
 	// spare holds the memory of bodies already enqueued, for the next renders
 	// (Queue.Enqueue does not keep Body): ~22 KB less garbage per message.
 	spare chan []byte
@@ -356,6 +359,7 @@ func newRenderer(spec Spec) (*renderer, []error) {
 		errs = append(errs, fmt.Errorf("from: %w", err))
 	} else {
 		s.from = from.String()
+		s.feedbackID = spec.ID + ":" + spec.List + ":" + from.Domain
 	}
 	if spec.ReplyTo != "" {
 		if _, err := headerAddress(spec.ReplyTo); err != nil {
@@ -523,6 +527,7 @@ func (s *renderer) render(dst []byte, to, key string, d templates.Data, date tim
 		ListID:      spec.List + "." + spec.Hostname, // RFC 2919 §2
 		ListName:    spec.ListName,
 		Unsubscribe: []string{unsubscribe}, // RFC 8058: the https URL first
+		FeedbackID:  s.feedbackID,
 	}
 	if s.mailto != nil {
 		if m := s.mailto(to, spec.List, spec.ID); m != "" {

@@ -159,6 +159,14 @@ func header(env Envelope, subject string) (mail.Header, error) {
 	}
 	h.Set("List-Unsubscribe", unsub) // RFC 2369 §2: "<uri>, <uri>"
 
+	if env.FeedbackID != "" {
+		if err := feedbackID(env.FeedbackID); err != nil {
+			fail("Feedback-ID", err)
+		} else {
+			h.Set("Feedback-ID", env.FeedbackID)
+		}
+	}
+
 	if id, err := listID(env.ListID, env.ListName); err != nil {
 		fail("List-Id", err)
 	} else {
@@ -232,6 +240,20 @@ func recipient(addr, name string) (*mail.Address, error) {
 	}
 	a.Name = name
 	return a, nil
+}
+
+// feedbackID checks a Feedback-ID value: colon-separated identifiers of
+// printable ASCII without white space (Gmail's "a:b:c:SenderId" form).
+func feedbackID(v string) error {
+	if len(v) > 200 {
+		return fmt.Errorf("%d characters, at most 200", len(v))
+	}
+	for _, r := range v {
+		if r <= ' ' || r > '~' {
+			return fmt.Errorf("%q: %q is not allowed", v, r)
+		}
+	}
+	return nil
 }
 
 // listID formats `"ListName" <ListID>`, or `<ListID>` without a name (RFC 2919 §3).

@@ -37,6 +37,9 @@ type Envelope struct {
 	ListID        string    // "product-news.mail.example.com"
 	ListName      string    // optional List-Id phrase
 	Unsubscribe   []string  // List-Unsubscribe URIs, https first
+	// FeedbackID, when set, is the Feedback-ID field ("campaign:list:sender"),
+	// the key of Gmail's feedback loop; it must be DKIM-signed to count.
+	FeedbackID string
 }
 
 // Set is a parsed HTML body, text body and subject; safe for concurrent use.

@@ -505,3 +505,28 @@ func TestRenderAppend(t *testing.T) {
 		t.Fatalf("bad data: %q, %v; want dst unchanged and an error", out, err)
 	}
 }
+
+// Feedback-ID (Gmail's feedback loop) goes in as given; a value with white
+// space or a control character could break the header and is refused.
+func TestFeedbackID(t *testing.T) {
+	s := load(t, goodHTML, goodText)
+	env := envelope()
+	env.FeedbackID = "launch-1:product-news:example.com"
+	msg, err := s.Render(data(), env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mr, err := mail.CreateReader(bytes.NewReader(msg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mr.Header.Get("Feedback-ID"); got != env.FeedbackID {
+		t.Errorf("Feedback-ID = %q", got)
+	}
+	for _, bad := range []string{"a b:c", "a:b\r\nBcc: x@example.org", "a:b:ç"} {
+		env.FeedbackID = bad
+		if _, err := s.Render(data(), env); err == nil || !strings.Contains(err.Error(), "Feedback-ID") {
+			t.Errorf("Feedback-ID %q: err = %v", bad, err)
+		}
+	}
+}

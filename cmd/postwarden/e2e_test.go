@@ -67,7 +67,7 @@ func TestCampaignEndToEnd(t *testing.T) {
 			if v.Err != nil {
 				t.Errorf("DKIM for %v: %v", m.To, v.Err)
 			}
-			for _, hk := range []string{"from", "to", "subject", "date", "message-id", "list-id", "list-unsubscribe", "list-unsubscribe-post", "mime-version", "content-type"} {
+			for _, hk := range []string{"from", "to", "subject", "date", "message-id", "list-id", "feedback-id", "list-unsubscribe", "list-unsubscribe-post", "mime-version", "content-type"} {
 				if !containsFold(v.HeaderKeys, hk) {
 					t.Errorf("DKIM h= lacks %s: %v", hk, v.HeaderKeys)
 				}
@@ -85,6 +85,10 @@ func TestCampaignEndToEnd(t *testing.T) {
 		}
 		if got := hd.Get("List-Unsubscribe-Post"); got != "List-Unsubscribe=One-Click" {
 			t.Errorf("List-Unsubscribe-Post = %q", got)
+		}
+		// Gmail's feedback loop: campaign:list:sender, under the signature (h= above).
+		if got, want := hd.Get("Feedback-ID"), "launch-1:product-news:example.com"; got != want {
+			t.Errorf("Feedback-ID = %q, want %q", got, want)
 		}
 		if m.To[0] == "zoe@umbrella.example" {
 			subj, _ := hd.Subject()

@@ -21,10 +21,11 @@ var ErrNoKey = errors.New("dkim: no key for the From domain")
 // headerKeys lists the header fields named in h=, in order. From,
 // List-Unsubscribe and List-Unsubscribe-Post appear twice (over-signing,
 // RFC 6376 §5.4.2) so that a copy added in transit breaks the signature;
-// RFC 8058 §4 requires both List-Unsubscribe fields to be signed.
+// RFC 8058 §4 requires both List-Unsubscribe fields to be signed; Gmail's
+// feedback loop counts a Feedback-ID only when it is signed.
 var headerKeys = []string{
 	"From", "From",
-	"To", "Subject", "Date", "Message-ID", "List-Id",
+	"To", "Subject", "Date", "Message-ID", "List-Id", "Feedback-ID",
 	"List-Unsubscribe", "List-Unsubscribe",
 	"List-Unsubscribe-Post", "List-Unsubscribe-Post",
 	"Reply-To", "MIME-Version", "Content-Type",
