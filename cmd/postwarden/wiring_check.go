@@ -28,7 +28,6 @@ var (
 // campaign's collaborators (campaign send).
 var (
 	_ campaign.Suppressions = (*gate.Gate)(nil)
-	_ campaign.Queue        = queueAdapter{}
 	_ campaign.Links        = links{}
 	_ campaign.MailtoLinks  = links{}
 	_ campaign.Dictionaries = (*queue.Store)(nil)
