@@ -165,76 +165,121 @@ func run(o options) error {
 	if o.Sig != "rsa" && o.Sig != "ed25519" {
 		return fmt.Errorf("-sig: rsa or ed25519")
 	}
-	rep := &report{Started: time.Now(), Options: o, Machine: describeMachine()}
-	root, err := repoRoot()
-	if err != nil {
+	b := &bench{o: o, rep: &report{Started: time.Now(), Options: o, Machine: describeMachine()}}
+	var err error
+	if b.root, err = repoRoot(); err != nil {
 		return err
 	}
-	tmp, err := os.MkdirTemp("", "postwarden-bench-")
-	if err != nil {
+	if b.tmp, err = os.MkdirTemp("", "postwarden-bench-"); err != nil {
 		return err
 	}
 	if o.Keep {
-		logf("keeping %s", tmp)
+		logf("keeping %s", b.tmp)
 	} else {
-		defer os.RemoveAll(tmp)
+		defer os.RemoveAll(b.tmp)
 	}
-
-	bin := filepath.Join(tmp, "postwarden")
-	logf("building %s", bin)
-	build := exec.Command("go", "build", "-o", bin, "./cmd/postwarden")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build: %v\n%s", err, out)
+	if err := b.buildBinary(); err != nil {
+		return err
 	}
-
-	sk, err := startSink(o.Sink)
+	if b.sk, err = startSink(o.Sink); err != nil {
+		return err
+	}
+	defer b.sk.Close()
+	b.describeSink()
+	if err := b.prepare(); err != nil {
+		return err
+	}
+	if err := b.references(); err != nil {
+		return err
+	}
+	lastCfg, err := b.timedRuns()
 	if err != nil {
 		return err
 	}
-	defer sk.Close()
-	rep.Sink = sk.kind + " on " + sk.addr
-	if strings.HasPrefix(sk.kind, "postfix") {
-		rep.Complete = "smtp-sink -c running counter (mesg=N on stdout, updated at each message's final \".\"), parsed live; then the binary's summary (delivered count) is checked"
-	} else {
-		rep.Complete = "the in-process sink's accepted-message count, polled every 2 ms; then the binary's summary (delivered count) is checked"
+	b.queueCLI(lastCfg)
+	if err := b.inProcess(); err != nil {
+		return err
 	}
-	logf("sink: %s", rep.Sink)
+	summarize(b.rep)
+	printReport(os.Stdout, b.rep)
+	return writeJSON(o.JSON, b.rep)
+}
 
+// bench is one invocation's shared state, filled in by run's steps in order.
+type bench struct {
+	o              options
+	rep            *report
+	root, tmp, bin string
+	sk             *sink
+	sd             *seed
+	campDir        string
+	campFile       string
+	expected       int    // recipients the gate lets through
+	sample         []byte // one rendered message, for the signing and send references
+}
+
+// buildBinary builds the binary under test into tmp.
+func (b *bench) buildBinary() error {
+	b.bin = filepath.Join(b.tmp, "postwarden")
+	logf("building %s", b.bin)
+	build := exec.Command("go", "build", "-o", b.bin, "./cmd/postwarden")
+	build.Dir = b.root
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return nil
+}
+
+// describeSink says in the report what the sink is and how completion is seen.
+func (b *bench) describeSink() {
+	b.rep.Sink = b.sk.kind + " on " + b.sk.addr
+	if strings.HasPrefix(b.sk.kind, "postfix") {
+		b.rep.Complete = "smtp-sink -c running counter (mesg=N on stdout, updated at each message's final \".\"), parsed live; then the binary's summary (delivered count) is checked"
+	} else {
+		b.rep.Complete = "the in-process sink's accepted-message count, polled every 2 ms; then the binary's summary (delivered count) is checked"
+	}
+	logf("sink: %s", b.rep.Sink)
+}
+
+// prepare builds (or reuses) the seeded stores, writes the campaign and
+// measures fsync.
+func (b *bench) prepare() error {
+	o := b.o
 	cache := o.Cache
 	if cache == "" {
-		cache = filepath.Join(tmp, "cache")
+		cache = filepath.Join(b.tmp, "cache")
 	}
 	logf("suppression store: %d entries (cache %s)", o.Suppressed, cache)
 	sd, err := buildSeed(cache, o.N, o.Domains, o.Suppressed, o.Sig)
 	if err != nil {
 		return err
 	}
-	expected := expectedAllowed(o.N, o.Suppressed)
-	rep.Seed = seedInfo{Entries: o.Suppressed, Members: o.N - expected, BuildS: sd.took.Seconds(), Cached: sd.cached}
-	campDir := filepath.Join(tmp, "campaign")
-	campFile, err := writeCampaign(campDir, o.N, o.Domains, root)
-	if err != nil {
+	b.sd = sd
+	b.expected = expectedAllowed(o.N, o.Suppressed)
+	b.rep.Seed = seedInfo{Entries: o.Suppressed, Members: o.N - b.expected, BuildS: sd.took.Seconds(), Cached: sd.cached}
+	b.campDir = filepath.Join(b.tmp, "campaign")
+	if b.campFile, err = writeCampaign(b.campDir, o.N, o.Domains, b.root); err != nil {
 		return err
 	}
 
-	if err := os.MkdirAll(filepath.Join(tmp, "probe"), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(b.tmp, "probe"), 0o700); err != nil {
 		return err
 	}
-	if rep.Fsync, err = measureFsync(filepath.Join(tmp, "probe"), 200); err != nil {
-		return err
-	}
+	b.rep.Fsync, err = measureFsync(filepath.Join(b.tmp, "probe"), 200)
+	return err
+}
 
-	// References, measured in this run. The transport reference and the send
-	// floor are measured again before each timed run (the box's speed drifts
-	// within an invocation); the report gives their medians.
-	refN := min(o.N, 100000)
-	set, err := loadSet(campDir)
+// references measures signing and openssl, once per invocation. The
+// transport reference and the send floor are measured again before each timed
+// run (the box's speed drifts within an invocation); the report gives their
+// medians.
+func (b *bench) references() error {
+	o, rep := b.o, b.rep
+	set, err := loadSet(b.campDir)
 	if err != nil {
 		return err
 	}
-	sample, err := renderSample(set, 1, o.Domains)
-	if err != nil {
+	if b.sample, err = renderSample(set, 1, o.Domains); err != nil {
 		return err
 	}
 	dur := time.Duration(o.SignSeconds) * time.Second
@@ -244,8 +289,8 @@ func run(o options) error {
 			rep.Notes = append(rep.Notes, "RSA signing reference with OpenSSL skipped: "+dkim.OpenSSLError().Error())
 			continue
 		}
-		keyFile := filepath.Join(tmp, "signref-"+ref.typ+".key")
-		r, err := runSignRef(keyFile, ref.typ, ref.engine, sample, dur)
+		keyFile := filepath.Join(b.tmp, "signref-"+ref.typ+".key")
+		r, err := runSignRef(keyFile, ref.typ, ref.engine, b.sample, dur)
 		if err != nil {
 			return err
 		}
@@ -272,99 +317,126 @@ func run(o options) error {
 	} else {
 		rep.Notes = append(rep.Notes, "openssl reference skipped: "+err.Error())
 	}
+	return nil
+}
 
+// timedRuns runs the timed campaign sends, each after its own transport
+// reference and send floor, and returns the last run's config file.
+func (b *bench) timedRuns() (lastCfg string, err error) {
+	o := b.o
+	refN := min(o.N, 100000)
 	conc := min(o.Workers, o.Domains*o.PerDomain)
-
-	// The timed runs, each after its own transport reference and send floor.
-	var lastData, lastCfg string
+	var lastData string
 	for r := 1; r <= o.Runs; r++ {
 		logf("round %d/%d: transport reference, %d messages at C=%d", r, o.Runs, refN, o.C)
-		tr, err := runTransportRef(sk, refN, o.C)
+		tr, err := runTransportRef(b.sk, refN, o.C)
 		if err != nil {
-			return err
+			return "", err
 		}
-		rep.TransportRuns = append(rep.TransportRuns, tr)
+		b.rep.TransportRuns = append(b.rep.TransportRuns, tr)
 		logf("round %d/%d: send floor, %d messages through the MTA alone at %d deliveries at once", r, o.Runs, refN, conc)
-		sr, err := runSendRef(sk, filepath.Join(tmp, "sendref.key"), o.Sig, o.RSASigner, sample, refN, o.Domains, conc, o.PerDomain)
+		sr, err := runSendRef(b.sk, filepath.Join(b.tmp, "sendref.key"), o.Sig, o.RSASigner, b.sample, refN, o.Domains, conc, o.PerDomain)
 		if err != nil {
-			return err
+			return "", err
 		}
-		rep.SendRuns = append(rep.SendRuns, sr)
-		dataDir := filepath.Join(tmp, fmt.Sprintf("data%d", r))
-		for _, f := range []string{"data.key", "token.key", "suppression.db"} {
-			if err := copyFile(filepath.Join(sd.dir, f), filepath.Join(dataDir, f), 0o600); err != nil {
-				return err
-			}
+		b.rep.SendRuns = append(b.rep.SendRuns, sr)
+		dataDir := filepath.Join(b.tmp, fmt.Sprintf("data%d", r))
+		if err := b.timedRun(r, dataDir, lastData); err != nil {
+			return "", err
 		}
-		if lastData != "" && !o.Keep {
-			_ = os.RemoveAll(lastData)
-		}
-		syncAll() // the seed copy and the last run's files are on disk before the clock starts
-		cfgPath := filepath.Join(tmp, fmt.Sprintf("postwarden%d.yaml", r))
-		if err := writeServerConfig(cfgPath, dataDir, sd.dkimFile, o.Sig, o.RSASigner, sk.addr, o.Domains, o.Workers, o.PerDomain); err != nil {
-			return err
-		}
-		logf("run %d/%d: campaign send of %d recipients (%d allowed)", r, o.Runs, o.N, expected)
-		res, err := runCampaign(bin, cfgPath, campFile, dataDir, sk, expected, o.N, o.Timeout)
-		res.Run = r
-		if err != nil {
-			return fmt.Errorf("run %d: %w", r, err)
-		}
-		logf("run %d: %.0f msgs/s, first delivery %.0f ms, all at sink %.2f s, peak anon %.1f MB", r, res.Rate, res.FirstDeliveryMs, res.AllDeliveredS, res.PeakAnonMB)
-		rep.Runs = append(rep.Runs, res)
-		lastData, lastCfg = dataDir, cfgPath
+		lastData, lastCfg = dataDir, filepath.Join(b.tmp, fmt.Sprintf("postwarden%d.yaml", r))
 	}
+	return lastCfg, nil
+}
 
-	// Admin queries on the last run's queue (every message delivered).
+// timedRun is run r: a fresh copy of the seed in dataDir (lastData, the
+// previous run's, is removed unless kept), then the timed campaign send.
+func (b *bench) timedRun(r int, dataDir, lastData string) error {
+	o := b.o
+	for _, f := range []string{"data.key", "token.key", "suppression.db"} {
+		if err := copyFile(filepath.Join(b.sd.dir, f), filepath.Join(dataDir, f), 0o600); err != nil {
+			return err
+		}
+	}
+	if lastData != "" && !o.Keep {
+		_ = os.RemoveAll(lastData)
+	}
+	syncAll() // the seed copy and the last run's files are on disk before the clock starts
+	cfgPath := filepath.Join(b.tmp, fmt.Sprintf("postwarden%d.yaml", r))
+	if err := writeServerConfig(cfgPath, dataDir, b.sd.dkimFile, o.Sig, o.RSASigner, b.sk.addr, o.Domains, o.Workers, o.PerDomain); err != nil {
+		return err
+	}
+	logf("run %d/%d: campaign send of %d recipients (%d allowed)", r, o.Runs, o.N, b.expected)
+	res, err := runCampaign(b.bin, cfgPath, b.campFile, dataDir, b.sk, b.expected, o.N, o.Timeout)
+	res.Run = r
+	if err != nil {
+		return fmt.Errorf("run %d: %w", r, err)
+	}
+	logf("run %d: %.0f msgs/s, first delivery %.0f ms, all at sink %.2f s, peak anon %.1f MB", r, res.Rate, res.FirstDeliveryMs, res.AllDeliveredS, res.PeakAnonMB)
+	b.rep.Runs = append(b.rep.Runs, res)
+	return nil
+}
+
+// queueCLI times admin queries on the last run's queue (every message delivered).
+func (b *bench) queueCLI(lastCfg string) {
 	for _, args := range [][]string{
 		{"queue", "ls", "--state", "deferred", "--limit", "50"},
 		{"queue", "ls", "--state", "delivered", "--limit", "50"},
 		{"queue", "stats"},
 	} {
-		d, out, err := timeCmd(bin, append([]string{"-c", lastCfg}, args...)...)
+		d, out, err := timeCmd(b.bin, append([]string{"-c", lastCfg}, args...)...)
 		if err != nil && !strings.Contains(string(out), "no messages") {
-			rep.Notes = append(rep.Notes, fmt.Sprintf("postwarden %s: %v: %s", strings.Join(args, " "), err, firstLine(out)))
+			b.rep.Notes = append(b.rep.Notes, fmt.Sprintf("postwarden %s: %v: %s", strings.Join(args, " "), err, firstLine(out)))
 		}
-		rep.QueueCLI = append(rep.QueueCLI, cliTiming{Command: "postwarden " + strings.Join(args, " "), Ms: float64(d.Microseconds()) / 1e3,
-			Lines: strings.Count(string(out), "\n"), Queue: expected})
+		b.rep.QueueCLI = append(b.rep.QueueCLI, cliTiming{Command: "postwarden " + strings.Join(args, " "), Ms: float64(d.Microseconds()) / 1e3,
+			Lines: strings.Count(string(out), "\n"), Queue: b.expected})
 	}
+}
 
+// inProcess runs the optional in-process measurements: stage samples,
+// package benchmarks, the profile run.
+func (b *bench) inProcess() error {
+	o := b.o
 	if o.StageSamples > 0 {
 		logf("in-process stage samples")
-		st, err := measureStages(campDir, sd, o.Sig, o.RSASigner, sk, o.N, o.Domains, o.StageSamples, tmp)
+		st, err := measureStages(b.campDir, b.sd, o.Sig, o.RSASigner, b.sk, o.N, o.Domains, o.StageSamples, b.tmp)
 		if err != nil {
 			return fmt.Errorf("stages: %w", err)
 		}
-		rep.Stages = st
+		b.rep.Stages = st
 	}
 	if o.PkgBenchtime != "" {
 		logf("package benchmarks (-benchtime %s)", o.PkgBenchtime)
-		pb, err := runPkgBenches(root, o.PkgBenchtime)
+		pb, err := runPkgBenches(b.root, o.PkgBenchtime)
 		if err != nil {
 			return err
 		}
-		rep.PkgBench = pb
+		b.rep.PkgBench = pb
 	}
 	if o.Profile != "" {
 		logf("in-process profile run")
-		top, err := profileRun(o.Profile, campDir, sd, o.Sig, sk, o, tmp)
+		top, err := profileRun(o.Profile, b.campDir, b.sd, o.Sig, b.sk, o, b.tmp)
 		if err != nil {
 			return err
 		}
-		rep.Profile = top
+		b.rep.Profile = top
 	}
-	summarize(rep)
-	printReport(os.Stdout, rep)
-	if o.JSON != "" {
-		data, err := json.MarshalIndent(rep, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(o.JSON, append(data, '\n'), 0o644); err != nil {
-			return err
-		}
-		logf("wrote %s", o.JSON)
+	return nil
+}
+
+// writeJSON writes the report to path, if one is given.
+func writeJSON(path string, rep *report) error {
+	if path == "" {
+		return nil
 	}
+	data, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	logf("wrote %s", path)
 	return nil
 }
 
