@@ -8,15 +8,12 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"encoding/csv"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/mail"
-	"os"
 	"path/filepath"
 	"sort"
 	"time"
@@ -32,6 +29,7 @@ import (
 	"github.com/postwarden/postwarden/suppression/optin"
 	"github.com/postwarden/postwarden/suppression/pages"
 	"github.com/postwarden/postwarden/suppression/subscribers"
+	"github.com/postwarden/postwarden/suppression/subscribers/importer"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
 	"github.com/postwarden/postwarden/templates"
 )
@@ -218,36 +216,6 @@ type subscribersArgs struct {
 	Source string `json:"source,omitempty"`
 }
 
-// importSummary is the record `subscribers import` ends with.
-type importSummary struct {
-	File               string         `json:"file"`
-	List               string         `json:"list"`
-	Rows               int            `json:"rows"`
-	Consent            int            `json:"imported_consent"`
-	LegitimateInterest int            `json:"imported_legitimate_interest"`
-	Existing           int            `json:"existing"`
-	Suppressed         int            `json:"suppressed"`
-	SuppressedBy       map[string]int `json:"suppressed_by,omitempty"`
-	Errors             []string       `json:"errors,omitempty"`
-}
-
-// importBatch is how many rows go into one fsynced transaction.
-const importBatch = 500
-
-// parseConsentTime reads consented_at: RFC 3339 or a date.
-func parseConsentTime(s string) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, nil
-	}
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t, nil
-	}
-	if t, err := time.Parse(time.DateOnly, s); err == nil {
-		return t, nil
-	}
-	return time.Time{}, fmt.Errorf("consented_at %q: want RFC 3339 or YYYY-MM-DD", s)
-}
-
 func opSubscribersImport(ctx context.Context, e *env, req request, o *out) error {
 	var a subscribersArgs
 	if err := decodeArgs(req, &a); err != nil {
@@ -256,122 +224,9 @@ func opSubscribersImport(ctx context.Context, e *env, req request, o *out) error
 	if _, ok := e.cfg.Lists[a.List]; !ok {
 		return fmt.Errorf("subscribers import: list %q is not configured (lists: in the server config)", a.List)
 	}
-	f, err := os.Open(a.Path)
+	sum, err := importer.Import(ctx, importer.Config{Store: e.subs, Gate: e.gate(), Reveal: req.Reveal,
+		Progress: func(rows int) { _ = o.Progress(progress{Rows: rows}) }}, a.Path, a.List, a.Source)
 	if err != nil {
-		return fmt.Errorf("subscribers import: %w", err)
-	}
-	defer f.Close()
-	source := a.Source
-	if source == "" {
-		source = filepath.Base(a.Path)
-	}
-	sum := importSummary{File: a.Path, List: a.List, SuppressedBy: map[string]int{}}
-	rowErr := func(line int, format string, args ...any) {
-		msg := fmt.Sprintf(format, args...)
-		if !req.Reveal {
-			msg = address.MaskText(msg)
-		}
-		sum.Errors = append(sum.Errors, fmt.Sprintf("%s:%d: %s", a.Path, line, msg))
-	}
-	r := csv.NewReader(f)
-	r.FieldsPerRecord = -1
-	r.TrimLeadingSpace = true
-	header, err := r.Read()
-	if err != nil {
-		return fmt.Errorf("subscribers import %s: read header: %w", a.Path, err)
-	}
-	hd, err := address.ReadHeader(a.Path, header)
-	if err != nil {
-		return fmt.Errorf("subscribers import: %w", err)
-	}
-	get := hd.Field
-	var cands []subscribers.Candidate
-	var lines []int
-	flush := func() error {
-		if len(cands) == 0 {
-			return nil
-		}
-		res, err := e.subs.Import(cands)
-		if err != nil {
-			return err
-		}
-		for i, rs := range res {
-			switch {
-			case rs.Err == nil && rs.Event.Kind == subscribers.KindImportedLegitimate:
-				sum.LegitimateInterest++
-			case rs.Err == nil:
-				sum.Consent++
-			case errors.Is(rs.Err, subscribers.ErrExists):
-				sum.Existing++
-			case errors.Is(rs.Err, subscribers.ErrUnsubscribed):
-				sum.Suppressed++
-				sum.SuppressedBy["unsubscribed"]++
-			case errors.Is(rs.Err, subscribers.ErrErased):
-				sum.Suppressed++
-				sum.SuppressedBy["erased"]++
-			default:
-				rowErr(lines[i], "%v", rs.Err)
-			}
-		}
-		cands, lines = cands[:0], lines[:0]
-		_ = o.Progress(progress{Rows: sum.Rows})
-		return nil
-	}
-	for {
-		rec, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		line, _ := r.FieldPos(0)
-		if err != nil {
-			var pe *csv.ParseError
-			if errors.As(err, &pe) {
-				rowErr(pe.Line, "%v", pe.Err)
-				continue
-			}
-			return fmt.Errorf("subscribers import %s: %w", a.Path, err)
-		}
-		sum.Rows++
-		addr, err := address.Parse(get(rec, hd.Names[hd.Address]))
-		if err != nil {
-			rowErr(line, "email: %v", err)
-			continue
-		}
-		at, err := parseConsentTime(get(rec, "consented_at"))
-		if err != nil {
-			rowErr(line, "%v", err)
-			continue
-		}
-		// The gate wins: whoever unsubscribed, bounced, complained or was
-		// erased (and did not come back by double opt-in) is never brought
-		// back by an import.
-		d, err := e.gate().Decide(addr.String(), a.List, gate.Campaign, gate.Unchecked)
-		if err != nil {
-			return err
-		}
-		reason, suppressed := d.Reason, !d.Mailable
-		if suppressed {
-			sum.Suppressed++
-			sum.SuppressedBy[reason]++
-			continue
-		}
-		src := source
-		if s := get(rec, "source"); s != "" {
-			src += "/" + s
-		}
-		c := subscribers.Candidate{Address: addr.String(), List: a.List, Name: get(rec, "name"), Company: get(rec, "company"),
-			Source: src, ConsentedAt: at}
-		if !at.IsZero() {
-			c.IP = get(rec, "ip") // evidence only with a consent time
-		}
-		cands, lines = append(cands, c), append(lines, line)
-		if len(cands) >= importBatch {
-			if err := flush(); err != nil {
-				return err
-			}
-		}
-	}
-	if err := flush(); err != nil {
 		return err
 	}
 	e.log.Info().Str("who", req.Who).Str("file", a.Path).Str("list", a.List).Int("rows", sum.Rows).Int("consent", sum.Consent).
@@ -426,7 +281,7 @@ func (c *cli) subscribersCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ia.Path = absPath(args[0])
 			return c.call(cmd.Context(), "subscribers.import", ia, func(raw json.RawMessage) error {
-				var s importSummary
+				var s importer.Summary
 				if err := json.Unmarshal(raw, &s); err != nil {
 					return err
 				}
