@@ -7,13 +7,10 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"net/mail"
 	"path/filepath"
 	"sort"
 	"time"
@@ -21,17 +18,15 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
+	"github.com/postwarden/postwarden/campaign/confirm"
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/queue"
-	"github.com/postwarden/postwarden/suppression/address"
-	"github.com/postwarden/postwarden/suppression/gate"
 	"github.com/postwarden/postwarden/suppression/httplimit"
 	"github.com/postwarden/postwarden/suppression/optin"
 	"github.com/postwarden/postwarden/suppression/pages"
 	"github.com/postwarden/postwarden/suppression/subscribers"
 	"github.com/postwarden/postwarden/suppression/subscribers/importer"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
-	"github.com/postwarden/postwarden/templates"
 )
 
 // mountPages puts the recipient pages on mux: /u/ (unsubscribe and
@@ -65,7 +60,14 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	mailer, err := newConfirmMailer(e, pg.Name())
+	// The From domain is the first DKIM domain, so the signer signs it.
+	fromDomain := ""
+	if len(cfg.DKIM) > 0 {
+		fromDomain = cfg.DKIM[0].Domain
+	}
+	mailer, err := confirm.New(confirm.Config{Queue: confirmQueue{e.queue}, Links: links{e.tokens, e.mailtoDomain()},
+		HTML: configs.ConfirmHTML, Text: configs.ConfirmText, Subject: configs.ConfirmSubject, SenderName: pg.Name(),
+		FromDomain: fromDomain, Hostname: cfg.Hostname, PrivacyURL: cfg.PrivacyURL, ValidFor: cfg.OptinTTL})
 	if err != nil {
 		return err
 	}
@@ -134,79 +136,17 @@ func (a listsAdapter) Unsubscribed(addr, list, source string) error {
 	return nil
 }
 
-// confirmMailer renders the built-in confirmation message and enqueues it.
-type confirmMailer struct {
-	e      *env
-	set    *templates.Set
-	from   string
-	sender string
+// confirmQueue lets the confirmation mailer enqueue into the queue store.
+type confirmQueue struct{ q *queue.Store }
+
+// Enqueue satisfies confirm.Queue.
+func (a confirmQueue) Enqueue(m confirm.Message) error {
+	_, err := a.q.Enqueue([]queue.NewMessage{{Campaign: m.Campaign, List: m.List, Key: m.Key, From: m.From, To: m.To, Body: m.Body}})
+	return err
 }
 
-func newConfirmMailer(e *env, senderName string) (*confirmMailer, error) {
-	set, err := templates.Parse("configs/templates/confirm", configs.ConfirmHTML, configs.ConfirmText, configs.ConfirmSubject)
-	if err != nil {
-		return nil, err
-	}
-	if err := set.Validate(); err != nil {
-		return nil, err
-	}
-	// The From domain is the first DKIM domain, so the signer signs it.
-	domain := e.cfg.Hostname
-	if len(e.cfg.DKIM) > 0 {
-		domain = e.cfg.DKIM[0].Domain
-	}
-	from := (&mail.Address{Name: senderName, Address: "noreply@" + domain}).String()
-	return &confirmMailer{e: e, set: set, from: from, sender: senderName}, nil
-}
-
-// SendConfirmation satisfies optin.Mailer. The message goes into the queue
-// as campaign "optin-LIST" under a fresh key, so a later sign-up can mail
-// again; its queue list is gate.ConfirmationList(LIST), so the gate lets it
-// reach a person who unsubscribed or was erased (they are asking back in).
-func (m *confirmMailer) SendConfirmation(ctx context.Context, addr, list, listName, confirmURL string) error {
-	e := m.e
-	camp := "optin-" + list
-	var rnd [12]byte
-	_, _ = rand.Read(rnd[:])
-	unsub := e.tokens.UnsubscribeURL(addr, list, camp)
-	uris := []string{unsub}
-	if mt := (links{e.tokens, e.mailtoDomain()}).UnsubscribeMailto(addr, list, camp); mt != "" {
-		uris = append(uris, mt)
-	}
-	valid := fmt.Sprintf("%d days", int(e.cfg.OptinTTL/(24*time.Hour)))
-	if e.cfg.OptinTTL < 48*time.Hour {
-		valid = fmt.Sprintf("%d hours", int(e.cfg.OptinTTL/time.Hour))
-	}
-	body, err := m.set.Render(templates.Data{
-		Email:          addr,
-		Fields:         map[string]string{"ConfirmURL": confirmURL, "ListName": listName, "SenderName": m.sender, "ValidFor": valid},
-		UnsubscribeURL: unsub, PrivacyURL: e.cfg.PrivacyURL,
-	}, templates.Envelope{
-		From: m.from, To: addr,
-		MessageID:   "optin." + hex.EncodeToString(rnd[:]) + "@" + e.cfg.Hostname,
-		Date:        time.Now(),
-		ListID:      list + "." + e.cfg.Hostname, // RFC 2919 §2
-		ListName:    listName,
-		Unsubscribe: uris,
-	})
-	if err != nil {
-		return fmt.Errorf("render confirmation: %w", err)
-	}
-	a, err := address.Parse(addr)
-	if err != nil {
-		return err
-	}
-	from, _ := mail.ParseAddress(m.from)
-	if _, err := e.queue.Enqueue([]queue.NewMessage{{
-		Campaign: camp, List: gate.ConfirmationList(list),
-		Key:  a.Key() + ":" + fmt.Sprint(time.Now().UnixNano()),
-		From: from.Address, To: addr, Body: body,
-	}}); err != nil {
-		return fmt.Errorf("enqueue confirmation: %w", err)
-	}
-	e.queue.Kick()
-	return nil
-}
+// Kick satisfies confirm.Queue.
+func (a confirmQueue) Kick() { a.q.Kick() }
 
 // --- subscribers import / ls ---
 
