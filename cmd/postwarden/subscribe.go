@@ -1,9 +1,10 @@
 package main
 
 // Sign-up, double opt-in and the consent store's admin verbs: the wiring of
-// suppression/optin and the preference page into serve, the confirmation
-// mailer (built-in templates → queue → DKIM → MTA, like every message), and
-// `postwarden subscribers import|ls`.
+// suppression/optin and the preference page into serve, of the confirmation
+// mailer (campaign/confirm: built-in templates → queue → DKIM → MTA, like
+// every message), and `postwarden subscribers import|ls`
+// (suppression/subscribers/importer, the consent store).
 
 import (
 	"context"
