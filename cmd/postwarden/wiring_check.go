@@ -9,6 +9,7 @@ package main
 
 import (
 	"github.com/postwarden/postwarden/campaign"
+	"github.com/postwarden/postwarden/campaign/confirm"
 	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/mta/inbound"
 	"github.com/postwarden/postwarden/queue"
@@ -54,10 +55,16 @@ var (
 
 // suppression/optin's collaborators (/subscribe, /c/).
 var (
-	_ optin.Mailer       = (*confirmMailer)(nil)
+	_ optin.Mailer       = (*confirm.Mailer)(nil)
 	_ optin.Suppressions = (*gate.Gate)(nil)
 	_ optin.Lifter       = (*gate.Gate)(nil)
 	_ optin.Auditor      = httpAuditor{}
+)
+
+// campaign/confirm's collaborators (the double opt-in confirmation).
+var (
+	_ confirm.Queue = confirmQueue{}
+	_ confirm.Links = links{}
 )
 
 // suppression's collaborator (suppress import).
