@@ -81,10 +81,12 @@ type Subscribers interface {
 // Audit is the audit log.
 type Audit interface {
 	Append(e audit.Entry) (audit.Entry, error)
+	List(since time.Time, fn func(audit.Entry) error) error
 }
 
 // Outbox is the capture folder (mta.Outbox): files by queue id and by content.
 type Outbox interface {
+	Mentioning(addr string, fn func(name string, body []byte) error) error
 	Remove(id string) (int, error)
 	RemoveMentioning(addr string) (int, error)
 }
