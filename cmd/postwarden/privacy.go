@@ -1,10 +1,10 @@
 package main
 
 // Data subject rights (GDPR Art. 15, 17, 18, 20), the audit trail, and
-// retention. Every op here asks for --reason and writes an audit entry
-// before it reports success; audit entries name a person by the keyed
-// index of their address, never the address itself, so an erasure leaves
-// nothing readable behind.
+// retention: each op decodes its arguments, makes one call into
+// suppression/subject or suppression/retention (which audit before they
+// change anything) and records the result. Here too the audit helpers every
+// op uses, and the adapters the wiring needs.
 
 import (
 	"context"
