@@ -14,8 +14,13 @@ import (
 	"github.com/postwarden/postwarden/mta/inbound"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
+	"github.com/postwarden/postwarden/suppression/audit"
 	"github.com/postwarden/postwarden/suppression/gate"
 	"github.com/postwarden/postwarden/suppression/optin"
+	"github.com/postwarden/postwarden/suppression/retention"
+	"github.com/postwarden/postwarden/suppression/sealed"
+	"github.com/postwarden/postwarden/suppression/subject"
+	"github.com/postwarden/postwarden/suppression/subscribers"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
 )
 
@@ -65,6 +70,24 @@ var (
 var (
 	_ confirm.Queue = confirmQueue{}
 	_ confirm.Links = links{}
+)
+
+// suppression/subject's and suppression/retention's collaborators
+// (subject export|erase|restrict, db prune|compact).
+var (
+	_ subject.Queue         = subjectQueue{}
+	_ subject.Suppression   = (*suppression.Store)(nil)
+	_ subject.Subscribers   = (*subscribers.Store)(nil)
+	_ subject.Audit         = (*audit.Log)(nil)
+	_ subject.Outbox        = mta.Outbox{}
+	_ subject.Indexer       = (*sealed.Box)(nil)
+	_ retention.Queue       = (*queue.Store)(nil)
+	_ retention.Outbox      = mta.Outbox{}
+	_ retention.Subscribers = (*subscribers.Store)(nil)
+	_ retention.Audit       = (*audit.Log)(nil)
+	_ retention.Compacter   = (*queue.Store)(nil)
+	_ retention.Compacter   = (*suppression.Store)(nil)
+	_ retention.Compacter   = (*subscribers.Store)(nil)
 )
 
 // suppression's collaborator (suppress import).
