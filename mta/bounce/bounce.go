@@ -36,8 +36,12 @@ type Report struct {
 	Action     string `json:"action,omitempty"`     // failed, delayed, delivered, relayed, expanded
 	Diagnostic string `json:"diagnostic,omitempty"` // the remote's reply, type prefix removed
 	RemoteMTA  string `json:"remote_mta,omitempty"` // host that gave the reply
-	Kind       string `json:"kind"`                 // hard, soft, complaint, unknown
-	Reason     string `json:"reason,omitempty"`     // why, one of the Reason constants (Classify)
+	// Provider is the provider family (ProviderMicrosoft, …) of the host that
+	// answered or reported, from Remote-MTA, Reporting-MTA or Received host
+	// names (ProviderOf); "" when none is recognised.
+	Provider string `json:"provider,omitempty"`
+	Kind     string `json:"kind"`             // hard, soft, complaint, unknown
+	Reason   string `json:"reason,omitempty"` // why, one of the Reason constants (Classify)
 	// FeedbackType is the ARF Feedback-Type (abuse, fraud, virus, other, not-spam).
 	FeedbackType string `json:"feedback_type,omitempty"`
 	// OriginalMailFrom is the envelope sender of the reported message (ARF
@@ -104,8 +108,12 @@ func ParseBytes(data []byte) ([]Report, error) {
 	if len(reps) > maxReports {
 		reps = reps[:maxReports]
 	}
+	msgProvider := p.messageProvider()
 	for i := range reps {
 		reps[i].VERP = append([]string(nil), p.verp...)
+		if reps[i].Provider = ProviderOf(reps[i].RemoteMTA); reps[i].Provider == "" {
+			reps[i].Provider = msgProvider
+		}
 		if reps[i].OriginalMailFrom == "" {
 			reps[i].OriginalMailFrom = p.mailFrom
 		}
