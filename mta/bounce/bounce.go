@@ -16,6 +16,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"regexp"
 	"strings"
 
 	"github.com/emersion/go-message"
@@ -254,7 +255,39 @@ func (p *parser) reports() []Report {
 	if strings.TrimSpace(text) == "" && !p.isMulti {
 		text = string(p.rawBody)
 	}
-	return p.textReports(text)
+	reps := p.textReports(text)
+	for _, r := range reps {
+		if r.Status != "" {
+			return reps
+		}
+	}
+	if from := firstAddress(p.top.get("From")); from != "" && p.autoReply() {
+		// An auto-reply names no failure: its sender is the recipient, who is there.
+		return []Report{{Recipient: from, Kind: KindUnknown, Reason: ReasonVacation}}
+	}
+	return reps
+}
+
+// vacationSubjectRe matches the subjects of common auto-replies.
+var vacationSubjectRe = regexp.MustCompile(`(?i)^\s*(?:out of (?:the )?office|auto(?:matic)?[- ]?(?:reply|response|antwort)|autoreply|abwesenheit|absence|r[ée]ponse automatique|vacation|on leave)\b`)
+
+// autoReply reports whether the message is an auto-reply rather than a
+// bounce: X-Autoreply or X-Autorespond (vacation programs), Precedence
+// auto_reply, Auto-Submitted auto-replied (RFC 3834 §5) from a person rather
+// than a mailer daemon, or an out-of-office subject.
+func (p *parser) autoReply() bool {
+	from := strings.ToLower(firstAddress(p.top.get("From")))
+	if i := strings.LastIndexByte(from, '@'); i < 0 || notRecipient[from[:i]] {
+		return false
+	}
+	if p.top.get("X-Autoreply") != "" || p.top.get("X-Autorespond") != "" ||
+		strings.EqualFold(p.top.get("Precedence"), "auto_reply") {
+		return true
+	}
+	if strings.HasPrefix(strings.ToLower(p.top.get("Auto-Submitted")), "auto-replied") {
+		return true
+	}
+	return vacationSubjectRe.MatchString(p.top.get("Subject"))
 }
 
 // dsnReports reads the per-recipient groups of a delivery-status part
@@ -299,8 +332,12 @@ func (p *parser) arfReport() Report {
 			break
 		}
 	}
-	if r.Recipient == "" {
-		r.Recipient = firstAddress(p.orig.get("To"))
+	// Microsoft's JMRP redacts the included message's To and names the
+	// recipient in X-HmXmrOriginalRecipient; others leave To as it was.
+	for _, k := range []string{"X-HmXmrOriginalRecipient", "To"} {
+		if a := firstAddress(p.orig.get(k)); r.Recipient == "" && a != "" {
+			r.Recipient = a
+		}
 	}
 	r.OriginalMailFrom = bareAddress(p.arf.get("Original-Mail-From"))
 	return r
