@@ -1,7 +1,26 @@
 // Package bounce reads bounce messages and spam complaints: RFC 3464
 // delivery status notifications, RFC 5965 ARF feedback reports, and the
-// plain-text bounces of MTAs that send neither (qmail, Exim, older Exchange,
-// some webmail providers).
+// plain-text bounces of MTAs that send neither (qmail, Exim, old Sendmail,
+// OpenSMTPD, older Exchange, Yahoo).
+//
+// Every failure gets a reason (the Reason constants, named as Sisimai names
+// them) from the one classifier, Classify, whether it is an SMTP reply during
+// our session, a DSN group or a text bounce: the enhanced code where it is
+// specific, the wording (the wordings table, one row a reason) where it is
+// generic or absent. Only ReasonUserUnknown, ReasonHostUnknown,
+// ReasonHasMoved and ReasonNotAccept under a 5yz make a failure KindHard,
+// the one kind that suppresses the address; blocks, reputation, spam, policy,
+// authentication and rate (ReasonBlocked, ReasonSpamDetected,
+// ReasonPolicyViolation, ReasonSecurityError, ReasonAuthFailure,
+// ReasonRequirePTR, ReasonSpeeding, ReasonTooManyConn) are about our sending
+// and stay KindSoft. Auto-replies are ReasonVacation and ARF reports
+// ReasonFeedback: neither is a bounce.
+//
+// Without a Final-Recipient, the recipient comes from X-Failed-Recipients,
+// the addresses in the text, or the returned original's header; an ARF
+// report's from Original-Rcpt-To, Microsoft's X-HmXmrOriginalRecipient or
+// the included message's To. Report.Provider names the provider family of
+// the host that answered or reported (ProviderOf).
 //
 // Contract: Parse never panics and returns an error only when the input
 // cannot be read. It returns at least one Report: when nothing is
@@ -269,16 +288,24 @@ func (p *parser) reports() []Report {
 }
 
 // vacationSubjectRe matches the subjects of common auto-replies.
-var vacationSubjectRe = regexp.MustCompile(`(?i)^\s*(?:out of (?:the )?office|auto(?:matic)?[- ]?(?:reply|response|antwort)|autoreply|abwesenheit|absence|r[ée]ponse automatique|vacation|on leave)\b`)
+var vacationSubjectRe = regexp.MustCompile(`(?i)^\s*(?:(?:out of (?:the )?office|auto(?:matic)?[- ]?(?:reply|response|antwort)|autoreply|absence|r[ée]ponse automatique|vacation|on leave)\b|abwesenheit)`)
+
+// bounceSubjectRe matches the subjects of bounces (Exchange, Gmail, Postfix,
+// Exim, Sendmail, qmail, Yahoo, Sun, Courier, OpenSMTPD).
+var bounceSubjectRe = regexp.MustCompile(`(?i)undeliver|delivery (?:status|failure|has failed|notification)|returned mail|failure notice|mail delivery failed|non-?delivery|delivery status notification|notice: mail delivery status`)
 
 // autoReply reports whether the message is an auto-reply rather than a
 // bounce: X-Autoreply or X-Autorespond (vacation programs), Precedence
-// auto_reply, Auto-Submitted auto-replied (RFC 3834 §5) from a person rather
-// than a mailer daemon, or an out-of-office subject.
+// auto_reply, Auto-Submitted auto-replied (RFC 3834 §5) or an out-of-office
+// subject, from a person rather than a mailer daemon, under a subject that is
+// not a bounce's.
 func (p *parser) autoReply() bool {
 	from := strings.ToLower(firstAddress(p.top.get("From")))
 	if i := strings.LastIndexByte(from, '@'); i < 0 || notRecipient[from[:i]] {
 		return false
+	}
+	if bounceSubjectRe.MatchString(p.top.get("Subject")) || len(p.top.all("X-MS-Exchange-Message-Is-Ndr")) > 0 {
+		return false // a bounce we could not read is still no auto-reply
 	}
 	if p.top.get("X-Autoreply") != "" || p.top.get("X-Autorespond") != "" ||
 		strings.EqualFold(p.top.get("Precedence"), "auto_reply") {

@@ -204,6 +204,37 @@ To: Lee <lee@example.net>
 	}
 }
 
+// Auto-replies are no bounces: their sender is the recipient, the reason
+// vacation; a bounce we cannot read is never taken for one.
+func TestAutoReply(t *testing.T) {
+	cases := []struct {
+		name, header string
+		recipient    string
+		reason       string
+	}{
+		{"X-Autoreply", "From: Kim <kim@example.org>\nX-Autoreply: yes\nSubject: Re: A note\n", "kim@example.org", ReasonVacation},
+		{"Precedence auto_reply", "From: kim@example.org\nPrecedence: auto_reply\nSubject: Re: A note\n", "kim@example.org", ReasonVacation},
+		{"RFC 3834 Auto-Submitted", "From: kim@example.org\nAuto-Submitted: auto-replied\nSubject: Re: A note\n", "kim@example.org", ReasonVacation},
+		{"subject only", "From: kim@example.org\nSubject: Automatic reply: A note\n", "kim@example.org", ReasonVacation},
+		{"German subject", "From: kim@example.org\nSubject: Abwesenheitsnotiz: A note\n", "kim@example.org", ReasonVacation},
+		{"from a mailer daemon", "From: MAILER-DAEMON@example.org\nAuto-Submitted: auto-replied\nSubject: Out of office\n", "", ""},
+		{"an unreadable bounce", "From: MicrosoftExchange1234@example.org\nAuto-Submitted: auto-replied\nSubject: Undeliverable: A note\n", "", ""},
+		{"a plain reply", "From: kim@example.org\nSubject: Re: A note\n", "", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			msg := c.header + "To: " + fixtureVERP + "\n\nThank you for your message. I am away until Monday.\n"
+			reps, err := Parse(strings.NewReader(msg))
+			if err != nil || len(reps) != 1 {
+				t.Fatalf("%+v, %v", reps, err)
+			}
+			if r := reps[0]; r.Recipient != c.recipient || r.Reason != c.reason || r.Kind != KindUnknown {
+				t.Errorf("got %q %q %q, want %q %q unknown", r.Recipient, r.Reason, r.Kind, c.recipient, c.reason)
+			}
+		})
+	}
+}
+
 // DSN details: several recipients, generic status refined by the
 // diagnostic, non-rfc822 recipient types, success actions, not-spam ARF.
 func TestReportDetails(t *testing.T) {

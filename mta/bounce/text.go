@@ -19,7 +19,20 @@ import (
 //	Exchange: "The following recipient(s) cannot be reached:" then
 //	          "addr on DATE" and "<host #5.1.1 smtp;550 5.1.1 …>"
 //	Yahoo:    "Sorry, we were unable to deliver your message to the following
-//	          address." then "<addr>:" and "Remote host said: 554 5.7.9 …"
+//	          address." then "<addr>:" and "Remote host said: 554 5.7.9 …" or
+//	          its own "554: delivery error: dd This user doesn't have a … account"
+//	Exchange 2007–2010: "Delivery has failed to these recipients or groups:",
+//	          "Diagnostic information for administrators:", the address, then
+//	          "#550 5.2.2 STOREDRV.Deliver: mailbox full ##"; "Original message headers:"
+//	Sendmail before DSNs: "----- The following addresses had permanent fatal
+//	          errors -----", "<addr>", "----- Transcript of session follows -----",
+//	          "550 <addr>... Host unknown", "----- Original message follows -----"
+//	OpenSMTPD: "An error has occurred while attempting to deliver a message for
+//	          the following list of recipients:" then "addr: 550 …", and
+//	          "Below is a copy of the original message:" (its own MIME part)
+//
+// Where the text quotes no code, its wording gives one (textCodes); where it
+// names no address, the returned original's header does (originalRecipient).
 //
 // The search: cut off the returned original, find the addresses in what is
 // left (minus the sender's, the reporter's and VERP ones), and look for a
