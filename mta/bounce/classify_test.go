@@ -115,3 +115,102 @@ func TestClassify(t *testing.T) {
 		})
 	}
 }
+
+// Only the reasons that mean the mailbox will never take mail are hard, and
+// only under a 5yz about the recipient: every registered code and every
+// wording, at every stage.
+func TestOnlyHardReasonsSuppress(t *testing.T) {
+	texts := []string{""}
+	for _, w := range wordingSamples {
+		texts = append(texts, w.text)
+	}
+	stages := []string{StageReport, StageConnect, StageEHLO, StageSTARTTLS, StageMail, StageRcpt, StageData, StageRoute}
+	for rest := range byStatus {
+		for _, class := range []string{"4", "5"} {
+			for _, st := range stages {
+				for _, text := range texts {
+					f := Failure{Stage: st, Enhanced: class + "." + rest, Text: text}
+					if st == StageReport {
+						f.Action = "failed"
+					}
+					v := Classify(f)
+					if v.Hard() && (!hardReasons[v.Reason] || class != "5" || !recipientStages[st]) {
+						t.Fatalf("Classify(%+v) = %+v: hard", f, v)
+					}
+				}
+			}
+		}
+	}
+}
+
+// wordingSamples are MTA and provider texts with the reason byText must find
+// in each: at least one for every row of wordings.
+var wordingSamples = []struct{ text, reason string }{
+	{"<ana@example.com>: Sender address rejected: Domain not found", ReasonRejected},
+	{"sender verify failed", ReasonRejected},
+	{"<x@example.net>: Relay access denied", ReasonNoRelaying},
+	{"Client host rejected: cannot find your reverse hostname, [198.51.100.7]", ReasonRequirePTR},
+	{"The IP address sending this message does not have a PTR record setup", ReasonRequirePTR},
+	{"This mail has been blocked because the sender is unauthenticated.", ReasonAuthFailure},
+	{"Access denied, sending domain example.com does not pass DMARC verification", ReasonAuthFailure},
+	{"Service unavailable; Client host [198.51.100.7] blocked using zen.spamhaus.org", ReasonBlocked},
+	{"part of their network is on our block list (S3150)", ReasonBlocked},
+	{"Service unavailable. Access denied, traffic not accepted from this IP.", ReasonBlocked},
+	{"temporarily rate limited due to IP reputation", ReasonBlocked},
+	{"[TSS09] All messages from 198.51.100.7 will be permanently deferred", ReasonBlocked},
+	{"Our system has detected that this message is likely unsolicited mail.", ReasonSpamDetected},
+	{"Too many concurrent SMTP connections from this IP address", ReasonTooManyConn},
+	{"[TSS04] Messages from 198.51.100.7 temporarily deferred due to unexpected volume or user complaints", ReasonSpeeding},
+	{"Server busy. Please try again later from [198.51.100.7].", ReasonSpeeding},
+	{"Too many recipients", ReasonExceedLimit},
+	{"STOREDRV.Deliver: mailbox full", ReasonMailboxFull},
+	{"The email account that you tried to reach is over quota.", ReasonMailboxFull},
+	{"The recipient's inbox is out of storage space.", ReasonMailboxFull},
+	{"Message size exceeds fixed maximum message size", ReasonMesgTooBig},
+	{"Message is too large", ReasonMesgTooBig},
+	{"Insufficient system storage", ReasonSystemFull},
+	{"The email account that you tried to reach is disabled.", ReasonSuspend},
+	{"This mailbox is disabled (554.30)", ReasonSuspend},
+	{"Domain parked.example does not accept mail (nullMX)", ReasonNotAccept},
+	{"Host or domain name not found. Name service error for name=nowhere.example type=MX", ReasonHostUnknown},
+	{"Sorry, I couldn't find any host named nohost.example. (#5.1.2)", ReasonHostUnknown},
+	{"Illegal host/domain name found", ReasonHostUnknown},
+	{"Recipient address rejected: User unknown in local recipient table", ReasonUserUnknown},
+	{"Sorry, no mailbox here by that name. (#5.1.1)", ReasonUserUnknown},
+	{"The email account that you tried to reach does not exist.", ReasonUserUnknown},
+	{"RESOLVER.ADR.RecipNotFound; not found", ReasonUserUnknown},
+	{"delivery error: dd This user doesn't have a yahoo.com account", ReasonUserUnknown},
+	{"unknown or illegal alias: m.rossi@example.org", ReasonUserUnknown},
+	{"Invalid recipient", ReasonUserUnknown},
+	{"The mailbox has moved", ReasonHasMoved},
+	{"retry timeout exceeded", ReasonExpired},
+	{"all hosts for 'example.net' have been failing for a long time", ReasonExpired},
+	{"Cannot send message for 5 days", ReasonExpired},
+	{"connect to mx.example.net[192.0.2.20]:25: Connection timed out", ReasonNetworkError},
+	{"Syntax error in parameters", ReasonSyntaxError},
+	{"Message not accepted for policy reasons", ReasonPolicyViolation},
+	{"Message rejected by filter rule", ReasonFiltered},
+	{"I am out of the office until Monday", ReasonVacation},
+	{"This message is looping: it already has my Delivered-To line.", ReasonSystemError},
+	{"mail for example.net loops back to myself", ReasonSystemError},
+}
+
+// Every row of wordings has a sample, and every sample finds its reason.
+func TestWordings(t *testing.T) {
+	covered := map[int]bool{}
+	for _, w := range wordingSamples {
+		if got := byText(w.text, nil); got != w.reason {
+			t.Errorf("byText(%q) = %q, want %q", w.text, got, w.reason)
+		}
+		for i, row := range wordings {
+			if row.reason == w.reason && row.re.MatchString(w.text) {
+				covered[i] = true
+			}
+		}
+	}
+	for i, row := range wordings {
+		if !covered[i] {
+			t.Errorf("wordings row %d (%s) has no sample", i, row.reason)
+		}
+	}
+}
