@@ -173,6 +173,11 @@ Return-Path: <` + fixtureVERP + `>
 From: Ana <ana@example.com>
 To: Lee <lee@example.net>
 `, []Report{{Recipient: "lee@example.net", Status: "5.1.1", Action: "failed", Kind: KindHard}}},
+		{"could not be delivered to", hdr + `Your message could not be delivered to the following recipients:
+
+    Lee <lee@example.net>
+    Reason: 550 5.2.1 The email account that you tried to reach is disabled.
+`, []Report{{Recipient: "lee@example.net", Status: "5.2.1", Action: "failed", Kind: KindSoft}}},
 		{"nothing at all", hdr + "Thank you for your message. I am out of the office.\n",
 			[]Report{{Kind: KindUnknown}}},
 		{"sender's own address is no recipient", "From: MAILER-DAEMON@mx.example.org\nTo: ana@example.com\n\nYour message from ana@example.com to c@example.net failed: 550 5.1.1 unknown\n",
@@ -232,6 +237,33 @@ func TestAutoReply(t *testing.T) {
 				t.Errorf("got %q %q %q, want %q %q unknown", r.Recipient, r.Reason, r.Kind, c.recipient, c.reason)
 			}
 		})
+	}
+}
+
+// An ARF report's recipient: Original-Rcpt-To, Microsoft's
+// X-HmXmrOriginalRecipient, the included message's To, or none (the VERP
+// address alone then names the message).
+func TestARFRecipient(t *testing.T) {
+	arf := func(report, included string) string {
+		return "From: fbl@isp.example\nTo: fbl@example.com\nContent-Type: multipart/report; report-type=feedback-report; boundary=XX\n\n" +
+			"--XX\nContent-Type: message/feedback-report\n\nFeedback-Type: abuse\nVersion: 1\nOriginal-Mail-From: <" + fixtureVERP + ">\n" + report +
+			"\n--XX\nContent-Type: text/rfc822-headers\n\nFrom: ana@example.com\n" + included + "Subject: A note\n\n--XX--\n"
+	}
+	cases := []struct{ name, msg, want string }{
+		{"Original-Rcpt-To", arf("Original-Rcpt-To: <one@isp.example>\n", "To: two@isp.example\n"), "one@isp.example"},
+		{"JMRP", arf("", "X-HmXmrOriginalRecipient: <three@outlook.com>\nTo: redacted@redacted.invalid\n"), "three@outlook.com"},
+		{"included To", arf("", "To: Two <two@isp.example>\n"), "two@isp.example"},
+		{"VERP only", arf("", "To: undisclosed-recipients:;\n"), ""},
+	}
+	for _, c := range cases {
+		reps, err := Parse(strings.NewReader(c.msg))
+		if err != nil || len(reps) != 1 {
+			t.Fatalf("%s: %+v, %v", c.name, reps, err)
+		}
+		r := reps[0]
+		if r.Recipient != c.want || r.Kind != KindComplaint || r.Reason != ReasonFeedback || len(r.VERP) != 1 || r.VERP[0] != fixtureVERP {
+			t.Errorf("%s: %+v, want recipient %q, a complaint with the VERP address", c.name, r, c.want)
+		}
 	}
 }
 
