@@ -171,6 +171,14 @@ type Delivery struct {
 	MTASTS                   bool   // fetch, cache and enforce MTA-STS (RFC 8461)
 	MaxMessagesPerConnection int    // then the connection is closed and redialled
 	Resolver                 string // host:port of a DNS server; "" = the system's
+	// Providers is an extra provider rules file (absolute), merged over the
+	// built-in table configs/providers.yaml; "" = the built-in table only.
+	Providers string
+	// Shaping overrides the table's limits by provider name ("default" for
+	// destinations no rule names) or by domain; the domain's entry wins.
+	Shaping map[string]Shaping
+	// ProviderTable is the built-in table with Providers merged over it.
+	ProviderTable *Providers
 }
 
 // TLS policies, weakest first.
@@ -293,6 +301,8 @@ func parseServer(name string, data []byte, dir string) (*Server, error) {
 					"mta_sts":                     d.boolean(&dl.MTASTS),
 					"max_messages_per_connection": d.integer(&dl.MaxMessagesPerConnection),
 					"resolver":                    d.str(&dl.Resolver),
+					"providers":                   d.str(&dl.Providers),
+					"shaping":                     d.shapingMap(&dl.Shaping),
 				})
 			}
 		},
@@ -313,6 +323,7 @@ func parseServer(name string, data []byte, dir string) (*Server, error) {
 	s.Delivery.Rates = d.rates("delivery.rates", rates)
 	s.applyDefaults(dir)
 	s.check(d)
+	s.loadProviderTable(d, dir)
 	if err := d.err(); err != nil {
 		return nil, err
 	}
@@ -459,6 +470,9 @@ func (s *Server) applyDefaults(dir string) {
 	}
 	if d.TLS == nil {
 		d.TLS = map[string]string{}
+	}
+	if d.Shaping == nil {
+		d.Shaping = map[string]Shaping{}
 	}
 	if d.TLS["default"] == "" {
 		d.TLS["default"] = TLSOpportunistic // RFC 3207: STARTTLS when offered

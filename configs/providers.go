@@ -1,0 +1,381 @@
+package configs
+
+import (
+	_ "embed"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// providersYAML is the built-in provider table (issue 12).
+//
+//go:embed providers.yaml
+var providersYAML []byte
+
+// BuiltinProvidersName names the embedded table in error messages.
+const BuiltinProvidersName = "providers.yaml (embedded)"
+
+// Shaping is the limits of mail from one source to one provider; a zero
+// field is not set: the table's value, or the next layer's, applies.
+type Shaping struct {
+	Connections           int     // sessions open at once
+	Rate                  float64 // messages per second
+	MessagesPerConnection int
+}
+
+// ProviderRule is one provider of the table: the MX host suffixes that name
+// it and its shipped shaping.
+type ProviderRule struct {
+	Name     string
+	Title    string
+	Suffixes []string // lower case, no trailing dot
+	Shaping  Shaping
+	Source   string   // where the figures come from
+	Examples []string // real MX hosts of the provider, for tests and docs
+	File     string   // the file that defined it last
+	Line     int
+}
+
+// Providers is the provider table: the embedded configs/providers.yaml with
+// the delivery.providers file merged over it.
+type Providers struct {
+	Default       Shaping // a site's limits; fills a provider's unset fields
+	DefaultSource string
+	Rules         []ProviderRule
+}
+
+// BuiltinProviders parses the embedded table.
+func BuiltinProviders() (*Providers, error) {
+	p := &Providers{}
+	if err := parseProviders(BuiltinProvidersName, providersYAML, p, true); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// LoadProviders returns the built-in table with the file at path ("" for
+// none) merged over it: an entry naming a provider of the table adds its
+// suffixes and replaces the fields it sets; a new name adds a provider. A
+// suffix may belong to one provider only.
+func LoadProviders(path string) (*Providers, error) {
+	p, err := BuiltinProviders()
+	if err != nil {
+		return nil, err
+	}
+	if path == "" {
+		return p, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fileErr("read providers file", path, err)
+	}
+	if err := parseProviders(path, data, p, false); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// parseProviders decodes one table file into p, merging by name.
+func parseProviders(name string, data []byte, p *Providers, builtin bool) error {
+	d := newDecoder(name)
+	root := d.document(data)
+	if root == nil {
+		return d.err()
+	}
+	var def rawShaping
+	var defSource string
+	var rules []ProviderRule
+	var raws []rawShaping
+	d.fields(root, "", map[string]func(string, *yaml.Node){
+		"default": func(path string, v *yaml.Node) {
+			if d.mapping(path, v) {
+				d.fields(v, path+".", def.fields(d, map[string]func(string, *yaml.Node){"source": d.str(&defSource)}))
+			}
+		},
+		"providers": func(path string, v *yaml.Node) {
+			if null(v) {
+				return
+			}
+			if v.Kind != yaml.SequenceNode {
+				d.typeErr(path, v, "a list of {name, suffixes, connections, rate, messages_per_connection, source}")
+				return
+			}
+			for i, e := range v.Content {
+				e = resolve(e)
+				ep := fmt.Sprintf("%s[%d]", path, i)
+				d.lines[ep] = e.Line
+				if !d.mapping(ep, e) {
+					continue
+				}
+				r := ProviderRule{File: name, Line: e.Line}
+				var raw rawShaping
+				d.fields(e, ep+".", raw.fields(d, map[string]func(string, *yaml.Node){
+					"name":     d.str(&r.Name),
+					"title":    d.str(&r.Title),
+					"suffixes": d.hostList(&r.Suffixes),
+					"source":   d.str(&r.Source),
+					"examples": d.hostList(&r.Examples),
+				}), "name")
+				rules = append(rules, r)
+				raws = append(raws, raw)
+			}
+		},
+	})
+	if builtin {
+		d.required(root, "default", "providers")
+	}
+	if s, ok := def.parse(d, "default"); ok {
+		p.Default = overShaping(p.Default, s)
+	}
+	if defSource != "" {
+		p.DefaultSource = defSource
+	}
+
+	owner := map[string]string{} // suffix → provider name
+	index := map[string]int{}    // name → index in p.Rules
+	for i, r := range p.Rules {
+		index[r.Name] = i
+		for _, s := range r.Suffixes {
+			owner[s] = r.Name
+		}
+	}
+	seen := map[string]int{} // names in this file → index in rules
+	for i, r := range rules {
+		ep := fmt.Sprintf("providers[%d]", i)
+		s, _ := raws[i].parse(d, ep)
+		r.Name = strings.ToLower(r.Name)
+		if d.failed[ep+".name"] {
+			continue
+		}
+		if !providerName.MatchString(r.Name) || r.Name == "default" {
+			d.fieldErr(ep+".name", "%s must be 1-64 of a-z 0-9 . _ - (not default, no site: prefix)", Quote(r.Name))
+			continue
+		}
+		if j, dup := seen[r.Name]; dup {
+			d.fieldErr(ep+".name", "%s is named again (first in providers[%d])", r.Name, j)
+			continue
+		}
+		seen[r.Name] = i
+		j, known := index[r.Name]
+		if !known && len(r.Suffixes) == 0 && !d.failed[ep+".suffixes"] {
+			d.fieldErr(ep+".suffixes", "a new provider needs at least one MX host suffix")
+		}
+		for k, suf := range r.Suffixes {
+			if o, taken := owner[suf]; taken && o != r.Name {
+				d.fieldErr(fmt.Sprintf("%s.suffixes[%d]", ep, k), "%s belongs to provider %s already", suf, o)
+			}
+			owner[suf] = r.Name
+		}
+		if !known {
+			r.Shaping = s
+			index[r.Name] = len(p.Rules)
+			p.Rules = append(p.Rules, r)
+			continue
+		}
+		m := &p.Rules[j] // merge over the table's entry
+		m.Shaping = overShaping(m.Shaping, s)
+		for _, suf := range r.Suffixes {
+			if !contains(m.Suffixes, suf) {
+				m.Suffixes = append(m.Suffixes, suf)
+			}
+		}
+		m.Examples = append(m.Examples, r.Examples...)
+		if r.Title != "" {
+			m.Title = r.Title
+		}
+		if r.Source != "" {
+			m.Source = r.Source
+		}
+		m.File, m.Line = r.File, r.Line
+	}
+	return d.err()
+}
+
+func contains(s []string, v string) bool {
+	for _, e := range s {
+		if e == v {
+			return true
+		}
+	}
+	return false
+}
+
+// required records a problem for each key absent from mapping n.
+func (d *decoder) required(n *yaml.Node, keys ...string) {
+	for _, k := range keys {
+		if d.lines[k] == 0 {
+			d.errf(n.Line, "missing required key %s", Quote(k))
+		}
+	}
+}
+
+// overShaping returns s with the fields o sets replaced by o's.
+func overShaping(s, o Shaping) Shaping {
+	if o.Connections != 0 {
+		s.Connections = o.Connections
+	}
+	if o.Rate != 0 {
+		s.Rate = o.Rate
+	}
+	if o.MessagesPerConnection != 0 {
+		s.MessagesPerConnection = o.MessagesPerConnection
+	}
+	return s
+}
+
+// rawShaping is a shaping as written, before its rate is parsed.
+type rawShaping struct {
+	connections, messages int
+	rate                  string
+}
+
+// fields adds the three shaping keys to more and returns it.
+func (r *rawShaping) fields(d *decoder, more map[string]func(string, *yaml.Node)) map[string]func(string, *yaml.Node) {
+	more["connections"] = d.integer(&r.connections)
+	more["rate"] = d.scalarStr(&r.rate)
+	more["messages_per_connection"] = d.integer(&r.messages)
+	return more
+}
+
+// parse checks the values under path: each, when given, must be positive
+// (leaving a field out keeps the value below it; there is no "0 = none").
+func (r rawShaping) parse(d *decoder, path string) (Shaping, bool) {
+	s := Shaping{Connections: r.connections, MessagesPerConnection: r.messages}
+	ok := true
+	for _, n := range []struct {
+		key string
+		v   int
+		max int
+	}{{"connections", r.connections, 1000}, {"messages_per_connection", r.messages, 100000}} {
+		if d.lines[path+"."+n.key] != 0 && !d.failed[path+"."+n.key] && (n.v < 1 || n.v > n.max) {
+			d.fieldErr(path+"."+n.key, "%d must be between 1 and %d (leave it out to keep the default)", n.v, n.max)
+			ok = false
+		}
+	}
+	if r.rate != "" {
+		rate, err := ParseRate(r.rate)
+		switch {
+		case err != nil:
+			d.fieldErr(path+".rate", "%v", err)
+			ok = false
+		case rate == 0:
+			d.fieldErr(path+".rate", "must be more than 0 (leave it out to keep the default)")
+			ok = false
+		}
+		s.Rate = rate
+	}
+	return s, ok
+}
+
+// hostList decodes a list of host names (or suffixes), lower-cased, trailing
+// dot dropped; a single scalar is a list of one. Null leaves it nil.
+func (d *decoder) hostList(dst *[]string) func(string, *yaml.Node) {
+	return func(path string, v *yaml.Node) {
+		if null(v) {
+			return
+		}
+		items := []*yaml.Node{v}
+		if v.Kind == yaml.SequenceNode {
+			items = v.Content
+		} else if v.Kind != yaml.ScalarNode {
+			d.typeErr(path, v, "a list of host names such as [pphosted.com]")
+			return
+		}
+		out := []string{}
+		for i, e := range items {
+			e = resolve(e)
+			p := fmt.Sprintf("%s[%d]", path, i)
+			d.lines[p] = e.Line
+			h := strings.ToLower(strings.TrimSuffix(e.Value, "."))
+			if e.Kind != yaml.ScalarNode || !isHostname(h) {
+				d.failed[path] = true
+				d.errf(e.Line, "%s: %s is not a host name", p, Quote(e.Value))
+				continue
+			}
+			out = append(out, h)
+		}
+		*dst = out
+	}
+}
+
+// shapingMap decodes delivery.shaping: key (provider name, "default", or a
+// domain) → {connections, rate, messages_per_connection}.
+func (d *decoder) shapingMap(dst *map[string]Shaping) func(string, *yaml.Node) {
+	return func(path string, v *yaml.Node) {
+		if null(v) || !d.mapping(path, v) {
+			return
+		}
+		out := map[string]Shaping{}
+		for i := 0; i+1 < len(v.Content); i += 2 {
+			k, e := resolve(v.Content[i]), resolve(v.Content[i+1])
+			key := strings.ToLower(strings.TrimSuffix(k.Value, "."))
+			p := path + "." + key
+			if _, dup := out[key]; dup {
+				d.errf(k.Line, "%s: repeated key", short(p))
+				continue
+			}
+			d.lines[p] = k.Line
+			if k.Kind != yaml.ScalarNode || !d.mapping(p, e) {
+				continue
+			}
+			var raw rawShaping
+			d.fields(e, p+".", raw.fields(d, map[string]func(string, *yaml.Node){}))
+			s, _ := raw.parse(d, p)
+			if s == (Shaping{}) && !d.failed[p] {
+				d.fieldErr(p, "sets nothing: give connections, rate or messages_per_connection")
+			}
+			out[key] = s
+		}
+		*dst = out
+	}
+}
+
+// checkShaping reports delivery.shaping keys that are neither a provider of
+// table, "default", nor a domain name.
+func (s *Server) checkShaping(d *decoder, table *Providers) {
+	names := map[string]bool{}
+	var list []string
+	for _, r := range table.Rules {
+		names[r.Name] = true
+		list = append(list, r.Name)
+	}
+	sort.Strings(list)
+	for key := range s.Delivery.Shaping {
+		switch {
+		case key == "default" || names[key]:
+		case strings.Contains(key, ".") && isHostname(key):
+		default:
+			d.fieldErr("delivery.shaping."+key, "%s is neither a provider (default, %s) nor a domain name", Quote(key), strings.Join(list, ", "))
+		}
+	}
+}
+
+// loadProviderTable merges delivery.providers over the built-in table,
+// recording its problems (each naming its own file and line).
+func (s *Server) loadProviderTable(d *decoder, dir string) {
+	p := s.Delivery.Providers
+	if p != "" && !filepath.IsAbs(p) {
+		p = filepath.Join(dir, p)
+	}
+	s.Delivery.Providers = p
+	table, err := LoadProviders(p)
+	if err != nil {
+		if errs, ok := err.(Errors); ok {
+			for _, e := range errs {
+				d.errs = append(d.errs, lineError{d.lines["delivery.providers"], e})
+			}
+		} else {
+			d.fieldErr("delivery.providers", "%v", err)
+		}
+		table, _ = BuiltinProviders()
+	}
+	s.Delivery.ProviderTable = table
+	s.checkShaping(d, table)
+}
+
+var providerName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
