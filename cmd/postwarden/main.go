@@ -95,6 +95,7 @@ func (c *cli) rootCommand() *cobra.Command {
 	root.AddCommand(c.checkDNSCommand())
 	root.AddCommand(c.bounceCommand())
 	root.AddCommand(c.subscribersCommand())
+	root.AddCommand(c.providersCommand())
 	return root
 }
 

@@ -245,8 +245,8 @@ func (t *Table) Explain(domain string, p Provider) Shaped {
 }
 
 // FormatRate writes a rate in messages per second the way the config takes
-// it, in the first of s, m, h that gives a whole count: "5/s" (300/m),
-// "100/m", "300/h";
+// it, per minute when that is a whole count ("300/m", "6000/m" for 100/s),
+// else per hour ("90/h"), else per second ("0.01/s");
 // "" for no rate.
 func FormatRate(perSecond float64) string {
 	if perSecond <= 0 {
@@ -255,7 +255,7 @@ func FormatRate(perSecond float64) string {
 	for _, u := range []struct {
 		unit string
 		secs float64
-	}{{"s", 1}, {"m", 60}, {"h", 3600}} {
+	}{{"m", 60}, {"h", 3600}} {
 		n := perSecond * u.secs
 		if r := float64(int64(n + 0.5)); r >= 1 && abs(n-r) < 1e-6*r {
 			return fmt.Sprintf("%d/%s", int64(r), u.unit)
