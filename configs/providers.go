@@ -326,7 +326,7 @@ func (d *decoder) shapingMap(dst *map[string]Shaping) func(string, *yaml.Node) {
 			var raw rawShaping
 			d.fields(e, p+".", raw.fields(d, map[string]func(string, *yaml.Node){}))
 			s, _ := raw.parse(d, p)
-			if s == (Shaping{}) && !d.failed[p] {
+			if len(e.Content) == 0 {
 				d.fieldErr(p, "sets nothing: give connections, rate or messages_per_connection")
 			}
 			out[key] = s
