@@ -67,6 +67,8 @@ type explainResult struct {
 	Provider              string           `json:"provider,omitempty"`
 	Title                 string           `json:"title,omitempty"`
 	Site                  bool             `json:"site,omitempty"`
+	MatchedHost           string           `json:"matched_host,omitempty"`   // the MX host that decided
+	MatchedSuffix         string           `json:"matched_suffix,omitempty"` // the rule it matched
 	Connections           int              `json:"connections"`
 	Rate                  string           `json:"rate"`
 	MessagesPerConnection int              `json:"messages_per_connection"`
@@ -132,6 +134,7 @@ func (c *cli) providersCommand() *cobra.Command {
 				s := t.Explain(domain, p)
 				res.Provider, res.Title, res.Site, res.Source = p.Name, p.Title, p.Site, p.Source
 				res.Limits = s.Limits
+				_, res.MatchedHost, res.MatchedSuffix = t.MatchRule(dest.Hosts())
 				res.Connections, res.Rate, res.MessagesPerConnection = s.Limits.Connections, providers.FormatRate(s.Limits.Rate), s.Limits.MessagesPerConnection
 				res.Shipped, res.ShippedText, res.ByProvider, res.ByDomain = s.Shipped, limitsText(s.Shipped), s.ByProvider, s.ByDomain
 			}
@@ -239,7 +242,7 @@ func (c *cli) printExplain(r explainResult) error {
 	if r.Route != "" {
 		fmt.Fprintf(w, "route     %s (delivery.routes: mail goes there, not to the MX)\n", r.Route)
 	}
-	kind := "by MX suffix rule"
+	kind := fmt.Sprintf("MX host %s matches suffix rule %s", r.MatchedHost, r.MatchedSuffix)
 	if r.Site {
 		kind = "no rule matched: a site of its own MX host set"
 	}

@@ -190,9 +190,17 @@ func (t *Table) rule(host string) (int, bool) {
 // host that matches a rule decides; with none, a site made from the sorted,
 // deduplicated host set. With no hosts it returns a site named "site:".
 func (t *Table) Match(mxHosts []string) Provider {
+	p, _, _ := t.MatchRule(mxHosts)
+	return p
+}
+
+// MatchRule is Match that also names the MX host that decided and the
+// suffix rule it matched ("", "" for a site).
+func (t *Table) MatchRule(mxHosts []string) (p Provider, host, suffix string) {
 	for _, h := range mxHosts {
-		if i, ok := t.rule(normHost(h)); ok {
-			return t.providers[i]
+		h = normHost(h)
+		if i, ok := t.rule(h); ok {
+			return t.providers[i], h, t.suffixOf(h, i)
 		}
 	}
 	set := map[string]bool{}
@@ -205,7 +213,22 @@ func (t *Table) Match(mxHosts []string) Provider {
 	}
 	sort.Strings(hosts)
 	name := SitePrefix + strings.Join(hosts, "+")
-	return Provider{Name: name, Title: strings.Join(hosts, ", "), Limits: t.def, Source: t.defSource, Site: true, Hosts: hosts}
+	return Provider{Name: name, Title: strings.Join(hosts, ", "), Limits: t.def, Source: t.defSource, Site: true, Hosts: hosts}, "", ""
+}
+
+// suffixOf returns the longest suffix of provider i that host matches.
+func (t *Table) suffixOf(host string, i int) string {
+	for s := host; s != ""; {
+		if j, ok := t.bySuffix[s]; ok && j == i {
+			return s
+		}
+		_, rest, found := strings.Cut(s, ".")
+		if !found {
+			break
+		}
+		s = rest
+	}
+	return ""
 }
 
 // Shaped is the shaping that applies to a domain and what it came from.

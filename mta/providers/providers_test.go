@@ -364,3 +364,86 @@ func TestResolverServerDown(t *testing.T) {
 		t.Fatalf("server down: %v", err)
 	}
 }
+
+func TestMatchRuleNamesTheRule(t *testing.T) {
+	tb := testTable(t, nil)
+	p, host, suffix := tb.MatchRule([]string{"mx.own.example", "ALT1.aspmx.l.google.com."})
+	if p.Name != "google" || host != "alt1.aspmx.l.google.com" || suffix != "aspmx.l.google.com" {
+		t.Errorf("MatchRule = %s %s %s", p.Name, host, suffix)
+	}
+	if p, host, suffix := tb.MatchRule([]string{"mx.own.example"}); !p.Site || host != "" || suffix != "" {
+		t.Errorf("site: %s %q %q", p.Name, host, suffix)
+	}
+}
+
+func TestResolverOneQueryPerDomain(t *testing.T) {
+	z := newZone()
+	z.set("busy.example", 300, "busy-example.mail.protection.outlook.com")
+	addr := startDNS(t, z)
+	r, err := providers.NewResolver(providers.ResolverConfig{Server: addr}, testTable(t, nil), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if d, err := r.Resolve(context.Background(), "busy.example"); err != nil || d.Provider.Name != "microsoft" {
+				t.Errorf("%+v %v", d, err)
+			}
+		}()
+	}
+	wg.Wait()
+	// whether a caller waited for the query under way or found the cache, one query
+	if n := z.queries("busy.example"); n != 1 {
+		t.Errorf("%d queries, want 1", n)
+	}
+}
+
+// A truncated UDP answer is asked again over TCP (RFC 7766 §5).
+func TestResolverTCPOnTruncation(t *testing.T) {
+	z := newZone()
+	z.set("big.example", 300, "mx1.big.example", "mx2.big.example")
+	var ln net.Listener
+	var pc net.PacketConn
+	for range 10 { // the same port for both; another process may hold it for UDP
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p, err := net.ListenPacket("udp", l.Addr().String()); err == nil {
+			ln, pc = l, p
+			break
+		}
+		l.Close()
+	}
+	if ln == nil {
+		t.Fatal("no loopback port free for both TCP and UDP")
+	}
+	handler := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+			m := new(dns.Msg)
+			m.SetReply(req)
+			m.Truncated = true
+			w.WriteMsg(m)
+			return
+		}
+		z.ServeDNS(w, req)
+	})
+	for _, srv := range []*dns.Server{{Listener: ln, Handler: handler}, {PacketConn: pc, Handler: handler}} {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		go srv.ActivateAndServe()
+		<-started
+		t.Cleanup(func() { srv.Shutdown() })
+	}
+	r, err := providers.NewResolver(providers.ResolverConfig{Server: ln.Addr().String()}, testTable(t, nil), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := r.Resolve(context.Background(), "big.example")
+	if err != nil || len(d.MX) != 2 || d.Provider.Name != "site:mx1.big.example+mx2.big.example" {
+		t.Fatalf("%+v %v", d, err)
+	}
+}

@@ -69,8 +69,16 @@ type Resolver struct {
 	table *Table
 	log   zerolog.Logger
 
-	mu    sync.Mutex
-	cache map[string]Destination // domain → answer, Expires set
+	mu       sync.Mutex
+	cache    map[string]Destination // domain → answer, Expires set
+	inflight map[string]*lookupCall // domain → the lookup under way
+}
+
+// lookupCall is one lookup that callers asking for the same domain share.
+type lookupCall struct {
+	done chan struct{}
+	d    Destination
+	err  error
 }
 
 // NewResolver returns a Resolver that asks cfg.Server and matches with t.
@@ -103,7 +111,7 @@ func NewResolver(cfg ResolverConfig, t *Table, log zerolog.Logger) (*Resolver, e
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Resolver{cfg: cfg, table: t, log: log, cache: map[string]Destination{}}, nil
+	return &Resolver{cfg: cfg, table: t, log: log, cache: map[string]Destination{}, inflight: map[string]*lookupCall{}}, nil
 }
 
 // Server returns the host:port the resolver asks.
@@ -113,7 +121,8 @@ func (r *Resolver) Server() string { return r.cfg.Server }
 func (r *Resolver) Table() *Table { return r.table }
 
 // Resolve returns domain's MX hosts and provider, from the cache while the
-// answer's TTL lasts. Errors (timeouts, SERVFAIL, NXDOMAIN) are not cached.
+// answer's TTL lasts. Concurrent calls for one domain share one query.
+// Errors (timeouts, SERVFAIL, NXDOMAIN) are not cached.
 func (r *Resolver) Resolve(ctx context.Context, domain string) (Destination, error) {
 	domain = normHost(domain)
 	if domain == "" {
@@ -121,28 +130,57 @@ func (r *Resolver) Resolve(ctx context.Context, domain string) (Destination, err
 	}
 	now := r.cfg.Now()
 	r.mu.Lock()
-	d, ok := r.cache[domain]
-	r.mu.Unlock()
-	if ok && now.Before(d.Expires) {
+	if d, ok := r.cache[domain]; ok && now.Before(d.Expires) {
+		r.mu.Unlock()
 		d.Cached = true
 		d.MX = append([]MX(nil), d.MX...)
 		return d, nil
 	}
+	// One query per domain at a time: the others wait for its answer.
+	if c, ok := r.inflight[domain]; ok {
+		r.mu.Unlock()
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			return Destination{}, fmt.Errorf("providers: look up MX %s: %w", domain, ctx.Err())
+		}
+		if c.err != nil && ctx.Err() == nil && (errors.Is(c.err, context.Canceled) || errors.Is(c.err, context.DeadlineExceeded)) {
+			return r.Resolve(ctx, domain) // the caller that asked gave up, not this one
+		}
+		if c.err != nil {
+			return Destination{}, c.err
+		}
+		d := c.d
+		d.Cached = true
+		d.MX = append([]MX(nil), d.MX...)
+		return d, nil
+	}
+	c := &lookupCall{done: make(chan struct{})}
+	r.inflight[domain] = c
+	r.mu.Unlock()
+
 	d, err := r.lookup(ctx, domain)
+	if err == nil {
+		d.Expires = now.Add(min(max(d.TTL, r.cfg.MinTTL), r.cfg.MaxTTL))
+	}
+	r.mu.Lock()
+	delete(r.inflight, domain)
+	if err == nil {
+		if len(r.cache) >= maxCached {
+			for k, e := range r.cache {
+				if !now.Before(e.Expires) {
+					delete(r.cache, k)
+				}
+			}
+		}
+		r.cache[domain] = d
+	}
+	r.mu.Unlock()
+	c.d, c.err = d, err
+	close(c.done)
 	if err != nil {
 		return Destination{}, err
 	}
-	d.Expires = now.Add(min(max(d.TTL, r.cfg.MinTTL), r.cfg.MaxTTL))
-	r.mu.Lock()
-	if len(r.cache) >= maxCached {
-		for k, e := range r.cache {
-			if !now.Before(e.Expires) {
-				delete(r.cache, k)
-			}
-		}
-	}
-	r.cache[domain] = d
-	r.mu.Unlock()
 	r.log.Debug().Str("domain", domain).Str("provider", d.Provider.Name).Dur("ttl", d.TTL).Msg("mx looked up")
 	d.MX = append([]MX(nil), d.MX...)
 	return d, nil
