@@ -77,6 +77,8 @@ type explainResult struct {
 	ShippedText           string           `json:"shipped"`
 	ByProvider            string           `json:"override_by_provider,omitempty"` // delivery.shaping key
 	ByDomain              string           `json:"override_by_domain,omitempty"`   // delivery.shaping key
+	ProviderOverride      string           `json:"provider_override,omitempty"`    // what that entry sets
+	DomainOverride        string           `json:"domain_override,omitempty"`
 	Source                string           `json:"source,omitempty"`
 	Resolver              string           `json:"resolver"`
 }
@@ -137,6 +139,12 @@ func (c *cli) providersCommand() *cobra.Command {
 				_, res.MatchedHost, res.MatchedSuffix = t.MatchRule(dest.Hosts())
 				res.Connections, res.Rate, res.MessagesPerConnection = s.Limits.Connections, providers.FormatRate(s.Limits.Rate), s.Limits.MessagesPerConnection
 				res.Shipped, res.ShippedText, res.ByProvider, res.ByDomain = s.Shipped, limitsText(s.Shipped), s.ByProvider, s.ByDomain
+				if s.ByProvider != "" {
+					res.ProviderOverride = setText(s.ProviderOverride)
+				}
+				if s.ByDomain != "" {
+					res.DomainOverride = setText(s.DomainOverride)
+				}
 			}
 			return c.printExplain(res)
 		},
@@ -158,6 +166,21 @@ func limitsText(l providers.Limits) string {
 		rate = "none"
 	}
 	return fmt.Sprintf("connections %s, rate %s, messages per connection %s", val(l.Connections), rate, val(l.MessagesPerConnection))
+}
+
+// setText writes only the fields a delivery.shaping entry sets.
+func setText(l providers.Limits) string {
+	var parts []string
+	if l.Connections != 0 {
+		parts = append(parts, fmt.Sprintf("connections %d", l.Connections))
+	}
+	if l.Rate != 0 {
+		parts = append(parts, "rate "+providers.FormatRate(l.Rate))
+	}
+	if l.MessagesPerConnection != 0 {
+		parts = append(parts, fmt.Sprintf("messages per connection %d", l.MessagesPerConnection))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func (c *cli) providersLs(t *providers.Table) error {
@@ -256,10 +279,10 @@ func (c *cli) printExplain(r explainResult) error {
 	} else {
 		fmt.Fprintf(w, "          shipped: %s\n", r.ShippedText)
 		if r.ByProvider != "" {
-			fmt.Fprintf(w, "          overridden by delivery.shaping.%s (provider)\n", r.ByProvider)
+			fmt.Fprintf(w, "          delivery.shaping.%s (provider): %s\n", r.ByProvider, r.ProviderOverride)
 		}
 		if r.ByDomain != "" {
-			fmt.Fprintf(w, "          overridden by delivery.shaping.%s (domain, wins)\n", r.ByDomain)
+			fmt.Fprintf(w, "          delivery.shaping.%s (domain, wins): %s\n", r.ByDomain, r.DomainOverride)
 		}
 	}
 	if r.Source != "" {

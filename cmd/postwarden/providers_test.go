@@ -87,8 +87,9 @@ func TestProvidersExplainThroughBinary(t *testing.T) {
 	h.write("postwarden.yaml", cfg)
 
 	out := h.mustRun(0, "providers", "explain", "ACME.example").stdout
+	t.Logf("providers explain ACME.example:\n%s", out)
 	for _, want := range []string{"10 acme-example.mail.protection.outlook.com", "ttl       1800s (resolver " + addr, "provider  microsoft (MX host acme-example.mail.protection.outlook.com matches suffix rule mail.protection.outlook.com)",
-		"shaping   connections 2, rate 300/m, messages per connection 50", "delivery.shaping.microsoft (provider)", "delivery.shaping.acme.example (domain, wins)",
+		"shaping   connections 2, rate 300/m, messages per connection 50", "delivery.shaping.microsoft (provider): connections 20, rate 300/m", "delivery.shaping.acme.example (domain, wins): connections 2",
 		"route     127.0.0.1:"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("explain acme.example lacks %q:\n%s", want, out)

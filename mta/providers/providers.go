@@ -237,6 +237,8 @@ type Shaped struct {
 	Shipped    Limits // the provider's (or a site's default) before delivery.shaping
 	ByProvider string // the delivery.shaping key by provider that applied ("" none)
 	ByDomain   string // the delivery.shaping key by domain that applied ("" none)
+	// ProviderOverride and DomainOverride are those entries' fields as set.
+	ProviderOverride, DomainOverride Limits
 }
 
 // Shaping returns the limits in force for mail to domain at provider p.
@@ -257,11 +259,11 @@ func (t *Table) Explain(domain string, p Provider) Shaped {
 		key = DefaultName
 	}
 	if o, ok := t.shaping[key]; ok {
-		s.Limits, s.ByProvider = s.Limits.over(o), key
+		s.Limits, s.ByProvider, s.ProviderOverride = s.Limits.over(o), key, o
 	}
 	if d := normHost(domain); d != "" {
 		if o, ok := t.shaping[d]; ok {
-			s.Limits, s.ByDomain = s.Limits.over(o), d
+			s.Limits, s.ByDomain, s.DomainOverride = s.Limits.over(o), d, o
 		}
 	}
 	return s
