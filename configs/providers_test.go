@@ -27,7 +27,7 @@ func TestBuiltinProviders(t *testing.T) {
 	}
 	// the providers issue 12 names
 	for _, n := range []string{"microsoft", "google", "proofpoint", "mimecast", "cisco", "barracuda", "sophos", "trendmicro",
-		"hornetsecurity", "outlook", "yahoo", "icloud", "gmx", "orange", "free", "zoho", "fastmail", "yandex", "mailru"} {
+		"hornetsecurity", "outlook", "yahoo", "apple", "gmx", "orange", "free", "zoho", "fastmail", "yandex", "mailru"} {
 		if !names[n] {
 			t.Errorf("no provider %s in the built-in table", n)
 		}
