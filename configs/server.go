@@ -16,6 +16,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/postwarden/postwarden/campaign/brakes"
 	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression/httplimit"
@@ -171,6 +172,10 @@ type Delivery struct {
 	MTASTS                   bool   // fetch, cache and enforce MTA-STS (RFC 8461)
 	MaxMessagesPerConnection int    // then the connection is closed and redialled
 	Resolver                 string // host:port of a DNS server; "" = the system's
+	// Brakes are the campaign brakes every campaign has unless its file
+	// says otherwise; default brakes.Defaults (Gmail's and Yahoo's bulk-sender
+	// rules: spam complaints under 0.3 %).
+	Brakes brakes.Thresholds
 }
 
 // TLS policies, weakest first.
@@ -221,6 +226,7 @@ func parseServer(name string, data []byte, dir string) (*Server, error) {
 	d := newDecoder(name)
 	s := &Server{lines: d.lines}
 	var rates map[string]string
+	var br rawBrakes
 	root := d.document(data)
 	if root == nil {
 		return nil, d.err()
@@ -293,6 +299,7 @@ func parseServer(name string, data []byte, dir string) (*Server, error) {
 					"mta_sts":                     d.boolean(&dl.MTASTS),
 					"max_messages_per_connection": d.integer(&dl.MaxMessagesPerConnection),
 					"resolver":                    d.str(&dl.Resolver),
+					"brakes":                      d.rawBrakes(&br),
 				})
 			}
 		},
@@ -311,6 +318,7 @@ func parseServer(name string, data []byte, dir string) (*Server, error) {
 		}),
 	}, "hostname", "data_dir", "public_url", "privacy_url")
 	s.Delivery.Rates = d.rates("delivery.rates", rates)
+	s.Delivery.Brakes = d.brakes("delivery.brakes", br).Over(brakes.Defaults)
 	s.applyDefaults(dir)
 	s.check(d)
 	if err := d.err(); err != nil {
