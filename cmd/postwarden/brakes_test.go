@@ -183,3 +183,31 @@ func TestBrakeComplaintsPause(t *testing.T) {
 		t.Error("still paused after resume")
 	}
 }
+
+// A pause is kept in the queue file: every CLI run without a daemon opens
+// the stores anew, and a paused campaign's send delivers nothing, its
+// messages waiting unattempted, until campaign resume; the next send
+// delivers them.
+func TestCampaignPauseSurvivesRestart(t *testing.T) {
+	h := newHarness(t, mtatest.Options{})
+	const id = "brake-restart"
+	file := h.campaign(id, bulkCSV(5))
+	h.mustRun(0, "campaign", "send", "--no-wait", file)
+	h.mustRun(0, "campaign", "pause", id, "--reason", "check the copy")
+	r := h.mustRun(0, "campaign", "send", file)
+	if !strings.Contains(r.stdout+r.stderr, "is paused") {
+		t.Errorf("send of a paused campaign: %s %s", r.stdout, r.stderr)
+	}
+	st := h.status(id)
+	if !st.Brake.Paused || st.Brake.Pause.By != localUser() || st.Deferred != 5 || h.sink.Count() != 0 {
+		t.Fatalf("paused campaign after a send: %+v, %d deferred, sink %d", st.Brake.Pause, st.Deferred, h.sink.Count())
+	}
+	if text := h.mustRun(0, "queue", "suspend", "ls").stdout; !strings.Contains(text, "campaign "+id+" suspended until ") || !strings.Contains(text, "paused: check the copy") {
+		t.Errorf("queue suspend ls: %s", text)
+	}
+	h.mustRun(0, "campaign", "resume", id)
+	h.mustRun(0, "campaign", "send", file)
+	if st := h.status(id); st.Brake.Paused || st.Delivered != 5 || h.sink.Count() != 5 {
+		t.Errorf("after resume and send: paused %v, %d delivered, sink %d", st.Brake.Paused, st.Delivered, h.sink.Count())
+	}
+}
