@@ -54,6 +54,21 @@ func TestCampaignBrakesAndPool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	shipped, err := LoadCampaign("campaigns/example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shipped.Pool != "default" || shipped.Brakes.Over(brakes.Thresholds{}) != brakes.Defaults {
+		t.Errorf("shipped campaign: pool %q, brakes %+v", shipped.Pool, shipped.Brakes.Over(brakes.Thresholds{}))
+	}
+	// The example without its own pool: and brakes: lines.
+	var kept []string
+	for _, l := range strings.SplitAfter(string(data), "\n") {
+		if !strings.HasPrefix(l, "pool:") && !strings.HasPrefix(l, "brakes:") {
+			kept = append(kept, l)
+		}
+	}
+	data = []byte(strings.Join(kept, ""))
 	dir := t.TempDir()
 	p := filepath.Join(dir, "c.yaml")
 	c, err := parseCampaign(p, filepath.Join("campaigns", "c.yaml"), append(data, []byte("pool: warm-1\nbrakes: {complaint_rate: 0.1%, hard_bounce_rate: 5%}\n")...))
