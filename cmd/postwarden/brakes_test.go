@@ -99,8 +99,13 @@ func TestBrakeHardBouncesPauseAndResume(t *testing.T) {
 	rejecting.Store(false)
 	h.mustRun(0, "campaign", "resume", id, "--reason", "list cleaned")
 	h.mustRun(1, "campaign", "resume", id) // not paused any more
+	defer func() {
+		if t.Failed() {
+			t.Logf("last status: %+v brake %+v", st, st.Brake)
+		}
+	}()
 	waitFor(t, "the whole campaign to finish", func() bool {
-		st := h.status(id)
+		st = h.status(id)
 		return st.Delivered+st.Bounced == n
 	})
 	st = h.status(id)
