@@ -82,6 +82,41 @@ func (o Outbox) RemoveMentioning(addr string) (int, error) {
 	})
 }
 
+// Mentioning calls fn with the name and bytes of every capture file, temp
+// files included, whose bytes contain addr in any case: a data subject's
+// copy of what was sent to them. An error from fn stops it and is returned.
+func (o Outbox) Mentioning(addr string, fn func(name string, body []byte) error) error {
+	if o.dir == "" {
+		return nil
+	}
+	entries, err := os.ReadDir(o.dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("mta: read outbox: %w", err)
+	}
+	needle := bytes.ToLower([]byte(addr))
+	for _, de := range entries {
+		if de.IsDir() || !isCapture(de.Name()) {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(o.dir, de.Name()))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // a concurrent remove or rename
+		}
+		if err != nil {
+			return fmt.Errorf("mta: read capture file: %w", err)
+		}
+		if bytes.Contains(bytes.ToLower(b), needle) {
+			if err := fn(de.Name(), b); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // Prune deletes capture files, and temp files a crash left, last written
 // before cut: they are copies of finished messages, kept no longer than
 // the messages. It returns how many it removed.

@@ -111,6 +111,31 @@ func TestOutboxRemoveMentioning(t *testing.T) {
 	}
 }
 
+// Mentioning finds a person's capture files by content, in any case, and
+// changes nothing.
+func TestOutboxMentioning(t *testing.T) {
+	dir := writeOutbox(t, map[string]string{
+		"q1.eml":          "To: Ana@Example.org\r\n",
+		".q2.eml.tmp-1":   "To: ana@example.org\r\n",
+		"q3.eml":          "To: bob@example.org\r\n",
+		"ana@example.org": "not a capture file",
+	}, nil)
+	got := map[string]string{}
+	err := NewOutbox(dir).Mentioning("ANA@example.org", func(name string, body []byte) error {
+		got[name] = string(body)
+		return nil
+	})
+	if err != nil || len(got) != 2 || got["q1.eml"] != "To: Ana@Example.org\r\n" || got[".q2.eml.tmp-1"] == "" {
+		t.Fatalf("Mentioning = %v, %v; want q1.eml and .q2.eml.tmp-1", got, err)
+	}
+	if n := len(left(t, dir)); n != 5 {
+		t.Fatalf("%d files left, want all 5", n)
+	}
+	if err := NewOutbox(filepath.Join(dir, "missing")).Mentioning("ana@example.org", nil); err != nil {
+		t.Fatalf("missing outbox: %v", err)
+	}
+}
+
 func TestOutboxPrune(t *testing.T) {
 	day := 24 * time.Hour
 	dir := writeOutbox(t, map[string]string{

@@ -22,7 +22,7 @@ type gateDeliverer struct {
 	calls  map[string]int // by queue id
 }
 
-func (d *gateDeliverer) Deliver(ctx context.Context, id, from, to string, body []byte) error {
+func (d *gateDeliverer) DeliverUntil(ctx, _ context.Context, id, from, to string, body []byte) error {
 	if d.held[to] {
 		<-d.gate
 	}

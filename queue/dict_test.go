@@ -350,7 +350,7 @@ func TestBodyWrittenBeforeFormats(t *testing.T) {
 	f.onOK = func(int) {}
 	drain(t, s.NewRunner(deliverFunc(func(_ context.Context, _, _, _ string, b []byte) error {
 		got = bytes.Clone(b)
-		return f.Deliver(context.Background(), id, "", "ana@example.com", b)
+		return f.DeliverUntil(context.Background(), context.Background(), id, "", "ana@example.com", b)
 	}), newSup(), RunnerConfig{}))
 	if !bytes.Equal(got, body) {
 		t.Fatalf("delivered %d bytes, want the %d enqueued", len(got), len(body))
@@ -360,7 +360,7 @@ func TestBodyWrittenBeforeFormats(t *testing.T) {
 // deliverFunc is a Deliverer from a function.
 type deliverFunc func(ctx context.Context, id, from, to string, body []byte) error
 
-func (f deliverFunc) Deliver(ctx context.Context, id, from, to string, body []byte) error {
+func (f deliverFunc) DeliverUntil(ctx, _ context.Context, id, from, to string, body []byte) error {
 	return f(ctx, id, from, to, body)
 }
 

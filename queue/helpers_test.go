@@ -64,7 +64,7 @@ func newFake() *fakeDeliverer {
 	return &fakeDeliverer{script: map[string][]error{}, calls: map[string]int{}, byID: map[string]int{}}
 }
 
-func (f *fakeDeliverer) Deliver(ctx context.Context, id, from, to string, body []byte) error {
+func (f *fakeDeliverer) DeliverUntil(ctx, _ context.Context, id, from, to string, body []byte) error {
 	if f.start != nil {
 		f.start <- id
 	}

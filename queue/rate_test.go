@@ -18,7 +18,7 @@ type startLog struct {
 	delay time.Duration // each delivery takes this long
 }
 
-func (d *startLog) Deliver(ctx context.Context, id, from, to string, body []byte) error {
+func (d *startLog) DeliverUntil(ctx, _ context.Context, id, from, to string, body []byte) error {
 	d.mu.Lock()
 	d.times = append(d.times, time.Now())
 	d.mu.Unlock()
@@ -102,7 +102,7 @@ type slowDeliverer struct {
 	calls   int
 }
 
-func (d *slowDeliverer) Deliver(ctx context.Context, id, from, to string, body []byte) error {
+func (d *slowDeliverer) DeliverUntil(ctx, _ context.Context, id, from, to string, body []byte) error {
 	d.mu.Lock()
 	d.calls++
 	first := d.calls == 1
@@ -160,7 +160,7 @@ func TestDrainTimeoutReturnsInFlight(t *testing.T) {
 // deferAll is a Deliverer that fails every delivery temporarily.
 type deferAll struct{}
 
-func (deferAll) Deliver(ctx context.Context, id, from, to string, body []byte) error {
+func (deferAll) DeliverUntil(ctx, _ context.Context, id, from, to string, body []byte) error {
 	return &smtpErr{451, "4.3.0", "try later"}
 }
 
@@ -337,8 +337,8 @@ type phased struct {
 	slow   time.Duration
 }
 
-func (d *phased) Deliver(ctx context.Context, id, from, to string, body []byte) error {
-	d.startLog.Deliver(ctx, id, from, to, body)
+func (d *phased) DeliverUntil(ctx, _ context.Context, id, from, to string, body []byte) error {
+	d.startLog.DeliverUntil(ctx, ctx, id, from, to, body)
 	if d.slowed.Load() {
 		time.Sleep(d.slow)
 	}

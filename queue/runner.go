@@ -15,18 +15,16 @@ import (
 // Deliverer sends one message to one recipient. An error with Temporary() returning
 // false is permanent; every other error is temporary. A permanent error's
 // HardBounce(), when present, says whether the recipient's mailbox or domain
-// will never take mail (then the address is suppressed). Deliver
+// will never take mail (then the address is suppressed). DeliverUntil
 // must not keep body after it returns: the runner reuses its memory.
+//
+// stop ends when the runner stops dispatching. A Deliverer that may wait
+// before a delivery starts (the destination's rate limit, a session slot)
+// gives such a wait up when stop ends, returning an error whose RetryAt is
+// set: not an attempt, the claim goes back and a drain is not held up. Once
+// the delivery has started only ctx bounds it. A Deliverer that never waits
+// may ignore stop. mta.Sender's DeliverUntil is the one the binary wires.
 type Deliverer interface {
-	Deliver(ctx context.Context, id, from, to string, body []byte) error
-}
-
-// stopAware is a Deliverer that may wait before a delivery starts (the
-// destination's rate limit, a session slot). DeliverUntil gives such a wait
-// up when stop ends, returning an error whose RetryAt is set: not an attempt.
-// Once the delivery has started only ctx bounds it. The runner uses it when
-// its Deliverer has it, so that waits see the stop and a drain is not held up.
-type stopAware interface {
 	DeliverUntil(ctx, stop context.Context, id, from, to string, body []byte) error
 }
 
@@ -135,41 +133,94 @@ const commitLinger = 10 * time.Millisecond
 
 // loop is the dispatcher and the committer: it records the workers' results and
 // claims due messages for the free slots in one transaction per round (see
-// committer.go), hands the claims to the workers, waits, repeats.
+// committer.go), hands the claims to the workers, waits, repeats. Once it
+// stops dispatching it records what is still in flight (stopAndRecord).
 func (r *Runner) loop(ctx context.Context, drain bool) error {
 	if r.d == nil || r.sup == nil {
 		return errors.New("queue runner: Deliverer and Suppressions are required")
 	}
-	n := r.cfg.Workers
-	limit := MaxUnrecorded(n)
 	wake := make(chan struct{}, 1)
 	r.s.addWaker(wake)
 	defer r.s.removeWaker(wake)
 
 	sctx, stop := context.WithCancel(ctx) // ends when the loop stops dispatching
 	defer stop()
-	jobs := make(chan job, limit)       // never blocks: at most limit claimed and unrecorded
-	results := make(chan result, limit) // never blocks, for the same reason
-	// In-flight deliveries outlive ctx by up to DrainTimeout (see the stop below).
+	// In-flight deliveries outlive ctx by up to DrainTimeout (see stopAndRecord).
 	dctx, cutoff := context.WithCancel(context.WithoutCancel(ctx))
 	defer cutoff()
+	d := newDispatch(r.cfg.Workers)
 	var wg sync.WaitGroup
-	for range n {
-		wg.Go(func() {
-			var buf []byte // this worker's body buffer: Deliver does not keep the body
-			for j := range jobs {
-				if sctx.Err() != nil { // stopping: give the claim back unattempted
-					results <- result{j: j, skipped: true}
-					continue
-				}
-				var o outcome
-				o, buf = r.attempt(dctx, sctx, j.m, buf)
-				results <- result{j: j, o: o, skipped: !o.tried && sctx.Err() != nil}
-			}
-		})
+	for range r.cfg.Workers {
+		wg.Go(func() { r.work(dctx, sctx, d.jobs, d.results) })
 	}
-	// Bounces are followed up beside the loop, a commit's all at once: their
-	// writes (db.Batch in both stores) share commits as the workers' did.
+	follow, fwg := r.startFollowUps()
+	err := r.dispatch(ctx, drain, wake, d, follow)
+	r.stopAndRecord(stop, cutoff, d, follow)
+	wg.Wait()
+	close(follow)
+	fwg.Wait()
+	if err == nil && drain {
+		err = ctx.Err()
+	}
+	return err
+}
+
+// dispatch is the state of the loop between rounds.
+type dispatch struct {
+	workers  int
+	limit    int         // MaxUnrecorded(workers)
+	jobs     chan job    // never blocks: at most limit claimed and unrecorded
+	results  chan result // never blocks, for the same reason
+	done     []result    // results received, not yet committed
+	first    time.Time   // when the oldest of done arrived; zero if none
+	inflight int         // claimed, outcome not yet committed
+}
+
+func newDispatch(workers int) *dispatch {
+	limit := MaxUnrecorded(workers)
+	return &dispatch{workers: workers, limit: limit, jobs: make(chan job, limit), results: make(chan result, limit)}
+}
+
+// round is what commitNow decides from, at now.
+func (d *dispatch) round(now time.Time) round {
+	rd := round{workers: d.workers, inflight: d.inflight, done: len(d.done), queued: len(d.jobs),
+		free: d.limit - d.inflight + len(d.done)}
+	if len(d.done) > 0 {
+		rd.waited = now.Sub(d.first)
+	}
+	return rd
+}
+
+// gather adds every result waiting in results to done, without blocking.
+func (d *dispatch) gather() {
+	for {
+		select {
+		case res := <-d.results:
+			d.done = append(d.done, res)
+		default:
+			return
+		}
+	}
+}
+
+// work is one worker: it delivers the jobs it takes until jobs is closed.
+func (r *Runner) work(dctx, sctx context.Context, jobs <-chan job, results chan<- result) {
+	var buf []byte // this worker's body buffer: Deliver does not keep the body
+	for j := range jobs {
+		if sctx.Err() != nil { // stopping: give the claim back unattempted
+			results <- result{j: j, skipped: true}
+			continue
+		}
+		var o outcome
+		o, buf = r.attempt(dctx, sctx, j.m, buf)
+		results <- result{j: j, o: o, skipped: !o.tried && sctx.Err() != nil}
+	}
+}
+
+// startFollowUps follows bounces up beside the loop, a commit's all at once:
+// their writes (db.Batch in both stores) share commits as the workers' did.
+// Close the channel, then wait on the group.
+func (r *Runner) startFollowUps() (chan<- []result, *sync.WaitGroup) {
 	follow := make(chan []result, 16)
 	var fwg sync.WaitGroup
 	fwg.Go(func() {
@@ -181,113 +232,105 @@ func (r *Runner) loop(ctx context.Context, drain bool) error {
 			g.Wait()
 		}
 	})
+	return follow, &fwg
+}
+
+// dispatch runs rounds until ctx ends or, when draining, nothing is left to
+// do; it returns a claim error that ends a drain, or a store error.
+func (r *Runner) dispatch(ctx context.Context, drain bool, wake <-chan struct{}, d *dispatch, follow chan<- []result) error {
 	tick := time.NewTicker(r.cfg.Poll)
 	defer tick.Stop()
 	// next fires when the earliest future due entry falls due, if before the tick.
 	next := time.NewTimer(r.cfg.Poll)
 	defer next.Stop()
-
-	// gather adds every result waiting in results to done, without blocking.
-	var done []result
-	gather := func() {
-		for {
-			select {
-			case res := <-results:
-				done = append(done, res)
-			default:
-				return
-			}
-		}
-	}
-	minClaim := max(1, n/4)
-	lowWater := max(1, n/2) // claimed jobs queued for the workers below which the loop claims more
 	// A commit rewrites every page it touches (bbolt copies on write), so its
-	// cost is shared by the results it carries. Results wait for company until
-	// the workers' queue of claimed jobs runs low, a worker's worth of them
-	// are in, or the first has waited commitLinger.
+	// cost is shared by the results it carries: see commitNow.
 	linger := time.NewTimer(commitLinger)
 	linger.Stop()
 	defer linger.Stop()
-	var firstDone time.Time
-	var err error
-	inflight := 0 // claimed, outcome not yet committed
 	for ctx.Err() == nil {
-		gather()
+		d.gather()
 		found := false
-		if len(done) > 0 && firstDone.IsZero() {
-			firstDone = time.Now()
+		if len(d.done) > 0 && d.first.IsZero() {
+			d.first = time.Now()
 			linger.Reset(commitLinger)
 		}
-		free := limit - inflight + len(done)
-		lingered := len(done) > 0 && time.Since(firstDone) >= commitLinger
-		starving := len(jobs) < lowWater && (len(done) > 0 || free >= minClaim)
-		if inflight == 0 || len(done) >= n || lingered || starving {
-			c := r.commit(done, free)
-			r.settle(done, c, follow)
-			inflight -= len(done)
-			done, firstDone = done[:0], time.Time{}
+		if commitNow(d.round(time.Now())) {
+			c := r.commitRound(d, follow)
 			linger.Stop()
-			for _, j := range c.jobs {
-				jobs <- j
-			}
-			inflight += len(c.jobs)
 			if c.claimErr != nil {
 				if drain {
-					err = c.claimErr
-					break
+					return c.claimErr
 				}
 				r.log.Error().Err(c.claimErr).Msg("claim due messages failed")
 			}
 			found = c.progressed
-			wait := r.cfg.Poll
-			if !c.next.IsZero() {
-				wait = min(wait, max(c.next.Sub(r.cfg.Now()), time.Millisecond))
-			}
-			next.Reset(wait)
+			next.Reset(r.untilNext(c.next))
 		}
-		if drain && !found && inflight == 0 {
+		if drain && !found && d.inflight == 0 {
 			// Messages a campaign rate spread out stay ready: wait for them.
-			if waiting, werr := r.rateWaiting(); werr != nil || !waiting {
-				err = werr
-				break
+			if waiting, err := r.rateWaiting(); err != nil || !waiting {
+				return err
 			}
 		}
-		if found && inflight < limit {
+		if found && d.inflight < d.limit {
 			continue // there may be more due right now
 		}
 		select {
 		case <-ctx.Done():
 		case <-wake:
-		case res := <-results:
-			done = append(done, res)
+		case res := <-d.results:
+			d.done = append(d.done, res)
 		case <-tick.C:
 		case <-next.C:
 		case <-linger.C:
 		}
 	}
-	// Stop: jobs no worker took are given back; record every result. The
-	// deliveries still running after DrainTimeout are cut off and returned.
+	return nil
+}
+
+// commitRound records the results in done and claims jobs for the free
+// slots in one commit, settles the results and hands the jobs to the workers.
+func (r *Runner) commitRound(d *dispatch, follow chan<- []result) batch {
+	c := r.commit(d.done, d.limit-d.inflight+len(d.done))
+	r.settle(d.done, c, follow)
+	d.inflight -= len(d.done)
+	d.done, d.first = d.done[:0], time.Time{}
+	for _, j := range c.jobs {
+		d.jobs <- j
+	}
+	d.inflight += len(c.jobs)
+	return c
+}
+
+// untilNext is how long the loop waits for the next round at most: the poll,
+// or less when the earliest future due time (zero if none) comes sooner.
+func (r *Runner) untilNext(due time.Time) time.Duration {
+	wait := r.cfg.Poll
+	if !due.IsZero() {
+		wait = min(wait, max(due.Sub(r.cfg.Now()), time.Millisecond))
+	}
+	return wait
+}
+
+// stopAndRecord stops the workers (stop), gives back the jobs no worker took
+// and records every result. The deliveries still running after DrainTimeout
+// are cut off (cutoff) and returned to the queue.
+func (r *Runner) stopAndRecord(stop, cutoff context.CancelFunc, d *dispatch, follow chan<- []result) {
 	stop()
 	deadline := time.AfterFunc(r.cfg.DrainTimeout, cutoff)
 	defer deadline.Stop()
-	close(jobs)
-	for inflight > 0 {
-		if len(done) == 0 {
-			done = append(done, <-results)
+	close(d.jobs)
+	for d.inflight > 0 {
+		if len(d.done) == 0 {
+			d.done = append(d.done, <-d.results)
 		}
-		gather()
-		c := r.commit(done, 0)
-		r.settle(done, c, follow)
-		inflight -= len(done)
-		done = done[:0]
+		d.gather()
+		c := r.commit(d.done, 0)
+		r.settle(d.done, c, follow)
+		d.inflight -= len(d.done)
+		d.done = d.done[:0]
 	}
-	wg.Wait()
-	close(follow)
-	fwg.Wait()
-	if err == nil && drain {
-		err = ctx.Err()
-	}
-	return err
 }
 
 // backoff returns the wait after attempt n (1-based) fails, RFC 5321 §4.5.4.1:
@@ -479,73 +522,36 @@ type outcome struct {
 	interrupted bool
 }
 
-// attempt checks suppression and calls the Deliverer; it decides the outcome.
-// The body is read into buf's memory; attempt returns the buffer to reuse.
-// stop ends when the runner stops: a delivery not yet started then is not
-// started (the outcome is not tried), nor one still waiting inside a
-// stopAware Deliverer. An error after ctx was cut off by the
-// drain deadline returns the message to the queue (interrupted).
+// attempt checks suppression and calls the Deliverer, gathering the facts
+// decide turns into the outcome. The body is read into buf's memory; attempt
+// returns the buffer to reuse. stop ends when the runner stops: a delivery
+// not yet started then is not started (the outcome is not tried), and the
+// Deliverer gives up a wait before the delivery with it. An error after ctx
+// was cut off by the drain deadline returns the message to the queue
+// (interrupted).
 func (r *Runner) attempt(ctx, stop context.Context, m Message, buf []byte) (outcome, []byte) {
 	// Suppression first: a message suppressed while it waited needs no body.
 	reason, suppressed, err := r.sup.Check(m.To, m.List)
 	if err != nil { // cannot tell: do not mail, try later
-		return outcome{state: StateDeferred, reply: "suppression check: " + err.Error()}, buf
+		return decide(facts{reached: checkFailed, text: err.Error()}), buf
 	}
 	if suppressed {
-		return outcome{state: StateCancelled, reply: "suppressed: " + reason, reason: "suppressed: " + reason}, buf
+		return decide(facts{reached: wasSuppressed, text: reason}), buf
 	}
 	body, err := r.s.body(m.ID, buf)
 	if err != nil {
-		return outcome{state: StateCancelled, reply: err.Error(), reason: "body missing"}, buf
+		return decide(facts{reached: bodyMissing, text: err.Error()}), buf
 	}
 	if stop.Err() != nil { // stopping: no new delivery starts
-		return outcome{}, buf
+		return decide(facts{reached: stoppedBefore}), buf
 	}
 	start := time.Now()
-	var derr error
-	if sa, ok := r.d.(stopAware); ok {
-		derr = sa.DeliverUntil(ctx, stop, m.ID, m.From, m.To, body)
-	} else {
-		derr = r.d.Deliver(ctx, m.ID, m.From, m.To, body)
-	}
-	took := time.Since(start)
+	derr := r.d.DeliverUntil(ctx, stop, m.ID, m.From, m.To, body)
+	f := deliveryFacts(derr)
+	f.took = time.Since(start)
 	if cap(body) > cap(buf) {
 		buf = body[:0] // grown (or a raw body's own memory): keep the larger
 	}
-	o := decide(derr, took)
-	if !o.retryAt.IsZero() && stop.Err() != nil {
-		return outcome{}, buf // a wait the stop ended: not started, the claim is given back
-	}
-	if derr != nil && ctx.Err() != nil {
-		o = outcome{state: StateReady, reply: "interrupted by shutdown: " + derr.Error(), took: took, interrupted: true}
-	}
-	o.tried = true
-	return o, buf
-}
-
-// decide is the outcome of a delivery that returned derr after took.
-func decide(derr error, took time.Duration) outcome {
-	if derr == nil {
-		return outcome{state: StateDelivered, took: took}
-	}
-	o := outcome{state: StateDeferred, reply: derr.Error(), took: took}
-	var ra retryAter
-	if errors.As(derr, &ra) {
-		if t := ra.RetryAt(); !t.IsZero() {
-			o.retryAt = t
-			return o
-		}
-	}
-	var t temporary
-	if !errors.As(derr, &t) || t.Temporary() {
-		return o // RFC 5321 §4.2.1: 4yz and unknown failures are retried
-	}
-	o.state, o.reason, o.event = StateBounced, "permanent failure", "bounced_soft"
-	var hb hardBouncer
-	if errors.As(derr, &hb) {
-		if hard, _ := hb.HardBounce(); hard {
-			o.event, o.suppress = "bounced_hard", true // followUp suppresses after the commit
-		}
-	}
-	return o
+	f.stopped, f.cutOff = stop.Err() != nil, ctx.Err() != nil
+	return decide(f), buf
 }

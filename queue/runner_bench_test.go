@@ -10,7 +10,7 @@ import (
 // nopDeliverer accepts every message at once, or after wait (a remote's latency).
 type nopDeliverer struct{ wait time.Duration }
 
-func (d nopDeliverer) Deliver(ctx context.Context, id, from, to string, body []byte) error {
+func (d nopDeliverer) DeliverUntil(ctx, _ context.Context, id, from, to string, body []byte) error {
 	if d.wait > 0 {
 		time.Sleep(d.wait)
 	}

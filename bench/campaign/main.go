@@ -16,7 +16,6 @@ package main
 
 import (
 	"cmp"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -27,8 +26,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-
-	"github.com/postwarden/postwarden/mta/dkim"
 )
 
 type options struct {
@@ -165,207 +162,44 @@ func run(o options) error {
 	if o.Sig != "rsa" && o.Sig != "ed25519" {
 		return fmt.Errorf("-sig: rsa or ed25519")
 	}
-	rep := &report{Started: time.Now(), Options: o, Machine: describeMachine()}
-	root, err := repoRoot()
-	if err != nil {
+	b := &bench{o: o, rep: &report{Started: time.Now(), Options: o, Machine: describeMachine()}}
+	var err error
+	if b.root, err = repoRoot(); err != nil {
 		return err
 	}
-	tmp, err := os.MkdirTemp("", "postwarden-bench-")
-	if err != nil {
+	if b.tmp, err = os.MkdirTemp("", "postwarden-bench-"); err != nil {
 		return err
 	}
 	if o.Keep {
-		logf("keeping %s", tmp)
+		logf("keeping %s", b.tmp)
 	} else {
-		defer os.RemoveAll(tmp)
+		defer os.RemoveAll(b.tmp)
 	}
-
-	bin := filepath.Join(tmp, "postwarden")
-	logf("building %s", bin)
-	build := exec.Command("go", "build", "-o", bin, "./cmd/postwarden")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build: %v\n%s", err, out)
+	if err := b.buildBinary(); err != nil {
+		return err
 	}
-
-	sk, err := startSink(o.Sink)
+	if b.sk, err = startSink(o.Sink); err != nil {
+		return err
+	}
+	defer b.sk.Close()
+	b.describeSink()
+	if err := b.prepare(); err != nil {
+		return err
+	}
+	if err := b.references(); err != nil {
+		return err
+	}
+	lastCfg, err := b.timedRuns()
 	if err != nil {
 		return err
 	}
-	defer sk.Close()
-	rep.Sink = sk.kind + " on " + sk.addr
-	if strings.HasPrefix(sk.kind, "postfix") {
-		rep.Complete = "smtp-sink -c running counter (mesg=N on stdout, updated at each message's final \".\"), parsed live; then the binary's summary (delivered count) is checked"
-	} else {
-		rep.Complete = "the in-process sink's accepted-message count, polled every 2 ms; then the binary's summary (delivered count) is checked"
-	}
-	logf("sink: %s", rep.Sink)
-
-	cache := o.Cache
-	if cache == "" {
-		cache = filepath.Join(tmp, "cache")
-	}
-	logf("suppression store: %d entries (cache %s)", o.Suppressed, cache)
-	sd, err := buildSeed(cache, o.N, o.Domains, o.Suppressed, o.Sig)
-	if err != nil {
+	b.queueCLI(lastCfg)
+	if err := b.inProcess(); err != nil {
 		return err
 	}
-	expected := expectedAllowed(o.N, o.Suppressed)
-	rep.Seed = seedInfo{Entries: o.Suppressed, Members: o.N - expected, BuildS: sd.took.Seconds(), Cached: sd.cached}
-	campDir := filepath.Join(tmp, "campaign")
-	campFile, err := writeCampaign(campDir, o.N, o.Domains, root)
-	if err != nil {
-		return err
-	}
-
-	if err := os.MkdirAll(filepath.Join(tmp, "probe"), 0o700); err != nil {
-		return err
-	}
-	if rep.Fsync, err = measureFsync(filepath.Join(tmp, "probe"), 200); err != nil {
-		return err
-	}
-
-	// References, measured in this run. The transport reference and the send
-	// floor are measured again before each timed run (the box's speed drifts
-	// within an invocation); the report gives their medians.
-	refN := min(o.N, 100000)
-	set, err := loadSet(campDir)
-	if err != nil {
-		return err
-	}
-	sample, err := renderSample(set, 1, o.Domains)
-	if err != nil {
-		return err
-	}
-	dur := time.Duration(o.SignSeconds) * time.Second
-	logf("signing references (%s each)", dur)
-	for _, ref := range []struct{ typ, engine string }{{"rsa", dkim.EngineGo}, {"rsa", dkim.EngineOpenSSL}, {"ed25519", dkim.EngineGo}} {
-		if ref.engine == dkim.EngineOpenSSL && dkim.OpenSSLError() != nil {
-			rep.Notes = append(rep.Notes, "RSA signing reference with OpenSSL skipped: "+dkim.OpenSSLError().Error())
-			continue
-		}
-		keyFile := filepath.Join(tmp, "signref-"+ref.typ+".key")
-		r, err := runSignRef(keyFile, ref.typ, ref.engine, sample, dur)
-		if err != nil {
-			return err
-		}
-		switch {
-		case ref.typ == "ed25519":
-			rep.SignEd = &r
-		case ref.engine == dkim.EngineOpenSSL:
-			rep.SignRSAOpenSSL = &r
-		default:
-			rep.SignRSA = &r
-		}
-	}
-	if o.Sig == "rsa" {
-		rep.RSAEngine = o.RSASigner
-		if o.RSASigner == dkim.EngineAuto {
-			rep.RSAEngine = "auto: go"
-			if dkim.OpenSSLError() == nil {
-				rep.RSAEngine = "auto: openssl"
-			}
-		}
-	}
-	if osr, err := runOpenSSL(o.SignSeconds); err == nil {
-		rep.OpenSSL = &osr
-	} else {
-		rep.Notes = append(rep.Notes, "openssl reference skipped: "+err.Error())
-	}
-
-	conc := min(o.Workers, o.Domains*o.PerDomain)
-
-	// The timed runs, each after its own transport reference and send floor.
-	var lastData, lastCfg string
-	for r := 1; r <= o.Runs; r++ {
-		logf("round %d/%d: transport reference, %d messages at C=%d", r, o.Runs, refN, o.C)
-		tr, err := runTransportRef(sk, refN, o.C)
-		if err != nil {
-			return err
-		}
-		rep.TransportRuns = append(rep.TransportRuns, tr)
-		logf("round %d/%d: send floor, %d messages through the MTA alone at %d deliveries at once", r, o.Runs, refN, conc)
-		sr, err := runSendRef(sk, filepath.Join(tmp, "sendref.key"), o.Sig, o.RSASigner, sample, refN, o.Domains, conc, o.PerDomain)
-		if err != nil {
-			return err
-		}
-		rep.SendRuns = append(rep.SendRuns, sr)
-		dataDir := filepath.Join(tmp, fmt.Sprintf("data%d", r))
-		for _, f := range []string{"data.key", "token.key", "suppression.db"} {
-			if err := copyFile(filepath.Join(sd.dir, f), filepath.Join(dataDir, f), 0o600); err != nil {
-				return err
-			}
-		}
-		if lastData != "" && !o.Keep {
-			_ = os.RemoveAll(lastData)
-		}
-		syncAll() // the seed copy and the last run's files are on disk before the clock starts
-		cfgPath := filepath.Join(tmp, fmt.Sprintf("postwarden%d.yaml", r))
-		if err := writeServerConfig(cfgPath, dataDir, sd.dkimFile, o.Sig, o.RSASigner, sk.addr, o.Domains, o.Workers, o.PerDomain); err != nil {
-			return err
-		}
-		logf("run %d/%d: campaign send of %d recipients (%d allowed)", r, o.Runs, o.N, expected)
-		res, err := runCampaign(bin, cfgPath, campFile, dataDir, sk, expected, o.N, o.Timeout)
-		res.Run = r
-		if err != nil {
-			return fmt.Errorf("run %d: %w", r, err)
-		}
-		logf("run %d: %.0f msgs/s, first delivery %.0f ms, all at sink %.2f s, peak anon %.1f MB", r, res.Rate, res.FirstDeliveryMs, res.AllDeliveredS, res.PeakAnonMB)
-		rep.Runs = append(rep.Runs, res)
-		lastData, lastCfg = dataDir, cfgPath
-	}
-
-	// Admin queries on the last run's queue (every message delivered).
-	for _, args := range [][]string{
-		{"queue", "ls", "--state", "deferred", "--limit", "50"},
-		{"queue", "ls", "--state", "delivered", "--limit", "50"},
-		{"queue", "stats"},
-	} {
-		d, out, err := timeCmd(bin, append([]string{"-c", lastCfg}, args...)...)
-		if err != nil && !strings.Contains(string(out), "no messages") {
-			rep.Notes = append(rep.Notes, fmt.Sprintf("postwarden %s: %v: %s", strings.Join(args, " "), err, firstLine(out)))
-		}
-		rep.QueueCLI = append(rep.QueueCLI, cliTiming{Command: "postwarden " + strings.Join(args, " "), Ms: float64(d.Microseconds()) / 1e3,
-			Lines: strings.Count(string(out), "\n"), Queue: expected})
-	}
-
-	if o.StageSamples > 0 {
-		logf("in-process stage samples")
-		st, err := measureStages(campDir, sd, o.Sig, o.RSASigner, sk, o.N, o.Domains, o.StageSamples, tmp)
-		if err != nil {
-			return fmt.Errorf("stages: %w", err)
-		}
-		rep.Stages = st
-	}
-	if o.PkgBenchtime != "" {
-		logf("package benchmarks (-benchtime %s)", o.PkgBenchtime)
-		pb, err := runPkgBenches(root, o.PkgBenchtime)
-		if err != nil {
-			return err
-		}
-		rep.PkgBench = pb
-	}
-	if o.Profile != "" {
-		logf("in-process profile run")
-		top, err := profileRun(o.Profile, campDir, sd, o.Sig, sk, o, tmp)
-		if err != nil {
-			return err
-		}
-		rep.Profile = top
-	}
-	summarize(rep)
-	printReport(os.Stdout, rep)
-	if o.JSON != "" {
-		data, err := json.MarshalIndent(rep, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(o.JSON, append(data, '\n'), 0o644); err != nil {
-			return err
-		}
-		logf("wrote %s", o.JSON)
-	}
-	return nil
+	summarize(b.rep)
+	printReport(os.Stdout, b.rep)
+	return writeJSON(o.JSON, b.rep)
 }
 
 func firstLine(b []byte) string {

@@ -18,6 +18,7 @@ import (
 	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/mta/dkim"
 	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/queue/campaignq"
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/gate"
 	"github.com/postwarden/postwarden/suppression/sealed"
@@ -114,7 +115,7 @@ func profileRun(out string, campDir string, sd *seed, sig string, sk *sink, o op
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- q.NewRunner(snd, g, rc).Run(ctx) }()
-	sum, err := campaign.Send(context.Background(), spec, campaign.Deps{Suppressions: g.Gate, Queue: qAdapter{q},
+	sum, err := campaign.Send(context.Background(), spec, campaign.Deps{Suppressions: g.Gate, Queue: campaignq.Adapter{Q: q},
 		Links: tokens, Dictionary: q, Backlog: q, Records: q, Now: time.Now, Log: zerolog.Nop()}, func(int, int64) {})
 	stop()
 	if rerr := <-done; rerr != nil && !errors.Is(rerr, context.Canceled) {
@@ -153,18 +154,6 @@ func profileRun(out string, campDir string, sd *seed, sig string, sk *sink, o op
 		counts[queue.StateDelivered], took.Round(time.Millisecond), float64(counts[queue.StateDelivered])/took.Seconds(),
 		float64(ms1.TotalAlloc-ms0.TotalAlloc)/1024/float64(nd), float64(ms1.Mallocs-ms0.Mallocs)/float64(nd), out, out,
 		strings.TrimSpace(string(top)), strings.TrimSpace(string(cum))), nil
-}
-
-// qAdapter lets the campaign engine enqueue into the queue store.
-type qAdapter struct{ q *queue.Store }
-
-func (a qAdapter) Enqueue(msgs []campaign.Message) (int, int, error) {
-	nm := make([]queue.NewMessage, len(msgs))
-	for i, m := range msgs {
-		nm[i] = queue.NewMessage{Campaign: m.Campaign, List: m.List, Key: m.Key, From: m.From, To: m.To, Body: m.Body, Dict: m.Dict}
-	}
-	r, err := a.q.Enqueue(nm)
-	return r.Added, r.Duplicates, err
 }
 
 // runnerGate is the runners' check at dequeue (the gate), with the

@@ -50,7 +50,7 @@ func (tempFail) Temporary() bool { return true }
 
 type deferAll struct{}
 
-func (deferAll) Deliver(context.Context, string, string, string, []byte) error { return tempFail{} }
+func (deferAll) DeliverUntil(_, _ context.Context, _, _, _ string, _ []byte) error { return tempFail{} }
 
 type noSuppressions struct{}
 

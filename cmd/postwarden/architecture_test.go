@@ -193,6 +193,9 @@ var layerRules = []layerRule{
 		return d == "campaign" || d == "templates" || under(d, "mta/inbound")
 	}},
 	{9, func(p string) bool { return p == "suppression/address" }, func(string) bool { return true }},
+	{10, func(p string) bool { return !under(p, "cmd") && !under(p, "bench") }, func(d string) bool {
+		return d == "queue/campaignq"
+	}},
 }
 
 // TestArchitecture keeps docs/architecture.md true: its dependency table matches

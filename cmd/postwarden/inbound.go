@@ -45,7 +45,8 @@ type bounceLine struct {
 	Status       string `json:"status"`
 	Action       string `json:"action"`
 	Kind         string `json:"kind"`
-	Reason       string `json:"reason,omitempty"`
+	Reason       string `json:"reason"`   // bounce.Reason…: why; only user/host unknown, moved and null MX suppress
+	Provider     string `json:"provider"` // bounce.ProviderOf the reporting or answering host, "" when not recognised
 	FeedbackType string `json:"feedback_type,omitempty"`
 }
 
@@ -57,7 +58,7 @@ func (c *cli) bounceParse(files []string, table bool) error {
 	var tw *tabwriter.Writer
 	if table && !c.jsonOut {
 		tw = tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "FILE\tRECIPIENT\tSTATUS\tACTION\tKIND\tREASON")
+		fmt.Fprintln(tw, "FILE\tRECIPIENT\tSTATUS\tACTION\tKIND\tREASON\tPROVIDER")
 	}
 	var failed []string
 	for _, name := range files {
@@ -74,13 +75,13 @@ func (c *cli) bounceParse(files []string, table bool) error {
 			}
 			found++
 			l := bounceLine{File: name, Recipient: maskIf(c.reveal, r.Recipient), Status: r.Status,
-				Action: r.Action, Kind: r.Kind, Reason: r.Reason, FeedbackType: r.FeedbackType}
+				Action: r.Action, Kind: r.Kind, Reason: r.Reason, Provider: r.Provider, FeedbackType: r.FeedbackType}
 			if tw == nil {
 				b, _ := json.Marshal(l)
 				fmt.Fprintf(c.stdout, "%s\n", b)
 				continue
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", l.File, dash(l.Recipient), dash(l.Status), dash(l.Action), l.Kind, dash(l.Reason))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.File, dash(l.Recipient), dash(l.Status), dash(l.Action), l.Kind, dash(l.Reason), dash(l.Provider))
 		}
 		if found == 0 {
 			fmt.Fprintf(c.stderr, "%s: no recipient found (kind %s)\n", name, reps[0].Kind)

@@ -163,37 +163,68 @@ func TestBounceParseCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	files := bouncetest.WriteDir(t, bounceFixtures)
-	if len(files) < 12 {
+	if len(files) < 25 {
 		t.Fatalf("fixtures: %v", files)
 	}
 	r := h.mustRun(0, append([]string{"bounce", "parse", "--reveal"}, files...)...) // JSON Lines by default
-	type line struct{ File, Recipient, Status, Action, Kind string }
+	type line struct{ File, Recipient, Status, Action, Kind, Reason, Provider string }
 	got := map[string]line{}
 	for _, l := range jsonLines[line](t, r.stdout) {
 		got[filepath.Base(l.File)] = l
 	}
+	// Every format of bouncetest, each with its recipient, kind and reason.
 	want := map[string]line{
-		"postfix-5.1.1.eml":      {Recipient: "nobody@example.net", Status: "5.1.1", Action: "failed", Kind: "hard"},
-		"exim-550.eml":           {Recipient: "jdoe@example.org", Status: "5.1.1", Action: "failed", Kind: "hard"},
-		"sendmail-5.1.1.eml":     {Recipient: "old.user@example.net", Status: "5.1.1", Action: "failed", Kind: "hard"},
-		"exchange-ndr.eml":       {Recipient: "mailbox@fabrikam.example", Status: "5.1.10", Action: "failed", Kind: "hard"},
-		"gmail-5.1.1.eml":        {Recipient: "someone@example.org", Status: "5.1.1", Action: "failed", Kind: "hard"},
-		"yahoo-554.eml":          {Recipient: "user@example.net", Status: "5.7.9", Action: "failed", Kind: "soft"},
-		"qmail-plain.eml":        {Recipient: "gone@example.org", Status: "5.1.1", Action: "failed", Kind: "hard"},
-		"mailbox-full-5.2.2.eml": {Recipient: "full@example.com", Status: "5.2.2", Action: "failed", Kind: "soft"},
-		"delayed-4.4.7.eml":      {Recipient: "slow@example.net", Status: "4.4.7", Action: "delayed", Kind: "soft"},
-		"arf-abuse.eml":          {Recipient: "reader@isp.example", Kind: "complaint"},
-		"arf-headers-only.eml":   {Recipient: "pat.lee@complaints.example.net", Kind: "complaint"},
+		"postfix-5.1.1.eml":             {Recipient: "nobody@example.net", Status: "5.1.1", Action: "failed", Kind: "hard", Reason: "userunknown"},
+		"postfix-nullmx.eml":            {Recipient: "info@parked.example", Status: "5.1.0", Action: "failed", Kind: "hard", Reason: "notaccept"},
+		"delayed-4.4.7.eml":             {Recipient: "slow@example.net", Status: "4.4.7", Action: "delayed", Kind: "soft", Reason: "expired"},
+		"mailbox-full-5.2.2.eml":        {Recipient: "full@example.com", Status: "5.2.2", Action: "failed", Kind: "soft", Reason: "mailboxfull"},
+		"exim-550.eml":                  {Recipient: "jdoe@example.org", Status: "5.1.1", Action: "failed", Kind: "hard", Reason: "userunknown"},
+		"exim-retry-timeout.eml":        {Recipient: "tom.wu@example.net", Status: "5.4.7", Action: "failed", Kind: "soft", Reason: "expired"},
+		"sendmail-5.1.1.eml":            {Recipient: "old.user@example.net", Status: "5.1.1", Action: "failed", Kind: "hard", Reason: "userunknown"},
+		"sendmail-old-host-unknown.eml": {Recipient: "pat@nowhere.example", Status: "5.0.0", Action: "failed", Kind: "hard", Reason: "hostunknown"},
+		"qmail-plain.eml":               {Recipient: "gone@example.org", Status: "5.1.1", Action: "failed", Kind: "hard", Reason: "userunknown"},
+		"qmail-5.1.2.eml":               {Recipient: "jo@nohost.example", Status: "5.1.2", Action: "failed", Kind: "hard", Reason: "hostunknown"},
+		"opensmtpd-5.7.1.eml":           {Recipient: "hanna@example.net", Status: "5.7.1", Action: "failed", Kind: "soft", Reason: "blocked"},
+		"courier-5.3.4.eml":             {Recipient: "lena.berg@example.org", Status: "5.3.4", Action: "failed", Kind: "soft", Reason: "mesgtoobig"},
+		"sun-messaging-5.0.0.eml":       {Recipient: "m.rossi@example.org", Status: "5.0.0", Action: "failed", Kind: "hard", Reason: "userunknown"},
+		"exchange2010-text-5.2.2.eml":   {Recipient: "kim.novak@corp.example.org", Status: "5.2.2", Action: "failed", Kind: "soft", Reason: "mailboxfull"},
+		"exchange-ndr.eml":              {Recipient: "mailbox@fabrikam.example", Status: "5.1.10", Action: "failed", Kind: "hard", Reason: "userunknown", Provider: "microsoft"},
+		"office365-5.7.509.eml":         {Recipient: "sam.ortiz@contoso.example", Status: "5.7.509", Action: "failed", Kind: "soft", Reason: "authfailure", Provider: "microsoft"},
+		"gmail-5.1.1.eml":               {Recipient: "someone@example.org", Status: "5.1.1", Action: "failed", Kind: "hard", Reason: "userunknown", Provider: "google"},
+		"gmail-4.2.2-delay.eml":         {Recipient: "noor@example.org", Status: "4.2.2", Action: "delayed", Kind: "soft", Reason: "mailboxfull", Provider: "google"},
+		"yahoo-554.eml":                 {Recipient: "user@example.net", Status: "5.7.9", Action: "failed", Kind: "soft", Reason: "policyviolation", Provider: "yahoo"},
+		"yahoo-dd-no-account.eml":       {Recipient: "ola.nord@yahoo.com", Status: "5.0.0", Action: "failed", Kind: "hard", Reason: "userunknown", Provider: "yahoo"},
+		"arf-abuse.eml":                 {Recipient: "reader@isp.example", Kind: "complaint", Reason: "feedback"},
+		"arf-headers-only.eml":          {Recipient: "pat.lee@complaints.example.net", Kind: "complaint", Reason: "feedback"},
+		"arf-microsoft-jmrp.eml":        {Recipient: "lou.kim@outlook.com", Kind: "complaint", Reason: "feedback", Provider: "microsoft"},
+		"vacation-autoreply.eml":        {Recipient: "rui.costa@example.org", Kind: "unknown", Reason: "vacation"},
 	}
 	if _, ok := got["garbage.eml"]; ok || !strings.Contains(r.stderr, "garbage.eml: no recipient found") {
 		t.Errorf("garbage.eml: an object for no recipient, or no note:\n%s", r.stderr)
 	}
+	for _, f := range files {
+		if name := filepath.Base(f); name != "garbage.eml" {
+			if _, ok := want[name]; !ok {
+				t.Errorf("%s: a fixture this test does not check", name)
+			}
+		}
+	}
 	for f, w := range want {
-		g := got[f]
+		g, ok := got[f]
 		g.File = ""
-		if g != w {
+		if !ok || g != w {
 			t.Errorf("%s: %+v, want %+v", f, g, w)
 		}
+	}
+	// The JSON objects carry reason and provider even when empty.
+	if !strings.Contains(r.stdout, `"provider":""`) || !strings.Contains(r.stdout, `"reason":"userunknown"`) {
+		t.Errorf("reason or provider missing from the JSON:\n%s", r.stdout)
+	}
+
+	r = h.mustRun(0, "bounce", "parse", "--table", filepath.Join(bounceFixtures, "gmail-4.2.2-delay.eml"))
+	if hdr, row, _ := strings.Cut(r.stdout, "\n"); !strings.Contains(hdr, "REASON") || !strings.Contains(hdr, "PROVIDER") ||
+		!strings.Contains(row, "mailboxfull") || !strings.Contains(row, "google") || !strings.Contains(row, "n***@example.org") {
+		t.Errorf("table output:\n%s", r.stdout)
 	}
 
 	r = h.mustRun(2, "bounce", "parse", filepath.Join(h.dir, "missing.eml"), filepath.Join(bounceFixtures, "postfix-5.1.1.eml"))

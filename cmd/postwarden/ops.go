@@ -21,6 +21,7 @@ import (
 	"github.com/postwarden/postwarden/campaign/brakes"
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/queue/campaignq"
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/suppression/audit"
@@ -190,18 +191,6 @@ func (e *env) mailtoDomain() string {
 	return e.cfg.BounceDomain
 }
 
-// queueAdapter lets the campaign engine enqueue into the queue store.
-type queueAdapter struct{ q *queue.Store }
-
-func (a queueAdapter) Enqueue(msgs []campaign.Message) (int, int, error) {
-	nm := make([]queue.NewMessage, len(msgs))
-	for i, m := range msgs {
-		nm[i] = queue.NewMessage{Campaign: m.Campaign, List: m.List, Key: m.Key, From: m.From, To: m.To, Body: m.Body, Dict: m.Dict}
-	}
-	r, err := a.q.Enqueue(nm)
-	return r.Added, r.Duplicates, err
-}
-
 func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	var args campaignSendArgs
 	if err := decodeArgs(req, &args); err != nil {
@@ -276,7 +265,7 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	lk := links{e.tokens, e.mailtoDomain()}
 	summary, sendErr := campaign.Send(ctx, spec, campaign.Deps{
 		Suppressions: e.gate(),
-		Queue:        queueAdapter{e.queue},
+		Queue:        campaignq.Adapter{Q: e.queue},
 		Links:        lk,
 		Mailto:       lk,
 		Dictionary:   e.queue,

@@ -1,30 +1,25 @@
 package main
 
 // Data subject rights (GDPR Art. 15, 17, 18, 20), the audit trail, and
-// retention. Every op here asks for --reason and writes an audit entry
-// before it reports success; audit entries name a person by the keyed
-// index of their address, never the address itself, so an erasure leaves
-// nothing readable behind.
+// retention: each op decodes its arguments, makes one call into
+// suppression/subject or suppression/retention (which audit before they
+// change anything) and records the result. Here too the audit helpers every
+// op uses, and the adapters the wiring needs.
 
 import (
 	"context"
-	"encoding/csv"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/queue"
-	"github.com/postwarden/postwarden/suppression"
-	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/suppression/audit"
 	"github.com/postwarden/postwarden/suppression/gate"
-	"github.com/postwarden/postwarden/suppression/subscribers"
+	"github.com/postwarden/postwarden/suppression/retention"
+	"github.com/postwarden/postwarden/suppression/subject"
 )
 
 // record appends an audit entry for what req did; the action it records
@@ -40,15 +35,8 @@ func (e *env) record(req request, action, target, reason string, details map[str
 	return nil
 }
 
-// subjectRef names a person in the audit log: the keyed index of their
-// address (the same index the tombstone keeps), never the address.
-func (e *env) subjectRef(addr string) (string, error) {
-	a, err := address.Parse(addr)
-	if err != nil {
-		return "", err
-	}
-	return "subject:" + e.box.IndexHex(a.Key()), nil
-}
+// subjectRef names a person in the audit log (subject.Ref).
+func (e *env) subjectRef(addr string) (string, error) { return subject.Ref(e.box, addr) }
 
 // targetRef names a suppression target in the audit log: a domain as it
 // is (a company, not a person), an address by its index.
@@ -68,36 +56,60 @@ type subjectArgs struct {
 	Format  string `json:"format,omitempty"`
 }
 
-func (a subjectArgs) check(verb string) error {
-	if strings.TrimSpace(a.Reason) == "" {
-		return fmt.Errorf("subject %s: --reason is required", verb)
-	}
-	if _, err := address.Parse(a.Address); err != nil {
-		return fmt.Errorf("subject %s: %w", verb, err)
-	}
-	return nil
+func (a subjectArgs) request(req request) subject.Request {
+	return subject.Request{Who: req.Who, Address: a.Address, Reason: a.Reason}
 }
 
-// subjectExport is everything held about one person (Art. 15 and 20).
-type subjectExport struct {
-	Subject     string                    `json:"subject"`
-	GeneratedAt time.Time                 `json:"generated_at"`
-	Subscriber  []subscribers.ListHistory `json:"subscriber"`
-	Suppression []suppression.Entry       `json:"suppression"`
-	Messages    []exportedMessage         `json:"messages"`
+// subjectDeps are this env's stores as the subject procedures see them.
+func (e *env) subjectDeps() subject.Deps {
+	d := subject.Deps{Queue: subjectQueue{e.queue}, Suppression: e.supp, Subscribers: e.subs,
+		Outbox: mta.NewOutbox(e.cfg.Delivery.CaptureDir), Index: e.box, Stores: e.compactable(), Log: e.log}
+	if e.audit != nil { // a nil *audit.Log is "not open", not an Audit
+		d.Audit = e.audit
+	}
+	return d
 }
 
-// exportedMessage is one queued or finished message as the person sees it.
-type exportedMessage struct {
-	ID       string          `json:"id"`
-	Campaign string          `json:"campaign"`
-	List     string          `json:"list,omitempty"`
-	State    queue.State     `json:"state"`
-	Created  time.Time       `json:"created"`
-	Updated  time.Time       `json:"updated"`
-	Reply    string          `json:"last_reply,omitempty"`
-	Reason   string          `json:"reason,omitempty"`
-	History  []queue.Attempt `json:"history,omitempty"`
+// compactable are the store files compaction rewrites, in order.
+func (e *env) compactable() []retention.Store {
+	return []retention.Store{
+		{Name: "queue", Path: storePath(e.cfg, "queue"), DB: e.queue},
+		{Name: "suppression", Path: storePath(e.cfg, "suppression"), DB: e.supp},
+		{Name: "subscribers", Path: storePath(e.cfg, "subscribers"), DB: e.subs},
+	}
+}
+
+// subjectQueue adapts queue.Store to subject.Queue (suppression/subject may
+// not import queue): it copies the fields a person is shown.
+type subjectQueue struct{ q *queue.Store }
+
+// MessagesFor implements subject.Queue.
+func (a subjectQueue) MessagesFor(addr string) ([]subject.Message, error) {
+	msgs, err := a.q.MessagesFor(addr)
+	if err != nil {
+		return nil, err
+	}
+	var out []subject.Message
+	for _, m := range msgs {
+		out = append(out, subjectMessage(m))
+	}
+	return out, nil
+}
+
+// subjectMessage is m as an export shows it.
+func subjectMessage(m queue.Message) subject.Message {
+	var hist []subject.Attempt
+	for _, at := range m.History {
+		hist = append(hist, subject.Attempt{Time: at.Time, Outcome: at.Outcome, Reply: at.Reply, Remote: at.Remote})
+	}
+	return subject.Message{ID: m.ID, Campaign: m.Campaign, List: m.List, State: string(m.State),
+		Created: m.Created, Updated: m.Updated, Reply: m.LastReply, Reason: m.Reason, History: hist}
+}
+
+// EraseRecipient implements subject.Queue.
+func (a subjectQueue) EraseRecipient(addr, reason string) (subject.Erased, error) {
+	r, err := a.q.EraseRecipient(addr, reason)
+	return subject.Erased{IDs: r.IDs, Cancelled: r.Cancelled, Scrubbed: r.Scrubbed}, err
 }
 
 func opSubjectExport(ctx context.Context, e *env, req request, o *out) error {
@@ -105,76 +117,14 @@ func opSubjectExport(ctx context.Context, e *env, req request, o *out) error {
 	if err := decodeArgs(req, &a); err != nil {
 		return err
 	}
-	if err := a.check("export"); err != nil {
-		return err
-	}
-	if a.Format == "" {
-		a.Format = "json"
-	}
-	if a.Format != "json" && a.Format != "csv" {
-		return fmt.Errorf("subject export: --format %q: want json or csv", a.Format)
-	}
-	ref, err := e.subjectRef(a.Address)
+	x, err := subject.Export(e.subjectDeps(), a.request(req), a.Format)
 	if err != nil {
-		return err
-	}
-	x := subjectExport{Subject: a.Address, GeneratedAt: time.Now().UTC()}
-	if x.Subscriber, err = e.subs.History(a.Address); err != nil && !errors.Is(err, subscribers.ErrNotFound) {
-		return fmt.Errorf("subject export: subscribers: %w", err)
-	}
-	if x.Suppression, err = e.supp.EntriesFor(a.Address); err != nil {
-		return fmt.Errorf("subject export: suppression: %w", err)
-	}
-	msgs, err := e.queue.MessagesFor(a.Address)
-	if err != nil {
-		return fmt.Errorf("subject export: queue: %w", err)
-	}
-	for _, m := range msgs {
-		x.Messages = append(x.Messages, exportedMessage{ID: m.ID, Campaign: m.Campaign, List: m.List, State: m.State,
-			Created: m.Created, Updated: m.Updated, Reply: m.LastReply, Reason: m.Reason, History: m.History})
-	}
-	if err := e.record(req, "subject.export", ref, a.Reason, map[string]string{"format": a.Format,
-		"messages": fmt.Sprint(len(x.Messages)), "suppression": fmt.Sprint(len(x.Suppression))}); err != nil {
 		return err
 	}
 	if a.Format == "csv" {
-		return o.Record(map[string]string{"csv": exportCSV(x)})
+		return o.Record(map[string]string{"csv": x.CSV()})
 	}
 	return o.Record(x)
-}
-
-// exportCSV flattens an export into rows of section, key, time, detail.
-func exportCSV(x subjectExport) string {
-	var sb strings.Builder
-	w := csv.NewWriter(&sb)
-	_ = w.Write([]string{"section", "item", "time", "detail"})
-	for _, lh := range x.Subscriber {
-		for _, ev := range lh.Events {
-			_ = w.Write([]string{"consent", lh.List + ":" + ev.Kind, ev.Time.Format(time.RFC3339), strings.TrimSpace(ev.Source + " " + ev.IP + " " + ev.ConsentText)})
-		}
-	}
-	for _, en := range x.Suppression {
-		list := en.List
-		if list == "" {
-			list = "*"
-		}
-		_ = w.Write([]string{"suppression", list + ":" + string(en.Reason), en.Time.Format(time.RFC3339), en.Source})
-	}
-	for _, m := range x.Messages {
-		_ = w.Write([]string{"message", m.Campaign + ":" + m.ID, m.Created.Format(time.RFC3339), string(m.State) + " " + m.Reply})
-	}
-	w.Flush()
-	return sb.String()
-}
-
-// eraseResult is what `subject erase` reports.
-type eraseResult struct {
-	Subject      string                     `json:"subject"`
-	Tombstone    string                     `json:"tombstone"`
-	Consents     []subscribers.ConsentDates `json:"consent_dates,omitempty"`
-	Cancelled    int                        `json:"messages_cancelled"`
-	Scrubbed     int                        `json:"messages_scrubbed"`
-	CaptureFiles int                        `json:"capture_files_removed"`
 }
 
 func opSubjectErase(ctx context.Context, e *env, req request, o *out) error {
@@ -182,103 +132,29 @@ func opSubjectErase(ctx context.Context, e *env, req request, o *out) error {
 	if err := decodeArgs(req, &a); err != nil {
 		return err
 	}
-	if err := a.check("erase"); err != nil {
-		return err
-	}
-	ref, err := e.subjectRef(a.Address)
+	res, err := subject.Erase(e.subjectDeps(), a.request(req))
 	if err != nil {
 		return err
 	}
-	requestRef := fmt.Sprintf("erase-%s", time.Now().UTC().Format("20060102T150405Z"))
-	// Audit first: the entry names the index and the reason, never the address.
-	if err := e.record(req, "subject.erase", ref, a.Reason, map[string]string{"request": requestRef}); err != nil {
-		return err
-	}
-	tomb, err := e.subs.Erase(a.Address, requestRef)
-	if err != nil {
-		return fmt.Errorf("subject erase: subscribers: %w", err)
-	}
-	consents := make([]suppression.ConsentDates, len(tomb.Consents))
-	for i, c := range tomb.Consents {
-		consents[i] = suppression.ConsentDates{List: c.List, Subscribed: c.Subscribed, Confirmed: c.Confirmed, Source: c.Source}
-	}
-	if _, err := e.supp.Erase(a.Address, requestRef, consents); err != nil {
-		return fmt.Errorf("subject erase: suppression: %w", err)
-	}
-	er, err := e.queue.EraseRecipient(a.Address, a.Reason)
-	if err != nil {
-		return fmt.Errorf("subject erase: queue: %w", err)
-	}
-	res := eraseResult{Subject: address.Mask(a.Address), Tombstone: tomb.Index, Consents: tomb.Consents, Cancelled: er.Cancelled, Scrubbed: er.Scrubbed}
-	outbox := mta.NewOutbox(e.cfg.Delivery.CaptureDir)
-	for _, id := range er.IDs {
-		n, err := outbox.Remove(id)
-		if err != nil {
-			return fmt.Errorf("subject erase: capture files: %w", err)
-		}
-		res.CaptureFiles += n
-	}
-	// Capture files whose queue record is gone (pruned) still hold the
-	// address in clear: find them by content.
-	n, err := outbox.RemoveMentioning(a.Address)
-	if err != nil {
-		return fmt.Errorf("subject erase: capture files: %w", err)
-	}
-	res.CaptureFiles += n
-	// bbolt puts freed pages on its freelist and reuses them without zeroing
-	// them: rewrite every store so the erased bytes are gone from the files.
-	if err := e.compact(); err != nil {
-		return fmt.Errorf("subject erase: %w", err)
-	}
-	e.log.Info().Str("who", req.Who).Str("subject", ref).Str("request", requestRef).Int("messages", len(er.IDs)).Msg("subject erased")
 	return o.Record(res)
 }
 
-// compact rewrites every store file.
-func (e *env) compact() error {
-	if err := e.queue.Compact(); err != nil {
-		return fmt.Errorf("compact queue: %w", err)
-	}
-	if err := e.supp.Compact(); err != nil {
-		return fmt.Errorf("compact suppression: %w", err)
-	}
-	if err := e.subs.Compact(); err != nil {
-		return fmt.Errorf("compact subscribers: %w", err)
-	}
-	return nil
-}
-
 func opSubjectRestrict(restrict bool) opFunc {
-	verb := "restrict"
+	verb, do := "restrict", subject.Restrict
 	if !restrict {
-		verb = "unrestrict"
+		verb, do = "unrestrict", subject.Unrestrict
 	}
 	return func(ctx context.Context, e *env, req request, o *out) error {
 		var a subjectArgs
 		if err := decodeArgs(req, &a); err != nil {
 			return err
 		}
-		if err := a.check(verb); err != nil {
-			return err
-		}
-		ref, err := e.subjectRef(a.Address)
-		if err != nil {
-			return err
-		}
-		if err := e.record(req, "subject."+verb, ref, a.Reason, nil); err != nil {
-			return err
-		}
-		if restrict {
-			err = e.supp.Restrict(a.Address, a.Reason)
-		} else {
-			var ok bool
-			ok, err = e.supp.Unrestrict(a.Address)
-			if err == nil && !ok {
-				return no("%s is not restricted", maskIf(req.Reveal, a.Address))
-			}
+		err := do(e.subjectDeps(), a.request(req))
+		if errors.Is(err, subject.ErrNotRestricted) {
+			return no("%s is not restricted", maskIf(req.Reveal, a.Address))
 		}
 		if err != nil {
-			return fmt.Errorf("subject %s: %w", verb, err)
+			return err
 		}
 		return o.Record(map[string]string{"subject": maskIf(req.Reveal, a.Address), "action": verb})
 	}
@@ -322,69 +198,32 @@ func opAuditVerify(ctx context.Context, e *env, req request, o *out) error {
 	return nil
 }
 
-// pruneResult is what `db prune` removed.
-type pruneResult struct {
-	FinishedMessages int `json:"finished_messages"`
-	CaptureFiles     int `json:"capture_files"`
-	PendingOptins    int `json:"pending_optins"`
-	AuditEntries     int `json:"audit_entries"`
-}
-
-// prune applies the retention periods of the config.
-func (e *env) prune() (pruneResult, error) {
-	var r pruneResult
-	var err error
+// retentionDeps are this env's stores and retention periods as pruning sees them.
+func (e *env) retentionDeps() retention.Deps {
 	rt := e.cfg.Retention
-	if r.FinishedMessages, err = e.queue.PruneFinished(rt.FinishedMessages); err != nil {
-		return r, fmt.Errorf("prune finished messages: %w", err)
+	d := retention.Deps{Queue: e.queue, Outbox: mta.NewOutbox(e.cfg.Delivery.CaptureDir), Subscribers: e.subs,
+		Periods: retention.Periods{FinishedMessages: rt.FinishedMessages, PendingOptin: rt.PendingOptin, Audit: rt.Audit}}
+	if e.audit != nil { // a nil *audit.Log is "not open", not an Audit
+		d.Audit = e.audit
 	}
-	if r.CaptureFiles, err = mta.NewOutbox(e.cfg.Delivery.CaptureDir).Prune(time.Now().Add(-rt.FinishedMessages)); err != nil {
-		return r, fmt.Errorf("prune capture files: %w", err)
-	}
-	if r.PendingOptins, err = e.subs.PrunePending(rt.PendingOptin); err != nil {
-		return r, fmt.Errorf("prune pending opt-ins: %w", err)
-	}
-	if r.AuditEntries, err = e.audit.Prune(time.Now().Add(-rt.Audit)); err != nil {
-		return r, fmt.Errorf("prune audit log: %w", err)
-	}
-	return r, nil
+	return d
 }
 
 func opDBPrune(ctx context.Context, e *env, req request, o *out) error {
-	r, err := e.prune()
+	r, err := retention.Prune(e.retentionDeps(), retention.Request{Who: req.Who})
 	if err != nil {
-		return err
-	}
-	if err := e.record(req, "db.prune", "", "retention", map[string]string{
-		"finished_messages": fmt.Sprint(r.FinishedMessages), "capture_files": fmt.Sprint(r.CaptureFiles),
-		"pending_optins": fmt.Sprint(r.PendingOptins), "audit_entries": fmt.Sprint(r.AuditEntries)}); err != nil {
 		return err
 	}
 	return o.Record(r)
 }
 
 func opDBCompact(ctx context.Context, e *env, req request, o *out) error {
-	sizes := func() map[string]int64 {
-		m := map[string]int64{}
-		for _, f := range []string{"queue.db", "suppression.db", "subscribers.db"} {
-			if fi, err := os.Stat(filepath.Join(e.cfg.DataDir, f)); err == nil {
-				m[f] = fi.Size()
-			}
-		}
-		return m
-	}
-	before := sizes()
-	if err := e.compact(); err != nil {
+	sizes, err := retention.Compact(e.compactable())
+	if err != nil {
 		return err
 	}
-	after := sizes()
-	names := make([]string, 0, len(before))
-	for n := range before {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		if err := o.Record(map[string]any{"file": n, "bytes_before": before[n], "bytes_after": after[n]}); err != nil {
+	for _, s := range sizes {
+		if err := o.Record(s); err != nil {
 			return err
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/postwarden/postwarden/mta/mtatest"
+	"github.com/postwarden/postwarden/suppression/subject"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
 )
 
@@ -55,7 +56,7 @@ func TestSubjectExportAndErase(t *testing.T) {
 
 	h.mustRun(2, "subject", "export", "marguerite.okonkwo@acme.example") // --reason is required
 	exp := h.mustRun(0, "--json", "subject", "export", "marguerite.okonkwo@acme.example", "--reason", "DSAR-1")
-	var x subjectExport
+	var x subject.Data
 	if err := json.Unmarshal([]byte(strings.TrimSpace(exp.stdout)), &x); err != nil {
 		t.Fatalf("export JSON: %v\n%s", err, exp.stdout)
 	}
@@ -69,7 +70,7 @@ func TestSubjectExportAndErase(t *testing.T) {
 
 	h.mustRun(0, "subject", "erase", "marguerite.okonkwo@acme.example", "--reason", "DSAR-2 erasure request")
 	exp = h.mustRun(0, "--json", "subject", "export", "marguerite.okonkwo@acme.example", "--reason", "DSAR-3")
-	x = subjectExport{}
+	x = subject.Data{}
 	if err := json.Unmarshal([]byte(strings.TrimSpace(exp.stdout)), &x); err != nil {
 		t.Fatal(err)
 	}

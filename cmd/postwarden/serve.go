@@ -13,6 +13,7 @@ import (
 
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/suppression/retention"
 )
 
 func (c *cli) serveCommand() *cobra.Command {
@@ -43,14 +44,11 @@ func (e *env) enforceRetention(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		r, err := e.prune()
+		r, err := retention.Prune(e.retentionDeps(), retention.Request{Who: "system:retention", SkipEmpty: true})
 		if err != nil {
 			e.log.Error().Err(err).Msg("retention prune failed")
-		} else if r != (pruneResult{}) {
-			if aerr := e.record(request{Who: "system:retention"}, "db.prune", "", "retention", map[string]string{
-				"finished_messages": fmt.Sprint(r.FinishedMessages), "capture_files": fmt.Sprint(r.CaptureFiles), "pending_optins": fmt.Sprint(r.PendingOptins), "audit_entries": fmt.Sprint(r.AuditEntries)}); aerr != nil {
-				e.log.Error().Err(aerr).Msg("retention prune not audited")
-			}
+		}
+		if r != (retention.Result{}) {
 			e.log.Info().Int("finished_messages", r.FinishedMessages).Int("pending_optins", r.PendingOptins).Int("audit_entries", r.AuditEntries).Msg("retention pruned")
 		}
 		select {

@@ -1,22 +1,17 @@
 package main
 
 // Sign-up, double opt-in and the consent store's admin verbs: the wiring of
-// suppression/optin and the preference page into serve, the confirmation
-// mailer (built-in templates → queue → DKIM → MTA, like every message), and
-// `postwarden subscribers import|ls`.
+// suppression/optin and the preference page into serve, of the confirmation
+// mailer (campaign/confirm: built-in templates → queue → DKIM → MTA, like
+// every message), and `postwarden subscribers import|ls`
+// (suppression/subscribers/importer, the consent store).
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/csv"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"net/mail"
-	"os"
 	"path/filepath"
 	"sort"
 	"time"
@@ -24,16 +19,15 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
+	"github.com/postwarden/postwarden/campaign/confirm"
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/queue"
-	"github.com/postwarden/postwarden/suppression/address"
-	"github.com/postwarden/postwarden/suppression/gate"
 	"github.com/postwarden/postwarden/suppression/httplimit"
 	"github.com/postwarden/postwarden/suppression/optin"
 	"github.com/postwarden/postwarden/suppression/pages"
 	"github.com/postwarden/postwarden/suppression/subscribers"
+	"github.com/postwarden/postwarden/suppression/subscribers/importer"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
-	"github.com/postwarden/postwarden/templates"
 )
 
 // mountPages puts the recipient pages on mux: /u/ (unsubscribe and
@@ -67,7 +61,14 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	mailer, err := newConfirmMailer(e, pg.Name())
+	// The From domain is the first DKIM domain, so the signer signs it.
+	fromDomain := ""
+	if len(cfg.DKIM) > 0 {
+		fromDomain = cfg.DKIM[0].Domain
+	}
+	mailer, err := confirm.New(confirm.Config{Queue: confirmQueue{e.queue}, Links: links{e.tokens, e.mailtoDomain()},
+		HTML: configs.ConfirmHTML, Text: configs.ConfirmText, Subject: configs.ConfirmSubject, SenderName: pg.Name(),
+		FromDomain: fromDomain, Hostname: cfg.Hostname, PrivacyURL: cfg.PrivacyURL, ValidFor: cfg.OptinTTL})
 	if err != nil {
 		return err
 	}
@@ -136,79 +137,17 @@ func (a listsAdapter) Unsubscribed(addr, list, source string) error {
 	return nil
 }
 
-// confirmMailer renders the built-in confirmation message and enqueues it.
-type confirmMailer struct {
-	e      *env
-	set    *templates.Set
-	from   string
-	sender string
+// confirmQueue lets the confirmation mailer enqueue into the queue store.
+type confirmQueue struct{ q *queue.Store }
+
+// Enqueue satisfies confirm.Queue.
+func (a confirmQueue) Enqueue(m confirm.Message) error {
+	_, err := a.q.Enqueue([]queue.NewMessage{{Campaign: m.Campaign, List: m.List, Key: m.Key, From: m.From, To: m.To, Body: m.Body}})
+	return err
 }
 
-func newConfirmMailer(e *env, senderName string) (*confirmMailer, error) {
-	set, err := templates.Parse("configs/templates/confirm", configs.ConfirmHTML, configs.ConfirmText, configs.ConfirmSubject)
-	if err != nil {
-		return nil, err
-	}
-	if err := set.Validate(); err != nil {
-		return nil, err
-	}
-	// The From domain is the first DKIM domain, so the signer signs it.
-	domain := e.cfg.Hostname
-	if len(e.cfg.DKIM) > 0 {
-		domain = e.cfg.DKIM[0].Domain
-	}
-	from := (&mail.Address{Name: senderName, Address: "noreply@" + domain}).String()
-	return &confirmMailer{e: e, set: set, from: from, sender: senderName}, nil
-}
-
-// SendConfirmation satisfies optin.Mailer. The message goes into the queue
-// as campaign "optin-LIST" under a fresh key, so a later sign-up can mail
-// again; its queue list is gate.ConfirmationList(LIST), so the gate lets it
-// reach a person who unsubscribed or was erased (they are asking back in).
-func (m *confirmMailer) SendConfirmation(ctx context.Context, addr, list, listName, confirmURL string) error {
-	e := m.e
-	camp := "optin-" + list
-	var rnd [12]byte
-	_, _ = rand.Read(rnd[:])
-	unsub := e.tokens.UnsubscribeURL(addr, list, camp)
-	uris := []string{unsub}
-	if mt := (links{e.tokens, e.mailtoDomain()}).UnsubscribeMailto(addr, list, camp); mt != "" {
-		uris = append(uris, mt)
-	}
-	valid := fmt.Sprintf("%d days", int(e.cfg.OptinTTL/(24*time.Hour)))
-	if e.cfg.OptinTTL < 48*time.Hour {
-		valid = fmt.Sprintf("%d hours", int(e.cfg.OptinTTL/time.Hour))
-	}
-	body, err := m.set.Render(templates.Data{
-		Email:          addr,
-		Fields:         map[string]string{"ConfirmURL": confirmURL, "ListName": listName, "SenderName": m.sender, "ValidFor": valid},
-		UnsubscribeURL: unsub, PrivacyURL: e.cfg.PrivacyURL,
-	}, templates.Envelope{
-		From: m.from, To: addr,
-		MessageID:   "optin." + hex.EncodeToString(rnd[:]) + "@" + e.cfg.Hostname,
-		Date:        time.Now(),
-		ListID:      list + "." + e.cfg.Hostname, // RFC 2919 §2
-		ListName:    listName,
-		Unsubscribe: uris,
-	})
-	if err != nil {
-		return fmt.Errorf("render confirmation: %w", err)
-	}
-	a, err := address.Parse(addr)
-	if err != nil {
-		return err
-	}
-	from, _ := mail.ParseAddress(m.from)
-	if _, err := e.queue.Enqueue([]queue.NewMessage{{
-		Campaign: camp, List: gate.ConfirmationList(list),
-		Key:  a.Key() + ":" + fmt.Sprint(time.Now().UnixNano()),
-		From: from.Address, To: addr, Body: body,
-	}}); err != nil {
-		return fmt.Errorf("enqueue confirmation: %w", err)
-	}
-	e.queue.Kick()
-	return nil
-}
+// Kick satisfies confirm.Queue.
+func (a confirmQueue) Kick() { a.q.Kick() }
 
 // --- subscribers import / ls ---
 
@@ -216,36 +155,6 @@ type subscribersArgs struct {
 	Path   string `json:"path,omitempty"`
 	List   string `json:"list,omitempty"`
 	Source string `json:"source,omitempty"`
-}
-
-// importSummary is the record `subscribers import` ends with.
-type importSummary struct {
-	File               string         `json:"file"`
-	List               string         `json:"list"`
-	Rows               int            `json:"rows"`
-	Consent            int            `json:"imported_consent"`
-	LegitimateInterest int            `json:"imported_legitimate_interest"`
-	Existing           int            `json:"existing"`
-	Suppressed         int            `json:"suppressed"`
-	SuppressedBy       map[string]int `json:"suppressed_by,omitempty"`
-	Errors             []string       `json:"errors,omitempty"`
-}
-
-// importBatch is how many rows go into one fsynced transaction.
-const importBatch = 500
-
-// parseConsentTime reads consented_at: RFC 3339 or a date.
-func parseConsentTime(s string) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, nil
-	}
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t, nil
-	}
-	if t, err := time.Parse(time.DateOnly, s); err == nil {
-		return t, nil
-	}
-	return time.Time{}, fmt.Errorf("consented_at %q: want RFC 3339 or YYYY-MM-DD", s)
 }
 
 func opSubscribersImport(ctx context.Context, e *env, req request, o *out) error {
@@ -256,122 +165,9 @@ func opSubscribersImport(ctx context.Context, e *env, req request, o *out) error
 	if _, ok := e.cfg.Lists[a.List]; !ok {
 		return fmt.Errorf("subscribers import: list %q is not configured (lists: in the server config)", a.List)
 	}
-	f, err := os.Open(a.Path)
+	sum, err := importer.Import(ctx, importer.Config{Store: e.subs, Gate: e.gate(), Reveal: req.Reveal,
+		Progress: func(rows int) { _ = o.Progress(progress{Rows: rows}) }}, a.Path, a.List, a.Source)
 	if err != nil {
-		return fmt.Errorf("subscribers import: %w", err)
-	}
-	defer f.Close()
-	source := a.Source
-	if source == "" {
-		source = filepath.Base(a.Path)
-	}
-	sum := importSummary{File: a.Path, List: a.List, SuppressedBy: map[string]int{}}
-	rowErr := func(line int, format string, args ...any) {
-		msg := fmt.Sprintf(format, args...)
-		if !req.Reveal {
-			msg = address.MaskText(msg)
-		}
-		sum.Errors = append(sum.Errors, fmt.Sprintf("%s:%d: %s", a.Path, line, msg))
-	}
-	r := csv.NewReader(f)
-	r.FieldsPerRecord = -1
-	r.TrimLeadingSpace = true
-	header, err := r.Read()
-	if err != nil {
-		return fmt.Errorf("subscribers import %s: read header: %w", a.Path, err)
-	}
-	hd, err := address.ReadHeader(a.Path, header)
-	if err != nil {
-		return fmt.Errorf("subscribers import: %w", err)
-	}
-	get := hd.Field
-	var cands []subscribers.Candidate
-	var lines []int
-	flush := func() error {
-		if len(cands) == 0 {
-			return nil
-		}
-		res, err := e.subs.Import(cands)
-		if err != nil {
-			return err
-		}
-		for i, rs := range res {
-			switch {
-			case rs.Err == nil && rs.Event.Kind == subscribers.KindImportedLegitimate:
-				sum.LegitimateInterest++
-			case rs.Err == nil:
-				sum.Consent++
-			case errors.Is(rs.Err, subscribers.ErrExists):
-				sum.Existing++
-			case errors.Is(rs.Err, subscribers.ErrUnsubscribed):
-				sum.Suppressed++
-				sum.SuppressedBy["unsubscribed"]++
-			case errors.Is(rs.Err, subscribers.ErrErased):
-				sum.Suppressed++
-				sum.SuppressedBy["erased"]++
-			default:
-				rowErr(lines[i], "%v", rs.Err)
-			}
-		}
-		cands, lines = cands[:0], lines[:0]
-		_ = o.Progress(progress{Rows: sum.Rows})
-		return nil
-	}
-	for {
-		rec, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		line, _ := r.FieldPos(0)
-		if err != nil {
-			var pe *csv.ParseError
-			if errors.As(err, &pe) {
-				rowErr(pe.Line, "%v", pe.Err)
-				continue
-			}
-			return fmt.Errorf("subscribers import %s: %w", a.Path, err)
-		}
-		sum.Rows++
-		addr, err := address.Parse(get(rec, hd.Names[hd.Address]))
-		if err != nil {
-			rowErr(line, "email: %v", err)
-			continue
-		}
-		at, err := parseConsentTime(get(rec, "consented_at"))
-		if err != nil {
-			rowErr(line, "%v", err)
-			continue
-		}
-		// The gate wins: whoever unsubscribed, bounced, complained or was
-		// erased (and did not come back by double opt-in) is never brought
-		// back by an import.
-		d, err := e.gate().Decide(addr.String(), a.List, gate.Campaign, gate.Unchecked)
-		if err != nil {
-			return err
-		}
-		reason, suppressed := d.Reason, !d.Mailable
-		if suppressed {
-			sum.Suppressed++
-			sum.SuppressedBy[reason]++
-			continue
-		}
-		src := source
-		if s := get(rec, "source"); s != "" {
-			src += "/" + s
-		}
-		c := subscribers.Candidate{Address: addr.String(), List: a.List, Name: get(rec, "name"), Company: get(rec, "company"),
-			Source: src, ConsentedAt: at}
-		if !at.IsZero() {
-			c.IP = get(rec, "ip") // evidence only with a consent time
-		}
-		cands, lines = append(cands, c), append(lines, line)
-		if len(cands) >= importBatch {
-			if err := flush(); err != nil {
-				return err
-			}
-		}
-	}
-	if err := flush(); err != nil {
 		return err
 	}
 	e.log.Info().Str("who", req.Who).Str("file", a.Path).Str("list", a.List).Int("rows", sum.Rows).Int("consent", sum.Consent).
@@ -426,7 +222,7 @@ func (c *cli) subscribersCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ia.Path = absPath(args[0])
 			return c.call(cmd.Context(), "subscribers.import", ia, func(raw json.RawMessage) error {
-				var s importSummary
+				var s importer.Summary
 				if err := json.Unmarshal(raw, &s); err != nil {
 					return err
 				}

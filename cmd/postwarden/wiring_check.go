@@ -10,12 +10,18 @@ package main
 import (
 	"github.com/postwarden/postwarden/campaign"
 	"github.com/postwarden/postwarden/campaign/brakes"
+	"github.com/postwarden/postwarden/campaign/confirm"
 	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/mta/inbound"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
+	"github.com/postwarden/postwarden/suppression/audit"
 	"github.com/postwarden/postwarden/suppression/gate"
 	"github.com/postwarden/postwarden/suppression/optin"
+	"github.com/postwarden/postwarden/suppression/retention"
+	"github.com/postwarden/postwarden/suppression/sealed"
+	"github.com/postwarden/postwarden/suppression/subject"
+	"github.com/postwarden/postwarden/suppression/subscribers"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
 )
 
@@ -29,7 +35,6 @@ var (
 // campaign's collaborators (campaign send).
 var (
 	_ campaign.Suppressions = (*gate.Gate)(nil)
-	_ campaign.Queue        = queueAdapter{}
 	_ campaign.Links        = links{}
 	_ campaign.MailtoLinks  = links{}
 	_ campaign.Dictionaries = (*queue.Store)(nil)
@@ -64,10 +69,34 @@ var (
 
 // suppression/optin's collaborators (/subscribe, /c/).
 var (
-	_ optin.Mailer       = (*confirmMailer)(nil)
+	_ optin.Mailer       = (*confirm.Mailer)(nil)
 	_ optin.Suppressions = (*gate.Gate)(nil)
 	_ optin.Lifter       = (*gate.Gate)(nil)
 	_ optin.Auditor      = httpAuditor{}
+)
+
+// campaign/confirm's collaborators (the double opt-in confirmation).
+var (
+	_ confirm.Queue = confirmQueue{}
+	_ confirm.Links = links{}
+)
+
+// suppression/subject's and suppression/retention's collaborators
+// (subject export|erase|restrict, db prune|compact).
+var (
+	_ subject.Queue         = subjectQueue{}
+	_ subject.Suppression   = (*suppression.Store)(nil)
+	_ subject.Subscribers   = (*subscribers.Store)(nil)
+	_ subject.Audit         = (*audit.Log)(nil)
+	_ subject.Outbox        = mta.Outbox{}
+	_ subject.Indexer       = (*sealed.Box)(nil)
+	_ retention.Queue       = (*queue.Store)(nil)
+	_ retention.Outbox      = mta.Outbox{}
+	_ retention.Subscribers = (*subscribers.Store)(nil)
+	_ retention.Audit       = (*audit.Log)(nil)
+	_ retention.Compacter   = (*queue.Store)(nil)
+	_ retention.Compacter   = (*suppression.Store)(nil)
+	_ retention.Compacter   = (*subscribers.Store)(nil)
 )
 
 // suppression's collaborator (suppress import).

@@ -1,7 +1,26 @@
 // Package bounce reads bounce messages and spam complaints: RFC 3464
 // delivery status notifications, RFC 5965 ARF feedback reports, and the
-// plain-text bounces of MTAs that send neither (qmail, Exim, older Exchange,
-// some webmail providers).
+// plain-text bounces of MTAs that send neither (qmail, Exim, old Sendmail,
+// OpenSMTPD, older Exchange, Yahoo).
+//
+// Every failure gets a reason (the Reason constants, named as Sisimai names
+// them) from the one classifier, Classify, whether it is an SMTP reply during
+// our session, a DSN group or a text bounce: the enhanced code where it is
+// specific, the wording (the wordings table, one row a reason) where it is
+// generic or absent. Only ReasonUserUnknown, ReasonHostUnknown,
+// ReasonHasMoved and ReasonNotAccept under a 5yz make a failure KindHard,
+// the one kind that suppresses the address; blocks, reputation, spam, policy,
+// authentication and rate (ReasonBlocked, ReasonSpamDetected,
+// ReasonPolicyViolation, ReasonSecurityError, ReasonAuthFailure,
+// ReasonRequirePTR, ReasonSpeeding, ReasonTooManyConn) are about our sending
+// and stay KindSoft. Auto-replies are ReasonVacation and ARF reports
+// ReasonFeedback: neither is a bounce.
+//
+// Without a Final-Recipient, the recipient comes from X-Failed-Recipients,
+// the addresses in the text, or the returned original's header; an ARF
+// report's from Original-Rcpt-To, Microsoft's X-HmXmrOriginalRecipient or
+// the included message's To. Report.Provider names the provider family of
+// the host that answered or reported (ProviderOf).
 //
 // Contract: Parse never panics and returns an error only when the input
 // cannot be read. It returns at least one Report: when nothing is
@@ -16,6 +35,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"regexp"
 	"strings"
 
 	"github.com/emersion/go-message"
@@ -36,8 +56,12 @@ type Report struct {
 	Action     string `json:"action,omitempty"`     // failed, delayed, delivered, relayed, expanded
 	Diagnostic string `json:"diagnostic,omitempty"` // the remote's reply, type prefix removed
 	RemoteMTA  string `json:"remote_mta,omitempty"` // host that gave the reply
-	Kind       string `json:"kind"`                 // hard, soft, complaint, unknown
-	Reason     string `json:"reason,omitempty"`     // why, one of the Reason constants (Classify)
+	// Provider is the provider family (ProviderMicrosoft, …) of the host that
+	// answered or reported, from Remote-MTA, Reporting-MTA or Received host
+	// names (ProviderOf); "" when none is recognised.
+	Provider string `json:"provider,omitempty"`
+	Kind     string `json:"kind"`             // hard, soft, complaint, unknown
+	Reason   string `json:"reason,omitempty"` // why, one of the Reason constants (Classify)
 	// FeedbackType is the ARF Feedback-Type (abuse, fraud, virus, other, not-spam).
 	FeedbackType string `json:"feedback_type,omitempty"`
 	// OriginalMailFrom is the envelope sender of the reported message (ARF
@@ -104,8 +128,12 @@ func ParseBytes(data []byte) ([]Report, error) {
 	if len(reps) > maxReports {
 		reps = reps[:maxReports]
 	}
+	msgProvider := p.messageProvider()
 	for i := range reps {
 		reps[i].VERP = append([]string(nil), p.verp...)
+		if reps[i].Provider = ProviderOf(reps[i].RemoteMTA); reps[i].Provider == "" {
+			reps[i].Provider = msgProvider
+		}
 		if reps[i].OriginalMailFrom == "" {
 			reps[i].OriginalMailFrom = p.mailFrom
 		}
@@ -246,7 +274,47 @@ func (p *parser) reports() []Report {
 	if strings.TrimSpace(text) == "" && !p.isMulti {
 		text = string(p.rawBody)
 	}
-	return p.textReports(text)
+	reps := p.textReports(text)
+	for _, r := range reps {
+		if r.Status != "" {
+			return reps
+		}
+	}
+	if from := firstAddress(p.top.get("From")); from != "" && p.autoReply() {
+		// An auto-reply names no failure: its sender is the recipient, who is there.
+		return []Report{{Recipient: from, Kind: KindUnknown, Reason: ReasonVacation}}
+	}
+	return reps
+}
+
+// vacationSubjectRe matches the subjects of common auto-replies.
+var vacationSubjectRe = regexp.MustCompile(`(?i)^\s*(?:(?:out of (?:the )?office|auto(?:matic)?[- ]?(?:reply|response|antwort)|autoreply|absence|r[ée]ponse automatique|vacation|on leave)\b|abwesenheit)`)
+
+// bounceSubjectRe matches the subjects of bounces (Exchange, Gmail, Postfix,
+// Exim, Sendmail, qmail, Yahoo, Sun, Courier, OpenSMTPD).
+var bounceSubjectRe = regexp.MustCompile(`(?i)undeliver|delivery (?:status|failure|has failed|notification)|returned mail|failure notice|mail delivery failed|non-?delivery|delivery status notification|notice: mail delivery status`)
+
+// autoReply reports whether the message is an auto-reply rather than a
+// bounce: X-Autoreply or X-Autorespond (vacation programs), Precedence
+// auto_reply, Auto-Submitted auto-replied (RFC 3834 §5) or an out-of-office
+// subject, from a person rather than a mailer daemon, under a subject that is
+// not a bounce's.
+func (p *parser) autoReply() bool {
+	from := strings.ToLower(firstAddress(p.top.get("From")))
+	if i := strings.LastIndexByte(from, '@'); i < 0 || notRecipient[from[:i]] {
+		return false
+	}
+	if bounceSubjectRe.MatchString(p.top.get("Subject")) || len(p.top.all("X-MS-Exchange-Message-Is-Ndr")) > 0 {
+		return false // a bounce we could not read is still no auto-reply
+	}
+	if p.top.get("X-Autoreply") != "" || p.top.get("X-Autorespond") != "" ||
+		strings.EqualFold(p.top.get("Precedence"), "auto_reply") {
+		return true
+	}
+	if strings.HasPrefix(strings.ToLower(p.top.get("Auto-Submitted")), "auto-replied") {
+		return true
+	}
+	return vacationSubjectRe.MatchString(p.top.get("Subject"))
 }
 
 // dsnReports reads the per-recipient groups of a delivery-status part
@@ -291,8 +359,12 @@ func (p *parser) arfReport() Report {
 			break
 		}
 	}
-	if r.Recipient == "" {
-		r.Recipient = firstAddress(p.orig.get("To"))
+	// Microsoft's JMRP redacts the included message's To and names the
+	// recipient in X-HmXmrOriginalRecipient; others leave To as it was.
+	for _, k := range []string{"X-HmXmrOriginalRecipient", "To"} {
+		if a := firstAddress(p.orig.get(k)); r.Recipient == "" && a != "" {
+			r.Recipient = a
+		}
 	}
 	r.OriginalMailFrom = bareAddress(p.arf.get("Original-Mail-From"))
 	return r

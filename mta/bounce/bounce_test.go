@@ -11,24 +11,52 @@ import (
 // fixtureVERP is the (fake) VERP address every fixture is addressed to.
 const fixtureVERP = bouncetest.VERP
 
-// fixtures lists what each report of bouncetest must parse to.
+// fixtures lists what each report of bouncetest must parse to: one or more
+// per MTA format (RFC 3464 DSNs and the plain-text bounces of those that send
+// none), written from each MTA's documented format, and ARF reports.
 var fixtures = []struct {
 	file                               string
 	recipient, status, action, kind    string
 	feedbackType, remote, diagContains string
-	reason                             string
+	reason, provider                   string
 }{
+	// Postfix: multipart/report, Final-Recipient; X-Postfix; for its own verdicts.
 	{file: "postfix-5.1.1.eml", recipient: "nobody@example.net", status: "5.1.1", action: "failed", kind: KindHard, remote: "mail.example.net", diagContains: "User unknown in virtual mailbox table", reason: ReasonUserUnknown},
-	{file: "exim-550.eml", recipient: "jdoe@example.org", status: "5.1.1", action: "failed", kind: KindHard, remote: "mail.example.org", diagContains: "550 5.1.1", reason: ReasonUserUnknown},
-	{file: "sendmail-5.1.1.eml", recipient: "old.user@example.net", status: "5.1.1", action: "failed", kind: KindHard, remote: "mx.example.net", diagContains: "User unknown", reason: ReasonUserUnknown},
-	{file: "exchange-ndr.eml", recipient: "mailbox@fabrikam.example", status: "5.1.10", action: "failed", kind: KindHard, diagContains: "RESOLVER.ADR.RecipientNotFound", reason: ReasonUserUnknown},
-	{file: "gmail-5.1.1.eml", recipient: "someone@example.org", status: "5.1.1", action: "failed", kind: KindHard, remote: "mx.example.org", diagContains: "does not exist", reason: ReasonUserUnknown},
-	{file: "yahoo-554.eml", recipient: "user@example.net", status: "5.7.9", action: "failed", kind: KindSoft, diagContains: "policy reasons", reason: ReasonPolicyViolation},
-	{file: "qmail-plain.eml", recipient: "gone@example.org", status: "5.1.1", action: "failed", kind: KindHard, remote: "198.51.100.9", diagContains: "No such user", reason: ReasonUserUnknown},
-	{file: "mailbox-full-5.2.2.eml", recipient: "full@example.com", status: "5.2.2", action: "failed", kind: KindSoft, remote: "mx1.example.com", diagContains: "Mailbox full", reason: ReasonMailboxFull},
+	{file: "postfix-nullmx.eml", recipient: "info@parked.example", status: "5.1.0", action: "failed", kind: KindHard, diagContains: "nullMX", reason: ReasonNotAccept},
 	{file: "delayed-4.4.7.eml", recipient: "slow@example.net", status: "4.4.7", action: "delayed", kind: KindSoft, diagContains: "Connection timed out", reason: ReasonExpired},
+	{file: "mailbox-full-5.2.2.eml", recipient: "full@example.com", status: "5.2.2", action: "failed", kind: KindSoft, remote: "mx1.example.com", diagContains: "Mailbox full", reason: ReasonMailboxFull},
+	// Exim: plain text, X-Failed-Recipients, the address indented under "The following address(es) failed:".
+	{file: "exim-550.eml", recipient: "jdoe@example.org", status: "5.1.1", action: "failed", kind: KindHard, remote: "mail.example.org", diagContains: "550 5.1.1", reason: ReasonUserUnknown},
+	{file: "exim-retry-timeout.eml", recipient: "tom.wu@example.net", status: "5.4.7", action: "failed", kind: KindSoft, diagContains: "retry timeout exceeded", reason: ReasonExpired},
+	// Sendmail, new (8.9+: multipart/report) and old (plain text, "----- Transcript of session follows -----").
+	{file: "sendmail-5.1.1.eml", recipient: "old.user@example.net", status: "5.1.1", action: "failed", kind: KindHard, remote: "mx.example.net", diagContains: "User unknown", reason: ReasonUserUnknown},
+	{file: "sendmail-old-host-unknown.eml", recipient: "pat@nowhere.example", status: "5.0.0", action: "failed", kind: KindHard, diagContains: "Host unknown", reason: ReasonHostUnknown},
+	// qmail: plain text, "<addr>:" then the reason, "(#x.y.z)" for its own.
+	{file: "qmail-plain.eml", recipient: "gone@example.org", status: "5.1.1", action: "failed", kind: KindHard, remote: "198.51.100.9", diagContains: "No such user", reason: ReasonUserUnknown},
+	{file: "qmail-5.1.2.eml", recipient: "jo@nohost.example", status: "5.1.2", action: "failed", kind: KindHard, diagContains: "couldn't find any host", reason: ReasonHostUnknown},
+	// OpenSMTPD: multipart/mixed, "addr: reply" under "the following list of recipients:".
+	{file: "opensmtpd-5.7.1.eml", recipient: "hanna@example.net", status: "5.7.1", action: "failed", kind: KindSoft, diagContains: "zen.spamhaus.org", reason: ReasonBlocked},
+	// Courier: multipart/report with a generic Status 5.0.0 the diagnostic refines.
+	{file: "courier-5.3.4.eml", recipient: "lena.berg@example.org", status: "5.3.4", action: "failed", kind: KindSoft, remote: "mail.example.org", diagContains: "maximum message size", reason: ReasonMesgTooBig},
+	// Oracle/Sun Messaging Server: multipart/report, generic 5.0.0, the text ("unknown or illegal alias") decides.
+	{file: "sun-messaging-5.0.0.eml", recipient: "m.rossi@example.org", status: "5.0.0", action: "failed", kind: KindHard, remote: "mx.example.org", diagContains: "unknown or illegal alias", reason: ReasonUserUnknown},
+	// Exchange 2007–2010: plain-text NDR, "Delivery has failed to these recipients or groups:", "#550 5.2.2 … ##".
+	{file: "exchange2010-text-5.2.2.eml", recipient: "kim.novak@corp.example.org", status: "5.2.2", action: "failed", kind: KindSoft, diagContains: "STOREDRV.Deliver: mailbox full", reason: ReasonMailboxFull},
+	// Office 365 / Exchange Online: multipart/report with the NDR text.
+	{file: "exchange-ndr.eml", recipient: "mailbox@fabrikam.example", status: "5.1.10", action: "failed", kind: KindHard, diagContains: "RESOLVER.ADR.RecipientNotFound", reason: ReasonUserUnknown, provider: ProviderMicrosoft},
+	{file: "office365-5.7.509.eml", recipient: "sam.ortiz@contoso.example", status: "5.7.509", action: "failed", kind: KindSoft, diagContains: "DMARC", reason: ReasonAuthFailure, provider: ProviderMicrosoft},
+	// Gmail: multipart/report, X-Failed-Recipients; delays with Will-Retry-Until.
+	{file: "gmail-5.1.1.eml", recipient: "someone@example.org", status: "5.1.1", action: "failed", kind: KindHard, remote: "mx.example.org", diagContains: "does not exist", reason: ReasonUserUnknown, provider: ProviderGoogle},
+	{file: "gmail-4.2.2-delay.eml", recipient: "noor@example.org", status: "4.2.2", action: "delayed", kind: KindSoft, remote: "gmail-smtp-in.l.google.com", diagContains: "out of storage space", reason: ReasonMailboxFull, provider: ProviderGoogle},
+	// Yahoo: plain text, qmail-like, "Remote host said:" or its own "delivery error: dd …".
+	{file: "yahoo-554.eml", recipient: "user@example.net", status: "5.7.9", action: "failed", kind: KindSoft, diagContains: "policy reasons", reason: ReasonPolicyViolation, provider: ProviderYahoo},
+	{file: "yahoo-dd-no-account.eml", recipient: "ola.nord@yahoo.com", status: "5.0.0", action: "failed", kind: KindHard, diagContains: "doesn't have a yahoo.com account", reason: ReasonUserUnknown, provider: ProviderYahoo},
+	// ARF: Original-Rcpt-To, the included message's To, Microsoft JMRP's X-HmXmrOriginalRecipient.
 	{file: "arf-abuse.eml", recipient: "reader@isp.example", kind: KindComplaint, feedbackType: "abuse", reason: ReasonFeedback},
 	{file: "arf-headers-only.eml", recipient: "pat.lee@complaints.example.net", kind: KindComplaint, feedbackType: "abuse", reason: ReasonFeedback},
+	{file: "arf-microsoft-jmrp.eml", recipient: "lou.kim@outlook.com", kind: KindComplaint, feedbackType: "abuse", reason: ReasonFeedback, provider: ProviderMicrosoft},
+	// Not a bounce.
+	{file: "vacation-autoreply.eml", recipient: "rui.costa@example.org", kind: KindUnknown, reason: ReasonVacation},
 	{file: "garbage.eml", kind: KindUnknown},
 }
 
@@ -58,6 +86,9 @@ func TestFixtures(t *testing.T) {
 			}
 			if r.Reason != f.reason {
 				t.Errorf("reason %q, want %q", r.Reason, f.reason)
+			}
+			if r.Provider != f.provider {
+				t.Errorf("provider %q, want %q", r.Provider, f.provider)
 			}
 			if r.RemoteMTA != f.remote {
 				t.Errorf("remote MTA %q, want %q", r.RemoteMTA, f.remote)
@@ -133,6 +164,20 @@ No action is required on your part.
 			[]Report{{Recipient: "y@example.com", Kind: KindUnknown}}},
 		{"code without an address", hdr + "Remote host said: 550 5.1.1 no such mailbox here\n",
 			[]Report{{Status: "5.1.1", Action: "failed", Kind: KindHard}}},
+		{"recipient only in the returned original", hdr + `Your message could not be delivered to one of its recipients.
+Reason: 550 5.1.1 mailbox unavailable: no such user
+
+------ This is a copy of the message, including all the headers. ------
+
+Return-Path: <` + fixtureVERP + `>
+From: Ana <ana@example.com>
+To: Lee <lee@example.net>
+`, []Report{{Recipient: "lee@example.net", Status: "5.1.1", Action: "failed", Kind: KindHard}}},
+		{"could not be delivered to", hdr + `Your message could not be delivered to the following recipients:
+
+    Lee <lee@example.net>
+    Reason: 550 5.2.1 The email account that you tried to reach is disabled.
+`, []Report{{Recipient: "lee@example.net", Status: "5.2.1", Action: "failed", Kind: KindSoft}}},
 		{"nothing at all", hdr + "Thank you for your message. I am out of the office.\n",
 			[]Report{{Kind: KindUnknown}}},
 		{"sender's own address is no recipient", "From: MAILER-DAEMON@mx.example.org\nTo: ana@example.com\n\nYour message from ana@example.com to c@example.net failed: 550 5.1.1 unknown\n",
@@ -161,6 +206,64 @@ No action is required on your part.
 				}
 			}
 		})
+	}
+}
+
+// Auto-replies are no bounces: their sender is the recipient, the reason
+// vacation; a bounce we cannot read is never taken for one.
+func TestAutoReply(t *testing.T) {
+	cases := []struct {
+		name, header string
+		recipient    string
+		reason       string
+	}{
+		{"X-Autoreply", "From: Kim <kim@example.org>\nX-Autoreply: yes\nSubject: Re: A note\n", "kim@example.org", ReasonVacation},
+		{"Precedence auto_reply", "From: kim@example.org\nPrecedence: auto_reply\nSubject: Re: A note\n", "kim@example.org", ReasonVacation},
+		{"RFC 3834 Auto-Submitted", "From: kim@example.org\nAuto-Submitted: auto-replied\nSubject: Re: A note\n", "kim@example.org", ReasonVacation},
+		{"subject only", "From: kim@example.org\nSubject: Automatic reply: A note\n", "kim@example.org", ReasonVacation},
+		{"German subject", "From: kim@example.org\nSubject: Abwesenheitsnotiz: A note\n", "kim@example.org", ReasonVacation},
+		{"from a mailer daemon", "From: MAILER-DAEMON@example.org\nAuto-Submitted: auto-replied\nSubject: Out of office\n", "", ""},
+		{"an unreadable bounce", "From: MicrosoftExchange1234@example.org\nAuto-Submitted: auto-replied\nSubject: Undeliverable: A note\n", "", ""},
+		{"a plain reply", "From: kim@example.org\nSubject: Re: A note\n", "", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			msg := c.header + "To: " + fixtureVERP + "\n\nThank you for your message. I am away until Monday.\n"
+			reps, err := Parse(strings.NewReader(msg))
+			if err != nil || len(reps) != 1 {
+				t.Fatalf("%+v, %v", reps, err)
+			}
+			if r := reps[0]; r.Recipient != c.recipient || r.Reason != c.reason || r.Kind != KindUnknown {
+				t.Errorf("got %q %q %q, want %q %q unknown", r.Recipient, r.Reason, r.Kind, c.recipient, c.reason)
+			}
+		})
+	}
+}
+
+// An ARF report's recipient: Original-Rcpt-To, Microsoft's
+// X-HmXmrOriginalRecipient, the included message's To, or none (the VERP
+// address alone then names the message).
+func TestARFRecipient(t *testing.T) {
+	arf := func(report, included string) string {
+		return "From: fbl@isp.example\nTo: fbl@example.com\nContent-Type: multipart/report; report-type=feedback-report; boundary=XX\n\n" +
+			"--XX\nContent-Type: message/feedback-report\n\nFeedback-Type: abuse\nVersion: 1\nOriginal-Mail-From: <" + fixtureVERP + ">\n" + report +
+			"\n--XX\nContent-Type: text/rfc822-headers\n\nFrom: ana@example.com\n" + included + "Subject: A note\n\n--XX--\n"
+	}
+	cases := []struct{ name, msg, want string }{
+		{"Original-Rcpt-To", arf("Original-Rcpt-To: <one@isp.example>\n", "To: two@isp.example\n"), "one@isp.example"},
+		{"JMRP", arf("", "X-HmXmrOriginalRecipient: <three@outlook.com>\nTo: redacted@redacted.invalid\n"), "three@outlook.com"},
+		{"included To", arf("", "To: Two <two@isp.example>\n"), "two@isp.example"},
+		{"VERP only", arf("", "To: undisclosed-recipients:;\n"), ""},
+	}
+	for _, c := range cases {
+		reps, err := Parse(strings.NewReader(c.msg))
+		if err != nil || len(reps) != 1 {
+			t.Fatalf("%s: %+v, %v", c.name, reps, err)
+		}
+		r := reps[0]
+		if r.Recipient != c.want || r.Kind != KindComplaint || r.Reason != ReasonFeedback || len(r.VERP) != 1 || r.VERP[0] != fixtureVERP {
+			t.Errorf("%s: %+v, want recipient %q, a complaint with the VERP address", c.name, r, c.want)
+		}
 	}
 }
 

@@ -174,6 +174,11 @@ var byStatus = map[string]string{
 	"7.26": ReasonAuthFailure,
 }
 
+// dbebRe is Microsoft 365's Directory-Based Edge Blocking reply, "550 5.4.1
+// Recipient address rejected: Access denied. AS(201806281)": Microsoft
+// documents it as the recipient not existing in the tenant's directory.
+var dbebRe = regexp.MustCompile(`(?i)recipient address rejected: access denied`)
+
 // bySubject is a reason when only the subject is known.
 var bySubject = map[byte]string{
 	'0': ReasonUndefined, '1': ReasonUndefined, '2': ReasonUndefined, '3': ReasonSystemError,
@@ -193,6 +198,8 @@ func reasonOf(code int, enh, text string) string {
 				return ReasonUserUnknown // Microsoft's RESOLVER.ADR.RecipientNotFound
 			}
 			return ReasonNotAccept
+		case rest == "4.1" && dbebRe.MatchString(text):
+			return ReasonUserUnknown
 		case rest == "4.4":
 			// RFC 3463 §3.5: X.4.4 serves permanent and transient routing failures
 			// alike; only a domain or host that does not exist, or takes no mail,
@@ -246,52 +253,95 @@ func reasonOf(code int, enh, text string) string {
 // byText returns the first reason whose wording is in text, "" when none;
 // with only set, it looks only for those reasons.
 func byText(text string, only map[string]bool) string {
+	r, _ := byTextAt(text, only)
+	return r
+}
+
+// byTextAt is byText that also returns where the wording starts in text.
+func byTextAt(text string, only map[string]bool) (string, int) {
 	if text == "" {
-		return ""
+		return "", -1
 	}
 	for _, w := range wordings {
 		if only != nil && !only[w.reason] {
 			continue
 		}
-		if w.re.MatchString(text) {
-			return w.reason
+		if loc := w.re.FindStringIndex(text); loc != nil {
+			return w.reason, loc[0]
 		}
 	}
-	return ""
+	return "", -1
 }
 
-// wordings map a reply's or diagnostic's text to a reason. Order matters:
-// what cannot suppress an address (a refused sender, relaying, reputation,
-// spam, rate) is looked for before what can, so a mixed text stays soft.
+// wordings map a reply's or diagnostic's text to a reason, one row a
+// reason, each with the MTAs' and providers' typical wording it was written
+// from. Order matters: what cannot suppress an address (a refused sender,
+// relaying, reputation, spam, rate) is looked for before what can, so a
+// mixed text stays soft.
 var wordings = []struct {
 	re     *regexp.Regexp
 	reason string
 }{
-	{regexp.MustCompile(`(?i)sender (?:address )?(?:rejected|denied|refused|unknown|invalid|not allowed|verify failed)|sender verification failed|from address rejected`), ReasonRejected},
-	{regexp.MustCompile(`(?i)relay(?:ing)? (?:access )?(?:denied|not permitted|not allowed|prohibited)|unable to relay|(?:do|does) not relay|not permitted to relay|no relaying`), ReasonNoRelaying},
-	{regexp.MustCompile(`(?i)reverse (?:dns|lookup|hostname)|\brdns\b|\bptr\b`), ReasonRequirePTR},
-	{regexp.MustCompile(`(?i)\b(?:spf|dkim|dmarc)\b|not authenticated|unauthenticated`), ReasonAuthFailure},
-	{regexp.MustCompile(`(?i)block ?list|black ?list|\bblocked\b|listed (?:at|on|in)|\b(?:rbl|dnsbl)\b|spamhaus|spamcop|reputation|access denied`), ReasonBlocked},
-	{regexp.MustCompile(`(?i)spam|junk mail|unsolicited|bulk mail`), ReasonSpamDetected},
-	{regexp.MustCompile(`(?i)too many (?:connections|sessions|concurrent)`), ReasonTooManyConn},
-	{regexp.MustCompile(`(?i)rate limit|rate of|throttl|slow down|too many (?:messages|mails|emails)|try (?:again )?later`), ReasonSpeeding},
-	{regexp.MustCompile(`(?i)too many recipients|recipient limit`), ReasonExceedLimit},
-	{regexp.MustCompile(`(?i)mailbox (?:is )?full|over ?quota|quota exceeded|exceeded (?:its|the|their|his|her) (?:storage|quota)|mailbox size limit|full mailbox`), ReasonMailboxFull},
-	{regexp.MustCompile(`(?i)message (?:is )?too (?:big|large)|message size|size limit|exceeds? (?:the )?(?:maximum )?(?:message )?size`), ReasonMesgTooBig},
-	{regexp.MustCompile(`(?i)insufficient (?:system )?storage|disk (?:is )?full|out of (?:disk|storage) ?space|system (?:is )?full`), ReasonSystemFull},
-	{regexp.MustCompile(`(?i)(?:account|mailbox|user|address) (?:is |has been )?(?:disabled|suspended|inactive|deactivated|locked|frozen|on hold)`), ReasonSuspend},
-	{regexp.MustCompile(`(?i)null mx|(?:domain|host|server) (?:does not|doesn't) accept (?:e-?)?mail|accepts no mail`), ReasonNotAccept},
-	{regexp.MustCompile(`(?i)host (?:or domain name )?not found|domain (?:name )?not found|(?:domain|host)(?: name)? (?:does not|doesn't) exist|unknown (?:domain|host)|no such (?:domain|host)|nxdomain`), ReasonHostUnknown},
-	{regexp.MustCompile(`(?i)user unknown|unknown user|no such (?:user|mailbox|recipient|account|person)|(?:address|account|mailbox|recipient|user)\b[^.\n]{0,40}?(?:does not|doesn't|did not) exist|(?:address|account|mailbox|recipient|user) (?:not found|unknown|could(?: not|n't) be found)|unknown (?:recipient|mailbox|local[- ]part|address)|invalid (?:recipient|mailbox)|not a valid (?:mailbox|recipient|user)|recipientnotfound`), ReasonUserUnknown},
-	{regexp.MustCompile(`(?i)(?:mailbox|user|recipient) has moved|address has changed`), ReasonHasMoved},
-	{regexp.MustCompile(`(?i)delivery time expired|message expired|(?:too long|expired) in (?:the )?queue|retry time(?:out)? exceeded`), ReasonExpired},
-	{regexp.MustCompile(`(?i)connection (?:timed out|refused|reset|closed)|timed out|network (?:is )?unreachable|no route to host|(?:could not|unable to) connect|lost connection`), ReasonNetworkError},
-	{regexp.MustCompile(`(?i)syntax error|command unrecognized|unrecognized command|bad sequence`), ReasonSyntaxError},
-	{regexp.MustCompile(`(?i)polic(?:y|ies)`), ReasonPolicyViolation},
-	{regexp.MustCompile(`(?i)filtered|content filter|rejected by (?:a )?(?:filter|rule)`), ReasonFiltered},
-	{regexp.MustCompile(`(?i)auto.?reply|out of (?:the )?office|on vacation`), ReasonVacation},
-	{regexp.MustCompile(`(?i)mail loop|routing loop|too many hops|internal error|local error|system error|configuration error`), ReasonSystemError},
+	// Our sender refused: Postfix "Sender address rejected", Exim "sender verify failed".
+	{re(`sender (?:address )?(?:rejected|denied|refused|unknown|invalid|not allowed|verify failed)|sender verification failed|from address rejected`), ReasonRejected},
+	// Relaying: Postfix "Relay access denied", sendmail "Relaying denied", Exim "relay not permitted".
+	{re(`relay(?:ing)? (?:access )?(?:denied|not permitted|not allowed|prohibited)|unable to relay|(?:do|does) not relay|not permitted to relay|no relaying`), ReasonNoRelaying},
+	// Reverse DNS: Postfix "cannot find your reverse hostname" / "cannot find your hostname", Gmail 5.7.25 "PTR record".
+	{re(`reverse (?:dns|lookup|hostname)|cannot find your hostname|\brdns\b|\bptr\b`), ReasonRequirePTR},
+	// SPF, DKIM, DMARC: Gmail 5.7.26/5.7.27 "unauthenticated", Microsoft 5.7.509 "does not pass DMARC verification".
+	{re(`\b(?:spf|dkim|dmarc)\b|not authenticated|unauthenticated`), ReasonAuthFailure},
+	// Our IP or domain listed or distrusted: Microsoft S3150 "block list", 5.7.708 "Access denied, traffic not
+	// accepted from this IP", 4.7.650 "IP reputation"; Spamhaus and other DNSBLs; Yahoo [TSS09] "permanently deferred".
+	{re(`block ?list|black ?list|\bblocked\b|listed (?:at|on|in)|\b(?:rbl|dnsbl)\b|spamhaus|spamcop|reputation|access denied|traffic not accepted|permanently deferred`), ReasonBlocked},
+	// Content judged spam: Gmail 5.7.1 "likely unsolicited mail", 4.7.28 "unusual rate of unsolicited mail".
+	{re(`spam|junk mail|unsolicited|bulk mail`), ReasonSpamDetected},
+	// Sessions: Postfix and Exim "too many connections from your host", Microsoft "too many concurrent connections".
+	{re(`too many (?:connections|sessions|concurrent)`), ReasonTooManyConn},
+	// Rate: Yahoo [TSS04] "temporarily deferred due to unexpected volume", Microsoft 4.7.500 "Server busy. Please try
+	// again later", Gmail 4.7.0 "rate limited".
+	{re(`rate limit|rate of|throttl|slow down|too many (?:messages|mails|emails)|try (?:again )?later|unexpected volume|temporarily deferred`), ReasonSpeeding},
+	// Recipient count: "Too many recipients", Microsoft 5.5.3 "exceeded the maximum number of recipients".
+	{re(`too many recipients|recipient limit|maximum number of recipients`), ReasonExceedLimit},
+	// Quota: Exchange "STOREDRV.Deliver: mailbox full", Gmail 4.2.2/5.2.2 "over quota", "inbox is out of storage space",
+	// Exim "Mailbox quota exceeded", Courier "Mail quota exceeded", Sun "user over quota".
+	{re(`mailbox (?:is )?full|over ?quota|quota exceeded|exceeded (?:its|the|their|his|her) (?:storage|quota)|mailbox size limit|full mailbox|(?:inbox|mailbox) is out of (?:storage|space)`), ReasonMailboxFull},
+	// Size: sendmail and Courier "Message size exceeds fixed maximum message size", Postfix "exceeds fixed limit",
+	// OpenSMTPD "Message is too large".
+	{re(`message (?:is )?too (?:big|large)|message size|size limit|exceeds? (?:the )?(?:maximum )?(?:message )?size|exceeds fixed`), ReasonMesgTooBig},
+	// Their storage: 452 "Insufficient system storage" (RFC 5321 §4.2.3).
+	{re(`insufficient (?:system )?storage|disk (?:is )?full|out of (?:disk|storage) ?space|system (?:is )?full`), ReasonSystemFull},
+	// Disabled: Gmail "account that you tried to reach is disabled", Yahoo "This mailbox is disabled (554.30)".
+	{re(`(?:account|mailbox|user|address) (?:is |has been )?(?:disabled|suspended|inactive|deactivated|locked|frozen|on hold)|(?:account|mailbox) that you tried to reach (?:is|has been) (?:disabled|suspended|inactive)`), ReasonSuspend},
+	// Null MX (RFC 7505): Postfix "Domain X does not accept mail (nullMX)".
+	{re(`null ?mx|(?:domain|host|server)(?: \S+)? (?:does not|doesn't) accept (?:e-?)?mail|accepts no mail`), ReasonNotAccept},
+	// No such domain: Postfix "Host or domain name not found", sendmail "Host unknown", qmail "couldn't find any host
+	// named", Sun "Illegal host/domain name found".
+	{re(`host (?:or domain name )?not found|host unknown|domain (?:name )?not found|(?:domain|host)(?: name)? (?:does not|doesn't) exist|unknown (?:domain|host)|no such (?:domain|host)|nxdomain|(?:couldn't|could not) find any host|illegal host/domain`), ReasonHostUnknown},
+	// No such mailbox: Postfix "User unknown in … table", qmail "no mailbox here by that name", Gmail "The email account
+	// that you tried to reach does not exist", Microsoft "RecipientNotFound"/"RecipNotFound", Yahoo "This user doesn't
+	// have a yahoo.com account", Sun "unknown or illegal alias", OpenSMTPD "Invalid recipient".
+	{re(`user unknown|unknown user|no such (?:user|mailbox|recipient|account|person)|no mailbox here|(?:address|account|mailbox|recipient|user)\b[^.\n]{0,40}?(?:does not|doesn't|did not) exist|(?:address|account|mailbox|recipient|user) (?:not found|unknown|could(?: not|n't) be found)|unknown (?:recipient|mailbox|local[- ]part|address)|invalid (?:recipient|mailbox)|not a valid (?:mailbox|recipient|user)|recip(?:ient)?notfound|user (?:doesn't|does not) have an? \S+ account|unknown or illegal alias`), ReasonUserUnknown},
+	// Moved: "mailbox has moved", 5.1.6.
+	{re(`(?:mailbox|user|recipient) has moved|address has changed`), ReasonHasMoved},
+	// Gave up: Exim "retry timeout exceeded", "all hosts … have been failing for a long time", sendmail "Cannot send
+	// message for 5 days", Postfix "delivery time expired".
+	{re(`delivery time expired|message expired|(?:too long|expired) in (?:the )?queue|retry time(?:out)? exceeded|have been failing for a long time|cannot send message for \d+ days?`), ReasonExpired},
+	// The network: "Connection timed out", "No route to host".
+	{re(`connection (?:timed out|refused|reset|closed)|timed out|network (?:is )?unreachable|no route to host|(?:could not|unable to) connect|lost connection`), ReasonNetworkError},
+	// The protocol: 500–504 "Syntax error", "Bad sequence of commands".
+	{re(`syntax error|command unrecognized|unrecognized command|bad sequence`), ReasonSyntaxError},
+	// Local policy: Yahoo 5.7.9 "not accepted for policy reasons".
+	{re(`polic(?:y|ies)`), ReasonPolicyViolation},
+	// The recipient's own rules: "content filter", "rejected by filter".
+	{re(`filtered|content filter|rejected by (?:a )?(?:filter|rule)`), ReasonFiltered},
+	// Auto-replies: "out of the office", "on vacation".
+	{re(`auto.?reply|out of (?:the )?office|on vacation`), ReasonVacation},
+	// Their system: qmail "This message is looping", Postfix "mail for X loops back to myself".
+	{re(`mail loop|routing loop|looping|loops back to myself|too many hops|internal error|local error|system error|configuration error`), ReasonSystemError},
 }
+
+// re compiles a case-insensitive wording.
+func re(s string) *regexp.Regexp { return regexp.MustCompile(`(?i)` + s) }
 
 // replyCode reads the SMTP reply code that opens a diagnostic ("550 5.1.1 …",
 // "550-5.1.1 …"), 0 when none.
@@ -300,7 +350,7 @@ func replyCode(s string) int {
 	if len(s) < 3 || s[0] < '2' || s[0] > '5' {
 		return 0
 	}
-	if len(s) > 3 && s[3] != ' ' && s[3] != '-' {
+	if len(s) > 3 && s[3] != ' ' && s[3] != '-' && s[3] != ':' { // Yahoo: "554: delivery error"
 		return 0
 	}
 	n, err := strconv.Atoi(s[:3])

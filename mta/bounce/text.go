@@ -19,7 +19,20 @@ import (
 //	Exchange: "The following recipient(s) cannot be reached:" then
 //	          "addr on DATE" and "<host #5.1.1 smtp;550 5.1.1 …>"
 //	Yahoo:    "Sorry, we were unable to deliver your message to the following
-//	          address." then "<addr>:" and "Remote host said: 554 5.7.9 …"
+//	          address." then "<addr>:" and "Remote host said: 554 5.7.9 …" or
+//	          its own "554: delivery error: dd This user doesn't have a … account"
+//	Exchange 2007–2010: "Delivery has failed to these recipients or groups:",
+//	          "Diagnostic information for administrators:", the address, then
+//	          "#550 5.2.2 STOREDRV.Deliver: mailbox full ##"; "Original message headers:"
+//	Sendmail before DSNs: "----- The following addresses had permanent fatal
+//	          errors -----", "<addr>", "----- Transcript of session follows -----",
+//	          "550 <addr>... Host unknown", "----- Original message follows -----"
+//	OpenSMTPD: "An error has occurred while attempting to deliver a message for
+//	          the following list of recipients:" then "addr: 550 …", and
+//	          "Below is a copy of the original message:" (its own MIME part)
+//
+// Where the text quotes no code, its wording gives one (textCodes); where it
+// names no address, the returned original's header does (originalRecipient).
 //
 // The search: cut off the returned original, find the addresses in what is
 // left (minus the sender's, the reporter's and VERP ones), and look for a
@@ -33,15 +46,27 @@ var originalRe = regexp.MustCompile(`(?im)^[ \t]*-{2,}[ \t]*(?:this is a copy of
 // delayRe recognises a delay warning rather than a failure.
 var delayRe = regexp.MustCompile(`(?i)delayed mail|\(delay\)|delivery (?:has been |is )?delayed|not yet been delivered|will (?:continue|keep) (?:trying|to try)|still being retried|this is a warning only|warning: message .{0,80} delayed|will be retried until`)
 
-// phrases map wording to a code when a text bounce gives none. Only
-// unambiguous wording about the recipient's mailbox is listed.
-var phrases = []struct {
-	re   *regexp.Regexp
-	code string
-}{
-	{regexp.MustCompile(`(?i)mailbox (?:is )?full|over quota|quota exceeded|exceeded (?:its|the) storage`), "5.2.2"},
-	{regexp.MustCompile(`(?i)user unknown|unknown user|no such (?:user|mailbox|recipient)|(?:address|account|mailbox) (?:does not|doesn't|couldn't be found|could not be found|not found)|recipient not found|invalid recipient`), "5.1.1"},
+// textCodes give a text bounce that quotes no code one from its wording
+// (byText): only wording that is unambiguous about the recipient's mailbox
+// or the message's fate is used, never policy or reputation.
+var textCodes = map[string]string{
+	ReasonUserUnknown: "5.1.1", // "Sorry, no mailbox here by that name", "No such user"
+	ReasonHostUnknown: "5.1.2", // "Host unknown", "couldn't find any host named"
+	ReasonNotAccept:   "5.1.10",
+	ReasonSuspend:     "5.2.1",
+	ReasonMailboxFull: "5.2.2",
+	ReasonMesgTooBig:  "5.3.4",
+	ReasonExpired:     "5.4.7", // Exim's "retry timeout exceeded"
 }
+
+// textCodeReasons are the reasons of textCodes, for byText.
+var textCodeReasons = func() map[string]bool {
+	m := map[string]bool{}
+	for r := range textCodes {
+		m[r] = true
+	}
+	return m
+}()
 
 // Patterns for the host that gave the reply.
 var remoteRes = []*regexp.Regexp{
@@ -100,6 +125,8 @@ func (p *parser) textReports(text string) []Report {
 	}
 	if len(out) == 0 {
 		if r := windowReport(region, action); r.Status != "" {
+			// No address in the text: the returned original names the one it was for.
+			r.Recipient = p.originalRecipient(exclude)
 			out = append(out, r)
 		}
 	}
@@ -117,11 +144,8 @@ func windowReport(w, action string) Report {
 		}
 	}
 	if code == "" {
-		for _, ph := range phrases {
-			if loc := ph.re.FindStringIndex(w); loc != nil {
-				code, at = ph.code, loc[0]
-				break
-			}
+		if reason, i := byTextAt(w, textCodeReasons); reason != "" {
+			code, at = textCodes[reason], i
 		}
 	}
 	if code != "" {
@@ -167,6 +191,19 @@ func lineAt(w string, i int) string {
 func addrOnly(l string) bool {
 	t := strings.Trim(strings.TrimSpace(l), "<>:")
 	return t != "" && firstAddress(t) == t
+}
+
+// originalRecipient returns the recipient the returned original's header
+// names (X-Original-To, Delivered-To, then To) when a field names exactly
+// one that is not a sender, else "".
+func (p *parser) originalRecipient(exclude map[string]bool) string {
+	for _, k := range []string{"X-Original-To", "Delivered-To", "To"} {
+		as := findAddresses(p.orig.get(k))
+		if len(as) == 1 && !exclude[strings.ToLower(as[0])] && !hasPrefixFold(as[0], "bounce+") {
+			return as[0]
+		}
+	}
+	return ""
 }
 
 // textOriginal reads the header of an original returned inline.

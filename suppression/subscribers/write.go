@@ -1,0 +1,489 @@
+package subscribers
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/sealed"
+)
+
+// ---- writes ----
+
+// Subscribe records a sign-up: "subscribed" (pending) when s.Pending or
+// s.ViaDoubleOptIn, else "confirmed" at once (lists without double opt-in).
+// An erased address needs ViaDoubleOptIn (else ErrErased) and comes back with
+// a new SubscriberID and a "resubscribed" event. An address already confirmed
+// on the list gives ErrAlreadyConfirmed and nothing is written; a repeated
+// pending sign-up appends another "subscribed" event.
+func (s *Store) Subscribe(sub Subscription) (Event, error) {
+	key, canon, err := addrKey(sub.Address)
+	if err != nil {
+		return Event{}, fmt.Errorf("subscribe: %w", err)
+	}
+	sub = sub.trimmed()
+	if err := sub.Check(); err != nil {
+		return Event{}, fmt.Errorf("subscribe %s to %q: %w", address.Mask(key), sub.List, err)
+	}
+	ip, _ := normIP(sub.IP) // checked above
+	ua := cutUA(sub.UserAgent)
+	pending := sub.Pending || sub.ViaDoubleOptIn
+	idx := s.box.Index(key)
+	prefix := groupPrefix(idx, sub.List)
+
+	var ev Event
+	err = s.batch(func(tx *bbolt.Tx) error {
+		events := tx.Bucket(bucketEvents)
+		p, exists, err := getPerson(tx, idx)
+		if err != nil {
+			return err
+		}
+		code := codeConfirmed
+		if pending {
+			code = codeSubscribed
+		}
+		if !exists {
+			if erasedMarker(tx, idx) {
+				if !sub.ViaDoubleOptIn {
+					return ErrErased
+				}
+				code = codeResubscribed
+			}
+			p = person{ID: newID(), Created: s.now().UTC()}
+			p.Addr = s.box.SealString(canon, ctx(ctxAddress, p.ID))
+		} else if last := lastEvent(events, prefix); last != nil && last[0] == codeConfirmed {
+			return ErrAlreadyConfirmed
+		}
+		// Fill empty fields only: an unconfirmed form must not rewrite a known person.
+		changed := !exists
+		if p.Name == nil && sub.Name != "" {
+			p.Name, changed = s.sealOpt(sub.Name, ctxName, p.ID), true
+		}
+		if p.Company == nil && sub.Company != "" {
+			p.Company, changed = s.sealOpt(sub.Company, ctxCompany, p.ID), true
+		}
+		if changed {
+			if err := putPerson(tx, idx, p); err != nil {
+				return err
+			}
+		}
+		se, e := s.newEvent(code, time.Time{}, p.ID, sub.Source, ip, ua, sub.PrivacyURL, sub.ConsentText)
+		if err := appendEvent(events, prefix, code, se); err != nil {
+			return err
+		}
+		ev = e
+		return tx.Bucket(bucketMembers).Put(memberKey(sub.List, idx), nil)
+	})
+	if err != nil {
+		return Event{}, fmt.Errorf("subscribe %s to %q: %w", address.Mask(key), sub.List, err)
+	}
+	return ev, nil
+}
+
+// Confirm records the double opt-in confirmation of a pending sign-up, with
+// the IP and user agent of the click; the policy and wording shown at sign-up
+// are carried over. Anything but a pending state gives ErrNoPending.
+func (s *Store) Confirm(addr, list, ip, ua string) (Event, error) {
+	key, _, err := addrKey(addr)
+	if err != nil {
+		return Event{}, fmt.Errorf("confirm: %w", err)
+	}
+	list = strings.TrimSpace(list)
+	if err := checkList(list, false); err != nil {
+		return Event{}, fmt.Errorf("confirm %s on %q: %w", address.Mask(key), list, err)
+	}
+	if ip, err = normIP(ip); err != nil {
+		return Event{}, fmt.Errorf("confirm %s on %q: %w", address.Mask(key), list, err)
+	}
+	ua = cutUA(ua)
+	idx := s.box.Index(key)
+	prefix := groupPrefix(idx, list)
+	var ev Event
+	err = s.batch(func(tx *bbolt.Tx) error {
+		events := tx.Bucket(bucketEvents)
+		last := lastEvent(events, prefix)
+		if last == nil || (last[0] != codeSubscribed && last[0] != codeResubscribed) {
+			return ErrNoPending
+		}
+		var pend storedEvent
+		if err := json.Unmarshal(last[1:], &pend); err != nil {
+			return fmt.Errorf("decode pending event: %w", err)
+		}
+		se, e := s.newEvent(codeConfirmed, time.Time{}, pend.ID, "double-opt-in", ip, ua, pend.Privacy, pend.Consent)
+		if err := appendEvent(events, prefix, codeConfirmed, se); err != nil {
+			return err
+		}
+		ev = e
+		return nil
+	})
+	if err != nil {
+		return Event{}, fmt.Errorf("confirm %s on %q: %w", address.Mask(key), list, err)
+	}
+	return ev, nil
+}
+
+// Unsubscribe appends an "unsubscribed" event for addr on list, or on every
+// list it is on when list is "". Already unsubscribed: nothing is written.
+// No record at all (or erased): ErrNotFound, which callers that also
+// suppress the address may ignore.
+func (s *Store) Unsubscribe(addr, list, source string) error {
+	key, _, err := addrKey(addr)
+	if err != nil {
+		return fmt.Errorf("unsubscribe: %w", err)
+	}
+	list = strings.TrimSpace(list)
+	if err := checkList(list, true); err != nil {
+		return fmt.Errorf("unsubscribe %s from %q: %w", address.Mask(key), list, err)
+	}
+	if err := checkField("source", source, maxField); err != nil {
+		return fmt.Errorf("unsubscribe %s from %q: %w", address.Mask(key), list, err)
+	}
+	idx := s.box.Index(key)
+	err = s.batch(func(tx *bbolt.Tx) error {
+		events := tx.Bucket(bucketEvents)
+		lists := []string{list}
+		if list == "" {
+			var err error
+			if lists, err = listsOf(events, idx); err != nil {
+				return err
+			}
+		}
+		found := false
+		for _, l := range lists {
+			prefix := groupPrefix(idx, l)
+			last := lastEvent(events, prefix)
+			if last == nil {
+				continue
+			}
+			found = true
+			if last[0] == codeUnsubscribed {
+				continue
+			}
+			var prev storedEvent
+			if err := json.Unmarshal(last[1:], &prev); err != nil {
+				return fmt.Errorf("decode event: %w", err)
+			}
+			se, _ := s.newEvent(codeUnsubscribed, time.Time{}, prev.ID, source, "", "", "", "")
+			if err := appendEvent(events, prefix, codeUnsubscribed, se); err != nil {
+				return err
+			}
+		}
+		if !found {
+			return ErrNotFound
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("unsubscribe %s from %q: %w", address.Mask(key), list, err)
+	}
+	return nil
+}
+
+// listsOf returns the lists (not "") that idx has events on, in key order.
+func listsOf(events *bbolt.Bucket, idx []byte) ([]string, error) {
+	var lists []string
+	c := events.Cursor()
+	for k, _ := c.Seek(idx); k != nil && bytes.HasPrefix(k, idx); k, _ = c.Next() {
+		l, ok := splitEventKey(k)
+		if !ok {
+			return nil, fmt.Errorf("malformed event key %x", k[:min(len(k), 8)])
+		}
+		if l != "" && (len(lists) == 0 || lists[len(lists)-1] != l) {
+			lists = append(lists, l)
+		}
+	}
+	return lists, nil
+}
+
+// ImportCandidate imports one contact: consentedAt zero records an
+// "imported_legitimate_interest" event (never consent); otherwise a
+// "confirmed" event dated consentedAt carrying the imported evidence.
+// See Import for the rules.
+func (s *Store) ImportCandidate(addr, list, source string, consentedAt time.Time, ip string) (Event, error) {
+	res, err := s.Import([]Candidate{{Address: addr, List: list, Source: source, ConsentedAt: consentedAt, IP: ip}})
+	if err != nil {
+		return Event{}, err
+	}
+	return res[0].Event, res[0].Err
+}
+
+// Import imports contacts in one fsynced transaction; res[i] is the outcome
+// of cands[i]. Per contact, by its state on the list:
+//
+//	none                  → legitimate-interest candidate, or confirmed with the evidence
+//	legitimate_interest   → ErrExists, or confirmed with the evidence
+//	pending               → ErrExists, or confirmed with the evidence
+//	confirmed             → ErrExists
+//	unsubscribed          → ErrUnsubscribed (an import never re-subscribes)
+//	erased                → ErrErased
+//
+// The caller also screens against the suppression store, which wins.
+func (s *Store) Import(cands []Candidate) ([]ImportResult, error) {
+	type row struct {
+		Candidate      // normalised copy
+		key, canon, ip string
+		idx            []byte // nil: invalid, Err set
+	}
+	res := make([]ImportResult, len(cands))
+	rows := make([]row, len(cands))
+	now := s.now()
+	for i, c := range cands {
+		key, canon, err := addrKey(c.Address)
+		if err != nil {
+			res[i].Err = fmt.Errorf("import: %w", err)
+			continue
+		}
+		c.List = strings.TrimSpace(c.List)
+		c.Name, c.Company = strings.TrimSpace(c.Name), strings.TrimSpace(c.Company)
+		switch c.Source = strings.TrimSpace(c.Source); {
+		case c.Source == "":
+			c.Source = "import"
+		case !strings.HasPrefix(c.Source, "import:") && c.Source != "import":
+			c.Source = "import:" + c.Source
+		}
+		err = checkCommon(c.List, c.Name, c.Company, c.Source, c.PrivacyURL, c.ConsentText)
+		if err == nil && c.ConsentedAt.After(now.Add(24*time.Hour)) {
+			err = fmt.Errorf("consented_at %s is in the future", c.ConsentedAt.Format(time.RFC3339))
+		}
+		var ip string
+		if err == nil {
+			ip, err = normIP(c.IP)
+		}
+		if err != nil {
+			res[i].Err = fmt.Errorf("import %s to %q: %w", address.Mask(key), c.List, err)
+			continue
+		}
+		rows[i] = row{Candidate: c, key: key, canon: canon, ip: ip, idx: s.box.Index(key)}
+	}
+
+	err := s.update(func(tx *bbolt.Tx) error {
+		events := tx.Bucket(bucketEvents)
+		for i, r := range rows {
+			if r.idx == nil { // invalid, error already set
+				continue
+			}
+			c := r.Candidate
+			prefix := groupPrefix(r.idx, c.List)
+			p, exists, err := getPerson(tx, r.idx)
+			if err != nil {
+				return err
+			}
+			if !exists && erasedMarker(tx, r.idx) {
+				res[i].Err = fmt.Errorf("import %s to %q: %w", address.Mask(r.key), c.List, ErrErased)
+				continue
+			}
+			if last := lastEvent(events, prefix); last != nil {
+				switch {
+				case last[0] == codeUnsubscribed:
+					res[i].Err = fmt.Errorf("import %s to %q: %w", address.Mask(r.key), c.List, ErrUnsubscribed)
+					continue
+				case last[0] == codeConfirmed, c.ConsentedAt.IsZero():
+					res[i].Err = fmt.Errorf("import %s to %q: %w", address.Mask(r.key), c.List, ErrExists)
+					continue
+				}
+			}
+			changed := !exists
+			if !exists {
+				p = person{ID: newID(), Created: s.now().UTC()}
+				p.Addr = s.box.SealString(r.canon, ctx(ctxAddress, p.ID))
+			}
+			if p.Name == nil && c.Name != "" {
+				p.Name, changed = s.sealOpt(c.Name, ctxName, p.ID), true
+			}
+			if p.Company == nil && c.Company != "" {
+				p.Company, changed = s.sealOpt(c.Company, ctxCompany, p.ID), true
+			}
+			if changed {
+				if err := putPerson(tx, r.idx, p); err != nil {
+					return err
+				}
+			}
+			code := codeConfirmed
+			if c.ConsentedAt.IsZero() {
+				code = codeImportedLegitimate
+			}
+			se, e := s.newEvent(code, c.ConsentedAt, p.ID, c.Source, r.ip, "", c.PrivacyURL, c.ConsentText)
+			if err := appendEvent(events, prefix, code, se); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketMembers).Put(memberKey(c.List, r.idx), nil); err != nil {
+				return err
+			}
+			res[i].Event = e
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("import %d contacts: %w", len(cands), err)
+	}
+	return res, nil
+}
+
+// Erase removes every event and sealed field held for addr on every list and
+// appends an "erased" marker (index, time, ref, consent dates). It returns
+// the dates of the original consent per list so the caller can keep them in
+// the suppression tombstone. ref is a request reference: never put the
+// address in it. Call Compact afterwards so freed pages leave the file.
+func (s *Store) Erase(addr, ref string) (Tombstone, error) {
+	key, _, err := addrKey(addr)
+	if err != nil {
+		return Tombstone{}, fmt.Errorf("erase: %w", err)
+	}
+	if err := checkField("reference", ref, maxField); err != nil {
+		return Tombstone{}, fmt.Errorf("erase %s: %w", address.Mask(key), err)
+	}
+	idx := s.box.Index(key)
+	var ts Tombstone
+	err = s.batch(func(tx *bbolt.Tx) error {
+		events := tx.Bucket(bucketEvents)
+		ts = Tombstone{Index: hex.EncodeToString(idx), Ref: ref}
+		var dead [][]byte
+		byList := map[string]*ConsentDates{}
+		c := events.Cursor()
+		for k, v := c.Seek(idx); k != nil && bytes.HasPrefix(k, idx); k, v = c.Next() {
+			l, ok := splitEventKey(k)
+			if !ok {
+				return fmt.Errorf("malformed event key %x", k[:min(len(k), 8)])
+			}
+			if l == "" { // earlier erasure markers stay
+				continue
+			}
+			dead = append(dead, bytes.Clone(k))
+			cd := byList[l]
+			if cd == nil {
+				cd = &ConsentDates{List: l}
+				byList[l] = cd
+			}
+			if len(v) < 2 {
+				continue
+			}
+			var se storedEvent
+			if err := json.Unmarshal(v[1:], &se); err != nil {
+				return fmt.Errorf("decode event: %w", err)
+			}
+			switch v[0] {
+			case codeSubscribed, codeResubscribed:
+				if cd.Subscribed.IsZero() || se.Time.Before(cd.Subscribed) {
+					cd.Subscribed = se.Time
+				}
+			case codeConfirmed:
+				if cd.Confirmed.IsZero() || se.Time.Before(cd.Confirmed) {
+					cd.Confirmed, cd.Source = se.Time, se.Source
+				}
+			}
+		}
+		for _, l := range slices.Sorted(maps.Keys(byList)) {
+			ts.Consents = append(ts.Consents, *byList[l])
+			if err := tx.Bucket(bucketMembers).Delete(memberKey(l, idx)); err != nil {
+				return err
+			}
+		}
+		for _, k := range dead {
+			if err := events.Delete(k); err != nil {
+				return err
+			}
+		}
+		if err := tx.Bucket(bucketPeople).Delete(idx); err != nil {
+			return err
+		}
+		se, e := s.newEvent(codeErased, time.Time{}, "", ref, "", "", "", "")
+		se.Consents = ts.Consents
+		ts.Time = e.Time
+		return appendEvent(events, groupPrefix(idx, ""), codeErased, se)
+	})
+	if err != nil {
+		return Tombstone{}, fmt.Errorf("erase %s: %w", address.Mask(key), err)
+	}
+	s.log.Info().Str("index", ts.Index[:12]).Int("lists", len(ts.Consents)).Str("ref", ref).Msg("subscriber erased")
+	return ts, nil
+}
+
+// PrunePending deletes sign-ups still pending more than olderThan after
+// their last "subscribed"/"resubscribed" event (the opt-in TTL): the trailing
+// pending events of each history, its list membership when nothing else is
+// left, and the person when no list is left. It returns how many
+// (address, list) histories were pruned.
+func (s *Store) PrunePending(olderThan time.Duration) (int, error) {
+	cutoff := s.now().Add(-olderThan)
+	n := 0
+	err := s.update(func(tx *bbolt.Tx) error {
+		n = 0
+		events := tx.Bucket(bucketEvents)
+		var (
+			dead    [][]byte // keys to delete
+			run     [][]byte // trailing pending keys of the current history
+			runLast time.Time
+			group   []byte
+			size    int      // events in the current history
+			emptied [][]byte // histories left with no event
+		)
+		flush := func() {
+			if group == nil || len(run) == 0 || !runLast.Before(cutoff) {
+				return
+			}
+			dead = append(dead, run...)
+			n++
+			if len(run) == size {
+				emptied = append(emptied, group)
+			}
+		}
+		c := events.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if len(k) < sealed.IndexSize+9 {
+				return fmt.Errorf("malformed event key %x", k[:min(len(k), 8)])
+			}
+			g := k[:len(k)-8]
+			if !bytes.Equal(g, group) {
+				flush()
+				group, run, size = bytes.Clone(g), nil, 0
+			}
+			size++
+			if l, _ := splitEventKey(k); l == "" || len(v) < 2 || (v[0] != codeSubscribed && v[0] != codeResubscribed) {
+				run = nil
+				continue
+			}
+			var se storedEvent
+			if err := json.Unmarshal(v[1:], &se); err != nil {
+				return fmt.Errorf("decode event: %w", err)
+			}
+			run, runLast = append(run, bytes.Clone(k)), se.Time
+		}
+		flush()
+		for _, k := range dead {
+			if err := events.Delete(k); err != nil {
+				return err
+			}
+		}
+		for _, g := range emptied {
+			idx, list := g[:sealed.IndexSize], string(g[sealed.IndexSize:len(g)-1])
+			if err := tx.Bucket(bucketMembers).Delete(memberKey(list, idx)); err != nil {
+				return err
+			}
+			lists, err := listsOf(events, idx)
+			if err != nil {
+				return err
+			}
+			if len(lists) == 0 {
+				if err := tx.Bucket(bucketPeople).Delete(idx); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("prune pending sign-ups: %w", err)
+	}
+	if n > 0 {
+		s.log.Info().Int("pruned", n).Dur("older_than", olderThan).Msg("pending sign-ups pruned")
+	}
+	return n, nil
+}
