@@ -37,6 +37,7 @@ type Spec struct {
 	LIAHash                   string // sha256 of the LIA file as the caller read it, recorded
 	FileHash                  string // sha256 of the campaign file, recorded
 	MessageIDKey              []byte // secret for deterministic Message-IDs
+	Pool                      string // sending pool named by the campaign file, recorded
 
 	// ExcludeCountries holds ISO 3166-1 alpha-2 codes (any case; EL and UK
 	// are read as GR and GB): a row whose country column names one is
@@ -219,6 +220,7 @@ type Record struct {
 	LIA        string `json:"lia,omitempty"`
 	LIAHash    string `json:"lia_hash,omitempty"` // sha256 hex of the LIA file
 	Audience   string `json:"audience,omitempty"`
+	Pool       string `json:"pool,omitempty"` // sending pool (recorded; pools arrive later)
 	// ExcludeCountries (sorted) and UnknownCountry as applied.
 	ExcludeCountries []string  `json:"exclude_countries,omitempty"`
 	UnknownCountry   string    `json:"unknown_country,omitempty"`

@@ -99,7 +99,7 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 		}
 	}
 	rec := Record{ID: spec.ID, List: spec.List, Subject: spec.Subject, Recipients: spec.Recipients,
-		LegalBasis: spec.LegalBasis, LIA: spec.LIA, LIAHash: spec.LIAHash, Audience: spec.Audience,
+		LegalBasis: spec.LegalBasis, LIA: spec.LIA, LIAHash: spec.LIAHash, Audience: spec.Audience, Pool: spec.Pool,
 		ExcludeCountries: s.excludedList(), UnknownCountry: s.unknownPolicy(),
 		FileHash: spec.FileHash, RunBy: runBy(), Started: s.now()}
 	if err := putRecord(deps.Records, rec); err != nil {

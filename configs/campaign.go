@@ -55,6 +55,12 @@ type Campaign struct {
 	// from FreeMailList or the embedded list when legal_basis is
 	// legitimate_interest or freemail_list is given; nil otherwise.
 	FreeMail map[string]bool
+	// Pool names the sending pool (sources and pools arrive later; the name
+	// is checked and recorded); default "default".
+	Pool string
+	// Brakes are the campaign's own brakes as written; fields not given take
+	// the server's delivery.brakes (Brakes.Over).
+	Brakes Brakes
 
 	lines    map[string]int
 	hash     string
@@ -128,6 +134,7 @@ func parseCampaign(path, abs string, data []byte) (*Campaign, error) {
 	sum := sha256.Sum256(data)
 	c := &Campaign{Path: abs, lines: d.lines, hash: hex.EncodeToString(sum[:])}
 	var rate string
+	var br rawBrakes
 	root := d.document(data)
 	if root == nil {
 		return nil, d.err()
@@ -150,6 +157,8 @@ func parseCampaign(path, abs string, data []byte) (*Campaign, error) {
 		"exclude_countries": d.strList(&c.ExcludeCountries),
 		"unknown_country":   d.str(&c.UnknownCountry),
 		"freemail_list":     d.str(&c.FreeMailList),
+		"pool":              d.str(&c.Pool),
+		"brakes":            d.rawBrakes(&br),
 	}, "id", "list", "from", "subject", "template", "recipients", "legal_basis")
 	if rate != "" {
 		r, err := ParseRate(rate)
@@ -158,6 +167,7 @@ func parseCampaign(path, abs string, data []byte) (*Campaign, error) {
 		}
 		c.Rate = r
 	}
+	c.Brakes = d.brakes("brakes", br)
 	audienceGiven := c.Audience != ""
 	c.applyDefaults(filepath.Dir(abs))
 	c.check(d)
@@ -177,6 +187,9 @@ func (c *Campaign) applyDefaults(dir string) {
 	}
 	if c.Audience == "" {
 		c.Audience = AudienceB2B
+	}
+	if c.Pool == "" {
+		c.Pool = DefaultPool
 	}
 	if c.UnknownCountry == "" {
 		c.UnknownCountry = UnknownInclude
@@ -198,7 +211,7 @@ func (c *Campaign) check(d *decoder) {
 			d.failed[r.key] = true
 		}
 	}
-	for _, f := range []struct{ key, v string }{{"id", c.ID}, {"list", c.List}} {
+	for _, f := range []struct{ key, v string }{{"id", c.ID}, {"list", c.List}, {"pool", c.Pool}} {
 		if !idPattern.MatchString(f.v) {
 			d.fieldErr(f.key, "%s must be 1-64 of A-Z a-z 0-9 . _ -", Quote(f.v))
 		}

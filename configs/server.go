@@ -16,6 +16,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/postwarden/postwarden/campaign/brakes"
 	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression/httplimit"
@@ -179,6 +180,10 @@ type Delivery struct {
 	Shaping map[string]Shaping
 	// ProviderTable is the built-in table with Providers merged over it.
 	ProviderTable *Providers
+	// Brakes are the campaign brakes every campaign has unless its file
+	// says otherwise; default brakes.Defaults (Gmail's and Yahoo's bulk-sender
+	// rules: spam complaints under 0.3 %).
+	Brakes brakes.Thresholds
 }
 
 // TLS policies, weakest first.
@@ -229,6 +234,7 @@ func parseServer(name string, data []byte, dir string) (*Server, error) {
 	d := newDecoder(name)
 	s := &Server{lines: d.lines}
 	var rates map[string]string
+	var br rawBrakes
 	root := d.document(data)
 	if root == nil {
 		return nil, d.err()
@@ -303,6 +309,7 @@ func parseServer(name string, data []byte, dir string) (*Server, error) {
 					"resolver":                    d.str(&dl.Resolver),
 					"providers":                   d.str(&dl.Providers),
 					"shaping":                     d.shapingMap(&dl.Shaping),
+					"brakes":                      d.rawBrakes(&br),
 				})
 			}
 		},
@@ -321,6 +328,7 @@ func parseServer(name string, data []byte, dir string) (*Server, error) {
 		}),
 	}, "hostname", "data_dir", "public_url", "privacy_url")
 	s.Delivery.Rates = d.rates("delivery.rates", rates)
+	s.Delivery.Brakes = d.brakes("delivery.brakes", br).Over(brakes.Defaults)
 	s.applyDefaults(dir)
 	s.check(d)
 	s.loadProviderTable(d, dir)

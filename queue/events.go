@@ -50,7 +50,7 @@ func (s *Store) AddCampaignEvent(campaign, kind string) error {
 // "bounced_hard", "bounced_soft", "delayed") once per person per campaign:
 // the first time for addr's message in campaign it adds one to campaign's
 // counter and marks the message (Message.Counted), in the same transaction,
-// and reports true; a repeat, or an address with no message in campaign
+// and reports true (then Config.OnCampaignEvent is told); a repeat, or an address with no message in campaign
 // (never sent, erased, pruned), changes nothing and reports false. A repeat
 // costs one read transaction.
 func (s *Store) CountCampaignEvent(campaign, addr, kind string) (bool, error) {
@@ -120,6 +120,9 @@ func (s *Store) CountCampaignEvent(campaign, addr, kind string) (bool, error) {
 	})
 	if err != nil {
 		return false, fmt.Errorf("count %s event of campaign %s in %s: %w", kind, campaign, s.path, err)
+	}
+	if added && s.onEvent != nil {
+		s.onEvent(campaign, kind)
 	}
 	return added, nil
 }

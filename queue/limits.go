@@ -241,8 +241,13 @@ func (s *Store) Suspend(sel Selector, until time.Time, reason string) error {
 	}
 	reason = strings.TrimSpace(reason)
 	sp := Suspension{Selector: sel, Until: until, Reason: reason, Created: now}
+	// The map changes before the transaction: a dispatcher's claim (a write
+	// transaction too) that reads the old entry then commits before this one,
+	// so moveHeld below finds what it held. Changed after the commit, a claim
+	// in between would hold messages where nothing moves them again.
 	s.mu.Lock()
 	old, had := s.susp[sel.key()]
+	s.susp[sel.key()] = sp
 	s.mu.Unlock()
 	moved := 0
 	err = s.update(func(tx *bbolt.Tx) error {
@@ -261,11 +266,9 @@ func (s *Store) Suspend(sel Selector, until time.Time, reason string) error {
 		return err
 	})
 	if err != nil {
+		s.restoreSusp(sel, old, had)
 		return fmt.Errorf("suspend %s in %s: %w", sel, s.path, err)
 	}
-	s.mu.Lock()
-	s.susp[sel.key()] = sp
-	s.mu.Unlock()
 	s.log.Info().Str("selector", sel.String()).Time("until", until).Str("reason", reason).Int("moved", moved).Msg("delivery suspended")
 	return nil
 }
@@ -278,8 +281,11 @@ func (s *Store) Resume(sel Selector) (bool, error) {
 		return false, fmt.Errorf("resume: %w", err)
 	}
 	now := time.Now()
+	// Removed before the transaction, for the reason Suspend gives: a claim
+	// holding a message after this commit would hold it until old.Until.
 	s.mu.Lock()
 	old, had := s.susp[sel.key()]
+	delete(s.susp, sel.key())
 	s.mu.Unlock()
 	moved := 0
 	err = s.update(func(tx *bbolt.Tx) error {
@@ -294,17 +300,26 @@ func (s *Store) Resume(sel Selector) (bool, error) {
 		return err
 	})
 	if err != nil {
+		s.restoreSusp(sel, old, had)
 		return false, fmt.Errorf("resume %s in %s: %w", sel, s.path, err)
 	}
-	s.mu.Lock()
-	delete(s.susp, sel.key())
-	s.mu.Unlock()
 	active := had && old.Until.After(now)
 	s.log.Info().Str("selector", sel.String()).Bool("was_active", active).Int("released", moved).Msg("delivery resumed")
 	if moved > 0 {
 		s.Kick()
 	}
 	return active, nil
+}
+
+// restoreSusp puts back sel's entry as it was before a failed Suspend or Resume.
+func (s *Store) restoreSusp(sel Selector, old Suspension, had bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if had {
+		s.susp[sel.key()] = old
+	} else {
+		delete(s.susp, sel.key())
+	}
 }
 
 // Suspensions returns the active suspensions, soonest end first.

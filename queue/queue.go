@@ -167,6 +167,12 @@ type Config struct {
 	// Expect is what the data directory knows of the file (its id, whether
 	// it must exist); the zero value creates a missing file.
 	Expect storefile.Expect
+	// OnCampaignEvent, if set, is told each event CountCampaignEvent counted
+	// (a person's first of that kind in the campaign), after its commit and
+	// outside any transaction, in the caller's goroutine (the runner's
+	// follow-up for bounces, inbound for complaints). The campaign brakes
+	// judge the campaign there.
+	OnCampaignEvent func(campaign, kind string)
 }
 
 // Default schedule, mox-like backoff: about 8 h of tries, the last wait
@@ -200,6 +206,7 @@ type Store struct {
 	limiters map[string]*limiter    // campaign → token bucket, made on first use
 	gen      uint64                 // generation of the last limiter made; random at Open
 	susp     map[string]Suspension  // Selector.key → active suspension (mirror of bucket susp)
+	onEvent  func(campaign, kind string)
 }
 
 // Bucket names. Layout:
@@ -287,6 +294,7 @@ func Open(cfg Config, log zerolog.Logger) (*Store, error) {
 		limiters: map[string]*limiter{},
 		gen:      rand.Uint64() >> 1, // no two processes' limiters share a generation
 		susp:     map[string]Suspension{},
+		onEvent:  cfg.OnCampaignEvent,
 	}
 	if err := s.init(); err != nil {
 		db.Close()

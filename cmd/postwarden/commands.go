@@ -71,7 +71,32 @@ func (c *cli) campaignCommand() *cobra.Command {
 			return c.call(cmd.Context(), "campaign.status", campaignStatusArgs{ID: args[0]}, c.printCampaignStatus)
 		},
 	}
-	cmd.AddCommand(validate, send, status)
+	var pause campaignPauseArgs
+	pauseCmd := &cobra.Command{
+		Use:   "pause ID --reason R",
+		Short: "Pause a campaign: no new attempts, its messages kept, until `campaign resume` (audited)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if strings.TrimSpace(pause.Reason) == "" {
+				return errors.New("campaign pause: --reason is required")
+			}
+			pause.ID = args[0]
+			return c.call(cmd.Context(), "campaign.pause", pause, c.printFields)
+		},
+	}
+	pauseCmd.Flags().StringVar(&pause.Reason, "reason", "", "why (logged and audited)")
+	var resume campaignPauseArgs
+	resumeCmd := &cobra.Command{
+		Use:   "resume ID",
+		Short: "Continue a paused campaign; its brakes then judge only what follows (audited)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			resume.ID = args[0]
+			return c.call(cmd.Context(), "campaign.resume", resume, c.printFields)
+		},
+	}
+	resumeCmd.Flags().StringVar(&resume.Reason, "reason", "", "why (optional; audited)")
+	cmd.AddCommand(validate, send, status, pauseCmd, resumeCmd)
 	return cmd
 }
 
@@ -206,6 +231,7 @@ func (c *cli) printCampaignStatus(raw json.RawMessage) error {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "  skipped at enqueue    %s\n", countsLine(st.Skipped))
+	printBrake(w, st.Brake)
 	return nil
 }
 

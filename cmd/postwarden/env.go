@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 	bolterrors "go.etcd.io/bbolt/errors"
 
+	"github.com/postwarden/postwarden/campaign/brakes"
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/mta/dkim"
@@ -45,6 +46,9 @@ type env struct {
 	verp *verp.Codec
 	// daemon is true inside `serve`: delivery is the daemon's runner's job.
 	daemon bool
+	// brake judges campaigns after each hard bounce and complaint (the
+	// queue's OnCampaignEvent) and pauses and resumes them.
+	brake *brakes.Brake
 }
 
 // storeOpenTimeout bounds the wait for bbolt's file lock.
@@ -68,6 +72,10 @@ func openEnv(cfg *configs.Server, log zerolog.Logger, create bool) (*env, error)
 	mac := hmac.New(sha256.New, key)
 	mac.Write([]byte("postwarden message-id"))
 	e.msgIDKey = mac.Sum(nil)
+	if e.brake, err = e.newBrake(); err != nil {
+		e.Close()
+		return nil, err
+	}
 	if cfg.BounceDomain != "" {
 		if e.verp, err = verp.New(verpKey(key), cfg.BounceDomain); err != nil {
 			e.Close()

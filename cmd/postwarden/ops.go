@@ -18,6 +18,7 @@ import (
 	"github.com/emersion/go-message/textproto"
 
 	"github.com/postwarden/postwarden/campaign"
+	"github.com/postwarden/postwarden/campaign/brakes"
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/queue/campaignq"
@@ -33,6 +34,8 @@ import (
 // none depends on the order in which files' init functions run.
 var ops = map[string]opSpec{
 	"campaign.send":   {fn: opCampaignSend, creates: true},
+	"campaign.pause":  {fn: opCampaignPause},
+	"campaign.resume": {fn: opCampaignResume},
 	"campaign.status": {fn: opCampaignStatus},
 
 	"queue.ls":        {fn: opQueueList},
@@ -152,6 +155,7 @@ func loadSpec(e *env, file string) (campaign.Spec, *configs.Campaign, error) {
 		FreeMail:         c.FreeMail,
 		FileHash:         hash,
 		MessageIDKey:     e.msgIDKey,
+		Pool:             c.Pool,
 	}, c, nil
 }
 
@@ -217,6 +221,13 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		if err := e.queue.SetCampaignRate(spec.ID, c.Rate); err != nil {
 			return err
 		}
+	}
+	// The file's brakes (what it leaves out: the server's) hold for this and later runs.
+	if err := e.brake.Arm(spec.ID, c.Brakes.Over(e.cfg.Delivery.Brakes)); err != nil {
+		return err
+	}
+	if (brakeQueue{e.queue}).Paused(spec.ID) {
+		_ = o.Note("campaign %s is paused: its messages wait for `postwarden campaign resume %s`", spec.ID, spec.ID)
 	}
 
 	// Without a daemon, this process delivers, starting while it enqueues.
@@ -329,6 +340,8 @@ type campaignStatus struct {
 	Skipped map[string]int `json:"skipped_at_enqueue"`
 	Rate    float64        `json:"rate,omitempty"` // msgs/s ceiling; 0 unlimited
 	Events  map[string]int `json:"events,omitempty"`
+	// Brake is the campaign's brakes, the figures they judge and its pause.
+	Brake *brakes.Status `json:"brake,omitempty"`
 }
 
 func opCampaignStatus(ctx context.Context, e *env, req request, o *out) error {
@@ -363,6 +376,11 @@ func opCampaignStatus(ctx context.Context, e *env, req request, o *out) error {
 			st.Pending += n
 		}
 	}
+	bs, err := e.brake.Status(args.ID)
+	if err != nil {
+		return err
+	}
+	st.Brake = &bs
 	if rec != nil {
 		var r campaign.Record
 		if err := json.Unmarshal(rec, &r); err == nil {

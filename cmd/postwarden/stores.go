@@ -44,7 +44,7 @@ func (e *env) openStore(name string, x storefile.Expect) (id string, err error) 
 		}
 	case "queue":
 		e.queue, err = queue.Open(queue.Config{Path: path, Retry: cfg.Delivery.Retry, MaxAge: cfg.Delivery.MaxAge,
-			OpenTimeout: storeOpenTimeout, Box: e.box, Expect: x}, log)
+			OpenTimeout: storeOpenTimeout, Box: e.box, Expect: x, OnCampaignEvent: e.onCampaignEvent}, log)
 		if err == nil {
 			id = e.queue.ID()
 		}

@@ -9,6 +9,7 @@ package main
 
 import (
 	"github.com/postwarden/postwarden/campaign"
+	"github.com/postwarden/postwarden/campaign/brakes"
 	"github.com/postwarden/postwarden/campaign/confirm"
 	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/mta/inbound"
@@ -39,6 +40,14 @@ var (
 	_ campaign.Dictionaries = (*queue.Store)(nil)
 	_ campaign.Backlog      = (*queue.Store)(nil)
 	_ campaign.Records      = (*queue.Store)(nil)
+)
+
+// campaign/brakes' collaborators (brakes, campaign pause and resume).
+var (
+	_ brakes.Counter = brakeQueue{}
+	_ brakes.Pauser  = brakeQueue{}
+	_ brakes.Store   = brakeQueue{}
+	_ brakes.Auditor = brakeAuditor{}
 )
 
 // mta/inbound's collaborators (smtp_listen).

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/postwarden/postwarden/campaign/brakes"
+	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/suppression/audit"
+)
+
+// pausedUntil is the end of the suspension that pauses a campaign: never
+// reached (and within what the queue's due index holds), so the pause lasts
+// until a resume, across restarts, and tells a pause from a `queue suspend`.
+var pausedUntil = time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// brakeNote is the queue note that holds a campaign's brake state.
+const brakeNote = "brake"
+
+// brakeQueue gives campaign/brakes the queue: figures from the campaign's
+// counters, pauses as campaign suspensions, state as a campaign note.
+type brakeQueue struct{ q *queue.Store }
+
+func (a brakeQueue) Figures(c string) (brakes.Figures, error) {
+	counts, err := a.q.CampaignCounts(c)
+	if err != nil {
+		return brakes.Figures{}, err
+	}
+	events, err := a.q.CampaignEvents(c)
+	if err != nil {
+		return brakes.Figures{}, err
+	}
+	return brakes.Figures{
+		Attempted:   counts[queue.StateDelivered] + counts[queue.StateBounced],
+		Delivered:   counts[queue.StateDelivered],
+		HardBounces: events["bounced_hard"],
+		Complaints:  events["complained"],
+	}, nil
+}
+
+func (a brakeQueue) Pause(c, reason string) error {
+	return a.q.Suspend(queue.Selector{Campaign: c}, pausedUntil, reason)
+}
+
+func (a brakeQueue) Resume(c string) (bool, error) { return a.q.Resume(queue.Selector{Campaign: c}) }
+
+func (a brakeQueue) Paused(c string) bool {
+	sus, err := a.q.Suspensions()
+	if err != nil {
+		return false
+	}
+	for _, sp := range sus {
+		if sp.Selector == (queue.Selector{Campaign: c}) && !sp.Until.Before(pausedUntil) {
+			return true
+		}
+	}
+	return false
+}
+
+func (a brakeQueue) LoadBrake(c string) ([]byte, error) { return a.q.CampaignNote(c, brakeNote) }
+
+func (a brakeQueue) SaveBrake(c string, v []byte) error { return a.q.PutCampaignNote(c, brakeNote, v) }
+
+// brakeAuditor writes the brakes' actions to the audit log.
+type brakeAuditor struct{ log *audit.Log }
+
+func (a brakeAuditor) Audit(who, action, c, reason string, details map[string]string) error {
+	if _, err := a.log.Append(audit.Entry{Who: who, Action: action, Target: "campaign:" + c, Reason: reason, Details: details}); err != nil {
+		return fmt.Errorf("audit %s: %w", action, err)
+	}
+	return nil
+}
+
+// newBrake wires the campaign brakes to e's queue and audit log.
+func (e *env) newBrake() (*brakes.Brake, error) {
+	return brakes.New(brakes.Config{
+		Defaults: e.cfg.Delivery.Brakes,
+		Counter:  brakeQueue{e.queue},
+		Pauser:   brakeQueue{e.queue},
+		Store:    brakeQueue{e.queue},
+		Auditor:  brakeAuditor{e.audit},
+	}, e.log.With().Str("component", "brakes").Logger())
+}
+
+// onCampaignEvent is the queue's OnCampaignEvent: a hard bounce (counted by
+// the runner, "mta") or a complaint (counted by the inbound listener) has the
+// campaign's brakes judge it.
+func (e *env) onCampaignEvent(campaign, kind string) {
+	var who string
+	switch kind {
+	case "bounced_hard":
+		who = "mta"
+	case "complained":
+		who = "inbound"
+	default:
+		return
+	}
+	if e.brake == nil {
+		return
+	}
+	if _, _, err := e.brake.Check(campaign, who); err != nil {
+		e.log.Error().Err(err).Str("campaign", campaign).Msg("campaign brake check failed")
+	}
+}
+
+type campaignPauseArgs struct {
+	ID     string `json:"id"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// campaignKnown reports whether the queue knows campaign id.
+func campaignKnown(q *queue.Store, id string) (bool, error) {
+	if _, err := q.GetCampaign(id); err == nil {
+		return true, nil
+	} else if !errors.Is(err, queue.ErrNotFound) {
+		return false, err
+	}
+	counts, err := q.CampaignCounts(id)
+	return len(counts) > 0, err
+}
+
+func opCampaignPause(ctx context.Context, e *env, req request, o *out) error {
+	var a campaignPauseArgs
+	if err := decodeArgs(req, &a); err != nil {
+		return err
+	}
+	if strings.TrimSpace(a.Reason) == "" {
+		return errors.New("campaign pause: --reason is required")
+	}
+	if ok, err := campaignKnown(e.queue, a.ID); err != nil {
+		return err
+	} else if !ok {
+		return no("campaign %q not found", a.ID)
+	}
+	if (brakeQueue{e.queue}).Paused(a.ID) {
+		return no("campaign %s is paused already", a.ID)
+	}
+	if err := e.brake.Pause(a.ID, req.Who, a.Reason); err != nil {
+		return err
+	}
+	return o.Record(map[string]any{"paused": a.ID, "reason": a.Reason})
+}
+
+func opCampaignResume(ctx context.Context, e *env, req request, o *out) error {
+	var a campaignPauseArgs
+	if err := decodeArgs(req, &a); err != nil {
+		return err
+	}
+	ok, err := e.brake.Resume(a.ID, req.Who, a.Reason)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return no("campaign %s is not paused", a.ID)
+	}
+	return o.Record(map[string]any{"resumed": a.ID})
+}
+
+// printBrake writes a campaign's brake lines of `campaign status`.
+func printBrake(w interface{ Write([]byte) (int, error) }, b *brakes.Status) {
+	if b == nil {
+		return
+	}
+	th, j := b.Thresholds, b.Judged
+	rate := func(n, of int) string {
+		if of == 0 {
+			return "-"
+		}
+		return brakes.FormatPercent(float64(n) / float64(of))
+	}
+	fmt.Fprintf(w, "  brakes         complaint_rate %s, hard_bounce_rate %s, min_sample %d\n",
+		brakes.FormatPercent(th.ComplaintRate), brakes.FormatPercent(th.HardBounceRate), th.MinSample)
+	fmt.Fprintf(w, "  judged         %d attempted, %d hard bounces (%s); %d delivered, %d complaints (%s)\n",
+		j.Attempted, j.HardBounces, rate(j.HardBounces, j.Attempted), j.Delivered, j.Complaints, rate(j.Complaints, j.Delivered))
+	if !b.Paused {
+		fmt.Fprintf(w, "  paused         no\n")
+		return
+	}
+	p := b.Pause
+	fmt.Fprintf(w, "  paused         yes: %s", p.Reason)
+	if p.By != "" {
+		fmt.Fprintf(w, " (by %s, %s)", p.By, p.At.Local().Format(time.DateTime))
+	}
+	fmt.Fprintln(w)
+}
