@@ -137,8 +137,8 @@ type Change struct {
 	// RateFactor and ConnFactor are the pair's factors after the change.
 	RateFactor, ConnFactor float64
 	Until                  time.Time // end of the suspension (suspensions only)
-	Note                   string    // the rule's note; "" for recover and resume
-	Reply                  string    // the reply that caused it, addresses masked; "" for recover and resume
+	Note                   string    // the rule's note (recover and resume: the one of the change they undo)
+	Reply                  string    // the reply that caused it, addresses masked (likewise)
 }
 
 // ChangeKey counts changes by pair and kind (a Prometheus counter's labels).
@@ -483,14 +483,8 @@ func (e *Engine) settleLocked(source, provider string, p *pair, now time.Time, o
 
 // recordLocked makes c p's last change, counts it and queues it for emit.
 func (e *Engine) recordLocked(p *pair, c Change, out []Change) []Change {
-	if c.Note == "" && c.Reply == "" { // recover and resume keep the cause in view
+	if c.Note == "" && c.Reply == "" { // recover and resume name the cause they undo
 		c.Note, c.Reply = p.last.Note, p.last.Reply
-		if c.Note != "" {
-			c.Note = "after: " + c.Note
-		}
-		if i := strings.Index(c.Note, "after: after: "); i == 0 {
-			c.Note = c.Note[len("after: "):]
-		}
 	}
 	p.last = c
 	p.clean = 0
