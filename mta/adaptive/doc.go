@@ -29,6 +29,8 @@
 // Every change (Change) is logged with the rule's note and the reply that
 // caused it, addresses masked (warn for a suspension, info otherwise), counted
 // (Changes) and handed to Config.OnChange; State gives the rows of
-// `providers ls`. The package keeps no durable state and imports no metrics
+// `providers ls`. Recovery steps and ends of suspensions are settled when the
+// pair is next looked at (Limits, Observe, State): each is then logged with the
+// time it fell due and the cause it undoes. The package keeps no durable state and imports no metrics
 // library: the caller exports Changes and State as Prometheus series.
 package adaptive
