@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/postwarden/postwarden/suppression/address"
 )
 
@@ -53,27 +55,9 @@ func waitBacklog(ctx context.Context, bl Backlog, campaign string, max int) erro
 func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary, error) {
 	sum := Summary{Campaign: spec.ID, Suppressed: map[string]int{}, Skipped: map[string]int{}}
 	fail := func(err error) (Summary, error) { return sum, fmt.Errorf("campaign %s: %w", spec.ID, err) }
-	if deps.Suppressions == nil || deps.Queue == nil || deps.Links == nil {
-		return fail(errors.New("suppressions, queue and links are required"))
-	}
-	if len(spec.MessageIDKey) == 0 {
-		return fail(errors.New("message-id key is empty"))
-	}
-	s, errs := newRenderer(spec)
-	if len(errs) == 0 {
-		if err := spec.Templates.Validate(); err != nil {
-			errs = append(errs, err) // "templates: …"
-		}
-	}
-	if len(errs) > 0 {
-		return fail(errors.Join(errs...))
-	}
-	s.sup, s.links = deps.Suppressions, deps.Links.UnsubscribeURL
-	if deps.Mailto != nil {
-		s.mailto = deps.Mailto.UnsubscribeMailto
-	}
-	if deps.Now != nil {
-		s.now = deps.Now
+	s, err := prepareRenderer(spec, deps)
+	if err != nil {
+		return fail(err)
 	}
 	rs, err := openRecipients(spec.Recipients)
 	if err != nil {
@@ -87,93 +71,161 @@ func Send(ctx context.Context, spec Spec, deps Deps, progress Progress) (Summary
 			return fail(err)
 		}
 	}
-	rec := Record{ID: spec.ID, List: spec.List, Subject: spec.Subject, Recipients: spec.Recipients,
-		LegalBasis: spec.LegalBasis, LIA: spec.LIA, LIAHash: spec.LIAHash, Audience: spec.Audience,
-		ExcludeCountries: s.excludedList(), UnknownCountry: s.unknownPolicy(),
-		FileHash: spec.FileHash, RunBy: runBy(), Started: s.now()}
+	rec := startRecord(spec, s)
 	if err := putRecord(deps.Records, rec); err != nil {
 		return fail(err)
 	}
 	log.Info().Str("recipients", spec.Recipients).Str("run_by", rec.RunBy).Msg("campaign send started")
 
-	invalid := firstRows{max: maxInvalidRows}
-	maxAhead := spec.MaxAhead
-	if maxAhead <= 0 {
-		maxAhead = DefaultMaxAhead
-	}
-	batch := make([]Message, 0, batchSize)
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		if err := ctx.Err(); err != nil {
-			return err // what is not committed yet is not sent; a re-run picks it up
-		}
-		if deps.Backlog != nil {
-			if err := waitBacklog(ctx, deps.Backlog, spec.ID, maxAhead); err != nil {
-				return err
-			}
-		}
-		added, dups, err := deps.Queue.Enqueue(batch)
-		for _, m := range batch {
-			s.giveSpare(m.Body)
-		}
-		if err != nil {
-			return fmt.Errorf("enqueue: %w", err)
-		}
-		sum.Enqueued += added
-		sum.AlreadySent += dups
-		batch = make([]Message, 0, batchSize)
-		return nil
-	}
-	handle := func(o outcome) error {
-		switch {
-		case o.err != nil:
-			return o.err
-		case o.rowErr != nil:
-			sum.Invalid++
-			invalid.add(*o.rowErr)
-			if sum.Invalid <= maxInvalidRows {
-				log.Warn().Str("file", o.rowErr.File).Int("line", o.rowErr.Line).Str("field", o.rowErr.Field).
-					Str("rcpt", address.Mask(o.rowErr.rcpt)).Str("problem", o.rowErr.Masked()).Msg("invalid row skipped")
-			}
-		case o.suppressed != "":
-			sum.Suppressed[o.suppressed]++
-		case o.skipped != "":
-			sum.Skipped[o.skipped]++
-		default:
-			batch = append(batch, o.msg)
-			if len(batch) == batchSize {
-				return flush()
-			}
-		}
-		return nil
-	}
-	rows, err := run(ctx, rs, s.process, handle, progress)
+	b := &batcher{ctx: ctx, campaign: spec.ID, queue: deps.Queue, backlog: deps.Backlog,
+		maxAhead: maxAhead(spec.MaxAhead), spare: s, log: log, sum: &sum,
+		invalid: firstRows{max: maxInvalidRows}, batch: make([]Message, 0, batchSize)}
+	rows, err := run(ctx, rs, s.process, b.handle, progress)
 	if err == nil {
-		err = flush()
+		err = b.flush()
 	}
-	sum.Rows = rows
-	sum.InvalidRows = invalid.rows
-	for _, e := range invalid.rows {
-		sum.InvalidLines = append(sum.InvalidLines, e.Masked())
-	}
+	b.summarise(rows)
 
 	rec.Finished = s.now()
 	rec.Summary = sum
 	if recErr := putRecord(deps.Records, rec); recErr != nil {
 		err = errors.Join(err, recErr)
 	}
+	logFinished(log, sum, err)
+	if err != nil {
+		return fail(err)
+	}
+	return sum, nil
+}
+
+// prepareRenderer checks deps and spec (templates included) and returns the
+// renderer of spec wired to deps' stores, links and clock.
+func prepareRenderer(spec Spec, deps Deps) (*renderer, error) {
+	if deps.Suppressions == nil || deps.Queue == nil || deps.Links == nil {
+		return nil, errors.New("suppressions, queue and links are required")
+	}
+	if len(spec.MessageIDKey) == 0 {
+		return nil, errors.New("message-id key is empty")
+	}
+	s, errs := newRenderer(spec)
+	if len(errs) == 0 {
+		if err := spec.Templates.Validate(); err != nil {
+			errs = append(errs, err) // "templates: …"
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	s.sup, s.links = deps.Suppressions, deps.Links.UnsubscribeURL
+	if deps.Mailto != nil {
+		s.mailto = deps.Mailto.UnsubscribeMailto
+	}
+	if deps.Now != nil {
+		s.now = deps.Now
+	}
+	return s, nil
+}
+
+// startRecord is the campaign record as Send stores it before the first row.
+func startRecord(spec Spec, s *renderer) Record {
+	return Record{ID: spec.ID, List: spec.List, Subject: spec.Subject, Recipients: spec.Recipients,
+		LegalBasis: spec.LegalBasis, LIA: spec.LIA, LIAHash: spec.LIAHash, Audience: spec.Audience,
+		ExcludeCountries: s.excludedList(), UnknownCountry: s.unknownPolicy(),
+		FileHash: spec.FileHash, RunBy: runBy(), Started: s.now()}
+}
+
+// maxAhead is the backlog Send allows: Spec.MaxAhead, or DefaultMaxAhead when
+// that is zero or negative.
+func maxAhead(n int) int {
+	if n <= 0 {
+		return DefaultMaxAhead
+	}
+	return n
+}
+
+// logFinished logs the end of a send, as an error when err is set.
+func logFinished(log zerolog.Logger, sum Summary, err error) {
 	ev := log.Info()
 	if err != nil {
 		ev = log.Error().Err(err)
 	}
 	ev.Int("rows", sum.Rows).Int("invalid", sum.Invalid).Interface("suppressed", sum.Suppressed).Interface("skipped", sum.Skipped).
 		Int("enqueued", sum.Enqueued).Int("already_sent", sum.AlreadySent).Msg("campaign send finished")
-	if err != nil {
-		return fail(err)
+}
+
+// batcher gathers the messages of one Send into batches of batchSize, one
+// Queue.Enqueue each, and counts into sum what became of every row.
+type batcher struct {
+	ctx      context.Context
+	campaign string
+	queue    Queue
+	backlog  Backlog // nil: never wait
+	maxAhead int
+	spare    *renderer // takes the bodies back once enqueued
+	log      zerolog.Logger
+	sum      *Summary
+	invalid  firstRows
+	batch    []Message
+}
+
+// flush enqueues the batch, once the backlog has room, and counts what was added.
+func (b *batcher) flush() error {
+	if len(b.batch) == 0 {
+		return nil
 	}
-	return sum, nil
+	if err := b.ctx.Err(); err != nil {
+		return err // what is not committed yet is not sent; a re-run picks it up
+	}
+	if b.backlog != nil {
+		if err := waitBacklog(b.ctx, b.backlog, b.campaign, b.maxAhead); err != nil {
+			return err
+		}
+	}
+	added, dups, err := b.queue.Enqueue(b.batch)
+	for _, m := range b.batch {
+		b.spare.giveSpare(m.Body)
+	}
+	if err != nil {
+		return fmt.Errorf("enqueue: %w", err)
+	}
+	b.sum.Enqueued += added
+	b.sum.AlreadySent += dups
+	b.batch = make([]Message, 0, batchSize)
+	return nil
+}
+
+// handle counts one row's outcome, or batches its message, flushing a full batch.
+func (b *batcher) handle(o outcome) error {
+	switch {
+	case o.err != nil:
+		return o.err
+	case o.rowErr != nil:
+		b.sum.Invalid++
+		b.invalid.add(*o.rowErr)
+		if b.sum.Invalid <= maxInvalidRows {
+			b.log.Warn().Str("file", o.rowErr.File).Int("line", o.rowErr.Line).Str("field", o.rowErr.Field).
+				Str("rcpt", address.Mask(o.rowErr.rcpt)).Str("problem", o.rowErr.Masked()).Msg("invalid row skipped")
+		}
+	case o.suppressed != "":
+		b.sum.Suppressed[o.suppressed]++
+	case o.skipped != "":
+		b.sum.Skipped[o.skipped]++
+	default:
+		b.batch = append(b.batch, o.msg)
+		if len(b.batch) == batchSize {
+			return b.flush()
+		}
+	}
+	return nil
+}
+
+// summarise puts the row count and the first invalid rows into the summary.
+func (b *batcher) summarise(rows int) {
+	b.sum.Rows = rows
+	b.sum.InvalidRows = b.invalid.rows
+	for _, e := range b.invalid.rows {
+		b.sum.InvalidLines = append(b.sum.InvalidLines, e.Masked())
+	}
 }
 
 // Validate checks spec and its templates, then reads the whole recipients file and
