@@ -36,13 +36,9 @@ func (s *Store) Enqueue(msgs []NewMessage) (EnqueueResult, error) {
 	if len(msgs) == 0 {
 		return res, nil
 	}
-	addrs := make([]address.Address, len(msgs))
-	for i, m := range msgs {
-		a, err := validate(m)
-		if err != nil {
-			return EnqueueResult{}, fmt.Errorf("enqueue message %d (%s): %w", i, address.Mask(m.To), err)
-		}
-		addrs[i] = a
+	addrs, err := validateAll(msgs)
+	if err != nil {
+		return EnqueueResult{}, err
 	}
 	// Compressing before the transaction keeps it short and lets callers compress in parallel.
 	packed, release, err := s.packBodies(msgs)
@@ -72,39 +68,16 @@ func (s *Store) Enqueue(msgs []NewMessage) (EnqueueResult, error) {
 			if err != nil {
 				return fmt.Errorf("next sequence: %w", err)
 			}
-			// 44 bits of unix millis (until year 2527), 20 bits of sequence; never below last+1,
-			// so ids stay sortable and unique even if the clock steps back.
-			n := uint64(now.UnixMilli())<<20 | seq&0xfffff
-			if n <= last {
-				n = last + 1
-			}
+			n := nextID(now.UnixMilli(), seq, last)
 			last = n
-			id := fmt.Sprintf("%016x", n)
-			m := Message{
-				ID: id, Campaign: nm.Campaign, List: nm.List, Key: nm.Key,
-				From: strings.TrimSpace(nm.From), To: addrs[i].String(), Domain: addrs[i].Domain,
-				State: StateReady, Created: now, Updated: now, NextAttempt: now,
-			}
+			m := newMessage(fmt.Sprintf("%016x", n), nm, addrs[i], now)
 			if sp, ok := s.suspendedFor(m.Domain, m.Campaign, now); ok {
 				holdFor(&m, sp, now) // held like the queued ones until the suspension ends
 			}
-			if err := b.putBody(id, packed[i]); err != nil {
-				return fmt.Errorf("store body of %s: %w", id, err)
-			}
-			if err := b.idem.Put(ik, []byte(id)); err != nil {
-				return fmt.Errorf("store idempotency key of %s: %w", id, err)
-			}
-			rk := ik[len(ik)-sealed.IndexSize:] // the key is usually the address key: reuse its index
-			if nm.Key != addrs[i].Key() {
-				rk = b.box.Index(addrs[i].Key())
-			}
-			if err := b.rcpt.Put(append(bytes.Clone(rk), id...), nil); err != nil {
-				return fmt.Errorf("index recipient of %s: %w", id, err)
-			}
-			if err := b.save(&m, nil); err != nil {
+			if err := b.insert(&m, ik, packed[i], addrs[i].Key()); err != nil {
 				return err
 			}
-			res.IDs[i] = id
+			res.IDs[i] = m.ID
 			res.Added++
 		}
 		return nil
@@ -116,6 +89,60 @@ func (s *Store) Enqueue(msgs []NewMessage) (EnqueueResult, error) {
 		s.Kick()
 	}
 	return res, nil
+}
+
+// validateAll checks every message and returns their recipients' addresses,
+// or an error naming the first invalid message.
+func validateAll(msgs []NewMessage) ([]address.Address, error) {
+	addrs := make([]address.Address, len(msgs))
+	for i, m := range msgs {
+		a, err := validate(m)
+		if err != nil {
+			return nil, fmt.Errorf("enqueue message %d (%s): %w", i, address.Mask(m.To), err)
+		}
+		addrs[i] = a
+	}
+	return addrs, nil
+}
+
+// nextID is a new message id: 44 bits of unix millis (until year 2527), 20
+// bits of sequence; never below last+1, so ids stay sortable and unique even
+// if the clock steps back.
+func nextID(unixMilli int64, seq, last uint64) uint64 {
+	n := uint64(unixMilli)<<20 | seq&0xfffff
+	if n <= last {
+		n = last + 1
+	}
+	return n
+}
+
+// newMessage is nm as a ready message with id id, due now, to a.
+func newMessage(id string, nm NewMessage, a address.Address, now time.Time) Message {
+	return Message{
+		ID: id, Campaign: nm.Campaign, List: nm.List, Key: nm.Key,
+		From: strings.TrimSpace(nm.From), To: a.String(), Domain: a.Domain,
+		State: StateReady, Created: now, Updated: now, NextAttempt: now,
+	}
+}
+
+// insert writes a new message m: its packed body, its idempotency key ik, the
+// index of its recipient (addrKey, the address key) and the message itself.
+func (b bkts) insert(m *Message, ik, packed []byte, addrKey string) error {
+	id := m.ID
+	if err := b.putBody(id, packed); err != nil {
+		return fmt.Errorf("store body of %s: %w", id, err)
+	}
+	if err := b.idem.Put(ik, []byte(id)); err != nil {
+		return fmt.Errorf("store idempotency key of %s: %w", id, err)
+	}
+	rk := ik[len(ik)-sealed.IndexSize:] // the key is usually the address key: reuse its index
+	if m.Key != addrKey {
+		rk = b.box.Index(addrKey)
+	}
+	if err := b.rcpt.Put(append(bytes.Clone(rk), id...), nil); err != nil {
+		return fmt.Errorf("index recipient of %s: %w", id, err)
+	}
+	return b.save(m, nil)
 }
 
 // validate checks one NewMessage and returns its parsed recipient.
