@@ -50,16 +50,18 @@ func (l *Log) Verify() (VerifyResult, error) {
 	return r, nil
 }
 
+// verifyTx recomputes the chain in tx from the checkpoint (or entry 1) and
+// reports the first problem found, in key order.
 func verifyTx(tx *bbolt.Tx) (VerifyResult, error) {
 	var r VerifyResult
-	fail := func(seq uint64, format string, args ...any) {
-		if r.Problem == "" {
-			r.FirstBad, r.Problem = seq, fmt.Sprintf(format, args...)
+	fail := func(seq uint64, problem string) {
+		if r.Problem == "" && problem != "" {
+			r.FirstBad, r.Problem = seq, problem
 		}
 	}
 	cp, hasCP, err := checkpointTx(tx)
 	if err != nil {
-		fail(0, "checkpoint record damaged: %v", err)
+		fail(0, fmt.Sprintf("checkpoint record damaged: %v", err))
 	}
 	prev := head{seq: cp.Seq, hash: cp.Hash}
 	r.Checkpoint = cp.Seq
@@ -72,62 +74,89 @@ func verifyTx(tx *bbolt.Tx) (VerifyResult, error) {
 			continue
 		}
 		if len(k) != 8 {
-			fail(prev.seq+1, "unexpected key %x after entry %d", k, prev.seq)
+			fail(prev.seq+1, fmt.Sprintf("unexpected key %x after entry %d", k, prev.seq))
 			continue
 		}
 		seq := keySeq(k)
-		switch {
-		case seq == 0:
-			fail(0, "entry 0: no entry has seq 0: added outside the log")
-		case seq <= prev.seq:
-			fail(seq, "entry %d: still present although the checkpoint at entry %d pruned it", seq, cp.Seq)
-		case seq == prev.seq+2:
-			fail(prev.seq+1, "entry %d missing: chain jumps from %d to %d", prev.seq+1, prev.seq, seq)
-		case seq > prev.seq+2:
-			fail(prev.seq+1, "entries %d to %d missing: chain jumps from %d to %d", prev.seq+1, seq-1, prev.seq, seq)
-		}
-		if r.Problem != "" {
+		if fail(seqProblem(seq, prev.seq, cp.Seq)); r.Problem != "" {
 			continue
 		}
 		var e Entry
 		if err := json.Unmarshal(v, &e); err != nil {
-			fail(seq, "entry %d: record damaged: %v", seq, err)
+			fail(seq, fmt.Sprintf("entry %d: record damaged: %v", seq, err))
 			continue
 		}
-		switch {
-		case e.Seq != seq:
-			fail(seq, "entry %d: holds the record of entry %d: moved or reordered", seq, e.Seq)
-		case Hash(e) != e.Hash:
-			fail(seq, "entry %d: hash mismatch: content changed", seq)
-		case e.Prev != prev.hash && prev.seq == 0:
-			fail(seq, "entry %d: prev should be empty for the first entry", seq)
-		case e.Prev != prev.hash && hasCP && prev.seq == cp.Seq:
-			fail(seq, "entry %d: prev does not match the hash of the checkpoint at entry %d", seq, cp.Seq)
-		case e.Prev != prev.hash:
-			fail(seq, "entry %d: prev does not match entry %d's hash", seq, prev.seq)
-		}
-		if e.Action == ActionPrune && hasCP &&
-			e.Details["through_seq"] == strconv.FormatUint(cp.Seq, 10) && e.Details["through_hash"] == cp.Hash {
+		fail(seq, entryProblem(e, seq, prev, cp.Seq, hasCP))
+		if vouchesFor(e, cp, hasCP) {
 			vouched = true
 		}
 		prev = head{seq: seq, hash: e.Hash}
 	}
-	if n := b.Sequence(); r.Problem == "" && n != prev.seq {
-		switch {
-		case n < prev.seq:
-			fail(n+1, "entry %d: beyond the log's sequence counter %d: added outside the log", n+1, n)
-		case n == prev.seq+1:
-			fail(n, "entry %d missing at the end: the log has issued up to %d", n, n)
-		default:
-			fail(prev.seq+1, "entries %d to %d missing at the end: the log has issued up to %d", prev.seq+1, n, n)
-		}
+	if r.Problem == "" {
+		fail(tailProblem(b.Sequence(), prev.seq))
 	}
 	if r.Problem == "" && !vouched {
-		fail(cp.Seq, "checkpoint at entry %d is not recorded by any %s entry: forged", cp.Seq, ActionPrune)
+		fail(cp.Seq, fmt.Sprintf("checkpoint at entry %d is not recorded by any %s entry: forged", cp.Seq, ActionPrune))
 	}
 	r.OK = r.Problem == ""
 	if r.OK {
 		r.HeadSeq, r.HeadHash = prev.seq, prev.hash
 	}
 	return r, nil
+}
+
+// seqProblem is what is wrong with finding entry seq right after entry
+// prevSeq, from a checkpoint at cpSeq, and the first bad seq; "" when seq
+// follows prevSeq.
+func seqProblem(seq, prevSeq, cpSeq uint64) (bad uint64, problem string) {
+	switch {
+	case seq == 0:
+		return 0, "entry 0: no entry has seq 0: added outside the log"
+	case seq <= prevSeq:
+		return seq, fmt.Sprintf("entry %d: still present although the checkpoint at entry %d pruned it", seq, cpSeq)
+	case seq == prevSeq+2:
+		return prevSeq + 1, fmt.Sprintf("entry %d missing: chain jumps from %d to %d", prevSeq+1, prevSeq, seq)
+	case seq > prevSeq+2:
+		return prevSeq + 1, fmt.Sprintf("entries %d to %d missing: chain jumps from %d to %d", prevSeq+1, seq-1, prevSeq, seq)
+	}
+	return 0, ""
+}
+
+// entryProblem is what is wrong with e, stored as entry seq after prev (the
+// previous entry, or the checkpoint at cpSeq); "" when it chains.
+func entryProblem(e Entry, seq uint64, prev head, cpSeq uint64, hasCP bool) string {
+	switch {
+	case e.Seq != seq:
+		return fmt.Sprintf("entry %d: holds the record of entry %d: moved or reordered", seq, e.Seq)
+	case Hash(e) != e.Hash:
+		return fmt.Sprintf("entry %d: hash mismatch: content changed", seq)
+	case e.Prev != prev.hash && prev.seq == 0:
+		return fmt.Sprintf("entry %d: prev should be empty for the first entry", seq)
+	case e.Prev != prev.hash && hasCP && prev.seq == cpSeq:
+		return fmt.Sprintf("entry %d: prev does not match the hash of the checkpoint at entry %d", seq, cpSeq)
+	case e.Prev != prev.hash:
+		return fmt.Sprintf("entry %d: prev does not match entry %d's hash", seq, prev.seq)
+	}
+	return ""
+}
+
+// vouchesFor reports whether e is the audit.prune entry that names the checkpoint cp.
+func vouchesFor(e Entry, cp checkpoint, hasCP bool) bool {
+	return e.Action == ActionPrune && hasCP &&
+		e.Details["through_seq"] == strconv.FormatUint(cp.Seq, 10) && e.Details["through_hash"] == cp.Hash
+}
+
+// tailProblem is what is wrong when the log's sequence counter n differs
+// from the last entry lastSeq, and the first bad seq; "" when they agree.
+func tailProblem(n, lastSeq uint64) (bad uint64, problem string) {
+	switch {
+	case n == lastSeq:
+		return 0, ""
+	case n < lastSeq:
+		return n + 1, fmt.Sprintf("entry %d: beyond the log's sequence counter %d: added outside the log", n+1, n)
+	case n == lastSeq+1:
+		return n, fmt.Sprintf("entry %d missing at the end: the log has issued up to %d", n, n)
+	default:
+		return lastSeq + 1, fmt.Sprintf("entries %d to %d missing at the end: the log has issued up to %d", lastSeq+1, n, n)
+	}
 }
