@@ -32,66 +32,19 @@ func (l *Log) Prune(before time.Time) (int, error) {
 		if !r.OK {
 			return fmt.Errorf("log does not verify, not pruning: %s", r.Problem)
 		}
-		b := tx.Bucket(bucketEntries)
-		var keys [][]byte
-		var onceKeys []string
-		var last Entry
-		c := b.Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			var e Entry
-			if err := json.Unmarshal(v, &e); err != nil {
-				return fmt.Errorf("entry %d: %w", keySeq(k), err)
-			}
-			if !e.Time.Before(before) {
-				break
-			}
-			keys = append(keys, append([]byte(nil), k...))
-			if ok := e.Details[DetailOnce]; ok != "" {
-				onceKeys = append(onceKeys, ok)
-			}
-			last = e
+		old, err := oldEntries(tx, before)
+		if err != nil || len(old.keys) == 0 {
+			return err
 		}
-		if len(keys) == 0 {
-			return nil
-		}
-		for _, k := range keys {
-			if err := b.Delete(k); err != nil {
-				return err
-			}
-		}
-		for _, k := range onceKeys { // a pruned entry no longer vouches for its key
-			if err := tx.Bucket(bucketOnce).Delete([]byte(k)); err != nil {
-				return err
-			}
+		if err := old.delete(tx); err != nil {
+			return err
 		}
 		now := l.now().UTC()
-		cp = checkpoint{Seq: last.Seq, Hash: last.Hash, Time: last.Time, Before: before.UTC(), PrunedAt: now}
-		v, err := json.Marshal(cp)
-		if err != nil {
+		cp = checkpoint{Seq: old.last.Seq, Hash: old.last.Hash, Time: old.last.Time, Before: before.UTC(), PrunedAt: now}
+		if err := l.recordPrune(tx, cp, len(old.keys)); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketMeta).Put(keyCheckpoint, v); err != nil {
-			return err
-		}
-		e, err := l.prepare(Entry{
-			Time:   now,
-			Who:    WhoPrune,
-			Action: ActionPrune,
-			Reason: "retention",
-			Details: map[string]string{
-				"through_seq":  strconv.FormatUint(cp.Seq, 10),
-				"through_hash": cp.Hash,
-				"removed":      strconv.Itoa(len(keys)),
-				"before":       cp.Before.Format(time.RFC3339Nano),
-			},
-		})
-		if err != nil {
-			return err
-		}
-		if _, err := appendTx(tx, e); err != nil {
-			return err
-		}
-		removed = len(keys)
+		removed = len(old.keys)
 		return nil
 	})
 	if err != nil {
@@ -101,6 +54,81 @@ func (l *Log) Prune(before time.Time) (int, error) {
 		l.log.Info().Int("removed", removed).Uint64("checkpoint_seq", cp.Seq).Time("before", before).Msg("audit log pruned")
 	}
 	return removed, nil
+}
+
+// pruned is what Prune removes: the keys of the entries, the AppendOnce keys
+// they vouch for, and the last of them.
+type pruned struct {
+	keys     [][]byte
+	onceKeys []string
+	last     Entry
+}
+
+// oldEntries reads, oldest first, the entries whose Time is before before,
+// stopping at the first one that is not.
+func oldEntries(tx *bbolt.Tx, before time.Time) (pruned, error) {
+	var p pruned
+	c := tx.Bucket(bucketEntries).Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		var e Entry
+		if err := json.Unmarshal(v, &e); err != nil {
+			return pruned{}, fmt.Errorf("entry %d: %w", keySeq(k), err)
+		}
+		if !e.Time.Before(before) {
+			break
+		}
+		p.keys = append(p.keys, append([]byte(nil), k...))
+		if ok := e.Details[DetailOnce]; ok != "" {
+			p.onceKeys = append(p.onceKeys, ok)
+		}
+		p.last = e
+	}
+	return p, nil
+}
+
+// delete removes the entries and their AppendOnce keys.
+func (p pruned) delete(tx *bbolt.Tx) error {
+	b := tx.Bucket(bucketEntries)
+	for _, k := range p.keys {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	for _, k := range p.onceKeys { // a pruned entry no longer vouches for its key
+		if err := tx.Bucket(bucketOnce).Delete([]byte(k)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// recordPrune stores checkpoint cp and appends the audit.prune entry that
+// names it, for removed entries.
+func (l *Log) recordPrune(tx *bbolt.Tx, cp checkpoint, removed int) error {
+	v, err := json.Marshal(cp)
+	if err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketMeta).Put(keyCheckpoint, v); err != nil {
+		return err
+	}
+	e, err := l.prepare(Entry{
+		Time:   cp.PrunedAt,
+		Who:    WhoPrune,
+		Action: ActionPrune,
+		Reason: "retention",
+		Details: map[string]string{
+			"through_seq":  strconv.FormatUint(cp.Seq, 10),
+			"through_hash": cp.Hash,
+			"removed":      strconv.Itoa(removed),
+			"before":       cp.Before.Format(time.RFC3339Nano),
+		},
+	})
+	if err != nil {
+		return err
+	}
+	_, err = appendTx(tx, e)
+	return err
 }
 
 func checkpointTx(tx *bbolt.Tx) (checkpoint, bool, error) {
