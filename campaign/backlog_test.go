@@ -101,3 +101,16 @@ func TestSendBacklogWaitEndsWithContext(t *testing.T) {
 		t.Fatalf("Send = %+v, %v; queue holds %d", sum, err, q.fakeQueue.len())
 	}
 }
+
+func TestMaxAhead(t *testing.T) {
+	for _, tc := range []struct{ in, want int }{
+		{0, DefaultMaxAhead},
+		{-5, DefaultMaxAhead},
+		{1, 1},
+		{300, 300},
+	} {
+		if got := maxAhead(tc.in); got != tc.want {
+			t.Errorf("maxAhead(%d) = %d, want %d", tc.in, got, tc.want)
+		}
+	}
+}

@@ -160,6 +160,45 @@ func New(cfg Config, signer *dkim.Signer, log zerolog.Logger) (*Sender, error) {
 		}
 		cfg.Hostname = h
 	}
+	cfg = withDefaults(cfg)
+	resolver, err := resolverFor(cfg.Resolver, cfg.DNSServer)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Resolver = resolver
+	s := &Sender{
+		cfg:      cfg,
+		signer:   signer,
+		log:      log,
+		dialer:   net.Dialer{Timeout: cfg.DialTimeout},
+		idle:     map[string][]*conn{},
+		sems:     map[string]*sem{},
+		now:      time.Now,
+		limiters: map[string]*rate.Limiter{},
+		circuits: map[string]*circuit{},
+	}
+	if s.relay, err = prepareMode(cfg); err != nil {
+		return nil, err
+	}
+	if s.routes, err = parseRoutes(cfg.Routes); err != nil {
+		return nil, err
+	}
+	if s.tlsPolicy, err = parseTLSPolicies(cfg.TLSPolicy); err != nil {
+		return nil, err
+	}
+	if s.rates, err = parseRates(cfg.Rates); err != nil {
+		return nil, err
+	}
+	if cfg.MTASTS {
+		s.sts = mtasts.New(mtasts.Config{Resolver: cfg.Resolver, HTTPClient: cfg.MTASTSClient},
+			log.With().Str("subsystem", "mta-sts").Logger())
+	}
+	return s, nil
+}
+
+// withDefaults is cfg with each unset (zero or negative) limit and timeout
+// set to its default.
+func withDefaults(cfg Config) Config {
 	if cfg.ConcurrencyPerDomain <= 0 {
 		cfg.ConcurrencyPerDomain = DefaultConcurrencyPerDomain
 	}
@@ -178,56 +217,66 @@ func New(cfg Config, signer *dkim.Signer, log zerolog.Logger) (*Sender, error) {
 	if cfg.MaxMessagesPerConnection <= 0 {
 		cfg.MaxMessagesPerConnection = DefaultMaxMessagesPerConnection
 	}
-	if cfg.Resolver == nil && cfg.DNSServer != "" {
-		if _, port, err := net.SplitHostPort(cfg.DNSServer); err != nil || port == "" {
-			return nil, fmt.Errorf("mta: DNS server %q is not host:port", cfg.DNSServer)
-		}
-		server := cfg.DNSServer
-		cfg.Resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, server)
-		}}
+	return cfg
+}
+
+// resolverFor is r when set, else a resolver that asks dnsServer (host:port)
+// when that is set, else the system's.
+func resolverFor(r Resolver, dnsServer string) (Resolver, error) {
+	if r != nil {
+		return r, nil
 	}
-	if cfg.Resolver == nil {
-		cfg.Resolver = net.DefaultResolver
+	if dnsServer == "" {
+		return net.DefaultResolver, nil
 	}
-	s := &Sender{
-		cfg:       cfg,
-		signer:    signer,
-		log:       log,
-		routes:    map[string]string{},
-		dialer:    net.Dialer{Timeout: cfg.DialTimeout},
-		idle:      map[string][]*conn{},
-		sems:      map[string]*sem{},
-		tlsPolicy: map[string]string{"default": TLSOpportunistic},
-		rates:     map[string]float64{},
-		now:       time.Now,
-		limiters:  map[string]*rate.Limiter{},
-		circuits:  map[string]*circuit{},
+	if _, port, err := net.SplitHostPort(dnsServer); err != nil || port == "" {
+		return nil, fmt.Errorf("mta: DNS server %q is not host:port", dnsServer)
 	}
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, dnsServer)
+	}}, nil
+}
+
+// prepareMode checks cfg's mode: capture makes its folder, relay returns the
+// relay's host:port.
+func prepareMode(cfg Config) (relay string, err error) {
 	switch cfg.Mode {
 	case ModeCapture:
 		if cfg.CaptureDir == "" {
-			return nil, errors.New("mta: capture mode needs capture_dir")
+			return "", errors.New("mta: capture mode needs capture_dir")
 		}
 		if err := os.MkdirAll(cfg.CaptureDir, 0o700); err != nil {
-			return nil, fmt.Errorf("mta: create capture dir %s: %w", cfg.CaptureDir, err)
+			return "", fmt.Errorf("mta: create capture dir %s: %w", cfg.CaptureDir, err)
 		}
+		return "", nil
 	case ModeRelay:
-		u, err := url.Parse(cfg.Relay)
-		if err != nil || u.Scheme != "smtp" || u.Hostname() == "" || u.Path != "" || u.User != nil {
-			return nil, fmt.Errorf("mta: relay %q: want smtp://host:port", cfg.Relay)
-		}
-		port := u.Port()
-		if port == "" {
-			port = "25"
-		}
-		s.relay = net.JoinHostPort(u.Hostname(), port)
+		return relayAddr(cfg.Relay)
 	case ModeMX:
+		return "", nil
 	default:
-		return nil, fmt.Errorf("mta: unknown mode %q (want capture, relay or mx)", cfg.Mode)
+		return "", fmt.Errorf("mta: unknown mode %q (want capture, relay or mx)", cfg.Mode)
 	}
-	for d, hp := range cfg.Routes {
+}
+
+// relayAddr is the host:port of a relay URL smtp://host[:port], port 25 by default.
+func relayAddr(relay string) (string, error) {
+	u, err := url.Parse(relay)
+	if err != nil || u.Scheme != "smtp" || u.Hostname() == "" || u.Path != "" || u.User != nil {
+		return "", fmt.Errorf("mta: relay %q: want smtp://host:port", relay)
+	}
+	port := u.Port()
+	if port == "" {
+		port = "25"
+	}
+	return net.JoinHostPort(u.Hostname(), port), nil
+}
+
+// parseRoutes checks the configured routes (domain → host:port) and keys
+// them by normalised domain.
+func parseRoutes(routes map[string]string) (map[string]string, error) {
+	out := map[string]string{}
+	for d, hp := range routes {
 		nd, err := address.NormalizeDomain(d)
 		if err != nil {
 			return nil, fmt.Errorf("mta: route %q: %w", d, err)
@@ -235,9 +284,16 @@ func New(cfg Config, signer *dkim.Signer, log zerolog.Logger) (*Sender, error) {
 		if _, port, err := net.SplitHostPort(hp); err != nil || port == "" {
 			return nil, fmt.Errorf("mta: route for %s: %q is not host:port", d, hp)
 		}
-		s.routes[nd] = hp
+		out[nd] = hp
 	}
-	for d, p := range cfg.TLSPolicy {
+	return out, nil
+}
+
+// parseTLSPolicies checks the configured TLS policies and keys them by
+// domainKey, with "default" opportunistic unless set.
+func parseTLSPolicies(policies map[string]string) (map[string]string, error) {
+	out := map[string]string{"default": TLSOpportunistic}
+	for d, p := range policies {
 		switch p {
 		case TLSNone, TLSOpportunistic, TLSRequired, TLSVerify:
 		default:
@@ -247,9 +303,16 @@ func New(cfg Config, signer *dkim.Signer, log zerolog.Logger) (*Sender, error) {
 		if err != nil {
 			return nil, fmt.Errorf("mta: TLS policy for %q: %w", d, err)
 		}
-		s.tlsPolicy[nd] = p
+		out[nd] = p
 	}
-	for d, r := range cfg.Rates {
+	return out, nil
+}
+
+// parseRates checks the configured rates (messages per second, finite and
+// not negative) and keys them by domainKey.
+func parseRates(rates map[string]float64) (map[string]float64, error) {
+	out := map[string]float64{}
+	for d, r := range rates {
 		if r < 0 || math.IsNaN(r) || math.IsInf(r, 0) {
 			return nil, fmt.Errorf("mta: rate for %s: %v is not a number of messages per second", d, r)
 		}
@@ -257,13 +320,9 @@ func New(cfg Config, signer *dkim.Signer, log zerolog.Logger) (*Sender, error) {
 		if err != nil {
 			return nil, fmt.Errorf("mta: rate for %q: %w", d, err)
 		}
-		s.rates[nd] = r
+		out[nd] = r
 	}
-	if cfg.MTASTS {
-		s.sts = mtasts.New(mtasts.Config{Resolver: cfg.Resolver, HTTPClient: cfg.MTASTSClient},
-			log.With().Str("subsystem", "mta-sts").Logger())
-	}
-	return s, nil
+	return out, nil
 }
 
 // domainKey normalises a domain key of a per-domain map; "default" stays.

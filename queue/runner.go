@@ -380,18 +380,43 @@ func (r *Runner) claim(free int) (msgs []Message, progressed bool, next time.Tim
 // in-flight set are skipped, except those in mine: their outcome was recorded
 // earlier in the same transaction.
 func (r *Runner) claimIn(b bkts, free int, now time.Time, mine map[string]bool, c *batch) error {
+	cands, err := r.scanDue(b, free, now, mine, c)
+	if err != nil {
+		return err
+	}
+	var claimed []string
+	for i := range cands {
+		ok, err := r.applyClaim(b, &cands[i], now, c)
+		if err != nil {
+			return err
+		}
+		if ok {
+			claimed = append(claimed, cands[i].m.ID)
+		}
+	}
+	r.s.setInflight(claimed, true) // inside the txn: claims are serialised by bbolt's write lock
+	return nil
+}
+
+// claimCand is a due message and what claimIn does with it.
+type claimCand struct {
+	m    Message
+	act  int
+	sp   Suspension // actSuspend: the suspension that holds it
+	slot time.Time  // actRate: the reserved rate slot
+	gen  uint64     // actRate: the limiter generation of slot
+}
+
+// scanDue reads the due index up to now, in time order, and decides what to
+// do with each message it may take: up to free claims and maxClaimScan other
+// actions. It only reads (a cursor is invalid once its bucket changes); it
+// sets c.next to the first due time past now where it stops there.
+func (r *Runner) scanDue(b bkts, free int, now time.Time, mine map[string]bool, c *batch) ([]claimCand, error) {
 	s := r.s
 	limit := dueKey(now, "")
-	type cand struct {
-		m    Message
-		act  int
-		sp   Suspension
-		slot time.Time
-		gen  uint64
-	}
-	var cands []cand
+	var cands []claimCand
 	nClaim, nOther := 0, 0
-	cur := b.due.Cursor() // read first, write after: a cursor is invalid once its bucket changes
+	cur := b.due.Cursor()
 	for k, _ := cur.First(); k != nil && nClaim < free && nOther < maxClaimScan; k, _ = cur.Next() {
 		if len(k) < 8 {
 			continue
@@ -406,21 +431,14 @@ func (r *Runner) claimIn(b bkts, free int, now time.Time, mine map[string]bool, 
 		}
 		m, err := b.get(id)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if r.cfg.Campaign != "" && m.Campaign != r.cfg.Campaign {
 			continue
 		}
-		cd := cand{m: m, act: actClaim}
-		if m.Erased {
-			cd.act = actErased
-		} else if now.After(m.Created.Add(s.maxAge)) {
-			cd.act = actExpire
-		} else if sp, ok := s.suspendedFor(m.Domain, m.Campaign, now); ok {
-			cd.act, cd.sp = actSuspend, sp
-		} else if slot, gen := s.reserve(&m, now); !slot.IsZero() {
-			cd.act, cd.slot, cd.gen = actRate, slot, gen
-		}
+		cd := claimAction(m, now, s.maxAge,
+			func() (Suspension, bool) { return s.suspendedFor(m.Domain, m.Campaign, now) },
+			func() (time.Time, uint64) { return s.reserve(&m, now) })
 		if cd.act == actClaim {
 			nClaim++
 		} else {
@@ -428,52 +446,75 @@ func (r *Runner) claimIn(b bkts, free int, now time.Time, mine map[string]bool, 
 		}
 		cands = append(cands, cd)
 	}
-	var claimed []string
-	for i := range cands {
-		cd := &cands[i]
-		m := &cd.m
-		prev := *m
-		m.Updated = now
-		switch cd.act {
-		case actExpire: // RFC 5321 §4.5.4.1: give up eventually
-			m.State, m.Reason = StateExpired, "expired: undelivered after "+s.maxAge.String()
-			m.History = append(m.History, Attempt{Time: now, Outcome: string(StateExpired), Reply: m.LastReply})
-		case actErased: // only a count stays (EraseRecipient leaves none of these behind; an older file might)
-			if err := b.forget(&prev, StateCancelled); err != nil {
-				return err
-			}
-			c.progressed = true
-			continue
-		case actSuspend:
-			holdFor(m, cd.sp, now)
-		case actRate:
-			m.NextAttempt, m.RateSlot, m.RateGen = cd.slot, cd.slot, cd.gen
-			if c.next.IsZero() || cd.slot.Before(c.next) {
-				c.next = cd.slot
-			}
-		default:
-			// The attempt is counted when its outcome is recorded, not here: a
-			// claim a crash or a stop cut off before Deliver was no attempt.
-			m.State = StateActive
-			m.NextAttempt = now.Add(s.backoff(m.Attempts + 1))
-			m.RateSlot, m.RateGen = time.Time{}, 0
-		}
-		if err := b.save(m, &prev); err != nil {
-			return err
+	return cands, nil
+}
+
+// claimAction decides what to do with the due message m, first match wins:
+// forget it when its recipient was erased, expire it past maxAge, hold it
+// under a suspension, wait for its campaign's rate slot, else claim it.
+// reserve takes a rate token, so it is asked last and only when nothing else
+// applies.
+func claimAction(m Message, now time.Time, maxAge time.Duration,
+	suspended func() (Suspension, bool), reserve func() (time.Time, uint64)) claimCand {
+	cd := claimCand{m: m, act: actClaim}
+	if m.Erased {
+		cd.act = actErased
+	} else if now.After(m.Created.Add(maxAge)) {
+		cd.act = actExpire
+	} else if sp, ok := suspended(); ok {
+		cd.act, cd.sp = actSuspend, sp
+	} else if slot, gen := reserve(); !slot.IsZero() {
+		cd.act, cd.slot, cd.gen = actRate, slot, gen
+	}
+	return cd
+}
+
+// applyClaim writes what scanDue decided for cd and adds its outcome to c:
+// the job when claimed (claimed is then true), the expired message, the
+// earliest rate slot as c.next.
+func (r *Runner) applyClaim(b bkts, cd *claimCand, now time.Time, c *batch) (claimed bool, err error) {
+	s := r.s
+	m := &cd.m
+	prev := *m
+	m.Updated = now
+	switch cd.act {
+	case actExpire: // RFC 5321 §4.5.4.1: give up eventually
+		m.State, m.Reason = StateExpired, "expired: undelivered after "+s.maxAge.String()
+		m.History = append(m.History, Attempt{Time: now, Outcome: string(StateExpired), Reply: m.LastReply})
+	case actErased: // only a count stays (EraseRecipient leaves none of these behind; an older file might)
+		if err := b.forget(&prev, StateCancelled); err != nil {
+			return false, err
 		}
 		c.progressed = true
-		switch cd.act {
-		case actClaim:
-			c.jobs = append(c.jobs, job{m: *m, was: prev.State, wasNext: prev.NextAttempt, wasSlot: prev.RateSlot, wasGen: prev.RateGen})
-			claimed = append(claimed, m.ID)
-		case actExpire:
-			c.expired = append(c.expired, *m)
-		case actSuspend:
-			r.log.Debug().Str("queue_id", m.ID).Str("domain", m.Domain).Time("until", cd.sp.Until).Msg("held by suspension")
+		return false, nil
+	case actSuspend:
+		holdFor(m, cd.sp, now)
+	case actRate:
+		m.NextAttempt, m.RateSlot, m.RateGen = cd.slot, cd.slot, cd.gen
+		if c.next.IsZero() || cd.slot.Before(c.next) {
+			c.next = cd.slot
 		}
+	default:
+		// The attempt is counted when its outcome is recorded, not here: a
+		// claim a crash or a stop cut off before Deliver was no attempt.
+		m.State = StateActive
+		m.NextAttempt = now.Add(s.backoff(m.Attempts + 1))
+		m.RateSlot, m.RateGen = time.Time{}, 0
 	}
-	s.setInflight(claimed, true) // inside the txn: claims are serialised by bbolt's write lock
-	return nil
+	if err := b.save(m, &prev); err != nil {
+		return false, err
+	}
+	c.progressed = true
+	switch cd.act {
+	case actClaim:
+		c.jobs = append(c.jobs, job{m: *m, was: prev.State, wasNext: prev.NextAttempt, wasSlot: prev.RateSlot, wasGen: prev.RateGen})
+		return true, nil
+	case actExpire:
+		c.expired = append(c.expired, *m)
+	case actSuspend:
+		r.log.Debug().Str("queue_id", m.ID).Str("domain", m.Domain).Time("until", cd.sp.Until).Msg("held by suspension")
+	}
+	return false, nil
 }
 
 // rateWaiting reports whether messages of the runner's campaign (any, if none is

@@ -220,77 +220,14 @@ func (s *Store) Import(r io.Reader, name string, def Entry) (ImportResult, error
 // importCSV is Import, and with im ImportFile's audited, resumable batches.
 func (s *Store) importCSV(r io.Reader, name string, def Entry, im *importer) (ImportResult, error) {
 	var res ImportResult
-	if def.Source == "" {
-		def.Source = "import:" + filepath.Base(name)
-	}
-	if def.Time.IsZero() {
-		def.Time = time.Now()
-	}
+	def = importDefaults(def, name, time.Now())
 	cr := csv.NewReader(r)
 	cr.FieldsPerRecord = -1 // we report width mismatches ourselves, per row
-	header, err := cr.Read()
-	if errors.Is(err, io.EOF) {
-		return res, fmt.Errorf("import %s: empty file, want a header row", name)
-	}
+	hd, err := readImportHeader(cr, name)
 	if err != nil {
-		return res, fmt.Errorf("import %s: header: %w", name, err)
+		return res, err
 	}
-	hd, err := address.ReadHeader(name, header)
-	if err != nil {
-		return res, fmt.Errorf("import %w", err)
-	}
-	target, field := hd.Address, hd.Field
-	or := func(v, d string) string {
-		if v == "" {
-			return d
-		}
-		return v
-	}
-
-	batch := make([]Entry, 0, importBatch)
-	var batchNo, firstLine, lastLine int
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		batchNo++
-		defer func() { batch = batch[:0] }()
-		if im != nil && batchNo <= im.run.Batches {
-			im.resumed++ // committed by the interrupted run
-			return nil
-		}
-		if im != nil { // write-ahead: the audit entry is on disk before the entries
-			st := im.step(batchNo)
-			st.FirstLine, st.LastLine, st.Entries = firstLine, lastLine, len(batch)
-			if err := im.auditor.AuditImport(st); err != nil {
-				return fmt.Errorf("import %s: audit batch %d (lines %d-%d): %w", name, batchNo, firstLine, lastLine, err)
-			}
-		}
-		n := 0
-		err := s.update(func(tx *bbolt.Tx) error {
-			b := tx.Bucket(bucketEntries)
-			n = 0
-			for _, e := range batch {
-				wrote, err := s.put(b, e)
-				if err != nil {
-					return err
-				}
-				if wrote {
-					n++
-				}
-			}
-			if im != nil {
-				return im.commit(tx, batchNo, n)
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("import %s: write: %w", name, err)
-		}
-		res.Added += n
-		return nil
-	}
-
+	b := &importBatches{s: s, name: name, im: im, res: &res, batch: make([]Entry, 0, importBatch)}
 	for {
 		rec, err := cr.Read()
 		if errors.Is(err, io.EOF) {
@@ -307,38 +244,16 @@ func (s *Store) importCSV(r io.Reader, name string, def Entry, im *importer) (Im
 		}
 		res.Rows++
 		line, _ := cr.FieldPos(0)
-		if len(rec) != len(header) {
-			res.Errors = append(res.Errors, fmt.Errorf("%s:%d: row has %d fields, header has %d", name, line, len(rec), len(header)))
-			continue
-		}
-		raw := strings.Trim(rec[target], " \t")
-		if raw == "" {
-			res.Errors = append(res.Errors, fmt.Errorf("%s:%d: %s is empty", name, line, hd.Names[target]))
-			continue
-		}
-		e, err := normalize(Entry{
-			Target: raw,
-			List:   or(field(rec, "list"), def.List),
-			Reason: Reason(or(field(rec, "reason"), string(def.Reason))),
-			Source: or(field(rec, "source"), def.Source),
-			Note:   or(field(rec, "note"), def.Note),
-			Time:   def.Time,
-		})
+		e, err := importRow(hd, rec, def, name, line)
 		if err != nil {
-			res.Errors = append(res.Errors, fmt.Errorf("%s:%d: %w", name, line, err))
+			res.Errors = append(res.Errors, err)
 			continue
 		}
-		if len(batch) == 0 {
-			firstLine = line
-		}
-		lastLine = line
-		if batch = append(batch, e); len(batch) == importBatch {
-			if err := flush(); err != nil {
-				return res, err
-			}
+		if err := b.add(e, line); err != nil {
+			return res, err
 		}
 	}
-	if err := flush(); err != nil {
+	if err := b.flush(); err != nil {
 		return res, err
 	}
 	if im != nil {
@@ -349,4 +264,138 @@ func (s *Store) importCSV(r io.Reader, name string, def Entry, im *importer) (Im
 	s.log.Info().Str("file", filepath.Base(name)).Int("rows", res.Rows).Int("added", res.Added).
 		Int("errors", len(res.Errors)).Msg("suppressions imported")
 	return res, nil
+}
+
+// importDefaults fills def's Source ("import:"+basename(name)) and Time (now)
+// when they are empty.
+func importDefaults(def Entry, name string, now time.Time) Entry {
+	if def.Source == "" {
+		def.Source = "import:" + filepath.Base(name)
+	}
+	if def.Time.IsZero() {
+		def.Time = now
+	}
+	return def
+}
+
+// readImportHeader reads and checks the header row of an import.
+func readImportHeader(cr *csv.Reader, name string) (*address.Header, error) {
+	header, err := cr.Read()
+	if errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("import %s: empty file, want a header row", name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("import %s: header: %w", name, err)
+	}
+	hd, err := address.ReadHeader(name, header)
+	if err != nil {
+		return nil, fmt.Errorf("import %w", err)
+	}
+	return hd, nil
+}
+
+// importRow is the entry of one CSV row, its empty values taken from def, or
+// the row's problem as "name:line: …".
+func importRow(hd *address.Header, rec []string, def Entry, name string, line int) (Entry, error) {
+	if len(rec) != len(hd.Names) {
+		return Entry{}, fmt.Errorf("%s:%d: row has %d fields, header has %d", name, line, len(rec), len(hd.Names))
+	}
+	raw := strings.Trim(rec[hd.Address], " \t")
+	if raw == "" {
+		return Entry{}, fmt.Errorf("%s:%d: %s is empty", name, line, hd.Names[hd.Address])
+	}
+	or := func(v, d string) string {
+		if v == "" {
+			return d
+		}
+		return v
+	}
+	e, err := normalize(Entry{
+		Target: raw,
+		List:   or(hd.Field(rec, "list"), def.List),
+		Reason: Reason(or(hd.Field(rec, "reason"), string(def.Reason))),
+		Source: or(hd.Field(rec, "source"), def.Source),
+		Note:   or(hd.Field(rec, "note"), def.Note),
+		Time:   def.Time,
+	})
+	if err != nil {
+		return Entry{}, fmt.Errorf("%s:%d: %w", name, line, err)
+	}
+	return e, nil
+}
+
+// importBatches gathers an import's entries into batches of importBatch, each
+// written in one transaction and, for ImportFile, audited before it is written.
+type importBatches struct {
+	s                   *Store
+	name                string
+	im                  *importer // nil: Import, no audit, no resume
+	res                 *ImportResult
+	batch               []Entry
+	batchNo             int
+	firstLine, lastLine int
+}
+
+// add batches e, read at line, and flushes a full batch.
+func (b *importBatches) add(e Entry, line int) error {
+	if len(b.batch) == 0 {
+		b.firstLine = line
+	}
+	b.lastLine = line
+	if b.batch = append(b.batch, e); len(b.batch) == importBatch {
+		return b.flush()
+	}
+	return nil
+}
+
+// flush audits and writes the batch, or skips it when the interrupted run
+// this one resumes committed it already.
+func (b *importBatches) flush() error {
+	if len(b.batch) == 0 {
+		return nil
+	}
+	b.batchNo++
+	defer func() { b.batch = b.batch[:0] }()
+	im := b.im
+	if im != nil && b.batchNo <= im.run.Batches {
+		im.resumed++ // committed by the interrupted run
+		return nil
+	}
+	if im != nil { // write-ahead: the audit entry is on disk before the entries
+		st := im.step(b.batchNo)
+		st.FirstLine, st.LastLine, st.Entries = b.firstLine, b.lastLine, len(b.batch)
+		if err := im.auditor.AuditImport(st); err != nil {
+			return fmt.Errorf("import %s: audit batch %d (lines %d-%d): %w", b.name, b.batchNo, b.firstLine, b.lastLine, err)
+		}
+	}
+	n, err := b.write()
+	if err != nil {
+		return fmt.Errorf("import %s: write: %w", b.name, err)
+	}
+	b.res.Added += n
+	return nil
+}
+
+// write puts the batch's entries, and ImportFile's progress, in one
+// transaction and returns how many entries it wrote.
+func (b *importBatches) write() (int, error) {
+	n := 0
+	err := b.s.update(func(tx *bbolt.Tx) error {
+		bk := tx.Bucket(bucketEntries)
+		n = 0
+		for _, e := range b.batch {
+			wrote, err := b.s.put(bk, e)
+			if err != nil {
+				return err
+			}
+			if wrote {
+				n++
+			}
+		}
+		if b.im != nil {
+			return b.im.commit(tx, b.batchNo, n)
+		}
+		return nil
+	})
+	return n, err
 }

@@ -5,8 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/postwarden/postwarden/suppression/address"
 )
 
 // onceAuditor is an ImportAuditor that keeps each key once, like
@@ -100,5 +104,63 @@ func TestImportHeaderRule(t *testing.T) {
 	}
 	if _, sup, _ := s.Check("ana@example.com", "news"); sup {
 		t.Fatal("a refused file imported a row")
+	}
+}
+
+func TestImportRow(t *testing.T) {
+	hd, err := address.ReadHeader("in.csv", []string{"Email", "list", "reason", "note"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	when := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	def := Entry{List: "news", Reason: Complaint, Source: "import:in.csv", Note: "default", Time: when}
+	for _, tc := range []struct {
+		name    string
+		rec     []string
+		want    Entry
+		wantErr string
+	}{
+		{"defaults", []string{" A@Example.com ", "", "", ""},
+			Entry{Target: "a@example.com", List: "news", Reason: Complaint, Source: "import:in.csv", Note: "default", Time: when}, ""},
+		{"row values", []string{"b@example.com", "promo", "manual", "asked"},
+			Entry{Target: "b@example.com", List: "promo", Reason: Manual, Source: "import:in.csv", Note: "asked", Time: when}, ""},
+		{"domain", []string{"@Example.org", "", "", ""},
+			Entry{Target: "@example.org", List: "news", Reason: Complaint, Source: "import:in.csv", Note: "default", Time: when}, ""},
+		{"width", []string{"c@example.com", "news"}, Entry{}, "in.csv:7: row has 2 fields, header has 4"},
+		{"empty", []string{" \t", "", "", ""}, Entry{}, "in.csv:7: email is empty"},
+		{"bad reason", []string{"d@example.com", "", "bored", ""}, Entry{}, `in.csv:7: reason "bored": unknown`},
+		{"bad address", []string{"not an address", "", "", ""}, Entry{}, "in.csv:7: target:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := importRow(hd, tc.rec, def, "in.csv", 7)
+			if tc.wantErr != "" {
+				if err == nil || !strings.HasPrefix(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want prefix %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestImportDefaults(t *testing.T) {
+	now := time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)
+	set := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		def, want Entry
+		name      string
+	}{
+		{Entry{}, Entry{Source: "import:list.csv", Time: now}, "/tmp/x/list.csv"},
+		{Entry{Source: "crm", Time: set}, Entry{Source: "crm", Time: set}, "list.csv"},
+	} {
+		if got := importDefaults(tc.def, tc.name, now); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("importDefaults(%+v, %q) = %+v, want %+v", tc.def, tc.name, got, tc.want)
+		}
 	}
 }

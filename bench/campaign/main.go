@@ -18,6 +18,7 @@ import (
 	"cmp"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -272,6 +273,26 @@ func summarize(rep *report) {
 
 func printReport(w0 *os.File, rep *report) {
 	w := tabwriter.NewWriter(w0, 0, 0, 2, ' ', 0)
+	printReferences(w, rep)
+	fmt.Fprintln(w)
+	printMetrics(w, rep.Summary)
+	fmt.Fprintln(w)
+	printRatios(w, rep.Options.Sig, rep.Summary)
+	printDetails(w, rep)
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "completion\t%s\n", rep.Complete)
+	for _, n := range rep.Notes {
+		fmt.Fprintf(w, "note\t%s\n", n)
+	}
+	w.Flush()
+	if rep.Profile != "" {
+		fmt.Fprintf(w0, "\n%s\n", rep.Profile)
+	}
+}
+
+// printReferences prints the options, the machine and the reference figures
+// the run is measured against.
+func printReferences(w io.Writer, rep *report) {
 	o := rep.Options
 	fmt.Fprintf(w, "postwarden end-to-end bench\tN=%d D=%d S=%d sig=%s runs=%d workers=%d per-domain=%d\n", o.N, o.Domains, o.Suppressed, o.Sig, o.Runs, o.Workers, o.PerDomain)
 	fmt.Fprintf(w, "machine\t%d × %s, %s\n", rep.Machine.NProc, rep.Machine.Model, rep.Machine.Go)
@@ -299,8 +320,10 @@ func printReport(w0 *os.File, rep *report) {
 		fmt.Fprintf(w, "send floor (MTA alone)\t%.0f msgs/s%s, %.0f µs CPU/message  (%s %s, %d at once, pre-rendered message, no render/suppression/queue)\n",
 			rep.Summary.SendRate.Median, rounds(rep.Summary.SendRate, len(rep.SendRuns)), rep.Summary.SendCPUPerMsgUs.Median, r.Type, r.Engine, r.Concurrency)
 	}
-	s := rep.Summary
-	fmt.Fprintln(w)
+}
+
+// printMetrics prints the table of the timed runs' median, min and max.
+func printMetrics(w io.Writer, s summary) {
 	fmt.Fprintf(w, "metric\tmedian\tmin\tmax\n")
 	row := func(name, f string, st stat) {
 		fmt.Fprintf(w, "%s\t"+f+"\t"+f+"\t"+f+"\n", name, st.Median, st.Min, st.Max)
@@ -316,8 +339,12 @@ func printReport(w0 *os.File, rep *report) {
 	row("CPU µs/message", "%.0f", s.CPUPerMsgUs)
 	row("disk written KB/message", "%.1f", s.DiskKBPerMsg)
 	row("write syscalls/message", "%.1f", s.WritesPerMsg)
-	fmt.Fprintln(w)
-	fmt.Fprintf(w, "ratio to signing ceiling (%s)\t%.2f\n", o.Sig, s.VsSignCeiling)
+}
+
+// printRatios prints the end-to-end rate as ratios to the references, those
+// that were measured.
+func printRatios(w io.Writer, sig string, s summary) {
+	fmt.Fprintf(w, "ratio to signing ceiling (%s)\t%.2f\n", sig, s.VsSignCeiling)
 	if s.VsSignOpenSSL > 0 {
 		fmt.Fprintf(w, "ratio to signing ceiling (rsa, OpenSSL signer)\t%.2f\n", s.VsSignOpenSSL)
 	}
@@ -331,6 +358,11 @@ func printReport(w0 *os.File, rep *report) {
 	if s.CheckShare > 0 {
 		fmt.Fprintf(w, "suppression check share\t%.1f %%\n", 100*s.CheckShare)
 	}
+}
+
+// printDetails prints the in-process stages, the queue CLI timings and the
+// package benchmarks, each table when measured.
+func printDetails(w io.Writer, rep *report) {
 	if len(rep.Stages) > 0 {
 		fmt.Fprintln(w)
 		fmt.Fprintf(w, "stage (in-process)\tp50 µs\tp99 µs\tnote\n")
@@ -351,17 +383,6 @@ func printReport(w0 *os.File, rep *report) {
 			fmt.Fprintf(w, "%s %s\t%.0f\t%.0f\t%.0f\t%s\n", b.Package, b.Name, b.NsOp, b.BytesOp, b.Allocs, b.Extra)
 		}
 	}
-	fmt.Fprintln(w)
-	fmt.Fprintf(w, "completion\t%s\n", rep.Complete)
-	defer func() {
-		if rep.Profile != "" {
-			fmt.Fprintf(w0, "\n%s\n", rep.Profile)
-		}
-	}()
-	for _, n := range rep.Notes {
-		fmt.Fprintf(w, "note\t%s\n", n)
-	}
-	w.Flush()
 }
 
 func describeMachine() machine {

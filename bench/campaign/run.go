@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -74,115 +75,30 @@ func runCampaign(bin, cfgPath, campFile, dataDir string, sk *sink, expected int,
 	var final json.RawMessage
 	var tail []string
 	var enqDone time.Time
-	wg.Go(func() { // stdout: progress and the final record
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(make([]byte, 1<<20), 16<<20)
-		for sc.Scan() {
-			line := sc.Bytes()
-			var l struct {
-				Progress *struct{ Rows int } `json:"progress"`
-				Summary  json.RawMessage     `json:"summary"`
-			}
-			if json.Unmarshal(line, &l) == nil {
-				if l.Progress != nil && l.Progress.Rows >= n {
-					enqDone = time.Now()
-				}
-				if l.Summary != nil {
-					final = append(json.RawMessage(nil), line...)
-				}
-			}
-		}
-	})
-	wg.Go(func() { // stderr: gctrace and logs
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 16<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			if strings.HasPrefix(line, "gc ") {
-				if m := gcHeapRe.FindStringSubmatch(line); m != nil {
-					res.GCs++
-					a, _ := strconv.ParseFloat(m[1], 64)
-					c, _ := strconv.ParseFloat(m[3], 64)
-					res.HeapPeakMB = max(res.HeapPeakMB, a)
-					res.HeapLiveMaxMB = max(res.HeapLiveMaxMB, c)
-				}
-				continue
-			}
-			tail = append(tail, line)
-			if len(tail) > 40 {
-				tail = tail[1:]
-			}
-		}
-	})
-	// Poll memory every 50 ms until exit.
+	wg.Go(func() { final, enqDone = readProgress(stdout, n) })
+	wg.Go(func() { tail = readGCTrace(stderr, &res) })
 	exited := make(chan error, 1)
 	go func() { wg.Wait(); exited <- cmd.Wait() }()
-	pid := cmd.Process.Pid
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	limit := time.After(timeout)
-	var waitErr error
-	firstSeen, allSeen := time.Time{}, time.Time{}
-loop:
-	for {
-		select {
-		case t := <-first:
-			firstSeen = t
-		case t := <-all:
-			allSeen = t
-		case <-tick.C:
-			pollRSS(pid, &res)
-			pollIO(pid, &res)
-		case waitErr = <-exited:
-			break loop
-		case <-limit:
-			_ = cmd.Process.Kill()
-			<-exited
-			return res, fmt.Errorf("timed out after %s; sink has %d of %d", timeout, sk.Count()-base, expected)
-		}
-	}
-	exitAt := time.Now()
-	// The sink may count the last messages a moment after the client got 250.
-	if allSeen.IsZero() {
-		select {
-		case allSeen = <-all:
-		case <-time.After(5 * time.Second):
-		}
-	}
-	if firstSeen.IsZero() {
-		select {
-		case firstSeen = <-first:
-		default:
-		}
+	w, err := watchRun(cmd, exited, first, all, &res, timeout)
+	if err != nil {
+		return res, fmt.Errorf("%w; sink has %d of %d", err, sk.Count()-base, expected)
 	}
 	res.AtSink = sk.Count() - base
 	if cmd.ProcessState != nil {
 		res.CPUUserS, res.CPUSysS = cmd.ProcessState.UserTime().Seconds(), cmd.ProcessState.SystemTime().Seconds()
 	}
-	if waitErr != nil {
-		return res, fmt.Errorf("postwarden campaign send: %v\n%s", waitErr, strings.Join(tail, "\n"))
+	if w.waitErr != nil {
+		return res, fmt.Errorf("postwarden campaign send: %v\n%s", w.waitErr, strings.Join(tail, "\n"))
 	}
 	if final == nil {
 		return res, fmt.Errorf("postwarden campaign send printed no summary\n%s", strings.Join(tail, "\n"))
 	}
-	var rec struct {
-		Summary struct {
-			Enqueued   int            `json:"enqueued"`
-			Suppressed map[string]int `json:"suppressed"`
-		} `json:"summary"`
-		Delivery map[string]int `json:"delivery"`
+	if err := readSummary(final, &res); err != nil {
+		return res, err
 	}
-	if err := json.Unmarshal(final, &rec); err != nil {
-		return res, fmt.Errorf("summary: %w: %s", err, final)
-	}
-	res.Enqueued = rec.Summary.Enqueued
-	for _, v := range rec.Summary.Suppressed {
-		res.Suppressed += v
-	}
-	res.Delivered = rec.Delivery["delivered"]
-	res.ExitS = exitAt.Sub(start).Seconds()
-	if !firstSeen.IsZero() {
-		res.FirstDeliveryMs = float64(firstSeen.Sub(start).Microseconds()) / 1e3
+	res.ExitS = w.exitAt.Sub(start).Seconds()
+	if !w.firstSeen.IsZero() {
+		res.FirstDeliveryMs = float64(w.firstSeen.Sub(start).Microseconds()) / 1e3
 	}
 	if !enqDone.IsZero() {
 		res.EnqueueDoneMs = float64(enqDone.Sub(start).Microseconds()) / 1e3
@@ -193,16 +109,155 @@ loop:
 			res.BytesPerRcpt = float64(fi.Size()) / float64(res.Enqueued)
 		}
 	}
-	if allSeen.IsZero() || res.AtSink < int64(expected) {
-		return res, fmt.Errorf("sink has %d of %d expected messages (summary: enqueued %d, delivered %d)\n%s",
+	if err := checkDelivered(res, expected, !w.allSeen.IsZero(), final); err != nil {
+		return res, err
+	}
+	res.AllDeliveredS = w.allSeen.Sub(start).Seconds()
+	res.Rate = float64(expected) / res.AllDeliveredS
+	return res, nil
+}
+
+// readProgress reads the binary's JSON lines on stdout to the end: final is
+// the line with the summary, enqDone when the progress reached n rows.
+func readProgress(stdout io.Reader, n int) (final json.RawMessage, enqDone time.Time) {
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		var l struct {
+			Progress *struct{ Rows int } `json:"progress"`
+			Summary  json.RawMessage     `json:"summary"`
+		}
+		if json.Unmarshal(line, &l) == nil {
+			if l.Progress != nil && l.Progress.Rows >= n {
+				enqDone = time.Now()
+			}
+			if l.Summary != nil {
+				final = append(json.RawMessage(nil), line...)
+			}
+		}
+	}
+	return final, enqDone
+}
+
+// readGCTrace reads stderr to the end, counting gctrace lines into res (GCs
+// and heap sizes) and returning the last 40 other lines, for errors.
+func readGCTrace(stderr io.Reader, res *runResult) (tail []string) {
+	sc := bufio.NewScanner(stderr)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "gc ") {
+			if heap, live, ok := parseGCLine(line); ok {
+				res.GCs++
+				res.HeapPeakMB = max(res.HeapPeakMB, heap)
+				res.HeapLiveMaxMB = max(res.HeapLiveMaxMB, live)
+			}
+			continue
+		}
+		tail = append(tail, line)
+		if len(tail) > 40 {
+			tail = tail[1:]
+		}
+	}
+	return tail
+}
+
+// parseGCLine reads a gctrace line's "A->B->C MB": the heap at the GC's start
+// (A) and the live heap after it (C).
+func parseGCLine(line string) (heapMB, liveMB float64, ok bool) {
+	m := gcHeapRe.FindStringSubmatch(line)
+	if m == nil {
+		return 0, 0, false
+	}
+	a, _ := strconv.ParseFloat(m[1], 64)
+	c, _ := strconv.ParseFloat(m[3], 64)
+	return a, c, true
+}
+
+// watched is what watchRun saw of one run.
+type watched struct {
+	firstSeen, allSeen time.Time // the sink's first and last expected message; zero if not seen
+	exitAt             time.Time
+	waitErr            error // the process's exit
+}
+
+// watchRun polls the process's memory and I/O every 50 ms until it exits,
+// noting when the sink saw the first and the last message; past timeout it
+// kills the process and returns an error.
+func watchRun(cmd *exec.Cmd, exited <-chan error, first, all <-chan time.Time, res *runResult, timeout time.Duration) (watched, error) {
+	var w watched
+	pid := cmd.Process.Pid
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	limit := time.After(timeout)
+loop:
+	for {
+		select {
+		case t := <-first:
+			w.firstSeen = t
+		case t := <-all:
+			w.allSeen = t
+		case <-tick.C:
+			pollRSS(pid, res)
+			pollIO(pid, res)
+		case w.waitErr = <-exited:
+			break loop
+		case <-limit:
+			_ = cmd.Process.Kill()
+			<-exited
+			return w, fmt.Errorf("timed out after %s", timeout)
+		}
+	}
+	w.exitAt = time.Now()
+	// The sink may count the last messages a moment after the client got 250.
+	if w.allSeen.IsZero() {
+		select {
+		case w.allSeen = <-all:
+		case <-time.After(5 * time.Second):
+		}
+	}
+	if w.firstSeen.IsZero() {
+		select {
+		case w.firstSeen = <-first:
+		default:
+		}
+	}
+	return w, nil
+}
+
+// readSummary puts the enqueued, suppressed and delivered counts of the
+// binary's final JSON record into res.
+func readSummary(final json.RawMessage, res *runResult) error {
+	var rec struct {
+		Summary struct {
+			Enqueued   int            `json:"enqueued"`
+			Suppressed map[string]int `json:"suppressed"`
+		} `json:"summary"`
+		Delivery map[string]int `json:"delivery"`
+	}
+	if err := json.Unmarshal(final, &rec); err != nil {
+		return fmt.Errorf("summary: %w: %s", err, final)
+	}
+	res.Enqueued = rec.Summary.Enqueued
+	for _, v := range rec.Summary.Suppressed {
+		res.Suppressed += v
+	}
+	res.Delivered = rec.Delivery["delivered"]
+	return nil
+}
+
+// checkDelivered fails a run whose sink did not see every expected message
+// (allSeen: the last one arrived), or whose summary counts another number.
+func checkDelivered(res runResult, expected int, allSeen bool, final json.RawMessage) error {
+	if !allSeen || res.AtSink < int64(expected) {
+		return fmt.Errorf("sink has %d of %d expected messages (summary: enqueued %d, delivered %d)\n%s",
 			res.AtSink, expected, res.Enqueued, res.Delivered, final)
 	}
 	if res.Enqueued != expected || res.Delivered != expected {
-		return res, fmt.Errorf("expected %d enqueued and delivered, summary says enqueued %d, delivered %d: %s", expected, res.Enqueued, res.Delivered, final)
+		return fmt.Errorf("expected %d enqueued and delivered, summary says enqueued %d, delivered %d: %s", expected, res.Enqueued, res.Delivered, final)
 	}
-	res.AllDeliveredS = allSeen.Sub(start).Seconds()
-	res.Rate = float64(expected) / res.AllDeliveredS
-	return res, nil
+	return nil
 }
 
 // pollRSS reads VmRSS, RssAnon and RssFile of pid and keeps the peaks.

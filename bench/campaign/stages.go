@@ -55,27 +55,14 @@ func renderSample(set *templates.Set, i, d int) ([]byte, error) {
 // measureStages samples render, suppression check (on the pre-filled store),
 // sign, grouped commit and deliver over loopback into the sink.
 func measureStages(campDir string, sd *seed, sig, rsaSigner string, sk *sink, n, d, samples int, tmp string) ([]stage, error) {
-	var out []stage
 	set, err := templates.Load(filepath.Join(campDir, "bench"), "{{.FirstName}}, a note about {{.Company}}")
 	if err != nil {
 		return nil, err
 	}
-	lat := make([]time.Duration, 0, samples)
-	msgs := make([][]byte, 0, 256)
-	for i := range samples {
-		t := time.Now()
-		m, err := renderSample(set, i, d)
-		if err != nil {
-			return nil, err
-		}
-		lat = append(lat, time.Since(t))
-		if len(msgs) < 256 {
-			msgs = append(msgs, m)
-		}
+	render, msgs, err := timeRender(set, samples, d)
+	if err != nil {
+		return nil, err
 	}
-	out = append(out, mkStage("render", lat, 1, fmt.Sprintf("templates.Set.Render, %d-byte message", len(msgs[0]))))
-
-	// Suppression check on a copy of the pre-filled store (the seed stays pristine).
 	key, err := sealed.LoadOrCreateKey(filepath.Join(sd.dir, "data.key"))
 	if err != nil {
 		return nil, err
@@ -84,15 +71,64 @@ func measureStages(campDir string, sd *seed, sig, rsaSigner string, sk *sink, n,
 	if err != nil {
 		return nil, err
 	}
-	supPath := filepath.Join(tmp, "stage-suppression.db")
-	if err := copyFile(filepath.Join(sd.dir, "suppression.db"), supPath, 0o600); err != nil {
-		return nil, err
-	}
-	st, err := suppression.Open(suppression.Config{Path: supPath, Box: box}, zerolog.Nop())
+	check, err := timeSuppressionCheck(sd, box, tmp, n, d, samples)
 	if err != nil {
 		return nil, err
 	}
-	lat = lat[:0]
+	k, err := benchKey(sd.dkimFile, sig, rsaSigner)
+	if err != nil {
+		return nil, err
+	}
+	signer := dkim.NewSigner([]*dkim.Key{k})
+	sign, err := timeSign(signer, msgs, sig, samples)
+	if err != nil {
+		return nil, err
+	}
+	commits, err := timeCommits(box, tmp, msgs, d, samples)
+	if err != nil {
+		return nil, err
+	}
+	deliver, err := timeDeliver(signer, sk, msgs, d, samples)
+	if err != nil {
+		return nil, err
+	}
+	out := []stage{render, check, sign}
+	out = append(out, commits...)
+	return append(out, deliver...), nil
+}
+
+// timeRender renders samples messages one at a time and keeps the first 256
+// for the later stages.
+func timeRender(set *templates.Set, samples, d int) (stage, [][]byte, error) {
+	lat := make([]time.Duration, 0, samples)
+	msgs := make([][]byte, 0, 256)
+	for i := range samples {
+		t := time.Now()
+		m, err := renderSample(set, i, d)
+		if err != nil {
+			return stage{}, nil, err
+		}
+		lat = append(lat, time.Since(t))
+		if len(msgs) < 256 {
+			msgs = append(msgs, m)
+		}
+	}
+	return mkStage("render", lat, 1, fmt.Sprintf("templates.Set.Render, %d-byte message", len(msgs[0]))), msgs, nil
+}
+
+// timeSuppressionCheck times Store.Check on a copy of the pre-filled store
+// (the seed stays pristine), samples×10 recipients spread over the n.
+func timeSuppressionCheck(sd *seed, box *sealed.Box, tmp string, n, d, samples int) (stage, error) {
+	supPath := filepath.Join(tmp, "stage-suppression.db")
+	if err := copyFile(filepath.Join(sd.dir, "suppression.db"), supPath, 0o600); err != nil {
+		return stage{}, err
+	}
+	st, err := suppression.Open(suppression.Config{Path: supPath, Box: box}, zerolog.Nop())
+	if err != nil {
+		return stage{}, err
+	}
+	defer st.Close()
+	lat := make([]time.Duration, 0, samples*10)
 	hits := 0
 	for k := range samples * 10 {
 		i := (k * 7919) % n
@@ -100,37 +136,37 @@ func measureStages(campDir string, sd *seed, sig, rsaSigner string, sk *sink, n,
 		_, sup, err := st.Check(recipient(i, d), listID)
 		lat = append(lat, time.Since(t))
 		if err != nil {
-			st.Close()
-			return nil, err
+			return stage{}, err
 		}
 		if sup {
 			hits++
 		}
 	}
-	st.Close()
-	out = append(out, mkStage("suppression check", lat, 1, fmt.Sprintf("Store.Check on %d entries, %d of %d hits", sd.entries, hits, len(lat))))
+	return mkStage("suppression check", lat, 1, fmt.Sprintf("Store.Check on %d entries, %d of %d hits", sd.entries, hits, len(lat))), nil
+}
 
-	k, err := benchKey(sd.dkimFile, sig, rsaSigner)
-	if err != nil {
-		return nil, err
-	}
-	signer := dkim.NewSigner([]*dkim.Key{k})
-	lat = lat[:0]
+// timeSign signs up to 1000 of the rendered messages, one goroutine.
+func timeSign(signer *dkim.Signer, msgs [][]byte, sig string, samples int) (stage, error) {
+	var lat []time.Duration
 	for i := range min(samples, 1000) {
 		t := time.Now()
 		if _, err := signer.Sign(msgs[i%len(msgs)]); err != nil {
-			return nil, err
+			return stage{}, err
 		}
 		lat = append(lat, time.Since(t))
 	}
-	out = append(out, mkStage("sign ("+sig+")", lat, 1, "dkim.Signer.Sign, one goroutine"))
+	return mkStage("sign ("+sig+")", lat, 1, "dkim.Signer.Sign, one goroutine"), nil
+}
 
-	// Grouped commit: Enqueue of 256 messages per fsynced transaction.
+// timeCommits times grouped commits: Enqueue of the rendered messages (256)
+// per fsynced transaction, per message and per group.
+func timeCommits(box *sealed.Box, tmp string, msgs [][]byte, d, samples int) ([]stage, error) {
 	q, err := queue.Open(queue.Config{Path: filepath.Join(tmp, "stage-queue.db"), Box: box}, zerolog.Nop())
 	if err != nil {
 		return nil, err
 	}
-	lat = lat[:0]
+	defer q.Close()
+	var lat []time.Duration
 	groups := max(4, samples/256)
 	for g := range groups {
 		batch := make([]queue.NewMessage, len(msgs))
@@ -140,25 +176,27 @@ func measureStages(campDir string, sd *seed, sig, rsaSigner string, sk *sink, n,
 		}
 		t := time.Now()
 		if _, err := q.Enqueue(batch); err != nil {
-			q.Close()
 			return nil, err
 		}
 		lat = append(lat, time.Since(t))
 	}
-	q.Close()
-	out = append(out, mkStage("commit (per message)", slices.Clone(lat), len(msgs), fmt.Sprintf("queue.Store.Enqueue of %d, fsynced; per-message share of a group", len(msgs))))
-	out = append(out, mkStage("commit (per group of 256)", lat, 1, "one fsynced transaction"))
+	return []stage{
+		mkStage("commit (per message)", slices.Clone(lat), len(msgs), fmt.Sprintf("queue.Store.Enqueue of %d, fsynced; per-message share of a group", len(msgs))),
+		mkStage("commit (per group of 256)", lat, 1, "one fsynced transaction"),
+	}, nil
+}
 
-	// Deliver over loopback into the sink: mta.Sender.Deliver (sign + SMTP), one at a time.
+// timeDeliver times delivery over loopback into the sink, one at a time:
+// mta.Sender.Deliver with signing, then the SMTP transaction alone (the same
+// messages signed beforehand, through a Sender without a signer).
+func timeDeliver(signer *dkim.Signer, sk *sink, msgs [][]byte, d, samples int) ([]stage, error) {
 	routes := sinkRoutes(d, sk.addr)
 	deliveries := min(samples, 1000)
-	lat, err = timeDeliveries(routes, signer, msgs, deliveries, d)
+	lat, err := timeDeliveries(routes, signer, msgs, deliveries, d)
 	if err != nil {
 		return nil, fmt.Errorf("deliver to sink: %w", err)
 	}
-	out = append(out, mkStage("deliver (sign + SMTP)", lat, 1, "mta.Sender.Deliver into the sink, pooled connection, one at a time"))
-
-	// SMTP alone: the same messages signed beforehand, through a Sender without a signer.
+	out := []stage{mkStage("deliver (sign + SMTP)", lat, 1, "mta.Sender.Deliver into the sink, pooled connection, one at a time")}
 	signed := make([][]byte, len(msgs))
 	for j, m := range msgs {
 		if signed[j], err = signer.Sign(m); err != nil {
@@ -168,8 +206,7 @@ func measureStages(campDir string, sd *seed, sig, rsaSigner string, sk *sink, n,
 	if lat, err = timeDeliveries(routes, nil, signed, deliveries, d); err != nil {
 		return nil, fmt.Errorf("SMTP to sink: %w", err)
 	}
-	out = append(out, mkStage("SMTP", lat, 1, "mta.Sender.Deliver of messages signed beforehand, by a Sender without a signer: the SMTP transaction alone, pooled connection, one at a time"))
-	return out, nil
+	return append(out, mkStage("SMTP", lat, 1, "mta.Sender.Deliver of messages signed beforehand, by a Sender without a signer: the SMTP transaction alone, pooled connection, one at a time")), nil
 }
 
 // timeDeliveries times n deliveries of msgs (in turn) to recipients over d

@@ -269,29 +269,83 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	su, ok := h.readSignUp(w, r, form, ip)
+	if !ok {
+		return
+	}
+	now := h.cfg.Now()
+	if ok, wait := h.byMailbox.Allow(su.mailbox, now); !ok {
+		h.log.Warn().Str("rcpt", address.Mask(su.sub.Address)).Str("ip", ip).Msg("sign-up rate limited (mailbox)")
+		h.tooMany(w, wait)
+		return
+	}
+	// While a confirmation link is still valid, another sign-up sends no
+	// second message: the form cannot be used to mail someone repeatedly.
+	if h.confirmationPending(su) {
+		h.log.Info().Str("rcpt", address.Mask(su.sub.Address)).Str("list", su.sub.List).Msg("sign-up: confirmation already pending")
+		h.renderCheckInbox(w, su)
+		return
+	}
+	pending, ok := h.needsConfirmation(w, su)
+	if !ok {
+		return
+	}
+	// A sign-up that will mail draws on every confirmation limit, or on none
+	// when one is spent, before anything is recorded: a pending sign-up
+	// without its mail would hold back the next one for the link's lifetime.
+	if pending && !h.takeConfirmationLimits(w, su, now) {
+		return
+	}
+	if !h.auditSignUp(w, su) {
+		return
+	}
+	pending, mail, ok := h.recordSignUp(w, &su, pending)
+	if !ok {
+		return
+	}
+	h.log.Info().Str("rcpt", address.Mask(su.sub.Address)).Str("list", su.sub.List).Str("source", su.sub.Source).Bool("pending", pending).
+		Bool("mailed", mail).Msg("sign-up")
+	if mail && !h.sendConfirmation(w, r, su) {
+		return
+	}
+	if pending {
+		h.renderCheckInbox(w, su)
+		return
+	}
+	h.render(w, http.StatusOK, pages.Message("Subscribed", "You are subscribed",
+		"Thank you. "+su.list.Name+" will come to "+address.Mask(su.sub.Address)+". Every message has a link to unsubscribe."))
+}
+
+// signUp is one POST /subscribe once its form is read and checked.
+type signUp struct {
+	ip      string
+	list    List
+	mailbox string // the address's MailboxKey, for the rate limits
+	sub     subscribers.Subscription
+}
+
+// readSignUp reads the list, address and evidence of a sign-up from form and
+// checks them against the consent store's rules, answering 400 (or 500) itself
+// when they fail.
+func (h *Handler) readSignUp(w http.ResponseWriter, r *http.Request, form url.Values, ip string) (signUp, bool) {
 	id := strings.TrimSpace(form.Get("list"))
 	l, ok := h.cfg.Lists[id]
 	if !ok {
 		h.badRequest(w, "This list does not take sign-ups.")
-		return
+		return signUp{}, false
 	}
 	a, err := address.Parse(form.Get("email"))
 	if err != nil {
 		h.badRequest(w, "email: please enter a valid email address.")
-		return
+		return signUp{}, false
 	}
 	addr := a.String()
 	name, company := strings.TrimSpace(form.Get("name")), strings.TrimSpace(form.Get("company"))
 	// The evidence records the wording this server shows (a client cannot
 	// write its own into the consent history) and a source marked as a form.
-	consent, source := h.consentText(l), strings.TrimSpace(form.Get("source"))
-	if source == "" {
-		source = "form"
-	} else if !strings.HasPrefix(source, "form") {
-		source = "form:" + source
-	}
-	sub := subscribers.Subscription{Address: addr, List: id, Name: name, Company: company, Source: source,
-		IP: ip, UserAgent: r.UserAgent(), PrivacyURL: h.cfg.PrivacyURL, ConsentText: consent}
+	sub := subscribers.Subscription{Address: addr, List: id, Name: name, Company: company,
+		Source: formSource(form.Get("source")), IP: ip, UserAgent: r.UserAgent(),
+		PrivacyURL: h.cfg.PrivacyURL, ConsentText: h.consentText(l)}
 	// The consent store's own rules, asked before anything is audited,
 	// recorded or mailed: bad input is the sender's mistake, not a 500.
 	if err := sub.Check(); err != nil {
@@ -299,97 +353,126 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 		if !errors.As(err, &fe) {
 			h.log.Error().Err(err).Str("rcpt", address.Mask(addr)).Msg("sign-up refused")
 			h.render(w, http.StatusInternalServerError, pages.ServerError())
-			return
+			return signUp{}, false
 		}
 		h.log.Info().Str("field", fe.Field).Str("problem", fe.Problem).Msg("sign-up: bad form field")
 		h.badRequest(w, fe.Field+": "+fe.Problem+". Please correct it and send the form again.")
-		return
+		return signUp{}, false
 	}
-	now := h.cfg.Now()
-	if ok, wait := h.byMailbox.Allow(a.MailboxKey(), now); !ok {
-		h.log.Warn().Str("rcpt", address.Mask(addr)).Str("ip", ip).Msg("sign-up rate limited (mailbox)")
+	return signUp{ip: ip, list: l, mailbox: a.MailboxKey(), sub: sub}, true
+}
+
+// formSource is the evidence's source of a form sign-up: "form", or the
+// client's source marked as a form ("form:…") unless it already starts with "form".
+func formSource(client string) string {
+	source := strings.TrimSpace(client)
+	if source == "" {
+		return "form"
+	}
+	if !strings.HasPrefix(source, "form") {
+		return "form:" + source
+	}
+	return source
+}
+
+// confirmationPending reports whether su's address waits on a confirmation
+// link that is still valid.
+func (h *Handler) confirmationPending(su signUp) bool {
+	st, err := h.cfg.Store.Status(su.sub.Address, su.sub.List)
+	return err == nil && st.State == subscribers.StatePending && h.cfg.Now().Sub(st.Since) < h.cfg.Tokens.ttl
+}
+
+// needsConfirmation reports whether su must confirm by mail: its list asks for
+// double opt-in, or the suppression store holds the address. It answers 500
+// itself when the suppression store fails.
+func (h *Handler) needsConfirmation(w http.ResponseWriter, su signUp) (pending, ok bool) {
+	if su.list.DoubleOptIn || h.cfg.Suppressions == nil {
+		return su.list.DoubleOptIn, true
+	}
+	_, suppressed, err := h.cfg.Suppressions.Check(su.sub.Address, su.sub.List)
+	if err != nil {
+		h.log.Error().Err(err).Str("rcpt", address.Mask(su.sub.Address)).Msg("sign-up: suppression not checked")
+		h.render(w, http.StatusInternalServerError, pages.ServerError())
+		return false, false
+	}
+	return suppressed, true // the suppression store wins: only a confirmed click brings them back
+}
+
+// takeConfirmationLimits takes a token from every confirmation limit, or from
+// none when one is spent, answering 429 itself then.
+func (h *Handler) takeConfirmationLimits(w http.ResponseWriter, su signUp, now time.Time) bool {
+	ok, wait, by := httplimit.TakeAll(now,
+		httplimit.Take{B: h.mailIP, Key: su.ip, Name: "ip"},
+		httplimit.Take{B: h.mailNet, Key: httplimit.Network(su.ip), Name: "network"},
+		httplimit.Take{B: h.mailMailbox, Key: su.mailbox, Name: "mailbox"},
+		httplimit.Take{B: h.mailTotal, Key: "", Name: "total"},
+	)
+	if !ok {
+		h.log.Warn().Str("rcpt", address.Mask(su.sub.Address)).Str("ip", su.ip).Str("limit", by).Msg("confirmation rate limited")
 		h.tooMany(w, wait)
-		return
 	}
-	// While a confirmation link is still valid, another sign-up sends no
-	// second message: the form cannot be used to mail someone repeatedly.
-	if st, err := h.cfg.Store.Status(addr, id); err == nil && st.State == subscribers.StatePending &&
-		h.cfg.Now().Sub(st.Since) < h.cfg.Tokens.ttl {
-		h.log.Info().Str("rcpt", address.Mask(addr)).Str("list", id).Msg("sign-up: confirmation already pending")
-		h.render(w, http.StatusOK, pages.Message("Check your inbox", "Check your inbox",
-			"If "+address.Mask(addr)+" can receive "+l.Name+", we have sent it a message with a link to confirm your subscription.",
-			"Nothing is sent to you until you confirm. The link is valid for "+days(h.cfg.Tokens.ttl)+"."))
-		return
+	return ok
+}
+
+// auditSignUp writes the sign-up to the audit log, if there is one, answering
+// 500 itself when that fails.
+func (h *Handler) auditSignUp(w http.ResponseWriter, su signUp) bool {
+	if h.cfg.Audit == nil {
+		return true
 	}
-	pending := l.DoubleOptIn
-	if !pending && h.cfg.Suppressions != nil {
-		_, suppressed, err := h.cfg.Suppressions.Check(addr, id)
-		if err != nil {
-			h.log.Error().Err(err).Str("rcpt", address.Mask(addr)).Msg("sign-up: suppression not checked")
-			h.render(w, http.StatusInternalServerError, pages.ServerError())
-			return
-		}
-		pending = suppressed // the suppression store wins: only a confirmed click brings them back
+	if err := h.cfg.Audit.HTTPAction(su.ip, "subscribers.subscribe", su.sub.Address, "list "+su.sub.List); err != nil {
+		h.log.Error().Err(err).Str("rcpt", address.Mask(su.sub.Address)).Msg("sign-up not audited")
+		h.render(w, http.StatusInternalServerError, pages.ServerError())
+		return false
 	}
-	// A sign-up that will mail draws on every confirmation limit, or on none
-	// when one is spent, before anything is recorded: a pending sign-up
-	// without its mail would hold back the next one for the link's lifetime.
-	if pending {
-		if ok, wait, by := httplimit.TakeAll(now,
-			httplimit.Take{B: h.mailIP, Key: ip, Name: "ip"},
-			httplimit.Take{B: h.mailNet, Key: httplimit.Network(ip), Name: "network"},
-			httplimit.Take{B: h.mailMailbox, Key: a.MailboxKey(), Name: "mailbox"},
-			httplimit.Take{B: h.mailTotal, Key: "", Name: "total"},
-		); !ok {
-			h.log.Warn().Str("rcpt", address.Mask(addr)).Str("ip", ip).Str("limit", by).Msg("confirmation rate limited")
-			h.tooMany(w, wait)
-			return
-		}
-	}
-	if h.cfg.Audit != nil {
-		if err := h.cfg.Audit.HTTPAction(ip, "subscribers.subscribe", addr, "list "+id); err != nil {
-			h.log.Error().Err(err).Str("rcpt", address.Mask(addr)).Msg("sign-up not audited")
-			h.render(w, http.StatusInternalServerError, pages.ServerError())
-			return
-		}
-	}
-	sub.Pending, sub.ViaDoubleOptIn = pending, pending
-	_, err = h.cfg.Store.Subscribe(sub)
+	return true
+}
+
+// recordSignUp stores the subscription, pending when it must be confirmed; an
+// erased person comes back pending whatever the list. mail says whether a
+// confirmation is to be sent. It answers 500 itself when the store fails.
+func (h *Handler) recordSignUp(w http.ResponseWriter, su *signUp, pending bool) (isPending, mail, ok bool) {
+	su.sub.Pending, su.sub.ViaDoubleOptIn = pending, pending
+	_, err := h.cfg.Store.Subscribe(su.sub)
 	if errors.Is(err, subscribers.ErrErased) && !pending {
-		pending, sub.Pending, sub.ViaDoubleOptIn = true, true, true // an erased person comes back only by double opt-in
-		_, err = h.cfg.Store.Subscribe(sub)
+		pending, su.sub.Pending, su.sub.ViaDoubleOptIn = true, true, true // an erased person comes back only by double opt-in
+		_, err = h.cfg.Store.Subscribe(su.sub)
 	}
-	mail := pending
+	mail = pending
 	switch {
 	case errors.Is(err, subscribers.ErrAlreadyConfirmed):
 		mail = false // nothing to confirm; the page says the same as for anyone
 	case err != nil:
-		h.log.Error().Err(err).Str("rcpt", address.Mask(addr)).Str("list", id).Msg("sign-up not recorded")
+		h.log.Error().Err(err).Str("rcpt", address.Mask(su.sub.Address)).Str("list", su.sub.List).Msg("sign-up not recorded")
 		h.render(w, http.StatusInternalServerError, pages.ServerError())
-		return
+		return pending, false, false
 	}
-	h.log.Info().Str("rcpt", address.Mask(addr)).Str("list", id).Str("source", source).Bool("pending", pending).
-		Bool("mailed", mail).Msg("sign-up")
-	if mail {
-		if h.cfg.Mailer == nil {
-			h.log.Error().Str("list", id).Msg("sign-up: no mailer for the confirmation")
-			h.render(w, http.StatusInternalServerError, pages.ServerError())
-			return
-		}
-		if err := h.cfg.Mailer.SendConfirmation(r.Context(), addr, id, l.Name, h.ConfirmURL(addr, id)); err != nil {
-			h.log.Error().Err(err).Str("rcpt", address.Mask(addr)).Str("list", id).Msg("confirmation not sent")
-			h.render(w, http.StatusInternalServerError, pages.ServerError())
-			return
-		}
+	return pending, mail, true
+}
+
+// sendConfirmation mails su its confirmation link, answering 500 itself when
+// there is no mailer or the mail is not sent.
+func (h *Handler) sendConfirmation(w http.ResponseWriter, r *http.Request, su signUp) bool {
+	addr, id := su.sub.Address, su.sub.List
+	if h.cfg.Mailer == nil {
+		h.log.Error().Str("list", id).Msg("sign-up: no mailer for the confirmation")
+		h.render(w, http.StatusInternalServerError, pages.ServerError())
+		return false
 	}
-	if pending {
-		h.render(w, http.StatusOK, pages.Message("Check your inbox", "Check your inbox",
-			"If "+address.Mask(addr)+" can receive "+l.Name+", we have sent it a message with a link to confirm your subscription.",
-			"Nothing is sent to you until you confirm. The link is valid for "+days(h.cfg.Tokens.ttl)+"."))
-		return
+	if err := h.cfg.Mailer.SendConfirmation(r.Context(), addr, id, su.list.Name, h.ConfirmURL(addr, id)); err != nil {
+		h.log.Error().Err(err).Str("rcpt", address.Mask(addr)).Str("list", id).Msg("confirmation not sent")
+		h.render(w, http.StatusInternalServerError, pages.ServerError())
+		return false
 	}
-	h.render(w, http.StatusOK, pages.Message("Subscribed", "You are subscribed",
-		"Thank you. "+l.Name+" will come to "+address.Mask(addr)+". Every message has a link to unsubscribe."))
+	return true
+}
+
+// renderCheckInbox answers a sign-up that waits on its confirmation, whether
+// or not a message went out: the page tells nobody which.
+func (h *Handler) renderCheckInbox(w http.ResponseWriter, su signUp) {
+	h.render(w, http.StatusOK, pages.Message("Check your inbox", "Check your inbox",
+		"If "+address.Mask(su.sub.Address)+" can receive "+su.list.Name+", we have sent it a message with a link to confirm your subscription.",
+		"Nothing is sent to you until you confirm. The link is valid for "+days(h.cfg.Tokens.ttl)+"."))
 }
 
 // days writes a duration as "7 days" or "12 hours".

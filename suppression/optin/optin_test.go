@@ -352,3 +352,19 @@ func TestConfirmingCallsLifter(t *testing.T) {
 		t.Errorf("lifted %v, want dan@acme.example/news", lf.lifted)
 	}
 }
+
+func TestFormSource(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"", "form"},
+		{"   ", "form"},
+		{"form", "form"},
+		{"form:footer", "form:footer"},
+		{"formal", "formal"},
+		{" landing ", "form:landing"},
+		{"import", "form:import"},
+	} {
+		if got := formSource(tc.in); got != tc.want {
+			t.Errorf("formSource(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

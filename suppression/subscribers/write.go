@@ -227,95 +227,30 @@ func (s *Store) ImportCandidate(addr, list, source string, consentedAt time.Time
 //
 // The caller also screens against the suppression store, which wins.
 func (s *Store) Import(cands []Candidate) ([]ImportResult, error) {
-	type row struct {
-		Candidate      // normalised copy
-		key, canon, ip string
-		idx            []byte // nil: invalid, Err set
-	}
 	res := make([]ImportResult, len(cands))
-	rows := make([]row, len(cands))
+	rows := make([]importRow, len(cands))
 	now := s.now()
 	for i, c := range cands {
-		key, canon, err := addrKey(c.Address)
+		r, err := s.checkCandidate(c, now)
 		if err != nil {
-			res[i].Err = fmt.Errorf("import: %w", err)
+			res[i].Err = err
 			continue
 		}
-		c.List = strings.TrimSpace(c.List)
-		c.Name, c.Company = strings.TrimSpace(c.Name), strings.TrimSpace(c.Company)
-		switch c.Source = strings.TrimSpace(c.Source); {
-		case c.Source == "":
-			c.Source = "import"
-		case !strings.HasPrefix(c.Source, "import:") && c.Source != "import":
-			c.Source = "import:" + c.Source
-		}
-		err = checkCommon(c.List, c.Name, c.Company, c.Source, c.PrivacyURL, c.ConsentText)
-		if err == nil && c.ConsentedAt.After(now.Add(24*time.Hour)) {
-			err = fmt.Errorf("consented_at %s is in the future", c.ConsentedAt.Format(time.RFC3339))
-		}
-		var ip string
-		if err == nil {
-			ip, err = normIP(c.IP)
-		}
-		if err != nil {
-			res[i].Err = fmt.Errorf("import %s to %q: %w", address.Mask(key), c.List, err)
-			continue
-		}
-		rows[i] = row{Candidate: c, key: key, canon: canon, ip: ip, idx: s.box.Index(key)}
+		rows[i] = r
 	}
-
 	err := s.update(func(tx *bbolt.Tx) error {
 		events := tx.Bucket(bucketEvents)
 		for i, r := range rows {
 			if r.idx == nil { // invalid, error already set
 				continue
 			}
-			c := r.Candidate
-			prefix := groupPrefix(r.idx, c.List)
-			p, exists, err := getPerson(tx, r.idx)
+			e, refused, err := s.importOne(tx, events, r)
 			if err != nil {
 				return err
 			}
-			if !exists && erasedMarker(tx, r.idx) {
-				res[i].Err = fmt.Errorf("import %s to %q: %w", address.Mask(r.key), c.List, ErrErased)
+			if refused != nil {
+				res[i].Err = fmt.Errorf("import %s to %q: %w", address.Mask(r.key), r.List, refused)
 				continue
-			}
-			if last := lastEvent(events, prefix); last != nil {
-				switch {
-				case last[0] == codeUnsubscribed:
-					res[i].Err = fmt.Errorf("import %s to %q: %w", address.Mask(r.key), c.List, ErrUnsubscribed)
-					continue
-				case last[0] == codeConfirmed, c.ConsentedAt.IsZero():
-					res[i].Err = fmt.Errorf("import %s to %q: %w", address.Mask(r.key), c.List, ErrExists)
-					continue
-				}
-			}
-			changed := !exists
-			if !exists {
-				p = person{ID: newID(), Created: s.now().UTC()}
-				p.Addr = s.box.SealString(r.canon, ctx(ctxAddress, p.ID))
-			}
-			if p.Name == nil && c.Name != "" {
-				p.Name, changed = s.sealOpt(c.Name, ctxName, p.ID), true
-			}
-			if p.Company == nil && c.Company != "" {
-				p.Company, changed = s.sealOpt(c.Company, ctxCompany, p.ID), true
-			}
-			if changed {
-				if err := putPerson(tx, r.idx, p); err != nil {
-					return err
-				}
-			}
-			code := codeConfirmed
-			if c.ConsentedAt.IsZero() {
-				code = codeImportedLegitimate
-			}
-			se, e := s.newEvent(code, c.ConsentedAt, p.ID, c.Source, r.ip, "", c.PrivacyURL, c.ConsentText)
-			if err := appendEvent(events, prefix, code, se); err != nil {
-				return err
-			}
-			if err := tx.Bucket(bucketMembers).Put(memberKey(c.List, r.idx), nil); err != nil {
-				return err
 			}
 			res[i].Event = e
 		}
@@ -325,6 +260,109 @@ func (s *Store) Import(cands []Candidate) ([]ImportResult, error) {
 		return nil, fmt.Errorf("import %d contacts: %w", len(cands), err)
 	}
 	return res, nil
+}
+
+// importRow is a checked Candidate of Import.
+type importRow struct {
+	Candidate      // normalised copy
+	key, canon, ip string
+	idx            []byte // nil: invalid, Err set
+}
+
+// checkCandidate normalises c and checks it against the consent store's rules.
+func (s *Store) checkCandidate(c Candidate, now time.Time) (importRow, error) {
+	key, canon, err := addrKey(c.Address)
+	if err != nil {
+		return importRow{}, fmt.Errorf("import: %w", err)
+	}
+	c.List = strings.TrimSpace(c.List)
+	c.Name, c.Company = strings.TrimSpace(c.Name), strings.TrimSpace(c.Company)
+	c.Source = importSource(c.Source)
+	err = checkCommon(c.List, c.Name, c.Company, c.Source, c.PrivacyURL, c.ConsentText)
+	if err == nil && c.ConsentedAt.After(now.Add(24*time.Hour)) {
+		err = fmt.Errorf("consented_at %s is in the future", c.ConsentedAt.Format(time.RFC3339))
+	}
+	var ip string
+	if err == nil {
+		ip, err = normIP(c.IP)
+	}
+	if err != nil {
+		return importRow{}, fmt.Errorf("import %s to %q: %w", address.Mask(key), c.List, err)
+	}
+	return importRow{Candidate: c, key: key, canon: canon, ip: ip, idx: s.box.Index(key)}, nil
+}
+
+// importSource is the evidence's source of an imported contact: "import", or
+// the given source marked as an import ("import:…").
+func importSource(source string) string {
+	switch source = strings.TrimSpace(source); {
+	case source == "":
+		return "import"
+	case !strings.HasPrefix(source, "import:") && source != "import":
+		return "import:" + source
+	}
+	return source
+}
+
+// importRefusal is why a contact whose last event on the list is last (nil:
+// none) is not imported: an unsubscribe stands, and a confirmed subscription,
+// or any history at all for an import without consent, is not overwritten.
+func importRefusal(last []byte, consentedAt time.Time) error {
+	switch {
+	case last == nil:
+		return nil
+	case last[0] == codeUnsubscribed:
+		return ErrUnsubscribed
+	case last[0] == codeConfirmed, consentedAt.IsZero():
+		return ErrExists
+	}
+	return nil
+}
+
+// importOne writes one checked row in tx: the person when new (or its
+// missing name and company), the event and the list membership. refused is
+// why the row is not imported; err stops the whole import.
+func (s *Store) importOne(tx *bbolt.Tx, events *bbolt.Bucket, r importRow) (e Event, refused, err error) {
+	c := r.Candidate
+	prefix := groupPrefix(r.idx, c.List)
+	p, exists, err := getPerson(tx, r.idx)
+	if err != nil {
+		return Event{}, nil, err
+	}
+	if !exists && erasedMarker(tx, r.idx) {
+		return Event{}, ErrErased, nil
+	}
+	if refused := importRefusal(lastEvent(events, prefix), c.ConsentedAt); refused != nil {
+		return Event{}, refused, nil
+	}
+	changed := !exists
+	if !exists {
+		p = person{ID: newID(), Created: s.now().UTC()}
+		p.Addr = s.box.SealString(r.canon, ctx(ctxAddress, p.ID))
+	}
+	if p.Name == nil && c.Name != "" {
+		p.Name, changed = s.sealOpt(c.Name, ctxName, p.ID), true
+	}
+	if p.Company == nil && c.Company != "" {
+		p.Company, changed = s.sealOpt(c.Company, ctxCompany, p.ID), true
+	}
+	if changed {
+		if err := putPerson(tx, r.idx, p); err != nil {
+			return Event{}, nil, err
+		}
+	}
+	code := codeConfirmed
+	if c.ConsentedAt.IsZero() {
+		code = codeImportedLegitimate
+	}
+	se, e := s.newEvent(code, c.ConsentedAt, p.ID, c.Source, r.ip, "", c.PrivacyURL, c.ConsentText)
+	if err := appendEvent(events, prefix, code, se); err != nil {
+		return Event{}, nil, err
+	}
+	if err := tx.Bucket(bucketMembers).Put(memberKey(c.List, r.idx), nil); err != nil {
+		return Event{}, nil, err
+	}
+	return e, nil, nil
 }
 
 // Erase removes every event and sealed field held for addr on every list and
