@@ -239,94 +239,7 @@ func parseServer(name string, data []byte, dir string) (*Server, error) {
 	if root == nil {
 		return nil, d.err()
 	}
-	d.fields(root, "", map[string]func(string, *yaml.Node){
-		"hostname":       d.str(&s.Hostname),
-		"data_dir":       d.str(&s.DataDir),
-		"public_url":     d.str(&s.PublicURL),
-		"http_listen":    d.str(&s.HTTPListen),
-		"admin_socket":   d.str(&s.AdminSocket),
-		"privacy_url":    d.str(&s.PrivacyURL),
-		"token_key_file": d.str(&s.TokenKeyFile),
-		"sender_name":    d.str(&s.SenderName),
-		"smtp_listen":    d.str(&s.SMTPListen),
-		"bounce_domain":  d.str(&s.BounceDomain),
-		"inbound": func(path string, v *yaml.Node) {
-			if d.mapping(path, v) {
-				in := &s.Inbound
-				d.fields(v, path+".", map[string]func(string, *yaml.Node){
-					"max_connections":        d.integer(&in.MaxConnections),
-					"max_connections_per_ip": d.integer(&in.MaxConnectionsPerIP),
-					"max_bytes_in_flight":    d.byteSize(&in.MaxBytesInFlight),
-					"max_message_bytes":      d.byteSize(&in.MaxMessageBytes),
-					"read_timeout":           d.duration(&in.ReadTimeout),
-				})
-			}
-		},
-		"metrics_listen": d.str(&s.MetricsListen),
-		"data_key_file":  d.str(&s.DataKeyFile),
-		"optin_ttl":      d.duration(&s.OptinTTL),
-		"lists":          d.lists(&s.Lists),
-		"retention": func(path string, v *yaml.Node) {
-			if d.mapping(path, v) {
-				r := &s.Retention
-				d.fields(v, path+".", map[string]func(string, *yaml.Node){
-					"finished_messages": d.duration(&r.FinishedMessages),
-					"pending_optin":     d.duration(&r.PendingOptin),
-					"audit":             d.duration(&r.Audit),
-				})
-			}
-		},
-		"branding": func(path string, v *yaml.Node) {
-			if d.mapping(path, v) {
-				b := &s.Branding
-				d.fields(v, path+".", map[string]func(string, *yaml.Node){
-					"name":       d.str(&b.Name),
-					"logo_url":   d.str(&b.LogoURL),
-					"color":      d.str(&b.Color),
-					"background": d.str(&b.Background),
-				})
-			}
-		},
-		"dkim": d.dkimList(&s.DKIM),
-		"delivery": func(path string, v *yaml.Node) {
-			if d.mapping(path, v) {
-				dl := &s.Delivery
-				d.fields(v, path+".", map[string]func(string, *yaml.Node){
-					"mode":                        d.str(&dl.Mode),
-					"capture_dir":                 d.str(&dl.CaptureDir),
-					"relay":                       d.str(&dl.Relay),
-					"routes":                      d.stringMap(&dl.Routes),
-					"retry":                       d.durations(&dl.Retry),
-					"max_age":                     d.duration(&dl.MaxAge),
-					"drain_timeout":               d.duration(&dl.DrainTimeout),
-					"concurrency_per_domain":      d.integer(&dl.ConcurrencyPerDomain),
-					"smtp_port":                   d.integer(&dl.SMTPPort),
-					"workers":                     d.integer(&dl.Workers),
-					"rates":                       d.scalarMap(&rates),
-					"tls":                         d.stringMap(&dl.TLS),
-					"mta_sts":                     d.boolean(&dl.MTASTS),
-					"max_messages_per_connection": d.integer(&dl.MaxMessagesPerConnection),
-					"resolver":                    d.str(&dl.Resolver),
-					"providers":                   d.str(&dl.Providers),
-					"shaping":                     d.shapingMap(&dl.Shaping),
-					"brakes":                      d.rawBrakes(&br),
-				})
-			}
-		},
-		"http_trusted_proxies": d.cidrs(&s.HTTPTrustedProxies),
-		"subscribe_limits": d.limits(map[string]*Limit{
-			"requests_per_ip":           &s.SubscribeLimits.RequestsPerIP,
-			"signups_per_mailbox":       &s.SubscribeLimits.SignupsPerMailbox,
-			"confirmations_per_mailbox": &s.SubscribeLimits.ConfirmationsPerMailbox,
-			"confirmations_per_ip":      &s.SubscribeLimits.ConfirmationsPerIP,
-			"confirmations_per_network": &s.SubscribeLimits.ConfirmationsPerNetwork,
-			"confirmations_total":       &s.SubscribeLimits.ConfirmationsTotal,
-		}),
-		"unsubscribe_limits": d.limits(map[string]*Limit{
-			"per_ip":    &s.UnsubscribeLimits.PerIP,
-			"per_token": &s.UnsubscribeLimits.PerToken,
-		}),
-	}, "hostname", "data_dir", "public_url", "privacy_url")
+	d.fields(root, "", s.fields(d, &rates, &br), "hostname", "data_dir", "public_url", "privacy_url")
 	s.Delivery.Rates = d.rates("delivery.rates", rates)
 	s.Delivery.Brakes = d.brakes("delivery.brakes", br).Over(brakes.Defaults)
 	s.applyDefaults(dir)
@@ -336,6 +249,99 @@ func parseServer(name string, data []byte, dir string) (*Server, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// fields is the decoder of each top-level key of the server file; the
+// delivery section's rates and brakes land in rates and br, parsed after.
+func (s *Server) fields(d *decoder, rates *map[string]string, br *rawBrakes) map[string]func(string, *yaml.Node) {
+	return map[string]func(string, *yaml.Node){
+		"hostname":             d.str(&s.Hostname),
+		"data_dir":             d.str(&s.DataDir),
+		"public_url":           d.str(&s.PublicURL),
+		"http_listen":          d.str(&s.HTTPListen),
+		"admin_socket":         d.str(&s.AdminSocket),
+		"privacy_url":          d.str(&s.PrivacyURL),
+		"token_key_file":       d.str(&s.TokenKeyFile),
+		"sender_name":          d.str(&s.SenderName),
+		"smtp_listen":          d.str(&s.SMTPListen),
+		"bounce_domain":        d.str(&s.BounceDomain),
+		"inbound":              d.section(s.Inbound.fields(d)),
+		"metrics_listen":       d.str(&s.MetricsListen),
+		"data_key_file":        d.str(&s.DataKeyFile),
+		"optin_ttl":            d.duration(&s.OptinTTL),
+		"lists":                d.lists(&s.Lists),
+		"retention":            d.section(s.Retention.fields(d)),
+		"branding":             d.section(s.Branding.fields(d)),
+		"dkim":                 d.dkimList(&s.DKIM),
+		"delivery":             d.section(s.Delivery.fields(d, rates, br)),
+		"http_trusted_proxies": d.cidrs(&s.HTTPTrustedProxies),
+		"subscribe_limits":     d.limits(s.limitsUnder("subscribe_limits")),
+		"unsubscribe_limits":   d.limits(s.limitsUnder("unsubscribe_limits")),
+	}
+}
+
+// section decodes a mapping whose keys are known.
+func (d *decoder) section(known map[string]func(string, *yaml.Node)) func(string, *yaml.Node) {
+	return func(path string, v *yaml.Node) {
+		if d.mapping(path, v) {
+			d.fields(v, path+".", known)
+		}
+	}
+}
+
+// fields decodes the inbound section.
+func (in *Inbound) fields(d *decoder) map[string]func(string, *yaml.Node) {
+	return map[string]func(string, *yaml.Node){
+		"max_connections":        d.integer(&in.MaxConnections),
+		"max_connections_per_ip": d.integer(&in.MaxConnectionsPerIP),
+		"max_bytes_in_flight":    d.byteSize(&in.MaxBytesInFlight),
+		"max_message_bytes":      d.byteSize(&in.MaxMessageBytes),
+		"read_timeout":           d.duration(&in.ReadTimeout),
+	}
+}
+
+// fields decodes the retention section.
+func (r *Retention) fields(d *decoder) map[string]func(string, *yaml.Node) {
+	return map[string]func(string, *yaml.Node){
+		"finished_messages": d.duration(&r.FinishedMessages),
+		"pending_optin":     d.duration(&r.PendingOptin),
+		"audit":             d.duration(&r.Audit),
+	}
+}
+
+// fields decodes the branding section.
+func (b *Branding) fields(d *decoder) map[string]func(string, *yaml.Node) {
+	return map[string]func(string, *yaml.Node){
+		"name":       d.str(&b.Name),
+		"logo_url":   d.str(&b.LogoURL),
+		"color":      d.str(&b.Color),
+		"background": d.str(&b.Background),
+	}
+}
+
+// fields decodes the delivery section; rates and brakes are kept raw in
+// rates and br.
+func (dl *Delivery) fields(d *decoder, rates *map[string]string, br *rawBrakes) map[string]func(string, *yaml.Node) {
+	return map[string]func(string, *yaml.Node){
+		"mode":                        d.str(&dl.Mode),
+		"capture_dir":                 d.str(&dl.CaptureDir),
+		"relay":                       d.str(&dl.Relay),
+		"routes":                      d.stringMap(&dl.Routes),
+		"retry":                       d.durations(&dl.Retry),
+		"max_age":                     d.duration(&dl.MaxAge),
+		"drain_timeout":               d.duration(&dl.DrainTimeout),
+		"concurrency_per_domain":      d.integer(&dl.ConcurrencyPerDomain),
+		"smtp_port":                   d.integer(&dl.SMTPPort),
+		"workers":                     d.integer(&dl.Workers),
+		"rates":                       d.scalarMap(rates),
+		"tls":                         d.stringMap(&dl.TLS),
+		"mta_sts":                     d.boolean(&dl.MTASTS),
+		"max_messages_per_connection": d.integer(&dl.MaxMessagesPerConnection),
+		"resolver":                    d.str(&dl.Resolver),
+		"providers":                   d.str(&dl.Providers),
+		"shaping":                     d.shapingMap(&dl.Shaping),
+		"brakes":                      d.rawBrakes(br),
+	}
 }
 
 // dkimList decodes the dkim sequence.
@@ -383,29 +389,51 @@ func (d *decoder) mapping(path string, v *yaml.Node) bool {
 // paths are taken from dir (the config file's folder), then the defaults
 // derived from data_dir are applied.
 func (s *Server) applyDefaults(dir string) {
-	abs := func(p string) string {
-		if p == "" || filepath.IsAbs(p) {
-			return p
-		}
-		return filepath.Join(dir, p)
-	}
-	s.DataDir = abs(s.DataDir)
-	s.DataKeyFile = abs(s.DataKeyFile)
-	s.AdminSocket = abs(s.AdminSocket)
-	s.TokenKeyFile = abs(s.TokenKeyFile)
-	s.Delivery.CaptureDir = abs(s.Delivery.CaptureDir)
-	for i := range s.DKIM {
-		s.DKIM[i].KeyFile = abs(s.DKIM[i].KeyFile)
-	}
+	s.absPaths(dir)
+	s.defaultFiles()
+	s.defaultLimits()
+	s.defaultDKIM()
+	orDefault(&s.HTTPListen, "127.0.0.1:8025")
+	orDefault(&s.SenderName, s.Hostname)
+	orDefault(&s.Branding.Name, s.SenderName)
+	orDefault(&s.Branding.Color, "#1a56db")
+	orDefault(&s.Branding.Background, "#ffffff")
+	orDefault(&s.Delivery.Mode, ModeCapture)
+	s.PublicURL = strings.TrimRight(s.PublicURL, "/")
+	s.Delivery.applyDefaults()
+}
 
-	or := func(v *string, def string) {
-		if *v == "" {
-			*v = def
-		}
+// orDefault sets *v to def when it is empty.
+func orDefault(v *string, def string) {
+	if *v == "" {
+		*v = def
 	}
-	or(&s.AdminSocket, filepath.Join(s.DataDir, "admin.sock"))
-	or(&s.TokenKeyFile, filepath.Join(s.DataDir, "token.key"))
-	or(&s.DataKeyFile, filepath.Join(s.DataDir, "data.key"))
+}
+
+// absPath takes a relative path p from dir; "" stays "".
+func absPath(dir, p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(dir, p)
+}
+
+// absPaths makes every path of the file absolute, relative ones from dir.
+func (s *Server) absPaths(dir string) {
+	for _, p := range []*string{&s.DataDir, &s.DataKeyFile, &s.AdminSocket, &s.TokenKeyFile, &s.Delivery.CaptureDir} {
+		*p = absPath(dir, *p)
+	}
+	for i := range s.DKIM {
+		s.DKIM[i].KeyFile = absPath(dir, s.DKIM[i].KeyFile)
+	}
+}
+
+// defaultFiles puts the files, folders and retention periods left unset
+// under data_dir or at their defaults.
+func (s *Server) defaultFiles() {
+	orDefault(&s.AdminSocket, filepath.Join(s.DataDir, "admin.sock"))
+	orDefault(&s.TokenKeyFile, filepath.Join(s.DataDir, "token.key"))
+	orDefault(&s.DataKeyFile, filepath.Join(s.DataDir, "data.key"))
 	if s.OptinTTL == 0 {
 		s.OptinTTL = 7 * 24 * time.Hour
 	}
@@ -421,23 +449,12 @@ func (s *Server) applyDefaults(dir string) {
 			*r.v = r.def
 		}
 	}
-	or(&s.Delivery.CaptureDir, filepath.Join(s.DataDir, "outbox"))
-	sl, ul := &s.SubscribeLimits, &s.UnsubscribeLimits
-	od, ud := optin.DefaultLimits, unsubscribe.DefaultLimits // each limit's default lives with its handler
-	for _, l := range []struct {
-		key string
-		v   *Limit
-		def httplimit.Rate
-	}{
-		{"subscribe_limits.requests_per_ip", &sl.RequestsPerIP, od.RequestsPerIP},
-		{"subscribe_limits.signups_per_mailbox", &sl.SignupsPerMailbox, od.SignupsPerMailbox},
-		{"subscribe_limits.confirmations_per_mailbox", &sl.ConfirmationsPerMailbox, od.ConfirmationsPerMailbox},
-		{"subscribe_limits.confirmations_per_ip", &sl.ConfirmationsPerIP, od.ConfirmationsPerIP},
-		{"subscribe_limits.confirmations_per_network", &sl.ConfirmationsPerNetwork, od.ConfirmationsPerNetwork},
-		{"subscribe_limits.confirmations_total", &sl.ConfirmationsTotal, od.ConfirmationsTotal},
-		{"unsubscribe_limits.per_ip", &ul.PerIP, ud.PerIP},
-		{"unsubscribe_limits.per_token", &ul.PerToken, ud.PerToken},
-	} {
+	orDefault(&s.Delivery.CaptureDir, filepath.Join(s.DataDir, "outbox"))
+}
+
+// defaultLimits gives each rate limit the file leaves out its handler's default.
+func (s *Server) defaultLimits() {
+	for _, l := range s.limits() {
 		if s.lines[l.key+".rate"] == 0 {
 			l.v.Rate = float64(l.def.Limit)
 		}
@@ -445,22 +462,22 @@ func (s *Server) applyDefaults(dir string) {
 			l.v.Burst = l.def.Burst
 		}
 	}
+}
+
+// defaultDKIM fills each DKIM key's unset fields.
+func (s *Server) defaultDKIM() {
 	for i := range s.DKIM {
 		k := &s.DKIM[i]
-		or(&k.KeyFile, filepath.Join(s.DataDir, "dkim", k.Domain+"."+k.Selector+".key"))
-		or(&k.Type, "rsa")
-		or(&k.BodyCanonicalization, "simple")
-		or(&k.RSASigner, "auto")
+		orDefault(&k.KeyFile, filepath.Join(s.DataDir, "dkim", k.Domain+"."+k.Selector+".key"))
+		orDefault(&k.Type, "rsa")
+		orDefault(&k.BodyCanonicalization, "simple")
+		orDefault(&k.RSASigner, "auto")
 	}
-	or(&s.HTTPListen, "127.0.0.1:8025")
-	or(&s.SenderName, s.Hostname)
-	or(&s.Branding.Name, s.SenderName)
-	or(&s.Branding.Color, "#1a56db")
-	or(&s.Branding.Background, "#ffffff")
-	or(&s.Delivery.Mode, ModeCapture)
-	s.PublicURL = strings.TrimRight(s.PublicURL, "/")
+}
 
-	d := &s.Delivery
+// applyDefaults fills the delivery section's unset fields, each from the
+// package that owns the setting.
+func (d *Delivery) applyDefaults() {
 	if d.Routes == nil {
 		d.Routes = map[string]string{}
 	}
@@ -497,8 +514,69 @@ func (s *Server) applyDefaults(dir string) {
 	}
 }
 
+// limitSpec is one rate limit of the file: its dotted key, where it is
+// decoded to, and the default of the handler it bounds.
+type limitSpec struct {
+	key string
+	v   *Limit
+	def httplimit.Rate
+}
+
+// limits is the one table of the file's rate limits.
+func (s *Server) limits() []limitSpec {
+	sl, ul := &s.SubscribeLimits, &s.UnsubscribeLimits
+	od, ud := optin.DefaultLimits, unsubscribe.DefaultLimits // each limit's default lives with its handler
+	return []limitSpec{
+		{"subscribe_limits.requests_per_ip", &sl.RequestsPerIP, od.RequestsPerIP},
+		{"subscribe_limits.signups_per_mailbox", &sl.SignupsPerMailbox, od.SignupsPerMailbox},
+		{"subscribe_limits.confirmations_per_mailbox", &sl.ConfirmationsPerMailbox, od.ConfirmationsPerMailbox},
+		{"subscribe_limits.confirmations_per_ip", &sl.ConfirmationsPerIP, od.ConfirmationsPerIP},
+		{"subscribe_limits.confirmations_per_network", &sl.ConfirmationsPerNetwork, od.ConfirmationsPerNetwork},
+		{"subscribe_limits.confirmations_total", &sl.ConfirmationsTotal, od.ConfirmationsTotal},
+		{"unsubscribe_limits.per_ip", &ul.PerIP, ud.PerIP},
+		{"unsubscribe_limits.per_token", &ul.PerToken, ud.PerToken},
+	}
+}
+
+// limitsUnder names the limits of one section (subscribe_limits,
+// unsubscribe_limits) by their key within it.
+func (s *Server) limitsUnder(section string) map[string]*Limit {
+	out := map[string]*Limit{}
+	for _, l := range s.limits() {
+		if k, ok := strings.CutPrefix(l.key, section+"."); ok {
+			out[k] = l.v
+		}
+	}
+	return out
+}
+
 // check records every bad value.
 func (s *Server) check(d *decoder) {
+	s.checkRequired(d)
+	s.checkHTTP(d)
+	s.checkDKIM(d)
+	for _, l := range []struct{ key, v string }{{"smtp_listen", s.SMTPListen}, {"metrics_listen", s.MetricsListen}} {
+		if l.v != "" {
+			if err := hostPort(l.v, true); err != nil {
+				d.fieldErr(l.key, "%s: %v", Quote(l.v), err)
+			}
+		}
+	}
+	s.checkLists(d)
+	s.checkBranding(d)
+	if s.BounceDomain != "" && !isHostname(s.BounceDomain) {
+		d.fieldErr("bounce_domain", "%s is not a domain name", Quote(s.BounceDomain))
+	}
+	s.Inbound.check(d)
+	s.checkLimits(d)
+	if s.SMTPListen != "" && s.BounceDomain == "" {
+		d.fieldErr("smtp_listen", "needs bounce_domain: the inbound listener takes mail only for that domain")
+	}
+	s.Delivery.check(d)
+}
+
+// checkRequired records the required keys left empty.
+func (s *Server) checkRequired(d *decoder) {
 	required := []struct{ key, v string }{
 		{"hostname", s.Hostname}, {"data_dir", s.DataDir}, {"public_url", s.PublicURL}, {"privacy_url", s.PrivacyURL},
 	}
@@ -508,6 +586,10 @@ func (s *Server) check(d *decoder) {
 			d.failed[r.key] = true
 		}
 	}
+}
+
+// checkHTTP checks the host name and the addresses the pages are served at.
+func (s *Server) checkHTTP(d *decoder) {
 	if !isHostname(s.Hostname) {
 		d.fieldErr("hostname", "%s is not a host name", Quote(s.Hostname))
 	}
@@ -520,7 +602,10 @@ func (s *Server) check(d *decoder) {
 	if err := hostPort(s.HTTPListen, true); err != nil {
 		d.fieldErr("http_listen", "%s: %v", Quote(s.HTTPListen), err)
 	}
+}
 
+// checkDKIM checks each DKIM key and that no domain/selector pair repeats.
+func (s *Server) checkDKIM(d *decoder) {
 	seen := map[string]int{}
 	for i, k := range s.DKIM {
 		p := fmt.Sprintf("dkim[%d]", i)
@@ -545,14 +630,10 @@ func (s *Server) check(d *decoder) {
 		}
 		seen[pair] = i
 	}
+}
 
-	for _, l := range []struct{ key, v string }{{"smtp_listen", s.SMTPListen}, {"metrics_listen", s.MetricsListen}} {
-		if l.v != "" {
-			if err := hostPort(l.v, true); err != nil {
-				d.fieldErr(l.key, "%s: %v", Quote(l.v), err)
-			}
-		}
-	}
+// checkLists checks each list's id and name.
+func (s *Server) checkLists(d *decoder) {
 	for id, l := range s.Lists {
 		if !listID.MatchString(id) {
 			d.fieldErr("lists."+id, "%s must be 1-64 of A-Z a-z 0-9 . _ -", Quote(id))
@@ -561,6 +642,10 @@ func (s *Server) check(d *decoder) {
 			d.fieldErr("lists."+id+".name", "contains CR or LF")
 		}
 	}
+}
+
+// checkBranding checks the page colours and logo.
+func (s *Server) checkBranding(d *decoder) {
 	for _, c := range []struct{ key, v string }{{"branding.color", s.Branding.Color}, {"branding.background", s.Branding.Background}} {
 		if !hexColor.MatchString(c.v) {
 			d.fieldErr(c.key, "%s must be a colour like #1a56db", Quote(c.v))
@@ -569,10 +654,10 @@ func (s *Server) check(d *decoder) {
 	if s.Branding.LogoURL != "" && !strings.HasPrefix(s.Branding.LogoURL, "https://") {
 		d.fieldErr("branding.logo_url", "%s must be an https URL", Quote(s.Branding.LogoURL))
 	}
-	if s.BounceDomain != "" && !isHostname(s.BounceDomain) {
-		d.fieldErr("bounce_domain", "%s is not a domain name", Quote(s.BounceDomain))
-	}
-	in := s.Inbound
+}
+
+// check checks the inbound listener's bounds.
+func (in Inbound) check(d *decoder) {
 	for _, n := range []struct {
 		key string
 		v   int64
@@ -588,28 +673,19 @@ func (s *Server) check(d *decoder) {
 	if in.MaxBytesInFlight > 0 && in.MaxMessageBytes > 0 && in.MaxBytesInFlight < in.MaxMessageBytes {
 		d.fieldErr("inbound.max_bytes_in_flight", "%d is less than inbound.max_message_bytes %d: no message that size could ever be taken", in.MaxBytesInFlight, in.MaxMessageBytes)
 	}
-	for _, l := range []struct {
-		key string
-		v   Limit
-	}{
-		{"subscribe_limits.requests_per_ip", s.SubscribeLimits.RequestsPerIP},
-		{"subscribe_limits.signups_per_mailbox", s.SubscribeLimits.SignupsPerMailbox},
-		{"subscribe_limits.confirmations_per_mailbox", s.SubscribeLimits.ConfirmationsPerMailbox},
-		{"subscribe_limits.confirmations_per_ip", s.SubscribeLimits.ConfirmationsPerIP},
-		{"subscribe_limits.confirmations_per_network", s.SubscribeLimits.ConfirmationsPerNetwork},
-		{"subscribe_limits.confirmations_total", s.SubscribeLimits.ConfirmationsTotal},
-		{"unsubscribe_limits.per_ip", s.UnsubscribeLimits.PerIP},
-		{"unsubscribe_limits.per_token", s.UnsubscribeLimits.PerToken},
-	} {
+}
+
+// checkLimits checks that every rate limit admits at least one request.
+func (s *Server) checkLimits(d *decoder) {
+	for _, l := range s.limits() {
 		if l.v.Rate > 0 && l.v.Burst < 1 {
 			d.fieldErr(l.key+".burst", "%d must be at least 1 (or rate 0 for no limit)", l.v.Burst)
 		}
 	}
-	if s.SMTPListen != "" && s.BounceDomain == "" {
-		d.fieldErr("smtp_listen", "needs bounce_domain: the inbound listener takes mail only for that domain")
-	}
+}
 
-	dl := s.Delivery
+// check checks the delivery section.
+func (dl Delivery) check(d *decoder) {
 	for dom, pol := range dl.TLS {
 		switch pol {
 		case TLSNone, TLSOpportunistic, TLSRequired, TLSVerify:
@@ -630,6 +706,22 @@ func (s *Server) check(d *decoder) {
 	default:
 		d.fieldErr("delivery.mode", "%s must be one of capture, mx, relay", Quote(dl.Mode))
 	}
+	dl.checkRelayAndRoutes(d)
+	positive := []struct {
+		key string
+		v   int
+		max int
+	}{{"concurrency_per_domain", dl.ConcurrencyPerDomain, 1000}, {"smtp_port", dl.SMTPPort, 65535}, {"workers", dl.Workers, 10000},
+		{"max_messages_per_connection", dl.MaxMessagesPerConnection, 100000}}
+	for _, n := range positive {
+		if n.v < 1 || n.v > n.max {
+			d.fieldErr("delivery."+n.key, "%d must be between 1 and %d", n.v, n.max)
+		}
+	}
+}
+
+// checkRelayAndRoutes checks the smart host and the routes by domain.
+func (dl Delivery) checkRelayAndRoutes(d *decoder) {
 	if dl.Mode == ModeRelay && dl.Relay == "" {
 		d.fieldErr("delivery.relay", "required in relay mode (smtp://host:port)")
 	}
@@ -645,17 +737,6 @@ func (s *Server) check(d *decoder) {
 		}
 		if err := hostPort(hp, false); err != nil {
 			d.fieldErr("delivery.routes."+dom, "%s: %v", Quote(hp), err)
-		}
-	}
-	positive := []struct {
-		key string
-		v   int
-		max int
-	}{{"concurrency_per_domain", dl.ConcurrencyPerDomain, 1000}, {"smtp_port", dl.SMTPPort, 65535}, {"workers", dl.Workers, 10000},
-		{"max_messages_per_connection", dl.MaxMessagesPerConnection, 100000}}
-	for _, n := range positive {
-		if n.v < 1 || n.v > n.max {
-			d.fieldErr("delivery."+n.key, "%d must be between 1 and %d", n.v, n.max)
 		}
 	}
 }
