@@ -12,6 +12,7 @@ import (
 	"github.com/postwarden/postwarden/campaign"
 	"github.com/postwarden/postwarden/campaign/brakes"
 	"github.com/postwarden/postwarden/configs"
+	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/queue/campaignq"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
@@ -124,94 +125,33 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	if fi, err := os.Stat(spec.Recipients); err == nil {
 		total = fi.Size()
 	}
-	e.log.Info().Str("who", req.Who).Str("campaign", spec.ID).Str("file", c.Path).Str("file_sha256", spec.FileHash).Float64("rate", c.Rate).Msg("campaign send")
-	if err := e.record(req, "campaign.send", "campaign:"+spec.ID, "", map[string]string{"file": c.Path, "file_sha256": spec.FileHash,
-		"legal_basis": spec.LegalBasis, "lia_sha256": spec.LIAHash, "recipients": spec.Recipients}); err != nil {
+	if err := e.recordSend(req, spec, c); err != nil {
+		return err
+	}
+	if err := e.armCampaign(spec.ID, c, o); err != nil {
 		return err
 	}
 	res := sendResult{}
-	if c.Rate > 0 || e.queue.CampaignRate(spec.ID) > 0 {
-		// The file's rate (none: unlimited) holds for this and later runs of the campaign.
-		if err := e.queue.SetCampaignRate(spec.ID, c.Rate); err != nil {
-			return err
-		}
-	}
-	// The file's brakes (what it leaves out: the server's) hold for this and later runs.
-	if err := e.brake.Arm(spec.ID, c.Brakes.Over(e.cfg.Delivery.Brakes)); err != nil {
-		return err
-	}
-	if (brakeQueue{e.queue}).Paused(spec.ID) {
-		_ = o.Note("campaign %s is paused: its messages wait for `postwarden campaign resume %s`", spec.ID, spec.ID)
-	}
-
 	// Without a daemon, this process delivers, starting while it enqueues.
-	var deliveryDone chan error
-	var drain func(context.Context) error
-	runCtx, stopDelivery := context.WithCancel(ctx)
-	defer stopDelivery()
+	var local *localDelivery
 	if !e.daemon && !args.NoWait {
-		sender, created, err := e.newSender()
-		if err != nil {
+		if local, err = e.startLocalDelivery(ctx, spec.ID); err != nil {
 			return err
 		}
-		defer sender.Close()
-		res.DKIMKeys = created
-		// On a signal, deliveries in flight get drain_timeout, as in serve.
-		rc := queue.RunnerConfig{Workers: e.cfg.Delivery.Workers, Campaign: spec.ID, DrainTimeout: e.cfg.Delivery.DrainTimeout}
-		runner := e.queue.NewRunner(sender, e.deliveryGate(), rc)
-		deliveryDone = make(chan error, 1)
-		go func() { deliveryDone <- runner.Run(runCtx) }()
-		drain = func(ctx context.Context) error {
-			return e.queue.NewRunner(sender, e.deliveryGate(), rc).Drain(ctx)
-		}
-		if e.cfg.Delivery.Mode == "capture" {
-			res.CaptureDir = e.cfg.Delivery.CaptureDir
-		}
+		defer local.close()
+		res.DKIMKeys, res.CaptureDir = local.created, local.captureDir
 	}
 
-	// The campaign's backlog holds enqueueing back only while a runner (the
-	// daemon's, or this process's) delivers: without one (send --no-wait, no
-	// daemon) nothing would drain it.
-	var backlog campaign.Backlog
-	if e.daemon || deliveryDone != nil {
-		backlog = e.queue
-	}
-	lk := links{e.tokens, e.mailtoDomain()}
-	summary, sendErr := campaign.Send(ctx, spec, campaign.Deps{
-		Suppressions: e.gate(),
-		Queue:        campaignq.Adapter{Q: e.queue},
-		Links:        lk,
-		Mailto:       lk,
-		Dictionary:   e.queue,
-		Backlog:      backlog,
-		Records:      e.queue,
-		Now:          time.Now,
-		Log:          e.log.With().Str("component", "campaign").Logger(),
-	}, func(rows int, bytes int64) {
+	summary, sendErr := campaign.Send(ctx, spec, e.campaignDeps(local != nil), func(rows int, bytes int64) {
 		_ = o.Progress(progress{Rows: rows, Bytes: bytes, Total: total})
 	})
 	if req.Reveal {
-		summary.InvalidLines = summary.InvalidLines[:0]
-		for _, re := range summary.InvalidRows {
-			summary.InvalidLines = append(summary.InvalidLines, re.Error())
-		}
+		revealInvalidLines(&summary)
 	}
 	res.Summary = summary
-	if deliveryDone != nil {
-		stopDelivery()
-		if err := <-deliveryDone; err != nil && !errors.Is(err, context.Canceled) {
-			sendErr = errors.Join(sendErr, err)
-		}
-		if sendErr == nil {
-			// Deliver what is due, including what an interrupted earlier run left.
-			if err := drain(ctx); err != nil {
-				sendErr = fmt.Errorf("deliver campaign %s: %w", spec.ID, err)
-			}
-		}
-		counts, err := e.queue.CampaignCounts(spec.ID)
-		if err == nil {
-			res.Delivery = counts
-		}
+	if local != nil {
+		sendErr = local.finish(ctx, sendErr)
+		res.Delivery = local.counts
 	}
 	if e.daemon {
 		e.queue.Kick()
@@ -221,6 +161,121 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		return err
 	}
 	return sendErr
+}
+
+// recordSend logs and audits the start of a campaign send.
+func (e *env) recordSend(req request, spec campaign.Spec, c *configs.Campaign) error {
+	e.log.Info().Str("who", req.Who).Str("campaign", spec.ID).Str("file", c.Path).Str("file_sha256", spec.FileHash).Float64("rate", c.Rate).Msg("campaign send")
+	return e.record(req, "campaign.send", "campaign:"+spec.ID, "", map[string]string{"file": c.Path, "file_sha256": spec.FileHash,
+		"legal_basis": spec.LegalBasis, "lia_sha256": spec.LIAHash, "recipients": spec.Recipients})
+}
+
+// armCampaign stores the campaign file's rate and brakes, which hold for
+// this and later runs, and notes when the campaign is paused.
+func (e *env) armCampaign(id string, c *configs.Campaign, o *out) error {
+	if c.Rate > 0 || e.queue.CampaignRate(id) > 0 {
+		// The file's rate (none: unlimited) holds for this and later runs of the campaign.
+		if err := e.queue.SetCampaignRate(id, c.Rate); err != nil {
+			return err
+		}
+	}
+	// The file's brakes (what it leaves out: the server's) hold for this and later runs.
+	if err := e.brake.Arm(id, c.Brakes.Over(e.cfg.Delivery.Brakes)); err != nil {
+		return err
+	}
+	if (brakeQueue{e.queue}).Paused(id) {
+		_ = o.Note("campaign %s is paused: its messages wait for `postwarden campaign resume %s`", id, id)
+	}
+	return nil
+}
+
+// campaignDeps is what campaign.Send reaches. The campaign's backlog holds
+// enqueueing back only while a runner (the daemon's, or this process's:
+// delivering) delivers: without one (send --no-wait, no daemon) nothing
+// would drain it.
+func (e *env) campaignDeps(delivering bool) campaign.Deps {
+	var backlog campaign.Backlog
+	if e.daemon || delivering {
+		backlog = e.queue
+	}
+	lk := links{e.tokens, e.mailtoDomain()}
+	return campaign.Deps{
+		Suppressions: e.gate(),
+		Queue:        campaignq.Adapter{Q: e.queue},
+		Links:        lk,
+		Mailto:       lk,
+		Dictionary:   e.queue,
+		Backlog:      backlog,
+		Records:      e.queue,
+		Now:          time.Now,
+		Log:          e.log.With().Str("component", "campaign").Logger(),
+	}
+}
+
+// revealInvalidLines puts the unmasked invalid rows in the summary's lines.
+func revealInvalidLines(summary *campaign.Summary) {
+	summary.InvalidLines = summary.InvalidLines[:0]
+	for _, re := range summary.InvalidRows {
+		summary.InvalidLines = append(summary.InvalidLines, re.Error())
+	}
+}
+
+// localDelivery is the delivery a `campaign send` without a daemon runs
+// itself, while it enqueues and then until what is due is delivered.
+type localDelivery struct {
+	e          *env
+	id         string
+	sender     *mta.Sender
+	rc         queue.RunnerConfig
+	stop       context.CancelFunc
+	done       chan error
+	created    []createdKey
+	captureDir string
+	counts     map[queue.State]int
+}
+
+// startLocalDelivery starts a runner for campaign id's messages.
+func (e *env) startLocalDelivery(ctx context.Context, id string) (*localDelivery, error) {
+	sender, created, err := e.newSender()
+	if err != nil {
+		return nil, err
+	}
+	// On a signal, deliveries in flight get drain_timeout, as in serve.
+	rc := queue.RunnerConfig{Workers: e.cfg.Delivery.Workers, Campaign: id, DrainTimeout: e.cfg.Delivery.DrainTimeout}
+	runCtx, stop := context.WithCancel(ctx)
+	l := &localDelivery{e: e, id: id, sender: sender, rc: rc, stop: stop, done: make(chan error, 1), created: created}
+	runner := e.queue.NewRunner(sender, e.deliveryGate(), rc)
+	go func() { l.done <- runner.Run(runCtx) }()
+	if e.cfg.Delivery.Mode == configs.ModeCapture {
+		l.captureDir = e.cfg.Delivery.CaptureDir
+	}
+	return l, nil
+}
+
+// finish stops the runner once enqueueing has ended (with sendErr), then,
+// when all went well, delivers what is due, and counts the campaign's
+// messages by state.
+func (l *localDelivery) finish(ctx context.Context, sendErr error) error {
+	l.stop()
+	if err := <-l.done; err != nil && !errors.Is(err, context.Canceled) {
+		sendErr = errors.Join(sendErr, err)
+	}
+	if sendErr == nil {
+		// Deliver what is due, including what an interrupted earlier run left.
+		if err := l.e.queue.NewRunner(l.sender, l.e.deliveryGate(), l.rc).Drain(ctx); err != nil {
+			sendErr = fmt.Errorf("deliver campaign %s: %w", l.id, err)
+		}
+	}
+	if counts, err := l.e.queue.CampaignCounts(l.id); err == nil {
+		l.counts = counts
+	}
+	return sendErr
+}
+
+// close stops the runner and closes the sender.
+func (l *localDelivery) close() {
+	l.stop()
+	l.sender.Close()
 }
 
 type campaignStatusArgs struct {
