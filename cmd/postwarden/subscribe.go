@@ -118,11 +118,8 @@ func (a listsAdapter) ListsFor(addr string) ([]unsubscribe.ListStatus, error) {
 		if name == "" {
 			name = id
 		}
-		switch st.State {
-		case subscribers.StateConfirmed, subscribers.StateLegitimateInterest:
-			out = append(out, unsubscribe.ListStatus{ID: id, Name: name, Subscribed: true})
-		case subscribers.StateUnsubscribed:
-			out = append(out, unsubscribe.ListStatus{ID: id, Name: name})
+		if shown, subscribed := subscribers.OnPreferencePage(st.State); shown {
+			out = append(out, unsubscribe.ListStatus{ID: id, Name: name, Subscribed: subscribed})
 		}
 	}
 	return out, nil
