@@ -222,3 +222,9 @@ func hostPort(s string, emptyHost bool) error {
 	}
 	return nil
 }
+
+// OneClickUnsubscribe reports whether mailbox providers will use the
+// one-click unsubscribe URLs under public_url: RFC 8058 needs https.
+func (s *Server) OneClickUnsubscribe() bool {
+	return strings.HasPrefix(s.PublicURL, "https://")
+}

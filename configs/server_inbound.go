@@ -89,3 +89,12 @@ func parseByteSize(s string) (int64, error) {
 	}
 	return n * mult, nil
 }
+
+// MailtoDomain is the domain of mailto unsubscribe URIs: bounce_domain when
+// smtp_listen receives its mail, else none ("").
+func (s *Server) MailtoDomain() string {
+	if s.SMTPListen == "" {
+		return ""
+	}
+	return s.BounceDomain
+}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/postwarden/postwarden/campaign"
@@ -76,7 +75,7 @@ func loadSpec(e *env, file string) (campaign.Spec, *configs.Campaign, error) {
 
 // publicURLWarning says why a plain-http public_url is for testing only.
 func publicURLWarning(cfg *configs.Server) string {
-	if strings.HasPrefix(cfg.PublicURL, "https://") {
+	if cfg.OneClickUnsubscribe() {
 		return ""
 	}
 	return fmt.Sprintf("note: public_url %s is not https; RFC 8058 one-click unsubscribe needs https, so mailbox providers will not use it (fine for a local test)", cfg.PublicURL)
@@ -95,15 +94,6 @@ func (l links) UnsubscribeMailto(address, list, campaign string) string {
 		return ""
 	}
 	return l.MailtoURI(address, list, campaign, l.bounceDomain)
-}
-
-// mailtoDomain is the domain of mailto unsubscribe URIs: bounce_domain when
-// smtp_listen receives its mail, else none.
-func (e *env) mailtoDomain() string {
-	if e.cfg.SMTPListen == "" {
-		return ""
-	}
-	return e.cfg.BounceDomain
 }
 
 func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
@@ -198,7 +188,7 @@ func (e *env) campaignDeps(delivering bool) campaign.Deps {
 	if e.daemon || delivering {
 		backlog = e.queue
 	}
-	lk := links{e.tokens, e.mailtoDomain()}
+	lk := links{e.tokens, e.cfg.MailtoDomain()}
 	return campaign.Deps{
 		Suppressions: e.gate(),
 		Queue:        campaignq.Adapter{Q: e.queue},

@@ -197,16 +197,6 @@ type actResult struct {
 	Missing []string `json:"missing,omitempty"`
 }
 
-// actStates are the states each action can change: a bulk selection reads
-// only those (state index), not every message ever queued.
-var actStates = map[string][]queue.State{
-	"retry":   {queue.StateReady, queue.StateDeferred, queue.StateHeld},
-	"hold":    {queue.StateReady, queue.StateDeferred},
-	"release": {queue.StateHeld},
-	"delete":  {queue.StateReady, queue.StateDeferred, queue.StateHeld},
-	"bounce":  {queue.StateReady, queue.StateDeferred, queue.StateHeld},
-}
-
 // selectIDs returns the ids of a bulk selection for action.
 func selectIDs(q *queue.Store, action string, args idArgs) ([]string, error) {
 	f, err := args.filter()
@@ -217,7 +207,7 @@ func selectIDs(q *queue.Store, action string, args idArgs) ([]string, error) {
 		return q.AllIDs(f)
 	}
 	var ids []string
-	for _, st := range actStates[action] {
+	for _, st := range queue.ActionStates(action) {
 		f.State = st
 		more, err := q.AllIDs(f)
 		if err != nil {

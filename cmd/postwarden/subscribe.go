@@ -66,7 +66,7 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 	if len(cfg.DKIM) > 0 {
 		fromDomain = cfg.DKIM[0].Domain
 	}
-	mailer, err := confirm.New(confirm.Config{Queue: confirmQueue{e.queue}, Links: links{e.tokens, e.mailtoDomain()},
+	mailer, err := confirm.New(confirm.Config{Queue: confirmQueue{e.queue}, Links: links{e.tokens, e.cfg.MailtoDomain()},
 		HTML: configs.ConfirmHTML, Text: configs.ConfirmText, Subject: configs.ConfirmSubject, SenderName: pg.Name(),
 		FromDomain: fromDomain, Hostname: cfg.Hostname, PrivacyURL: cfg.PrivacyURL, ValidFor: cfg.OptinTTL})
 	if err != nil {
