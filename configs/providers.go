@@ -4,7 +4,6 @@ import (
 	_ "embed"
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -383,10 +382,7 @@ func (s *Server) checkShaping(d *decoder, table *Providers) {
 // loadProviderTable merges delivery.providers over the built-in table,
 // recording its problems (each naming its own file and line).
 func (s *Server) loadProviderTable(d *decoder, dir string) {
-	p := s.Delivery.Providers
-	if p != "" && !filepath.IsAbs(p) {
-		p = filepath.Join(dir, p)
-	}
+	p := absPath(dir, s.Delivery.Providers)
 	s.Delivery.Providers = p
 	table, err := LoadProviders(p)
 	if err != nil {

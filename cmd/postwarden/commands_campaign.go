@@ -57,15 +57,8 @@ func (c *cli) campaignCommand() *cobra.Command {
 	}
 	pauseCmd.Flags().StringVar(&pause.Reason, "reason", "", "why (logged and audited)")
 	var resume campaignPauseArgs
-	resumeCmd := &cobra.Command{
-		Use:   "resume ID",
-		Short: "Continue a paused campaign; its brakes then judge only what follows (audited)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			resume.ID = args[0]
-			return c.call(cmd.Context(), "campaign.resume", resume, c.printFields)
-		},
-	}
+	resumeCmd := c.argCommand("resume ID", "Continue a paused campaign; its brakes then judge only what follows (audited)", "campaign.resume",
+		func(id string) any { resume.ID = id; return resume })
 	resumeCmd.Flags().StringVar(&resume.Reason, "reason", "", "why (optional; audited)")
 	cmd.AddCommand(validate, send, status, pauseCmd, resumeCmd)
 	return cmd
@@ -126,18 +119,7 @@ func (c *cli) printSendResult(raw json.RawMessage) error {
 	for _, l := range s.InvalidLines {
 		fmt.Fprintf(w, "    %s\n", l)
 	}
-	total := 0
-	reasons := make([]string, 0, len(s.Suppressed))
-	for k, n := range s.Suppressed {
-		total += n
-		reasons = append(reasons, fmt.Sprintf("%s %d", k, n))
-	}
-	sort.Strings(reasons)
-	fmt.Fprintf(w, "  suppressed     %d", total)
-	if len(reasons) > 0 {
-		fmt.Fprintf(w, " (%s)", strings.Join(reasons, ", "))
-	}
-	fmt.Fprintln(w)
+	fmt.Fprintf(w, "  suppressed     %s\n", countsLine(s.Suppressed))
 	fmt.Fprintf(w, "  skipped        %s\n", countsLine(s.Skipped))
 	fmt.Fprintf(w, "  enqueued       %d\n", s.Enqueued)
 	fmt.Fprintf(w, "  already sent   %d\n", s.AlreadySent)
@@ -189,18 +171,7 @@ func (c *cli) printCampaignStatus(raw json.RawMessage) error {
 	fmt.Fprintf(w, "  cancelled      %d\n", st.Cancelled)
 	fmt.Fprintf(w, "  complained     %d\n", st.Complained)
 	fmt.Fprintf(w, "  unsubscribed   %d\n", st.Unsubscribed)
-	total := 0
-	var reasons []string
-	for k, n := range st.Suppressed {
-		total += n
-		reasons = append(reasons, fmt.Sprintf("%s %d", k, n))
-	}
-	sort.Strings(reasons)
-	fmt.Fprintf(w, "  suppressed at enqueue %d", total)
-	if len(reasons) > 0 {
-		fmt.Fprintf(w, " (%s)", strings.Join(reasons, ", "))
-	}
-	fmt.Fprintln(w)
+	fmt.Fprintf(w, "  suppressed at enqueue %s\n", countsLine(st.Suppressed))
 	fmt.Fprintf(w, "  skipped at enqueue    %s\n", countsLine(st.Skipped))
 	printBrake(w, st.Brake)
 	return nil

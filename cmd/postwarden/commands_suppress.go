@@ -11,28 +11,14 @@ import (
 func (c *cli) suppressCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "suppress", Short: "Manage who is never mailed"}
 	var a suppressArgs
-	add := &cobra.Command{
-		Use:   "add ADDR|@DOMAIN",
-		Short: "Suppress an address or a whole domain, globally or for one list",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			a.Target = args[0]
-			return c.call(cmd.Context(), "suppress.add", a, c.printFields)
-		},
-	}
+	add := c.argCommand("add ADDR|@DOMAIN", "Suppress an address or a whole domain, globally or for one list", "suppress.add",
+		func(target string) any { a.Target = target; return a })
 	add.Flags().StringVar(&a.List, "list", "", "only this list (default: every list)")
 	add.Flags().StringVar(&a.Reason, "reason", "manual", "unsubscribed|hard_bounce|complaint|manual|erased")
 	add.Flags().StringVar(&a.Note, "note", "", "free text kept with the entry")
 	var ra suppressArgs
-	remove := &cobra.Command{
-		Use:   "remove ADDR|@DOMAIN",
-		Short: "Remove a suppression entry",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ra.Target = args[0]
-			return c.call(cmd.Context(), "suppress.remove", ra, c.printFields)
-		},
-	}
+	remove := c.argCommand("remove ADDR|@DOMAIN", "Remove a suppression entry", "suppress.remove",
+		func(target string) any { ra.Target = target; return ra })
 	remove.Flags().StringVar(&ra.List, "list", "", "the list of the entry (default: the global entry)")
 	var ca suppressArgs
 	check := &cobra.Command{
@@ -72,15 +58,8 @@ func (c *cli) suppressCommand() *cobra.Command {
 	}
 	ls.Flags().StringVar(&la.List, "list", "", "only entries of this list")
 	var ia suppressArgs
-	imp := &cobra.Command{
-		Use:   "import CSV",
-		Short: "Import suppressions from a CSV (header row; email column, optional list, reason, source, note)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ia.Path = absPath(args[0])
-			return c.call(cmd.Context(), "suppress.import", ia, c.printFields)
-		},
-	}
+	imp := c.argCommand("import CSV", "Import suppressions from a CSV (header row; email column, optional list, reason, source, note)", "suppress.import",
+		func(path string) any { ia.Path = absPath(path); return ia })
 	imp.Flags().StringVar(&ia.List, "list", "", "list for rows without one (default: every list)")
 	imp.Flags().StringVar(&ia.Reason, "reason", "manual", "reason for rows without one")
 	cmd.AddCommand(add, remove, check, ls, imp)
