@@ -181,9 +181,7 @@ func parseCampaign(path, abs string, data []byte) (*Campaign, error) {
 // applyDefaults sets the audience and makes paths absolute against dir.
 func (c *Campaign) applyDefaults(dir string) {
 	for _, p := range []*string{&c.Template, &c.Recipients, &c.LIA, &c.FreeMailList} {
-		if *p != "" && !filepath.IsAbs(*p) {
-			*p = filepath.Join(dir, *p)
-		}
+		*p = absPath(dir, *p)
 	}
 	if c.Audience == "" {
 		c.Audience = AudienceB2B

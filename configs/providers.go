@@ -4,7 +4,6 @@ import (
 	_ "embed"
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -92,38 +91,9 @@ func parseProviders(name string, data []byte, p *Providers, builtin bool) error 
 	var rules []ProviderRule
 	var raws []rawShaping
 	d.fields(root, "", map[string]func(string, *yaml.Node){
-		"default": func(path string, v *yaml.Node) {
-			if d.mapping(path, v) {
-				d.fields(v, path+".", def.fields(d, map[string]func(string, *yaml.Node){"source": d.str(&defSource)}))
-			}
-		},
+		"default": d.section(def.fields(d, map[string]func(string, *yaml.Node){"source": d.str(&defSource)})),
 		"providers": func(path string, v *yaml.Node) {
-			if null(v) {
-				return
-			}
-			if v.Kind != yaml.SequenceNode {
-				d.typeErr(path, v, "a list of {name, suffixes, connections, rate, messages_per_connection, source}")
-				return
-			}
-			for i, e := range v.Content {
-				e = resolve(e)
-				ep := fmt.Sprintf("%s[%d]", path, i)
-				d.lines[ep] = e.Line
-				if !d.mapping(ep, e) {
-					continue
-				}
-				r := ProviderRule{File: name, Line: e.Line}
-				var raw rawShaping
-				d.fields(e, ep+".", raw.fields(d, map[string]func(string, *yaml.Node){
-					"name":     d.str(&r.Name),
-					"title":    d.str(&r.Title),
-					"suffixes": d.hostList(&r.Suffixes),
-					"source":   d.str(&r.Source),
-					"examples": d.hostList(&r.Examples),
-				}), "name")
-				rules = append(rules, r)
-				raws = append(raws, raw)
-			}
+			rules, raws = d.providerRules(name, path, v)
 		},
 	})
 	if builtin {
@@ -135,65 +105,119 @@ func parseProviders(name string, data []byte, p *Providers, builtin bool) error 
 	if defSource != "" {
 		p.DefaultSource = defSource
 	}
-
-	owner := map[string]string{} // suffix → provider name
-	index := map[string]int{}    // name → index in p.Rules
-	for i, r := range p.Rules {
-		index[r.Name] = i
-		for _, s := range r.Suffixes {
-			owner[s] = r.Name
-		}
-	}
-	seen := map[string]int{} // names in this file → index in rules
+	m := newProviderMerge(p)
 	for i, r := range rules {
-		ep := fmt.Sprintf("providers[%d]", i)
-		s, _ := raws[i].parse(d, ep)
-		r.Name = strings.ToLower(r.Name)
-		if d.failed[ep+".name"] {
-			continue
-		}
-		if !providerName.MatchString(r.Name) || r.Name == "default" {
-			d.fieldErr(ep+".name", "%s must be 1-64 of a-z 0-9 . _ - (not default, no site: prefix)", Quote(r.Name))
-			continue
-		}
-		if j, dup := seen[r.Name]; dup {
-			d.fieldErr(ep+".name", "%s is named again (first in providers[%d])", r.Name, j)
-			continue
-		}
-		seen[r.Name] = i
-		j, known := index[r.Name]
-		if !known && len(r.Suffixes) == 0 && !d.failed[ep+".suffixes"] {
-			d.fieldErr(ep+".suffixes", "a new provider needs at least one MX host suffix")
-		}
-		for k, suf := range r.Suffixes {
-			if o, taken := owner[suf]; taken && o != r.Name {
-				d.fieldErr(fmt.Sprintf("%s.suffixes[%d]", ep, k), "%s belongs to provider %s already", suf, o)
-			}
-			owner[suf] = r.Name
-		}
-		if !known {
-			r.Shaping = s
-			index[r.Name] = len(p.Rules)
-			p.Rules = append(p.Rules, r)
-			continue
-		}
-		m := &p.Rules[j] // merge over the table's entry
-		m.Shaping = overShaping(m.Shaping, s)
-		for _, suf := range r.Suffixes {
-			if !contains(m.Suffixes, suf) {
-				m.Suffixes = append(m.Suffixes, suf)
-			}
-		}
-		m.Examples = append(m.Examples, r.Examples...)
-		if r.Title != "" {
-			m.Title = r.Title
-		}
-		if r.Source != "" {
-			m.Source = r.Source
-		}
-		m.File, m.Line = r.File, r.Line
+		m.add(d, i, r, raws[i])
 	}
 	return d.err()
+}
+
+// providerRules decodes the providers sequence of file name: each rule,
+// and its shaping before its values are checked.
+func (d *decoder) providerRules(name, path string, v *yaml.Node) ([]ProviderRule, []rawShaping) {
+	if null(v) {
+		return nil, nil
+	}
+	if v.Kind != yaml.SequenceNode {
+		d.typeErr(path, v, "a list of {name, suffixes, connections, rate, messages_per_connection, source}")
+		return nil, nil
+	}
+	var rules []ProviderRule
+	var raws []rawShaping
+	for i, e := range v.Content {
+		e = resolve(e)
+		ep := fmt.Sprintf("%s[%d]", path, i)
+		d.lines[ep] = e.Line
+		if !d.mapping(ep, e) {
+			continue
+		}
+		r := ProviderRule{File: name, Line: e.Line}
+		var raw rawShaping
+		d.fields(e, ep+".", raw.fields(d, map[string]func(string, *yaml.Node){
+			"name":     d.str(&r.Name),
+			"title":    d.str(&r.Title),
+			"suffixes": d.hostList(&r.Suffixes),
+			"source":   d.str(&r.Source),
+			"examples": d.hostList(&r.Examples),
+		}), "name")
+		rules = append(rules, r)
+		raws = append(raws, raw)
+	}
+	return rules, raws
+}
+
+// providerMerge merges one file's rules over a table: a new name appends a
+// rule, a known one merges over it; no MX suffix may belong to two providers.
+type providerMerge struct {
+	p     *Providers
+	owner map[string]string // suffix → provider name
+	index map[string]int    // name → index in p.Rules
+	seen  map[string]int    // names in this file → index in its rules
+}
+
+func newProviderMerge(p *Providers) *providerMerge {
+	m := &providerMerge{p: p, owner: map[string]string{}, index: map[string]int{}, seen: map[string]int{}}
+	for i, r := range p.Rules {
+		m.index[r.Name] = i
+		for _, s := range r.Suffixes {
+			m.owner[s] = r.Name
+		}
+	}
+	return m
+}
+
+// add merges rule i of the file (providers[i]), recording what is wrong with it.
+func (m *providerMerge) add(d *decoder, i int, r ProviderRule, raw rawShaping) {
+	ep := fmt.Sprintf("providers[%d]", i)
+	s, _ := raw.parse(d, ep)
+	r.Name = strings.ToLower(r.Name)
+	if d.failed[ep+".name"] {
+		return
+	}
+	if !providerName.MatchString(r.Name) || r.Name == "default" {
+		d.fieldErr(ep+".name", "%s must be 1-64 of a-z 0-9 . _ - (not default, no site: prefix)", Quote(r.Name))
+		return
+	}
+	if j, dup := m.seen[r.Name]; dup {
+		d.fieldErr(ep+".name", "%s is named again (first in providers[%d])", r.Name, j)
+		return
+	}
+	m.seen[r.Name] = i
+	j, known := m.index[r.Name]
+	if !known && len(r.Suffixes) == 0 && !d.failed[ep+".suffixes"] {
+		d.fieldErr(ep+".suffixes", "a new provider needs at least one MX host suffix")
+	}
+	for k, suf := range r.Suffixes {
+		if o, taken := m.owner[suf]; taken && o != r.Name {
+			d.fieldErr(fmt.Sprintf("%s.suffixes[%d]", ep, k), "%s belongs to provider %s already", suf, o)
+		}
+		m.owner[suf] = r.Name
+	}
+	if !known {
+		r.Shaping = s
+		m.index[r.Name] = len(m.p.Rules)
+		m.p.Rules = append(m.p.Rules, r)
+		return
+	}
+	mergeRule(&m.p.Rules[j], r, s)
+}
+
+// mergeRule merges a file's rule r, shaping s, over the table's entry e.
+func mergeRule(e *ProviderRule, r ProviderRule, s Shaping) {
+	e.Shaping = overShaping(e.Shaping, s)
+	for _, suf := range r.Suffixes {
+		if !contains(e.Suffixes, suf) {
+			e.Suffixes = append(e.Suffixes, suf)
+		}
+	}
+	e.Examples = append(e.Examples, r.Examples...)
+	if r.Title != "" {
+		e.Title = r.Title
+	}
+	if r.Source != "" {
+		e.Source = r.Source
+	}
+	e.File, e.Line = r.File, r.Line
 }
 
 func contains(s []string, v string) bool {
@@ -358,10 +382,7 @@ func (s *Server) checkShaping(d *decoder, table *Providers) {
 // loadProviderTable merges delivery.providers over the built-in table,
 // recording its problems (each naming its own file and line).
 func (s *Server) loadProviderTable(d *decoder, dir string) {
-	p := s.Delivery.Providers
-	if p != "" && !filepath.IsAbs(p) {
-		p = filepath.Join(dir, p)
-	}
+	p := absPath(dir, s.Delivery.Providers)
 	s.Delivery.Providers = p
 	table, err := LoadProviders(p)
 	if err != nil {

@@ -33,12 +33,7 @@ func (a brakeQueue) Figures(c string) (brakes.Figures, error) {
 	if err != nil {
 		return brakes.Figures{}, err
 	}
-	return brakes.Figures{
-		Attempted:   counts[queue.StateDelivered] + counts[queue.StateBounced],
-		Delivered:   counts[queue.StateDelivered],
-		HardBounces: events["bounced_hard"],
-		Complaints:  events["complained"],
-	}, nil
+	return brakes.FiguresOf(counts[queue.StateDelivered], counts[queue.StateBounced], events), nil
 }
 
 func (a brakeQueue) Pause(c, reason string) error {
@@ -89,13 +84,8 @@ func (e *env) newBrake() (*brakes.Brake, error) {
 // the runner, "mta") or a complaint (counted by the inbound listener) has the
 // campaign's brakes judge it.
 func (e *env) onCampaignEvent(campaign, kind string) {
-	var who string
-	switch kind {
-	case "bounced_hard":
-		who = "mta"
-	case "complained":
-		who = "inbound"
-	default:
+	who, ok := brakes.CheckedBy(kind)
+	if !ok {
 		return
 	}
 	if e.brake == nil {

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/postwarden/postwarden/configs"
+	"github.com/postwarden/postwarden/mta/dkim"
 	"github.com/postwarden/postwarden/suppression/address"
 )
 
@@ -50,8 +51,7 @@ func checkSendable(cfg *configs.Server, c *configs.Campaign) error {
 // (relaxed DMARC alignment, RFC 7489 §3.1.1).
 func signs(keys []configs.DKIM, dom string) bool {
 	for _, k := range keys {
-		kd := strings.ToLower(strings.TrimSuffix(k.Domain, "."))
-		if dom == kd || strings.HasSuffix(dom, "."+kd) {
+		if dkim.Aligned(k.Domain, dom) {
 			return true
 		}
 	}

@@ -19,7 +19,6 @@ import (
 
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/mta/dkim"
-	"github.com/postwarden/postwarden/suppression/address"
 )
 
 // dnsTimeout bounds all the lookups of one check-dns run.
@@ -261,13 +260,9 @@ func (c *cli) checkDNSCommand() *cobra.Command {
 		Short: "Compare the published DKIM, SPF, DMARC (and bounce MX) records of DOMAIN with what is needed; exit 0 if all OK, 1 if not",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := c.loadConfig()
+			cfg, domain, err := c.configAndDomain("check-dns", args[0])
 			if err != nil {
 				return err
-			}
-			domain, err := address.NormalizeDomain(args[0])
-			if err != nil {
-				return fmt.Errorf("check-dns: %q: %w", args[0], err)
 			}
 			keys, _, err := loadDKIM(cfg, false)
 			if err != nil {

@@ -10,12 +10,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/audit"
 	"github.com/postwarden/postwarden/suppression/gate"
 	"github.com/postwarden/postwarden/suppression/retention"
@@ -41,7 +41,7 @@ func (e *env) subjectRef(addr string) (string, error) { return subject.Ref(e.box
 // targetRef names a suppression target in the audit log: a domain as it
 // is (a company, not a person), an address by its index.
 func (e *env) targetRef(target string) string {
-	if strings.HasPrefix(target, "@") {
+	if suppression.IsDomainTarget(target) {
 		return target
 	}
 	if ref, err := e.subjectRef(target); err == nil {

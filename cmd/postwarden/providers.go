@@ -106,13 +106,9 @@ func (c *cli) providersCommand() *cobra.Command {
 		Short: "Look up DOMAIN's MX hosts (with their TTL), find its provider, and show the shaping that applies",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := c.loadConfig()
+			cfg, domain, err := c.configAndDomain("providers explain", args[0])
 			if err != nil {
 				return err
-			}
-			domain, err := address.NormalizeDomain(args[0])
-			if err != nil {
-				return fmt.Errorf("providers explain: %q: %w", args[0], err)
 			}
 			t, err := providerTable(cfg)
 			if err != nil {
@@ -289,4 +285,18 @@ func (c *cli) printExplain(r explainResult) error {
 		fmt.Fprintf(w, "source    %s\n", oneLine(r.Source, 400))
 	}
 	return nil
+}
+
+// configAndDomain loads the server configuration and normalises the
+// command's DOMAIN argument, an error naming the command.
+func (c *cli) configAndDomain(command, arg string) (*configs.Server, string, error) {
+	cfg, err := c.loadConfig()
+	if err != nil {
+		return nil, "", err
+	}
+	domain, err := address.NormalizeDomain(arg)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %q: %w", command, arg, err)
+	}
+	return cfg, domain, nil
 }

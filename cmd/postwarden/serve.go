@@ -77,11 +77,8 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 		return err
 	}
 	defer sender.Close()
-	for _, k := range created {
-		log.Warn().Str("key_file", k.Path).Str("dns_record", k.DNSRecord).Msg("generated DKIM key; publish its record")
-		if err := e.record(request{Who: "system:serve"}, "dkim.generated", k.Path, "configured key file was missing", map[string]string{"dns_record": k.DNSRecord}); err != nil {
-			return err
-		}
+	if err := e.announceCreatedKeys(created); err != nil {
+		return err
 	}
 
 	if w := publicURLWarning(cfg); w != "" {
@@ -89,21 +86,10 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 	}
 	// The pages and the inbound listener open before the admin socket: a
 	// daemon that answers on its socket also serves them.
-	mux := http.NewServeMux()
-	if err := e.mountPages(mux, log.With().Str("component", "http").Logger()); err != nil {
+	srv, addr, httpDone, err := e.startHTTP(log.With().Str("component", "http").Logger())
+	if err != nil {
 		return err
 	}
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintln(w, "ok")
-	})
-	ln, err := net.Listen("tcp", cfg.HTTPListen)
-	if err != nil {
-		return fmt.Errorf("http_listen %s: %w", cfg.HTTPListen, err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
-	httpDone := make(chan error, 1)
-	go func() { httpDone <- srv.Serve(ln) }()
 	inb, err := startInbound(cfg, e, log.With().Str("component", "inbound").Logger())
 	if err != nil {
 		_ = srv.Close()
@@ -133,7 +119,7 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 	retentionDone := make(chan struct{})
 	go func() { defer close(retentionDone); e.enforceRetention(runCtx, retentionEvery) }()
 
-	log.Info().Str("http", ln.Addr().String()).Str("admin_socket", cfg.AdminSocket).Str("mode", cfg.Delivery.Mode).Msg("postwarden serving")
+	log.Info().Str("http", addr.String()).Str("admin_socket", cfg.AdminSocket).Str("mode", cfg.Delivery.Mode).Msg("postwarden serving")
 
 	var runErr error
 	select {
@@ -153,4 +139,40 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 	}
 	log.Info().Msg("stopped")
 	return runErr
+}
+
+// announceCreatedKeys logs and audits each DKIM key generated because its
+// configured key file was missing: its record must be published.
+func (e *env) announceCreatedKeys(created []createdKey) error {
+	for _, k := range created {
+		e.log.Warn().Str("key_file", k.Path).Str("dns_record", k.DNSRecord).Msg("generated DKIM key; publish its record")
+		if err := e.record(request{Who: "system:serve"}, "dkim.generated", k.Path, "configured key file was missing", map[string]string{"dns_record": k.DNSRecord}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startHTTP serves the recipient pages and /healthz on http_listen; what
+// ends Serve arrives on done.
+func (e *env) startHTTP(log zerolog.Logger) (srv *http.Server, addr net.Addr, done <-chan error, err error) {
+	mux := http.NewServeMux()
+	if err := e.mountPages(mux, log); err != nil {
+		return nil, nil, nil, err
+	}
+	mux.HandleFunc("GET /healthz", healthz)
+	ln, err := net.Listen("tcp", e.cfg.HTTPListen)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("http_listen %s: %w", e.cfg.HTTPListen, err)
+	}
+	srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	return srv, ln.Addr(), served, nil
+}
+
+// healthz answers "ok" while the daemon serves.
+func healthz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintln(w, "ok")
 }

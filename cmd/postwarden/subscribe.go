@@ -66,7 +66,7 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 	if len(cfg.DKIM) > 0 {
 		fromDomain = cfg.DKIM[0].Domain
 	}
-	mailer, err := confirm.New(confirm.Config{Queue: confirmQueue{e.queue}, Links: links{e.tokens, e.mailtoDomain()},
+	mailer, err := confirm.New(confirm.Config{Queue: confirmQueue{e.queue}, Links: links{e.tokens, e.cfg.MailtoDomain()},
 		HTML: configs.ConfirmHTML, Text: configs.ConfirmText, Subject: configs.ConfirmSubject, SenderName: pg.Name(),
 		FromDomain: fromDomain, Hostname: cfg.Hostname, PrivacyURL: cfg.PrivacyURL, ValidFor: cfg.OptinTTL})
 	if err != nil {
@@ -118,11 +118,8 @@ func (a listsAdapter) ListsFor(addr string) ([]unsubscribe.ListStatus, error) {
 		if name == "" {
 			name = id
 		}
-		switch st.State {
-		case subscribers.StateConfirmed, subscribers.StateLegitimateInterest:
-			out = append(out, unsubscribe.ListStatus{ID: id, Name: name, Subscribed: true})
-		case subscribers.StateUnsubscribed:
-			out = append(out, unsubscribe.ListStatus{ID: id, Name: name})
+		if shown, subscribed := subscribers.OnPreferencePage(st.State); shown {
+			out = append(out, unsubscribe.ListStatus{ID: id, Name: name, Subscribed: subscribed})
 		}
 	}
 	return out, nil

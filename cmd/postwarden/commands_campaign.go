@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/postwarden/postwarden/campaign"
+)
+
+func (c *cli) campaignCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "campaign", Short: "Validate and send campaigns"}
+	validate := &cobra.Command{
+		Use:   "validate FILE",
+		Short: "Check config, campaign, templates and every recipient row without sending",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.campaignValidate(cmd.Context(), args[0])
+		},
+	}
+	var noWait bool
+	send := &cobra.Command{
+		Use:   "send FILE",
+		Short: "Render, check and enqueue a campaign, then deliver it (or hand it to the daemon)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.call(cmd.Context(), "campaign.send", campaignSendArgs{File: absPath(args[0]), NoWait: noWait}, c.printSendResult)
+		},
+	}
+	send.Flags().BoolVar(&noWait, "no-wait", false, "only enqueue; do not deliver in this process")
+	status := &cobra.Command{
+		Use:   "status ID",
+		Short: "Enqueued, delivered, deferred, bounced, complained, unsubscribed and suppressed counts of a campaign",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.call(cmd.Context(), "campaign.status", campaignStatusArgs{ID: args[0]}, c.printCampaignStatus)
+		},
+	}
+	var pause campaignPauseArgs
+	pauseCmd := &cobra.Command{
+		Use:   "pause ID --reason R",
+		Short: "Pause a campaign: no new attempts, its messages kept, until `campaign resume` (audited)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if strings.TrimSpace(pause.Reason) == "" {
+				return errors.New("campaign pause: --reason is required")
+			}
+			pause.ID = args[0]
+			return c.call(cmd.Context(), "campaign.pause", pause, c.printFields)
+		},
+	}
+	pauseCmd.Flags().StringVar(&pause.Reason, "reason", "", "why (logged and audited)")
+	var resume campaignPauseArgs
+	resumeCmd := c.argCommand("resume ID", "Continue a paused campaign; its brakes then judge only what follows (audited)", "campaign.resume",
+		func(id string) any { resume.ID = id; return resume })
+	resumeCmd.Flags().StringVar(&resume.Reason, "reason", "", "why (optional; audited)")
+	cmd.AddCommand(validate, send, status, pauseCmd, resumeCmd)
+	return cmd
+}
+
+// campaignValidate needs no store: it runs in this process even beside a daemon.
+func (c *cli) campaignValidate(ctx context.Context, file string) error {
+	cfg, err := c.loadConfig()
+	if err != nil {
+		return err
+	}
+	// Validation creates nothing and reads no store, but a data_dir that is
+	// not there is a mistyped config more often than not: say so and stop
+	// (exit 2), as every read-only command does, rather than validate a
+	// campaign against keys that do not exist.
+	if err := requireDataDir(cfg, false); err != nil {
+		return err
+	}
+	spec, cf, err := loadSpec(&env{cfg: cfg, msgIDKey: []byte("validate")}, file)
+	if err != nil {
+		return err
+	}
+	summary, problems := campaign.Validate(ctx, spec)
+	for _, p := range problems {
+		if cf != nil && strings.HasPrefix(p.Error(), "templates:") {
+			fmt.Fprintf(c.stderr, "%s:%d: template: %v\n", cf.Path, cf.Line("template"), p)
+			continue
+		}
+		var re campaign.RowError
+		if !c.reveal && errors.As(p, &re) {
+			fmt.Fprintln(c.stderr, re.Masked())
+			continue
+		}
+		fmt.Fprintln(c.stderr, p)
+	}
+	if c.jsonOut {
+		b, _ := json.Marshal(summary)
+		fmt.Fprintf(c.stdout, "%s\n", b)
+	} else {
+		fmt.Fprintf(c.stdout, "campaign %s: %d rows, %d invalid, %d problems\n", spec.ID, summary.Rows, summary.Invalid, len(problems))
+	}
+	if len(problems) > 0 {
+		return &exitError{code: 2, msg: fmt.Sprintf("campaign %s is not valid (%d problems)", file, len(problems))}
+	}
+	return nil
+}
+
+func (c *cli) printSendResult(raw json.RawMessage) error {
+	var r sendResult
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return err
+	}
+	s := r.Summary
+	w := c.stdout
+	fmt.Fprintf(w, "campaign %s\n", s.Campaign)
+	fmt.Fprintf(w, "  rows read      %d\n", s.Rows)
+	fmt.Fprintf(w, "  invalid rows   %d\n", s.Invalid)
+	for _, l := range s.InvalidLines {
+		fmt.Fprintf(w, "    %s\n", l)
+	}
+	fmt.Fprintf(w, "  suppressed     %s\n", countsLine(s.Suppressed))
+	fmt.Fprintf(w, "  skipped        %s\n", countsLine(s.Skipped))
+	fmt.Fprintf(w, "  enqueued       %d\n", s.Enqueued)
+	fmt.Fprintf(w, "  already sent   %d\n", s.AlreadySent)
+	if r.Delivery != nil {
+		states := make([]string, 0, len(r.Delivery))
+		for st, n := range r.Delivery {
+			states = append(states, fmt.Sprintf("%s %d", st, n))
+		}
+		sort.Strings(states)
+		fmt.Fprintf(w, "delivery: %s\n", strings.Join(states, ", "))
+	}
+	if r.Daemon {
+		fmt.Fprintln(w, "delivery: handed to the running daemon (see `postwarden campaign status`)")
+	}
+	if r.CaptureDir != "" {
+		fmt.Fprintf(w, "signed messages (capture mode): %s\n", r.CaptureDir)
+	}
+	for _, k := range r.DKIMKeys {
+		fmt.Fprintf(w, "new DKIM key %s; publish:\n%s\n", k.Path, k.DNSRecord)
+	}
+	return nil
+}
+
+func (c *cli) printCampaignStatus(raw json.RawMessage) error {
+	var st campaignStatus
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return err
+	}
+	var rec campaign.Record
+	_ = json.Unmarshal(st.Record, &rec)
+	w := c.stdout
+	fmt.Fprintf(w, "campaign %s\n", st.ID)
+	if rec.ID != "" {
+		fmt.Fprintf(w, "  list           %s\n", rec.List)
+		fmt.Fprintf(w, "  started        %s by %s\n", rec.Started.Local().Format(time.DateTime), rec.RunBy)
+		if !rec.Finished.IsZero() {
+			fmt.Fprintf(w, "  finished       %s\n", rec.Finished.Local().Format(time.DateTime))
+		}
+	}
+	if st.Rate > 0 {
+		fmt.Fprintf(w, "  rate           %g/s\n", st.Rate)
+	}
+	fmt.Fprintf(w, "  enqueued       %d\n", st.Enqueued)
+	fmt.Fprintf(w, "  delivered      %d\n", st.Delivered)
+	fmt.Fprintf(w, "  pending        %d (ready %d, deferred %d, held %d, in flight %d)\n", st.Pending,
+		st.Queue["ready"], st.Deferred, st.Queue["held"], st.Queue["active"])
+	fmt.Fprintf(w, "  bounced        %d (hard %d, soft %d)\n", st.Bounced, st.BouncedHard, st.BouncedSoft)
+	fmt.Fprintf(w, "  expired        %d\n", st.Expired)
+	fmt.Fprintf(w, "  cancelled      %d\n", st.Cancelled)
+	fmt.Fprintf(w, "  complained     %d\n", st.Complained)
+	fmt.Fprintf(w, "  unsubscribed   %d\n", st.Unsubscribed)
+	fmt.Fprintf(w, "  suppressed at enqueue %s\n", countsLine(st.Suppressed))
+	fmt.Fprintf(w, "  skipped at enqueue    %s\n", countsLine(st.Skipped))
+	printBrake(w, st.Brake)
+	return nil
+}

@@ -1,0 +1,353 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/postwarden/postwarden/campaign"
+	"github.com/postwarden/postwarden/campaign/brakes"
+	"github.com/postwarden/postwarden/configs"
+	"github.com/postwarden/postwarden/mta"
+	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/queue/campaignq"
+	"github.com/postwarden/postwarden/suppression/unsubscribe"
+	"github.com/postwarden/postwarden/templates"
+)
+
+type campaignSendArgs struct {
+	File   string `json:"file"`
+	NoWait bool   `json:"no_wait"`
+}
+
+// sendResult is the record `campaign send` ends with.
+type sendResult struct {
+	Summary    campaign.Summary    `json:"summary"`
+	Delivery   map[queue.State]int `json:"delivery,omitempty"`
+	CaptureDir string              `json:"capture_dir,omitempty"`
+	Daemon     bool                `json:"handed_to_daemon,omitempty"`
+	DKIMKeys   []createdKey        `json:"dkim_keys_created,omitempty"`
+}
+
+// loadSpec loads a campaign file and its templates into a campaign.Spec.
+// Every problem names the campaign file and line.
+func loadSpec(e *env, file string) (campaign.Spec, *configs.Campaign, error) {
+	c, err := configs.LoadCampaign(file)
+	if err != nil {
+		return campaign.Spec{}, nil, err
+	}
+	if err := checkSendable(e.cfg, c); err != nil {
+		return campaign.Spec{}, nil, err
+	}
+	set, err := templates.Load(c.Template, c.Subject)
+	if err != nil {
+		return campaign.Spec{}, nil, fmt.Errorf("%s:%d: template: %w", c.Path, c.Line("template"), err)
+	}
+	hash, err := c.Hash()
+	if err != nil {
+		return campaign.Spec{}, nil, err
+	}
+	privacy := c.PrivacyURL
+	if privacy == "" {
+		privacy = e.cfg.PrivacyURL
+	}
+	return campaign.Spec{
+		ID: c.ID, List: c.List, ListName: c.ListName,
+		From: c.From, ReplyTo: c.ReplyTo, Subject: c.Subject,
+		Templates:  set,
+		Recipients: c.Recipients,
+		PrivacyURL: privacy,
+		Hostname:   e.cfg.Hostname,
+		LegalBasis: c.LegalBasis, LIA: c.LIA, Audience: c.Audience,
+		LIAHash:          c.LIAHash(),
+		ExcludeCountries: c.ExcludedCountries(),
+		CountryCode:      configs.CountryCode,
+		UnknownCountry:   c.UnknownCountry,
+		FreeMail:         c.FreeMail,
+		FileHash:         hash,
+		MessageIDKey:     e.msgIDKey,
+		Pool:             c.Pool,
+	}, c, nil
+}
+
+// publicURLWarning says why a plain-http public_url is for testing only.
+func publicURLWarning(cfg *configs.Server) string {
+	if cfg.OneClickUnsubscribe() {
+		return ""
+	}
+	return fmt.Sprintf("note: public_url %s is not https; RFC 8058 one-click unsubscribe needs https, so mailbox providers will not use it (fine for a local test)", cfg.PublicURL)
+}
+
+// links mints the unsubscribe URIs of a message: the one-click https URL
+// and, when the inbound listener takes mail for bounce_domain, a mailto URI.
+type links struct {
+	*unsubscribe.Tokens
+	bounceDomain string
+}
+
+// UnsubscribeMailto satisfies campaign.MailtoLinks.
+func (l links) UnsubscribeMailto(address, list, campaign string) string {
+	if l.bounceDomain == "" {
+		return ""
+	}
+	return l.MailtoURI(address, list, campaign, l.bounceDomain)
+}
+
+func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
+	var args campaignSendArgs
+	if err := decodeArgs(req, &args); err != nil {
+		return err
+	}
+	spec, c, err := loadSpec(e, args.File)
+	if err != nil {
+		return err
+	}
+	if err := spec.Templates.Validate(); err != nil {
+		return fmt.Errorf("%s:%d: template: %w", c.Path, c.Line("template"), err)
+	}
+	if w := publicURLWarning(e.cfg); w != "" {
+		_ = o.Note("%s", w)
+	}
+	var total int64
+	if fi, err := os.Stat(spec.Recipients); err == nil {
+		total = fi.Size()
+	}
+	if err := e.recordSend(req, spec, c); err != nil {
+		return err
+	}
+	if err := e.armCampaign(spec.ID, c, o); err != nil {
+		return err
+	}
+	res := sendResult{}
+	// Without a daemon, this process delivers, starting while it enqueues.
+	var local *localDelivery
+	if !e.daemon && !args.NoWait {
+		if local, err = e.startLocalDelivery(ctx, spec.ID); err != nil {
+			return err
+		}
+		defer local.close()
+		res.DKIMKeys, res.CaptureDir = local.created, local.captureDir
+	}
+
+	summary, sendErr := campaign.Send(ctx, spec, e.campaignDeps(local != nil), func(rows int, bytes int64) {
+		_ = o.Progress(progress{Rows: rows, Bytes: bytes, Total: total})
+	})
+	if req.Reveal {
+		revealInvalidLines(&summary)
+	}
+	res.Summary = summary
+	if local != nil {
+		sendErr = local.finish(ctx, sendErr)
+		res.Delivery = local.counts
+	}
+	if e.daemon {
+		e.queue.Kick()
+		res.Daemon = true
+	}
+	if err := o.Record(res); err != nil {
+		return err
+	}
+	return sendErr
+}
+
+// recordSend logs and audits the start of a campaign send.
+func (e *env) recordSend(req request, spec campaign.Spec, c *configs.Campaign) error {
+	e.log.Info().Str("who", req.Who).Str("campaign", spec.ID).Str("file", c.Path).Str("file_sha256", spec.FileHash).Float64("rate", c.Rate).Msg("campaign send")
+	return e.record(req, "campaign.send", "campaign:"+spec.ID, "", map[string]string{"file": c.Path, "file_sha256": spec.FileHash,
+		"legal_basis": spec.LegalBasis, "lia_sha256": spec.LIAHash, "recipients": spec.Recipients})
+}
+
+// armCampaign stores the campaign file's rate and brakes, which hold for
+// this and later runs, and notes when the campaign is paused.
+func (e *env) armCampaign(id string, c *configs.Campaign, o *out) error {
+	if c.Rate > 0 || e.queue.CampaignRate(id) > 0 {
+		// The file's rate (none: unlimited) holds for this and later runs of the campaign.
+		if err := e.queue.SetCampaignRate(id, c.Rate); err != nil {
+			return err
+		}
+	}
+	// The file's brakes (what it leaves out: the server's) hold for this and later runs.
+	if err := e.brake.Arm(id, c.Brakes.Over(e.cfg.Delivery.Brakes)); err != nil {
+		return err
+	}
+	if (brakeQueue{e.queue}).Paused(id) {
+		_ = o.Note("campaign %s is paused: its messages wait for `postwarden campaign resume %s`", id, id)
+	}
+	return nil
+}
+
+// campaignDeps is what campaign.Send reaches. The campaign's backlog holds
+// enqueueing back only while a runner (the daemon's, or this process's:
+// delivering) delivers: without one (send --no-wait, no daemon) nothing
+// would drain it.
+func (e *env) campaignDeps(delivering bool) campaign.Deps {
+	var backlog campaign.Backlog
+	if e.daemon || delivering {
+		backlog = e.queue
+	}
+	lk := links{e.tokens, e.cfg.MailtoDomain()}
+	return campaign.Deps{
+		Suppressions: e.gate(),
+		Queue:        campaignq.Adapter{Q: e.queue},
+		Links:        lk,
+		Mailto:       lk,
+		Dictionary:   e.queue,
+		Backlog:      backlog,
+		Records:      e.queue,
+		Now:          time.Now,
+		Log:          e.log.With().Str("component", "campaign").Logger(),
+	}
+}
+
+// revealInvalidLines puts the unmasked invalid rows in the summary's lines.
+func revealInvalidLines(summary *campaign.Summary) {
+	summary.InvalidLines = summary.InvalidLines[:0]
+	for _, re := range summary.InvalidRows {
+		summary.InvalidLines = append(summary.InvalidLines, re.Error())
+	}
+}
+
+// localDelivery is the delivery a `campaign send` without a daemon runs
+// itself, while it enqueues and then until what is due is delivered.
+type localDelivery struct {
+	e          *env
+	id         string
+	sender     *mta.Sender
+	rc         queue.RunnerConfig
+	stop       context.CancelFunc
+	done       chan error
+	created    []createdKey
+	captureDir string
+	counts     map[queue.State]int
+}
+
+// startLocalDelivery starts a runner for campaign id's messages.
+func (e *env) startLocalDelivery(ctx context.Context, id string) (*localDelivery, error) {
+	sender, created, err := e.newSender()
+	if err != nil {
+		return nil, err
+	}
+	// On a signal, deliveries in flight get drain_timeout, as in serve.
+	rc := queue.RunnerConfig{Workers: e.cfg.Delivery.Workers, Campaign: id, DrainTimeout: e.cfg.Delivery.DrainTimeout}
+	runCtx, stop := context.WithCancel(ctx)
+	l := &localDelivery{e: e, id: id, sender: sender, rc: rc, stop: stop, done: make(chan error, 1), created: created}
+	runner := e.queue.NewRunner(sender, e.deliveryGate(), rc)
+	go func() { l.done <- runner.Run(runCtx) }()
+	if e.cfg.Delivery.Mode == configs.ModeCapture {
+		l.captureDir = e.cfg.Delivery.CaptureDir
+	}
+	return l, nil
+}
+
+// finish stops the runner once enqueueing has ended (with sendErr), then,
+// when all went well, delivers what is due, and counts the campaign's
+// messages by state.
+func (l *localDelivery) finish(ctx context.Context, sendErr error) error {
+	l.stop()
+	if err := <-l.done; err != nil && !errors.Is(err, context.Canceled) {
+		sendErr = errors.Join(sendErr, err)
+	}
+	if sendErr == nil {
+		// Deliver what is due, including what an interrupted earlier run left.
+		if err := l.e.queue.NewRunner(l.sender, l.e.deliveryGate(), l.rc).Drain(ctx); err != nil {
+			sendErr = fmt.Errorf("deliver campaign %s: %w", l.id, err)
+		}
+	}
+	if counts, err := l.e.queue.CampaignCounts(l.id); err == nil {
+		l.counts = counts
+	}
+	return sendErr
+}
+
+// close stops the runner and closes the sender.
+func (l *localDelivery) close() {
+	l.stop()
+	l.sender.Close()
+}
+
+type campaignStatusArgs struct {
+	ID string `json:"id"`
+}
+
+// campaignStatus is what `campaign status` reports: the queue's counts by
+// state, the campaign record's summary and the inbound events.
+type campaignStatus struct {
+	ID     string              `json:"id"`
+	Record json.RawMessage     `json:"record,omitempty"`
+	Queue  map[queue.State]int `json:"queue"`
+	// Enqueued counts every message the campaign put in the queue (all runs).
+	Enqueued  int `json:"enqueued"`
+	Delivered int `json:"delivered"`
+	Pending   int `json:"pending"` // ready, deferred, held or in flight
+	Deferred  int `json:"deferred"`
+	// Bounced counts messages in state bounced (during delivery, after it, or by
+	// an operator); BouncedHard and BouncedSoft count the bounce events by kind.
+	Bounced      int `json:"bounced"`
+	BouncedHard  int `json:"bounced_hard"`
+	BouncedSoft  int `json:"bounced_soft"`
+	Expired      int `json:"expired"`
+	Cancelled    int `json:"cancelled"` // suppressed before delivery, or deleted
+	Complained   int `json:"complained"`
+	Unsubscribed int `json:"unsubscribed"`
+	// Suppressed counts the recipients skipped at enqueue, by reason (last run's summary).
+	Suppressed map[string]int `json:"suppressed_at_enqueue"`
+	// Skipped counts the recipients the legal basis left out (region_excluded,
+	// not_b2b, no_consent), by reason (last run's summary).
+	Skipped map[string]int `json:"skipped_at_enqueue"`
+	Rate    float64        `json:"rate,omitempty"` // msgs/s ceiling; 0 unlimited
+	Events  map[string]int `json:"events,omitempty"`
+	// Brake is the campaign's brakes, the figures they judge and its pause.
+	Brake *brakes.Status `json:"brake,omitempty"`
+}
+
+func opCampaignStatus(ctx context.Context, e *env, req request, o *out) error {
+	var args campaignStatusArgs
+	if err := decodeArgs(req, &args); err != nil {
+		return err
+	}
+	rec, err := e.queue.GetCampaign(args.ID)
+	if err != nil && !errors.Is(err, queue.ErrNotFound) {
+		return err
+	}
+	counts, err := e.queue.CampaignCounts(args.ID)
+	if err != nil {
+		return err
+	}
+	if rec == nil && len(counts) == 0 {
+		return no("campaign %q not found", args.ID)
+	}
+	events, err := e.queue.CampaignEvents(args.ID)
+	if err != nil {
+		return err
+	}
+	st := campaignStatus{ID: args.ID, Record: rec, Queue: counts, Events: events,
+		Delivered: counts[queue.StateDelivered], Deferred: counts[queue.StateDeferred],
+		Bounced: counts[queue.StateBounced], Expired: counts[queue.StateExpired], Cancelled: counts[queue.StateCancelled],
+		BouncedHard: events["bounced_hard"], BouncedSoft: events["bounced_soft"],
+		Complained: events["complained"], Unsubscribed: events["unsubscribed"],
+		Suppressed: map[string]int{}, Rate: e.queue.CampaignRate(args.ID)}
+	for state, n := range counts {
+		st.Enqueued += n
+		if !state.Finished() {
+			st.Pending += n
+		}
+	}
+	bs, err := e.brake.Status(args.ID)
+	if err != nil {
+		return err
+	}
+	st.Brake = &bs
+	if rec != nil {
+		var r campaign.Record
+		if err := json.Unmarshal(rec, &r); err == nil {
+			if r.Summary.Suppressed != nil {
+				st.Suppressed = r.Summary.Suppressed
+			}
+			st.Skipped = r.Summary.Skipped
+		}
+	}
+	return o.Record(st)
+}
