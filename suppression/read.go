@@ -81,39 +81,15 @@ func (s *Store) domainIndex(dom string) [sealed.IndexSize]byte {
 // in that order, in one read transaction. addr may also be "@domain" to check
 // a domain alone. Target is "" on an erasure tombstone.
 func (s *Store) Lookup(addr, list string) (Entry, bool, error) {
-	keys, targets, err := s.candidates(addr, list)
-	if err != nil {
-		return Entry{}, false, fmt.Errorf("check suppression: %w", err)
-	}
 	var (
 		e     Entry
 		found bool
 	)
-	err = s.view(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketEntries)
-		for i, k := range keys {
-			raw := b.Get(k)
-			if raw == nil {
-				continue
-			}
-			r, st, err := decodeValue(raw) // copies out of the mmap
-			if err != nil {
-				return fmt.Errorf("decode entry: %w", err)
-			}
-			idx, l, _ := splitKey(k)
-			es, err := s.entries(idx, l, r, st, targets[i])
-			if err != nil {
-				return err
-			}
-			e, found = es[0], true
-			return nil
-		}
-		return nil
+	err := s.walk(addr, list, func(es []Entry) bool {
+		e, found = es[0], true
+		return false
 	})
-	if err != nil {
-		return Entry{}, false, fmt.Errorf("check suppression for %s: %w", address.Mask(addr), err)
-	}
-	return e, found, nil
+	return e, found, err
 }
 
 // Check reports whether addr is suppressed for list, and why: Lookup's four
@@ -150,11 +126,22 @@ func (s *Store) Check(addr, list string) (reason string, suppressed bool, err er
 // entry, so this costs what Check does; suppression/gate decides on the
 // result, where Check and Lookup see only the first entry.
 func (s *Store) Matches(addr, list string) ([]Entry, error) {
+	var out []Entry
+	err := s.walk(addr, list, func(es []Entry) bool {
+		out = append(out, es...)
+		return true
+	})
+	return out, err
+}
+
+// walk reads the entries that apply to addr on list in Lookup's order, in
+// one read transaction, handing fn those of each key found until it
+// returns false.
+func (s *Store) walk(addr, list string, fn func([]Entry) bool) error {
 	keys, targets, err := s.candidates(addr, list)
 	if err != nil {
-		return nil, fmt.Errorf("check suppression: %w", err)
+		return fmt.Errorf("check suppression: %w", err)
 	}
-	var out []Entry
 	err = s.view(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketEntries)
 		for i, k := range keys {
@@ -171,14 +158,16 @@ func (s *Store) Matches(addr, list string) ([]Entry, error) {
 			if err != nil {
 				return err
 			}
-			out = append(out, es...)
+			if !fn(es) {
+				return nil
+			}
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("check suppression for %s: %w", address.Mask(addr), err)
+		return fmt.Errorf("check suppression for %s: %w", address.Mask(addr), err)
 	}
-	return out, nil
+	return nil
 }
 
 // EntriesFor returns everything held for addr, for a subject export: its
