@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/postwarden/postwarden/mta/providers"
 )
 
 // providersYAML is the built-in provider table (issue 12).
@@ -21,11 +23,7 @@ const BuiltinProvidersName = "providers.yaml (embedded)"
 
 // Shaping is the limits of mail from one source to one provider; a zero
 // field is not set: the table's value, or the next layer's, applies.
-type Shaping struct {
-	Connections           int     // sessions open at once
-	Rate                  float64 // messages per second
-	MessagesPerConnection int
-}
+type Shaping = providers.Limits
 
 // ProviderRule is one provider of the table: the MX host suffixes that name
 // it and its shipped shaping.
@@ -100,7 +98,7 @@ func parseProviders(name string, data []byte, p *Providers, builtin bool) error 
 		d.required(root, "default", "providers")
 	}
 	if s, ok := def.parse(d, "default"); ok {
-		p.Default = overShaping(p.Default, s)
+		p.Default = p.Default.Over(s)
 	}
 	if defSource != "" {
 		p.DefaultSource = defSource
@@ -204,7 +202,7 @@ func (m *providerMerge) add(d *decoder, i int, r ProviderRule, raw rawShaping) {
 
 // mergeRule merges a file's rule r, shaping s, over the table's entry e.
 func mergeRule(e *ProviderRule, r ProviderRule, s Shaping) {
-	e.Shaping = overShaping(e.Shaping, s)
+	e.Shaping = e.Shaping.Over(s)
 	for _, suf := range r.Suffixes {
 		if !contains(e.Suffixes, suf) {
 			e.Suffixes = append(e.Suffixes, suf)
@@ -236,20 +234,6 @@ func (d *decoder) required(n *yaml.Node, keys ...string) {
 			d.errf(n.Line, "missing required key %s", Quote(k))
 		}
 	}
-}
-
-// overShaping returns s with the fields o sets replaced by o's.
-func overShaping(s, o Shaping) Shaping {
-	if o.Connections != 0 {
-		s.Connections = o.Connections
-	}
-	if o.Rate != 0 {
-		s.Rate = o.Rate
-	}
-	if o.MessagesPerConnection != 0 {
-		s.MessagesPerConnection = o.MessagesPerConnection
-	}
-	return s
 }
 
 // rawShaping is a shaping as written, before its rate is parsed.

@@ -31,15 +31,9 @@ func providerTable(cfg *configs.Server) (*providers.Table, error) {
 			return nil, err
 		}
 	}
-	limits := func(s configs.Shaping) providers.Limits {
-		return providers.Limits{Connections: s.Connections, Rate: s.Rate, MessagesPerConnection: s.MessagesPerConnection}
-	}
-	pc := providers.Config{Default: limits(src.Default), DefaultSource: src.DefaultSource, Shaping: map[string]providers.Limits{}}
+	pc := providers.Config{Default: src.Default, DefaultSource: src.DefaultSource, Shaping: cfg.Delivery.Shaping}
 	for _, r := range src.Rules {
-		pc.Providers = append(pc.Providers, providers.Provider{Name: r.Name, Title: r.Title, Suffixes: r.Suffixes, Limits: limits(r.Shaping), Source: r.Source})
-	}
-	for k, s := range cfg.Delivery.Shaping {
-		pc.Shaping[k] = limits(s)
+		pc.Providers = append(pc.Providers, providers.Provider{Name: r.Name, Title: r.Title, Suffixes: r.Suffixes, Limits: r.Shaping, Source: r.Source})
 	}
 	return providers.New(pc)
 }

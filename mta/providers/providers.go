@@ -38,8 +38,9 @@ type Limits struct {
 	MessagesPerConnection int     // then the session is closed and another opened
 }
 
-// over returns l with the fields o sets replaced by o's.
-func (l Limits) over(o Limits) Limits {
+// Over returns l with the fields o sets replaced by o's: how each layer of
+// shaping (table default, provider, delivery.shaping) lies over the last.
+func (l Limits) Over(o Limits) Limits {
 	if o.Connections != 0 {
 		l.Connections = o.Connections
 	}
@@ -115,7 +116,7 @@ func New(cfg Config) (*Table, error) {
 		if err := checkLimits(p.Limits); err != nil {
 			return nil, fmt.Errorf("providers: %s: %w", name, err)
 		}
-		q := Provider{Name: name, Title: p.Title, Source: p.Source, Limits: cfg.Default.over(p.Limits)}
+		q := Provider{Name: name, Title: p.Title, Source: p.Source, Limits: cfg.Default.Over(p.Limits)}
 		for _, s := range p.Suffixes {
 			s = normHost(s)
 			if s == "" {
@@ -259,11 +260,11 @@ func (t *Table) Explain(domain string, p Provider) Shaped {
 		key = DefaultName
 	}
 	if o, ok := t.shaping[key]; ok {
-		s.Limits, s.ByProvider, s.ProviderOverride = s.Limits.over(o), key, o
+		s.Limits, s.ByProvider, s.ProviderOverride = s.Limits.Over(o), key, o
 	}
 	if d := normHost(domain); d != "" {
 		if o, ok := t.shaping[d]; ok {
-			s.Limits, s.ByDomain, s.DomainOverride = s.Limits.over(o), d, o
+			s.Limits, s.ByDomain, s.DomainOverride = s.Limits.Over(o), d, o
 		}
 	}
 	return s
