@@ -12,11 +12,6 @@ import (
 	"github.com/postwarden/postwarden/suppression/audit"
 )
 
-// pausedUntil is the end of the suspension that pauses a campaign: never
-// reached (and within what the queue's due index holds), so the pause lasts
-// until a resume, across restarts, and tells a pause from a `queue suspend`.
-var pausedUntil = time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)
-
 // brakeNote is the queue note that holds a campaign's brake state.
 const brakeNote = "brake"
 
@@ -37,23 +32,12 @@ func (a brakeQueue) Figures(c string) (brakes.Figures, error) {
 }
 
 func (a brakeQueue) Pause(c, reason string) error {
-	return a.q.Suspend(queue.Selector{Campaign: c}, pausedUntil, reason)
+	return a.q.PauseCampaign(c, reason)
 }
 
-func (a brakeQueue) Resume(c string) (bool, error) { return a.q.Resume(queue.Selector{Campaign: c}) }
+func (a brakeQueue) Resume(c string) (bool, error) { return a.q.ResumeCampaign(c) }
 
-func (a brakeQueue) Paused(c string) bool {
-	sus, err := a.q.Suspensions()
-	if err != nil {
-		return false
-	}
-	for _, sp := range sus {
-		if sp.Selector == (queue.Selector{Campaign: c}) && !sp.Until.Before(pausedUntil) {
-			return true
-		}
-	}
-	return false
-}
+func (a brakeQueue) Paused(c string) bool { return a.q.CampaignPaused(c) }
 
 func (a brakeQueue) LoadBrake(c string) ([]byte, error) { return a.q.CampaignNote(c, brakeNote) }
 
