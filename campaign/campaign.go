@@ -162,6 +162,14 @@ type Deps struct {
 	Log     zerolog.Logger
 }
 
+// TemplateError is a problem of the campaign's templates, as Validate
+// reports it, so that a caller can point at the campaign file's template
+// line.
+type TemplateError struct{ Err error }
+
+func (e TemplateError) Error() string { return e.Err.Error() }
+func (e TemplateError) Unwrap() error { return e.Err }
+
 // RowError is a problem with one CSV row.
 type RowError struct {
 	File  string

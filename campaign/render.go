@@ -70,7 +70,7 @@ func newRenderer(spec Spec) (*renderer, []error) {
 		errs = append(errs, fmt.Errorf("privacy_url %q: want an http(s) URL", spec.PrivacyURL))
 	}
 	if spec.Templates == nil {
-		errs = append(errs, errors.New("templates: none loaded"))
+		errs = append(errs, TemplateError{errors.New("templates: none loaded")})
 	}
 	if spec.Recipients == "" {
 		errs = append(errs, errors.New("recipients: no file given"))

@@ -242,7 +242,9 @@ func Validate(ctx context.Context, spec Spec) (Summary, []error) {
 	s, errs := newRenderer(spec)
 	if spec.Templates != nil {
 		if err := spec.Templates.Validate(); err != nil {
-			errs = append(errs, split(err)...) // each "templates: …"
+			for _, e := range split(err) { // each "templates: …"
+				errs = append(errs, TemplateError{e})
+			}
 		}
 	}
 	if spec.Recipients == "" {

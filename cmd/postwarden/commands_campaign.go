@@ -83,7 +83,8 @@ func (c *cli) campaignValidate(ctx context.Context, file string) error {
 	}
 	summary, problems := campaign.Validate(ctx, spec)
 	for _, p := range problems {
-		if cf != nil && strings.HasPrefix(p.Error(), "templates:") {
+		var te campaign.TemplateError
+		if cf != nil && errors.As(p, &te) {
 			fmt.Fprintf(c.stderr, "%s:%d: template: %v\n", cf.Path, cf.Line("template"), p)
 			continue
 		}

@@ -72,8 +72,6 @@ func storeHint(cfg *configs.Server, name string, err error) error {
 	switch {
 	case errors.Is(err, storefile.ErrMissing), errors.Is(err, storefile.ErrEmpty), errors.Is(err, storefile.ErrWrongID):
 		return fmt.Errorf("%w; restore the %s store from a backup, or start it empty with `postwarden db init %s`", err, name, name)
-	case errors.Is(err, storefile.ErrDamaged) && strings.Contains(err.Error(), "db check"):
-		return fmt.Errorf("%w; restore it from a backup, or start it empty with `postwarden db init %s`", err, name)
 	case errors.Is(err, storefile.ErrDamaged):
 		return fmt.Errorf("%w; `postwarden db check` names every damaged store; restore it from a backup, or start it empty with `postwarden db init %s`", err, name)
 	}

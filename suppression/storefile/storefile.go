@@ -183,7 +183,7 @@ func Guard(path string, errp *error) func() {
 		r := recover()
 		debug.SetPanicOnFault(old)
 		if r != nil {
-			*errp = fmt.Errorf("%s: %w: %v (run `postwarden db check`)", path, ErrDamaged, r)
+			*errp = fmt.Errorf("%s: %w: %v", path, ErrDamaged, r)
 		}
 	}
 }
