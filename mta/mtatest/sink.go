@@ -42,6 +42,8 @@ type Sink struct {
 	delay    time.Duration
 	discard  bool
 	count    int
+	open     int // TCP connections open now
+	maxOpen  int // most open at once since Start or ResetMaxOpen
 }
 
 // Options configure a Sink.
@@ -69,7 +71,7 @@ func Start(opt Options) (*Sink, error) {
 	srv.ReadTimeout = time.Minute
 	srv.WriteTimeout = time.Minute
 	s.srv = srv
-	go func() { _ = srv.Serve(ln) }()
+	go func() { _ = srv.Serve(countingListener{ln, s}) }()
 	return s, nil
 }
 
@@ -111,6 +113,61 @@ func (s *Sink) ByRecipient() map[string]int {
 		}
 	}
 	return m
+}
+
+// Open is how many TCP connections are open now.
+func (s *Sink) Open() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.open
+}
+
+// MaxOpen is the most TCP connections open at once since Start or ResetMaxOpen.
+func (s *Sink) MaxOpen() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxOpen
+}
+
+// ResetMaxOpen starts MaxOpen again from the connections open now.
+func (s *Sink) ResetMaxOpen() {
+	s.mu.Lock()
+	s.maxOpen = s.open
+	s.mu.Unlock()
+}
+
+// countingListener counts the connections it accepts while they are open.
+type countingListener struct {
+	net.Listener
+	s *Sink
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.s.mu.Lock()
+	l.s.open++
+	l.s.maxOpen = max(l.s.maxOpen, l.s.open)
+	l.s.mu.Unlock()
+	return &countedConn{Conn: c, s: l.s}, nil
+}
+
+// countedConn gives its count back once when closed.
+type countedConn struct {
+	net.Conn
+	s    *Sink
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() {
+		c.s.mu.Lock()
+		c.s.open--
+		c.s.mu.Unlock()
+	})
+	return c.Conn.Close()
 }
 
 type backend struct{ s *Sink }
