@@ -251,13 +251,13 @@ func (s *Sender) attempt(ctx context.Context, e *envelope, rt *route, host, addr
 		start := time.Now()
 		if c == nil {
 			var derr *DeliveryError
-			c, derr = s.dialShaped(ctx, e, host, addr, remote, key, rt.policy)
+			c, reused, derr = s.dialShaped(ctx, e, host, addr, remote, key, rt.policy)
 			if derr != nil {
 				s.observe(e, derr)
 				s.logAttempt(e, rt, remote, addr, nil, false, start, "", derr)
 				return derr
 			}
-			if rt.stsTesting && (c.tls == nil || c.verifyErr != nil) {
+			if !reused && rt.stsTesting && (c.tls == nil || c.verifyErr != nil) {
 				reason := "no TLS"
 				if c.verifyErr != nil {
 					reason = c.verifyErr.Error()
@@ -528,7 +528,11 @@ func (s *Sender) put(c *conn) {
 	c.idleSince = time.Now()
 	s.idle[c.key] = append(s.idle[c.key], c)
 	c.timer = time.AfterFunc(s.cfg.IdleTimeout, func() { s.expire(c) })
+	slot := c.slot
 	s.mu.Unlock()
+	if slot != nil {
+		slot.signal() // a delivery waiting for a slot may take c
+	}
 }
 
 // expire closes c if it is still idle in the pool.

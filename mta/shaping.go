@@ -88,11 +88,24 @@ func (g *gate) tryTake(limit int) (bool, <-chan struct{}) {
 func (g *gate) give() {
 	g.mu.Lock()
 	g.open--
+	g.signalLocked()
+	g.mu.Unlock()
+}
+
+// signal wakes the waiters: a connection of the pair was pooled, and a
+// waiter for its MX host may take it.
+func (g *gate) signal() {
+	g.mu.Lock()
+	g.signalLocked()
+	g.mu.Unlock()
+}
+
+// signalLocked wakes the waiters; the caller holds g.mu.
+func (g *gate) signalLocked() {
 	if g.wake != nil {
 		close(g.wake)
 		g.wake = nil
 	}
-	g.mu.Unlock()
 }
 
 // Open returns the number of open connections.
@@ -167,17 +180,22 @@ func (s *Sender) throttleProvider(ctx, stop context.Context, sh *shape) *Deliver
 }
 
 // dialShaped dials like dial, holding one of the provider's connection
-// slots for the connection's life: at the limit it closes an idle
-// connection of the provider's, or waits for one to close.
-func (s *Sender) dialShaped(ctx context.Context, e *envelope, host, addr, remote, key, policy string) (*conn, *DeliveryError) {
+// slots for the connection's life: at the limit it takes a connection to
+// the same destination pooled meanwhile (pooled true), closes an idle
+// connection of the provider's to another host, or waits for either.
+func (s *Sender) dialShaped(ctx context.Context, e *envelope, host, addr, remote, key, policy string) (c *conn, pooled bool, derr *DeliveryError) {
 	sh := e.shape
 	if sh == nil {
-		return s.dial(ctx, e.id, host, addr, remote, key, policy, true)
+		c, derr = s.dial(ctx, e.id, host, addr, remote, key, policy, true)
+		return c, false, derr
 	}
 	for {
 		ok, wake := sh.gate.tryTake(sh.limits.Connections)
 		if ok {
 			break
+		}
+		if c := s.take(key); c != nil {
+			return c, true, nil
 		}
 		if s.evictIdle(sh.gate) {
 			continue
@@ -185,22 +203,22 @@ func (s *Sender) dialShaped(ctx context.Context, e *envelope, host, addr, remote
 		select {
 		case <-wake:
 		case <-ctx.Done():
-			return nil, temporary(StageConnect, remote, fmt.Errorf("wait for a connection slot of %s: %w", sh.provider, ctx.Err()))
+			return nil, false, temporary(StageConnect, remote, fmt.Errorf("wait for a connection slot of %s: %w", sh.provider, ctx.Err()))
 		case <-sh.stop.Done():
 			if ctx.Err() != nil {
-				return nil, temporary(StageConnect, remote, fmt.Errorf("wait for a connection slot of %s: %w", sh.provider, ctx.Err()))
+				return nil, false, temporary(StageConnect, remote, fmt.Errorf("wait for a connection slot of %s: %w", sh.provider, ctx.Err()))
 			}
-			return nil, stopped("wait for a connection slot of "+sh.provider, s.now())
+			return nil, false, stopped("wait for a connection slot of "+sh.provider, s.now())
 		}
 	}
-	c, derr := s.dial(ctx, e.id, host, addr, remote, key, policy, true)
+	c, derr = s.dial(ctx, e.id, host, addr, remote, key, policy, true)
 	if derr != nil {
 		sh.gate.give()
-		return nil, derr
+		return nil, false, derr
 	}
 	c.slot = sh.gate
 	c.max = sh.limits.MessagesPerConnection
-	return c, nil
+	return c, false, nil
 }
 
 // evictIdle closes the longest idle pooled connection holding a slot of g;

@@ -161,13 +161,27 @@ type countedConn struct {
 	once sync.Once
 }
 
+// Write marks the connection closed once the server says 221 (RFC 5321
+// §4.1.1.10: the answer to QUIT; the session is over): the client may open
+// its next connection before the server's Close has run.
+func (c *countedConn) Write(b []byte) (int, error) {
+	if len(b) >= 4 && string(b[:4]) == "221 " {
+		c.done()
+	}
+	return c.Conn.Write(b)
+}
+
 func (c *countedConn) Close() error {
+	c.done()
+	return c.Conn.Close()
+}
+
+func (c *countedConn) done() {
 	c.once.Do(func() {
 		c.s.mu.Lock()
 		c.s.open--
 		c.s.mu.Unlock()
 	})
-	return c.Conn.Close()
 }
 
 type backend struct{ s *Sink }
