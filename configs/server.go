@@ -180,6 +180,9 @@ type Delivery struct {
 	Shaping map[string]Shaping
 	// ProviderTable is the built-in table with Providers merged over it.
 	ProviderTable *Providers
+	// Adaptive lets the replies of providers lower or suspend the limits of
+	// mail to them (mta/adaptive); default true.
+	Adaptive bool
 	// Brakes are the campaign brakes every campaign has unless its file
 	// says otherwise; default brakes.Defaults (Gmail's and Yahoo's bulk-sender
 	// rules: spam complaints under 0.3 %).
@@ -234,6 +237,7 @@ func parseServer(name string, data []byte, dir string) (*Server, error) {
 	d := newDecoder(name)
 	s := &Server{lines: d.lines}
 	var rates map[string]string
+	adaptive := true
 	var br rawBrakes
 	root := d.document(data)
 	if root == nil {
@@ -309,6 +313,7 @@ func parseServer(name string, data []byte, dir string) (*Server, error) {
 					"resolver":                    d.str(&dl.Resolver),
 					"providers":                   d.str(&dl.Providers),
 					"shaping":                     d.shapingMap(&dl.Shaping),
+					"adaptive":                    d.boolean(&adaptive),
 					"brakes":                      d.rawBrakes(&br),
 				})
 			}
@@ -328,6 +333,7 @@ func parseServer(name string, data []byte, dir string) (*Server, error) {
 		}),
 	}, "hostname", "data_dir", "public_url", "privacy_url")
 	s.Delivery.Rates = d.rates("delivery.rates", rates)
+	s.Delivery.Adaptive = adaptive
 	s.Delivery.Brakes = d.brakes("delivery.brakes", br).Over(brakes.Defaults)
 	s.applyDefaults(dir)
 	s.check(d)
