@@ -108,7 +108,7 @@ func (g *gate) signalLocked() {
 	}
 }
 
-// Open returns the number of open connections.
+// count returns the number of open connections.
 func (g *gate) count() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()

@@ -317,3 +317,31 @@ func TestProviderBacksOff(t *testing.T) {
 		t.Errorf("sink saw %d connections at once, want at most 3", got)
 	}
 }
+
+// TestProviderMessagesPerConnection: the provider's messages_per_connection
+// closes a connection after that many messages, below the Sender's own limit.
+func TestProviderMessagesPerConnection(t *testing.T) {
+	z := &mxZone{mx: map[string][]string{}, hosts: map[string]bool{}}
+	z.set("alpha.example", "mx.shared-host.example")
+	dnsAddr := startMXZone(t, z)
+	sink, err := mtatest.Start(mtatest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sink.Close() })
+	tab, err := providers.New(providers.Config{Shaping: map[string]providers.Limits{
+		providers.DefaultName: {Connections: 1, MessagesPerConnection: 5}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := shapedSender(t, Config{DNSServer: dnsAddr, SMTPPort: sink.Port(), Providers: tab})
+	for i := range 20 {
+		if err := s.Deliver(context.Background(), fmt.Sprint("m", i), "news@sender.example", fmt.Sprintf("u%d@alpha.example", i),
+			[]byte("Subject: hi\r\n\r\nhello\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := sink.Sessions(); got != 4 {
+		t.Errorf("%d sessions for 20 messages at 5 per connection, want 4", got)
+	}
+}
