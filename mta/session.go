@@ -75,6 +75,7 @@ func (s *Sender) deliverSMTP(ctx, stop context.Context, e *envelope) *DeliveryEr
 		s.logRefused(e, derr)
 		return derr
 	}
+	defer s.unshape(e.shape)
 	release, err := s.acquire(ctx, stop, e.rcpt.Domain)
 	if errors.Is(err, errStopped) {
 		return stopped("wait for a session slot for "+e.rcpt.Domain, s.now())

@@ -63,6 +63,7 @@ type shape struct {
 // gate counts the open connections of one (source, provider) pair against a
 // limit that may change between calls (adaptive factors).
 type gate struct {
+	refs  int // deliveries shaped by it now; guarded by shaper.mu
 	mu    sync.Mutex
 	open  int
 	wake  chan struct{} // closed and replaced when a connection closes
@@ -143,11 +144,44 @@ func (s *Sender) shapeOf(stop context.Context, e *envelope, rt *route) (*shape, 
 	}
 	g := s.shaper.gates[key]
 	if g == nil {
+		s.pruneShaperLocked()
 		g = &gate{}
 		s.shaper.gates[key] = g
 	}
+	g.refs++
 	s.shaper.mu.Unlock()
 	return &shape{source: DefaultSource, provider: p.Name, limits: lim, gate: g, stop: stop}, nil
+}
+
+// unshape ends a delivery's use of its shape.
+func (s *Sender) unshape(sh *shape) {
+	if sh == nil {
+		return
+	}
+	s.shaper.mu.Lock()
+	sh.gate.refs--
+	s.shaper.mu.Unlock()
+}
+
+// pruneShaperLocked drops, once there are many, the gates no delivery and
+// no connection holds and the rate limiters that are full (a fresh one is
+// the same); the caller holds shaper.mu.
+func (s *Sender) pruneShaperLocked() {
+	if len(s.shaper.gates) >= limiterPruneAt {
+		for k, g := range s.shaper.gates {
+			if g.refs == 0 && g.count() == 0 {
+				delete(s.shaper.gates, k)
+			}
+		}
+	}
+	if len(s.shaper.rates) >= limiterPruneAt {
+		now := s.now()
+		for k, l := range s.shaper.rates {
+			if l.TokensAt(now) >= float64(l.Burst()) {
+				delete(s.shaper.rates, k)
+			}
+		}
+	}
 }
 
 // providerLimiter returns the pair's rate limiter set to r, or nil when r is unlimited.
@@ -161,6 +195,7 @@ func (s *Sender) providerLimiter(sh *shape) *rate.Limiter {
 	defer s.shaper.mu.Unlock()
 	l := s.shaper.rates[key]
 	if l == nil {
+		s.pruneShaperLocked()
 		l = rate.NewLimiter(rate.Limit(r), max(1, int(math.Ceil(r))))
 		s.shaper.rates[key] = l
 	} else if float64(l.Limit()) != r {
