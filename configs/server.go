@@ -115,6 +115,7 @@ func DefaultServer() (*Server, error) {
 func parseServer(name string, data []byte, dir string) (*Server, error) {
 	d := newDecoder(name)
 	s := &Server{lines: d.lines}
+	s.Delivery.Adaptive = true // delivery.adaptive's default: learn from providers' replies
 	var rates map[string]string
 	var br rawBrakes
 	root := d.document(data)

@@ -48,6 +48,9 @@ type Delivery struct {
 	Shaping map[string]Shaping
 	// ProviderTable is the built-in table with Providers merged over it.
 	ProviderTable *Providers
+	// Adaptive lets the replies of providers lower or suspend the limits of
+	// mail to them (mta/adaptive); default true.
+	Adaptive bool
 	// Brakes are the campaign brakes every campaign has unless its file
 	// says otherwise; default brakes.Defaults (Gmail's and Yahoo's bulk-sender
 	// rules: spam complaints under 0.3 %).
@@ -83,6 +86,7 @@ func (dl *Delivery) fields(d *decoder, rates *map[string]string, br *rawBrakes) 
 		"resolver":                    d.str(&dl.Resolver),
 		"providers":                   d.str(&dl.Providers),
 		"shaping":                     d.shapingMap(&dl.Shaping),
+		"adaptive":                    d.boolean(&dl.Adaptive),
 		"brakes":                      d.rawBrakes(br),
 	}
 }

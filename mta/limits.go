@@ -51,7 +51,11 @@ func (s *Sender) limiter(domain string) *rate.Limiter {
 // back and the error carries RetryAt, so no worker sits on a slow domain.
 // A wait that stop ends gives the reservation back as well: nothing was sent.
 func (s *Sender) throttle(ctx, stop context.Context, domain string) *DeliveryError {
-	l := s.limiter(domain)
+	return s.waitLimiter(ctx, stop, s.limiter(domain), domain)
+}
+
+// waitLimiter is throttle's wait on l (nil: unlimited) for what (a domain, a provider).
+func (s *Sender) waitLimiter(ctx, stop context.Context, l *rate.Limiter, domain string) *DeliveryError {
 	if l == nil {
 		return nil
 	}

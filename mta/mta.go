@@ -54,8 +54,10 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/time/rate"
 
+	"github.com/postwarden/postwarden/mta/adaptive"
 	"github.com/postwarden/postwarden/mta/dkim"
 	"github.com/postwarden/postwarden/mta/mtasts"
+	"github.com/postwarden/postwarden/mta/providers"
 	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/suppression/atomicfile"
 )
@@ -116,6 +118,13 @@ type Config struct {
 	// by from (VERP, for instance); it is not called for the null
 	// reverse-path, which stays null (RFC 5321 §4.5.5).
 	EnvelopeFrom func(id, from string) string
+	// Providers, when set, shapes mx-mode mail by the recipient's provider
+	// found from its MX hosts (connections, rate, messages per connection;
+	// see shaping.go); nil: per-domain limits only.
+	Providers *providers.Table
+	// Adaptive, when set with Providers, learns from replies and lowers or
+	// suspends the limits of (source, provider) pairs.
+	Adaptive *adaptive.Engine
 }
 
 // Sender delivers messages; safe for concurrent use.
@@ -140,6 +149,7 @@ type Sender struct {
 	now       func() time.Time   // clock of circuits and rate limits (tests replace it)
 	limiters  map[string]*rate.Limiter
 	circuits  map[string]*circuit // domains with recent failures; guarded by mu
+	shaper    shaper              // per (source, provider) connections and rates
 }
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)

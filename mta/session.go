@@ -31,7 +31,8 @@ type envelope struct {
 	body   []byte // as handed to Deliver; msg and head are made from it once the rate allows
 	head   []byte // DKIM-Signature fields, sent before msg
 	msg    []byte
-	saw421 bool // some host answered 421 during this delivery
+	saw421 bool   // some host answered 421 during this delivery
+	shape  *shape // the provider shaping this delivery, nil when none
 }
 
 // conn is an SMTP session that may be pooled between messages.
@@ -46,7 +47,10 @@ type conn struct {
 	// clean: the last transaction ended with DATA accepted, which ends the
 	// transaction on the server too (RFC 5321 §4.1.1.4), so the next MAIL
 	// needs no RSET first; any other ending leaves it false.
-	clean bool
+	clean     bool
+	slot      *gate     // the provider connection slot held while open, nil when none
+	max       int       // the provider's messages per connection, 0 when none
+	idleSince time.Time // when it was last pooled
 }
 
 // route is how one delivery goes: hosts in order and the TLS they need.
@@ -56,6 +60,7 @@ type route struct {
 	policy     string         // effective TLS policy
 	sts        *mtasts.Policy // the domain's MTA-STS policy in force, nil if none
 	stsTesting bool           // sts is in testing mode: report violations only
+	mx         []string       // MX host names (or the domain, implicit MX) when from DNS: the provider's key
 }
 
 // deliverSMTP sends e through relay, route or MX hosts, trying each host (and
@@ -66,6 +71,11 @@ func (s *Sender) deliverSMTP(ctx, stop context.Context, e *envelope) *DeliveryEr
 	if derr != nil {
 		return derr
 	}
+	if e.shape, derr = s.shapeOf(stop, e, rt); derr != nil {
+		s.logRefused(e, derr)
+		return derr
+	}
+	defer s.unshape(e.shape)
 	release, err := s.acquire(ctx, stop, e.rcpt.Domain)
 	if errors.Is(err, errStopped) {
 		return stopped("wait for a session slot for "+e.rcpt.Domain, s.now())
@@ -78,6 +88,10 @@ func (s *Sender) deliverSMTP(ctx, stop context.Context, e *envelope) *DeliveryEr
 	// as it gets: deliveries queued for a slot behind a slow receiver would
 	// otherwise all go at once when it recovers, each on a token of the past.
 	if derr := s.throttle(ctx, stop, e.rcpt.Domain); derr != nil {
+		s.logRefused(e, derr)
+		return derr
+	}
+	if derr := s.throttleProvider(ctx, stop, e.shape); derr != nil {
 		s.logRefused(e, derr)
 		return derr
 	}
@@ -140,6 +154,9 @@ func (s *Sender) route(ctx context.Context, e *envelope) (*route, *DeliveryError
 		return nil, derr
 	}
 	rt := &route{hosts: hosts, implicit: implicit, policy: s.tlsPolicyOf(domain)}
+	if fromMX {
+		rt.mx = mxNames(hosts)
+	}
 	if s.sts == nil || !fromMX {
 		return rt, nil
 	}
@@ -235,12 +252,13 @@ func (s *Sender) attempt(ctx context.Context, e *envelope, rt *route, host, addr
 		start := time.Now()
 		if c == nil {
 			var derr *DeliveryError
-			c, derr = s.dial(ctx, e.id, host, addr, remote, key, rt.policy, true)
+			c, reused, derr = s.dialShaped(ctx, e, host, addr, remote, key, rt.policy)
 			if derr != nil {
+				s.observe(e, derr)
 				s.logAttempt(e, rt, remote, addr, nil, false, start, "", derr)
 				return derr
 			}
-			if rt.stsTesting && (c.tls == nil || c.verifyErr != nil) {
+			if !reused && rt.stsTesting && (c.tls == nil || c.verifyErr != nil) {
 				reason := "no TLS"
 				if c.verifyErr != nil {
 					reason = c.verifyErr.Error()
@@ -252,6 +270,7 @@ func (s *Sender) attempt(ctx context.Context, e *envelope, rt *route, host, addr
 		reply, stage, err := s.transact(ctx, c, e, reused)
 		if err == nil {
 			c.sent++
+			s.observeSuccess(e)
 			s.logAttempt(e, rt, remote, addr, c, reused, start, reply, nil)
 			s.put(c)
 			return nil
@@ -271,6 +290,7 @@ func (s *Sender) attempt(ctx context.Context, e *envelope, rt *route, host, addr
 			stage = StageMail
 		}
 		derr := classify(stage, remote, err)
+		s.observe(e, derr)
 		s.logAttempt(e, rt, remote, addr, c, reused, start, "", derr)
 		if isRep && se.Code != 421 && ctx.Err() == nil {
 			s.put(c) // still in step with the server: RSET before the next use (not clean)
@@ -501,14 +521,19 @@ func (s *Sender) take(key string) *conn {
 // MaxMessagesPerConnection messages or the Sender is closed.
 func (s *Sender) put(c *conn) {
 	s.mu.Lock()
-	if s.closed || c.sent >= s.cfg.MaxMessagesPerConnection {
+	if s.closed || c.sent >= s.cfg.MaxMessagesPerConnection || (c.max > 0 && c.sent >= c.max) {
 		s.mu.Unlock()
 		c.quit()
 		return
 	}
+	c.idleSince = time.Now()
 	s.idle[c.key] = append(s.idle[c.key], c)
 	c.timer = time.AfterFunc(s.cfg.IdleTimeout, func() { s.expire(c) })
+	slot := c.slot
 	s.mu.Unlock()
+	if slot != nil {
+		slot.signal() // a delivery waiting for a slot may take c
+	}
 }
 
 // expire closes c if it is still idle in the pool.
@@ -537,7 +562,7 @@ func (c *conn) quit() {
 }
 
 // close closes the connection without QUIT.
-func (c *conn) close() { c.raw.Close() }
+func (c *conn) close() { c.raw.Close(); c.freeSlot() }
 
 // Close QUITs and closes every idle connection; later Deliver calls fail
 // temporarily. Safe to call more than once.

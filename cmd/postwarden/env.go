@@ -16,6 +16,7 @@ import (
 	"github.com/postwarden/postwarden/campaign/brakes"
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/mta"
+	"github.com/postwarden/postwarden/mta/adaptive"
 	"github.com/postwarden/postwarden/mta/dkim"
 	"github.com/postwarden/postwarden/mta/verp"
 	"github.com/postwarden/postwarden/queue"
@@ -49,6 +50,10 @@ type env struct {
 	// brake judges campaigns after each hard bounce and complaint (the
 	// queue's OnCampaignEvent) and pauses and resumes them.
 	brake *brakes.Brake
+	// sender and adaptive are the MTA and its adaptive engine once
+	// newSender built them (adaptive nil with delivery.adaptive false).
+	sender   *mta.Sender
+	adaptive *adaptive.Engine
 }
 
 // storeOpenTimeout bounds the wait for bbolt's file lock.
@@ -156,6 +161,10 @@ func (e *env) newSender() (*mta.Sender, []createdKey, error) {
 		ev.Str("domain", k.Domain).Str("selector", k.Selector).Str("type", k.Type()).
 			Str("signer", k.Engine()).Msg("dkim key")
 	}
+	table, eng, err := e.shaping()
+	if err != nil {
+		return nil, nil, err
+	}
 	s, err := mta.New(mta.Config{
 		Hostname:                 cfg.Hostname,
 		Mode:                     cfg.Delivery.Mode,
@@ -170,10 +179,13 @@ func (e *env) newSender() (*mta.Sender, []createdKey, error) {
 		Rates:                    cfg.Delivery.Rates,
 		DNSServer:                cfg.Delivery.Resolver,
 		EnvelopeFrom:             envelopeFrom,
+		Providers:                table,
+		Adaptive:                 eng,
 	}, dkim.NewSigner(keys), log.With().Str("component", "mta").Logger())
 	if err != nil {
 		return nil, nil, err
 	}
+	e.sender = s
 	return s, created, nil
 }
 

@@ -199,9 +199,9 @@ func listenMetrics(addr string, m *metrics, log zerolog.Logger) (*metricsServer,
 // Close stops the endpoint.
 func (ms *metricsServer) Close(ctx context.Context) error { return ms.srv.Shutdown(ctx) }
 
-// startMetrics starts metrics when cfg asks for them; it returns the runner's
-// observer (nil when off) and a stop function.
-func startMetrics(addr string, q *queue.Store, log zerolog.Logger) (queue.Observer, func(context.Context), error) {
+// startMetrics starts metrics when cfg asks for them, with extra collectors;
+// it returns the runner's observer (nil when off) and a stop function.
+func startMetrics(addr string, q *queue.Store, log zerolog.Logger, extra ...prometheus.Collector) (queue.Observer, func(context.Context), error) {
 	if addr == "" {
 		return nil, func(context.Context) {}, nil
 	}
@@ -210,6 +210,7 @@ func startMetrics(addr string, q *queue.Store, log zerolog.Logger) (queue.Observ
 		seed = topDomains(st.ByDomain, maxDomainLabels)
 	}
 	m := newMetrics(q, seed)
+	m.reg.MustRegister(extra...)
 	ms, err := listenMetrics(addr, m, log)
 	if err != nil {
 		return nil, nil, err

@@ -48,6 +48,8 @@ var ops = map[string]opSpec{
 	"db.prune":    {fn: opDBPrune},
 	"db.compact":  {fn: opDBCompact},
 	"dkim.keygen": {fn: opDKIMKeygen, creates: true},
+
+	"providers-live": {fn: opProvidersLive},
 }
 
 // decodeArgs reads an op's arguments, refusing unknown fields.

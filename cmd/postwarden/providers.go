@@ -92,7 +92,10 @@ func (c *cli) providersCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.providersLs(t)
+			if err := c.providersLs(t); err != nil {
+				return err
+			}
+			return c.providersLive(cmd.Context(), cfg)
 		},
 	}
 	explain := &cobra.Command{

@@ -104,7 +104,7 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 		return err
 	}
 
-	observer, stopMetrics, err := startMetrics(cfg.MetricsListen, e.queue, log.With().Str("component", "metrics").Logger())
+	observer, stopMetrics, err := startMetrics(cfg.MetricsListen, e.queue, log.With().Str("component", "metrics").Logger(), e.collectors()...)
 	if err != nil {
 		_ = admin.Close(context.Background())
 		_ = srv.Close()

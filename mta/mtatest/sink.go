@@ -42,6 +42,8 @@ type Sink struct {
 	delay    time.Duration
 	discard  bool
 	count    int
+	open     int // TCP connections open now
+	maxOpen  int // most open at once since Start or ResetMaxOpen
 }
 
 // Options configure a Sink.
@@ -69,7 +71,7 @@ func Start(opt Options) (*Sink, error) {
 	srv.ReadTimeout = time.Minute
 	srv.WriteTimeout = time.Minute
 	s.srv = srv
-	go func() { _ = srv.Serve(ln) }()
+	go func() { _ = srv.Serve(countingListener{ln, s}) }()
 	return s, nil
 }
 
@@ -111,6 +113,75 @@ func (s *Sink) ByRecipient() map[string]int {
 		}
 	}
 	return m
+}
+
+// Open is how many TCP connections are open now.
+func (s *Sink) Open() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.open
+}
+
+// MaxOpen is the most TCP connections open at once since Start or ResetMaxOpen.
+func (s *Sink) MaxOpen() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxOpen
+}
+
+// ResetMaxOpen starts MaxOpen again from the connections open now.
+func (s *Sink) ResetMaxOpen() {
+	s.mu.Lock()
+	s.maxOpen = s.open
+	s.mu.Unlock()
+}
+
+// countingListener counts the connections it accepts while they are open.
+type countingListener struct {
+	net.Listener
+	s *Sink
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.s.mu.Lock()
+	l.s.open++
+	l.s.maxOpen = max(l.s.maxOpen, l.s.open)
+	l.s.mu.Unlock()
+	return &countedConn{Conn: c, s: l.s}, nil
+}
+
+// countedConn gives its count back once when closed.
+type countedConn struct {
+	net.Conn
+	s    *Sink
+	once sync.Once
+}
+
+// Write marks the connection closed once the server says 221 (RFC 5321
+// §4.1.1.10: the answer to QUIT; the session is over): the client may open
+// its next connection before the server's Close has run.
+func (c *countedConn) Write(b []byte) (int, error) {
+	if len(b) >= 4 && string(b[:4]) == "221 " {
+		c.done()
+	}
+	return c.Conn.Write(b)
+}
+
+func (c *countedConn) Close() error {
+	c.done()
+	return c.Conn.Close()
+}
+
+func (c *countedConn) done() {
+	c.once.Do(func() {
+		c.s.mu.Lock()
+		c.s.open--
+		c.s.mu.Unlock()
+	})
 }
 
 type backend struct{ s *Sink }
