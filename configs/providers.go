@@ -10,6 +10,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/postwarden/postwarden/mta/adaptive"
 	"github.com/postwarden/postwarden/mta/providers"
 )
 
@@ -44,6 +45,25 @@ type Providers struct {
 	Default       Shaping // a site's limits; fills a provider's unset fields
 	DefaultSource string
 	Rules         []ProviderRule
+	// ReplyRules is the adaptive reply rules (rules:), the first match
+	// winning: the delivery.providers file's first, then the built-in ones.
+	ReplyRules []ReplyRule
+}
+
+// ReplyRule is one entry of a table's rules: list and where it was written.
+type ReplyRule struct {
+	adaptive.Rule
+	File string
+	Line int
+}
+
+// AdaptiveRules returns the reply rules in order, for adaptive.New.
+func (p *Providers) AdaptiveRules() []adaptive.Rule {
+	out := make([]adaptive.Rule, len(p.ReplyRules))
+	for i, r := range p.ReplyRules {
+		out[i] = r.Rule
+	}
+	return out
 }
 
 // BuiltinProviders parses the embedded table.
@@ -88,15 +108,22 @@ func parseProviders(name string, data []byte, p *Providers, builtin bool) error 
 	var defSource string
 	var rules []ProviderRule
 	var raws []rawShaping
+	var replies []ReplyRule
 	d.fields(root, "", map[string]func(string, *yaml.Node){
+		"rules": func(path string, v *yaml.Node) {
+			replies = d.replyRules(name, path, v)
+		},
 		"default": d.section(def.fields(d, map[string]func(string, *yaml.Node){"source": d.str(&defSource)})),
 		"providers": func(path string, v *yaml.Node) {
 			rules, raws = d.providerRules(name, path, v)
 		},
 	})
 	if builtin {
-		d.required(root, "default", "providers")
+		d.required(root, "default", "providers", "rules")
 	}
+	// a file's rules go before those it is merged over: the first match wins,
+	// so an operator's rule overrides a built-in one
+	p.ReplyRules = append(replies, p.ReplyRules...)
 	if s, ok := def.parse(d, "default"); ok {
 		p.Default = p.Default.Over(s)
 	}
@@ -142,6 +169,86 @@ func (d *decoder) providerRules(name, path string, v *yaml.Node) ([]ProviderRule
 		raws = append(raws, raw)
 	}
 	return rules, raws
+}
+
+// replyRules decodes the rules sequence of file name, each entry's values
+// checked by adaptive.ParseRule and every problem reported at its key's line.
+func (d *decoder) replyRules(name, path string, v *yaml.Node) []ReplyRule {
+	if null(v) {
+		return nil
+	}
+	if v.Kind != yaml.SequenceNode {
+		d.typeErr(path, v, "a list of {provider, code, enhanced, pattern, action, factor, for, note}")
+		return nil
+	}
+	var out []ReplyRule
+	for i, e := range v.Content {
+		e = resolve(e)
+		ep := fmt.Sprintf("%s[%d]", path, i)
+		d.lines[ep] = e.Line
+		if !d.mapping(ep, e) {
+			continue
+		}
+		var provider, code, enhanced, pattern, action, factor, forDur, note string
+		d.fields(e, ep+".", map[string]func(string, *yaml.Node){
+			"provider": d.str(&provider),
+			"code":     d.scalarStr(&code),
+			"enhanced": d.scalarStr(&enhanced),
+			"pattern":  d.str(&pattern),
+			"action":   d.str(&action),
+			"factor":   d.scalarStr(&factor),
+			"for":      d.str(&forDur),
+			"note":     d.str(&note),
+		}, "action", "for")
+		if d.anyFailed(ep, "provider", "code", "enhanced", "pattern", "action", "factor", "for", "note") {
+			continue
+		}
+		if provider != "" && !providerName.MatchString(strings.ToLower(provider)) {
+			d.fieldErr(ep+".provider", "%s is not a provider name", Quote(provider))
+			continue
+		}
+		if r, err := adaptive.ParseRule(strings.ToLower(provider), code, enhanced, pattern, action, factor, forDur); err != nil {
+			d.ruleErrs(ep, err)
+		} else {
+			if note != "" {
+				r.Note = note
+			}
+			out = append(out, ReplyRule{Rule: r, File: name, Line: e.Line})
+		}
+	}
+	return out
+}
+
+// anyFailed reports whether a key of entry ep was already reported mistyped or missing.
+func (d *decoder) anyFailed(ep string, keys ...string) bool {
+	for _, k := range keys {
+		if d.failed[ep+"."+k] {
+			return true
+		}
+	}
+	return false
+}
+
+// ruleErrs records adaptive.ParseRule's problems with entry ep, each at the
+// line of the field it names ("adaptive: rule for: …" → ep.for).
+func (d *decoder) ruleErrs(ep string, err error) {
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for _, e := range errs {
+		msg := strings.TrimPrefix(e.Error(), "adaptive: rule ")
+		field, rest, ok := strings.Cut(msg, ": ")
+		if !ok || strings.ContainsAny(field, " .") {
+			d.fieldErr(ep, "%s", e.Error())
+			continue
+		}
+		if field == "match" {
+			d.fieldErr(ep, "%s", rest)
+			continue
+		}
+		d.fieldErr(ep+"."+field, "%s", rest)
+	}
 }
 
 // providerMerge merges one file's rules over a table: a new name appends a

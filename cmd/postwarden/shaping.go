@@ -34,7 +34,14 @@ func (e *env) shaping() (*providers.Table, *adaptive.Engine, error) {
 	if !e.cfg.Delivery.Adaptive {
 		return t, nil, nil
 	}
-	eng, err := adaptive.New(nil, adaptive.Config{}, e.log.With().Str("component", "adaptive").Logger())
+	table := e.cfg.Delivery.ProviderTable
+	if table == nil {
+		if table, err = configs.BuiltinProviders(); err != nil {
+			return nil, nil, err
+		}
+	}
+	// the reply rules of configs/providers.yaml, delivery.providers' first
+	eng, err := adaptive.New(table.AdaptiveRules(), adaptive.Config{}, e.log.With().Str("component", "adaptive").Logger())
 	if err != nil {
 		return nil, nil, err
 	}

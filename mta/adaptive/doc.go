@@ -6,7 +6,9 @@
 // pattern → Action) is read in order and the first match wins: DefaultRules
 // ships the providers' own replies (Gmail 421 4.7.28, Microsoft 451 4.7.650
 // and 550 5.7.1 S3150, Yahoo 421 4.7.0 [TSS04] and 553 5.7.2 [TSS09], …)
-// before generic ones; config rules (ParseRule) go before them.
+// before generic ones; configs/providers.yaml ships the same table as its
+// rules: list (a test keeps them equal), and an operator's rules (ParseRule,
+// from delivery.providers) go before them.
 //
 // State machine of a (source, provider) pair, all times from Config.Now:
 //
