@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -133,6 +134,11 @@ func parseProviders(name string, data []byte, p *Providers, builtin bool) error 
 	m := newProviderMerge(p)
 	for i, r := range rules {
 		m.add(d, i, r, raws[i])
+	}
+	for _, r := range replies { // a rule for a name the table lacks would never fire
+		if r.Provider != "" && !slices.ContainsFunc(p.Rules, func(pr ProviderRule) bool { return strings.EqualFold(pr.Name, r.Provider) }) {
+			d.errf(r.Line, "rules: provider %s is not in the provider table", Quote(r.Provider))
+		}
 	}
 	return d.err()
 }

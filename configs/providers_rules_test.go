@@ -148,3 +148,18 @@ func TestReplyRulesErrors(t *testing.T) {
 		t.Errorf("server with bad rules: %v", err)
 	}
 }
+
+// A reply rule naming a provider the table lacks (gmail for google) would
+// never fire: it is an error naming its line. The shipped rules all name
+// providers of the shipped table.
+func TestReplyRuleProviderMustExist(t *testing.T) {
+	extra := filepath.Join(t.TempDir(), "extra.yaml")
+	os.WriteFile(extra, []byte("rules:\n  - {provider: gmail, code: 421, action: throttle, factor: 0.5, for: 15m}\n"), 0o644)
+	_, err := LoadProviders(extra)
+	if err == nil || !strings.Contains(err.Error(), `extra.yaml:2: rules: provider "gmail" is not in the provider table`) {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := BuiltinProviders(); err != nil {
+		t.Fatalf("built-in table: %v", err)
+	}
+}

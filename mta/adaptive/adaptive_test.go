@@ -77,10 +77,10 @@ func TestDefaultRules(t *testing.T) {
 		target         adaptive.Target
 		note           string // part of the rule's note
 	}{
-		{"gmail 421 4.7.28", "gmail", 421, "4.7.28", gmail42128, adaptive.Throttle, adaptive.Both, "Gmail: unusual rate"},
-		{"gmail 421 4.7.28 in text", "gmail", 421, "", "4.7.28 [192.0.2.10] " + gmail42128, adaptive.Throttle, adaptive.Both, "Gmail: unusual rate"},
-		{"gmail 421 4.7.0", "gmail", 421, "4.7.0", gmail4210, adaptive.Throttle, adaptive.Both, "Gmail: try again later"},
-		{"gmail 550 5.7.1 unsolicited", "gmail", 550, "5.7.1", "Our system has detected that this message is likely unsolicited mail.", adaptive.Throttle, adaptive.Both, "Gmail: message likely unsolicited"},
+		{"gmail 421 4.7.28", "google", 421, "4.7.28", gmail42128, adaptive.Throttle, adaptive.Both, "Gmail: unusual rate"},
+		{"gmail 421 4.7.28 in text", "google", 421, "", "4.7.28 [192.0.2.10] " + gmail42128, adaptive.Throttle, adaptive.Both, "Gmail: unusual rate"},
+		{"gmail 421 4.7.0", "google", 421, "4.7.0", gmail4210, adaptive.Throttle, adaptive.Both, "Gmail: try again later"},
+		{"gmail 550 5.7.1 unsolicited", "google", 550, "5.7.1", "Our system has detected that this message is likely unsolicited mail.", adaptive.Throttle, adaptive.Both, "Gmail: message likely unsolicited"},
 		{"microsoft 451 4.7.650", "microsoft", 451, "", ms4517650, adaptive.Throttle, adaptive.Both, "Microsoft: temporarily rate limited"},
 		{"microsoft 550 5.7.1 S3150", "microsoft", 550, "", ms5507S3150, adaptive.SuspendPair, 0, "Microsoft: sending IP's network on the block list"},
 		{"microsoft provider case", "Microsoft", 550, "5.7.1", ms5507S3150, adaptive.SuspendPair, 0, "Microsoft: sending IP's network"},
@@ -94,9 +94,9 @@ func TestDefaultRules(t *testing.T) {
 		{"too many connections", "gmx", 421, "4.7.0", "Too many concurrent connections from your IP", adaptive.Throttle, adaptive.Connections, "too many connections"},
 		{"4yz rate limit", "orange", 450, "4.7.1", "Rate limit exceeded, slow down", adaptive.Throttle, adaptive.Both, "4yz naming a rate"},
 		{"any 421", "fastmail", 421, "", "mx.example closing connection", adaptive.Throttle, adaptive.Both, "any provider: 421"},
-		{"user unknown: no rule", "gmail", 550, "5.1.1", "The email account that you tried to reach does not exist.", 0, 0, ""},
+		{"user unknown: no rule", "google", 550, "5.1.1", "The email account that you tried to reach does not exist.", 0, 0, ""},
 		{"greylisting: no rule", "", 451, "4.7.1", "Greylisted, please try again in 300 seconds", 0, 0, ""},
-		{"gmail 421 4.7.2 is not 4.7.28", "gmail", 451, "4.7.2", "temporarily deferred", 0, 0, ""},
+		{"gmail 421 4.7.2 is not 4.7.28", "google", 451, "4.7.2", "temporarily deferred", 0, 0, ""},
 		{"5yz rate wording is not a throttle", "", 550, "5.7.1", "message rejected, rate of complaints", 0, 0, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -148,7 +148,7 @@ func TestParseRule(t *testing.T) {
 		want adaptive.Action
 		errs []string // parts of the error, every one expected
 	}{
-		{"throttle", in{"gmail", "421", "4.7.28", "", "throttle", "0.5", "15m"},
+		{"throttle", in{"google", "421", "4.7.28", "", "throttle", "0.5", "15m"},
 			adaptive.Action{Kind: adaptive.Throttle, Factor: 0.5, For: 15 * time.Minute}, nil},
 		{"throttle connections, class code", in{"", "4xx", "", "too many", "throttle_connections", "0.25", "10m"},
 			adaptive.Action{Kind: adaptive.Throttle, Target: adaptive.Connections, Factor: 0.25, For: 10 * time.Minute}, nil},
@@ -162,7 +162,7 @@ func TestParseRule(t *testing.T) {
 		{"bad enhanced", in{"", "", "4.x", "", "suspend_pair", "", "1m"}, adaptive.Action{}, []string{"rule enhanced: \"4.x\""}},
 		{"class mismatch", in{"", "421", "5.7.1", "", "suspend_pair", "", "1m"}, adaptive.Action{}, []string{"does not fit code"}},
 		{"bad pattern", in{"", "421", "", "(", "throttle", "0.5", "1m"}, adaptive.Action{}, []string{"rule pattern: \"(\""}},
-		{"matches everything", in{"gmail", "", "", "", "suspend_pair", "", "1h"}, adaptive.Action{}, []string{"needs a code"}},
+		{"matches everything", in{"google", "", "", "", "suspend_pair", "", "1h"}, adaptive.Action{}, []string{"needs a code"}},
 		{"throttle without factor", in{"", "421", "", "", "throttle", "", "1m"}, adaptive.Action{}, []string{"needs a factor"}},
 		{"factor 1", in{"", "421", "", "", "throttle", "1", "1m"}, adaptive.Action{}, []string{"rule factor: \"1\""}},
 		{"factor on suspension", in{"", "421", "", "", "suspend_pair", "0.5", "1m"}, adaptive.Action{}, []string{"only a throttle takes a factor"}},
@@ -250,7 +250,7 @@ func TestThrottleRecovers(t *testing.T) {
 		t.Errorf("first burst changed the pair %d times, want 1", n)
 	}
 	expect("after a burst", 10, 4)
-	if lim, _ := e.Limits("ip1", "gmail", base); lim != base {
+	if lim, _ := e.Limits("ip1", "google", base); lim != base {
 		t.Errorf("another provider throttled: %+v", lim)
 	}
 	if lim, _ := e.Limits("ip2", "microsoft", base); lim != base {
@@ -297,29 +297,29 @@ func TestBadReplyRestartsRecovery(t *testing.T) {
 	clk := newClock()
 	e, _ := newEngine(t, nil, clk)
 	base := adaptive.Limits{Rate: 8, Connections: 4}
-	e.Observe("ip1", "gmail", 421, "4.7.28", gmail42128) // t0: 0.5, first step at t30
+	e.Observe("ip1", "google", 421, "4.7.28", gmail42128) // t0: 0.5, first step at t30
 	clk.Add(20 * time.Minute)
-	e.Observe("ip1", "gmail", 421, "4.7.0", gmail4210) // t20: 0.25; its 15m hold ends at t35, after t30
+	e.Observe("ip1", "google", 421, "4.7.0", gmail4210) // t20: 0.25; its 15m hold ends at t35, after t30
 	clk.Add(20 * time.Minute)                          // t40
-	if lim, _ := e.Limits("ip1", "gmail", base); lim.Rate != 4 {
+	if lim, _ := e.Limits("ip1", "google", base); lim.Rate != 4 {
 		t.Errorf("rate %v, want 4 (one step at t35)", lim.Rate)
 	}
 	// t41: lowered again (past the cooldown); the step due at t45 moves to t56.
 	clk.Add(time.Minute)
-	e.Observe("ip1", "gmail", 421, "4.7.0", gmail4210)
-	if lim, _ := e.Limits("ip1", "gmail", base); lim.Rate != 2 {
+	e.Observe("ip1", "google", 421, "4.7.0", gmail4210)
+	if lim, _ := e.Limits("ip1", "google", base); lim.Rate != 2 {
 		t.Fatalf("rate %v, want 2", lim.Rate)
 	}
 	clk.Add(30 * time.Second) // t41:30, a repeat: it holds (step at t56:30) but does not lower
-	if e.Observe("ip1", "gmail", 421, "4.7.0", gmail4210) {
+	if e.Observe("ip1", "google", 421, "4.7.0", gmail4210) {
 		t.Error("a repeat within the cooldown changed the pair")
 	}
 	clk.Add(14 * time.Minute) // t55:30
-	if lim, _ := e.Limits("ip1", "gmail", base); lim.Rate != 2 {
+	if lim, _ := e.Limits("ip1", "google", base); lim.Rate != 2 {
 		t.Errorf("rate %v, want 2: the repeat restarted the hold", lim.Rate)
 	}
 	clk.Add(time.Minute)
-	if lim, _ := e.Limits("ip1", "gmail", base); lim.Rate != 4 {
+	if lim, _ := e.Limits("ip1", "google", base); lim.Rate != 4 {
 		t.Errorf("rate %v, want 4", lim.Rate)
 	}
 }
@@ -362,7 +362,7 @@ func TestSuspendPair(t *testing.T) {
 	if hold.Scope != adaptive.HoldPair || !hold.Until.Equal(start.Add(time.Hour)) || !strings.Contains(hold.Note, "S3150") {
 		t.Errorf("hold %+v", hold)
 	}
-	if _, h := e.Limits("ip1", "gmail", adaptive.Limits{}); h.Held() {
+	if _, h := e.Limits("ip1", "google", adaptive.Limits{}); h.Held() {
 		t.Errorf("ip1 held for gmail: %+v", h)
 	}
 	if s, ok := pool.Choose(sources, "microsoft", clk.Now()); !ok || s != "ip2" {
@@ -421,7 +421,7 @@ func TestSuspendSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.Observe("ip1", "gmx", 554, "5.7.1", "<ana.lopez@example.com>: Client host [192.0.2.10] blocked using zen.spamhaus.org")
-	for _, prov := range []string{"gmx", "gmail", "microsoft"} {
+	for _, prov := range []string{"gmx", "google", "microsoft"} {
 		if _, h := e.Limits("ip1", prov, adaptive.Limits{}); h.Scope != adaptive.HoldSource || !h.Until.Equal(clk.Now().Add(2*time.Hour)) {
 			t.Errorf("%s: hold %+v", prov, h)
 		}
@@ -447,7 +447,7 @@ func TestSuspendSource(t *testing.T) {
 	}
 
 	clk.Add(2 * time.Hour)
-	if _, h := e.Limits("ip1", "gmail", adaptive.Limits{}); h.Held() {
+	if _, h := e.Limits("ip1", "google", adaptive.Limits{}); h.Held() {
 		t.Errorf("held after the end: %+v", h)
 	}
 	mu.Lock()

@@ -26,13 +26,13 @@ var (
 func DefaultRules() []Rule {
 	return []Rule{
 		// Gmail (https://support.google.com/a/answer/3726730).
-		{Provider: "gmail", Code: 421, Enhanced: "4.7.28",
+		{Provider: "google", Code: 421, Enhanced: "4.7.28",
 			Action: Action{Kind: Throttle, Factor: 0.5, For: 30 * time.Minute},
 			Note:   "Gmail: unusual rate of unsolicited mail from this IP, temporarily rate limited"},
-		{Provider: "gmail", Code: 421, Enhanced: "4.7.0",
+		{Provider: "google", Code: 421, Enhanced: "4.7.0",
 			Action: Action{Kind: Throttle, Factor: 0.5, For: 15 * time.Minute},
 			Note:   "Gmail: try again later (suspicious or low-reputation traffic)"},
-		{Provider: "gmail", Code: 550, Enhanced: "5.7.1", Pattern: unsolicit,
+		{Provider: "google", Code: 550, Enhanced: "5.7.1", Pattern: unsolicit,
 			Action: Action{Kind: Throttle, Factor: 0.5, For: time.Hour},
 			Note:   "Gmail: message likely unsolicited mail"},
 

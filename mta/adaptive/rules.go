@@ -71,7 +71,7 @@ type Action struct {
 // Rule maps a reply to an Action. Empty fields match anything; a rule needs
 // at least one of Code, Enhanced and Pattern.
 type Rule struct {
-	// Provider is the provider table's name ("gmail"), compared without case;
+	// Provider is the provider table's name ("google"), compared without case;
 	// "" matches every provider.
 	Provider string
 	// Code is the reply code: 0 any, 4 or 5 any reply of that class (4yz, 5yz),
