@@ -71,16 +71,12 @@ func (z *mxZone) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 // startMXZone runs z on 127.0.0.1 (UDP) and returns its address.
 func startMXZone(t *testing.T, z *mxZone) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	addr, stop, err := mtatest.StartDNS(z)
 	if err != nil {
 		t.Fatal(err)
 	}
-	started := make(chan struct{})
-	srv := &dns.Server{PacketConn: pc, Handler: z, NotifyStartedFunc: func() { close(started) }}
-	go srv.ActivateAndServe()
-	<-started
-	t.Cleanup(func() { srv.Shutdown() })
-	return pc.LocalAddr().String()
+	t.Cleanup(stop)
+	return addr
 }
 
 // tenants serves n domains tenantNN.example whose MX hosts are Microsoft 365

@@ -50,16 +50,12 @@ func tenantDNS(t *testing.T, n int) (string, []string) {
 		}
 		w.WriteMsg(m)
 	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	addr, stop, err := mtatest.StartDNS(handler)
 	if err != nil {
 		t.Fatal(err)
 	}
-	started := make(chan struct{})
-	srv := &dns.Server{PacketConn: pc, Handler: handler, NotifyStartedFunc: func() { close(started) }}
-	go srv.ActivateAndServe()
-	<-started
-	t.Cleanup(func() { srv.Shutdown() })
-	return pc.LocalAddr().String(), domains
+	t.Cleanup(stop)
+	return addr, domains
 }
 
 // tenantConfig points the harness at n Microsoft 365 tenants on a loopback

@@ -13,6 +13,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/rs/zerolog"
 
+	"github.com/postwarden/postwarden/mta/mtatest"
 	"github.com/postwarden/postwarden/mta/providers"
 )
 
@@ -176,16 +177,12 @@ func (z *zone) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 // startDNS runs a real DNS server for z on 127.0.0.1 (UDP) and returns its address.
 func startDNS(t *testing.T, z *zone) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	addr, stop, err := mtatest.StartDNS(z)
 	if err != nil {
 		t.Fatal(err)
 	}
-	started := make(chan struct{})
-	srv := &dns.Server{PacketConn: pc, Handler: z, NotifyStartedFunc: func() { close(started) }}
-	go srv.ActivateAndServe()
-	<-started
-	t.Cleanup(func() { srv.Shutdown() })
-	return pc.LocalAddr().String()
+	t.Cleanup(stop)
+	return addr
 }
 
 func newZone() *zone { return &zone{mx: map[string][]*dns.MX{}, asked: map[string]int{}} }
