@@ -300,7 +300,7 @@ func TestBadReplyRestartsRecovery(t *testing.T) {
 	e.Observe("ip1", "google", 421, "4.7.28", gmail42128) // t0: 0.5, first step at t30
 	clk.Add(20 * time.Minute)
 	e.Observe("ip1", "google", 421, "4.7.0", gmail4210) // t20: 0.25; its 15m hold ends at t35, after t30
-	clk.Add(20 * time.Minute)                          // t40
+	clk.Add(20 * time.Minute)                           // t40
 	if lim, _ := e.Limits("ip1", "google", base); lim.Rate != 4 {
 		t.Errorf("rate %v, want 4 (one step at t35)", lim.Rate)
 	}
