@@ -81,7 +81,7 @@ func (s *Sender) waitLimiter(ctx, stop context.Context, l *rate.Limiter, domain 
 	case <-stop.Done():
 		now := s.now()
 		r.CancelAt(now)
-		if ctx.Err() != nil { // both ended (Deliver passes ctx as stop): the context's error wins
+		if ctx.Err() != nil { // both ended: the context's error wins
 			return temporary(StageThrottle, "", fmt.Errorf("wait for the rate limit of %s: %w", domain, ctx.Err()))
 		}
 		return stopped("wait for the rate limit of "+domain, now)

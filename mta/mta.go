@@ -352,7 +352,9 @@ func (s *Sender) CapturePath(id string) string {
 // recipient to; from may be "" (null reverse-path). Errors are *DeliveryError.
 // body is neither changed nor kept after Deliver returns: the caller may reuse it.
 func (s *Sender) Deliver(ctx context.Context, id, from, to string, body []byte) error {
-	return s.DeliverUntil(ctx, ctx, id, from, to, body)
+	// No stop of its own: the waits before the session end with ctx alone,
+	// so a cancelled Deliver reports ctx's error, never "stopped".
+	return s.DeliverUntil(ctx, context.Background(), id, from, to, body)
 }
 
 // DeliverUntil is Deliver whose waits before the delivery starts (the
@@ -496,7 +498,7 @@ func (s *Sender) acquire(ctx, stop context.Context, domain string) (func(), erro
 		return nil, ctx.Err()
 	case <-stop.Done():
 		drop()
-		if ctx.Err() != nil { // both ended (Deliver passes ctx as stop): the context's error wins
+		if ctx.Err() != nil { // both ended: the context's error wins
 			return nil, ctx.Err()
 		}
 		return nil, errStopped
