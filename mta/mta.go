@@ -357,6 +357,15 @@ func (s *Sender) Deliver(ctx context.Context, id, from, to string, body []byte) 
 	return s.DeliverUntil(ctx, context.Background(), id, from, to, body)
 }
 
+// DeliverVia is DeliverUntil through a source of pool ("" for the default
+// pool), preferring source (the one an earlier attempt of the message used,
+// "" for none); it returns the source used and the recipient's provider,
+// on failure too when they are known ("" when none applies: capture, relay,
+// routes, or no provider table).
+func (s *Sender) DeliverVia(ctx, stop context.Context, id, from, to string, body []byte, pool, source string) (usedSource, provider string, err error) {
+	return DefaultSource, "", s.DeliverUntil(ctx, stop, id, from, to, body)
+}
+
 // DeliverUntil is Deliver whose waits before the delivery starts (the
 // domain's rate limit, a session slot) also end with stop: a stopping queue
 // starts no delivery, and a wait must not hold its drain up. A wait stop ended
