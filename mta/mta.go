@@ -58,6 +58,7 @@ import (
 	"github.com/postwarden/postwarden/mta/dkim"
 	"github.com/postwarden/postwarden/mta/mtasts"
 	"github.com/postwarden/postwarden/mta/providers"
+	"github.com/postwarden/postwarden/mta/warmup"
 	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/suppression/atomicfile"
 )
@@ -125,6 +126,14 @@ type Config struct {
 	// Adaptive, when set with Providers, learns from replies and lowers or
 	// suspends the limits of (source, provider) pairs.
 	Adaptive *adaptive.Engine
+	// Sources are the egress addresses mx-mode mail binds to, Pools the
+	// weighted lists of them a message's pool names (see sources.go); none:
+	// the system's default address.
+	Sources []Source
+	Pools   map[string][]PoolMember
+	// Warmup, when set, caps the daily messages of its scheduled sources per
+	// provider; the caller restores it from what the queue kept.
+	Warmup *warmup.Tracker
 }
 
 // Sender delivers messages; safe for concurrent use.
@@ -148,8 +157,11 @@ type Sender struct {
 	sts       *mtasts.Cache      // nil unless Config.MTASTS
 	now       func() time.Time   // clock of circuits and rate limits (tests replace it)
 	limiters  map[string]*rate.Limiter
-	circuits  map[string]*circuit // domains with recent failures; guarded by mu
-	shaper    shaper              // per (source, provider) connections and rates
+	circuits  map[string]*circuit     // domains with recent failures; guarded by mu
+	shaper    shaper                  // per (source, provider) connections and rates
+	sources   map[string]*egress      // by name; nil without Config.Sources
+	pools     map[string][]PoolMember // by name, DefaultPool always there with sources
+	warm      *warmup.Tracker         // nil: no warm-up caps
 }
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
@@ -190,6 +202,10 @@ func New(cfg Config, signer *dkim.Signer, log zerolog.Logger) (*Sender, error) {
 	if s.relay, err = prepareMode(cfg); err != nil {
 		return nil, err
 	}
+	if s.sources, s.pools, err = prepareSources(cfg); err != nil {
+		return nil, err
+	}
+	s.warm = cfg.Warmup
 	if s.routes, err = parseRoutes(cfg.Routes); err != nil {
 		return nil, err
 	}
@@ -363,7 +379,14 @@ func (s *Sender) Deliver(ctx context.Context, id, from, to string, body []byte) 
 // on failure too when they are known ("" when none applies: capture, relay,
 // routes, or no provider table).
 func (s *Sender) DeliverVia(ctx, stop context.Context, id, from, to string, body []byte, pool, source string) (usedSource, provider string, err error) {
-	return DefaultSource, "", s.DeliverUntil(ctx, stop, id, from, to, body)
+	e, derr := s.deliver(ctx, stop, id, from, to, body, pool, source)
+	if e != nil {
+		usedSource, provider = e.sourceName(), e.provider
+	}
+	if derr != nil {
+		return usedSource, provider, derr
+	}
+	return usedSource, provider, nil
 }
 
 // DeliverUntil is Deliver whose waits before the delivery starts (the
@@ -372,50 +395,59 @@ func (s *Sender) DeliverVia(ctx, stop context.Context, id, from, to string, body
 // returns an error with RetryAt set to now (no attempt); once a session is
 // under way only ctx bounds it.
 func (s *Sender) DeliverUntil(ctx, stop context.Context, id, from, to string, body []byte) error {
+	if _, derr := s.deliver(ctx, stop, id, from, to, body, "", ""); derr != nil {
+		return derr
+	}
+	return nil
+}
+
+// deliver is DeliverVia; the envelope (nil when the message never got one)
+// says which source and provider it went to.
+func (s *Sender) deliver(ctx, stop context.Context, id, from, to string, body []byte, pool, sticky string) (*envelope, *DeliveryError) {
 	start := time.Now()
 	rcpt, err := address.Parse(to)
 	if err != nil {
-		return permanent(StageRcpt, fmt.Errorf("recipient: %w", err))
+		return nil, permanent(StageRcpt, fmt.Errorf("recipient: %w", err))
 	}
 	if from != "" {
 		if _, err := address.Parse(from); err != nil {
-			return permanent(StageMail, fmt.Errorf("sender: %w", err))
+			return nil, permanent(StageMail, fmt.Errorf("sender: %w", err))
 		}
 	}
 	mailFrom := from
 	if from != "" && s.cfg.EnvelopeFrom != nil {
 		mailFrom = s.cfg.EnvelopeFrom(id, from)
 		if _, err := address.Parse(mailFrom); err != nil {
-			return permanent(StageMail, fmt.Errorf("envelope sender of %s: %w", id, err))
+			return nil, permanent(StageMail, fmt.Errorf("envelope sender of %s: %w", id, err))
 		}
 	}
 	s.mu.Lock()
 	closed := s.closed
 	s.mu.Unlock()
 	if closed {
-		return temporary(StageConnect, "", errors.New("sender closed"))
+		return nil, temporary(StageConnect, "", errors.New("sender closed"))
 	}
 	if s.cfg.Mode == ModeCapture {
 		msg := normalizeCRLF(body)
 		head, err := s.sign(msg)
 		if err != nil {
-			return permanent(StageSign, err)
+			return nil, permanent(StageSign, err)
 		}
-		return s.capture(id, rcpt, append(head, msg...), start)
+		return nil, s.capture(id, rcpt, append(head, msg...), start)
 	}
 
-	e := &envelope{id: id, from: mailFrom, rcpt: rcpt, body: body}
+	e := &envelope{id: id, from: mailFrom, rcpt: rcpt, body: body, pool: pool, sticky: sticky}
 	probe, derr := s.admit(rcpt.Domain)
 	if derr != nil {
 		s.logRefused(e, derr)
-		return derr
+		return e, derr
 	}
 	derr = s.deliverSMTP(ctx, stop, e)
 	s.settle(ctx, e, probe, derr)
 	if derr != nil {
-		return derr
+		s.unpick(e)
 	}
-	return nil
+	return e, derr
 }
 
 // sign returns the DKIM-Signature fields to send before msg (none without a
@@ -437,7 +469,7 @@ func (s *Sender) sign(msg []byte) ([]byte, error) {
 }
 
 // capture writes msg to CaptureDir/<id>.eml: temp file, fsync, rename, fsync dir.
-func (s *Sender) capture(id string, rcpt address.Address, msg []byte, start time.Time) error {
+func (s *Sender) capture(id string, rcpt address.Address, msg []byte, start time.Time) *DeliveryError {
 	if !idPattern.MatchString(id) {
 		return permanent(StageCapture, fmt.Errorf("queue id %q: want only letters, digits, '.', '_', '-'", id))
 	}

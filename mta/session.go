@@ -33,6 +33,11 @@ type envelope struct {
 	msg    []byte
 	saw421 bool   // some host answered 421 during this delivery
 	shape  *shape // the provider shaping this delivery, nil when none
+
+	pool, sticky string    // the message's pool, and its source of an earlier attempt
+	provider     string    // the recipient's provider, once its MX hosts are known
+	src          *egress   // the source chosen (sources.go), nil: the default address
+	warmAt       time.Time // when src's warm-up room was reserved
 }
 
 // conn is an SMTP session that may be pooled between messages.
@@ -245,7 +250,7 @@ func (s *Sender) attempt(ctx context.Context, e *envelope, rt *route, host, addr
 	remote := net.JoinHostPort(host, portFromAddr(addr))
 	// A connection made under one TLS policy, or verified for one name, is
 	// not reused for another.
-	key := rt.policy + " " + host + " " + addr
+	key := e.sourceName() + " " + rt.policy + " " + host + " " + addr
 	c := s.take(key)
 	reused := c != nil
 	for {
@@ -306,15 +311,19 @@ func (s *Sender) attempt(ctx context.Context, e *envelope, rt *route, host, addr
 // plain text when the handshake fails (RFC 7435 §3); required and verify
 // demand it, verify also a certificate valid for host (RFC 3207 §4.1 leaves
 // the choice to the client), and fail temporarily otherwise.
-func (s *Sender) dial(ctx context.Context, id, host, addr, remote, key, policy string, useTLS bool) (*conn, *DeliveryError) {
-	nc, err := s.dialer.DialContext(ctx, "tcp", addr)
+func (s *Sender) dial(ctx context.Context, src *egress, id, host, addr, remote, key, policy string, useTLS bool) (*conn, *DeliveryError) {
+	dialer, ehlo := &s.dialer, s.cfg.Hostname
+	if src != nil {
+		dialer, ehlo = &src.dialer, src.ehlo
+	}
+	nc, err := dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, temporary(StageConnect, remote, err)
 	}
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	defer stop()
 	c := s.newClient(nc)
-	if err := c.Hello(s.cfg.Hostname); err != nil { // greeting, then EHLO (RFC 5321 §4.1.1.1)
+	if err := c.Hello(ehlo); err != nil { // greeting, then EHLO (RFC 5321 §4.1.1.1)
 		nc.Close()
 		return nil, classify(StageEHLO, remote, err)
 	}
@@ -337,7 +346,7 @@ func (s *Sender) dial(ctx context.Context, id, host, addr, remote, key, policy s
 		}
 		// Opportunistic TLS (RFC 7435 §3): a failed upgrade falls back to plain text.
 		s.log.Info().Str("queue_id", id).Str("remote", remote).Str("addr", addr).Err(err).Msg("STARTTLS failed, retrying without TLS")
-		return s.dial(ctx, id, host, addr, remote, key, policy, false)
+		return s.dial(ctx, src, id, host, addr, remote, key, policy, false)
 	}
 	st := tc.ConnectionState()
 	verr := s.verifyPeer(st, host)
@@ -346,7 +355,7 @@ func (s *Sender) dial(ctx context.Context, id, host, addr, remote, key, policy s
 		return nil, temporary(StageSTARTTLS, remote, fmt.Errorf("certificate not valid for %s (TLS policy verify): %w", host, verr))
 	}
 	c = s.newClient(&greetedConn{Conn: tc, greeting: strings.NewReader("220 post-STARTTLS\r\n")})
-	if err := c.Hello(s.cfg.Hostname); err != nil { // RFC 3207 §4.2: EHLO again over TLS
+	if err := c.Hello(ehlo); err != nil { // RFC 3207 §4.2: EHLO again over TLS
 		tc.Close()
 		return nil, classify(StageEHLO, remote, err)
 	}

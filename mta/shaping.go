@@ -121,14 +121,25 @@ func (g *gate) count() int {
 // routes). A hold is returned as a *DeliveryError with RetryAt.
 func (s *Sender) shapeOf(stop context.Context, e *envelope, rt *route) (*shape, *DeliveryError) {
 	t := s.cfg.Providers
-	if t == nil || len(rt.mx) == 0 {
+	if len(rt.mx) == 0 {
+		return nil, nil // relay or route: the default address, no provider
+	}
+	var p providers.Provider
+	if t != nil {
+		p = t.Match(rt.mx)
+	}
+	e.provider = p.Name
+	if derr := s.pickSource(e, p.Name); derr != nil {
+		return nil, derr
+	}
+	if t == nil {
 		return nil, nil
 	}
-	p := t.Match(rt.mx)
+	source := e.sourceName()
 	base := t.Shaping(e.rcpt.Domain, p)
 	lim := base
 	if eng := s.cfg.Adaptive; eng != nil {
-		al, hold := eng.Limits(DefaultSource, p.Name, adaptive.Limits{Rate: base.Rate, Connections: base.Connections,
+		al, hold := eng.Limits(source, p.Name, adaptive.Limits{Rate: base.Rate, Connections: base.Connections,
 			MessagesPerConnection: base.MessagesPerConnection})
 		if hold.Held() {
 			return nil, &DeliveryError{Temp: true, Stage: StageHold, NotBefore: hold.Until,
@@ -137,7 +148,7 @@ func (s *Sender) shapeOf(stop context.Context, e *envelope, rt *route) (*shape, 
 		}
 		lim = providers.Limits{Rate: al.Rate, Connections: al.Connections, MessagesPerConnection: al.MessagesPerConnection}
 	}
-	key := DefaultSource + "\x00" + p.Name
+	key := source + "\x00" + p.Name
 	s.shaper.mu.Lock()
 	if s.shaper.gates == nil {
 		s.shaper.gates, s.shaper.rates = map[string]*gate{}, map[string]*rate.Limiter{}
@@ -150,7 +161,7 @@ func (s *Sender) shapeOf(stop context.Context, e *envelope, rt *route) (*shape, 
 	}
 	g.refs++
 	s.shaper.mu.Unlock()
-	return &shape{source: DefaultSource, provider: p.Name, limits: lim, gate: g, stop: stop}, nil
+	return &shape{source: source, provider: p.Name, limits: lim, gate: g, stop: stop}, nil
 }
 
 // unshape ends a delivery's use of its shape.
@@ -221,7 +232,7 @@ func (s *Sender) throttleProvider(ctx, stop context.Context, sh *shape) *Deliver
 func (s *Sender) dialShaped(ctx context.Context, e *envelope, host, addr, remote, key, policy string) (c *conn, pooled bool, derr *DeliveryError) {
 	sh := e.shape
 	if sh == nil {
-		c, derr = s.dial(ctx, e.id, host, addr, remote, key, policy, true)
+		c, derr = s.dial(ctx, e.src, e.id, host, addr, remote, key, policy, true)
 		return c, false, derr
 	}
 	for {
@@ -246,7 +257,7 @@ func (s *Sender) dialShaped(ctx context.Context, e *envelope, host, addr, remote
 			return nil, false, stopped("wait for a connection slot of "+sh.provider, s.now())
 		}
 	}
-	c, derr = s.dial(ctx, e.id, host, addr, remote, key, policy, true)
+	c, derr = s.dial(ctx, e.src, e.id, host, addr, remote, key, policy, true)
 	if derr != nil {
 		sh.gate.give()
 		return nil, false, derr
@@ -321,8 +332,8 @@ func (s *Sender) observeSuccess(e *envelope) {
 	s.cfg.Adaptive.ObserveSuccess(e.shape.source, e.shape.provider)
 }
 
-// ProviderConns returns the open connections (busy and idle) by provider of
-// the default source, for `providers ls`.
+// ProviderConns returns the open connections (busy and idle) by provider,
+// all sources together, for `providers ls`.
 func (s *Sender) ProviderConns() map[string]int {
 	s.shaper.mu.Lock()
 	defer s.shaper.mu.Unlock()
@@ -330,7 +341,7 @@ func (s *Sender) ProviderConns() map[string]int {
 	for k, g := range s.shaper.gates {
 		_, name, _ := cut(k)
 		if n := g.count(); n > 0 {
-			out[name] = n
+			out[name] += n
 		}
 	}
 	return out

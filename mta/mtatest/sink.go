@@ -19,6 +19,8 @@ type Received struct {
 	To   []string
 	Data []byte
 	Time time.Time
+	// Client is the client's IP address, Helo the name it said in EHLO/HELO.
+	Client, Helo string
 }
 
 // RcptFunc scripts the reply to RCPT TO: nil accepts; an *smtp.SMTPError
@@ -190,11 +192,12 @@ func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	b.s.mu.Lock()
 	b.s.sessions++
 	b.s.mu.Unlock()
-	return &session{s: b.s}, nil
+	return &session{s: b.s, c: c}, nil
 }
 
 type session struct {
 	s    *Sink
+	c    *smtp.Conn
 	from string
 	to   []string
 }
@@ -236,7 +239,9 @@ func (ss *session) Data(r io.Reader) error {
 	ss.s.mu.Lock()
 	ss.s.count++
 	if !ss.s.discard {
-		ss.s.msgs = append(ss.s.msgs, Received{From: ss.from, To: append([]string(nil), ss.to...), Data: data, Time: time.Now()})
+		client, _, _ := net.SplitHostPort(ss.c.Conn().RemoteAddr().String())
+		ss.s.msgs = append(ss.s.msgs, Received{From: ss.from, To: append([]string(nil), ss.to...), Data: data,
+			Time: time.Now(), Client: client, Helo: ss.c.Hostname()})
 	}
 	ss.s.mu.Unlock()
 	return nil
