@@ -9,6 +9,7 @@ import (
 
 	"github.com/postwarden/postwarden/campaign/brakes"
 	"github.com/postwarden/postwarden/mta"
+	"github.com/postwarden/postwarden/mta/warmup"
 	"github.com/postwarden/postwarden/queue"
 )
 
@@ -55,6 +56,12 @@ type Delivery struct {
 	// says otherwise; default brakes.Defaults (Gmail's and Yahoo's bulk-sender
 	// rules: spam complaints under 0.3 %).
 	Brakes brakes.Thresholds
+	// Sources are the egress addresses (none: the system's default), Pools
+	// the weighted lists of them campaigns name, Warmup the daily caps per
+	// provider of new sources (see mta/sources.go, mta/warmup).
+	Sources []mta.Source
+	Pools   map[string][]mta.PoolMember
+	Warmup  warmup.Schedule
 }
 
 // TLS policies, weakest first.
@@ -68,7 +75,7 @@ const (
 // fields decodes the delivery section; rates and brakes are kept raw in
 // rates and br.
 func (dl *Delivery) fields(d *decoder, rates *map[string]string, br *rawBrakes) map[string]func(string, *yaml.Node) {
-	return map[string]func(string, *yaml.Node){
+	f := map[string]func(string, *yaml.Node){
 		"mode":                        d.str(&dl.Mode),
 		"capture_dir":                 d.str(&dl.CaptureDir),
 		"relay":                       d.str(&dl.Relay),
@@ -89,6 +96,10 @@ func (dl *Delivery) fields(d *decoder, rates *map[string]string, br *rawBrakes) 
 		"adaptive":                    d.boolean(&dl.Adaptive),
 		"brakes":                      d.rawBrakes(br),
 	}
+	for k, fn := range dl.sourceFields(d) {
+		f[k] = fn
+	}
+	return f
 }
 
 // applyDefaults fills the delivery section's unset fields, each from the
@@ -153,6 +164,7 @@ func (dl Delivery) check(d *decoder) {
 		d.fieldErr("delivery.mode", "%s must be one of capture, mx, relay", Quote(dl.Mode))
 	}
 	dl.checkRelayAndRoutes(d)
+	dl.checkSources(d)
 	positive := []struct {
 		key string
 		v   int

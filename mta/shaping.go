@@ -332,16 +332,19 @@ func (s *Sender) observeSuccess(e *envelope) {
 	s.cfg.Adaptive.ObserveSuccess(e.shape.source, e.shape.provider)
 }
 
-// ProviderConns returns the open connections (busy and idle) by provider,
-// all sources together, for `providers ls`.
-func (s *Sender) ProviderConns() map[string]int {
+// Pair is a sending source and a provider.
+type Pair struct{ Source, Provider string }
+
+// ProviderConns returns the open connections (busy and idle) by source and
+// provider, for `providers ls`.
+func (s *Sender) ProviderConns() map[Pair]int {
 	s.shaper.mu.Lock()
 	defer s.shaper.mu.Unlock()
-	out := map[string]int{}
+	out := map[Pair]int{}
 	for k, g := range s.shaper.gates {
-		_, name, _ := cut(k)
+		src, name, _ := cut(k)
 		if n := g.count(); n > 0 {
-			out[name] += n
+			out[Pair{src, name}] += n
 		}
 	}
 	return out

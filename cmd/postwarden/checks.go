@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"net/mail"
 	"os"
+	"sort"
 	"strings"
 
 	"github.com/postwarden/postwarden/configs"
@@ -40,6 +41,15 @@ func checkSendable(cfg *configs.Server, c *configs.Campaign) error {
 		problems = append(problems, fmt.Sprintf("%s:%d: recipients: open %s: %v", c.Path, c.Line("recipients"), configs.Quote(c.Recipients), err))
 	} else {
 		f.Close()
+	}
+	if !cfg.Delivery.HasPool(c.Pool) {
+		var have []string
+		for p := range cfg.Delivery.Pools {
+			have = append(have, p)
+		}
+		sort.Strings(have)
+		problems = append(problems, fmt.Sprintf("%s:%d: pool: no pool named %s under delivery.pools in %s (pools: %s)",
+			c.Path, c.Line("pool"), configs.Quote(c.Pool), configName(cfg), strings.Join(have, ", ")))
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("%s", strings.Join(problems, "\n"))

@@ -19,6 +19,7 @@ import (
 	"github.com/postwarden/postwarden/mta/adaptive"
 	"github.com/postwarden/postwarden/mta/dkim"
 	"github.com/postwarden/postwarden/mta/verp"
+	"github.com/postwarden/postwarden/mta/warmup"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/audit"
@@ -54,6 +55,8 @@ type env struct {
 	// newSender built them (adaptive nil with delivery.adaptive false).
 	sender   *mta.Sender
 	adaptive *adaptive.Engine
+	// warmup caps new sources (delivery.warmup); nil without a schedule.
+	warmup *warmup.Tracker
 }
 
 // storeOpenTimeout bounds the wait for bbolt's file lock.
@@ -165,6 +168,9 @@ func (e *env) newSender() (*mta.Sender, []createdKey, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if len(cfg.Delivery.Warmup) > 0 {
+		e.warmup = warmup.New(cfg.Delivery.Warmup)
+	}
 	s, err := mta.New(mta.Config{
 		Hostname:                 cfg.Hostname,
 		Mode:                     cfg.Delivery.Mode,
@@ -181,6 +187,9 @@ func (e *env) newSender() (*mta.Sender, []createdKey, error) {
 		EnvelopeFrom:             envelopeFrom,
 		Providers:                table,
 		Adaptive:                 eng,
+		Sources:                  cfg.Delivery.Sources,
+		Pools:                    cfg.Delivery.Pools,
+		Warmup:                   e.warmup,
 	}, dkim.NewSigner(keys), log.With().Str("component", "mta").Logger())
 	if err != nil {
 		return nil, nil, err

@@ -15,9 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postwarden/postwarden/configs"
-	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/mta/adaptive"
 	"github.com/postwarden/postwarden/mta/providers"
+	"github.com/postwarden/postwarden/mta/warmup"
 )
 
 // shaping builds what mx delivery is shaped by: the provider table, and the
@@ -87,8 +87,8 @@ func opProvidersLive(_ context.Context, e *env, _ request, o *out) error {
 		}
 		return rows[k]
 	}
-	for name, n := range e.sender.ProviderConns() {
-		row(mta.DefaultSource, name).Open = n
+	for p, n := range e.sender.ProviderConns() {
+		row(p.Source, p.Provider).Open = n
 	}
 	if e.adaptive != nil {
 		for _, st := range e.adaptive.State() {
@@ -122,7 +122,18 @@ func opProvidersLive(_ context.Context, e *env, _ request, o *out) error {
 			return err
 		}
 	}
+	for _, st := range e.sender.WarmupState() {
+		if err := o.Record(warmupRow{Warmup: true, SourceState: st}); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// warmupRow is a source's warm-up in the live part of `providers ls`.
+type warmupRow struct {
+	Warmup bool `json:"warmup"` // tells these lines from the others in --json
+	warmup.SourceState
 }
 
 // providersLive prints the daemon's live shaping state after the table;
@@ -133,6 +144,7 @@ func (c *cli) providersLive(ctx context.Context, cfg *configs.Server) error {
 		return nil
 	}
 	var rows []liveRow
+	var warm []warmupRow
 	code, err := callDaemon(ctx, hc, "providers-live", request{Args: json.RawMessage("{}")}, func(l line) error {
 		if l.Record == nil {
 			return nil
@@ -140,6 +152,14 @@ func (c *cli) providersLive(ctx context.Context, cfg *configs.Server) error {
 		if c.jsonOut {
 			_, err := fmt.Fprintf(c.stdout, "%s\n", l.Record)
 			return err
+		}
+		var w warmupRow
+		if err := json.Unmarshal(l.Record, &w); err != nil {
+			return err
+		}
+		if w.Warmup {
+			warm = append(warm, w)
+			return nil
 		}
 		var r liveRow
 		if err := json.Unmarshal(l.Record, &r); err != nil {
@@ -156,6 +176,9 @@ func (c *cli) providersLive(ctx context.Context, cfg *configs.Server) error {
 	}
 	if c.jsonOut {
 		return nil
+	}
+	if err := c.printWarmup(warm); err != nil {
+		return err
 	}
 	fmt.Fprintln(c.stdout, "\nlive (daemon):")
 	if len(rows) == 0 {
@@ -183,6 +206,41 @@ func (c *cli) providersLive(ctx context.Context, cfg *configs.Server) error {
 		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\trate×%.2f conn×%.2f\t%s\t%s\t%s\n", src, r.Provider, r.Open,
 			countOrDash(r.Connections), orDash(r.Rate), countOrDash(r.MessagesPerConnection), r.RateFactor, r.ConnFactor,
 			until, last, orDash(why))
+	}
+	return w.Flush()
+}
+
+// printWarmup prints each scheduled source's warm-up day and the room left
+// today per provider it sent to (any other provider has the whole cap).
+func (c *cli) printWarmup(rows []warmupRow) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	fmt.Fprintln(c.stdout, "\nwarm-up (daemon):")
+	w := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "SOURCE\tDAY\tCAP/PROVIDER TODAY\tROOM TODAY")
+	for _, r := range rows {
+		day, capText := "not used yet (day 1 at first use)", fmt.Sprint(r.Cap)
+		if r.Day > 0 {
+			day = fmt.Sprintf("%d of %d", r.Day, r.Days)
+		}
+		if r.Finished {
+			day, capText = fmt.Sprintf("%d (schedule of %d days over)", r.Day, r.Days), "none"
+		}
+		provs := make([]string, 0, len(r.Used))
+		for p := range r.Used {
+			provs = append(provs, p)
+		}
+		sort.Strings(provs)
+		room := "every provider: " + capText
+		if len(provs) > 0 && !r.Finished {
+			room = ""
+			for _, p := range provs {
+				room += fmt.Sprintf("%s: %d (sent %d), ", p, r.Room(p), r.Used[p])
+			}
+			room += "others: " + capText
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.Source, day, capText, room)
 	}
 	return w.Flush()
 }
