@@ -126,6 +126,9 @@ type Config struct {
 	// Adaptive, when set with Providers, learns from replies and lowers or
 	// suspends the limits of (source, provider) pairs.
 	Adaptive *adaptive.Engine
+	// MXResolver, when set, answers mx mode's MX lookups from its cache for
+	// the records' TTL (the provider table's resolver); nil: Resolver, uncached.
+	MXResolver *providers.Resolver
 	// Sources are the egress addresses mx-mode mail binds to, Pools the
 	// weighted lists of them a message's pool names (see sources.go); none:
 	// the system's default address.

@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/postwarden/postwarden/mta/mtasts"
+	"github.com/postwarden/postwarden/mta/providers"
 	"github.com/postwarden/postwarden/suppression/address"
 )
 
@@ -217,6 +218,9 @@ func (s *Sender) hosts(ctx context.Context, domain string) (hosts []string, impl
 		return []string{hp}, false, false, nil
 	}
 	port := portOf(s.cfg.SMTPPort)
+	if r := s.cfg.MXResolver; r != nil {
+		return cachedHosts(ctx, r, domain, port)
+	}
 	mxs, err := s.cfg.Resolver.LookupMX(ctx, domain)
 	if err != nil {
 		var dnsErr *net.DNSError
@@ -240,6 +244,30 @@ func (s *Sender) hosts(ctx context.Context, domain string) (hosts []string, impl
 		if h := strings.TrimSuffix(mx.Host, "."); h != "" {
 			out = append(out, net.JoinHostPort(h, port))
 		}
+	}
+	return out, false, true, nil
+}
+
+// cachedHosts is hosts through the providers' resolver, which keeps each
+// answer for its TTL: a campaign to one domain asks once, not per message.
+func cachedHosts(ctx context.Context, r *providers.Resolver, domain, port string) (hosts []string, implicit, fromMX bool, derr *DeliveryError) {
+	d, err := r.Resolve(ctx, domain)
+	switch {
+	case errors.Is(err, providers.ErrNoDomain):
+		d = providers.Destination{Implicit: true} // the address lookup says so for good (5.1.2)
+	case err != nil:
+		return nil, false, false, temporary(StageRoute, "", fmt.Errorf("look up MX of %s: %w", domain, err))
+	case d.NullMX:
+		// RFC 7505 §3, §4.2, as in hosts.
+		return nil, false, false, &DeliveryError{Code: 556, Enhanced: "5.1.10", Stage: StageRoute,
+			Message: "domain " + domain + " accepts no mail (null MX)"}
+	}
+	if d.Implicit {
+		return []string{net.JoinHostPort(domain, port)}, true, true, nil // RFC 5321 §5.1
+	}
+	out := make([]string, 0, len(d.MX))
+	for _, m := range d.MX { // by preference already (RFC 5321 §5.1)
+		out = append(out, net.JoinHostPort(m.Host, port))
 	}
 	return out, false, true, nil
 }

@@ -26,6 +26,7 @@ type mxZone struct {
 	mu    sync.Mutex
 	mx    map[string][]string // fqdn → MX host fqdns
 	hosts map[string]bool     // MX host fqdns
+	mxQ   atomic.Int64        // MX queries answered
 }
 
 func (z *mxZone) set(domain string, hosts ...string) {
@@ -52,7 +53,12 @@ func (z *mxZone) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	hdr := func(t uint16) dns.RR_Header {
 		return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: 300}
 	}
+	if q.Qtype == dns.TypeMX {
+		z.mxQ.Add(1)
+	}
 	switch {
+	case q.Qtype == dns.TypeMX && isDomain && len(mxs) == 1 && mxs[0] == ".":
+		m.Answer = append(m.Answer, &dns.MX{Hdr: hdr(dns.TypeMX), Preference: 0, Mx: "."})
 	case q.Qtype == dns.TypeMX && isDomain:
 		for i, h := range mxs {
 			m.Answer = append(m.Answer, &dns.MX{Hdr: hdr(dns.TypeMX), Preference: uint16(10 * (i + 1)), Mx: dns.Fqdn(h)})

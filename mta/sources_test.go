@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/postwarden/postwarden/mta/mtatest"
+	"github.com/postwarden/postwarden/mta/providers"
 	"github.com/postwarden/postwarden/mta/warmup"
 )
 
@@ -179,5 +180,45 @@ func TestSourceConfigErrors(t *testing.T) {
 		if _, err := New(cfg, nil, zerolog.Nop()); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// TestMXLookupsCached: with the providers' resolver, 10 messages to each of
+// 3 domains ask the DNS server for MX records 3 times, not 30; the provider
+// still shapes them, and a null MX still bounces at once (RFC 7505).
+func TestMXLookupsCached(t *testing.T) {
+	z, domains := tenants(3)
+	z.set("nomail.example", ".")
+	dnsAddr := startMXZone(t, z)
+	sink, err := mtatest.Start(mtatest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sink.Close() })
+	tab := microsoftTable(t, 2, 0)
+	r, err := providers.NewResolver(providers.ResolverConfig{Server: dnsAddr}, tab, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := shapedSender(t, Config{DNSServer: dnsAddr, SMTPPort: sink.Port(), Providers: tab, MXResolver: r})
+	for _, d := range domains {
+		for i := range 10 {
+			_, prov, err := s.DeliverVia(context.Background(), context.Background(), "c", "news@sender.example",
+				fmt.Sprintf("u%d@%s", i, d), []byte("Subject: hi\r\n\r\nhello\r\n"), "", "")
+			if err != nil || prov != "microsoft" {
+				t.Fatalf("%s: provider %q, %v", d, prov, err)
+			}
+		}
+	}
+	if n := z.mxQ.Load(); n != 3 {
+		t.Errorf("%d MX queries for 30 messages to 3 domains, want 3", n)
+	}
+	err = s.Deliver(context.Background(), "n", "news@sender.example", "ana@nomail.example", []byte("Subject: hi\r\n\r\nhello\r\n"))
+	var derr *DeliveryError
+	if !errors.As(err, &derr) || derr.Temporary() || derr.Enhanced != "5.1.10" {
+		t.Errorf("null MX: %v, want a permanent 5.1.10", err)
+	}
+	if sink.Count() != 30 {
+		t.Errorf("sink has %d messages, want 30", sink.Count())
 	}
 }

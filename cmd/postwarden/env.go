@@ -18,6 +18,7 @@ import (
 	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/mta/adaptive"
 	"github.com/postwarden/postwarden/mta/dkim"
+	"github.com/postwarden/postwarden/mta/providers"
 	"github.com/postwarden/postwarden/mta/verp"
 	"github.com/postwarden/postwarden/mta/warmup"
 	"github.com/postwarden/postwarden/queue"
@@ -171,6 +172,15 @@ func (e *env) newSender() (*mta.Sender, []createdKey, error) {
 	if len(cfg.Delivery.Warmup) > 0 {
 		e.warmup = warmup.New(cfg.Delivery.Warmup)
 	}
+	var mxr *providers.Resolver
+	if table != nil {
+		mxr, err = providers.NewResolver(providers.ResolverConfig{Server: cfg.Delivery.Resolver}, table,
+			log.With().Str("component", "dns").Logger())
+		if err != nil { // no DNS server known: the system resolver, uncached
+			log.Warn().Err(err).Msg("MX lookups not cached")
+			mxr = nil
+		}
+	}
 	s, err := mta.New(mta.Config{
 		Hostname:                 cfg.Hostname,
 		Mode:                     cfg.Delivery.Mode,
@@ -187,6 +197,7 @@ func (e *env) newSender() (*mta.Sender, []createdKey, error) {
 		EnvelopeFrom:             envelopeFrom,
 		Providers:                table,
 		Adaptive:                 eng,
+		MXResolver:               mxr,
 		Sources:                  cfg.Delivery.Sources,
 		Pools:                    cfg.Delivery.Pools,
 		Warmup:                   e.warmup,
