@@ -49,7 +49,7 @@ func TestOperatorReplyRuleFirst(t *testing.T) {
   - provider: Microsoft
     code: 451
     enhanced: 4.7.650
-    action: suspend_pair
+    action: suspend_source
     for: 2h
     note: ours, agreed with Microsoft support
   - {code: 5xx, pattern: 'go away', action: suspend_source, for: 30m}
@@ -64,7 +64,7 @@ func TestOperatorReplyRuleFirst(t *testing.T) {
 	}
 	first, second := p.ReplyRules[0], p.ReplyRules[1]
 	if first.File != extra || first.Line != 2 || first.Provider != "microsoft" || first.Code != 451 || first.Enhanced != "4.7.650" ||
-		first.Action != (adaptive.Action{Kind: adaptive.SuspendPair, For: 2 * time.Hour}) || first.Note != "ours, agreed with Microsoft support" {
+		first.Action != (adaptive.Action{Kind: adaptive.SuspendSource, For: 2 * time.Hour}) || first.Note != "ours, agreed with Microsoft support" {
 		t.Errorf("operator rule: %+v", first)
 	}
 	if second.Line != 8 || second.Code != 5 || second.Action.Kind != adaptive.SuspendSource || second.Note != "config: any provider 5xx /go away/" {
@@ -75,13 +75,13 @@ func TestOperatorReplyRuleFirst(t *testing.T) {
 			t.Errorf("built-in rule %d after the operator's: %+v", i, p.ReplyRules[i+2])
 		}
 	}
-	// first match wins: 451 4.7.650 from Microsoft now suspends the pair
+	// first match wins: 451 4.7.650 from Microsoft now suspends the source
 	m := adaptive.Match(p.AdaptiveRules(), "microsoft", 451, "4.7.650", "temporarily rate limited due to IP reputation")
-	if m == nil || m.Action.Kind != adaptive.SuspendPair {
-		t.Errorf("451 4.7.650 matches %+v, want the operator's suspend_pair", m)
+	if m == nil || m.Action.Kind != adaptive.SuspendSource {
+		t.Errorf("451 4.7.650 matches %+v, want the operator's suspend_source", m)
 	}
-	if m := adaptive.Match(builtin.AdaptiveRules(), "microsoft", 451, "4.7.650", ""); m == nil || m.Action.Kind != adaptive.Throttle {
-		t.Errorf("built-in 451 4.7.650 matches %+v, want throttle", m)
+	if m := adaptive.Match(builtin.AdaptiveRules(), "microsoft", 451, "4.7.650", ""); m == nil || m.Action.Kind != adaptive.SuspendPair {
+		t.Errorf("built-in 451 4.7.650 matches %+v, want suspend_pair", m)
 	}
 
 	// and through the server file
@@ -91,7 +91,7 @@ func TestOperatorReplyRuleFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := s.Delivery.ProviderTable.ReplyRules[0]; r.File != extra || r.Action.Kind != adaptive.SuspendPair {
+	if r := s.Delivery.ProviderTable.ReplyRules[0]; r.File != extra || r.Action.Kind != adaptive.SuspendSource {
 		t.Errorf("server's first rule: %+v", r)
 	}
 }

@@ -224,7 +224,7 @@ func TestSiteSharesLimits(t *testing.T) {
 }
 
 // TestProviderBacksOff: the sink answers RCPT with Microsoft's 451 4.7.650;
-// the adaptive engine (a rule suspending the pair for 10 minutes) stops new
+// the adaptive engine (the shipped rule suspends the pair for 15 minutes) stops new
 // attempts to all 30 tenants, each refused with RetryAt at the hold's end
 // and without a connection; after the period the provider recovers and
 // every message is delivered exactly once.
@@ -248,16 +248,13 @@ func TestProviderBacksOff(t *testing.T) {
 	t.Cleanup(func() { sink.Close() })
 
 	clock := &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
-	rules := append([]adaptive.Rule{{Provider: "microsoft", Code: 451, Enhanced: "4.7.650",
-		Action: adaptive.Action{Kind: adaptive.SuspendPair, For: 10 * time.Minute}, Note: "test: suspend on 4.7.650"}},
-		adaptive.DefaultRules()...)
-	eng, err := adaptive.New(rules, adaptive.Config{Now: clock.now}, zerolog.Nop())
+	eng, err := adaptive.New(adaptive.DefaultRules(), adaptive.Config{Now: clock.now}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := shapedSender(t, Config{DNSServer: dnsAddr, SMTPPort: sink.Port(), ConcurrencyPerDomain: 4,
 		Providers: microsoftTable(t, 3, 0), Adaptive: eng})
-	until := clock.now().Add(10 * time.Minute)
+	until := clock.now().Add(15 * time.Minute) // the shipped rule's period
 
 	// Round 1: the first replies suspend the pair; whatever was not yet
 	// under way is held.
@@ -284,7 +281,7 @@ func TestProviderBacksOff(t *testing.T) {
 
 	// Round 2, within the period: no attempt to any of the 30 domains.
 	before, sessions := rcpts.Load(), sink.Sessions()
-	clock.add(5 * time.Minute)
+	clock.add(10 * time.Minute)
 	for rcpt, err := range deliverAll(s, domains, 1) {
 		var de *DeliveryError
 		if !errors.As(err, &de) || de.Stage != StageHold || !de.RetryAt().Equal(until) {

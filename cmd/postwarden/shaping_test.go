@@ -125,7 +125,7 @@ func TestProviderShapingThroughDaemon(t *testing.T) {
 	}
 }
 
-// TestAdaptiveThroughDaemon: the sink answers Microsoft's 451 4.7.650 to the
+// TestAdaptiveThroughDaemon: the sink answers "451 4.7.1 rate limited" to the
 // first RCPTs; the shipped rule throttles the (default source, microsoft)
 // pair, which /metrics and `providers ls` show with the rule that did it;
 // after `queue retry ALL` every message is delivered exactly once, and the
@@ -134,8 +134,8 @@ func TestAdaptiveThroughDaemon(t *testing.T) {
 	var rcpts atomic.Int64
 	h := newHarness(t, mtatest.Options{Rcpt: func(string, int) error {
 		if rcpts.Add(1) <= 5 {
-			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 650},
-				Message: "The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation."}
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1},
+				Message: "Rate limit exceeded for your IP, slow down"}
 		}
 		return nil
 	}})
@@ -171,7 +171,7 @@ func TestAdaptiveThroughDaemon(t *testing.T) {
 		}
 	}
 	ls := h.mustRun(0, "providers", "ls").stdout
-	if !regexp.MustCompile(`\(default\)\s+microsoft\s+\d+\s+1\s.*conn×0\.50.*throttle .*Microsoft: temporarily rate limited`).MatchString(ls) {
+	if !regexp.MustCompile(`\(default\)\s+microsoft\s+\d+\s+1\s.*conn×0\.50.*throttle .*any provider: 4yz naming a rate`).MatchString(ls) {
 		t.Errorf("providers ls does not show the throttle:\n%s", ls)
 	}
 

@@ -81,7 +81,7 @@ func TestDefaultRules(t *testing.T) {
 		{"gmail 421 4.7.28 in text", "google", 421, "", "4.7.28 [192.0.2.10] " + gmail42128, adaptive.Throttle, adaptive.Both, "Gmail: unusual rate"},
 		{"gmail 421 4.7.0", "google", 421, "4.7.0", gmail4210, adaptive.Throttle, adaptive.Both, "Gmail: try again later"},
 		{"gmail 550 5.7.1 unsolicited", "google", 550, "5.7.1", "Our system has detected that this message is likely unsolicited mail.", adaptive.Throttle, adaptive.Both, "Gmail: message likely unsolicited"},
-		{"microsoft 451 4.7.650", "microsoft", 451, "", ms4517650, adaptive.Throttle, adaptive.Both, "Microsoft: temporarily rate limited"},
+		{"microsoft 451 4.7.650", "microsoft", 451, "", ms4517650, adaptive.SuspendPair, 0, "Microsoft: temporarily rate limited"},
 		{"microsoft 550 5.7.1 S3150", "microsoft", 550, "", ms5507S3150, adaptive.SuspendPair, 0, "Microsoft: sending IP's network on the block list"},
 		{"microsoft provider case", "Microsoft", 550, "5.7.1", ms5507S3150, adaptive.SuspendPair, 0, "Microsoft: sending IP's network"},
 		{"microsoft 550 5.7.708", "microsoft", 550, "5.7.708", "Service unavailable. Access denied, traffic not accepted from this IP.", adaptive.SuspendPair, 0, "Microsoft: traffic not accepted"},
@@ -222,7 +222,7 @@ func TestNewRefusesBadRules(t *testing.T) {
 	}
 }
 
-// TestThrottleRecovers: a burst of 451 4.7.650 lowers the pair once; a burst
+// TestThrottleRecovers: a burst of Yahoo 421 [TSS04] lowers the pair once; a burst
 // after the cooldown lowers it again; then, with no more such replies, the
 // factor comes back one step per clean period until 1.
 func TestThrottleRecovers(t *testing.T) {
@@ -232,7 +232,7 @@ func TestThrottleRecovers(t *testing.T) {
 	burst := func() int {
 		changed := 0
 		for i := 0; i < 25; i++ {
-			if e.Observe("ip1", "microsoft", 451, "", ms4517650) {
+			if e.Observe("ip1", "yahoo", 421, "", yahooTSS04) {
 				changed++
 			}
 		}
@@ -240,7 +240,7 @@ func TestThrottleRecovers(t *testing.T) {
 	}
 	expect := func(step string, rate float64, conns int) {
 		t.Helper()
-		lim, hold := e.Limits("ip1", "microsoft", base)
+		lim, hold := e.Limits("ip1", "yahoo", base)
 		if lim.Rate != rate || lim.Connections != conns || lim.MessagesPerConnection != 100 || hold.Held() {
 			t.Errorf("%s: limits %+v hold %+v, want rate %v, %d connections, no hold", step, lim, hold, rate, conns)
 		}
@@ -253,7 +253,7 @@ func TestThrottleRecovers(t *testing.T) {
 	if lim, _ := e.Limits("ip1", "google", base); lim != base {
 		t.Errorf("another provider throttled: %+v", lim)
 	}
-	if lim, _ := e.Limits("ip2", "microsoft", base); lim != base {
+	if lim, _ := e.Limits("ip2", "yahoo", base); lim != base {
 		t.Errorf("another source throttled: %+v", lim)
 	}
 
@@ -266,13 +266,13 @@ func TestThrottleRecovers(t *testing.T) {
 	// The rule holds 30m; clean replies meanwhile change nothing.
 	for i := 0; i < 29; i++ {
 		clk.Add(time.Minute)
-		e.ObserveSuccess("ip1", "microsoft")
+		e.ObserveSuccess("ip1", "yahoo")
 	}
 	expect("within the hold", 5, 2)
 	clk.Add(time.Minute)
 	expect("first step", 10, 4)
 	clk.Add(9 * time.Minute)
-	e.ObserveSuccess("ip1", "microsoft")
+	e.ObserveSuccess("ip1", "yahoo")
 	expect("within the second clean period", 10, 4)
 	clk.Add(time.Minute)
 	expect("second step", 20, 8)
@@ -280,13 +280,13 @@ func TestThrottleRecovers(t *testing.T) {
 	expect("stays at 1", 20, 8)
 
 	ch := e.Changes()
-	if ch[adaptive.ChangeKey{Source: "ip1", Provider: "microsoft", Kind: adaptive.ChangeThrottle}] != 2 ||
-		ch[adaptive.ChangeKey{Source: "ip1", Provider: "microsoft", Kind: adaptive.ChangeRecover}] != 2 {
+	if ch[adaptive.ChangeKey{Source: "ip1", Provider: "yahoo", Kind: adaptive.ChangeThrottle}] != 2 ||
+		ch[adaptive.ChangeKey{Source: "ip1", Provider: "yahoo", Kind: adaptive.ChangeRecover}] != 2 {
 		t.Errorf("changes %v", ch)
 	}
 	st := e.State()
 	if len(st) != 1 || st[0].RateFactor != 1 || st[0].ConnFactor != 1 || !st[0].RecoverAt.IsZero() ||
-		st[0].Bad != 50 || st[0].Last.Kind != adaptive.ChangeRecover || !strings.Contains(st[0].Last.Note, "Microsoft") {
+		st[0].Bad != 50 || st[0].Last.Kind != adaptive.ChangeRecover || !strings.Contains(st[0].Last.Note, "Yahoo") {
 		t.Errorf("state %+v", st)
 	}
 }
@@ -525,8 +525,8 @@ func TestConcurrent(t *testing.T) {
 func ExampleEngine() {
 	now := time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
 	e, _ := adaptive.New(nil, adaptive.Config{Now: func() time.Time { return now }}, zerolog.Nop())
-	e.Observe("192.0.2.10", "microsoft", 451, "4.7.650", "The mail server [192.0.2.10] has been temporarily rate limited due to IP reputation.")
-	lim, hold := e.Limits("192.0.2.10", "microsoft", adaptive.Limits{Rate: 10, Connections: 4})
+	e.Observe("192.0.2.10", "google", 421, "4.7.28", "Our system has detected an unusual rate of unsolicited mail originating from your IP address.")
+	lim, hold := e.Limits("192.0.2.10", "google", adaptive.Limits{Rate: 10, Connections: 4})
 	fmt.Println(lim.Rate, lim.Connections, hold.Held())
 	// Output: 5 2 false
 }

@@ -37,9 +37,12 @@ func DefaultRules() []Rule {
 			Note:   "Gmail: message likely unsolicited mail"},
 
 		// Microsoft 365 and Outlook.com (https://sendersupport.olc.protection.outlook.com).
+		// 4.7.650 says the IP is rate limited for its reputation: more
+		// attempts only deepen it, so the pair backs off entirely for a while
+		// (PowerMTA's backoff mode), then resumes at full limits.
 		{Provider: "microsoft", Code: 451, Enhanced: "4.7.650",
-			Action: Action{Kind: Throttle, Factor: 0.5, For: 30 * time.Minute},
-			Note:   "Microsoft: temporarily rate limited due to IP reputation"},
+			Action: Action{Kind: SuspendPair, For: 15 * time.Minute},
+			Note:   "Microsoft: temporarily rate limited due to IP reputation; backing off"},
 		{Provider: "microsoft", Code: 550, Enhanced: "5.7.1", Pattern: msBlock,
 			Action: Action{Kind: SuspendPair, For: time.Hour},
 			Note:   "Microsoft: sending IP's network on the block list (S3150)"},
