@@ -9,6 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/postwarden/postwarden/mta/adaptive"
 	"github.com/postwarden/postwarden/mta/mtatest"
 	"github.com/postwarden/postwarden/mta/providers"
 	"github.com/postwarden/postwarden/mta/warmup"
@@ -220,5 +221,62 @@ func TestMXLookupsCached(t *testing.T) {
 	}
 	if sink.Count() != 30 {
 		t.Errorf("sink has %d messages, want 30", sink.Count())
+	}
+}
+
+// TestSuspendedSourceHandsOver: a 451 4.7.650 on the source the pool puts
+// first for Microsoft suspends that (source, microsoft) pair under the
+// shipped rule, and the pool's other source carries the rest (retries that
+// stuck to the suspended source included). When both
+// are suspended, messages wait without an attempt until the first suspension
+// ends.
+func TestSuspendedSourceHandsOver(t *testing.T) {
+	z, domains := tenants(10)
+	dnsAddr := startMXZone(t, z)
+	pool := []PoolMember{{Source: "ip2"}, {Source: "ip3"}}
+	first := order(pool, "microsoft")[0]
+	firstIP := map[string]string{"ip2": "127.0.0.2", "ip3": "127.0.0.3"}[first]
+	sink, err := mtatest.Start(mtatest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sink.Close() })
+	clock := &fakeClock{t: time.Date(2026, 12, 6, 9, 0, 0, 0, time.UTC)}
+	eng, err := adaptive.New(adaptive.DefaultRules(), adaptive.Config{Now: clock.now}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := shapedSender(t, Config{DNSServer: dnsAddr, SMTPPort: sink.Port(), Providers: microsoftTable(t, 0, 0),
+		Sources: twoSources, Pools: map[string][]PoolMember{"default": pool}, Adaptive: eng})
+	s.now = clock.now
+
+	// The first source is suspended for Microsoft, as a 451 4.7.650 on it does.
+	eng.Observe(first, "microsoft", 451, "4.7.650", "The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation.")
+	for i, d := range domains {
+		src, _, err := s.DeliverVia(context.Background(), context.Background(), fmt.Sprintf("h%d", i),
+			"news@sender.example", "ana@"+d, []byte("Subject: hi\r\n\r\nhello\r\n"), "", first)
+		if err != nil || src == first {
+			t.Fatalf("%s: source %q, %v; want the pool's other source", d, src, err)
+		}
+	}
+	for _, m := range sink.Messages() {
+		if m.Client == firstIP {
+			t.Fatalf("a message left from the suspended source %s", first)
+		}
+	}
+	// Both suspended: held until the earlier end, no attempt.
+	other := map[string]string{"ip2": "ip3", "ip3": "ip2"}[first]
+	clock.add(5 * time.Minute)
+	eng.Observe(other, "microsoft", 451, "4.7.650", "The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation.")
+	before := sink.Count()
+	_, _, err = s.DeliverVia(context.Background(), context.Background(), "h-held", "news@sender.example",
+		"bob@"+domains[0], []byte("Subject: hi\r\n\r\nhello\r\n"), "", "")
+	var derr *DeliveryError
+	want := time.Date(2026, 12, 6, 9, 15, 0, 0, time.UTC) // the first suspension's end
+	if !errors.As(err, &derr) || derr.Stage != StageHold || !derr.RetryAt().Equal(want) {
+		t.Fatalf("whole pool suspended: %v, want a hold until %v", err, want)
+	}
+	if sink.Count() != before {
+		t.Fatal("a message was sent while the whole pool was suspended")
 	}
 }
