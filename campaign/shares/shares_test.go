@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/suppression/sealed"
 )
 
@@ -564,4 +565,174 @@ func TestTakeover(t *testing.T) {
 		t.Logf("note: %d of the %d unpublished recipients were handled again", twice, unpublished)
 	}
 	t.Logf("handled per node: %v; recipients handled twice: %d (bound %d)", tl.byNode, twice, unpublished)
+}
+
+// blockingNode enqueues into nowhere: its rows never get an outcome, so the
+// shard stays held and renewed.
+type blockingNode struct {
+	mu     sync.Mutex
+	tokens []uint64
+	rows   int
+}
+
+func (b *blockingNode) Enqueue(ctx context.Context, campaign string, rows []Row, token uint64) error {
+	b.mu.Lock()
+	b.tokens = append(b.tokens, token)
+	b.rows += len(rows)
+	b.mu.Unlock()
+	return nil
+}
+
+func (b *blockingNode) last() (uint64, int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.tokens) == 0 {
+		return 0, 0
+	}
+	return b.tokens[len(b.tokens)-1], b.rows
+}
+
+// TestRenewAndFence: a live holder keeps its shard past several leases
+// while another node watches; when the lease key is taken from under it, its
+// next renewal fails, Worker.Lost reports the lost token, and completion
+// with that token fails.
+func TestRenewAndFence(t *testing.T) {
+	const campaign = "fence"
+	const lease = time.Second
+	srv := startServers(t, 1)
+	url := srv[0].srv.ClientURL()
+	box := testBox(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+
+	cX := newCoordinator(t, connect(t, url), box, Config{Node: "mtaX", Lease: lease, ShardSize: 100})
+	x := &blockingNode{}
+	lost := make(chan Lost, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := cX.Run(ctx, Worker{Enqueuer: x, Lost: func(l Lost) { lost <- l }}); err != nil {
+			t.Errorf("mtaX: Run: %v", err)
+		}
+	}()
+	if _, err := cX.Publish(ctx, campaign, "h", testRows(40)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "mtaX to claim the shard", func() bool { tok, _ := x.last(); return tok != 0 })
+	token, rows := x.last()
+	if rows != 40 {
+		t.Fatalf("mtaX got %d rows, want 40", rows)
+	}
+
+	// mtaY runs beside it for three leases and must not take it over.
+	y := &blockingNode{}
+	yctx, ycancel := context.WithCancel(ctx)
+	cY := newCoordinator(t, connect(t, url), box, Config{Node: "mtaY", Lease: lease, ShardSize: 100})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := cY.Run(yctx, Worker{Enqueuer: y}); err != nil {
+			t.Errorf("mtaY: Run: %v", err)
+		}
+	}()
+	time.Sleep(3 * lease)
+	ycancel()
+	if tok, _ := y.last(); tok != 0 {
+		t.Fatalf("mtaY took over a shard whose holder renews (token %d)", tok)
+	}
+	st, err := cX.Status(ctx, campaign)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := st.Shards[0]; s.State != StateHeld || s.Holder != "mtaX" || s.Token != token {
+		t.Fatalf("shard after three leases: %+v, want held by mtaX with token %d", s, token)
+	}
+
+	// Take the key from under mtaX, as a node that took it over would.
+	kv, err := connect(t, url).KeyValue(ctx, Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, "fence.s.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Update(ctx, "fence.s.0", []byte(`{"state":"held","holder":"mtaZ"}`), e.Revision()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case l := <-lost:
+		if l.Token != token || l.Shard != 0 || l.Campaign != campaign || !errors.Is(l.Err, ErrLeaseLost) {
+			t.Errorf("Lost %+v, want token %d of shard 0 with ErrLeaseLost", l, token)
+		}
+	case <-time.After(10 * lease):
+		t.Fatal("mtaX never reported its lost lease")
+	}
+	if err := cX.Complete(ctx, campaign, 0, token); !errors.Is(err, ErrLeaseLost) {
+		t.Errorf("completion with the lost token: %v, want ErrLeaseLost", err)
+	}
+}
+
+// TestRestartTakesBack: a node restarted under the same name takes its held
+// shard back without waiting for the lease, and is handed only the rows
+// without a recorded outcome.
+func TestRestartTakesBack(t *testing.T) {
+	const campaign = "restart"
+	const lease = time.Minute // a restart must not wait for it
+	srv := startServers(t, 1)
+	url := srv[0].srv.ClientURL()
+	box := testBox(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	c1 := newCoordinator(t, connect(t, url), box, Config{Node: "mta1", Lease: lease, ShardSize: 100})
+	first := &blockingNode{}
+	ctx1, cancel1 := context.WithCancel(ctx)
+	done1 := make(chan struct{})
+	go func() {
+		defer close(done1)
+		if err := c1.Run(ctx1, Worker{Enqueuer: first}); err != nil {
+			t.Errorf("mta1: Run: %v", err)
+		}
+	}()
+	rows := testRows(30)
+	pub, err := c1.Publish(ctx, campaign, "h", rows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "mta1 to claim the shard", func() bool { tok, _ := first.last(); return tok != 0 })
+	token1, _ := first.last()
+	// Ten recipients delivered and recorded, then the process "dies".
+	for _, r := range rows[:10] {
+		a, err := address.Parse(r.Address)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c1.Record(ctx, campaign, box.IndexHex(a.Key()), Delivered); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel1()
+	<-done1
+
+	c2 := newCoordinator(t, connect(t, url), box, Config{Node: "mta1", Lease: lease, ShardSize: 100})
+	second := &blockingNode{}
+	wg := sync.WaitGroup{}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := c2.Run(ctx, Worker{Enqueuer: second}); err != nil {
+			t.Errorf("mta1 restarted: Run: %v", err)
+		}
+	}()
+	defer func() { cancel(); wg.Wait() }()
+	waitFor(t, 20*time.Second, "the restarted mta1 to take its shard back", func() bool { tok, _ := second.last(); return tok != 0 })
+	token2, got := second.last()
+	if token2 <= token1 {
+		t.Errorf("token after restart %d, want above %d", token2, token1)
+	}
+	if got != pub.Manifest.Rows-10 {
+		t.Errorf("restarted node handed %d rows, want %d (the recorded 10 left out)", got, pub.Manifest.Rows-10)
+	}
 }
