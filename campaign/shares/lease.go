@@ -55,6 +55,7 @@ type holding struct {
 	pending  map[string]bool // keys handed over without a final outcome yet
 	empty    chan struct{}   // closed when pending is empty
 	queued   bool            // Enqueue has returned nil
+	sent     time.Time       // when the claim was sent: the lease runs from here
 }
 
 // Run takes shares until ctx ends: it watches the bucket, claims free shards
@@ -203,7 +204,8 @@ func (c *Coordinator) claim(ctx context.Context, w Worker, leases map[string]*se
 
 // tryClaim writes the claim with a compare-and-set on the revision seen.
 func (c *Coordinator) tryClaim(ctx context.Context, l *seenLease, campaign string, rows int) (*holding, uint64, error) {
-	v := lease{State: StateHeld, Holder: c.cfg.Node, Renewed: time.Now().UTC()}
+	sent := time.Now()
+	v := lease{State: StateHeld, Holder: c.cfg.Node, Renewed: sent.UTC()}
 	if l.val.Holder != "" {
 		v.Prev = l.val.Holder
 	}
@@ -212,7 +214,7 @@ func (c *Coordinator) tryClaim(ctx context.Context, l *seenLease, campaign strin
 	if err != nil {
 		return nil, 0, err
 	}
-	h := &holding{campaign: campaign, shard: l.shard, token: rev, rows: rows, empty: make(chan struct{})}
+	h := &holding{campaign: campaign, shard: l.shard, token: rev, rows: rows, empty: make(chan struct{}), sent: sent}
 	c.mu.Lock()
 	c.held[leaseKey(l.ctok, l.shard)] = h
 	c.mu.Unlock()
@@ -244,7 +246,7 @@ func (c *Coordinator) hold(ctx context.Context, w Worker, ctok string, h *holdin
 	}
 
 	renewEvery := c.cfg.Lease / 3
-	lastSent := time.Now() // the claim was sent no earlier than this
+	lastSent := h.sent // no other node can see the claim before it was sent
 	renew := time.NewTicker(renewEvery)
 	defer renew.Stop()
 	doRenew := func() bool {
