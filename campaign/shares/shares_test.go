@@ -736,3 +736,74 @@ func TestRestartTakesBack(t *testing.T) {
 		t.Errorf("restarted node handed %d rows, want %d (the recorded 10 left out)", got, pub.Manifest.Rows-10)
 	}
 }
+
+// TestPublishConcurrent: the same campaign published at once from three
+// nodes is stored once (one sealed message and one lease per shard);
+// invalid and repeated addresses are left out and counted; a bad id is
+// refused.
+func TestPublishConcurrent(t *testing.T) {
+	const campaign = "twice.at.once"
+	srv := startServers(t, 1)
+	url := srv[0].srv.ClientURL()
+	box := testBox(t)
+	ctx := context.Background()
+	rows := testRows(1000)
+	rows = append(rows, Row{Address: "not an address"}, Row{Address: strings.ToUpper(rows[7].Address)})
+
+	var cs []*Coordinator
+	for i := 0; i < 3; i++ {
+		cs = append(cs, newCoordinator(t, connect(t, url), box, Config{Node: "mta" + strconv.Itoa(i+1), ShardSize: 100}))
+	}
+	res := make([]Published, 3)
+	errs := make([]error, 3)
+	var wg sync.WaitGroup
+	for i, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res[i], errs[i] = c.Publish(ctx, campaign, "same-file", rows)
+		}()
+	}
+	wg.Wait()
+	for i := range cs {
+		if errs[i] != nil {
+			t.Fatalf("publish on mta%d: %v", i+1, errs[i])
+		}
+		m := res[i].Manifest
+		if m.State != ManifestReady || m.Rows != 1000 || m.Shards != 10 {
+			t.Errorf("mta%d: manifest %+v", i+1, m)
+		}
+		if res[i].Invalid != 1 || res[i].Duplicate != 1 {
+			t.Errorf("mta%d: invalid %d duplicate %d, want 1 and 1", i+1, res[i].Invalid, res[i].Duplicate)
+		}
+	}
+	js := connect(t, url)
+	s, err := js.Stream(ctx, DataStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 10 || info.State.LastSeq != 10 {
+		t.Errorf("data stream holds %d messages (last sequence %d), want 10 and 10", info.State.Msgs, info.State.LastSeq)
+	}
+	st, err := cs[0].Status(ctx, campaign)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, sh := range st.Shards {
+		total += sh.Rows
+	}
+	if len(st.Shards) != 10 || st.States[StateFree] != 10 || total != 1000 || st.Pending != 1000 {
+		t.Errorf("status: %d shards %v, %d rows, %d pending", len(st.Shards), st.States, total, st.Pending)
+	}
+	if _, err := cs[0].Publish(ctx, "bad id", "", rows); !errors.Is(err, ErrBadCampaign) {
+		t.Errorf("publish with a bad id: %v, want ErrBadCampaign", err)
+	}
+	if err := cs[0].Record(ctx, campaign, "person00001@"+testDomain, Delivered); !errors.Is(err, ErrBadKey) {
+		t.Errorf("record under an address: %v, want ErrBadKey", err)
+	}
+}
