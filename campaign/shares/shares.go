@@ -2,9 +2,9 @@
 // postwarden cluster through NATS JetStream (issue 13, promises 3 and 4).
 //
 // Publish, on the node where `campaign send FILE` runs, cuts the recipients
-// into shards (Config.ShardSize rows at most on average; a row's shard is
-// its keyed index modulo the shard count, so any node can name a recipient's
-// shard from the index alone). Each shard is sealed with the cluster's data
+// into ceil(rows/Config.ShardSize) shards (a row's shard is the first 32
+// bits of its keyed index modulo the shard count, so any node can name a
+// recipient's shard from the index alone). Each shard is sealed with the cluster's data
 // key (suppression/sealed, context "shares:shard:CAMPAIGN:N") and stored
 // once in stream PW_SHARE_DATA; subjects and headers carry the escaped
 // campaign id, shard numbers and keyed indexes, never an address. A
@@ -115,7 +115,10 @@ type Row struct {
 // only once the rows are durable there (one transaction) and be idempotent on
 // (campaign, row key); token is the shard's fencing token. Every row handed
 // over must later get a final outcome through Coordinator.Record (Skipped
-// for one the node does not enqueue), or the shard is never done.
+// for one the node does not enqueue), or the shard is never done. The same
+// rows can come again with a larger token (this node took its shard back
+// after a restart or a lost lease): rows already in the spool then belong
+// to the new token.
 type Enqueuer interface {
 	Enqueue(ctx context.Context, campaign string, rows []Row, token uint64) error
 }
