@@ -42,14 +42,16 @@
 // returns after the stream acknowledged it. Before a node hands a shard to
 // its Enqueuer it drops every row with a final outcome (delivered, bounced,
 // failed, skipped) on that subject prefix. So the recipients one lost node
-// can have delivered and that are sent again by the node that takes its
-// shard over are exactly those whose final delivery attempt had started on
-// the lost node and whose Record had not been acknowledged when it was
-// lost: at most its delivery concurrency (the attempts in flight) plus the
-// Record calls it had not yet got acknowledged, provided the caller records
-// every delivered recipient before that delivery worker starts the next
-// attempt and stops delivering a shard's rows when Worker.Lost reports it
-// (a node that is cut off but alive otherwise keeps sending from its spool).
+// can have delivered and that are sent again by the node that takes its shard
+// over are exactly those whose final delivery attempt had started on the lost
+// node and whose Record the stream had not acknowledged when it was lost. If
+// every delivery worker records a recipient's outcome (retrying Record, not
+// moving on) before it starts its next attempt, that is at most the lost
+// node's delivery concurrency: the attempts it had in flight at once. A node
+// that is cut off but alive keeps that bound only if it stops delivering a
+// shard's rows when Worker.Lost reports the shard (which happens before
+// another node can take it over); otherwise it keeps sending from its spool
+// until it notices.
 // Status aggregates outcomes and shard states cluster-wide.
 package shares
 
