@@ -260,6 +260,16 @@ func (c *Coordinator) hold(ctx context.Context, w Worker, ctok string, h *holdin
 			rev, lastSent = nrev, sent
 			return true
 		case isConflict(err):
+			// A renewal whose acknowledgement was lost moved the revision
+			// on: still ours if the value still names our token.
+			if e, gerr := c.kv.Get(ctx, key); gerr == nil {
+				var v lease
+				if json.Unmarshal(e.Value(), &v) == nil && v.State == StateHeld &&
+					v.Holder == c.cfg.Node && v.tokenOf(e.Revision()) == h.token {
+					rev = e.Revision()
+					return true
+				}
+			}
 			lost(fmt.Errorf("%w: shard %d of %s changed under token %d", ErrLeaseLost, h.shard, h.campaign, h.token))
 			return false
 		case ctx.Err() != nil:
