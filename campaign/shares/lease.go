@@ -83,7 +83,7 @@ func (c *Coordinator) Run(ctx context.Context, w Worker) error {
 			return nil
 		case e, ok := <-watcher.Updates():
 			if !ok {
-				return fmt.Errorf("shares: watcher of %s closed", Bucket)
+				return c.watcherClosed(ctx)
 			}
 			if e == nil {
 				break // initial values done
@@ -94,7 +94,7 @@ func (c *Coordinator) Run(ctx context.Context, w Worker) error {
 				select {
 				case e, ok := <-watcher.Updates():
 					if !ok {
-						return fmt.Errorf("shares: watcher of %s closed", Bucket)
+						return c.watcherClosed(ctx)
 					}
 					if e != nil {
 						c.observe(e, leases, manifests)
@@ -107,6 +107,15 @@ func (c *Coordinator) Run(ctx context.Context, w Worker) error {
 		}
 		c.claim(ctx, w, leases, manifests)
 	}
+}
+
+// watcherClosed is Run's result when the bucket's watcher ends: nil when
+// ctx ended (the watcher ends with it), else an error.
+func (c *Coordinator) watcherClosed(ctx context.Context) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return fmt.Errorf("shares: watcher of %s closed", Bucket)
 }
 
 // observe applies one watcher entry to the local view.
