@@ -196,6 +196,9 @@ var layerRules = []layerRule{
 	{10, func(p string) bool { return !under(p, "cmd") && !under(p, "bench") }, func(d string) bool {
 		return d == "queue/campaignq"
 	}},
+	{11, func(p string) bool { return under(p, "campaign/shares") }, func(d string) bool {
+		return under(d, "queue") || under(d, "mta") || d == "campaign"
+	}},
 }
 
 // TestArchitecture keeps docs/architecture.md true: its dependency table matches
