@@ -241,7 +241,13 @@ func (n *Node) connect(cfg Config, urls []string) error {
 		nats.DrainTimeout(10 * time.Second),
 		nats.ConnectHandler(func(c *nats.Conn) { n.setState(true, c, nil) }),
 		nats.ReconnectHandler(func(c *nats.Conn) { n.setState(true, c, nil) }),
-		nats.DisconnectErrHandler(func(c *nats.Conn, err error) { n.setState(false, c, err) }),
+		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
+			if c.IsClosed() || c.IsDraining() { // Close: not a loss of the link
+				n.setState(false, nil, nil)
+				return
+			}
+			n.setState(false, c, err)
+		}),
 		nats.ClosedHandler(func(*nats.Conn) {
 			n.setState(false, nil, nil)
 			n.closeOnce.Do(func() { close(n.closed) })

@@ -149,3 +149,48 @@ func TestMaskURL(t *testing.T) {
 		}
 	}
 }
+
+// TestReconnects: a node connected to a server that goes away reports the
+// loss, and reconnects by itself when a server is back on that address.
+func TestReconnects(t *testing.T) {
+	addr := freeAddr(t)
+	store := t.TempDir()
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	server1, err := Start(context.Background(), Config{Node: "s1", Embedded: &Embedded{Listen: addr, StoreDir: store}, FailFast: true}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := Start(context.Background(), Config{Node: "c1", URLs: []string{"nats://" + addr}, FailFast: true}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if !client.State().Connected {
+		t.Fatalf("not connected: %+v", client.State())
+	}
+	server1.Close()
+	waitUntil(t, "the loss reported", func() bool { return !client.State().Connected })
+	server2, err := Start(context.Background(), Config{Node: "s1", Embedded: &Embedded{Listen: addr, StoreDir: store}, FailFast: true}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server2.Close()
+	waitUntil(t, "the reconnection", func() bool { return client.State().Connected })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := client.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitUntil polls cond for up to a minute.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
