@@ -56,6 +56,11 @@ func (cn *clusterNode) Close() {
 	}
 	cn.stop()
 	<-cn.done
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if err := cn.heart.Leave(ctx); err != nil {
+		cn.log.Warn().Err(err).Msg("cluster: could not say this node leaves; it shows as down once its beat expires")
+	}
+	cancel()
 	_ = cn.nats.Close()
 	cn.log.Info().Msg("cluster node stopped")
 }
@@ -155,7 +160,10 @@ func (c *cli) clusterStatus(ctx context.Context) error {
 		return err
 	}
 	for _, m := range r.Nodes {
-		if !m.Up {
+		switch {
+		case m.Left:
+			r.Why = append(r.Why, fmt.Sprintf("node %s left (stopped cleanly %s ago)", m.Node, m.Age.Round(time.Second)))
+		case !m.Up:
 			r.Why = append(r.Why, fmt.Sprintf("node %s down (last beat %s ago)", m.Node, m.Age.Round(time.Second)))
 		}
 	}
@@ -192,7 +200,10 @@ func (c *cli) printClusterReport(r clusterReport) {
 	fmt.Fprintln(t, "NODE\tSTATE\tLAST BEAT\tLAG\tPENDING UNSUBS\tLEASES\tSTALE")
 	for _, m := range r.Nodes {
 		state := "up"
-		if !m.Up {
+		switch {
+		case m.Left:
+			state = "left"
+		case !m.Up:
 			state = "down"
 		}
 		fmt.Fprintf(t, "%s\t%s\t%s ago\t%s\t%d\t%d\t%s\n", m.Node, state, m.Age.Round(100*time.Millisecond), m.ReplicaLag.Round(time.Millisecond), m.PendingUnsubscribes, m.Leases, dash(m.Stale))

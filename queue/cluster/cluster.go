@@ -77,6 +77,8 @@ type Beat struct {
 	Started time.Time     `json:"started"`
 	At      time.Time     `json:"at"`  // the node's clock when it beat
 	TTL     time.Duration `json:"ttl"` // a beat older than this means down
+	// Left: the node stopped cleanly (Leave); it is down until it beats again.
+	Left bool `json:"left,omitempty"`
 	Health
 }
 
@@ -108,6 +110,14 @@ type Heart struct {
 	last    Beat
 	lastErr error
 	kv      jetstream.KeyValue
+}
+
+// AddReporter adds r to the reporters asked before each beat, for parts of
+// the node that start after the heart.
+func (h *Heart) AddReporter(r Reporter) {
+	h.mu.Lock()
+	h.reporters = append(h.reporters, r)
+	h.mu.Unlock()
 }
 
 // New returns the node's heart; Run beats.
@@ -146,13 +156,23 @@ func (h *Heart) Run(ctx context.Context) error {
 }
 
 // Beat writes one beat now, creating the bucket if needed.
-func (h *Heart) Beat(ctx context.Context) error {
+func (h *Heart) Beat(ctx context.Context) error { return h.beat(ctx, false) }
+
+// Leave writes a last beat saying the node stopped cleanly, so it is listed
+// as left rather than as lost; call it after Run has returned.
+func (h *Heart) Leave(ctx context.Context) error { return h.beat(ctx, true) }
+
+// beat writes one beat; left marks the node's clean stop.
+func (h *Heart) beat(ctx context.Context, left bool) error {
 	kv, err := h.bucket(ctx)
 	if err != nil {
 		return h.fail(err)
 	}
-	b := Beat{Node: h.cfg.Node, Version: h.cfg.Version, Started: h.started, At: time.Now().UTC(), TTL: TTLBeats * h.cfg.Interval}
-	for _, r := range h.reporters {
+	b := Beat{Node: h.cfg.Node, Version: h.cfg.Version, Started: h.started, At: time.Now().UTC(), TTL: TTLBeats * h.cfg.Interval, Left: left}
+	h.mu.Lock()
+	reporters := h.reporters
+	h.mu.Unlock()
+	for _, r := range reporters {
 		r.Report(&b.Health)
 	}
 	data, err := json.Marshal(b)
@@ -218,7 +238,7 @@ var ErrNoBucket = errors.New("cluster: no node has beaten yet (no bucket " + Buc
 
 // Members lists every node with a beat in the bucket, by name. A node is
 // up while its last beat is younger than the beat's TTL, aged by the NATS
-// server's timestamp of the beat.
+// server's timestamp of the beat, and not a Leave.
 func Members(ctx context.Context, js jetstream.JetStream) ([]Member, error) {
 	kv, err := js.KeyValue(ctx, Bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
@@ -250,7 +270,7 @@ func Members(ctx context.Context, js jetstream.JetStream) ([]Member, error) {
 		}
 		b.Node = e.Key()
 		m := Member{Beat: b, Age: max(now.Sub(e.Created()), 0)}
-		m.Up = b.TTL > 0 && m.Age <= b.TTL
+		m.Up = !b.Left && b.TTL > 0 && m.Age <= b.TTL
 		out = append(out, m)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })

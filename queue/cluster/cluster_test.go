@@ -84,6 +84,14 @@ func TestMembers(t *testing.T) {
 	if err := <-done1; err != nil {
 		t.Errorf("Run: %v", err)
 	}
+	// n1 leaves cleanly: down at once, marked left; a later reporter is asked.
+	h1.AddReporter(ReporterFunc(func(h *Health) { h.PendingUnsubscribes = 4 }))
+	if err := h1.Leave(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ms, err := Members(ctx, js); err != nil || ms[0].Up || !ms[0].Left || ms[0].PendingUnsubscribes != 4 || ms[0].ReplicaPending != 7 {
+		t.Errorf("after Leave: %+v %v", ms, err)
+	}
 
 	st, err := Streams(ctx, js)
 	if err != nil {
