@@ -58,6 +58,8 @@ type Server struct {
 	HTTPTrustedProxies []netip.Prefix
 	SubscribeLimits    SubscribeLimits
 	UnsubscribeLimits  UnsubscribeLimits
+	// Cluster is the cluster section; nil is a single node (issue 13).
+	Cluster *Cluster
 
 	lines map[string]int
 }
@@ -160,6 +162,7 @@ func (s *Server) fields(d *decoder, rates *map[string]string, br *rawBrakes) map
 		"http_trusted_proxies": d.cidrs(&s.HTTPTrustedProxies),
 		"subscribe_limits":     d.limits(s.limitsUnder("subscribe_limits")),
 		"unsubscribe_limits":   d.limits(s.limitsUnder("unsubscribe_limits")),
+		"cluster":              d.cluster(&s.Cluster),
 	}
 }
 
@@ -206,6 +209,9 @@ func (s *Server) applyDefaults(dir string) {
 	orDefault(&s.Delivery.Mode, ModeCapture)
 	s.PublicURL = strings.TrimRight(s.PublicURL, "/")
 	s.Delivery.applyDefaults()
+	if s.Cluster != nil {
+		s.Cluster.applyDefaults(dir, s.DataDir)
+	}
 }
 
 // orDefault sets *v to def when it is empty.
@@ -280,6 +286,9 @@ func (s *Server) check(d *decoder) {
 		d.fieldErr("smtp_listen", "needs bounce_domain: the inbound listener takes mail only for that domain")
 	}
 	s.Delivery.check(d)
+	if s.Cluster != nil {
+		s.Cluster.check(d)
+	}
 }
 
 // checkRequired records the required keys left empty.

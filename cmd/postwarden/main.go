@@ -96,6 +96,7 @@ func (c *cli) rootCommand() *cobra.Command {
 	root.AddCommand(c.bounceCommand())
 	root.AddCommand(c.subscribersCommand())
 	root.AddCommand(c.providersCommand())
+	root.AddCommand(c.clusterCommand())
 	return root
 }
 

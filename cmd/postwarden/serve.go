@@ -71,6 +71,13 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 	}
 	defer e.Close()
 	e.daemon = true
+	// With a cluster section: the embedded NATS server (if configured), the
+	// connection and the heartbeat; stopped after the runner, before the stores.
+	cn, err := startCluster(ctx, cfg, log.With().Str("component", "cluster").Logger())
+	if err != nil {
+		return err
+	}
+	defer cn.Close()
 
 	sender, created, err := e.newSender()
 	if err != nil {

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+
+	"github.com/postwarden/postwarden/cmd/internal/natsnode"
+	"github.com/postwarden/postwarden/configs"
+	"github.com/postwarden/postwarden/queue/cluster"
+)
+
+// clusterNode is serve's part in a cluster: the NATS link (and the
+// embedded server, if configured) and the node's heartbeat.
+type clusterNode struct {
+	nats  *natsnode.Node
+	heart *cluster.Heart
+	stop  context.CancelFunc
+	done  chan struct{}
+	log   zerolog.Logger
+}
+
+// startCluster starts the embedded NATS server if configured, connects and
+// starts beating; nil without a cluster section. reporters fill the beat's
+// health fields (replica lag, leases, …).
+func startCluster(ctx context.Context, cfg *configs.Server, log zerolog.Logger, reporters ...cluster.Reporter) (*clusterNode, error) {
+	cc := cfg.Cluster
+	if cc == nil {
+		return nil, nil
+	}
+	nn, err := natsnode.Start(ctx, natsConfig(cc, false), log)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	hctx, stop := context.WithCancel(context.Background())
+	cn := &clusterNode{nats: nn, stop: stop, done: make(chan struct{}), log: log}
+	cn.heart = cluster.New(nn.JetStream(), cluster.Config{Node: cc.Node, Version: buildVersion(), Replicas: cc.Replicas}, log, reporters...)
+	go func() { defer close(cn.done); _ = cn.heart.Run(hctx) }()
+	log.Info().Str("node", cc.Node).Strs("nats", maskURLs(cc.NATSURLs())).Bool("embedded", cc.Embedded != nil).Int("replicas", cc.Replicas).Msg("cluster node started")
+	return cn, nil
+}
+
+// Close stops beating, drains the NATS connection and stops the embedded
+// server; nil-safe.
+func (cn *clusterNode) Close() {
+	if cn == nil {
+		return
+	}
+	cn.stop()
+	<-cn.done
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if err := cn.heart.Leave(ctx); err != nil {
+		cn.log.Warn().Err(err).Msg("cluster: could not say this node leaves; it shows as down once its beat expires")
+	}
+	cancel()
+	_ = cn.nats.Close()
+	cn.log.Info().Msg("cluster node stopped")
+}
+
+// natsConfig is natsnode's configuration from the cluster section; a CLI
+// (cli true) never runs the embedded server, it connects to it.
+func natsConfig(cc *configs.Cluster, cli bool) natsnode.Config {
+	nc := natsnode.Config{Node: cc.Node, Credentials: cc.Credentials}
+	if cc.NATS != "" || cli {
+		nc.URLs = cc.NATSURLs()
+	}
+	if cli {
+		nc.FailFast = true
+		nc.ReadyTimeout = clusterCLIWait
+	} else if e := cc.Embedded; e != nil {
+		nc.Embedded = &natsnode.Embedded{Listen: e.Listen, ClusterListen: e.ClusterListen, Routes: e.Routes, StoreDir: e.StoreDir}
+	}
+	return nc
+}
+
+// clusterCLIWait bounds how long a CLI command waits for JetStream.
+const clusterCLIWait = 15 * time.Second
+
+// maskURLs masks each URL's user information.
+func maskURLs(urls []string) []string {
+	out := make([]string, len(urls))
+	for i, u := range urls {
+		out[i] = natsnode.MaskURL(u)
+	}
+	return out
+}
+
+// buildVersion is the module version the binary was built from.
+func buildVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
+
+func (c *cli) clusterCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "cluster", Short: "Inspect the cluster of postwarden nodes (issue 13)"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "status",
+		Short: "Nodes (up or down, last beat, lag, leases, why stale) and the JetStream streams' health; exit 1 if a node is down or a stream lacks replicas",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return c.clusterStatus(cmd.Context())
+		},
+	})
+	return cmd
+}
+
+// clusterReport is `cluster status`: what --json prints as one object.
+type clusterReport struct {
+	Node    string                 `json:"node"` // this config's node
+	Healthy bool                   `json:"healthy"`
+	Why     []string               `json:"why,omitempty"`
+	Nodes   []cluster.Member       `json:"nodes"`
+	Streams []cluster.StreamHealth `json:"streams"`
+}
+
+// clusterStatus talks to NATS directly (no daemon needed) and prints the
+// members and the streams; exit 1 when not healthy.
+func (c *cli) clusterStatus(ctx context.Context) error {
+	cfg, err := c.loadConfig()
+	if err != nil {
+		return err
+	}
+	if cfg.Cluster == nil {
+		if c.jsonOut {
+			fmt.Fprintln(c.stdout, `{"single_node":true}`)
+		} else {
+			fmt.Fprintln(c.stdout, "single node (no cluster: section)")
+		}
+		return nil
+	}
+	log, err := c.logger(zerolog.WarnLevel)
+	if err != nil {
+		return err
+	}
+	nn, err := natsnode.Start(ctx, natsConfig(cfg.Cluster, true), log)
+	if err != nil {
+		return err
+	}
+	defer nn.Close()
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	r := clusterReport{Node: cfg.Cluster.Node}
+	r.Nodes, err = cluster.Members(rctx, nn.JetStream())
+	if errors.Is(err, cluster.ErrNoBucket) {
+		r.Why = append(r.Why, "no node has beaten yet")
+	} else if err != nil {
+		return err
+	}
+	if r.Streams, err = cluster.Streams(rctx, nn.JetStream()); err != nil {
+		return err
+	}
+	for _, m := range r.Nodes {
+		switch {
+		case m.Left:
+			r.Why = append(r.Why, fmt.Sprintf("node %s left (stopped cleanly %s ago)", m.Node, m.Age.Round(time.Second)))
+		case !m.Up:
+			r.Why = append(r.Why, fmt.Sprintf("node %s down (last beat %s ago)", m.Node, m.Age.Round(time.Second)))
+		}
+	}
+	for _, s := range r.Streams {
+		if !s.Healthy {
+			r.Why = append(r.Why, fmt.Sprintf("stream %s: %s", s.Name, s.Why))
+		}
+	}
+	r.Healthy = len(r.Why) == 0
+	if r.Nodes == nil {
+		r.Nodes = []cluster.Member{}
+	}
+	if r.Streams == nil {
+		r.Streams = []cluster.StreamHealth{}
+	}
+	if c.jsonOut {
+		b, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "%s\n", b)
+	} else {
+		c.printClusterReport(r)
+	}
+	if !r.Healthy {
+		c.code = 1
+	}
+	return nil
+}
+
+// printClusterReport prints the two tables and the verdict.
+func (c *cli) printClusterReport(r clusterReport) {
+	t := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(t, "NODE\tSTATE\tLAST BEAT\tLAG\tPENDING UNSUBS\tLEASES\tSTALE")
+	for _, m := range r.Nodes {
+		state := "up"
+		switch {
+		case m.Left:
+			state = "left"
+		case !m.Up:
+			state = "down"
+		}
+		fmt.Fprintf(t, "%s\t%s\t%s ago\t%s\t%d\t%d\t%s\n", m.Node, state, m.Age.Round(100*time.Millisecond), m.ReplicaLag.Round(time.Millisecond), m.PendingUnsubscribes, m.Leases, dash(m.Stale))
+	}
+	fmt.Fprintln(t)
+	fmt.Fprintln(t, "STREAM\tREPLICAS\tLEADER\tLAGGING\tMESSAGES\tHEALTH")
+	for _, s := range r.Streams {
+		health := "ok"
+		if !s.Healthy {
+			health = s.Why
+		}
+		fmt.Fprintf(t, "%s\t%d\t%s\t%s\t%d\t%s\n", s.Name, s.Replicas, dash(s.Leader), dash(strings.Join(s.Lagging, ",")), s.Messages, health)
+	}
+	t.Flush()
+	if r.Healthy {
+		fmt.Fprintln(c.stdout, "\nhealthy")
+	} else {
+		fmt.Fprintf(c.stdout, "\nnot healthy: %s\n", strings.Join(r.Why, "; "))
+	}
+}
