@@ -33,7 +33,7 @@ func TestDeliverySources(t *testing.T) {
 		{Name: "ip2", Address: "192.0.2.11", EHLO: "mta2.example.com"}}; !reflect.DeepEqual(dl.Sources, want) {
 		t.Errorf("sources %+v", dl.Sources)
 	}
-	if want := map[string][]mta.PoolMember{"default": {{"ip1", 1}, {"ip2", 1}}, "weighted": {{"ip1", 3}, {"ip2", 1}}}; !reflect.DeepEqual(dl.Pools, want) {
+	if want := map[string][]mta.PoolMember{"default": {{Source: "ip1", Weight: 1}, {Source: "ip2", Weight: 1}}, "weighted": {{Source: "ip1", Weight: 3}, {Source: "ip2", Weight: 1}}}; !reflect.DeepEqual(dl.Pools, want) {
 		t.Errorf("pools %+v", dl.Pools)
 	}
 	if want := (warmup.Schedule{"ip2": {50, 100, 500, 1000, 5000, 10000, 20000, 50000}}); !reflect.DeepEqual(dl.Warmup, want) {
