@@ -18,6 +18,8 @@ import (
 //	s \x00 state                    messages in state
 //	d \x00 domain \x00 state        pending messages of domain in state
 //	c \x00 campaign \x00 state      campaign's messages in state
+//	p \x00 provider \x00 state      pending messages of a known provider in state
+//	o \x00 source \x00 state        pending messages of a known source in state
 //	v                               layout version (present once built)
 //
 // Bucket "minutes" holds delivery outcomes per minute for the recent rates:
@@ -36,6 +38,31 @@ func domainKey(domain string, st State) []byte {
 }
 func campaignKey(campaign string, st State) []byte {
 	return join("c", string(join(campaign, string(st))))
+}
+
+func providerKey(provider string, st State) []byte {
+	return join("p", string(join(provider, string(st))))
+}
+func sourceKey(source string, st State) []byte {
+	return join("o", string(join(source, string(st))))
+}
+
+// pendingKeys are the counters of m's domain, provider and source in its
+// state: none when it is finished, and none for a provider or source not
+// known yet (Stats finds those as the rest of the state's count).
+func pendingKeys(m *Message) [][]byte {
+	if !m.State.pending() {
+		return nil
+	}
+	ks := make([][]byte, 1, 3)
+	ks[0] = domainKey(m.Domain, m.State)
+	if m.Provider != "" {
+		ks = append(ks, providerKey(m.Provider, m.State))
+	}
+	if m.Source != "" {
+		ks = append(ks, sourceKey(m.Source, m.State))
+	}
+	return ks
 }
 
 // pending reports whether st counts as queued (not finished).
@@ -64,14 +91,18 @@ func (b bkts) countMove(m, prev *Message) error {
 	}
 	var ops []kd
 	if prev != nil {
-		ops = append(ops, kd{stateKey(prev.State), -1}, kd{campaignKey(prev.Campaign, prev.State), -1})
-		if prev.State.pending() {
-			ops = append(ops, kd{domainKey(prev.Domain, prev.State), -1})
+		if prev.State != m.State {
+			ops = append(ops, kd{stateKey(prev.State), -1}, kd{campaignKey(prev.Campaign, prev.State), -1})
+		}
+		for _, k := range pendingKeys(prev) {
+			ops = append(ops, kd{k, -1})
 		}
 	}
-	ops = append(ops, kd{stateKey(m.State), 1}, kd{campaignKey(m.Campaign, m.State), 1})
-	if m.State.pending() {
-		ops = append(ops, kd{domainKey(m.Domain, m.State), 1})
+	if prev == nil || prev.State != m.State {
+		ops = append(ops, kd{stateKey(m.State), 1}, kd{campaignKey(m.Campaign, m.State), 1})
+	}
+	for _, k := range pendingKeys(m) {
+		ops = append(ops, kd{k, 1})
 	}
 	for _, o := range ops {
 		if err := b.add(o.k, o.d); err != nil {
@@ -105,7 +136,9 @@ func (b bkts) rebuildCounts(tx *bbolt.Tx) (bkts, error) {
 			if err != nil {
 				return b, err
 			}
-			tally[string(domainKey(m.Domain, st))]++
+			for _, k := range pendingKeys(&m) {
+				tally[string(k)]++
+			}
 		}
 	}
 	c = b.campaign.Cursor()

@@ -10,11 +10,11 @@ import (
 // nopDeliverer accepts every message at once, or after wait (a remote's latency).
 type nopDeliverer struct{ wait time.Duration }
 
-func (d nopDeliverer) DeliverUntil(ctx, _ context.Context, id, from, to string, body []byte) error {
+func (d nopDeliverer) DeliverVia(ctx, _ context.Context, id, from, to string, body []byte, _, _ string) (string, string, error) {
 	if d.wait > 0 {
 		time.Sleep(d.wait)
 	}
-	return nil
+	return "", "", nil
 }
 
 // openList suppresses nobody.
