@@ -59,11 +59,10 @@ func warmCountKey(d int64, source, provider string) []byte {
 // records now's day as source's first use if it has none.
 func (b bkts) countWarmup(now time.Time, source, provider string) error {
 	day := unixDay(now)
-	var v [8]byte
+	// Each value is its own slice: bbolt keeps it until the commit.
 	fk := warmFirstKey(source)
 	if b.warmup.Get(fk) == nil {
-		binary.BigEndian.PutUint64(v[:], uint64(day))
-		if err := b.warmup.Put(fk, v[:]); err != nil {
+		if err := b.warmup.Put(fk, binary.BigEndian.AppendUint64(nil, uint64(day))); err != nil {
 			return fmt.Errorf("record first use of source %s: %w", source, err)
 		}
 	}
@@ -74,8 +73,7 @@ func (b bkts) countWarmup(now time.Time, source, provider string) error {
 	} else if err := b.pruneWarmup(day - warmupKeep); err != nil {
 		return fmt.Errorf("prune warm-up counters: %w", err)
 	}
-	binary.BigEndian.PutUint64(v[:], n+1)
-	if err := b.warmup.Put(k, v[:]); err != nil {
+	if err := b.warmup.Put(k, binary.BigEndian.AppendUint64(nil, n+1)); err != nil {
 		return fmt.Errorf("count delivery through source %s: %w", source, err)
 	}
 	return nil
