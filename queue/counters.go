@@ -50,20 +50,31 @@ func sourceKey(source string, st State) []byte {
 // pendingKeys are the counters of m's domain, provider and source in its
 // state: none when it is finished, and none for a provider or source not
 // known yet (Stats finds those as the rest of the state's count).
-func pendingKeys(m *Message) [][]byte {
+// They come in an array, not a slice: no allocation on the runner's path.
+func pendingKeys(m *Message) (ks pkeys) {
 	if !m.State.pending() {
-		return nil
+		return ks
 	}
-	ks := make([][]byte, 1, 3)
-	ks[0] = domainKey(m.Domain, m.State)
+	ks.k[0], ks.n = domainKey(m.Domain, m.State), 1
 	if m.Provider != "" {
-		ks = append(ks, providerKey(m.Provider, m.State))
+		ks.k[ks.n] = providerKey(m.Provider, m.State)
+		ks.n++
 	}
 	if m.Source != "" {
-		ks = append(ks, sourceKey(m.Source, m.State))
+		ks.k[ks.n] = sourceKey(m.Source, m.State)
+		ks.n++
 	}
 	return ks
 }
+
+// pkeys is up to three counter keys.
+type pkeys struct {
+	k [3][]byte
+	n int
+}
+
+// all returns the keys.
+func (p *pkeys) all() [][]byte { return p.k[:p.n] }
 
 // pending reports whether st counts as queued (not finished).
 func (s State) pending() bool { return s.Valid() && !s.Finished() }
@@ -89,19 +100,21 @@ func (b bkts) countMove(m, prev *Message) error {
 		k []byte
 		d int64
 	}
-	var ops []kd
+	ops := make([]kd, 0, 10) // at most 2+3 out and 2+3 in: on the stack
 	if prev != nil {
 		if prev.State != m.State {
 			ops = append(ops, kd{stateKey(prev.State), -1}, kd{campaignKey(prev.Campaign, prev.State), -1})
 		}
-		for _, k := range pendingKeys(prev) {
+		pk := pendingKeys(prev)
+		for _, k := range pk.all() {
 			ops = append(ops, kd{k, -1})
 		}
 	}
 	if prev == nil || prev.State != m.State {
 		ops = append(ops, kd{stateKey(m.State), 1}, kd{campaignKey(m.Campaign, m.State), 1})
 	}
-	for _, k := range pendingKeys(m) {
+	pk := pendingKeys(m)
+	for _, k := range pk.all() {
 		ops = append(ops, kd{k, 1})
 	}
 	for _, o := range ops {
@@ -136,7 +149,8 @@ func (b bkts) rebuildCounts(tx *bbolt.Tx) (bkts, error) {
 			if err != nil {
 				return b, err
 			}
-			for _, k := range pendingKeys(&m) {
+			pk := pendingKeys(&m)
+			for _, k := range pk.all() {
 				tally[string(k)]++
 			}
 		}

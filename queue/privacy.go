@@ -316,7 +316,8 @@ func (b bkts) remove(m *Message) error {
 	if err := b.add(campaignKey(m.Campaign, m.State), -1); err != nil {
 		return err
 	}
-	for _, k := range pendingKeys(m) {
+	pk := pendingKeys(m)
+	for _, k := range pk.all() {
 		if err := b.add(k, -1); err != nil {
 			return err
 		}
