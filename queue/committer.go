@@ -180,6 +180,7 @@ func (r *Runner) settle(done []result, c batch, follow chan<- []result) {
 		}
 		ev.Str("queue_id", m.ID).Str("rcpt", address.Mask(m.To)).Str("domain", m.Domain).
 			Str("outcome", name).Str("reply", address.MaskText(o.reply)).Int("attempt", m.Attempts+1).
+			Str("source", o.source).Str("provider", o.provider).
 			Msg("attempt recorded")
 		if err == nil && final == StateBounced && (o.suppress || o.event != "") {
 			bounces = append(bounces, d)

@@ -41,6 +41,11 @@
 //   - The runner group-commits (committer.go): workers hand their outcomes to
 //     one loop that records them and claims the next messages in a single
 //     fsynced transaction.
+//   - The Deliverer is handed a message's pool and the egress source of its
+//     last attempt; the source and provider it reports are recorded on the
+//     message and its history with the outcome, in the same transaction, and
+//     a delivery through a source is counted there in the warm-up ledger
+//     (warmup.go): a count is never ahead of or behind its delivery's record.
 //
 // Protection at rest (see seal.go): no clear recipient is stored. The
 // recipient, the idempotency key, replies and reasons are sealed
