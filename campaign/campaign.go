@@ -103,6 +103,7 @@ type Message struct {
 	Campaign, List, Key, From, To string
 	Body                          []byte
 	Dict                          uint32 // the queue's compression dictionary for Body (Deps.Dictionary); 0: none
+	Pool                          string // the sending pool (Spec.Pool): its sources deliver the message
 }
 
 // Queue stores messages durably, one commit per call, ignoring (Campaign, Key) pairs it already holds.

@@ -233,6 +233,7 @@ const mixedCSV = "email,first_name,last_name,company,plan\n" +
 
 func TestSendSummary(t *testing.T) {
 	spec := testSpec(t, mixedCSV)
+	spec.Pool = "warm-1"
 	q := newFakeQueue()
 	sup := &fakeSuppressions{reasons: map[string]string{"bob@example.com": "unsubscribed"}}
 	deps := testDeps(q, sup)
@@ -249,6 +250,13 @@ func TestSendSummary(t *testing.T) {
 		len(sum.Suppressed) != 1 || sum.Suppressed["unsubscribed"] != 1 {
 		t.Errorf("summary = %+v", sum)
 	}
+	q.mu.Lock()
+	for _, m := range q.msgs {
+		if m.Pool != "warm-1" {
+			t.Errorf("message to %s: pool %q, want the campaign's warm-1", m.To, m.Pool)
+		}
+	}
+	q.mu.Unlock()
 	if got := sup.checked.Load(); got != 3 {
 		t.Errorf("suppression checks = %d, want 3 (one per valid row)", got)
 	}

@@ -205,7 +205,7 @@ func (s *renderer) process(r row) outcome {
 		s.giveSpare(body)
 		return outcome{rowErr: &RowError{File: spec.Recipients, Line: r.line, Field: "template", Err: err, rcpt: to}}
 	}
-	return outcome{msg: Message{Campaign: spec.ID, List: spec.List, Key: key, From: s.from, To: to, Body: body, Dict: s.dict}}
+	return outcome{msg: Message{Campaign: spec.ID, List: spec.List, Key: key, From: s.from, To: to, Body: body, Dict: s.dict, Pool: spec.Pool}}
 }
 
 // render appends to dst the message to address to, whose address key is

@@ -180,6 +180,7 @@ func (r *Runner) settle(done []result, c batch, follow chan<- []result) {
 		}
 		ev.Str("queue_id", m.ID).Str("rcpt", address.Mask(m.To)).Str("domain", m.Domain).
 			Str("outcome", name).Str("reply", address.MaskText(o.reply)).Int("attempt", m.Attempts+1).
+			Str("source", o.source).Str("provider", o.provider).
 			Msg("attempt recorded")
 		if err == nil && final == StateBounced && (o.suppress || o.event != "") {
 			bounces = append(bounces, d)
@@ -217,6 +218,9 @@ func (r *Runner) followUp(d result) {
 // or expires it if that falls past MaxAge. A throttled one (retryAt set) was no
 // attempt: its count is undone and it waits until retryAt, never expired for it.
 // Delivered, bounced and deferred attempts are counted in the per-minute stats.
+// The source and provider the Deliverer reported are recorded on the message
+// and its history; a delivery through a source is counted in the warm-up
+// ledger (warmup.go), all in b's transaction.
 func (s *Store) recordOutcome(b bkts, claimed Message, o outcome, now time.Time) (State, error) {
 	m, err := b.get(claimed.ID)
 	if err != nil {
@@ -235,9 +239,17 @@ func (s *Store) recordOutcome(b bkts, claimed Message, o outcome, now time.Time)
 		return StateCancelled, b.forget(&m, StateCancelled)
 	}
 	m.State, m.Updated, m.LastReply = o.state, now, o.reply
+	// What the Deliverer reported: the next attempt prefers this source.
+	// An empty one (not known) keeps what an earlier attempt reported.
+	if o.source != "" {
+		m.Source = o.source
+	}
+	if o.provider != "" {
+		m.Provider = o.provider
+	}
 	if !o.retryAt.IsZero() {
 		m.NextAttempt = o.retryAt
-		m.History = append(m.History, Attempt{Time: now, Outcome: "throttled", Reply: o.reply})
+		m.History = append(m.History, Attempt{Time: now, Outcome: "throttled", Reply: o.reply, Source: o.source, Provider: o.provider})
 		return m.State, b.save(&m, &prev)
 	}
 	if o.tried {
@@ -245,7 +257,7 @@ func (s *Store) recordOutcome(b bkts, claimed Message, o outcome, now time.Time)
 	}
 	if o.interrupted {
 		m.NextAttempt = now // the process is stopping: the next one tries at once
-		m.History = append(m.History, Attempt{Time: now, Outcome: "interrupted", Reply: o.reply})
+		m.History = append(m.History, Attempt{Time: now, Outcome: "interrupted", Reply: o.reply, Source: o.source, Provider: o.provider})
 		return m.State, b.save(&m, &prev)
 	}
 	if o.reason != "" {
@@ -254,7 +266,13 @@ func (s *Store) recordOutcome(b bkts, claimed Message, o outcome, now time.Time)
 	if m.State == StateDeferred && m.NextAttempt.After(m.Created.Add(s.maxAge)) {
 		m.State, m.Reason = StateExpired, "expired: undelivered after "+s.maxAge.String()
 	}
-	m.History = append(m.History, Attempt{Time: now, Outcome: string(o.state), Reply: o.reply})
+	m.History = append(m.History, Attempt{Time: now, Outcome: string(o.state), Reply: o.reply, Source: o.source, Provider: o.provider})
+	if m.State == StateDelivered && o.source != "" {
+		// The warm-up ledger counts the delivery in the commit that records it.
+		if err := b.countWarmup(now, o.source, m.Provider); err != nil {
+			return StateActive, err
+		}
+	}
 	if m.State == StateExpired {
 		m.History = append(m.History, Attempt{Time: now, Outcome: string(StateExpired)})
 	}

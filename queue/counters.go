@@ -18,6 +18,8 @@ import (
 //	s \x00 state                    messages in state
 //	d \x00 domain \x00 state        pending messages of domain in state
 //	c \x00 campaign \x00 state      campaign's messages in state
+//	p \x00 provider \x00 state      pending messages of a known provider in state
+//	o \x00 source \x00 state        pending messages of a known source in state
 //	v                               layout version (present once built)
 //
 // Bucket "minutes" holds delivery outcomes per minute for the recent rates:
@@ -37,6 +39,42 @@ func domainKey(domain string, st State) []byte {
 func campaignKey(campaign string, st State) []byte {
 	return join("c", string(join(campaign, string(st))))
 }
+
+func providerKey(provider string, st State) []byte {
+	return join("p", string(join(provider, string(st))))
+}
+func sourceKey(source string, st State) []byte {
+	return join("o", string(join(source, string(st))))
+}
+
+// pendingKeys are the counters of m's domain, provider and source in its
+// state: none when it is finished, and none for a provider or source not
+// known yet (Stats finds those as the rest of the state's count).
+// They come in an array, not a slice: no allocation on the runner's path.
+func pendingKeys(m *Message) (ks pkeys) {
+	if !m.State.pending() {
+		return ks
+	}
+	ks.k[0], ks.n = domainKey(m.Domain, m.State), 1
+	if m.Provider != "" {
+		ks.k[ks.n] = providerKey(m.Provider, m.State)
+		ks.n++
+	}
+	if m.Source != "" {
+		ks.k[ks.n] = sourceKey(m.Source, m.State)
+		ks.n++
+	}
+	return ks
+}
+
+// pkeys is up to three counter keys.
+type pkeys struct {
+	k [3][]byte
+	n int
+}
+
+// all returns the keys.
+func (p *pkeys) all() [][]byte { return p.k[:p.n] }
 
 // pending reports whether st counts as queued (not finished).
 func (s State) pending() bool { return s.Valid() && !s.Finished() }
@@ -62,16 +100,22 @@ func (b bkts) countMove(m, prev *Message) error {
 		k []byte
 		d int64
 	}
-	var ops []kd
+	ops := make([]kd, 0, 10) // at most 2+3 out and 2+3 in: on the stack
 	if prev != nil {
-		ops = append(ops, kd{stateKey(prev.State), -1}, kd{campaignKey(prev.Campaign, prev.State), -1})
-		if prev.State.pending() {
-			ops = append(ops, kd{domainKey(prev.Domain, prev.State), -1})
+		if prev.State != m.State {
+			ops = append(ops, kd{stateKey(prev.State), -1}, kd{campaignKey(prev.Campaign, prev.State), -1})
+		}
+		pk := pendingKeys(prev)
+		for _, k := range pk.all() {
+			ops = append(ops, kd{k, -1})
 		}
 	}
-	ops = append(ops, kd{stateKey(m.State), 1}, kd{campaignKey(m.Campaign, m.State), 1})
-	if m.State.pending() {
-		ops = append(ops, kd{domainKey(m.Domain, m.State), 1})
+	if prev == nil || prev.State != m.State {
+		ops = append(ops, kd{stateKey(m.State), 1}, kd{campaignKey(m.Campaign, m.State), 1})
+	}
+	pk := pendingKeys(m)
+	for _, k := range pk.all() {
+		ops = append(ops, kd{k, 1})
 	}
 	for _, o := range ops {
 		if err := b.add(o.k, o.d); err != nil {
@@ -105,7 +149,10 @@ func (b bkts) rebuildCounts(tx *bbolt.Tx) (bkts, error) {
 			if err != nil {
 				return b, err
 			}
-			tally[string(domainKey(m.Domain, st))]++
+			pk := pendingKeys(&m)
+			for _, k := range pk.all() {
+				tally[string(k)]++
+			}
 		}
 	}
 	c = b.campaign.Cursor()

@@ -42,15 +42,33 @@ func (o *observed) list() []string {
 }
 
 // checkCounters compares the counters behind Stats and CampaignCounts with a full scan.
+// sum adds up a count per state.
+func sum(m map[State]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
 func checkCounters(t *testing.T, s *Store) {
 	t.Helper()
 	byState := map[State]int{}
 	byDomain := map[string]int{}
+	byProvider, bySource := map[string]map[State]int{}, map[string]map[State]int{}
 	byCampaign := map[string]map[State]int{}
+	tally := func(by map[string]map[State]int, name string, st State) {
+		if by[name] == nil {
+			by[name] = map[State]int{}
+		}
+		by[name][st]++
+	}
 	if err := s.List(Filter{}, func(m Message) error {
 		byState[m.State]++
 		if !m.State.Finished() {
 			byDomain[m.Domain]++
+			tally(byProvider, m.Provider, m.State)
+			tally(bySource, m.Source, m.State)
 		}
 		if byCampaign[m.Campaign] == nil {
 			byCampaign[m.Campaign] = map[State]int{}
@@ -66,6 +84,19 @@ func checkCounters(t *testing.T, s *Store) {
 	}
 	if fmt.Sprint(st.ByState) != fmt.Sprint(byState) || fmt.Sprint(st.ByDomain) != fmt.Sprint(byDomain) {
 		t.Fatalf("counters: by state %v by domain %v; scan: %v %v", st.ByState, st.ByDomain, byState, byDomain)
+	}
+	if fmt.Sprint(st.ProviderStates) != fmt.Sprint(byProvider) || fmt.Sprint(st.SourceStates) != fmt.Sprint(bySource) {
+		t.Fatalf("counters: by provider %v by source %v; scan: %v %v", st.ProviderStates, st.SourceStates, byProvider, bySource)
+	}
+	for name, ss := range st.ProviderStates {
+		if n := sum(ss); st.ByProvider[name] != n {
+			t.Fatalf("ByProvider[%q] = %d, its states add up to %d", name, st.ByProvider[name], n)
+		}
+	}
+	for name, ss := range st.SourceStates {
+		if n := sum(ss); st.BySource[name] != n {
+			t.Fatalf("BySource[%q] = %d, its states add up to %d", name, st.BySource[name], n)
+		}
 	}
 	for c, want := range byCampaign {
 		if err := s.view(func(tx *bbolt.Tx) error { // erased people's messages are counted, not kept
@@ -332,6 +363,12 @@ func TestCountersAndRates(t *testing.T) {
 	f := newFake()
 	f.script["bad@example.org"] = []error{&smtpErr{550, "5.1.1", "no such user"}}
 	f.script["slow@example.net"] = []error{&smtpErr{421, "4.7.0", "later"}}
+	f.route = func(to, _, _ string) (string, string) { // providers and sources, counted by them too
+		if to == "slow@example.net" {
+			return "ip1", "microsoft"
+		}
+		return "", "google"
+	}
 	res := enqueue(t, s, msg("c1", "ok@example.com"), msg("c1", "bad@example.org"), msg("c1", "slow@example.net"),
 		msg("c2", "held@example.com"), msg("c2", "gone@example.com"))
 	if _, err := s.Hold(res.IDs[3:4]); err != nil {
@@ -356,6 +393,10 @@ func TestCountersAndRates(t *testing.T) {
 	}
 	if st.DomainStates["example.com"][StateHeld] != 1 || st.DomainStates["example.net"][StateDeferred] != 1 {
 		t.Fatalf("domain states = %v", st.DomainStates)
+	}
+	if st.ProviderStates["microsoft"][StateDeferred] != 1 || st.ProviderStates[""][StateHeld] != 1 ||
+		st.BySource["ip1"] != 1 || st.BySource[""] != 1 || len(st.ByProvider) != 2 {
+		t.Fatalf("by provider %v, by source %v", st.ProviderStates, st.SourceStates)
 	}
 	s.Close()
 

@@ -119,7 +119,7 @@ func nextID(unixMilli int64, seq, last uint64) uint64 {
 // newMessage is nm as a ready message with id id, due now, to a.
 func newMessage(id string, nm NewMessage, a address.Address, now time.Time) Message {
 	return Message{
-		ID: id, Campaign: nm.Campaign, List: nm.List, Key: nm.Key,
+		ID: id, Campaign: nm.Campaign, List: nm.List, Key: nm.Key, Pool: nm.Pool,
 		From: strings.TrimSpace(nm.From), To: a.String(), Domain: a.Domain,
 		State: StateReady, Created: now, Updated: now, NextAttempt: now,
 	}
@@ -155,6 +155,10 @@ func validate(m NewMessage) (address.Address, error) {
 		return address.Address{}, fmt.Errorf("campaign longer than %d bytes", maxCampaignLen)
 	case strings.IndexByte(m.Campaign, 0) >= 0:
 		return address.Address{}, errors.New("campaign contains NUL")
+	case len(m.Pool) > maxCampaignLen:
+		return address.Address{}, fmt.Errorf("pool longer than %d bytes", maxCampaignLen)
+	case strings.IndexByte(m.Pool, 0) >= 0:
+		return address.Address{}, errors.New("pool contains NUL")
 	case m.Key == "":
 		return address.Address{}, errors.New("empty idempotency key")
 	case len(m.Key) > maxKeyLen:

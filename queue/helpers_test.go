@@ -58,12 +58,33 @@ type fakeDeliverer struct {
 	onOK   func(n int)    // called after each success with the running total
 	block  chan struct{}  // if set, each Deliver waits on it
 	start  chan string    // if set, each Deliver announces its id
+	// route, if set, is the source and provider DeliverVia reports for a
+	// recipient, given the pool and the preferred source it was handed.
+	route func(to, pool, prefer string) (source, provider string)
+	asked []via // every DeliverVia call's pool and preferred source, in order
+}
+
+// via is what one DeliverVia call was handed.
+type via struct{ to, pool, prefer string }
+
+func (f *fakeDeliverer) DeliverVia(ctx, stop context.Context, id, from, to string, body []byte, pool, source string) (string, string, error) {
+	f.mu.Lock()
+	f.asked = append(f.asked, via{to, pool, source})
+	route := f.route
+	f.mu.Unlock()
+	err := f.DeliverUntil(ctx, stop, id, from, to, body)
+	if route == nil {
+		return "", "", err
+	}
+	src, prov := route(to, pool, source)
+	return src, prov, err
 }
 
 func newFake() *fakeDeliverer {
 	return &fakeDeliverer{script: map[string][]error{}, calls: map[string]int{}, byID: map[string]int{}}
 }
 
+// DeliverUntil is the delivery itself: the scripted error or success.
 func (f *fakeDeliverer) DeliverUntil(ctx, _ context.Context, id, from, to string, body []byte) error {
 	if f.start != nil {
 		f.start <- id

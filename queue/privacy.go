@@ -316,8 +316,11 @@ func (b bkts) remove(m *Message) error {
 	if err := b.add(campaignKey(m.Campaign, m.State), -1); err != nil {
 		return err
 	}
-	if m.State.pending() {
-		return b.add(domainKey(m.Domain, m.State), -1)
+	pk := pendingKeys(m)
+	for _, k := range pk.all() {
+		if err := b.add(k, -1); err != nil {
+			return err
+		}
 	}
 	return nil
 }

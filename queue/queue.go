@@ -41,6 +41,11 @@
 //   - The runner group-commits (committer.go): workers hand their outcomes to
 //     one loop that records them and claims the next messages in a single
 //     fsynced transaction.
+//   - The Deliverer is handed a message's pool and the egress source of its
+//     last attempt; the source and provider it reports are recorded on the
+//     message and its history with the outcome, in the same transaction, and
+//     a delivery through a source is counted there in the warm-up ledger
+//     (warmup.go): a count is never ahead of or behind its delivery's record.
 //
 // Protection at rest (see seal.go): no clear recipient is stored. The
 // recipient, the idempotency key, replies and reasons are sealed
@@ -111,7 +116,10 @@ func (s State) due() bool { return s == StateReady || s == StateDeferred || s ==
 // NewMessage is a message to enqueue. Key is its idempotency key within Campaign.
 type NewMessage struct {
 	Campaign, List, Key, From, To string
-	Body                          []byte
+	// Pool is the sending pool its Deliverer picks a source from ("" for
+	// the default pool): a campaign's `pool:`.
+	Pool string
+	Body []byte
 	// Dict is the id (from PutDictionary) of the dictionary Body is
 	// compressed with; 0 compresses it without one.
 	Dict uint32
@@ -147,6 +155,14 @@ type Message struct {
 	// RateGen names the limiter that reserved RateSlot; a slot of another
 	// (an earlier process, an earlier rate) is void (see limits.go).
 	RateGen uint64 `json:"rate_gen,omitempty"`
+	// Pool is the sending pool (NewMessage.Pool); Source is the egress
+	// source the last attempt that reported one used, handed back to the
+	// Deliverer so retries keep it; Provider is the recipient's mailbox
+	// provider as the last attempt that knew it reported ("" until then).
+	// Source and Provider are recorded with the attempt's outcome.
+	Pool     string `json:"pool,omitempty"`
+	Source   string `json:"source,omitempty"`
+	Provider string `json:"provider,omitempty"`
 }
 
 // Attempt is one event in a message's history: a delivery attempt, a recovery, an expiry.
@@ -155,6 +171,9 @@ type Attempt struct {
 	Outcome string    `json:"outcome"`
 	Reply   string    `json:"reply,omitempty"`
 	Remote  string    `json:"remote,omitempty"`
+	// Source and Provider are what the Deliverer reported for this attempt.
+	Source   string `json:"source,omitempty"`
+	Provider string `json:"provider,omitempty"`
 }
 
 // Config configures a Store. Empty fields take the defaults below.
@@ -226,6 +245,7 @@ type Store struct {
 //	rates     campaign id → msgs/s (see limits.go)
 //	susp      suspensions (see limits.go)
 //	erased    campaign \x00 state → 8-byte count of erased people's messages (see privacy.go)
+//	warmup    deliveries per (day, source, provider) and each source's first use (see warmup.go)
 var (
 	bktMsg       = []byte("msg")
 	bktBody      = []byte("body")
@@ -242,8 +262,9 @@ var (
 	bktMeta      = []byte("meta")
 	bktDict      = []byte("dict")
 	bktErased    = []byte("erased")
+	bktWarmup    = []byte("warmup")
 	allBuckets   = [][]byte{bktMsg, bktBody, bktIdem, bktDue, bktState, bktCampaign, bktCampaigns,
-		bktCounts, bktMinutes, bktRates, bktSusp, bktRcpt, bktMeta, bktDict, bktErased}
+		bktCounts, bktMinutes, bktRates, bktSusp, bktRcpt, bktMeta, bktDict, bktErased, bktWarmup}
 )
 
 // Open opens (creating if needed) the queue file and recovers messages left active by a crash.

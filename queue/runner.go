@@ -15,17 +15,25 @@ import (
 // Deliverer sends one message to one recipient. An error with Temporary() returning
 // false is permanent; every other error is temporary. A permanent error's
 // HardBounce(), when present, says whether the recipient's mailbox or domain
-// will never take mail (then the address is suppressed). DeliverUntil
+// will never take mail (then the address is suppressed). DeliverVia
 // must not keep body after it returns: the runner reuses its memory.
+//
+// pool is the message's sending pool ("" for the default one) and source the
+// egress source an earlier attempt of the message used ("" for none): the
+// Deliverer prefers it, so a message keeps its source across retries. It
+// returns the source it used and the recipient's provider, on failure too
+// when it knows them ("" when it does not): the runner records both on the
+// message with the attempt's outcome, in the same commit, and counts a
+// delivery through a source in the warm-up ledger (see warmup.go).
 //
 // stop ends when the runner stops dispatching. A Deliverer that may wait
 // before a delivery starts (the destination's rate limit, a session slot)
 // gives such a wait up when stop ends, returning an error whose RetryAt is
 // set: not an attempt, the claim goes back and a drain is not held up. Once
 // the delivery has started only ctx bounds it. A Deliverer that never waits
-// may ignore stop. mta.Sender's DeliverUntil is the one the binary wires.
+// may ignore stop. mta.Sender's DeliverVia is the one the binary wires.
 type Deliverer interface {
-	DeliverUntil(ctx, stop context.Context, id, from, to string, body []byte) error
+	DeliverVia(ctx, stop context.Context, id, from, to string, body []byte, pool, source string) (usedSource, provider string, err error)
 }
 
 // Suppressions is the do-not-mail list, checked just before each delivery.
@@ -561,6 +569,9 @@ type outcome struct {
 	tried    bool          // the Deliverer was called: an attempt to count
 	// interrupted: cut off by the drain deadline; back to the queue, due at once
 	interrupted bool
+	// source and provider are what the Deliverer reported ("" when it did
+	// not know): recorded on the message with the outcome.
+	source, provider string
 }
 
 // attempt checks suppression and calls the Deliverer, gathering the facts
@@ -587,12 +598,16 @@ func (r *Runner) attempt(ctx, stop context.Context, m Message, buf []byte) (outc
 		return decide(facts{reached: stoppedBefore}), buf
 	}
 	start := time.Now()
-	derr := r.d.DeliverUntil(ctx, stop, m.ID, m.From, m.To, body)
+	src, prov, derr := r.d.DeliverVia(ctx, stop, m.ID, m.From, m.To, body, m.Pool, m.Source)
 	f := deliveryFacts(derr)
 	f.took = time.Since(start)
 	if cap(body) > cap(buf) {
 		buf = body[:0] // grown (or a raw body's own memory): keep the larger
 	}
 	f.stopped, f.cutOff = stop.Err() != nil, ctx.Err() != nil
-	return decide(f), buf
+	o := decide(f)
+	if o.tried { // the zero outcome (claim given back) records nothing
+		o.source, o.provider = src, prov
+	}
+	return o, buf
 }

@@ -56,6 +56,8 @@ type Filter struct {
 	Campaign  string
 	State     State
 	Domain    string
+	Provider  string        // the provider the last attempt reported
+	Source    string        // the egress source the last attempt reported
 	OlderThan time.Duration // Created at least this long ago
 	Limit     int           // at most this many; 0 = no limit
 }
@@ -82,6 +84,8 @@ func (s *Store) List(f Filter, fn func(Message) error) error {
 		return (f.State == "" || m.State == f.State) &&
 			(f.Campaign == "" || m.Campaign == f.Campaign) &&
 			(f.Domain == "" || m.Domain == f.Domain) &&
+			(f.Provider == "" || m.Provider == f.Provider) &&
+			(f.Source == "" || m.Source == f.Source) &&
 			(cutoff.IsZero() || !m.Created.After(cutoff))
 	}
 	after, n := "", 0
@@ -269,8 +273,16 @@ type Stats struct {
 	ByState      map[State]int
 	ByDomain     map[string]int           // pending messages only
 	DomainStates map[string]map[State]int // pending messages by domain and state
-	Oldest       time.Time                // oldest pending message's Created; zero if none
-	Total        int
+	// ByProvider and ProviderStates count pending messages by the provider
+	// their last attempt reported, as ByDomain and DomainStates do by
+	// domain; those with none yet count under "". BySource and SourceStates
+	// likewise by egress source.
+	ByProvider     map[string]int
+	ProviderStates map[string]map[State]int
+	BySource       map[string]int
+	SourceStates   map[string]map[State]int
+	Oldest         time.Time // oldest pending message's Created; zero if none
+	Total          int
 	// Rates is messages delivered per minute over the last "1m", "5m" and "15m"
 	// (each window also covers the current, partial minute).
 	Rates map[string]float64
@@ -283,6 +295,8 @@ type Stats struct {
 // grows with the number of domains, not with the queue.
 func (s *Store) Stats() (Stats, error) {
 	st := Stats{ByState: map[State]int{}, ByDomain: map[string]int{}, DomainStates: map[string]map[State]int{},
+		ByProvider: map[string]int{}, ProviderStates: map[string]map[State]int{},
+		BySource: map[string]int{}, SourceStates: map[string]map[State]int{},
 		Rates: map[string]float64{}, Recent: map[string]int{}}
 	now := time.Now()
 	err := s.view(func(tx *bbolt.Tx) error {
@@ -293,21 +307,14 @@ func (s *Store) Stats() (Stats, error) {
 				st.Total += n
 			}
 		}
-		prefix := []byte("d\x00")
-		c := b.counts.Cursor()
-		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			rest := k[len(prefix):]
-			i := bytes.LastIndexByte(rest, 0)
-			if i < 0 || len(v) != 8 {
-				continue
-			}
-			domain, state := string(rest[:i]), State(rest[i+1:])
-			n := int(binary.BigEndian.Uint64(v))
-			st.ByDomain[domain] += n
-			if st.DomainStates[domain] == nil {
-				st.DomainStates[domain] = map[State]int{}
-			}
-			st.DomainStates[domain][state] += n
+		b.pendingBy("d", st.ByDomain, st.DomainStates)
+		b.pendingBy("p", st.ByProvider, st.ProviderStates)
+		b.pendingBy("o", st.BySource, st.SourceStates)
+		// Only known providers and sources are counted: the rest of each
+		// pending state is under "".
+		for _, state := range []State{StateReady, StateDeferred, StateHeld, StateActive} {
+			unknown(st.ByState[state], state, st.ByProvider, st.ProviderStates)
+			unknown(st.ByState[state], state, st.BySource, st.SourceStates)
 		}
 		// Ids grow with creation time: the first id of each pending state is its oldest.
 		for _, state := range []State{StateReady, StateDeferred, StateHeld, StateActive} {
@@ -330,6 +337,45 @@ func (s *Store) Stats() (Stats, error) {
 		return Stats{}, fmt.Errorf("queue stats %s: %w", s.path, err)
 	}
 	return st, nil
+}
+
+// pendingBy adds the pending counters under kind ("d" domain, "p" provider,
+// "o" source) to by (name → pending) and states (name → state → count).
+func (b bkts) pendingBy(kind string, by map[string]int, states map[string]map[State]int) {
+	prefix := join(kind, "")
+	c := b.counts.Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		rest := k[len(prefix):]
+		i := bytes.LastIndexByte(rest, 0)
+		if i < 0 || len(v) != 8 {
+			continue
+		}
+		name, state := string(rest[:i]), State(rest[i+1:])
+		n := int(binary.BigEndian.Uint64(v))
+		by[name] += n
+		if states[name] == nil {
+			states[name] = map[State]int{}
+		}
+		states[name][state] += n
+	}
+}
+
+// unknown adds to by and states under "" the messages in state (total of
+// them) that no name counts.
+func unknown(total int, state State, by map[string]int, states map[string]map[State]int) {
+	for name, ss := range states {
+		if name != "" {
+			total -= ss[state]
+		}
+	}
+	if total <= 0 {
+		return
+	}
+	by[""] += total
+	if states[""] == nil {
+		states[""] = map[State]int{}
+	}
+	states[""][state] += total
 }
 
 // CampaignCounts counts campaign id's messages by state (from counters),

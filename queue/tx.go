@@ -15,7 +15,7 @@ import (
 type bkts struct {
 	msg, body, idem, due, state, campaign, campaigns *bbolt.Bucket
 	counts, minutes, rates, susp, rcpt, meta, dict   *bbolt.Bucket
-	erased                                           *bbolt.Bucket
+	erased, warmup                                   *bbolt.Bucket
 	box                                              *sealed.Box
 }
 
@@ -38,6 +38,7 @@ func (s *Store) buckets(tx *bbolt.Tx) bkts {
 		rates:     tx.Bucket(bktRates),
 		susp:      tx.Bucket(bktSusp),
 		erased:    tx.Bucket(bktErased),
+		warmup:    tx.Bucket(bktWarmup),
 	}
 }
 
@@ -108,7 +109,7 @@ func (b bkts) save(m *Message, prev *Message) error {
 			return fmt.Errorf("delete body of %s: %w", m.ID, err)
 		}
 	}
-	if prev == nil || prev.State != m.State {
+	if prev == nil || prev.State != m.State || prev.Provider != m.Provider || prev.Source != m.Source {
 		if err := b.countMove(m, prev); err != nil {
 			return fmt.Errorf("count message %s: %w", m.ID, err)
 		}

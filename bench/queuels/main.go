@@ -50,7 +50,9 @@ func (tempFail) Temporary() bool { return true }
 
 type deferAll struct{}
 
-func (deferAll) DeliverUntil(_, _ context.Context, _, _, _ string, _ []byte) error { return tempFail{} }
+func (deferAll) DeliverVia(_, _ context.Context, _, _, _ string, _ []byte, _, _ string) (string, string, error) {
+	return "", "", tempFail{}
+}
 
 type noSuppressions struct{}
 

@@ -41,6 +41,8 @@ func (c *cli) queueCommand() *cobra.Command {
 	ls.Flags().StringVar(&la.Campaign, "campaign", "", "only this campaign")
 	ls.Flags().StringVar(&la.State, "state", "", "only this state: ready|deferred|held|active|delivered|bounced|expired|cancelled")
 	ls.Flags().StringVar(&la.Domain, "domain", "", "only this recipient domain")
+	ls.Flags().StringVar(&la.Provider, "provider", "", "only messages whose last attempt found this provider (e.g. microsoft)")
+	ls.Flags().StringVar(&la.Source, "source", "", "only messages whose last attempt went through this egress source")
 	ls.Flags().StringVar(&la.OlderThan, "older-than", "", "only messages older than this (e.g. 2h, 3d)")
 	ls.Flags().IntVar(&la.Limit, "limit", 0, "at most this many")
 
@@ -58,7 +60,7 @@ func (c *cli) queueCommand() *cobra.Command {
 	}
 	stats := &cobra.Command{
 		Use:   "stats",
-		Short: "Counts by state and by domain, oldest message, delivery rate over the last minutes",
+		Short: "Counts by state, by domain, by provider and by source, oldest message, delivery rate over the last minutes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return c.call(cmd.Context(), "queue.stats", nil, c.printStats)
@@ -95,15 +97,30 @@ func (c *cli) printStats(raw json.RawMessage) error {
 	for _, sp := range v.Suspensions {
 		fmt.Fprintf(w, "suspended: %s until %s: %s\n", sp.Selector, sp.Until.Local().Format(time.DateTime), sp.Reason)
 	}
-	if len(v.ByDomain) > 0 {
+	for _, g := range []struct {
+		col    string
+		by     map[string]int
+		states map[string]map[queue.State]int
+	}{{"DOMAIN", v.ByDomain, v.DomainStates}, {"PROVIDER", v.ByProvider, v.ProviderStates}, {"SOURCE", v.BySource, v.SourceStates}} {
+		if len(g.by) == 0 {
+			continue
+		}
 		t := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(t, "DOMAIN\tPENDING\tDEFERRED\tHELD")
-		for _, d := range topDomains(v.ByDomain, 0) {
-			fmt.Fprintf(t, "%s\t%d\t%d\t%d\n", d, v.ByDomain[d], v.DomainStates[d]["deferred"], v.DomainStates[d]["held"])
+		fmt.Fprintln(t, g.col+"\tPENDING\tDEFERRED\tHELD")
+		for _, d := range topDomains(g.by, 0) {
+			fmt.Fprintf(t, "%s\t%d\t%d\t%d\n", nameOrUnknown(d), g.by[d], g.states[d]["deferred"], g.states[d]["held"])
 		}
 		t.Flush()
 	}
 	return nil
+}
+
+// nameOrUnknown prints a provider or source name; "" (none found yet) is "(unknown)".
+func nameOrUnknown(name string) string {
+	if name == "" {
+		return "(unknown)"
+	}
+	return name
 }
 
 // topDomains returns the domains by descending count (then name); n > 0 keeps the first n.
@@ -235,6 +252,7 @@ func (c *cli) printMessage(raw json.RawMessage) error {
 	if v.NextAttempt != nil {
 		fmt.Fprintf(w, "next:      %s\n", v.NextAttempt.Local().Format(time.RFC3339))
 	}
+	fmt.Fprintf(w, "pool:      %s\nsource:    %s\nprovider:  %s\n", orDefault(v.Pool), nameOrUnknown(v.Source), nameOrUnknown(v.Provider))
 	if v.Reason != "" {
 		fmt.Fprintf(w, "reason:    %s\n", v.Reason)
 	}
@@ -255,12 +273,23 @@ func (c *cli) printMessage(raw json.RawMessage) error {
 		if a.Remote != "" {
 			fmt.Fprintf(w, " [%s]", a.Remote)
 		}
+		if a.Source != "" || a.Provider != "" {
+			fmt.Fprintf(w, " (source %s, provider %s)", nameOrUnknown(a.Source), nameOrUnknown(a.Provider))
+		}
 		if a.Reply != "" {
 			fmt.Fprintf(w, ": %s", a.Reply)
 		}
 		fmt.Fprintln(w)
 	}
 	return nil
+}
+
+// orDefault prints a pool name; "" is the default pool.
+func orDefault(pool string) string {
+	if pool == "" {
+		return "(default)"
+	}
+	return pool
 }
 
 func oneLine(s string, n int) string {

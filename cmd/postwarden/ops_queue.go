@@ -29,6 +29,9 @@ type msgView struct {
 	Attempts    int             `json:"attempts"`
 	Created     time.Time       `json:"created"`
 	NextAttempt *time.Time      `json:"next_attempt,omitempty"`
+	Pool        string          `json:"pool,omitempty"`     // sending pool
+	Source      string          `json:"source,omitempty"`   // egress source of the last attempt that reported one
+	Provider    string          `json:"provider,omitempty"` // the recipient's provider, once an attempt found it
 	LastReply   string          `json:"last_reply,omitempty"`
 	Reason      string          `json:"reason,omitempty"`
 	From        string          `json:"from,omitempty"`
@@ -45,7 +48,7 @@ type headerView struct {
 func viewOf(m queue.Message, reveal, full bool) msgView {
 	v := msgView{
 		ID: m.ID, Campaign: m.Campaign, List: m.List, Rcpt: maskIf(reveal, m.To), Domain: m.Domain,
-		State: m.State, Attempts: m.Attempts, Created: m.Created,
+		State: m.State, Attempts: m.Attempts, Created: m.Created, Pool: m.Pool, Source: m.Source, Provider: m.Provider,
 		LastReply: maskTextIf(reveal, m.LastReply), Reason: maskTextIf(reveal, m.Reason),
 	}
 	if !m.NextAttempt.IsZero() && (m.State == queue.StateReady || m.State == queue.StateDeferred || m.State == queue.StateActive) {
@@ -66,6 +69,8 @@ type queueListArgs struct {
 	Campaign  string `json:"campaign,omitempty"`
 	State     string `json:"state,omitempty"`
 	Domain    string `json:"domain,omitempty"`
+	Provider  string `json:"provider,omitempty"`
+	Source    string `json:"source,omitempty"`
 	OlderThan string `json:"older_than,omitempty"`
 	Limit     int    `json:"limit,omitempty"`
 }
@@ -75,7 +80,8 @@ var validStates = []queue.State{queue.StateReady, queue.StateDeferred, queue.Sta
 	queue.StateDelivered, queue.StateBounced, queue.StateExpired, queue.StateCancelled}
 
 func (a queueListArgs) filter() (queue.Filter, error) {
-	f := queue.Filter{Campaign: a.Campaign, Domain: a.Domain, Limit: a.Limit}
+	f := queue.Filter{Campaign: a.Campaign, Domain: a.Domain, Limit: a.Limit,
+		Provider: strings.TrimSpace(a.Provider), Source: strings.TrimSpace(a.Source)}
 	if a.State != "" {
 		ok := false
 		for _, s := range validStates {
@@ -305,7 +311,14 @@ type statsView struct {
 	ByState      map[queue.State]int            `json:"by_state"`
 	ByDomain     map[string]int                 `json:"by_domain"`
 	DomainStates map[string]map[queue.State]int `json:"domain_states,omitempty"`
-	Oldest       *time.Time                     `json:"oldest,omitempty"`
+	// ByProvider and BySource count pending messages by the provider and
+	// the egress source their last attempt reported, as ByDomain does by
+	// domain; "" holds those with none yet. *States split them by state.
+	ByProvider     map[string]int                 `json:"by_provider"`
+	ProviderStates map[string]map[queue.State]int `json:"provider_states,omitempty"`
+	BySource       map[string]int                 `json:"by_source"`
+	SourceStates   map[string]map[queue.State]int `json:"source_states,omitempty"`
+	Oldest         *time.Time                     `json:"oldest,omitempty"`
 	// Rates is delivered messages per minute over the last 1m, 5m and 15m.
 	Rates       map[string]float64 `json:"delivered_per_minute"`
 	Recent      map[string]int     `json:"last_15m"`
@@ -322,6 +335,7 @@ func opQueueStats(ctx context.Context, e *env, req request, o *out) error {
 		return err
 	}
 	v := statsView{Total: st.Total, ByState: st.ByState, ByDomain: st.ByDomain, DomainStates: st.DomainStates,
+		ByProvider: st.ByProvider, ProviderStates: st.ProviderStates, BySource: st.BySource, SourceStates: st.SourceStates,
 		Rates: st.Rates, Recent: st.Recent, Suspensions: sus}
 	if !st.Oldest.IsZero() {
 		v.Oldest = &st.Oldest

@@ -12,6 +12,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+
+	"github.com/postwarden/postwarden/queue"
 )
 
 // topInterval is how often `queue top` refreshes on a terminal.
@@ -23,7 +25,7 @@ const topRows = 20
 func (c *cli) topCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "top",
-		Short: "Top domains by queued messages and the delivery rates, refreshed every 2 s on a terminal (ctrl-C exits)",
+		Short: "Top domains, providers and sources by queued messages and the delivery rates, refreshed every 2 s on a terminal (ctrl-C exits)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f, ok := c.stdout.(*os.File)
@@ -90,6 +92,24 @@ func renderTop(w io.Writer, raw json.RawMessage, now time.Time) error {
 	}
 	if n := len(v.ByDomain) - topRows; n > 0 {
 		fmt.Fprintf(t, "(%d more domains)\t\t\t\t\n", n)
+	}
+	for _, g := range []struct {
+		col, more string
+		by        map[string]int
+		states    map[string]map[queue.State]int
+	}{{"PROVIDER", "providers", v.ByProvider, v.ProviderStates}, {"SOURCE", "sources", v.BySource, v.SourceStates}} {
+		if len(g.by) == 0 {
+			continue
+		}
+		fmt.Fprintln(t, "\t\t\t\t")
+		fmt.Fprintln(t, g.col+"\tQUEUED\tDEFERRED\tHELD\tIN FLIGHT")
+		for _, d := range topDomains(g.by, topRows) {
+			ds := g.states[d]
+			fmt.Fprintf(t, "%s\t%d\t%d\t%d\t%d\n", nameOrUnknown(d), g.by[d], ds["deferred"], ds["held"], ds["active"])
+		}
+		if n := len(g.by) - topRows; n > 0 {
+			fmt.Fprintf(t, "(%d more %s)\t\t\t\t\n", n, g.more)
+		}
 	}
 	return t.Flush()
 }

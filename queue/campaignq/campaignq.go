@@ -19,7 +19,7 @@ var _ campaign.Queue = Adapter{}
 func (a Adapter) Enqueue(msgs []campaign.Message) (added, duplicates int, err error) {
 	nm := make([]queue.NewMessage, len(msgs))
 	for i, m := range msgs {
-		nm[i] = queue.NewMessage{Campaign: m.Campaign, List: m.List, Key: m.Key, From: m.From, To: m.To, Body: m.Body, Dict: m.Dict}
+		nm[i] = queue.NewMessage{Campaign: m.Campaign, List: m.List, Key: m.Key, From: m.From, To: m.To, Body: m.Body, Dict: m.Dict, Pool: m.Pool}
 	}
 	r, err := a.Q.Enqueue(nm)
 	return r.Added, r.Duplicates, err

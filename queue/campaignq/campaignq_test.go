@@ -28,7 +28,7 @@ func openQueue(t *testing.T) *queue.Store {
 
 func msg(to, body string) campaign.Message {
 	return campaign.Message{Campaign: "spring", List: "news", Key: to, From: "news@sender.example", To: to,
-		Body: []byte("Subject: hi\r\n\r\n" + body + "\r\n")}
+		Body: []byte("Subject: hi\r\n\r\n" + body + "\r\n"), Pool: "warm-1"}
 }
 
 // TestAdapterEnqueue enqueues twice through the Adapter into a real queue:
@@ -59,8 +59,8 @@ func TestAdapterEnqueue(t *testing.T) {
 		switch {
 		case !ok:
 			t.Errorf("unexpected message to %s", m.To)
-		case m.List != "news" || m.From != "news@sender.example" || m.Key != m.To:
-			t.Errorf("message %s = list %q, from %q, key %q", m.ID, m.List, m.From, m.Key)
+		case m.List != "news" || m.From != "news@sender.example" || m.Key != m.To || m.Pool != "warm-1":
+			t.Errorf("message %s = list %q, from %q, key %q, pool %q", m.ID, m.List, m.From, m.Key, m.Pool)
 		case !bytes.Contains(body, []byte("\r\n\r\n"+w+"\r\n")):
 			t.Errorf("body of the message to %s = %q, want the first one enqueued (%q)", m.To, body, w)
 		}
