@@ -171,6 +171,18 @@ func (e *env) newSender() (*mta.Sender, []createdKey, error) {
 	}
 	if len(cfg.Delivery.Warmup) > 0 {
 		e.warmup = warmup.New(cfg.Delivery.Warmup)
+		if e.queue != nil { // what was delivered today and each source's day 1, kept by the queue
+			now := time.Now()
+			first, sent, err := e.queue.WarmupLedger(now)
+			if err != nil {
+				return nil, nil, fmt.Errorf("warm-up counts: %w", err)
+			}
+			pairs := make(map[warmup.Pair]int, len(sent))
+			for k, n := range sent {
+				pairs[warmup.Pair{Source: k[0], Provider: k[1]}] = n
+			}
+			e.warmup.Restore(first, now, pairs)
+		}
 	}
 	var mxr *providers.Resolver
 	if table != nil {
