@@ -7,15 +7,20 @@ import (
 	"fmt"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
 	"github.com/postwarden/postwarden/cmd/internal/natsnode"
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/queue/cluster"
+	"github.com/postwarden/postwarden/suppression/audit"
+	"github.com/postwarden/postwarden/suppression/audit/auditstream"
+	"github.com/postwarden/postwarden/suppression/sealed"
 )
 
 // clusterNode is serve's part in a cluster: the NATS link (and the
@@ -26,6 +31,9 @@ type clusterNode struct {
 	stop  context.CancelFunc
 	done  chan struct{}
 	log   zerolog.Logger
+	// workers are the node's loops besides the heartbeat (audit
+	// publisher, …), stopped with it.
+	workers sync.WaitGroup
 }
 
 // startCluster starts the embedded NATS server if configured, connects and
@@ -56,6 +64,7 @@ func (cn *clusterNode) Close() {
 	}
 	cn.stop()
 	<-cn.done
+	cn.workers.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	if err := cn.heart.Leave(ctx); err != nil {
 		cn.log.Warn().Err(err).Msg("cluster: could not say this node leaves; it shows as down once its beat expires")
@@ -64,6 +73,50 @@ func (cn *clusterNode) Close() {
 	_ = cn.nats.Close()
 	cn.log.Info().Msg("cluster node stopped")
 }
+
+// publishAudit publishes this node's audit chain to the cluster until the
+// node stops (suppression/audit/auditstream); nil-safe.
+func (cn *clusterNode) publishAudit(l *audit.Log, box *sealed.Box, cc *configs.Cluster) error {
+	if cn == nil {
+		return nil
+	}
+	p, err := auditstream.New(cn.nats.JetStream(), l, box, auditstream.Config{Node: cc.Node, Replicas: cc.Replicas},
+		cn.log.With().Str("component", "audit-stream").Logger())
+	if err != nil {
+		return err
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	cn.workers.Add(1)
+	go func() {
+		defer cn.workers.Done()
+		if err := p.Run(ctx); err != nil {
+			cn.log.Error().Err(err).Msg("audit chain no longer published")
+		}
+	}()
+	prev := cn.stop
+	cn.stop = func() { stop(); prev() }
+	return nil
+}
+
+// clusterJS returns the cluster's JetStream for a command: the daemon's
+// link, or a link of the command's own that done closes; errNotClustered
+// without a cluster section.
+func (e *env) clusterJS(ctx context.Context) (js jetstream.JetStream, done func(), err error) {
+	if e.cfg.Cluster == nil {
+		return nil, nil, errNotClustered
+	}
+	if e.cluster != nil {
+		return e.cluster.nats.JetStream(), func() {}, nil
+	}
+	nn, err := natsnode.Start(ctx, natsConfig(e.cfg.Cluster, true), e.log)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cluster: %w", err)
+	}
+	return nn.JetStream(), func() { _ = nn.Close() }, nil
+}
+
+// errNotClustered: a --cluster command on a single node.
+var errNotClustered = &exitError{code: 2, msg: "no cluster: section in the config: this is a single node (drop --cluster)"}
 
 // natsConfig is natsnode's configuration from the cluster section; a CLI
 // (cli true) never runs the embedded server, it connects to it.

@@ -58,6 +58,9 @@ type env struct {
 	adaptive *adaptive.Engine
 	// warmup caps new sources (delivery.warmup); nil without a schedule.
 	warmup *warmup.Tracker
+	// cluster is serve's link to the cluster; nil for a single node and
+	// outside the daemon.
+	cluster *clusterNode
 }
 
 // storeOpenTimeout bounds the wait for bbolt's file lock.

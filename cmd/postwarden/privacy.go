@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/postwarden/postwarden/configs"
@@ -17,6 +18,7 @@ import (
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/audit"
+	"github.com/postwarden/postwarden/suppression/audit/auditstream"
 	"github.com/postwarden/postwarden/suppression/gate"
 	"github.com/postwarden/postwarden/suppression/retention"
 	"github.com/postwarden/postwarden/suppression/subject"
@@ -161,7 +163,8 @@ func opSubjectRestrict(restrict bool) opFunc {
 }
 
 type auditArgs struct {
-	Since string `json:"since,omitempty"`
+	Since   string `json:"since,omitempty"`
+	Cluster bool   `json:"cluster,omitempty"` // audit verify: every node's chain, from the cluster
 }
 
 func opAuditList(ctx context.Context, e *env, req request, o *out) error {
@@ -185,6 +188,10 @@ func opAuditList(ctx context.Context, e *env, req request, o *out) error {
 }
 
 func opAuditVerify(ctx context.Context, e *env, req request, o *out) error {
+	var a auditArgs
+	if err := decodeArgs(req, &a); err != nil {
+		return err
+	}
 	r, err := e.audit.Verify()
 	if err != nil {
 		return err
@@ -194,6 +201,30 @@ func opAuditVerify(ctx context.Context, e *env, req request, o *out) error {
 	}
 	if !r.OK {
 		return &exitError{code: 1, msg: "audit log does not verify: " + r.Problem}
+	}
+	if !a.Cluster {
+		return nil
+	}
+	js, done, err := e.clusterJS(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	nodes, err := auditstream.VerifyCluster(ctx, js, e.box, e.cfg.Cluster.Node, e.audit)
+	if err != nil {
+		return err
+	}
+	var bad []string
+	for _, n := range nodes {
+		if err := o.Record(n); err != nil {
+			return err
+		}
+		if !n.OK {
+			bad = append(bad, n.Problem)
+		}
+	}
+	if len(bad) > 0 {
+		return &exitError{code: 1, msg: "cluster audit trail does not verify: " + strings.Join(bad, "; ")}
 	}
 	return nil
 }

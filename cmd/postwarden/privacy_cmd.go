@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/postwarden/postwarden/suppression/audit"
+	"github.com/postwarden/postwarden/suppression/audit/auditstream"
 )
 
 // subjectCommand is `postwarden subject export|erase|restrict|unrestrict`.
@@ -93,12 +94,18 @@ func (c *cli) auditCommand() *cobra.Command {
 		},
 	}
 	ls.Flags().StringVar(&a.Since, "since", "", "only entries since a date, a time or a duration ago")
+	var va auditArgs
 	verify := &cobra.Command{
-		Use:   "verify",
-		Short: "Recompute the hash chain; exit 1 and name the first bad entry if it was changed",
+		Use:   "verify [--cluster]",
+		Short: "Recompute the hash chain; exit 1 and name the first bad entry if it was changed (--cluster: every node's chain as published, and this node's against it)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.call(cmd.Context(), "audit.verify", nil, func(raw json.RawMessage) error {
+			return c.call(cmd.Context(), "audit.verify", va, func(raw json.RawMessage) error {
+				var n auditstream.NodeResult
+				if err := json.Unmarshal(raw, &n); err == nil && n.Node != "" {
+					fmt.Fprintln(c.stdout, nodeVerdict(n))
+					return nil
+				}
 				var r audit.VerifyResult
 				if err := json.Unmarshal(raw, &r); err != nil {
 					return err
@@ -108,8 +115,21 @@ func (c *cli) auditCommand() *cobra.Command {
 			})
 		},
 	}
+	verify.Flags().BoolVar(&va.Cluster, "cluster", false, "also verify every node's chain as published to the cluster")
 	cmd.AddCommand(ls, verify)
 	return cmd
+}
+
+// nodeVerdict is one line of `audit verify --cluster` per node.
+func nodeVerdict(n auditstream.NodeResult) string {
+	if !n.OK {
+		return fmt.Sprintf("node %s: audit chain BROKEN (%d entries published): %s", n.Node, n.Entries, n.Problem)
+	}
+	also := ""
+	if n.Local {
+		also = ", matches the local log"
+	}
+	return fmt.Sprintf("node %s: audit chain verified: %d entries published, head entry %d%s", n.Node, n.Entries, n.HeadSeq, also)
 }
 
 // dbCommand is `postwarden db prune|compact|check|init`.

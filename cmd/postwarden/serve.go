@@ -78,6 +78,10 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 		return err
 	}
 	defer cn.Close()
+	e.cluster = cn
+	if err := cn.publishAudit(e.audit, e.box, cfg.Cluster); err != nil {
+		return err
+	}
 
 	sender, created, err := e.newSender()
 	if err != nil {
