@@ -77,7 +77,16 @@ type RunnerConfig struct {
 	// their context is cancelled and each is returned to the queue, due at once.
 	// Default DefaultDrainTimeout.
 	DrainTimeout time.Duration
+	// Halt, when set, is asked before claiming and before each delivery: a
+	// non-empty answer says why no delivery may start now (a cluster node
+	// whose suppression replica is stale fails closed). Claimed messages
+	// then wait HaltRetry, unattempted; the runner resumes by itself once
+	// Halt answers "" again.
+	Halt func() string
 }
+
+// HaltRetry is how long a message claimed while the runner is halted waits.
+const HaltRetry = time.Second
 
 // DefaultWorkers is RunnerConfig.Workers' default: deliveries at once, most
 // of them waiting on remote servers.
@@ -94,6 +103,28 @@ type Runner struct {
 	sup Suppressions
 	cfg RunnerConfig
 	log zerolog.Logger
+
+	haltMu  sync.Mutex
+	haltWhy string // the last answer of Halt, for logging its changes
+}
+
+// halted asks RunnerConfig.Halt, logging when the answer changes.
+func (r *Runner) halted() string {
+	if r.cfg.Halt == nil {
+		return ""
+	}
+	why := r.cfg.Halt()
+	r.haltMu.Lock()
+	defer r.haltMu.Unlock()
+	if why != r.haltWhy {
+		if why != "" {
+			r.log.Warn().Str("why", why).Msg("deliveries halted: no delivery starts until this clears")
+		} else {
+			r.log.Info().Str("was", r.haltWhy).Msg("deliveries resumed")
+		}
+		r.haltWhy = why
+	}
+	return why
 }
 
 // NewRunner returns a Runner delivering s's messages through d after checking sup.
@@ -300,7 +331,11 @@ func (r *Runner) dispatch(ctx context.Context, drain bool, wake <-chan struct{},
 // commitRound records the results in done and claims jobs for the free
 // slots in one commit, settles the results and hands the jobs to the workers.
 func (r *Runner) commitRound(d *dispatch, follow chan<- []result) batch {
-	c := r.commit(d.done, d.limit-d.inflight+len(d.done))
+	free := d.limit - d.inflight + len(d.done)
+	if r.halted() != "" {
+		free = 0 // fail closed: nothing new is claimed
+	}
+	c := r.commit(d.done, free)
 	r.settle(d.done, c, follow)
 	d.inflight -= len(d.done)
 	d.done, d.first = d.done[:0], time.Time{}
@@ -582,6 +617,10 @@ type outcome struct {
 // was cut off by the drain deadline returns the message to the queue
 // (interrupted).
 func (r *Runner) attempt(ctx, stop context.Context, m Message, buf []byte) (outcome, []byte) {
+	if why := r.halted(); why != "" { // claimed before the halt: wait, unattempted
+		return decide(facts{reached: delivered, failed: true, temporary: true, text: "held: " + why,
+			retryAt: r.cfg.Now().Add(HaltRetry)}), buf
+	}
 	// Suppression first: a message suppressed while it waited needs no body.
 	reason, suppressed, err := r.sup.Check(m.To, m.List)
 	if err != nil { // cannot tell: do not mail, try later
