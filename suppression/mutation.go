@@ -148,7 +148,11 @@ func (s *Store) MutationIndex(m Mutation) string {
 // earlier point applies nothing twice; seq 0 applies without recording (a
 // change applied ahead of the log). A refusal of the store (Outcome.Refused)
 // changes nothing and still records seq; an error changes nothing at all.
-func (s *Store) Apply(seq uint64, m Mutation) (Outcome, error) {
+// ahead are changes this node applied before the log has them (kept
+// pending): they are applied again after m, in the same transaction, so an
+// older change arriving from the log never undoes them, not even for a
+// moment; their refusals are ignored.
+func (s *Store) Apply(seq uint64, m Mutation, ahead ...Mutation) (Outcome, error) {
 	var out Outcome
 	err := s.update(func(tx *bbolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
@@ -164,8 +168,15 @@ func (s *Store) Apply(seq uint64, m Mutation) (Outcome, error) {
 			}
 		}
 		var err error
-		out, err = s.applyTx(tx, m)
-		return err
+		if out, err = s.applyTx(tx, m); err != nil {
+			return err
+		}
+		for _, a := range ahead {
+			if _, err := s.applyTx(tx, a); err != nil {
+				return fmt.Errorf("apply pending change again: %w", err)
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return Outcome{}, fmt.Errorf("apply suppression change %d (%s): %w", seq, m.Op, err)
