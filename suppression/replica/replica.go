@@ -837,15 +837,19 @@ func (r *Replica) check(ctx context.Context) {
 		info, err = st.Info(ctx)
 	}
 	if err != nil {
-		if ctx.Err() == nil || !errors.Is(err, context.Canceled) {
-			r.setWhy("stream " + r.cfg.Stream + " unreachable: " + err.Error())
-		}
+		r.setWhy("stream " + r.cfg.Stream + " unreachable: " + err.Error())
 		return
 	}
 	last := info.State.LastSeq
 	r.mu.Lock()
 	r.streamLast = last
 	switch {
+	case r.applied > last:
+		// The stream has fewer changes than this store applied: it was
+		// recreated or restored from an older backup. Consuming from
+		// applied+1 would miss its changes; stay stale until an operator
+		// looks (issue 13: a node joins from a snapshot plus the tail).
+		r.why = fmt.Sprintf("stream %s ends at %d, before this store's %d (recreated?)", r.cfg.Stream, last, r.applied)
 	case r.applied >= last:
 		r.caughtUp, r.why = r.cfg.Now(), ""
 	case r.why == "":

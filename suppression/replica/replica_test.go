@@ -620,3 +620,55 @@ func scan(t *testing.T, dir string, needles map[string][]byte) map[string][]stri
 	}
 	return found
 }
+
+// TestFailClosed: a replica that cannot open the stream's changes (another
+// data key) applies nothing, skips nothing and stays stale, saying why.
+func TestFailClosed(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	box, dir := testBox(t), t.TempDir()
+	a := startNode(t, connect(t, srv.ClientURL()), box, filepath.Join(dir, "a.db"), cfgFor("a"))
+	if err := a.rep.Publish(context.Background(), Add(suppression.Entry{Target: "gus@example.com"})); err != nil {
+		t.Fatal(err)
+	}
+	other, err := sealed.New(bytes.Repeat([]byte{8}, sealed.KeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cfgFor("wrongkey")
+	cfg.MaxLag = 200 * time.Millisecond
+	w := startNode(t, connect(t, srv.ClientURL()), other, filepath.Join(dir, "w.db"), cfg)
+	eventually(t, "the wrong-key replica says why", func() bool {
+		return strings.Contains(w.rep.Status().Why, "open change")
+	})
+	time.Sleep(3 * cfg.MaxLag)
+	if st := w.rep.Status(); !st.Stale || st.AppliedSeq != 0 || st.Lag != 1 {
+		t.Fatalf("wrong-key replica: %+v; want stale, nothing applied, lag 1", st)
+	}
+}
+
+// TestStaleClock: Stale follows the replica's clock: caught up at T, not
+// stale at T, stale past T+MaxLag, and not stale again by itself once it
+// has caught up at a later time.
+func TestStaleClock(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	box, dir := testBox(t), t.TempDir()
+	var (
+		mu  sync.Mutex
+		now = time.Date(2026, 12, 6, 4, 0, 0, 0, time.UTC)
+	)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	cfg := cfgFor("a")
+	cfg.MaxLag, cfg.Now = 30*time.Second, clock
+	a := startNode(t, connect(t, srv.ClientURL()), box, filepath.Join(dir, "a.db"), cfg)
+	eventually(t, "caught up at T", func() bool { return !a.rep.Stale(clock()) })
+	if !a.rep.Stale(clock().Add(31 * time.Second)) {
+		t.Fatal("not stale past T+MaxLag")
+	}
+	mu.Lock()
+	now = now.Add(time.Hour)
+	mu.Unlock()
+	eventually(t, "caught up again an hour later", func() bool { return !a.rep.Stale(clock()) })
+	if st := a.rep.Status(); !st.CaughtUp.Equal(clock()) || st.Stale {
+		t.Fatalf("status = %+v", st)
+	}
+}
