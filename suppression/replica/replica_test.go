@@ -672,3 +672,50 @@ func TestStaleClock(t *testing.T) {
 		t.Fatalf("status = %+v", st)
 	}
 }
+
+// TestErasureWhileCutOff: an erasure accepted with NATS gone erases here at
+// once and, once NATS is back, wipes the person's events from the stream and
+// reaches the other replica.
+func TestErasureWhileCutOff(t *testing.T) {
+	storeDir := t.TempDir()
+	srv := startNATS(t, storeDir, -1)
+	port, url := portOf(srv), srv.ClientURL()
+	box, dir := testBox(t), t.TempDir()
+	a := startNode(t, connect(t, url), box, filepath.Join(dir, "a.db"), cfgFor("a"))
+	b := startNode(t, connect(t, url), box, filepath.Join(dir, "b.db"), cfgFor("b"))
+	ctx := context.Background()
+	const addr = "hal.hidden@example.com"
+	subj := DefaultSubject + "." + box.IndexHex(addr)
+
+	spy, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 4)
+	if _, err := spy.Subscribe(subj, func(m *nats.Msg) { got <- bytes.Clone(m.Data) }); err != nil {
+		t.Fatal(err)
+	}
+	spy.Flush()
+	if err := a.rep.Publish(ctx, Add(suppression.Entry{Target: addr, Reason: suppression.Unsubscribed, Note: "Hal Hidden"})); err != nil {
+		t.Fatal(err)
+	}
+	ev := <-got
+	spy.Close()
+	eventually(t, "B has the add", func() bool { _, ok := suppressed(t, b.store, addr); return ok })
+	waitOnDisk(t, storeDir, ev[len(ev)-16:])
+
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	if err := a.rep.Publish(ctx, Erase(addr, "REQ-11", nil)); err != nil {
+		t.Fatalf("erase with NATS down = %v; want accepted", err)
+	}
+	if r, _ := suppressed(t, a.store, addr); r != "erased" {
+		t.Fatalf("A: %q; want erased at once", r)
+	}
+	startNATS(t, storeDir, port)
+	eventually(t, "B erases", func() bool { r, _ := suppressed(t, b.store, addr); return r == "erased" })
+	eventually(t, "A has nothing pending", func() bool { return a.rep.Status().Pending == 0 })
+	for what, hits := range scan(t, storeDir, map[string][]byte{"address": []byte(addr), "name": []byte("Hal Hidden"), "sealed event": ev[len(ev)-16:]}) {
+		t.Errorf("the NATS store dir still holds the %s (%v)", what, hits)
+	}
+}
