@@ -197,6 +197,7 @@ type Replica struct {
 	streamLast uint64
 	caughtUp   time.Time
 	why        string
+	consumeErr string           // the consumer's last failure, until it applies again
 	count      uint64           // applied since Start
 	outcomes   map[string]error // own changes' refusals, by id
 	outOrder   []string         // ids in outcomes, oldest first
@@ -658,7 +659,9 @@ func (r *Replica) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		r.setWhy(err.Error())
+		r.mu.Lock()
+		r.why, r.consumeErr = err.Error(), err.Error()
+		r.mu.Unlock()
 		r.log.Warn().Err(err).Dur("retry_in", delay).Msg("suppression replica not consuming")
 		t := time.NewTimer(jitter(delay))
 		select {
@@ -794,6 +797,7 @@ func (r *Replica) handle(msg jetstream.Msg) error {
 	if seq > r.streamLast {
 		r.streamLast = seq
 	}
+	r.consumeErr = ""
 	if md.NumPending == 0 {
 		r.caughtUp, r.why = r.cfg.Now(), ""
 	}
@@ -852,7 +856,9 @@ func (r *Replica) check(ctx context.Context) {
 		r.why = fmt.Sprintf("stream %s ends at %d, before this store's %d (recreated?)", r.cfg.Stream, last, r.applied)
 	case r.applied >= last:
 		r.caughtUp, r.why = r.cfg.Now(), ""
-	case r.why == "":
+	case r.consumeErr != "":
+		r.why = r.consumeErr
+	default:
 		r.why = fmt.Sprintf("%d changes behind the stream", last-r.applied)
 	}
 	pending := false

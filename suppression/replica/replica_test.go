@@ -100,7 +100,8 @@ type node struct {
 func startNode(t *testing.T, js jetstream.JetStream, box *sealed.Box, path string, cfg Config) *node {
 	t.Helper()
 	st := openStore(t, path, box)
-	r, err := New(js, st, box, cfg, zerolog.Nop())
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel).With().Timestamp().Logger()
+	r, err := New(js, st, box, cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,10 +183,7 @@ func TestTwoReplicas(t *testing.T) {
 	if err := a.rep.Publish(ctx, Change{Mutation: suppression.Mutation{Op: "drop"}}); err == nil {
 		t.Fatal("an unknown operation was published")
 	}
-	eventually(t, "B applies all six", func() bool {
-		s, _ := b.store.AppliedSeq()
-		return s == 6
-	})
+	eventually(t, "B applies all six", func() bool { return b.rep.Status().AppliedSeq == 6 })
 	for _, st := range []*suppression.Store{a.store, b.store} {
 		if _, ok := suppressed(t, st, "ann@example.com"); ok {
 			t.Error("ann still suppressed after remove")
@@ -277,7 +275,7 @@ func TestCluster(t *testing.T) {
 		eventually(t, fmt.Sprintf("node %d caught up (stream created, R3)", i+1), caughtUp(n))
 	}
 	ctx := context.Background()
-	spy, err := nats.Connect(n3.ClientURL())
+	spy, err := nats.Connect(n1.ClientURL()) // where node 1 publishes: no route interest to wait for
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +289,7 @@ func TestCluster(t *testing.T) {
 	if err := nodes[0].rep.Publish(ctx, Add(suppression.Entry{Target: "eve@example.com", Reason: suppression.Unsubscribed, Note: name})); err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
-	sealedEvent := <-got
+	sealedEvent := receive(t, got)
 	if _, ok := suppressed(t, nodes[0].store, "eve@example.com"); !ok {
 		t.Fatal("node 1 does not suppress after Publish")
 	}
@@ -699,7 +697,7 @@ func TestErasureWhileCutOff(t *testing.T) {
 	if err := a.rep.Publish(ctx, Add(suppression.Entry{Target: addr, Reason: suppression.Unsubscribed, Note: "Hal Hidden"})); err != nil {
 		t.Fatal(err)
 	}
-	ev := <-got
+	ev := receive(t, got)
 	spy.Close()
 	eventually(t, "B has the add", func() bool { _, ok := suppressed(t, b.store, addr); return ok })
 	waitOnDisk(t, storeDir, ev[len(ev)-16:])
@@ -717,5 +715,17 @@ func TestErasureWhileCutOff(t *testing.T) {
 	eventually(t, "A has nothing pending", func() bool { return a.rep.Status().Pending == 0 })
 	for what, hits := range scan(t, storeDir, map[string][]byte{"address": []byte(addr), "name": []byte("Hal Hidden"), "sealed event": ev[len(ev)-16:]}) {
 		t.Errorf("the NATS store dir still holds the %s (%v)", what, hits)
+	}
+}
+
+// receive takes one message from ch, failing the test past the deadline.
+func receive(t *testing.T, ch <-chan []byte) []byte {
+	t.Helper()
+	select {
+	case b := <-ch:
+		return b
+	case <-time.After(wait):
+		t.Fatalf("no message within %s", wait)
+		return nil
 	}
 }
