@@ -221,7 +221,8 @@ type pendingChange struct {
 	rec   pendingRecord
 	index string
 	m     suppression.Mutation
-	acked bool // the stream has it; drop once applied from the stream
+	acked bool   // the stream has it; drop once applied from the stream
+	seq   uint64 // its stream sequence, once acked
 }
 
 // New makes a replica of the stream cfg.Stream in store; box is the data key
@@ -633,7 +634,7 @@ func (r *Replica) acked(p *pendingChange, seq uint64) error {
 	r.applyMu.Lock()
 	defer r.applyMu.Unlock()
 	r.mu.Lock()
-	p.acked = true
+	p.acked, p.seq = true, seq
 	drop := seq <= r.applied
 	if drop {
 		r.ahead = slices.DeleteFunc(r.ahead, func(q *pendingChange) bool { return q == p })
@@ -786,7 +787,9 @@ func (r *Replica) handle(msg jetstream.Msg) error {
 	}
 	keep := r.ahead[:0]
 	for _, p := range r.ahead {
-		if p.rec.ID == c.ID {
+		// Its copy applied now, or passed over (wiped by an erasure
+		// before this node read it).
+		if p.rec.ID == c.ID || (p.acked && p.seq <= seq) {
 			drop = append(drop, p.key)
 		} else {
 			keep = append(keep, p)
