@@ -153,35 +153,62 @@ func (s *Store) MutationIndex(m Mutation) string {
 // older change arriving from the log never undoes them, not even for a
 // moment; their refusals are ignored.
 func (s *Store) Apply(seq uint64, m Mutation, ahead ...Mutation) (Outcome, error) {
-	var out Outcome
+	outs, err := s.ApplyAll([]Logged{{Seq: seq, Mutation: m, Ahead: ahead}})
+	if err != nil {
+		return Outcome{}, err
+	}
+	return outs[0], nil
+}
+
+// Logged is one change of the replicated log for ApplyAll: its sequence,
+// the change, and the changes kept ahead of the log to apply again after it.
+type Logged struct {
+	Seq      uint64
+	Mutation Mutation
+	Ahead    []Mutation
+}
+
+// ApplyAll is Apply for consecutive changes of the log, in order, in one
+// transaction (one fsync for a whole backlog): the last sequence is
+// recorded with them, and the store holds all of them or none.
+func (s *Store) ApplyAll(cs []Logged) ([]Outcome, error) {
+	outs := make([]Outcome, len(cs))
+	var at int
 	err := s.update(func(tx *bbolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
-		if seq > 0 {
-			if seq <= appliedSeq(meta) {
-				out.Skipped = true
-				return nil
+		last := appliedSeq(meta)
+		for i, c := range cs {
+			at = i
+			if c.Seq > 0 {
+				if c.Seq <= last {
+					outs[i] = Outcome{Skipped: true}
+					continue
+				}
+				last = c.Seq
+				var b [8]byte
+				binary.BigEndian.PutUint64(b[:], c.Seq)
+				if err := meta.Put(keyAppliedSeq, b[:]); err != nil {
+					return err
+				}
 			}
-			var b [8]byte
-			binary.BigEndian.PutUint64(b[:], seq)
-			if err := meta.Put(keyAppliedSeq, b[:]); err != nil {
+			out, err := s.applyTx(tx, c.Mutation)
+			if err != nil {
 				return err
 			}
-		}
-		var err error
-		if out, err = s.applyTx(tx, m); err != nil {
-			return err
-		}
-		for _, a := range ahead {
-			if _, err := s.applyTx(tx, a); err != nil {
-				return fmt.Errorf("apply pending change again: %w", err)
+			for _, a := range c.Ahead {
+				if _, err := s.applyTx(tx, a); err != nil {
+					return fmt.Errorf("apply pending change again: %w", err)
+				}
 			}
+			outs[i] = out
 		}
 		return nil
 	})
 	if err != nil {
-		return Outcome{}, fmt.Errorf("apply suppression change %d (%s): %w", seq, m.Op, err)
+		c := cs[at]
+		return nil, fmt.Errorf("apply suppression change %d (%s): %w", c.Seq, c.Mutation.Op, err)
 	}
-	return out, nil
+	return outs, nil
 }
 
 // applyTx applies m inside tx; a refusal is in the Outcome, not the error.

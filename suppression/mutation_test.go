@@ -93,3 +93,41 @@ func TestPendingAppliesAtOnce(t *testing.T) {
 	}
 	wantCheck(t, s, "cy@example.org", "", "", false)
 }
+
+// TestApplyAll: consecutive changes in one transaction, those at or below
+// the recorded sequence skipped, the last sequence recorded; a kept change
+// applied again after each.
+func TestApplyAll(t *testing.T) {
+	s, _ := newStore(t)
+	norm := func(m Mutation) Mutation {
+		t.Helper()
+		m, err := s.NormalizeMutation(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	add := norm(Mutation{Op: OpAdd, Entry: &Entry{Target: "gil@example.com", Reason: Manual}})
+	rm := norm(Mutation{Op: OpRemove, Addr: "gil@example.com"})
+	unsub := norm(Mutation{Op: OpAdd, Entry: &Entry{Target: "gil@example.com", Reason: Unsubscribed}})
+	if _, err := s.Apply(5, add); err != nil {
+		t.Fatal(err)
+	}
+	outs, err := s.ApplyAll([]Logged{{Seq: 5, Mutation: rm}, {Seq: 6, Mutation: rm, Ahead: []Mutation{unsub}}, {Seq: 7, Mutation: add}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !outs[0].Skipped || outs[1].Skipped || !outs[1].Found || outs[2].Skipped {
+		t.Fatalf("outcomes = %+v", outs)
+	}
+	wantCheck(t, s, "gil@example.com", "", "manual", true)
+	if seq, err := s.AppliedSeq(); err != nil || seq != 7 {
+		t.Fatalf("AppliedSeq = %d, %v; want 7", seq, err)
+	}
+	// The kept unsubscribe held through the remove at 6.
+	outs, err = s.ApplyAll([]Logged{{Seq: 8, Mutation: rm, Ahead: []Mutation{unsub}}})
+	if err != nil || !outs[0].Found {
+		t.Fatalf("ApplyAll = %+v, %v", outs, err)
+	}
+	wantCheck(t, s, "gil@example.com", "", "unsubscribed", true)
+}

@@ -730,66 +730,130 @@ func (r *Replica) consume(ctx context.Context) error {
 			}
 			return fmt.Errorf("consume stream %s: %w", r.cfg.Stream, err)
 		}
-		if err := r.handle(msg); err != nil {
+		// A backlog (NumPending > 0) is applied in batches of up to
+		// maxBatch, one transaction each.
+		batch := []jetstream.Msg{msg}
+		var next error
+		for len(batch) < maxBatch && numPending(batch[len(batch)-1]) > 0 {
+			m, err := it.Next(jetstream.NextMaxWait(100 * time.Millisecond))
+			if err != nil {
+				if !errors.Is(err, nats.ErrTimeout) {
+					next = err
+				}
+				break
+			}
+			batch = append(batch, m)
+		}
+		if err := r.handle(batch); err != nil {
 			return err
+		}
+		if next != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("consume stream %s: %w", r.cfg.Stream, next)
 		}
 	}
 }
 
-// handle applies one stream message to the store, the sequence with it.
-func (r *Replica) handle(msg jetstream.Msg) error {
-	md, err := msg.Metadata()
+// maxBatch bounds the stream changes applied in one transaction.
+const maxBatch = 512
+
+// numPending is the consumer's count of messages not yet delivered after m.
+func numPending(m jetstream.Msg) uint64 {
+	md, err := m.Metadata()
 	if err != nil {
-		return fmt.Errorf("stream message metadata: %w", err)
+		return 0
 	}
-	seq := md.Sequence.Stream
-	c, err := r.open(msg.Subject(), msg.Data())
-	if err != nil {
-		return fmt.Errorf("stream change at %d: %w", seq, err)
+	return md.NumPending
+}
+
+// handle applies stream messages (consecutive, as delivered) to the store
+// in one transaction, the last sequence with them. A message that cannot
+// be opened ends the batch: those before it are applied, and its error is
+// returned, so consumption stops there.
+func (r *Replica) handle(msgs []jetstream.Msg) error {
+	type item struct {
+		c       Change
+		index   string
+		pending uint64 // the consumer's NumPending after it
 	}
-	index := r.indexOf(msg.Subject())
+	var (
+		items  []item
+		logged []suppression.Logged
+		stop   error
+	)
+	for _, msg := range msgs {
+		md, err := msg.Metadata()
+		if err != nil {
+			stop = fmt.Errorf("stream message metadata: %w", err)
+			break
+		}
+		seq := md.Sequence.Stream
+		c, err := r.open(msg.Subject(), msg.Data())
+		if err != nil {
+			stop = fmt.Errorf("stream change at %d: %w", seq, err)
+			break
+		}
+		items = append(items, item{c: c, index: r.indexOf(msg.Subject()), pending: md.NumPending})
+		logged = append(logged, suppression.Logged{Seq: seq, Mutation: c.Mutation})
+	}
+	if len(items) == 0 {
+		return stop
+	}
+
 	r.applyMu.Lock()
 	defer r.applyMu.Unlock()
 	r.mu.Lock()
-	var again []suppression.Mutation // kept changes on the same index, still ahead of the stream
-	for _, p := range r.ahead {
-		if p.index == index && p.rec.ID != c.ID {
-			again = append(again, p.m)
+	for i, it := range items { // kept changes on the same index, still ahead of the stream
+		for _, p := range r.ahead {
+			if p.index == it.index && p.rec.ID != it.c.ID {
+				logged[i].Ahead = append(logged[i].Ahead, p.m)
+			}
 		}
 	}
 	r.mu.Unlock()
-	out, err := r.store.Apply(seq, c.Mutation, again...)
+	outs, err := r.store.ApplyAll(logged)
 	if err != nil {
-		return fmt.Errorf("stream change at %d: %w", seq, err)
+		return fmt.Errorf("stream changes %d-%d: %w", logged[0].Seq, logged[len(logged)-1].Seq, err)
 	}
-	if out.Refused != nil && c.Origin != r.cfg.Node {
-		r.log.Info().Uint64("seq", seq).Str("id", c.ID).Str("op", string(c.Mutation.Op)).Str("refused", out.Refused.Error()).Msg("stream change refused by the store")
+	for i, it := range items {
+		out, seq := outs[i], logged[i].Seq
+		if out.Refused != nil && it.c.Origin != r.cfg.Node {
+			r.log.Info().Uint64("seq", seq).Str("id", it.c.ID).Str("op", string(it.c.Mutation.Op)).Str("refused", out.Refused.Error()).Msg("stream change refused by the store")
+		}
+		if it.c.Mutation.Op == suppression.OpErase && !out.Skipped {
+			r.log.Info().Uint64("seq", seq).Str("index", shortIndex(it.index)).Str("origin", it.c.Origin).Msg("erasure applied")
+		}
 	}
-	if c.Mutation.Op == suppression.OpErase && !out.Skipped {
-		r.log.Info().Uint64("seq", seq).Str("index", shortIndex(index)).Str("origin", c.Origin).Msg("erasure applied")
-	}
+
+	last := logged[len(logged)-1].Seq
+	ids := make(map[string]bool, len(items))
 	var drop []string
 	r.mu.Lock()
-	if seq > r.applied {
-		r.applied = seq
+	for i, it := range items {
+		ids[it.c.ID] = true
+		if !outs[i].Skipped {
+			r.count++
+		}
+		if it.c.Origin == r.cfg.Node {
+			if len(r.outOrder) >= maxOutcomes {
+				delete(r.outcomes, r.outOrder[0])
+				r.outOrder = r.outOrder[1:]
+			}
+			r.outcomes[it.c.ID], r.outOrder = outs[i].Refused, append(r.outOrder, it.c.ID)
+		}
+	}
+	if last > r.applied {
+		r.applied = last
 		close(r.advanced)
 		r.advanced = make(chan struct{})
-	}
-	if !out.Skipped {
-		r.count++
-	}
-	if c.Origin == r.cfg.Node {
-		if len(r.outOrder) >= maxOutcomes {
-			delete(r.outcomes, r.outOrder[0])
-			r.outOrder = r.outOrder[1:]
-		}
-		r.outcomes[c.ID], r.outOrder = out.Refused, append(r.outOrder, c.ID)
 	}
 	keep := r.ahead[:0]
 	for _, p := range r.ahead {
 		// Its copy applied now, or passed over (wiped by an erasure
 		// before this node read it).
-		if p.rec.ID == c.ID || (p.acked && p.seq <= seq) {
+		if ids[p.rec.ID] || (p.acked && p.seq <= last) {
 			drop = append(drop, p.key)
 		} else {
 			keep = append(keep, p)
@@ -797,11 +861,11 @@ func (r *Replica) handle(msg jetstream.Msg) error {
 	}
 	clear(r.ahead[len(keep):])
 	r.ahead = keep
-	if seq > r.streamLast {
-		r.streamLast = seq
+	if last > r.streamLast {
+		r.streamLast = last
 	}
 	r.consumeErr = ""
-	if md.NumPending == 0 {
+	if items[len(items)-1].pending == 0 && stop == nil {
 		r.caughtUp, r.why = r.cfg.Now(), ""
 	}
 	r.mu.Unlock()
@@ -810,7 +874,7 @@ func (r *Replica) handle(msg jetstream.Msg) error {
 			return err
 		}
 	}
-	return nil
+	return stop
 }
 
 // ---- staleness ----

@@ -729,3 +729,35 @@ func receive(t *testing.T, ch <-chan []byte) []byte {
 		return nil
 	}
 }
+
+// TestBacklog: a replica started after many changes applies them all (in
+// batches), in order, and ends in the same state as the publisher.
+func TestBacklog(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	box, dir := testBox(t), t.TempDir()
+	a := startNode(t, connect(t, srv.ClientURL()), box, filepath.Join(dir, "a.db"), cfgFor("a"))
+	ctx := context.Background()
+	const n = 400
+	for i := range n {
+		c := Add(suppression.Entry{Target: fmt.Sprintf("p%d@example.com", i%100), Reason: suppression.Unsubscribed})
+		if i%100 >= 50 && i >= 300 { // the last round removes half of them
+			c = Remove(fmt.Sprintf("p%d@example.com", i%100), "")
+		}
+		if err := a.rep.Publish(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := startNode(t, connect(t, srv.ClientURL()), box, filepath.Join(dir, "b.db"), cfgFor("b"))
+	eventually(t, "B applies the backlog", func() bool { return b.rep.Status().AppliedSeq == n })
+	if st := b.rep.Status(); st.Applied != n {
+		t.Fatalf("B applied %d; want %d", st.Applied, n)
+	}
+	for i := range 100 {
+		addr := fmt.Sprintf("p%d@example.com", i)
+		_, okA := suppressed(t, a.store, addr)
+		_, okB := suppressed(t, b.store, addr)
+		if okA != okB || okB != (i < 50) {
+			t.Fatalf("%s: A %v, B %v; want %v", addr, okA, okB, i < 50)
+		}
+	}
+}
