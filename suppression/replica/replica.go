@@ -15,7 +15,8 @@
 //   - Each stream message is applied with its stream sequence recorded in
 //     the same bbolt transaction (Store.Apply): after a crash the store holds
 //     both or neither, and consumption resumes at the recorded sequence + 1,
-//     applying nothing twice. A message that cannot be opened or applied
+//     applying nothing twice; a backlog is applied up to 512 changes per
+//     transaction. A message that cannot be opened or applied
 //     stops consumption there (fail closed: the replica goes stale) and is
 //     retried; it is never skipped.
 //   - Publish returns once the stream has acknowledged the change and the
