@@ -903,16 +903,12 @@ func (r *Replica) check(ctx context.Context) {
 		r.setWhy("not connected to NATS")
 		return
 	}
-	st, err := r.js.Stream(ctx, r.cfg.Stream)
-	var info *jetstream.StreamInfo
-	if err == nil {
-		info, err = st.Info(ctx)
-	}
+	st, err := r.js.Stream(ctx, r.cfg.Stream) // fetches the stream's info
 	if err != nil {
 		r.setWhy("stream " + r.cfg.Stream + " unreachable: " + err.Error())
 		return
 	}
-	last := info.State.LastSeq
+	last := st.CachedInfo().State.LastSeq
 	r.mu.Lock()
 	r.streamLast = last
 	switch {
