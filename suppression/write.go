@@ -99,34 +99,41 @@ func (s *Store) Remove(target, list string) (bool, error) {
 	list = strings.Trim(list, " \t")
 	var found bool
 	err = s.update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketEntries)
-		k := key(s.box.Index(t), list)
-		raw := b.Get(k)
-		if found = raw != nil; !found {
-			return nil
-		}
-		r, st, err := decodeValue(raw)
-		if err != nil {
-			return fmt.Errorf("decode entry: %w", err)
-		}
-		switch {
-		case r == Erased:
-			return ErrErased
-		case r == Restricted:
-			return ErrRestricted
-		case st.Hold != nil:
-			v, err := encode(Restricted, stored{Target: st.Target, Source: st.Hold.Source, Note: st.Hold.Note, Time: st.Hold.Time})
-			if err != nil {
-				return err
-			}
-			return b.Put(k, v)
-		}
-		return b.Delete(k)
+		var err error
+		found, err = s.removeTx(tx, t, list)
+		return err
 	})
 	if err != nil {
 		return false, fmt.Errorf("remove suppression for %s: %w", address.Mask(t), err)
 	}
 	return found, nil
+}
+
+// removeTx is Remove inside tx, for a normalised target and trimmed list.
+func (s *Store) removeTx(tx *bbolt.Tx, t, list string) (bool, error) {
+	b := tx.Bucket(bucketEntries)
+	k := key(s.box.Index(t), list)
+	raw := b.Get(k)
+	if raw == nil {
+		return false, nil
+	}
+	r, st, err := decodeValue(raw)
+	if err != nil {
+		return true, fmt.Errorf("decode entry: %w", err)
+	}
+	switch {
+	case r == Erased:
+		return true, ErrErased
+	case r == Restricted:
+		return true, ErrRestricted
+	case st.Hold != nil:
+		v, err := encode(Restricted, stored{Target: st.Target, Source: st.Hold.Source, Note: st.Hold.Note, Time: st.Hold.Time})
+		if err != nil {
+			return true, err
+		}
+		return true, b.Put(k, v)
+	}
+	return true, b.Delete(k)
 }
 
 // Restrict suppresses addr on every list with reason "restricted" (GDPR
@@ -142,17 +149,20 @@ func (s *Store) Restrict(addr, reason string) error {
 	if err != nil {
 		return fmt.Errorf("restrict: %w", err)
 	}
-	err = s.update(func(tx *bbolt.Tx) error {
-		wrote, err := s.put(tx.Bucket(bucketEntries), e)
-		if err == nil && !wrote {
-			err = ErrErased
-		}
-		return err
-	})
+	err = s.update(func(tx *bbolt.Tx) error { return s.restrictTx(tx, e) })
 	if err != nil {
 		return fmt.Errorf("restrict %s: %w", address.Mask(k), err)
 	}
 	return nil
+}
+
+// restrictTx is Restrict inside tx, for a normalised restriction entry.
+func (s *Store) restrictTx(tx *bbolt.Tx, e Entry) error {
+	wrote, err := s.put(tx.Bucket(bucketEntries), e)
+	if err == nil && !wrote {
+		err = ErrErased
+	}
+	return err
 }
 
 // Unrestrict lifts the restriction of addr and reports whether there was
@@ -165,34 +175,40 @@ func (s *Store) Unrestrict(addr string) (bool, error) {
 	}
 	var found bool
 	err = s.update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketEntries)
-		k := key(s.box.Index(ak), "")
-		raw := b.Get(k)
-		if raw == nil {
-			return nil
-		}
-		r, st, err := decodeValue(raw)
-		if err != nil {
-			return fmt.Errorf("decode entry: %w", err)
-		}
-		switch {
-		case r == Restricted:
-			found = true
-			return b.Delete(k)
-		case r != Erased && st.Hold != nil:
-			found, st.Hold = true, nil
-			v, err := encode(r, st)
-			if err != nil {
-				return err
-			}
-			return b.Put(k, v)
-		}
-		return nil
+		var err error
+		found, err = s.unrestrictTx(tx, ak)
+		return err
 	})
 	if err != nil {
 		return false, fmt.Errorf("unrestrict %s: %w", address.Mask(ak), err)
 	}
 	return found, nil
+}
+
+// unrestrictTx is Unrestrict inside tx, for an address key.
+func (s *Store) unrestrictTx(tx *bbolt.Tx, ak string) (bool, error) {
+	b := tx.Bucket(bucketEntries)
+	k := key(s.box.Index(ak), "")
+	raw := b.Get(k)
+	if raw == nil {
+		return false, nil
+	}
+	r, st, err := decodeValue(raw)
+	if err != nil {
+		return false, fmt.Errorf("decode entry: %w", err)
+	}
+	switch {
+	case r == Restricted:
+		return true, b.Delete(k)
+	case r != Erased && st.Hold != nil:
+		st.Hold = nil
+		v, err := encode(r, st)
+		if err != nil {
+			return true, err
+		}
+		return true, b.Put(k, v)
+	}
+	return false, nil
 }
 
 // Erase deletes every entry of addr (every list; its domain's entries stay)
@@ -207,7 +223,7 @@ func (s *Store) Erase(addr, ref string, consents []ConsentDates) (Entry, error) 
 	if err != nil {
 		return Entry{}, fmt.Errorf("erase suppressions: %w", err)
 	}
-	return s.erase(s.box.Index(k), ref, consents)
+	return s.erase(s.box.Index(k), ref, consents, time.Now())
 }
 
 // EraseIndex is Erase for callers that hold only the index (hex, as in the
@@ -217,10 +233,10 @@ func (s *Store) EraseIndex(indexHex, ref string, consents []ConsentDates) (Entry
 	if err != nil || len(idx) != sealed.IndexSize {
 		return Entry{}, fmt.Errorf("erase suppressions: index %q: want %d hex bytes", indexHex, sealed.IndexSize)
 	}
-	return s.erase(idx, ref, consents)
+	return s.erase(idx, ref, consents, time.Now())
 }
 
-func (s *Store) erase(idx []byte, ref string, consents []ConsentDates) (Entry, error) {
+func (s *Store) erase(idx []byte, ref string, consents []ConsentDates, now time.Time) (Entry, error) {
 	ih := hex.EncodeToString(idx)
 	if err := checkText("reference", ref, maxRef); err != nil {
 		return Entry{}, fmt.Errorf("erase suppressions of %s: %w", ih[:12], err)
@@ -230,52 +246,58 @@ func (s *Store) erase(idx []byte, ref string, consents []ConsentDates) (Entry, e
 		removed int
 	)
 	err := s.update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketEntries)
-		prefix := key(idx, "")
-		st := stored{Source: "erasure", Note: s.sealNote(ref), Time: time.Now().UTC()}
-		var dead [][]byte
-		c := b.Cursor()
-		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			if len(k) == len(prefix) {
-				if r, old, err := decodeValue(v); err != nil {
-					return fmt.Errorf("decode entry: %w", err)
-				} else if r == Erased && old.Target == nil {
-					st = old // the first tombstone stays
-					continue
-				}
-			}
-			dead = append(dead, bytes.Clone(k))
-		}
-		for _, k := range dead {
-			if err := b.Delete(k); err != nil {
-				return err
-			}
-		}
-		removed = len(dead)
-		for _, cd := range consents {
-			if !slices.ContainsFunc(st.Consents, func(o ConsentDates) bool {
-				return o.List == cd.List && o.Subscribed.Equal(cd.Subscribed) && o.Confirmed.Equal(cd.Confirmed) && o.Source == cd.Source
-			}) {
-				st.Consents = append(st.Consents, cd)
-			}
-		}
-		v, err := encode(Erased, st)
-		if err != nil {
-			return err
-		}
-		if err := b.Put(prefix, v); err != nil {
-			return err
-		}
-		es, err := s.entries(idx, "", Erased, st, "")
-		if err != nil {
-			return err
-		}
-		out = es[0]
-		return nil
+		var err error
+		out, removed, err = s.eraseTx(tx, idx, ref, consents, now)
+		return err
 	})
 	if err != nil {
 		return Entry{}, fmt.Errorf("erase suppressions of %s: %w", ih[:12], err)
 	}
 	s.log.Info().Str("index", ih[:12]).Int("removed", removed).Str("ref", ref).Msg("suppressions erased")
 	return out, nil
+}
+
+// eraseTx is erase inside tx: it returns the tombstone and how many
+// entries it deleted. now is the tombstone's time when it is the first.
+func (s *Store) eraseTx(tx *bbolt.Tx, idx []byte, ref string, consents []ConsentDates, now time.Time) (Entry, int, error) {
+	b := tx.Bucket(bucketEntries)
+	prefix := key(idx, "")
+	st := stored{Source: "erasure", Note: s.sealNote(ref), Time: now.UTC()}
+	var dead [][]byte
+	c := b.Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		if len(k) == len(prefix) {
+			if r, old, err := decodeValue(v); err != nil {
+				return Entry{}, 0, fmt.Errorf("decode entry: %w", err)
+			} else if r == Erased && old.Target == nil {
+				st = old // the first tombstone stays
+				continue
+			}
+		}
+		dead = append(dead, bytes.Clone(k))
+	}
+	for _, k := range dead {
+		if err := b.Delete(k); err != nil {
+			return Entry{}, 0, err
+		}
+	}
+	for _, cd := range consents {
+		if !slices.ContainsFunc(st.Consents, func(o ConsentDates) bool {
+			return o.List == cd.List && o.Subscribed.Equal(cd.Subscribed) && o.Confirmed.Equal(cd.Confirmed) && o.Source == cd.Source
+		}) {
+			st.Consents = append(st.Consents, cd)
+		}
+	}
+	v, err := encode(Erased, st)
+	if err != nil {
+		return Entry{}, 0, err
+	}
+	if err := b.Put(prefix, v); err != nil {
+		return Entry{}, 0, err
+	}
+	es, err := s.entries(idx, "", Erased, st, "")
+	if err != nil {
+		return Entry{}, 0, err
+	}
+	return es[0], len(dead), nil
 }
