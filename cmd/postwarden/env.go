@@ -24,6 +24,7 @@ import (
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/audit"
+	"github.com/postwarden/postwarden/suppression/replica"
 	"github.com/postwarden/postwarden/suppression/sealed"
 	"github.com/postwarden/postwarden/suppression/subscribers"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
@@ -61,6 +62,11 @@ type env struct {
 	// cluster is serve's link to the cluster; nil for a single node and
 	// outside the daemon.
 	cluster *clusterNode
+	// rep is the suppression replica of a cluster node; nil on a single
+	// node (and before joinReplica).
+	rep *replica.Replica
+	// closers run first at Close, last first.
+	closers []func()
 }
 
 // storeOpenTimeout bounds the wait for bbolt's file lock.
@@ -105,8 +111,17 @@ func lockHint(cfg *configs.Server, err error) error {
 	return err
 }
 
-// Close closes the stores.
+// stopWorkers stops what runs on the stores (the replica), last started first.
+func (e *env) stopWorkers() {
+	for i := len(e.closers) - 1; i >= 0; i-- {
+		e.closers[i]()
+	}
+	e.closers = nil
+}
+
+// Close stops what runs on the stores, then closes them.
 func (e *env) Close() error {
+	e.stopWorkers()
 	var errs []error
 	for _, name := range storeNames {
 		errs = append(errs, e.closeStore(name))

@@ -226,12 +226,15 @@ type localDelivery struct {
 
 // startLocalDelivery starts a runner for campaign id's messages.
 func (e *env) startLocalDelivery(ctx context.Context, id string) (*localDelivery, error) {
+	if err := e.joinReplica(ctx); err != nil { // a cluster node delivers only on a caught-up replica
+		return nil, err
+	}
 	sender, created, err := e.newSender()
 	if err != nil {
 		return nil, err
 	}
 	// On a signal, deliveries in flight get drain_timeout, as in serve.
-	rc := queue.RunnerConfig{Workers: e.cfg.Delivery.Workers, Campaign: id, DrainTimeout: e.cfg.Delivery.DrainTimeout}
+	rc := queue.RunnerConfig{Workers: e.cfg.Delivery.Workers, Campaign: id, DrainTimeout: e.cfg.Delivery.DrainTimeout, Halt: e.halt}
 	runCtx, stop := context.WithCancel(ctx)
 	l := &localDelivery{e: e, id: id, sender: sender, rc: rc, stop: stop, done: make(chan error, 1), created: created}
 	runner := e.queue.NewRunner(sender, e.deliveryGate(), rc)

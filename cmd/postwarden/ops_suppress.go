@@ -48,11 +48,14 @@ func opSuppressAdd(ctx context.Context, e *env, req request, o *out) error {
 	if _, err := suppression.NormalizeTarget(a.Target); err != nil {
 		return fmt.Errorf("add suppression: %w", err)
 	}
+	if err := e.joinReplica(ctx); err != nil {
+		return err
+	}
 	// Write-ahead: audited before it is written.
 	if err := e.record(req, "suppress.add", e.targetRef(a.Target), a.Reason, map[string]string{"list": listName(a.List)}); err != nil {
 		return err
 	}
-	if err := e.supp.Add(en); err != nil {
+	if err := e.suppressions().Add(en); err != nil {
 		return err
 	}
 	e.log.Info().Str("who", req.Who).Str("target", address.Mask(a.Target)).Str("list", a.List).Str("reason", a.Reason).Msg("suppression added")
@@ -68,7 +71,10 @@ func opSuppressRemove(ctx context.Context, e *env, req request, o *out) error {
 	if err := decodeArgs(req, &a); err != nil {
 		return err
 	}
-	ok, err := e.supp.Remove(a.Target, a.List)
+	if err := e.joinReplica(ctx); err != nil {
+		return err
+	}
+	ok, err := e.suppressions().Remove(a.Target, a.List)
 	if err != nil {
 		return err
 	}
@@ -134,6 +140,9 @@ func opSuppressImport(ctx context.Context, e *env, req request, o *out) error {
 	}
 	if e.audit == nil {
 		return errors.New("suppress import: audit log is not open")
+	}
+	if e.cfg.Cluster != nil { // the import writes the local store in batches: it would reach this node only
+		return &exitError{code: 2, msg: "suppress import: not replicated across a cluster yet; add the addresses with `suppress add` (each goes through the cluster's stream)"}
 	}
 	res, err := e.supp.ImportFile(a.Path, suppression.Entry{List: a.List, Reason: suppression.Reason(a.Reason), Source: "import:" + filepath.Base(a.Path)},
 		importAuditor{e.audit, req.Who, a.Reason})

@@ -64,7 +64,7 @@ func (a subjectArgs) request(req request) subject.Request {
 
 // subjectDeps are this env's stores as the subject procedures see them.
 func (e *env) subjectDeps() subject.Deps {
-	d := subject.Deps{Queue: subjectQueue{e.queue}, Suppression: e.supp, Subscribers: e.subs,
+	d := subject.Deps{Queue: subjectQueue{e.queue}, Suppression: e.suppressions(), Subscribers: e.subs,
 		Outbox: mta.NewOutbox(e.cfg.Delivery.CaptureDir), Index: e.box, Stores: e.compactable(), Log: e.log}
 	if e.audit != nil { // a nil *audit.Log is "not open", not an Audit
 		d.Audit = e.audit
@@ -134,6 +134,9 @@ func opSubjectErase(ctx context.Context, e *env, req request, o *out) error {
 	if err := decodeArgs(req, &a); err != nil {
 		return err
 	}
+	if err := e.joinReplica(ctx); err != nil {
+		return err
+	}
 	res, err := subject.Erase(e.subjectDeps(), a.request(req))
 	if err != nil {
 		return err
@@ -149,6 +152,9 @@ func opSubjectRestrict(restrict bool) opFunc {
 	return func(ctx context.Context, e *env, req request, o *out) error {
 		var a subjectArgs
 		if err := decodeArgs(req, &a); err != nil {
+			return err
+		}
+		if err := e.joinReplica(ctx); err != nil {
 			return err
 		}
 		err := do(e.subjectDeps(), a.request(req))
@@ -264,7 +270,7 @@ func opDBCompact(ctx context.Context, e *env, req request, o *out) error {
 // gate is who may be mailed (suppression/gate): campaigns ask it at
 // enqueue, the runners at dequeue, the sign-up form, the subscribers import
 // and `suppress check` too.
-func (e *env) gate() *gate.Gate { return gate.New(e.supp, e.subs) }
+func (e *env) gate() *gate.Gate { return gate.New(e.suppressions(), e.subs) }
 
 // deliveryGate is the check a message passes as it leaves the queue (the
 // gate), with the write of hard bounces at SMTP time, audited as "mta".
@@ -294,7 +300,7 @@ func (a auditedSuppressor) SuppressAddress(addr, list, reason, source, note stri
 		map[string]string{"list": listName(list), "source": source}); err != nil {
 		return err
 	}
-	return a.e.supp.SuppressAddress(addr, list, reason, source, note)
+	return a.e.suppressions().SuppressAddress(addr, list, reason, source, note)
 }
 
 // httpAuditor records what a recipient did over HTTP (unsubscribe, sign-up,

@@ -82,6 +82,10 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 	if err := cn.publishAudit(e.audit, e.box, cfg.Cluster); err != nil {
 		return err
 	}
+	if err := e.joinReplica(ctx); err != nil { // before anything that writes suppressions is built
+		return err
+	}
+	defer e.stopWorkers() // the replica stops before the cluster link closes
 
 	sender, created, err := e.newSender()
 	if err != nil {
@@ -122,7 +126,8 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 		return err
 	}
 	defer stopMetrics(context.Background())
-	runner := e.queue.NewRunner(sender, e.deliveryGate(), queue.RunnerConfig{Workers: cfg.Delivery.Workers, Observer: observer, DrainTimeout: cfg.Delivery.DrainTimeout})
+	runner := e.queue.NewRunner(sender, e.deliveryGate(), queue.RunnerConfig{Workers: cfg.Delivery.Workers, Observer: observer,
+		DrainTimeout: cfg.Delivery.DrainTimeout, Halt: e.halt})
 	runCtx, stopRunner := context.WithCancel(ctx)
 	defer stopRunner()
 	runDone := make(chan error, 1)

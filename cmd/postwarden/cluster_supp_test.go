@@ -1,0 +1,125 @@
+package main
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/postwarden/postwarden/mta/mtatest"
+)
+
+// startCluster3 starts three nodes sharing their keys and waits until each
+// serves and its suppression replica has caught up (delivery not halted).
+func startCluster3(t *testing.T) []*testNode {
+	t.Helper()
+	bin := buildBinary(t)
+	nodes := newTestCluster(t, 3, mtatest.Options{})
+	shareKeys(t, nodes)
+	for _, nd := range nodes {
+		nd.start(bin)
+	}
+	for _, nd := range nodes {
+		nd.waitServing()
+	}
+	// JetStream elects its leaders and every replica catches up: then the
+	// cluster is what a test may judge.
+	waitUntil(t, 2*time.Minute, "three nodes up, replicas caught up", func() bool {
+		r := nodes[0].run("--json", "cluster", "status")
+		if r.code != 0 {
+			return false
+		}
+		rs := jsonLines[clusterReport](t, r.stdout)
+		if len(rs) != 1 || len(rs[0].Nodes) != 3 {
+			return false
+		}
+		for _, m := range rs[0].Nodes {
+			if !m.Up || m.Health.Stale != "" || m.Health.ReplicaPending > 0 {
+				return false
+			}
+		}
+		return true
+	})
+	return nodes
+}
+
+// suppressedOn reports whether addr is suppressed on node nd (its daemon's replica).
+func suppressedOn(nd *testNode, addr string) bool {
+	return nd.run("suppress", "check", addr, "--list", "product-news").code == 0
+}
+
+// TestClusterSuppressionTruth: one suppression truth across three nodes.
+// An unsubscribe posted (RFC 8058 one-click) to node 2 for a message node 1
+// sent is suppressed on every node once node 2 answered 200, and a campaign
+// from node 3 then skips it; `suppress add @domain` on node 3 reaches nodes
+// 1 and 2; `suppress remove` on node 1 lifts it everywhere.
+func TestClusterSuppressionTruth(t *testing.T) {
+	nodes := startCluster3(t)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, nd := range nodes {
+				t.Logf("%s log:\n%s", nd.name, tail(readFile(t, nd.logPath), 20000))
+			}
+		}
+	})
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	const rcpt = "ana@acme.example"
+	r := n1.mustRun(0, "campaign", "send", n1.campaign("c-1", "email,first_name,company\n"+rcpt+",Ana,Co\n"))
+	t.Logf("send: %s %s", r.stdout, r.stderr)
+	deadline := time.Now().Add(30 * time.Second)
+	for n1.sink.Count() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("c-1 not delivered: %s", n1.run("--json", "queue", "ls").stdout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	link := n1.unsubscribeLink(rcpt, "")
+	u, err := url.Parse(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	post := "http://" + n2.httpAddr + u.Path // the same token, on node 2
+	resp, err := http.Post(post, "application/x-www-form-urlencoded", strings.NewReader("List-Unsubscribe=One-Click"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("one-click POST on node 2: %d", resp.StatusCode)
+	}
+	if !suppressedOn(n2, rcpt) {
+		t.Fatal("node 2 answered 200 but does not suppress the address")
+	}
+	for _, nd := range []*testNode{n1, n3} {
+		waitUntil(t, 10*time.Second, nd.name+" suppresses the unsubscribe", func() bool { return suppressedOn(nd, rcpt) })
+	}
+	before := n1.sink.Count()
+	n3.mustRun(0, "campaign", "send", n3.campaign("c-3", "email,first_name,company\n"+rcpt+",Ana,Co\nbob@globex.example,Bob,Co\n"))
+	n3.waitDelivered("c-3", 1)
+	for _, m := range n1.sink.Messages()[before:] {
+		if strings.EqualFold(m.To[0], rcpt) {
+			t.Fatal("node 3 mailed an address unsubscribed on node 2")
+		}
+	}
+
+	n3.mustRun(0, "suppress", "add", "@blocked.example", "--reason", "manual")
+	for _, nd := range []*testNode{n1, n2} {
+		waitUntil(t, 10*time.Second, nd.name+" suppresses @blocked.example", func() bool { return suppressedOn(nd, "x@blocked.example") })
+	}
+	n1.mustRun(0, "suppress", "remove", "@blocked.example")
+	for _, nd := range nodes {
+		waitUntil(t, 10*time.Second, nd.name+" lifts @blocked.example", func() bool { return !suppressedOn(nd, "x@blocked.example") })
+	}
+	if r := n1.run("cluster", "status"); !strings.Contains(r.stdout, "n2") {
+		t.Errorf("cluster status:\n%s", r.stdout)
+	}
+}
+
+// tail is the last n bytes of s.
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}

@@ -1,0 +1,94 @@
+package main
+
+// The suppression replica of a cluster node (issue 13, promise 1): every
+// change to who may be mailed goes through the cluster's stream first; the
+// delivery check reads the local replica only, and a replica that has not
+// caught up for cluster.max_lag halts delivery (promise 2).
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/postwarden/postwarden/queue/cluster"
+	"github.com/postwarden/postwarden/suppression"
+	"github.com/postwarden/postwarden/suppression/gate"
+	"github.com/postwarden/postwarden/suppression/replica"
+	"github.com/postwarden/postwarden/suppression/subject"
+	"github.com/postwarden/postwarden/suppression/unsubscribe"
+)
+
+// suppressionWriter is what the binary hands to the packages that change
+// suppressions: the local store on a single node, the replica's Writer on a
+// cluster node. Both satisfy it.
+type suppressionWriter interface {
+	unsubscribe.Suppressor
+	subject.Suppression
+	gate.Suppressions
+	SuppressAddress(addr, list, reason, source, note string) error
+}
+
+var (
+	_ suppressionWriter = (*suppression.Store)(nil)
+	_ suppressionWriter = (*replica.Store)(nil)
+)
+
+// suppressions is this env's suppression writer.
+func (e *env) suppressions() suppressionWriter {
+	if e.rep != nil {
+		return e.rep.Writer()
+	}
+	return e.supp
+}
+
+// joinReplica makes this env's suppression store a replica of the
+// cluster's stream (nothing on a single node): serve does it at start, a
+// command that changes suppressions without a daemon does it for its run.
+func (e *env) joinReplica(ctx context.Context) error {
+	cc := e.cfg.Cluster
+	if cc == nil || e.rep != nil {
+		return nil
+	}
+	js, done, err := e.clusterJS(ctx)
+	if err != nil {
+		return err
+	}
+	rep, err := replica.New(js, e.supp, e.box, replica.Config{Node: cc.Node, Replicas: cc.Replicas, MaxLag: cc.MaxLag},
+		e.log.With().Str("component", "replica").Logger())
+	if err != nil {
+		done()
+		return fmt.Errorf("cluster: %w", err)
+	}
+	if err := rep.Start(context.Background()); err != nil {
+		done()
+		return fmt.Errorf("cluster: %w", err)
+	}
+	e.rep = rep
+	e.closers = append(e.closers, func() { _ = rep.Close(); done() })
+	if e.cluster != nil {
+		e.cluster.heart.AddReporter(cluster.ReporterFunc(func(h *cluster.Health) {
+			st := rep.Status()
+			h.ReplicaPending, h.PendingUnsubscribes = st.Lag, st.Pending
+			if !st.CaughtUp.IsZero() && st.Lag > 0 {
+				h.ReplicaLag = time.Since(st.CaughtUp)
+			}
+			if st.Stale {
+				h.Stale = st.Why
+			}
+		}))
+	}
+	return nil
+}
+
+// halt is the runners' RunnerConfig.Halt: why delivery must not start now
+// (a cluster node whose replica is stale), "" when it may.
+func (e *env) halt() string {
+	if e.rep == nil {
+		return ""
+	}
+	if e.rep.Stale(time.Now()) {
+		st := e.rep.Status()
+		return "suppression replica stale: " + st.Why
+	}
+	return ""
+}
