@@ -188,6 +188,9 @@ func (r *Runner) settle(done []result, c batch, follow chan<- []result) {
 		if r.cfg.Observer != nil && err == nil && final != StateActive {
 			r.cfg.Observer.Attempt(m.Domain, name, o.took)
 		}
+		if r.cfg.OnFinal != nil && err == nil && final.Finished() {
+			r.cfg.OnFinal(m, final)
+		}
 	}
 	r.s.setInflight(gone, false)
 	if len(bounces) > 0 {

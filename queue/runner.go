@@ -83,6 +83,11 @@ type RunnerConfig struct {
 	// then wait HaltRetry, unattempted; the runner resumes by itself once
 	// Halt answers "" again.
 	Halt func() string
+	// OnFinal, when set, is told each message whose outcome, just
+	// committed, is final (delivered, bounced, cancelled, expired): a
+	// cluster node publishes it so no other node sends it again. It must
+	// not block for long: the loop waits for it.
+	OnFinal func(m Message, state State)
 }
 
 // HaltRetry is how long a message claimed while the runner is halted waits.

@@ -452,3 +452,25 @@ func (s *Store) Campaigns() ([]string, error) {
 	}
 	return ids, nil
 }
+
+// ByKey returns the message enqueued for (campaign, key), the idempotency
+// pair of Enqueue; found is false when there is none (or it is gone).
+func (s *Store) ByKey(campaign, key string) (m Message, found bool, err error) {
+	err = s.view(func(tx *bbolt.Tx) error {
+		b := s.buckets(tx)
+		id := b.idem.Get(b.idemKey(campaign, key))
+		if id == nil {
+			return nil
+		}
+		m, err = b.get(string(id))
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		found = err == nil
+		return err
+	})
+	if err != nil {
+		return Message{}, false, fmt.Errorf("look up %s in queue: %w", campaign, err)
+	}
+	return m, found, nil
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -20,13 +21,27 @@ func startCluster3(t *testing.T) []*testNode {
 	for _, nd := range nodes {
 		nd.start(bin)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, nd := range nodes {
+				t.Logf("%s log:\n%s", nd.name, tail(grepOut(readFile(t, nd.logPath), "suppress.check", "queue.ls", "cluster status"), 20000))
+			}
+		}
+	})
 	for _, nd := range nodes {
 		nd.waitServing()
 	}
 	// JetStream elects its leaders and every replica catches up: then the
 	// cluster is what a test may judge.
+	var last result
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("last cluster status: exit %d\n%s\n%s", last.code, last.stdout, last.stderr)
+		}
+	})
 	waitUntil(t, 2*time.Minute, "three nodes up, replicas caught up", func() bool {
 		r := nodes[0].run("--json", "cluster", "status")
+		last = r
 		if r.code != 0 {
 			return false
 		}
@@ -56,13 +71,6 @@ func suppressedOn(nd *testNode, addr string) bool {
 // 1 and 2; `suppress remove` on node 1 lifts it everywhere.
 func TestClusterSuppressionTruth(t *testing.T) {
 	nodes := startCluster3(t)
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, nd := range nodes {
-				t.Logf("%s log:\n%s", nd.name, tail(readFile(t, nd.logPath), 20000))
-			}
-		}
-	})
 	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
 	const rcpt = "ana@acme.example"
 	r := n1.mustRun(0, "campaign", "send", n1.campaign("c-1", "email,first_name,company\n"+rcpt+",Ana,Co\n"))
@@ -122,4 +130,72 @@ func tail(s string, n int) string {
 		return s[len(s)-n:]
 	}
 	return s
+}
+
+// TestClusterCampaignSpreads: a 3,000-recipient campaign sent on node 1 is
+// delivered exactly once across the three nodes, each taking part; sending
+// the same campaign again on node 2 adds nothing.
+func TestClusterCampaignSpreads(t *testing.T) {
+	nodes := startCluster3(t)
+	n1 := nodes[0]
+	const n = 3000
+	var csv strings.Builder
+	csv.WriteString("email,first_name,company\n")
+	for i := range n {
+		fmt.Fprintf(&csv, "r%d@%s,R%d,Co\n", i, testDomains[i%len(testDomains)], i)
+	}
+	file := n1.campaign("spread-1", csv.String())
+	r := n1.mustRun(0, "campaign", "send", file)
+	if !strings.Contains(r.stdout, "3000 recipients published") {
+		t.Fatalf("send on a cluster node:\n%s", r.stdout)
+	}
+	waitUntil(t, 3*time.Minute, "3000 recipients delivered", func() bool { return len(n1.sink.ByRecipient()) >= n })
+	for _, nd := range nodes {
+		waitUntil(t, time.Minute, nd.name+" records its outcomes", func() bool {
+			return nd.run("--json", "queue", "ls", "--campaign", "spread-1", "--state", "active").stdout == ""
+		})
+	}
+	for rcpt, k := range n1.sink.ByRecipient() {
+		if k != 1 {
+			t.Errorf("%s received %d times", rcpt, k)
+		}
+	}
+	total := 0
+	for _, nd := range nodes {
+		got := len(jsonLines[msgView](t, nd.mustRun(0, "--json", "queue", "ls", "--campaign", "spread-1", "--state", "delivered").stdout))
+		if got == 0 {
+			t.Errorf("%s delivered none of the campaign", nd.name)
+		}
+		t.Logf("%s delivered %d", nd.name, got)
+		total += got
+	}
+	if total != n {
+		t.Errorf("the nodes delivered %d in all, want %d", total, n)
+	}
+	// Again, from another node: nothing added, nothing sent twice.
+	r = nodes[1].mustRun(0, "campaign", "send", file)
+	if !strings.Contains(r.stdout, "published already") {
+		t.Errorf("second send:\n%s", r.stdout)
+	}
+	time.Sleep(2 * time.Second)
+	if got := n1.sink.Count(); got != n {
+		t.Errorf("sink has %d messages after the second send, want %d", got, n)
+	}
+}
+
+// grepOut drops the lines of s holding any of words.
+func grepOut(s string, words ...string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(s, "\n") {
+		keep := true
+		for _, w := range words {
+			if strings.Contains(l, w) {
+				keep = false
+			}
+		}
+		if keep {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
 }

@@ -135,6 +135,13 @@ func (c *cli) printSendResult(raw json.RawMessage) error {
 	if r.Daemon {
 		fmt.Fprintln(w, "delivery: handed to the running daemon (see `postwarden campaign status`)")
 	}
+	if cs := r.Cluster; cs != nil {
+		if cs.New {
+			fmt.Fprintf(w, "cluster: %d recipients published in %d shares; every serving node delivers its part (see `postwarden campaign status`)\n", cs.Rows, cs.Shards)
+		} else {
+			fmt.Fprintf(w, "cluster: campaign %s was published already (%d recipients in %d shares); nothing added\n", s.Campaign, cs.Rows, cs.Shards)
+		}
+	}
 	if r.CaptureDir != "" {
 		fmt.Fprintf(w, "signed messages (capture mode): %s\n", r.CaptureDir)
 	}

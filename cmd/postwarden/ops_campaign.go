@@ -30,6 +30,7 @@ type sendResult struct {
 	CaptureDir string              `json:"capture_dir,omitempty"`
 	Daemon     bool                `json:"handed_to_daemon,omitempty"`
 	DKIMKeys   []createdKey        `json:"dkim_keys_created,omitempty"`
+	Cluster    *clusterSend        `json:"cluster,omitempty"` // a cluster node: what it published for every node to deliver
 }
 
 // loadSpec loads a campaign file and its templates into a campaign.Spec.
@@ -122,6 +123,20 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		return err
 	}
 	res := sendResult{}
+	progress := func(rows int, bytes int64) {
+		_ = o.Progress(progress{Rows: rows, Bytes: bytes, Total: total})
+	}
+	if e.cfg.Cluster != nil { // gated and rendered here, delivered by every node
+		summary, cs, err := e.sendShared(ctx, spec, e.campaignDeps(false), progress)
+		if req.Reveal {
+			revealInvalidLines(&summary)
+		}
+		res.Summary, res.Cluster = summary, cs
+		if rerr := o.Record(res); rerr != nil {
+			return rerr
+		}
+		return err
+	}
 	// Without a daemon, this process delivers, starting while it enqueues.
 	var local *localDelivery
 	if !e.daemon && !args.NoWait {
@@ -132,9 +147,7 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		res.DKIMKeys, res.CaptureDir = local.created, local.captureDir
 	}
 
-	summary, sendErr := campaign.Send(ctx, spec, e.campaignDeps(local != nil), func(rows int, bytes int64) {
-		_ = o.Progress(progress{Rows: rows, Bytes: bytes, Total: total})
-	})
+	summary, sendErr := campaign.Send(ctx, spec, e.campaignDeps(local != nil), progress)
 	if req.Reveal {
 		revealInvalidLines(&summary)
 	}

@@ -126,8 +126,16 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 		return err
 	}
 	defer stopMetrics(context.Background())
+	sw, err := e.startShares(ctx)
+	if err != nil {
+		return err
+	}
+	var onFinal func(queue.Message, queue.State)
+	if sw != nil {
+		onFinal = sw.final
+	}
 	runner := e.queue.NewRunner(sender, e.deliveryGate(), queue.RunnerConfig{Workers: cfg.Delivery.Workers, Observer: observer,
-		DrainTimeout: cfg.Delivery.DrainTimeout, Halt: e.halt})
+		DrainTimeout: cfg.Delivery.DrainTimeout, Halt: e.halt, OnFinal: onFinal})
 	runCtx, stopRunner := context.WithCancel(ctx)
 	defer stopRunner()
 	runDone := make(chan error, 1)

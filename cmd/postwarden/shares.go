@@ -1,0 +1,254 @@
+package main
+
+// A campaign spread over the cluster's nodes (issue 13, promises 3 and 4):
+// `campaign send` on any node renders and gates the campaign as on a single
+// node, then publishes the rendered messages, sealed, in shards
+// (campaign/shares); every serving node takes shares through leases,
+// enqueues them into its own spool and publishes each message's final
+// outcome, so a node taking over a lost node's share skips what was done.
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/postwarden/postwarden/campaign"
+	"github.com/postwarden/postwarden/campaign/shares"
+	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/suppression/address"
+)
+
+// Row fields of a rendered message in a share.
+const (
+	fieldKey  = "key"  // the campaign's idempotency key of the recipient
+	fieldFrom = "from" // envelope sender
+	fieldList = "list"
+	fieldPool = "pool"
+	fieldBody = "body" // the rendered message
+)
+
+// sharesQueue is campaign send's queue on a cluster node: the rendered
+// messages become share rows, published when the file is read.
+type sharesQueue struct {
+	mu   sync.Mutex
+	rows []shares.Row
+}
+
+// Enqueue implements campaign.Queue: every message is taken (duplicates
+// are found by Publish, cluster-wide).
+func (q *sharesQueue) Enqueue(msgs []campaign.Message) (int, int, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, m := range msgs {
+		q.rows = append(q.rows, shares.Row{Address: m.To, Fields: map[string]string{
+			fieldKey: m.Key, fieldFrom: m.From, fieldList: m.List, fieldPool: m.Pool, fieldBody: string(m.Body)}})
+	}
+	return len(msgs), 0, nil
+}
+
+// coordinator returns the node's share coordinator on js.
+func (e *env) coordinator(ctx context.Context) (*shares.Coordinator, func(), error) {
+	js, done, err := e.clusterJS(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	cc := e.cfg.Cluster
+	c, err := shares.New(ctx, js, e.box, shares.Config{Node: cc.Node, Replicas: cc.Replicas, Lease: cc.Lease},
+		e.log.With().Str("component", "shares").Logger())
+	if err != nil {
+		done()
+		return nil, nil, fmt.Errorf("cluster: %w", err)
+	}
+	return c, done, nil
+}
+
+// clusterSend is what a campaign send on a cluster node published.
+type clusterSend struct {
+	Shards    int  `json:"shards"`
+	Rows      int  `json:"rows"`
+	New       bool `json:"new"` // false: the campaign was in the cluster already; nothing added
+	Duplicate int  `json:"duplicate,omitempty"`
+}
+
+// sendShared is campaign send on a cluster node: gate and render here,
+// publish the messages in shards for every node to deliver.
+func (e *env) sendShared(ctx context.Context, spec campaign.Spec, deps campaign.Deps, progress func(int, int64)) (campaign.Summary, *clusterSend, error) {
+	coord, done, err := e.coordinator(ctx)
+	if err != nil {
+		return campaign.Summary{}, nil, err
+	}
+	defer done()
+	q := &sharesQueue{}
+	deps.Queue, deps.Dictionary, deps.Backlog = q, nil, nil
+	summary, err := campaign.Send(ctx, spec, deps, progress)
+	if err != nil {
+		return summary, nil, err
+	}
+	pub, err := coord.Publish(ctx, spec.ID, spec.FileHash, q.rows)
+	if err != nil {
+		return summary, nil, err
+	}
+	return summary, &clusterSend{Shards: pub.Manifest.Shards, Rows: pub.Manifest.Rows, New: pub.New, Duplicate: pub.Duplicate}, nil
+}
+
+// shareWorker is serve's part in spreading campaigns: it takes shares,
+// enqueues them and publishes final outcomes.
+type shareWorker struct {
+	e     *env
+	coord *shares.Coordinator
+	log   zerolog.Logger
+	out   chan finalOutcome
+	wg    sync.WaitGroup
+	stop  context.CancelFunc
+	ready chan struct{} // closed once coord is set
+}
+
+// finalOutcome is a message's final outcome on its way to the cluster.
+type finalOutcome struct {
+	campaign, key string
+	outcome       shares.Outcome
+}
+
+// startShares runs the node's share worker until the env stops; nil on a
+// single node. The coordinator comes up in the background: JetStream may
+// still be electing its leaders when serve starts.
+func (e *env) startShares(ctx context.Context) (*shareWorker, error) {
+	if e.cfg.Cluster == nil {
+		return nil, nil
+	}
+	wctx, stop := context.WithCancel(context.Background())
+	w := &shareWorker{e: e, log: e.log.With().Str("component", "shares").Logger(),
+		out: make(chan finalOutcome, 4096), stop: stop, ready: make(chan struct{})}
+	var done func()
+	w.wg.Add(2)
+	go func() {
+		defer w.wg.Done()
+		for delay := 500 * time.Millisecond; ; delay = min(2*delay, 10*time.Second) {
+			coord, d, err := e.coordinator(wctx)
+			if err == nil {
+				w.coord, done = coord, d
+				close(w.ready)
+				break
+			}
+			if wctx.Err() != nil {
+				return
+			}
+			w.log.Warn().Err(err).Dur("retry_in", delay).Msg("share coordinator not up yet")
+			select {
+			case <-wctx.Done():
+				return
+			case <-time.After(delay):
+			}
+		}
+		if err := w.coord.Run(wctx, shares.Worker{Enqueuer: w, Room: w.room, Lost: w.lost}); err != nil {
+			w.log.Error().Err(err).Msg("share worker stopped")
+		}
+	}()
+	go func() { defer w.wg.Done(); w.record(wctx) }()
+	e.closers = append(e.closers, func() {
+		stop()
+		w.wg.Wait()
+		if done != nil {
+			done()
+		}
+	})
+	return w, nil
+}
+
+// Enqueue implements shares.Enqueuer: the rows go into this node's queue in
+// one commit; a row the queue holds already (a share taken back) whose
+// outcome is final is reported again, so the share can complete.
+func (w *shareWorker) Enqueue(ctx context.Context, camp string, rows []shares.Row, token uint64) error {
+	msgs := make([]queue.NewMessage, len(rows))
+	for i, r := range rows {
+		f := r.Fields
+		msgs[i] = queue.NewMessage{Campaign: camp, List: f[fieldList], Key: f[fieldKey], From: f[fieldFrom], To: r.Address,
+			Body: []byte(f[fieldBody]), Pool: f[fieldPool]}
+	}
+	res, err := w.e.queue.Enqueue(msgs)
+	if err != nil {
+		return err
+	}
+	for i, id := range res.IDs {
+		if id != "" {
+			continue
+		}
+		m, found, err := w.e.queue.ByKey(camp, msgs[i].Key)
+		if err != nil {
+			return err
+		}
+		if found && m.State.Finished() {
+			w.final(m, m.State)
+		}
+	}
+	w.log.Info().Str("campaign", camp).Int("rows", len(rows)).Int("added", res.Added).Uint64("token", token).Msg("share enqueued")
+	return nil
+}
+
+// room is how many more recipients this node takes now: what keeps its
+// workers busy for a while, not the whole campaign.
+func (w *shareWorker) room() int {
+	st, err := w.e.queue.Stats()
+	if err != nil {
+		return 0
+	}
+	waiting := st.ByState[queue.StateReady] + st.ByState[queue.StateActive]
+	return max(0, 4*shares.DefaultShardSize-waiting)
+}
+
+// lost logs a share this node lost; its messages already in the spool
+// are delivered still (the duplicates bound of docs/cluster.md).
+func (w *shareWorker) lost(l shares.Lost) {
+	w.log.Warn().Str("campaign", l.Campaign).Int("shard", l.Shard).Err(l.Err).Msg("share lease lost")
+}
+
+// final hands a message's final state to the recorder (queue.RunnerConfig.OnFinal).
+func (w *shareWorker) final(m queue.Message, st queue.State) {
+	if w == nil {
+		return
+	}
+	a, err := address.Parse(m.To)
+	if err != nil { // erased meanwhile: nothing to name it by
+		return
+	}
+	o := shares.Failed
+	switch st {
+	case queue.StateDelivered:
+		o = shares.Delivered
+	case queue.StateBounced:
+		o = shares.Bounced
+	case queue.StateCancelled:
+		o = shares.Skipped
+	}
+	w.out <- finalOutcome{campaign: m.Campaign, key: w.e.box.IndexHex(a.Key()), outcome: o}
+}
+
+// record publishes final outcomes, retrying each until it is in.
+func (w *shareWorker) record(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-w.ready:
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case f := <-w.out:
+			for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
+				err := w.coord.Record(ctx, f.campaign, f.key, f.outcome)
+				if err == nil || ctx.Err() != nil {
+					break
+				}
+				w.log.Warn().Err(err).Str("campaign", f.campaign).Msg("outcome not published; retrying")
+				select {
+				case <-ctx.Done():
+				case <-time.After(delay):
+				}
+			}
+		}
+	}
+}
