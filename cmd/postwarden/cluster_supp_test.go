@@ -172,6 +172,14 @@ func TestClusterCampaignSpreads(t *testing.T) {
 	if total != n {
 		t.Errorf("the nodes delivered %d in all, want %d", total, n)
 	}
+	// campaign status on any node is cluster-wide.
+	waitUntil(t, time.Minute, "every outcome published", func() bool {
+		st := jsonLines[campaignStatus](t, nodes[2].mustRun(0, "--json", "campaign", "status", "spread-1").stdout)
+		return len(st) == 1 && st[0].Cluster != nil && st[0].Cluster.Outcomes["delivered"] == n && st[0].Cluster.Pending == 0
+	})
+	if text := nodes[2].mustRun(0, "campaign", "status", "spread-1").stdout; !strings.Contains(text, "cluster        3000 recipients: 3000 (delivered 3000)") {
+		t.Errorf("campaign status text:\n%s", text)
+	}
 	// Again, from another node: nothing added, nothing sent twice.
 	r = nodes[1].mustRun(0, "campaign", "send", file)
 	if !strings.Contains(r.stdout, "published already") {

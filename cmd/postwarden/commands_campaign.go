@@ -170,6 +170,15 @@ func (c *cli) printCampaignStatus(raw json.RawMessage) error {
 	if st.Rate > 0 {
 		fmt.Fprintf(w, "  rate           %g/s\n", st.Rate)
 	}
+	if cl := st.Cluster; cl != nil {
+		outcomes := map[string]int{}
+		for o, n := range cl.Outcomes {
+			outcomes[string(o)] = n
+		}
+		fmt.Fprintf(w, "  cluster        %d recipients: %s; %d without a final outcome\n", cl.Recipients, countsLine(outcomes), cl.Pending)
+		fmt.Fprintf(w, "  shares         %s; held by %s; done by %s\n", countsLine(cl.Shares), countsLine(cl.Holders), countsLine(cl.DoneBy))
+		fmt.Fprintln(w, "  this node:")
+	}
 	fmt.Fprintf(w, "  enqueued       %d\n", st.Enqueued)
 	fmt.Fprintf(w, "  delivered      %d\n", st.Delivered)
 	fmt.Fprintf(w, "  pending        %d (ready %d, deferred %d, held %d, in flight %d)\n", st.Pending,

@@ -291,7 +291,11 @@ type campaignStatusArgs struct {
 // campaignStatus is what `campaign status` reports: the queue's counts by
 // state, the campaign record's summary and the inbound events.
 type campaignStatus struct {
-	ID     string              `json:"id"`
+	ID string `json:"id"`
+	// Cluster is the campaign across the cluster's nodes (a cluster node
+	// only): recipients by final outcome, shares by state and node; the
+	// other fields are this node's own part.
+	Cluster *clusterCampaign `json:"cluster,omitempty"`
 	Record json.RawMessage     `json:"record,omitempty"`
 	Queue  map[queue.State]int `json:"queue"`
 	// Enqueued counts every message the campaign put in the queue (all runs).
@@ -332,7 +336,11 @@ func opCampaignStatus(ctx context.Context, e *env, req request, o *out) error {
 	if err != nil {
 		return err
 	}
-	if rec == nil && len(counts) == 0 {
+	cs, err := e.clusterCampaignStatus(ctx, args.ID)
+	if err != nil {
+		return err
+	}
+	if rec == nil && len(counts) == 0 && cs == nil {
 		return no("campaign %q not found", args.ID)
 	}
 	events, err := e.queue.CampaignEvents(args.ID)
@@ -356,6 +364,7 @@ func opCampaignStatus(ctx context.Context, e *env, req request, o *out) error {
 		return err
 	}
 	st.Brake = &bs
+	st.Cluster = cs
 	if rec != nil {
 		var r campaign.Record
 		if err := json.Unmarshal(rec, &r); err == nil {

@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -251,4 +252,36 @@ func (w *shareWorker) record(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// clusterCampaign is `campaign status` across the cluster.
+type clusterCampaign struct {
+	Recipients int                    `json:"recipients"`
+	Outcomes   map[shares.Outcome]int `json:"outcomes"` // final ones, and deferred
+	Pending    int                    `json:"pending"`  // recipients without a final outcome
+	Shares     map[string]int         `json:"shares"`   // by state
+	Holders    map[string]int         `json:"holders,omitempty"`
+	DoneBy     map[string]int         `json:"done_by,omitempty"`
+}
+
+// clusterCampaignStatus is campaign id across the cluster; nil on a single
+// node or when the cluster does not hold the campaign.
+func (e *env) clusterCampaignStatus(ctx context.Context, id string) (*clusterCampaign, error) {
+	if e.cfg.Cluster == nil {
+		return nil, nil
+	}
+	coord, done, err := e.coordinator(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	st, err := coord.Status(ctx, id)
+	if errors.Is(err, shares.ErrNoCampaign) || errors.Is(err, shares.ErrBadCampaign) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &clusterCampaign{Recipients: st.Manifest.Rows, Outcomes: st.Outcomes, Pending: st.Pending,
+		Shares: st.States, Holders: st.Holders, DoneBy: st.Done}, nil
 }
