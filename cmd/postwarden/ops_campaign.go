@@ -295,9 +295,9 @@ type campaignStatus struct {
 	// Cluster is the campaign across the cluster's nodes (a cluster node
 	// only): recipients by final outcome, shares by state and node; the
 	// other fields are this node's own part.
-	Cluster *clusterCampaign `json:"cluster,omitempty"`
-	Record json.RawMessage     `json:"record,omitempty"`
-	Queue  map[queue.State]int `json:"queue"`
+	Cluster *clusterCampaign    `json:"cluster,omitempty"`
+	Record  json.RawMessage     `json:"record,omitempty"`
+	Queue   map[queue.State]int `json:"queue"`
 	// Enqueued counts every message the campaign put in the queue (all runs).
 	Enqueued  int `json:"enqueued"`
 	Delivered int `json:"delivered"`
