@@ -22,6 +22,7 @@ type testNode struct {
 	natsAddr  string // embedded listen
 	routeAddr string // embedded cluster_listen
 	cmd       *exec.Cmd
+	bin       string // the binary it runs
 	logPath   string
 	exited    chan error
 }

@@ -104,7 +104,8 @@ type shareWorker struct {
 	out   chan finalOutcome
 	wg    sync.WaitGroup
 	stop  context.CancelFunc
-	ready chan struct{} // closed once coord is set
+	ready chan struct{}   // closed once coord is set
+	ctx   context.Context // ends when the worker stops
 }
 
 // finalOutcome is a message's final outcome on its way to the cluster.
@@ -121,8 +122,11 @@ func (e *env) startShares(ctx context.Context) (*shareWorker, error) {
 		return nil, nil
 	}
 	wctx, stop := context.WithCancel(context.Background())
+	// The outcomes not yet published are at most the runner's workers: a
+	// lost node's duplicates stay within its deliveries in flight plus as
+	// many committed but unpublished (docs/cluster.md).
 	w := &shareWorker{e: e, log: e.log.With().Str("component", "shares").Logger(),
-		out: make(chan finalOutcome, 4096), stop: stop, ready: make(chan struct{})}
+		out: make(chan finalOutcome, max(1, e.cfg.Delivery.Workers)), stop: stop, ready: make(chan struct{}), ctx: wctx}
 	var done func()
 	w.wg.Add(2)
 	go func() {
@@ -224,7 +228,10 @@ func (w *shareWorker) final(m queue.Message, st queue.State) {
 	case queue.StateCancelled:
 		o = shares.Skipped
 	}
-	w.out <- finalOutcome{campaign: m.Campaign, key: w.e.box.IndexHex(a.Key()), outcome: o}
+	select { // blocks the runner while workers' worth of outcomes wait: the bound
+	case w.out <- finalOutcome{campaign: m.Campaign, key: w.e.box.IndexHex(a.Key()), outcome: o}:
+	case <-w.ctx.Done(): // stopping: left unpublished, within the bound
+	}
 }
 
 // record publishes final outcomes, retrying each until it is in.
