@@ -3,9 +3,9 @@ package main
 import (
 	"fmt"
 	"net/http"
-	"syscall"
 	"net/url"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
