@@ -277,3 +277,76 @@ func (c *cli) printClusterReport(r clusterReport) {
 		fmt.Fprintf(c.stdout, "\nnot healthy: %s\n", strings.Join(r.Why, "; "))
 	}
 }
+
+// clusterQueue is `queue stats --cluster`: each node's messages by state as
+// its last beat reported them, and the sum.
+type clusterQueue struct {
+	Nodes []nodeQueue    `json:"nodes"`
+	Total map[string]int `json:"total"`
+}
+
+// nodeQueue is one node's part of `queue stats --cluster`.
+type nodeQueue struct {
+	Node  string         `json:"node"`
+	Up    bool           `json:"up"`
+	Age   time.Duration  `json:"age"` // of the beat the counts come from
+	Queue map[string]int `json:"queue"`
+}
+
+// clusterQueueStats prints every node's queue counts from the nodes bucket.
+func (c *cli) clusterQueueStats(ctx context.Context) error {
+	cfg, err := c.loadConfig()
+	if err != nil {
+		return err
+	}
+	if cfg.Cluster == nil {
+		return errNotClustered
+	}
+	log, err := c.logger(zerolog.WarnLevel)
+	if err != nil {
+		return err
+	}
+	nn, err := natsnode.Start(ctx, natsConfig(cfg.Cluster, true), log)
+	if err != nil {
+		return err
+	}
+	defer nn.Close()
+	members, err := cluster.Members(ctx, nn.JetStream())
+	if err != nil {
+		return err
+	}
+	r := clusterQueue{Total: map[string]int{}}
+	for _, m := range members {
+		q := m.Health.Queue
+		if q == nil {
+			q = map[string]int{}
+		}
+		r.Nodes = append(r.Nodes, nodeQueue{Node: m.Node, Up: m.Up, Age: m.Age, Queue: q})
+		for st, n := range q {
+			r.Total[st] += n
+		}
+	}
+	if c.jsonOut {
+		b, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "%s\n", b)
+		return nil
+	}
+	t := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(t, "NODE\tUP\tBEAT AGE\tREADY\tDEFERRED\tHELD\tACTIVE\tDELIVERED\tBOUNCED\tEXPIRED\tCANCELLED")
+	row := func(name, up, age string, q map[string]int) {
+		fmt.Fprintf(t, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", name, up, age, q["ready"], q["deferred"], q["held"],
+			q["active"], q["delivered"], q["bounced"], q["expired"], q["cancelled"])
+	}
+	for _, n := range r.Nodes {
+		up := "up"
+		if !n.Up {
+			up = "DOWN"
+		}
+		row(n.Node, up, n.Age.Round(time.Second).String(), n.Queue)
+	}
+	row("total", "", "", r.Total)
+	return t.Flush()
+}

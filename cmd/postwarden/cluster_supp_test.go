@@ -186,6 +186,13 @@ func TestClusterCampaignSpreads(t *testing.T) {
 	if text := nodes[2].mustRun(0, "campaign", "status", "spread-1").stdout; !strings.Contains(text, "cluster        3000 recipients: 3000 (delivered 3000)") {
 		t.Errorf("campaign status text:\n%s", text)
 	}
+	waitUntil(t, time.Minute, "queue stats --cluster sums the nodes", func() bool {
+		rs := jsonLines[clusterQueue](t, nodes[1].mustRun(0, "--json", "queue", "stats", "--cluster").stdout)
+		return len(rs) == 1 && len(rs[0].Nodes) == 3 && rs[0].Total["delivered"] == n
+	})
+	if text := nodes[1].mustRun(0, "queue", "stats", "--cluster").stdout; !strings.Contains(text, "total") {
+		t.Errorf("queue stats --cluster:\n%s", text)
+	}
 	// Again, from another node: nothing added, nothing sent twice.
 	r = nodes[1].mustRun(0, "campaign", "send", file)
 	if !strings.Contains(r.stdout, "published already") {

@@ -58,14 +58,19 @@ func (c *cli) queueCommand() *cobra.Command {
 			return c.call(cmd.Context(), "queue.show", idArgs{IDs: ids}, c.printMessage)
 		},
 	}
+	var clusterWide bool
 	stats := &cobra.Command{
-		Use:   "stats",
-		Short: "Counts by state, by domain, by provider and by source, oldest message, delivery rate over the last minutes",
+		Use:   "stats [--cluster]",
+		Short: "Counts by state, by domain, by provider and by source, oldest message, delivery rate over the last minutes (--cluster: every node's counts by state, from their last beat)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if clusterWide {
+				return c.clusterQueueStats(cmd.Context())
+			}
 			return c.call(cmd.Context(), "queue.stats", nil, c.printStats)
 		},
 	}
+	stats.Flags().BoolVar(&clusterWide, "cluster", false, "every node of the cluster, as each last reported")
 	cmd.AddCommand(ls, show, stats, c.topCommand(), c.suspendCommand(), c.resumeCommand(),
 		c.queueAction("retry", "Deliver now (flush): ID…, - (IDs on stdin), ALL, --domain D or --campaign C", false),
 		c.queueAction("hold", "Stop delivering: ID…, -, ALL, --domain D or --campaign C", false),

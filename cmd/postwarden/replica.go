@@ -67,6 +67,12 @@ func (e *env) joinReplica(ctx context.Context) error {
 	e.closers = append(e.closers, func() { _ = rep.Close(); done() })
 	if e.cluster != nil {
 		e.cluster.heart.AddReporter(cluster.ReporterFunc(func(h *cluster.Health) {
+			if st, err := e.queue.Stats(); err == nil {
+				h.Queue = map[string]int{}
+				for state, n := range st.ByState {
+					h.Queue[string(state)] = n
+				}
+			}
 			st := rep.Status()
 			h.ReplicaPending, h.PendingUnsubscribes = st.Lag, st.Pending
 			if !st.CaughtUp.IsZero() && st.Lag > 0 {

@@ -56,6 +56,9 @@ type Health struct {
 	// Stale is why the node fails closed (does not start deliveries); ""
 	// when it does not.
 	Stale string `json:"stale,omitempty"`
+	// Queue counts the node's messages by state (pending and finished), for
+	// `queue stats --cluster`.
+	Queue map[string]int `json:"queue,omitempty"`
 }
 
 // Reporter fills its part of the node's health before each beat; it must
