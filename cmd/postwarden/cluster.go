@@ -191,11 +191,7 @@ func (c *cli) clusterStatus(ctx context.Context) error {
 		}
 		return nil
 	}
-	log, err := c.logger(zerolog.WarnLevel)
-	if err != nil {
-		return err
-	}
-	nn, err := natsnode.Start(ctx, natsConfig(cfg.Cluster, true), log)
+	nn, err := c.clusterLink(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -302,11 +298,7 @@ func (c *cli) clusterQueueStats(ctx context.Context) error {
 	if cfg.Cluster == nil {
 		return errNotClustered
 	}
-	log, err := c.logger(zerolog.WarnLevel)
-	if err != nil {
-		return err
-	}
-	nn, err := natsnode.Start(ctx, natsConfig(cfg.Cluster, true), log)
+	nn, err := c.clusterLink(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -349,4 +341,13 @@ func (c *cli) clusterQueueStats(ctx context.Context) error {
 	}
 	row("total", "", "", r.Total)
 	return t.Flush()
+}
+
+// clusterLink is a CLI command's own link to the cluster's NATS.
+func (c *cli) clusterLink(ctx context.Context, cfg *configs.Server) (*natsnode.Node, error) {
+	log, err := c.logger(zerolog.WarnLevel)
+	if err != nil {
+		return nil, err
+	}
+	return natsnode.Start(ctx, natsConfig(cfg.Cluster, true), log)
 }

@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -30,6 +29,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+
+	"github.com/postwarden/postwarden/configs"
 )
 
 // ClusterName is the NATS cluster name of every embedded server.
@@ -421,21 +422,9 @@ func (n *Node) shutdownServer() {
 	n.log.Info().Msg("embedded nats-server stopped")
 }
 
-// MaskURL returns a NATS URL with its user information (user and password,
-// or a token) replaced by "***", for logs.
-func MaskURL(raw string) string {
-	u, err := url.Parse(strings.TrimSpace(raw))
-	if err != nil || u.Host == "" {
-		if i := strings.LastIndex(raw, "@"); i >= 0 {
-			return "***" + raw[i:]
-		}
-		return raw
-	}
-	if u.User != nil {
-		return u.Scheme + "://***@" + u.Host + u.Path
-	}
-	return u.String()
-}
+// MaskURL returns a NATS URL with its user information replaced by "***",
+// for logs: configs.MaskURL, the one rule.
+func MaskURL(raw string) string { return configs.MaskURL(raw) }
 
 // serverLogger hands nats-server's log lines to zerolog; its notices are
 // debug lines (there are many at start-up), its warnings and errors stay.
