@@ -60,7 +60,10 @@ type Outcome struct {
 //
 //	meta     "applied_seq" → uint64 big-endian: the last stream sequence applied
 //	pending  key (caller's, ordered) → caller's opaque value (sealed by it)
+//	due      seq (uint64 big-endian) → caller's opaque value: work to do
+//	         after the change at seq was applied (Logged.Due), until DoneDue
 var (
+	bucketDue     = []byte("due")
 	bucketPending = []byte("pending")
 	keyAppliedSeq = []byte("applied_seq")
 )
@@ -166,6 +169,12 @@ type Logged struct {
 	Seq      uint64
 	Mutation Mutation
 	Ahead    []Mutation
+	// Due, if not nil, is work the caller must do once this change is
+	// applied (a replica's local erasure by index): kept, in the same
+	// transaction, in bucket due under Seq until DoneDue, so a crash
+	// after the commit cannot lose it. Ignored when the change is skipped
+	// or Seq is 0.
+	Due []byte
 }
 
 // ApplyAll is Apply for consecutive changes of the log, in order, in one
@@ -194,6 +203,11 @@ func (s *Store) ApplyAll(cs []Logged) ([]Outcome, error) {
 			out, err := s.applyTx(tx, c.Mutation)
 			if err != nil {
 				return err
+			}
+			if c.Due != nil && c.Seq > 0 {
+				if err := putDue(tx, c.Seq, c.Due); err != nil {
+					return fmt.Errorf("keep due work: %w", err)
+				}
 			}
 			for _, a := range c.Ahead {
 				if _, err := s.applyTx(tx, a); err != nil {
@@ -340,6 +354,54 @@ func (s *Store) DeletePending(key string) error {
 	})
 	if err != nil {
 		return fmt.Errorf("delete pending suppression change %s: %w", key, err)
+	}
+	return nil
+}
+
+// putDue keeps v under seq in bucket due.
+func putDue(tx *bbolt.Tx, seq uint64, v []byte) error {
+	b, err := tx.CreateBucketIfNotExists(bucketDue)
+	if err != nil {
+		return err
+	}
+	var k [8]byte
+	binary.BigEndian.PutUint64(k[:], seq)
+	return b.Put(k[:], v)
+}
+
+// Due calls fn with each piece of due work (Logged.Due) in sequence order
+// (copies); fn's error stops the walk. fn must not call back into the store.
+func (s *Store) Due(fn func(seq uint64, value []byte) error) error {
+	err := s.view(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketDue)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			if len(k) != 8 {
+				return fmt.Errorf("malformed due key %x", k)
+			}
+			return fn(binary.BigEndian.Uint64(k), bytes.Clone(v))
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("read due suppression work: %w", err)
+	}
+	return nil
+}
+
+// DoneDue drops the due work kept under seq once it is done.
+func (s *Store) DoneDue(seq uint64) error {
+	err := s.update(func(tx *bbolt.Tx) error {
+		if b := tx.Bucket(bucketDue); b != nil {
+			var k [8]byte
+			binary.BigEndian.PutUint64(k[:], seq)
+			return b.Delete(k[:])
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("drop due suppression work %d: %w", seq, err)
 	}
 	return nil
 }

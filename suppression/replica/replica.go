@@ -84,6 +84,28 @@ type Config struct {
 	RetryMax time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// OnErase, if set, is the rest of an erasure made on another node:
+	// called, once the erasure from the stream has been applied to the
+	// store, to erase the person from this node's other stores by index
+	// (the queue, consent, capture files). The work is kept in the store
+	// (bucket due) in the transaction that applies the erasure, and
+	// dropped only once OnErase returned nil: a failure is logged and
+	// retried (0.5 s doubling up to RetryMax), a crash resumes it at
+	// Start, nothing is skipped; so OnErase must be idempotent. Erasures
+	// this node made itself are not handed to it (the procedure that
+	// published them erases the rest, by address).
+	OnErase func(ctx context.Context, e Erasure) error
+}
+
+// Erasure is an erasure from the stream as OnErase sees it: the person's
+// keyed index only, never the address.
+type Erasure struct {
+	Seq    uint64    `json:"seq"`    // its stream sequence
+	ID     string    `json:"id"`     // the change id
+	Origin string    `json:"origin"` // the node that made it
+	Index  string    `json:"index"`  // hex keyed index of the address key
+	Ref    string    `json:"ref"`    // the request reference
+	Time   time.Time `json:"time"`   // when it was made
 }
 
 // Defaults.
@@ -204,6 +226,7 @@ type Replica struct {
 	outOrder   []string         // ids in outcomes, oldest first
 	ahead      []*pendingChange // kept changes not yet applied from the stream, in key order
 	kick       chan struct{}    // wakes the republisher
+	eraseKick  chan struct{}    // wakes the eraser (OnErase)
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
 	started    bool
@@ -241,10 +264,11 @@ func New(js jetstream.JetStream, store *suppression.Store, box *sealed.Box, cfg 
 	}
 	return &Replica{
 		js: js, store: store, box: box, cfg: cfg,
-		log:      log.With().Str("stream", cfg.Stream).Str("node", cfg.Node).Logger(),
-		advanced: make(chan struct{}),
-		outcomes: map[string]error{},
-		kick:     make(chan struct{}, 1),
+		log:       log.With().Str("stream", cfg.Stream).Str("node", cfg.Node).Logger(),
+		advanced:  make(chan struct{}),
+		outcomes:  map[string]error{},
+		kick:      make(chan struct{}, 1),
+		eraseKick: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -286,6 +310,11 @@ func (r *Replica) Start(ctx context.Context) error {
 	go func() { defer r.wg.Done(); r.run(runCtx) }()
 	go func() { defer r.wg.Done(); r.poll(runCtx) }()
 	go func() { defer r.wg.Done(); r.republishLoop(runCtx) }()
+	if r.cfg.OnErase != nil {
+		r.wg.Add(1)
+		go func() { defer r.wg.Done(); r.eraseLoop(runCtx) }()
+		r.nudgeEraser() // work a crash left
+	}
 	r.nudge()
 	return nil
 }
@@ -585,6 +614,84 @@ func (r *Replica) republishLoop(ctx context.Context) {
 	}
 }
 
+// ---- erasures made elsewhere (OnErase) ----
+
+// nudgeEraser wakes the eraser.
+func (r *Replica) nudgeEraser() {
+	select {
+	case r.eraseKick <- struct{}{}:
+	default:
+	}
+}
+
+// eraseLoop hands the due erasures to OnErase until none is left, then
+// waits for the next. After a failure it waits 0.5 s, doubling up to
+// RetryMax (±20 %), and tries again from the same erasure.
+func (r *Replica) eraseLoop(ctx context.Context) {
+	delay := 500 * time.Millisecond
+	for {
+		wait := time.Duration(1<<62 - 1)
+		if err := r.eraseDue(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.log.Warn().Err(err).Dur("retry_in", delay).Msg("erasure from another node not done here yet; retrying")
+			wait = jitter(delay)
+			delay = min(2*delay, r.cfg.RetryMax)
+		} else {
+			delay = 500 * time.Millisecond
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-r.eraseKick:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// eraseDue hands each due erasure, in stream order, to OnErase and drops it
+// once done; it stops at the first failure.
+func (r *Replica) eraseDue(ctx context.Context) error {
+	var due []Erasure
+	err := r.store.Due(func(seq uint64, v []byte) error {
+		var e Erasure
+		if err := json.Unmarshal(v, &e); err != nil {
+			return fmt.Errorf("due erasure at %d: %w", seq, err)
+		}
+		e.Seq = seq
+		due = append(due, e)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, e := range due {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err := r.cfg.OnErase(ctx, e); err != nil {
+			return fmt.Errorf("erasure %s (seq %d, index %s, from %s): %w", e.ID, e.Seq, shortIndex(e.Index), e.Origin, err)
+		}
+		if err := r.store.DoneDue(e.Seq); err != nil {
+			return err
+		}
+		r.log.Info().Uint64("seq", e.Seq).Str("index", shortIndex(e.Index)).Str("origin", e.Origin).Msg("erasure from another node done here")
+	}
+	return nil
+}
+
+// DueErasures returns how many erasures from other nodes are applied to the
+// store but not yet done in this node's other stores (OnErase).
+func (r *Replica) DueErasures() (int, error) {
+	n := 0
+	err := r.store.Due(func(uint64, []byte) error { n++; return nil })
+	return n, err
+}
+
 // jitter returns d ±20 %.
 func jitter(d time.Duration) time.Duration {
 	var b [2]byte
@@ -796,8 +903,17 @@ func (r *Replica) handle(msgs []jetstream.Msg) error {
 			stop = fmt.Errorf("stream change at %d: %w", seq, err)
 			break
 		}
+		l := suppression.Logged{Seq: seq, Mutation: c.Mutation}
+		if c.Mutation.Op == suppression.OpErase && c.Origin != r.cfg.Node && r.cfg.OnErase != nil {
+			due, err := json.Marshal(Erasure{Seq: seq, ID: c.ID, Origin: c.Origin, Index: r.indexOf(msg.Subject()), Ref: c.Mutation.Ref, Time: c.Time})
+			if err != nil {
+				stop = fmt.Errorf("stream change at %d: %w", seq, err)
+				break
+			}
+			l.Due = due
+		}
 		items = append(items, item{c: c, index: r.indexOf(msg.Subject()), pending: md.NumPending})
-		logged = append(logged, suppression.Logged{Seq: seq, Mutation: c.Mutation})
+		logged = append(logged, l)
 	}
 	if len(items) == 0 {
 		return stop
@@ -820,6 +936,9 @@ func (r *Replica) handle(msgs []jetstream.Msg) error {
 	}
 	for i, it := range items {
 		out, seq := outs[i], logged[i].Seq
+		if logged[i].Due != nil && !out.Skipped {
+			r.nudgeEraser()
+		}
 		if out.Refused != nil && it.c.Origin != r.cfg.Node {
 			r.log.Info().Uint64("seq", seq).Str("id", it.c.ID).Str("op", string(it.c.Mutation.Op)).Str("refused", out.Refused.Error()).Msg("stream change refused by the store")
 		}
