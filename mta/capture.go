@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/mail"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,6 +80,40 @@ func (o Outbox) RemoveMentioning(addr string) (int, error) {
 			return false, err
 		}
 		return bytes.Contains(bytes.ToLower(b), needle), nil
+	})
+}
+
+// RemoveAddressed deletes every capture file whose header names, in To, Cc
+// or Bcc, an address for which match says true, and returns how many it
+// removed: the erasure of a person known only by a keyed index (a cluster
+// node erasing for another) finds a file whose queue record was pruned by
+// its header this way. A file whose header does not parse (one a crash
+// left half written) is kept.
+func (o Outbox) RemoveAddressed(match func(addr string) bool) (int, error) {
+	return o.removeIf(func(p string, _ os.DirEntry) (bool, error) {
+		b, err := os.ReadFile(p)
+		if errors.Is(err, os.ErrNotExist) {
+			return false, nil // a concurrent remove or rename
+		}
+		if err != nil {
+			return false, err
+		}
+		m, err := mail.ReadMessage(bytes.NewReader(b))
+		if err != nil {
+			return false, nil
+		}
+		for _, h := range []string{"To", "Cc", "Bcc"} {
+			list, err := m.Header.AddressList(h)
+			if err != nil {
+				continue
+			}
+			for _, a := range list {
+				if match(a.Address) {
+					return true, nil
+				}
+			}
+		}
+		return false, nil
 	})
 }
 

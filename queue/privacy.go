@@ -3,6 +3,7 @@ package queue
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"github.com/postwarden/postwarden/suppression/compact"
 
 	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/sealed"
 )
 
 // ErrErased is returned (wrapped) for a message whose recipient was erased; it
@@ -73,13 +75,30 @@ func (s *Store) EraseRecipient(addr, reason string) (EraseResult, error) {
 	if err != nil {
 		return EraseResult{}, fmt.Errorf("erase recipient %s: %s", address.Mask(addr), problem(err))
 	}
+	return s.eraseRecipient(s.box.Index(a.Key()), address.Mask(a.Key()), reason)
+}
+
+// EraseRecipientIndex is EraseRecipient for a caller that holds only the
+// recipient's keyed index (hex, sealed.Box.IndexHex of the address key, as
+// a suppression tombstone keeps it): a cluster node erasing a person
+// another node was asked to erase.
+func (s *Store) EraseRecipientIndex(indexHex, reason string) (EraseResult, error) {
+	idx, err := hex.DecodeString(indexHex)
+	if err != nil || len(idx) != sealed.IndexSize {
+		return EraseResult{}, fmt.Errorf("erase recipient: index %q: want %d hex bytes", indexHex, sealed.IndexSize)
+	}
+	return s.eraseRecipient(idx, "index "+indexHex[:12], reason)
+}
+
+// eraseRecipient is EraseRecipient for the recipient index idx; who names
+// the person in errors and logs (masked, or a short index).
+func (s *Store) eraseRecipient(idx []byte, who, reason string) (EraseResult, error) {
 	if reason = strings.TrimSpace(reason); reason == "" {
 		return EraseResult{}, errors.New("erase recipient: a reason is required")
 	}
 	reason = "erased: " + reason
-	idx := s.box.Index(a.Key())
 	var res EraseResult
-	err = s.update(func(tx *bbolt.Tx) error {
+	err := s.update(func(tx *bbolt.Tx) error {
 		res = EraseResult{}
 		b := s.buckets(tx)
 		var keys [][]byte
@@ -139,9 +158,9 @@ func (s *Store) EraseRecipient(addr, reason string) (EraseResult, error) {
 		return nil
 	})
 	if err != nil {
-		return EraseResult{}, fmt.Errorf("erase recipient %s in %s: %w", address.Mask(a.Key()), s.path, err)
+		return EraseResult{}, fmt.Errorf("erase recipient %s in %s: %w", who, s.path, err)
 	}
-	s.log.Info().Str("rcpt", address.Mask(a.Key())).Int("cancelled", res.Cancelled).
+	s.log.Info().Str("rcpt", who).Int("cancelled", res.Cancelled).
 		Int("scrubbed", res.Scrubbed).Msg("recipient erased from queue")
 	return res, nil
 }

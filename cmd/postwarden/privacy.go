@@ -108,9 +108,9 @@ func subjectMessage(m queue.Message) subject.Message {
 		Created: m.Created, Updated: m.Updated, Reply: m.LastReply, Reason: m.Reason, History: hist}
 }
 
-// EraseRecipient implements subject.Queue.
-func (a subjectQueue) EraseRecipient(addr, reason string) (subject.Erased, error) {
-	r, err := a.q.EraseRecipient(addr, reason)
+// EraseRecipientIndex implements subject.Queue.
+func (a subjectQueue) EraseRecipientIndex(ix, reason string) (subject.Erased, error) {
+	r, err := a.q.EraseRecipientIndex(ix, reason)
 	return subject.Erased{IDs: r.IDs, Cancelled: r.Cancelled, Scrubbed: r.Scrubbed}, err
 }
 

@@ -162,8 +162,8 @@ func (a queueAdapter) MessagesFor(addr string) ([]subject.Message, error) {
 	return out, err
 }
 
-func (a queueAdapter) EraseRecipient(addr, reason string) (subject.Erased, error) {
-	r, err := a.q.EraseRecipient(addr, reason)
+func (a queueAdapter) EraseRecipientIndex(ix, reason string) (subject.Erased, error) {
+	r, err := a.q.EraseRecipientIndex(ix, reason)
 	return subject.Erased{IDs: r.IDs, Cancelled: r.Cancelled, Scrubbed: r.Scrubbed}, err
 }
 

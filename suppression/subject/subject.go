@@ -61,7 +61,9 @@ type Erased struct {
 // Queue is what the procedures need of the queue store.
 type Queue interface {
 	MessagesFor(addr string) ([]Message, error)
-	EraseRecipient(addr, reason string) (Erased, error)
+	// EraseRecipientIndex erases the messages of the recipient whose
+	// address key has the hex keyed index (queue.Store.EraseRecipientIndex).
+	EraseRecipientIndex(indexHex, reason string) (Erased, error)
 }
 
 // Suppression is what the procedures need of the suppression store.
@@ -75,7 +77,7 @@ type Suppression interface {
 // Subscribers is what the procedures need of the consent store.
 type Subscribers interface {
 	History(addr string) ([]subscribers.ListHistory, error)
-	Erase(addr, ref string) (subscribers.Tombstone, error)
+	EraseIndex(indexHex, ref string) (subscribers.Tombstone, error)
 }
 
 // Audit is the audit log.
@@ -89,6 +91,9 @@ type Outbox interface {
 	Mentioning(addr string, fn func(name string, body []byte) error) error
 	Remove(id string) (int, error)
 	RemoveMentioning(addr string) (int, error)
+	// RemoveAddressed removes the files whose header names an address
+	// for which match says true.
+	RemoveAddressed(match func(addr string) bool) (int, error)
 }
 
 // Indexer derives the keyed index of a normalised address (sealed.Box).
@@ -127,8 +132,11 @@ func Ref(ix Indexer, addr string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return "subject:" + ix.IndexHex(a.Key()), nil
+	return refPrefix + ix.IndexHex(a.Key()), nil
 }
+
+// refPrefix starts a person's audit reference; the hex index follows.
+const refPrefix = "subject:"
 
 // check refuses a request without a reason or a valid address, and
 // returns the person's audit reference.

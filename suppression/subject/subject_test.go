@@ -130,6 +130,55 @@ func TestEraseLeavesOnlyTheTombstone(t *testing.T) {
 	}
 }
 
+// EraseIndex, as a cluster node runs it for an erasure another node was
+// asked for (the suppression tombstone applied from the stream first),
+// leaves nothing of the person either, knowing only the index: the queued
+// message and its capture file by id, the capture file whose record was
+// pruned by its To header, the consent history; audited as the cluster.
+// Running it again is harmless.
+func TestEraseIndexLeavesOnlyTheTombstone(t *testing.T) {
+	f := newFixture(t)
+	f.person(t, ana, "Marguerite Okonkwo", "c1")
+	daveID := f.person(t, dave, "Dave Kim", "c2")
+	d := f.deps()
+	ref, _ := subject.Ref(f.box, ana)
+	ix := strings.TrimPrefix(ref, "subject:")
+	if _, err := f.supp.EraseIndex(ix, "erase-20261206T000000Z", nil); err != nil { // the replica's part
+		t.Fatal(err)
+	}
+	req := subject.IndexRequest{Who: "cluster:n1", Index: ix, Ref: "erase-20261206T000000Z", Reason: "erasure from node n1"}
+	res, err := subject.EraseIndex(d, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Cancelled != 1 || res.CaptureFiles != 2 || res.Tombstone != ix || len(res.Consents) != 1 {
+		t.Errorf("erasure: %+v", res)
+	}
+	if hits := scan(t, f.dir, ana, "Okonkwo", "Marguerite"); len(hits) > 0 {
+		t.Errorf("erased data still in files: %v", hits)
+	}
+	if entries, err := f.supp.EntriesFor(ana); err != nil || len(entries) != 1 || entries[0].Reason != suppression.Erased {
+		t.Errorf("tombstone: %+v, %v", entries, err)
+	}
+	if msgs, _ := f.q.MessagesFor(dave); len(msgs) != 1 || msgs[0].ID != daveID {
+		t.Errorf("dave's messages: %+v", msgs)
+	}
+	if hits := scan(t, f.outbox, dave); len(hits) != 2 {
+		t.Errorf("dave's capture files: %v", hits)
+	}
+	all := f.entries(t)
+	last := all[len(all)-1]
+	if last.Who != "cluster:n1" || last.Action != "subject.erase" || last.Target != ref || last.Details["request"] != req.Ref {
+		t.Errorf("erase audit entry: %+v", last)
+	}
+	if res, err := subject.EraseIndex(d, req); err != nil || res.Cancelled+res.Scrubbed+res.CaptureFiles != 0 {
+		t.Errorf("again: %+v, %v", res, err)
+	}
+	if _, err := subject.EraseIndex(d, subject.IndexRequest{Who: "cluster:n1", Index: "ana@example.com", Ref: "x", Reason: "y"}); err == nil {
+		t.Error("an address taken for an index")
+	}
+}
+
 // The audit entry is written before anything changes: with the audit log
 // unwritable the erasure is refused and every store still holds the person.
 func TestEraseIsAuditedFirst(t *testing.T) {

@@ -375,12 +375,27 @@ func (s *Store) Erase(addr, ref string) (Tombstone, error) {
 	if err != nil {
 		return Tombstone{}, fmt.Errorf("erase: %w", err)
 	}
-	if err := checkField("reference", ref, maxField); err != nil {
-		return Tombstone{}, fmt.Errorf("erase %s: %w", address.Mask(key), err)
+	return s.erase(s.box.Index(key), address.Mask(key), ref)
+}
+
+// EraseIndex is Erase for a caller that holds only the keyed index of the
+// address (hex, as Tombstone.Index and a suppression tombstone keep it): a
+// cluster node erasing a person another node was asked to erase.
+func (s *Store) EraseIndex(indexHex, ref string) (Tombstone, error) {
+	idx, err := hex.DecodeString(indexHex)
+	if err != nil || len(idx) != sealed.IndexSize {
+		return Tombstone{}, fmt.Errorf("erase: index %q: want %d hex bytes", indexHex, sealed.IndexSize)
 	}
-	idx := s.box.Index(key)
+	return s.erase(idx, "index "+indexHex[:12], ref)
+}
+
+// erase is Erase for the index idx; who names the person in errors.
+func (s *Store) erase(idx []byte, who, ref string) (Tombstone, error) {
+	if err := checkField("reference", ref, maxField); err != nil {
+		return Tombstone{}, fmt.Errorf("erase %s: %w", who, err)
+	}
 	var ts Tombstone
-	err = s.batch(func(tx *bbolt.Tx) error {
+	err := s.batch(func(tx *bbolt.Tx) error {
 		events := tx.Bucket(bucketEvents)
 		ts = Tombstone{Index: hex.EncodeToString(idx), Ref: ref}
 		var dead [][]byte
@@ -438,7 +453,7 @@ func (s *Store) Erase(addr, ref string) (Tombstone, error) {
 		return appendEvent(events, groupPrefix(idx, ""), codeErased, se)
 	})
 	if err != nil {
-		return Tombstone{}, fmt.Errorf("erase %s: %w", address.Mask(key), err)
+		return Tombstone{}, fmt.Errorf("erase %s: %w", who, err)
 	}
 	s.log.Info().Str("index", ts.Index[:12]).Int("lists", len(ts.Consents)).Str("ref", ref).Msg("subscriber erased")
 	return ts, nil
