@@ -758,3 +758,86 @@ func TestBacklog(t *testing.T) {
 		}
 	}
 }
+
+// TestOnErase: an erasure published on A is handed to B's OnErase by index
+// (never to A's, which made it); a failing OnErase is retried until it
+// succeeds; work left when B stops (OnErase failing throughout) is done
+// after B restarts, though the stream has nothing new for it.
+func TestOnErase(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	box, dir := testBox(t), t.TempDir()
+	type call struct {
+		e  Erasure
+		ok bool
+	}
+	var (
+		mu    sync.Mutex
+		calls []call
+		fail  = 2 // B's first two calls fail
+	)
+	onErase := func(node string) func(context.Context, Erasure) error {
+		return func(_ context.Context, e Erasure) error {
+			mu.Lock()
+			defer mu.Unlock()
+			ok := node == "b" && fail == 0
+			if node == "b" && fail > 0 {
+				fail--
+			}
+			calls = append(calls, call{e, ok})
+			if !ok {
+				return errors.New("store busy")
+			}
+			return nil
+		}
+	}
+	cfg := func(node string) Config { c := cfgFor(node); c.OnErase = onErase(node); return c }
+	a := startNode(t, connect(t, srv.ClientURL()), box, filepath.Join(dir, "a.db"), cfg("a"))
+	b := startNode(t, connect(t, srv.ClientURL()), box, filepath.Join(dir, "b.db"), cfg("b"))
+	ctx := context.Background()
+	if err := a.rep.Publish(ctx, Add(suppression.Entry{Target: "zb@example.com", List: "news", Reason: suppression.Unsubscribed})); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.rep.Publish(ctx, Erase("zb@example.com", "erase-1", nil)); err != nil {
+		t.Fatal(err)
+	}
+	ix := box.IndexHex("zb@example.com")
+	done := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(calls) > 0 && calls[len(calls)-1].ok
+	}
+	eventually(t, "B's OnErase succeeds", done)
+	mu.Lock()
+	for _, c := range calls {
+		if c.e.Index != ix || c.e.Origin != "a" || c.e.Ref != "erase-1" || c.e.Seq != 2 {
+			t.Errorf("OnErase(%+v)", c.e)
+		}
+	}
+	if len(calls) != 3 {
+		t.Errorf("OnErase called %d times; want 3 (two failures, then done; never on A)", len(calls))
+	}
+	mu.Unlock()
+	eventually(t, "B's due work dropped", func() bool { n, err := b.rep.DueErasures(); return err == nil && n == 0 })
+
+	// B's OnErase fails throughout; B stops with the work due.
+	b.stop()
+	mu.Lock()
+	fail, calls = 1<<30, nil
+	mu.Unlock()
+	b = startNode(t, connect(t, srv.ClientURL()), box, b.path, cfg("b"))
+	if err := a.rep.Publish(ctx, Erase("yv@example.com", "erase-2", nil)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "B tried", func() bool { mu.Lock(); defer mu.Unlock(); return len(calls) > 0 })
+	b.stop()
+	mu.Lock()
+	fail, calls = 0, nil
+	mu.Unlock()
+	b = startNode(t, connect(t, srv.ClientURL()), box, b.path, cfg("b"))
+	eventually(t, "B's OnErase after the restart", done)
+	mu.Lock()
+	if c := calls[len(calls)-1].e; c.Index != box.IndexHex("yv@example.com") || c.Seq != 3 {
+		t.Errorf("after the restart: OnErase(%+v)", c)
+	}
+	mu.Unlock()
+}
