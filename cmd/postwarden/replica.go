@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -53,7 +54,7 @@ func (e *env) joinReplica(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	rep, err := replica.New(js, e.supp, e.box, replica.Config{Node: cc.Node, Replicas: cc.Replicas, MaxLag: cc.MaxLag},
+	rep, err := replica.New(js, e.supp, e.box, replica.Config{Node: cc.Node, Replicas: cc.Replicas, MaxLag: cc.MaxLag, OnErase: e.eraseHere},
 		e.log.With().Str("component", "replica").Logger())
 	if err != nil {
 		done()
@@ -84,6 +85,22 @@ func (e *env) joinReplica(ctx context.Context) error {
 		}))
 	}
 	return nil
+}
+
+// eraseHere is the replica's OnErase (issue 13, promise 5): an erasure
+// another node was asked for, its tombstone applied here from the stream,
+// carried out on this node's other stores by the person's index alone
+// (subject.EraseIndex: consent, queue, capture files, compaction), audited
+// as "cluster:<origin node>". The replica retries it until it succeeds.
+func (e *env) eraseHere(_ context.Context, er replica.Erasure) error {
+	if e.queue == nil || e.subs == nil || e.audit == nil {
+		return errors.New("the queue, consent and audit stores are not open")
+	}
+	_, err := subject.EraseIndex(e.subjectDeps(), subject.IndexRequest{
+		Who: "cluster:" + er.Origin, Index: er.Index, Ref: er.Ref,
+		Reason: fmt.Sprintf("erasure %s requested on node %s", er.Ref, er.Origin),
+	})
+	return err
 }
 
 // halt is the runners' RunnerConfig.Halt: why delivery must not start now
