@@ -37,6 +37,11 @@
 //     (SecureDeleteMsg of each message on their subject), publishes the
 //     erasure (the tombstone, which stays), then purges anything that
 //     slipped onto the subject before the tombstone.
+//   - An erasure made on another node, once applied here, is handed by
+//     index to Config.OnErase (the rest of the erasure on this node's other
+//     stores): kept due in the store in the transaction that applies it,
+//     dropped only once OnErase returned nil, retried with backoff after a
+//     failure and after a restart; never skipped.
 package replica
 
 import (
