@@ -111,6 +111,29 @@ func TestOutboxRemoveMentioning(t *testing.T) {
 	}
 }
 
+// RemoveAddressed removes the files whose To, Cc or Bcc header names an
+// address the caller recognises (by index, in a cluster), and keeps those
+// that only mention it elsewhere or whose header does not parse.
+func TestOutboxRemoveAddressed(t *testing.T) {
+	dir := writeOutbox(t, map[string]string{
+		"q1.eml": "To: \"Ana Z\" <Ana@Example.org>\r\nSubject: hi\r\n\r\nbody\r\n",
+		"q2.eml": "To: bob@example.org\r\nCc: x@example.org, ana@example.org\r\n\r\nbody\r\n",
+		"q3.eml": "To: bob@example.org\r\n\r\nwrite to ana@example.org\r\n",
+		"q4.eml": "not a header at all",
+	}, nil)
+	var seen []string
+	n, err := NewOutbox(dir).RemoveAddressed(func(a string) bool {
+		seen = append(seen, a)
+		return a == "Ana@Example.org" || a == "ana@example.org"
+	})
+	if err != nil || n != 2 {
+		t.Fatalf("RemoveAddressed = %d, %v; want 2 (seen %v)", n, err, seen)
+	}
+	if got, want := left(t, dir), []string{"q3.eml", "q4.eml", "sub.eml"}; !same(got, want) {
+		t.Fatalf("left %v, want %v", got, want)
+	}
+}
+
 // Mentioning finds a person's capture files by content, in any case, and
 // changes nothing.
 func TestOutboxMentioning(t *testing.T) {
