@@ -839,5 +839,20 @@ func TestOnErase(t *testing.T) {
 	if c := calls[len(calls)-1].e; c.Index != box.IndexHex("yv@example.com") || c.Seq != 3 {
 		t.Errorf("after the restart: OnErase(%+v)", c)
 	}
+	calls = nil
 	mu.Unlock()
+
+	// An erasure made while B is down reaches OnErase as B catches up.
+	b.stop()
+	if err := a.rep.Publish(ctx, Erase("xw@example.com", "erase-3", nil)); err != nil {
+		t.Fatal(err)
+	}
+	b = startNode(t, connect(t, srv.ClientURL()), box, b.path, cfg("b"))
+	eventually(t, "B's OnErase after catching up", done)
+	mu.Lock()
+	if c := calls[len(calls)-1].e; c.Index != box.IndexHex("xw@example.com") || c.Seq != 4 || c.Ref != "erase-3" {
+		t.Errorf("after catching up: OnErase(%+v)", c)
+	}
+	mu.Unlock()
+	eventually(t, "B's due work dropped", func() bool { n, err := b.rep.DueErasures(); return err == nil && n == 0 })
 }
