@@ -4,7 +4,8 @@
 // NATS with nats.go, retrying forever with backoff.
 //
 // What the rest of the binary may rely on: Start returns a Node whose
-// connection reconnects by itself for as long as the Node is open, with the
+// connection reconnects by itself for as long as the Node is open, to the
+// configured servers only (never to ones advertised by gossip), with the
 // state readable at any time (State); JetStream calls made while
 // disconnected fail rather than block past their context. Start waits a
 // bounded time for JetStream to be usable (a meta leader elected) and says so
@@ -233,6 +234,12 @@ func reconnectDelay(n int) time.Duration {
 func (n *Node) connect(cfg Config, urls []string) error {
 	opts := []nats.Option{
 		nats.Name("postwarden " + cfg.Node),
+		// Only the configured servers: the client URLs other servers
+		// advertise may not be reachable from here (loopback, NAT), and a
+		// node cut off from its configured servers must stay cut off
+		// (fail closed, issue 13) rather than slip onto a server found by
+		// gossip. List every server in cluster.nats.
+		nats.IgnoreDiscoveredServers(),
 		nats.MaxReconnects(-1),
 		nats.CustomReconnectDelay(reconnectDelay),
 		nats.Timeout(5 * time.Second),
