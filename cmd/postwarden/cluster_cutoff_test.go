@@ -316,6 +316,8 @@ cluster:
 	}
 	if log := readFile(t, n3.logPath); !strings.Contains(log, "deliveries resumed") {
 		t.Errorf("node 3's log does not say deliveries resumed")
+	} else if strings.Contains(log, "audit chain no longer published") {
+		t.Errorf("node 3 stopped publishing its audit chain after the cut")
 	}
 	waitUntil(t, 30*time.Second, "n3 up and not stale in node 1's cluster status", func() bool {
 		r, code, _ := clusterMember(t, n1, "n3")
