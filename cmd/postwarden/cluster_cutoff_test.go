@@ -271,6 +271,19 @@ cluster:
 		t.Errorf("node 3 cut off after the unsubscribe: metrics %v", m)
 	}
 
+	// Node 3's own `cluster status` cannot reach NATS, and says what its
+	// daemon does about it.
+	r3 := n3.run("--json", "cluster", "status")
+	if rs := jsonLines[clusterReport](t, r3.stdout); r3.code != 2 || len(rs) != 1 || rs[0].Local == nil ||
+		!strings.Contains(rs[0].Local.Halted, "stale") || rs[0].Local.Replica == nil || rs[0].Local.Replica.Pending < 1 ||
+		rs[0].Local.NATS == nil || rs[0].Local.NATS.Connected || !strings.Contains(strings.Join(rs[0].Why, "; "), "cannot reach NATS") {
+		t.Errorf("cluster status on cut-off node 3: exit %d\n%s\n%s", r3.code, r3.stdout, r3.stderr)
+	}
+	if r3 := n3.run("cluster", "status"); !strings.Contains(r3.stdout, "deliveries halted: suppression replica stale") ||
+		!strings.Contains(r3.stdout, "kept here until the stream takes them") {
+		t.Errorf("cluster status text on cut-off node 3: exit %d\n%s\n%s", r3.code, r3.stdout, r3.stderr)
+	}
+
 	// Node 1 sees node 3 down, and says so.
 	waitUntil(t, 45*time.Second, "node 1's cluster status shows n3 down", func() bool {
 		r, code, ok := clusterMember(t, n1, "n3")
@@ -319,6 +332,11 @@ cluster:
 	} else if strings.Contains(log, "audit chain no longer published") {
 		t.Errorf("node 3 stopped publishing its audit chain after the cut")
 	}
+	waitUntil(t, 30*time.Second, "node 3's own cluster status healthy again", func() bool {
+		r := n3.run("--json", "cluster", "status")
+		rs := jsonLines[clusterReport](t, r.stdout)
+		return r.code == 0 && len(rs) == 1 && rs[0].Local != nil && rs[0].Local.Halted == "" && rs[0].Local.NATS.Connected
+	})
 	waitUntil(t, 30*time.Second, "n3 up and not stale in node 1's cluster status", func() bool {
 		r, code, _ := clusterMember(t, n1, "n3")
 		if code != 0 {

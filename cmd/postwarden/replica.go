@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/postwarden/postwarden/cmd/internal/natsnode"
 	"github.com/postwarden/postwarden/queue/cluster"
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/gate"
@@ -131,4 +132,38 @@ func (c replicaCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descReplicaLag, prometheus.GaugeValue, float64(st.Lag))
 	ch <- prometheus.MustNewConstMetric(descReplicaPending, prometheus.GaugeValue, float64(st.Pending))
 	ch <- prometheus.MustNewConstMetric(descReplicaCaughtUp, prometheus.GaugeValue, since)
+}
+
+// localView is this node's own view of its part in the cluster, as its
+// daemon holds it: `cluster status` prints it, and it is what there is to
+// say when this node cannot reach NATS (issue 13, promise 2: the node says
+// why it fails closed).
+type localView struct {
+	Node    string          `json:"node"`
+	Daemon  bool            `json:"daemon"`           // false: no daemon runs here (nothing to report)
+	Halted  string          `json:"halted,omitempty"` // why deliveries do not start; "" when they do
+	NATS    *natsnode.State `json:"nats,omitempty"`
+	Replica *replica.Status `json:"replica,omitempty"`
+}
+
+// opClusterLocal reports the daemon's local view; run without a daemon it
+// reports none.
+func opClusterLocal(ctx context.Context, e *env, req request, o *out) error {
+	if err := decodeArgs(req, &struct{}{}); err != nil {
+		return err
+	}
+	v := localView{Daemon: e.daemon}
+	if e.cfg.Cluster != nil {
+		v.Node = e.cfg.Cluster.Node
+	}
+	if e.daemon && e.rep != nil {
+		v.Halted = e.halt()
+		st := e.rep.Status()
+		v.Replica = &st
+	}
+	if e.daemon && e.cluster != nil {
+		ns := e.cluster.nats.State()
+		v.NATS = &ns
+	}
+	return o.Record(v)
 }
