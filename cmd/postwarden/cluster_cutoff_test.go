@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -155,7 +156,8 @@ func clusterMember(t *testing.T, nd *testNode, node string) (clusterReport, int,
 // for the network, with max_lag 3s. The link is cut: node 3 halts delivery
 // (its metrics say stale; node 1's `cluster status` shows it down), a
 // campaign sent on node 3 delivers nothing, and a one-click unsubscribe
-// posted to node 3 answers 200 and is suppressed there at once. The link is
+// posted to node 3 answers 200 and is suppressed there at once, and stays
+// so across a kill -9 and restart of node 3 still cut off. The link is
 // healed: the unsubscribe reaches nodes 1 and 2, node 3 resumes by itself
 // and delivers its campaign to everyone but the unsubscribed address.
 func TestClusterCutOff(t *testing.T) {
@@ -269,6 +271,26 @@ cluster:
 	}
 	if m := scrape(t, metricsAddr, gStale, gPending); m[gStale] != 1 || m[gPending] < 1 {
 		t.Errorf("node 3 cut off after the unsubscribe: metrics %v", m)
+	}
+
+	// Killed with -9 and restarted while still cut off, node 3 keeps the
+	// unsubscribe: suppressed there, still pending for the stream, still halted.
+	if err := n3.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-n3.exited
+	restartAt := time.Now()
+	n3.start(bin)
+	n3.waitServing()
+	t.Logf("node 3 restarted while cut off, serving after %v", time.Since(restartAt).Round(100*time.Millisecond))
+	if d := time.Since(restartAt); d > 15*time.Second { // it used to wait 30 s for JetStream first
+		t.Errorf("node 3 restarted while cut off serves only after %v", d)
+	}
+	if !suppressedOn(n3, ana) {
+		t.Fatal("node 3 lost the unsubscribe it accepted while cut off to a kill -9")
+	}
+	if m := scrape(t, metricsAddr, gStale, gPending); m[gStale] != 1 || m[gPending] < 1 {
+		t.Errorf("node 3 restarted while cut off: metrics %v", m)
 	}
 
 	// Node 3's own `cluster status` cannot reach NATS, and says what its

@@ -10,7 +10,8 @@
 // disconnected fail rather than block past their context. Start waits a
 // bounded time for JetStream to be usable (a meta leader elected) and says so
 // in the log; it does not fail when that wait runs out, because the cluster
-// may still be forming (WaitReady waits again). Credentials and passwords in
+// may still be forming (WaitReady waits again), and does not wait at all
+// when no server answers (a node started while cut off serves at once). Credentials and passwords in
 // URLs are never logged. Close drains the connection, then stops the embedded
 // server.
 package natsnode
@@ -92,7 +93,8 @@ type Node struct {
 }
 
 // Start starts the embedded server when configured, connects, and waits up
-// to ReadyTimeout for JetStream.
+// to ReadyTimeout for JetStream; without FailFast it does not wait when no
+// server could be reached at all.
 func Start(ctx context.Context, cfg Config, log zerolog.Logger) (*Node, error) {
 	n := &Node{log: log, closed: make(chan struct{})}
 	urls := cfg.URLs
@@ -118,7 +120,14 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (*Node, error) {
 	if wait == 0 {
 		wait = DefaultReadyTimeout
 	}
-	if wait > 0 {
+	switch {
+	case wait > 0 && !cfg.FailFast && !n.nc.IsConnected():
+		// No server reachable at all (a node started while cut off):
+		// waiting for JetStream only delays what works without it (the
+		// node's pages, its unsubscribes kept locally); everything that
+		// needs NATS retries in the background.
+		log.Warn().Msg("jetstream not reachable; continuing, it is retried")
+	case wait > 0:
 		wctx, cancel := context.WithTimeout(ctx, wait)
 		err := n.WaitReady(wctx)
 		cancel()

@@ -226,3 +226,30 @@ func TestOnlyConfiguredServers(t *testing.T) {
 		t.Errorf("the node's server pool is %v, want only %s", got, url)
 	}
 }
+
+// TestStartCutOff: a node (not a CLI) started while no server answers does
+// not wait ReadyTimeout for JetStream: it returns at once, disconnected, and
+// connects by itself once a server is there (a cluster node restarted while
+// cut off serves its pages and keeps unsubscribes meanwhile).
+func TestStartCutOff(t *testing.T) {
+	addr := freeAddr(t)
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	start := time.Now()
+	client, err := Start(context.Background(), Config{Node: "c1", URLs: []string{"nats://" + addr}, ReadyTimeout: 20 * time.Second}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Start took %v with no server reachable", d)
+	}
+	if client.State().Connected {
+		t.Fatal("connected to nothing")
+	}
+	srv, err := Start(context.Background(), Config{Node: "s1", Embedded: &Embedded{Listen: addr, StoreDir: t.TempDir()}, FailFast: true}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	waitUntil(t, "the connection", func() bool { return client.State().Connected })
+}
