@@ -174,6 +174,10 @@ type clusterReport struct {
 	Why     []string               `json:"why,omitempty"`
 	Nodes   []cluster.Member       `json:"nodes"`
 	Streams []cluster.StreamHealth `json:"streams"`
+	// Local is this node's daemon's own view (nil when no daemon answers
+	// on the admin socket): whether it halts delivery and why, its replica
+	// and its NATS link. It is all there is when NATS cannot be reached.
+	Local *localView `json:"local,omitempty"`
 }
 
 // clusterStatus talks to NATS directly (no daemon needed) and prints the
@@ -191,14 +195,24 @@ func (c *cli) clusterStatus(ctx context.Context) error {
 		}
 		return nil
 	}
+	r := clusterReport{Node: cfg.Cluster.Node, Local: c.localView(ctx, cfg.AdminSocket)}
 	nn, err := c.clusterLink(ctx, cfg)
 	if err != nil {
-		return err
+		if r.Local == nil {
+			return err
+		}
+		// Cut off: say so, and what this node does about it.
+		r.Why = append(r.Why, "this node cannot reach NATS: "+err.Error())
+		r.Nodes, r.Streams = []cluster.Member{}, []cluster.StreamHealth{}
+		if err := c.printCluster(r); err != nil {
+			return err
+		}
+		c.code = 2
+		return nil
 	}
 	defer nn.Close()
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	r := clusterReport{Node: cfg.Cluster.Node}
 	r.Nodes, err = cluster.Members(rctx, nn.JetStream())
 	if errors.Is(err, cluster.ErrNoBucket) {
 		r.Why = append(r.Why, "no node has beaten yet")
@@ -214,12 +228,17 @@ func (c *cli) clusterStatus(ctx context.Context) error {
 			r.Why = append(r.Why, fmt.Sprintf("node %s left (stopped cleanly %s ago)", m.Node, m.Age.Round(time.Second)))
 		case !m.Up:
 			r.Why = append(r.Why, fmt.Sprintf("node %s down (last beat %s ago)", m.Node, m.Age.Round(time.Second)))
+		case m.Stale != "" && (r.Local == nil || m.Node != r.Local.Node): // this node's own says it below, fresher
+			r.Why = append(r.Why, fmt.Sprintf("node %s halts delivery: %s", m.Node, m.Stale))
 		}
 	}
 	for _, s := range r.Streams {
 		if !s.Healthy {
 			r.Why = append(r.Why, fmt.Sprintf("stream %s: %s", s.Name, s.Why))
 		}
+	}
+	if l := r.Local; l != nil && l.Halted != "" {
+		r.Why = append(r.Why, fmt.Sprintf("node %s halts delivery: %s", l.Node, l.Halted))
 	}
 	r.Healthy = len(r.Why) == 0
 	if r.Nodes == nil {
@@ -228,19 +247,53 @@ func (c *cli) clusterStatus(ctx context.Context) error {
 	if r.Streams == nil {
 		r.Streams = []cluster.StreamHealth{}
 	}
-	if c.jsonOut {
-		b, err := json.Marshal(r)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(c.stdout, "%s\n", b)
-	} else {
-		c.printClusterReport(r)
+	if err := c.printCluster(r); err != nil {
+		return err
 	}
 	if !r.Healthy {
 		c.code = 1
 	}
 	return nil
+}
+
+// printCluster prints r as JSON or as tables.
+func (c *cli) printCluster(r clusterReport) error {
+	if c.jsonOut {
+		b, err := json.Marshal(r)
+		if err != nil {
+			return fmt.Errorf("encode cluster status: %w", err)
+		}
+		fmt.Fprintf(c.stdout, "%s\n", b)
+		return nil
+	}
+	c.printClusterReport(r)
+	return nil
+}
+
+// localView asks this node's daemon for its own view; nil when no daemon
+// answers (or it says nothing).
+func (c *cli) localView(ctx context.Context, sock string) *localView {
+	hc := daemonClient(sock)
+	if hc == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var v *localView
+	_, err := callDaemon(ctx, hc, "cluster.local", request{Args: json.RawMessage("{}")}, func(l line) error {
+		if l.Record != nil {
+			var lv localView
+			if err := json.Unmarshal(l.Record, &lv); err != nil {
+				return fmt.Errorf("decode cluster.local: %w", err)
+			}
+			v = &lv
+		}
+		return nil
+	})
+	if err != nil || v == nil || !v.Daemon {
+		return nil
+	}
+	return v
 }
 
 // printClusterReport prints the two tables and the verdict.
@@ -267,6 +320,21 @@ func (c *cli) printClusterReport(r clusterReport) {
 		fmt.Fprintf(t, "%s\t%d\t%s\t%s\t%d\t%s\n", s.Name, s.Replicas, dash(s.Leader), dash(strings.Join(s.Lagging, ",")), s.Messages, health)
 	}
 	t.Flush()
+	if l := r.Local; l != nil {
+		fmt.Fprintf(c.stdout, "\nthis node (%s, its daemon): ", l.Node)
+		if l.Halted != "" {
+			fmt.Fprintf(c.stdout, "deliveries halted: %s", l.Halted)
+		} else {
+			fmt.Fprint(c.stdout, "delivering")
+		}
+		if l.NATS != nil && !l.NATS.Connected {
+			fmt.Fprintf(c.stdout, "; NATS not connected since %s", l.NATS.Since.UTC().Format(time.RFC3339))
+		}
+		if l.Replica != nil && l.Replica.Pending > 0 {
+			fmt.Fprintf(c.stdout, "; %d suppression change(s) kept here until the stream takes them", l.Replica.Pending)
+		}
+		fmt.Fprintln(c.stdout)
+	}
 	if r.Healthy {
 		fmt.Fprintln(c.stdout, "\nhealthy")
 	} else {

@@ -50,6 +50,8 @@ var ops = map[string]opSpec{
 	"dkim.keygen": {fn: opDKIMKeygen, creates: true},
 
 	"providers-live": {fn: opProvidersLive},
+
+	"cluster.local": {fn: opClusterLocal},
 }
 
 // decodeArgs reads an op's arguments, refusing unknown fields.

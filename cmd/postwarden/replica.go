@@ -11,6 +11,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/postwarden/postwarden/cmd/internal/natsnode"
 	"github.com/postwarden/postwarden/queue/cluster"
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/gate"
@@ -114,4 +117,76 @@ func (e *env) halt() string {
 		return "suppression replica stale: " + st.Why
 	}
 	return ""
+}
+
+// replicaCollector exposes the suppression replica's state on a cluster
+// node (issue 13, promise 2): whether it fails closed, how far behind the
+// stream it is and how many changes it keeps for the stream.
+type replicaCollector struct{ rep *replica.Replica }
+
+var (
+	descReplicaStale = prometheus.NewDesc("postwarden_cluster_replica_stale",
+		"1 while the suppression replica has not caught up with the stream within cluster.max_lag: the node starts no delivery.", nil, nil)
+	descReplicaLag = prometheus.NewDesc("postwarden_cluster_replica_lag",
+		"Suppression changes in the stream not yet applied to this node's replica (as last seen).", nil, nil)
+	descReplicaPending = prometheus.NewDesc("postwarden_cluster_replica_pending_changes",
+		"Suppression changes accepted on this node and kept here until the stream has them (unsubscribes taken while cut off).", nil, nil)
+	descReplicaCaughtUp = prometheus.NewDesc("postwarden_cluster_replica_caught_up_seconds",
+		"Seconds since the suppression replica was last seen caught up with the stream (-1: never since start).", nil, nil)
+)
+
+func (c replicaCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descReplicaStale, descReplicaLag, descReplicaPending, descReplicaCaughtUp} {
+		ch <- d
+	}
+}
+
+func (c replicaCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.rep.Status()
+	stale := 0.0
+	if st.Stale {
+		stale = 1
+	}
+	since := -1.0
+	if !st.CaughtUp.IsZero() {
+		since = time.Since(st.CaughtUp).Seconds()
+	}
+	ch <- prometheus.MustNewConstMetric(descReplicaStale, prometheus.GaugeValue, stale)
+	ch <- prometheus.MustNewConstMetric(descReplicaLag, prometheus.GaugeValue, float64(st.Lag))
+	ch <- prometheus.MustNewConstMetric(descReplicaPending, prometheus.GaugeValue, float64(st.Pending))
+	ch <- prometheus.MustNewConstMetric(descReplicaCaughtUp, prometheus.GaugeValue, since)
+}
+
+// localView is this node's own view of its part in the cluster, as its
+// daemon holds it: `cluster status` prints it, and it is what there is to
+// say when this node cannot reach NATS (issue 13, promise 2: the node says
+// why it fails closed).
+type localView struct {
+	Node    string          `json:"node"`
+	Daemon  bool            `json:"daemon"`           // false: no daemon runs here (nothing to report)
+	Halted  string          `json:"halted,omitempty"` // why deliveries do not start; "" when they do
+	NATS    *natsnode.State `json:"nats,omitempty"`
+	Replica *replica.Status `json:"replica,omitempty"`
+}
+
+// opClusterLocal reports the daemon's local view; run without a daemon it
+// reports none.
+func opClusterLocal(ctx context.Context, e *env, req request, o *out) error {
+	if err := decodeArgs(req, &struct{}{}); err != nil {
+		return err
+	}
+	v := localView{Daemon: e.daemon}
+	if e.cfg.Cluster != nil {
+		v.Node = e.cfg.Cluster.Node
+	}
+	if e.daemon && e.rep != nil {
+		v.Halted = e.halt()
+		st := e.rep.Status()
+		v.Replica = &st
+	}
+	if e.daemon && e.cluster != nil {
+		ns := e.cluster.nats.State()
+		v.NATS = &ns
+	}
+	return o.Record(v)
 }

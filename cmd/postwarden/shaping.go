@@ -288,8 +288,12 @@ func (c adaptiveCollector) Collect(ch chan<- prometheus.Metric) {
 
 // collectors returns the extra Prometheus collectors of the daemon's delivery.
 func (e *env) collectors() []prometheus.Collector {
-	if e.adaptive == nil {
-		return nil
+	var cs []prometheus.Collector
+	if e.adaptive != nil {
+		cs = append(cs, adaptiveCollector{eng: e.adaptive})
 	}
-	return []prometheus.Collector{adaptiveCollector{eng: e.adaptive}}
+	if e.rep != nil {
+		cs = append(cs, replicaCollector{rep: e.rep})
+	}
+	return cs
 }

@@ -4,12 +4,14 @@
 // NATS with nats.go, retrying forever with backoff.
 //
 // What the rest of the binary may rely on: Start returns a Node whose
-// connection reconnects by itself for as long as the Node is open, with the
+// connection reconnects by itself for as long as the Node is open, to the
+// configured servers only (never to ones advertised by gossip), with the
 // state readable at any time (State); JetStream calls made while
 // disconnected fail rather than block past their context. Start waits a
 // bounded time for JetStream to be usable (a meta leader elected) and says so
 // in the log; it does not fail when that wait runs out, because the cluster
-// may still be forming (WaitReady waits again). Credentials and passwords in
+// may still be forming (WaitReady waits again), and does not wait at all
+// when no server answers (a node started while cut off serves at once). Credentials and passwords in
 // URLs are never logged. Close drains the connection, then stops the embedded
 // server.
 package natsnode
@@ -92,7 +94,8 @@ type Node struct {
 }
 
 // Start starts the embedded server when configured, connects, and waits up
-// to ReadyTimeout for JetStream.
+// to ReadyTimeout for JetStream; without FailFast it does not wait when no
+// server could be reached at all.
 func Start(ctx context.Context, cfg Config, log zerolog.Logger) (*Node, error) {
 	n := &Node{log: log, closed: make(chan struct{})}
 	urls := cfg.URLs
@@ -118,7 +121,14 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (*Node, error) {
 	if wait == 0 {
 		wait = DefaultReadyTimeout
 	}
-	if wait > 0 {
+	switch {
+	case wait > 0 && !cfg.FailFast && !n.nc.IsConnected():
+		// No server reachable at all (a node started while cut off):
+		// waiting for JetStream only delays what works without it (the
+		// node's pages, its unsubscribes kept locally); everything that
+		// needs NATS retries in the background.
+		log.Warn().Msg("jetstream not reachable; continuing, it is retried")
+	case wait > 0:
 		wctx, cancel := context.WithTimeout(ctx, wait)
 		err := n.WaitReady(wctx)
 		cancel()
@@ -234,6 +244,12 @@ func reconnectDelay(n int) time.Duration {
 func (n *Node) connect(cfg Config, urls []string) error {
 	opts := []nats.Option{
 		nats.Name("postwarden " + cfg.Node),
+		// Only the configured servers: the client URLs other servers
+		// advertise may not be reachable from here (loopback, NAT), and a
+		// node cut off from its configured servers must stay cut off
+		// (fail closed, issue 13) rather than slip onto a server found by
+		// gossip. List every server in cluster.nats.
+		nats.IgnoreDiscoveredServers(),
 		nats.MaxReconnects(-1),
 		nats.CustomReconnectDelay(reconnectDelay),
 		nats.Timeout(5 * time.Second),

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -193,4 +194,62 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestOnlyConfiguredServers: a node given one server of a cluster uses that
+// server only: the others' advertised client URLs (gossip) never join its
+// pool, so a node whose configured link is cut stays cut off (issue 13's
+// fail-closed test cuts a node off by its link) instead of slipping onto
+// a server it was not told about.
+func TestOnlyConfiguredServers(t *testing.T) {
+	nodes := startCluster(t, 2)
+	waitUntil(t, "the route", func() bool { return nodes[0].srv.NumRoutes() > 0 && nodes[1].srv.NumRoutes() > 0 })
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	url := nodes[0].ClientURL()
+	client, err := Start(context.Background(), Config{Node: "c1", URLs: []string{url}, FailFast: true}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	// A control client without the option learns the other server: the
+	// gossip did happen.
+	ctl, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
+	waitUntil(t, "the gossip", func() bool { return len(ctl.DiscoveredServers()) > 0 })
+	if err := client.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := client.Conn().Servers(); len(got) != 1 || got[0] != url {
+		t.Errorf("the node's server pool is %v, want only %s", got, url)
+	}
+}
+
+// TestStartCutOff: a node (not a CLI) started while no server answers does
+// not wait ReadyTimeout for JetStream: it returns at once, disconnected, and
+// connects by itself once a server is there (a cluster node restarted while
+// cut off serves its pages and keeps unsubscribes meanwhile).
+func TestStartCutOff(t *testing.T) {
+	addr := freeAddr(t)
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	start := time.Now()
+	client, err := Start(context.Background(), Config{Node: "c1", URLs: []string{"nats://" + addr}, ReadyTimeout: 20 * time.Second}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Start took %v with no server reachable", d)
+	}
+	if client.State().Connected {
+		t.Fatal("connected to nothing")
+	}
+	srv, err := Start(context.Background(), Config{Node: "s1", Embedded: &Embedded{Listen: addr, StoreDir: t.TempDir()}, FailFast: true}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	waitUntil(t, "the connection", func() bool { return client.State().Connected })
 }

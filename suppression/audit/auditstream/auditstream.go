@@ -7,6 +7,9 @@
 // to be the one it published before (Nats-Expected-Last-Subject-Sequence):
 // two processes claiming one node name, or a node restored from an old
 // backup, cannot fork the published chain — the second publish is refused.
+// A refused entry that the subject already ends with (same seq and hash: an
+// earlier attempt that landed after its publisher gave up, as a publish
+// buffered across a lost link does) counts as published, not as a fork.
 // Entries name people by masked address or keyed index only, and are sealed
 // with the cluster's shared data key all the same: nothing personal crosses
 // NATS in clear.
@@ -224,6 +227,18 @@ func (p *Publisher) Sync(ctx context.Context) (int, error) {
 		if err != nil {
 			var apiErr *jetstream.APIError
 			if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+				// An earlier attempt of this very entry may have landed
+				// after its caller gave up (a publish buffered while the
+				// link was down, flushed on reconnect): then the subject
+				// ends with it, and the chain has not moved on.
+				if sseq, landed, lerr := p.landed(ctx, e); lerr != nil {
+					return n, fmt.Errorf("audit entry %d: %w", seq, lerr)
+				} else if landed {
+					p.log.Info().Uint64("entry", e.Seq).Uint64("stream_seq", sseq).Msg("audit entry found published by an earlier attempt")
+					p.lastSeq, p.subjSeq = e.Seq, sseq
+					n++
+					continue
+				}
 				p.forked = fmt.Errorf("audit stream refused entry %d of node %s: the published chain has moved on without this process (another process with the same node name, or a log restored from a backup): %w", e.Seq, p.cfg.Node, err)
 				p.log.Error().Err(p.forked).Msg("audit chain not published")
 				return n, p.forked
@@ -241,6 +256,20 @@ func (p *Publisher) Sync(ctx context.Context) (int, error) {
 		n++
 	}
 	return n, nil
+}
+
+// landed reports whether the subject's last published entry is e (same
+// seq and hash), with its stream sequence.
+func (p *Publisher) landed(ctx context.Context, e audit.Entry) (uint64, bool, error) {
+	m, err := p.stream.GetLastMsgForSubject(ctx, subject(p.cfg.Node))
+	if err != nil {
+		return 0, false, fmt.Errorf("last entry of %s: %w", p.cfg.Node, err)
+	}
+	pe, err := p.open(m.Data)
+	if err != nil {
+		return 0, false, fmt.Errorf("last entry of %s (stream seq %d): %w", p.cfg.Node, m.Sequence, err)
+	}
+	return m.Sequence, pe.Seq == e.Seq && pe.Hash == e.Hash, nil
 }
 
 // open unseals and decodes one published entry.

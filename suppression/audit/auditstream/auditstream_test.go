@@ -231,11 +231,14 @@ func TestNoFork(t *testing.T) {
 	if _, err := p2.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	p2log.Append(audit.Entry{Who: "uid:1", Action: "x2", Target: "y"})
-	p3.mu.Lock()
-	p3.lastSeq, p3.subjSeq = 2, 2 // as if it had read the stream before p2's last publish
-	p3.mu.Unlock()
-	if _, err := p3.Sync(ctx); err == nil || p3.Forked() == nil || !strings.Contains(err.Error(), "refused") {
+	l4 := openLog(t, filepath.Join(dir, "4.db"), 3, "four")
+	defer l4.Close()
+	p4, _ := New(js, l4, box, Config{Node: "mta1"}, zerolog.Nop())
+	p4.mu.Lock()
+	p4.lastSeq, p4.subjSeq = 2, 2 // as if it had read the stream before p2's last publish
+	p4.stream, _ = js.Stream(ctx, StreamName)
+	p4.mu.Unlock()
+	if _, err := p4.Sync(ctx); err == nil || p4.Forked() == nil || !strings.Contains(err.Error(), "refused") {
 		t.Fatalf("stale writer: %v, want the stream's refusal", err)
 	}
 	if r := verifyAll(t, js, box, "mta1", nil)["mta1"]; !r.OK || r.Entries != 3 {
@@ -243,5 +246,36 @@ func TestNoFork(t *testing.T) {
 	}
 	if _, err := New(js, l1, box, Config{Node: "mta 1"}, zerolog.Nop()); err == nil {
 		t.Error("a node name with a space was accepted")
+	}
+}
+
+// TestEarlierAttemptLanded: an entry whose earlier publish landed after the
+// publisher gave up on it (buffered while the link was down, flushed on
+// reconnect; in a clustered stream the expected-last-sequence check comes
+// before the duplicate check) is recognised at the retry as published, not
+// taken for a fork; the chain goes on after it.
+func TestEarlierAttemptLanded(t *testing.T) {
+	js, _ := startJetStream(t)
+	box := testBox(t)
+	ctx := context.Background()
+	l := openLog(t, filepath.Join(t.TempDir(), "a.db"), 1, "one")
+	defer l.Close()
+	p, _ := New(js, l, box, Config{Node: "mta1"}, zerolog.Nop())
+	if n, err := p.Sync(ctx); err != nil || n != 1 {
+		t.Fatalf("first sync: %d, %v", n, err)
+	}
+	l.Append(audit.Entry{Who: "uid:1", Action: "x", Target: "y"})
+	e, _, _ := l.Get(2)
+	raw, _ := json.Marshal(e)
+	// The earlier attempt, landing behind the publisher's back.
+	if _, err := js.Publish(ctx, subject("mta1"), box.Seal(raw, sealContext), jetstream.WithExpectLastSequencePerSubject(p.subjSeq)); err != nil {
+		t.Fatal(err)
+	}
+	l.Append(audit.Entry{Who: "uid:1", Action: "x2", Target: "y"})
+	if n, err := p.Sync(ctx); err != nil || n != 2 || p.Forked() != nil {
+		t.Fatalf("retry after the earlier attempt landed: %d, %v (forked %v)", n, err, p.Forked())
+	}
+	if r := verifyAll(t, js, box, "mta1", l)["mta1"]; !r.OK || r.Entries != 3 {
+		t.Errorf("the published chain: %+v, want 3 entries", r)
 	}
 }
