@@ -49,6 +49,7 @@ var (
 	flagKeep     = flag.Bool("keep", false, "keep the temporary folder (configs, data, logs)")
 	flagTimeout  = flag.Duration("timeout", 5*time.Minute, "longest wait for a campaign to reach the sink")
 	flagBin      = flag.String("bin", "", "a built postwarden binary (default: go build ./cmd/postwarden)")
+	flagNATSBin  = flag.String("nats-bin", "", "a built nats-server binary (default: go build github.com/nats-io/nats-server/v2)")
 )
 
 // domains are the recipient domains; all route to the sink.
@@ -81,21 +82,40 @@ func run() error {
 		}
 		fmt.Fprintf(os.Stderr, "built in %v\n", time.Since(t).Round(time.Millisecond))
 	}
+	natsBin := *flagNATSBin
+	if natsBin == "" {
+		natsBin = filepath.Join(root, "nats-server")
+		if out, err := exec.Command("go", "build", "-o", natsBin, "github.com/nats-io/nats-server/v2").CombinedOutput(); err != nil {
+			return fmt.Errorf("go build nats-server: %v\n%s", err, out)
+		}
+	}
 	load0 := loadavg()
-	one, err := runCluster(bin, filepath.Join(root, "one"), 1, 0)
+	// One node without a cluster section (single-node postwarden), one
+	// node of a cluster (its NATS a lone nats-server process, counted in
+	// the node's CPU: an embedded server refuses JetStream clustering
+	// without a second server), three nodes with embedded NATS.
+	single, err := runCluster(bin, "", filepath.Join(root, "single"), 1, 0)
+	if err != nil {
+		return fmt.Errorf("1 node, no cluster: %w", err)
+	}
+	one, err := runCluster(bin, natsBin, filepath.Join(root, "one"), 1, 0)
 	if err != nil {
 		return fmt.Errorf("1 node: %w", err)
 	}
-	three, err := runCluster(bin, filepath.Join(root, "three"), 3, *flagK)
+	three, err := runCluster(bin, "", filepath.Join(root, "three"), 3, *flagK)
 	if err != nil {
 		return fmt.Errorf("3 nodes: %w", err)
 	}
-	report(os.Stdout, one, three, load0, loadavg())
+	single.label = "1, no `cluster:`"
+	one.label = "1, cluster (lone nats-server, replicas 1)"
+	three.label = "3, cluster (embedded NATS, replicas 3)"
+	report(os.Stdout, single, one, three, load0, loadavg())
 	return nil
 }
 
 // result is what one cluster size measured.
 type result struct {
+	label     string
 	nodes     int
 	n         int
 	send      time.Duration // campaign send, start to exit
@@ -104,6 +124,7 @@ type result struct {
 	cpu       []float64     // seconds per serve process, send to settled
 	idle      []float64     // CPU seconds per process per second before the send
 	sendCPU   float64       // the `campaign send` process
+	natsCPU   float64       // the lone nats-server process, in cpu[0] too
 	sessions  int
 	dup       int
 	addLat    []time.Duration // suppress add on node 2, request to answer
@@ -141,7 +162,10 @@ func (r *recorder) rcpt(addr string, _ int) error {
 	return nil
 }
 
-func runCluster(bin, dir string, size, k int) (*result, error) {
+// runCluster runs one configuration: size nodes with embedded NATS, or,
+// when size is 1, a node without a cluster section (natsBin "") or a node
+// whose cluster NATS is a lone nats-server process started here (natsBin).
+func runCluster(bin, natsBin, dir string, size, k int) (*result, error) {
 	rec := &recorder{seen: map[string]int{}}
 	sink, err := mtatest.Start(mtatest.Options{Discard: true, Rcpt: rec.rcpt})
 	if err != nil {
@@ -169,6 +193,19 @@ func runCluster(bin, dir string, size, k int) (*result, error) {
 	if size >= 3 {
 		replicas = 3
 	}
+	clustered := size > 1 || natsBin != ""
+	var natsProc *node
+	if size == 1 && natsBin != "" {
+		natsProc = &node{name: "nats-server", dir: filepath.Join(dir, "nats"), log: filepath.Join(dir, "nats", "nats.log")}
+		if err := os.MkdirAll(natsProc.dir, 0o700); err != nil {
+			return nil, err
+		}
+		host, port, _ := net.SplitHostPort(as[0].nats)
+		if err := natsProc.startCmd(natsBin, "-a", host, "-p", port, "-js", "-sd", filepath.Join(natsProc.dir, "store"), "-n", "bench-nats"); err != nil {
+			return nil, err
+		}
+		defer natsProc.stop()
+	}
 	for i := range nodes {
 		nd := &node{name: fmt.Sprintf("n%d", i+1), dir: filepath.Join(dir, fmt.Sprintf("n%d", i+1))}
 		nd.sock = filepath.Join(sockDir, nd.name+".sock")
@@ -183,9 +220,23 @@ func runCluster(bin, dir string, size, k int) (*result, error) {
 				peers = append(peers, strconv.Quote("nats://"+as[j].route))
 			}
 		}
-		cfg := fmt.Sprintf(`hostname: mail%[6]d.bench.example
+		section := fmt.Sprintf(`cluster:
+  node: n%[1]d
+  embedded:
+    listen: %[2]s
+    cluster_listen: %[3]s
+    routes: [%[4]s]
+  replicas: %[5]d
+`, i+1, as[i].nats, as[i].route, strings.Join(peers, ", "), replicas)
+		switch {
+		case !clustered:
+			section = ""
+		case natsProc != nil:
+			section = fmt.Sprintf("cluster:\n  node: n1\n  nats: nats://%s\n  replicas: 1\n", as[i].nats)
+		}
+		cfg := fmt.Sprintf(`hostname: mail%[3]d.bench.example
 data_dir: var
-admin_socket: %[7]s
+admin_socket: %[4]s
 public_url: http://%[1]s
 http_listen: %[1]s
 privacy_url: https://example.com/privacy
@@ -198,14 +249,7 @@ delivery:
   max_age: 120h
   concurrency_per_domain: 4
   workers: 4
-cluster:
-  node: n%[6]d
-  embedded:
-    listen: %[3]s
-    cluster_listen: %[4]s
-    routes: [%[5]s]
-  replicas: %[8]d
-`, as[i].http, strings.Join(routes, ""), as[i].nats, as[i].route, strings.Join(peers, ", "), i+1, nd.sock, replicas)
+`, as[i].http, strings.Join(routes, ""), i+1, nd.sock) + section
 		files := map[string]string{
 			"postwarden.yaml": cfg,
 			"templates/note.html": `<!doctype html><html lang="en"><body>
@@ -262,30 +306,41 @@ cluster:
 			nd.stop()
 		}
 	}()
-	if err := waitHealthy(bin, n1, size); err != nil {
+	if clustered {
+		if err := waitHealthy(bin, n1, size); err != nil {
+			return nil, err
+		}
+	} else if err := waitServing(n1); err != nil {
 		return nil, err
+	}
+	procs := nodes
+	if natsProc != nil { // the lone NATS server is the node's
+		procs = append(slices.Clone(nodes), natsProc)
 	}
 
 	// Idle CPU over two seconds: what the cluster costs with nothing to do.
-	c0 := cpuOf(nodes)
+	c0 := cpuOf(procs)
 	t0 := time.Now()
 	time.Sleep(2 * time.Second)
-	c1 := cpuOf(nodes)
+	c1 := cpuOf(procs)
 	r := &result{nodes: size, n: *flagN}
 	for i := range nodes {
 		r.idle = append(r.idle, (c1[i]-c0[i])/time.Since(t0).Seconds())
+	}
+	if natsProc != nil {
+		r.idle[0] += (c1[1] - c0[1]) / time.Since(t0).Seconds()
 	}
 
 	csvPath, err := writeCampaign(n1.dir, "bench-1", "r", *flagN)
 	if err != nil {
 		return nil, err
 	}
-	cpu0 := cpuOf(nodes)
+	cpu0 := cpuOf(procs)
 	start := time.Now()
 	send := exec.Command(bin, "-c", n1.cfg, "campaign", "send", csvPath)
 	if out, err := send.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("campaign send: %v\n%s", err, out)
-	} else if !strings.Contains(string(out), "recipients published") {
+	} else if clustered && !strings.Contains(string(out), "recipients published") {
 		return nil, fmt.Errorf("campaign send did not publish shares:\n%s", out)
 	}
 	r.send = time.Since(start)
@@ -298,9 +353,13 @@ cluster:
 		return nil, err
 	}
 	r.settle = time.Since(start)
-	cpu1 := cpuOf(nodes)
+	cpu1 := cpuOf(procs)
 	for i := range nodes {
 		r.cpu = append(r.cpu, cpu1[i]-cpu0[i])
+	}
+	if natsProc != nil {
+		r.natsCPU = cpu1[1] - cpu0[1]
+		r.cpu[0] += r.natsCPU
 	}
 	r.sessions = sink.Sessions()
 	rec.mu.Lock()
@@ -464,12 +523,16 @@ audience: b2b
 }
 
 func (nd *node) start(bin string) error {
+	return nd.startCmd(bin, "-c", nd.cfg, "--log-level", *flagLogLevel, "serve")
+}
+
+func (nd *node) startCmd(bin string, args ...string) error {
 	f, err := os.OpenFile(nd.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	nd.cmd = exec.Command(bin, "-c", nd.cfg, "--log-level", *flagLogLevel, "serve")
+	nd.cmd = exec.Command(bin, args...)
 	nd.cmd.Stdout, nd.cmd.Stderr = f, f
 	if err := nd.cmd.Start(); err != nil {
 		return err
@@ -510,14 +573,32 @@ func tail(s string, n int) string {
 	return s
 }
 
+// waitServing waits until the node's admin socket answers an op.
+func waitServing(nd *node) error {
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		if err := alive([]*node{nd}); err != nil {
+			return err
+		}
+		if _, err := op(context.Background(), nd.sock, "suppress.check", map[string]string{"target": "nobody@acme.example"}); err == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("%s: admin socket never answered", nd.name)
+}
+
 // waitHealthy waits until `cluster status` on node 1 lists size nodes up,
 // none stale, every replica caught up.
 func waitHealthy(bin string, n1 *node, size int) error {
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(time.Minute)
 	var last []byte
 	for time.Now().Before(deadline) {
-		out, err := exec.Command(bin, "-c", n1.cfg, "--json", "cluster", "status").Output()
-		last = out
+		var stderr bytes.Buffer
+		c := exec.Command(bin, "-c", n1.cfg, "--json", "cluster", "status")
+		c.Stderr = &stderr
+		out, err := c.Output()
+		last = append(out, stderr.Bytes()...)
 		if err == nil {
 			var rep struct {
 				Healthy bool `json:"healthy"`
@@ -636,7 +717,7 @@ func sum(v []float64) float64 {
 	return t
 }
 
-func report(w io.Writer, one, three *result, loadBefore, loadAfter string) {
+func report(w io.Writer, single, one, three *result, loadBefore, loadAfter string) {
 	host, _ := os.Hostname()
 	cores := 0
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
@@ -646,8 +727,8 @@ func report(w io.Writer, one, three *result, loadBefore, loadAfter string) {
 		one.n, len(domains), host, cores, loadBefore, loadAfter)
 	fmt.Fprintln(w, "| nodes | campaign send | last at sink | msg/s | outcomes recorded | serve CPU per node (s) | idle CPU per node (ms/s) | CPU/msg per node (µs) | send CLI CPU/msg (µs) | total CPU/msg (µs) | sink sessions | duplicates |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
-	total := map[int]float64{}
-	for _, r := range []*result{one, three} {
+	total := map[*result]float64{}
+	for _, r := range []*result{single, one, three} {
 		var cpu, idle, per []string
 		for i := range r.cpu {
 			cpu = append(cpu, fmt.Sprintf("%.2f", r.cpu[i]))
@@ -655,13 +736,16 @@ func report(w io.Writer, one, three *result, loadBefore, loadAfter string) {
 			per = append(per, fmt.Sprintf("%.0f", r.cpu[i]/float64(r.n)*1e6))
 		}
 		t := (sum(r.cpu) + r.sendCPU) / float64(r.n) * 1e6
-		total[r.nodes] = t
-		fmt.Fprintf(w, "| %d | %.2f s | %.2f s | %.0f | %.2f s | %s | %s | %s | %.0f | %.0f | %d | %d |\n",
-			r.nodes, r.send.Seconds(), r.wall.Seconds(), float64(r.n)/r.wall.Seconds(), r.settle.Seconds(),
+		total[r] = t
+		fmt.Fprintf(w, "| %s | %.2f s | %.2f s | %.0f | %.2f s | %s | %s | %s | %.0f | %.0f | %d | %d |\n",
+			r.label, r.send.Seconds(), r.wall.Seconds(), float64(r.n)/r.wall.Seconds(), r.settle.Seconds(),
 			strings.Join(cpu, " / "), strings.Join(idle, " / "), strings.Join(per, " / "),
 			r.sendCPU/float64(r.n)*1e6, t, r.sessions, r.dup)
 	}
-	fmt.Fprintf(w, "\ncoordination overhead, total CPU per message 3 nodes / 1 node: **%.2f** (target < 1.15)\n", total[3]/total[1])
+	fmt.Fprintf(w, "\ncoordination overhead, total CPU per message 3 nodes / 1 node: **%.2f** against one cluster node, **%.2f** against one node without `cluster:` (target < 1.15)\n", total[three]/total[one], total[three]/total[single])
+	if one.natsCPU > 0 {
+		fmt.Fprintf(w, "(the one cluster node's CPU includes its lone nats-server process: %.2f s, %.0f µs/msg)\n", one.natsCPU, one.natsCPU/float64(one.n)*1e6)
+	}
 	if len(three.propLat) > 0 || three.probeMiss > 0 {
 		fmt.Fprintf(w, "\ndelivery-to-suppression latency, 3 nodes, %d samples during a second %d-recipient campaign (suppress add on n2 via its admin socket; until n1 and n3 both answer suppressed, polled every 5 ms):\n\n", len(three.propLat)+three.probeMiss, three.n)
 		fmt.Fprintln(w, "| measure | p50 | p90 | p99 | max |")
