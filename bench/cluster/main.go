@@ -125,11 +125,30 @@ type result struct {
 	idle      []float64     // CPU seconds per process per second before the send
 	sendCPU   float64       // the `campaign send` process
 	natsCPU   float64       // the lone nats-server process, in cpu[0] too
+	streams   []stream      // JetStream streams after the campaign settled
 	sessions  int
 	dup       int
 	addLat    []time.Duration // suppress add on node 2, request to answer
 	propLat   []time.Duration // answer to suppressed on every other node
 	probeMiss int
+}
+
+// stream is one JetStream stream as `cluster status --json` lists it.
+type stream struct {
+	Name     string `json:"name"`
+	Replicas int    `json:"replicas"`
+	Messages uint64 `json:"messages"`
+	Bytes    uint64 `json:"bytes"`
+}
+
+// streamsOf reads the streams from `cluster status --json` on nd.
+func streamsOf(bin string, nd *node) []stream {
+	out, _ := exec.Command(bin, "-c", nd.cfg, "--json", "cluster", "status").Output()
+	var rep struct {
+		Streams []stream `json:"streams"`
+	}
+	_ = json.Unmarshal(bytes.TrimSpace(out), &rep)
+	return rep.Streams
 }
 
 // node is one serve process and its files.
@@ -362,6 +381,9 @@ delivery:
 		r.cpu[0] += r.natsCPU
 	}
 	r.sessions = sink.Sessions()
+	if clustered {
+		r.streams = streamsOf(bin, n1)
+	}
 	rec.mu.Lock()
 	for a, c := range rec.seen {
 		if c > 1 {
@@ -745,6 +767,18 @@ func report(w io.Writer, single, one, three *result, loadBefore, loadAfter strin
 	fmt.Fprintf(w, "\ncoordination overhead, total CPU per message 3 nodes / 1 node: **%.2f** against one cluster node, **%.2f** against one node without `cluster:` (target < 1.15)\n", total[three]/total[one], total[three]/total[single])
 	if one.natsCPU > 0 {
 		fmt.Fprintf(w, "(the one cluster node's CPU includes its lone nats-server process: %.2f s, %.0f µs/msg)\n", one.natsCPU, one.natsCPU/float64(one.n)*1e6)
+	}
+	fmt.Fprintln(w, "\nJetStream streams after the campaign (messages per campaign message; each stored `replicas` times):")
+	fmt.Fprintln(w, "\n| stream | 1 cluster node: msgs/msg, bytes/msg | 3 nodes: replicas, msgs/msg, bytes/msg |")
+	fmt.Fprintln(w, "|---|---|---|")
+	for _, st := range three.streams {
+		o := ""
+		for _, s1 := range one.streams {
+			if s1.Name == st.Name {
+				o = fmt.Sprintf("%.2f, %.0f", float64(s1.Messages)/float64(one.n), float64(s1.Bytes)/float64(one.n))
+			}
+		}
+		fmt.Fprintf(w, "| %s | %s | %d, %.2f, %.0f |\n", st.Name, o, st.Replicas, float64(st.Messages)/float64(three.n), float64(st.Bytes)/float64(three.n))
 	}
 	if len(three.propLat) > 0 || three.probeMiss > 0 {
 		fmt.Fprintf(w, "\ndelivery-to-suppression latency, 3 nodes, %d samples during a second %d-recipient campaign (suppress add on n2 via its admin socket; until n1 and n3 both answer suppressed, polled every 5 ms):\n\n", len(three.propLat)+three.probeMiss, three.n)
