@@ -119,6 +119,7 @@ type result struct {
 	nodes     int
 	n         int
 	send      time.Duration // campaign send, start to exit
+	first     time.Duration // send start to the first RCPT at the sink
 	wall      time.Duration // send start to the last message at the sink
 	settle    time.Duration // send start to every node's outcomes recorded
 	cpu       []float64     // seconds per serve process, send to settled
@@ -170,12 +171,16 @@ func freeAddr() (string, error) {
 
 // recorder keeps, per recipient, how often the sink saw it in RCPT TO.
 type recorder struct {
-	mu   sync.Mutex
-	seen map[string]int
+	mu    sync.Mutex
+	seen  map[string]int
+	first time.Time // first RCPT seen
 }
 
 func (r *recorder) rcpt(addr string, _ int) error {
 	r.mu.Lock()
+	if r.first.IsZero() {
+		r.first = time.Now()
+	}
 	r.seen[strings.ToLower(addr)]++
 	r.mu.Unlock()
 	return nil
@@ -381,6 +386,7 @@ delivery:
 		r.cpu[0] += r.natsCPU
 	}
 	r.sessions = sink.Sessions()
+	r.first = rec.first.Sub(start)
 	if clustered {
 		r.streams = streamsOf(bin, n1)
 	}
@@ -747,8 +753,8 @@ func report(w io.Writer, single, one, three *result, loadBefore, loadAfter strin
 	}
 	fmt.Fprintf(w, "postwarden bench/cluster: %d recipients, %d domains, mx delivery to one loopback sink (discard), %s, %d CPUs; load average before %s, after %s\n\n",
 		one.n, len(domains), host, cores, loadBefore, loadAfter)
-	fmt.Fprintln(w, "| nodes | campaign send | last at sink | msg/s | outcomes recorded | serve CPU per node (s) | idle CPU per node (ms/s) | CPU/msg per node (µs) | send CLI CPU/msg (µs) | total CPU/msg (µs) | sink sessions | duplicates |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| nodes | campaign send | first at sink | last at sink | msg/s | outcomes recorded | serve CPU per node (s) | idle CPU per node (ms/s) | CPU/msg per node (µs) | send CLI CPU/msg (µs) | total CPU/msg (µs) | sink sessions | duplicates |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	total := map[*result]float64{}
 	for _, r := range []*result{single, one, three} {
 		var cpu, idle, per []string
@@ -759,8 +765,8 @@ func report(w io.Writer, single, one, three *result, loadBefore, loadAfter strin
 		}
 		t := (sum(r.cpu) + r.sendCPU) / float64(r.n) * 1e6
 		total[r] = t
-		fmt.Fprintf(w, "| %s | %.2f s | %.2f s | %.0f | %.2f s | %s | %s | %s | %.0f | %.0f | %d | %d |\n",
-			r.label, r.send.Seconds(), r.wall.Seconds(), float64(r.n)/r.wall.Seconds(), r.settle.Seconds(),
+		fmt.Fprintf(w, "| %s | %.2f s | %.2f s | %.2f s | %.0f | %.2f s | %s | %s | %s | %.0f | %.0f | %d | %d |\n",
+			r.label, r.send.Seconds(), r.first.Seconds(), r.wall.Seconds(), float64(r.n)/r.wall.Seconds(), r.settle.Seconds(),
 			strings.Join(cpu, " / "), strings.Join(idle, " / "), strings.Join(per, " / "),
 			r.sendCPU/float64(r.n)*1e6, t, r.sessions, r.dup)
 	}
