@@ -334,6 +334,9 @@ delivery:
 		if err := waitHealthy(bin, n1, size); err != nil {
 			return nil, err
 		}
+		if err := waitShares(bin, nodes); err != nil {
+			return nil, err
+		}
 	} else if err := waitServing(n1); err != nil {
 		return nil, err
 	}
@@ -614,6 +617,62 @@ func waitServing(nd *node) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("%s: admin socket never answered", nd.name)
+}
+
+// waitShares waits until every node's share worker is up: `cluster status`
+// is healthy before the share streams exist (each serve creates them in the
+// background, retrying with backoff while JetStream elects), and a campaign
+// sent before then waits for the retries. Up means: the share streams and
+// bucket are listed, and each node's last "share coordinator not up yet"
+// warning is older than its retry_in plus 2 s (a retry against existing
+// streams returns at once).
+func waitShares(bin string, nodes []*node) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	want := []string{"KV_pw_shares", "PW_SHARE_DATA", "PW_SHARE_OUTCOMES"}
+	for time.Now().Before(deadline) {
+		if err := alive(nodes); err != nil {
+			return err
+		}
+		have := map[string]bool{}
+		for _, st := range streamsOf(bin, nodes[0]) {
+			have[st.Name] = true
+		}
+		ok := true
+		for _, w := range want {
+			ok = ok && have[w]
+		}
+		for _, nd := range nodes {
+			ok = ok && time.Now().After(lastShareRetry(nd).Add(2*time.Second))
+		}
+		if ok {
+			return nil
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	return errors.New("share workers never up (see the serve logs)")
+}
+
+// lastShareRetry is when the node's last "share coordinator not up yet"
+// warning said it would retry; zero when there was none.
+func lastShareRetry(nd *node) time.Time {
+	b, _ := os.ReadFile(nd.log)
+	var last time.Time
+	for _, l := range bytes.Split(b, []byte("\n")) {
+		if !bytes.Contains(l, []byte("share coordinator not up yet")) {
+			continue
+		}
+		var v struct {
+			Time    time.Time `json:"time"`
+			RetryIn float64   `json:"retry_in"` // ms
+		}
+		if json.Unmarshal(l, &v) == nil {
+			// The log's time has whole seconds: count the second as passed.
+			if t := v.Time.Add(time.Second + time.Duration(v.RetryIn*float64(time.Millisecond))); t.After(last) {
+				last = t
+			}
+		}
+	}
+	return last
 }
 
 // waitHealthy waits until `cluster status` on node 1 lists size nodes up,
