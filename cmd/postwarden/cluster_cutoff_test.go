@@ -169,7 +169,7 @@ func TestClusterCutOff(t *testing.T) {
 			h.write("postwarden.yaml", strings.ReplaceAll(readFile(t, h.cfgPath), h.sink.Addr, nodes[0].sink.Addr))
 			h.sink = nodes[0].sink
 		}
-		nodes = append(nodes, &testNode{harness: h, name: fmt.Sprintf("n%d", i+1), natsAddr: freeAddr(t), routeAddr: freeAddr(t)})
+		nodes = append(nodes, &testNode{harness: h, name: fmt.Sprintf("n%d", i+1), natsAddr: listenAddr(t), routeAddr: listenAddr(t)})
 	}
 	shareKeys(t, nodes)
 	n1, n2, n3 := nodes[0], nodes[1], nodes[2]

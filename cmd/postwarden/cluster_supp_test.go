@@ -56,7 +56,7 @@ func startCluster3(t *testing.T, opt ...mtatest.Options) []*testNode {
 			return false
 		}
 		for _, m := range rs[0].Nodes {
-			if !m.Up || m.Health.Stale != "" || m.Health.ReplicaPending > 0 {
+			if !m.Up || m.Health.Stale != "" || m.Health.ReplicaPending > 0 || !m.Health.SharesUp {
 				return false
 			}
 		}

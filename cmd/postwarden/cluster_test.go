@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,7 +41,7 @@ func newTestCluster(t *testing.T, n int, opt mtatest.Options) []*testNode {
 			h.write("postwarden.yaml", cfg)
 			h.sink = nodes[0].sink
 		}
-		nodes[i] = &testNode{harness: h, name: fmt.Sprintf("n%d", i+1), natsAddr: freeAddr(t), routeAddr: freeAddr(t)}
+		nodes[i] = &testNode{harness: h, name: fmt.Sprintf("n%d", i+1), natsAddr: listenAddr(t), routeAddr: listenAddr(t)}
 	}
 	for _, nd := range nodes {
 		var routes []string
@@ -230,4 +232,25 @@ func TestClusterStatusSingleAndUnreachable(t *testing.T) {
 	if strings.Contains(r.stdout+r.stderr, "hunter2") || !strings.Contains(r.stderr, "***@127.0.0.1") {
 		t.Errorf("unreachable NATS: stdout %q stderr %q", r.stdout, r.stderr)
 	}
+}
+
+// listenAddr is a free loopback address for a server a test node starts
+// later. Its port is below Linux's ephemeral range (32768–60999), so the
+// outgoing connections the other nodes open meanwhile (routes, clients)
+// cannot take it first — freeAddr's port 0 would hand out one from that
+// range, and a node's embedded NATS then failed to bind now and then.
+func listenAddr(t *testing.T) string {
+	t.Helper()
+	for range 200 {
+		port := 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		return addr
+	}
+	t.Fatal("no free loopback port below the ephemeral range")
+	return ""
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/postwarden/postwarden/campaign"
 	"github.com/postwarden/postwarden/campaign/shares"
 	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/queue/cluster"
 	"github.com/postwarden/postwarden/suppression/address"
 )
 
@@ -153,6 +154,15 @@ func (e *env) startShares(ctx context.Context) (*shareWorker, error) {
 		}
 	}()
 	go func() { defer w.wg.Done(); w.record(wctx) }()
+	if e.cluster != nil {
+		e.cluster.heart.AddReporter(cluster.ReporterFunc(func(h *cluster.Health) {
+			select {
+			case <-w.ready:
+				h.SharesUp = true
+			default:
+			}
+		}))
+	}
 	e.closers = append(e.closers, func() {
 		stop()
 		w.wg.Wait()

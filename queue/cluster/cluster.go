@@ -59,6 +59,8 @@ type Health struct {
 	// Queue counts the node's messages by state (pending and finished), for
 	// `queue stats --cluster`.
 	Queue map[string]int `json:"queue,omitempty"`
+	// SharesUp: the node's share worker is up and takes campaign shares.
+	SharesUp bool `json:"shares_up,omitempty"`
 }
 
 // Reporter fills its part of the node's health before each beat; it must
