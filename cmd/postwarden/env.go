@@ -65,6 +65,8 @@ type env struct {
 	// rep is the suppression replica of a cluster node; nil on a single
 	// node (and before joinReplica).
 	rep *replica.Replica
+	// shares is serve's share worker on a cluster node; nil otherwise.
+	shares *shareWorker
 	// closers run first at Close, last first.
 	closers []func()
 }

@@ -51,8 +51,17 @@ func (q *sharesQueue) Enqueue(msgs []campaign.Message) (int, int, error) {
 	return len(msgs), 0, nil
 }
 
-// coordinator returns the node's share coordinator on js.
+// coordinator returns the node's share coordinator: the daemon's share
+// worker's once it is up, else one of this command's own (creating it
+// ensures the share streams: not work for every `campaign status`).
 func (e *env) coordinator(ctx context.Context) (*shares.Coordinator, func(), error) {
+	if w := e.shares; w != nil {
+		select {
+		case <-w.ready:
+			return w.coord, func() {}, nil
+		default:
+		}
+	}
 	js, done, err := e.clusterJS(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -128,6 +137,7 @@ func (e *env) startShares(ctx context.Context) (*shareWorker, error) {
 	// many committed but unpublished (docs/cluster.md).
 	w := &shareWorker{e: e, log: e.log.With().Str("component", "shares").Logger(),
 		out: make(chan finalOutcome, max(1, e.cfg.Delivery.Workers)), stop: stop, ready: make(chan struct{}), ctx: wctx}
+	e.shares = w // before the goroutines that read it
 	var done func()
 	w.wg.Add(2)
 	go func() {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/postwarden/postwarden/suppression"
+	"github.com/postwarden/postwarden/suppression/address"
 )
 
 // Store is a cluster node's suppression store as the packages that change
@@ -91,7 +92,7 @@ func (s *Store) Erase(addr, ref string, consents []suppression.ConsentDates) (su
 			return e, nil
 		}
 	}
-	return suppression.Entry{}, fmt.Errorf("erase %s: %w", "the address", errNoTombstone)
+	return suppression.Entry{}, fmt.Errorf("erase %s: %w", address.Mask(addr), errNoTombstone)
 }
 
 // errNoTombstone: the erasure was published but its tombstone is not here.
