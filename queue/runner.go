@@ -88,6 +88,11 @@ type RunnerConfig struct {
 	// cluster node publishes it so no other node sends it again. It must
 	// not block for long: the loop waits for it.
 	OnFinal func(m Message, state State)
+	// Unpublished, when set, is how many of the messages told to OnFinal
+	// are not yet settled where OnFinal sends them. They count with the
+	// claimed ones against MaxUnrecorded, so what a crash can send twice
+	// (delivered, but neither recorded nor published) stays within it.
+	Unpublished func() int
 }
 
 // HaltRetry is how long a message claimed while the runner is halted waits.
@@ -226,9 +231,8 @@ func newDispatch(workers int) *dispatch {
 }
 
 // round is what commitNow decides from, at now.
-func (d *dispatch) round(now time.Time) round {
-	rd := round{workers: d.workers, inflight: d.inflight, done: len(d.done), queued: len(d.jobs),
-		free: d.limit - d.inflight + len(d.done)}
+func (d *dispatch) round(now time.Time, free int) round {
+	rd := round{workers: d.workers, inflight: d.inflight, done: len(d.done), queued: len(d.jobs), free: free}
 	if len(d.done) > 0 {
 		rd.waited = now.Sub(d.first)
 	}
@@ -299,7 +303,7 @@ func (r *Runner) dispatch(ctx context.Context, drain bool, wake <-chan struct{},
 			d.first = time.Now()
 			linger.Reset(commitLinger)
 		}
-		if commitNow(d.round(time.Now())) {
+		if commitNow(d.round(time.Now(), r.free(d))) {
 			c := r.commitRound(d, follow)
 			linger.Stop()
 			if c.claimErr != nil {
@@ -336,9 +340,12 @@ func (r *Runner) dispatch(ctx context.Context, drain bool, wake <-chan struct{},
 // commitRound records the results in done and claims jobs for the free
 // slots in one commit, settles the results and hands the jobs to the workers.
 func (r *Runner) commitRound(d *dispatch, follow chan<- []result) batch {
-	free := d.limit - d.inflight + len(d.done)
+	free := r.free(d)
 	if r.halted() != "" {
 		free = 0 // fail closed: nothing new is claimed
+	}
+	if free == 0 && len(d.done) == 0 {
+		return batch{} // nothing to record or claim: no empty transaction
 	}
 	c := r.commit(d.done, free)
 	r.settle(d.done, c, follow)
@@ -349,6 +356,17 @@ func (r *Runner) commitRound(d *dispatch, follow chan<- []result) batch {
 	}
 	d.inflight += len(c.jobs)
 	return c
+}
+
+// free is how many messages a commit now may claim: MaxUnrecorded less
+// those claimed and not yet recorded, the results in done recorded by it.
+// With Unpublished set, the results in done stay counted (the final ones
+// become unpublished in the commit) and the unpublished count too.
+func (r *Runner) free(d *dispatch) int {
+	if r.cfg.Unpublished == nil {
+		return d.limit - d.inflight + len(d.done)
+	}
+	return max(0, d.limit-d.inflight-r.cfg.Unpublished())
 }
 
 // untilNext is how long the loop waits for the next round at most: the poll,

@@ -130,12 +130,12 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	var onFinal func(queue.Message, queue.State)
+	rcfg := queue.RunnerConfig{Workers: cfg.Delivery.Workers, Observer: observer,
+		DrainTimeout: cfg.Delivery.DrainTimeout, Halt: e.halt}
 	if sw != nil {
-		onFinal = sw.final
+		rcfg.OnFinal, rcfg.Unpublished = sw.final, sw.Unpublished
 	}
-	runner := e.queue.NewRunner(sender, e.deliveryGate(), queue.RunnerConfig{Workers: cfg.Delivery.Workers, Observer: observer,
-		DrainTimeout: cfg.Delivery.DrainTimeout, Halt: e.halt, OnFinal: onFinal})
+	runner := e.queue.NewRunner(sender, e.deliveryGate(), rcfg)
 	runCtx, stopRunner := context.WithCancel(ctx)
 	defer stopRunner()
 	runDone := make(chan error, 1)

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -112,10 +113,13 @@ type shareWorker struct {
 	coord *shares.Coordinator
 	log   zerolog.Logger
 	out   chan finalOutcome
-	wg    sync.WaitGroup
-	stop  context.CancelFunc
-	ready chan struct{}   // closed once coord is set
-	ctx   context.Context // ends when the worker stops
+	// unpublished counts the outcomes handed to final and not yet in the
+	// cluster: the runner counts them as in flight (RunnerConfig.Unpublished).
+	unpublished atomic.Int64
+	wg          sync.WaitGroup
+	stop        context.CancelFunc
+	ready       chan struct{}   // closed once coord is set
+	ctx         context.Context // ends when the worker stops
 }
 
 // finalOutcome is a message's final outcome on its way to the cluster.
@@ -132,11 +136,11 @@ func (e *env) startShares(ctx context.Context) (*shareWorker, error) {
 		return nil, nil
 	}
 	wctx, stop := context.WithCancel(context.Background())
-	// The outcomes not yet published are at most the runner's workers: a
-	// lost node's duplicates stay within its deliveries in flight plus as
-	// many committed but unpublished (docs/cluster.md).
+	// The runner holds claimed and unpublished messages together within
+	// queue.MaxUnrecorded(workers), so out never fills and a lost node's
+	// duplicates stay within that bound (docs/cluster.md).
 	w := &shareWorker{e: e, log: e.log.With().Str("component", "shares").Logger(),
-		out: make(chan finalOutcome, max(1, e.cfg.Delivery.Workers)), stop: stop, ready: make(chan struct{}), ctx: wctx}
+		out: make(chan finalOutcome, queue.MaxUnrecorded(max(1, e.cfg.Delivery.Workers))), stop: stop, ready: make(chan struct{}), ctx: wctx}
 	e.shares = w // before the goroutines that read it
 	var done func()
 	w.wg.Add(2)
@@ -248,11 +252,17 @@ func (w *shareWorker) final(m queue.Message, st queue.State) {
 	case queue.StateCancelled:
 		o = shares.Skipped
 	}
-	select { // blocks the runner while workers' worth of outcomes wait: the bound
+	w.unpublished.Add(1)
+	select { // never blocks while the runner keeps the bound (Unpublished)
 	case w.out <- finalOutcome{campaign: m.Campaign, key: w.e.box.IndexHex(a.Key()), outcome: o}:
 	case <-w.ctx.Done(): // stopping: left unpublished, within the bound
+		w.unpublished.Add(-1)
 	}
 }
+
+// Unpublished is queue.RunnerConfig.Unpublished: final outcomes handed to
+// final and not yet in the cluster.
+func (w *shareWorker) Unpublished() int { return int(w.unpublished.Load()) }
 
 // record publishes final outcomes, retrying each until it is in.
 func (w *shareWorker) record(ctx context.Context) {
@@ -277,6 +287,8 @@ func (w *shareWorker) record(ctx context.Context) {
 				case <-time.After(delay):
 				}
 			}
+			w.unpublished.Add(-1)
+			w.e.queue.Kick() // a slot the runner held for it is free
 		}
 	}
 }

@@ -1,0 +1,101 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+// A cluster node publishes each final outcome after its commit; a crash
+// sends twice whatever was delivered and not yet published. The runner
+// holds claimed and unpublished messages together within MaxUnrecorded,
+// however slow the publisher.
+func TestUnpublishedCountsAgainstUnrecorded(t *testing.T) {
+	const total, workers = 200, 4
+	s := openTest(t, Config{})
+	var mu sync.Mutex
+	started, published, worst := 0, 0, 0
+	f := newFake()
+	f.start = make(chan string)
+	counted := make(chan struct{})
+	go func() {
+		defer close(counted)
+		for range f.start {
+			mu.Lock()
+			started++
+			worst = max(worst, started-published)
+			mu.Unlock()
+		}
+	}()
+	finals := make(chan Message, 4*total)
+	var unpublished sync.Mutex
+	pending := 0
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // a slow publisher
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-finals:
+			}
+			time.Sleep(2 * time.Millisecond)
+			mu.Lock()
+			published++
+			mu.Unlock()
+			unpublished.Lock()
+			pending--
+			unpublished.Unlock()
+			s.Kick()
+		}
+	}()
+	r := s.NewRunner(f, newSup(), RunnerConfig{Workers: workers, Poll: 20 * time.Millisecond,
+		OnFinal: func(m Message, _ State) {
+			unpublished.Lock()
+			pending++
+			unpublished.Unlock()
+			finals <- m
+		},
+		Unpublished: func() int {
+			unpublished.Lock()
+			defer unpublished.Unlock()
+			return pending
+		}})
+	var msgs []NewMessage
+	for i := range total {
+		msgs = append(msgs, msg("c", fmt.Sprintf("p%d@example.com", i)))
+	}
+	enqueue(t, s, msgs...)
+	errc := make(chan error, 1)
+	go func() { errc <- r.Run(ctx) }()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		mu.Lock()
+		done := published
+		mu.Unlock()
+		if done == total {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d published", done, total)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	close(f.start)
+	<-counted
+	mu.Lock()
+	defer mu.Unlock()
+	if worst > MaxUnrecorded(workers) {
+		t.Fatalf("%d messages delivered or in delivery with their outcome unpublished, over MaxUnrecorded(%d) = %d",
+			worst, workers, MaxUnrecorded(workers))
+	}
+	if worst < 2 {
+		t.Fatalf("at most %d at once: the runner never ran workers side by side", worst)
+	}
+}
