@@ -185,7 +185,7 @@ func TestClusterCutOff(t *testing.T) {
 `, nd.name, nd.natsAddr, nd.routeAddr, other.routeAddr))
 	}
 	proxy := newLinkProxy(t, n1.natsAddr)
-	metricsAddr := freeAddr(t)
+	metricsAddr := listenAddr(t)
 	n3.write("postwarden.yaml", readFile(t, n3.cfgPath)+fmt.Sprintf(`metrics_listen: %s
 cluster:
   node: n3

@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -232,25 +230,4 @@ func TestClusterStatusSingleAndUnreachable(t *testing.T) {
 	if strings.Contains(r.stdout+r.stderr, "hunter2") || !strings.Contains(r.stderr, "***@127.0.0.1") {
 		t.Errorf("unreachable NATS: stdout %q stderr %q", r.stdout, r.stderr)
 	}
-}
-
-// listenAddr is a free loopback address for a server a test node starts
-// later. Its port is below Linux's ephemeral range (32768–60999), so the
-// outgoing connections the other nodes open meanwhile (routes, clients)
-// cannot take it first — freeAddr's port 0 would hand out one from that
-// range, and a node's embedded NATS then failed to bind now and then.
-func listenAddr(t *testing.T) string {
-	t.Helper()
-	for range 200 {
-		port := 20000 + rand.IntN(12000)
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue
-		}
-		addr := ln.Addr().String()
-		ln.Close()
-		return addr
-	}
-	t.Fatal("no free loopback port below the ephemeral range")
-	return ""
 }

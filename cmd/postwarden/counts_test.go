@@ -21,7 +21,7 @@ import (
 // each show it once.
 func TestRepeatedOneClickCountsOnceThroughDaemon(t *testing.T) {
 	h := newHarness(t, mtatest.Options{})
-	addr := freeAddr(t)
+	addr := listenAddr(t)
 	h.appendConfig("metrics_listen: " + addr + "\n")
 	h.serve()
 	h.mustRun(0, "campaign", "send", h.campaign("once-1", "email,first_name,company\nana@acme.example,Ana,Acme\ndave@globex.example,Dave,Globex\n"))

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -46,6 +47,27 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// listenAddr is a free loopback address for a server a test node starts
+// later. Its port is below Linux's ephemeral range (32768–60999), so the
+// outgoing connections the other nodes open meanwhile (routes, clients)
+// cannot take it first — freeAddr's port 0 would hand out one from that
+// range, and a node's embedded NATS then failed to bind now and then.
+func listenAddr(t *testing.T) string {
+	t.Helper()
+	for range 200 {
+		port := 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		return addr
+	}
+	t.Fatal("no free loopback port below the ephemeral range")
+	return ""
+}
+
 func newHarness(t *testing.T, opt mtatest.Options) *harness {
 	t.Helper()
 	sink, err := mtatest.Start(opt)
@@ -59,7 +81,7 @@ func newHarness(t *testing.T, opt mtatest.Options) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	h := &harness{t: t, dir: dir, sink: sink, httpAddr: freeAddr(t)}
+	h := &harness{t: t, dir: dir, sink: sink, httpAddr: listenAddr(t)}
 	var routes strings.Builder
 	for _, d := range testDomains {
 		fmt.Fprintf(&routes, "    %s: %s\n", d, sink.Addr)

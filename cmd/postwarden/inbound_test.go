@@ -27,7 +27,7 @@ const fixtureVERP = bouncetest.VERP
 func newInboundHarness(t *testing.T) (*harness, string) {
 	t.Helper()
 	h := newHarness(t, mtatest.Options{})
-	listen := freeAddr(t)
+	listen := listenAddr(t)
 	cfg := readFile(t, h.cfgPath)
 	h.write("postwarden.yaml", cfg+"smtp_listen: "+listen+"\nbounce_domain: "+bounceDomain+"\n")
 	return h, listen

@@ -185,7 +185,7 @@ func exerciseQueueVerbs(t *testing.T, h *harness, daemon bool, settle func()) {
 // attempt latency, bounces.
 func TestMetricsEndpoint(t *testing.T) {
 	h := newHarness(t, mtatest.Options{Rcpt: deferGlobex})
-	addr := freeAddr(t)
+	addr := listenAddr(t)
 	h.appendConfig("metrics_listen: " + addr + "\n")
 	h.serve()
 	file := h.campaign("metrics-1", adminCSV)

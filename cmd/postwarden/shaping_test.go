@@ -140,7 +140,7 @@ func TestAdaptiveThroughDaemon(t *testing.T) {
 		return nil
 	}})
 	domains := h.tenantConfig(30)
-	addr := freeAddr(t)
+	addr := listenAddr(t)
 	h.appendConfig("metrics_listen: " + addr + "\n")
 	h.serve()
 	csv, n := tenantCSV(domains, 1)
