@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/postwarden/postwarden/suppression/address"
 )
 
 // Get returns message id's metadata; the error wraps ErrNotFound if it is unknown.
@@ -60,6 +62,8 @@ type Filter struct {
 	Source    string        // the egress source the last attempt reported
 	OlderThan time.Duration // Created at least this long ago
 	Limit     int           // at most this many; 0 = no limit
+	Rcpt      string        // only this recipient, found through the keyed recipient index
+	Pending   bool          // only messages not finished (ready, active, deferred, held), as mailq lists
 }
 
 // listPage is how many messages List reads per short read transaction.
@@ -80,8 +84,17 @@ func (s *Store) List(f Filter, fn func(Message) error) error {
 	if f.OlderThan > 0 {
 		cutoff = time.Now().Add(-f.OlderThan)
 	}
+	var rcptIdx []byte
+	if f.Rcpt != "" {
+		a, err := address.Parse(f.Rcpt)
+		if err != nil {
+			return fmt.Errorf("list queue: recipient %s: %s", address.Mask(f.Rcpt), problem(err))
+		}
+		rcptIdx = s.box.Index(a.Key())
+	}
 	match := func(m *Message) bool {
 		return (f.State == "" || m.State == f.State) &&
+			(!f.Pending || !m.State.Finished()) &&
 			(f.Campaign == "" || m.Campaign == f.Campaign) &&
 			(f.Domain == "" || m.Domain == f.Domain) &&
 			(f.Provider == "" || m.Provider == f.Provider) &&
@@ -96,6 +109,8 @@ func (s *Store) List(f Filter, fn func(Message) error) error {
 			b := s.buckets(tx)
 			bkt, prefix := b.msg, []byte(nil)
 			switch {
+			case rcptIdx != nil:
+				bkt, prefix = b.rcpt, rcptIdx
 			case f.Campaign != "":
 				bkt, prefix = b.campaign, join(f.Campaign, "")
 			case f.State != "":
@@ -109,7 +124,7 @@ func (s *Store) List(f Filter, fn func(Message) error) error {
 			for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 				id := string(k[len(prefix):])
 				after = id
-				if f.Campaign != "" && f.State != "" && State(v) != f.State {
+				if bkt == b.campaign && f.State != "" && State(v) != f.State {
 					continue // the campaign index carries the state
 				}
 				m, err := b.get(id)

@@ -56,7 +56,7 @@ func TestBadInputIsNamedAndNothingBadIsEnqueued(t *testing.T) {
 					t.Errorf("campaign %s: stderr does not match %q:\n%s", verb, tc.want, r.stderr)
 				}
 			}
-			ls := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--campaign", tc.name).stdout)
+			ls := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--campaign", tc.name).stdout)
 			if len(ls) != 0 {
 				t.Errorf("%d messages enqueued for a refused campaign", len(ls))
 			}

@@ -80,7 +80,7 @@ func TestBrakeHardBouncesPauseAndResume(t *testing.T) {
 	if got := h.sink.Count(); got != st.Delivered {
 		t.Errorf("sink received %d, queue delivered %d", got, st.Delivered)
 	}
-	for _, v := range jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--campaign", id, "--state", "deferred").stdout) {
+	for _, v := range jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--campaign", id, "--state", "deferred").stdout) {
 		if !strings.HasPrefix(v.LastReply, "suspended: brake: hard_bounce_rate") || v.Attempts != 0 {
 			t.Fatalf("held message %+v: want no attempt, held by the brake", v)
 		}

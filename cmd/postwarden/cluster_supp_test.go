@@ -84,7 +84,7 @@ func TestClusterSuppressionTruth(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	for n1.sink.Count() == 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("c-1 not delivered: %s", n1.run("--json", "queue", "ls").stdout)
+			t.Fatalf("c-1 not delivered: %s", n1.run("--json", "queue", "ls", "--all").stdout)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -159,7 +159,7 @@ func TestClusterCampaignSpreads(t *testing.T) {
 	waitUntil(t, 3*time.Minute, "3000 recipients delivered", func() bool { return len(n1.sink.ByRecipient()) >= n })
 	for _, nd := range nodes {
 		waitUntil(t, time.Minute, nd.name+" records its outcomes", func() bool {
-			return nd.run("--json", "queue", "ls", "--campaign", "spread-1", "--state", "active").stdout == ""
+			return nd.run("--json", "queue", "ls", "--all", "--campaign", "spread-1", "--state", "active").stdout == ""
 		})
 	}
 	for rcpt, k := range n1.sink.ByRecipient() {
@@ -169,7 +169,7 @@ func TestClusterCampaignSpreads(t *testing.T) {
 	}
 	total := 0
 	for _, nd := range nodes {
-		got := len(jsonLines[msgView](t, nd.mustRun(0, "--json", "queue", "ls", "--campaign", "spread-1", "--state", "delivered").stdout))
+		got := len(jsonLines[msgView](t, nd.mustRun(0, "--json", "queue", "ls", "--all", "--campaign", "spread-1", "--state", "delivered").stdout))
 		if got == 0 {
 			t.Errorf("%s delivered none of the campaign", nd.name)
 		}
@@ -253,7 +253,7 @@ func testNodeLost(t *testing.T, restart bool) {
 	const n = 2000
 	n1.mustRun(0, "campaign", "send", n1.campaign("lost-1", spreadCSV(n)))
 	waitUntil(t, 2*time.Minute, "node 3 delivering", func() bool {
-		got := jsonLines[msgView](t, n3.mustRun(0, "--json", "queue", "ls", "--campaign", "lost-1", "--state", "delivered").stdout)
+		got := jsonLines[msgView](t, n3.mustRun(0, "--json", "queue", "ls", "--all", "--campaign", "lost-1", "--state", "delivered").stdout)
 		return len(got) >= 50
 	})
 	if err := n3.cmd.Process.Signal(syscall.SIGKILL); err != nil {

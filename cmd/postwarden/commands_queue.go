@@ -19,16 +19,21 @@ func (c *cli) queueCommand() *cobra.Command {
 	var la queueListArgs
 	ls := &cobra.Command{
 		Use:   "ls",
-		Short: "List queued and finished messages",
-		Args:  cobra.NoArgs,
+		Short: "List the messages in the queue (ready, active, deferred, held), like mailq; --all or --state for finished records",
+		Example: `  postwarden queue ls
+  postwarden queue ls --campaign spring-2026 --state deferred
+  postwarden queue ls --rcpt ana@acme.example --all
+  postwarden --json queue ls --provider microsoft`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			t := c.table("ID", "STATE", "ATTEMPTS", "NEXT", "CAMPAIGN", "RCPT", "LAST REPLY")
-			defer t.Flush()
-			return c.call(cmd.Context(), "queue.ls", la, func(raw json.RawMessage) error {
+			n := 0
+			err := c.call(cmd.Context(), "queue.ls", la, func(raw json.RawMessage) error {
 				var v msgView
 				if err := json.Unmarshal(raw, &v); err != nil {
 					return err
 				}
+				n++
 				next := "-"
 				if v.NextAttempt != nil {
 					next = v.NextAttempt.Local().Format(time.DateTime)
@@ -36,6 +41,19 @@ func (c *cli) queueCommand() *cobra.Command {
 				fmt.Fprintf(t, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", v.ID, v.State, v.Attempts, next, v.Campaign, v.Rcpt, oneLine(v.LastReply, 60))
 				return nil
 			})
+			t.Flush()
+			if err == nil && !c.jsonOut {
+				what := "in the queue"
+				if la.All || la.State != "" {
+					what = "listed"
+				}
+				noun := "messages"
+				if n == 1 {
+					noun = "message"
+				}
+				fmt.Fprintf(c.stdout, "-- %d %s %s\n", n, noun, what)
+			}
+			return err
 		},
 	}
 	ls.Flags().StringVar(&la.Campaign, "campaign", "", "only this campaign")
@@ -45,6 +63,8 @@ func (c *cli) queueCommand() *cobra.Command {
 	ls.Flags().StringVar(&la.Source, "source", "", "only messages whose last attempt went through this egress source")
 	ls.Flags().StringVar(&la.OlderThan, "older-than", "", "only messages older than this (e.g. 2h, 3d)")
 	ls.Flags().IntVar(&la.Limit, "limit", 0, "at most this many")
+	ls.Flags().StringVar(&la.Rcpt, "rcpt", "", "only this recipient address (matched through the keyed index)")
+	ls.Flags().BoolVar(&la.All, "all", false, "finished records too (delivered, bounced, expired, cancelled)")
 
 	show := &cobra.Command{
 		Use:   "show ID…",

@@ -88,7 +88,7 @@ func TestEraseLeavesNoDomainOrTimeInQueue(t *testing.T) {
 	const who = "beatrix@initech.example"
 	h.mustRun(0, "campaign", "send", h.campaign("erase-1", "email,first_name,company\n"+who+",Beatrix,Initech\ndave@globex.example,Dave,Globex\n"))
 	var ids []string
-	for _, v := range jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--campaign", "erase-1").stdout) {
+	for _, v := range jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--campaign", "erase-1").stdout) {
 		if v.State != queue.StateDelivered {
 			t.Fatalf("message %+v not delivered", v)
 		}

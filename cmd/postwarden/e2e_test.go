@@ -137,7 +137,7 @@ func TestOneClickUnsubscribeThroughDaemon(t *testing.T) {
 	h.waitDelivered("news-1", 2)
 
 	// Queue admin verbs work through the socket while serve holds the store.
-	ls := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--campaign", "news-1").stdout)
+	ls := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--campaign", "news-1").stdout)
 	if len(ls) != 2 {
 		t.Fatalf("queue ls: %d entries", len(ls))
 	}
@@ -247,7 +247,7 @@ func TestRetryAndHardBounce(t *testing.T) {
 	if !strings.Contains(chk.stdout, "hard_bounce") {
 		t.Errorf("gone@ not suppressed as hard_bounce: %s", chk.stdout)
 	}
-	deferred := jsonLines[msgView](t, h.mustRun(0, "--json", "--reveal", "queue", "ls", "--state", "deferred").stdout)
+	deferred := jsonLines[msgView](t, h.mustRun(0, "--json", "--reveal", "queue", "ls", "--all", "--state", "deferred").stdout)
 	if len(deferred) != 1 || deferred[0].Rcpt != "temp@acme.example" || !strings.Contains(deferred[0].LastReply, "451") {
 		t.Fatalf("deferred: %+v", deferred)
 	}

@@ -321,7 +321,7 @@ func (h *harness) waitDelivered(campaign string, n int) {
 	h.t.Helper()
 	waitFor(h.t, fmt.Sprintf("%d of %s delivered", n, campaign), func() bool {
 		got := 0
-		for _, v := range jsonLines[msgView](h.t, h.mustRun(0, "--json", "queue", "ls", "--campaign", campaign).stdout) {
+		for _, v := range jsonLines[msgView](h.t, h.mustRun(0, "--json", "queue", "ls", "--all", "--campaign", campaign).stdout) {
 			if v.State == queue.StateDelivered {
 				got++
 			}

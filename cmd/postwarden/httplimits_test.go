@@ -82,7 +82,7 @@ func TestPlusTagFloodIsLimitedPerMailbox(t *testing.T) {
 	// exactly the accepted ones, and the sink has them.
 	var ls []msgView
 	waitFor(t, "the accepted confirmations delivered", func() bool {
-		ls = jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--campaign", "optin-news").stdout)
+		ls = jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--campaign", "optin-news").stdout)
 		for _, m := range ls {
 			if m.State != queue.StateDelivered {
 				return false
@@ -159,7 +159,7 @@ func TestSignupControlCharacterIsRefusedNamingTheField(t *testing.T) {
 	if ls := h.mustRun(0, "--json", "subscribers", "ls").stdout; strings.TrimSpace(ls) != "" {
 		t.Errorf("refused sign-ups were recorded:\n%s", ls)
 	}
-	if ls := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls").stdout); len(ls) != 0 {
+	if ls := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all").stdout); len(ls) != 0 {
 		t.Errorf("refused sign-ups queued %d messages", len(ls))
 	}
 	// The same person without the control character signs up.

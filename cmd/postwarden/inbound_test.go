@@ -46,7 +46,7 @@ func TestInboundBounceEndToEnd(t *testing.T) {
 
 	// The envelope sender the sink saw is the message's VERP address.
 	var id string
-	for _, v := range jsonLines[map[string]any](t, h.mustRun(0, "queue", "ls", "--json", "--reveal", "--campaign", "bounce-1").stdout) {
+	for _, v := range jsonLines[map[string]any](t, h.mustRun(0, "queue", "ls", "--all", "--json", "--reveal", "--campaign", "bounce-1").stdout) {
 		if v["rcpt"] == "ana@acme.example" {
 			id, _ = v["id"].(string)
 		}

@@ -69,11 +69,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintf(stderr, "postwarden: %v\n", err)
-		if code := exitCode(err); code != 0 {
-			return code
-		}
-		return 2
+		return reportError(stderr, err, c.jsonOut || jsonRequested(args))
 	}
 	return c.code
 }
@@ -97,6 +93,7 @@ func (c *cli) rootCommand() *cobra.Command {
 	root.AddCommand(c.subscribersCommand())
 	root.AddCommand(c.providersCommand())
 	root.AddCommand(c.clusterCommand())
+	strictUsage(root)
 	return root
 }
 
@@ -168,7 +165,12 @@ func (c *cli) call(ctx context.Context, name string, args any, print func(json.R
 			fmt.Fprintln(c.stderr, l.Note)
 		case l.Exit != nil && l.Error != "":
 			bar.Clear()
-			fmt.Fprintf(c.stderr, "postwarden: %s\n", l.Error)
+			if c.jsonOut {
+				b, _ := json.Marshal(cliError{Error: l.Error, Exit: *l.Exit})
+				fmt.Fprintf(c.stderr, "%s\n", b)
+			} else {
+				fmt.Fprintf(c.stderr, "postwarden: %s\n", l.Error)
+			}
 		}
 		return nil
 	}

@@ -73,6 +73,8 @@ type queueListArgs struct {
 	Source    string `json:"source,omitempty"`
 	OlderThan string `json:"older_than,omitempty"`
 	Limit     int    `json:"limit,omitempty"`
+	Rcpt      string `json:"rcpt,omitempty"`
+	All       bool   `json:"all,omitempty"` // finished records too (ls lists what is queued, like mailq)
 }
 
 // validStates are the states `queue ls --state` accepts.
@@ -81,7 +83,7 @@ var validStates = []queue.State{queue.StateReady, queue.StateDeferred, queue.Sta
 
 func (a queueListArgs) filter() (queue.Filter, error) {
 	f := queue.Filter{Campaign: a.Campaign, Domain: a.Domain, Limit: a.Limit,
-		Provider: strings.TrimSpace(a.Provider), Source: strings.TrimSpace(a.Source)}
+		Provider: strings.TrimSpace(a.Provider), Source: strings.TrimSpace(a.Source), Rcpt: strings.TrimSpace(a.Rcpt)}
 	if a.State != "" {
 		ok := false
 		for _, s := range validStates {
@@ -111,6 +113,7 @@ func opQueueList(ctx context.Context, e *env, req request, o *out) error {
 	if err != nil {
 		return err
 	}
+	f.Pending = args.State == "" && !args.All
 	return e.queue.List(f, func(m queue.Message) error {
 		if err := ctx.Err(); err != nil {
 			return err

@@ -257,7 +257,7 @@ func TestDoubleOptInEndToEnd(t *testing.T) {
 	waitFor(t, "the confirmation to the victim", func() bool { return h.sink.ByRecipient()["victim@initech.example"] >= 1 })
 	// Confirmations are enqueued before the page answers: count the queue.
 	n := 0
-	for _, v := range jsonLines[msgView](t, h.mustRun(0, "--json", "--reveal", "queue", "ls", "--campaign", "optin-news").stdout) {
+	for _, v := range jsonLines[msgView](t, h.mustRun(0, "--json", "--reveal", "queue", "ls", "--all", "--campaign", "optin-news").stdout) {
 		if v.Rcpt == "victim@initech.example" {
 			n++
 		}

@@ -185,7 +185,7 @@ func TestUnsubscribeWhileDeferredIsNeverDelivered(t *testing.T) {
 	}
 	h.mustRun(0, "queue", "retry", "ALL")
 	waitFor(t, "the retry to finish", func() bool {
-		ls := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--campaign", "wait-1").stdout)
+		ls := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--campaign", "wait-1").stdout)
 		return len(ls) == 1 && ls[0].State == "cancelled"
 	})
 	if n := h.sink.ByRecipient()["ana@acme.example"]; n != 0 {
@@ -204,7 +204,7 @@ func TestDBPruneAppliesRetention(t *testing.T) {
 	if !strings.Contains(r.stdout, `"finished_messages":2`) {
 		t.Errorf("db prune: %s", r.stdout)
 	}
-	if ls := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--campaign", "old-1").stdout); len(ls) != 0 {
+	if ls := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--campaign", "old-1").stdout); len(ls) != 0 {
 		t.Errorf("%d records left after prune", len(ls))
 	}
 	if al := h.mustRun(0, "--json", "audit", "ls").stdout; !strings.Contains(al, `"action":"db.prune"`) {

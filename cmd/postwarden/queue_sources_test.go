@@ -32,7 +32,7 @@ func TestQueueByProviderAndSource(t *testing.T) {
 	csv, n := tenantCSV(domains, 3)
 	h.mustRun(0, "campaign", "send", h.campaign("prov-1", csv))
 
-	all := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--campaign", "prov-1").stdout)
+	all := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--campaign", "prov-1").stdout)
 	if len(all) != n {
 		t.Fatalf("%d messages, want %d", len(all), n)
 	}
@@ -67,7 +67,7 @@ func TestQueueByProviderAndSource(t *testing.T) {
 	}
 	ls := func(args ...string) []string {
 		t.Helper()
-		return idsOf(jsonLines[msgView](t, h.mustRun(0, append([]string{"--json", "queue", "ls"}, args...)...).stdout))
+		return idsOf(jsonLines[msgView](t, h.mustRun(0, append([]string{"--json", "queue", "ls", "--all"}, args...)...).stdout))
 	}
 	if provider != "" {
 		if got := ls("--provider", provider, "--state", "deferred"); !slices.Equal(got, idsOf(deferred)) {
@@ -76,7 +76,7 @@ func TestQueueByProviderAndSource(t *testing.T) {
 		if got := ls("--provider", provider, "--domain", domains[0]); len(got) != 3 {
 			t.Errorf("ls --provider %s --domain %s: %d, want 3", provider, domains[0], len(got))
 		}
-		text := h.mustRun(0, "queue", "ls", "--provider", provider, "--state", "deferred").stdout
+		text := h.mustRun(0, "queue", "ls", "--all", "--provider", provider, "--state", "deferred").stdout
 		if strings.Count(text, "deferred") != 3 {
 			t.Errorf("ls --provider in text:\n%s", text)
 		}
@@ -148,10 +148,10 @@ func TestQueueProviderFlagsThroughDaemon(t *testing.T) {
 	h.serve()
 	h.mustRun(0, "campaign", "send", file)
 	waitFor(t, "globex deferred", func() bool {
-		return len(jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--state", "deferred").stdout)) == 4
+		return len(jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--state", "deferred").stdout)) == 4
 	})
 	// Routes (delivery.routes) have no provider: every pending message is "(unknown)".
-	if got := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--provider", "microsoft").stdout); len(got) != 0 {
+	if got := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--provider", "microsoft").stdout); len(got) != 0 {
 		t.Errorf("ls --provider microsoft lists %d routed messages", len(got))
 	}
 	st := jsonLines[statsView](t, h.mustRun(0, "--json", "queue", "stats").stdout)[0]
@@ -161,5 +161,5 @@ func TestQueueProviderFlagsThroughDaemon(t *testing.T) {
 	if text := h.mustRun(0, "queue", "stats").stdout; !strings.Contains(text, "(unknown)") {
 		t.Errorf("queue stats does not group the unknown provider:\n%s", text)
 	}
-	h.mustRun(2, "queue", "ls", "--provider")
+	h.mustRun(2, "queue", "ls", "--all", "--provider")
 }

@@ -63,7 +63,7 @@ func TestQueueAdminVerbs(t *testing.T) {
 
 func exerciseQueueVerbs(t *testing.T, h *harness, daemon bool, settle func()) {
 	// ls filters: domain, older-than, state; JSON Lines.
-	globex := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--domain", "GLOBEX.example").stdout)
+	globex := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--domain", "GLOBEX.example").stdout)
 	if len(globex) != 4 {
 		t.Fatalf("ls --domain: %d messages, want 4", len(globex))
 	}
@@ -72,13 +72,13 @@ func exerciseQueueVerbs(t *testing.T, h *harness, daemon bool, settle func()) {
 			t.Errorf("ls --domain entry %+v", v)
 		}
 	}
-	if old := h.mustRun(0, "--json", "queue", "ls", "--older-than", "1h").stdout; strings.TrimSpace(old) != "" {
+	if old := h.mustRun(0, "--json", "queue", "ls", "--all", "--older-than", "1h").stdout; strings.TrimSpace(old) != "" {
 		t.Errorf("ls --older-than 1h lists fresh messages:\n%s", old)
 	}
-	if n := len(jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--older-than", "0s", "--domain", "acme.example").stdout)); n != 2 {
+	if n := len(jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--older-than", "0s", "--domain", "acme.example").stdout)); n != 2 {
 		t.Errorf("ls --older-than 0s --domain acme.example: %d, want 2", n)
 	}
-	h.mustRun(2, "queue", "ls", "--older-than", "soon")
+	h.mustRun(2, "queue", "ls", "--all", "--older-than", "soon")
 
 	// show: envelope, headers (To masked), attempts with replies, next attempt.
 	id := globex[0].ID
@@ -100,7 +100,7 @@ func exerciseQueueVerbs(t *testing.T, h *harness, daemon bool, settle func()) {
 	if out := h.mustRun(0, "--json", "queue", "hold", "--domain", "globex.example").stdout; !strings.Contains(out, `"changed":4`) {
 		t.Errorf("hold --domain: %s", out)
 	}
-	if n := len(jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--state", "held").stdout)); n != 4 {
+	if n := len(jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--state", "held").stdout)); n != 4 {
 		t.Errorf("%d held after hold --domain, want 4", n)
 	}
 	if out := h.mustRun(0, "--json", "queue", "release", "--campaign", "admin-1").stdout; !strings.Contains(out, `"changed":4`) {
@@ -138,7 +138,7 @@ func exerciseQueueVerbs(t *testing.T, h *harness, daemon bool, settle func()) {
 	if daemon {
 		waitFor(t, "the suspension to hold globex", func() bool {
 			n := 0
-			for _, v := range jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--domain", "globex.example", "--state", "deferred").stdout) {
+			for _, v := range jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--domain", "globex.example", "--state", "deferred").stdout) {
 				if strings.HasPrefix(v.LastReply, "suspended: ") {
 					n++
 				}
@@ -297,5 +297,52 @@ func TestCampaignRateFromFile(t *testing.T) {
 		if n != 1 {
 			t.Errorf("%s received %d", rcpt, n)
 		}
+	}
+}
+
+// `queue ls` lists what is still in the queue, like mailq, with a total
+// line; --all and --state reach the finished records; --rcpt finds one
+// recipient's messages through the keyed index.
+func TestQueueLsPendingByDefault(t *testing.T) {
+	h := newHarness(t, mtatest.Options{Rcpt: deferGlobex})
+	h.mustRun(0, "campaign", "send", h.campaign("ls-1", adminCSV))
+	ids := func(args ...string) map[string]string {
+		t.Helper()
+		got := map[string]string{}
+		for _, v := range jsonLines[msgView](t, h.mustRun(0, append([]string{"--json", "queue", "ls"}, args...)...).stdout) {
+			got[v.ID] = string(v.State)
+		}
+		return got
+	}
+	pending, all := ids(), ids("--all")
+	if len(all) != 7 || len(pending) != 4 {
+		t.Fatalf("ls: %d pending of %d, want the 4 deferred globex messages of 7: %v", len(pending), len(all), all)
+	}
+	for id, st := range pending {
+		if st != "deferred" {
+			t.Errorf("ls lists %s in state %s", id, st)
+		}
+	}
+	if d := ids("--state", "delivered"); len(d) != 2 {
+		t.Errorf("ls --state delivered: %v", d)
+	}
+	text := h.mustRun(0, "queue", "ls").stdout
+	if !strings.HasSuffix(text, "-- 4 messages in the queue\n") || strings.Count(text, "\n") != 6 {
+		t.Errorf("ls text:\n%s", text)
+	}
+	if text := h.mustRun(0, "queue", "ls", "--all").stdout; !strings.HasSuffix(text, "-- 7 messages listed\n") {
+		t.Errorf("ls --all text:\n%s", text)
+	}
+	if got := ids("--rcpt", "Dave@GLOBEX.example"); len(got) != 1 {
+		t.Errorf("ls --rcpt dave: %v", got)
+	}
+	if got := ids("--rcpt", "ana@acme.example"); len(got) != 0 {
+		t.Errorf("ls --rcpt ana (delivered) lists %v without --all", got)
+	}
+	if got := ids("--rcpt", "ana@acme.example", "--all"); len(got) != 1 {
+		t.Errorf("ls --rcpt ana --all: %v", got)
+	}
+	if r := h.mustRun(2, "queue", "ls", "--rcpt", "not-an-address"); !strings.Contains(r.stderr, "recipient") {
+		t.Errorf("bad --rcpt: %q", r.stderr)
 	}
 }

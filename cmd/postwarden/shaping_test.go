@@ -147,7 +147,7 @@ func TestAdaptiveThroughDaemon(t *testing.T) {
 	h.mustRun(0, "campaign", "send", "--no-wait", h.campaign("tenants-2", csv))
 	waitFor(t, "the first attempts", func() bool {
 		done := 0
-		for _, v := range jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--campaign", "tenants-2").stdout) {
+		for _, v := range jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--campaign", "tenants-2").stdout) {
 			if v.State == queue.StateDelivered || v.State == queue.StateDeferred {
 				done++
 			}

@@ -180,7 +180,7 @@ func TestSendSignalCutsDeliveriesAfterDrainTimeout(t *testing.T) {
 	if got := lastSendResult(t, stdout.String()).Summary.Enqueued; got != n {
 		t.Errorf("summary counts %d enqueued, want %d\n%s", got, n, stdout.String())
 	}
-	msgs := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--campaign", id).stdout)
+	msgs := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--campaign", id).stdout)
 	if len(msgs) != n {
 		t.Errorf("queue holds %d messages, want %d", len(msgs), n)
 	}

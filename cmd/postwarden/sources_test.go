@@ -37,7 +37,7 @@ func TestSourcesAndWarmupEndToEnd(t *testing.T) {
 	if byClient["127.0.0.2 mta2.example.com"] != 10 || byClient["127.0.0.3 mta3.example.com"] != 10 || len(byClient) != 2 {
 		t.Fatalf("sink saw %v, want 10 from each source with its EHLO name", byClient)
 	}
-	msgs := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--campaign", "warm-1").stdout)
+	msgs := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--campaign", "warm-1").stdout)
 	states := map[queue.State]int{}
 	for _, m := range msgs {
 		states[m.State]++
@@ -49,12 +49,12 @@ func TestSourcesAndWarmupEndToEnd(t *testing.T) {
 		t.Fatalf("states %v, want 20 delivered and %d waiting for tomorrow", states, n-20)
 	}
 	for _, src := range []string{"ip2", "ip3"} {
-		got := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--source", src, "--state", "delivered").stdout)
+		got := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--source", src, "--state", "delivered").stdout)
 		if len(got) != 10 {
 			t.Errorf("queue ls --source %s --state delivered: %d messages, want 10", src, len(got))
 		}
 	}
-	if got := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--provider", "microsoft").stdout); len(got) != n {
+	if got := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--provider", "microsoft").stdout); len(got) != n {
 		t.Errorf("queue ls --provider microsoft: %d messages, want %d", len(got), n)
 	}
 
