@@ -31,11 +31,13 @@ type result struct {
 	j       job
 	o       outcome
 	skipped bool // not attempted: the runner was stopping when a worker took it
+	counted bool // the commit counted the outcome's campaign event (a first bounce of the person)
 }
 
 // batch is what one group commit did.
 type batch struct {
 	final      []State // per result: the state recorded (StateActive if failed[i] is set)
+	counted    []bool  // per result: its campaign event was counted in the commit
 	failed     []error // per result: why it was not recorded; the message stays active
 	jobs       []job   // claimed, in the in-flight set
 	progressed bool    // the claim changed something (claimed, expired or moved a message)
@@ -66,7 +68,7 @@ func (e *claimError) Error() string { return e.err.Error() }
 func (r *Runner) commit(done []result, free int) batch {
 	s := r.s
 	now := r.cfg.Now()
-	c := batch{final: make([]State, len(done)), failed: make([]error, len(done))}
+	c := batch{final: make([]State, len(done)), failed: make([]error, len(done)), counted: make([]bool, len(done))}
 	mine := make(map[string]bool, len(done))
 	for {
 		c.jobs, c.progressed, c.next, c.expired = nil, false, time.Time{}, nil
@@ -81,7 +83,7 @@ func (r *Runner) commit(done []result, free int) batch {
 				if d.skipped {
 					c.final[i], err = release(b, d.j, now)
 				} else {
-					c.final[i], err = s.recordOutcome(b, d.j.m, d.o, now)
+					c.final[i], c.counted[i], err = s.recordOutcome(b, d.j.m, d.o, now)
 				}
 				if err != nil {
 					return &recordError{i, err}
@@ -182,7 +184,8 @@ func (r *Runner) settle(done []result, c batch, follow chan<- []result) {
 			Str("outcome", name).Str("reply", address.MaskText(o.reply)).Int("attempt", m.Attempts+1).
 			Str("source", o.source).Str("provider", o.provider).
 			Msg("attempt recorded")
-		if err == nil && final == StateBounced && (o.suppress || o.event != "") {
+		if err == nil && final == StateBounced && (o.suppress || c.counted[i]) {
+			d.counted = c.counted[i]
 			bounces = append(bounces, d)
 		}
 		if r.cfg.Observer != nil && err == nil && final != StateActive {
@@ -198,9 +201,12 @@ func (r *Runner) settle(done []result, c batch, follow chan<- []result) {
 	}
 }
 
-// followUp suppresses a hard-bounced address and counts the bounce event (once per person) of a
-// recorded result. It writes to other stores (one fsync each), so it runs beside
-// the loop, not in it.
+// followUp suppresses a hard-bounced address and tells the store's
+// OnCampaignEvent (the brakes) of the bounce event the commit counted. The
+// event is counted in the commit that records the bounce, so a campaign's
+// figures never show the bounce without its event (a brake re-armed at
+// resume judged late-counted bounces as new ones); the suppression writes to
+// another store (one fsync), so it runs beside the loop, not in it.
 func (r *Runner) followUp(d result) {
 	m, o := d.j.m, d.o
 	if o.suppress {
@@ -209,10 +215,8 @@ func (r *Runner) followUp(d result) {
 				Msg("suppress hard-bounced address failed")
 		}
 	}
-	if o.event != "" { // once per person: a later DSN for the same message adds nothing
-		if _, err := r.s.CountCampaignEvent(m.Campaign, m.To, o.event); err != nil {
-			r.log.Error().Err(err).Str("queue_id", m.ID).Msg("count bounce event failed")
-		}
+	if d.counted && r.s.onEvent != nil {
+		r.s.onEvent(m.Campaign, o.event)
 	}
 }
 
@@ -224,7 +228,25 @@ func (r *Runner) followUp(d result) {
 // The source and provider the Deliverer reported are recorded on the message
 // and its history; a delivery through a source is counted in the warm-up
 // ledger (warmup.go), all in b's transaction.
-func (s *Store) recordOutcome(b bkts, claimed Message, o outcome, now time.Time) (State, error) {
+func (s *Store) recordOutcome(b bkts, claimed Message, o outcome, now time.Time) (State, bool, error) {
+	final, err := s.recordAttempt(b, claimed, o, now)
+	if err != nil || final != StateBounced || o.event == "" {
+		return final, false, err
+	}
+	// The bounce event (once per person) in the same commit as the bounce.
+	a, err := address.Parse(claimed.To)
+	if err != nil {
+		return StateActive, false, fmt.Errorf("count %s event: recipient %s", o.event, problem(err))
+	}
+	counted, err := countEventIn(b, claimed.Campaign, s.box.Index(a.Key()), o.event)
+	if err != nil {
+		return StateActive, false, fmt.Errorf("count %s event: %w", o.event, err)
+	}
+	return final, counted, nil
+}
+
+// recordAttempt is recordOutcome without the campaign event.
+func (s *Store) recordAttempt(b bkts, claimed Message, o outcome, now time.Time) (State, error) {
 	m, err := b.get(claimed.ID)
 	if err != nil {
 		return StateActive, err

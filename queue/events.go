@@ -62,31 +62,9 @@ func (s *Store) CountCampaignEvent(campaign, addr, kind string) (bool, error) {
 		return false, fmt.Errorf("count %s event of campaign %s: recipient %s", kind, campaign, problem(err))
 	}
 	idx := s.box.Index(a.Key())
-	// find returns the person's message in campaign that should carry the
-	// mark, or nil when there is none or the event is counted already.
-	find := func(b bkts) (*Message, error) {
-		var first *Message
-		c := b.rcpt.Cursor()
-		for k, _ := c.Seek(idx); k != nil && bytes.HasPrefix(k, idx); k, _ = c.Next() {
-			m, err := b.get(string(k[len(idx):]))
-			if err != nil {
-				return nil, err
-			}
-			if m.Campaign != campaign || m.Erased {
-				continue
-			}
-			if slices.Contains(m.Counted, kind) {
-				return nil, nil
-			}
-			if first == nil {
-				first = &m
-			}
-		}
-		return first, nil
-	}
 	var todo bool
 	if err := s.view(func(tx *bbolt.Tx) error {
-		m, err := find(s.buckets(tx))
+		m, err := eventCarrier(s.buckets(tx), campaign, idx, kind)
 		todo = m != nil
 		return err
 	}); err != nil || !todo {
@@ -97,26 +75,9 @@ func (s *Store) CountCampaignEvent(campaign, addr, kind string) (bool, error) {
 	}
 	var added bool
 	err = s.batch(func(tx *bbolt.Tx) error {
-		added = false // Batch may run fn again
-		b := s.buckets(tx)
-		m, err := find(b) // again: another request may have counted it since the read
-		if err != nil || m == nil {
-			return err
-		}
-		ev, err := tx.CreateBucketIfNotExists(bktEvents)
-		if err != nil {
-			return fmt.Errorf("create bucket %s: %w", bktEvents, err)
-		}
-		prev := *m
-		m.Counted = append(slices.Clone(m.Counted), kind)
-		if err := b.save(m, &prev); err != nil {
-			return err
-		}
-		if err := incr(ev, join(campaign, kind)); err != nil {
-			return err
-		}
-		added = true
-		return nil
+		var err error
+		added, err = countEventIn(s.buckets(tx), campaign, idx, kind) // again: another request may have counted it since the read
+		return err
 	})
 	if err != nil {
 		return false, fmt.Errorf("count %s event of campaign %s in %s: %w", kind, campaign, s.path, err)
@@ -125,6 +86,50 @@ func (s *Store) CountCampaignEvent(campaign, addr, kind string) (bool, error) {
 		s.onEvent(campaign, kind)
 	}
 	return added, nil
+}
+
+// eventCarrier returns the person's (recipient index idx) message in
+// campaign that should carry the mark of kind, or nil when there is none or
+// the event is counted already.
+func eventCarrier(b bkts, campaign string, idx []byte, kind string) (*Message, error) {
+	var first *Message
+	c := b.rcpt.Cursor()
+	for k, _ := c.Seek(idx); k != nil && bytes.HasPrefix(k, idx); k, _ = c.Next() {
+		m, err := b.get(string(k[len(idx):]))
+		if err != nil {
+			return nil, err
+		}
+		if m.Campaign != campaign || m.Erased {
+			continue
+		}
+		if slices.Contains(m.Counted, kind) {
+			return nil, nil
+		}
+		if first == nil {
+			first = &m
+		}
+	}
+	return first, nil
+}
+
+// countEventIn counts kind once for the person of recipient index idx in
+// campaign, in b's transaction: it marks their message and adds one to the
+// campaign's counter, and reports whether it did (false for a repeat).
+func countEventIn(b bkts, campaign string, idx []byte, kind string) (bool, error) {
+	m, err := eventCarrier(b, campaign, idx, kind)
+	if err != nil || m == nil {
+		return false, err
+	}
+	ev, err := b.tx.CreateBucketIfNotExists(bktEvents)
+	if err != nil {
+		return false, fmt.Errorf("create bucket %s: %w", bktEvents, err)
+	}
+	prev := *m
+	m.Counted = append(slices.Clone(m.Counted), kind)
+	if err := b.save(m, &prev); err != nil {
+		return false, err
+	}
+	return true, incr(ev, join(campaign, kind))
 }
 
 // incr adds one to the 8-byte big-endian counter k of b.

@@ -17,11 +17,13 @@ type bkts struct {
 	counts, minutes, rates, susp, rcpt, meta, dict   *bbolt.Bucket
 	erased, warmup                                   *bbolt.Bucket
 	box                                              *sealed.Box
+	tx                                               *bbolt.Tx // for buckets created on first use (events)
 }
 
 // buckets returns tx's buckets (created by Open) with the Store's sealing box.
 func (s *Store) buckets(tx *bbolt.Tx) bkts {
 	return bkts{
+		tx:        tx,
 		box:       s.box,
 		rcpt:      tx.Bucket(bktRcpt),
 		meta:      tx.Bucket(bktMeta),
