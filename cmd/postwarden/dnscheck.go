@@ -34,6 +34,14 @@ type wantRecord struct {
 	match string
 }
 
+// dnsRecordView is a record to publish as `dns --json` prints it.
+type dnsRecordView struct {
+	Kind  string `json:"kind"` // DKIM, SPF, DMARC, MX
+	Name  string `json:"name"` // owner name, no trailing dot
+	Type  string `json:"type"` // TXT or MX
+	Value string `json:"value"`
+}
+
 // zone returns the record as a zone-file line.
 func (w wantRecord) zone() string {
 	if w.Type == "MX" {
@@ -247,6 +255,15 @@ func (c *cli) dnsCommand() *cobra.Command {
 			}
 			for _, k := range created {
 				fmt.Fprintf(c.stderr, "generated DKIM key %s\n", k.Path)
+			}
+			if c.jsonOut { // one object per record: kind, name, type, value
+				enc := json.NewEncoder(c.stdout)
+				for _, r := range neededRecords(cfg, keys) {
+					if err := enc.Encode(dnsRecordView{Kind: r.Kind, Name: r.Name, Type: r.Type, Value: r.Value}); err != nil {
+						return err
+					}
+				}
+				return nil
 			}
 			printDNSRecords(c.stdout, cfg, keys)
 			return nil

@@ -128,6 +128,16 @@ func TestDNSPrintsSPFDMARCAndBounceMX(t *testing.T) {
 			t.Errorf("dns lacks %s:\n%s", want, out)
 		}
 	}
+	// --json: one object per record, the same records.
+	got := map[string]dnsRecordView{}
+	for _, r := range jsonLines[dnsRecordView](t, h.mustRun(0, "--json", "dns").stdout) {
+		got[r.Kind+" "+r.Type+" "+r.Name] = r
+	}
+	if len(got) != 5 || got["SPF TXT example.com"].Value != "v=spf1 a:mail.test.example ~all" ||
+		got["MX MX bounce.example.com"].Value != "10 mail.test.example." ||
+		!strings.HasPrefix(got["DKIM TXT pw1._domainkey.example.com"].Value, "v=DKIM1; k=rsa; p=") {
+		t.Errorf("dns --json: %+v", got)
+	}
 }
 
 func readConfig(t *testing.T, h *harness) string {
