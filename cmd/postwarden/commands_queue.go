@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -78,6 +79,33 @@ func (c *cli) queueCommand() *cobra.Command {
 			return c.call(cmd.Context(), "queue.show", idArgs{IDs: ids}, c.printMessage)
 		},
 	}
+	cat := &cobra.Command{
+		Use:   "cat ID…",
+		Short: "Print a stored message, like postcat -q: its header, addresses masked; --reveal prints the whole message (audited)",
+		Example: `  postwarden queue cat 01JF3K2QZ8XG5N7W4C9V
+  postwarden --reveal queue cat 01JF3K2QZ8XG5N7W4C9V > message.eml`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ids, err := c.readIDs(args)
+			if err != nil {
+				return err
+			}
+			return c.call(cmd.Context(), "queue.cat", idArgs{IDs: ids}, func(raw json.RawMessage) error {
+				var v catView
+				if err := json.Unmarshal(raw, &v); err != nil {
+					return err
+				}
+				if len(ids) > 1 {
+					fmt.Fprintf(c.stdout, "*** %s ***\n", v.ID)
+				}
+				io.WriteString(c.stdout, v.Message)
+				if v.Hidden {
+					fmt.Fprint(c.stdout, "\r\n[body not shown: --reveal prints the whole message, and is audited]\n")
+				}
+				return nil
+			})
+		},
+	}
 	var clusterWide bool
 	stats := &cobra.Command{
 		Use:   "stats [--cluster]",
@@ -91,7 +119,7 @@ func (c *cli) queueCommand() *cobra.Command {
 		},
 	}
 	stats.Flags().BoolVar(&clusterWide, "cluster", false, "every node of the cluster, as each last reported")
-	cmd.AddCommand(ls, show, stats, c.topCommand(), c.suspendCommand(), c.resumeCommand(),
+	cmd.AddCommand(ls, show, cat, stats, c.topCommand(), c.suspendCommand(), c.resumeCommand(),
 		c.queueAction("retry", "Deliver now (flush): ID…, - (IDs on stdin), ALL, --domain D or --campaign C", false),
 		c.queueAction("hold", "Stop delivering: ID…, -, ALL, --domain D or --campaign C", false),
 		c.queueAction("release", "Release held messages: ID…, -, ALL, --domain D or --campaign C", false),

@@ -18,6 +18,7 @@ var ops = map[string]opSpec{
 
 	"queue.ls":        {fn: opQueueList},
 	"queue.show":      {fn: opQueueShow},
+	"queue.cat":       {fn: opQueueCat},
 	"queue.retry":     {fn: opQueueAct("retry")},
 	"queue.hold":      {fn: opQueueAct("hold")},
 	"queue.release":   {fn: opQueueAct("release")},

@@ -156,8 +156,61 @@ func opQueueShow(ctx context.Context, e *env, req request, o *out) error {
 	return nil
 }
 
+// catView is a stored message as `queue cat` prints it.
+type catView struct {
+	ID      string `json:"id"`
+	Message string `json:"message"`          // the stored bytes with --reveal; else the header, masked
+	Hidden  bool   `json:"hidden,omitempty"` // the body was left out (no --reveal)
+}
+
+// opQueueCat prints stored messages, like postcat -q: the whole message
+// with --reveal (audited by runOp as every reveal is), else only its
+// header with the addresses masked; a body is personal data.
+func opQueueCat(ctx context.Context, e *env, req request, o *out) error {
+	var args idArgs
+	if err := decodeArgs(req, &args); err != nil {
+		return err
+	}
+	if len(args.IDs) == 0 {
+		return errors.New("queue cat: an ID is required")
+	}
+	for _, id := range args.IDs {
+		m, err := e.queue.Get(id)
+		if errors.Is(err, queue.ErrNotFound) {
+			return no("queue message %s not found", id)
+		}
+		if err != nil {
+			return err
+		}
+		body, err := e.queue.Body(id)
+		if err != nil {
+			if m.State.Finished() {
+				return no("queue message %s is %s: its body is not kept once a message is finished", id, m.State)
+			}
+			return fmt.Errorf("queue cat %s: %w", id, err)
+		}
+		v := catView{ID: id, Message: string(body)}
+		if !req.Reveal {
+			var b strings.Builder
+			for _, h := range headersOf(body, m.To, false) {
+				fmt.Fprintf(&b, "%s: %s\r\n", h.Name, h.Value)
+			}
+			v.Message, v.Hidden = b.String(), true
+		}
+		if err := o.Record(v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // maskedHeaders carry recipient addresses: masked unless --reveal.
 var maskedHeaders = map[string]bool{"To": true, "Cc": true}
+
+// plainHeaders name no recipient: the operator's own From and the message
+// ids are shown as they are (masking applies to recipients' addresses).
+var plainHeaders = map[string]bool{"From": true, "Sender": true, "Reply-To": true, "Message-Id": true,
+	"In-Reply-To": true, "References": true, "List-Id": true, "Feedback-Id": true}
 
 // headersOf parses the header of a stored message (go-message textproto), in order.
 func headersOf(body []byte, rcpt string, reveal bool) []headerView {
@@ -171,7 +224,7 @@ func headersOf(body []byte, rcpt string, reveal bool) []headerView {
 		if dec, err := (&mime.WordDecoder{}).DecodeHeader(v); err == nil {
 			v = dec
 		}
-		if !reveal {
+		if !reveal && !plainHeaders[f.Key()] {
 			if maskedHeaders[f.Key()] {
 				v = maskAddresses(v)
 			} else {

@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postwarden/postwarden/mta/mtatest"
+	"github.com/postwarden/postwarden/suppression/audit"
 )
 
 // deferGlobex answers 451 to every recipient at globex.example and 550 5.1.1 to gone@.
@@ -345,4 +346,55 @@ func TestQueueLsPendingByDefault(t *testing.T) {
 	if r := h.mustRun(2, "queue", "ls", "--rcpt", "not-an-address"); !strings.Contains(r.stderr, "recipient") {
 		t.Errorf("bad --rcpt: %q", r.stderr)
 	}
+}
+
+// `queue cat` prints a stored message like postcat -q: the header with the
+// recipient's address masked (not the sender's, not the Message-Id), no
+// body; --reveal the whole message, audited; a
+// finished message keeps no body (exit 1).
+func TestQueueCat(t *testing.T) {
+	h := newHarness(t, mtatest.Options{Rcpt: deferGlobex})
+	h.mustRun(0, "campaign", "send", h.campaign("cat-1", adminCSV))
+	var dave, ana string
+	for _, v := range jsonLines[msgView](t, h.mustRun(0, "--json", "--reveal", "queue", "ls", "--all").stdout) {
+		switch v.Rcpt {
+		case "dave@globex.example":
+			dave = v.ID
+		case "ana@acme.example":
+			ana = v.ID
+		}
+	}
+	if dave == "" || ana == "" {
+		t.Fatal("no message for dave or ana")
+	}
+	masked := h.mustRun(0, "queue", "cat", dave).stdout
+	if strings.Contains(masked, "dave@") || strings.Contains(masked, "Hello Dave") || !strings.Contains(masked, "Subject: Dave, a note about Globex") ||
+		!strings.Contains(masked, "To: \"Dave\" <d***@globex.example>") || !strings.Contains(masked, "From: \"Ana Ruiz\" <ana@example.com>") ||
+		!strings.Contains(masked, "Message-Id: <") || strings.Contains(masked, "Message-Id: <1***@") || !strings.Contains(masked, "[body not shown: --reveal") {
+		t.Errorf("queue cat without --reveal:\n%s", masked)
+	}
+	before := len(h.auditOfAction("reveal"))
+	full := h.mustRun(0, "--reveal", "queue", "cat", dave).stdout
+	if !strings.Contains(full, "To: Dave") && !strings.Contains(full, "dave@globex.example") || !strings.Contains(full, "Hello Dave") {
+		t.Errorf("queue cat --reveal:\n%s", full)
+	}
+	if got := h.auditOfAction("reveal"); len(got) != before+1 || got[len(got)-1].Target != "op:queue.cat" {
+		t.Errorf("reveal audit entries: %+v", got)
+	}
+	if r := h.mustRun(1, "queue", "cat", ana); !strings.Contains(r.stderr, "not kept") {
+		t.Errorf("cat of a delivered message: %q", r.stderr)
+	}
+	h.mustRun(1, "queue", "cat", "nonexistent")
+}
+
+// auditOfAction returns the audit entries of action, in order.
+func (h *harness) auditOfAction(action string) []audit.Entry {
+	h.t.Helper()
+	var got []audit.Entry
+	for _, e := range h.auditEntries() {
+		if e.Action == action {
+			got = append(got, e)
+		}
+	}
+	return got
 }
