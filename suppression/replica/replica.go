@@ -42,6 +42,14 @@
 //     stores): kept due in the store in the transaction that applies it,
 //     dropped only once OnErase returned nil, retried with backoff after a
 //     failure and after a restart; never skipped.
+//   - A replica whose store is empty at Start loads the newest snapshot in
+//     the Config.Snapshots object store (sealed with the data key; the
+//     store and its applied sequence in one transaction) and reads the
+//     stream from the snapshot's sequence + 1; it is stale until it has
+//     applied the tail. With Config.SnapshotEvery set it puts snapshots of
+//     its own; once an erasure is applied, every snapshot taken before it
+//     is deleted (the erasing node puts a fresh one first). The stream is
+//     not compacted: it still holds every change.
 package replica
 
 import (
