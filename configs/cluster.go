@@ -30,6 +30,10 @@ type Cluster struct {
 	Replicas int           // JetStream stream replicas; default 3
 	MaxLag   time.Duration // fail closed beyond this; default 30s
 	Lease    time.Duration // campaign share lease; default 15s
+	// SnapshotEvery is how often a serving node puts a sealed snapshot of
+	// its suppression replica into the cluster, for nodes that join;
+	// default 1h, at least 1m.
+	SnapshotEvery time.Duration
 }
 
 // Embedded is cluster.embedded: a NATS server with JetStream run in-process.
@@ -45,6 +49,10 @@ const (
 	DefaultClusterReplicas = 3
 	DefaultClusterMaxLag   = 30 * time.Second
 	DefaultClusterLease    = 15 * time.Second
+	DefaultSnapshotEvery   = time.Hour
+	// MinSnapshotEvery bounds how often a snapshot (the whole store,
+	// sealed) is written.
+	MinSnapshotEvery = time.Minute
 )
 
 // NATSURLs returns the URLs this node connects to: cluster.nats, or the
@@ -92,13 +100,14 @@ func (d *decoder) cluster(dst **Cluster) func(string, *yaml.Node) {
 		}
 		c := &Cluster{}
 		d.fields(v, path+".", map[string]func(string, *yaml.Node){
-			"node":        d.str(&c.Node),
-			"nats":        d.str(&c.NATS),
-			"credentials": d.str(&c.Credentials),
-			"embedded":    d.embedded(&c.Embedded),
-			"replicas":    d.integer(&c.Replicas),
-			"max_lag":     d.duration(&c.MaxLag),
-			"lease":       d.duration(&c.Lease),
+			"node":           d.str(&c.Node),
+			"nats":           d.str(&c.NATS),
+			"credentials":    d.str(&c.Credentials),
+			"embedded":       d.embedded(&c.Embedded),
+			"replicas":       d.integer(&c.Replicas),
+			"max_lag":        d.duration(&c.MaxLag),
+			"lease":          d.duration(&c.Lease),
+			"snapshot_every": d.duration(&c.SnapshotEvery),
 		}, "node")
 		*dst = c
 	}
@@ -162,6 +171,9 @@ func (c *Cluster) applyDefaults(dir, dataDir string) {
 	if c.Lease == 0 {
 		c.Lease = DefaultClusterLease
 	}
+	if c.SnapshotEvery == 0 {
+		c.SnapshotEvery = DefaultSnapshotEvery
+	}
 	c.Credentials = absPath(dir, c.Credentials)
 	if c.Embedded != nil {
 		c.Embedded.StoreDir = absPath(dir, c.Embedded.StoreDir)
@@ -202,6 +214,9 @@ func (c *Cluster) check(d *decoder) {
 	}
 	if c.Replicas < 1 || c.Replicas > 5 {
 		d.fieldErr("cluster.replicas", "%d must be between 1 and 5 (JetStream's limit)", c.Replicas)
+	}
+	if c.SnapshotEvery < MinSnapshotEvery {
+		d.fieldErr("cluster.snapshot_every", "%s must be at least %s (each snapshot is the whole suppression store)", Quote(c.SnapshotEvery.String()), MinSnapshotEvery)
 	}
 	if c.Embedded != nil {
 		c.Embedded.check(d)

@@ -27,6 +27,7 @@ func TestClusterSection(t *testing.T) {
   replicas: 3
   max_lag: 30s
   lease: 15s
+  snapshot_every: 30m
 `), 0o644)
 	s, err := LoadServer(p)
 	if err != nil {
@@ -36,7 +37,7 @@ func TestClusterSection(t *testing.T) {
 	if c == nil {
 		t.Fatal("no cluster")
 	}
-	if c.Node != "mta1" || c.Credentials != creds || c.Replicas != 3 || c.MaxLag != 30*time.Second || c.Lease != 15*time.Second {
+	if c.Node != "mta1" || c.Credentials != creds || c.Replicas != 3 || c.MaxLag != 30*time.Second || c.Lease != 15*time.Second || c.SnapshotEvery != 30*time.Minute {
 		t.Errorf("cluster %+v", c)
 	}
 	if want := []string{"nats://10.0.0.1:4222", "tls://u:secret@10.0.0.2:4222"}; !reflect.DeepEqual(c.NATSURLs(), want) {
@@ -57,7 +58,7 @@ func TestClusterSection(t *testing.T) {
 	if got := c.NATSURLs(); !reflect.DeepEqual(got, []string{"nats://127.0.0.1:4222"}) {
 		t.Errorf("embedded NATSURLs %v", got)
 	}
-	if c.Replicas != DefaultClusterReplicas || c.MaxLag != DefaultClusterMaxLag || c.Lease != DefaultClusterLease {
+	if c.Replicas != DefaultClusterReplicas || c.MaxLag != DefaultClusterMaxLag || c.Lease != DefaultClusterLease || c.SnapshotEvery != time.Hour {
 		t.Errorf("defaults %+v", c)
 	}
 
@@ -86,6 +87,8 @@ func TestClusterErrors(t *testing.T) {
 		{"cluster:\n  node: mta1\n  nats: nats://10.0.0.1:4222\n  replicas: 7\n", `pw.yaml:8: cluster.replicas: 7 must be between 1 and 5`},
 		{"cluster:\n  node: mta1\n  nats: nats://10.0.0.1:4222\n  max_lag: soon\n", `pw.yaml:8: cluster.max_lag: "soon" is not a duration`},
 		{"cluster:\n  node: mta1\n  nats: nats://10.0.0.1:4222\n  lease: 0s\n", `pw.yaml:8: cluster.lease: "0s" must be positive`},
+		{"cluster:\n  node: mta1\n  nats: nats://10.0.0.1:4222\n  snapshot_every: 30s\n", `pw.yaml:8: cluster.snapshot_every: "30s" must be at least 1m0s`},
+		{"cluster:\n  node: mta1\n  nats: nats://10.0.0.1:4222\n  snapshot_every: hourly\n", `pw.yaml:8: cluster.snapshot_every: "hourly" is not a duration`},
 		{"cluster:\n  node: mta1\n  embedded: {listen: 127.0.0.1:4222}\n", `pw.yaml:7: missing required key "cluster.embedded.cluster_listen"`},
 		{"cluster:\n  node: mta1\n  embedded:\n    listen: localhost\n    cluster_listen: 127.0.0.1:6222\n", `pw.yaml:8: cluster.embedded.listen: "localhost": want host:port`},
 		{"cluster:\n  node: mta1\n  embedded:\n    listen: 127.0.0.1:4222\n    cluster_listen: 127.0.0.1:99999\n", `pw.yaml:9: cluster.embedded.cluster_listen: "127.0.0.1:99999": port "99999" is not 1-65535`},

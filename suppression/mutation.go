@@ -59,6 +59,8 @@ type Outcome struct {
 // Storage of the replica's state (bucket meta and bucket pending):
 //
 //	meta     "applied_seq" → uint64 big-endian: the last stream sequence applied
+//	meta     "erased_seq" → uint64 big-endian: the sequence of the last erasure
+//	         applied (snapshots taken before it still hold the person)
 //	pending  key (caller's, ordered) → caller's opaque value (sealed by it)
 //	due      seq (uint64 big-endian) → caller's opaque value: work to do
 //	         after the change at seq was applied (Logged.Due), until DoneDue
@@ -66,6 +68,7 @@ var (
 	bucketDue     = []byte("due")
 	bucketPending = []byte("pending")
 	keyAppliedSeq = []byte("applied_seq")
+	keyErasedSeq  = []byte("erased_seq")
 )
 
 // NormalizeMutation checks m and returns it as every node will apply it:
@@ -194,15 +197,18 @@ func (s *Store) ApplyAll(cs []Logged) ([]Outcome, error) {
 					continue
 				}
 				last = c.Seq
-				var b [8]byte
-				binary.BigEndian.PutUint64(b[:], c.Seq)
-				if err := meta.Put(keyAppliedSeq, b[:]); err != nil {
+				if err := putSeq(meta, keyAppliedSeq, c.Seq); err != nil {
 					return err
 				}
 			}
 			out, err := s.applyTx(tx, c.Mutation)
 			if err != nil {
 				return err
+			}
+			if c.Seq > 0 && c.Mutation.Op == OpErase && out.Refused == nil {
+				if err := putSeq(meta, keyErasedSeq, c.Seq); err != nil {
+					return err
+				}
 			}
 			if c.Due != nil && c.Seq > 0 {
 				if err := putDue(tx, c.Seq, c.Due); err != nil {
@@ -263,11 +269,35 @@ func (s *Store) applyTx(tx *bbolt.Tx, m Mutation) (Outcome, error) {
 }
 
 // appliedSeq reads the recorded sequence from the meta bucket.
-func appliedSeq(meta *bbolt.Bucket) uint64 {
-	if v := meta.Get(keyAppliedSeq); len(v) == 8 {
+func appliedSeq(meta *bbolt.Bucket) uint64 { return getSeq(meta, keyAppliedSeq) }
+
+// getSeq reads a sequence kept under key in meta (0: none).
+func getSeq(meta *bbolt.Bucket, key []byte) uint64 {
+	if v := meta.Get(key); len(v) == 8 {
 		return binary.BigEndian.Uint64(v)
 	}
 	return 0
+}
+
+// putSeq keeps seq under key in meta.
+func putSeq(meta *bbolt.Bucket, key []byte, seq uint64) error {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], seq)
+	return meta.Put(key, b[:])
+}
+
+// ErasedSeq returns the sequence of the last erasure applied from the log
+// (0: none): a snapshot of the store taken below it may hold the person.
+func (s *Store) ErasedSeq() (uint64, error) {
+	var seq uint64
+	err := s.view(func(tx *bbolt.Tx) error {
+		seq = getSeq(tx.Bucket(bucketMeta), keyErasedSeq)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read erased sequence: %w", err)
+	}
+	return seq, nil
 }
 
 // AppliedSeq returns the last sequence recorded by Apply (0: none).

@@ -3,7 +3,10 @@ package main
 // The suppression replica of a cluster node (issue 13, promise 1): every
 // change to who may be mailed goes through the cluster's stream first; the
 // delivery check reads the local replica only, and a replica that has not
-// caught up for cluster.max_lag halts delivery (promise 2).
+// caught up for cluster.max_lag halts delivery (promise 2). A serving node
+// puts a sealed snapshot of its replica into the cluster every
+// cluster.snapshot_every; a node whose replica is empty joins from the
+// newest one plus the stream's tail (promise 7).
 
 import (
 	"context"
@@ -57,7 +60,11 @@ func (e *env) joinReplica(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	rep, err := replica.New(js, e.supp, e.box, replica.Config{Node: cc.Node, Replicas: cc.Replicas, MaxLag: cc.MaxLag, OnErase: e.eraseHere},
+	rcfg := replica.Config{Node: cc.Node, Replicas: cc.Replicas, MaxLag: cc.MaxLag, OnErase: e.eraseHere}
+	if e.daemon { // a CLI command's short join writes no snapshots (promise 7)
+		rcfg.SnapshotEvery = cc.SnapshotEvery
+	}
+	rep, err := replica.New(js, e.supp, e.box, rcfg,
 		e.log.With().Str("component", "replica").Logger())
 	if err != nil {
 		done()

@@ -42,6 +42,14 @@
 //     stores): kept due in the store in the transaction that applies it,
 //     dropped only once OnErase returned nil, retried with backoff after a
 //     failure and after a restart; never skipped.
+//   - A replica whose store is empty at Start loads the newest snapshot in
+//     the Config.Snapshots object store (sealed with the data key; the
+//     store and its applied sequence in one transaction) and reads the
+//     stream from the snapshot's sequence + 1; it is stale until it has
+//     applied the tail. With Config.SnapshotEvery set it puts snapshots of
+//     its own; once an erasure is applied, every snapshot taken before it
+//     is deleted (the erasing node puts a fresh one first). The stream is
+//     not compacted: it still holds every change.
 package replica
 
 import (
@@ -89,6 +97,16 @@ type Config struct {
 	RetryMax time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// SnapshotEvery is how often this node puts a sealed snapshot of its
+	// store into the Snapshots bucket (when caught up, and only if it
+	// applied something since its last one); 0 writes none (a CLI
+	// command's short join). Whatever it is, a replica whose store is
+	// empty at Start joins from the newest snapshot, and one that applied
+	// an erasure deletes the snapshots taken before it.
+	SnapshotEvery time.Duration
+	// Snapshots is the JetStream object store bucket of the snapshots;
+	// default "pw_snapshots".
+	Snapshots string
 	// OnErase, if set, is the rest of an erasure made on another node:
 	// called, once the erasure from the stream has been applied to the
 	// store, to erase the person from this node's other stores by index
@@ -117,6 +135,8 @@ type Erasure struct {
 const (
 	DefaultStream  = "PW_SUPPRESSION"
 	DefaultSubject = "pw.sup"
+	// DefaultSnapshots is the bucket of the sealed snapshots.
+	DefaultSnapshots = "pw_snapshots"
 )
 
 // withDefaults fills the zero fields.
@@ -131,6 +151,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Subject == "" {
 		c.Subject = DefaultSubject
+	}
+	if c.Snapshots == "" {
+		c.Snapshots = DefaultSnapshots
 	}
 	if c.Replicas <= 0 {
 		c.Replicas = 1
@@ -197,6 +220,11 @@ type Status struct {
 	Applied    uint64    // stream changes applied since Start
 	Stale      bool      // Stale(now)
 	Why        string    // why not caught up ("" when it is)
+	// Snapshot is the sequence of the snapshot this replica joined from
+	// at Start (0: none; it read the stream from its applied sequence).
+	Snapshot uint64
+	// FirstSeq is the first stream sequence applied since Start (0: none).
+	FirstSeq uint64
 }
 
 // ctxChange is the seal context of a change; the subject is appended, so a
@@ -235,6 +263,14 @@ type Replica struct {
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
 	started    bool
+
+	joined      bool          // join has run (from a snapshot or not)
+	snapshotSeq uint64        // the snapshot joined from
+	firstSeq    uint64        // first stream sequence applied since Start
+	snapErase   bool          // an erasure this node made was applied: snapshot at once
+	snapKick    chan struct{} // wakes the snapshot loop (an erasure was applied)
+	snapMu      sync.Mutex    // one snapshot or prune at a time
+	lastSnap    uint64        // the sequence of the last snapshot this node put
 }
 
 // pendingRecord is the value of a pending change in the store.
@@ -274,6 +310,7 @@ func New(js jetstream.JetStream, store *suppression.Store, box *sealed.Box, cfg 
 		outcomes:  map[string]error{},
 		kick:      make(chan struct{}, 1),
 		eraseKick: make(chan struct{}, 1),
+		snapKick:  make(chan struct{}, 1),
 	}, nil
 }
 
@@ -319,6 +356,10 @@ func (r *Replica) Start(ctx context.Context) error {
 		r.wg.Add(1)
 		go func() { defer r.wg.Done(); r.eraseLoop(runCtx) }()
 		r.nudgeEraser() // work a crash left
+	}
+	if r.cfg.SnapshotEvery > 0 {
+		r.wg.Add(1)
+		go func() { defer r.wg.Done(); r.snapshotLoop(runCtx) }()
 	}
 	r.nudge()
 	return nil
@@ -767,6 +808,9 @@ func (r *Replica) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		err := r.ensureStream(ctx)
 		if err == nil {
+			err = r.join(ctx)
+		}
+		if err == nil {
 			delay = 500 * time.Millisecond
 			err = r.consume(ctx)
 		}
@@ -947,6 +991,9 @@ func (r *Replica) handle(msgs []jetstream.Msg) error {
 		if out.Refused != nil && it.c.Origin != r.cfg.Node {
 			r.log.Info().Uint64("seq", seq).Str("id", it.c.ID).Str("op", string(it.c.Mutation.Op)).Str("refused", out.Refused.Error()).Msg("stream change refused by the store")
 		}
+		if it.c.Mutation.Op == suppression.OpErase && !out.Skipped && out.Refused == nil {
+			r.erasureApplied(it.c.Origin == r.cfg.Node)
+		}
 		if it.c.Mutation.Op == suppression.OpErase && !out.Skipped {
 			r.log.Info().Uint64("seq", seq).Str("index", shortIndex(it.index)).Str("origin", it.c.Origin).Msg("erasure applied")
 		}
@@ -960,6 +1007,9 @@ func (r *Replica) handle(msgs []jetstream.Msg) error {
 		ids[it.c.ID] = true
 		if !outs[i].Skipped {
 			r.count++
+			if r.firstSeq == 0 {
+				r.firstSeq = logged[i].Seq
+			}
 		}
 		if it.c.Origin == r.cfg.Node {
 			if len(r.outOrder) >= maxOutcomes {
@@ -1087,6 +1137,7 @@ func (r *Replica) Status() Status {
 	s := Status{
 		Node: r.cfg.Node, AppliedSeq: r.applied, StreamLast: r.streamLast, CaughtUp: r.caughtUp,
 		Pending: len(r.ahead), Applied: r.count, Stale: r.staleLocked(now), Why: r.why,
+		Snapshot: r.snapshotSeq, FirstSeq: r.firstSeq,
 	}
 	if s.StreamLast > s.AppliedSeq {
 		s.Lag = s.StreamLast - s.AppliedSeq

@@ -1,0 +1,330 @@
+package replica
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/postwarden/postwarden/suppression"
+)
+
+// Snapshots (issue 13, promise 7): a node puts its store's replicated state
+// (suppression.Store.WriteSnapshot), sealed with the data key, into the
+// object store bucket Config.Snapshots as "suppression.<node>.<seq>"; a node
+// whose store is empty at Start loads the newest one and reads the stream
+// from its sequence + 1 only. The stream is not compacted: it still holds
+// every change, so a node without a usable snapshot replays it all.
+
+// ctxSnapshot is the seal context of a snapshot; its object name is
+// appended, so a snapshot renamed to another node or sequence does not open.
+const ctxSnapshot = "suppression/replica:snapshot:"
+
+// snapKeep is how many snapshots (taken at or after the last erasure) are
+// kept; a joining node needs only the newest, the one before it covers a
+// put that went wrong.
+const snapKeep = 2
+
+// snapInfo is a snapshot as the bucket lists it.
+type snapInfo struct {
+	name string
+	node string
+	seq  uint64
+}
+
+// snapName is the object name of this node's snapshot at seq; the
+// zero-padded sequence sorts as it compares.
+func snapName(node string, seq uint64) string {
+	return fmt.Sprintf("suppression.%s.%020d", node, seq)
+}
+
+// parseSnapName reverses snapName; ok is false for another object.
+func parseSnapName(name string) (snapInfo, bool) {
+	parts := strings.Split(name, ".")
+	if len(parts) != 3 || parts[0] != "suppression" || parts[1] == "" {
+		return snapInfo{}, false
+	}
+	seq, err := strconv.ParseUint(parts[2], 10, 64)
+	if err != nil || seq == 0 {
+		return snapInfo{}, false
+	}
+	return snapInfo{name: name, node: parts[1], seq: seq}, true
+}
+
+// listSnapshots returns the snapshots in the bucket, newest first; none if
+// the bucket does not exist.
+func (r *Replica) listSnapshots(ctx context.Context) (jetstream.ObjectStore, []snapInfo, error) {
+	obs, err := r.js.ObjectStore(ctx, r.cfg.Snapshots)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("snapshot bucket %s: %w", r.cfg.Snapshots, err)
+	}
+	infos, err := obs.List(ctx)
+	if errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return obs, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("list snapshots in %s: %w", r.cfg.Snapshots, err)
+	}
+	var out []snapInfo
+	for _, in := range infos {
+		if s, ok := parseSnapName(in.Name); ok && !in.Deleted {
+			out = append(out, s)
+		}
+	}
+	slices.SortFunc(out, func(a, b snapInfo) int {
+		if a.seq != b.seq {
+			return -cmpUint(a.seq, b.seq)
+		}
+		return strings.Compare(a.name, b.name)
+	})
+	return obs, out, nil
+}
+
+func cmpUint(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// join runs once, before the first consumption: a store that is empty
+// loads the newest usable snapshot, so consumption starts at its sequence
+// + 1. No bucket, no snapshot, none usable, or a store that took a change
+// meanwhile: the stream is read from the start, as before snapshots. A
+// bucket that cannot be read is an error (retried by run; the replica
+// stays stale meanwhile).
+func (r *Replica) join(ctx context.Context) error {
+	r.mu.Lock()
+	done := r.joined
+	r.mu.Unlock()
+	if done {
+		return nil
+	}
+	empty, err := r.store.Empty()
+	if err != nil {
+		return fmt.Errorf("join: %w", err)
+	}
+	if !empty {
+		r.setJoined(0)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	obs, snaps, err := r.listSnapshots(ctx)
+	if err != nil {
+		return fmt.Errorf("join from a snapshot: %w", err)
+	}
+	for _, s := range snaps {
+		data, err := obs.GetBytes(ctx, s.name)
+		switch {
+		case errors.Is(err, jetstream.ErrObjectNotFound):
+			continue // pruned since the listing
+		case errors.Is(err, jetstream.ErrDigestMismatch):
+			r.log.Warn().Err(err).Str("snapshot", s.name).Msg("snapshot unusable; trying an older one")
+			continue
+		case err != nil:
+			return fmt.Errorf("join from snapshot %s: %w", s.name, err)
+		}
+		seq, err := r.load(s.name, data)
+		if errors.Is(err, suppression.ErrNotEmpty) {
+			// A change was applied here meanwhile (a publish applied
+			// ahead, a change kept while cut off): read the whole stream.
+			r.log.Info().Err(err).Msg("store took a change before the snapshot loaded; reading the stream from the start")
+			r.setJoined(0)
+			return nil
+		}
+		if err != nil {
+			r.log.Warn().Err(err).Str("snapshot", s.name).Msg("snapshot unusable; trying an older one")
+			continue
+		}
+		r.log.Info().Str("snapshot", s.name).Uint64("seq", seq).Msg("joined from a snapshot; reading the stream's tail")
+		return nil
+	}
+	r.log.Info().Int("snapshots", len(snaps)).Msg("no usable snapshot; reading the stream from the start")
+	r.setJoined(0)
+	return nil
+}
+
+// load opens a sealed snapshot and loads it into the store; the applied
+// sequence moves to its sequence in the same step, under applyMu, so no
+// change is kept pending in between.
+func (r *Replica) load(name string, data []byte) (uint64, error) {
+	plain, err := r.box.Open(data, ctxSnapshot+name)
+	if err != nil {
+		return 0, fmt.Errorf("open snapshot %s: %w (another data key?)", name, err)
+	}
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	seq, err := r.store.LoadSnapshot(bytes.NewReader(plain))
+	if err != nil {
+		return 0, err
+	}
+	r.setJoined(seq)
+	return seq, nil
+}
+
+// setJoined records that join has run, from the snapshot at seq (0: none).
+func (r *Replica) setJoined(seq uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.joined = true
+	if seq > r.applied {
+		r.snapshotSeq, r.applied = seq, seq
+		close(r.advanced)
+		r.advanced = make(chan struct{})
+	}
+}
+
+// Snapshot puts a sealed snapshot of the store into the bucket now, then
+// deletes the snapshots no longer needed (see prune); it returns the
+// snapshot's sequence. It refuses while the store keeps changes the
+// stream does not have yet (suppression.ErrSnapshotPending) and while the
+// store has applied nothing.
+func (r *Replica) Snapshot(ctx context.Context) (uint64, error) {
+	r.snapMu.Lock()
+	defer r.snapMu.Unlock()
+	var buf bytes.Buffer
+	seq, err := r.store.WriteSnapshot(&buf)
+	if err != nil {
+		return 0, fmt.Errorf("snapshot: %w", err)
+	}
+	if seq == 0 {
+		return 0, errors.New("snapshot: the store has applied nothing of the stream")
+	}
+	obs, err := r.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      r.cfg.Snapshots,
+		Description: "postwarden suppression snapshots (sealed)",
+		Storage:     jetstream.FileStorage,
+		Replicas:    r.cfg.Replicas,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("snapshot: bucket %s: %w", r.cfg.Snapshots, err)
+	}
+	name := snapName(r.cfg.Node, seq)
+	if _, err := obs.PutBytes(ctx, name, r.box.Seal(buf.Bytes(), ctxSnapshot+name)); err != nil {
+		return 0, fmt.Errorf("snapshot: put %s: %w", name, err)
+	}
+	r.mu.Lock()
+	r.lastSnap = seq
+	r.mu.Unlock()
+	r.log.Info().Str("snapshot", name).Uint64("seq", seq).Int("bytes", buf.Len()).Msg("suppression snapshot put")
+	return seq, r.pruneLocked(ctx)
+}
+
+// prune deletes the snapshots no longer needed: every one taken before the
+// last erasure this store applied (it still holds the person, sealed), and
+// all but the newest snapKeep of the others.
+func (r *Replica) prune(ctx context.Context) error {
+	r.snapMu.Lock()
+	defer r.snapMu.Unlock()
+	return r.pruneLocked(ctx)
+}
+
+func (r *Replica) pruneLocked(ctx context.Context) error {
+	erased, err := r.store.ErasedSeq()
+	if err != nil {
+		return fmt.Errorf("prune snapshots: %w", err)
+	}
+	obs, snaps, err := r.listSnapshots(ctx)
+	if err != nil {
+		return fmt.Errorf("prune snapshots: %w", err)
+	}
+	kept := 0
+	for _, s := range snaps { // newest first
+		if s.seq >= erased && kept < snapKeep {
+			kept++
+			continue
+		}
+		if err := obs.Delete(ctx, s.name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			return fmt.Errorf("prune snapshots: delete %s: %w", s.name, err)
+		}
+		r.log.Info().Str("snapshot", s.name).Uint64("seq", s.seq).Uint64("erased_seq", erased).Msg("suppression snapshot deleted")
+	}
+	return nil
+}
+
+// erasureApplied wakes the snapshot loop after an erasure was applied:
+// every node deletes the snapshots taken before it; the node that made it
+// first puts a fresh one, so joining stays fast.
+func (r *Replica) erasureApplied(own bool) {
+	if r.cfg.SnapshotEvery <= 0 {
+		return
+	}
+	r.mu.Lock()
+	r.snapErase = r.snapErase || own
+	r.mu.Unlock()
+	select {
+	case r.snapKick <- struct{}{}:
+	default:
+	}
+}
+
+// snapshotLoop puts a snapshot every SnapshotEvery (±20 %, so nodes do not
+// write together) when the replica is caught up and has applied something
+// since its last one, and prunes after an erasure (at once, and at start
+// for one a crash interrupted). A failed erasure round is retried after
+// 0.5 s doubling up to RetryMax (±20 %); a failed periodic one waits for
+// the next period.
+func (r *Replica) snapshotLoop(ctx context.Context) {
+	periodic := time.NewTimer(jitter(r.cfg.SnapshotEvery))
+	defer periodic.Stop()
+	retry := time.NewTimer(0) // a prune at start
+	defer retry.Stop()
+	delay := 500 * time.Millisecond
+	for {
+		take := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-periodic.C:
+			periodic.Reset(jitter(r.cfg.SnapshotEvery))
+			r.mu.Lock()
+			take = !r.caughtUp.IsZero() && r.applied >= r.streamLast && r.applied > r.lastSnap
+			r.mu.Unlock()
+			if !take {
+				continue
+			}
+		case <-r.snapKick:
+		case <-retry.C:
+		}
+		r.mu.Lock()
+		own := r.snapErase
+		r.snapErase = false
+		r.mu.Unlock()
+		var err error
+		if take || own {
+			_, err = r.Snapshot(ctx)
+		}
+		if perr := r.prune(ctx); perr != nil {
+			err = errors.Join(err, perr)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case err == nil:
+			delay = 500 * time.Millisecond
+		case take && !own:
+			r.log.Warn().Err(err).Msg("suppression snapshot not put; next period")
+		default:
+			r.log.Warn().Err(err).Dur("retry_in", delay).Msg("suppression snapshots not put or pruned yet; retrying")
+			r.mu.Lock()
+			r.snapErase = r.snapErase || own
+			r.mu.Unlock()
+			retry.Reset(jitter(delay))
+			delay = min(2*delay, r.cfg.RetryMax)
+		}
+	}
+}

@@ -1,0 +1,172 @@
+package suppression
+
+import (
+	"bytes"
+	"errors"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// snapshotSource is a store that applied a log of 6 changes: entries on
+// every list and domain, a restriction, an erasure.
+func snapshotSource(t *testing.T) (*Store, string) {
+	t.Helper()
+	s, path := newStore(t)
+	at := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+	for i, m := range []Mutation{
+		{Op: OpAdd, Time: at, Entry: &Entry{Target: "ann@example.com", Reason: Unsubscribed, Source: "one-click", Note: "clicked"}},
+		{Op: OpAdd, Time: at, Entry: &Entry{Target: "bob@example.com", List: "news", Reason: HardBounce, Source: "bounce"}},
+		{Op: OpAdd, Time: at, Entry: &Entry{Target: "@corp.example", Reason: Manual, Source: "cli"}},
+		{Op: OpRestrict, Time: at, Addr: "cy@example.org", Note: "objection"},
+		{Op: OpAdd, Time: at, Entry: &Entry{Target: "dee@example.net", Reason: Complaint}},
+		{Op: OpErase, Time: at, Addr: "dee@example.net", Ref: "REQ-9"},
+	} {
+		m, err := s.NormalizeMutation(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err := s.Apply(uint64(i+1), m); err != nil || out.Refused != nil {
+			t.Fatalf("Apply(%d) = %+v, %v", i+1, out, err)
+		}
+	}
+	return s, path
+}
+
+// entries lists every entry of s.
+func entries(t *testing.T, s *Store) []Entry {
+	t.Helper()
+	var out []Entry
+	if err := s.List(func(e Entry) error { out = append(out, e); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestSnapshotRoundTrip: a snapshot loaded into an empty store gives the
+// same entries, applied sequence and erased sequence.
+func TestSnapshotRoundTrip(t *testing.T) {
+	src, path := snapshotSource(t)
+	var buf bytes.Buffer
+	seq, err := src.WriteSnapshot(&buf)
+	if err != nil || seq != 6 {
+		t.Fatalf("WriteSnapshot = %d, %v; want 6", seq, err)
+	}
+	if bytes.Contains(buf.Bytes(), []byte("ann@example.com")) || bytes.Contains(buf.Bytes(), []byte("clicked")) {
+		t.Fatal("the snapshot holds a clear address or note")
+	}
+	dst := openTest(t, filepath.Join(filepath.Dir(path), "joined.db")) // same data key
+	defer dst.Close()
+	if ok, err := dst.Empty(); err != nil || !ok {
+		t.Fatalf("fresh store Empty = %v, %v", ok, err)
+	}
+	got, err := dst.LoadSnapshot(bytes.NewReader(buf.Bytes()))
+	if err != nil || got != 6 {
+		t.Fatalf("LoadSnapshot = %d, %v; want 6", got, err)
+	}
+	if a, b := entries(t, src), entries(t, dst); !reflect.DeepEqual(a, b) || len(a) != 5 {
+		t.Fatalf("entries differ:\n src %+v\n dst %+v", a, b)
+	}
+	if s, _ := dst.AppliedSeq(); s != 6 {
+		t.Errorf("AppliedSeq = %d; want 6", s)
+	}
+	if s, _ := dst.ErasedSeq(); s != 6 {
+		t.Errorf("ErasedSeq = %d; want 6", s)
+	}
+	wantCheck(t, dst, "ann@example.com", "", "unsubscribed", true)
+	wantCheck(t, dst, "x@corp.example", "", "manual", true)
+	wantCheck(t, dst, "dee@example.net", "", "erased", true)
+	// The next change of the log applies after the snapshot's sequence only.
+	rm, _ := dst.NormalizeMutation(Mutation{Op: OpRemove, Addr: "ann@example.com"})
+	if out, _ := dst.Apply(6, rm); !out.Skipped {
+		t.Error("a change at the snapshot's sequence applied again")
+	}
+	if ok, _ := dst.Empty(); ok {
+		t.Error("a loaded store says it is empty")
+	}
+}
+
+// TestSnapshotRefusesNonEmpty: only an empty store loads a snapshot; a
+// store with a pending change, or one that applied the log, refuses and
+// keeps what it had.
+func TestSnapshotRefusesNonEmpty(t *testing.T) {
+	src, path := snapshotSource(t)
+	var buf bytes.Buffer
+	if _, err := src.WriteSnapshot(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.LoadSnapshot(bytes.NewReader(buf.Bytes())); !errors.Is(err, ErrNotEmpty) {
+		t.Fatalf("LoadSnapshot into the source = %v; want ErrNotEmpty", err)
+	}
+	other := openTest(t, filepath.Join(filepath.Dir(path), "pending.db"))
+	defer other.Close()
+	m, _ := other.NormalizeMutation(Mutation{Op: OpAdd, Entry: &Entry{Target: "eve@example.com", Reason: Unsubscribed}})
+	if _, err := other.AddPending("k1", []byte("sealed"), m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.LoadSnapshot(bytes.NewReader(buf.Bytes())); !errors.Is(err, ErrNotEmpty) {
+		t.Fatalf("LoadSnapshot into a store with a pending change = %v; want ErrNotEmpty", err)
+	}
+	if got := entries(t, other); len(got) != 1 {
+		t.Fatalf("the refusing store changed: %+v", got)
+	}
+	// And a store with a pending change writes no snapshot.
+	if _, err := other.WriteSnapshot(&bytes.Buffer{}); !errors.Is(err, ErrSnapshotPending) {
+		t.Fatalf("WriteSnapshot with a pending change = %v; want ErrSnapshotPending", err)
+	}
+}
+
+// TestSnapshotCorrupt: a truncated, altered or foreign snapshot is refused
+// with a clear error and leaves the store empty.
+func TestSnapshotCorrupt(t *testing.T) {
+	src, path := snapshotSource(t)
+	var buf bytes.Buffer
+	if _, err := src.WriteSnapshot(&buf); err != nil {
+		t.Fatal(err)
+	}
+	good := buf.Bytes()
+	dst := openTest(t, filepath.Join(filepath.Dir(path), "joined.db"))
+	defer dst.Close()
+	try := func(name string, data []byte, want error, wantText string) {
+		t.Helper()
+		_, err := dst.LoadSnapshot(bytes.NewReader(data))
+		if err == nil || (want != nil && !errors.Is(err, want)) || !strings.Contains(err.Error(), wantText) {
+			t.Errorf("%s: LoadSnapshot = %v; want %v (%q)", name, err, want, wantText)
+		}
+		if ok, err := dst.Empty(); err != nil || !ok {
+			t.Fatalf("%s: store not empty after a refused load: %v", name, err)
+		}
+		if got := entries(t, dst); len(got) != 0 {
+			t.Fatalf("%s: store holds %d entries after a refused load", name, len(got))
+		}
+	}
+	for cut := 0; cut < len(good); cut += 1 + len(good)/60 {
+		try("truncated", good[:cut], ErrSnapshotCorrupt, "")
+	}
+	try("no end checksum", good[:len(good)-1], ErrSnapshotCorrupt, "unexpected EOF")
+	flipped := bytes.Clone(good)
+	flipped[len(flipped)-40] ^= 0x20 // inside the last entry's value, before the end frame
+	try("one byte altered", flipped, ErrSnapshotCorrupt, "checksum mismatch")
+	try("bytes after the end", append(bytes.Clone(good), 0), ErrSnapshotCorrupt, "after the end")
+	try("not a snapshot", []byte("hello, world, this is not a snapshot"), ErrSnapshotCorrupt, "not a postwarden snapshot")
+	newer := bytes.Clone(good)
+	newer[len(snapMagic)] = 2
+	try("newer version", newer, nil, "snapshot version 2")
+
+	// Written under another data key.
+	foreign := openTest(t, filepath.Join(t.TempDir(), "other.db"))
+	defer foreign.Close()
+	if _, err := foreign.LoadSnapshot(bytes.NewReader(good)); err == nil || !strings.Contains(err.Error(), "another data key") {
+		t.Errorf("LoadSnapshot under another key = %v", err)
+	}
+	if ok, _ := foreign.Empty(); !ok {
+		t.Error("the foreign store is not empty after a refused load")
+	}
+
+	// And the good one still loads.
+	if seq, err := dst.LoadSnapshot(bytes.NewReader(good)); err != nil || seq != 6 {
+		t.Fatalf("LoadSnapshot after refusals = %d, %v", seq, err)
+	}
+}
