@@ -42,6 +42,29 @@ func (c *cli) campaignCommand() *cobra.Command {
 			return c.call(cmd.Context(), "campaign.status", campaignStatusArgs{ID: args[0]}, c.printCampaignStatus)
 		},
 	}
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List the campaigns: list, last run, state (sending, paused, finished) and counts",
+		Example: `  postwarden campaign ls
+  postwarden --json campaign ls`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t := c.table("ID", "LIST", "STARTED", "STATE", "ENQUEUED", "DELIVERED", "PENDING", "BOUNCED")
+			defer t.Flush()
+			return c.call(cmd.Context(), "campaign.ls", nil, func(raw json.RawMessage) error {
+				var v campaignListView
+				if err := json.Unmarshal(raw, &v); err != nil {
+					return err
+				}
+				started := "-"
+				if !v.Started.IsZero() {
+					started = v.Started.Local().Format(time.DateTime)
+				}
+				fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", v.ID, v.List, started, v.State, v.Enqueued, v.Delivered, v.Pending, v.Bounced)
+				return nil
+			})
+		},
+	}
 	var pause campaignPauseArgs
 	pauseCmd := &cobra.Command{
 		Use:   "pause ID --reason R",
@@ -60,7 +83,7 @@ func (c *cli) campaignCommand() *cobra.Command {
 	resumeCmd := c.argCommand("resume ID", "Continue a paused campaign; its brakes then judge only what follows (audited)", "campaign.resume",
 		func(id string) any { resume.ID = id; return resume })
 	resumeCmd.Flags().StringVar(&resume.Reason, "reason", "", "why (optional; audited)")
-	cmd.AddCommand(validate, send, status, pauseCmd, resumeCmd)
+	cmd.AddCommand(validate, send, status, ls, pauseCmd, resumeCmd)
 	return cmd
 }
 
@@ -164,8 +187,17 @@ func (c *cli) printCampaignStatus(raw json.RawMessage) error {
 		fmt.Fprintf(w, "  list           %s\n", rec.List)
 		fmt.Fprintf(w, "  started        %s by %s\n", rec.Started.Local().Format(time.DateTime), rec.RunBy)
 		if !rec.Finished.IsZero() {
-			fmt.Fprintf(w, "  finished       %s\n", rec.Finished.Local().Format(time.DateTime))
+			fmt.Fprintf(w, "  all enqueued   %s\n", rec.Finished.Local().Format(time.DateTime))
 		}
+	}
+	// "finished" only when nothing is pending: an enqueued campaign is still sending.
+	switch {
+	case st.Brake != nil && st.Brake.Paused:
+		fmt.Fprintf(w, "  state          paused, %d pending\n", st.Pending)
+	case st.Pending > 0:
+		fmt.Fprintf(w, "  state          sending, %d pending\n", st.Pending)
+	default:
+		fmt.Fprintf(w, "  state          finished: nothing pending\n")
 	}
 	if st.Rate > 0 {
 		fmt.Fprintf(w, "  rate           %g/s\n", st.Rate)

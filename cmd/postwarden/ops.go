@@ -15,6 +15,7 @@ var ops = map[string]opSpec{
 	"campaign.pause":  {fn: opCampaignPause},
 	"campaign.resume": {fn: opCampaignResume},
 	"campaign.status": {fn: opCampaignStatus},
+	"campaign.ls":     {fn: opCampaignList},
 
 	"queue.ls":        {fn: opQueueList},
 	"queue.show":      {fn: opQueueShow},

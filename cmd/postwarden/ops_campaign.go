@@ -323,6 +323,62 @@ type campaignStatus struct {
 	Brake *brakes.Status `json:"brake,omitempty"`
 }
 
+// campaignListView is one campaign as `campaign ls` lists it.
+type campaignListView struct {
+	ID        string    `json:"id"`
+	List      string    `json:"list"`
+	Started   time.Time `json:"started,omitzero"` // its last run
+	State     string    `json:"state"`            // sending, paused or finished (nothing pending)
+	Enqueued  int       `json:"enqueued"`
+	Delivered int       `json:"delivered"`
+	Pending   int       `json:"pending"`
+	Bounced   int       `json:"bounced"`
+}
+
+// opCampaignList lists the campaigns this node's queue has a record of, by id.
+func opCampaignList(ctx context.Context, e *env, req request, o *out) error {
+	if err := decodeArgs(req, &struct{}{}); err != nil {
+		return err
+	}
+	ids, err := e.queue.Campaigns()
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		v := campaignListView{ID: id, State: "finished"}
+		if raw, err := e.queue.GetCampaign(id); err == nil {
+			var r campaign.Record
+			if err := json.Unmarshal(raw, &r); err == nil {
+				v.List, v.Started = r.List, r.Started
+			}
+		}
+		counts, err := e.queue.CampaignCounts(id)
+		if err != nil {
+			return err
+		}
+		for state, n := range counts {
+			v.Enqueued += n
+			if !state.Finished() {
+				v.Pending += n
+			}
+		}
+		v.Delivered, v.Bounced = counts[queue.StateDelivered], counts[queue.StateBounced]
+		switch {
+		case e.queue.CampaignPaused(id):
+			v.State = "paused"
+		case v.Pending > 0:
+			v.State = "sending"
+		}
+		if err := o.Record(v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func opCampaignStatus(ctx context.Context, e *env, req request, o *out) error {
 	var args campaignStatusArgs
 	if err := decodeArgs(req, &args); err != nil {

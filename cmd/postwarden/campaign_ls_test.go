@@ -1,0 +1,43 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/postwarden/postwarden/mta/mtatest"
+)
+
+// `campaign ls` lists every campaign with its state; a campaign with
+// deferred messages is "sending", not finished, in ls and in status; one
+// with nothing pending is "finished".
+func TestCampaignLsAndFinishedState(t *testing.T) {
+	h := newHarness(t, mtatest.Options{Rcpt: deferGlobex})
+	h.mustRun(0, "campaign", "send", h.campaign("ls-a", "email,first_name,company\nana@acme.example,Ana,Acme\n"))
+	h.mustRun(0, "campaign", "send", h.campaign("ls-b", "email,first_name,company\nzoe@umbrella.example,Zoe,Umbrella\ndave@globex.example,Dave,Globex\n"))
+	got := map[string]campaignListView{}
+	for _, v := range jsonLines[campaignListView](t, h.mustRun(0, "--json", "campaign", "ls").stdout) {
+		got[v.ID] = v
+	}
+	a, b := got["ls-a"], got["ls-b"]
+	if len(got) != 2 || a.State != "finished" || a.Delivered != 1 || a.Pending != 0 || a.List != "product-news" || a.Started.IsZero() ||
+		b.State != "sending" || b.Enqueued != 2 || b.Delivered != 1 || b.Pending != 1 {
+		t.Errorf("campaign ls: %+v", got)
+	}
+	text := h.mustRun(0, "campaign", "ls").stdout
+	if lines := strings.Split(strings.TrimSpace(text), "\n"); len(lines) != 3 || !strings.HasPrefix(lines[1], "ls-a") || !strings.Contains(lines[2], "sending") {
+		t.Errorf("campaign ls text:\n%s", text)
+	}
+	if st := h.mustRun(0, "campaign", "status", "ls-b").stdout; !strings.Contains(st, "state          sending, 1 pending") || strings.Contains(st, "finished") {
+		t.Errorf("status of a campaign with a deferred message:\n%s", st)
+	}
+	if st := h.mustRun(0, "campaign", "status", "ls-a").stdout; !strings.Contains(st, "state          finished: nothing pending") {
+		t.Errorf("status of a delivered campaign:\n%s", st)
+	}
+	h.mustRun(0, "campaign", "pause", "ls-b", "--reason", "checking")
+	if st := h.mustRun(0, "campaign", "status", "ls-b").stdout; !strings.Contains(st, "state          paused, 1 pending") {
+		t.Errorf("status of a paused campaign:\n%s", st)
+	}
+	if v := jsonLines[campaignListView](t, h.mustRun(0, "--json", "campaign", "ls").stdout); len(v) != 2 || v[1].State != "paused" {
+		t.Errorf("campaign ls after pause: %+v", v)
+	}
+}
