@@ -116,6 +116,18 @@ func (c *Campaign) Hash() (string, error) {
 // for its Purpose, Necessity and Balancing sections) and the free-mail list
 // are opened here.
 func LoadCampaign(path string) (*Campaign, error) {
+	return loadCampaign(path, false)
+}
+
+// LoadCampaignToSend is LoadCampaign for a campaign about to be validated
+// or sent: it also checks that the recipients file and the template's two
+// bodies are there, so one run names every wrong path with the other
+// problems.
+func LoadCampaignToSend(path string) (*Campaign, error) {
+	return loadCampaign(path, true)
+}
+
+func loadCampaign(path string, files bool) (*Campaign, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("configs: read campaign: %w", err)
@@ -124,12 +136,17 @@ func LoadCampaign(path string) (*Campaign, error) {
 	if err != nil {
 		return nil, fmt.Errorf("configs: %s: %w", path, err)
 	}
-	return parseCampaign(path, abs, data)
+	return parseCampaignFiles(path, abs, data, files)
 }
 
 // parseCampaign is LoadCampaign on the bytes of the file path, whose
 // absolute path is abs.
 func parseCampaign(path, abs string, data []byte) (*Campaign, error) {
+	return parseCampaignFiles(path, abs, data, false)
+}
+
+// parseCampaignFiles is parseCampaign, checking the named files when files is set.
+func parseCampaignFiles(path, abs string, data []byte, files bool) (*Campaign, error) {
 	d := newDecoder(path)
 	sum := sha256.Sum256(data)
 	c := &Campaign{Path: abs, lines: d.lines, hash: hex.EncodeToString(sum[:])}
@@ -171,6 +188,9 @@ func parseCampaign(path, abs string, data []byte) (*Campaign, error) {
 	audienceGiven := c.Audience != ""
 	c.applyDefaults(filepath.Dir(abs))
 	c.check(d)
+	if files {
+		c.checkFiles(d)
+	}
 	c.checkLegalBasis(d, audienceGiven)
 	if err := d.err(); err != nil {
 		return nil, err
@@ -237,6 +257,25 @@ func (c *Campaign) check(d *decoder) {
 	}
 	if c.PrivacyURL != "" && !absoluteURL(c.PrivacyURL) {
 		d.fieldErr("privacy_url", "%s is not an absolute URL", Quote(c.PrivacyURL))
+	}
+}
+
+// checkFiles records a recipients file or template body that cannot be
+// read (template: BASE.html and BASE.txt).
+func (c *Campaign) checkFiles(d *decoder) {
+	if !d.failed["recipients"] {
+		if fi, err := os.Stat(c.Recipients); err != nil {
+			d.fieldErr("recipients", "%v", fileErr("cannot read the recipients file", c.Recipients, err))
+		} else if fi.IsDir() {
+			d.fieldErr("recipients", "%s is a directory, not a CSV file", short(c.Recipients))
+		}
+	}
+	if !d.failed["template"] {
+		for _, ext := range []string{".html", ".txt"} {
+			if _, err := os.Stat(c.Template + ext); err != nil {
+				d.fieldErr("template", "%v", fileErr("cannot read the template's body", c.Template+ext, err))
+			}
+		}
 	}
 }
 

@@ -81,11 +81,19 @@ func TestBadInputIsNamedAndNothingBadIsEnqueued(t *testing.T) {
 			t.Errorf("validate does not name %s:\n%s", line, v.stderr)
 		}
 	}
-	r := h.mustRun(0, "campaign", "send", file)
+	// Invalid rows are never sent, and a send that met them exits 1, saying so.
+	r := h.mustRun(1, "campaign", "send", file)
 	for _, want := range []string{"invalid rows   4", "enqueued       2", "rows.csv:3", "rows.csv:4", "rows.csv:6", "rows.csv:8"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("send summary lacks %q:\n%s", want, r.stdout)
 		}
+	}
+	if !strings.Contains(r.stderr, "4 of 6 rows are invalid and were not sent") || !strings.Contains(r.stderr, "--skip-invalid") {
+		t.Errorf("send with invalid rows: stderr %q", r.stderr)
+	}
+	// --skip-invalid accepts them: exit 0, and nothing is sent twice.
+	if r := h.mustRun(0, "campaign", "send", "--skip-invalid", file); !strings.Contains(r.stdout, "already sent   2") {
+		t.Errorf("second send with --skip-invalid:\n%s", r.stdout)
 	}
 	got := h.sink.ByRecipient()
 	if len(got) != 2 || got["ana@acme.example"] != 1 || got["zoe@umbrella.example"] != 1 {

@@ -41,3 +41,25 @@ func TestCampaignLsAndFinishedState(t *testing.T) {
 		t.Errorf("campaign ls after pause: %+v", v)
 	}
 }
+
+// `campaign validate` names every wrong path in one run: the template's
+// bodies, the recipients file and the assessment, each at its line.
+func TestValidateReportsEveryWrongPathAtOnce(t *testing.T) {
+	h := newHarness(t, mtatest.Options{})
+	h.mkDataDir()
+	file := h.campaign("paths-1", "email\n")
+	h.write("paths-1.yaml", strings.NewReplacer("template: templates/note", "template: templates/nope",
+		"recipients: paths-1.csv", "recipients: missing.csv", "lia: lia.md", "lia: lia-missing.md").Replace(readFile(t, file)))
+	r := h.mustRun(2, "campaign", "validate", file)
+	for _, want := range []string{"paths-1.yaml:5: template: cannot read the template's body", "nope.html", "nope.txt",
+		"paths-1.yaml:6: recipients: cannot read the recipients file", "missing.csv",
+		"paths-1.yaml:8: lia: cannot read the legitimate-interest assessment"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("validate lacks %q:\n%s", want, r.stderr)
+		}
+	}
+	// send refuses the same way, before anything is enqueued.
+	if r := h.mustRun(2, "campaign", "send", file); !strings.Contains(r.stderr, "missing.csv") || !strings.Contains(r.stderr, "nope.html") {
+		t.Errorf("send:\n%s", r.stderr)
+	}
+}

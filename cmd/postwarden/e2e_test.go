@@ -35,7 +35,7 @@ func TestCampaignEndToEnd(t *testing.T) {
 	h.mustRun(0, "suppress", "add", "@initech.example")
 	file := h.campaign("launch-1", e2eCSV)
 
-	r := h.mustRun(0, "campaign", "send", file)
+	r := h.mustRun(0, "campaign", "send", "--skip-invalid", file)
 	for _, want := range []string{"rows read      6", "invalid rows   1", "launch-1.csv:5", "suppressed     2 (manual 2)", "enqueued       3", "delivered 3"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("summary lacks %q:\n%s", want, r.stdout)
@@ -102,7 +102,7 @@ func TestCampaignEndToEnd(t *testing.T) {
 	}
 
 	// Re-running the same campaign id mails nobody twice.
-	r = h.mustRun(0, "campaign", "send", file)
+	r = h.mustRun(0, "campaign", "send", "--skip-invalid", file)
 	if !strings.Contains(r.stdout, "enqueued       0") || !strings.Contains(r.stdout, "already sent   3") {
 		t.Errorf("re-run summary:\n%s", r.stdout)
 	}

@@ -21,6 +21,17 @@ import (
 type campaignSendArgs struct {
 	File   string `json:"file"`
 	NoWait bool   `json:"no_wait"`
+	// SkipInvalid accepts a run with invalid rows (they are never sent):
+	// without it such a run exits 1, so a script notices.
+	SkipInvalid bool `json:"skip_invalid,omitempty"`
+}
+
+// invalidRowsError is a send that left invalid rows out, without --skip-invalid.
+func invalidRowsError(s campaign.Summary) error {
+	if s.Invalid == 0 {
+		return nil
+	}
+	return no("campaign %s: %d of %d rows are invalid and were not sent (listed above); fix them and send again (what was sent is not sent twice), or pass --skip-invalid to accept", s.Campaign, s.Invalid, s.Rows)
 }
 
 // sendResult is the record `campaign send` ends with.
@@ -36,7 +47,7 @@ type sendResult struct {
 // loadSpec loads a campaign file and its templates into a campaign.Spec.
 // Every problem names the campaign file and line.
 func loadSpec(e *env, file string) (campaign.Spec, *configs.Campaign, error) {
-	c, err := configs.LoadCampaign(file)
+	c, err := configs.LoadCampaignToSend(file)
 	if err != nil {
 		return campaign.Spec{}, nil, err
 	}
@@ -135,6 +146,9 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		if rerr := o.Record(res); rerr != nil {
 			return rerr
 		}
+		if err == nil && !args.SkipInvalid {
+			err = invalidRowsError(summary)
+		}
 		return err
 	}
 	// Without a daemon, this process delivers, starting while it enqueues.
@@ -162,6 +176,9 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	}
 	if err := o.Record(res); err != nil {
 		return err
+	}
+	if sendErr == nil && !args.SkipInvalid {
+		sendErr = invalidRowsError(summary)
 	}
 	return sendErr
 }
