@@ -88,23 +88,34 @@ func (c *Coordinator) Record(ctx context.Context, campaign, key string, o Outcom
 
 // recorded returns, per recipient key of the filter's subjects, its outcome:
 // a final one if any was recorded, else Deferred. It reads subject counts
-// from the stream's state, not the messages.
+// from the stream's state, and the messages of RecordBatch's batches.
 func (c *Coordinator) recorded(ctx context.Context, filter string) (map[string]Outcome, error) {
 	info, err := c.outcomes.Info(ctx, jetstream.WithSubjectFilter(filter))
 	if err != nil {
 		return nil, fmt.Errorf("shares: read outcomes %s: %w", filter, err)
 	}
 	out := make(map[string]Outcome, len(info.State.Subjects))
+	add := func(key string, o Outcome) {
+		if prev, ok := out[key]; !ok || !prev.Final() {
+			out[key] = o
+		}
+	}
 	for subj := range info.State.Subjects {
 		parts := strings.Split(subj, ".")
 		if len(parts) != 7 {
 			continue
 		}
-		key, o := parts[5], Outcome(parts[6])
-		if prev, ok := out[key]; ok && prev.Final() {
+		if parts[5] == batchToken { // RecordBatch's: read the message
+			keys, _, err := c.readBatch(ctx, subj)
+			if err != nil {
+				return nil, err
+			}
+			for k, o := range keys {
+				add(k, o)
+			}
 			continue
 		}
-		out[key] = o
+		add(parts[5], Outcome(parts[6]))
 	}
 	return out, nil
 }

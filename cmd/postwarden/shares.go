@@ -264,7 +264,10 @@ func (w *shareWorker) final(m queue.Message, st queue.State) {
 // final and not yet in the cluster.
 func (w *shareWorker) Unpublished() int { return int(w.unpublished.Load()) }
 
-// record publishes final outcomes, retrying each until it is in.
+// record publishes final outcomes, retrying each batch until it is in.
+// Outcomes that arrive while a batch is being published go together in the
+// next one (shares.RecordBatch: one stream message per shard, not per
+// recipient), so batches grow with the load and add no wait when it is low.
 func (w *shareWorker) record(ctx context.Context) {
 	select {
 	case <-ctx.Done():
@@ -272,24 +275,45 @@ func (w *shareWorker) record(ctx context.Context) {
 	case <-w.ready:
 	}
 	for {
+		var batch []finalOutcome
 		select {
 		case <-ctx.Done():
 			return
 		case f := <-w.out:
+			batch = append(batch, f)
+		}
+	drain:
+		for len(batch) < cap(w.out) {
+			select {
+			case f := <-w.out:
+				batch = append(batch, f)
+			default:
+				break drain
+			}
+		}
+		byCampaign := map[string][]shares.KeyOutcome{}
+		var order []string
+		for _, f := range batch {
+			if byCampaign[f.campaign] == nil {
+				order = append(order, f.campaign)
+			}
+			byCampaign[f.campaign] = append(byCampaign[f.campaign], shares.KeyOutcome{Key: f.key, Outcome: f.outcome})
+		}
+		for _, camp := range order {
 			for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
-				err := w.coord.Record(ctx, f.campaign, f.key, f.outcome)
+				err := w.coord.RecordBatch(ctx, camp, byCampaign[camp])
 				if err == nil || ctx.Err() != nil {
 					break
 				}
-				w.log.Warn().Err(err).Str("campaign", f.campaign).Msg("outcome not published; retrying")
+				w.log.Warn().Err(err).Str("campaign", camp).Int("outcomes", len(byCampaign[camp])).Msg("outcomes not published; retrying")
 				select {
 				case <-ctx.Done():
 				case <-time.After(delay):
 				}
 			}
-			w.unpublished.Add(-1)
-			w.e.queue.Kick() // a slot the runner held for it is free
 		}
+		w.unpublished.Add(-int64(len(batch)))
+		w.e.queue.Kick() // slots the runner held for them are free
 	}
 }
 
