@@ -57,8 +57,11 @@ func (e *env) joinReplica(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	rep, err := replica.New(js, e.supp, e.box, replica.Config{Node: cc.Node, Replicas: cc.Replicas, MaxLag: cc.MaxLag, OnErase: e.eraseHere},
-		e.log.With().Str("component", "replica").Logger())
+	rc := replica.Config{Node: cc.Node, Replicas: cc.Replicas, MaxLag: cc.MaxLag, OnErase: e.eraseHere}
+	if e.subs != nil { // consent ops of the stream reach this node's consent store
+		rc.Consent = e.subs
+	}
+	rep, err := replica.New(js, e.supp, e.box, rc, e.log.With().Str("component", "replica").Logger())
 	if err != nil {
 		done()
 		return fmt.Errorf("cluster: %w", err)
