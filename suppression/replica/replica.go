@@ -42,6 +42,10 @@
 //     stores): kept due in the store in the transaction that applies it,
 //     dropped only once OnErase returned nil, retried with backoff after a
 //     failure and after a restart; never skipped.
+//   - A consent op (suppression.OpConsent, PublishConsent) is applied to
+//     Config.Consent, which records the sequence in its own transaction,
+//     before the store records it. PublishAll publishes a batch (imports)
+//     asynchronously and keeps nothing pending.
 package replica
 
 import (
