@@ -84,6 +84,25 @@ var bucketImports = []byte("imports")
 // ends with the summary step. A re-run after a completed import is a new
 // run. Only one import of the same file and defaults runs at a time.
 func (s *Store) ImportFile(path string, def Entry, a ImportAuditor) (ImportResult, error) {
+	return s.ImportFileVia(path, def, a, nil)
+}
+
+// ImportPublisher writes an import's batches through a replicated log
+// instead of straight into this store (a cluster node: suppression/replica).
+type ImportPublisher interface {
+	// PublishImport makes a batch part of the log and returns once this
+	// store has applied it, with how many entries it added. key names the
+	// batch, the same on a resumed run, so a batch published again after
+	// a crash is a duplicate of the log, or, applied again, writes the
+	// same entries.
+	PublishImport(key string, entries []Entry) (added int, err error)
+}
+
+// ImportFileVia is ImportFile whose batches, if p is not nil, go through p;
+// the run's progress is recorded here once p returned, so a re-run after a
+// crash publishes the batch in flight again (harmless, see ImportPublisher)
+// and skips the ones recorded.
+func (s *Store) ImportFileVia(path string, def Entry, a ImportAuditor, p ImportPublisher) (ImportResult, error) {
 	if a == nil {
 		return ImportResult{}, fmt.Errorf("import %s: no auditor", path)
 	}
@@ -159,7 +178,7 @@ func (s *Store) ImportFile(path string, def Entry, a ImportAuditor) (ImportResul
 		s.log.Info().Str("file", run.File).Str("run", run.Run).Int("batches_done", run.Batches).Msg("resuming interrupted import")
 	}
 	def.Time = run.Started // a resumed run writes what the interrupted one would have
-	imp := &importer{s: s, key: key, run: run, digest: digest, auditor: a}
+	imp := &importer{s: s, key: key, run: run, digest: digest, auditor: a, pub: p}
 	return s.importCSV(f, path, def, imp)
 }
 
@@ -170,6 +189,7 @@ type importer struct {
 	run     importRun
 	digest  string
 	auditor ImportAuditor
+	pub     ImportPublisher // nil: batches written here
 	resumed int
 }
 
@@ -379,6 +399,13 @@ func (b *importBatches) flush() error {
 // write puts the batch's entries, and ImportFile's progress, in one
 // transaction and returns how many entries it wrote.
 func (b *importBatches) write() (int, error) {
+	if b.im != nil && b.im.pub != nil {
+		n, err := b.im.pub.PublishImport(b.im.step(b.batchNo).Key, b.batch)
+		if err != nil {
+			return 0, err
+		}
+		return n, b.s.update(func(tx *bbolt.Tx) error { return b.im.commit(tx, b.batchNo, n) })
+	}
 	n := 0
 	err := b.s.update(func(tx *bbolt.Tx) error {
 		bk := tx.Bucket(bucketEntries)

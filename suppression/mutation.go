@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -27,6 +28,10 @@ const (
 	OpRestrict   Op = "restrict"   // Restrict
 	OpUnrestrict Op = "unrestrict" // Unrestrict
 	OpErase      Op = "erase"      // Erase, EraseIndex
+	// OpConsent carries consent events (suppression/subscribers ops) on the
+	// same log, filed under the person's index so an erasure wipes them
+	// too; this store only records its sequence.
+	OpConsent Op = "consent"
 )
 
 // Mutation is one call of a mutating Store method as data, so that a
@@ -43,6 +48,9 @@ type Mutation struct {
 	Index string         `json:"i,omitempty"` // OpErase: hex index of the address key (never the address)
 	Ref   string         `json:"r,omitempty"` // OpErase: the request reference
 	Dates []ConsentDates `json:"c,omitempty"` // OpErase: consent dates for the tombstone
+	// Consent is OpConsent's payload, opaque here (the consent store's op);
+	// sealed with the rest of the change.
+	Consent json.RawMessage `json:"k,omitempty"`
 }
 
 // Outcome is what applying a Mutation did.
@@ -111,6 +119,14 @@ func (s *Store) NormalizeMutation(m Mutation) (Mutation, error) {
 				return Mutation{}, fmt.Errorf("mutation restrict: %w", err)
 			}
 		}
+	case OpConsent:
+		if idx, err := hex.DecodeString(m.Index); err != nil || len(idx) != sealed.IndexSize {
+			return Mutation{}, fmt.Errorf("mutation consent: index %q: want %d hex bytes", m.Index, sealed.IndexSize)
+		}
+		m.Index = strings.ToLower(m.Index)
+		if len(m.Consent) == 0 {
+			return Mutation{}, errors.New("mutation consent: no payload")
+		}
 	case OpErase:
 		if m.Addr != "" {
 			k, err := addressKey(m.Addr)
@@ -141,7 +157,7 @@ func (s *Store) MutationIndex(m Mutation) string {
 		if m.Entry != nil {
 			return s.box.IndexHex(m.Entry.Target)
 		}
-	case OpErase:
+	case OpErase, OpConsent:
 		return m.Index
 	}
 	return s.box.IndexHex(m.Addr)
@@ -261,6 +277,7 @@ func (s *Store) applyTx(tx *bbolt.Tx, m Mutation) (Outcome, error) {
 	case OpErase:
 		idx, _ := hex.DecodeString(m.Index) // checked by NormalizeMutation
 		out.Entry, _, err = s.eraseTx(tx, idx, m.Ref, m.Dates, m.Time)
+	case OpConsent: // the consent store applies it (replica Config.Consent)
 	}
 	if errors.Is(err, ErrErased) || errors.Is(err, ErrRestricted) {
 		out.Refused, err = err, nil

@@ -16,6 +16,13 @@ import (
 // serves and its suppression replica has caught up (delivery not halted).
 func startCluster3(t *testing.T, opt ...mtatest.Options) []*testNode {
 	t.Helper()
+	return startCluster3Prep(t, nil, opt...)
+}
+
+// startCluster3Prep is startCluster3 with prep run on each node's
+// harness before its serve starts (nil: none).
+func startCluster3Prep(t *testing.T, prep func(*testNode), opt ...mtatest.Options) []*testNode {
+	t.Helper()
 	bin := buildBinary(t)
 	var o mtatest.Options
 	if len(opt) > 0 {
@@ -24,6 +31,9 @@ func startCluster3(t *testing.T, opt ...mtatest.Options) []*testNode {
 	nodes := newTestCluster(t, 3, o)
 	shareKeys(t, nodes)
 	for _, nd := range nodes {
+		if prep != nil {
+			prep(nd)
+		}
 		nd.bin = bin
 		nd.start(bin)
 	}

@@ -141,11 +141,15 @@ func opSuppressImport(ctx context.Context, e *env, req request, o *out) error {
 	if e.audit == nil {
 		return errors.New("suppress import: audit log is not open")
 	}
-	if e.cfg.Cluster != nil { // the import writes the local store in batches: it would reach this node only
-		return &exitError{code: 2, msg: "suppress import: not replicated across a cluster yet; add the addresses with `suppress add` (each goes through the cluster's stream)"}
+	if err := e.joinReplica(ctx); err != nil {
+		return err
 	}
-	res, err := e.supp.ImportFile(a.Path, suppression.Entry{List: a.List, Reason: suppression.Reason(a.Reason), Source: "import:" + filepath.Base(a.Path)},
-		importAuditor{e.audit, req.Who, a.Reason})
+	def := suppression.Entry{List: a.List, Reason: suppression.Reason(a.Reason), Source: "import:" + filepath.Base(a.Path)}
+	var pub suppression.ImportPublisher // nil: written here, single node
+	if e.rep != nil {                   // a cluster node: each batch through the stream (PublishAll)
+		pub = e.rep.Writer()
+	}
+	res, err := e.supp.ImportFileVia(a.Path, def, importAuditor{e.audit, req.Who, a.Reason}, pub)
 	if err != nil {
 		return fmt.Errorf("suppress import: %w", err)
 	}

@@ -64,6 +64,9 @@ func (e *env) joinReplica(ctx context.Context) error {
 	if e.daemon { // a CLI command's short join writes no snapshots (promise 7)
 		rcfg.SnapshotEvery = cc.SnapshotEvery
 	}
+	if e.subs != nil { // consent ops of the stream reach this node's consent store
+		rcfg.Consent = e.subs
+	}
 	rep, err := replica.New(js, e.supp, e.box, rcfg,
 		e.log.With().Str("component", "replica").Logger())
 	if err != nil {

@@ -49,7 +49,7 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 	ul, sl := cfg.UnsubscribeLimits, cfg.SubscribeLimits
 	mux.Handle("/u/", unsubscribe.NewHandler(unsubscribe.Config{
 		Tokens: e.tokens, Suppressor: e.suppressions(), PrivacyURL: cfg.PrivacyURL, SenderName: senderName, Events: e.queue,
-		Pages: pg, Lists: listsAdapter{subs: e.subs, lists: cfg.Lists}, History: listsAdapter{subs: e.subs}, Audit: httpAuditor{e},
+		Pages: pg, Lists: listsAdapter{subs: e.subs, lists: cfg.Lists}, History: listsAdapter{subs: e.subs, w: e.consent()}, Audit: httpAuditor{e},
 		Limits: unsubscribe.Limits{PerIP: lim(ul.PerIP), PerToken: lim(ul.PerToken)}, Proxies: proxies,
 	}, log))
 
@@ -81,7 +81,7 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 		lists[id] = optin.List{Name: name, DoubleOptIn: l.DoubleOptIn}
 	}
 	h := optin.NewHandler(optin.Config{
-		Lists: lists, Store: e.subs, Mailer: mailer, Suppressions: e.gate(), Lifter: e.gate(), Pages: pg, Tokens: tk,
+		Lists: lists, Store: e.consent(), Mailer: mailer, Suppressions: e.gate(), Lifter: e.gate(), Pages: pg, Tokens: tk,
 		PublicURL: cfg.PublicURL, PrivacyURL: cfg.PrivacyURL, Audit: httpAuditor{e}, Proxies: proxies,
 		Limits: optin.Limits{RequestsPerIP: lim(sl.RequestsPerIP), SignupsPerMailbox: lim(sl.SignupsPerMailbox),
 			ConfirmationsPerMailbox: lim(sl.ConfirmationsPerMailbox), ConfirmationsPerIP: lim(sl.ConfirmationsPerIP),
@@ -96,6 +96,7 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 // on, from the consent store, and records unsubscribes there too.
 type listsAdapter struct {
 	subs  *subscribers.Store
+	w     consentWriter // where Unsubscribed writes (a cluster node: the stream); nil: subs
 	lists map[string]configs.List
 }
 
@@ -128,7 +129,11 @@ func (a listsAdapter) ListsFor(addr string) ([]unsubscribe.ListStatus, error) {
 // Unsubscribed appends the consent store's "unsubscribed" event; an address
 // it holds nothing for is not an error (the suppression entry is what counts).
 func (a listsAdapter) Unsubscribed(addr, list, source string) error {
-	if err := a.subs.Unsubscribe(addr, list, source); err != nil && !errors.Is(err, subscribers.ErrNotFound) {
+	var w consentWriter = a.subs
+	if a.w != nil {
+		w = a.w
+	}
+	if err := w.Unsubscribe(addr, list, source); err != nil && !errors.Is(err, subscribers.ErrNotFound) {
 		return err
 	}
 	return nil
@@ -162,7 +167,10 @@ func opSubscribersImport(ctx context.Context, e *env, req request, o *out) error
 	if _, ok := e.cfg.Lists[a.List]; !ok {
 		return fmt.Errorf("subscribers import: list %q is not configured (lists: in the server config)", a.List)
 	}
-	sum, err := importer.Import(ctx, importer.Config{Store: e.subs, Gate: e.gate(), Reveal: req.Reveal,
+	if err := e.joinReplica(ctx); err != nil { // a cluster node imports through the stream
+		return err
+	}
+	sum, err := importer.Import(ctx, importer.Config{Store: e.consent(), Gate: e.gate(), Reveal: req.Reveal,
 		Progress: func(rows int) { _ = o.Progress(progress{Rows: rows}) }}, a.Path, a.List, a.Source)
 	if err != nil {
 		return err

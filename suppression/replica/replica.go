@@ -50,6 +50,10 @@
 //     its own; once an erasure is applied, every snapshot taken before it
 //     is deleted (the erasing node puts a fresh one first). The stream is
 //     not compacted: it still holds every change.
+//   - A consent op (suppression.OpConsent, PublishConsent) is applied to
+//     Config.Consent, which records the sequence in its own transaction,
+//     before the store records it. PublishAll publishes a batch (imports)
+//     asynchronously and keeps nothing pending.
 package replica
 
 import (
@@ -118,6 +122,20 @@ type Config struct {
 	// this node made itself are not handed to it (the procedure that
 	// published them erases the rest, by address).
 	OnErase func(ctx context.Context, e Erasure) error
+	// Consent, if set, is this node's consent store: the consent ops of
+	// the stream (OpConsent, see PublishConsent) are applied to it, before
+	// the suppression store records their sequence, in order, recording
+	// their sequence in its own transaction (so a replay applies nothing
+	// twice there either). Unset, consent ops are only recorded.
+	Consent Consent
+}
+
+// Consent is a node's consent store as the replica applies the stream's
+// consent ops to it; *subscribers.Store satisfies it. seqs[i] is ops[i]'s
+// stream sequence (0: applied ahead of the stream, not recorded); refused[i]
+// its store's refusal; err means nothing was applied.
+type Consent interface {
+	ApplyEncoded(seqs []uint64, ops [][]byte) (refused []error, err error)
 }
 
 // Erasure is an erasure from the stream as OnErase sees it: the person's
@@ -207,6 +225,13 @@ func Erase(addr, ref string, consents []suppression.ConsentDates) Change {
 // EraseIndex is the change of Store.EraseIndex.
 func EraseIndex(indexHex, ref string, consents []suppression.ConsentDates) Change {
 	return Change{Mutation: suppression.Mutation{Op: suppression.OpErase, Index: indexHex, Ref: ref, Dates: consents}}
+}
+
+// ConsentOp is the change carrying a consent store op (opaque here, its
+// JSON) for the address whose hex keyed index is indexHex; id is the op's
+// own id, used as the change id, so a retried op is a stream duplicate.
+func ConsentOp(indexHex, id string, op json.RawMessage) Change {
+	return Change{ID: id, Mutation: suppression.Mutation{Op: suppression.OpConsent, Index: indexHex, Consent: op}}
 }
 
 // Status is the replica's state, for `cluster status` and metrics.
@@ -556,6 +581,9 @@ func (r *Replica) await(ctx context.Context, c Change, seq uint64) error {
 	defer cancel()
 	if err := r.waitApplied(wctx, seq); err != nil {
 		out, aerr := r.store.Apply(0, c.Mutation)
+		if aerr == nil && c.Mutation.Op == suppression.OpConsent {
+			out.Refused, aerr = r.applyConsentAhead(c)
+		}
 		if aerr != nil {
 			return fmt.Errorf("publish suppression change %s: applied by the stream (seq %d), not yet here: %w", c.ID, seq, aerr)
 		}
@@ -566,6 +594,21 @@ func (r *Replica) await(ctx context.Context, c Change, seq uint64) error {
 	refused := r.outcomes[c.ID]
 	r.mu.Unlock()
 	return r.refusal(c, refused)
+}
+
+// applyConsentAhead applies a consent change to the consent store without
+// a sequence (ahead of the stream); its stream copy, applied later, is
+// skipped there unless another op came between (then it is applied again,
+// so this node ends as every other).
+func (r *Replica) applyConsentAhead(c Change) (error, error) {
+	if r.cfg.Consent == nil {
+		return nil, nil
+	}
+	refused, err := r.cfg.Consent.ApplyEncoded([]uint64{0}, [][]byte{c.Mutation.Consent})
+	if err != nil {
+		return nil, fmt.Errorf("apply consent change %s here: %w", c.ID, err)
+	}
+	return refused[0], nil
 }
 
 // refusal wraps the store's refusal of c, keeping it matchable.
@@ -603,6 +646,9 @@ func (r *Replica) keep(c Change, subj string, data []byte, cause error) error {
 	key := fmt.Sprintf("%016x-%s", uint64(time.Now().UnixNano()), c.ID)
 	r.applyMu.Lock() // one at a time, so the in-memory order is the key order
 	out, err := r.store.AddPending(key, v, c.Mutation)
+	if err == nil && c.Mutation.Op == suppression.OpConsent {
+		out.Refused, err = r.applyConsentAhead(c)
+	}
 	r.mu.Lock()
 	if err == nil {
 		r.ahead = append(r.ahead, &pendingChange{key: key, rec: rec, index: r.indexOf(subj), m: c.Mutation})
@@ -979,9 +1025,18 @@ func (r *Replica) handle(msgs []jetstream.Msg) error {
 		}
 	}
 	r.mu.Unlock()
+	consentRefused, err := r.applyConsent(logged)
+	if err != nil {
+		return fmt.Errorf("stream changes %d-%d: %w", logged[0].Seq, logged[len(logged)-1].Seq, err)
+	}
 	outs, err := r.store.ApplyAll(logged)
 	if err != nil {
 		return fmt.Errorf("stream changes %d-%d: %w", logged[0].Seq, logged[len(logged)-1].Seq, err)
+	}
+	for i, refused := range consentRefused {
+		if refused != nil && !outs[i].Skipped {
+			outs[i].Refused = refused
+		}
 	}
 	for i, it := range items {
 		out, seq := outs[i], logged[i].Seq
@@ -1050,6 +1105,40 @@ func (r *Replica) handle(msgs []jetstream.Msg) error {
 		}
 	}
 	return stop
+}
+
+// applyConsent applies the consent ops among logged to the consent store,
+// in one transaction that records their sequences; refused is indexed as
+// logged (nil where there is no refusal or no consent op). The suppression
+// store records the sequences afterwards: after a crash between the two,
+// the replay is skipped by the consent store's own sequence.
+func (r *Replica) applyConsent(logged []suppression.Logged) (refused []error, err error) {
+	var (
+		seqs []uint64
+		ops  [][]byte
+		at   []int
+	)
+	for i, l := range logged {
+		if l.Mutation.Op == suppression.OpConsent {
+			seqs, ops, at = append(seqs, l.Seq), append(ops, l.Mutation.Consent), append(at, i)
+		}
+	}
+	if len(ops) == 0 {
+		return nil, nil
+	}
+	if r.cfg.Consent == nil {
+		r.log.Debug().Int("ops", len(ops)).Msg("consent ops recorded only: no consent store")
+		return nil, nil
+	}
+	rs, err := r.cfg.Consent.ApplyEncoded(seqs, ops)
+	if err != nil {
+		return nil, err
+	}
+	refused = make([]error, len(logged))
+	for j, i := range at {
+		refused[i] = rs[j]
+	}
+	return refused, nil
 }
 
 // ---- staleness ----

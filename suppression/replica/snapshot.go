@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/postwarden/postwarden/suppression"
@@ -137,6 +138,11 @@ func (r *Replica) join(ctx context.Context) error {
 		case err != nil:
 			return fmt.Errorf("join from snapshot %s: %w", s.name, err)
 		}
+		// The snapshot holds the suppression store only: the consent ops up
+		// to its sequence reach the consent store first, from the stream.
+		if err := r.replayConsent(ctx, s.seq); err != nil {
+			return fmt.Errorf("join from snapshot %s: %w", s.name, err)
+		}
 		seq, err := r.load(s.name, data)
 		if errors.Is(err, suppression.ErrNotEmpty) {
 			// A change was applied here meanwhile (a publish applied
@@ -154,6 +160,83 @@ func (r *Replica) join(ctx context.Context) error {
 	}
 	r.log.Info().Int("snapshots", len(snaps)).Msg("no usable snapshot; reading the stream from the start")
 	r.setJoined(0)
+	return nil
+}
+
+// replayConsent applies the stream's consent ops up to sequence upTo to
+// Config.Consent, before a snapshot at upTo is loaded: the snapshot carries
+// the suppression store, not the consent store, and consumption resumes
+// after it. The consent store skips what it has applied already (its own
+// applied sequence), so a join interrupted and run again applies nothing
+// twice. Only the ops are read into it; nothing else is applied.
+func (r *Replica) replayConsent(ctx context.Context, upTo uint64) error {
+	if r.cfg.Consent == nil || upTo == 0 {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	cons, err := r.js.OrderedConsumer(cctx, r.cfg.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{r.cfg.Subject + ".>"}})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("read consent ops of stream %s: %w", r.cfg.Stream, err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("read consent ops of stream %s: %w", r.cfg.Stream, err)
+	}
+	defer it.Stop()
+	var seqs []uint64
+	var ops [][]byte
+	flush := func() error {
+		if len(ops) == 0 {
+			return nil
+		}
+		r.applyMu.Lock()
+		_, err := r.cfg.Consent.ApplyEncoded(seqs, ops)
+		r.applyMu.Unlock()
+		seqs, ops = seqs[:0], ops[:0]
+		if err != nil {
+			return fmt.Errorf("apply consent ops below the snapshot: %w", err)
+		}
+		return nil
+	}
+	applied := 0
+	for {
+		msg, err := it.Next(jetstream.NextMaxWait(2 * time.Second))
+		if errors.Is(err, nats.ErrTimeout) {
+			break // the stream has nothing more below upTo (purged)
+		}
+		if err != nil {
+			return fmt.Errorf("read consent ops of stream %s: %w", r.cfg.Stream, err)
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			return fmt.Errorf("stream message metadata: %w", err)
+		}
+		seq := md.Sequence.Stream
+		if seq > upTo {
+			break
+		}
+		c, err := r.open(msg.Subject(), msg.Data())
+		if err != nil {
+			return fmt.Errorf("stream change at %d: %w", seq, err)
+		}
+		if c.Mutation.Op == suppression.OpConsent {
+			seqs, ops = append(seqs, seq), append(ops, c.Mutation.Consent)
+			applied++
+			if len(ops) == maxBatch {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		if seq == upTo || md.NumPending == 0 {
+			break
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	r.log.Info().Uint64("up_to", upTo).Int("consent_ops", applied).Msg("consent ops below the snapshot applied")
 	return nil
 }
 

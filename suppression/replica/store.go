@@ -95,5 +95,30 @@ func (s *Store) Erase(addr, ref string, consents []suppression.ConsentDates) (su
 	return suppression.Entry{}, fmt.Errorf("erase %s: %w", address.Mask(addr), errNoTombstone)
 }
 
+// PublishImport publishes an import's batch (suppression.ImportPublisher)
+// with PublishAll: the change ids are key and the entry's place in it, so
+// a batch published again after a crash is dropped by the stream as a
+// duplicate. added counts the entries the store did not refuse.
+func (s *Store) PublishImport(key string, entries []suppression.Entry) (int, error) {
+	cs := make([]Change, len(entries))
+	for i, e := range entries {
+		cs[i] = Add(e)
+		cs[i].ID = fmt.Sprintf("import/%s/%d", key, i)
+	}
+	refused, err := s.r.PublishAll(context.Background(), cs)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, err := range refused {
+		if err == nil {
+			n++
+		}
+	}
+	return n, nil
+}
+
+var _ suppression.ImportPublisher = (*Store)(nil)
+
 // errNoTombstone: the erasure was published but its tombstone is not here.
 var errNoTombstone = errors.New("the erasure was published but its tombstone is not in the local replica yet")

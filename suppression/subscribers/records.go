@@ -86,14 +86,26 @@ func (s *Store) decodeEvent(v []byte) (Event, error) {
 	return e, nil
 }
 
+// stamp is what a write takes from outside its arguments: its time, the
+// SubscriberID of a record it creates and, replicated, the op's id. A
+// replicated op carries the origin's stamp, so every node writes alike.
+type stamp struct {
+	now    time.Time
+	person string
+	op     string // "" for a local write
+}
+
+// localStamp is the stamp of a write made here, now.
+func (s *Store) localStamp() stamp { return stamp{now: s.now().UTC(), person: newID()} }
+
 // newEvent builds the stored and the returned form of an event.
-func (s *Store) newEvent(code byte, at time.Time, id, source, ip, ua, privacy, consent string) (storedEvent, Event) {
-	now := s.now().UTC()
+func (s *Store) newEvent(st stamp, code byte, at time.Time, id, source, ip, ua, privacy, consent string) (storedEvent, Event) {
+	now := st.now.UTC()
 	if at.IsZero() {
 		at = now
 	}
 	se := storedEvent{Time: at.UTC(), Recorded: now, Source: source, ID: id,
-		IP: s.sealOpt(ip, ctxIP, id), UA: s.sealOpt(ua, ctxUserAgent, id), Privacy: privacy, Consent: consent}
+		IP: s.sealOpt(ip, ctxIP, id), UA: s.sealOpt(ua, ctxUserAgent, id), Privacy: privacy, Consent: consent, Op: st.op}
 	e := Event{Kind: kindOfCode[code], Time: se.Time, Recorded: now, Source: source, IP: ip, UserAgent: ua,
 		PrivacyURL: privacy, ConsentText: consent, SubscriberID: id}
 	return se, e

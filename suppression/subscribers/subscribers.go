@@ -250,7 +250,8 @@ type storedEvent struct {
 	Privacy  string         `json:"pp,omitempty"`
 	Consent  string         `json:"ct,omitempty"`
 	ID       string         `json:"id,omitempty"`
-	Consents []ConsentDates `json:"l,omitempty"` // erased markers only
+	Consents []ConsentDates `json:"l,omitempty"`  // erased markers only
+	Op       string         `json:"op,omitempty"` // the replicated op that wrote it (not personal)
 }
 
 // person is the value in the people bucket.

@@ -25,43 +25,71 @@ import (
 // on the list gives ErrAlreadyConfirmed and nothing is written; a repeated
 // pending sign-up appends another "subscribed" event.
 func (s *Store) Subscribe(sub Subscription) (Event, error) {
+	c, err := checkSubscribe(sub)
+	if err != nil {
+		return Event{}, err
+	}
+	var ev Event
+	err = s.batch(func(tx *bbolt.Tx) error {
+		var err error
+		ev, err = s.subscribeTx(tx, s.localStamp(), c)
+		return err
+	})
+	if err != nil {
+		return Event{}, fmt.Errorf("subscribe %s to %q: %w", address.Mask(c.key), c.sub.List, err)
+	}
+	return ev, nil
+}
+
+// checkedSub is a sign-up checked by checkSubscribe.
+type checkedSub struct {
+	sub            Subscription // trimmed
+	key, canon, ip string
+	ua             string
+}
+
+// checkSubscribe normalises and checks a sign-up.
+func checkSubscribe(sub Subscription) (checkedSub, error) {
 	key, canon, err := addrKey(sub.Address)
 	if err != nil {
-		return Event{}, fmt.Errorf("subscribe: %w", err)
+		return checkedSub{}, fmt.Errorf("subscribe: %w", err)
 	}
 	sub = sub.trimmed()
 	if err := sub.Check(); err != nil {
-		return Event{}, fmt.Errorf("subscribe %s to %q: %w", address.Mask(key), sub.List, err)
+		return checkedSub{}, fmt.Errorf("subscribe %s to %q: %w", address.Mask(key), sub.List, err)
 	}
 	ip, _ := normIP(sub.IP) // checked above
-	ua := cutUA(sub.UserAgent)
-	pending := sub.Pending || sub.ViaDoubleOptIn
-	idx := s.box.Index(key)
-	prefix := groupPrefix(idx, sub.List)
+	return checkedSub{sub: sub, key: key, canon: canon, ip: ip, ua: cutUA(sub.UserAgent)}, nil
+}
 
-	var ev Event
-	err = s.batch(func(tx *bbolt.Tx) error {
-		events := tx.Bucket(bucketEvents)
-		p, exists, err := getPerson(tx, idx)
-		if err != nil {
-			return err
-		}
-		code := codeConfirmed
-		if pending {
-			code = codeSubscribed
-		}
-		if !exists {
-			if erasedMarker(tx, idx) {
-				if !sub.ViaDoubleOptIn {
-					return ErrErased
-				}
-				code = codeResubscribed
+// subscribeTx is Subscribe in tx; a refusal is returned before any write.
+func (s *Store) subscribeTx(tx *bbolt.Tx, st stamp, c checkedSub) (Event, error) {
+	sub := c.sub
+	pending := sub.Pending || sub.ViaDoubleOptIn
+	idx := s.box.Index(c.key)
+	prefix := groupPrefix(idx, sub.List)
+	events := tx.Bucket(bucketEvents)
+	p, exists, err := getPerson(tx, idx)
+	if err != nil {
+		return Event{}, err
+	}
+	code := codeConfirmed
+	if pending {
+		code = codeSubscribed
+	}
+	if !exists {
+		if erasedMarker(tx, idx) {
+			if !sub.ViaDoubleOptIn {
+				return Event{}, ErrErased
 			}
-			p = person{ID: newID(), Created: s.now().UTC()}
-			p.Addr = s.box.SealString(canon, ctx(ctxAddress, p.ID))
-		} else if last := lastEvent(events, prefix); last != nil && last[0] == codeConfirmed {
-			return ErrAlreadyConfirmed
+			code = codeResubscribed
 		}
+		p = person{ID: st.person, Created: st.now.UTC()}
+		p.Addr = s.box.SealString(c.canon, ctx(ctxAddress, p.ID))
+	} else if last := lastEvent(events, prefix); last != nil && last[0] == codeConfirmed {
+		return Event{}, ErrAlreadyConfirmed
+	}
+	if tx.Writable() {
 		// Fill empty fields only: an unconfirmed form must not rewrite a known person.
 		changed := !exists
 		if p.Name == nil && sub.Name != "" {
@@ -72,62 +100,76 @@ func (s *Store) Subscribe(sub Subscription) (Event, error) {
 		}
 		if changed {
 			if err := putPerson(tx, idx, p); err != nil {
-				return err
+				return Event{}, err
 			}
 		}
-		se, e := s.newEvent(code, time.Time{}, p.ID, sub.Source, ip, ua, sub.PrivacyURL, sub.ConsentText)
-		if err := appendEvent(events, prefix, code, se); err != nil {
-			return err
-		}
-		ev = e
-		return tx.Bucket(bucketMembers).Put(memberKey(sub.List, idx), nil)
-	})
-	if err != nil {
-		return Event{}, fmt.Errorf("subscribe %s to %q: %w", address.Mask(key), sub.List, err)
 	}
-	return ev, nil
+	se, e := s.newEvent(st, code, time.Time{}, p.ID, sub.Source, c.ip, c.ua, sub.PrivacyURL, sub.ConsentText)
+	if !tx.Writable() { // CheckOp: refusals only
+		return e, nil
+	}
+	if err := appendEvent(events, prefix, code, se); err != nil {
+		return Event{}, err
+	}
+	return e, tx.Bucket(bucketMembers).Put(memberKey(sub.List, idx), nil)
 }
 
 // Confirm records the double opt-in confirmation of a pending sign-up, with
 // the IP and user agent of the click; the policy and wording shown at sign-up
 // are carried over. Anything but a pending state gives ErrNoPending.
 func (s *Store) Confirm(addr, list, ip, ua string) (Event, error) {
+	c, err := checkConfirm(addr, list, ip, ua)
+	if err != nil {
+		return Event{}, err
+	}
+	var ev Event
+	err = s.batch(func(tx *bbolt.Tx) error {
+		var err error
+		ev, err = s.confirmTx(tx, s.localStamp(), c)
+		return err
+	})
+	if err != nil {
+		return Event{}, fmt.Errorf("confirm %s on %q: %w", address.Mask(c.key), c.list, err)
+	}
+	return ev, nil
+}
+
+// checkedConfirm is a confirmation checked by checkConfirm.
+type checkedConfirm struct{ key, list, ip, ua string }
+
+// checkConfirm normalises and checks a confirmation.
+func checkConfirm(addr, list, ip, ua string) (checkedConfirm, error) {
 	key, _, err := addrKey(addr)
 	if err != nil {
-		return Event{}, fmt.Errorf("confirm: %w", err)
+		return checkedConfirm{}, fmt.Errorf("confirm: %w", err)
 	}
 	list = strings.TrimSpace(list)
 	if err := checkList(list, false); err != nil {
-		return Event{}, fmt.Errorf("confirm %s on %q: %w", address.Mask(key), list, err)
+		return checkedConfirm{}, fmt.Errorf("confirm %s on %q: %w", address.Mask(key), list, err)
 	}
 	if ip, err = normIP(ip); err != nil {
-		return Event{}, fmt.Errorf("confirm %s on %q: %w", address.Mask(key), list, err)
+		return checkedConfirm{}, fmt.Errorf("confirm %s on %q: %w", address.Mask(key), list, err)
 	}
-	ua = cutUA(ua)
-	idx := s.box.Index(key)
-	prefix := groupPrefix(idx, list)
-	var ev Event
-	err = s.batch(func(tx *bbolt.Tx) error {
-		events := tx.Bucket(bucketEvents)
-		last := lastEvent(events, prefix)
-		if last == nil || (last[0] != codeSubscribed && last[0] != codeResubscribed) {
-			return ErrNoPending
-		}
-		var pend storedEvent
-		if err := json.Unmarshal(last[1:], &pend); err != nil {
-			return fmt.Errorf("decode pending event: %w", err)
-		}
-		se, e := s.newEvent(codeConfirmed, time.Time{}, pend.ID, "double-opt-in", ip, ua, pend.Privacy, pend.Consent)
-		if err := appendEvent(events, prefix, codeConfirmed, se); err != nil {
-			return err
-		}
-		ev = e
-		return nil
-	})
-	if err != nil {
-		return Event{}, fmt.Errorf("confirm %s on %q: %w", address.Mask(key), list, err)
+	return checkedConfirm{key: key, list: list, ip: ip, ua: cutUA(ua)}, nil
+}
+
+// confirmTx is Confirm in tx; a refusal is returned before any write.
+func (s *Store) confirmTx(tx *bbolt.Tx, st stamp, c checkedConfirm) (Event, error) {
+	events := tx.Bucket(bucketEvents)
+	prefix := groupPrefix(s.box.Index(c.key), c.list)
+	last := lastEvent(events, prefix)
+	if last == nil || (last[0] != codeSubscribed && last[0] != codeResubscribed) {
+		return Event{}, ErrNoPending
 	}
-	return ev, nil
+	var pend storedEvent
+	if err := json.Unmarshal(last[1:], &pend); err != nil {
+		return Event{}, fmt.Errorf("decode pending event: %w", err)
+	}
+	se, e := s.newEvent(st, codeConfirmed, time.Time{}, pend.ID, "double-opt-in", c.ip, c.ua, pend.Privacy, pend.Consent)
+	if !tx.Writable() {
+		return e, nil
+	}
+	return e, appendEvent(events, prefix, codeConfirmed, se)
 }
 
 // Unsubscribe appends an "unsubscribed" event for addr on list, or on every
@@ -135,54 +177,69 @@ func (s *Store) Confirm(addr, list, ip, ua string) (Event, error) {
 // No record at all (or erased): ErrNotFound, which callers that also
 // suppress the address may ignore.
 func (s *Store) Unsubscribe(addr, list, source string) error {
+	c, err := checkUnsubscribe(addr, list, source)
+	if err != nil {
+		return err
+	}
+	err = s.batch(func(tx *bbolt.Tx) error { return s.unsubscribeTx(tx, s.localStamp(), c) })
+	if err != nil {
+		return fmt.Errorf("unsubscribe %s from %q: %w", address.Mask(c.key), c.list, err)
+	}
+	return nil
+}
+
+// checkedUnsub is an unsubscribe checked by checkUnsubscribe.
+type checkedUnsub struct{ key, list, source string }
+
+// checkUnsubscribe normalises and checks an unsubscribe.
+func checkUnsubscribe(addr, list, source string) (checkedUnsub, error) {
 	key, _, err := addrKey(addr)
 	if err != nil {
-		return fmt.Errorf("unsubscribe: %w", err)
+		return checkedUnsub{}, fmt.Errorf("unsubscribe: %w", err)
 	}
 	list = strings.TrimSpace(list)
 	if err := checkList(list, true); err != nil {
-		return fmt.Errorf("unsubscribe %s from %q: %w", address.Mask(key), list, err)
+		return checkedUnsub{}, fmt.Errorf("unsubscribe %s from %q: %w", address.Mask(key), list, err)
 	}
 	if err := checkField("source", source, maxField); err != nil {
-		return fmt.Errorf("unsubscribe %s from %q: %w", address.Mask(key), list, err)
+		return checkedUnsub{}, fmt.Errorf("unsubscribe %s from %q: %w", address.Mask(key), list, err)
 	}
-	idx := s.box.Index(key)
-	err = s.batch(func(tx *bbolt.Tx) error {
-		events := tx.Bucket(bucketEvents)
-		lists := []string{list}
-		if list == "" {
-			var err error
-			if lists, err = listsOf(events, idx); err != nil {
-				return err
-			}
+	return checkedUnsub{key: key, list: list, source: source}, nil
+}
+
+// unsubscribeTx is Unsubscribe in tx; ErrNotFound is returned before any write.
+func (s *Store) unsubscribeTx(tx *bbolt.Tx, st stamp, c checkedUnsub) error {
+	idx := s.box.Index(c.key)
+	events := tx.Bucket(bucketEvents)
+	lists := []string{c.list}
+	if c.list == "" {
+		var err error
+		if lists, err = listsOf(events, idx); err != nil {
+			return err
 		}
-		found := false
-		for _, l := range lists {
-			prefix := groupPrefix(idx, l)
-			last := lastEvent(events, prefix)
-			if last == nil {
-				continue
-			}
-			found = true
-			if last[0] == codeUnsubscribed {
-				continue
-			}
-			var prev storedEvent
-			if err := json.Unmarshal(last[1:], &prev); err != nil {
-				return fmt.Errorf("decode event: %w", err)
-			}
-			se, _ := s.newEvent(codeUnsubscribed, time.Time{}, prev.ID, source, "", "", "", "")
-			if err := appendEvent(events, prefix, codeUnsubscribed, se); err != nil {
-				return err
-			}
+	}
+	found := false
+	for _, l := range lists {
+		prefix := groupPrefix(idx, l)
+		last := lastEvent(events, prefix)
+		if last == nil {
+			continue
 		}
-		if !found {
-			return ErrNotFound
+		found = true
+		if last[0] == codeUnsubscribed || !tx.Writable() {
+			continue
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("unsubscribe %s from %q: %w", address.Mask(key), list, err)
+		var prev storedEvent
+		if err := json.Unmarshal(last[1:], &prev); err != nil {
+			return fmt.Errorf("decode event: %w", err)
+		}
+		se, _ := s.newEvent(st, codeUnsubscribed, time.Time{}, prev.ID, c.source, "", "", "", "")
+		if err := appendEvent(events, prefix, codeUnsubscribed, se); err != nil {
+			return err
+		}
+	}
+	if !found {
+		return ErrNotFound
 	}
 	return nil
 }
@@ -244,7 +301,7 @@ func (s *Store) Import(cands []Candidate) ([]ImportResult, error) {
 			if r.idx == nil { // invalid, error already set
 				continue
 			}
-			e, refused, err := s.importOne(tx, events, r)
+			e, refused, err := s.importOne(tx, events, r, s.localStamp())
 			if err != nil {
 				return err
 			}
@@ -322,7 +379,7 @@ func importRefusal(last []byte, consentedAt time.Time) error {
 // importOne writes one checked row in tx: the person when new (or its
 // missing name and company), the event and the list membership. refused is
 // why the row is not imported; err stops the whole import.
-func (s *Store) importOne(tx *bbolt.Tx, events *bbolt.Bucket, r importRow) (e Event, refused, err error) {
+func (s *Store) importOne(tx *bbolt.Tx, events *bbolt.Bucket, r importRow, st stamp) (e Event, refused, err error) {
 	c := r.Candidate
 	prefix := groupPrefix(r.idx, c.List)
 	p, exists, err := getPerson(tx, r.idx)
@@ -335,9 +392,12 @@ func (s *Store) importOne(tx *bbolt.Tx, events *bbolt.Bucket, r importRow) (e Ev
 	if refused := importRefusal(lastEvent(events, prefix), c.ConsentedAt); refused != nil {
 		return Event{}, refused, nil
 	}
+	if !tx.Writable() { // CheckOp: refusals only
+		return Event{}, nil, nil
+	}
 	changed := !exists
 	if !exists {
-		p = person{ID: newID(), Created: s.now().UTC()}
+		p = person{ID: st.person, Created: st.now.UTC()}
 		p.Addr = s.box.SealString(r.canon, ctx(ctxAddress, p.ID))
 	}
 	if p.Name == nil && c.Name != "" {
@@ -355,7 +415,7 @@ func (s *Store) importOne(tx *bbolt.Tx, events *bbolt.Bucket, r importRow) (e Ev
 	if c.ConsentedAt.IsZero() {
 		code = codeImportedLegitimate
 	}
-	se, e := s.newEvent(code, c.ConsentedAt, p.ID, c.Source, r.ip, "", c.PrivacyURL, c.ConsentText)
+	se, e := s.newEvent(st, code, c.ConsentedAt, p.ID, c.Source, r.ip, "", c.PrivacyURL, c.ConsentText)
 	if err := appendEvent(events, prefix, code, se); err != nil {
 		return Event{}, nil, err
 	}
@@ -447,7 +507,7 @@ func (s *Store) erase(idx []byte, who, ref string) (Tombstone, error) {
 		if err := tx.Bucket(bucketPeople).Delete(idx); err != nil {
 			return err
 		}
-		se, e := s.newEvent(codeErased, time.Time{}, "", ref, "", "", "", "")
+		se, e := s.newEvent(s.localStamp(), codeErased, time.Time{}, "", ref, "", "", "", "")
 		se.Consents = ts.Consents
 		ts.Time = e.Time
 		return appendEvent(events, groupPrefix(idx, ""), codeErased, se)
