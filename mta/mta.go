@@ -481,7 +481,7 @@ func (s *Sender) capture(id string, rcpt address.Address, msg []byte, start time
 		return temporary(StageCapture, "", fmt.Errorf("write %s: %w", path, err))
 	}
 	s.log.Info().Str("queue_id", id).Str("rcpt", address.Mask(rcpt.String())).Str("mode", ModeCapture).
-		Str("path", path).Int("size", len(msg)).Dur("duration", time.Since(start)).Msg("delivery attempt")
+		Str("path", path).Int("size", len(msg)).Dur("duration_ms", time.Since(start)).Msg("delivery attempt")
 	return nil
 }
 

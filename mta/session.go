@@ -524,7 +524,7 @@ func (s *Sender) logAttempt(e *envelope, rt *route, remote, addr string, c *conn
 			Bool("tls_verified", c.verifyErr == nil)
 	}
 	ev = outcome(ev, reply, derr)
-	ev.Dur("duration", time.Since(start)).Msg("delivery attempt")
+	ev.Dur("duration_ms", time.Since(start)).Msg("delivery attempt")
 }
 
 // outcome adds the result fields to a log event.

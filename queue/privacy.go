@@ -291,7 +291,7 @@ func (s *Store) PruneFinished(olderThan time.Duration) (int, error) {
 		}
 	}
 	if n > 0 {
-		s.log.Info().Int("pruned", n).Dur("older_than", olderThan).Msg("finished messages pruned")
+		s.log.Info().Int("pruned", n).Dur("older_than_ms", olderThan).Msg("finished messages pruned")
 	}
 	return n, nil
 }

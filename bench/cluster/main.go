@@ -624,7 +624,7 @@ func waitServing(nd *node) error {
 // background, retrying with backoff while JetStream elects), and a campaign
 // sent before then waits for the retries. Up means: the share streams and
 // bucket are listed, and each node's last "share coordinator not up yet"
-// warning is older than its retry_in plus 2 s (a retry against existing
+// warning is older than its retry_in_ms plus 2 s (a retry against existing
 // streams returns at once).
 func waitShares(bin string, nodes []*node) error {
 	deadline := time.Now().Add(2 * time.Minute)
@@ -663,7 +663,7 @@ func lastShareRetry(nd *node) time.Time {
 		}
 		var v struct {
 			Time    time.Time `json:"time"`
-			RetryIn float64   `json:"retry_in"` // ms
+			RetryIn float64   `json:"retry_in_ms"`
 		}
 		if json.Unmarshal(l, &v) == nil {
 			// The log's time has whole seconds: count the second as passed.

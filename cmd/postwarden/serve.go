@@ -151,7 +151,7 @@ func serve(ctx context.Context, cfg *configs.Server, log zerolog.Logger) error {
 	case err := <-httpDone:
 		runErr = fmt.Errorf("http server: %w", err)
 	}
-	log.Info().Dur("drain_timeout", cfg.Delivery.DrainTimeout).Msg("shutting down: no new work; waiting for in-flight deliveries")
+	log.Info().Dur("drain_timeout_ms", cfg.Delivery.DrainTimeout).Msg("shutting down: no new work; waiting for in-flight deliveries")
 	stopRunner()
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()

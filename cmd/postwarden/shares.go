@@ -156,7 +156,7 @@ func (e *env) startShares(ctx context.Context) (*shareWorker, error) {
 			if wctx.Err() != nil {
 				return
 			}
-			w.log.Warn().Err(err).Dur("retry_in", delay).Msg("share coordinator not up yet")
+			w.log.Warn().Err(err).Dur("retry_in_ms", delay).Msg("share coordinator not up yet")
 			select {
 			case <-wctx.Done():
 				return

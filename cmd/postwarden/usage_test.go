@@ -4,9 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
 	"github.com/postwarden/postwarden/mta/mtatest"
@@ -86,5 +92,44 @@ func TestJSONErrorsOnStderr(t *testing.T) {
 	// Without --json the same answers stay text.
 	if r := h.run("queue", "show", "0000000000000000"); r.code != 1 || !strings.HasPrefix(r.stderr, "postwarden: ") {
 		t.Errorf("text: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+// Every duration a log line carries says its unit in its name: zerolog's
+// Dur writes milliseconds (DurationFieldUnit, left at its default), so
+// the field ends in _ms.
+func TestLogDurationsNameTheirUnit(t *testing.T) {
+	if zerolog.DurationFieldUnit != time.Millisecond {
+		t.Fatalf("zerolog.DurationFieldUnit is %v", zerolog.DurationFieldUnit)
+	}
+	durField := regexp.MustCompile(`\.Dur\("([^"]+)"`)
+	seen := 0
+	err := filepath.WalkDir("../..", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == ".git" || d.Name() == "testdata") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+			return nil
+		}
+		src, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for _, m := range durField.FindAllStringSubmatch(string(src), -1) {
+			seen++
+			if !strings.HasSuffix(m[1], "_ms") {
+				t.Errorf("%s: log field %q is a duration in milliseconds: name it %s_ms", p, m[1], m[1])
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen == 0 {
+		t.Fatal("no .Dur field found: the walk read nothing")
 	}
 }

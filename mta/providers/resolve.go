@@ -181,7 +181,7 @@ func (r *Resolver) Resolve(ctx context.Context, domain string) (Destination, err
 	if err != nil {
 		return Destination{}, err
 	}
-	r.log.Debug().Str("domain", domain).Str("provider", d.Provider.Name).Dur("ttl", d.TTL).Msg("mx looked up")
+	r.log.Debug().Str("domain", domain).Str("provider", d.Provider.Name).Dur("ttl_ms", d.TTL).Msg("mx looked up")
 	d.MX = append([]MX(nil), d.MX...)
 	return d, nil
 }

@@ -686,7 +686,7 @@ func (r *Replica) republishLoop(ctx context.Context) {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
-			r.log.Warn().Err(err).Int("pending", left).Dur("retry_in", delay).Msg("pending suppression changes not published yet")
+			r.log.Warn().Err(err).Int("pending", left).Dur("retry_in_ms", delay).Msg("pending suppression changes not published yet")
 			wait = jitter(delay)
 			delay = min(2*delay, r.cfg.RetryMax)
 		case left > 0:
@@ -727,7 +727,7 @@ func (r *Replica) eraseLoop(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			r.log.Warn().Err(err).Dur("retry_in", delay).Msg("erasure from another node not done here yet; retrying")
+			r.log.Warn().Err(err).Dur("retry_in_ms", delay).Msg("erasure from another node not done here yet; retrying")
 			wait = jitter(delay)
 			delay = min(2*delay, r.cfg.RetryMax)
 		} else {
@@ -866,7 +866,7 @@ func (r *Replica) run(ctx context.Context) {
 		r.mu.Lock()
 		r.why, r.consumeErr = err.Error(), err.Error()
 		r.mu.Unlock()
-		r.log.Warn().Err(err).Dur("retry_in", delay).Msg("suppression replica not consuming")
+		r.log.Warn().Err(err).Dur("retry_in_ms", delay).Msg("suppression replica not consuming")
 		t := time.NewTimer(jitter(delay))
 		select {
 		case <-ctx.Done():

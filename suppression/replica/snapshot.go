@@ -402,7 +402,7 @@ func (r *Replica) snapshotLoop(ctx context.Context) {
 		case take && !own:
 			r.log.Warn().Err(err).Msg("suppression snapshot not put; next period")
 		default:
-			r.log.Warn().Err(err).Dur("retry_in", delay).Msg("suppression snapshots not put or pruned yet; retrying")
+			r.log.Warn().Err(err).Dur("retry_in_ms", delay).Msg("suppression snapshots not put or pruned yet; retrying")
 			r.mu.Lock()
 			r.snapErase = r.snapErase || own
 			r.mu.Unlock()

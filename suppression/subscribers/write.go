@@ -596,7 +596,7 @@ func (s *Store) PrunePending(olderThan time.Duration) (int, error) {
 		return 0, fmt.Errorf("prune pending sign-ups: %w", err)
 	}
 	if n > 0 {
-		s.log.Info().Int("pruned", n).Dur("older_than", olderThan).Msg("pending sign-ups pruned")
+		s.log.Info().Int("pruned", n).Dur("older_than_ms", olderThan).Msg("pending sign-ups pruned")
 	}
 	return n, nil
 }

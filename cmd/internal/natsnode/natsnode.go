@@ -137,7 +137,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (*Node, error) {
 			_ = n.Close()
 			return nil, err
 		case err != nil:
-			log.Warn().Err(err).Dur("waited", wait).Msg("jetstream not ready yet; continuing, it is retried")
+			log.Warn().Err(err).Dur("waited_ms", wait).Msg("jetstream not ready yet; continuing, it is retried")
 		}
 	}
 	return n, nil
@@ -370,12 +370,12 @@ func (n *Node) WaitReady(ctx context.Context) error {
 		_, err := n.js.AccountInfo(actx)
 		cancel()
 		if err == nil {
-			n.log.Info().Dur("after", time.Since(start).Round(time.Millisecond)).Msg("jetstream ready")
+			n.log.Info().Dur("after_ms", time.Since(start).Round(time.Millisecond)).Msg("jetstream ready")
 			return nil
 		}
 		if time.Since(lastLog) >= 5*time.Second {
 			lastLog = time.Now()
-			n.log.Info().Err(err).Dur("waited", time.Since(start).Round(time.Second)).Msg("waiting for jetstream")
+			n.log.Info().Err(err).Dur("waited_ms", time.Since(start).Round(time.Second)).Msg("waiting for jetstream")
 		}
 		select {
 		case <-ctx.Done():
