@@ -63,3 +63,33 @@ func TestValidateReportsEveryWrongPathAtOnce(t *testing.T) {
 		t.Errorf("send:\n%s", r.stderr)
 	}
 }
+
+// `campaign preview FILE --row N` renders that row's message as send
+// would (its real unsubscribe link works) and sends nothing; --html gives
+// the HTML part alone; addresses are masked unless --reveal.
+func TestCampaignPreview(t *testing.T) {
+	h := newHarness(t, mtatest.Options{})
+	file := h.campaign("prev-1", "email,first_name,company\nana@acme.example,Ana,Acme\nnot-an-address,X,Y\ndave@globex.example,Dave,Globex\n")
+	full := h.mustRun(0, "campaign", "preview", file, "--row", "3").stdout
+	if !strings.Contains(full, "Subject: Dave, a note about Globex") || !strings.Contains(full, "multipart/alternative") ||
+		strings.Contains(full, "dave@globex.example") || !strings.Contains(full, "d***@globex.example") {
+		t.Errorf("preview row 3:\n%s", full)
+	}
+	html := h.mustRun(0, "--reveal", "campaign", "preview", file, "--row", "1", "--html").stdout
+	if !strings.HasPrefix(html, "<!doctype html>") || !strings.Contains(html, "Hello Ana,") || strings.Contains(html, "Subject:") {
+		t.Errorf("preview --html:\n%s", html)
+	}
+	if r := h.mustRun(2, "campaign", "preview", file, "--row", "2"); !strings.Contains(r.stderr, "prev-1.csv:3") {
+		t.Errorf("preview of an invalid row: %q", r.stderr)
+	}
+	if r := h.mustRun(2, "campaign", "preview", file, "--row", "9"); !strings.Contains(r.stderr, "has 3 data rows, not 9") {
+		t.Errorf("preview past the end: %q", r.stderr)
+	}
+	h.mustRun(2, "campaign", "preview", file)
+	if n := h.sink.Count(); n != 0 {
+		t.Errorf("preview sent %d messages", n)
+	}
+	if ls := h.mustRun(0, "--json", "campaign", "ls").stdout; strings.TrimSpace(ls) != "" {
+		t.Errorf("preview recorded a campaign: %s", ls)
+	}
+}

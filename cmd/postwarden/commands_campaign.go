@@ -66,6 +66,34 @@ func (c *cli) campaignCommand() *cobra.Command {
 			})
 		},
 	}
+	var pv campaignPreviewArgs
+	preview := &cobra.Command{
+		Use:   "preview FILE --row N [--html]",
+		Short: "Render one recipient's message (data row N) as send would, with its real links; sends nothing (addresses masked unless --reveal)",
+		Example: `  postwarden campaign preview campaigns/spring.yaml --row 1
+  postwarden campaign preview campaigns/spring.yaml --row 12 --html > row12.html`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if pv.Row < 1 {
+				return &usageError{cmd, errors.New("--row N is required (1 = the first row after the header)")}
+			}
+			a := pv
+			a.File = absPath(args[0])
+			return c.call(cmd.Context(), "campaign.preview", a, func(raw json.RawMessage) error {
+				var v previewView
+				if err := json.Unmarshal(raw, &v); err != nil {
+					return err
+				}
+				if v.Skip != "" {
+					fmt.Fprintf(c.stderr, "note: send would leave row %d out (%s)\n", v.Row, v.Skip)
+				}
+				fmt.Fprint(c.stdout, v.Message)
+				return nil
+			})
+		},
+	}
+	preview.Flags().IntVar(&pv.Row, "row", 0, "the data row to render (1 = the first after the header)")
+	preview.Flags().BoolVar(&pv.HTML, "html", false, "print only the HTML part (to open in a browser)")
 	var pause campaignPauseArgs
 	pauseCmd := &cobra.Command{
 		Use:   "pause ID --reason R",
@@ -84,7 +112,7 @@ func (c *cli) campaignCommand() *cobra.Command {
 	resumeCmd := c.argCommand("resume ID", "Continue a paused campaign; its brakes then judge only what follows (audited)", "campaign.resume",
 		func(id string) any { resume.ID = id; return resume })
 	resumeCmd.Flags().StringVar(&resume.Reason, "reason", "", "why (optional; audited)")
-	cmd.AddCommand(validate, send, status, ls, pauseCmd, resumeCmd)
+	cmd.AddCommand(validate, send, status, ls, preview, pauseCmd, resumeCmd)
 	return cmd
 }
 

@@ -11,11 +11,12 @@ import (
 // ops is the table of admin operations, by name: every op is here, so
 // none depends on the order in which files' init functions run.
 var ops = map[string]opSpec{
-	"campaign.send":   {fn: opCampaignSend, creates: true},
-	"campaign.pause":  {fn: opCampaignPause},
-	"campaign.resume": {fn: opCampaignResume},
-	"campaign.status": {fn: opCampaignStatus},
-	"campaign.ls":     {fn: opCampaignList},
+	"campaign.send":    {fn: opCampaignSend, creates: true},
+	"campaign.pause":   {fn: opCampaignPause},
+	"campaign.resume":  {fn: opCampaignResume},
+	"campaign.status":  {fn: opCampaignStatus},
+	"campaign.ls":      {fn: opCampaignList},
+	"campaign.preview": {fn: opCampaignPreview, creates: true},
 
 	"queue.ls":        {fn: opQueueList},
 	"queue.show":      {fn: opQueueShow},

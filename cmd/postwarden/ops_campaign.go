@@ -340,6 +340,49 @@ type campaignStatus struct {
 	Brake *brakes.Status `json:"brake,omitempty"`
 }
 
+// campaignPreviewArgs ask for one recipient's rendered message.
+type campaignPreviewArgs struct {
+	File string `json:"file"`
+	Row  int    `json:"row"`            // data row, 1 = the first after the header
+	HTML bool   `json:"html,omitempty"` // only the HTML part
+}
+
+// previewView is what `campaign preview` prints.
+type previewView struct {
+	Row     int    `json:"row"`
+	Skip    string `json:"skip,omitempty"` // the legal basis would leave the row out, and why
+	Message string `json:"message"`        // the message, or its HTML part; addresses masked unless --reveal
+}
+
+// opCampaignPreview renders one row of a campaign as Send would, with its
+// real unsubscribe link, and sends nothing.
+func opCampaignPreview(ctx context.Context, e *env, req request, o *out) error {
+	var args campaignPreviewArgs
+	if err := decodeArgs(req, &args); err != nil {
+		return err
+	}
+	spec, _, err := loadSpec(e, args.File)
+	if err != nil {
+		return err
+	}
+	deps := e.campaignDeps(false)
+	msg, skip, err := campaign.Preview(ctx, spec, deps, args.Row)
+	var re campaign.RowError
+	if errors.As(err, &re) && !req.Reveal {
+		return errors.New(re.Masked())
+	}
+	if err != nil {
+		return err
+	}
+	body := msg.Body
+	if args.HTML {
+		if body, err = templates.Part(msg.Body, "text/html"); err != nil {
+			return err
+		}
+	}
+	return o.Record(previewView{Row: args.Row, Skip: skip, Message: maskTextIf(req.Reveal, string(body))})
+}
+
 // campaignListView is one campaign as `campaign ls` lists it.
 type campaignListView struct {
 	ID        string    `json:"id"`
