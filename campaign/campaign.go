@@ -234,8 +234,31 @@ type Record struct {
 	ExcludeCountries []string  `json:"exclude_countries,omitempty"`
 	UnknownCountry   string    `json:"unknown_country,omitempty"`
 	FileHash         string    `json:"file_hash"`
+	TemplateHash     string    `json:"template_hash,omitempty"` // Templates.Hash of the bodies sent
 	RunBy            string    `json:"run_by"`
 	Started          time.Time `json:"started"`
 	Finished         time.Time `json:"finished,omitzero"`
 	Summary          Summary   `json:"summary,omitzero"`
+}
+
+// ErrContentChanged is a re-run of a campaign id whose subject or message
+// bodies differ from what its earlier run sent.
+var ErrContentChanged = errors.New("the campaign's content changed since its earlier run")
+
+// CheckRerun compares spec with the record of the same campaign's earlier
+// run: a changed subject or changed templates would send the rest of the
+// list other content than the first part got under the same id, so it is
+// an error wrapping ErrContentChanged that says what changed.
+func CheckRerun(prev Record, spec Spec) error {
+	var changed []string
+	if prev.Subject != "" && prev.Subject != spec.Subject {
+		changed = append(changed, fmt.Sprintf("subject %q was %q", spec.Subject, prev.Subject))
+	}
+	if prev.TemplateHash != "" && spec.Templates != nil && prev.TemplateHash != spec.Templates.Hash() {
+		changed = append(changed, "the template's bodies differ")
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	return fmt.Errorf("campaign %s: %w: %s", spec.ID, ErrContentChanged, strings.Join(changed, "; "))
 }

@@ -131,7 +131,7 @@ func startRecord(spec Spec, s *renderer) Record {
 	return Record{ID: spec.ID, List: spec.List, Subject: spec.Subject, Recipients: spec.Recipients,
 		LegalBasis: spec.LegalBasis, LIA: spec.LIA, LIAHash: spec.LIAHash, Audience: spec.Audience, Pool: spec.Pool,
 		ExcludeCountries: s.excludedList(), UnknownCountry: s.unknownPolicy(),
-		FileHash: spec.FileHash, RunBy: runBy(), Started: s.now()}
+		FileHash: spec.FileHash, TemplateHash: spec.Templates.Hash(), RunBy: runBy(), Started: s.now()}
 }
 
 // maxAhead is the backlog Send allows: Spec.MaxAhead, or DefaultMaxAhead when

@@ -10,6 +10,9 @@ package templates
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	htmltemplate "html/template"
@@ -49,7 +52,12 @@ type Set struct {
 	text               *texttemplate.Template
 	subject            *texttemplate.Template
 	fieldKeys          []string // .Fields keys the templates name, for Validate
+	hash               string   // sha256 of the bodies and the subject (Hash)
 }
+
+// Hash is the sha256 (hex) of the set's HTML and text bodies, as loaded: a
+// re-run of a campaign compares it to tell that the content changed.
+func (s *Set) Hash() string { return s.hash }
 
 // missingKey makes a missing .Fields key render as "" rather than "<no value>".
 const missingKey = "missingkey=zero"
@@ -72,6 +80,12 @@ func Load(base, subject string) (*Set, error) {
 // them in errors as base+".html" and base+".txt".
 func Parse(base string, htmlSrc, textSrc []byte, subject string) (*Set, error) {
 	s := &Set{htmlPath: base + ".html", textPath: base + ".txt"}
+	h := sha256.New()
+	for _, part := range [][]byte{htmlSrc, textSrc} {
+		h.Write(binary.BigEndian.AppendUint64(nil, uint64(len(part)))) // length-prefixed: no ambiguous split
+		h.Write(part)
+	}
+	s.hash = hex.EncodeToString(h.Sum(nil))
 	var err error
 	// Template names are the file names, so parse and exec errors say "example.html:12".
 	s.html, err = htmltemplate.New(filepath.Base(s.htmlPath)).Option(missingKey).Parse(string(htmlSrc))

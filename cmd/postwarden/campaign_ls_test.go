@@ -93,3 +93,29 @@ func TestCampaignPreview(t *testing.T) {
 		t.Errorf("preview recorded a campaign: %s", ls)
 	}
 }
+
+// Re-sending a campaign id whose subject or templates changed says so and
+// needs --force; an unchanged re-run goes on as before.
+func TestResendChangedContentNeedsForce(t *testing.T) {
+	h := newHarness(t, mtatest.Options{})
+	file := h.campaign("chg-1", "email,first_name,company\nana@acme.example,Ana,Acme\n")
+	h.mustRun(0, "campaign", "send", file)
+	h.mustRun(0, "campaign", "send", file) // the same content: nothing to say
+	h.write("chg-1.csv", "email,first_name,company\nana@acme.example,Ana,Acme\ndave@globex.example,Dave,Globex\n")
+	h.write("templates/note.txt", "Hi {{.FirstName}},\n\nA new note for {{.Company}}.\n\nUnsubscribe: {{.UnsubscribeURL}}\nPrivacy: {{.PrivacyURL}}\n")
+	r := h.mustRun(2, "campaign", "send", file)
+	if !strings.Contains(r.stderr, "content changed") || !strings.Contains(r.stderr, "template's bodies differ") || !strings.Contains(r.stderr, "--force") {
+		t.Errorf("changed template: %q", r.stderr)
+	}
+	h.write("chg-1.yaml", strings.Replace(readFile(t, file), `subject: "{{.FirstName}}, a note about {{.Company}}"`, `subject: "News for {{.Company}}"`, 1))
+	if r := h.mustRun(2, "campaign", "send", file); !strings.Contains(r.stderr, `subject "News for {{.Company}}" was "{{.FirstName}}, a note about {{.Company}}"`) {
+		t.Errorf("changed subject: %q", r.stderr)
+	}
+	if n := h.sink.Count(); n != 1 {
+		t.Fatalf("refused re-runs sent: sink has %d", n)
+	}
+	h.mustRun(0, "campaign", "send", "--force", file)
+	if got := h.sink.ByRecipient(); got["dave@globex.example"] != 1 || got["ana@acme.example"] != 1 {
+		t.Errorf("after --force: %v", got)
+	}
+}

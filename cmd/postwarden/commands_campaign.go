@@ -24,16 +24,17 @@ func (c *cli) campaignCommand() *cobra.Command {
 			return c.campaignValidate(cmd.Context(), args[0])
 		},
 	}
-	var noWait, skipInvalid bool
+	var noWait, skipInvalid, force bool
 	send := &cobra.Command{
 		Use:   "send FILE",
 		Short: "Render, check and enqueue a campaign, then deliver it (or hand it to the daemon)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.call(cmd.Context(), "campaign.send", campaignSendArgs{File: absPath(args[0]), NoWait: noWait, SkipInvalid: skipInvalid}, c.printSendResult)
+			return c.call(cmd.Context(), "campaign.send", campaignSendArgs{File: absPath(args[0]), NoWait: noWait, SkipInvalid: skipInvalid, Force: force}, c.printSendResult)
 		},
 	}
 	send.Flags().BoolVar(&noWait, "no-wait", false, "only enqueue; do not deliver in this process")
+	send.Flags().BoolVar(&force, "force", false, "send a re-run whose subject or templates changed since the campaign's earlier run")
 	send.Flags().BoolVar(&skipInvalid, "skip-invalid", false, "accept invalid rows (never sent): exit 0 instead of 1")
 	status := &cobra.Command{
 		Use:   "status ID",

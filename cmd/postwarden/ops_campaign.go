@@ -24,6 +24,9 @@ type campaignSendArgs struct {
 	// SkipInvalid accepts a run with invalid rows (they are never sent):
 	// without it such a run exits 1, so a script notices.
 	SkipInvalid bool `json:"skip_invalid,omitempty"`
+	// Force sends a re-run whose subject or templates changed since the
+	// campaign's earlier run.
+	Force bool `json:"force,omitempty"`
 }
 
 // invalidRowsError is a send that left invalid rows out, without --skip-invalid.
@@ -122,6 +125,17 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	}
 	if w := publicURLWarning(e.cfg); w != "" {
 		_ = o.Note("%s", w)
+	}
+	if raw, err := e.queue.GetCampaign(spec.ID); err == nil && raw != nil {
+		var prev campaign.Record
+		if json.Unmarshal(raw, &prev) == nil {
+			if err := campaign.CheckRerun(prev, spec); err != nil {
+				if !args.Force {
+					return fmt.Errorf("%w; the recipients sent to already keep what they got, the rest would get the new content: pass --force to send it, or use a new campaign id", err)
+				}
+				_ = o.Note("%v; sending it (--force)", err)
+			}
+		}
 	}
 	var total int64
 	if fi, err := os.Stat(spec.Recipients); err == nil {
