@@ -182,12 +182,15 @@ func New(ctx context.Context, js jetstream.JetStream, box *sealed.Box, cfg Confi
 		manifests: map[string]Manifest{}, held: map[string]*holding{}}
 	var err error
 	c.data, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:              DataStream,
-		Description:       "postwarden campaign shards (sealed)",
-		Subjects:          []string{dataPrefix + ">"},
-		Storage:           jetstream.FileStorage,
-		Replicas:          cfg.Replicas,
-		MaxMsgsPerSubject: 1,
+		Name:        DataStream,
+		Description: "postwarden campaign shards (sealed)",
+		Subjects:    []string{dataPrefix + ">"},
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+		// Readers take a subject's newest message; an erasure publishes the
+		// rewritten shard before it overwrites the older one (EraseIndex), so
+		// a crash between the two never leaves a shard without a copy.
+		MaxMsgsPerSubject: -1,
 		Duplicates:        10 * time.Minute,
 	})
 	if err != nil {
