@@ -204,20 +204,20 @@ func (c *Coordinator) Shards(ctx context.Context, campaign string) ([]ShardStatu
 	return c.shards(ctx, ctok, m)
 }
 
-// ShardOf is the shard of a ready campaign that holds the recipient whose
-// keyed index (hex) is key.
-func (c *Coordinator) ShardOf(ctx context.Context, campaign, key string) (int, error) {
-	if !validKey(key) {
-		return 0, ErrBadKey
+// Manifest returns a ready campaign's manifest (cached once read: a node
+// cut off from NATS still has the manifests of the shards it held); the
+// error wraps ErrNoCampaign if the cluster does not hold it.
+func (c *Coordinator) Manifest(ctx context.Context, campaign string) (Manifest, error) {
+	return c.manifest(ctx, campaign)
+}
+
+// ShardOf is the shard of m that holds the recipient whose keyed index
+// (hex) is key; -1 for a key that is not one, or a campaign with no rows.
+func (m Manifest) ShardOf(key string) int {
+	if !validKey(key) || m.Shards == 0 {
+		return -1
 	}
-	m, err := c.manifest(ctx, campaign)
-	if err != nil {
-		return 0, err
-	}
-	if m.Shards == 0 {
-		return 0, fmt.Errorf("%w: %s has no recipients", ErrNoCampaign, campaign)
-	}
-	return shardOf(key, m.Shards), nil
+	return shardOf(key, m.Shards)
 }
 
 // shards reads every lease key of a campaign.
