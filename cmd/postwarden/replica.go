@@ -126,7 +126,8 @@ func (e *env) eraseHere(_ context.Context, er replica.Erasure) error {
 }
 
 // halt is the runners' RunnerConfig.Halt: why delivery must not start now
-// (a cluster node whose replica is stale), "" when it may.
+// (a cluster node whose replica is stale, or whose spool is not yet checked
+// against the share leases), "" when it may.
 func (e *env) halt() string {
 	if why := e.shares.halt(); why != "" {
 		return why
