@@ -8,7 +8,8 @@
 //     known, in any state including finished ones, is counted as a duplicate and
 //     not written again, so re-running a campaign never mails anyone twice.
 //     PruneFinished and EraseRecipient forget the keys of the records they
-//     delete or scrub; suppression still stops an erased address.
+//     delete or scrub; suppression still stops an erased address. Withdraw
+//     (a cluster share lost) forgets the keys of the messages it cancels.
 //   - Each attempt is recorded before the Deliverer is called: the next-attempt
 //     time and state active are committed first, so a crash never loops on a
 //     remote. The attempt count goes up with the outcome's record, only when

@@ -184,14 +184,65 @@ func (c *Coordinator) Status(ctx context.Context, campaign string) (Status, erro
 		}
 	}
 	st.Pending = m.Rows - final
+	shards, err := c.shards(ctx, ctok, m)
+	if err != nil {
+		return st, err
+	}
+	for _, ss := range shards {
+		st.States[ss.State]++
+		switch ss.State {
+		case StateHeld:
+			st.Holders[ss.Holder]++
+		case StateDone:
+			st.Done[ss.Holder]++
+		}
+	}
+	st.Shards = shards
+	return st, nil
+}
+
+// Shards returns the leases of a campaign's shards as the bucket holds
+// them now, by shard number.
+func (c *Coordinator) Shards(ctx context.Context, campaign string) ([]ShardStatus, error) {
+	ctok, err := campaignToken(campaign)
+	if err != nil {
+		return nil, err
+	}
+	m, err := c.manifest(ctx, campaign)
+	if err != nil {
+		return nil, err
+	}
+	return c.shards(ctx, ctok, m)
+}
+
+// Manifest returns a ready campaign's manifest (cached once read: a node
+// cut off from NATS still has the manifests of the shards it held); the
+// error wraps ErrNoCampaign if the cluster does not hold it.
+func (c *Coordinator) Manifest(ctx context.Context, campaign string) (Manifest, error) {
+	return c.manifest(ctx, campaign)
+}
+
+// ShardOf is the shard of m that holds the recipient whose keyed index
+// (hex) is key; -1 for a key that is not one, or a campaign with no rows.
+func (m Manifest) ShardOf(key string) int {
+	if !validKey(key) || m.Shards == 0 {
+		return -1
+	}
+	return shardOf(key, m.Shards)
+}
+
+// shards reads every lease key of a campaign.
+func (c *Coordinator) shards(ctx context.Context, ctok string, m Manifest) ([]ShardStatus, error) {
+	campaign := m.Campaign
 	lister, err := c.kv.ListKeysFiltered(ctx, ctok+".s.*")
 	if err != nil {
-		return st, fmt.Errorf("shares: list shards of %s: %w", campaign, err)
+		return nil, fmt.Errorf("shares: list shards of %s: %w", campaign, err)
 	}
 	var keys []string
 	for k := range lister.Keys() {
 		keys = append(keys, k)
 	}
+	var out []ShardStatus
 	for _, k := range keys {
 		_, s, ok := parseLeaseKey(k)
 		if !ok {
@@ -199,11 +250,11 @@ func (c *Coordinator) Status(ctx context.Context, campaign string) (Status, erro
 		}
 		e, err := c.kv.Get(ctx, k)
 		if err != nil {
-			return st, fmt.Errorf("shares: read shard %d of %s: %w", s, campaign, err)
+			return nil, fmt.Errorf("shares: read shard %d of %s: %w", s, campaign, err)
 		}
 		var v lease
 		if err := json.Unmarshal(e.Value(), &v); err != nil {
-			return st, fmt.Errorf("shares: read shard %d of %s: %w", s, campaign, err)
+			return nil, fmt.Errorf("shares: read shard %d of %s: %w", s, campaign, err)
 		}
 		ss := ShardStatus{Shard: s, State: v.State, Holder: v.Holder, Renewed: v.Renewed}
 		if s < len(m.ShardRows) {
@@ -212,15 +263,8 @@ func (c *Coordinator) Status(ctx context.Context, campaign string) (Status, erro
 		if v.State != StateFree {
 			ss.Token = v.tokenOf(e.Revision())
 		}
-		st.States[v.State]++
-		switch v.State {
-		case StateHeld:
-			st.Holders[v.Holder]++
-		case StateDone:
-			st.Done[v.Holder]++
-		}
-		st.Shards = append(st.Shards, ss)
+		out = append(out, ss)
 	}
-	sort.Slice(st.Shards, func(i, j int) bool { return st.Shards[i].Shard < st.Shards[j].Shard })
-	return st, nil
+	sort.Slice(out, func(i, j int) bool { return out[i].Shard < out[j].Shard })
+	return out, nil
 }

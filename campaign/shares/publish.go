@@ -191,7 +191,12 @@ func (c *Coordinator) readShard(ctx context.Context, ctok, campaign string, s in
 	if err != nil {
 		return nil, fmt.Errorf("shares: fetch shard %d of %s: %w", s, campaign, err)
 	}
-	plain, err := c.box.Open(raw.Data, sealContext(campaign, s))
+	return c.openShard(raw.Data, campaign, s)
+}
+
+// openShard opens a sealed shard's rows.
+func (c *Coordinator) openShard(data []byte, campaign string, s int) ([]Row, error) {
+	plain, err := c.box.Open(data, sealContext(campaign, s))
 	if err != nil {
 		return nil, fmt.Errorf("shares: open shard %d of %s: %w", s, campaign, err)
 	}

@@ -48,11 +48,15 @@
 // every delivery worker records a recipient's outcome (retrying Record, not
 // moving on) before it starts its next attempt, that is at most the lost
 // node's delivery concurrency: the attempts it had in flight at once. A node
-// that is cut off but alive keeps that bound only if it stops delivering a
-// shard's rows when Worker.Lost reports the shard (which happens before
-// another node can take it over); otherwise it keeps sending from its spool
-// until it notices.
+// that is cut off but alive keeps that bound because Worker.Lost reports the
+// shard before another node can take it over, and the node then withdraws
+// the shard's rows not in flight from its spool.
 // Status aggregates outcomes and shard states cluster-wide.
+//
+// Erasure. EraseIndex removes a person, by keyed index, from the shard of
+// every campaign that holds them: the shard is published again without the
+// row, older messages of its subject are overwritten on disk, the
+// manifest's counts drop and their outcomes are purged.
 package shares
 
 import (
@@ -141,7 +145,9 @@ type Worker struct {
 	// the node holds nothing and Room is positive.
 	Room func() int
 	// Lost, when set, is called once for every lease this node loses while
-	// holding it; the caller should stop delivering that shard's rows.
+	// holding it; the caller must stop delivering that shard's rows not
+	// yet in flight (another node sends them). It needs no NATS: the
+	// campaign's manifest is cached (Manifest).
 	Lost func(Lost)
 }
 
@@ -182,12 +188,15 @@ func New(ctx context.Context, js jetstream.JetStream, box *sealed.Box, cfg Confi
 		manifests: map[string]Manifest{}, held: map[string]*holding{}}
 	var err error
 	c.data, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:              DataStream,
-		Description:       "postwarden campaign shards (sealed)",
-		Subjects:          []string{dataPrefix + ">"},
-		Storage:           jetstream.FileStorage,
-		Replicas:          cfg.Replicas,
-		MaxMsgsPerSubject: 1,
+		Name:        DataStream,
+		Description: "postwarden campaign shards (sealed)",
+		Subjects:    []string{dataPrefix + ">"},
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+		// Readers take a subject's newest message; an erasure publishes the
+		// rewritten shard before it overwrites the older one (EraseIndex), so
+		// a crash between the two never leaves a shard without a copy.
+		MaxMsgsPerSubject: -1,
 		Duplicates:        10 * time.Minute,
 	})
 	if err != nil {

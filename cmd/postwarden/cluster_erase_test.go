@@ -25,7 +25,9 @@ import (
 // nodes 2 and 3 run the erasure by index when the tombstone reaches them
 // (audited as "cluster:n1"), every node's export shows nothing but the
 // tombstone, and after the three stop no file under any data_dir, the NATS
-// store directory included, holds the address or the name.
+// store directory included, holds the address or the name. Node 1 also
+// removes them from the campaign's sealed shard and their outcome from the
+// share streams: the campaign counts eight recipients after it.
 func TestClusterErasure(t *testing.T) {
 	bin := buildBinary(t)
 	nodes := newTestCluster(t, 3, mtatest.Options{})
@@ -119,6 +121,17 @@ func TestClusterErasure(t *testing.T) {
 				}
 			}
 		}
+	}
+
+	// Their row left the campaign's sealed shard and their outcome the
+	// outcome stream: the cluster-wide status counts the eight others.
+	st := jsonLines[campaignStatus](t, n3.mustRun(0, "--json", "campaign", "status", "e-2").stdout)
+	if len(st) != 1 || st[0].Cluster == nil || st[0].Cluster.Recipients != 8 ||
+		st[0].Cluster.Outcomes["delivered"] != 8 || st[0].Cluster.Pending != 0 {
+		for _, c := range st {
+			t.Logf("campaign e-2 cluster-wide: %+v", c.Cluster)
+		}
+		t.Error("campaign e-2 after the erasure: want 8 recipients, 8 delivered, none pending")
 	}
 
 	for _, nd := range nodes {

@@ -17,6 +17,7 @@ import (
 	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
+	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/suppression/audit"
 	"github.com/postwarden/postwarden/suppression/audit/auditstream"
 	"github.com/postwarden/postwarden/suppression/gate"
@@ -141,7 +142,42 @@ func opSubjectErase(ctx context.Context, e *env, req request, o *out) error {
 	if err != nil {
 		return err
 	}
-	return o.Record(res)
+	rows, err := e.eraseFromShares(ctx, a.Address)
+	if err != nil {
+		return err
+	}
+	return o.Record(clusterErasure{Erasure: res, ShareRows: rows})
+}
+
+// clusterErasure is subject erase's result; ShareRows counts the campaign
+// share rows removed from the cluster (none on a single node).
+type clusterErasure struct {
+	subject.Erasure
+	ShareRows int `json:"share_rows_erased,omitempty"`
+}
+
+// eraseFromShares removes the person from the cluster's campaign shards
+// and outcomes (issue 13, promise 5); the node that runs subject erase
+// does it once for the cluster, the streams being shared. Other nodes
+// only drop them from the shards they hold (eraseHere).
+func (e *env) eraseFromShares(ctx context.Context, addr string) (int, error) {
+	if e.cfg.Cluster == nil {
+		return 0, nil
+	}
+	ad, err := address.Parse(addr)
+	if err != nil {
+		return 0, fmt.Errorf("subject erase: campaign shares: %s", address.Mask(addr))
+	}
+	coord, done, err := e.coordinator(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("subject erase: erased on this node, not yet from the campaign shares (run it again): %w", err)
+	}
+	defer done()
+	n, err := coord.EraseIndex(ctx, e.box.IndexHex(ad.Key()))
+	if err != nil {
+		return n, fmt.Errorf("subject erase: erased on this node, not yet from the campaign shares (run it again): %w", err)
+	}
+	return n, nil
 }
 
 func opSubjectRestrict(restrict bool) opFunc {

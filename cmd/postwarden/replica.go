@@ -113,12 +113,28 @@ func (e *env) eraseHere(_ context.Context, er replica.Erasure) error {
 		Who: "cluster:" + er.Origin, Index: er.Index, Ref: er.Ref,
 		Reason: fmt.Sprintf("erasure %s requested on node %s", er.Ref, er.Origin),
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	// The origin node rewrote the shards; a shard held here must stop
+	// waiting for the erased person's outcome.
+	if w := e.shares; w != nil {
+		select {
+		case <-w.ready:
+			w.coord.Forget(er.Index)
+		default:
+		}
+	}
+	return nil
 }
 
 // halt is the runners' RunnerConfig.Halt: why delivery must not start now
-// (a cluster node whose replica is stale), "" when it may.
+// (a cluster node whose replica is stale, or whose spool is not yet checked
+// against the share leases), "" when it may.
 func (e *env) halt() string {
+	if why := e.shares.halt(); why != "" {
+		return why
+	}
 	if e.rep == nil {
 		return ""
 	}

@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -119,6 +120,7 @@ type shareWorker struct {
 	wg          sync.WaitGroup
 	stop        context.CancelFunc
 	ready       chan struct{}   // closed once coord is set
+	checked     atomic.Bool     // the spool was checked against the leases at start
 	ctx         context.Context // ends when the worker stops
 }
 
@@ -141,6 +143,14 @@ func (e *env) startShares(ctx context.Context) (*shareWorker, error) {
 	// duplicates stay within that bound (docs/cluster.md).
 	w := &shareWorker{e: e, log: e.log.With().Str("component", "shares").Logger(),
 		out: make(chan finalOutcome, queue.MaxUnrecorded(max(1, e.cfg.Delivery.Workers))), stop: stop, ready: make(chan struct{}), ctx: wctx}
+	// Campaign messages already in the spool may belong to shares another
+	// node took over while this one was down: deliveries wait for the check.
+	stale, err := pendingCampaigns(e.queue)
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	w.checked.Store(len(stale) == 0)
 	e.shares = w // before the goroutines that read it
 	var done func()
 	w.wg.Add(2)
@@ -157,6 +167,20 @@ func (e *env) startShares(ctx context.Context) (*shareWorker, error) {
 				return
 			}
 			w.log.Warn().Err(err).Dur("retry_in_ms", delay).Msg("share coordinator not up yet")
+			select {
+			case <-wctx.Done():
+				return
+			case <-time.After(delay):
+			}
+		}
+		for delay := 500 * time.Millisecond; !w.checked.Load(); delay = min(2*delay, 10*time.Second) {
+			err := w.withdrawStale(wctx, stale)
+			if err == nil {
+				w.checked.Store(true)
+				e.queue.Kick()
+				break
+			}
+			w.log.Warn().Err(err).Dur("retry_in", delay).Msg("spool check against the leases failed")
 			select {
 			case <-wctx.Done():
 				return
@@ -201,6 +225,16 @@ func (w *shareWorker) Enqueue(ctx context.Context, camp string, rows []shares.Ro
 	if err != nil {
 		return err
 	}
+	if cause := context.Cause(ctx); errors.Is(cause, shares.ErrLeaseLost) && len(rows) > 0 {
+		// Lost while the commit ran: Lost's withdrawal may have come first.
+		if m, merr := w.coord.Manifest(ctx, camp); merr == nil {
+			shard := m.ShardOf(rows[0].Key)
+			if _, werr := w.withdraw(context.WithoutCancel(ctx), camp, func(s int) bool { return s == shard }); werr != nil {
+				w.log.Error().Err(werr).Str("campaign", camp).Int("shard", shard).Msg("withdraw after a lost lease")
+			}
+		}
+		return cause
+	}
 	for i, id := range res.IDs {
 		if id != "" {
 			continue
@@ -228,10 +262,91 @@ func (w *shareWorker) room() int {
 	return max(0, 4*shares.DefaultShardSize-waiting)
 }
 
-// lost logs a share this node lost; its messages already in the spool
-// are delivered still (the duplicates bound of docs/cluster.md).
+// withdrawReason is the cancellation reason of spool messages whose share
+// another node now holds.
+const withdrawReason = "share taken over: lease lost"
+
+// lost withdraws from the spool the messages of a share this node lost
+// that are not in flight: the node that takes the share over sends them,
+// so a cut-off node sends twice at most what it had in flight
+// (docs/cluster.md). It runs on the local spool only: no NATS needed.
 func (w *shareWorker) lost(l shares.Lost) {
-	w.log.Warn().Str("campaign", l.Campaign).Int("shard", l.Shard).Err(l.Err).Msg("share lease lost")
+	n, err := w.withdraw(w.ctx, l.Campaign, func(shard int) bool { return shard == l.Shard })
+	ev := w.log.Warn()
+	if err != nil {
+		ev = w.log.Error().AnErr("withdraw_error", err)
+	}
+	ev.Str("campaign", l.Campaign).Int("shard", l.Shard).Int("withdrawn", n).Err(l.Err).Msg("share lease lost")
+}
+
+// withdraw cancels the spool's not-yet-attempted messages of campaign whose
+// recipient's shard gone accepts (queue.Store.Withdraw).
+func (w *shareWorker) withdraw(ctx context.Context, camp string, gone func(shard int) bool) (int, error) {
+	m, err := w.coord.Manifest(ctx, camp)
+	if err != nil {
+		return 0, fmt.Errorf("withdraw lost shares of %s: %w", camp, err)
+	}
+	return w.e.queue.Withdraw(camp, func(ix []byte) bool {
+		return gone(m.ShardOf(hex.EncodeToString(ix)))
+	}, withdrawReason)
+}
+
+// withdrawStale is the start's check of the spool: a node restarted after
+// its shares were taken over (or done by others) withdraws their messages
+// before it delivers any (shareWorker.checked holds the runner until then).
+// Shards this node still holds stay: it takes them back.
+func (w *shareWorker) withdrawStale(ctx context.Context, campaigns []string) error {
+	for _, camp := range campaigns {
+		st, err := w.coord.Shards(ctx, camp)
+		if errors.Is(err, shares.ErrNoCampaign) || errors.Is(err, shares.ErrBadCampaign) {
+			continue // not a cluster share: enqueued here before the cluster
+		}
+		if err != nil {
+			return err
+		}
+		mine := map[int]bool{}
+		for _, s := range st {
+			if s.State == shares.StateHeld && s.Holder == w.coord.Node() {
+				mine[s.Shard] = true
+			}
+		}
+		n, err := w.withdraw(ctx, camp, func(shard int) bool { return !mine[shard] })
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			w.log.Warn().Str("campaign", camp).Int("withdrawn", n).Msg("spool messages of shares no longer held here withdrawn")
+		}
+	}
+	return nil
+}
+
+// pendingCampaigns are the campaigns with messages waiting in the spool.
+func pendingCampaigns(q *queue.Store) ([]string, error) {
+	seen := map[string]bool{}
+	var out []string
+	for _, st := range []queue.State{queue.StateReady, queue.StateDeferred, queue.StateHeld} {
+		err := q.List(queue.Filter{State: st}, func(m queue.Message) error {
+			if m.Campaign != "" && !seen[m.Campaign] {
+				seen[m.Campaign] = true
+				out = append(out, m.Campaign)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("spool check: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// halt is why deliveries wait for the share worker: the spool holds
+// campaign messages not yet checked against the leases; "" otherwise.
+func (w *shareWorker) halt() string {
+	if w == nil || w.checked.Load() {
+		return ""
+	}
+	return "campaign shares: spool not yet checked against the cluster's leases"
 }
 
 // final hands a message's final state to the recorder (queue.RunnerConfig.OnFinal).
