@@ -115,12 +115,23 @@ func TestRecordBatch(t *testing.T) {
 			}
 		}
 	}
+	// The whole erasure (EraseIndex) rewrites the batches too.
+	if n, err := c.EraseIndex(ctx, keys[1]); err != nil || n != 1 {
+		t.Fatalf("EraseIndex: %d rows, %v", n, err)
+	}
+	rec, err := c.recorded(ctx, outcomePrefix+mustToken(t, campaign)+".>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := rec[keys[1]]; ok {
+		t.Error("an outcome batch still holds the person EraseIndex erased")
+	}
 	st, err = c.Status(ctx, campaign)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Outcomes[Delivered]+st.Outcomes[Bounced] != 120 {
-		t.Errorf("after the erasure: outcomes %v, want the other 120 final ones", st.Outcomes)
+	if st.Outcomes[Delivered]+st.Outcomes[Bounced] != 119 {
+		t.Errorf("after the erasures: outcomes %v, want the other 119 final ones", st.Outcomes)
 	}
 	if err := c.RecordBatch(ctx, campaign, []KeyOutcome{{"person@x.example", Delivered}}); err != ErrBadKey {
 		t.Errorf("an address as key: %v", err)

@@ -44,11 +44,16 @@ func (c *Coordinator) EraseIndex(ctx context.Context, indexHex string) (int, err
 	}
 	removed := 0
 	for _, mk := range mkeys {
-		n, err := c.eraseFromCampaign(ctx, strings.TrimSuffix(mk, ".m"), key)
+		ctok := strings.TrimSuffix(mk, ".m")
+		n, err := c.eraseFromCampaign(ctx, ctok, key)
 		if err != nil {
 			return removed, err
 		}
 		removed += n
+		// Their outcomes recorded in batches (RecordBatch): rewritten without them.
+		if _, err := c.EraseOutcomes(ctx, campaignFromToken(ctok), key); err != nil {
+			return removed, err
+		}
 	}
 	c.Forget(key)
 	if err := c.purgeOutcomes(ctx, key); err != nil {
