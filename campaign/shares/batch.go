@@ -60,16 +60,9 @@ func (c *Coordinator) RecordBatch(ctx context.Context, campaign string, outs []K
 	if len(outs) == 0 {
 		return nil
 	}
-	ctok, err := campaignToken(campaign)
+	ctok, m, err := c.outcomeTarget(ctx, campaign)
 	if err != nil {
 		return err
-	}
-	m, err := c.manifest(ctx, campaign)
-	if err != nil {
-		return err
-	}
-	if m.Shards == 0 {
-		return fmt.Errorf("%w: %s has no recipients", ErrNoCampaign, campaign)
 	}
 	byShard := map[int]map[string]Outcome{}
 	for _, o := range outs {

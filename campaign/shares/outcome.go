@@ -55,16 +55,9 @@ func (c *Coordinator) Record(ctx context.Context, campaign, key string, o Outcom
 	if !o.valid() {
 		return fmt.Errorf("%w %q", ErrBadOutcome, o)
 	}
-	ctok, err := campaignToken(campaign)
+	ctok, m, err := c.outcomeTarget(ctx, campaign)
 	if err != nil {
 		return err
-	}
-	m, err := c.manifest(ctx, campaign)
-	if err != nil {
-		return err
-	}
-	if m.Shards == 0 {
-		return fmt.Errorf("%w: %s has no recipients", ErrNoCampaign, campaign)
 	}
 	shard := shardOf(key, m.Shards)
 	msg := &nats.Msg{Subject: outcomeSubject(ctok, shard, key, o), Header: nats.Header{}}
@@ -84,6 +77,23 @@ func (c *Coordinator) Record(ctx context.Context, campaign, key string, o Outcom
 		c.mu.Unlock()
 	}
 	return nil
+}
+
+// outcomeTarget is the subject token and ready manifest of a campaign
+// outcomes are recorded for; one without recipients is ErrNoCampaign.
+func (c *Coordinator) outcomeTarget(ctx context.Context, campaign string) (string, Manifest, error) {
+	ctok, err := campaignToken(campaign)
+	if err != nil {
+		return "", Manifest{}, err
+	}
+	m, err := c.manifest(ctx, campaign)
+	if err != nil {
+		return "", Manifest{}, err
+	}
+	if m.Shards == 0 {
+		return "", Manifest{}, fmt.Errorf("%w: %s has no recipients", ErrNoCampaign, campaign)
+	}
+	return ctok, m, nil
 }
 
 // recorded returns, per recipient key of the filter's subjects, its outcome:

@@ -129,13 +129,15 @@ type idArgs struct {
 	queueListArgs
 }
 
-func opQueueShow(ctx context.Context, e *env, req request, o *out) error {
+// eachMessage calls fn with each message the request's IDs name, in order;
+// an unknown id ends it with a "not found" answer (exit 1).
+func eachMessage(e *env, req request, verb string, fn func(m queue.Message) error) error {
 	var args idArgs
 	if err := decodeArgs(req, &args); err != nil {
 		return err
 	}
 	if len(args.IDs) == 0 {
-		return errors.New("queue show: an ID is required")
+		return fmt.Errorf("queue %s: an ID is required", verb)
 	}
 	for _, id := range args.IDs {
 		m, err := e.queue.Get(id)
@@ -145,15 +147,21 @@ func opQueueShow(ctx context.Context, e *env, req request, o *out) error {
 		if err != nil {
 			return err
 		}
-		v := viewOf(m, req.Reveal, true)
-		if body, err := e.queue.Body(id); err == nil { // finished messages keep no body
-			v.Headers = headersOf(body, m.To, req.Reveal)
-		}
-		if err := o.Record(v); err != nil {
+		if err := fn(m); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+func opQueueShow(ctx context.Context, e *env, req request, o *out) error {
+	return eachMessage(e, req, "show", func(m queue.Message) error {
+		v := viewOf(m, req.Reveal, true)
+		if body, err := e.queue.Body(m.ID); err == nil { // finished messages keep no body
+			v.Headers = headersOf(body, m.To, req.Reveal)
+		}
+		return o.Record(v)
+	})
 }
 
 // catView is a stored message as `queue cat` prints it.
@@ -167,29 +175,15 @@ type catView struct {
 // with --reveal (audited by runOp as every reveal is), else only its
 // header with the addresses masked; a body is personal data.
 func opQueueCat(ctx context.Context, e *env, req request, o *out) error {
-	var args idArgs
-	if err := decodeArgs(req, &args); err != nil {
-		return err
-	}
-	if len(args.IDs) == 0 {
-		return errors.New("queue cat: an ID is required")
-	}
-	for _, id := range args.IDs {
-		m, err := e.queue.Get(id)
-		if errors.Is(err, queue.ErrNotFound) {
-			return no("queue message %s not found", id)
-		}
-		if err != nil {
-			return err
-		}
-		body, err := e.queue.Body(id)
+	return eachMessage(e, req, "cat", func(m queue.Message) error {
+		body, err := e.queue.Body(m.ID)
 		if err != nil {
 			if m.State.Finished() {
-				return no("queue message %s is %s: its body is not kept once a message is finished", id, m.State)
+				return no("queue message %s is %s: its body is not kept once a message is finished", m.ID, m.State)
 			}
-			return fmt.Errorf("queue cat %s: %w", id, err)
+			return fmt.Errorf("queue cat %s: %w", m.ID, err)
 		}
-		v := catView{ID: id, Message: string(body)}
+		v := catView{ID: m.ID, Message: string(body)}
 		if !req.Reveal {
 			var b strings.Builder
 			for _, h := range headersOf(body, m.To, false) {
@@ -197,11 +191,8 @@ func opQueueCat(ctx context.Context, e *env, req request, o *out) error {
 			}
 			v.Message, v.Hidden = b.String(), true
 		}
-		if err := o.Record(v); err != nil {
-			return err
-		}
-	}
-	return nil
+		return o.Record(v)
+	})
 }
 
 // maskedHeaders carry recipient addresses: masked unless --reveal.
