@@ -119,3 +119,38 @@ func TestResendChangedContentNeedsForce(t *testing.T) {
 		t.Errorf("after --force: %v", got)
 	}
 }
+
+// `campaign send --test-to ADDR` sends one rendered row to that address
+// only: the recipient of the row gets nothing, the campaign is neither
+// recorded nor counted, and the test is audited.
+func TestSendTestTo(t *testing.T) {
+	h := newHarness(t, mtatest.Options{})
+	file := h.campaign("tt-1", "email,first_name,company\nana@acme.example,Ana,Acme\ndave@globex.example,Dave,Globex\n")
+	r := h.mustRun(0, "campaign", "send", "--test-to", "me@umbrella.example", "--test-row", "2", file)
+	if !strings.Contains(r.stdout, "test of campaign tt-1 (row 2) for m***@umbrella.example: delivered") {
+		t.Errorf("test send:\n%s\n%s", r.stdout, r.stderr)
+	}
+	got := h.sink.ByRecipient()
+	if len(got) != 1 || got["me@umbrella.example"] != 1 {
+		t.Fatalf("sink: %v", got)
+	}
+	body := string(h.sink.Messages()[0].Data)
+	if !strings.Contains(body, "Hello Dave,") || !strings.Contains(body, "me@umbrella.example") {
+		t.Errorf("test message:\n%s", body)
+	}
+	if vs := h.verifyDKIM(h.sink.Messages()[0].Data); len(vs) == 0 || vs[0].Err != nil {
+		t.Errorf("test message DKIM: %+v", vs)
+	}
+	if ls := strings.TrimSpace(h.mustRun(0, "--json", "campaign", "ls").stdout); ls != "" {
+		t.Errorf("the test recorded a campaign: %s", ls)
+	}
+	if a := h.auditOfAction("campaign.test"); len(a) != 1 || a[0].Target != "campaign:tt-1" || a[0].Details["row"] != "2" {
+		t.Errorf("audit: %+v", a)
+	}
+	// The real send afterwards mails both recipients: the test took nobody's place.
+	h.mustRun(0, "campaign", "send", file)
+	if got := h.sink.ByRecipient(); got["ana@acme.example"] != 1 || got["dave@globex.example"] != 1 {
+		t.Errorf("after the real send: %v", got)
+	}
+	h.mustRun(2, "campaign", "send", "--test-to", "not an address", file)
+}

@@ -25,15 +25,23 @@ func (c *cli) campaignCommand() *cobra.Command {
 		},
 	}
 	var noWait, skipInvalid, force bool
+	var testTo string
+	var testRow int
 	send := &cobra.Command{
 		Use:   "send FILE",
 		Short: "Render, check and enqueue a campaign, then deliver it (or hand it to the daemon)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.call(cmd.Context(), "campaign.send", campaignSendArgs{File: absPath(args[0]), NoWait: noWait, SkipInvalid: skipInvalid, Force: force}, c.printSendResult)
+			a := campaignSendArgs{File: absPath(args[0]), NoWait: noWait, SkipInvalid: skipInvalid, Force: force, TestTo: testTo, TestRow: testRow}
+			if testTo != "" {
+				return c.call(cmd.Context(), "campaign.send", a, c.printTestSend)
+			}
+			return c.call(cmd.Context(), "campaign.send", a, c.printSendResult)
 		},
 	}
 	send.Flags().BoolVar(&noWait, "no-wait", false, "only enqueue; do not deliver in this process")
+	send.Flags().StringVar(&testTo, "test-to", "", "send one rendered row (--test-row, default 1) to this address only: not counted, not recorded as the campaign")
+	send.Flags().IntVar(&testRow, "test-row", 1, "with --test-to: the data row to render")
 	send.Flags().BoolVar(&force, "force", false, "send a re-run whose subject or templates changed since the campaign's earlier run")
 	send.Flags().BoolVar(&skipInvalid, "skip-invalid", false, "accept invalid rows (never sent): exit 0 instead of 1")
 	status := &cobra.Command{
@@ -156,6 +164,23 @@ func (c *cli) campaignValidate(ctx context.Context, file string) error {
 	}
 	if len(problems) > 0 {
 		return &exitError{code: 2, msg: fmt.Sprintf("campaign %s is not valid (%d problems)", file, len(problems))}
+	}
+	return nil
+}
+
+func (c *cli) printTestSend(raw json.RawMessage) error {
+	var v testSendView
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return err
+	}
+	if v.Skip != "" {
+		fmt.Fprintf(c.stderr, "note: the campaign itself would leave row %d out (%s)\n", v.Row, v.Skip)
+	}
+	switch {
+	case v.Daemon:
+		fmt.Fprintf(c.stdout, "test of campaign %s (row %d) for %s handed to the running daemon\n", v.Campaign, v.Row, v.To)
+	default:
+		fmt.Fprintf(c.stdout, "test of campaign %s (row %d) for %s: %s\n", v.Campaign, v.Row, v.To, v.State)
 	}
 	return nil
 }

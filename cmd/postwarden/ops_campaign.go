@@ -14,6 +14,7 @@ import (
 	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/queue/campaignq"
+	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
 	"github.com/postwarden/postwarden/templates"
 )
@@ -27,6 +28,64 @@ type campaignSendArgs struct {
 	// Force sends a re-run whose subject or templates changed since the
 	// campaign's earlier run.
 	Force bool `json:"force,omitempty"`
+	// TestTo sends data row TestRow (default 1) to this address only: not
+	// counted, not recorded as the campaign.
+	TestTo  string `json:"test_to,omitempty"`
+	TestRow int    `json:"test_row,omitempty"`
+}
+
+// testCampaign is the queue's campaign of test sends: no campaign record,
+// so never listed or counted as a campaign.
+const testCampaign = "test-to"
+
+// testSendView is what `campaign send --test-to` reports.
+type testSendView struct {
+	Campaign string      `json:"campaign"`
+	Row      int         `json:"row"`
+	To       string      `json:"to"`
+	Skip     string      `json:"skip,omitempty"`
+	State    queue.State `json:"state,omitempty"` // when this process delivered it
+	Daemon   bool        `json:"daemon,omitempty"`
+}
+
+// sendTest renders one row for the operator's own address and delivers it
+// as a message of testCampaign, audited.
+func (e *env) sendTest(ctx context.Context, req request, spec campaign.Spec, args campaignSendArgs, o *out) error {
+	row := max(1, args.TestRow)
+	msg, skip, err := campaign.Preview(ctx, spec, e.campaignDeps(false), row, args.TestTo)
+	var re campaign.RowError
+	if errors.As(err, &re) && !req.Reveal {
+		return errors.New(re.Masked())
+	}
+	if err != nil {
+		return err
+	}
+	if err := e.record(req, "campaign.test", "campaign:"+spec.ID, "", map[string]string{"row": fmt.Sprint(row), "to": address.Mask(msg.To)}); err != nil {
+		return err
+	}
+	var local *localDelivery
+	if !e.daemon {
+		if local, err = e.startLocalDelivery(ctx, testCampaign); err != nil {
+			return err
+		}
+		defer local.close()
+	}
+	key := fmt.Sprintf("%s:%d", spec.ID, time.Now().UnixNano()) // every test is sent
+	if _, err := e.queue.Enqueue([]queue.NewMessage{{Campaign: testCampaign, List: spec.List, Key: key, From: msg.From, To: msg.To, Body: msg.Body, Pool: spec.Pool}}); err != nil {
+		return err
+	}
+	v := testSendView{Campaign: spec.ID, Row: row, To: maskIf(req.Reveal, msg.To), Skip: skip, Daemon: e.daemon}
+	if local != nil {
+		if err := local.finish(ctx, nil); err != nil {
+			return err
+		}
+		if m, found, err := e.queue.ByKey(testCampaign, key); err == nil && found {
+			v.State = m.State
+		}
+	} else {
+		e.queue.Kick()
+	}
+	return o.Record(v)
 }
 
 // invalidRowsError is a send that left invalid rows out, without --skip-invalid.
@@ -125,6 +184,9 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	}
 	if w := publicURLWarning(e.cfg); w != "" {
 		_ = o.Note("%s", w)
+	}
+	if args.TestTo != "" {
+		return e.sendTest(ctx, req, spec, args, o)
 	}
 	if raw, err := e.queue.GetCampaign(spec.ID); err == nil && raw != nil {
 		var prev campaign.Record
@@ -380,7 +442,7 @@ func opCampaignPreview(ctx context.Context, e *env, req request, o *out) error {
 		return err
 	}
 	deps := e.campaignDeps(false)
-	msg, skip, err := campaign.Preview(ctx, spec, deps, args.Row)
+	msg, skip, err := campaign.Preview(ctx, spec, deps, args.Row, "")
 	var re campaign.RowError
 	if errors.As(err, &re) && !req.Reveal {
 		return errors.New(re.Masked())
