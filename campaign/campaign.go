@@ -112,6 +112,12 @@ type Queue interface {
 	Enqueue(msgs []Message) (added, duplicates int, err error)
 }
 
+// QueuedCounter is a Queue that also says how many duplicates are still
+// queued (their earlier message not finished): Summary.AlreadyQueued.
+type QueuedCounter interface {
+	EnqueueCounting(msgs []Message) (added, duplicates, queued int, err error)
+}
+
 // Links mints the one-click unsubscribe URL of a recipient; it must be safe for concurrent use.
 type Links interface {
 	UnsubscribeURL(address, list, campaign string) string
@@ -214,6 +220,9 @@ type Summary struct {
 	Skipped      map[string]int `json:"skipped"`                // by legal-basis reason: region_excluded, not_b2b, no_consent
 	Enqueued     int            `json:"enqueued"`
 	AlreadySent  int            `json:"already_sent"` // duplicates of an earlier run (or of an earlier row)
+	// AlreadyQueued is the part of AlreadySent still in the queue (a resumed
+	// run: enqueued before, not delivered yet), when the Queue can tell.
+	AlreadyQueued int `json:"already_queued"`
 }
 
 // Progress is told the rows read and the CSV bytes consumed so far; it is called from one goroutine.

@@ -181,7 +181,13 @@ func (b *batcher) flush() error {
 			return err
 		}
 	}
-	added, dups, err := b.queue.Enqueue(b.batch)
+	var added, dups, queued int
+	var err error
+	if qc, ok := b.queue.(QueuedCounter); ok {
+		added, dups, queued, err = qc.EnqueueCounting(b.batch)
+	} else {
+		added, dups, err = b.queue.Enqueue(b.batch)
+	}
 	for _, m := range b.batch {
 		b.spare.giveSpare(m.Body)
 	}
@@ -190,6 +196,7 @@ func (b *batcher) flush() error {
 	}
 	b.sum.Enqueued += added
 	b.sum.AlreadySent += dups
+	b.sum.AlreadyQueued += queued
 	b.batch = make([]Message, 0, batchSize)
 	return nil
 }

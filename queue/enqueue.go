@@ -26,7 +26,10 @@ const appendFill = 0.9
 // EnqueueResult reports what Enqueue did; IDs[i] is msgs[i]'s new id, or "" for a duplicate.
 type EnqueueResult struct {
 	Added, Duplicates int
-	IDs               []string
+	// DuplicatesQueued counts the duplicates whose earlier message is still
+	// in the queue (not finished): a resumed run's "already queued".
+	DuplicatesQueued int
+	IDs              []string
 }
 
 // Enqueue stores msgs in one fsynced transaction, skipping (Campaign, Key) pairs already known.
@@ -59,8 +62,15 @@ func (s *Store) Enqueue(msgs []NewMessage) (EnqueueResult, error) {
 		}
 		for i, nm := range msgs {
 			ik := b.idemKey(nm.Campaign, nm.Key)
-			if seen[string(ik)] || b.idem.Get(ik) != nil {
+			if seen[string(ik)] {
 				res.Duplicates++
+				continue
+			}
+			if id := b.idem.Get(ik); id != nil {
+				res.Duplicates++
+				if m, err := b.get(string(id)); err == nil && !m.State.Finished() {
+					res.DuplicatesQueued++
+				}
 				continue
 			}
 			seen[string(ik)] = true

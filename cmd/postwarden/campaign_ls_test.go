@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -153,4 +154,23 @@ func TestSendTestTo(t *testing.T) {
 		t.Errorf("after the real send: %v", got)
 	}
 	h.mustRun(2, "campaign", "send", "--test-to", "not an address", file)
+}
+
+// A resumed send says how many recipients an earlier run had finished and
+// how many it left queued.
+func TestResumedSendSplitsSentAndQueued(t *testing.T) {
+	h := newHarness(t, mtatest.Options{Rcpt: deferGlobex})
+	file := h.campaign("res-1", adminCSV)
+	h.mustRun(0, "campaign", "send", file)
+	r := h.mustRun(0, "campaign", "send", file)
+	if !strings.Contains(r.stdout, "already sent   2\n") || !strings.Contains(r.stdout, "already queued 4 ") {
+		t.Errorf("resumed send:\n%s", r.stdout)
+	}
+	var res sendResult
+	if err := json.Unmarshal([]byte(strings.TrimSpace(h.mustRun(0, "--json", "campaign", "send", file).stdout)), &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Summary.AlreadySent != 6 || res.Summary.AlreadyQueued != 4 {
+		t.Errorf("JSON summary: already_sent %d, already_queued %d; want 6 and 4 (gone@ bounced: suppressed now)", res.Summary.AlreadySent, res.Summary.AlreadyQueued)
+	}
 }

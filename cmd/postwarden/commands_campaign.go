@@ -201,7 +201,11 @@ func (c *cli) printSendResult(raw json.RawMessage) error {
 	fmt.Fprintf(w, "  suppressed     %s\n", countsLine(s.Suppressed))
 	fmt.Fprintf(w, "  skipped        %s\n", countsLine(s.Skipped))
 	fmt.Fprintf(w, "  enqueued       %d\n", s.Enqueued)
-	fmt.Fprintf(w, "  already sent   %d\n", s.AlreadySent)
+	// A resumed run: what an earlier run finished, and what it left queued.
+	fmt.Fprintf(w, "  already sent   %d\n", s.AlreadySent-s.AlreadyQueued)
+	if s.AlreadyQueued > 0 {
+		fmt.Fprintf(w, "  already queued %d (enqueued by an earlier run, not delivered yet)\n", s.AlreadyQueued)
+	}
 	if r.Delivery != nil {
 		states := make([]string, 0, len(r.Delivery))
 		for st, n := range r.Delivery {
