@@ -180,7 +180,7 @@ func (e *env) startShares(ctx context.Context) (*shareWorker, error) {
 				e.queue.Kick()
 				break
 			}
-			w.log.Warn().Err(err).Dur("retry_in", delay).Msg("spool check against the leases failed")
+			w.log.Warn().Err(err).Dur("retry_in_ms", delay).Msg("spool check against the leases failed")
 			select {
 			case <-wctx.Done():
 				return
