@@ -27,6 +27,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,13 +55,19 @@ const (
 	Restricted   Reason = "restricted"   // GDPR Art. 18 restriction of processing; reversible
 )
 
+// Reasons are the accepted reasons, in the order help texts list them.
+var Reasons = []Reason{Unsubscribed, HardBounce, Complaint, Manual, Erased, Restricted}
+
 // Valid reports whether r is one of the accepted reasons.
-func (r Reason) Valid() bool {
-	switch r {
-	case Unsubscribed, HardBounce, Complaint, Manual, Erased, Restricted:
-		return true
+func (r Reason) Valid() bool { return slices.Contains(Reasons, r) }
+
+// ReasonList is Reasons for a message: "unsubscribed, hard_bounce, … or restricted".
+func ReasonList() string {
+	names := make([]string, len(Reasons))
+	for i, r := range Reasons {
+		names[i] = string(r)
 	}
-	return false
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }
 
 // Entry is one suppression record.

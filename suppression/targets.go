@@ -74,7 +74,7 @@ func normalize(e Entry) (Entry, error) {
 		e.Reason = Manual
 	}
 	if !e.Reason.Valid() {
-		return Entry{}, fmt.Errorf("reason %q: unknown (want unsubscribed, hard_bounce, complaint, manual, erased or restricted)", e.Reason)
+		return Entry{}, fmt.Errorf("reason %q: unknown (want %s)", e.Reason, ReasonList())
 	}
 	if e.Time.IsZero() {
 		e.Time = time.Now()

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/postwarden/postwarden/suppression"
 )
 
 func (c *cli) suppressCommand() *cobra.Command {
@@ -14,7 +16,7 @@ func (c *cli) suppressCommand() *cobra.Command {
 	add := c.argCommand("add ADDR|@DOMAIN", "Suppress an address or a whole domain, globally or for one list", "suppress.add",
 		func(target string) any { a.Target = target; return a })
 	add.Flags().StringVar(&a.List, "list", "", "only this list (default: every list)")
-	add.Flags().StringVar(&a.Reason, "reason", "manual", "unsubscribed|hard_bounce|complaint|manual|erased")
+	add.Flags().StringVar(&a.Reason, "reason", "manual", "why: "+suppression.ReasonList())
 	add.Flags().StringVar(&a.Note, "note", "", "free text kept with the entry")
 	var ra suppressArgs
 	remove := c.argCommand("remove ADDR|@DOMAIN", "Remove a suppression entry", "suppress.remove",

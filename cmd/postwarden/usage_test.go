@@ -133,3 +133,16 @@ func TestLogDurationsNameTheirUnit(t *testing.T) {
 		t.Fatal("no .Dur field found: the walk read nothing")
 	}
 }
+
+// `suppress add --reason` names its allowed values in its help and in the
+// error for a wrong one, from the one list the store checks.
+func TestSuppressReasonsListed(t *testing.T) {
+	want := "unsubscribed, hard_bounce, complaint, manual, erased or restricted"
+	if r := runArgs("suppress", "add", "--help"); r.code != 0 || !strings.Contains(r.stdout, want) {
+		t.Errorf("help: %s", r.stdout)
+	}
+	h := newHarness(t, mtatest.Options{})
+	if r := h.mustRun(2, "suppress", "add", "ana@acme.example", "--reason", "bored"); !strings.Contains(r.stderr, want) {
+		t.Errorf("error: %q", r.stderr)
+	}
+}
