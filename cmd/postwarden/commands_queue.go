@@ -82,8 +82,8 @@ func (c *cli) queueCommand() *cobra.Command {
 	cat := &cobra.Command{
 		Use:   "cat ID…",
 		Short: "Print a stored message, like postcat -q: its header, addresses masked; --reveal prints the whole message (audited)",
-		Example: `  postwarden queue cat 01JF3K2QZ8XG5N7W4C9V
-  postwarden --reveal queue cat 01JF3K2QZ8XG5N7W4C9V > message.eml`,
+		Example: `  postwarden queue cat 0187c2a4f1d00003
+  postwarden --reveal queue cat 0187c2a4f1d00003 > message.eml`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ids, err := c.readIDs(args)

@@ -44,6 +44,9 @@ func strictUsage(root *cobra.Command) {
 	root.SetUsageTemplate(tmpl + exitCodesHelp)
 	var walk func(*cobra.Command)
 	walk = func(cmd *cobra.Command) {
+		if cmd.Example == "" {
+			cmd.Example = examples[cmd.CommandPath()]
+		}
 		switch {
 		case cmd.HasSubCommands() && cmd.Run == nil && cmd.RunE == nil:
 			if cmd.Annotations == nil {

@@ -146,3 +146,28 @@ func TestSuppressReasonsListed(t *testing.T) {
 		t.Errorf("error: %q", r.stderr)
 	}
 }
+
+// Every verb's help shows examples, then the exit codes.
+func TestEveryVerbHasExamples(t *testing.T) {
+	var walk func(*cobra.Command)
+	n := 0
+	walk = func(cmd *cobra.Command) {
+		if cmd.Runnable() && cmd.Annotations[groupAnnotation] == "" && !cmd.Hidden && cmd.Name() != "help" && cmd.Name() != "completion" {
+			n++
+			if cmd.Example == "" {
+				t.Errorf("%s has no examples", cmd.CommandPath())
+			}
+		}
+		for _, sub := range cmd.Commands() {
+			walk(sub)
+		}
+	}
+	walk((&cli{}).rootCommand())
+	if n < 40 {
+		t.Fatalf("only %d verbs walked", n)
+	}
+	r := runArgs("queue", "retry", "--help")
+	if i, j := strings.Index(r.stdout, "Examples:"), strings.Index(r.stdout, "Exit status:"); i < 0 || j < i {
+		t.Errorf("queue retry --help:\n%s", r.stdout)
+	}
+}
