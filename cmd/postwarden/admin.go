@@ -38,11 +38,20 @@ type line struct {
 	Error    string          `json:"error,omitempty"`
 }
 
-// progress reports how far a long op is.
+// progress reports how far a long op is: reading a file (Rows, Bytes of
+// Total), then, with Phase "deliver", delivering what it enqueued.
 type progress struct {
 	Rows  int   `json:"rows"`
 	Bytes int64 `json:"bytes"`
 	Total int64 `json:"total"`
+
+	Phase     string  `json:"phase,omitempty"` // "deliver"
+	Delivered int     `json:"delivered,omitempty"`
+	Deferred  int     `json:"deferred,omitempty"`
+	Bounced   int     `json:"bounced,omitempty"`
+	Pending   int     `json:"pending,omitempty"` // not finished yet
+	Rate      float64 `json:"rate,omitempty"`    // messages finished a second
+	ETA       float64 `json:"eta_s,omitempty"`   // seconds until nothing is pending, at Rate
 }
 
 // request is what the CLI sends for one op.

@@ -243,7 +243,9 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	}
 	res.Summary = summary
 	if local != nil {
+		stop := e.reportDelivery(spec.ID, o)
 		sendErr = local.finish(ctx, sendErr)
+		stop()
 		res.Delivery = local.counts
 	}
 	if e.daemon {
@@ -283,6 +285,56 @@ func (e *env) armCampaign(id string, c *configs.Campaign, o *out) error {
 		_ = o.Note("campaign %s is paused: its messages wait for `postwarden campaign resume %s`", id, id)
 	}
 	return nil
+}
+
+// deliveryEvery is how often a local send reports its delivery.
+const deliveryEvery = 500 * time.Millisecond
+
+// reportDelivery emits the campaign's delivery progress (counts, rate of
+// finished messages, time until nothing is pending) until stop is called.
+func (e *env) reportDelivery(id string, o *out) (stop func()) {
+	done, finished := make(chan struct{}), make(chan struct{})
+	start := time.Now()
+	base := -1
+	report := func() {
+		counts, err := e.queue.CampaignCounts(id)
+		if err != nil {
+			return
+		}
+		p := progress{Phase: "deliver", Delivered: counts[queue.StateDelivered], Deferred: counts[queue.StateDeferred],
+			Bounced: counts[queue.StateBounced]}
+		final := 0
+		for st, n := range counts {
+			if st.Finished() {
+				final += n
+			} else {
+				p.Pending += n
+			}
+		}
+		if base < 0 {
+			base = final
+		}
+		if secs := time.Since(start).Seconds(); secs > 0 && final > base {
+			p.Rate = float64(final-base) / secs
+			p.ETA = float64(p.Pending-p.Deferred) / p.Rate // deferred ones wait for their retry
+		}
+		_ = o.Progress(p)
+	}
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(deliveryEvery)
+		defer t.Stop()
+		report()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				report()
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
 }
 
 // campaignDeps is what campaign.Send reaches. The campaign's backlog holds
