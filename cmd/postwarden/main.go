@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/rs/zerolog"
@@ -62,6 +63,7 @@ type cli struct {
 
 // run executes one command line and returns the exit status.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	stderr = &lockedWriter{w: stderr} // the logger's goroutines and the CLI's own lines share it
 	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr}
 	root := c.rootCommand()
 	root.SetArgs(args)
@@ -125,12 +127,34 @@ func (c *cli) logger(def zerolog.Level) (zerolog.Logger, error) {
 		level = l
 	}
 	var w io.Writer = c.stderr
-	if f, ok := c.stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		w = zerolog.ConsoleWriter{Out: f, TimeFormat: "15:04:05"}
+	if f, ok := fileOf(c.stderr); ok && term.IsTerminal(int(f.Fd())) {
+		w = zerolog.ConsoleWriter{Out: c.stderr, TimeFormat: "15:04:05"}
 	}
 	// Delivery workers log at once; run's stderr may be any writer (a buffer
-	// in tests), so writes are serialised here rather than trusted to it.
-	return zerolog.New(zerolog.SyncWriter(w)).Level(level).With().Timestamp().Logger(), nil
+	// in tests), so writes are serialised (lockedWriter) rather than trusted to it.
+	return zerolog.New(w).Level(level).With().Timestamp().Logger(), nil
+}
+
+// lockedWriter serialises the writes to one stream: log lines from the
+// delivery workers and the CLI's progress and notes from the op's goroutine.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// fileOf is the *os.File behind w, for terminal checks.
+func fileOf(w io.Writer) (*os.File, bool) {
+	if l, ok := w.(*lockedWriter); ok {
+		w = l.w
+	}
+	f, ok := w.(*os.File)
+	return f, ok
 }
 
 // call runs an op: in the daemon when one answers on the admin socket,

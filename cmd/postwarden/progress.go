@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -24,7 +23,7 @@ type progressBar struct {
 const plainEvery = 10 * time.Second
 
 func newProgressBar(w io.Writer, jsonOut bool) *progressBar {
-	f, ok := w.(*os.File)
+	f, ok := fileOf(w)
 	on := ok && !jsonOut && term.IsTerminal(int(f.Fd()))
 	return &progressBar{on: on, plain: !on && !jsonOut, w: w}
 }
