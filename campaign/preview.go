@@ -38,13 +38,7 @@ func Preview(ctx context.Context, spec Spec, deps Deps, n int, to string) (msg M
 	if len(errs) > 0 {
 		return Message{}, "", errors.Join(errs...)
 	}
-	s.links = deps.Links.UnsubscribeURL
-	if deps.Mailto != nil {
-		s.mailto = deps.Mailto.UnsubscribeMailto
-	}
-	if deps.Now != nil {
-		s.now = deps.Now
-	}
+	s.wire(deps)
 	rs, err := openRecipients(spec.Recipients)
 	if err != nil {
 		return Message{}, "", err

@@ -116,14 +116,20 @@ func prepareRenderer(spec Spec, deps Deps) (*renderer, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	s.sup, s.links = deps.Suppressions, deps.Links.UnsubscribeURL
+	s.sup = deps.Suppressions
+	s.wire(deps)
+	return s, nil
+}
+
+// wire gives the renderer deps' links and clock (deps.Links is required).
+func (s *renderer) wire(deps Deps) {
+	s.links = deps.Links.UnsubscribeURL
 	if deps.Mailto != nil {
 		s.mailto = deps.Mailto.UnsubscribeMailto
 	}
 	if deps.Now != nil {
 		s.now = deps.Now
 	}
-	return s, nil
 }
 
 // startRecord is the campaign record as Send stores it before the first row.

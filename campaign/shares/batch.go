@@ -86,16 +86,9 @@ func (c *Coordinator) RecordBatch(ctx context.Context, campaign string, outs []K
 	}
 	c.mu.Lock()
 	for s, keys := range byShard {
-		h := c.held[leaseKey(ctok, s)]
-		if h == nil {
-			continue
-		}
 		for k, o := range keys {
-			if o.Final() && h.pending[k] {
-				delete(h.pending, k)
-				if len(h.pending) == 0 {
-					close(h.empty)
-				}
+			if o.Final() {
+				c.held[leaseKey(ctok, s)].done(k)
 			}
 		}
 	}

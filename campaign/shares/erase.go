@@ -223,11 +223,6 @@ func (c *Coordinator) Forget(indexHex string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, h := range c.held {
-		if h.pending[key] {
-			delete(h.pending, key)
-			if len(h.pending) == 0 {
-				close(h.empty)
-			}
-		}
+		h.done(key)
 	}
 }

@@ -68,15 +68,23 @@ func (c *Coordinator) Record(ctx context.Context, campaign, key string, o Outcom
 	}
 	if o.Final() {
 		c.mu.Lock()
-		if h := c.held[leaseKey(ctok, shard)]; h != nil && h.pending[key] {
-			delete(h.pending, key)
-			if len(h.pending) == 0 {
-				close(h.empty)
-			}
-		}
+		c.held[leaseKey(ctok, shard)].done(key)
 		c.mu.Unlock()
 	}
 	return nil
+}
+
+// done drops key from the rows the holding waits on, closing empty once
+// none is left; a nil holding (a shard not held here) is left alone.
+// c.mu is held.
+func (h *holding) done(key string) {
+	if h == nil || !h.pending[key] {
+		return
+	}
+	delete(h.pending, key)
+	if len(h.pending) == 0 {
+		close(h.empty)
+	}
 }
 
 // outcomeTarget is the subject token and ready manifest of a campaign

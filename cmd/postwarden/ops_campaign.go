@@ -53,12 +53,8 @@ type testSendView struct {
 func (e *env) sendTest(ctx context.Context, req request, spec campaign.Spec, args campaignSendArgs, o *out) error {
 	row := max(1, args.TestRow)
 	msg, skip, err := campaign.Preview(ctx, spec, e.campaignDeps(false), row, args.TestTo)
-	var re campaign.RowError
-	if errors.As(err, &re) && !req.Reveal {
-		return errors.New(re.Masked())
-	}
 	if err != nil {
-		return err
+		return maskRowError(err, req.Reveal)
 	}
 	if err := e.record(req, "campaign.test", "campaign:"+spec.ID, "", map[string]string{"row": fmt.Sprint(row), "to": address.Mask(msg.To)}); err != nil {
 		return err
@@ -287,6 +283,16 @@ func (e *env) armCampaign(id string, c *configs.Campaign, o *out) error {
 	return nil
 }
 
+// maskRowError is err with the recipient masked when it is a row's
+// problem (its file and line kept), unless reveal.
+func maskRowError(err error, reveal bool) error {
+	var re campaign.RowError
+	if !reveal && errors.As(err, &re) {
+		return errors.New(re.Masked())
+	}
+	return err
+}
+
 // deliveryEvery is how often a local send reports its delivery.
 const deliveryEvery = 500 * time.Millisecond
 
@@ -495,12 +501,8 @@ func opCampaignPreview(ctx context.Context, e *env, req request, o *out) error {
 	}
 	deps := e.campaignDeps(false)
 	msg, skip, err := campaign.Preview(ctx, spec, deps, args.Row, "")
-	var re campaign.RowError
-	if errors.As(err, &re) && !req.Reveal {
-		return errors.New(re.Masked())
-	}
 	if err != nil {
-		return err
+		return maskRowError(err, req.Reveal)
 	}
 	body := msg.Body
 	if args.HTML {
