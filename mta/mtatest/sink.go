@@ -18,7 +18,10 @@ type Received struct {
 	From string
 	To   []string
 	Data []byte
-	Time time.Time
+	Time time.Time // when the message was accepted (after DATA)
+	// Started is when its transaction began (MAIL FROM): when the sending
+	// node started the delivery, as the receiver sees it.
+	Started time.Time
 	// Client is the client's IP address, Helo the name it said in EHLO/HELO.
 	Client, Helo string
 }
@@ -196,16 +199,17 @@ func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 }
 
 type session struct {
-	s    *Sink
-	c    *smtp.Conn
-	from string
-	to   []string
+	s       *Sink
+	c       *smtp.Conn
+	from    string
+	to      []string
+	started time.Time
 }
 
 func (ss *session) AuthMechanisms() []string { return nil }
 
 func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
-	ss.from = from
+	ss.from, ss.started = from, time.Now()
 	ss.to = nil
 	return nil
 }
@@ -241,7 +245,7 @@ func (ss *session) Data(r io.Reader) error {
 	if !ss.s.discard {
 		client, _, _ := net.SplitHostPort(ss.c.Conn().RemoteAddr().String())
 		ss.s.msgs = append(ss.s.msgs, Received{From: ss.from, To: append([]string(nil), ss.to...), Data: data,
-			Time: time.Now(), Client: client, Helo: ss.c.Hostname()})
+			Time: time.Now(), Started: ss.started, Client: client, Helo: ss.c.Hostname()})
 	}
 	ss.s.mu.Unlock()
 	return nil
