@@ -380,16 +380,17 @@ func (s *Sender) Deliver(ctx context.Context, id, from, to string, body []byte) 
 // pool), preferring source (the one an earlier attempt of the message used,
 // "" for none); it returns the source used and the recipient's provider,
 // on failure too when they are known ("" when none applies: capture, relay,
-// routes, or no provider table).
-func (s *Sender) DeliverVia(ctx, stop context.Context, id, from, to string, body []byte, pool, source string) (usedSource, provider string, err error) {
+// routes, or no provider table), the server last tried ("host[ip]:port",
+// "" before any) and, on success, its reply to the final dot.
+func (s *Sender) DeliverVia(ctx, stop context.Context, id, from, to string, body []byte, pool, source string) (usedSource, provider, remote, reply string, err error) {
 	e, derr := s.deliver(ctx, stop, id, from, to, body, pool, source)
 	if e != nil {
-		usedSource, provider = e.sourceName(), e.provider
+		usedSource, provider, remote, reply = e.sourceName(), e.provider, e.remote, e.reply
 	}
 	if derr != nil {
-		return usedSource, provider, derr
+		return usedSource, provider, remote, "", derr
 	}
-	return usedSource, provider, nil
+	return usedSource, provider, remote, reply, nil
 }
 
 // DeliverUntil is Deliver whose waits before the delivery starts (the

@@ -39,6 +39,10 @@ type envelope struct {
 	provider     string    // the recipient's provider, once its MX hosts are known
 	src          *egress   // the source chosen (sources.go), nil: the default address
 	warmAt       time.Time // when src's warm-up room was reserved
+	// remote is the server of the last try, "host[ip]:port" as Postfix
+	// writes it; reply is its reply to the final dot once one accepted the
+	// message (it may carry the remote's queue id: RemoteQueueID).
+	remote, reply string
 }
 
 // conn is an SMTP session that may be pooled between messages.
@@ -276,6 +280,11 @@ func cachedHosts(ctx context.Context, r *providers.Resolver, domain, port string
 // server (TLS server name, logs). A dead pooled connection is redialled once.
 func (s *Sender) attempt(ctx context.Context, e *envelope, rt *route, host, addr string) *DeliveryError {
 	remote := net.JoinHostPort(host, portFromAddr(addr))
+	if ip, port, err := net.SplitHostPort(addr); err == nil {
+		e.remote = host + "[" + ip + "]:" + port
+	} else {
+		e.remote = remote
+	}
 	// A connection made under one TLS policy, or verified for one name, is
 	// not reused for another.
 	key := e.sourceName() + " " + rt.policy + " " + host + " " + addr
@@ -303,6 +312,7 @@ func (s *Sender) attempt(ctx context.Context, e *envelope, rt *route, host, addr
 		reply, stage, err := s.transact(ctx, c, e, reused)
 		if err == nil {
 			c.sent++
+			e.reply = reply
 			s.observeSuccess(e)
 			s.logAttempt(e, rt, remote, addr, c, reused, start, reply, nil)
 			s.put(c)

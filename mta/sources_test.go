@@ -58,7 +58,7 @@ func TestSourcesWarmup(t *testing.T) {
 
 	used := map[string]int{}
 	for i, d := range domains {
-		src, prov, err := s.DeliverVia(context.Background(), context.Background(), fmt.Sprintf("w%d", i),
+		src, prov, _, _, err := s.DeliverVia(context.Background(), context.Background(), fmt.Sprintf("w%d", i),
 			"news@sender.example", "ana@"+d, []byte("Subject: hi\r\n\r\nhello\r\n"), "", "")
 		if err != nil {
 			t.Fatalf("%s: %v", d, err)
@@ -77,7 +77,7 @@ func TestSourcesWarmup(t *testing.T) {
 
 	// The solo pool has no room left today: held until the next UTC day, unsent.
 	before := sink.Count()
-	_, _, err = s.DeliverVia(context.Background(), context.Background(), "solo1", "news@sender.example",
+	_, _, _, _, err = s.DeliverVia(context.Background(), context.Background(), "solo1", "news@sender.example",
 		"bob@"+domains[0], []byte("Subject: hi\r\n\r\nhello\r\n"), "solo", "")
 	var derr *DeliveryError
 	if !errors.As(err, &derr) || derr.Stage != StageHold || !derr.Temporary() {
@@ -97,13 +97,13 @@ func TestSourcesWarmup(t *testing.T) {
 	// Day 2: a cap of 20.
 	s.now = func() time.Time { return day1.Add(24 * time.Hour) }
 	for i := range 20 {
-		src, _, err := s.DeliverVia(context.Background(), context.Background(), fmt.Sprintf("d2-%d", i),
+		src, _, _, _, err := s.DeliverVia(context.Background(), context.Background(), fmt.Sprintf("d2-%d", i),
 			"news@sender.example", fmt.Sprintf("c%d@%s", i, domains[i%len(domains)]), []byte("Subject: hi\r\n\r\nhello\r\n"), "solo", "")
 		if err != nil || src != first {
 			t.Fatalf("day 2 message %d: source %q, %v", i, src, err)
 		}
 	}
-	if _, _, err := s.DeliverVia(context.Background(), context.Background(), "d2-over", "news@sender.example",
+	if _, _, _, _, err := s.DeliverVia(context.Background(), context.Background(), "d2-over", "news@sender.example",
 		"dan@"+domains[0], []byte("Subject: hi\r\n\r\nhello\r\n"), "solo", ""); !errors.As(err, &derr) || derr.Stage != StageHold {
 		t.Fatalf("21st message of day 2: %v, want a hold", err)
 	}
@@ -132,14 +132,14 @@ func TestSourceSticksForRetries(t *testing.T) {
 	s := shapedSender(t, Config{DNSServer: dnsAddr, SMTPPort: sink.Port(), Providers: microsoftTable(t, 0, 0),
 		Sources: twoSources, Pools: map[string][]PoolMember{"default": pool}, Warmup: tracker})
 	for range 3 { // each failure returns the one message of room
-		src, _, err := s.DeliverVia(context.Background(), context.Background(), "r1", "news@sender.example",
+		src, _, _, _, err := s.DeliverVia(context.Background(), context.Background(), "r1", "news@sender.example",
 			"ana@"+domains[0], []byte("Subject: hi\r\n\r\nhello\r\n"), "", second)
 		if err == nil || src != second {
 			t.Fatalf("attempt through %s: source %q, err %v; want the sticky source and a deferral", second, src, err)
 		}
 	}
 	fail = false
-	src, _, err := s.DeliverVia(context.Background(), context.Background(), "r1", "news@sender.example",
+	src, _, _, _, err := s.DeliverVia(context.Background(), context.Background(), "r1", "news@sender.example",
 		"ana@"+domains[0], []byte("Subject: hi\r\n\r\nhello\r\n"), "", second)
 	if err != nil || src != second {
 		t.Fatalf("retry: source %q, %v; want %s", src, err, second)
@@ -204,7 +204,7 @@ func TestMXLookupsCached(t *testing.T) {
 	s := shapedSender(t, Config{DNSServer: dnsAddr, SMTPPort: sink.Port(), Providers: tab, MXResolver: r})
 	for _, d := range domains {
 		for i := range 10 {
-			_, prov, err := s.DeliverVia(context.Background(), context.Background(), "c", "news@sender.example",
+			_, prov, _, _, err := s.DeliverVia(context.Background(), context.Background(), "c", "news@sender.example",
 				fmt.Sprintf("u%d@%s", i, d), []byte("Subject: hi\r\n\r\nhello\r\n"), "", "")
 			if err != nil || prov != "microsoft" {
 				t.Fatalf("%s: provider %q, %v", d, prov, err)
@@ -253,7 +253,7 @@ func TestSuspendedSourceHandsOver(t *testing.T) {
 	// The first source is suspended for Microsoft, as a 451 4.7.650 on it does.
 	eng.Observe(first, "microsoft", 451, "4.7.650", "The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation.")
 	for i, d := range domains {
-		src, _, err := s.DeliverVia(context.Background(), context.Background(), fmt.Sprintf("h%d", i),
+		src, _, _, _, err := s.DeliverVia(context.Background(), context.Background(), fmt.Sprintf("h%d", i),
 			"news@sender.example", "ana@"+d, []byte("Subject: hi\r\n\r\nhello\r\n"), "", first)
 		if err != nil || src == first {
 			t.Fatalf("%s: source %q, %v; want the pool's other source", d, src, err)
@@ -269,7 +269,7 @@ func TestSuspendedSourceHandsOver(t *testing.T) {
 	clock.add(5 * time.Minute)
 	eng.Observe(other, "microsoft", 451, "4.7.650", "The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation.")
 	before := sink.Count()
-	_, _, err = s.DeliverVia(context.Background(), context.Background(), "h-held", "news@sender.example",
+	_, _, _, _, err = s.DeliverVia(context.Background(), context.Background(), "h-held", "news@sender.example",
 		"bob@"+domains[0], []byte("Subject: hi\r\n\r\nhello\r\n"), "", "")
 	var derr *DeliveryError
 	want := time.Date(2026, 12, 6, 9, 15, 0, 0, time.UTC) // the first suspension's end

@@ -282,7 +282,7 @@ func (s *Store) recordAttempt(b bkts, claimed Message, o outcome, now time.Time)
 	}
 	if o.interrupted {
 		m.NextAttempt = now // the process is stopping: the next one tries at once
-		m.History = append(m.History, Attempt{Time: now, Outcome: "interrupted", Reply: o.reply, Source: o.source, Provider: o.provider})
+		m.History = append(m.History, Attempt{Time: now, Outcome: "interrupted", Reply: o.reply, Remote: o.remote, Source: o.source, Provider: o.provider})
 		return m.State, b.save(&m, &prev)
 	}
 	if o.reason != "" {
@@ -291,7 +291,7 @@ func (s *Store) recordAttempt(b bkts, claimed Message, o outcome, now time.Time)
 	if m.State == StateDeferred && m.NextAttempt.After(m.Created.Add(s.maxAge)) {
 		m.State, m.Reason = StateExpired, "expired: undelivered after "+s.maxAge.String()
 	}
-	m.History = append(m.History, Attempt{Time: now, Outcome: string(o.state), Reply: o.reply, Source: o.source, Provider: o.provider})
+	m.History = append(m.History, Attempt{Time: now, Outcome: string(o.state), Reply: o.reply, Remote: o.remote, Source: o.source, Provider: o.provider})
 	if m.State == StateDelivered && o.source != "" {
 		// The warm-up ledger counts the delivery in the commit that records it.
 		if err := b.countWarmup(now, o.source, m.Provider); err != nil {

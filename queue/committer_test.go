@@ -22,14 +22,14 @@ type gateDeliverer struct {
 	calls  map[string]int // by queue id
 }
 
-func (d *gateDeliverer) DeliverVia(ctx, _ context.Context, id, from, to string, body []byte, _, _ string) (string, string, error) {
+func (d *gateDeliverer) DeliverVia(ctx, _ context.Context, id, from, to string, body []byte, _, _ string) (string, string, string, string, error) {
 	if d.held[to] {
 		<-d.gate
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.calls[id]++
-	return "", "", d.bounce[to]
+	return "", "", "", "", d.bounce[to]
 }
 
 // waitFor polls cond until it holds, failing the test after a generous deadline.

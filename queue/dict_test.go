@@ -360,8 +360,8 @@ func TestBodyWrittenBeforeFormats(t *testing.T) {
 // deliverFunc is a Deliverer from a function.
 type deliverFunc func(ctx context.Context, id, from, to string, body []byte) error
 
-func (f deliverFunc) DeliverVia(ctx, _ context.Context, id, from, to string, body []byte, _, _ string) (string, string, error) {
-	return "", "", f(ctx, id, from, to, body)
+func (f deliverFunc) DeliverVia(ctx, _ context.Context, id, from, to string, body []byte, _, _ string) (string, string, string, string, error) {
+	return "", "", "", "", f(ctx, id, from, to, body)
 }
 
 func TestCorruptBody(t *testing.T) {

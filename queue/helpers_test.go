@@ -67,17 +67,17 @@ type fakeDeliverer struct {
 // via is what one DeliverVia call was handed.
 type via struct{ to, pool, prefer string }
 
-func (f *fakeDeliverer) DeliverVia(ctx, stop context.Context, id, from, to string, body []byte, pool, source string) (string, string, error) {
+func (f *fakeDeliverer) DeliverVia(ctx, stop context.Context, id, from, to string, body []byte, pool, source string) (string, string, string, string, error) {
 	f.mu.Lock()
 	f.asked = append(f.asked, via{to, pool, source})
 	route := f.route
 	f.mu.Unlock()
 	err := f.DeliverUntil(ctx, stop, id, from, to, body)
 	if route == nil {
-		return "", "", err
+		return "", "", "", "", err
 	}
 	src, prov := route(to, pool, source)
-	return src, prov, err
+	return src, prov, "", "", err
 }
 
 func newFake() *fakeDeliverer {

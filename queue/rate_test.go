@@ -18,14 +18,14 @@ type startLog struct {
 	delay time.Duration // each delivery takes this long
 }
 
-func (d *startLog) DeliverVia(ctx, _ context.Context, id, from, to string, body []byte, _, _ string) (string, string, error) {
+func (d *startLog) DeliverVia(ctx, _ context.Context, id, from, to string, body []byte, _, _ string) (string, string, string, string, error) {
 	d.mu.Lock()
 	d.times = append(d.times, time.Now())
 	d.mu.Unlock()
 	if d.delay > 0 {
 		time.Sleep(d.delay)
 	}
-	return "", "", nil
+	return "", "", "", "", nil
 }
 
 func (d *startLog) count() int {
@@ -102,17 +102,17 @@ type slowDeliverer struct {
 	calls   int
 }
 
-func (d *slowDeliverer) DeliverVia(ctx, _ context.Context, id, from, to string, body []byte, _, _ string) (string, string, error) {
+func (d *slowDeliverer) DeliverVia(ctx, _ context.Context, id, from, to string, body []byte, _, _ string) (string, string, string, string, error) {
 	d.mu.Lock()
 	d.calls++
 	first := d.calls == 1
 	d.mu.Unlock()
 	if !first {
-		return "", "", nil
+		return "", "", "", "", nil
 	}
 	d.started <- id
 	<-ctx.Done()
-	return "", "", ctx.Err()
+	return "", "", "", "", ctx.Err()
 }
 
 // A stopped runner waits for a slow delivery only until DrainTimeout, then
@@ -160,8 +160,8 @@ func TestDrainTimeoutReturnsInFlight(t *testing.T) {
 // deferAll is a Deliverer that fails every delivery temporarily.
 type deferAll struct{}
 
-func (deferAll) DeliverVia(ctx, _ context.Context, id, from, to string, body []byte, _, _ string) (string, string, error) {
-	return "", "", &smtpErr{451, "4.3.0", "try later"}
+func (deferAll) DeliverVia(ctx, _ context.Context, id, from, to string, body []byte, _, _ string) (string, string, string, string, error) {
+	return "", "", "", "", &smtpErr{451, "4.3.0", "try later"}
 }
 
 // checkRate fails t if a second of d's starts carried more than perSecond
@@ -337,12 +337,12 @@ type phased struct {
 	slow   time.Duration
 }
 
-func (d *phased) DeliverVia(ctx, _ context.Context, id, from, to string, body []byte, _, _ string) (string, string, error) {
+func (d *phased) DeliverVia(ctx, _ context.Context, id, from, to string, body []byte, _, _ string) (string, string, string, string, error) {
 	d.startLog.DeliverVia(ctx, ctx, id, from, to, body, "", "")
 	if d.slowed.Load() {
 		time.Sleep(d.slow)
 	}
-	return "", "", nil
+	return "", "", "", "", nil
 }
 
 // A receiving server that slows below the campaign's rate and then recovers:

@@ -33,7 +33,7 @@ import (
 // the delivery has started only ctx bounds it. A Deliverer that never waits
 // may ignore stop. mta.Sender's DeliverVia is the one the binary wires.
 type Deliverer interface {
-	DeliverVia(ctx, stop context.Context, id, from, to string, body []byte, pool, source string) (usedSource, provider string, err error)
+	DeliverVia(ctx, stop context.Context, id, from, to string, body []byte, pool, source string) (usedSource, provider, remote, reply string, err error)
 }
 
 // Suppressions is the do-not-mail list, checked just before each delivery.
@@ -628,8 +628,9 @@ type outcome struct {
 	// interrupted: cut off by the drain deadline; back to the queue, due at once
 	interrupted bool
 	// source and provider are what the Deliverer reported ("" when it did
-	// not know): recorded on the message with the outcome.
-	source, provider string
+	// not know), remote the server it talked to last: recorded on the
+	// message with the outcome.
+	source, provider, remote string
 }
 
 // attempt checks suppression and calls the Deliverer, gathering the facts
@@ -660,7 +661,7 @@ func (r *Runner) attempt(ctx, stop context.Context, m Message, buf []byte) (outc
 		return decide(facts{reached: stoppedBefore}), buf
 	}
 	start := time.Now()
-	src, prov, derr := r.d.DeliverVia(ctx, stop, m.ID, m.From, m.To, body, m.Pool, m.Source)
+	src, prov, remote, reply, derr := r.d.DeliverVia(ctx, stop, m.ID, m.From, m.To, body, m.Pool, m.Source)
 	f := deliveryFacts(derr)
 	f.took = time.Since(start)
 	if cap(body) > cap(buf) {
@@ -669,7 +670,10 @@ func (r *Runner) attempt(ctx, stop context.Context, m Message, buf []byte) (outc
 	f.stopped, f.cutOff = stop.Err() != nil, ctx.Err() != nil
 	o := decide(f)
 	if o.tried { // the zero outcome (claim given back) records nothing
-		o.source, o.provider = src, prov
+		o.source, o.provider, o.remote = src, prov, remote
+		if derr == nil {
+			o.reply = reply // the 250 reply to the dot, with the remote's queue id
+		}
 	}
 	return o, buf
 }

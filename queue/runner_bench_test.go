@@ -14,11 +14,11 @@ type nopDeliverer struct {
 	source, provider string
 }
 
-func (d nopDeliverer) DeliverVia(ctx, _ context.Context, id, from, to string, body []byte, _, _ string) (string, string, error) {
+func (d nopDeliverer) DeliverVia(ctx, _ context.Context, id, from, to string, body []byte, _, _ string) (string, string, string, string, error) {
 	if d.wait > 0 {
 		time.Sleep(d.wait)
 	}
-	return d.source, d.provider, nil
+	return d.source, d.provider, "", "", nil
 }
 
 // openList suppresses nobody.

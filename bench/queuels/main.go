@@ -50,8 +50,8 @@ func (tempFail) Temporary() bool { return true }
 
 type deferAll struct{}
 
-func (deferAll) DeliverVia(_, _ context.Context, _, _, _ string, _ []byte, _, _ string) (string, string, error) {
-	return "", "", tempFail{}
+func (deferAll) DeliverVia(_, _ context.Context, _, _, _ string, _ []byte, _, _ string) (string, string, string, string, error) {
+	return "", "", "", "", tempFail{}
 }
 
 type noSuppressions struct{}

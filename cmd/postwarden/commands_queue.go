@@ -69,7 +69,7 @@ func (c *cli) queueCommand() *cobra.Command {
 
 	show := &cobra.Command{
 		Use:   "show ID…",
-		Short: "Show a message: envelope, state, every attempt",
+		Short: "Show a message: envelope (the VERP MAIL FROM), state, every attempt with the server reached, its full reply and the remote queue id",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ids, err := c.readIDs(args)
@@ -300,8 +300,12 @@ func (c *cli) printMessage(raw json.RawMessage) error {
 		return err
 	}
 	w := c.stdout
-	fmt.Fprintf(w, "id:        %s\ncampaign:  %s\nlist:      %s\nfrom:      %s\nrcpt:      %s\nstate:     %s\nattempts:  %d\ncreated:   %s\n",
-		v.ID, v.Campaign, v.List, v.From, v.Rcpt, v.State, v.Attempts, v.Created.Local().Format(time.RFC3339))
+	fmt.Fprintf(w, "id:        %s\ncampaign:  %s\nlist:      %s\nfrom:      %s\n", v.ID, v.Campaign, v.List, v.From)
+	if v.EnvelopeFrom != "" && v.EnvelopeFrom != v.From {
+		fmt.Fprintf(w, "envelope:  %s\n", v.EnvelopeFrom) // the MAIL FROM (VERP) a remote's logs show
+	}
+	fmt.Fprintf(w, "rcpt:      %s\nstate:     %s\nattempts:  %d\ncreated:   %s\n",
+		v.Rcpt, v.State, v.Attempts, v.Created.Local().Format(time.RFC3339))
 	if v.NextAttempt != nil {
 		fmt.Fprintf(w, "next:      %s\n", v.NextAttempt.Local().Format(time.RFC3339))
 	}
@@ -331,6 +335,9 @@ func (c *cli) printMessage(raw json.RawMessage) error {
 		}
 		if a.Reply != "" {
 			fmt.Fprintf(w, ": %s", a.Reply)
+		}
+		if a.RemoteQueueID != "" {
+			fmt.Fprintf(w, " (remote queue id %s)", a.RemoteQueueID)
 		}
 		fmt.Fprintln(w)
 	}

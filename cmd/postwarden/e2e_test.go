@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -149,6 +150,31 @@ func TestOneClickUnsubscribeThroughDaemon(t *testing.T) {
 	show := h.mustRun(0, "queue", "show", ls[0].ID)
 	if !strings.Contains(show.stdout, "delivered") {
 		t.Errorf("queue show:\n%s", show.stdout)
+	}
+	// queue show names the server each attempt reached ("host[ip]:port"),
+	// its full reply and the id it queued the message under.
+	sv := jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "show", ls[0].ID).stdout)
+	qids := map[string]bool{}
+	for _, m := range h.sink.Messages() {
+		qids[m.QueueID] = true
+	}
+	var delivered *attemptView
+	for i, a := range sv[0].History {
+		if a.Outcome == "delivered" {
+			delivered = &sv[0].History[i]
+		}
+	}
+	switch {
+	case delivered == nil:
+		t.Errorf("queue show --json: no delivered attempt: %+v", sv[0].History)
+	case !strings.Contains(delivered.Remote, "[127.0.0.1]:"+strconv.Itoa(h.sink.Port())):
+		t.Errorf("delivered attempt's remote %q: want host[127.0.0.1]:%d", delivered.Remote, h.sink.Port())
+	case !qids[delivered.RemoteQueueID] || !strings.Contains(delivered.Reply, "queued as "+delivered.RemoteQueueID):
+		t.Errorf("delivered attempt: remote queue id %q, reply %q; the sink gave %v", delivered.RemoteQueueID, delivered.Reply, qids)
+	case sv[0].EnvelopeFrom != sv[0].From:
+		t.Errorf("without bounce_domain the envelope sender is From: %q vs %q", sv[0].EnvelopeFrom, sv[0].From)
+	case !strings.Contains(show.stdout, "remote queue id "+delivered.RemoteQueueID) || !strings.Contains(show.stdout, delivered.Remote):
+		t.Errorf("queue show text lacks the remote or its queue id:\n%s", show.stdout)
 	}
 	h.mustRun(1, "queue", "show", "nonexistent")
 

@@ -105,6 +105,16 @@ func openEnv(cfg *configs.Server, log zerolog.Logger, create bool) (*env, error)
 	return e, nil
 }
 
+// envelopeSender is the MAIL FROM of queue message id sent from from: its
+// VERP address on bounce_domain when one is set, else from ("" stays the
+// null reverse-path). The MTA sends it; `queue show` prints it.
+func (e *env) envelopeSender(id, from string) string {
+	if e.verp == nil || from == "" {
+		return from
+	}
+	return e.verp.Address(id)
+}
+
 // lockHint explains a bbolt lock timeout: another process holds the store.
 func lockHint(cfg *configs.Server, err error) error {
 	if errors.Is(err, bolterrors.ErrTimeout) {
@@ -170,7 +180,7 @@ func (e *env) newSender() (*mta.Sender, []createdKey, error) {
 	cfg, log := e.cfg, e.log
 	var envelopeFrom func(id, from string) string
 	if e.verp != nil {
-		envelopeFrom = func(id, _ string) string { return e.verp.Address(id) }
+		envelopeFrom = e.envelopeSender
 	}
 	keys, created, err := loadDKIM(cfg, true)
 	if err != nil {

@@ -94,6 +94,8 @@ func TestInboundBounceEndToEnd(t *testing.T) {
 	show := jsonLines[map[string]any](t, h.mustRun(0, "queue", "show", id, "--json").stdout)
 	if len(show) != 1 || show[0]["state"] != "bounced" {
 		t.Errorf("queue show %s: %v", id, show)
+	} else if show[0]["envelope_from"] != rcpt {
+		t.Errorf("queue show %s: envelope_from %v, want the VERP address the sink saw, %s", id, show[0]["envelope_from"], rcpt)
 	}
 
 	// List-Unsubscribe carries a mailto URI after the https one (RFC 2369);

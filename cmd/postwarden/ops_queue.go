@@ -14,29 +14,41 @@ import (
 	"github.com/emersion/go-message/textproto"
 
 	"github.com/postwarden/postwarden/configs"
+	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression/address"
 )
 
 // msgView is a queue message as the CLI shows it.
 type msgView struct {
-	ID          string          `json:"id"`
-	Campaign    string          `json:"campaign"`
-	List        string          `json:"list,omitempty"`
-	Rcpt        string          `json:"rcpt"`
-	Domain      string          `json:"domain"`
-	State       queue.State     `json:"state"`
-	Attempts    int             `json:"attempts"`
-	Created     time.Time       `json:"created"`
-	NextAttempt *time.Time      `json:"next_attempt,omitempty"`
-	Pool        string          `json:"pool,omitempty"`     // sending pool
-	Source      string          `json:"source,omitempty"`   // egress source of the last attempt that reported one
-	Provider    string          `json:"provider,omitempty"` // the recipient's provider, once an attempt found it
-	LastReply   string          `json:"last_reply,omitempty"`
-	Reason      string          `json:"reason,omitempty"`
-	From        string          `json:"from,omitempty"`
-	History     []queue.Attempt `json:"history,omitempty"`
-	Headers     []headerView    `json:"headers,omitempty"`
+	ID          string      `json:"id"`
+	Campaign    string      `json:"campaign"`
+	List        string      `json:"list,omitempty"`
+	Rcpt        string      `json:"rcpt"`
+	Domain      string      `json:"domain"`
+	State       queue.State `json:"state"`
+	Attempts    int         `json:"attempts"`
+	Created     time.Time   `json:"created"`
+	NextAttempt *time.Time  `json:"next_attempt,omitempty"`
+	Pool        string      `json:"pool,omitempty"`     // sending pool
+	Source      string      `json:"source,omitempty"`   // egress source of the last attempt that reported one
+	Provider    string      `json:"provider,omitempty"` // the recipient's provider, once an attempt found it
+	LastReply   string      `json:"last_reply,omitempty"`
+	Reason      string      `json:"reason,omitempty"`
+	From        string      `json:"from,omitempty"`
+	// EnvelopeFrom is the MAIL FROM the message leaves with (its VERP
+	// address when bounce_domain is set): what a remote's logs show.
+	EnvelopeFrom string        `json:"envelope_from,omitempty"`
+	History      []attemptView `json:"history,omitempty"`
+	Headers      []headerView  `json:"headers,omitempty"`
+}
+
+// attemptView is one event of a message's history as `queue show` prints
+// it: the remote ("host[ip]:port"), the full reply and, for a delivery, the
+// id the remote gave the message in its 250 reply.
+type attemptView struct {
+	queue.Attempt
+	RemoteQueueID string `json:"remote_queue_id,omitempty"`
 }
 
 // headerView is one header field of a stored message.
@@ -58,8 +70,12 @@ func viewOf(m queue.Message, reveal, full bool) msgView {
 	if full {
 		v.From = m.From
 		for _, a := range m.History {
-			a.Reply = maskTextIf(reveal, a.Reply)
-			v.History = append(v.History, a)
+			av := attemptView{Attempt: a}
+			if a.Outcome == string(queue.StateDelivered) {
+				av.RemoteQueueID = mta.RemoteQueueID(a.Reply)
+			}
+			av.Reply = maskTextIf(reveal, a.Reply)
+			v.History = append(v.History, av)
 		}
 	}
 	return v
@@ -157,6 +173,7 @@ func eachMessage(e *env, req request, verb string, fn func(m queue.Message) erro
 func opQueueShow(ctx context.Context, e *env, req request, o *out) error {
 	return eachMessage(e, req, "show", func(m queue.Message) error {
 		v := viewOf(m, req.Reveal, true)
+		v.EnvelopeFrom = e.envelopeSender(m.ID, m.From)
 		if body, err := e.queue.Body(m.ID); err == nil { // finished messages keep no body
 			v.Headers = headersOf(body, m.To, req.Reveal)
 		}

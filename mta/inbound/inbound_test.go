@@ -61,8 +61,8 @@ func (u storeUnsub) Unsubscribe(c unsubscribe.Claim, source string) error {
 // okDeliverer accepts everything, so messages end delivered.
 type okDeliverer struct{}
 
-func (okDeliverer) DeliverVia(_, _ context.Context, _, _, _ string, _ []byte, _, _ string) (string, string, error) {
-	return "", "", nil
+func (okDeliverer) DeliverVia(_, _ context.Context, _, _, _ string, _ []byte, _, _ string) (string, string, string, string, error) {
+	return "", "", "", "", nil
 }
 
 // world is a real queue and suppression store with delivered messages and a listener.

@@ -5,6 +5,7 @@ package mtatest
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -24,6 +25,9 @@ type Received struct {
 	Started time.Time
 	// Client is the client's IP address, Helo the name it said in EHLO/HELO.
 	Client, Helo string
+	// QueueID is the id the sink gave the message in its 250 reply to the
+	// final dot ("250 2.0.0 Ok: queued as QueueID", as Postfix words it).
+	QueueID string
 }
 
 // RcptFunc scripts the reply to RCPT TO: nil accepts; an *smtp.SMTPError
@@ -242,13 +246,15 @@ func (ss *session) Data(r io.Reader) error {
 	}
 	ss.s.mu.Lock()
 	ss.s.count++
+	qid := fmt.Sprintf("%X", 0x4B1C0000+ss.s.count)
 	if !ss.s.discard {
 		client, _, _ := net.SplitHostPort(ss.c.Conn().RemoteAddr().String())
 		ss.s.msgs = append(ss.s.msgs, Received{From: ss.from, To: append([]string(nil), ss.to...), Data: data,
-			Time: time.Now(), Started: ss.started, Client: client, Helo: ss.c.Hostname()})
+			Time: time.Now(), Started: ss.started, Client: client, Helo: ss.c.Hostname(), QueueID: qid})
 	}
 	ss.s.mu.Unlock()
-	return nil
+	// go-smtp sends a 250 SMTPError returned by Data as the reply to the dot.
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Ok: queued as " + qid}
 }
 
 func (ss *session) Reset()        { ss.from, ss.to = "", nil }
