@@ -406,5 +406,58 @@ func (c *Coordinator) Complete(ctx context.Context, campaign string, shard int, 
 		}
 		return fmt.Errorf("shares: complete shard %d of %s: %w", shard, campaign, err)
 	}
+	c.pruneIfDone(ctx, ctok, campaign)
 	return nil
+}
+
+// pruneIfDone purges a campaign's sealed shards from PW_SHARE_DATA once
+// every shard is done: each row then has its final outcome, nobody reads
+// them again (a re-run finds the manifest ready and adds nothing), and
+// personal data is kept no longer than it is needed (GDPR Art. 5(1)(e)).
+// The manifest, leases and outcomes stay for `campaign status`. Whichever
+// node completes the last shard purges; a purge that fails is logged and
+// tried again by the next Complete or PruneDone of the campaign.
+func (c *Coordinator) pruneIfDone(ctx context.Context, ctok, campaign string) {
+	if _, err := c.PruneDone(ctx, campaign); err != nil {
+		c.log.Warn().Str("campaign", campaign).Err(err).Msg("finished campaign's shards not purged")
+	}
+}
+
+// PruneDone purges campaign's sealed shards if every shard is done, and
+// reports whether it did.
+func (c *Coordinator) PruneDone(ctx context.Context, campaign string) (bool, error) {
+	ctok, err := campaignToken(campaign)
+	if err != nil {
+		return false, err
+	}
+	m, err := c.manifest(ctx, campaign)
+	if err != nil {
+		return false, err
+	}
+	if m.State != ManifestReady {
+		return false, nil
+	}
+	// Newest shards first: they are claimed last, so an unfinished campaign
+	// is usually told after one read, not one per shard.
+	for s := m.Shards - 1; s >= 0; s-- {
+		e, err := c.kv.Get(ctx, leaseKey(ctok, s))
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("shares: read shard %d of %s: %w", s, campaign, err)
+		}
+		var v lease
+		if err := json.Unmarshal(e.Value(), &v); err != nil {
+			return false, fmt.Errorf("shares: read shard %d of %s: %w", s, campaign, err)
+		}
+		if v.State != StateDone {
+			return false, nil
+		}
+	}
+	if err := c.data.Purge(ctx, jetstream.WithPurgeSubject(dataPrefix+ctok+".>")); err != nil {
+		return false, fmt.Errorf("shares: purge the shards of finished campaign %s: %w", campaign, err)
+	}
+	c.log.Info().Str("campaign", campaign).Int("shards", m.Shards).Msg("campaign finished; its sealed shards purged")
+	return true, nil
 }

@@ -397,6 +397,24 @@ func testSpread(t *testing.T, srv []*natsNode, urls []string, replicas int) {
 		t.Errorf("status outcomes %v pending %d, want %d delivered", st.Outcomes, st.Pending, rowsN)
 	}
 
+	// Once every shard is done the sealed rows leave PW_SHARE_DATA: nobody
+	// reads them again, and personal data is kept no longer than needed.
+	ctok, _ := campaignToken(campaign)
+	data, err := jss[0].Stream(ctx, DataStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the finished campaign's shards purged", func() bool {
+		info, err := data.Info(ctx, jetstream.WithSubjectFilter(dataPrefix+ctok+".>"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(info.State.Subjects) == 0
+	})
+	if st2, err := nodes[1].c.Status(ctx, campaign); err != nil || st2.Outcomes[Delivered] != rowsN {
+		t.Errorf("status after the purge: %+v, %v", st2, err)
+	}
+
 	// Re-publish anywhere: nothing added.
 	before := streamSeqs(t, jss[1])
 	again, err := nodes[1].c.Publish(ctx, campaign, "hash-1", rows)
