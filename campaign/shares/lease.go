@@ -75,6 +75,7 @@ func (c *Coordinator) Run(ctx context.Context, w Worker) error {
 	defer watcher.Stop()
 	leases := map[string]*seenLease{}
 	manifests := map[string]Manifest{} // ready manifests by campaign token
+	paused := map[string]bool{}        // paused campaigns by token: no free shard is claimed
 	tick := time.NewTicker(c.cfg.Lease / 4)
 	defer tick.Stop()
 	for {
@@ -88,7 +89,9 @@ func (c *Coordinator) Run(ctx context.Context, w Worker) error {
 			if e == nil {
 				break // initial values done
 			}
-			c.observe(e, leases, manifests)
+			if !c.observePause(e, w, paused) {
+				c.observe(e, leases, manifests)
+			}
 			// Drain what is queued before claiming, so one pass sees it all.
 			for drained := false; !drained; {
 				select {
@@ -96,7 +99,7 @@ func (c *Coordinator) Run(ctx context.Context, w Worker) error {
 					if !ok {
 						return c.watcherClosed(ctx)
 					}
-					if e != nil {
+					if e != nil && !c.observePause(e, w, paused) {
 						c.observe(e, leases, manifests)
 					}
 				default:
@@ -105,7 +108,7 @@ func (c *Coordinator) Run(ctx context.Context, w Worker) error {
 			}
 		case <-tick.C:
 		}
-		c.claim(ctx, w, leases, manifests)
+		c.claim(ctx, w, leases, manifests, paused)
 	}
 }
 
@@ -149,7 +152,7 @@ func (c *Coordinator) observe(e jetstream.KeyValueEntry, leases map[string]*seen
 }
 
 // claim takes the shards this node may take now.
-func (c *Coordinator) claim(ctx context.Context, w Worker, leases map[string]*seenLease, manifests map[string]Manifest) {
+func (c *Coordinator) claim(ctx context.Context, w Worker, leases map[string]*seenLease, manifests map[string]Manifest, paused map[string]bool) {
 	now := time.Now()
 	var cands []*seenLease
 	c.mu.Lock()
@@ -167,6 +170,8 @@ func (c *Coordinator) claim(ctx context.Context, w Worker, leases map[string]*se
 			continue
 		}
 		switch {
+		case l.val.State == StateFree && paused[l.ctok]:
+			continue // a paused campaign's rows stay in the cluster, not in a spool
 		case l.val.State == StateFree:
 		case l.val.State == StateHeld && l.val.Holder == c.cfg.Node:
 			// Ours from before a restart: take it back at once.

@@ -149,6 +149,11 @@ type Worker struct {
 	// yet in flight (another node sends them). It needs no NATS: the
 	// campaign's manifest is cached (Manifest).
 	Lost func(Lost)
+	// Paused, when set, is told every change of a campaign's cluster-wide
+	// pause (SetPause) and, as Run starts, each one in force; the node
+	// pauses or resumes the campaign in its spool. It runs in Run's
+	// goroutine: it must not wait on Run.
+	Paused func(Pause)
 }
 
 // Coordinator publishes campaigns, takes shares and records outcomes for one

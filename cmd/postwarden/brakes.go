@@ -16,8 +16,13 @@ import (
 const brakeNote = "brake"
 
 // brakeQueue gives campaign/brakes the queue: figures from the campaign's
-// counters, pauses as campaign suspensions, state as a campaign note.
-type brakeQueue struct{ q *queue.Store }
+// counters, pauses as campaign suspensions, state as a campaign note. On a
+// cluster node a pause or resume is also handed to the share worker
+// (toCluster), which tells every node (shares.SetPause).
+type brakeQueue struct {
+	q         *queue.Store
+	toCluster func(campaign string, paused bool, reason string)
+}
 
 func (a brakeQueue) Figures(c string) (brakes.Figures, error) {
 	counts, err := a.q.CampaignCounts(c)
@@ -32,10 +37,22 @@ func (a brakeQueue) Figures(c string) (brakes.Figures, error) {
 }
 
 func (a brakeQueue) Pause(c, reason string) error {
-	return a.q.PauseCampaign(c, reason)
+	if err := a.q.PauseCampaign(c, reason); err != nil {
+		return err
+	}
+	if a.toCluster != nil {
+		a.toCluster(c, true, reason)
+	}
+	return nil
 }
 
-func (a brakeQueue) Resume(c string) (bool, error) { return a.q.ResumeCampaign(c) }
+func (a brakeQueue) Resume(c string) (bool, error) {
+	ok, err := a.q.ResumeCampaign(c)
+	if err == nil && a.toCluster != nil {
+		a.toCluster(c, false, "")
+	}
+	return ok, err
+}
 
 func (a brakeQueue) Paused(c string) bool { return a.q.CampaignPaused(c) }
 
@@ -57,9 +74,9 @@ func (a brakeAuditor) Audit(who, action, c, reason string, details map[string]st
 func (e *env) newBrake() (*brakes.Brake, error) {
 	return brakes.New(brakes.Config{
 		Defaults: e.cfg.Delivery.Brakes,
-		Counter:  brakeQueue{e.queue},
-		Pauser:   brakeQueue{e.queue},
-		Store:    brakeQueue{e.queue},
+		Counter:  brakeQueue{q: e.queue},
+		Pauser:   brakeQueue{q: e.queue, toCluster: e.pauseToCluster},
+		Store:    brakeQueue{q: e.queue},
 		Auditor:  brakeAuditor{e.audit},
 	}, e.log.With().Str("component", "brakes").Logger())
 }
@@ -109,7 +126,7 @@ func opCampaignPause(ctx context.Context, e *env, req request, o *out) error {
 	} else if !ok {
 		return no("campaign %q not found", a.ID)
 	}
-	if (brakeQueue{e.queue}).Paused(a.ID) {
+	if (brakeQueue{q: e.queue}).Paused(a.ID) {
 		return no("campaign %s is paused already", a.ID)
 	}
 	if err := e.brake.Pause(a.ID, req.Who, a.Reason); err != nil {

@@ -277,7 +277,7 @@ func (e *env) armCampaign(id string, c *configs.Campaign, o *out) error {
 	if err := e.brake.Arm(id, c.Brakes.Over(e.cfg.Delivery.Brakes)); err != nil {
 		return err
 	}
-	if (brakeQueue{e.queue}).Paused(id) {
+	if (brakeQueue{q: e.queue}).Paused(id) {
 		_ = o.Note("campaign %s is paused: its messages wait for `postwarden campaign resume %s`", id, id)
 	}
 	return nil

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -122,6 +123,11 @@ type shareWorker struct {
 	ready       chan struct{}   // closed once coord is set
 	checked     atomic.Bool     // the spool was checked against the leases at start
 	ctx         context.Context // ends when the worker stops
+	// pauses are campaign pauses and resumes made on this node, the newest
+	// per campaign, until the cluster has them (flushPauses).
+	pausesMu sync.Mutex
+	pauses   map[string]shares.Pause
+	kick     chan struct{}
 }
 
 // finalOutcome is a message's final outcome on its way to the cluster.
@@ -142,7 +148,8 @@ func (e *env) startShares(ctx context.Context) (*shareWorker, error) {
 	// queue.MaxUnrecorded(workers), so out never fills and a lost node's
 	// duplicates stay within that bound (docs/cluster.md).
 	w := &shareWorker{e: e, log: e.log.With().Str("component", "shares").Logger(),
-		out: make(chan finalOutcome, queue.MaxUnrecorded(max(1, e.cfg.Delivery.Workers))), stop: stop, ready: make(chan struct{}), ctx: wctx}
+		out: make(chan finalOutcome, queue.MaxUnrecorded(max(1, e.cfg.Delivery.Workers))), stop: stop, ready: make(chan struct{}), ctx: wctx,
+		pauses: map[string]shares.Pause{}, kick: make(chan struct{}, 1)}
 	// Campaign messages already in the spool may belong to shares another
 	// node took over while this one was down: deliveries wait for the check.
 	stale, err := pendingCampaigns(e.queue)
@@ -187,11 +194,13 @@ func (e *env) startShares(ctx context.Context) (*shareWorker, error) {
 			case <-time.After(delay):
 			}
 		}
-		if err := w.coord.Run(wctx, shares.Worker{Enqueuer: w, Room: w.room, Lost: w.lost}); err != nil {
+		if err := w.coord.Run(wctx, shares.Worker{Enqueuer: w, Room: w.room, Lost: w.lost, Paused: w.applyPause}); err != nil {
 			w.log.Error().Err(err).Msg("share worker stopped")
 		}
 	}()
 	go func() { defer w.wg.Done(); w.record(wctx) }()
+	w.wg.Add(1)
+	go func() { defer w.wg.Done(); w.flushPauses(wctx) }()
 	if e.cluster != nil {
 		e.cluster.heart.AddReporter(cluster.ReporterFunc(func(h *cluster.Health) {
 			select {
@@ -209,6 +218,96 @@ func (e *env) startShares(ctx context.Context) (*shareWorker, error) {
 		}
 	})
 	return w, nil
+}
+
+// pauseToCluster is the brakes' Pauser hook on a cluster node: a pause or
+// resume made here (by hand or by a brake) is told to every node. It only
+// queues it: the pause holds this node's spool already, and flushPauses
+// publishes it, retrying while NATS is out of reach.
+func (e *env) pauseToCluster(campaign string, paused bool, reason string) {
+	w := e.shares
+	if w == nil {
+		return
+	}
+	w.pausesMu.Lock()
+	w.pauses[campaign] = shares.Pause{Campaign: campaign, Paused: paused, Reason: reason,
+		Node: e.cfg.Cluster.Node, At: time.Now().UTC()}
+	w.pausesMu.Unlock()
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+// flushPauses publishes the queued pauses and resumes until ctx ends, each
+// campaign's newest only, retrying every few seconds.
+func (w *shareWorker) flushPauses(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-w.ready:
+	}
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	for {
+		w.pausesMu.Lock()
+		todo := make([]shares.Pause, 0, len(w.pauses))
+		for _, p := range w.pauses {
+			todo = append(todo, p)
+		}
+		w.pausesMu.Unlock()
+		for _, p := range todo {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := w.coord.SetPause(pctx, p)
+			cancel()
+			if err != nil {
+				w.log.Warn().Err(err).Str("campaign", p.Campaign).Bool("paused", p.Paused).Msg("campaign pause not yet told to the cluster; retrying")
+				continue
+			}
+			w.pausesMu.Lock()
+			if q, ok := w.pauses[p.Campaign]; ok && q.At.Equal(p.At) && q.Paused == p.Paused {
+				delete(w.pauses, p.Campaign)
+			}
+			w.pausesMu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.kick:
+		case <-tick.C:
+		}
+	}
+}
+
+// applyPause is shares.Worker.Paused: a pause or resume made on another
+// node holds or frees this node's spool through the campaign brakes (so it
+// is audited here too, and a resume re-arms the brakes on this node's
+// figures). One this node made, or the state in force here, changes nothing.
+func (w *shareWorker) applyPause(p shares.Pause) {
+	e := w.e
+	if p.Node == e.cfg.Cluster.Node || e.brake == nil {
+		return
+	}
+	who := "cluster:" + p.Node
+	local := (brakeQueue{q: e.queue}).Paused(p.Campaign)
+	var err error
+	switch {
+	case p.Paused && !local:
+		reason := strings.TrimPrefix(p.Reason, "paused: ")
+		if strings.TrimSpace(reason) == "" {
+			reason = "paused on node " + p.Node
+		}
+		err = e.brake.Pause(p.Campaign, who, reason)
+	case !p.Paused && local:
+		_, err = e.brake.Resume(p.Campaign, who, "resumed on node "+p.Node)
+	default:
+		return
+	}
+	if err != nil {
+		w.log.Error().Err(err).Str("campaign", p.Campaign).Bool("paused", p.Paused).Str("from", p.Node).Msg("cluster pause not applied")
+		return
+	}
+	w.log.Info().Str("campaign", p.Campaign).Bool("paused", p.Paused).Str("from", p.Node).Msg("cluster pause applied")
 }
 
 // Enqueue implements shares.Enqueuer: the rows go into this node's queue in

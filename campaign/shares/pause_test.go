@@ -1,0 +1,103 @@
+package shares
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// A pause set on one node reaches every node's Worker.Paused (also one
+// started after it), holds the campaign's free shards in the cluster, and a
+// resume on another node lifts it everywhere; setting the state in force
+// writes nothing.
+func TestPauseClusterWide(t *testing.T) {
+	const campaign, rowsN = "pause.me-2026", 400
+	srv := startServers(t, 1)
+	url := srv[0].srv.ClientURL()
+	box := testBox(t)
+	tl := newTally()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+
+	var mu sync.Mutex
+	seen := map[string][]Pause{} // node → pauses told, in order
+	told := func(node string) []Pause {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]Pause(nil), seen[node]...)
+	}
+	var nodes []*fakeNode
+	start := func(i int) {
+		name := "mta" + strconv.Itoa(i+1)
+		c := newCoordinator(t, connect(t, url), box, Config{Node: name, Replicas: 1, Lease: 3 * time.Second, ShardSize: 50})
+		n := newFakeNode(name, c, tl, 200)
+		nodes = append(nodes, n)
+		wg.Add(2)
+		go func() { defer wg.Done(); n.deliver(ctx, campaign) }()
+		go func() {
+			defer wg.Done()
+			w := Worker{Enqueuer: n, Room: n.room, Paused: func(p Pause) {
+				mu.Lock()
+				seen[name] = append(seen[name], p)
+				mu.Unlock()
+			}}
+			if err := c.Run(ctx, w); err != nil {
+				t.Errorf("%s: Run: %v", name, err)
+			}
+		}()
+	}
+	start(0)
+	start(1)
+
+	if err := nodes[0].c.SetPause(ctx, Pause{Campaign: campaign, Paused: true, Reason: "complaint_rate over 0.3%", By: "brakes"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "mta2 told of the pause", func() bool {
+		p := told("mta2")
+		return len(p) == 1 && p[0].Paused && p[0].Node == "mta1" && p[0].Reason == "complaint_rate over 0.3%"
+	})
+	// The state in force again: no write, so nobody is told twice.
+	kv := streamSeqs(t, connect(t, url))[2]
+	if err := nodes[1].c.SetPause(ctx, Pause{Campaign: campaign, Paused: true, Reason: "again", By: "op"}); err != nil {
+		t.Fatal(err)
+	}
+	if after := streamSeqs(t, connect(t, url))[2]; after != kv {
+		t.Errorf("setting the pause in force wrote to the bucket (%d → %d)", kv, after)
+	}
+	// A node started while it is in force is told at once.
+	start(2)
+	waitFor(t, 10*time.Second, "mta3 told of the pause in force", func() bool {
+		p := told("mta3")
+		return len(p) == 1 && p[0].Paused
+	})
+
+	if _, err := nodes[0].c.Publish(ctx, campaign, "hash-p", testRows(rowsN)); err != nil {
+		t.Fatal(err)
+	}
+	// Several claim ticks (Lease/4) pass: no free shard of the paused
+	// campaign is taken.
+	time.Sleep(2 * time.Second)
+	if n := tl.distinct(); n != 0 {
+		t.Fatalf("%d rows handed out while the campaign is paused", n)
+	}
+
+	if err := nodes[1].c.SetPause(ctx, Pause{Campaign: campaign, Paused: false, Reason: "checked the list", By: "op"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"mta1", "mta2", "mta3"} {
+		waitFor(t, 10*time.Second, name+" told of the resume", func() bool {
+			p := told(name)
+			return len(p) > 0 && !p[len(p)-1].Paused && p[len(p)-1].Node == "mta2"
+		})
+	}
+	waitFor(t, 60*time.Second, "every shard done after the resume", func() bool {
+		_, ok := allDone(t, nodes[2].c, campaign)
+		return ok
+	})
+	if n := tl.distinct(); n != rowsN {
+		t.Errorf("%d rows handled after the resume, want %d", n, rowsN)
+	}
+}
