@@ -314,11 +314,29 @@ func (w *shareWorker) applyPause(p shares.Pause) {
 // one commit; a row the queue holds already (a share taken back) whose
 // outcome is final is reported again, so the share can complete.
 func (w *shareWorker) Enqueue(ctx context.Context, camp string, rows []shares.Row, token uint64) error {
-	msgs := make([]queue.NewMessage, len(rows))
-	for i, r := range rows {
+	// The gate again, on this node's replica: the rows were checked on the
+	// node that published them, maybe long ago. A row suppressed or erased
+	// since is recorded skipped and never enters this spool (an erased
+	// person's sealed row read just before the erasure rewrote the shard
+	// included), as the runner would cancel it at dequeue anyway.
+	g := w.e.gate()
+	msgs := make([]queue.NewMessage, 0, len(rows))
+	var skipped []shares.KeyOutcome
+	for _, r := range rows {
 		f := r.Fields
-		msgs[i] = queue.NewMessage{Campaign: camp, List: f[fieldList], Key: f[fieldKey], From: f[fieldFrom], To: r.Address,
-			Body: []byte(f[fieldBody]), Pool: f[fieldPool]}
+		if _, sup, err := g.Check(r.Address, f[fieldList]); err != nil {
+			return fmt.Errorf("share of %s: suppression check: %w", camp, err)
+		} else if sup {
+			skipped = append(skipped, shares.KeyOutcome{Key: r.Key, Outcome: shares.Skipped})
+			continue
+		}
+		msgs = append(msgs, queue.NewMessage{Campaign: camp, List: f[fieldList], Key: f[fieldKey], From: f[fieldFrom], To: r.Address,
+			Body: []byte(f[fieldBody]), Pool: f[fieldPool]})
+	}
+	if len(skipped) > 0 {
+		if err := w.coord.RecordBatch(ctx, camp, skipped); err != nil {
+			return fmt.Errorf("share of %s: record %d suppressed rows: %w", camp, len(skipped), err)
+		}
 	}
 	res, err := w.e.queue.Enqueue(msgs)
 	if err != nil {

@@ -16,7 +16,9 @@ import (
 
 	"github.com/postwarden/postwarden/campaign/shares"
 	"github.com/postwarden/postwarden/queue"
+	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/sealed"
+	"github.com/postwarden/postwarden/suppression/subscribers"
 )
 
 // inProcessWorker is a node's share worker without serve: an in-process
@@ -60,7 +62,17 @@ func inProcessWorker(t *testing.T, lease time.Duration) (*shareWorker, jetstream
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Close() })
-	w := &shareWorker{e: &env{queue: q, box: box}, coord: coord, log: zerolog.Nop(),
+	supp, err := suppression.Open(suppression.Config{Path: filepath.Join(t.TempDir(), "suppression.db"), Box: box}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { supp.Close() })
+	subs, err := subscribers.Open(subscribers.Config{Path: filepath.Join(t.TempDir(), "subscribers.db"), Box: box}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { subs.Close() })
+	w := &shareWorker{e: &env{queue: q, box: box, supp: supp, subs: subs}, coord: coord, log: zerolog.Nop(),
 		out: make(chan finalOutcome, 8), ready: make(chan struct{}), ctx: ctx}
 	close(w.ready)
 	w.checked.Store(true)
@@ -186,5 +198,55 @@ func TestShareRestartWithdrawsStale(t *testing.T) {
 	lost1 := pub.Manifest.ShardRows[1]
 	if c := counts(); c[queue.StateCancelled] != lost1 || c[queue.StateReady] != 40-lost1 {
 		t.Errorf("counts after the start's check: %v, want %d cancelled, %d ready", c, lost1, 40-lost1)
+	}
+}
+
+// TestShareSkipsSuppressedRows: a share's rows pass this node's gate before
+// its spool: a person erased (the tombstone) or unsubscribed since the
+// campaign was published never enters the spool, and is recorded skipped,
+// so the shard completes.
+func TestShareSkipsSuppressedRows(t *testing.T) {
+	const campaign = "gated"
+	w, _ := inProcessWorker(t, time.Minute)
+	ctx, cancel := context.WithCancel(w.ctx)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	rows := shareRows(20)
+	if _, err := w.coord.Publish(ctx, campaign, "h", rows); err != nil {
+		t.Fatal(err)
+	}
+	// After the publish, before any node takes the share: one erasure, one unsubscribe.
+	if _, err := w.e.supp.Erase(rows[3].Address, "test-erasure", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.e.supp.SuppressAddress(rows[7].Address, "news", string(suppression.Unsubscribed), "test", ""); err != nil {
+		t.Fatal(err)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := w.coord.Run(ctx, shares.Worker{Enqueuer: w}); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	counts := func() map[queue.State]int {
+		c, err := w.e.queue.CampaignCounts(campaign)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	waitUntil(t, 20*time.Second, "the share in the spool", func() bool { return counts()[queue.StateReady] == 18 })
+	for _, i := range []int{3, 7} {
+		if _, found, err := w.e.queue.ByKey(campaign, rows[i].Address); err != nil || found {
+			t.Errorf("row %d (suppressed) in the spool: %v, %v", i, found, err)
+		}
+	}
+	st, err := w.coord.Status(ctx, campaign)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Outcomes[shares.Skipped] != 2 {
+		t.Errorf("outcomes %v, want 2 skipped", st.Outcomes)
 	}
 }
