@@ -14,6 +14,7 @@ import (
 	"embed"
 	"fmt"
 	"path"
+	"time"
 
 	"github.com/nicksnyder/go-i18n/v2/i18n"
 	"go.yaml.in/yaml/v3"
@@ -163,4 +164,13 @@ func (l *Locale) N(id string, n int) string {
 		}
 	}
 	return s
+}
+
+// Validity writes a link's lifetime: "7 days", or "12 hours" under two days
+// (rounded up), in the language's plural forms.
+func (l *Locale) Validity(d time.Duration) string {
+	if d >= 48*time.Hour {
+		return l.N("Days", int(d/(24*time.Hour)))
+	}
+	return l.N("Hours", int((d+time.Hour-1)/time.Hour))
 }
