@@ -501,7 +501,6 @@ func (h *Handler) renderCheckInbox(w http.ResponseWriter, su signUp) {
 		l.T("NothingUntilConfirmed", locale.Vars{"Validity": l.Validity(h.cfg.Tokens.ttl)})))
 }
 
-
 // claim parses the token in the path; false means a 404 has been written.
 // loc is the language of the pages about the token's list.
 func (h *Handler) claim(w http.ResponseWriter, r *http.Request) (c Claim, l List, loc *locale.Locale, ok bool) {
