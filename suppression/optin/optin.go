@@ -183,7 +183,7 @@ func (h *Handler) ConfirmURL(addr, list string) string {
 	return h.cfg.PublicURL + "/c/" + h.cfg.Tokens.Mint(Claim{Address: addr, List: list, Issued: h.cfg.Now()})
 }
 
-// locale is the language of a page about list l: the list's own, else the
+// pageLocale is the language of a page about list l: the list's own, else the
 // one the form was shown in (shown, from its hidden field), else the
 // browser's choice.
 func pageLocale(r *http.Request, l List, shown string) *locale.Locale {

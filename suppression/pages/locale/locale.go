@@ -74,9 +74,9 @@ func load() (*i18n.Bundle, error) {
 	return b, nil
 }
 
-// Catalog returns the raw bytes of a language's catalog file, for tests and
-// tools that check the catalogs.
-func Catalog(code string) ([]byte, error) {
+// catalog returns the raw bytes of a language's catalog file, for the test
+// that holds every catalog to English's keys and placeholders.
+func catalog(code string) ([]byte, error) {
 	b, err := catalogs.ReadFile(path.Join("catalog", code+".yaml"))
 	if err != nil {
 		return nil, fmt.Errorf("locale: read catalog %s: %w", code, err)

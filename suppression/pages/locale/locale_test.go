@@ -17,7 +17,7 @@ var placeholder = regexp.MustCompile(`\{\{\s*\.([A-Za-z0-9_]+)\s*\}\}`)
 // forms by name).
 func entries(t *testing.T, code string) map[string]map[string]string {
 	t.Helper()
-	raw, err := Catalog(code)
+	raw, err := catalog(code)
 	if err != nil {
 		t.Fatal(err)
 	}
