@@ -37,6 +37,10 @@ type Campaign struct {
 	LIA        string // absolute path of the legitimate-interest assessment, or ""
 	Audience   string // b2b | b2c
 	PrivacyURL string // overrides the server's when set
+	// Language is the language (a locale code such as "de") of the pages
+	// the campaign's unsubscribe links open, whatever the browser asks
+	// for; "" leaves it to the list's language, then the browser's.
+	Language string
 	// Rate is this campaign's own ceiling in messages per second ("rate:
 	// 50/s"); 0 is unlimited.
 	Rate float64
@@ -169,6 +173,7 @@ func parseCampaignFiles(path, abs string, data []byte, files bool) (*Campaign, e
 		"lia":         d.str(&c.LIA),
 		"audience":    d.str(&c.Audience),
 		"privacy_url": d.str(&c.PrivacyURL),
+		"language":    d.str(&c.Language),
 		"rate":        d.scalarStr(&rate),
 
 		"exclude_countries": d.strList(&c.ExcludeCountries),
@@ -258,6 +263,7 @@ func (c *Campaign) check(d *decoder) {
 	if c.PrivacyURL != "" && !absoluteURL(c.PrivacyURL) {
 		d.fieldErr("privacy_url", "%s is not an absolute URL", Quote(c.PrivacyURL))
 	}
+	checkLanguage(d, "language", c.Language)
 }
 
 // checkFiles records a recipients file or template body that cannot be

@@ -68,6 +68,11 @@ type Server struct {
 type List struct {
 	Name        string // shown on pages and in List-Id
 	DoubleOptIn bool   // a sign-up is confirmed by a click in an email first
+	// Language (a locale code such as "de") is the language of the list's
+	// pages and confirmation mail whatever the browser asks for; "": the
+	// browser's (Accept-Language), English by default. A campaign's own
+	// language wins on the pages its links open.
+	Language string
 }
 
 // Retention says how long records are kept before `db prune` (and the
@@ -313,6 +318,7 @@ func (s *Server) checkLists(d *decoder) {
 		if strings.ContainsAny(l.Name, "\r\n") {
 			d.fieldErr("lists."+id+".name", "contains CR or LF")
 		}
+		checkLanguage(d, "lists."+id+".language", l.Language)
 	}
 }
 
@@ -321,7 +327,7 @@ var (
 	hexColor = regexp.MustCompile(`^#[0-9A-Fa-f]{6}$`)
 )
 
-// lists decodes the lists mapping: id → {name, double_opt_in}.
+// lists decodes the lists mapping: id → {name, double_opt_in, language}.
 func (d *decoder) lists(dst *map[string]List) func(string, *yaml.Node) {
 	return func(path string, v *yaml.Node) {
 		if null(v) || !d.mapping(path, v) {
@@ -339,6 +345,7 @@ func (d *decoder) lists(dst *map[string]List) func(string, *yaml.Node) {
 			d.fields(e, p+".", map[string]func(string, *yaml.Node){
 				"name":          d.str(&l.Name),
 				"double_opt_in": d.boolean(&l.DoubleOptIn),
+				"language":      d.str(&l.Language),
 			}, "double_opt_in")
 			out[k.Value] = l
 		}

@@ -10,6 +10,11 @@
 // the queue holds the message (Queue.Enqueue is durable), then wakes the
 // delivery.
 //
+// The message is written in the language SendConfirmation is given (the
+// list's, else the one the sign-up form was shown in: see suppression/optin),
+// its words taken from the recipient pages' catalogs (suppression/pages/locale);
+// its unsubscribe link carries that language, so the page it opens speaks it.
+//
 // It lives beside campaign, not beneath suppression/, because it renders
 // templates (layering rule 6 of docs/architecture.md).
 package confirm
@@ -25,6 +30,7 @@ import (
 
 	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/suppression/gate"
+	"github.com/postwarden/postwarden/suppression/pages/locale"
 	"github.com/postwarden/postwarden/templates"
 )
 
@@ -41,10 +47,11 @@ type Queue interface {
 	Kick() // wakes the delivery so the message leaves at once
 }
 
-// Links mints a message's unsubscribe URIs: the one-click https URL and,
-// when mailto unsubscribes are received, a mailto URI ("" when not).
+// Links mints a message's unsubscribe URIs: the one-click https URL, whose
+// page speaks lang, and, when mailto unsubscribes are received, a mailto URI
+// ("" when not).
 type Links interface {
-	UnsubscribeURL(addr, list, campaign string) string
+	UnsubscribeURLIn(addr, list, campaign, lang string) string
 	UnsubscribeMailto(addr, list, campaign string) string
 }
 
@@ -53,8 +60,10 @@ type Config struct {
 	Queue Queue // required
 	Links Links // required
 	// HTML, Text and Subject are the confirmation's templates: templates.Data
-	// with .Fields ConfirmURL, ListName, SenderName and ValidFor, and the
-	// usual UnsubscribeURL and PrivacyURL.
+	// with .Fields ConfirmURL, ListName, SenderName and ValidFor, the
+	// language's Lang and Dir, its sentences (Subject, Greeting, Asked,
+	// PleaseConfirm, ConfirmLink, Consent, NotYou, NeverAsk, Privacy), and
+	// the usual UnsubscribeURL and PrivacyURL.
 	HTML, Text []byte
 	Subject    string
 	// SenderName is the From display name and .Fields.SenderName.
@@ -102,14 +111,15 @@ func New(cfg Config) (*Mailer, error) {
 func Campaign(list string) string { return "optin-" + list }
 
 // SendConfirmation renders the confirmation of addr's sign-up to list (shown
-// as listName) with its confirmURL and enqueues it; it satisfies optin.Mailer.
-func (m *Mailer) SendConfirmation(ctx context.Context, addr, list, listName, confirmURL string) error {
+// as listName) with its confirmURL in language lang (a locale code; English
+// when not one) and enqueues it; it satisfies optin.Mailer.
+func (m *Mailer) SendConfirmation(ctx context.Context, addr, list, listName, confirmURL, lang string) error {
 	a, err := address.Parse(addr)
 	if err != nil {
 		return fmt.Errorf("confirmation to %s: %w", address.Mask(addr), err)
 	}
 	camp := Campaign(list)
-	body, err := m.render(addr, list, listName, confirmURL)
+	body, err := m.render(addr, list, listName, confirmURL, locale.For(lang))
 	if err != nil {
 		return err
 	}
@@ -126,9 +136,9 @@ func (m *Mailer) SendConfirmation(ctx context.Context, addr, list, listName, con
 
 // render builds the whole message: body, Message-ID, List-Id and the
 // List-Unsubscribe URIs (https first).
-func (m *Mailer) render(addr, list, listName, confirmURL string) ([]byte, error) {
+func (m *Mailer) render(addr, list, listName, confirmURL string, l *locale.Locale) ([]byte, error) {
 	camp := Campaign(list)
-	unsub := m.cfg.Links.UnsubscribeURL(addr, list, camp)
+	unsub := m.cfg.Links.UnsubscribeURLIn(addr, list, camp, l.Lang())
 	uris := []string{unsub}
 	if mt := m.cfg.Links.UnsubscribeMailto(addr, list, camp); mt != "" {
 		uris = append(uris, mt)
@@ -137,7 +147,7 @@ func (m *Mailer) render(addr, list, listName, confirmURL string) ([]byte, error)
 	_, _ = rand.Read(rnd[:])
 	body, err := m.set.Render(templates.Data{
 		Email:          addr,
-		Fields:         map[string]string{"ConfirmURL": confirmURL, "ListName": listName, "SenderName": m.cfg.SenderName, "ValidFor": m.validFor()},
+		Fields:         m.fields(l, confirmURL, listName),
 		UnsubscribeURL: unsub, PrivacyURL: m.cfg.PrivacyURL,
 	}, templates.Envelope{
 		From: m.from.String(), To: addr,
@@ -153,10 +163,22 @@ func (m *Mailer) render(addr, list, listName, confirmURL string) ([]byte, error)
 	return body, nil
 }
 
-// validFor says how long the link is valid: "N days", or "N hours" under two days.
-func (m *Mailer) validFor() string {
-	if m.cfg.ValidFor < 48*time.Hour {
-		return fmt.Sprintf("%d hours", int(m.cfg.ValidFor/time.Hour))
+// fields are the templates' .Fields: the message's data and its sentences
+// in l's language.
+func (m *Mailer) fields(l *locale.Locale, confirmURL, listName string) map[string]string {
+	validFor := l.Validity(m.cfg.ValidFor)
+	v := locale.Vars{"List": listName, "Sender": m.cfg.SenderName, "Validity": validFor}
+	return map[string]string{
+		"ConfirmURL": confirmURL, "ListName": listName, "SenderName": m.cfg.SenderName, "ValidFor": validFor,
+		"Lang": l.Lang(), "Dir": l.Dir(),
+		"Subject":       l.T("MailSubject", v),
+		"Greeting":      l.T("MailGreeting", nil),
+		"Asked":         l.T("MailAsked", v),
+		"PleaseConfirm": l.T("MailPleaseConfirm", nil),
+		"ConfirmLink":   l.T("MailConfirmLink", nil),
+		"Consent":       l.T("ConfirmConsent", v),
+		"NotYou":        l.T("MailNotYou", v),
+		"NeverAsk":      l.T("MailNeverAsk", nil),
+		"Privacy":       l.T("PrivacyNotice", nil),
 	}
-	return fmt.Sprintf("%d days", int(m.cfg.ValidFor/(24*time.Hour)))
 }

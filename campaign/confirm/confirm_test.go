@@ -16,6 +16,7 @@ import (
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression/optin"
+	"github.com/postwarden/postwarden/suppression/pages/locale"
 	"github.com/postwarden/postwarden/suppression/sealed"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
 )
@@ -40,6 +41,10 @@ func (s *storeQueue) Kick() { s.kicks++ }
 type links struct {
 	*unsubscribe.Tokens
 	bounceDomain string
+}
+
+func (l links) UnsubscribeURLIn(addr, list, campaign, lang string) string {
+	return l.URL(unsubscribe.Claim{Address: addr, List: list, Campaign: campaign, Language: lang})
 }
 
 func (l links) UnsubscribeMailto(addr, list, campaign string) string {
@@ -122,7 +127,7 @@ func TestSendConfirmation(t *testing.T) {
 	m := newMailer(t, q, "bounce.acme.example", 72*time.Hour)
 	const link = "https://mail.example.com/c/TOKEN123"
 	for i := 0; i < 2; i++ {
-		if err := m.SendConfirmation(context.Background(), "Ana@Example.COM", "news", "Product news", link); err != nil {
+		if err := m.SendConfirmation(context.Background(), "Ana@Example.COM", "news", "Product news", link, ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -170,7 +175,7 @@ func TestSendConfirmation(t *testing.T) {
 func TestSendConfirmationWithoutMailto(t *testing.T) {
 	q := newQueue(t)
 	m := newMailer(t, q, "", 36*time.Hour)
-	if err := m.SendConfirmation(context.Background(), "bob@example.com", "events", "Events", "https://mail.example.com/c/X"); err != nil {
+	if err := m.SendConfirmation(context.Background(), "bob@example.com", "events", "Events", "https://mail.example.com/c/X", "en"); err != nil {
 		t.Fatal(err)
 	}
 	msgs, bodies := queued(t, q.q, "optin-events")
@@ -191,7 +196,7 @@ func TestSendConfirmationWithoutMailto(t *testing.T) {
 func TestSendConfirmationRefuses(t *testing.T) {
 	q := newQueue(t)
 	m := newMailer(t, q, "", 72*time.Hour)
-	if err := m.SendConfirmation(context.Background(), "not-an-address", "news", "News", "https://x/c/1"); err == nil {
+	if err := m.SendConfirmation(context.Background(), "not-an-address", "news", "News", "https://x/c/1", ""); err == nil {
 		t.Error("a bad address was accepted")
 	}
 	if msgs, _ := queued(t, q.q, "optin-news"); len(msgs) != 0 || q.kicks != 0 {
@@ -203,5 +208,39 @@ func TestSendConfirmationRefuses(t *testing.T) {
 	}
 	if _, err := New(Config{Links: links{tk, ""}, HTML: configs.ConfirmHTML, Text: configs.ConfirmText, Subject: configs.ConfirmSubject}); err == nil {
 		t.Error("a missing queue accepted")
+	}
+}
+
+// TestSendConfirmationInLanguage: the message is written in the language it
+// is given (subject, sentences, validity in the language's plural, lang
+// attribute), and its unsubscribe link carries the language.
+func TestSendConfirmationInLanguage(t *testing.T) {
+	q := newQueue(t)
+	m := newMailer(t, q, "", 72*time.Hour)
+	if err := m.SendConfirmation(context.Background(), "jan@example.pl", "news", "Nowości", "https://mail.example.com/c/P", "pl"); err != nil {
+		t.Fatal(err)
+	}
+	_, bodies := queued(t, q.q, "optin-news")
+	if len(bodies) != 1 {
+		t.Fatalf("queued %d", len(bodies))
+	}
+	hd, text := readMail(t, bodies[0])
+	pl := locale.For("pl")
+	v := locale.Vars{"List": "Nowości", "Sender": "Acme", "Validity": pl.Validity(72 * time.Hour)}
+	if subj, _ := hd.Subject(); subj != pl.T("MailSubject", v) {
+		t.Errorf("subject %q", subj)
+	}
+	for _, want := range []string{pl.T("MailAsked", v), pl.T("ConfirmConsent", v), pl.T("MailNotYou", v), `lang="pl" dir="ltr"`, pl.N("Days", 3)} {
+		if !strings.Contains(text, want) {
+			t.Errorf("confirmation lacks %q:\n%s", want, text)
+		}
+	}
+	tk, _ := unsubscribe.NewTokens(bytes.Repeat([]byte{3}, unsubscribe.KeySize), "https://mail.example.com")
+	u := regexp.MustCompile(`https://mail\.example\.com/u/([A-Za-z0-9_-]+)`).FindStringSubmatch(text)
+	if u == nil {
+		t.Fatalf("no unsubscribe link:\n%s", text)
+	}
+	if c, err := tk.Parse(u[1]); err != nil || c.Language != "pl" || c.Campaign != "optin-news" {
+		t.Errorf("unsubscribe claim %+v, %v", c, err)
 	}
 }

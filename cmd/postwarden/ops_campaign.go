@@ -50,9 +50,9 @@ type testSendView struct {
 
 // sendTest renders one row for the operator's own address and delivers it
 // as a message of testCampaign, audited.
-func (e *env) sendTest(ctx context.Context, req request, spec campaign.Spec, args campaignSendArgs, o *out) error {
+func (e *env) sendTest(ctx context.Context, req request, spec campaign.Spec, lang string, args campaignSendArgs, o *out) error {
 	row := max(1, args.TestRow)
-	msg, skip, err := campaign.Preview(ctx, spec, e.campaignDeps(false), row, args.TestTo)
+	msg, skip, err := campaign.Preview(ctx, spec, e.campaignDeps(false, lang), row, args.TestTo)
 	if err != nil {
 		return maskRowError(err, req.Reveal)
 	}
@@ -153,9 +153,23 @@ func publicURLWarning(cfg *configs.Server) string {
 
 // links mints the unsubscribe URIs of a message: the one-click https URL
 // and, when the inbound listener takes mail for bounce_domain, a mailto URI.
+// The URL carries lang, the campaign's language (configs.Campaign.Language),
+// so the pages it opens speak the message's language on any node, after any
+// restart; the mailto URI opens no page and carries none.
 type links struct {
 	*unsubscribe.Tokens
 	bounceDomain string
+	lang         string
+}
+
+// UnsubscribeURL satisfies campaign.Links.
+func (l links) UnsubscribeURL(address, list, campaign string) string {
+	return l.UnsubscribeURLIn(address, list, campaign, l.lang)
+}
+
+// UnsubscribeURLIn satisfies confirm.Links: the link of a message written in lang.
+func (l links) UnsubscribeURLIn(address, list, campaign, lang string) string {
+	return l.URL(unsubscribe.Claim{Address: address, List: list, Campaign: campaign, Language: lang})
 }
 
 // UnsubscribeMailto satisfies campaign.MailtoLinks.
@@ -182,7 +196,7 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		_ = o.Note("%s", w)
 	}
 	if args.TestTo != "" {
-		return e.sendTest(ctx, req, spec, args, o)
+		return e.sendTest(ctx, req, spec, c.Language, args, o)
 	}
 	if raw, err := e.queue.GetCampaign(spec.ID); err == nil && raw != nil {
 		var prev campaign.Record
@@ -210,7 +224,7 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		_ = o.Progress(progress{Rows: rows, Bytes: bytes, Total: total})
 	}
 	if e.cfg.Cluster != nil { // gated and rendered here, delivered by every node
-		summary, cs, err := e.sendShared(ctx, spec, e.campaignDeps(false), progress)
+		summary, cs, err := e.sendShared(ctx, spec, e.campaignDeps(false, c.Language), progress)
 		if req.Reveal {
 			revealInvalidLines(&summary)
 		}
@@ -233,7 +247,7 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		res.DKIMKeys, res.CaptureDir = local.created, local.captureDir
 	}
 
-	summary, sendErr := campaign.Send(ctx, spec, e.campaignDeps(local != nil), progress)
+	summary, sendErr := campaign.Send(ctx, spec, e.campaignDeps(local != nil, c.Language), progress)
 	if req.Reveal {
 		revealInvalidLines(&summary)
 	}
@@ -347,12 +361,12 @@ func (e *env) reportDelivery(id string, o *out) (stop func()) {
 // enqueueing back only while a runner (the daemon's, or this process's:
 // delivering) delivers: without one (send --no-wait, no daemon) nothing
 // would drain it.
-func (e *env) campaignDeps(delivering bool) campaign.Deps {
+func (e *env) campaignDeps(delivering bool, lang string) campaign.Deps {
 	var backlog campaign.Backlog
 	if e.daemon || delivering {
 		backlog = e.queue
 	}
-	lk := links{e.tokens, e.cfg.MailtoDomain()}
+	lk := links{e.tokens, e.cfg.MailtoDomain(), lang}
 	return campaign.Deps{
 		Suppressions: e.gate(),
 		Queue:        campaignq.Adapter{Q: e.queue},
@@ -495,11 +509,11 @@ func opCampaignPreview(ctx context.Context, e *env, req request, o *out) error {
 	if err := decodeArgs(req, &args); err != nil {
 		return err
 	}
-	spec, _, err := loadSpec(e, args.File)
+	spec, c, err := loadSpec(e, args.File)
 	if err != nil {
 		return err
 	}
-	deps := e.campaignDeps(false)
+	deps := e.campaignDeps(false, c.Language)
 	msg, skip, err := campaign.Preview(ctx, spec, deps, args.Row, "")
 	if err != nil {
 		return maskRowError(err, req.Reveal)

@@ -47,9 +47,16 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 	proxies := httplimit.Proxies(cfg.HTTPTrustedProxies)
 	lim := func(l configs.Limit) httplimit.Rate { return httplimit.PerSecond(l.Rate, l.Burst) }
 	ul, sl := cfg.UnsubscribeLimits, cfg.SubscribeLimits
+	listLangs := map[string]string{}
+	for id, l := range cfg.Lists {
+		if l.Language != "" {
+			listLangs[id] = l.Language
+		}
+	}
 	mux.Handle("/u/", unsubscribe.NewHandler(unsubscribe.Config{
 		Tokens: e.tokens, Suppressor: e.suppressions(), PrivacyURL: cfg.PrivacyURL, SenderName: senderName, Events: e.queue,
-		Pages: pg, Lists: listsAdapter{subs: e.subs, lists: cfg.Lists}, History: listsAdapter{subs: e.subs, w: e.consent()}, Audit: httpAuditor{e},
+		ListLanguages: listLangs,
+		Pages:         pg, Lists: listsAdapter{subs: e.subs, lists: cfg.Lists}, History: listsAdapter{subs: e.subs, w: e.consent()}, Audit: httpAuditor{e},
 		Limits: unsubscribe.Limits{PerIP: lim(ul.PerIP), PerToken: lim(ul.PerToken)}, Proxies: proxies,
 	}, log))
 
@@ -66,7 +73,7 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 	if len(cfg.DKIM) > 0 {
 		fromDomain = cfg.DKIM[0].Domain
 	}
-	mailer, err := confirm.New(confirm.Config{Queue: confirmQueue{e.queue}, Links: links{e.tokens, e.cfg.MailtoDomain()},
+	mailer, err := confirm.New(confirm.Config{Queue: confirmQueue{e.queue}, Links: links{e.tokens, e.cfg.MailtoDomain(), ""},
 		HTML: configs.ConfirmHTML, Text: configs.ConfirmText, Subject: configs.ConfirmSubject, SenderName: pg.Name(),
 		FromDomain: fromDomain, Hostname: cfg.Hostname, PrivacyURL: cfg.PrivacyURL, ValidFor: cfg.OptinTTL})
 	if err != nil {
@@ -78,7 +85,7 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 		if name == "" {
 			name = id
 		}
-		lists[id] = optin.List{Name: name, DoubleOptIn: l.DoubleOptIn}
+		lists[id] = optin.List{Name: name, DoubleOptIn: l.DoubleOptIn, Language: l.Language}
 	}
 	h := optin.NewHandler(optin.Config{
 		Lists: lists, Store: e.consent(), Mailer: mailer, Suppressions: e.gate(), Lifter: e.gate(), Pages: pg, Tokens: tk,

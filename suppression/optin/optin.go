@@ -20,6 +20,11 @@
 //     mailbox, per IP, per /24 (IPv6 /64) and in total.
 //   - Bad form input is a 400 naming the field, before anything is audited,
 //     recorded or mailed.
+//   - Pages speak the list's language when it has one, else the browser's
+//     (Accept-Language), else English. A sign-up records the consent wording
+//     in the language the form showed (its hidden lang field), and the
+//     confirmation mail is written in that same language: the person
+//     confirms what they read.
 package optin
 
 import (
@@ -27,7 +32,6 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
@@ -36,6 +40,7 @@ import (
 	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/suppression/httplimit"
 	"github.com/postwarden/postwarden/suppression/pages"
+	"github.com/postwarden/postwarden/suppression/pages/locale"
 	"github.com/postwarden/postwarden/suppression/subscribers"
 )
 
@@ -50,9 +55,9 @@ type Store interface {
 }
 
 // Mailer sends the confirmation message (through the queue, DKIM and the MTA
-// like every message).
+// like every message) in language lang (a locale code).
 type Mailer interface {
-	SendConfirmation(ctx context.Context, addr, list, listName, confirmURL string) error
+	SendConfirmation(ctx context.Context, addr, list, listName, confirmURL, lang string) error
 }
 
 // Suppressions says whether an address may not be mailed on a list;
@@ -73,6 +78,9 @@ type Lifter interface {
 type List struct {
 	Name        string
 	DoubleOptIn bool
+	// Language, a locale code, is the language of the list's pages and
+	// confirmation mail whatever the browser asks for; "": the browser's.
+	Language string
 }
 
 // Limits are the rate limits of the sign-up form; a zero Rate takes its
@@ -175,36 +183,47 @@ func (h *Handler) ConfirmURL(addr, list string) string {
 	return h.cfg.PublicURL + "/c/" + h.cfg.Tokens.Mint(Claim{Address: addr, List: list, Issued: h.cfg.Now()})
 }
 
+// pageLocale is the language of a page about list l: the list's own, else the
+// one the form was shown in (shown, from its hidden field), else the
+// browser's choice.
+func pageLocale(r *http.Request, l List, shown string) *locale.Locale {
+	return locale.Negotiate(r.Header.Get("Accept-Language"), l.Language, shown)
+}
+
 func (h *Handler) render(w http.ResponseWriter, status int, p pages.Page) {
 	if err := h.cfg.Pages.Render(w, status, p); err != nil {
 		h.log.Warn().Err(err).Msg("optin page not written")
 	}
 }
 
-func (h *Handler) notFound(w http.ResponseWriter, _ *http.Request) {
-	h.render(w, http.StatusNotFound, pages.Message("Not found", "Not found",
-		"This link is not valid or has expired. Please sign up again if you still want to subscribe."))
+func (h *Handler) notFound(w http.ResponseWriter, r *http.Request) {
+	h.notFoundIn(w, pageLocale(r, List{}, ""))
 }
 
-func (h *Handler) methodNotAllowed(w http.ResponseWriter, _ *http.Request) {
+func (h *Handler) notFoundIn(w http.ResponseWriter, l *locale.Locale) {
+	h.render(w, http.StatusNotFound, pages.Message(l, l.T("NotFound", nil), l.T("NotFound", nil), l.T("NotFoundSignUp", nil)))
+}
+
+func (h *Handler) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Allow", "GET, HEAD, POST")
-	h.render(w, http.StatusMethodNotAllowed, pages.Message("Method not allowed", "Method not allowed", "Open the page in your browser."))
+	l := pageLocale(r, List{}, "")
+	h.render(w, http.StatusMethodNotAllowed, pages.Message(l, l.T("MethodNotAllowed", nil), l.T("MethodNotAllowed", nil), l.T("OpenInBrowser", nil)))
 }
 
-func (h *Handler) badRequest(w http.ResponseWriter, text string) {
-	h.render(w, http.StatusBadRequest, pages.Message("Please check the form", "Please check the form", text))
+func (h *Handler) badRequest(w http.ResponseWriter, l *locale.Locale, text string) {
+	h.render(w, http.StatusBadRequest, pages.Message(l, l.T("CheckForm", nil), l.T("CheckForm", nil), text))
 }
 
-func (h *Handler) tooMany(w http.ResponseWriter, wait time.Duration) {
+func (h *Handler) tooMany(w http.ResponseWriter, l *locale.Locale, wait time.Duration) {
 	w.Header().Set("Retry-After", httplimit.RetryAfter(wait)) // RFC 6585 §4
-	h.render(w, http.StatusTooManyRequests, pages.Message("Too many requests", "Too many requests",
-		"Please wait a while before you try again."))
+	h.render(w, http.StatusTooManyRequests, pages.Message(l, l.T("TooManyRequests", nil), l.T("TooManyRequests", nil),
+		l.T("WaitAndRetry", nil)))
 }
 
-// consentText is the wording the built-in form shows and records.
-func (h *Handler) consentText(l List) string {
-	return "I agree to receive " + l.Name + " by email from " + h.cfg.Pages.Name() +
-		". I can unsubscribe at any time with the link in every message."
+// consentText is the wording the built-in form shows and records, in l's
+// language.
+func (h *Handler) consentText(l List, loc *locale.Locale) string {
+	return loc.T("ConsentText", locale.Vars{"List": l.Name, "Sender": h.cfg.Pages.Name()})
 }
 
 // form shows a sign-up form for ?list=ID. It changes nothing.
@@ -215,28 +234,31 @@ func (h *Handler) form(w http.ResponseWriter, r *http.Request) {
 		h.notFound(w, r)
 		return
 	}
-	consent := h.consentText(l)
+	loc := pageLocale(r, l, "")
+	consent := h.consentText(l, loc)
 	note := consent
 	if l.DoubleOptIn {
-		note += " We will email you a link to confirm."
+		note += " " + loc.T("WillEmailLink", nil)
 	}
-	h.render(w, http.StatusOK, pages.Page{Title: "Subscribe to " + l.Name, Heading: "Subscribe to " + l.Name,
+	title := loc.T("SubscribeTo", locale.Vars{"List": l.Name})
+	h.render(w, http.StatusOK, pages.Page{Locale: loc, Title: title, Heading: title,
 		Forms: []pages.Form{{
 			Action: "/subscribe",
-			Hidden: []pages.Field{{Name: "list", Value: id}, {Name: "consent_text", Value: consent}, {Name: "source", Value: "form:web"}},
+			Hidden: []pages.Field{{Name: "list", Value: id}, {Name: "consent_text", Value: consent}, {Name: "source", Value: "form:web"},
+				{Name: "lang", Value: loc.Lang()}},
 			Inputs: []pages.Input{
-				{Name: "email", Label: "Email address", Type: "email", Autocomplete: "email", Required: true},
-				{Name: "name", Label: "Name", Autocomplete: "name"},
-				{Name: "company", Label: "Company", Autocomplete: "organization"},
+				{Name: "email", Label: loc.T("EmailAddress", nil), Type: "email", Autocomplete: "email", Required: true},
+				{Name: "name", Label: loc.T("Name", nil), Autocomplete: "name"},
+				{Name: "company", Label: loc.T("Company", nil), Autocomplete: "organization"},
 			},
 			Note:    note,
-			Buttons: []pages.Button{{Label: "Subscribe"}},
+			Buttons: []pages.Button{{Label: loc.T("Subscribe", nil)}},
 		}}})
 }
 
 // readForm parses a POST form of at most maxBody bytes; false means a page
-// has been written.
-func (h *Handler) readForm(w http.ResponseWriter, r *http.Request) (url.Values, bool) {
+// in l's language has been written.
+func (h *Handler) readForm(w http.ResponseWriter, r *http.Request, l *locale.Locale) (url.Values, bool) {
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	var err error
 	if strings.HasPrefix(r.Header.Get("Content-Type"), "multipart/form-data") {
@@ -246,11 +268,11 @@ func (h *Handler) readForm(w http.ResponseWriter, r *http.Request) (url.Values, 
 	}
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
-		h.render(w, http.StatusRequestEntityTooLarge, pages.Message("Request too large", "Request too large", "Please shorten what you entered."))
+		h.render(w, http.StatusRequestEntityTooLarge, pages.Message(l, l.T("TooLarge", nil), l.T("TooLarge", nil), l.T("ShortenInput", nil)))
 		return nil, false
 	}
 	if err != nil {
-		h.badRequest(w, "The form could not be read.")
+		h.badRequest(w, l, l.T("FormUnreadable", nil))
 		return nil, false
 	}
 	return r.PostForm, true
@@ -262,10 +284,10 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 	ip := h.cfg.Proxies.ClientIP(r)
 	if ok, wait := h.byIP.Allow(ip, h.cfg.Now()); !ok {
 		h.log.Warn().Str("ip", ip).Msg("sign-up rate limited (ip)")
-		h.tooMany(w, wait)
+		h.tooMany(w, pageLocale(r, List{}, ""), wait)
 		return
 	}
-	form, ok := h.readForm(w, r)
+	form, ok := h.readForm(w, r, pageLocale(r, List{}, ""))
 	if !ok {
 		return
 	}
@@ -276,7 +298,7 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 	now := h.cfg.Now()
 	if ok, wait := h.byMailbox.Allow(su.mailbox, now); !ok {
 		h.log.Warn().Str("rcpt", address.Mask(su.sub.Address)).Str("ip", ip).Msg("sign-up rate limited (mailbox)")
-		h.tooMany(w, wait)
+		h.tooMany(w, su.loc, wait)
 		return
 	}
 	// While a confirmation link is still valid, another sign-up sends no
@@ -312,13 +334,15 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request) {
 		h.renderCheckInbox(w, su)
 		return
 	}
-	h.render(w, http.StatusOK, pages.Message("Subscribed", "You are subscribed",
-		"Thank you. "+su.list.Name+" will come to "+address.Mask(su.sub.Address)+". Every message has a link to unsubscribe."))
+	l := su.loc
+	h.render(w, http.StatusOK, pages.Message(l, l.T("Subscribed", nil), l.T("SubscribedHeading", nil),
+		l.T("WillCome", locale.Vars{"List": su.list.Name, "Address": address.Mask(su.sub.Address)})))
 }
 
 // signUp is one POST /subscribe once its form is read and checked.
 type signUp struct {
 	ip      string
+	loc     *locale.Locale // the language the form was shown in: pages, consent wording, mail
 	list    List
 	mailbox string // the address's MailboxKey, for the rate limits
 	sub     subscribers.Subscription
@@ -330,13 +354,14 @@ type signUp struct {
 func (h *Handler) readSignUp(w http.ResponseWriter, r *http.Request, form url.Values, ip string) (signUp, bool) {
 	id := strings.TrimSpace(form.Get("list"))
 	l, ok := h.cfg.Lists[id]
+	loc := pageLocale(r, l, strings.TrimSpace(form.Get("lang")))
 	if !ok {
-		h.badRequest(w, "This list does not take sign-ups.")
+		h.badRequest(w, loc, loc.T("NoSignUps", nil))
 		return signUp{}, false
 	}
 	a, err := address.Parse(form.Get("email"))
 	if err != nil {
-		h.badRequest(w, "email: please enter a valid email address.")
+		h.badRequest(w, loc, loc.T("BadEmail", nil))
 		return signUp{}, false
 	}
 	addr := a.String()
@@ -345,21 +370,21 @@ func (h *Handler) readSignUp(w http.ResponseWriter, r *http.Request, form url.Va
 	// write its own into the consent history) and a source marked as a form.
 	sub := subscribers.Subscription{Address: addr, List: id, Name: name, Company: company,
 		Source: formSource(form.Get("source")), IP: ip, UserAgent: r.UserAgent(),
-		PrivacyURL: h.cfg.PrivacyURL, ConsentText: h.consentText(l)}
+		PrivacyURL: h.cfg.PrivacyURL, ConsentText: h.consentText(l, loc)}
 	// The consent store's own rules, asked before anything is audited,
 	// recorded or mailed: bad input is the sender's mistake, not a 500.
 	if err := sub.Check(); err != nil {
 		var fe *subscribers.FieldError
 		if !errors.As(err, &fe) {
 			h.log.Error().Err(err).Str("rcpt", address.Mask(addr)).Msg("sign-up refused")
-			h.render(w, http.StatusInternalServerError, pages.ServerError())
+			h.render(w, http.StatusInternalServerError, pages.ServerError(loc))
 			return signUp{}, false
 		}
 		h.log.Info().Str("field", fe.Field).Str("problem", fe.Problem).Msg("sign-up: bad form field")
-		h.badRequest(w, fe.Field+": "+fe.Problem+". Please correct it and send the form again.")
+		h.badRequest(w, loc, loc.T("BadField", locale.Vars{"Field": fe.Field, "Problem": fe.Problem}))
 		return signUp{}, false
 	}
-	return signUp{ip: ip, list: l, mailbox: a.MailboxKey(), sub: sub}, true
+	return signUp{ip: ip, loc: loc, list: l, mailbox: a.MailboxKey(), sub: sub}, true
 }
 
 // formSource is the evidence's source of a form sign-up: "form", or the
@@ -392,7 +417,7 @@ func (h *Handler) needsConfirmation(w http.ResponseWriter, su signUp) (pending, 
 	_, suppressed, err := h.cfg.Suppressions.Check(su.sub.Address, su.sub.List)
 	if err != nil {
 		h.log.Error().Err(err).Str("rcpt", address.Mask(su.sub.Address)).Msg("sign-up: suppression not checked")
-		h.render(w, http.StatusInternalServerError, pages.ServerError())
+		h.render(w, http.StatusInternalServerError, pages.ServerError(su.loc))
 		return false, false
 	}
 	return suppressed, true // the suppression store wins: only a confirmed click brings them back
@@ -409,7 +434,7 @@ func (h *Handler) takeConfirmationLimits(w http.ResponseWriter, su signUp, now t
 	)
 	if !ok {
 		h.log.Warn().Str("rcpt", address.Mask(su.sub.Address)).Str("ip", su.ip).Str("limit", by).Msg("confirmation rate limited")
-		h.tooMany(w, wait)
+		h.tooMany(w, su.loc, wait)
 	}
 	return ok
 }
@@ -422,7 +447,7 @@ func (h *Handler) auditSignUp(w http.ResponseWriter, su signUp) bool {
 	}
 	if err := h.cfg.Audit.HTTPAction(su.ip, "subscribers.subscribe", su.sub.Address, "list "+su.sub.List); err != nil {
 		h.log.Error().Err(err).Str("rcpt", address.Mask(su.sub.Address)).Msg("sign-up not audited")
-		h.render(w, http.StatusInternalServerError, pages.ServerError())
+		h.render(w, http.StatusInternalServerError, pages.ServerError(su.loc))
 		return false
 	}
 	return true
@@ -444,7 +469,7 @@ func (h *Handler) recordSignUp(w http.ResponseWriter, su *signUp, pending bool) 
 		mail = false // nothing to confirm; the page says the same as for anyone
 	case err != nil:
 		h.log.Error().Err(err).Str("rcpt", address.Mask(su.sub.Address)).Str("list", su.sub.List).Msg("sign-up not recorded")
-		h.render(w, http.StatusInternalServerError, pages.ServerError())
+		h.render(w, http.StatusInternalServerError, pages.ServerError(su.loc))
 		return pending, false, false
 	}
 	return pending, mail, true
@@ -456,12 +481,12 @@ func (h *Handler) sendConfirmation(w http.ResponseWriter, r *http.Request, su si
 	addr, id := su.sub.Address, su.sub.List
 	if h.cfg.Mailer == nil {
 		h.log.Error().Str("list", id).Msg("sign-up: no mailer for the confirmation")
-		h.render(w, http.StatusInternalServerError, pages.ServerError())
+		h.render(w, http.StatusInternalServerError, pages.ServerError(su.loc))
 		return false
 	}
-	if err := h.cfg.Mailer.SendConfirmation(r.Context(), addr, id, su.list.Name, h.ConfirmURL(addr, id)); err != nil {
+	if err := h.cfg.Mailer.SendConfirmation(r.Context(), addr, id, su.list.Name, h.ConfirmURL(addr, id), su.loc.Lang()); err != nil {
 		h.log.Error().Err(err).Str("rcpt", address.Mask(addr)).Str("list", id).Msg("confirmation not sent")
-		h.render(w, http.StatusInternalServerError, pages.ServerError())
+		h.render(w, http.StatusInternalServerError, pages.ServerError(su.loc))
 		return false
 	}
 	return true
@@ -470,64 +495,59 @@ func (h *Handler) sendConfirmation(w http.ResponseWriter, r *http.Request, su si
 // renderCheckInbox answers a sign-up that waits on its confirmation, whether
 // or not a message went out: the page tells nobody which.
 func (h *Handler) renderCheckInbox(w http.ResponseWriter, su signUp) {
-	h.render(w, http.StatusOK, pages.Message("Check your inbox", "Check your inbox",
-		"If "+address.Mask(su.sub.Address)+" can receive "+su.list.Name+", we have sent it a message with a link to confirm your subscription.",
-		"Nothing is sent to you until you confirm. The link is valid for "+days(h.cfg.Tokens.ttl)+"."))
-}
-
-// days writes a duration as "7 days" or "12 hours".
-func days(d time.Duration) string {
-	if d >= 48*time.Hour {
-		return strconv.Itoa(int(d/(24*time.Hour))) + " days"
-	}
-	return strconv.Itoa(int((d+time.Hour-1)/time.Hour)) + " hours"
+	l := su.loc
+	h.render(w, http.StatusOK, pages.Message(l, l.T("CheckInbox", nil), l.T("CheckInbox", nil),
+		l.T("SentLink", locale.Vars{"Address": address.Mask(su.sub.Address), "List": su.list.Name}),
+		l.T("NothingUntilConfirmed", locale.Vars{"Validity": l.Validity(h.cfg.Tokens.ttl)})))
 }
 
 // claim parses the token in the path; false means a 404 has been written.
-func (h *Handler) claim(w http.ResponseWriter, r *http.Request) (Claim, List, bool) {
+// loc is the language of the pages about the token's list.
+func (h *Handler) claim(w http.ResponseWriter, r *http.Request) (c Claim, l List, loc *locale.Locale, ok bool) {
 	c, err := h.cfg.Tokens.Parse(r.PathValue("token"), h.cfg.Now())
 	if err != nil {
 		h.notFound(w, r)
-		return Claim{}, List{}, false
+		return Claim{}, List{}, nil, false
 	}
-	l, ok := h.cfg.Lists[c.List]
+	l, ok = h.cfg.Lists[c.List]
 	if !ok {
 		h.notFound(w, r)
-		return Claim{}, List{}, false
+		return Claim{}, List{}, nil, false
 	}
-	return c, l, true
+	return c, l, pageLocale(r, l, ""), true
 }
 
 // confirmPage shows the confirm button. It changes nothing.
 func (h *Handler) confirmPage(w http.ResponseWriter, r *http.Request) {
-	c, l, ok := h.claim(w, r)
+	c, l, loc, ok := h.claim(w, r)
 	if !ok {
 		return
 	}
-	h.render(w, http.StatusOK, pages.Page{Title: "Confirm your subscription", Heading: "Confirm your subscription",
-		Text:  []string{"Confirm that " + address.Mask(c.Address) + " wants to receive " + l.Name + " from " + h.cfg.Pages.Name() + "."},
-		Forms: []pages.Form{{Buttons: []pages.Button{{Name: "confirm", Value: "yes", Label: "Confirm subscription"}}}},
+	v := locale.Vars{"Address": address.Mask(c.Address), "List": l.Name, "Sender": h.cfg.Pages.Name()}
+	h.render(w, http.StatusOK, pages.Page{Locale: loc, Title: loc.T("ConfirmHeading", nil), Heading: loc.T("ConfirmHeading", nil),
+		Text:  []string{loc.T("ConfirmThat", v)},
+		Forms: []pages.Form{{Note: loc.T("ConfirmConsent", v), Buttons: []pages.Button{{Name: "confirm", Value: "yes", Label: loc.T("ConfirmButton", nil)}}}},
 	})
 }
 
 // confirm records the confirmation with the time and IP of the click.
 func (h *Handler) confirm(w http.ResponseWriter, r *http.Request) {
-	c, l, ok := h.claim(w, r)
+	c, l, loc, ok := h.claim(w, r)
 	if !ok {
 		return
 	}
 	ip := h.cfg.Proxies.ClientIP(r)
 	if ok, wait := h.byIP.Allow(ip, h.cfg.Now()); !ok {
-		h.tooMany(w, wait)
+		h.tooMany(w, loc, wait)
 		return
 	}
-	if _, ok := h.readForm(w, r); !ok {
+	if _, ok := h.readForm(w, r, loc); !ok {
 		return
 	}
 	if h.cfg.Audit != nil {
 		if err := h.cfg.Audit.HTTPAction(ip, "subscribers.confirm", c.Address, "list "+c.List); err != nil {
 			h.log.Error().Err(err).Str("rcpt", address.Mask(c.Address)).Msg("confirmation not audited")
-			h.render(w, http.StatusInternalServerError, pages.ServerError())
+			h.render(w, http.StatusInternalServerError, pages.ServerError(loc))
 			return
 		}
 	}
@@ -537,12 +557,12 @@ func (h *Handler) confirm(w http.ResponseWriter, r *http.Request) {
 		if serr == nil && st.State == subscribers.StateConfirmed {
 			err = nil // a second click: already confirmed
 		} else {
-			h.notFound(w, r) // unsubscribed since, pruned or erased: the link is spent
+			h.notFoundIn(w, loc) // unsubscribed since, pruned or erased: the link is spent
 			return
 		}
 	} else if err != nil {
 		h.log.Error().Err(err).Str("rcpt", address.Mask(c.Address)).Str("list", c.List).Msg("confirmation not recorded")
-		h.render(w, http.StatusInternalServerError, pages.ServerError())
+		h.render(w, http.StatusInternalServerError, pages.ServerError(loc))
 		return
 	} else if h.cfg.Lifter != nil {
 		if err := h.cfg.Lifter.LiftUnsubscribe(c.Address, c.List); err != nil {
@@ -550,6 +570,6 @@ func (h *Handler) confirm(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	h.log.Info().Str("rcpt", address.Mask(c.Address)).Str("list", c.List).Msg("subscription confirmed")
-	h.render(w, http.StatusOK, pages.Message("Subscription confirmed", "Subscription confirmed",
-		"Thank you. "+l.Name+" will come to "+address.Mask(c.Address)+". Every message has a link to unsubscribe."))
+	h.render(w, http.StatusOK, pages.Message(loc, loc.T("Confirmed", nil), loc.T("Confirmed", nil),
+		loc.T("WillCome", locale.Vars{"List": l.Name, "Address": address.Mask(c.Address)})))
 }

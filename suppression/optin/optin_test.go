@@ -21,17 +21,17 @@ import (
 	"github.com/postwarden/postwarden/suppression/subscribers"
 )
 
-type sent struct{ addr, list, name, url string }
+type sent struct{ addr, list, name, url, lang string }
 
 type fakeMailer struct {
 	mu   sync.Mutex
 	sent []sent
 }
 
-func (m *fakeMailer) SendConfirmation(_ context.Context, addr, list, name, u string) error {
+func (m *fakeMailer) SendConfirmation(_ context.Context, addr, list, name, u, lang string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.sent = append(m.sent, sent{addr, list, name, u})
+	m.sent = append(m.sent, sent{addr, list, name, u, lang})
 	return nil
 }
 

@@ -20,6 +20,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/postwarden/postwarden/suppression/pages/locale"
 )
 
 // CSP is the Content-Security-Policy of every page: nothing loads but an https
@@ -37,6 +39,9 @@ type Branding struct {
 // Page is the content of one page. Text, forms and items are escaped; Body is
 // trusted markup written by the caller, placed after the text.
 type Page struct {
+	// Locale is the page's language (lang and dir attributes, the layout's
+	// own words); nil: English.
+	Locale  *locale.Locale
 	Title   string   // <title>; the sender name is appended
 	Heading string   // the <h1>
 	Text    []string // paragraphs
@@ -46,16 +51,18 @@ type Page struct {
 	Links   []Link // secondary links under the forms
 }
 
-// Message is a page of one heading and its paragraphs.
-func Message(title, heading string, text ...string) Page {
-	return Page{Title: title, Heading: heading, Text: text}
+// Message is a page of one heading and its paragraphs in l's language.
+func Message(l *locale.Locale, title, heading string, text ...string) Page {
+	return Page{Locale: l, Title: title, Heading: heading, Text: text}
 }
 
 // ServerError is the page of a request that could not be carried out
 // (status 500); it says no more, so nothing about the failure leaks.
-func ServerError() Page {
-	return Message("Try again later", "Something went wrong",
-		"We could not record your request. Please try again in a few minutes.")
+func ServerError(l *locale.Locale) Page {
+	if l == nil {
+		l = locale.For(locale.Default)
+	}
+	return Message(l, l.T("TryLater", nil), l.T("ServerErrorHeading", nil), l.T("ServerErrorText", nil))
 }
 
 // Form is a POST form. Action "" posts to the page's own URL.
@@ -150,7 +157,12 @@ func SetHeaders(h http.Header) {
 // before anything is written, so a template error still gives a clean 500.
 func (r *Renderer) Render(w http.ResponseWriter, status int, p Page) error {
 	var buf bytes.Buffer
-	err := layout.Execute(&buf, view{Page: p, Brand: r.brand, Privacy: r.privacy, CSS: r.css})
+	l := p.Locale
+	if l == nil {
+		l = locale.For(locale.Default)
+	}
+	err := layout.Execute(&buf, view{Page: p, Brand: r.brand, Privacy: r.privacy, CSS: r.css,
+		Lang: l.Lang(), Dir: l.Dir(), Optional: l.T("Optional", nil), PrivacyLabel: l.T("PrivacyNotice", nil)})
 	SetHeaders(w.Header())
 	if err != nil {
 		w.WriteHeader(http.StatusInternalServerError)
@@ -169,6 +181,8 @@ type view struct {
 	Brand   Branding
 	Privacy string
 	CSS     template.CSS
+	// From the page's locale: lang and dir attributes, the layout's words.
+	Lang, Dir, Optional, PrivacyLabel string
 }
 
 // styleSheet builds the inline CSS. Text colours are picked for contrast
@@ -237,7 +251,7 @@ func luminance(c string) float64 {
 }
 
 var layout = template.Must(template.New("layout").Parse(`<!DOCTYPE html>
-<html lang="en">
+<html lang="{{.Lang}}" dir="{{.Dir}}">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -278,7 +292,7 @@ var layout = template.Must(template.New("layout").Parse(`<!DOCTYPE html>
 <input type="hidden" name="{{.Name}}" value="{{.Value}}">
 {{- end}}
 {{- range .Inputs}}
-<label for="f-{{.Name}}">{{.Label}}{{if not .Required}} (optional){{end}}</label>
+<label for="f-{{.Name}}">{{.Label}}{{if not .Required}} ({{$.Optional}}){{end}}</label>
 <input id="f-{{.Name}}" name="{{.Name}}" type="{{if .Type}}{{.Type}}{{else}}text{{end}}"{{if .Autocomplete}} autocomplete="{{.Autocomplete}}"{{end}}{{if .Value}} value="{{.Value}}"{{end}}{{if .Required}} required{{end}}>
 {{- end}}
 {{- if .Note}}
@@ -299,7 +313,7 @@ var layout = template.Must(template.New("layout").Parse(`<!DOCTYPE html>
 {{- end}}
 </main>
 <footer>
-<p>{{.Brand.Name}}{{if .Privacy}} · <a href="{{.Privacy}}">Privacy notice</a>{{end}}</p>
+<p>{{.Brand.Name}}{{if .Privacy}} · <a href="{{.Privacy}}">{{.PrivacyLabel}}</a>{{end}}</p>
 </footer>
 </div>
 </body>

@@ -5,6 +5,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/postwarden/postwarden/suppression/pages/locale"
 )
 
 func TestRenderLayoutAndHeaders(t *testing.T) {
@@ -39,7 +41,7 @@ func TestRenderLayoutAndHeaders(t *testing.T) {
 		}
 	}
 	body := rec.Body.String()
-	for _, want := range []string{`<html lang="en">`, "<title>Sign up – Acme &lt;Ltd&gt;</title>", "<main", "<h1>Sign &lt;up&gt;</h1>",
+	for _, want := range []string{`<html lang="en" dir="ltr">`, "<title>Sign up – Acme &lt;Ltd&gt;</title>", "<main", "<h1>Sign &lt;up&gt;</h1>",
 		"a &amp; b", `<label for="f-email">Email address</label>`, `id="f-email"`, `type="email"`, "required",
 		"Name (optional)", `<legend>News</legend>`, `href="https://example.com/privacy"`, `src="https://cdn.example.com/logo.png"`,
 		"focus-visible", `<button type="submit">Subscribe</button>`} {
@@ -86,7 +88,7 @@ func TestServerErrorPage(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := httptest.NewRecorder()
-	if err := r.Render(rec, http.StatusInternalServerError, ServerError()); err != nil {
+	if err := r.Render(rec, http.StatusInternalServerError, ServerError(nil)); err != nil {
 		t.Fatal(err)
 	}
 	body := rec.Body.String()
@@ -94,7 +96,27 @@ func TestServerErrorPage(t *testing.T) {
 		!strings.Contains(body, "try again in a few minutes") || !strings.Contains(body, "https://example.com/privacy") {
 		t.Errorf("status %d, body %s", rec.Code, body)
 	}
-	if p := Message("T", "H", "a", "b"); p.Title != "T" || p.Heading != "H" || len(p.Text) != 2 {
+	if p := Message(nil, "T", "H", "a", "b"); p.Title != "T" || p.Heading != "H" || len(p.Text) != 2 {
 		t.Errorf("Message = %+v", p)
+	}
+}
+
+// TestRenderLocale: the page's locale sets lang and dir and the layout's own
+// words (the optional-field mark, the privacy link).
+func TestRenderLocale(t *testing.T) {
+	r, err := New(Branding{Name: "Acme"}, "https://example.com/privacy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	if err := r.Render(rec, http.StatusOK, Page{Locale: locale.For("de"), Title: "T", Heading: "H",
+		Forms: []Form{{Inputs: []Input{{Name: "name", Label: "Name"}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	de := locale.For("de")
+	for _, want := range []string{`<html lang="de" dir="ltr">`, "(" + de.T("Optional", nil) + ")", ">" + de.T("PrivacyNotice", nil) + "</a>"} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("page lacks %q:\n%s", want, rec.Body.String())
+		}
 	}
 }

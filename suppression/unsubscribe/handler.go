@@ -16,6 +16,7 @@ import (
 	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/suppression/httplimit"
 	"github.com/postwarden/postwarden/suppression/pages"
+	"github.com/postwarden/postwarden/suppression/pages/locale"
 )
 
 // maxBody caps the POST body; a one-click body is 26 bytes.
@@ -61,6 +62,11 @@ type Config struct {
 	Pages *pages.Renderer
 	// Lists, when set, enables the preference page GET|POST /u/{token}/prefs.
 	Lists Lists
+	// ListLanguages are the lists' own languages (list id → a locale code);
+	// a page for a token of such a list speaks it unless the token carries
+	// its campaign's language. Other pages follow the browser's
+	// Accept-Language, English by default.
+	ListLanguages map[string]string
 	// History, when set, is told of each unsubscribe recorded; its errors
 	// are logged, not shown: the suppression store has it already.
 	History ConsentHistory
@@ -151,6 +157,12 @@ func NewHandler(cfg Config, log zerolog.Logger) http.Handler {
 	return mux
 }
 
+// locale is the language of a page for c: the campaign's (carried in the
+// token), the list's, else the browser's choice.
+func (h *handler) locale(r *http.Request, c Claim) *locale.Locale {
+	return locale.Negotiate(r.Header.Get("Accept-Language"), c.Language, h.cfg.ListLanguages[c.List])
+}
+
 // render writes a page with the headers every response carries.
 func (h *handler) render(w http.ResponseWriter, status int, p pages.Page) {
 	if err := h.pages.Render(w, status, p); err != nil {
@@ -158,14 +170,15 @@ func (h *handler) render(w http.ResponseWriter, status int, p pages.Page) {
 	}
 }
 
-func (h *handler) notFound(w http.ResponseWriter, _ *http.Request) {
-	h.render(w, http.StatusNotFound, pages.Message("Not found", "Not found",
-		"This link is not valid. Please use the link from the most recent message you received."))
+func (h *handler) notFound(w http.ResponseWriter, r *http.Request) {
+	l := h.locale(r, Claim{})
+	h.render(w, http.StatusNotFound, pages.Message(l, l.T("NotFound", nil), l.T("NotFound", nil), l.T("NotFoundUnsubscribe", nil)))
 }
 
-func (h *handler) methodNotAllowed(w http.ResponseWriter, _ *http.Request) {
+func (h *handler) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Allow", "GET, HEAD, POST")
-	h.render(w, http.StatusMethodNotAllowed, pages.Message("Method not allowed", "Method not allowed", "Open the link in your browser."))
+	l := h.locale(r, Claim{})
+	h.render(w, http.StatusMethodNotAllowed, pages.Message(l, l.T("MethodNotAllowed", nil), l.T("MethodNotAllowed", nil), l.T("OpenInBrowser", nil)))
 }
 
 // claim parses the token in the path; ok is false (and a 404 or 500 has been
@@ -173,7 +186,7 @@ func (h *handler) methodNotAllowed(w http.ResponseWriter, _ *http.Request) {
 func (h *handler) claim(w http.ResponseWriter, r *http.Request) (Claim, bool) {
 	if h.cfg.Tokens == nil || h.cfg.Suppressor == nil {
 		h.log.Error().Msg("unsubscribe handler misconfigured: no tokens or suppressor")
-		h.render(w, http.StatusInternalServerError, pages.ServerError())
+		h.render(w, http.StatusInternalServerError, pages.ServerError(h.locale(r, Claim{})))
 		return Claim{}, false
 	}
 	c, err := h.cfg.Tokens.Parse(r.PathValue("token"))
@@ -190,28 +203,30 @@ func (h *handler) confirm(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	p := pages.Page{Title: "Unsubscribe", Heading: "Unsubscribe",
-		Text: []string{"Stop sending email to " + address.Mask(c.Address) + "?"},
+	l := h.locale(r, c)
+	p := pages.Page{Locale: l, Title: l.T("Unsubscribe", nil), Heading: l.T("Unsubscribe", nil),
+		Text: []string{l.T("StopSending", locale.Vars{"Address": address.Mask(c.Address)}), l.T("UnsubscribeEffect", nil)},
 		Forms: []pages.Form{{Buttons: []pages.Button{
-			{Name: "scope", Value: "one", Label: "Unsubscribe"},
-			{Name: "scope", Value: "all", Label: "Unsubscribe from all mail from " + h.cfg.SenderName, Secondary: true},
+			{Name: "scope", Value: "one", Label: l.T("Unsubscribe", nil)},
+			{Name: "scope", Value: "all", Label: l.T("UnsubscribeAll", locale.Vars{"Sender": h.cfg.SenderName}), Secondary: true},
 		}}}}
 	if h.cfg.Lists != nil {
-		p.Links = []pages.Link{{URL: r.PathValue("token") + "/prefs", Label: "Choose which lists you receive"}}
+		p.Links = []pages.Link{{URL: r.PathValue("token") + "/prefs", Label: l.T("ChooseLists", nil)}}
 	}
 	h.render(w, http.StatusOK, p)
 }
 
-// readPost reads the form of a POST, writing a 413 or 400 page when it cannot.
-func (h *handler) readPost(w http.ResponseWriter, r *http.Request) (url.Values, bool) {
+// readPost reads the form of a POST, writing a 413 or 400 page in l's
+// language when it cannot.
+func (h *handler) readPost(w http.ResponseWriter, r *http.Request, l *locale.Locale) (url.Values, bool) {
 	form, err := readForm(w, r)
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
-		h.render(w, http.StatusRequestEntityTooLarge, pages.Message("Request too large", "Request too large", "Open the link in your browser."))
+		h.render(w, http.StatusRequestEntityTooLarge, pages.Message(l, l.T("TooLarge", nil), l.T("TooLarge", nil), l.T("OpenInBrowser", nil)))
 		return nil, false
 	}
 	if err != nil {
-		h.render(w, http.StatusBadRequest, pages.Message("Bad request", "Bad request", "Open the link in your browser."))
+		h.render(w, http.StatusBadRequest, pages.Message(l, l.T("BadRequest", nil), l.T("BadRequest", nil), l.T("OpenInBrowser", nil)))
 		return nil, false
 	}
 	return form, true
@@ -223,7 +238,8 @@ func (h *handler) unsubscribe(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	form, ok := h.readPost(w, r)
+	l := h.locale(r, c)
+	form, ok := h.readPost(w, r, l)
 	if !ok {
 		return
 	}
@@ -234,21 +250,21 @@ func (h *handler) unsubscribe(w http.ResponseWriter, r *http.Request) {
 	if form.Get("scope") == "all" {
 		e.List = ""
 	}
-	if !h.record(w, r, c, e) {
+	if !h.record(w, r, l, c, e) {
 		return
 	}
-	text := "You will receive no more of these messages."
+	text := l.T("NoMoreOfThese", nil)
 	if e.List == "" {
-		text = "You will receive no more email from " + h.cfg.SenderName + "."
+		text = l.T("NoMoreFrom", locale.Vars{"Sender": h.cfg.SenderName})
 	}
-	h.render(w, http.StatusOK, pages.Message("Unsubscribed", "You are unsubscribed", text)) // RFC 8058 §3.2: no redirect
+	h.render(w, http.StatusOK, pages.Message(l, l.T("Unsubscribed", nil), l.T("UnsubscribedHeading", nil), text)) // RFC 8058 §3.2: no redirect
 }
 
 // admit applies the limits to a POST that would record e; false means a
 // 429 page has been written. Only a repeat is refused: the token was drawn
 // on lately and the store already holds the address's own entry for e's
 // scope, so refusing loses nothing.
-func (h *handler) admit(w http.ResponseWriter, r *http.Request, ip string, c Claim, e suppression.Entry) bool {
+func (h *handler) admit(w http.ResponseWriter, r *http.Request, l *locale.Locale, ip string, c Claim, e suppression.Entry) bool {
 	now, token := h.cfg.Now(), r.PathValue("token")
 	seen := h.byToken.Has(token, now)
 	ok, wait, by := httplimit.TakeAll(now,
@@ -262,8 +278,8 @@ func (h *handler) admit(w http.ResponseWriter, r *http.Request, ip string, c Cla
 	}
 	h.log.Warn().Str("rcpt", address.Mask(c.Address)).Str("ip", ip).Str("limit", by).Msg("unsubscribe repeat rate limited")
 	w.Header().Set("Retry-After", httplimit.RetryAfter(wait)) // RFC 6585 §4
-	h.render(w, http.StatusTooManyRequests, pages.Message("Too many requests", "You are already unsubscribed",
-		"Your unsubscribe was recorded earlier; nothing more is needed. Too many requests came for this link."))
+	h.render(w, http.StatusTooManyRequests, pages.Message(l, l.T("TooManyRequests", nil), l.T("AlreadyUnsubscribed", nil),
+		l.T("AlreadyUnsubscribedText", nil)))
 	return false
 }
 
@@ -280,9 +296,9 @@ func (h *handler) repeat(seen bool, c Claim, e suppression.Entry) bool {
 
 // record records the unsubscribe (once: a repeat answers 200 and adds
 // nothing); false means a 429 or 500 page has been written.
-func (h *handler) record(w http.ResponseWriter, r *http.Request, c Claim, e suppression.Entry) bool {
+func (h *handler) record(w http.ResponseWriter, r *http.Request, l *locale.Locale, c Claim, e suppression.Entry) bool {
 	ip := h.cfg.Proxies.ClientIP(r)
-	if !h.admit(w, r, ip, c, e) {
+	if !h.admit(w, r, l, ip, c, e) {
 		return false
 	}
 	var audit func(string) error
@@ -292,7 +308,7 @@ func (h *handler) record(w http.ResponseWriter, r *http.Request, c Claim, e supp
 		}
 	}
 	if _, err := h.rec.Record(c, e, audit); err != nil {
-		h.render(w, http.StatusInternalServerError, pages.ServerError())
+		h.render(w, http.StatusInternalServerError, pages.ServerError(l))
 		return false
 	}
 	return true
@@ -322,33 +338,34 @@ func (h *handler) listsOf(c Claim) ([]ListStatus, error) {
 	return ls, nil
 }
 
-// prefsPage builds the preference page; done, when set, leads it.
-func (h *handler) prefsPage(c Claim, ls []ListStatus, done string) pages.Page {
-	p := pages.Page{Title: "Your subscriptions", Heading: "Your subscriptions"}
+// prefsPage builds the preference page in l's language; done, when set,
+// leads it.
+func (h *handler) prefsPage(l *locale.Locale, c Claim, ls []ListStatus, done string) pages.Page {
+	p := pages.Page{Locale: l, Title: l.T("YourSubscriptions", nil), Heading: l.T("YourSubscriptions", nil)}
 	if done != "" {
 		p.Text = append(p.Text, done)
 	}
-	p.Text = append(p.Text, "Email to "+address.Mask(c.Address)+" from "+h.cfg.SenderName+":")
+	p.Text = append(p.Text, l.T("EmailFrom", locale.Vars{"Address": address.Mask(c.Address), "Sender": h.cfg.SenderName}))
 	on := false
-	for _, l := range ls {
-		name := l.Name
+	for _, st := range ls {
+		name := st.Name
 		if name == "" {
-			name = l.ID
+			name = st.ID
 		}
-		if !l.Subscribed {
-			p.Items = append(p.Items, name+": not subscribed")
+		if !st.Subscribed {
+			p.Items = append(p.Items, l.T("NotSubscribed", locale.Vars{"List": name}))
 			continue
 		}
 		on = true
 		p.Forms = append(p.Forms, pages.Form{Legend: name, Buttons: []pages.Button{
-			{Name: "list", Value: l.ID, Label: "Unsubscribe from " + name},
+			{Name: "list", Value: st.ID, Label: l.T("UnsubscribeFrom", locale.Vars{"List": name})},
 		}})
 	}
 	if !on && len(p.Items) == 0 {
-		p.Text = append(p.Text, "You are on no list.")
+		p.Text = append(p.Text, l.T("OnNoList", nil))
 	}
-	p.Forms = append(p.Forms, pages.Form{Legend: "Everything", Buttons: []pages.Button{
-		{Name: "scope", Value: "all", Label: "Unsubscribe from all mail from " + h.cfg.SenderName, Secondary: true},
+	p.Forms = append(p.Forms, pages.Form{Legend: l.T("Everything", nil), Buttons: []pages.Button{
+		{Name: "scope", Value: "all", Label: l.T("UnsubscribeAll", locale.Vars{"Sender": h.cfg.SenderName}), Secondary: true},
 	}})
 	return p
 }
@@ -363,7 +380,7 @@ func (h *handler) claimLists(w http.ResponseWriter, r *http.Request) (Claim, []L
 	ls, err := h.listsOf(c)
 	if err != nil {
 		h.log.Error().Err(address.MaskError(err)).Str("rcpt", address.Mask(c.Address)).Msg("preference page: lists not read")
-		h.render(w, http.StatusInternalServerError, pages.ServerError())
+		h.render(w, http.StatusInternalServerError, pages.ServerError(h.locale(r, c)))
 		return c, nil, false
 	}
 	return c, ls, true
@@ -375,7 +392,7 @@ func (h *handler) prefs(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	h.render(w, http.StatusOK, h.prefsPage(c, ls, ""))
+	h.render(w, http.StatusOK, h.prefsPage(h.locale(r, c), c, ls, ""))
 }
 
 // prefsPost leaves one list (list=ID, one shown on the page) or everything
@@ -385,7 +402,8 @@ func (h *handler) prefsPost(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	form, ok := h.readPost(w, r)
+	l := h.locale(r, c)
+	form, ok := h.readPost(w, r, l)
 	if !ok {
 		return
 	}
@@ -393,11 +411,11 @@ func (h *handler) prefsPost(w http.ResponseWriter, r *http.Request) {
 	var done string
 	switch id := form.Get("list"); {
 	case form.Get("scope") == "all":
-		done = "You are unsubscribed from all mail from " + h.cfg.SenderName + "."
+		done = l.T("LeftAll", locale.Vars{"Sender": h.cfg.SenderName})
 	case id != "":
-		i := slices.IndexFunc(ls, func(l ListStatus) bool { return l.ID == id })
+		i := slices.IndexFunc(ls, func(st ListStatus) bool { return st.ID == id })
 		if i < 0 {
-			h.render(w, http.StatusBadRequest, pages.Message("Bad request", "Bad request", "That list is not one of yours."))
+			h.render(w, http.StatusBadRequest, pages.Message(l, l.T("BadRequest", nil), l.T("BadRequest", nil), l.T("NotYourList", nil)))
 			return
 		}
 		e.List = id
@@ -405,12 +423,12 @@ func (h *handler) prefsPost(w http.ResponseWriter, r *http.Request) {
 		if name == "" {
 			name = id
 		}
-		done = "You are unsubscribed from " + name + "."
+		done = l.T("LeftList", locale.Vars{"List": name})
 	default:
-		h.render(w, http.StatusBadRequest, pages.Message("Bad request", "Bad request", "Choose a list or everything."))
+		h.render(w, http.StatusBadRequest, pages.Message(l, l.T("BadRequest", nil), l.T("BadRequest", nil), l.T("ChooseList", nil)))
 		return
 	}
-	if !h.record(w, r, c, e) {
+	if !h.record(w, r, l, c, e) {
 		return
 	}
 	for i := range ls {
@@ -418,7 +436,7 @@ func (h *handler) prefsPost(w http.ResponseWriter, r *http.Request) {
 			ls[i].Subscribed = false
 		}
 	}
-	h.render(w, http.StatusOK, h.prefsPage(c, ls, done))
+	h.render(w, http.StatusOK, h.prefsPage(l, c, ls, done))
 }
 
 // readForm reads a url-encoded or multipart body of at most maxBody bytes.

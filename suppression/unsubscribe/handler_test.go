@@ -106,7 +106,7 @@ func TestGetChangesNothing(t *testing.T) {
 		if hdr.Get("Cache-Control") != "no-store" || hdr.Get("Referrer-Policy") != "no-referrer" {
 			t.Errorf("headers: %v", hdr)
 		}
-		for _, want := range []string{`<html lang="en">`, "<title>Unsubscribe – Example &amp; Co</title>", `<form method="post">`,
+		for _, want := range []string{`<html lang="en" dir="ltr">`, "<title>Unsubscribe – Example &amp; Co</title>", `<form method="post">`,
 			`name="scope" value="all"`, "Unsubscribe from all mail from Example &amp; Co", `href="https://example.com/privacy"`, "a***@example.com"} {
 			if !strings.Contains(body, want) {
 				t.Errorf("GET page lacks %q", want)

@@ -1,7 +1,7 @@
 // Package unsubscribe mints unsubscribe tokens and serves the unsubscribe page.
 //
 // Contract: a token is deterministic authenticated encryption of (campaign,
-// list, address) under a 32-byte secret key, so the address cannot be read
+// list, address, and the language of the message when it has one) under a 32-byte secret key, so the address cannot be read
 // from the URL and any altered token is rejected with ErrBadToken. The HTTP
 // handler changes nothing on GET (mail scanners prefetch links); only a POST
 // suppresses, and it answers 200, never a redirect (RFC 8058 §3.2).
@@ -23,8 +23,10 @@ const KeySize = 32
 // ErrBadToken is returned by Parse for any token that is not one we minted.
 var ErrBadToken = errors.New("unsubscribe: bad token")
 
-// Claim is what a token carries.
-type Claim struct{ Address, List, Campaign string }
+// Claim is what a token carries. Language is the language a campaign's
+// message was written in ("" when the campaign names none): the pages the
+// link opens speak it, whatever the browser asks for.
+type Claim struct{ Address, List, Campaign, Language string }
 
 // Tokens mints and parses tokens (suppression/token, kind Unsubscribe); safe
 // for concurrent use.
@@ -56,8 +58,15 @@ func NewTokens(key []byte, publicURL string) (*Tokens, error) {
 	return &Tokens{codec: c, publicURL: publicURL}, nil
 }
 
-// payload is campaign NUL list NUL address.
-func payload(c Claim) []byte { return []byte(c.Campaign + "\x00" + c.List + "\x00" + c.Address) }
+// payload is campaign NUL list NUL address, then NUL language when there is
+// one: a claim without a language gives the same token as before languages.
+func payload(c Claim) []byte {
+	p := c.Campaign + "\x00" + c.List + "\x00" + c.Address
+	if c.Language != "" {
+		p += "\x00" + c.Language
+	}
+	return []byte(p)
+}
 
 // Mint returns the token for c, unpadded base64url. The same claim always
 // gives the same token. Fields must not contain NUL.
@@ -74,14 +83,21 @@ func (t *Tokens) Parse(tok string) (Claim, error) {
 
 // claim splits an opened payload.
 func claim(p []byte) (Claim, error) {
-	parts := strings.SplitN(string(p), "\x00", 3)
-	if len(parts) != 3 {
+	parts := strings.SplitN(string(p), "\x00", 4) // an address holds no NUL
+	if len(parts) < 3 {
 		return Claim{}, ErrBadToken
 	}
-	return Claim{Campaign: parts[0], List: parts[1], Address: parts[2]}, nil
+	c := Claim{Campaign: parts[0], List: parts[1], Address: parts[2]}
+	if len(parts) == 4 {
+		c.Language = parts[3]
+	}
+	return c, nil
 }
 
 // UnsubscribeURL returns publicURL + "/u/" + the token for the claim.
 func (t *Tokens) UnsubscribeURL(address, list, campaign string) string {
-	return t.publicURL + "/u/" + t.Mint(Claim{Address: address, List: list, Campaign: campaign})
+	return t.URL(Claim{Address: address, List: list, Campaign: campaign})
 }
+
+// URL returns publicURL + "/u/" + the token for c.
+func (t *Tokens) URL(c Claim) string { return t.publicURL + "/u/" + t.Mint(c) }
