@@ -630,6 +630,9 @@ type outcome struct {
 	// source and provider are what the Deliverer reported ("" when it did
 	// not know): recorded on the message with the outcome.
 	source, provider string
+	// class is a bounce's reason as the Deliverer classified it, kept in
+	// the attempt so a report can count bounces by reason.
+	class string
 }
 
 // attempt checks suppression and calls the Deliverer, gathering the facts

@@ -163,7 +163,7 @@ type queueBounces struct{ q *queue.Store }
 
 func (a queueBounces) Bounce(id string, r bounce.Report) (to, list, campaign string, err error) {
 	m, err := a.q.RecordBounce(id, queue.BounceRecord{Recipient: r.Recipient, Status: r.Status, Action: r.Action,
-		Diagnostic: r.Diagnostic, RemoteMTA: r.RemoteMTA, Kind: r.Kind})
+		Diagnostic: r.Diagnostic, RemoteMTA: r.RemoteMTA, Kind: r.Kind, Reason: r.Reason})
 	if errors.Is(err, queue.ErrNotFound) {
 		return "", "", "", errors.Join(inbound.ErrUnknownMessage, err)
 	}
