@@ -149,7 +149,7 @@ func startInbound(cfg *configs.Server, e *env, log zerolog.Logger) (*inbound.Ser
 		Bounces:    queueBounces{e.queue},
 		Suppressor: auditedSuppressor{e, "inbound"},
 		Unsubscriber: mailUnsubscriber{e, unsubscribe.NewRecorder(unsubscribe.Config{
-			Suppressor: e.suppressions(), Events: e.queue, History: listsAdapter{subs: e.subs, w: e.consent()}}, log)},
+			Suppressor: e.suppressions(), Events: e.queue, Timings: e.queue, History: listsAdapter{subs: e.subs, w: e.consent()}}, log)},
 		Events: e.queue,
 	}, log)
 	if err != nil {

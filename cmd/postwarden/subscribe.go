@@ -48,7 +48,7 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 	lim := func(l configs.Limit) httplimit.Rate { return httplimit.PerSecond(l.Rate, l.Burst) }
 	ul, sl := cfg.UnsubscribeLimits, cfg.SubscribeLimits
 	mux.Handle("/u/", unsubscribe.NewHandler(unsubscribe.Config{
-		Tokens: e.tokens, Suppressor: e.suppressions(), PrivacyURL: cfg.PrivacyURL, SenderName: senderName, Events: e.queue,
+		Tokens: e.tokens, Suppressor: e.suppressions(), PrivacyURL: cfg.PrivacyURL, SenderName: senderName, Events: e.queue, Timings: e.queue,
 		Pages: pg, Lists: listsAdapter{subs: e.subs, lists: cfg.Lists}, History: listsAdapter{subs: e.subs, w: e.consent()}, Audit: httpAuditor{e},
 		Limits: unsubscribe.Limits{PerIP: lim(ul.PerIP), PerToken: lim(ul.PerToken)}, Proxies: proxies,
 	}, log))

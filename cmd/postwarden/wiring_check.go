@@ -62,6 +62,7 @@ var (
 // suppression/unsubscribe's collaborators (/u/ and mailto unsubscribes).
 var (
 	_ unsubscribe.Events         = (*queue.Store)(nil)
+	_ unsubscribe.Timings        = (*queue.Store)(nil)
 	_ unsubscribe.Lists          = listsAdapter{}
 	_ unsubscribe.ConsentHistory = listsAdapter{}
 	_ unsubscribe.Auditor        = httpAuditor{}
