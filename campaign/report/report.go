@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -313,7 +314,9 @@ func finished(state string) bool {
 // addSummary adds the last run's row figures.
 func (c *Counts) addSummary(s campaign.Summary) {
 	c.Rows, c.Invalid, c.AlreadySent = s.Rows, s.Invalid, s.AlreadySent
-	c.InvalidRows = slices.Clone(s.InvalidLines)
+	for _, l := range s.InvalidLines {
+		c.InvalidRows = append(c.InvalidRows, withholdAddresses(l))
+	}
 	for k, v := range s.Suppressed {
 		c.Suppressed[k] = v
 	}
@@ -569,6 +572,15 @@ func entryOf(e audit.Entry) Entry {
 		}
 	}
 	return v
+}
+
+// addressLike is a word holding an @: an address, masked or not, maybe quoted.
+var addressLike = regexp.MustCompile(`"?[^\s"]*@[^\s":;,]*"?`)
+
+// withholdAddresses replaces every address in s, keeping the rest (an
+// invalid row's file, line and problem).
+func withholdAddresses(s string) string {
+	return addressLike.ReplaceAllString(s, withheld)
 }
 
 // clean withholds a value holding an address: the audit log keeps masked

@@ -152,6 +152,9 @@ func TestBuild(t *testing.T) {
 	if len(r.Audit) != 4 || len(r.Pauses) != 2 || len(r.Suspensions) != 1 || r.Suspensions[0].Target != "source:10.0.0.1" {
 		t.Errorf("audit %d, pauses %d, suspensions %+v", len(r.Audit), len(r.Pauses), r.Suspensions)
 	}
+	if got := c.InvalidRows[0]; got != "spring.csv:4: email: "+withheld+": bad" {
+		t.Errorf("invalid row = %q, want its address withheld", got)
+	}
 	if got := r.Audit[1].Details["to"]; got != withheld {
 		t.Errorf("test send's address = %q, want it withheld", got)
 	}
