@@ -574,8 +574,9 @@ func entryOf(e audit.Entry) Entry {
 	return v
 }
 
-// addressLike is a word holding an @: an address, masked or not, maybe quoted.
-var addressLike = regexp.MustCompile(`"?[^\s"]*@[^\s":;,]*"?`)
+// addressLike is a word holding an @ beside other characters: an address,
+// masked or not, maybe quoted (a lone "@" in a problem's text stays).
+var addressLike = regexp.MustCompile(`"?(?:[^\s"]+@[^\s":;,]*|@[^\s":;,]+)"?`)
 
 // withholdAddresses replaces every address in s, keeping the rest (an
 // invalid row's file, line and problem).

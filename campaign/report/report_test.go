@@ -61,7 +61,7 @@ func fixture(t *testing.T) (Config, *memQueue) {
 		LIAHeadings: []string{"# LIA", "## Purpose"}, ExcludeCountries: []string{"US"}, UnknownCountry: "exclude",
 		FileHash: strings.Repeat("b", 64), ConfigHash: strings.Repeat("c", 64), PrivacyURL: "https://example.com/privacy",
 		RunBy: "pw", RequestedBy: "uid:1000", Started: t0,
-		Summary: campaign.Summary{Rows: 9, Invalid: 1, InvalidLines: []string{"spring.csv:4: email: a***@x: bad"},
+		Summary: campaign.Summary{Rows: 9, Invalid: 1, InvalidLines: []string{"spring.csv:4: email: a***@x: bad", `spring.csv:6: email: "n***": missing @`},
 			Suppressed: map[string]int{"unsubscribed": 1}, Skipped: map[string]int{"region_excluded": 1}, Enqueued: 6}}
 	raw, err := json.Marshal(rec)
 	if err != nil {
@@ -113,7 +113,7 @@ func TestBuild(t *testing.T) {
 	c := r.Counts
 	if c.Enqueued != 6 || c.Delivered != 3 || c.Pending != 1 || c.Deferred != 1 || c.Bounced != 2 ||
 		c.BouncedHard != 1 || c.BouncedSoft != 1 || c.Unsubscribed != 2 || c.Rows != 9 || c.Invalid != 1 ||
-		c.Suppressed["unsubscribed"] != 1 || c.Skipped["region_excluded"] != 1 || len(c.InvalidRows) != 1 {
+		c.Suppressed["unsubscribed"] != 1 || c.Skipped["region_excluded"] != 1 || len(c.InvalidRows) != 2 {
 		t.Errorf("counts = %+v", c)
 	}
 	if p := r.Record; p == nil || p.ConfigHash == "" || p.PrivacyURL == "" || len(p.LIAHeadings) != 2 || p.RequestedBy != "uid:1000" {
@@ -154,6 +154,9 @@ func TestBuild(t *testing.T) {
 	}
 	if got := c.InvalidRows[0]; got != "spring.csv:4: email: "+withheld+": bad" {
 		t.Errorf("invalid row = %q, want its address withheld", got)
+	}
+	if got := c.InvalidRows[1]; got != `spring.csv:6: email: "n***": missing @` {
+		t.Errorf("invalid row without an address = %q, want it whole", got)
 	}
 	if got := r.Audit[1].Details["to"]; got != withheld {
 		t.Errorf("test send's address = %q, want it withheld", got)

@@ -101,8 +101,20 @@ func TestReportInBrowser(t *testing.T) {
 	if rep.Unsubscribes.Timed != 1 || rep.Unsubscribes.Max > 5*time.Second {
 		t.Errorf("unsubscribe timings: %+v", rep.Unsubscribes)
 	}
-	if al := h.mustRun(0, "--json", "audit", "ls").stdout; strings.Count(al, `"action":"campaign.report"`) != 2 {
+	// Without --out the page is report-ID.html in the current folder.
+	t.Chdir(t.TempDir())
+	h.mustRun(0, "campaign", "report", "rep-1")
+	if _, err := os.Stat("report-rep-1.html"); err != nil {
+		t.Errorf("default report file: %v", err)
+	}
+	if al := h.mustRun(0, "--json", "audit", "ls").stdout; strings.Count(al, `"action":"campaign.report"`) != 3 {
 		t.Errorf("producing the report is not audited once per report:\n%s", al)
+	}
+	// An unknown campaign is a "not found" (1), as a JSON object on stderr with --json.
+	nf := h.mustRun(1, "--json", "campaign", "report", "nope")
+	var ce cliError
+	if err := json.Unmarshal([]byte(strings.TrimSpace(nf.stderr)), &ce); err != nil || ce.Exit != 1 || !strings.Contains(ce.Error, "not found") {
+		t.Errorf("unknown campaign with --json: stderr %q (%v)", nf.stderr, err)
 	}
 
 	// The page in the browser: every request it makes is recorded.
