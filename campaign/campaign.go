@@ -32,12 +32,18 @@ type Spec struct {
 	Templates                 *templates.Set
 	Recipients                string // CSV path
 	PrivacyURL                string
-	Hostname                  string // Message-ID and List-Id domain
-	LegalBasis, LIA, Audience string // see the legal-basis rules below; all recorded
-	LIAHash                   string // sha256 of the LIA file as the caller read it, recorded
-	FileHash                  string // sha256 of the campaign file, recorded
-	MessageIDKey              []byte // secret for deterministic Message-IDs
-	Pool                      string // sending pool named by the campaign file, recorded
+	Hostname                  string   // Message-ID and List-Id domain
+	LegalBasis, LIA, Audience string   // see the legal-basis rules below; all recorded
+	LIAHash                   string   // sha256 of the LIA file as the caller read it, recorded
+	FileHash                  string   // sha256 of the campaign file, recorded
+	LIAHeadings               []string // the LIA's headings as the caller read them, recorded
+	ConfigHash                string   // sha256 of the server config file the run used, recorded
+	// RequestedBy names who asked for the run ("uid:1000" over the admin
+	// socket, "local:alice" without a daemon), recorded beside RunBy (the
+	// process's user, the daemon's when it sends).
+	RequestedBy  string
+	MessageIDKey []byte // secret for deterministic Message-IDs
+	Pool         string // sending pool named by the campaign file, recorded
 
 	// ExcludeCountries holds ISO 3166-1 alpha-2 codes (any case; EL and UK
 	// are read as GR and GB): a row whose country column names one is
@@ -237,8 +243,14 @@ type Record struct {
 	LegalBasis string `json:"legal_basis"`
 	LIA        string `json:"lia,omitempty"`
 	LIAHash    string `json:"lia_hash,omitempty"` // sha256 hex of the LIA file
-	Audience   string `json:"audience,omitempty"`
-	Pool       string `json:"pool,omitempty"` // sending pool (recorded; pools arrive later)
+	// LIAHeadings, ConfigHash, PrivacyURL and RequestedBy are recorded
+	// since the compliance report; older records lack them.
+	LIAHeadings []string `json:"lia_headings,omitempty"`
+	ConfigHash  string   `json:"config_hash,omitempty"` // sha256 hex of the server config file
+	PrivacyURL  string   `json:"privacy_url,omitempty"`
+	RequestedBy string   `json:"requested_by,omitempty"`
+	Audience    string   `json:"audience,omitempty"`
+	Pool        string   `json:"pool,omitempty"` // sending pool (recorded; pools arrive later)
 	// ExcludeCountries (sorted) and UnknownCountry as applied.
 	ExcludeCountries []string  `json:"exclude_countries,omitempty"`
 	UnknownCountry   string    `json:"unknown_country,omitempty"`

@@ -137,7 +137,8 @@ func startRecord(spec Spec, s *renderer) Record {
 	return Record{ID: spec.ID, List: spec.List, Subject: spec.Subject, Recipients: spec.Recipients,
 		LegalBasis: spec.LegalBasis, LIA: spec.LIA, LIAHash: spec.LIAHash, Audience: spec.Audience, Pool: spec.Pool,
 		ExcludeCountries: s.excludedList(), UnknownCountry: s.unknownPolicy(),
-		FileHash: spec.FileHash, TemplateHash: spec.Templates.Hash(), RunBy: runBy(), Started: s.now()}
+		FileHash: spec.FileHash, TemplateHash: spec.Templates.Hash(), RunBy: runBy(), Started: s.now(),
+		LIAHeadings: spec.LIAHeadings, ConfigHash: spec.ConfigHash, PrivacyURL: spec.PrivacyURL, RequestedBy: spec.RequestedBy}
 }
 
 // maxAhead is the backlog Send allows: Spec.MaxAhead, or DefaultMaxAhead when

@@ -70,6 +70,7 @@ type Campaign struct {
 	hash     string
 	excluded map[string]bool // ExcludeCountries expanded
 	liaHash  string          // sha256 hex of the LIA file as read at load
+	liaHeads []string        // the LIA's headings as read at load
 }
 
 // Unknown-country policies.
@@ -92,6 +93,10 @@ func (c *Campaign) ExcludedCountries() map[string]bool {
 // LIAHash returns the sha256 hex of the legitimate-interest assessment file
 // as read at load, or "" when the campaign names none.
 func (c *Campaign) LIAHash() string { return c.liaHash }
+
+// LIAHeadings returns the headings of the legitimate-interest assessment as
+// read at load (LIAHeadings), or nil when the campaign names none.
+func (c *Campaign) LIAHeadings() []string { return c.liaHeads }
 
 // idPattern is the charset of id and list.
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
@@ -315,6 +320,7 @@ func (c *Campaign) checkLegalBasis(d *decoder, audienceGiven bool) {
 		} else {
 			sum := sha256.Sum256(data)
 			c.liaHash = hex.EncodeToString(sum[:])
+			c.liaHeads = LIAHeadings(string(data))
 			if li {
 				for _, m := range CheckLIA(string(data)) {
 					d.fieldErr("lia", "%s: %s", short(c.LIA), m)

@@ -41,24 +41,7 @@ func CheckLIA(md string) []string {
 		return strings.Repeat("\n", strings.Count(c, "\n"))
 	})
 	lines := strings.Split(strings.ReplaceAll(md, "\r\n", "\n"), "\n")
-	var heads []liaHeading
-	isHead := make([]bool, len(lines))
-	for i, l := range lines {
-		if m := atxHeading.FindStringSubmatch(l); m != nil {
-			heads = append(heads, liaHeading{i, len(m[1]), m[2]})
-			isHead[i] = true
-			continue
-		}
-		if i+1 < len(lines) && strings.TrimSpace(l) != "" && !isHead[i] && setextUnderln.MatchString(lines[i+1]) &&
-			!strings.HasPrefix(strings.TrimSpace(l), "-") {
-			level := 1
-			if strings.Contains(lines[i+1], "-") {
-				level = 2
-			}
-			heads = append(heads, liaHeading{i, level, strings.TrimSpace(l)})
-			isHead[i], isHead[i+1] = true, true
-		}
-	}
+	heads, isHead := headingsOf(lines)
 	var missing []string
 	for _, sec := range liaSections {
 		found, filled := false, false
@@ -92,4 +75,43 @@ func CheckLIA(md string) []string {
 		}
 	}
 	return missing
+}
+
+// headingsOf finds the ATX and setext headings among lines, and which lines
+// belong to one.
+func headingsOf(lines []string) ([]liaHeading, []bool) {
+	var heads []liaHeading
+	isHead := make([]bool, len(lines))
+	for i, l := range lines {
+		if m := atxHeading.FindStringSubmatch(l); m != nil {
+			heads = append(heads, liaHeading{i, len(m[1]), m[2]})
+			isHead[i] = true
+			continue
+		}
+		if i+1 < len(lines) && strings.TrimSpace(l) != "" && !isHead[i] && setextUnderln.MatchString(lines[i+1]) &&
+			!strings.HasPrefix(strings.TrimSpace(l), "-") {
+			level := 1
+			if strings.Contains(lines[i+1], "-") {
+				level = 2
+			}
+			heads = append(heads, liaHeading{i, level, strings.TrimSpace(l)})
+			isHead[i], isHead[i+1] = true, true
+		}
+	}
+	return heads, isHead
+}
+
+// LIAHeadings returns the headings of an assessment in Markdown, in order,
+// each prefixed with its level's "#"s: what a campaign record keeps of the
+// LIA beside its hash, so a report shows what the assessment covered.
+func LIAHeadings(md string) []string {
+	md = htmlComment.ReplaceAllStringFunc(md, func(c string) string {
+		return strings.Repeat("\n", strings.Count(c, "\n"))
+	})
+	heads, _ := headingsOf(strings.Split(strings.ReplaceAll(md, "\r\n", "\n"), "\n"))
+	out := make([]string, 0, len(heads))
+	for _, h := range heads {
+		out = append(out, strings.Repeat("#", h.level)+" "+h.text)
+	}
+	return out
 }

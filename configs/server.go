@@ -1,7 +1,9 @@
 package configs
 
 import (
+	"crypto/sha256"
 	_ "embed"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"os"
@@ -62,6 +64,7 @@ type Server struct {
 	Cluster *Cluster
 
 	lines map[string]int
+	hash  string // sha256 hex of the file as loaded
 }
 
 // List is a mailing list people may subscribe to.
@@ -104,8 +107,14 @@ func LoadServer(path string) (*Server, error) {
 		return nil, err
 	}
 	s.Path = abs
+	sum := sha256.Sum256(data)
+	s.hash = hex.EncodeToString(sum[:])
 	return s, nil
 }
+
+// Hash returns the sha256 hex of the server file's bytes as loaded, or ""
+// for DefaultServer: what a campaign record keeps of the config it ran under.
+func (s *Server) Hash() string { return s.hash }
 
 // DefaultServer returns the embedded default configuration (capture mode,
 // data_dir "var" under the current working directory), used when no file

@@ -14,6 +14,7 @@ import (
 type BounceRecord struct {
 	Recipient, Status, Action, Diagnostic, RemoteMTA string
 	Kind                                             string // hard | soft | complaint | unknown
+	Reason                                           string // the classifier's reason, kept in the event
 	Time                                             time.Time
 }
 
@@ -60,7 +61,7 @@ func (s *Store) RecordBounce(id string, r BounceRecord) (Message, error) {
 		}
 		prev := m
 		changed := false
-		ev := Attempt{Time: r.Time, Outcome: bounceOutcomePx + kind, Reply: reply, Remote: r.RemoteMTA}
+		ev := Attempt{Time: r.Time, Outcome: bounceOutcomePx + kind, Reply: reply, Remote: r.RemoteMTA, Reason: r.Reason}
 		repeat := slices.ContainsFunc(m.History, func(a Attempt) bool {
 			return a.Outcome == ev.Outcome && a.Reply == ev.Reply && a.Remote == ev.Remote
 		})

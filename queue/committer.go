@@ -291,7 +291,7 @@ func (s *Store) recordAttempt(b bkts, claimed Message, o outcome, now time.Time)
 	if m.State == StateDeferred && m.NextAttempt.After(m.Created.Add(s.maxAge)) {
 		m.State, m.Reason = StateExpired, "expired: undelivered after "+s.maxAge.String()
 	}
-	m.History = append(m.History, Attempt{Time: now, Outcome: string(o.state), Reply: o.reply, Remote: o.remote, Source: o.source, Provider: o.provider})
+	m.History = append(m.History, Attempt{Time: now, Outcome: string(o.state), Reply: o.reply, Remote: o.remote, Source: o.source, Provider: o.provider, Reason: o.class})
 	if m.State == StateDelivered && o.source != "" {
 		// The warm-up ledger counts the delivery in the commit that records it.
 		if err := b.countWarmup(now, o.source, m.Provider); err != nil {

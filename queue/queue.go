@@ -175,6 +175,10 @@ type Attempt struct {
 	// Source and Provider are what the Deliverer reported for this attempt.
 	Source   string `json:"source,omitempty"`
 	Provider string `json:"provider,omitempty"`
+	// Reason is a bounce's reason as classified (mta/bounce's names:
+	// userunknown, hostunknown, blocked…); "" for other outcomes and for
+	// records written before it was kept.
+	Reason string `json:"reason,omitempty"`
 }
 
 // Config configures a Store. Empty fields take the defaults below.

@@ -631,6 +631,9 @@ type outcome struct {
 	// not know), remote the server it talked to last: recorded on the
 	// message with the outcome.
 	source, provider, remote string
+	// class is a bounce's reason as the Deliverer classified it, kept in
+	// the attempt so a report can count bounces by reason.
+	class string
 }
 
 // attempt checks suppression and calls the Deliverer, gathering the facts

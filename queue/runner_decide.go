@@ -30,6 +30,7 @@ type facts struct {
 	retryAt   time.Time     // its RetryAt: not tried at all, wait until then (zero: none)
 	temporary bool          // it is temporary (true for an error that does not say)
 	hard      bool          // a permanent error's HardBounce: never takes mail
+	why       string        // HardBounce's reason (the classifier's name), for the record
 	stopped   bool          // the runner's stop had ended when the Deliverer returned
 	cutOff    bool          // the delivery's context was cut off (drain deadline) by then
 	took      time.Duration // time spent in the Deliverer
@@ -50,7 +51,7 @@ func deliveryFacts(derr error) facts {
 	f.temporary = !errors.As(derr, &t) || t.Temporary()
 	var hb hardBouncer
 	if errors.As(derr, &hb) {
-		f.hard, _ = hb.HardBounce()
+		f.hard, f.why = hb.HardBounce()
 	}
 	return f
 }
@@ -94,7 +95,7 @@ func deliveryOutcome(f facts) outcome {
 	if f.temporary {
 		return o // RFC 5321 §4.2.1: 4yz and unknown failures are retried
 	}
-	o.state, o.reason, o.event = StateBounced, "permanent failure", "bounced_soft"
+	o.state, o.reason, o.event, o.class = StateBounced, "permanent failure", "bounced_soft", f.why
 	if f.hard {
 		o.event, o.suppress = "bounced_hard", true // followUp suppresses after the commit
 	}

@@ -37,8 +37,8 @@ func TestDecide(t *testing.T) {
 			outcome{state: StateDeferred, reply: "451 4.3.0 busy", took: took, tried: true}},
 		{"permanent, not hard: bounce, no suppression", del("550 5.7.1 policy", func(f *facts) { f.temporary = false }),
 			outcome{state: StateBounced, reply: "550 5.7.1 policy", reason: "permanent failure", event: "bounced_soft", took: took, tried: true}},
-		{"permanent and hard: bounce and suppress", del("550 5.1.1 no such user", func(f *facts) { f.temporary, f.hard = false, true }),
-			outcome{state: StateBounced, reply: "550 5.1.1 no such user", reason: "permanent failure", event: "bounced_hard", suppress: true, took: took, tried: true}},
+		{"permanent and hard: bounce and suppress", del("550 5.1.1 no such user", func(f *facts) { f.temporary, f.hard, f.why = false, true, "userunknown" }),
+			outcome{state: StateBounced, reply: "550 5.1.1 no such user", reason: "permanent failure", event: "bounced_hard", suppress: true, took: took, tried: true, class: "userunknown"}},
 		{"hard but temporary: retry", del("452 4.2.2 full", func(f *facts) { f.hard = true }),
 			outcome{state: StateDeferred, reply: "452 4.2.2 full", took: took, tried: true}},
 		{"retryAt: defer without an attempt", del("throttled", func(f *facts) { f.retryAt = at }),
@@ -77,10 +77,10 @@ func TestDeliveryFacts(t *testing.T) {
 	}{
 		{"nil", nil, facts{temporary: true}},
 		{"unknown error: temporary", errors.New("reset"), facts{failed: true, text: "reset", temporary: true}},
-		{"4yz", &smtpErr{451, "4.3.0", "busy"}, facts{failed: true, text: "451 4.3.0 busy", temporary: true}},
+		{"4yz", &smtpErr{451, "4.3.0", "busy"}, facts{failed: true, text: "451 4.3.0 busy", temporary: true, why: "systemerror"}},
 		{"permanent without HardBounce", permErr("no"), facts{failed: true, text: "no"}},
 		{"hard bounce at RCPT", &stagedErr{smtpErr{550, "5.1.1", "no such user"}, "rcpt"},
-			facts{failed: true, text: "550 5.1.1 no such user", hard: true}},
+			facts{failed: true, text: "550 5.1.1 no such user", hard: true, why: "userunknown"}},
 		{"wrapped retryAt", fmt.Errorf("wait: %w", retryErr(at)), facts{failed: true, text: "wait: throttled", temporary: true, retryAt: at}},
 	}
 	for _, tt := range tests {

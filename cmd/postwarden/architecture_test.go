@@ -199,6 +199,9 @@ var layerRules = []layerRule{
 	{11, func(p string) bool { return under(p, "campaign/shares") }, func(d string) bool {
 		return under(d, "queue") || under(d, "mta") || d == "campaign"
 	}},
+	{12, func(p string) bool { return under(p, "campaign/report") }, func(d string) bool {
+		return under(d, "queue") || under(d, "mta")
+	}},
 }
 
 // TestArchitecture keeps docs/architecture.md true: its dependency table matches

@@ -121,7 +121,36 @@ func (c *cli) campaignCommand() *cobra.Command {
 	resumeCmd := c.argCommand("resume ID", "Continue a paused campaign; its brakes then judge only what follows (audited)", "campaign.resume",
 		func(id string) any { resume.ID = id; return resume })
 	resumeCmd.Flags().StringVar(&resume.Reason, "reason", "", "why (optional; audited)")
-	cmd.AddCommand(validate, send, status, ls, preview, pauseCmd, resumeCmd)
+	var reportOut string
+	reportCmd := &cobra.Command{
+		Use:   "report ID [--out FILE.html]",
+		Short: "Write a campaign's compliance report for a data-protection officer: one self-contained HTML page, no address on it (audited)",
+		Long: `Write a campaign's compliance report: who ran it and when, the campaign and
+config file hashes, the legal basis and the LIA's hash and headings, the
+exclusions and privacy URL, every count (rows, invalid, suppressed, skipped,
+enqueued, delivered, deferred, bounced by reason and kind, complained,
+unsubscribed, expired, cancelled), charts (deliveries over time, bounces by
+reason, outcomes by provider, unsubscribes over time and their time to
+suppression), brakes, pauses, suspensions and the campaign's audit entries.
+
+The page is one HTML file with inline SVG charts: no script, nothing fetched.
+It names no person. It goes to --out, by default report-ID.html in the
+current folder; --out - writes it to stdout. With --json the report's data
+is printed instead and no page is written. Producing it is audited
+(campaign.report). Through the daemon when one runs, else from the stores.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			out := reportOut
+			if out == "" {
+				out = "report-" + args[0] + ".html"
+			}
+			return c.call(cmd.Context(), "campaign.report", campaignReportArgs{ID: args[0]}, func(raw json.RawMessage) error {
+				return c.writeReport(raw, out)
+			})
+		},
+	}
+	reportCmd.Flags().StringVar(&reportOut, "out", "", "the HTML file to write (default report-ID.html; - for stdout)")
+	cmd.AddCommand(validate, send, status, ls, preview, pauseCmd, resumeCmd, reportCmd)
 	return cmd
 }
 

@@ -9,6 +9,7 @@ var examples = map[string]string{
 	"postwarden bounce parse": "  postwarden bounce parse dsn.eml\n  postwarden --json bounce parse bounces/*.eml",
 
 	"postwarden campaign pause":    "  postwarden campaign pause spring-2026 --reason \"complaints from one customer\"",
+	"postwarden campaign report":   "  postwarden campaign report spring-2026                      # writes report-spring-2026.html\n  postwarden campaign report spring-2026 --out /tmp/dpo.html\n  postwarden --json campaign report spring-2026 > spring.json",
 	"postwarden campaign resume":   "  postwarden campaign resume spring-2026 --reason \"list cleaned\"",
 	"postwarden campaign send":     "  postwarden campaign send campaigns/spring.yaml\n  postwarden campaign send --test-to me@example.com campaigns/spring.yaml\n  postwarden campaign send --no-wait campaigns/spring.yaml   # a daemon delivers",
 	"postwarden campaign status":   "  postwarden campaign status spring-2026\n  postwarden --json campaign status spring-2026",

@@ -149,7 +149,7 @@ func startInbound(cfg *configs.Server, e *env, log zerolog.Logger) (*inbound.Ser
 		Bounces:    queueBounces{e.queue},
 		Suppressor: auditedSuppressor{e, "inbound"},
 		Unsubscriber: mailUnsubscriber{e, unsubscribe.NewRecorder(unsubscribe.Config{
-			Suppressor: e.suppressions(), Events: e.queue, History: listsAdapter{subs: e.subs, w: e.consent()}}, log)},
+			Suppressor: e.suppressions(), Events: e.queue, Timings: e.queue, History: listsAdapter{subs: e.subs, w: e.consent()}}, log)},
 		Events: e.queue,
 	}, log)
 	if err != nil {
@@ -163,7 +163,7 @@ type queueBounces struct{ q *queue.Store }
 
 func (a queueBounces) Bounce(id string, r bounce.Report) (to, list, campaign string, err error) {
 	m, err := a.q.RecordBounce(id, queue.BounceRecord{Recipient: r.Recipient, Status: r.Status, Action: r.Action,
-		Diagnostic: r.Diagnostic, RemoteMTA: r.RemoteMTA, Kind: r.Kind})
+		Diagnostic: r.Diagnostic, RemoteMTA: r.RemoteMTA, Kind: r.Kind, Reason: r.Reason})
 	if errors.Is(err, queue.ErrNotFound) {
 		return "", "", "", errors.Join(inbound.ErrUnknownMessage, err)
 	}

@@ -16,6 +16,7 @@ var ops = map[string]opSpec{
 	"campaign.resume":  {fn: opCampaignResume},
 	"campaign.status":  {fn: opCampaignStatus},
 	"campaign.ls":      {fn: opCampaignList},
+	"campaign.report":  {fn: opCampaignReport},
 	"campaign.preview": {fn: opCampaignPreview, creates: true},
 
 	"queue.ls":        {fn: opQueueList},

@@ -133,6 +133,8 @@ func loadSpec(e *env, file string) (campaign.Spec, *configs.Campaign, error) {
 		Hostname:   e.cfg.Hostname,
 		LegalBasis: c.LegalBasis, LIA: c.LIA, Audience: c.Audience,
 		LIAHash:          c.LIAHash(),
+		LIAHeadings:      c.LIAHeadings(),
+		ConfigHash:       e.cfg.Hash(),
 		ExcludeCountries: c.ExcludedCountries(),
 		CountryCode:      configs.CountryCode,
 		UnknownCountry:   c.UnknownCountry,
@@ -213,6 +215,7 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	if fi, err := os.Stat(spec.Recipients); err == nil {
 		total = fi.Size()
 	}
+	spec.RequestedBy = req.Who
 	if err := e.recordSend(req, spec, c); err != nil {
 		return err
 	}
@@ -275,7 +278,7 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 func (e *env) recordSend(req request, spec campaign.Spec, c *configs.Campaign) error {
 	e.log.Info().Str("who", req.Who).Str("campaign", spec.ID).Str("file", c.Path).Str("file_sha256", spec.FileHash).Float64("rate", c.Rate).Msg("campaign send")
 	return e.record(req, "campaign.send", "campaign:"+spec.ID, "", map[string]string{"file": c.Path, "file_sha256": spec.FileHash,
-		"legal_basis": spec.LegalBasis, "lia_sha256": spec.LIAHash, "recipients": spec.Recipients})
+		"legal_basis": spec.LegalBasis, "lia_sha256": spec.LIAHash, "recipients": spec.Recipients, "config_sha256": spec.ConfigHash})
 }
 
 // armCampaign stores the campaign file's rate and brakes, which hold for

@@ -54,7 +54,7 @@ func (e *env) mountPages(mux *http.ServeMux, log zerolog.Logger) error {
 		}
 	}
 	mux.Handle("/u/", unsubscribe.NewHandler(unsubscribe.Config{
-		Tokens: e.tokens, Suppressor: e.suppressions(), PrivacyURL: cfg.PrivacyURL, SenderName: senderName, Events: e.queue,
+		Tokens: e.tokens, Suppressor: e.suppressions(), PrivacyURL: cfg.PrivacyURL, SenderName: senderName, Events: e.queue, Timings: e.queue,
 		ListLanguages: listLangs,
 		Pages:         pg, Lists: listsAdapter{subs: e.subs, lists: cfg.Lists}, History: listsAdapter{subs: e.subs, w: e.consent()}, Audit: httpAuditor{e},
 		Limits: unsubscribe.Limits{PerIP: lim(ul.PerIP), PerToken: lim(ul.PerToken)}, Proxies: proxies,

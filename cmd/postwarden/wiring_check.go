@@ -11,6 +11,7 @@ import (
 	"github.com/postwarden/postwarden/campaign"
 	"github.com/postwarden/postwarden/campaign/brakes"
 	"github.com/postwarden/postwarden/campaign/confirm"
+	"github.com/postwarden/postwarden/campaign/report"
 	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/mta/inbound"
 	"github.com/postwarden/postwarden/queue"
@@ -30,6 +31,13 @@ var (
 	_ queue.Deliverer    = (*mta.Sender)(nil)
 	_ queue.Suppressions = deliveryGate{}
 	_ queue.Observer     = (*metrics)(nil)
+)
+
+// campaign/report's collaborators (campaign report).
+var (
+	_ report.Queue  = reportQueue{}
+	_ report.Audit  = (*audit.Log)(nil)
+	_ report.Brakes = (*brakes.Brake)(nil)
 )
 
 // campaign's collaborators (campaign send).
@@ -62,6 +70,7 @@ var (
 // suppression/unsubscribe's collaborators (/u/ and mailto unsubscribes).
 var (
 	_ unsubscribe.Events         = (*queue.Store)(nil)
+	_ unsubscribe.Timings        = (*queue.Store)(nil)
 	_ unsubscribe.Lists          = listsAdapter{}
 	_ unsubscribe.ConsentHistory = listsAdapter{}
 	_ unsubscribe.Auditor        = httpAuditor{}

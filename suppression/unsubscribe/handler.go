@@ -73,6 +73,9 @@ type Config struct {
 	// Events, when set, counts an unsubscribe against the token's campaign
 	// (kind "unsubscribed"), once per person; its errors are logged, not shown.
 	Events Events
+	// Timings, when set, keeps when each recorded unsubscribe of a campaign
+	// was asked and how long it took to suppress; its errors are logged.
+	Timings Timings
 	// Audit, when set, records each unsubscribe that changes the suppression
 	// store as an action of "http:IP" (a repeat is not audited again); an
 	// unsubscribe counts as done only once it is recorded.

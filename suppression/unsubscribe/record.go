@@ -4,6 +4,7 @@ import (
 	"hash/maphash"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -17,6 +18,14 @@ type Events interface {
 	CountCampaignEvent(campaign, addr, kind string) (bool, error)
 }
 
+// Timings keeps, per campaign, when each unsubscribe was asked and how long
+// until the suppression store held it (kind "unsubscribe"), naming nobody:
+// the evidence a campaign report shows that opt-outs are honoured at once;
+// *queue.Store satisfies it.
+type Timings interface {
+	AddCampaignTiming(campaign, kind string, at time.Time, took time.Duration) error
+}
+
 // Recorder records unsubscribes, from POST /u/TOKEN and from mailto alike.
 // A request is recorded once: when the suppression store already holds what
 // it asks (Covers), nothing is written or audited again, and the campaign
@@ -25,13 +34,19 @@ type Recorder struct {
 	sup     Suppressor
 	events  Events
 	history ConsentHistory
+	timings Timings
+	now     func() time.Time
 	log     zerolog.Logger
 }
 
-// NewRecorder records into cfg.Suppressor and, when set, cfg.Events and
-// cfg.History.
+// NewRecorder records into cfg.Suppressor and, when set, cfg.Events,
+// cfg.History and cfg.Timings.
 func NewRecorder(cfg Config, log zerolog.Logger) *Recorder {
-	return &Recorder{sup: cfg.Suppressor, events: cfg.Events, history: cfg.History, log: log}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Recorder{sup: cfg.Suppressor, events: cfg.Events, history: cfg.History, timings: cfg.Timings, now: now, log: log}
 }
 
 // personLocks serialise the requests about one address (by hash), in the
@@ -52,12 +67,19 @@ func lockFor(addr string) *sync.Mutex {
 // done. The token's campaign then counts the person once; a failure there is
 // logged. changed reports whether the suppression store changed.
 func (r *Recorder) Record(c Claim, e suppression.Entry, audit func(detail string) error) (changed bool, err error) {
+	asked := r.now()
 	mu := lockFor(e.Target)
 	mu.Lock()
 	changed, err = r.suppress(c, e, audit)
 	mu.Unlock()
 	if err != nil {
 		return false, err
+	}
+	if changed && r.timings != nil && c.Campaign != "" {
+		// Timed from the request to the suppression store's fsynced write.
+		if err := r.timings.AddCampaignTiming(c.Campaign, "unsubscribe", asked.UTC(), r.now().Sub(asked)); err != nil {
+			r.log.Error().Err(err).Str("campaign", c.Campaign).Msg("unsubscribe timing not kept")
+		}
 	}
 	if r.events != nil && c.Campaign != "" {
 		if _, err := r.events.CountCampaignEvent(c.Campaign, c.Address, "unsubscribed"); err != nil {

@@ -57,7 +57,7 @@ func TestRepeatedOneClickCountsOnce(t *testing.T) {
 	}
 	tk, _ := NewTokens([]byte(strings.Repeat("k", KeySize)), "https://mail.example.com")
 	audit := &countingAuditor{}
-	srv := httptest.NewServer(NewHandler(Config{Tokens: tk, Suppressor: store, Events: q, Audit: audit,
+	srv := httptest.NewServer(NewHandler(Config{Tokens: tk, Suppressor: store, Events: q, Timings: q, Audit: audit,
 		// The limits are tested on their own; here every repeat must reach the recorder.
 		Limits: Limits{PerIP: httplimit.Per(1000, time.Minute, 1000), PerToken: httplimit.Per(1000, time.Minute, 1000)}}, zerolog.Nop()))
 	defer srv.Close()
@@ -99,5 +99,18 @@ func TestRepeatedOneClickCountsOnce(t *testing.T) {
 	}
 	if n := events(); n != 1 || audit.n() != 2 {
 		t.Fatalf("after the repeats: %d counted, %d audited; want 1 and 2", n, audit.n())
+	}
+	// Each change to the store is timed, a repeat is not: the list, then every list.
+	timings, err := q.CampaignTimings("q4", "unsubscribe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(timings) != 2 {
+		t.Fatalf("timings = %+v, want 2", timings)
+	}
+	for _, tm := range timings {
+		if tm.Took <= 0 || tm.Took > 10*time.Second || time.Since(tm.At) > time.Minute {
+			t.Errorf("timing %+v: want a recent request suppressed within seconds", tm)
+		}
 	}
 }
