@@ -13,12 +13,8 @@ import (
 // answer (NOERROR, NODATA); a name it does not hold gets Missing. Safe for
 // concurrent use; records may be added while it serves.
 type Zone struct {
-	// Missing is the rcode for names the zone does not hold: 0 means
-	// NXDOMAIN; dns.RcodeServerFailure makes every unknown name a lookup
-	// failure (a resolver that cannot answer).
-	Missing int
-
 	mu      sync.Mutex
+	missing int                 // rcode for names not held (0: NXDOMAIN)
 	rrs     map[string][]dns.RR // by lower-case owner name with its final dot
 	queries []string            // "TYPE name." in arrival order
 }
@@ -48,6 +44,15 @@ func (z *Zone) Add(records ...string) error {
 	return nil
 }
 
+// SetMissing sets the rcode for names the zone does not hold (default
+// NXDOMAIN); dns.RcodeServerFailure makes every unknown name a lookup
+// failure, as of a resolver that cannot answer.
+func (z *Zone) SetMissing(rcode int) {
+	z.mu.Lock()
+	z.missing = rcode
+	z.mu.Unlock()
+}
+
 // Queries returns the questions asked so far, each "TYPE name." (e.g.
 // "A mta-sts.example.test.").
 func (z *Zone) Queries() []string {
@@ -70,6 +75,7 @@ func (z *Zone) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	z.mu.Lock()
 	z.queries = append(z.queries, dns.TypeToString[q.Qtype]+" "+name)
 	rrs, held := z.rrs[name]
+	missing := z.missing
 	for _, rr := range rrs {
 		if rr.Header().Rrtype == q.Qtype || rr.Header().Rrtype == dns.TypeCNAME {
 			c := dns.Copy(rr)
@@ -79,8 +85,8 @@ func (z *Zone) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	}
 	z.mu.Unlock()
 	switch {
-	case !held && z.Missing != 0:
-		m.Rcode = z.Missing
+	case !held && missing != 0:
+		m.Rcode = missing
 	case !held:
 		m.Rcode = dns.RcodeNameError
 	}

@@ -184,4 +184,6 @@ func (c *Checker) Domain(ctx context.Context, domain string) []Check {
 }
 
 // normDomain is d in lower case without a final dot.
-func normDomain(d string) string { return strings.ToLower(strings.TrimSuffix(strings.TrimSpace(d), ".")) }
+func normDomain(d string) string {
+	return strings.ToLower(strings.TrimSuffix(strings.TrimSpace(d), "."))
+}
