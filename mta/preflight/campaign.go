@@ -71,7 +71,18 @@ func (c *Checker) Campaign(ctx context.Context, m Message) []Check {
 			keys = append(keys, k)
 		}
 	}
-	if len(keys) == 0 {
+	var pending []KeyName
+	for _, k := range c.cfg.PendingKeys {
+		if dkim.Aligned(k.Domain, fromDomain) {
+			pending = append(pending, k)
+		}
+	}
+	for _, k := range pending {
+		out = append(out, Check{Check: "dkim", Status: Warn, Subject: fromDomain,
+			Detail: fmt.Sprintf("the key d=%s s=%s does not exist yet: the first send creates it and prints its record", k.Domain, k.Selector),
+			Fix:    fmt.Sprintf("run `postwarden dkim keygen --domain %s --selector %s` now and publish its record before sending to real recipients", k.Domain, k.Selector)})
+	}
+	if len(keys) == 0 && len(pending) == 0 {
 		out = append(out, Check{Check: "dkim", Status: Fail, Subject: fromDomain,
 			Detail: "no DKIM key signs for the From domain: the message cannot be sent",
 			Fix:    fmt.Sprintf("add a dkim entry {domain: %s, selector: S} and run `postwarden dkim keygen --domain %s --selector S`", fromDomain, fromDomain)})

@@ -74,8 +74,10 @@ type sender struct {
 }
 
 // senders returns the addresses mail leaves from and where they come from:
-// the egress sources; else the relay (it sends for us); else this host's
-// public addresses, else its host name's.
+// the egress sources; else the relay (it sends for us); else this host's:
+// its host name's addresses (what `a:HOSTNAME` authorises), or, when the name
+// does not resolve, its public interface addresses. A lookup failure other
+// than "no such host" is returned with no addresses.
 func (c *Checker) senders(ctx context.Context) ([]sender, string, error) {
 	helo := c.cfg.Hostname
 	var out []sender
@@ -94,6 +96,16 @@ func (c *Checker) senders(ctx context.Context) ([]sender, string, error) {
 		}
 		return out, "the relay " + c.cfg.Relay, err
 	}
+	ips, err := c.hostIPs(ctx, c.cfg.Hostname)
+	if err != nil && !notFound(err) {
+		return nil, "", err
+	}
+	for _, ip := range ips {
+		out = append(out, sender{ip, helo})
+	}
+	if len(out) > 0 {
+		return out, "the addresses of " + c.cfg.Hostname, nil
+	}
 	if addrs, err := net.InterfaceAddrs(); err == nil {
 		for _, a := range addrs {
 			if n, ok := a.(*net.IPNet); ok && n.IP.IsGlobalUnicast() && !n.IP.IsPrivate() {
@@ -101,15 +113,7 @@ func (c *Checker) senders(ctx context.Context) ([]sender, string, error) {
 			}
 		}
 	}
-	if len(out) > 0 {
-		return out, "this host's addresses", nil
-	}
-	// Behind NAT, the host name's addresses are what receivers see.
-	ips, err := c.hostIPs(ctx, c.cfg.Hostname)
-	for _, ip := range ips {
-		out = append(out, sender{ip, helo})
-	}
-	return out, "the addresses of " + c.cfg.Hostname, err
+	return out, "this host's public addresses (" + c.cfg.Hostname + " does not resolve)", nil
 }
 
 // hostIPs is host's addresses (host itself when it is one).
@@ -173,14 +177,20 @@ func (c *Checker) spf(ctx context.Context, domain string) Check {
 			ch.Found = t
 		}
 	}
+	if ch.Found == "" { // RFC 7208 §4.5: no record is the result "none"
+		ch.Status, ch.State = Fail, StateMissing
+		ch.Detail = "no SPF record"
+		ch.Fix = fmt.Sprintf("publish TXT at %s: %q", domain, ch.Want)
+		return ch
+	}
 	senders, from, err := c.senders(ctx)
 	if err != nil && len(senders) == 0 {
 		return c.unchecked(ch.Check, domain, err)
 	}
 	if len(senders) == 0 {
-		ch.Status, ch.State = Warn, StateUnchecked
-		ch.Detail = "no sending address known to check (" + from + ")"
-		ch.Fix = "set delivery.sources to the addresses mail leaves from"
+		ch.Status = Warn
+		ch.Detail = "no sending address known to evaluate the record with (" + from + ")"
+		ch.Fix = "set delivery.sources to the addresses mail leaves from, or publish an address for " + c.cfg.Hostname
 		return ch
 	}
 	var bad []string

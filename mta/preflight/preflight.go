@@ -77,8 +77,12 @@ type Config struct {
 	Relay        string   // relay mode: the relay's host name or address (it sends for us)
 	BounceDomain string   // with VERP on: the envelope sender's domain ("": the From domain)
 	Keys         []*dkim.Key
-	PublicURL    string // base of the one-click unsubscribe links
+	PendingKeys  []KeyName // configured keys whose file does not exist yet (the first send creates them)
+	PublicURL    string    // base of the one-click unsubscribe links
 }
+
+// KeyName names a DKIM key by its domain and selector.
+type KeyName struct{ Domain, Selector string }
 
 // Checker runs the checks of one Config.
 type Checker struct {
