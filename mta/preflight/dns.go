@@ -219,7 +219,7 @@ func (c *Checker) spf(ctx context.Context, domain string) Check {
 		}
 	}
 	if len(bad) > 0 {
-		ch.Status, ch.State = Fail, StateDifferent
+		ch.Status = Fail
 		ch.Detail = fmt.Sprintf("does not authorise %s, from %s", strings.Join(bad, ", "), from)
 		ch.Fix = fmt.Sprintf("add %s to the SPF record of %s before its all, e.g. %q", c.spfMechanism(), domain, ch.Want)
 		return ch
@@ -309,15 +309,22 @@ func (c *Checker) alignDKIM(fromDomain string, rec *dmarc.Record) Check {
 		m = mode(rec.DKIMAlignment)
 	}
 	ch := Check{Check: "dmarc-dkim", Subject: fromDomain}
-	var signing []string
+	domains := make([]string, 0, len(c.cfg.Keys)+len(c.cfg.PendingKeys))
 	for _, k := range c.cfg.Keys {
-		if !dkim.Aligned(k.Domain, fromDomain) { // the keys the signer uses for this From
+		domains = append(domains, k.Domain)
+	}
+	for _, k := range c.cfg.PendingKeys {
+		domains = append(domains, k.Domain)
+	}
+	var signing []string
+	for _, d := range domains {
+		if !dkim.Aligned(d, fromDomain) { // the keys the signer uses for this From
 			continue
 		}
-		signing = append(signing, "d="+k.Domain)
-		if aligned(k.Domain, fromDomain, m) {
+		signing = append(signing, "d="+d)
+		if aligned(d, fromDomain, m) {
 			ch.Status = OK
-			ch.Detail = fmt.Sprintf("DKIM d=%s aligns with From %s (adkim=%s)", k.Domain, fromDomain, m)
+			ch.Detail = fmt.Sprintf("DKIM d=%s aligns with From %s (adkim=%s)", d, fromDomain, m)
 			return ch
 		}
 	}
