@@ -118,8 +118,8 @@ func (c *cli) sendPreflight(ctx context.Context, file string, offline, force boo
 		return nil
 	}
 	spec, _, err := loadSpec(&env{cfg: cfg, msgIDKey: []byte("preflight")}, file)
-	if err != nil || spec.Templates == nil {
-		return nil
+	if err != nil || spec.Templates == nil || spec.Templates.Validate() != nil {
+		return nil // the send reports it
 	}
 	checks, err := c.campaignPreflight(ctx, cfg, spec, offline)
 	if err != nil {

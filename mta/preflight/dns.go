@@ -124,7 +124,7 @@ func (c *Checker) hostIPs(ctx context.Context, host string) ([]net.IP, error) {
 	ctx, cancel := c.lookupCtx(ctx)
 	defer cancel()
 	addrs, err := c.res.LookupIPAddr(ctx, host)
-	if err != nil {
+	if err = c.dnsErr(err); err != nil {
 		return nil, fmt.Errorf("look up %s: %w", host, err)
 	}
 	out := make([]net.IP, 0, len(addrs))
@@ -203,7 +203,7 @@ func (c *Checker) spf(ctx context.Context, domain string) Check {
 		case spf.Pass:
 			continue
 		case spf.TempError: // RFC 7208 §2.6.6: a transient DNS error
-			return c.unchecked(ch.Check, domain, fmt.Errorf("spf temperror for %s: %w", s.ip, err))
+			return c.unchecked(ch.Check, domain, fmt.Errorf("spf temperror for %s: %w", s.ip, c.dnsErr(err)))
 		case spf.None: // RFC 7208 §2.6.1: no record
 			ch.Status, ch.State = Fail, StateMissing
 			ch.Detail = "no SPF record"
@@ -373,7 +373,7 @@ func (c *Checker) bounceMX(ctx context.Context, bd string) Check {
 	lctx, cancel := c.lookupCtx(ctx)
 	defer cancel()
 	mxs, err := c.res.LookupMX(lctx, bd)
-	if err != nil && !notFound(err) {
+	if err = c.dnsErr(err); err != nil && !notFound(err) {
 		return c.unchecked(ch.Check, bd, fmt.Errorf("look up MX %s: %w", bd, err))
 	}
 	var hosts []string
@@ -406,6 +406,7 @@ func (c *Checker) resolves(ctx context.Context, host string) (bool, error) {
 	ctx, cancel := c.lookupCtx(ctx)
 	defer cancel()
 	_, err := c.res.LookupIPAddr(ctx, host)
+	err = c.dnsErr(err)
 	if notFound(err) {
 		return false, nil
 	}

@@ -148,10 +148,23 @@ func (c *Checker) txt(ctx context.Context, name string) (txts []string, err erro
 	ctx, cancel := c.lookupCtx(ctx)
 	defer cancel()
 	txts, err = c.res.LookupTXT(ctx, name)
-	if err != nil && !notFound(err) {
+	if err = c.dnsErr(err); err != nil && !notFound(err) {
 		return nil, fmt.Errorf("look up TXT %s: %w", name, err)
 	}
 	return txts, nil
+}
+
+// dnsErr is err of a lookup made through the Checker's resolver. Go's
+// resolver names the server of /etc/resolv.conf in a *net.DNSError even when
+// a Dial sent the query elsewhere: name the server that was asked.
+func (c *Checker) dnsErr(err error) error {
+	var de *net.DNSError
+	if c.cfg.Resolver == "" || !errors.As(err, &de) {
+		return err
+	}
+	d := *de
+	d.Server = c.cfg.Resolver
+	return &d
 }
 
 // notFound reports whether err only says the name or record does not exist.
