@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/url"
 	"slices"
 	"sort"
@@ -51,20 +50,20 @@ func (w wantRecord) zone() string {
 	return fmt.Sprintf("%s. IN TXT %q", w.Name, w.Value)
 }
 
-// spfMechanism says which hosts send for us: the relay in relay mode, else this host.
-func spfMechanism(cfg *configs.Server) string {
+// spfRecord is the SPF record that authorises what sends for us
+// (preflight's rule: the egress sources, else the relay, else this host).
+func spfRecord(cfg *configs.Server) string {
+	var sources []string
+	for _, s := range cfg.Delivery.Sources {
+		sources = append(sources, s.Address)
+	}
+	relay := ""
 	if cfg.Delivery.Mode == configs.ModeRelay {
-		if u, err := url.Parse(cfg.Delivery.Relay); err == nil && u.Hostname() != "" {
-			if net.ParseIP(u.Hostname()) != nil {
-				if strings.Contains(u.Hostname(), ":") {
-					return "ip6:" + u.Hostname()
-				}
-				return "ip4:" + u.Hostname()
-			}
-			return "a:" + u.Hostname()
+		if u, err := url.Parse(cfg.Delivery.Relay); err == nil {
+			relay = u.Hostname()
 		}
 	}
-	return "a:" + strings.TrimSuffix(cfg.Hostname, ".")
+	return preflight.SPFRecord(sources, relay, cfg.Hostname)
 }
 
 // neededRecords lists the records to publish for the configured domains:
@@ -72,7 +71,7 @@ func spfMechanism(cfg *configs.Server) string {
 // bounce domain, its MX (pointing at hostname) and its SPF.
 func neededRecords(cfg *configs.Server, keys []*dkim.Key) []wantRecord {
 	var out []wantRecord
-	spf := "v=spf1 " + spfMechanism(cfg) + " ~all" // RFC 7208
+	spf := spfRecord(cfg) // RFC 7208
 	seen := map[string]bool{}
 	for _, k := range keys {
 		out = append(out, wantRecord{Kind: "DKIM", Name: k.RecordName(), Type: "TXT", Value: k.TXTValue(), match: k.PublicKeyBase64()})

@@ -134,32 +134,47 @@ func (c *Checker) hostIPs(ctx context.Context, host string) ([]net.IP, error) {
 	return out, nil
 }
 
-// spfMechanism is the mechanism that authorises what sends for us.
-func (c *Checker) spfMechanism() string {
+// SPFRecord is the SPF record (RFC 7208) that authorises what sends for us:
+// the egress source addresses; else the relay (a host name or address);
+// else this host, by name.
+func SPFRecord(sources []string, relay, hostname string) string {
+	return "v=spf1 " + spfMechanism(sources, relay, hostname) + " ~all"
+}
+
+// spfMechanism is the part of SPFRecord between v=spf1 and ~all.
+func spfMechanism(sources []string, relay, hostname string) string {
+	ip := func(s string) string {
+		switch a := net.ParseIP(s); {
+		case a == nil:
+			return ""
+		case a.To4() != nil:
+			return "ip4:" + s
+		default:
+			return "ip6:" + s
+		}
+	}
 	var ms []string
-	for _, s := range c.cfg.Sources {
-		if ip := net.ParseIP(s); ip.To4() != nil {
-			ms = append(ms, "ip4:"+s)
-		} else if ip != nil {
-			ms = append(ms, "ip6:"+s)
+	for _, s := range sources {
+		if m := ip(s); m != "" {
+			ms = append(ms, m)
 		}
 	}
 	if len(ms) > 0 {
 		return strings.Join(ms, " ")
 	}
-	if c.cfg.Relay != "" {
-		if ip := net.ParseIP(c.cfg.Relay); ip.To4() != nil {
-			return "ip4:" + c.cfg.Relay
-		} else if ip != nil {
-			return "ip6:" + c.cfg.Relay
+	if relay != "" {
+		if m := ip(relay); m != "" {
+			return m
 		}
-		return "a:" + c.cfg.Relay
+		return "a:" + relay
 	}
-	return "a:" + normDomain(c.cfg.Hostname)
+	return "a:" + normDomain(hostname)
 }
 
-// SPFRecord is the SPF record to publish for the envelope domains (RFC 7208).
-func (c *Checker) SPFRecord() string { return "v=spf1 " + c.spfMechanism() + " ~all" }
+// SPFRecord is the SPF record to publish for the envelope domains.
+func (c *Checker) SPFRecord() string {
+	return SPFRecord(c.cfg.Sources, c.cfg.Relay, c.cfg.Hostname)
+}
 
 // spf evaluates domain's SPF policy (RFC 7208 §4) for every sending address
 // with the envelope sender postmaster@domain.
@@ -221,7 +236,7 @@ func (c *Checker) spf(ctx context.Context, domain string) Check {
 	if len(bad) > 0 {
 		ch.Status = Fail
 		ch.Detail = fmt.Sprintf("does not authorise %s, from %s", strings.Join(bad, ", "), from)
-		ch.Fix = fmt.Sprintf("add %s to the SPF record of %s before its all, e.g. %q", c.spfMechanism(), domain, ch.Want)
+		ch.Fix = fmt.Sprintf("add %s to the SPF record of %s before its all, e.g. %q", spfMechanism(c.cfg.Sources, c.cfg.Relay, c.cfg.Hostname), domain, ch.Want)
 		return ch
 	}
 	ch.Status = OK
