@@ -10,11 +10,11 @@ var examples = map[string]string{
 
 	"postwarden campaign pause":    "  postwarden campaign pause spring-2026 --reason \"complaints from one customer\"",
 	"postwarden campaign resume":   "  postwarden campaign resume spring-2026 --reason \"list cleaned\"",
-	"postwarden campaign send":     "  postwarden campaign send campaigns/spring.yaml\n  postwarden campaign send --test-to me@example.com campaigns/spring.yaml\n  postwarden campaign send --no-wait campaigns/spring.yaml   # a daemon delivers",
+	"postwarden campaign send":     "  postwarden campaign send campaigns/spring.yaml\n  postwarden campaign send --force campaigns/spring.yaml   # despite failed preflight checks\n  postwarden campaign send --test-to me@example.com campaigns/spring.yaml\n  postwarden campaign send --no-wait campaigns/spring.yaml   # a daemon delivers",
 	"postwarden campaign status":   "  postwarden campaign status spring-2026\n  postwarden --json campaign status spring-2026",
-	"postwarden campaign validate": "  postwarden campaign validate campaigns/spring.yaml",
+	"postwarden campaign validate": "  postwarden campaign validate campaigns/spring.yaml\n  postwarden campaign validate --offline campaigns/spring.yaml   # no DNS checks\n  postwarden --json campaign validate campaigns/spring.yaml",
 
-	"postwarden check-dns":      "  postwarden check-dns example.com",
+	"postwarden check-dns":      "  postwarden check-dns example.com\n  postwarden --json check-dns bounce.example.com",
 	"postwarden cluster status": "  postwarden cluster status\n  postwarden --json cluster status",
 	"postwarden db check":       "  postwarden db check",
 	"postwarden db compact":     "  postwarden db compact",
