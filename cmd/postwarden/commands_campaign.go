@@ -39,9 +39,11 @@ func (c *cli) campaignCommand() *cobra.Command {
 			if testTo != "" {
 				return c.call(cmd.Context(), "campaign.send", a, c.printTestSend)
 			}
-			if err := c.sendPreflight(cmd.Context(), a.File, sendOffline, force); err != nil {
+			ran, err := c.sendPreflight(cmd.Context(), a.File, sendOffline, force)
+			if err != nil {
 				return err
 			}
+			a.Preflighted = ran
 			return c.call(cmd.Context(), "campaign.send", a, c.printSendResult)
 		},
 	}

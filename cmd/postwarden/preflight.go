@@ -111,28 +111,28 @@ func countFailed(checks []preflight.Check) int {
 // sendPreflight runs the checks before a send, in this process (beside a
 // daemon too): their WARN and FAIL lines go to stderr, and a FAIL refuses the
 // send (exit 2) unless force. A campaign that does not load is left to the
-// send itself to report.
-func (c *cli) sendPreflight(ctx context.Context, file string, offline, force bool) error {
+// send itself to report; ran says whether the checks ran.
+func (c *cli) sendPreflight(ctx context.Context, file string, offline, force bool) (ran bool, err error) {
 	cfg, err := c.loadConfig()
 	if err != nil {
-		return nil
+		return false, nil
 	}
 	spec, _, err := loadSpec(&env{cfg: cfg, msgIDKey: []byte("preflight")}, file)
 	if err != nil || spec.Templates == nil || spec.Templates.Validate() != nil {
-		return nil // the send reports it
+		return false, nil // the send reports it
 	}
 	checks, err := c.campaignPreflight(ctx, cfg, spec, offline)
 	if err != nil {
-		return err
+		return false, err
 	}
 	c.printPreflight(c.stderr, checks, true)
 	n := countFailed(checks)
 	switch {
 	case n == 0:
-		return nil
+		return true, nil
 	case force:
 		fmt.Fprintf(c.stderr, "note: sending despite %d preflight failure(s) (--force)\n", n)
-		return nil
+		return true, nil
 	}
-	return &exitError{code: 2, msg: fmt.Sprintf("campaign send %s: refused: %d preflight check(s) failed (above: what to publish or change); `campaign validate` shows them all; --force sends anyway", file, n)}
+	return true, &exitError{code: 2, msg: fmt.Sprintf("campaign send %s: refused: %d preflight check(s) failed (above: what to publish or change); `campaign validate` shows them all; --force sends anyway", file, n)}
 }
