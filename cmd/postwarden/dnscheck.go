@@ -211,7 +211,7 @@ func (c *cli) checkDNSCommand() *cobra.Command {
 			if _, _, err := loadDKIM(cfg, false); err != nil {
 				return err
 			}
-			chk, err := c.newPreflight(cfg, false)
+			chk, err := c.newPreflight(cfg, false, false)
 			if err != nil {
 				return err
 			}

@@ -76,7 +76,7 @@ func TestCheckDNSComparison(t *testing.T) {
 				Delivery: configs.Delivery{Mode: "mx", Resolver: addr}}
 			var out bytes.Buffer
 			c := &cli{stdout: &out, stderr: &bytes.Buffer{}}
-			chk, err := c.newPreflight(cfg, false)
+			chk, err := c.newPreflight(cfg, false, false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -100,7 +100,7 @@ func TestCheckDNSComparison(t *testing.T) {
 		DKIM:     []configs.DKIM{{Domain: "example.com", Selector: "pw1", KeyFile: dir + "/k.key", Type: "ed25519"}},
 		Delivery: configs.Delivery{Mode: "mx", Resolver: addr}}
 	c := &cli{stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
-	chk, err := c.newPreflight(cfg, false)
+	chk, err := c.newPreflight(cfg, false, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,6 +143,11 @@ func TestCheckDNSConfiguredResolver(t *testing.T) {
 		if v.Resolver != h.dnsAddr || v.Kind == "SPF" && v.Status != "FAIL" {
 			t.Errorf("--json: %+v", v)
 		}
+	}
+	// Capture mode skips a campaign's DNS checks, never check-dns's.
+	h.write("postwarden.yaml", strings.Replace(readConfig(t, h), "mode: mx", "mode: capture", 1))
+	if r := h.mustRun(1, "check-dns", "example.com"); !strings.Contains(r.stdout, "FAIL      SPF   example.com") {
+		t.Errorf("check-dns in capture mode:\n%s", r.stdout)
 	}
 }
 

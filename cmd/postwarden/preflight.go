@@ -28,11 +28,13 @@ const preflightTimeout = 30 * time.Second
 
 // newPreflight builds the checker of cfg: its resolver, its sending
 // addresses, its keys (those whose file exists; the others are pending).
-func (c *cli) newPreflight(cfg *configs.Server, offline bool) (*preflight.Checker, error) {
+// For a campaign, capture mode skips the DNS checks as offline does;
+// check-dns asks the DNS whatever the mode.
+func (c *cli) newPreflight(cfg *configs.Server, offline, forCampaign bool) (*preflight.Checker, error) {
 	pc := preflight.Config{
 		Resolver:     cfg.Delivery.Resolver,
 		Offline:      offline,
-		Capture:      cfg.Delivery.Mode == configs.ModeCapture,
+		Capture:      forCampaign && cfg.Delivery.Mode == configs.ModeCapture,
 		Hostname:     cfg.Hostname,
 		BounceDomain: cfg.BounceDomain,
 		PublicURL:    cfg.PublicURL,
@@ -65,7 +67,7 @@ func (c *cli) newPreflight(cfg *configs.Server, offline bool) (*preflight.Checke
 
 // campaignPreflight runs the checks of a loaded campaign.
 func (c *cli) campaignPreflight(ctx context.Context, cfg *configs.Server, spec campaign.Spec, offline bool) ([]preflight.Check, error) {
-	chk, err := c.newPreflight(cfg, offline)
+	chk, err := c.newPreflight(cfg, offline, true)
 	if err != nil {
 		return nil, fmt.Errorf("preflight: %w", err)
 	}
