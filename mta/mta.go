@@ -110,7 +110,7 @@ type Config struct {
 	// MTASTS looks up, caches and applies recipient domains' MTA-STS
 	// policies (RFC 8461) in mx mode (not to routes or the relay).
 	MTASTS       bool
-	MTASTSClient *http.Client // MTA-STS policy fetches (default: a plain client; redirects are never followed)
+	MTASTSClient *http.Client // MTA-STS policy fetches (default: a client resolving through Resolver; redirects are never followed)
 	// Rates is messages per second by recipient domain; key "default"
 	// applies to the others; 0 or absent is unlimited. Bursts of up to
 	// ceil(rate) are allowed.
@@ -219,7 +219,7 @@ func New(cfg Config, signer *dkim.Signer, log zerolog.Logger) (*Sender, error) {
 		return nil, err
 	}
 	if cfg.MTASTS {
-		s.sts = mtasts.New(mtasts.Config{Resolver: cfg.Resolver, HTTPClient: cfg.MTASTSClient},
+		s.sts = mtasts.New(mtasts.Config{Resolver: cfg.Resolver, HostResolver: cfg.Resolver, HTTPClient: cfg.MTASTSClient},
 			log.With().Str("subsystem", "mta-sts").Logger())
 	}
 	return s, nil

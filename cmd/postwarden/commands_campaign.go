@@ -12,19 +12,22 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/postwarden/postwarden/campaign"
+	"github.com/postwarden/postwarden/mta/preflight"
 )
 
 func (c *cli) campaignCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "campaign", Short: "Validate and send campaigns"}
+	var validateOffline bool
 	validate := &cobra.Command{
 		Use:   "validate FILE",
-		Short: "Check config, campaign, templates and every recipient row without sending",
+		Short: "Check config, campaign, templates and every recipient row, then the preflight (DKIM, SPF, DMARC, public_url, size, links) without sending",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.campaignValidate(cmd.Context(), args[0])
+			return c.campaignValidate(cmd.Context(), args[0], validateOffline)
 		},
 	}
-	var noWait, skipInvalid, force bool
+	validate.Flags().BoolVar(&validateOffline, "offline", false, "skip the preflight's DNS checks (DKIM record, SPF, DMARC, link domains); keep the local ones")
+	var noWait, skipInvalid, force, sendOffline bool
 	var testTo string
 	var testRow int
 	send := &cobra.Command{
@@ -36,13 +39,19 @@ func (c *cli) campaignCommand() *cobra.Command {
 			if testTo != "" {
 				return c.call(cmd.Context(), "campaign.send", a, c.printTestSend)
 			}
+			ran, err := c.sendPreflight(cmd.Context(), a.File, sendOffline, force)
+			if err != nil {
+				return err
+			}
+			a.Preflighted = ran
 			return c.call(cmd.Context(), "campaign.send", a, c.printSendResult)
 		},
 	}
 	send.Flags().BoolVar(&noWait, "no-wait", false, "only enqueue; do not deliver in this process")
 	send.Flags().StringVar(&testTo, "test-to", "", "send one rendered row (--test-row, default 1) to this address only: not counted, not recorded as the campaign")
 	send.Flags().IntVar(&testRow, "test-row", 1, "with --test-to: the data row to render")
-	send.Flags().BoolVar(&force, "force", false, "send a re-run whose subject or templates changed since the campaign's earlier run")
+	send.Flags().BoolVar(&force, "force", false, "send despite failed preflight checks, or a re-run whose subject or templates changed since the campaign's earlier run")
+	send.Flags().BoolVar(&sendOffline, "offline", false, "skip the preflight's DNS checks (the local ones still run)")
 	send.Flags().BoolVar(&skipInvalid, "skip-invalid", false, "accept invalid rows (never sent): exit 0 instead of 1")
 	status := &cobra.Command{
 		Use:   "status ID",
@@ -155,7 +164,9 @@ is printed instead and no page is written. Producing it is audited
 }
 
 // campaignValidate needs no store: it runs in this process even beside a daemon.
-func (c *cli) campaignValidate(ctx context.Context, file string) error {
+// After the campaign's own checks it runs the preflight; a FAIL there is a
+// failed validation (exit 2) too.
+func (c *cli) campaignValidate(ctx context.Context, file string, offline bool) error {
 	cfg, err := c.loadConfig()
 	if err != nil {
 		return err
@@ -185,14 +196,25 @@ func (c *cli) campaignValidate(ctx context.Context, file string) error {
 		}
 		fmt.Fprintln(c.stderr, p)
 	}
-	if c.jsonOut {
-		b, _ := json.Marshal(summary)
+	var checks []preflight.Check
+	if spec.Templates != nil {
+		if checks, err = c.campaignPreflight(ctx, cfg, spec, offline); err != nil {
+			return err
+		}
+	}
+	failed := countFailed(checks)
+	if c.jsonOut { // the summary's fields and the checks, as "preflight"
+		b, _ := json.Marshal(struct {
+			campaign.Summary
+			Preflight []preflight.Check `json:"preflight"`
+		}{summary, checks})
 		fmt.Fprintf(c.stdout, "%s\n", b)
 	} else {
-		fmt.Fprintf(c.stdout, "campaign %s: %d rows, %d invalid, %d problems\n", spec.ID, summary.Rows, summary.Invalid, len(problems))
+		c.printPreflight(c.stdout, checks, false)
+		fmt.Fprintf(c.stdout, "campaign %s: %d rows, %d invalid, %d problems, %d preflight failures\n", spec.ID, summary.Rows, summary.Invalid, len(problems), failed)
 	}
-	if len(problems) > 0 {
-		return &exitError{code: 2, msg: fmt.Sprintf("campaign %s is not valid (%d problems)", file, len(problems))}
+	if len(problems) > 0 || failed > 0 {
+		return &exitError{code: 2, msg: fmt.Sprintf("campaign %s is not valid (%d problems, %d preflight failures)", file, len(problems), failed)}
 	}
 	return nil
 }

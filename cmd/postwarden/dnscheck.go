@@ -6,11 +6,10 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/mta/dkim"
+	"github.com/postwarden/postwarden/mta/preflight"
 )
 
 // dnsTimeout bounds all the lookups of one check-dns run.
@@ -50,20 +50,20 @@ func (w wantRecord) zone() string {
 	return fmt.Sprintf("%s. IN TXT %q", w.Name, w.Value)
 }
 
-// spfMechanism says which hosts send for us: the relay in relay mode, else this host.
-func spfMechanism(cfg *configs.Server) string {
+// spfRecord is the SPF record that authorises what sends for us
+// (preflight's rule: the egress sources, else the relay, else this host).
+func spfRecord(cfg *configs.Server) string {
+	var sources []string
+	for _, s := range cfg.Delivery.Sources {
+		sources = append(sources, s.Address)
+	}
+	relay := ""
 	if cfg.Delivery.Mode == configs.ModeRelay {
-		if u, err := url.Parse(cfg.Delivery.Relay); err == nil && u.Hostname() != "" {
-			if net.ParseIP(u.Hostname()) != nil {
-				if strings.Contains(u.Hostname(), ":") {
-					return "ip6:" + u.Hostname()
-				}
-				return "ip4:" + u.Hostname()
-			}
-			return "a:" + u.Hostname()
+		if u, err := url.Parse(cfg.Delivery.Relay); err == nil {
+			relay = u.Hostname()
 		}
 	}
-	return "a:" + strings.TrimSuffix(cfg.Hostname, ".")
+	return preflight.SPFRecord(sources, relay, cfg.Hostname)
 }
 
 // neededRecords lists the records to publish for the configured domains:
@@ -71,7 +71,7 @@ func spfMechanism(cfg *configs.Server) string {
 // bounce domain, its MX (pointing at hostname) and its SPF.
 func neededRecords(cfg *configs.Server, keys []*dkim.Key) []wantRecord {
 	var out []wantRecord
-	spf := "v=spf1 " + spfMechanism(cfg) + " ~all" // RFC 7208
+	spf := spfRecord(cfg) // RFC 7208
 	seen := map[string]bool{}
 	for _, k := range keys {
 		out = append(out, wantRecord{Kind: "DKIM", Name: k.RecordName(), Type: "TXT", Value: k.TXTValue(), match: k.PublicKeyBase64()})
@@ -126,25 +126,8 @@ func printDNSRecords(w io.Writer, cfg *configs.Server, keys []*dkim.Key) {
 	section("MX", "bounce domain: bounces and feedback reports come back to this host (smtp_listen)")
 }
 
-// dnsLookup is what check-dns asks the DNS; tests replace it.
-type dnsLookup struct {
-	TXT func(ctx context.Context, name string) ([]string, error)
-	MX  func(ctx context.Context, name string) ([]*net.MX, error)
-}
-
-// resolverLookup uses the resolver at addr ("" = the system's).
-func resolverLookup(addr string) dnsLookup {
-	r := net.DefaultResolver
-	if addr != "" {
-		r = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			d := net.Dialer{Timeout: 3 * time.Second}
-			return d.DialContext(ctx, network, addr)
-		}}
-	}
-	return dnsLookup{TXT: r.LookupTXT, MX: r.LookupMX}
-}
-
-// Check results.
+// Check results of check-dns: a preflight verdict, or for a record that is
+// not as needed, whether it is missing or different.
 const (
 	dnsOK        = "OK"
 	dnsMissing   = "MISSING"
@@ -153,90 +136,34 @@ const (
 
 // dnsCheck is one line of check-dns.
 type dnsCheck struct {
-	Kind   string `json:"kind"`
-	Name   string `json:"name"`
-	Status string `json:"status"`
-	Found  string `json:"found,omitempty"`
-	Want   string `json:"want"`
+	Kind     string `json:"kind"` // DKIM, SPF, DMARC, ALIGN, MX
+	Name     string `json:"name"`
+	Status   string `json:"status"` // OK, MISSING, DIFFERENT, FAIL, WARN
+	Found    string `json:"found,omitempty"`
+	Want     string `json:"want,omitempty"`
+	Detail   string `json:"detail,omitempty"`
+	Resolver string `json:"resolver"` // the DNS server asked ("system" for the system's)
 }
 
-// notFound reports whether err only says the name or record does not exist.
-func notFound(err error) bool {
-	var de *net.DNSError
-	return errors.As(err, &de) && de.IsNotFound
-}
+// checkKinds names preflight's DNS checks as check-dns prints them.
+var checkKinds = map[string]string{"dkim-dns": "DKIM", "spf": "SPF", "dmarc": "DMARC", "dmarc-dkim": "ALIGN", "mx": "MX"}
 
-// checkDNS compares what is published for domain with what is needed.
-func checkDNS(ctx context.Context, look dnsLookup, domain string, want []wantRecord) ([]dnsCheck, error) {
-	var out []dnsCheck
-	for _, w := range want {
-		if w.Name != domain && w.Name != "_dmarc."+domain && !strings.HasSuffix(w.Name, "._domainkey."+domain) {
-			continue
-		}
-		c := dnsCheck{Kind: w.Kind, Name: w.Name, Want: w.Value, Status: dnsMissing}
-		if w.Type == "MX" {
-			mxs, err := look.MX(ctx, w.Name)
-			if err != nil && !notFound(err) {
-				return out, fmt.Errorf("look up MX %s: %w", w.Name, err)
-			}
-			var hosts []string
-			for _, mx := range mxs {
-				h := strings.TrimSuffix(mx.Host, ".")
-				hosts = append(hosts, h)
-				if strings.EqualFold(h, w.match) {
-					c.Status = dnsOK
-				}
-			}
-			if c.Status != dnsOK && len(hosts) > 0 {
-				c.Status = dnsDifferent
-			}
-			c.Found = strings.Join(hosts, ", ")
-			out = append(out, c)
-			continue
-		}
-		txts, err := look.TXT(ctx, w.Name)
-		if err != nil && !notFound(err) {
-			return out, fmt.Errorf("look up TXT %s: %w", w.Name, err)
-		}
-		for _, t := range txts {
-			switch w.Kind {
-			case "DKIM":
-				tags := dkimTags(t)
-				if tags["v"] != "" && tags["v"] != "DKIM1" || tags["p"] == "" {
-					continue
-				}
-				c.Found = t
-				if tags["p"] == w.match {
-					c.Status = dnsOK
-				} else if c.Status != dnsOK {
-					c.Status = dnsDifferent
-				}
-			case "SPF":
-				if t == "v=spf1" || strings.HasPrefix(strings.ToLower(t), "v=spf1 ") {
-					c.Found, c.Status = t, dnsOK
-				}
-			case "DMARC":
-				if strings.HasPrefix(strings.ToUpper(strings.ReplaceAll(t, " ", "")), "V=DMARC1") {
-					c.Found, c.Status = t, dnsOK
-				}
-			}
-		}
-		out = append(out, c)
+// dnsView is a preflight check as check-dns prints it.
+func dnsView(ch preflight.Check, resolver string) dnsCheck {
+	v := dnsCheck{Kind: checkKinds[ch.Check], Name: ch.Subject, Status: string(ch.Status), Found: ch.Found, Want: ch.Want, Detail: ch.Detail, Resolver: resolver}
+	if v.Kind == "" {
+		v.Kind = ch.Check
 	}
-	return out, nil
-}
-
-// dkimTags parses "tag=value; …" (RFC 6376 §3.2), dropping whitespace in values.
-func dkimTags(s string) map[string]string {
-	tags := map[string]string{}
-	for _, part := range strings.Split(s, ";") {
-		k, v, ok := strings.Cut(part, "=")
-		if !ok {
-			continue
-		}
-		tags[strings.TrimSpace(k)] = strings.Join(strings.Fields(v), "")
+	switch ch.State {
+	case preflight.StateMissing:
+		v.Status = dnsMissing
+	case preflight.StateDifferent:
+		v.Status = dnsDifferent
 	}
-	return tags
+	if v.Want == "" && ch.Fix != "" {
+		v.Want = ch.Fix
+	}
+	return v
 }
 
 func (c *cli) dnsCommand() *cobra.Command {
@@ -274,47 +201,58 @@ func (c *cli) dnsCommand() *cobra.Command {
 func (c *cli) checkDNSCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "check-dns DOMAIN",
-		Short: "Compare the published DKIM, SPF, DMARC (and bounce MX) records of DOMAIN with what is needed; exit 0 if all OK, 1 if not",
+		Short: "Evaluate the published DKIM, SPF, DMARC (and bounce MX) records of DOMAIN as campaign validate does, through delivery.resolver; exit 0 if all OK, 1 if not, 2 if the DNS could not be asked",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, domain, err := c.configAndDomain("check-dns", args[0])
 			if err != nil {
 				return err
 			}
-			keys, _, err := loadDKIM(cfg, false)
+			if _, _, err := loadDKIM(cfg, false); err != nil {
+				return err
+			}
+			chk, err := c.newPreflight(cfg, false, false)
 			if err != nil {
 				return err
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), dnsTimeout)
 			defer cancel()
-			return c.checkDNS(ctx, resolverLookup(cfg.Delivery.Resolver), cfg, keys, domain)
+			return c.checkDNS(ctx, chk, cfg, domain)
 		},
 	}
 }
 
-// checkDNS runs and prints the comparison; via names the resolver in errors.
-func (c *cli) checkDNS(ctx context.Context, look dnsLookup, cfg *configs.Server, keys []*dkim.Key, domain string) error {
-	want := neededRecords(cfg, keys)
-	checks, err := checkDNS(ctx, look, domain, want)
-	if err != nil {
-		via := "the system resolver"
-		if cfg.Delivery.Resolver != "" {
-			via = "resolver " + cfg.Delivery.Resolver
-		}
-		return fmt.Errorf("check-dns %s: %w (via %s)", domain, err, via)
-	}
+// checkDNS runs preflight's DNS checks of domain and prints them, naming the
+// resolver asked.
+func (c *cli) checkDNS(ctx context.Context, chk *preflight.Checker, cfg *configs.Server, domain string) error {
+	checks := chk.Domain(ctx, domain)
 	if len(checks) == 0 {
 		var domains []string
-		for _, w := range want {
-			if w.Kind == "SPF" {
-				domains = append(domains, w.Name)
-			}
+		for _, k := range cfg.DKIM {
+			domains = append(domains, k.Domain)
+		}
+		if cfg.BounceDomain != "" {
+			domains = append(domains, cfg.BounceDomain)
 		}
 		sort.Strings(domains)
+		domains = slices.Compact(domains)
 		return &exitError{code: 2, msg: fmt.Sprintf("check-dns: %s is not a configured domain (DKIM or bounce domain): %s", domain, strings.Join(domains, ", "))}
 	}
+	for _, ch := range checks { // a lookup that failed: nothing is known
+		if ch.State == preflight.StateUnchecked {
+			return fmt.Errorf("check-dns %s: %s %s: %s", domain, checkKinds[ch.Check], ch.Subject, ch.Detail)
+		}
+	}
+	resolver := cfg.Delivery.Resolver
+	if resolver == "" {
+		resolver = "system"
+	}
+	if !c.jsonOut {
+		fmt.Fprintf(c.stdout, "check-dns %s via %s\n", domain, chk.Via())
+	}
 	bad := 0
-	for _, ch := range checks {
+	for _, pc := range checks {
+		ch := dnsView(pc, resolver)
 		if ch.Status != dnsOK {
 			bad++
 		}
@@ -325,6 +263,9 @@ func (c *cli) checkDNS(ctx context.Context, look dnsLookup, cfg *configs.Server,
 		}
 		fmt.Fprintf(c.stdout, "%-9s %-5s %s\n", ch.Status, ch.Kind, ch.Name)
 		if ch.Status != dnsOK {
+			if ch.Detail != "" {
+				fmt.Fprintf(c.stdout, "          why:   %s\n", oneLine(ch.Detail, 120))
+			}
 			if ch.Found != "" {
 				fmt.Fprintf(c.stdout, "          found: %s\n", oneLine(ch.Found, 120))
 			}
@@ -332,7 +273,7 @@ func (c *cli) checkDNS(ctx context.Context, look dnsLookup, cfg *configs.Server,
 		}
 	}
 	if bad > 0 {
-		return no("check-dns %s: %d of %d records not as needed", domain, bad, len(checks))
+		return no("check-dns %s: %d of %d records not as needed (via %s)", domain, bad, len(checks), chk.Via())
 	}
 	return nil
 }

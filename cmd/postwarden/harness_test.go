@@ -16,6 +16,7 @@ import (
 
 	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-msgauth/dkim"
+	"github.com/miekg/dns"
 	"github.com/rs/zerolog"
 
 	"github.com/postwarden/postwarden/configs"
@@ -32,6 +33,11 @@ type harness struct {
 	cfgPath  string
 	sink     *mtatest.Sink
 	httpAddr string
+	// dns is the zone of delivery.resolver, a loopback DNS server: names it
+	// does not hold get SERVFAIL, so the preflight's DNS checks warn that
+	// they could not check and no query ever leaves the host.
+	dns     *mtatest.Zone
+	dnsAddr string
 }
 
 // testDomains are the recipient domains the campaigns use; all route to the sink.
@@ -82,6 +88,15 @@ func newHarness(t *testing.T, opt mtatest.Options) *harness {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	h := &harness{t: t, dir: dir, sink: sink, httpAddr: listenAddr(t)}
+	if h.dns, err = mtatest.NewZone(); err != nil {
+		t.Fatal(err)
+	}
+	h.dns.SetMissing(dns.RcodeServerFailure)
+	var stopDNS func()
+	if h.dnsAddr, stopDNS, err = mtatest.StartDNS(h.dns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopDNS)
 	var routes strings.Builder
 	for _, d := range testDomains {
 		fmt.Fprintf(&routes, "    %s: %s\n", d, sink.Addr)
@@ -100,7 +115,8 @@ delivery:
   max_age: 120h
   concurrency_per_domain: 4
   workers: 4
-`, h.httpAddr, routes.String())
+  resolver: %[3]s
+`, h.httpAddr, routes.String(), h.dnsAddr)
 	h.cfgPath = filepath.Join(dir, "postwarden.yaml")
 	h.write("postwarden.yaml", cfg)
 	h.write("templates/note.html", `<!doctype html><html lang="en"><body>
@@ -110,6 +126,12 @@ delivery:
 	h.write("lia.md", "# Legitimate-interest assessment\n\n## Purpose\nProduct news for buyers at companies.\n\n## Necessity\nWork addresses only, no profiling.\n\n## Balancing\nLow impact, one-click unsubscribe in every message.\n")
 	h.write("templates/note.txt", "Hello {{.FirstName}},\n\nA note for {{.Company}}.\n\nUnsubscribe: {{.UnsubscribeURL}}\nPrivacy: {{.PrivacyURL}}\n")
 	return h
+}
+
+// withoutResolver is cfg without the harness's delivery.resolver line, for a
+// test that sets its own.
+func (h *harness) withoutResolver(cfg string) string {
+	return strings.Replace(cfg, "  resolver: "+h.dnsAddr+"\n", "", 1)
 }
 
 // mkDataDir makes the data directory, empty, as for a campaign validated

@@ -26,8 +26,12 @@ type campaignSendArgs struct {
 	// without it such a run exits 1, so a script notices.
 	SkipInvalid bool `json:"skip_invalid,omitempty"`
 	// Force sends a re-run whose subject or templates changed since the
-	// campaign's earlier run.
+	// campaign's earlier run; the CLI also sends despite failed preflight
+	// checks with it.
 	Force bool `json:"force,omitempty"`
+	// Preflighted says the CLI ran the preflight and printed its findings
+	// (public_url's among them), so the send does not repeat them.
+	Preflighted bool `json:"preflighted,omitempty"`
 	// TestTo sends data row TestRow (default 1) to this address only: not
 	// counted, not recorded as the campaign.
 	TestTo  string `json:"test_to,omitempty"`
@@ -194,7 +198,7 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 	if err := spec.Templates.Validate(); err != nil {
 		return fmt.Errorf("%s:%d: template: %w", c.Path, c.Line("template"), err)
 	}
-	if w := publicURLWarning(e.cfg); w != "" {
+	if w := publicURLWarning(e.cfg); w != "" && !args.Preflighted {
 		_ = o.Note("%s", w)
 	}
 	if args.TestTo != "" {

@@ -104,7 +104,7 @@ func TestProviderShapingThroughDaemon(t *testing.T) {
 	domains := h.tenantConfig(30)
 	h.serve()
 	csv, n := tenantCSV(domains, 3)
-	h.mustRun(0, "campaign", "send", "--no-wait", h.campaign("tenants-1", csv))
+	h.mustRun(0, "campaign", "send", "--offline", "--no-wait", h.campaign("tenants-1", csv))
 	h.waitDelivered("tenants-1", n)
 
 	if got := h.sink.MaxOpen(); got > 3 {
@@ -144,7 +144,7 @@ func TestAdaptiveThroughDaemon(t *testing.T) {
 	h.appendConfig("metrics_listen: " + addr + "\n")
 	h.serve()
 	csv, n := tenantCSV(domains, 1)
-	h.mustRun(0, "campaign", "send", "--no-wait", h.campaign("tenants-2", csv))
+	h.mustRun(0, "campaign", "send", "--offline", "--no-wait", h.campaign("tenants-2", csv))
 	waitFor(t, "the first attempts", func() bool {
 		done := 0
 		for _, v := range jsonLines[msgView](t, h.mustRun(0, "--json", "queue", "ls", "--all", "--campaign", "tenants-2").stdout) {

@@ -21,14 +21,23 @@ type Resolver interface {
 	LookupTXT(ctx context.Context, name string) ([]string, error)
 }
 
+// HostResolver finds a host's addresses; *net.Resolver satisfies it.
+type HostResolver interface {
+	LookupHost(ctx context.Context, host string) ([]string, error)
+}
+
 // Config configures a Cache; zero values take the defaults noted.
 type Config struct {
-	Resolver    Resolver         // default net.DefaultResolver
-	HTTPClient  *http.Client     // policy fetches (copied; redirects are never followed); default http.DefaultTransport
-	Timeout     time.Duration    // whole policy fetch, when HTTPClient has none (default 30s)
-	Recheck     time.Duration    // how often a cached policy's TXT id is looked up again (default 1m)
-	NegativeTTL time.Duration    // how long "no policy" is remembered for a domain (default 5m)
-	Now         func() time.Time // clock (default time.Now)
+	Resolver Resolver // default net.DefaultResolver
+	// HostResolver, when set, finds the policy host's addresses for the
+	// default HTTP client, so policy fetches ask the same DNS as the rest of
+	// delivery (delivery.resolver); nil: the system's. Not used with HTTPClient.
+	HostResolver HostResolver
+	HTTPClient   *http.Client     // policy fetches (copied; redirects are never followed); default http.DefaultTransport
+	Timeout      time.Duration    // whole policy fetch, when HTTPClient has none (default 30s)
+	Recheck      time.Duration    // how often a cached policy's TXT id is looked up again (default 1m)
+	NegativeTTL  time.Duration    // how long "no policy" is remembered for a domain (default 5m)
+	Now          func() time.Time // clock (default time.Now)
 }
 
 // Cache fetches policies on demand and keeps them in memory until max_age;
@@ -73,6 +82,11 @@ func New(cfg Config, log zerolog.Logger) *Cache {
 		cfg.Now = time.Now
 	}
 	client := &http.Client{}
+	if cfg.HostResolver != nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.DialContext = DialVia(cfg.HostResolver, &net.Dialer{Timeout: cfg.Timeout})
+		client.Transport = tr
+	}
 	if cfg.HTTPClient != nil {
 		c := *cfg.HTTPClient
 		client = &c
@@ -83,6 +97,33 @@ func New(cfg Config, log zerolog.Logger) *Cache {
 	// RFC 8461 §3.3: HTTP 3xx redirects MUST NOT be followed.
 	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	return &Cache{cfg: cfg, client: client, log: log, entries: map[string]*entry{}}
+}
+
+// DialVia returns a DialContext for an http.Transport that finds the host's
+// addresses with r and dials them in turn with d, keeping the port. TLS still
+// verifies the certificate against the host name of the URL.
+func DialVia(r HostResolver, d *net.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, fmt.Errorf("mtasts: dial %s: %w", addr, err)
+		}
+		ips := []string{host}
+		if net.ParseIP(host) == nil {
+			if ips, err = r.LookupHost(ctx, host); err != nil {
+				return nil, fmt.Errorf("mtasts: look up %s: %w", host, err)
+			}
+		}
+		var errs []error
+		for _, ip := range ips {
+			c, err := d.DialContext(ctx, network, net.JoinHostPort(ip, port))
+			if err == nil {
+				return c, nil
+			}
+			errs = append(errs, err)
+		}
+		return nil, fmt.Errorf("mtasts: dial %s: %w", addr, errors.Join(errs...))
+	}
 }
 
 // Get returns the policy of domain (lower-case ASCII, no trailing dot), or nil
