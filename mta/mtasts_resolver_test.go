@@ -12,19 +12,11 @@ import (
 // up on that server too (delivery.resolver), not on the system's.
 func TestMTASTSFetchUsesDNSServer(t *testing.T) {
 	ts := newTestServer(t, nil)
-	zone, err := mtatest.NewZone(
+	zone, addr := mtatest.ServeZone(t,
 		`example.com. 300 IN MX 10 mx.test.`,
 		`mx.test. 300 IN A 127.0.0.1`,
 		`_mta-sts.example.com. 300 IN TXT "v=STSv1; id=20260101"`,
 		`mta-sts.example.com. 300 IN A 127.0.0.1`) // nothing of ours on 443: the fetch fails, delivery goes on
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, stop, err := mtatest.StartDNS(zone)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stop)
 	s := newSender(t, Config{Mode: ModeMX, SMTPPort: ts.Port, DNSServer: addr, MTASTS: true}, false)
 	if err := s.Deliver(context.Background(), "q", "b@example.com", "ana@example.com", []byte(msg)); err != nil {
 		t.Fatal(err)

@@ -19,16 +19,7 @@ import (
 // dnsZone serves records on a loopback DNS server.
 func dnsZone(t *testing.T, records ...string) (*mtatest.Zone, string) {
 	t.Helper()
-	z, err := mtatest.NewZone(records...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, stop, err := mtatest.StartDNS(z)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stop)
-	return z, addr
+	return mtatest.ServeZone(t, records...)
 }
 
 // check-dns evaluates what a loopback DNS server publishes with preflight's

@@ -88,15 +88,8 @@ func newHarness(t *testing.T, opt mtatest.Options) *harness {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	h := &harness{t: t, dir: dir, sink: sink, httpAddr: listenAddr(t)}
-	if h.dns, err = mtatest.NewZone(); err != nil {
-		t.Fatal(err)
-	}
+	h.dns, h.dnsAddr = mtatest.ServeZone(t)
 	h.dns.SetMissing(dns.RcodeServerFailure)
-	var stopDNS func()
-	if h.dnsAddr, stopDNS, err = mtatest.StartDNS(h.dns); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stopDNS)
 	var routes strings.Builder
 	for _, d := range testDomains {
 		fmt.Fprintf(&routes, "    %s: %s\n", d, sink.Addr)

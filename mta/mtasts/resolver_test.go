@@ -17,15 +17,7 @@ import (
 // resolver asking it alone.
 func loopbackResolver(t *testing.T, records ...string) (*net.Resolver, *mtatest.Zone) {
 	t.Helper()
-	zone, err := mtatest.NewZone(records...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, stop, err := mtatest.StartDNS(zone)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stop)
+	zone, addr := mtatest.ServeZone(t, records...)
 	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, addr)

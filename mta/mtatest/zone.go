@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"testing"
 
 	"github.com/miekg/dns"
 )
@@ -95,4 +96,21 @@ func (z *Zone) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 			Ns: "ns.test.", Mbox: "hostmaster.test.", Serial: 1, Refresh: 3600, Retry: 600, Expire: 86400, Minttl: 60})
 	}
 	w.WriteMsg(m)
+}
+
+// ServeZone serves records (zone-file lines) on a loopback DNS server for
+// the test's lifetime: the zone (to add records, set the missing answer or
+// read the queries) and the server's address.
+func ServeZone(t testing.TB, records ...string) (*Zone, string) {
+	t.Helper()
+	z, err := NewZone(records...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, stop, err := StartDNS(z)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return z, addr
 }

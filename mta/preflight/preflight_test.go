@@ -51,15 +51,7 @@ func newFixture(t *testing.T, html string, edit func(rs []string, key *dkim.Key)
 	if edit != nil {
 		records = edit(records, key)
 	}
-	zone, err := mtatest.NewZone(records...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, stop, err := mtatest.StartDNS(zone)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stop)
+	zone, addr := mtatest.ServeZone(t, records...)
 	if html == "" {
 		html = `<p>Hello {{.FirstName}}, see <a href="https://www.example.test/news">the news</a>.</p>
 <p><a href="{{.UnsubscribeURL}}">Unsubscribe</a> <a href="{{.PrivacyURL}}">Privacy</a></p>`
