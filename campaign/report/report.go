@@ -111,6 +111,22 @@ type Report struct {
 	// Audit holds every audit entry about the campaign, oldest first.
 	Audit []Entry  `json:"audit"`
 	Notes []string `json:"notes,omitempty"`
+	// Cluster is the campaign across the cluster's nodes, as `campaign
+	// status` shows it; nil on a single node. The rest of the report is the
+	// node's own part. The wiring fills it in.
+	Cluster *Cluster `json:"cluster,omitempty"`
+}
+
+// Cluster is a campaign across the cluster: its recipients, their outcomes,
+// those without a final one, the shares by state and by the node that
+// finished them.
+type Cluster struct {
+	Node       string         `json:"node"` // the node that made the report
+	Recipients int            `json:"recipients"`
+	Outcomes   map[string]int `json:"outcomes"`
+	Pending    int            `json:"pending"`
+	Shares     map[string]int `json:"shares"`
+	DoneBy     map[string]int `json:"done_by,omitempty"`
 }
 
 // Provenance is who ran the campaign and under what.

@@ -89,6 +89,17 @@ func opCampaignReport(ctx context.Context, e *env, req request, o *out) error {
 	if err != nil {
 		return err
 	}
+	cs, err := e.clusterCampaignStatus(ctx, a.ID)
+	if err != nil {
+		return fmt.Errorf("campaign report %s: the cluster's figures: %w", a.ID, err)
+	}
+	if cs != nil {
+		r.Cluster = &report.Cluster{Node: e.cfg.Cluster.Node, Recipients: cs.Recipients, Pending: cs.Pending,
+			Outcomes: make(map[string]int, len(cs.Outcomes)), Shares: cs.Shares, DoneBy: cs.DoneBy}
+		for o, n := range cs.Outcomes {
+			r.Cluster.Outcomes[string(o)] = n
+		}
+	}
 	return o.Record(r)
 }
 
