@@ -140,6 +140,31 @@ func (c *Coordinator) readBatch(ctx context.Context, subj string) (map[string]Ou
 	return keys, raw, nil
 }
 
+// outcomesName reports whether an outcome of shard s of the campaign (a
+// per-recipient subject or a batch) names key.
+func (c *Coordinator) outcomesName(ctx context.Context, ctok string, s int, key string) (bool, error) {
+	prefix := outcomePrefix + ctok + "." + strconv.Itoa(s) + "."
+	info, err := c.outcomes.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+	if err != nil {
+		return false, fmt.Errorf("shares: read outcomes of shard %d of %s: %w", s, campaignFromToken(ctok), err)
+	}
+	for subj := range info.State.Subjects {
+		switch parts := strings.Split(subj, "."); {
+		case len(parts) == 7 && parts[5] == key:
+			return true, nil
+		case len(parts) == 7 && parts[5] == batchToken:
+			keys, _, err := c.readBatch(ctx, subj)
+			if err != nil {
+				return false, err
+			}
+			if _, ok := keys[key]; ok {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
+
 // EraseOutcomes removes a recipient (keyed index, hex) from every outcome
 // the stream holds of campaign: their per-recipient subjects are purged,
 // and each batch naming them is published again without them before the

@@ -84,6 +84,9 @@ func (c *Coordinator) eraseFromCampaign(ctx context.Context, ctok, key string) (
 	subj := dataSubject(ctok, s)
 	for try := 0; ; try++ {
 		raw, err := c.data.GetLastMsgForSubject(ctx, subj)
+		if errors.Is(err, jetstream.ErrMsgNotFound) && m.State == ManifestReady {
+			return c.eraseFromFinished(ctx, ctok, key, s)
+		}
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return 0, nil // not published (yet): nothing of theirs here
 		}
@@ -123,6 +126,23 @@ func (c *Coordinator) eraseFromCampaign(ctx context.Context, ctok, key string) (
 		}
 		return n, nil
 	}
+}
+
+// eraseFromFinished is eraseFromCampaign for a campaign whose shards were
+// purged once it finished (PruneDone): its outcomes alone tell whether the
+// person was a recipient, so the manifest's counts drop by one when one
+// names them, before EraseIndex erases those outcomes. (A crash between the
+// two makes a second run drop the counts again: the figures err low by
+// one, never show a recipient pending forever.)
+func (c *Coordinator) eraseFromFinished(ctx context.Context, ctok, key string, s int) (int, error) {
+	named, err := c.outcomesName(ctx, ctok, s, key)
+	if err != nil || !named {
+		return 0, err
+	}
+	if err := c.dropManifestRows(ctx, ctok, s, 1); err != nil {
+		return 0, err
+	}
+	return 1, nil
 }
 
 // errShardMoved: the shard's subject got a newer message than the one read.

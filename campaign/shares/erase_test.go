@@ -181,3 +181,54 @@ func TestEraseIndex(t *testing.T) {
 		t.Errorf("handed %d rows, want 38 (39 less the one delivered)", n)
 	}
 }
+
+// TestEraseFromFinishedCampaign: once a finished campaign's shards are
+// purged, erasing a recipient still takes them out of its counts (their
+// outcome names them) and out of its outcomes; status then shows the
+// others, none pending; a second run changes nothing.
+func TestEraseFromFinishedCampaign(t *testing.T) {
+	const campaign, rowsN = "done.then-erased", 30
+	srv := startServers(t, 1)
+	box := testBox(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	c := newCoordinator(t, connect(t, srv[0].srv.ClientURL()), box, Config{Node: "mta1", Lease: 3 * time.Second, ShardSize: 10})
+	n := newFakeNode("mta1", c, newTally(), 100)
+	wg.Add(2)
+	go func() { defer wg.Done(); n.deliver(ctx, campaign) }()
+	go func() {
+		defer wg.Done()
+		if err := c.Run(ctx, Worker{Enqueuer: n, Room: n.room}); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	rows := testRows(rowsN)
+	if _, err := c.Publish(ctx, campaign, "h", rows); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the campaign finished and its shards purged", func() bool {
+		_, done := allDone(t, c, campaign)
+		purged, err := c.PruneDone(ctx, campaign)
+		return done && err == nil && purged
+	})
+	a, _ := address.Parse(rows[12].Address)
+	victim := box.IndexHex(a.Key())
+	if got, err := c.EraseIndex(ctx, victim); err != nil || got != 1 {
+		t.Fatalf("EraseIndex: %d rows, %v; want 1", got, err)
+	}
+	check := func(when string) {
+		st, err := c.Status(ctx, campaign)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Manifest.Rows != rowsN-1 || st.Outcomes[Delivered] != rowsN-1 || st.Pending != 0 {
+			t.Errorf("%s: rows %d, outcomes %v, pending %d; want %d delivered, none pending", when, st.Manifest.Rows, st.Outcomes, st.Pending, rowsN-1)
+		}
+	}
+	check("after the erasure")
+	if got, err := c.EraseIndex(ctx, victim); err != nil || got != 0 {
+		t.Errorf("second EraseIndex: %d rows, %v; want 0", got, err)
+	}
+	check("after a second erasure")
+}

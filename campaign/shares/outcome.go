@@ -201,7 +201,7 @@ func (c *Coordinator) Status(ctx context.Context, campaign string) (Status, erro
 			final++
 		}
 	}
-	st.Pending = m.Rows - final
+	st.Pending = max(0, m.Rows-final)
 	shards, err := c.shards(ctx, ctok, m)
 	if err != nil {
 		return st, err
