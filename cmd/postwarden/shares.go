@@ -496,10 +496,14 @@ func (w *shareWorker) final(m queue.Message, st queue.State) {
 // final and not yet in the cluster.
 func (w *shareWorker) Unpublished() int { return int(w.unpublished.Load()) }
 
+// outcomeLinger is the longest a final outcome waits for others to share
+// its batch: it delays only the cluster's record, never a delivery.
+const outcomeLinger = 50 * time.Millisecond
+
 // record publishes final outcomes, retrying each batch until it is in.
-// Outcomes that arrive while a batch is being published go together in the
-// next one (shares.RecordBatch: one stream message per shard, not per
-// recipient), so batches grow with the load and add no wait when it is low.
+// A batch gathers the outcomes of up to outcomeLinger (or half the window)
+// and those that arrived while the previous one was being published
+// (shares.RecordBatch: one stream message per shard, not per recipient).
 func (w *shareWorker) record(ctx context.Context) {
 	select {
 	case <-ctx.Done():
@@ -514,6 +518,24 @@ func (w *shareWorker) record(ctx context.Context) {
 		case f := <-w.out:
 			batch = append(batch, f)
 		}
+		// Linger for more: each batch is one replicated stream message per
+		// shard (a raft append on every replica), the cluster's main cost
+		// per campaign message (docs/performance.md). It stops at half the
+		// window, so the runner, which counts unpublished outcomes as in
+		// flight (Unpublished), is never held up by it.
+		linger := time.NewTimer(outcomeLinger)
+	collect:
+		for len(batch) < max(1, cap(w.out)/2) {
+			select {
+			case f := <-w.out:
+				batch = append(batch, f)
+			case <-linger.C:
+				break collect
+			case <-ctx.Done():
+				break collect
+			}
+		}
+		linger.Stop()
 	drain:
 		for len(batch) < cap(w.out) {
 			select {
