@@ -49,8 +49,11 @@ func FuzzParseToken(f *testing.F) {
 			t.Fatalf("Parse(%q) = %v, not ErrBadToken", tok, err)
 		}
 
-		if strings.Contains(campaign+list, "\x00") {
-			return // Mint's contract: campaign and list hold no NUL
+		if strings.Contains(campaign+list+addr, "\x00") {
+			// Mint's contract: no field holds a NUL (address.Parse refuses
+			// one in an address). Since a token may carry a language after
+			// the address, an address with a NUL no longer round-trips.
+			return
 		}
 		claim := Claim{Address: addr, List: list, Campaign: campaign}
 		minted := tk.Mint(claim)
