@@ -25,7 +25,10 @@
 //     gets 421 4.7.0. All clients together may hold MaxConns connections
 //     (then 421 4.7.0 at the greeting) and MaxBytesInFlight bytes of
 //     message data in memory (then 452 4.3.1 after the data): memory stays
-//     bounded, and every refusal is a 4yz, so the sender retries.
+//     bounded, and every refusal is a 4yz, so the sender retries. A message
+//     past its first 64 KiB (or its declared SIZE) reserves MaxMessageBytes
+//     at once, so a flood of big messages takes as many as fit and refuses
+//     the rest, rather than refusing all of them part-way.
 //   - A transient failure answers 4yz (RFC 5321 §4.2.5): a data timeout is
 //     421 4.4.2 and closes the connection, a read error 451 4.3.0. No reply
 //     carries an error's text (socket addresses).

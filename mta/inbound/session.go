@@ -163,8 +163,13 @@ func (ss *session) Data(r io.Reader) error {
 	return nil
 }
 
+// firstStep is the first buffer of a message without SIZE: most reports
+// (DSNs, ARF) fit in it.
+const firstStep = 64 << 10
+
 // readBody reads the message data into memory, reserving each growth of
-// the buffer from the bytes-in-flight budget first; it returns the body and
+// the buffer from the bytes-in-flight budget first (past firstStep, the
+// whole of MaxMessageBytes at once); it returns the body and
 // the bytes reserved, which the caller releases. Past the budget it stops
 // with errBusy (go-smtp then discards the rest of the data).
 func (ss *session) readBody(r io.Reader) ([]byte, int64, error) {
@@ -188,17 +193,28 @@ func (ss *session) readBody(r io.Reader) ([]byte, int64, error) {
 			return nil, held, err
 		}
 		if len(buf) == cap(buf) {
-			grow := max(int64(cap(buf)), 64<<10)
+			grow := max(int64(cap(buf)), firstStep)
 			if cap(buf) == 0 && ss.size > 0 {
 				grow = ss.size + 1 // RFC 1870 SIZE: one buffer of the right size (+1 to see the end)
 			}
 			grow = min(grow, limit-int64(cap(buf)))
-			if !ss.s.flight.reserve(grow) {
-				ss.s.log.Warn().Str("ip", ss.ip).Int64("max_bytes_in_flight", ss.s.cfg.MaxBytesInFlight).
-					Msg("inbound bytes in flight at the limit; message refused for now")
-				return nil, held, errBusy
+			if need := int64(cap(buf)) + grow; need > held {
+				// Past the first step (and past a declared SIZE), the rest of
+				// the largest message is reserved at once: a session either
+				// holds all it can need, and finishes, or is refused now. Had
+				// every session reserved step by step, a flood of big messages
+				// would leave each holding a part and all refused, none taken.
+				want := need
+				if need > firstStep && (ss.size <= 0 || need > ss.size+1) {
+					want = limit
+				}
+				if !ss.s.flight.reserve(want - held) {
+					ss.s.log.Warn().Str("ip", ss.ip).Int64("max_bytes_in_flight", ss.s.cfg.MaxBytesInFlight).
+						Msg("inbound bytes in flight at the limit; message refused for now")
+					return nil, held, errBusy
+				}
+				held = want
 			}
-			held += grow
 			nb := make([]byte, len(buf), int64(cap(buf))+grow)
 			copy(nb, buf)
 			buf = nb
