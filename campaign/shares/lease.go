@@ -89,7 +89,7 @@ func (c *Coordinator) Run(ctx context.Context, w Worker) error {
 			if e == nil {
 				break // initial values done
 			}
-			if !c.observePause(e, w, paused) {
+			if !c.observeCampaign(e, w, paused) {
 				c.observe(e, leases, manifests)
 			}
 			// Drain what is queued before claiming, so one pass sees it all.
@@ -99,7 +99,7 @@ func (c *Coordinator) Run(ctx context.Context, w Worker) error {
 					if !ok {
 						return c.watcherClosed(ctx)
 					}
-					if e != nil && !c.observePause(e, w, paused) {
+					if e != nil && !c.observeCampaign(e, w, paused) {
 						c.observe(e, leases, manifests)
 					}
 				default:

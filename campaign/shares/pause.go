@@ -1,6 +1,7 @@
 package shares
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -81,4 +82,51 @@ func (c *Coordinator) observePause(e jetstream.KeyValueEntry, w Worker, paused m
 		w.Paused(p)
 	}
 	return true
+}
+
+// settingsKey is the key of a campaign's settings.
+func settingsKey(ctok string) string { return ctok + ".a" }
+
+// SetSettings records v as the campaign's settings for every node: what
+// the publishing node armed it with (its rate and brakes), opaque to this
+// package, one value per campaign (key CAMPAIGN.a), last writer wins. Run
+// hands each change, and the value in force as it starts, to
+// Worker.Settings. Written before the campaign's shards, a node has them
+// before it takes a share. The same value again writes nothing.
+func (c *Coordinator) SetSettings(ctx context.Context, campaign string, v []byte) error {
+	ctok, err := campaignToken(campaign)
+	if err != nil {
+		return err
+	}
+	key := settingsKey(ctok)
+	e, err := c.kv.Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+	case err != nil:
+		return fmt.Errorf("shares: read the settings of %s: %w", campaign, err)
+	case bytes.Equal(e.Value(), v):
+		return nil
+	}
+	if _, err := c.kv.Put(ctx, key, v); err != nil {
+		return fmt.Errorf("shares: publish the settings of %s: %w", campaign, err)
+	}
+	return nil
+}
+
+// observeSettings applies a settings key's entry: Worker.Settings.
+func (c *Coordinator) observeSettings(e jetstream.KeyValueEntry, w Worker) bool {
+	key := e.Key()
+	if !strings.HasSuffix(key, ".a") || e.Operation() != jetstream.KeyValuePut {
+		return false
+	}
+	if w.Settings != nil {
+		w.Settings(campaignFromToken(strings.TrimSuffix(key, ".a")), e.Value())
+	}
+	return true
+}
+
+// observeCampaign applies a campaign-wide key (pause, settings); it
+// reports whether key was one.
+func (c *Coordinator) observeCampaign(e jetstream.KeyValueEntry, w Worker, paused map[string]bool) bool {
+	return c.observePause(e, w, paused) || c.observeSettings(e, w)
 }

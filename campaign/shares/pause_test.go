@@ -101,3 +101,65 @@ func TestPauseClusterWide(t *testing.T) {
 		t.Errorf("%d rows handled after the resume, want %d", n, rowsN)
 	}
 }
+
+// A campaign's settings set on one node reach every node's
+// Worker.Settings, a node started later too; the same value again writes
+// nothing; a new value is told.
+func TestSettingsClusterWide(t *testing.T) {
+	const campaign = "armed.campaign"
+	srv := startServers(t, 1)
+	url := srv[0].srv.ClientURL()
+	box := testBox(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	var mu sync.Mutex
+	seen := map[string][]string{} // node → settings told, in order
+	told := func(node string) []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), seen[node]...)
+	}
+	var coords []*Coordinator
+	start := func(name string) {
+		c := newCoordinator(t, connect(t, url), box, Config{Node: name, Replicas: 1, Lease: 3 * time.Second})
+		coords = append(coords, c)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := Worker{Enqueuer: &rowCollector{}, Settings: func(camp string, v []byte) {
+				mu.Lock()
+				seen[name] = append(seen[name], camp+" "+string(v))
+				mu.Unlock()
+			}}
+			if err := c.Run(ctx, w); err != nil {
+				t.Errorf("%s: Run: %v", name, err)
+			}
+		}()
+	}
+	start("mta1")
+	if err := coords[0].SetSettings(ctx, campaign, []byte(`{"rate":30}`)); err != nil {
+		t.Fatal(err)
+	}
+	start("mta2")
+	for _, n := range []string{"mta1", "mta2"} {
+		waitFor(t, 10*time.Second, n+" told the settings", func() bool {
+			s := told(n)
+			return len(s) == 1 && s[0] == campaign+` {"rate":30}`
+		})
+	}
+	kv := streamSeqs(t, connect(t, url))[2]
+	if err := coords[1].SetSettings(ctx, campaign, []byte(`{"rate":30}`)); err != nil {
+		t.Fatal(err)
+	}
+	if after := streamSeqs(t, connect(t, url))[2]; after != kv {
+		t.Errorf("the same settings again wrote to the bucket (%d → %d)", kv, after)
+	}
+	if err := coords[1].SetSettings(ctx, campaign, []byte(`{"rate":60}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "mta1 told the new settings", func() bool {
+		s := told("mta1")
+		return len(s) == 2 && s[1] == campaign+` {"rate":60}`
+	})
+}

@@ -154,6 +154,10 @@ type Worker struct {
 	// pauses or resumes the campaign in its spool. It runs in Run's
 	// goroutine: it must not wait on Run.
 	Paused func(Pause)
+	// Settings, when set, is told every change of a campaign's settings
+	// (SetSettings) and, as Run starts, each one in force; it runs in Run's
+	// goroutine like Paused.
+	Settings func(campaign string, v []byte)
 }
 
 // Coordinator publishes campaigns, takes shares and records outcomes for one

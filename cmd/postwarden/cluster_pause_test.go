@@ -80,4 +80,21 @@ func TestClusterPauseHoldsEveryNode(t *testing.T) {
 	if want := fmt.Sprintf(`data-figure="cluster_recipients">%d<`, n); !strings.Contains(page, want) {
 		t.Errorf("the report page lacks %s", want)
 	}
+
+	// A campaign's rate and brakes, armed on node 1, hold on every node:
+	// the rate divided among the three nodes up, the brakes as the file says.
+	file := n1.campaign("armed", "email,first_name,company\nx1@acme.example,X,Acme\n")
+	n1.write("armed.yaml", readFile(t, file)+"rate: 90/s\nbrakes: {complaint_rate: 0.2%, min_sample: 300}\n")
+	n1.mustRun(0, "campaign", "send", file)
+	for _, nd := range nodes {
+		waitUntil(t, 20*time.Second, nd.name+" armed with the campaign's settings", func() bool {
+			r := nd.run("--json", "campaign", "status", "armed")
+			if r.code != 0 {
+				return false
+			}
+			st := jsonLines[campaignStatus](t, r.stdout)
+			return len(st) == 1 && st[0].Rate == 30 && st[0].Brake != nil &&
+				st[0].Brake.Thresholds.ComplaintRate == 0.002 && st[0].Brake.Thresholds.MinSample == 300
+		})
+	}
 }

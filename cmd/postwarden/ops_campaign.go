@@ -231,7 +231,7 @@ func opCampaignSend(ctx context.Context, e *env, req request, o *out) error {
 		_ = o.Progress(progress{Rows: rows, Bytes: bytes, Total: total})
 	}
 	if e.cfg.Cluster != nil { // gated and rendered here, delivered by every node
-		summary, cs, err := e.sendShared(ctx, spec, e.campaignDeps(false, c.Language), progress)
+		summary, cs, err := e.sendShared(ctx, spec, e.campaignDeps(false, c.Language), campaignSettings{Rate: c.Rate, Brakes: c.Brakes.Over(e.cfg.Delivery.Brakes)}, progress)
 		if req.Reveal {
 			revealInvalidLines(&summary)
 		}

@@ -10,6 +10,7 @@ package main
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/postwarden/postwarden/campaign"
+	"github.com/postwarden/postwarden/campaign/brakes"
 	"github.com/postwarden/postwarden/campaign/shares"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/queue/cluster"
@@ -89,12 +91,18 @@ type clusterSend struct {
 
 // sendShared is campaign send on a cluster node: gate and render here,
 // publish the messages in shards for every node to deliver.
-func (e *env) sendShared(ctx context.Context, spec campaign.Spec, deps campaign.Deps, progress func(int, int64)) (campaign.Summary, *clusterSend, error) {
+func (e *env) sendShared(ctx context.Context, spec campaign.Spec, deps campaign.Deps, set campaignSettings, progress func(int, int64)) (campaign.Summary, *clusterSend, error) {
 	coord, done, err := e.coordinator(ctx)
 	if err != nil {
 		return campaign.Summary{}, nil, err
 	}
 	defer done()
+	// Before any shard: a node has the campaign's rate and brakes before
+	// it takes a share.
+	b, _ := json.Marshal(set)
+	if err := coord.SetSettings(ctx, spec.ID, b); err != nil {
+		return campaign.Summary{}, nil, err
+	}
 	q := &sharesQueue{}
 	deps.Queue, deps.Dictionary, deps.Backlog = q, nil, nil
 	summary, err := campaign.Send(ctx, spec, deps, progress)
@@ -106,6 +114,109 @@ func (e *env) sendShared(ctx context.Context, spec campaign.Spec, deps campaign.
 		return summary, nil, err
 	}
 	return summary, &clusterSend{Shards: pub.Manifest.Shards, Rows: pub.Manifest.Rows, New: pub.New, Duplicate: pub.Duplicate}, nil
+}
+
+// campaignSettings are what the node that sends a campaign armed it with,
+// for every node (shares.SetSettings): the campaign's rate across the
+// cluster (msgs/s; 0 unlimited) and its brakes (the file's over that
+// node's server defaults).
+type campaignSettings struct {
+	Rate   float64           `json:"rate,omitempty"`
+	Brakes brakes.Thresholds `json:"brakes"`
+}
+
+// settingsEvery is how often a node re-applies the campaigns' settings,
+// so its share of a campaign's rate follows the nodes that are up.
+const settingsEvery = 30 * time.Second
+
+// applySettings is shares.Worker.Settings: a campaign's brakes as armed,
+// and its rate divided among the nodes up (each node's spool sends its
+// part; a node down gives its part to the others at the next re-apply).
+func (w *shareWorker) applySettings(campaign string, v []byte) {
+	var set campaignSettings
+	if err := json.Unmarshal(v, &set); err != nil {
+		w.log.Warn().Err(err).Str("campaign", campaign).Msg("unreadable campaign settings ignored")
+		return
+	}
+	w.settingsMu.Lock()
+	w.settings[campaign] = set
+	w.settingsMu.Unlock()
+	w.arm(campaign, set)
+}
+
+// arm applies one campaign's settings on this node.
+func (w *shareWorker) arm(campaign string, set campaignSettings) {
+	e := w.e
+	if e.brake != nil {
+		if err := e.brake.Arm(campaign, set.Brakes); err != nil {
+			w.log.Error().Err(err).Str("campaign", campaign).Msg("campaign brakes not armed")
+		}
+	}
+	rate := set.Rate
+	if rate > 0 {
+		rate /= float64(w.nodesUp())
+	}
+	if rate == e.queue.CampaignRate(campaign) {
+		return
+	}
+	if err := e.queue.SetCampaignRate(campaign, rate); err != nil {
+		w.log.Error().Err(err).Str("campaign", campaign).Msg("campaign rate not set")
+		return
+	}
+	w.log.Info().Str("campaign", campaign).Float64("cluster_rate", set.Rate).Float64("node_rate", rate).Msg("campaign rate set for this node")
+}
+
+// nodesUp is how many nodes beat now (at least this one), read at most
+// every few seconds: a start hands every campaign's settings at once.
+func (w *shareWorker) nodesUp() int {
+	e := w.e
+	if e.cluster == nil || e.cluster.nats == nil {
+		return 1
+	}
+	w.settingsMu.Lock()
+	defer w.settingsMu.Unlock()
+	if time.Since(w.upAt) < 5*time.Second {
+		return w.up
+	}
+	ctx, cancel := context.WithTimeout(w.ctx, 5*time.Second)
+	defer cancel()
+	ms, err := cluster.Members(ctx, e.cluster.nats.JetStream())
+	if err != nil {
+		return max(1, w.up) // what was known last
+	}
+	up := 0
+	for _, m := range ms {
+		if m.Up {
+			up++
+		}
+	}
+	w.up, w.upAt = max(1, up), time.Now()
+	return w.up
+}
+
+// rearm re-applies every campaign's settings every settingsEvery until
+// ctx ends, following the nodes up.
+func (w *shareWorker) rearm(ctx context.Context) {
+	t := time.NewTicker(settingsEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.settingsMu.Lock()
+		all := make(map[string]campaignSettings, len(w.settings))
+		for k, v := range w.settings {
+			all[k] = v
+		}
+		w.settingsMu.Unlock()
+		for c, set := range all {
+			if set.Rate > 0 {
+				w.arm(c, set)
+			}
+		}
+	}
 }
 
 // shareWorker is serve's part in spreading campaigns: it takes shares,
@@ -128,6 +239,11 @@ type shareWorker struct {
 	pausesMu sync.Mutex
 	pauses   map[string]shares.Pause
 	kick     chan struct{}
+	// settings are the campaigns' settings as the cluster holds them.
+	settingsMu sync.Mutex
+	settings   map[string]campaignSettings
+	up         int       // nodes up when last read (nodesUp)
+	upAt       time.Time // when
 }
 
 // finalOutcome is a message's final outcome on its way to the cluster.
@@ -149,7 +265,7 @@ func (e *env) startShares(ctx context.Context) (*shareWorker, error) {
 	// duplicates stay within that bound (docs/cluster.md).
 	w := &shareWorker{e: e, log: e.log.With().Str("component", "shares").Logger(),
 		out: make(chan finalOutcome, queue.MaxUnrecorded(max(1, e.cfg.Delivery.Workers))), stop: stop, ready: make(chan struct{}), ctx: wctx,
-		pauses: map[string]shares.Pause{}, kick: make(chan struct{}, 1)}
+		pauses: map[string]shares.Pause{}, kick: make(chan struct{}, 1), settings: map[string]campaignSettings{}}
 	// Campaign messages already in the spool may belong to shares another
 	// node took over while this one was down: deliveries wait for the check.
 	stale, err := pendingCampaigns(e.queue)
@@ -194,13 +310,14 @@ func (e *env) startShares(ctx context.Context) (*shareWorker, error) {
 			case <-time.After(delay):
 			}
 		}
-		if err := w.coord.Run(wctx, shares.Worker{Enqueuer: w, Room: w.room, Lost: w.lost, Paused: w.applyPause}); err != nil {
+		if err := w.coord.Run(wctx, shares.Worker{Enqueuer: w, Room: w.room, Lost: w.lost, Paused: w.applyPause, Settings: w.applySettings}); err != nil {
 			w.log.Error().Err(err).Msg("share worker stopped")
 		}
 	}()
 	go func() { defer w.wg.Done(); w.record(wctx) }()
-	w.wg.Add(1)
+	w.wg.Add(2)
 	go func() { defer w.wg.Done(); w.flushPauses(wctx) }()
+	go func() { defer w.wg.Done(); w.rearm(wctx) }()
 	if e.cluster != nil {
 		e.cluster.heart.AddReporter(cluster.ReporterFunc(func(h *cluster.Health) {
 			select {
