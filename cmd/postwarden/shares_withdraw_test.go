@@ -83,6 +83,16 @@ func inProcessWorker(t *testing.T, lease time.Duration) (*shareWorker, jetstream
 	return w, kv
 }
 
+// spoolCounts are the worker's spool's messages of campaign by state.
+func spoolCounts(t *testing.T, w *shareWorker, campaign string) map[queue.State]int {
+	t.Helper()
+	c, err := w.e.queue.CampaignCounts(campaign)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // shareRows are n rendered messages as campaign send publishes them.
 func shareRows(n int) []shares.Row {
 	rows := make([]shares.Row, n)
@@ -131,13 +141,7 @@ func TestShareLostWithdraws(t *testing.T) {
 	if pub.Manifest.Shards != 2 {
 		t.Fatalf("%d shards, want 2", pub.Manifest.Shards)
 	}
-	counts := func() map[queue.State]int {
-		c, err := w.e.queue.CampaignCounts(campaign)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
+	counts := func() map[queue.State]int { return spoolCounts(t, w, campaign) }
 	waitUntil(t, 20*time.Second, "both shards in the spool", func() bool { return counts()[queue.StateReady] == 40 })
 
 	takeFrom(t, kv, campaign, 0)
@@ -176,13 +180,7 @@ func TestShareRestartWithdrawsStale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	counts := func() map[queue.State]int {
-		c, err := w.e.queue.CampaignCounts(campaign)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
+	counts := func() map[queue.State]int { return spoolCounts(t, w, campaign) }
 	waitUntil(t, 20*time.Second, "both shards in the spool", func() bool { return counts()[queue.StateReady] == 40 })
 	cancel() // the node goes down holding both shards
 	<-done
@@ -229,13 +227,7 @@ func TestShareSkipsSuppressedRows(t *testing.T) {
 			t.Errorf("Run: %v", err)
 		}
 	}()
-	counts := func() map[queue.State]int {
-		c, err := w.e.queue.CampaignCounts(campaign)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
+	counts := func() map[queue.State]int { return spoolCounts(t, w, campaign) }
 	waitUntil(t, 20*time.Second, "the share in the spool", func() bool { return counts()[queue.StateReady] == 18 })
 	for _, i := range []int{3, 7} {
 		if _, found, err := w.e.queue.ByKey(campaign, rows[i].Address); err != nil || found {
