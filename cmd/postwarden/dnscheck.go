@@ -50,19 +50,24 @@ func (w wantRecord) zone() string {
 	return fmt.Sprintf("%s. IN TXT %q", w.Name, w.Value)
 }
 
-// spfRecord is the SPF record that authorises what sends for us
-// (preflight's rule: the egress sources, else the relay, else this host).
-func spfRecord(cfg *configs.Server) string {
-	var sources []string
+// spfSenders are what sends for us as the config says: the egress sources'
+// addresses, and the relay's host in relay mode ("" otherwise).
+func spfSenders(cfg *configs.Server) (sources []string, relay string) {
 	for _, s := range cfg.Delivery.Sources {
 		sources = append(sources, s.Address)
 	}
-	relay := ""
 	if cfg.Delivery.Mode == configs.ModeRelay {
 		if u, err := url.Parse(cfg.Delivery.Relay); err == nil {
 			relay = u.Hostname()
 		}
 	}
+	return sources, relay
+}
+
+// spfRecord is the SPF record that authorises what sends for us
+// (preflight's rule: the egress sources, else the relay, else this host).
+func spfRecord(cfg *configs.Server) string {
+	sources, relay := spfSenders(cfg)
 	return preflight.SPFRecord(sources, relay, cfg.Hostname)
 }
 

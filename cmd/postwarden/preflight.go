@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net/url"
 	"os"
 	"time"
 
@@ -39,14 +38,7 @@ func (c *cli) newPreflight(cfg *configs.Server, offline, forCampaign bool) (*pre
 		BounceDomain: cfg.BounceDomain,
 		PublicURL:    cfg.PublicURL,
 	}
-	for _, s := range cfg.Delivery.Sources {
-		pc.Sources = append(pc.Sources, s.Address)
-	}
-	if cfg.Delivery.Mode == configs.ModeRelay {
-		if u, err := url.Parse(cfg.Delivery.Relay); err == nil {
-			pc.Relay = u.Hostname()
-		}
-	}
+	pc.Sources, pc.Relay = spfSenders(cfg)
 	for _, k := range cfg.DKIM {
 		if _, err := os.Stat(k.KeyFile); errors.Is(err, fs.ErrNotExist) {
 			pc.PendingKeys = append(pc.PendingKeys, preflight.KeyName{Domain: k.Domain, Selector: k.Selector})

@@ -139,19 +139,23 @@ func (w *shareWorker) applySettings(campaign string, v []byte) {
 		return
 	}
 	w.settingsMu.Lock()
-	w.settings[campaign] = set
+	if set.Rate > 0 { // rearm follows the nodes up for rated campaigns only
+		w.settings[campaign] = set
+	} else {
+		delete(w.settings, campaign)
+	}
 	w.settingsMu.Unlock()
-	w.arm(campaign, set)
-}
-
-// arm applies one campaign's settings on this node.
-func (w *shareWorker) arm(campaign string, set campaignSettings) {
-	e := w.e
-	if e.brake != nil {
-		if err := e.brake.Arm(campaign, set.Brakes); err != nil {
+	if w.e.brake != nil {
+		if err := w.e.brake.Arm(campaign, set.Brakes); err != nil {
 			w.log.Error().Err(err).Str("campaign", campaign).Msg("campaign brakes not armed")
 		}
 	}
+	w.setRate(campaign, set)
+}
+
+// setRate sets this node's part of a campaign's rate.
+func (w *shareWorker) setRate(campaign string, set campaignSettings) {
+	e := w.e
 	rate := set.Rate
 	if rate > 0 {
 		rate /= float64(w.nodesUp())
@@ -194,8 +198,8 @@ func (w *shareWorker) nodesUp() int {
 	return w.up
 }
 
-// rearm re-applies every campaign's settings every settingsEvery until
-// ctx ends, following the nodes up.
+// rearm re-sets every rated campaign's part of its rate every
+// settingsEvery until ctx ends, following the nodes up.
 func (w *shareWorker) rearm(ctx context.Context) {
 	t := time.NewTicker(settingsEvery)
 	defer t.Stop()
@@ -212,9 +216,7 @@ func (w *shareWorker) rearm(ctx context.Context) {
 		}
 		w.settingsMu.Unlock()
 		for c, set := range all {
-			if set.Rate > 0 {
-				w.arm(c, set)
-			}
+			w.setRate(c, set)
 		}
 	}
 }
@@ -239,7 +241,7 @@ type shareWorker struct {
 	pausesMu sync.Mutex
 	pauses   map[string]shares.Pause
 	kick     chan struct{}
-	// settings are the campaigns' settings as the cluster holds them.
+	// settings are the rated campaigns' settings as the cluster holds them.
 	settingsMu sync.Mutex
 	settings   map[string]campaignSettings
 	up         int       // nodes up when last read (nodesUp)
