@@ -89,9 +89,10 @@ type RunnerConfig struct {
 	// not block for long: the loop waits for it.
 	OnFinal func(m Message, state State)
 	// Unpublished, when set, is how many of the messages told to OnFinal
-	// are not yet settled where OnFinal sends them. They count with the
-	// claimed ones against MaxUnrecorded, so what a crash can send twice
-	// (delivered, but neither recorded nor published) stays within it.
+	// are not yet settled where OnFinal sends them. The claimed and
+	// unrecorded stay within MaxUnrecorded; with the unpublished they stay
+	// within MaxUnsettled, so what a lost node can send twice (delivered,
+	// but neither recorded nor published) stays within it.
 	Unpublished func() int
 }
 
@@ -174,6 +175,18 @@ func (r *Runner) Drain(ctx context.Context) error { return r.loop(ctx, true) }
 // loop commits. Workers do not wait for their outcome's commit, so this, not
 // workers, bounds what a crash can send twice.
 func MaxUnrecorded(workers int) int { return 2 * workers }
+
+// MaxUnpublished is how many final outcomes told to OnFinal may wait to be
+// settled beyond MaxUnrecorded. A cluster node publishes outcomes in batches,
+// one replicated stream message (a raft append on every replica) per batch:
+// room for batches of tens, not of the few a delivery window holds, is what
+// keeps that cost per campaign message small (docs/performance.md).
+const MaxUnpublished = 64
+
+// MaxUnsettled is what a runner with Unpublished set may hold claimed and
+// unrecorded, or recorded final and unpublished, at once: the most a cluster
+// node lost for good can have delivered that another node sends again.
+func MaxUnsettled(workers int) int { return MaxUnrecorded(workers) + MaxUnpublished }
 
 // commitLinger is the longest a worker's result waits for others to share its
 // commit. It delays only the record of an outcome, never a delivery: workers
@@ -360,13 +373,15 @@ func (r *Runner) commitRound(d *dispatch, follow chan<- []result) batch {
 
 // free is how many messages a commit now may claim: MaxUnrecorded less
 // those claimed and not yet recorded, the results in done recorded by it.
-// With Unpublished set, the results in done stay counted (the final ones
-// become unpublished in the commit) and the unpublished count too.
+// With Unpublished set, also MaxUnsettled less those claimed (the results in
+// done stay counted: the final ones become unpublished in the commit) and
+// the unpublished.
 func (r *Runner) free(d *dispatch) int {
-	if r.cfg.Unpublished == nil {
-		return d.limit - d.inflight + len(d.done)
+	free := d.limit - d.inflight + len(d.done)
+	if r.cfg.Unpublished != nil {
+		free = min(free, d.limit+MaxUnpublished-d.inflight-r.cfg.Unpublished())
 	}
-	return max(0, d.limit-d.inflight-r.cfg.Unpublished())
+	return max(0, free)
 }
 
 // untilNext is how long the loop waits for the next round at most: the poll,

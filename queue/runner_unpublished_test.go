@@ -8,15 +8,16 @@ import (
 	"time"
 )
 
-// A cluster node publishes each final outcome after its commit; a crash
-// sends twice whatever was delivered and not yet published. The runner
-// holds claimed and unpublished messages together within MaxUnrecorded,
-// however slow the publisher.
+// A cluster node publishes each final outcome after its commit; a node lost
+// for good has sent twice whatever was delivered and not yet published. The
+// runner holds claimed and unrecorded messages within MaxUnrecorded, and
+// with the unpublished within MaxUnsettled, however slow the publisher; a
+// slow publisher gets the room of MaxUnpublished to batch in.
 func TestUnpublishedCountsAgainstUnrecorded(t *testing.T) {
 	const total, workers = 200, 4
 	s := openTest(t, Config{})
 	var mu sync.Mutex
-	started, published, worst := 0, 0, 0
+	started, recorded, published, worst, worstUnrecorded := 0, 0, 0, 0, 0
 	f := newFake()
 	f.start = make(chan string)
 	counted := make(chan struct{})
@@ -26,6 +27,7 @@ func TestUnpublishedCountsAgainstUnrecorded(t *testing.T) {
 			mu.Lock()
 			started++
 			worst = max(worst, started-published)
+			worstUnrecorded = max(worstUnrecorded, started-recorded)
 			mu.Unlock()
 		}
 	}()
@@ -53,6 +55,9 @@ func TestUnpublishedCountsAgainstUnrecorded(t *testing.T) {
 	}()
 	r := s.NewRunner(f, newSup(), RunnerConfig{Workers: workers, Poll: 20 * time.Millisecond,
 		OnFinal: func(m Message, _ State) {
+			mu.Lock()
+			recorded++
+			mu.Unlock()
 			unpublished.Lock()
 			pending++
 			unpublished.Unlock()
@@ -91,9 +96,17 @@ func TestUnpublishedCountsAgainstUnrecorded(t *testing.T) {
 	<-counted
 	mu.Lock()
 	defer mu.Unlock()
-	if worst > MaxUnrecorded(workers) {
-		t.Fatalf("%d messages delivered or in delivery with their outcome unpublished, over MaxUnrecorded(%d) = %d",
-			worst, workers, MaxUnrecorded(workers))
+	if worst > MaxUnsettled(workers) {
+		t.Fatalf("%d messages delivered or in delivery with their outcome unpublished, over MaxUnsettled(%d) = %d",
+			worst, workers, MaxUnsettled(workers))
+	}
+	if worstUnrecorded > MaxUnrecorded(workers) {
+		t.Fatalf("%d messages delivered or in delivery with their outcome unrecorded, over MaxUnrecorded(%d) = %d",
+			worstUnrecorded, workers, MaxUnrecorded(workers))
+	}
+	if worst <= MaxUnrecorded(workers) {
+		t.Fatalf("at most %d unpublished at once behind a slow publisher: the runner left it no room to batch (MaxUnpublished %d)",
+			worst, MaxUnpublished)
 	}
 	if worst < 2 {
 		t.Fatalf("at most %d at once: the runner never ran workers side by side", worst)

@@ -263,10 +263,10 @@ func (e *env) startShares(ctx context.Context) (*shareWorker, error) {
 	}
 	wctx, stop := context.WithCancel(context.Background())
 	// The runner holds claimed and unpublished messages together within
-	// queue.MaxUnrecorded(workers), so out never fills and a lost node's
+	// queue.MaxUnsettled(workers), so out never fills and a lost node's
 	// duplicates stay within that bound (docs/cluster.md).
 	w := &shareWorker{e: e, log: e.log.With().Str("component", "shares").Logger(),
-		out: make(chan finalOutcome, queue.MaxUnrecorded(max(1, e.cfg.Delivery.Workers))), stop: stop, ready: make(chan struct{}), ctx: wctx,
+		out: make(chan finalOutcome, queue.MaxUnsettled(max(1, e.cfg.Delivery.Workers))), stop: stop, ready: make(chan struct{}), ctx: wctx,
 		pauses: map[string]shares.Pause{}, kick: make(chan struct{}, 1), settings: map[string]campaignSettings{}}
 	// Campaign messages already in the spool may belong to shares another
 	// node took over while this one was down: deliveries wait for the check.
@@ -617,44 +617,62 @@ func (w *shareWorker) Unpublished() int { return int(w.unpublished.Load()) }
 
 // outcomeLinger is the longest a final outcome waits for others to share
 // its batch: it delays only the cluster's record, never a delivery.
-const outcomeLinger = 50 * time.Millisecond
+const outcomeLinger = 200 * time.Millisecond
+
+// outcomeBatch is the batch size at which the recorder stops lingering:
+// half the room the runner leaves unpublished outcomes
+// (queue.MaxUnpublished), so a batch being acknowledged never holds up the
+// runner.
+const outcomeBatch = queue.MaxUnpublished / 2
+
+// outcomeFlushGrace bounds how long a stopping node keeps publishing the
+// outcomes it holds: each one left unpublished is a recipient another node
+// may send again if this one does not come back.
+const outcomeFlushGrace = 5 * time.Second
 
 // record publishes final outcomes, retrying each batch until it is in.
-// A batch gathers the outcomes of up to outcomeLinger (or half the window)
-// and those that arrived while the previous one was being published
+// A batch gathers the outcomes of up to outcomeLinger (or outcomeBatch) and
+// those that arrived while the previous one was being published
 // (shares.RecordBatch: one stream message per shard, not per recipient).
+// When ctx ends it publishes what it holds, for up to outcomeFlushGrace.
 func (w *shareWorker) record(ctx context.Context) {
 	select {
 	case <-ctx.Done():
 		return
 	case <-w.ready:
 	}
+	pubCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(outcomeFlushGrace, cancel)
+		context.AfterFunc(pubCtx, func() { t.Stop() })
+	})
+	defer stop()
 	for {
 		var batch []finalOutcome
 		select {
 		case <-ctx.Done():
-			return
 		case f := <-w.out:
 			batch = append(batch, f)
 		}
-		// Linger for more: each batch is one replicated stream message per
-		// shard (a raft append on every replica), the cluster's main cost
-		// per campaign message (docs/performance.md). It stops at half the
-		// window, so the runner, which counts unpublished outcomes as in
-		// flight (Unpublished), is never held up by it.
-		linger := time.NewTimer(outcomeLinger)
-	collect:
-		for len(batch) < max(1, cap(w.out)/2) {
-			select {
-			case f := <-w.out:
-				batch = append(batch, f)
-			case <-linger.C:
-				break collect
-			case <-ctx.Done():
-				break collect
+		if ctx.Err() == nil {
+			// Linger for more: each batch is one replicated stream message
+			// per shard (a raft append on every replica), the cluster's main
+			// cost per campaign message (docs/performance.md).
+			linger := time.NewTimer(outcomeLinger)
+		collect:
+			for len(batch) < outcomeBatch {
+				select {
+				case f := <-w.out:
+					batch = append(batch, f)
+				case <-linger.C:
+					break collect
+				case <-ctx.Done():
+					break collect
+				}
 			}
+			linger.Stop()
 		}
-		linger.Stop()
 	drain:
 		for len(batch) < cap(w.out) {
 			select {
@@ -664,30 +682,43 @@ func (w *shareWorker) record(ctx context.Context) {
 				break drain
 			}
 		}
-		byCampaign := map[string][]shares.KeyOutcome{}
-		var order []string
-		for _, f := range batch {
-			if byCampaign[f.campaign] == nil {
-				order = append(order, f.campaign)
-			}
-			byCampaign[f.campaign] = append(byCampaign[f.campaign], shares.KeyOutcome{Key: f.key, Outcome: f.outcome})
+		if len(batch) == 0 { // stopping, nothing held
+			return
 		}
-		for _, camp := range order {
-			for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
-				err := w.coord.RecordBatch(ctx, camp, byCampaign[camp])
-				if err == nil || ctx.Err() != nil {
-					break
-				}
-				w.log.Warn().Err(err).Str("campaign", camp).Int("outcomes", len(byCampaign[camp])).Msg("outcomes not published; retrying")
-				select {
-				case <-ctx.Done():
-				case <-time.After(delay):
-				}
-			}
+		w.publishOutcomes(pubCtx, batch)
+		if pubCtx.Err() != nil {
+			w.log.Warn().Int("outcomes", len(batch)+len(w.out)).Msg("stopping with outcomes unpublished: another node may send their recipients again")
+			return
 		}
-		w.unpublished.Add(-int64(len(batch)))
-		w.e.queue.Kick() // slots the runner held for them are free
 	}
+}
+
+// publishOutcomes publishes one batch, campaign by campaign, retrying
+// until it is in or ctx ends, then frees the runner's slots it held.
+func (w *shareWorker) publishOutcomes(ctx context.Context, batch []finalOutcome) {
+	byCampaign := map[string][]shares.KeyOutcome{}
+	var order []string
+	for _, f := range batch {
+		if byCampaign[f.campaign] == nil {
+			order = append(order, f.campaign)
+		}
+		byCampaign[f.campaign] = append(byCampaign[f.campaign], shares.KeyOutcome{Key: f.key, Outcome: f.outcome})
+	}
+	for _, camp := range order {
+		for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
+			err := w.coord.RecordBatch(ctx, camp, byCampaign[camp])
+			if err == nil || ctx.Err() != nil {
+				break
+			}
+			w.log.Warn().Err(err).Str("campaign", camp).Int("outcomes", len(byCampaign[camp])).Msg("outcomes not published; retrying")
+			select {
+			case <-ctx.Done():
+			case <-time.After(delay):
+			}
+		}
+	}
+	w.unpublished.Add(-int64(len(batch)))
+	w.e.queue.Kick() // slots the runner held for them are free
 }
 
 // clusterCampaign is `campaign status` across the cluster.
