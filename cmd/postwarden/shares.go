@@ -470,8 +470,8 @@ func (w *shareWorker) applyFigures(campaign, node string, v []byte) {
 
 // applyPause is shares.Worker.Paused: a pause or resume made on another
 // node holds or frees this node's spool through the campaign brakes (so it
-// is audited here too, and a resume re-arms the brakes on this node's
-// figures). One this node made, or the state in force here, changes nothing.
+// is audited here too, and a resume re-arms the brakes on the cluster's
+// figures as this node knows them). One this node made, or the state in force here, changes nothing.
 func (w *shareWorker) applyPause(p shares.Pause) {
 	e := w.e
 	if p.Node == e.cfg.Cluster.Node || e.brake == nil {
