@@ -23,6 +23,9 @@
 // The package knows nothing of the queue: it reads counts through Counter,
 // pauses through Pauser, keeps its per-campaign state through Store and
 // records through Auditor, all declared here and satisfied by the wiring.
+// On a cluster node the Counter is a Cluster: the campaign's figures on
+// every node, so a campaign spread over n nodes is judged on its whole
+// sample, not on each node's 1/n of it.
 package brakes
 
 import (

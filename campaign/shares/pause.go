@@ -125,8 +125,9 @@ func (c *Coordinator) observeSettings(e jetstream.KeyValueEntry, w Worker) bool 
 	return true
 }
 
-// observeCampaign applies a campaign-wide key (pause, settings); it
-// reports whether key was one.
+// observeCampaign applies a campaign-wide key (pause, settings, a node's
+// figures); it reports whether key was one. Figures first: a node named p
+// or a would end its key as a pause's or settings' does.
 func (c *Coordinator) observeCampaign(e jetstream.KeyValueEntry, w Worker, paused map[string]bool) bool {
-	return c.observePause(e, w, paused) || c.observeSettings(e, w)
+	return c.observeFigures(e, w) || c.observePause(e, w, paused) || c.observeSettings(e, w)
 }

@@ -163,3 +163,88 @@ func TestSettingsClusterWide(t *testing.T) {
 		return len(s) == 2 && s[1] == campaign+` {"rate":60}`
 	})
 }
+
+// Each node's figures of a campaign reach every other node's
+// Worker.Figures (a node started later too, and never its own); the same
+// value again writes nothing; a node named p (a pause key's end) is read as
+// figures, not as a pause.
+func TestFiguresClusterWide(t *testing.T) {
+	const campaign = "judged.campaign"
+	srv := startServers(t, 1)
+	url := srv[0].srv.ClientURL()
+	box := testBox(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	var mu sync.Mutex
+	seen := map[string]map[string]string{} // node → from node → last figures told
+	paused := map[string]int{}             // node → pauses told
+	told := func(node, from string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		return seen[node][from]
+	}
+	coords := map[string]*Coordinator{}
+	start := func(name string) {
+		c := newCoordinator(t, connect(t, url), box, Config{Node: name, Replicas: 1, Lease: 3 * time.Second})
+		coords[name] = c
+		mu.Lock()
+		seen[name] = map[string]string{}
+		mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := Worker{Enqueuer: &rowCollector{}, Paused: func(Pause) {
+				mu.Lock()
+				paused[name]++
+				mu.Unlock()
+			}, Figures: func(camp, from string, v []byte) {
+				if camp != campaign {
+					t.Errorf("%s told figures of %q", name, camp)
+				}
+				mu.Lock()
+				seen[name][from] = string(v)
+				mu.Unlock()
+			}}
+			if err := c.Run(ctx, w); err != nil {
+				t.Errorf("%s: Run: %v", name, err)
+			}
+		}()
+	}
+	start("mta1")
+	start("p")
+	if err := coords["mta1"].SetFigures(ctx, campaign, []byte(`{"attempted":40}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := coords["p"].SetFigures(ctx, campaign, []byte(`{"attempted":30}`)); err != nil {
+		t.Fatal(err)
+	}
+	start("mta3")
+	for _, c := range []struct{ node, from, want string }{
+		{"mta1", "p", `{"attempted":30}`}, {"p", "mta1", `{"attempted":40}`},
+		{"mta3", "mta1", `{"attempted":40}`}, {"mta3", "p", `{"attempted":30}`},
+	} {
+		waitFor(t, 10*time.Second, c.node+" told "+c.from+"'s figures", func() bool { return told(c.node, c.from) == c.want })
+	}
+	kv := streamSeqs(t, connect(t, url))[2]
+	if err := coords["mta1"].SetFigures(ctx, campaign, []byte(`{"attempted":40}`)); err != nil {
+		t.Fatal(err)
+	}
+	if after := streamSeqs(t, connect(t, url))[2]; after != kv {
+		t.Errorf("the same figures again wrote to the bucket (%d → %d)", kv, after)
+	}
+	if err := coords["mta1"].SetFigures(ctx, campaign, []byte(`{"attempted":90}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "mta3 told mta1's new figures", func() bool { return told("mta3", "mta1") == `{"attempted":90}` })
+	mu.Lock()
+	defer mu.Unlock()
+	for node, m := range seen {
+		if _, ok := m[node]; ok {
+			t.Errorf("%s told its own figures", node)
+		}
+		if paused[node] != 0 {
+			t.Errorf("%s told %d pauses; none was set", node, paused[node])
+		}
+	}
+}

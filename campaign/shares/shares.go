@@ -158,6 +158,10 @@ type Worker struct {
 	// (SetSettings) and, as Run starts, each one in force; it runs in Run's
 	// goroutine like Paused.
 	Settings func(campaign string, v []byte)
+	// Figures, when set, is told every change of another node's figures
+	// of a campaign (SetFigures) and, as Run starts, each one in force; it
+	// runs in Run's goroutine like Paused.
+	Figures func(campaign, node string, v []byte)
 }
 
 // Coordinator publishes campaigns, takes shares and records outcomes for one

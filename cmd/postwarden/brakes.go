@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/postwarden/postwarden/campaign/brakes"
@@ -60,6 +61,38 @@ func (a brakeQueue) LoadBrake(c string) ([]byte, error) { return a.q.CampaignNot
 
 func (a brakeQueue) SaveBrake(c string, v []byte) error { return a.q.PutCampaignNote(c, brakeNote, v) }
 
+// clusterFigures is the brakes' Counter on a cluster node (the campaign's
+// figures on every node) and the campaigns whose figures changed here
+// since the share worker last published them (publishFigures).
+type clusterFigures struct {
+	*brakes.Cluster
+	mu      sync.Mutex
+	changed map[string]bool
+}
+
+// touch notes that campaign's figures changed on this node; nil on a
+// single node does nothing.
+func (c *clusterFigures) touch(campaign string) {
+	if c == nil || campaign == "" {
+		return
+	}
+	c.mu.Lock()
+	c.changed[campaign] = true
+	c.mu.Unlock()
+}
+
+// take returns the campaigns touched since the last take.
+func (c *clusterFigures) take() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, 0, len(c.changed))
+	for k := range c.changed {
+		out = append(out, k)
+	}
+	clear(c.changed)
+	return out
+}
+
 // brakeAuditor writes the brakes' actions to the audit log.
 type brakeAuditor struct{ log *audit.Log }
 
@@ -70,11 +103,18 @@ func (a brakeAuditor) Audit(who, action, c, reason string, details map[string]st
 	return nil
 }
 
-// newBrake wires the campaign brakes to e's queue and audit log.
+// newBrake wires the campaign brakes to e's queue and audit log. On a
+// cluster node they count the cluster's figures: this node's queue's plus
+// the other nodes' as the share worker hears of them (applyFigures).
 func (e *env) newBrake() (*brakes.Brake, error) {
+	var counter brakes.Counter = brakeQueue{q: e.queue}
+	if e.cfg.Cluster != nil {
+		e.figures = &clusterFigures{Cluster: brakes.NewCluster(counter), changed: map[string]bool{}}
+		counter = e.figures
+	}
 	return brakes.New(brakes.Config{
 		Defaults: e.cfg.Delivery.Brakes,
-		Counter:  brakeQueue{q: e.queue},
+		Counter:  counter,
 		Pauser:   brakeQueue{q: e.queue, toCluster: e.pauseToCluster},
 		Store:    brakeQueue{q: e.queue},
 		Auditor:  brakeAuditor{e.audit},
@@ -89,6 +129,7 @@ func (e *env) onCampaignEvent(campaign, kind string) {
 	if !ok {
 		return
 	}
+	e.figures.touch(campaign) // a complaint after the delivery, too
 	if e.brake == nil {
 		return
 	}

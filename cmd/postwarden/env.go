@@ -53,6 +53,10 @@ type env struct {
 	// brake judges campaigns after each hard bounce and complaint (the
 	// queue's OnCampaignEvent) and pauses and resumes them.
 	brake *brakes.Brake
+	// figures is the brake's Counter on a cluster node: the campaign's
+	// figures on every node (the share worker feeds it); nil on a single
+	// node, whose brakes judge its own queue's figures.
+	figures *clusterFigures
 	// sender and adaptive are the MTA and its adaptive engine once
 	// newSender built them (adaptive nil with delivery.adaptive false).
 	sender   *mta.Sender

@@ -276,6 +276,9 @@ func (e *env) startShares(ctx context.Context) (*shareWorker, error) {
 		return nil, err
 	}
 	w.checked.Store(len(stale) == 0)
+	for _, c := range stale { // what this node counted before a restart, published again
+		e.figures.touch(c)
+	}
 	e.shares = w // before the goroutines that read it
 	var done func()
 	w.wg.Add(2)
@@ -312,14 +315,16 @@ func (e *env) startShares(ctx context.Context) (*shareWorker, error) {
 			case <-time.After(delay):
 			}
 		}
-		if err := w.coord.Run(wctx, shares.Worker{Enqueuer: w, Room: w.room, Lost: w.lost, Paused: w.applyPause, Settings: w.applySettings}); err != nil {
+		if err := w.coord.Run(wctx, shares.Worker{Enqueuer: w, Room: w.room, Lost: w.lost, Paused: w.applyPause,
+			Settings: w.applySettings, Figures: w.applyFigures}); err != nil {
 			w.log.Error().Err(err).Msg("share worker stopped")
 		}
 	}()
 	go func() { defer w.wg.Done(); w.record(wctx) }()
-	w.wg.Add(2)
+	w.wg.Add(3)
 	go func() { defer w.wg.Done(); w.flushPauses(wctx) }()
 	go func() { defer w.wg.Done(); w.rearm(wctx) }()
+	go func() { defer w.wg.Done(); w.publishFigures(wctx) }()
 	if e.cluster != nil {
 		e.cluster.heart.AddReporter(cluster.ReporterFunc(func(h *cluster.Health) {
 			select {
@@ -398,10 +403,75 @@ func (w *shareWorker) flushPauses(ctx context.Context) {
 	}
 }
 
+// figuresEvery is how often a node publishes the figures of the campaigns
+// that changed on it: the other nodes' brakes judge them up to this late,
+// and a campaign costs at most one bucket write per node per period.
+const figuresEvery = time.Second
+
+// publishFigures publishes, every figuresEvery until ctx ends, this node's
+// figures of each campaign that changed here (shares.SetFigures), for the
+// other nodes' brakes; one not published is retried at the next.
+func (w *shareWorker) publishFigures(ctx context.Context) {
+	e := w.e
+	if e.figures == nil {
+		return
+	}
+	select {
+	case <-ctx.Done():
+		return
+	case <-w.ready:
+	}
+	t := time.NewTicker(figuresEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, c := range e.figures.take() {
+			f, err := brakeQueue{q: e.queue}.Figures(c)
+			if err == nil {
+				b, _ := json.Marshal(f)
+				pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				err = w.coord.SetFigures(pctx, c, b)
+				cancel()
+			}
+			if err != nil {
+				e.figures.touch(c)
+				w.log.Warn().Err(err).Str("campaign", c).Msg("campaign figures not yet told to the cluster; retrying")
+			}
+		}
+	}
+}
+
+// applyFigures is shares.Worker.Figures: another node's figures of a
+// campaign join the cluster's the brakes count (brakes.Cluster), and the
+// brakes judge the campaign on them: the sample may be complete now
+// though no hard bounce or complaint was counted here.
+func (w *shareWorker) applyFigures(campaign, node string, v []byte) {
+	e := w.e
+	var f brakes.Figures
+	if err := json.Unmarshal(v, &f); err != nil {
+		w.log.Warn().Err(err).Str("campaign", campaign).Str("from", node).Msg("unreadable campaign figures ignored")
+		return
+	}
+	if e.figures == nil {
+		return
+	}
+	e.figures.Observe(campaign, node, f)
+	if e.brake == nil {
+		return
+	}
+	if _, _, err := e.brake.Check(campaign, "cluster:"+node); err != nil {
+		w.log.Error().Err(err).Str("campaign", campaign).Str("from", node).Msg("campaign brake check failed")
+	}
+}
+
 // applyPause is shares.Worker.Paused: a pause or resume made on another
 // node holds or frees this node's spool through the campaign brakes (so it
-// is audited here too, and a resume re-arms the brakes on this node's
-// figures). One this node made, or the state in force here, changes nothing.
+// is audited here too, and a resume re-arms the brakes on the cluster's
+// figures as this node knows them). One this node made, or the state in force here, changes nothing.
 func (w *shareWorker) applyPause(p shares.Pause) {
 	e := w.e
 	if p.Node == e.cfg.Cluster.Node || e.brake == nil {
@@ -590,6 +660,7 @@ func (w *shareWorker) final(m queue.Message, st queue.State) {
 	if w == nil {
 		return
 	}
+	w.e.figures.touch(m.Campaign)
 	a, err := address.Parse(m.To)
 	if err != nil { // erased meanwhile: nothing to name it by
 		return
