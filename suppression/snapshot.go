@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"iter"
 
 	"go.etcd.io/bbolt"
 
@@ -23,8 +24,7 @@ import (
 // holds (targets and notes sealed under the data key, indexes); the
 // replica seals the whole of it again before it leaves the node.
 //
-// Format (version 1), framed so that other stores (the consent store) can
-// add sections later without a new version:
+// Format (version 2; version 1 is still read), framed:
 //
 //	magic    "PWSNAP" 0x00 version(1 byte)
 //	frame*   kind(1 byte) uvarint(length) payload(length)
@@ -33,11 +33,16 @@ import (
 //	  'e'    the end; payload: SHA-256 of every byte before it (magic, the
 //	         frames, and this frame's kind and length); nothing may follow
 //
-// Sections of version 1: "suppression.meta" (records "applied_seq" and
-// "erased_seq", 8 bytes big-endian; "keycheck", the writer's sealed key
-// check) and "suppression.entries" (the suppressions bucket as it is).
-// A reader refuses a section it does not know: loading part of a snapshot
-// would leave a node short of state it believes it has.
+// Sections: "suppression.meta" (records "applied_seq" and "erased_seq", 8
+// bytes big-endian; "keycheck", the writer's sealed key check) and
+// "suppression.entries" (the suppressions bucket as it is); version 2 adds
+// "consent" (SecConsent), the consent store's state at the same stream
+// sequence, its records opaque here (subscribers.Store.ExportState: keyed
+// indexes, personal fields sealed as at rest). A snapshot without it
+// (version 1, or a writer without a consent store) leaves the consent
+// state below its sequence to the stream. A reader refuses a section it
+// does not know: loading part of a snapshot would leave a node short of
+// state it believes it has.
 
 // Snapshot errors; match them with errors.Is.
 var (
@@ -48,21 +53,29 @@ var (
 
 const (
 	snapMagic    = "PWSNAP\x00"
-	snapVersion  = 1
+	snapVersion  = 2        // written; 1 (no consent section) is still read
 	snapMaxFrame = 16 << 20 // no frame is near this; bounds what a corrupt length allocates
 
 	secMeta    = "suppression.meta"
 	secEntries = "suppression.entries"
+	// SecConsent is the section of the consent store's state (version 2).
+	SecConsent = "consent"
 )
+
+// ConsentExport writes the consent store's state: put for each record
+// (subscribers.Store.ExportState, its sequence dropped).
+type ConsentExport func(put func(k, v []byte) error) error
 
 // WriteSnapshot writes the replicated state (the suppressions bucket and
 // the applied and erased sequences) to w, from one read transaction, and
-// returns the applied sequence it reflects. It refuses (ErrSnapshotPending)
+// returns the applied sequence it reflects; consent, if not nil, writes the
+// consent section from within that transaction (the caller keeps the
+// stream from being applied meanwhile, so both reflect the same sequence). It refuses (ErrSnapshotPending)
 // while the store keeps pending changes: they are applied here but not yet
 // in the log, and a node loading them would hold changes the log may still
 // order differently. The read transaction stays open while w is written:
 // give it a buffer or a file, not a slow network peer.
-func (s *Store) WriteSnapshot(w io.Writer) (uint64, error) {
+func (s *Store) WriteSnapshot(w io.Writer, consent ConsentExport) (uint64, error) {
 	var seq uint64
 	err := s.view(func(tx *bbolt.Tx) error {
 		if b := tx.Bucket(bucketPending); b != nil {
@@ -86,6 +99,12 @@ func (s *Store) WriteSnapshot(w io.Writer) (uint64, error) {
 		}); err != nil {
 			return err
 		}
+		if consent != nil {
+			sw.section(SecConsent)
+			if err := consent(func(k, v []byte) error { sw.record(k, v); return sw.err }); err != nil {
+				return fmt.Errorf("consent section: %w", err)
+			}
+		}
 		return sw.end()
 	})
 	if err != nil {
@@ -94,28 +113,86 @@ func (s *Store) WriteSnapshot(w io.Writer) (uint64, error) {
 	return seq, nil
 }
 
-// LoadSnapshot loads a snapshot written by WriteSnapshot into this store,
-// which must be empty (no entry, no applied sequence, nothing pending or
-// due; else ErrNotEmpty), and returns the sequence it reflects. It loads in
-// one transaction that commits only after the end frame's checksum
-// matched: a truncated or corrupt snapshot (ErrSnapshotCorrupt) leaves the
-// store as empty as it was. A snapshot sealed under another data key is
-// refused.
+// LoadSnapshot reads a snapshot written by WriteSnapshot (ReadSnapshot)
+// and loads it into this store (Load); it returns the sequence it reflects.
+// A consent section is read and left: load it with Snapshot.Consent.
 func (s *Store) LoadSnapshot(r io.Reader) (uint64, error) {
-	var seq uint64
+	sn, err := s.ReadSnapshot(r)
+	if err != nil {
+		return 0, fmt.Errorf("load suppression snapshot: %w", err)
+	}
+	return s.Load(sn)
+}
+
+// Snapshot is a snapshot read whole and checked (its checksum matched, its
+// key check opened under this store's data key, every entry well formed),
+// not loaded yet.
+type Snapshot struct {
+	Version    int
+	Seq        uint64 // the stream sequence it reflects
+	erased     uint64
+	entries    []record
+	consent    []record
+	hasConsent bool
+}
+
+type record struct{ k, v []byte }
+
+// HasConsent reports whether the snapshot carries the consent store's
+// state (SecConsent); without it the consent ops up to Seq are not in it.
+func (sn *Snapshot) HasConsent() bool { return sn.hasConsent }
+
+// Consent yields the records of the consent section, for the consent
+// store's LoadState.
+func (sn *Snapshot) Consent() iter.Seq2[[]byte, []byte] {
+	return func(yield func([]byte, []byte) bool) {
+		for _, r := range sn.consent {
+			if !yield(r.k, r.v) {
+				return
+			}
+		}
+	}
+}
+
+// ReadSnapshot reads and checks a whole snapshot written by WriteSnapshot
+// (version 1 or 2). A truncated or corrupt one is ErrSnapshotCorrupt; one
+// sealed under another data key is refused.
+func (s *Store) ReadSnapshot(r io.Reader) (*Snapshot, error) {
+	sn, err := s.readSnapshot(newSnapReader(r))
+	if err != nil {
+		return nil, fmt.Errorf("read suppression snapshot: %w", err)
+	}
+	return sn, nil
+}
+
+// Load loads a snapshot read by ReadSnapshot into this store, which must be
+// empty (no entry, no applied sequence, nothing pending or due; else
+// ErrNotEmpty), in one transaction, and returns the sequence it reflects.
+func (s *Store) Load(sn *Snapshot) (uint64, error) {
 	err := s.update(func(tx *bbolt.Tx) error {
 		if err := emptyTx(tx); err != nil {
 			return err
 		}
-		var err error
-		seq, err = s.loadTx(tx, newSnapReader(r))
-		return err
+		entries := tx.Bucket(bucketEntries)
+		for _, r := range sn.entries {
+			if err := entries.Put(r.k, r.v); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		if err := putSeq(meta, keyAppliedSeq, sn.Seq); err != nil {
+			return err
+		}
+		if sn.erased > 0 {
+			return putSeq(meta, keyErasedSeq, sn.erased)
+		}
+		return nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("load suppression snapshot: %w", err)
 	}
-	s.log.Info().Uint64("seq", seq).Msg("suppression snapshot loaded")
-	return seq, nil
+	s.log.Info().Uint64("seq", sn.Seq).Int("entries", len(sn.entries)).Msg("suppression snapshot loaded")
+	return sn.Seq, nil
 }
 
 // Empty reports whether the store holds nothing of a replica: no entry, no
@@ -145,92 +222,85 @@ func emptyTx(tx *bbolt.Tx) error {
 	return nil
 }
 
-// loadTx reads the snapshot into tx's buckets.
-func (s *Store) loadTx(tx *bbolt.Tx, sr *snapReader) (uint64, error) {
+// readSnapshot reads the whole snapshot, checking it as it goes.
+func (s *Store) readSnapshot(sr *snapReader) (*Snapshot, error) {
 	corrupt := func(format string, a ...any) error {
 		return fmt.Errorf("%w: %s", ErrSnapshotCorrupt, fmt.Sprintf(format, a...))
 	}
 	var magic [len(snapMagic) + 1]byte
 	if _, err := io.ReadFull(sr, magic[:]); err != nil {
-		return 0, corrupt("no header: %v", err)
+		return nil, corrupt("no header: %v", err)
 	}
 	if string(magic[:len(snapMagic)]) != snapMagic {
-		return 0, corrupt("not a postwarden snapshot")
+		return nil, corrupt("not a postwarden snapshot")
 	}
-	if v := magic[len(snapMagic)]; v != snapVersion {
-		return 0, fmt.Errorf("snapshot version %d: this postwarden reads version %d", v, snapVersion)
+	sn := &Snapshot{Version: int(magic[len(snapMagic)])}
+	if sn.Version != 1 && sn.Version != snapVersion {
+		return nil, fmt.Errorf("snapshot version %d: this postwarden reads versions 1 and %d", sn.Version, snapVersion)
 	}
-	meta, entries := tx.Bucket(bucketMeta), tx.Bucket(bucketEntries)
 	var (
 		section        string
-		seq, erased    uint64
 		haveSeq, keyOK bool
-		entriesN       int
 	)
 	for {
 		kind, payload, err := sr.frame()
 		if err != nil {
-			return 0, corrupt("after %d entries: %v", entriesN, err)
+			return nil, corrupt("after %d entries: %v", len(sn.entries), err)
 		}
 		switch kind {
 		case 's':
 			section = string(payload)
-			if section != secMeta && section != secEntries {
-				return 0, fmt.Errorf("snapshot section %q: unknown to this postwarden (written by a newer one?)", section)
+			switch {
+			case section == secMeta || section == secEntries:
+			case section == SecConsent && sn.Version >= 2 && !sn.hasConsent:
+				sn.hasConsent = true
+			default:
+				return nil, fmt.Errorf("snapshot section %q (version %d): unknown to this postwarden (written by a newer one?)", section, sn.Version)
 			}
 		case 'r':
 			klen, n := binary.Uvarint(payload)
 			if n <= 0 || klen > uint64(len(payload)-n) {
-				return 0, corrupt("malformed record in %q", section)
+				return nil, corrupt("malformed record in %q", section)
 			}
 			k, v := payload[n:n+int(klen)], payload[n+int(klen):]
 			switch section {
 			case secMeta:
 				switch {
 				case bytes.Equal(k, keyAppliedSeq) && len(v) == 8:
-					seq, haveSeq = binary.BigEndian.Uint64(v), true
+					sn.Seq, haveSeq = binary.BigEndian.Uint64(v), true
 				case bytes.Equal(k, keyErasedSeq) && len(v) == 8:
-					erased = binary.BigEndian.Uint64(v)
+					sn.erased = binary.BigEndian.Uint64(v)
 				case bytes.Equal(k, keyCheck):
 					if _, err := s.box.Open(v, ctxKeyCheck); err != nil {
-						return 0, errors.New("snapshot written under another data key (every node needs the same data.key)")
+						return nil, errors.New("snapshot written under another data key (every node needs the same data.key)")
 					}
 					keyOK = true
 				default:
-					return 0, corrupt("unknown meta record %q", k)
+					return nil, corrupt("unknown meta record %q", k)
 				}
 			case secEntries:
 				if len(k) <= sealed.IndexSize || k[sealed.IndexSize] != 0 {
-					return 0, corrupt("malformed entry key")
+					return nil, corrupt("malformed entry key")
 				}
 				if i := bytes.IndexByte(v, 0); i < 0 || !Reason(v[:i]).Valid() {
-					return 0, corrupt("malformed entry value")
+					return nil, corrupt("malformed entry value")
 				}
-				if err := entries.Put(bytes.Clone(k), bytes.Clone(v)); err != nil {
-					return 0, err
-				}
-				entriesN++
+				sn.entries = append(sn.entries, record{k, v})
+			case SecConsent: // checked by the consent store as it loads
+				sn.consent = append(sn.consent, record{k, v})
 			default:
-				return 0, corrupt("record outside a section")
+				return nil, corrupt("record outside a section")
 			}
 		case 'e':
 			if err := sr.trailer(payload); err != nil {
-				return 0, corrupt("%v", err)
+				return nil, corrupt("%v", err)
 			}
 			if !haveSeq || !keyOK {
-				return 0, corrupt("no applied sequence or key check")
+				return nil, corrupt("no applied sequence or key check")
 			}
-			if err := putSeq(meta, keyAppliedSeq, seq); err != nil {
-				return 0, err
-			}
-			if erased > 0 {
-				if err := putSeq(meta, keyErasedSeq, erased); err != nil {
-					return 0, err
-				}
-			}
-			return seq, nil
+			return sn, nil
 		default:
-			return 0, corrupt("unknown frame kind %q", kind)
+			return nil, corrupt("unknown frame kind %q", kind)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package suppression
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"path/filepath"
 	"reflect"
@@ -50,7 +51,7 @@ func entries(t *testing.T, s *Store) []Entry {
 func TestSnapshotRoundTrip(t *testing.T) {
 	src, path := snapshotSource(t)
 	var buf bytes.Buffer
-	seq, err := src.WriteSnapshot(&buf)
+	seq, err := src.WriteSnapshot(&buf, nil)
 	if err != nil || seq != 6 {
 		t.Fatalf("WriteSnapshot = %d, %v; want 6", seq, err)
 	}
@@ -94,7 +95,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 func TestSnapshotRefusesNonEmpty(t *testing.T) {
 	src, path := snapshotSource(t)
 	var buf bytes.Buffer
-	if _, err := src.WriteSnapshot(&buf); err != nil {
+	if _, err := src.WriteSnapshot(&buf, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := src.LoadSnapshot(bytes.NewReader(buf.Bytes())); !errors.Is(err, ErrNotEmpty) {
@@ -113,7 +114,7 @@ func TestSnapshotRefusesNonEmpty(t *testing.T) {
 		t.Fatalf("the refusing store changed: %+v", got)
 	}
 	// And a store with a pending change writes no snapshot.
-	if _, err := other.WriteSnapshot(&bytes.Buffer{}); !errors.Is(err, ErrSnapshotPending) {
+	if _, err := other.WriteSnapshot(&bytes.Buffer{}, nil); !errors.Is(err, ErrSnapshotPending) {
 		t.Fatalf("WriteSnapshot with a pending change = %v; want ErrSnapshotPending", err)
 	}
 }
@@ -123,7 +124,7 @@ func TestSnapshotRefusesNonEmpty(t *testing.T) {
 func TestSnapshotCorrupt(t *testing.T) {
 	src, path := snapshotSource(t)
 	var buf bytes.Buffer
-	if _, err := src.WriteSnapshot(&buf); err != nil {
+	if _, err := src.WriteSnapshot(&buf, nil); err != nil {
 		t.Fatal(err)
 	}
 	good := buf.Bytes()
@@ -152,8 +153,8 @@ func TestSnapshotCorrupt(t *testing.T) {
 	try("bytes after the end", append(bytes.Clone(good), 0), ErrSnapshotCorrupt, "after the end")
 	try("not a snapshot", []byte("hello, world, this is not a snapshot"), ErrSnapshotCorrupt, "not a postwarden snapshot")
 	newer := bytes.Clone(good)
-	newer[len(snapMagic)] = 2
-	try("newer version", newer, nil, "snapshot version 2")
+	newer[len(snapMagic)] = 3
+	try("newer version", newer, nil, "snapshot version 3")
 
 	// Written under another data key.
 	foreign := openTest(t, filepath.Join(t.TempDir(), "other.db"))
@@ -168,5 +169,70 @@ func TestSnapshotCorrupt(t *testing.T) {
 	// And the good one still loads.
 	if seq, err := dst.LoadSnapshot(bytes.NewReader(good)); err != nil || seq != 6 {
 		t.Fatalf("LoadSnapshot after refusals = %d, %v", seq, err)
+	}
+}
+
+// withVersion returns snap with version v, its end checksum made again.
+func withVersion(snap []byte, v byte) []byte {
+	out := bytes.Clone(snap)
+	out[len(snapMagic)] = v
+	sum := sha256.Sum256(out[:len(out)-sha256.Size])
+	copy(out[len(out)-sha256.Size:], sum[:])
+	return out
+}
+
+// TestSnapshotConsentSection: a snapshot carries the consent section it
+// was given, records as written; one without it (version 1, or version 2
+// written without a consent store) still loads and says it has none; a
+// version 1 snapshot with a consent section is refused.
+func TestSnapshotConsentSection(t *testing.T) {
+	src, path := snapshotSource(t)
+	recs := []record{{[]byte("a"), []byte{0, 0, 0, 0, 0, 0, 0, 4}}, {[]byte("e\x01key"), []byte("sealed value")}, {[]byte("m"), nil}}
+	var with, without bytes.Buffer
+	if _, err := src.WriteSnapshot(&with, func(put func(k, v []byte) error) error {
+		for _, r := range recs {
+			if err := put(r.k, r.v); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.WriteSnapshot(&without, nil); err != nil {
+		t.Fatal(err)
+	}
+	dst := openTest(t, filepath.Join(filepath.Dir(path), "joined.db"))
+	defer dst.Close()
+	sn, err := dst.ReadSnapshot(bytes.NewReader(with.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []record
+	for k, v := range sn.Consent() {
+		got = append(got, record{k, v})
+	}
+	if !sn.HasConsent() || sn.Version != 2 || sn.Seq != 6 || len(got) != len(recs) {
+		t.Fatalf("read: consent %v, version %d, seq %d, %d records; want true, 2, 6, %d", sn.HasConsent(), sn.Version, sn.Seq, len(got), len(recs))
+	}
+	for i := range recs {
+		if !bytes.Equal(got[i].k, recs[i].k) || !bytes.Equal(got[i].v, recs[i].v) {
+			t.Errorf("consent record %d = %q %q; want %q %q", i, got[i].k, got[i].v, recs[i].k, recs[i].v)
+		}
+	}
+	if _, err := dst.ReadSnapshot(bytes.NewReader(withVersion(with.Bytes(), 1))); err == nil || !strings.Contains(err.Error(), `section "consent" (version 1)`) {
+		t.Errorf("version 1 with a consent section = %v; want refused", err)
+	}
+	for name, data := range map[string][]byte{"version 1": withVersion(without.Bytes(), 1), "version 2 without consent": without.Bytes()} {
+		sn, err := dst.ReadSnapshot(bytes.NewReader(data))
+		if err != nil || sn.HasConsent() || sn.Seq != 6 {
+			t.Fatalf("%s: %v, consent %v", name, err, sn != nil && sn.HasConsent())
+		}
+	}
+	if seq, err := dst.LoadSnapshot(bytes.NewReader(withVersion(without.Bytes(), 1))); err != nil || seq != 6 {
+		t.Fatalf("load version 1 = %d, %v", seq, err)
+	}
+	if got, want := entries(t, dst), entries(t, src); !reflect.DeepEqual(got, want) {
+		t.Errorf("loaded from version 1: %+v; want %+v", got, want)
 	}
 }

@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -402,10 +403,11 @@ func TestImportResume(t *testing.T) {
 	}
 }
 
-// TestJoinFromSnapshotKeepsConsent: a node joining from a snapshot (which
-// carries the suppression store only) still holds every consent op taken
-// before it: they are read from the stream up to the snapshot's sequence
-// into its consent store, and the tail after it as usual.
+// TestJoinFromSnapshotKeepsConsent: a node joining from a snapshot without
+// the consent state (put by a node without a consent store, as a version 1
+// snapshot) still holds every consent op taken before it: they are read
+// from the stream up to the snapshot's sequence into its consent store,
+// and the tail after it as usual.
 func TestJoinFromSnapshotKeepsConsent(t *testing.T) {
 	srv := startNATS(t, t.TempDir(), -1)
 	box, dir := testBox(t), t.TempDir()
@@ -422,9 +424,14 @@ func TestJoinFromSnapshotKeepsConsent(t *testing.T) {
 	if err := a.rep.Publish(ctx, Add(suppression.Entry{Target: "zed@example.com", Reason: suppression.Unsubscribed})); err != nil {
 		t.Fatal(err)
 	}
-	k, err := a.rep.Snapshot(ctx)
+	p := startNode(t, connect(t, srv.ClientURL()), box, filepath.Join(dir, "p.db"), snapCfg("p"))
+	eventually(t, "P applies all", caughtUp(p))
+	k, err := p.rep.Snapshot(ctx)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if sn := readSnapshot(t, connect(t, srv.ClientURL()), box, snapName("p", k)); sn.HasConsent() {
+		t.Fatal("a node without a consent store put a snapshot with a consent section")
 	}
 	if err := publishConsent(a, subscribers.ImportOp(subscribers.Candidate{Address: "bo@example.org", List: "news"})); err != nil {
 		t.Fatal(err)
@@ -445,5 +452,243 @@ func TestJoinFromSnapshotKeepsConsent(t *testing.T) {
 		if ha, hc := history(t, a.subs, addr), history(t, c.subs, addr); !reflect.DeepEqual(ha, hc) {
 			t.Errorf("%s: A's history %+v\nC's %+v", addr, ha, hc)
 		}
+	}
+}
+
+// TestJoinFromSnapshotPurgedStream: the snapshot carries the consent store
+// too, so a node joining from it needs only the stream's tail: with every
+// message below the snapshot's sequence purged from the stream, a fresh
+// node still holds the consent evidence taken before it, the same history
+// as the node that took it.
+func TestJoinFromSnapshotPurgedStream(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	box, dir := testBox(t), t.TempDir()
+	js := connect(t, srv.ClientURL())
+	a := startConsentNode(t, js, box, filepath.Join(dir, "a.db"), snapCfg("a"))
+	ctx := context.Background()
+	sub := subscribers.Subscription{Address: "ann@example.com", List: "news", Name: "Ann", Company: "Acme", Source: "form",
+		PrivacyURL: "https://example.com/privacy", ConsentText: "v3", ViaDoubleOptIn: true}
+	for _, op := range []subscribers.Op{
+		subscribers.SubscribeOp(sub),
+		subscribers.ConfirmOp("ann@example.com", "news", "192.0.2.8", "click"),
+		subscribers.ImportOp(subscribers.Candidate{Address: "cy@example.net", List: "news", Source: "crm.csv",
+			ConsentedAt: time.Date(2025, 3, 1, 9, 0, 0, 0, time.UTC), IP: "198.51.100.4"}),
+		subscribers.UnsubscribeOp("cy@example.net", "news", "link"),
+	} {
+		if err := publishConsent(a, op); err != nil {
+			t.Fatalf("%s: %v", op.Kind, err)
+		}
+	}
+	if err := a.rep.Publish(ctx, Add(suppression.Entry{Target: "zed@example.com", Reason: suppression.Unsubscribed})); err != nil {
+		t.Fatal(err)
+	}
+	k, err := a.rep.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only the tail after the snapshot stays in the stream.
+	st, err := js.Stream(ctx, DefaultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Purge(ctx, jetstream.WithPurgeSequence(k+1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := publishConsent(a, subscribers.ImportOp(subscribers.Candidate{Address: "bo@example.org", List: "news"})); err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.FirstSeq != k+1 || info.State.Msgs != 1 {
+		t.Fatalf("stream after the purge: first %d, %d messages; want %d, 1", info.State.FirstSeq, info.State.Msgs, k+1)
+	}
+	last := info.State.LastSeq
+
+	c := startConsentNode(t, connect(t, srv.ClientURL()), box, filepath.Join(dir, "c.db"), snapCfg("c"))
+	eventually(t, "C catches up", func() bool { return c.rep.Status().AppliedSeq == last && !c.rep.Stale(time.Now()) })
+	if st := c.rep.Status(); st.Snapshot != k {
+		t.Fatalf("C joined from snapshot %d; want %d", st.Snapshot, k)
+	}
+	for addr, want := range map[string]string{
+		"ann@example.com": subscribers.StateConfirmed,
+		"cy@example.net":  subscribers.StateUnsubscribed,
+		"bo@example.org":  subscribers.StateLegitimateInterest,
+	} {
+		if got := consentState(t, c.subs, addr, "news"); got != want {
+			t.Errorf("C: %s on news is %q; want %q", addr, got, want)
+		}
+		if ha, hc := history(t, a.subs, addr), history(t, c.subs, addr); !reflect.DeepEqual(ha, hc) || len(hc) == 0 {
+			t.Errorf("%s: A's history %+v\nC's %+v", addr, ha, hc)
+		}
+	}
+	if ok, err := c.subs.Confirmed("ann@example.com", "news"); err != nil || !ok {
+		t.Errorf("C: Confirmed(ann, news) = %v, %v; want true", ok, err)
+	}
+	// The consent store's own sequence is the snapshot's at least: a
+	// replay from an earlier point applies nothing twice.
+	if seq, err := c.subs.AppliedSeq(); err != nil || seq != last {
+		t.Errorf("C: consent applied sequence %d, %v; want %d", seq, err, last)
+	}
+}
+
+// readSnapshot opens and reads the snapshot name (not loaded).
+func readSnapshot(t *testing.T, js jetstream.JetStream, box *sealed.Box, name string) *suppression.Snapshot {
+	t.Helper()
+	ctx := context.Background()
+	obs, err := js.ObjectStore(ctx, DefaultSnapshots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := obs.GetBytes(ctx, name)
+	if err != nil {
+		t.Fatalf("get %s: %v", name, err)
+	}
+	plain, err := box.Open(data, ctxSnapshot+name)
+	if err != nil {
+		t.Fatalf("open %s: %v", name, err)
+	}
+	st := openStore(t, filepath.Join(t.TempDir(), "read.db"), box)
+	defer st.Close()
+	sn, err := st.ReadSnapshot(bytes.NewReader(plain))
+	if err != nil {
+		t.Fatalf("read %s: %v", name, err)
+	}
+	return sn
+}
+
+// snapshotConsent loads the consent section of every snapshot in the bucket
+// into a consent store of its own; it returns them by name.
+func snapshotConsent(t *testing.T, js jetstream.JetStream, box *sealed.Box) map[string]*subscribers.Store {
+	t.Helper()
+	obs, err := js.ObjectStore(context.Background(), DefaultSnapshots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	infos, err := obs.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*subscribers.Store{}
+	for _, in := range infos {
+		sn := readSnapshot(t, js, box, in.Name)
+		if !sn.HasConsent() {
+			t.Fatalf("snapshot %s has no consent section", in.Name)
+		}
+		subs, err := subscribers.Open(subscribers.Config{Path: filepath.Join(t.TempDir(), "subs.db"), Box: box}, zerolog.Nop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { subs.Close() })
+		if _, err := subs.LoadState(sn.Consent()); err != nil {
+			t.Fatalf("load the consent of %s: %v", in.Name, err)
+		}
+		out[in.Name] = subs
+	}
+	return out
+}
+
+// TestSnapshotConsentErasure: snapshots taken before an erasure hold the
+// person's consent (sealed); a node whose consent store has not yet done
+// an erasure from another node (OnErase) puts no snapshot; once it has,
+// the snapshots left hold the erasure marker alone, and a node joining from
+// one holds no consent of the person.
+func TestSnapshotConsentErasure(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	box, dir := testBox(t), t.TempDir()
+	js := connect(t, srv.ClientURL())
+	a := startConsentNode(t, connect(t, srv.ClientURL()), box, filepath.Join(dir, "a.db"), snapCfg("a"))
+	var bsubs *subscribers.Store
+	release := make(chan struct{})
+	cfgB := snapCfg("b")
+	cfgB.OnErase = func(ctx context.Context, e Erasure) error {
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		_, err := bsubs.EraseIndex(e.Index, e.Ref)
+		return err
+	}
+	b := startConsentNode(t, connect(t, srv.ClientURL()), box, filepath.Join(dir, "b.db"), cfgB)
+	bsubs = b.subs
+	ctx := context.Background()
+	const eve = "eve@example.com"
+	for _, op := range []subscribers.Op{
+		subscribers.SubscribeOp(subscribers.Subscription{Address: eve, List: "news", Name: "Eve Secret", ViaDoubleOptIn: true}),
+		subscribers.ConfirmOp(eve, "news", "203.0.113.9", "ua"),
+		subscribers.ImportOp(subscribers.Candidate{Address: "other@example.com", List: "news", ConsentedAt: time.Date(2025, 1, 2, 0, 0, 0, 0, time.UTC)}),
+	} {
+		if err := publishConsent(a, op); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "B applies all", caughtUp(b.node))
+	for _, n := range []*consentNode{a, b} {
+		if _, err := n.rep.Snapshot(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := snapshotConsent(t, js, box)
+	if len(before) != 2 {
+		t.Fatalf("%d snapshots before the erasure; want 2", len(before))
+	}
+	for name, subs := range before {
+		if got := consentState(t, subs, eve, "news"); got != subscribers.StateConfirmed {
+			t.Fatalf("snapshot %s before the erasure: Eve %q; want confirmed", name, got)
+		}
+	}
+
+	// A's erase path: its own consent store, then the stream.
+	if _, err := a.subs.Erase(eve, "req-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.rep.Publish(ctx, Erase(eve, "req-1", nil)); err != nil {
+		t.Fatal(err)
+	}
+	erasedAt := a.rep.Status().AppliedSeq
+	eventually(t, "B applies the erasure", func() bool { return b.rep.Status().AppliedSeq == erasedAt })
+	if _, err := b.rep.Snapshot(ctx); err == nil || !strings.Contains(err.Error(), "not yet done in the consent store") {
+		t.Fatalf("B's snapshot with the erasure due = %v; want refused", err)
+	}
+	close(release)
+	eventually(t, "B's consent erased", func() bool { n, _ := b.rep.DueErasures(); return n == 0 })
+	if _, err := b.rep.Snapshot(ctx); err != nil {
+		t.Fatalf("B's snapshot once the erasure is done: %v", err)
+	}
+	eventually(t, "only snapshots at or after the erasure are left", func() bool {
+		obs, err := js.ObjectStore(ctx, DefaultSnapshots)
+		if err != nil {
+			return false
+		}
+		infos, _ := obs.List(ctx)
+		for _, in := range infos {
+			if s, ok := parseSnapName(in.Name); !ok || s.seq < erasedAt {
+				return false
+			}
+		}
+		return len(infos) == 2
+	})
+	for name, subs := range snapshotConsent(t, js, box) {
+		if got := consentState(t, subs, eve, "news"); got != subscribers.StateErased {
+			t.Errorf("snapshot %s: Eve %q; want erased", name, got)
+		}
+		for _, h := range history(t, subs, eve) {
+			if h.Name != "" || h.Address != "" || len(h.Events) != 1 || h.Events[0].Kind != subscribers.KindErased {
+				t.Errorf("snapshot %s holds Eve's consent: %+v", name, h)
+			}
+		}
+		if got := consentState(t, subs, "other@example.com", "news"); got != subscribers.StateConfirmed {
+			t.Errorf("snapshot %s lost another person's consent: %q", name, got)
+		}
+	}
+	c := startConsentNode(t, connect(t, srv.ClientURL()), box, filepath.Join(dir, "c.db"), snapCfg("c"))
+	eventually(t, "C catches up", caughtUp(c.node))
+	if st := c.rep.Status(); st.Snapshot < erasedAt {
+		t.Fatalf("C joined from %d; want at or after the erasure (%d)", st.Snapshot, erasedAt)
+	}
+	if got := consentState(t, c.subs, eve, "news"); got != subscribers.StateErased {
+		t.Errorf("C: Eve %q; want erased", got)
 	}
 }

@@ -44,12 +44,14 @@
 //     failure and after a restart; never skipped.
 //   - A replica whose store is empty at Start loads the newest snapshot in
 //     the Config.Snapshots object store (sealed with the data key; the
-//     store and its applied sequence in one transaction) and reads the
-//     stream from the snapshot's sequence + 1; it is stale until it has
-//     applied the tail. With Config.SnapshotEvery set it puts snapshots of
+//     store and its applied sequence in one transaction, the consent
+//     store's state at the same sequence in one transaction of its own)
+//     and reads the stream from the snapshot's sequence + 1; it is stale
+//     until it has applied the tail. With Config.SnapshotEvery set it puts snapshots of
 //     its own; once an erasure is applied, every snapshot taken before it
 //     is deleted (the erasing node puts a fresh one first). The stream is
-//     not compacted: it still holds every change.
+//     not compacted, but a node joining from a snapshot with the consent
+//     state reads only its tail.
 //   - A consent op (suppression.OpConsent, PublishConsent) is applied to
 //     Config.Consent, which records the sequence in its own transaction,
 //     before the store records it. PublishAll publishes a batch (imports)
@@ -63,6 +65,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"slices"
 	"strings"
 	"sync"
@@ -131,11 +134,22 @@ type Config struct {
 }
 
 // Consent is a node's consent store as the replica applies the stream's
-// consent ops to it; *subscribers.Store satisfies it. seqs[i] is ops[i]'s
-// stream sequence (0: applied ahead of the stream, not recorded); refused[i]
-// its store's refusal; err means nothing was applied.
+// consent ops to it and carries its state in snapshots; *subscribers.Store
+// satisfies it.
 type Consent interface {
+	// ApplyEncoded applies ops; seqs[i] is ops[i]'s stream sequence (0:
+	// applied ahead of the stream, not recorded); refused[i] its store's
+	// refusal; err means nothing was applied.
 	ApplyEncoded(seqs []uint64, ops [][]byte) (refused []error, err error)
+	// ExportState calls put for each record of the store's state (opaque
+	// here, personal fields sealed), from one read transaction, and returns
+	// the stream sequence it reflects.
+	ExportState(put func(k, v []byte) error) (uint64, error)
+	// StateEmpty reports whether LoadState may load into the store.
+	StateEmpty() (bool, error)
+	// LoadState loads records ExportState wrote, in one transaction, and
+	// returns the stream sequence they reflect.
+	LoadState(recs iter.Seq2[[]byte, []byte]) (uint64, error)
 }
 
 // Erasure is an erasure from the stream as OnErase sees it: the person's

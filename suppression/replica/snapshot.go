@@ -17,11 +17,15 @@ import (
 )
 
 // Snapshots (issue 13, promise 7): a node puts its store's replicated state
-// (suppression.Store.WriteSnapshot), sealed with the data key, into the
-// object store bucket Config.Snapshots as "suppression.<node>.<seq>"; a node
-// whose store is empty at Start loads the newest one and reads the stream
-// from its sequence + 1 only. The stream is not compacted: it still holds
-// every change, so a node without a usable snapshot replays it all.
+// (suppression.Store.WriteSnapshot) and its consent store's
+// (Consent.ExportState) at the same stream sequence, sealed with the data
+// key, into the object store bucket Config.Snapshots as
+// "suppression.<node>.<seq>"; a node whose stores are empty at Start loads
+// the newest one and reads the stream from its sequence + 1 only, so the
+// stream's messages below it are not needed. A snapshot without the
+// consent state (version 1, or put by a node without a consent store)
+// still loads; the consent ops below it are then read from the stream
+// (replayConsent). A node without a usable snapshot replays the stream.
 
 // ctxSnapshot is the seal context of a snapshot; its object name is
 // appended, so a snapshot renamed to another node or sequence does not open.
@@ -127,6 +131,19 @@ func (r *Replica) join(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("join from a snapshot: %w", err)
 	}
+	if r.cfg.Consent != nil {
+		ok, err := r.cfg.Consent.StateEmpty()
+		if err != nil {
+			return fmt.Errorf("join: %w", err)
+		}
+		if !ok {
+			// Consent held but no suppression: the snapshot's consent
+			// state cannot load over it; the stream has every op.
+			r.log.Warn().Msg("consent store not empty; reading the stream from the start")
+			r.setJoined(0)
+			return nil
+		}
+	}
 	for _, s := range snaps {
 		data, err := obs.GetBytes(ctx, s.name)
 		switch {
@@ -138,12 +155,21 @@ func (r *Replica) join(ctx context.Context) error {
 		case err != nil:
 			return fmt.Errorf("join from snapshot %s: %w", s.name, err)
 		}
-		// The snapshot holds the suppression store only: the consent ops up
-		// to its sequence reach the consent store first, from the stream.
-		if err := r.replayConsent(ctx, s.seq); err != nil {
-			return fmt.Errorf("join from snapshot %s: %w", s.name, err)
+		sn, err := r.read(s.name, data)
+		if err != nil {
+			r.log.Warn().Err(err).Str("snapshot", s.name).Msg("snapshot unusable; trying an older one")
+			continue
 		}
-		seq, err := r.load(s.name, data)
+		// The consent store first: interrupted before the suppression
+		// store loads, the join runs again and loads it again (StateEmpty).
+		if err := r.loadConsent(ctx, s.name, sn); err != nil {
+			if ctx.Err() != nil || !sn.HasConsent() {
+				return fmt.Errorf("join from snapshot %s: %w", s.name, err)
+			}
+			r.log.Warn().Err(err).Str("snapshot", s.name).Msg("snapshot's consent state unusable; trying an older one")
+			continue
+		}
+		seq, err := r.load(sn)
 		if errors.Is(err, suppression.ErrNotEmpty) {
 			// A change was applied here meanwhile (a publish applied
 			// ahead, a change kept while cut off): read the whole stream.
@@ -152,10 +178,9 @@ func (r *Replica) join(ctx context.Context) error {
 			return nil
 		}
 		if err != nil {
-			r.log.Warn().Err(err).Str("snapshot", s.name).Msg("snapshot unusable; trying an older one")
-			continue
+			return fmt.Errorf("join from snapshot %s: %w", s.name, err)
 		}
-		r.log.Info().Str("snapshot", s.name).Uint64("seq", seq).Msg("joined from a snapshot; reading the stream's tail")
+		r.log.Info().Str("snapshot", s.name).Uint64("seq", seq).Bool("consent", sn.HasConsent()).Msg("joined from a snapshot; reading the stream's tail")
 		return nil
 	}
 	r.log.Info().Int("snapshots", len(snaps)).Msg("no usable snapshot; reading the stream from the start")
@@ -163,10 +188,30 @@ func (r *Replica) join(ctx context.Context) error {
 	return nil
 }
 
+// loadConsent gives the consent store its state up to the snapshot's
+// sequence: the snapshot's consent section, or, from a snapshot without
+// one (version 1), the consent ops of the stream up to it.
+func (r *Replica) loadConsent(ctx context.Context, name string, sn *suppression.Snapshot) error {
+	if r.cfg.Consent == nil {
+		return nil
+	}
+	if !sn.HasConsent() {
+		return r.replayConsent(ctx, sn.Seq)
+	}
+	r.applyMu.Lock()
+	cseq, err := r.cfg.Consent.LoadState(sn.Consent())
+	r.applyMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", name, err)
+	}
+	r.log.Info().Str("snapshot", name).Uint64("consent_seq", cseq).Msg("consent state loaded from the snapshot")
+	return nil
+}
+
 // replayConsent applies the stream's consent ops up to sequence upTo to
-// Config.Consent, before a snapshot at upTo is loaded: the snapshot carries
-// the suppression store, not the consent store, and consumption resumes
-// after it. The consent store skips what it has applied already (its own
+// Config.Consent, before a snapshot at upTo without the consent state (an
+// older one) is loaded: consumption resumes after it. It needs the
+// stream's messages below upTo; a purged stream leaves those ops out. The consent store skips what it has applied already (its own
 // applied sequence), so a join interrupted and run again applies nothing
 // twice. Only the ops are read into it; nothing else is applied.
 func (r *Replica) replayConsent(ctx context.Context, upTo uint64) error {
@@ -240,17 +285,22 @@ func (r *Replica) replayConsent(ctx context.Context, upTo uint64) error {
 	return nil
 }
 
-// load opens a sealed snapshot and loads it into the store; the applied
-// sequence moves to its sequence in the same step, under applyMu, so no
-// change is kept pending in between.
-func (r *Replica) load(name string, data []byte) (uint64, error) {
+// read opens a sealed snapshot and reads it whole (checked, not loaded).
+func (r *Replica) read(name string, data []byte) (*suppression.Snapshot, error) {
 	plain, err := r.box.Open(data, ctxSnapshot+name)
 	if err != nil {
-		return 0, fmt.Errorf("open snapshot %s: %w (another data key?)", name, err)
+		return nil, fmt.Errorf("open snapshot %s: %w (another data key?)", name, err)
 	}
+	return r.store.ReadSnapshot(bytes.NewReader(plain))
+}
+
+// load loads a snapshot into the store; the applied sequence moves to its
+// sequence in the same step, under applyMu, so no change is kept pending
+// in between.
+func (r *Replica) load(sn *suppression.Snapshot) (uint64, error) {
 	r.applyMu.Lock()
 	defer r.applyMu.Unlock()
-	seq, err := r.store.LoadSnapshot(bytes.NewReader(plain))
+	seq, err := r.store.Load(sn)
 	if err != nil {
 		return 0, err
 	}
@@ -270,16 +320,38 @@ func (r *Replica) setJoined(seq uint64) {
 	}
 }
 
-// Snapshot puts a sealed snapshot of the store into the bucket now, then
-// deletes the snapshots no longer needed (see prune); it returns the
-// snapshot's sequence. It refuses while the store keeps changes the
-// stream does not have yet (suppression.ErrSnapshotPending) and while the
-// store has applied nothing.
+// Snapshot puts a sealed snapshot of the store and the consent store into
+// the bucket now, then deletes the snapshots no longer needed (see prune);
+// it returns the snapshot's sequence. It refuses while the store keeps
+// changes the stream does not have yet (suppression.ErrSnapshotPending),
+// while an erasure from another node is not yet done in the consent store
+// (OnErase: it would still hold the person, in a snapshot taken after the
+// erasure, which prune keeps), and while the store has applied nothing.
 func (r *Replica) Snapshot(ctx context.Context) (uint64, error) {
 	r.snapMu.Lock()
 	defer r.snapMu.Unlock()
-	var buf bytes.Buffer
-	seq, err := r.store.WriteSnapshot(&buf)
+	var (
+		buf     bytes.Buffer
+		consent suppression.ConsentExport
+	)
+	if r.cfg.Consent != nil {
+		consent = func(put func(k, v []byte) error) error {
+			_, err := r.cfg.Consent.ExportState(put)
+			return err
+		}
+	}
+	// Under applyMu no stream change is applied: both stores reflect the
+	// same sequence.
+	r.applyMu.Lock()
+	due, err := r.DueErasures()
+	if err == nil && due > 0 && consent != nil {
+		err = fmt.Errorf("%d erasures from other nodes not yet done in the consent store", due)
+	}
+	var seq uint64
+	if err == nil {
+		seq, err = r.store.WriteSnapshot(&buf, consent)
+	}
+	r.applyMu.Unlock()
 	if err != nil {
 		return 0, fmt.Errorf("snapshot: %w", err)
 	}

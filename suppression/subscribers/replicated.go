@@ -213,10 +213,7 @@ func (s *Store) ApplyOps(ops []Applied) (refused []error, err error) {
 	refused = make([]error, len(ops))
 	err = s.update(func(tx *bbolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
-		var last uint64
-		if v := meta.Get(keyAppliedSeq); len(v) == 8 {
-			last = binary.BigEndian.Uint64(v)
-		}
+		last := appliedSeqTx(tx)
 		for i, a := range ops {
 			refused[i] = nil
 			if a.Seq > 0 {
@@ -278,12 +275,7 @@ func (s *Store) ApplyEncoded(seqs []uint64, ops [][]byte) ([]error, error) {
 // AppliedSeq returns the last stream sequence ApplyOps recorded (0: none).
 func (s *Store) AppliedSeq() (uint64, error) {
 	var seq uint64
-	err := s.view(func(tx *bbolt.Tx) error {
-		if v := tx.Bucket(bucketMeta).Get(keyAppliedSeq); len(v) == 8 {
-			seq = binary.BigEndian.Uint64(v)
-		}
-		return nil
-	})
+	err := s.view(func(tx *bbolt.Tx) error { seq = appliedSeqTx(tx); return nil })
 	if err != nil {
 		return 0, fmt.Errorf("read consent applied sequence: %w", err)
 	}
