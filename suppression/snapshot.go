@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -35,7 +36,10 @@ import (
 //
 // Sections of version 1: "suppression.meta" (records "applied_seq" and
 // "erased_seq", 8 bytes big-endian; "keycheck", the writer's sealed key
-// check) and "suppression.entries" (the suppressions bucket as it is).
+// check), "suppression.entries" (the suppressions bucket as it is) and,
+// only when there are any, "suppression.imports" (the records of the
+// import runs not done, bucket imports: a joining node resumes them; a done
+// run needs no record, the next import of its file is a new run anyway).
 // A reader refuses a section it does not know: loading part of a snapshot
 // would leave a node short of state it believes it has.
 
@@ -53,6 +57,7 @@ const (
 
 	secMeta    = "suppression.meta"
 	secEntries = "suppression.entries"
+	secImports = "suppression.imports"
 )
 
 // WriteSnapshot writes the replicated state (the suppressions bucket and
@@ -84,6 +89,9 @@ func (s *Store) WriteSnapshot(w io.Writer) (uint64, error) {
 			sw.record(k, v)
 			return sw.err
 		}); err != nil {
+			return err
+		}
+		if err := snapImports(tx, sw); err != nil {
 			return err
 		}
 		return sw.end()
@@ -175,7 +183,7 @@ func (s *Store) loadTx(tx *bbolt.Tx, sr *snapReader) (uint64, error) {
 		switch kind {
 		case 's':
 			section = string(payload)
-			if section != secMeta && section != secEntries {
+			if section != secMeta && section != secEntries && section != secImports {
 				return 0, fmt.Errorf("snapshot section %q: unknown to this postwarden (written by a newer one?)", section)
 			}
 		case 'r':
@@ -210,6 +218,10 @@ func (s *Store) loadTx(tx *bbolt.Tx, sr *snapReader) (uint64, error) {
 					return 0, err
 				}
 				entriesN++
+			case secImports:
+				if err := loadImport(tx, k, v); err != nil {
+					return 0, corrupt("%v", err)
+				}
 			default:
 				return 0, corrupt("record outside a section")
 			}
@@ -233,6 +245,40 @@ func (s *Store) loadTx(tx *bbolt.Tx, sr *snapReader) (uint64, error) {
 			return 0, corrupt("unknown frame kind %q", kind)
 		}
 	}
+}
+
+// snapImports writes the section of the import runs not done, if any.
+func snapImports(tx *bbolt.Tx, sw *snapWriter) error {
+	b := tx.Bucket(bucketImports)
+	if b == nil {
+		return nil
+	}
+	started := false
+	return b.ForEach(func(k, v []byte) error {
+		var r importRun
+		if err := json.Unmarshal(v, &r); err != nil || r.Done {
+			return nil // a malformed record resumes nothing here either
+		}
+		if !started {
+			sw.section(secImports)
+			started = true
+		}
+		sw.record(k, v)
+		return sw.err
+	})
+}
+
+// loadImport keeps an import run's record read from a snapshot.
+func loadImport(tx *bbolt.Tx, k, v []byte) error {
+	var r importRun
+	if err := json.Unmarshal(v, &r); err != nil || len(k) != sha256.Size || r.Run == "" {
+		return errors.New("malformed import record")
+	}
+	b, err := tx.CreateBucketIfNotExists(bucketImports)
+	if err != nil {
+		return err
+	}
+	return b.Put(bytes.Clone(k), bytes.Clone(v))
 }
 
 // snapWriter writes frames and keeps the running checksum; the first
