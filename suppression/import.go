@@ -87,21 +87,46 @@ func (s *Store) ImportFile(path string, def Entry, a ImportAuditor) (ImportResul
 	return s.ImportFileVia(path, def, a, nil)
 }
 
-// ImportPublisher writes an import's batches through a replicated log
-// instead of straight into this store (a cluster node: suppression/replica).
+// ImportPublisher writes an import's batches, and the run's record, through
+// a replicated log instead of straight into this store (a cluster node:
+// suppression/replica), so that every node holds the run's progress and an
+// import interrupted on one node resumes on any other.
 type ImportPublisher interface {
+	// CatchUp returns once this store has applied the log as it stands
+	// (up to a bound; an error past it), so that the run's record read
+	// next is the one the cluster holds.
+	CatchUp() error
 	// PublishImport makes a batch part of the log and returns once this
 	// store has applied it, with how many entries it added. key names the
 	// batch, the same on a resumed run, so a batch published again after
 	// a crash is a duplicate of the log, or, applied again, writes the
 	// same entries.
 	PublishImport(key string, entries []Entry) (added int, err error)
+	// PublishImportRun makes m (an OpImport: the run's record) part of the
+	// log after everything published before it returned, and returns once
+	// this store has applied it; key names the step it records ("<run>/3",
+	// "<run>/start", "<run>/done"), the same on a resumed run, so that a
+	// record published again is a duplicate of the log. The store's
+	// refusal of m is the error.
+	PublishImportRun(key string, m Mutation) error
 }
 
-// ImportFileVia is ImportFile whose batches, if p is not nil, go through p;
-// the run's progress is recorded here once p returned, so a re-run after a
-// crash publishes the batch in flight again (harmless, see ImportPublisher)
-// and skips the ones recorded.
+// ImportProgress is an import run's record as a Mutation (OpImport) carries
+// it through the log: no address, no row of the file; the file's base name
+// travels sealed with the rest of the change.
+type ImportProgress struct {
+	Key string    `json:"key"` // hex of the import's identity: the file's digest and the defaults
+	Run importRun `json:"run"`
+}
+
+// ImportFileVia is ImportFile whose batches, if p is not nil, go through p,
+// and so does the run's record: its start, each batch's progress (published
+// once the batch is in the log, so that a node holding the record holds the
+// batch's entries) and its end. Every node applies the record from the log
+// (Apply, bucket imports), so the same file with the same defaults re-run on
+// any node of the cluster after an interruption resumes the run there (same
+// run id, same entry time): it publishes the batch in flight again (a
+// duplicate, see ImportPublisher) and skips the ones recorded.
 func (s *Store) ImportFileVia(path string, def Entry, a ImportAuditor, p ImportPublisher) (ImportResult, error) {
 	if a == nil {
 		return ImportResult{}, fmt.Errorf("import %s: no auditor", path)
@@ -143,7 +168,15 @@ func (s *Store) ImportFileVia(path string, def Entry, a ImportAuditor, p ImportP
 		s.importing.Unlock()
 	}()
 
-	var run importRun
+	if p != nil { // the run's record is the cluster's: read it caught up with the log
+		if err := p.CatchUp(); err != nil {
+			return ImportResult{}, fmt.Errorf("import %s: %w", path, err)
+		}
+	}
+	var (
+		run     importRun
+		started bool // a new run, not a resumed one
+	)
 	err = s.update(func(tx *bbolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucketImports)
 		if err != nil {
@@ -161,24 +194,25 @@ func (s *Store) ImportFileVia(path string, def Entry, a ImportAuditor, p ImportP
 		if _, err := rand.Read(id); err != nil {
 			return err
 		}
-		run = importRun{Run: hex.EncodeToString(id), File: filepath.Base(path), Started: time.Now().UTC()}
+		run, started = importRun{Run: hex.EncodeToString(id), File: filepath.Base(path), Started: time.Now().UTC()}, true
 		if !def.Time.IsZero() {
 			run.Started = def.Time.UTC()
 		}
-		v, err := json.Marshal(run)
-		if err != nil {
-			return err
-		}
-		return b.Put(key, v)
+		return putImportRun(tx, key, run)
 	})
 	if err != nil {
 		return ImportResult{}, fmt.Errorf("import %s: start: %w", path, err)
+	}
+	imp := &importer{s: s, key: key, run: run, digest: digest, auditor: a, pub: p}
+	if started && p != nil { // every node learns the run, and its entry time, before its first batch
+		if err := imp.publish(run.Run+"/start", run); err != nil {
+			return ImportResult{}, fmt.Errorf("import %s: start: %w", path, err)
+		}
 	}
 	if run.Batches > 0 {
 		s.log.Info().Str("file", run.File).Str("run", run.Run).Int("batches_done", run.Batches).Msg("resuming interrupted import")
 	}
 	def.Time = run.Started // a resumed run writes what the interrupted one would have
-	imp := &importer{s: s, key: key, run: run, digest: digest, auditor: a, pub: p}
 	return s.importCSV(f, path, def, imp)
 }
 
@@ -198,14 +232,33 @@ func (im *importer) step(n int) ImportStep {
 	return ImportStep{Key: fmt.Sprintf("%s/%d", im.run.Run, n), Run: im.run.Run, File: im.run.File, FileSHA256: im.digest, Batch: n}
 }
 
-// commit writes batch n's entries and the run's progress in one transaction.
+// next is the run's record once batch n, which added added entries, is in.
+func (im *importer) next(n, added int) importRun {
+	r := im.run
+	r.Batches, r.Added = n, r.Added+added
+	return r
+}
+
+// commit records the run's progress in tx, the transaction that writes
+// batch n's entries (a single node).
 func (im *importer) commit(tx *bbolt.Tx, n, added int) error {
-	im.run.Batches, im.run.Added = n, im.run.Added+added
-	v, err := json.Marshal(im.run)
-	if err != nil {
+	r := im.next(n, added)
+	if err := putImportRun(tx, im.key, r); err != nil {
 		return err
 	}
-	return tx.Bucket(bucketImports).Put(im.key, v)
+	im.run = r
+	return nil
+}
+
+// publish makes r the run's record on every node, through the log (a
+// cluster node), once what it counts is in the log.
+func (im *importer) publish(step string, r importRun) error {
+	p := ImportProgress{Key: hex.EncodeToString(im.key), Run: r}
+	if err := im.pub.PublishImportRun(step, Mutation{Op: OpImport, Import: &p}); err != nil {
+		return fmt.Errorf("record run progress %s: %w", step, err)
+	}
+	im.run = r
+	return nil
 }
 
 // finish audits the summary and marks the run done.
@@ -216,12 +269,60 @@ func (im *importer) finish(res *ImportResult) error {
 	if err := im.auditor.AuditImport(st); err != nil {
 		return err
 	}
-	im.run.Done, im.run.Ended = true, time.Now().UTC()
-	v, err := json.Marshal(im.run)
+	r := im.run
+	r.Done, r.Ended = true, time.Now().UTC()
+	if im.pub != nil {
+		return im.publish(r.Run+"/done", r)
+	}
+	im.run = r
+	return im.s.update(func(tx *bbolt.Tx) error { return putImportRun(tx, im.key, r) })
+}
+
+// putImportRun keeps r as the record of the import named key, unless the
+// record kept is the same run further on: a record from the log arriving
+// after this node wrote a later one (a step published again by a resumed
+// run) never moves a run back, so a run counts each batch once.
+func putImportRun(tx *bbolt.Tx, key []byte, r importRun) error {
+	b, err := tx.CreateBucketIfNotExists(bucketImports)
 	if err != nil {
 		return err
 	}
-	return im.s.update(func(tx *bbolt.Tx) error { return tx.Bucket(bucketImports).Put(im.key, v) })
+	if v := b.Get(key); v != nil {
+		var old importRun
+		if err := json.Unmarshal(v, &old); err == nil && old.Run == r.Run &&
+			(old.Done && !r.Done || old.Batches > r.Batches) {
+			return nil
+		}
+	}
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return b.Put(key, v)
+}
+
+// applyImport applies an OpImport from the log: the run's record, in the
+// transaction that records the change's sequence.
+func applyImport(tx *bbolt.Tx, p *ImportProgress) error {
+	key, _ := hex.DecodeString(p.Key) // checked by NormalizeMutation
+	return putImportRun(tx, key, p.Run)
+}
+
+// checkImport checks an OpImport's record.
+func checkImport(p *ImportProgress) error {
+	if p == nil {
+		return errors.New("no run record")
+	}
+	if k, err := hex.DecodeString(p.Key); err != nil || len(k) != sha256.Size {
+		return fmt.Errorf("key %q: want %d hex bytes", p.Key, sha256.Size)
+	}
+	if id, err := hex.DecodeString(p.Run.Run); err != nil || len(id) == 0 || len(id) > 32 {
+		return fmt.Errorf("run %q: want a hex id", p.Run.Run)
+	}
+	if p.Run.Batches < 0 || p.Run.Added < 0 || p.Run.Started.IsZero() {
+		return fmt.Errorf("run %s: negative counts or no start time", p.Run.Run)
+	}
+	return checkText("file name", p.Run.File, 255)
 }
 
 // Import reads a CSV with a header row and adds one entry per row. The
@@ -400,11 +501,14 @@ func (b *importBatches) flush() error {
 // transaction and returns how many entries it wrote.
 func (b *importBatches) write() (int, error) {
 	if b.im != nil && b.im.pub != nil {
-		n, err := b.im.pub.PublishImport(b.im.step(b.batchNo).Key, b.batch)
+		key := b.im.step(b.batchNo).Key
+		n, err := b.im.pub.PublishImport(key, b.batch)
 		if err != nil {
 			return 0, err
 		}
-		return n, b.s.update(func(tx *bbolt.Tx) error { return b.im.commit(tx, b.batchNo, n) })
+		// After the batch's acks: a node that holds this record holds the
+		// batch (the log applies in order, each change with its sequence).
+		return n, b.im.publish(key, b.im.next(b.batchNo, n))
 	}
 	n := 0
 	err := b.s.update(func(tx *bbolt.Tx) error {

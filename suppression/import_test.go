@@ -1,6 +1,8 @@
 package suppression
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -162,5 +164,65 @@ func TestImportDefaults(t *testing.T) {
 		if got := importDefaults(tc.def, tc.name, now); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("importDefaults(%+v, %q) = %+v, want %+v", tc.def, tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestApplyImportRecord: a run's record from the log (OpImport) is checked
+// (a malformed one refused, nothing kept), filed under no address, never
+// moves its run back, and makes the store's next import of the file resume
+// that run.
+func TestApplyImportRecord(t *testing.T) {
+	s, _ := newStore(t)
+	var b strings.Builder
+	b.WriteString("email\n")
+	for i := 0; i < 2500; i++ {
+		fmt.Fprintf(&b, "rec%d@example.com\n", i)
+	}
+	path := filepath.Join(t.TempDir(), "list.csv")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The record another node's run would publish: its identity as
+	// ImportFileVia makes it (file digest, defaults).
+	digest := sha256.Sum256([]byte(b.String()))
+	def := Entry{Source: "import:list.csv"}
+	key := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%s\x00%s\x00%s", hex.EncodeToString(digest[:]), def.List, def.Reason, def.Source, def.Note))
+	started := time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC)
+	rec := func(batches int) Mutation {
+		return Mutation{Op: OpImport, Import: &ImportProgress{Key: hex.EncodeToString(key[:]),
+			Run: importRun{Run: "00aa11bb22cc33dd", File: "list.csv", Started: started, Batches: batches, Added: 1000 * batches}}}
+	}
+	for _, bad := range []Mutation{
+		{Op: OpImport},
+		{Op: OpImport, Import: &ImportProgress{Key: "abc", Run: rec(1).Import.Run}},
+		{Op: OpImport, Import: &ImportProgress{Key: rec(1).Import.Key, Run: importRun{Run: "not hex", Started: started}}},
+	} {
+		if _, err := s.NormalizeMutation(bad); err == nil {
+			t.Errorf("NormalizeMutation(%+v): no error", bad.Import)
+		}
+	}
+	if out, err := s.Apply(1, Mutation{Op: OpImport, Import: &ImportProgress{Key: "zz"}}); err != nil || out.Refused == nil {
+		t.Errorf("Apply of a malformed record = %+v, %v; want refused", out, err)
+	}
+	m, err := s.NormalizeMutation(rec(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ix := s.MutationIndex(m); ix == "" || strings.Contains(ix, m.Import.Key) {
+		t.Errorf("record filed under %q", ix)
+	}
+	if _, err := s.Apply(2, m); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := s.Apply(3, rec(1)); err != nil || out.Refused != nil { // late: kept out
+		t.Fatalf("Apply(older record) = %+v, %v", out, err)
+	}
+	a := &onceAuditor{steps: map[string]ImportStep{}}
+	res, err := s.ImportFile(path, def, a)
+	if err != nil || res.Run != "00aa11bb22cc33dd" || res.Resumed != 2 || res.Batches != 3 {
+		t.Fatalf("import after the record = %+v, %v; want run 00aa11bb22cc33dd resumed after 2 of 3", res, err)
+	}
+	if e, ok, _ := s.Lookup("rec2400@example.com", ""); !ok || !e.Time.Equal(started) {
+		t.Errorf("batch 3 entry = %+v, %v; want the run's time %v", e, ok, started)
 	}
 }

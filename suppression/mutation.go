@@ -32,6 +32,9 @@ const (
 	// same log, filed under the person's index so an erasure wipes them
 	// too; this store only records its sequence.
 	OpConsent Op = "consent"
+	// OpImport carries an import run's record (ImportFileVia through a
+	// cluster's log), so that any node resumes an interrupted import.
+	OpImport Op = "import"
 )
 
 // Mutation is one call of a mutating Store method as data, so that a
@@ -51,6 +54,9 @@ type Mutation struct {
 	// Consent is OpConsent's payload, opaque here (the consent store's op);
 	// sealed with the rest of the change.
 	Consent json.RawMessage `json:"k,omitempty"`
+	// Import is OpImport's run record; filed under the keyed index of
+	// the import's identity, never an address.
+	Import *ImportProgress `json:"p,omitempty"`
 }
 
 // Outcome is what applying a Mutation did.
@@ -127,6 +133,13 @@ func (s *Store) NormalizeMutation(m Mutation) (Mutation, error) {
 		if len(m.Consent) == 0 {
 			return Mutation{}, errors.New("mutation consent: no payload")
 		}
+	case OpImport:
+		if err := checkImport(m.Import); err != nil {
+			return Mutation{}, fmt.Errorf("mutation import: %w", err)
+		}
+		p := *m.Import
+		p.Key = strings.ToLower(p.Key)
+		m.Import = &p
 	case OpErase:
 		if m.Addr != "" {
 			k, err := addressKey(m.Addr)
@@ -159,6 +172,10 @@ func (s *Store) MutationIndex(m Mutation) string {
 		}
 	case OpErase, OpConsent:
 		return m.Index
+	case OpImport:
+		if m.Import != nil { // no address has the prefix: no person's subject
+			return s.box.IndexHex("import:" + m.Import.Key)
+		}
 	}
 	return s.box.IndexHex(m.Addr)
 }
@@ -278,6 +295,8 @@ func (s *Store) applyTx(tx *bbolt.Tx, m Mutation) (Outcome, error) {
 		idx, _ := hex.DecodeString(m.Index) // checked by NormalizeMutation
 		out.Entry, _, err = s.eraseTx(tx, idx, m.Ref, m.Dates, m.Time)
 	case OpConsent: // the consent store applies it (replica Config.Consent)
+	case OpImport:
+		err = applyImport(tx, m.Import)
 	}
 	if errors.Is(err, ErrErased) || errors.Is(err, ErrRestricted) {
 		out.Refused, err = err, nil

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -40,9 +41,12 @@ import (
 // sequence, its records opaque here (subscribers.Store.ExportState: keyed
 // indexes, personal fields sealed as at rest). A snapshot without it
 // (version 1, or a writer without a consent store) leaves the consent
-// state below its sequence to the stream. A reader refuses a section it
-// does not know: loading part of a snapshot would leave a node short of
-// state it believes it has.
+// state below its sequence to the stream. Either version carries, only when
+// there are any, "suppression.imports" (the records of the import runs not
+// done, bucket imports: a joining node resumes them; a done run needs no
+// record, the next import of its file is a new run anyway). A reader
+// refuses a section it does not know: loading part of a snapshot would
+// leave a node short of state it believes it has.
 
 // Snapshot errors; match them with errors.Is.
 var (
@@ -60,6 +64,7 @@ const (
 	secEntries = "suppression.entries"
 	// SecConsent is the section of the consent store's state (version 2).
 	SecConsent = "consent"
+	secImports = "suppression.imports"
 )
 
 // ConsentExport writes the consent store's state: put for each record
@@ -105,6 +110,9 @@ func (s *Store) WriteSnapshot(w io.Writer, consent ConsentExport) (uint64, error
 				return fmt.Errorf("consent section: %w", err)
 			}
 		}
+		if err := snapImports(tx, sw); err != nil {
+			return err
+		}
 		return sw.end()
 	})
 	if err != nil {
@@ -133,6 +141,7 @@ type Snapshot struct {
 	erased     uint64
 	entries    []record
 	consent    []record
+	imports    []record
 	hasConsent bool
 }
 
@@ -177,6 +186,17 @@ func (s *Store) Load(sn *Snapshot) (uint64, error) {
 		for _, r := range sn.entries {
 			if err := entries.Put(r.k, r.v); err != nil {
 				return err
+			}
+		}
+		if len(sn.imports) > 0 {
+			imports, err := tx.CreateBucketIfNotExists(bucketImports)
+			if err != nil {
+				return err
+			}
+			for _, r := range sn.imports {
+				if err := imports.Put(r.k, r.v); err != nil {
+					return err
+				}
 			}
 		}
 		meta := tx.Bucket(bucketMeta)
@@ -251,7 +271,7 @@ func (s *Store) readSnapshot(sr *snapReader) (*Snapshot, error) {
 		case 's':
 			section = string(payload)
 			switch {
-			case section == secMeta || section == secEntries:
+			case section == secMeta || section == secEntries || section == secImports:
 			case section == SecConsent && sn.Version >= 2 && !sn.hasConsent:
 				sn.hasConsent = true
 			default:
@@ -288,6 +308,11 @@ func (s *Store) readSnapshot(sr *snapReader) (*Snapshot, error) {
 				sn.entries = append(sn.entries, record{k, v})
 			case SecConsent: // checked by the consent store as it loads
 				sn.consent = append(sn.consent, record{k, v})
+			case secImports:
+				if err := checkImportRecord(k, v); err != nil {
+					return nil, corrupt("%v", err)
+				}
+				sn.imports = append(sn.imports, record{k, v})
 			default:
 				return nil, corrupt("record outside a section")
 			}
@@ -303,6 +328,36 @@ func (s *Store) readSnapshot(sr *snapReader) (*Snapshot, error) {
 			return nil, corrupt("unknown frame kind %q", kind)
 		}
 	}
+}
+
+// snapImports writes the section of the import runs not done, if any.
+func snapImports(tx *bbolt.Tx, sw *snapWriter) error {
+	b := tx.Bucket(bucketImports)
+	if b == nil {
+		return nil
+	}
+	started := false
+	return b.ForEach(func(k, v []byte) error {
+		var r importRun
+		if err := json.Unmarshal(v, &r); err != nil || r.Done {
+			return nil // a malformed record resumes nothing here either
+		}
+		if !started {
+			sw.section(secImports)
+			started = true
+		}
+		sw.record(k, v)
+		return sw.err
+	})
+}
+
+// checkImportRecord checks an import run's record read from a snapshot.
+func checkImportRecord(k, v []byte) error {
+	var r importRun
+	if err := json.Unmarshal(v, &r); err != nil || len(k) != sha256.Size || r.Run == "" {
+		return errors.New("malformed import record")
+	}
+	return nil
 }
 
 // snapWriter writes frames and keeps the running checksum; the first

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -234,5 +236,51 @@ func TestSnapshotConsentSection(t *testing.T) {
 	}
 	if got, want := entries(t, dst), entries(t, src); !reflect.DeepEqual(got, want) {
 		t.Errorf("loaded from version 1: %+v; want %+v", got, want)
+	}
+}
+
+// TestSnapshotCarriesInterruptedImport: a node joining from a snapshot
+// resumes an import interrupted before it (same run, the committed batch
+// skipped); a done run is not in the snapshot (its file's next import is a
+// new run either way).
+func TestSnapshotCarriesInterruptedImport(t *testing.T) {
+	src, path := newStore(t)
+	var b strings.Builder
+	b.WriteString("email\n")
+	for i := 0; i < 1500; i++ {
+		fmt.Fprintf(&b, "snap%d@example.com\n", i)
+	}
+	file := filepath.Join(t.TempDir(), "list.csv")
+	if err := os.WriteFile(file, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := &onceAuditor{steps: map[string]ImportStep{}}
+	if _, err := src.ImportFile(file, Entry{}, &failAt{a, 2}); err == nil {
+		t.Fatal("interrupted import: no error")
+	}
+	run := a.steps[a.calls[0]].Run
+	var buf bytes.Buffer
+	if _, err := src.WriteSnapshot(&buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	dst := openTest(t, filepath.Join(filepath.Dir(path), "joined.db"))
+	defer dst.Close()
+	if _, err := dst.LoadSnapshot(&buf); err != nil {
+		t.Fatal(err)
+	}
+	a.calls, a.failAfter = nil, ""
+	res, err := dst.ImportFile(file, Entry{}, a)
+	if err != nil || res.Run != run || res.Resumed != 1 || res.Batches != 2 || res.Added != 1500 {
+		t.Fatalf("import on the joined store = %+v, %v; want run %s resumed after 1 of 2 batches", res, err, run)
+	}
+	if strings.Join(a.calls, " ") != run+"/2 "+run+"/done" {
+		t.Errorf("joined store audited %v; want batch 2 and the summary", a.calls)
+	}
+	buf.Reset()
+	if _, err := dst.WriteSnapshot(&buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(buf.Bytes(), []byte(secImports)) {
+		t.Error("a done run is in the snapshot")
 	}
 }

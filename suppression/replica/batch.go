@@ -101,3 +101,27 @@ func (r *Replica) PublishAll(ctx context.Context, cs []Change) (refused []error,
 	r.mu.Unlock()
 	return refused, nil
 }
+
+// CatchUp reads the stream's last sequence and waits until the local store
+// has applied it, for at most MaxLag: a caller then reads the cluster's
+// state (an import's run record), not what this node last saw.
+func (r *Replica) CatchUp(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.MaxLag)
+	defer cancel()
+	if nc := r.js.Conn(); nc == nil || !nc.IsConnected() {
+		return errors.New("catch up with the suppression stream: not connected to NATS")
+	}
+	var last uint64
+	st, err := r.js.Stream(ctx, r.cfg.Stream)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound): // nothing published yet
+	case err != nil:
+		return fmt.Errorf("catch up with the suppression stream %s: %w", r.cfg.Stream, err)
+	default:
+		last = st.CachedInfo().State.LastSeq
+	}
+	if err := r.waitApplied(ctx, last); err != nil {
+		return fmt.Errorf("catch up with the suppression stream %s (up to seq %d): %w", r.cfg.Stream, last, err)
+	}
+	return nil
+}

@@ -56,6 +56,9 @@
 //     Config.Consent, which records the sequence in its own transaction,
 //     before the store records it. PublishAll publishes a batch (imports)
 //     asynchronously and keeps nothing pending.
+//   - An import's run record (suppression.OpImport) is published after the
+//     batch it counts is acknowledged, so every node applies it after the
+//     batch's entries, with its own sequence: any node resumes the run.
 package replica
 
 import (

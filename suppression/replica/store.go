@@ -118,6 +118,26 @@ func (s *Store) PublishImport(key string, entries []suppression.Entry) (int, err
 	return n, nil
 }
 
+// PublishImportRun publishes an import run's record (suppression.OpImport,
+// suppression.ImportPublisher) with PublishAll, on its own and so after
+// the batches it counts are in the stream; the change id is key's, so a
+// record published again by a resumed run is dropped as a duplicate.
+func (s *Store) PublishImportRun(key string, m suppression.Mutation) error {
+	if m.Op != suppression.OpImport {
+		return fmt.Errorf("publish import run %s: not an import record (%s)", key, m.Op)
+	}
+	refused, err := s.r.PublishAll(context.Background(), []Change{{ID: "import/" + key + "/run", Mutation: m}})
+	if err != nil {
+		return err
+	}
+	return refused[0]
+}
+
+// CatchUp waits until the local replica has applied the stream as it
+// stands now (suppression.ImportPublisher): an import reads its run's
+// record after it.
+func (s *Store) CatchUp() error { return s.r.CatchUp(context.Background()) }
+
 var _ suppression.ImportPublisher = (*Store)(nil)
 
 // errNoTombstone: the erasure was published but its tombstone is not here.
