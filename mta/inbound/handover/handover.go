@@ -108,7 +108,6 @@ type Handover struct {
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 	mu     sync.Mutex // one outbox pass at a time
-	cc     jetstream.ConsumeContext
 
 	outbox                                 atomic.Int64
 	handed, kept, applied, failed, dropped atomic.Int64
@@ -179,11 +178,6 @@ func (h *Handover) Close() {
 		h.cancel()
 	}
 	h.done.Wait()
-	h.mu.Lock()
-	if h.cc != nil {
-		h.cc.Stop()
-	}
-	h.mu.Unlock()
 }
 
 // Mine reports whether node is this node's tag.
@@ -271,18 +265,24 @@ func (h *Handover) ensure(ctx context.Context) (jetstream.Stream, error) {
 }
 
 // consume sets up this node's consumer (retrying) and applies what it
-// delivers until ctx ends.
+// delivers until ctx ends; a consumer that stops (deleted, its stream
+// recreated) is set up again.
 func (h *Handover) consume(ctx context.Context) {
 	wait := 250 * time.Millisecond
 	for {
 		cc, err := h.subscribe(ctx)
 		if err == nil {
-			h.mu.Lock()
-			h.cc = cc
-			h.mu.Unlock()
-			return // Consume runs until Close stops it
+			wait = 250 * time.Millisecond
+			select {
+			case <-ctx.Done():
+				cc.Stop()
+				return
+			case <-cc.Closed():
+				h.log.Warn().Msg("report hand-over consumer stopped; setting it up again")
+			}
+		} else {
+			h.log.Warn().Err(err).Dur("retry_in", wait).Msg("report hand-over stream not reachable yet")
 		}
-		h.log.Warn().Err(err).Dur("retry_in", wait).Msg("report hand-over stream not reachable yet")
 		select {
 		case <-ctx.Done():
 			return
@@ -310,7 +310,9 @@ func (h *Handover) subscribe(ctx context.Context) (jetstream.ConsumeContext, err
 	if err != nil {
 		return nil, fmt.Errorf("consumer: %w", err)
 	}
-	return cons.Consume(h.handle)
+	return cons.Consume(h.handle, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		h.log.Debug().Err(err).Msg("report hand-over consumer")
+	}))
 }
 
 // handle applies one handed report and acknowledges it once applied.

@@ -204,6 +204,16 @@ func TestHandedReportAppliedByItsNode(t *testing.T) {
 	if l := a2.list(); len(l) != 0 {
 		t.Errorf("node 2 applied %+v; the message is node 1's", l)
 	}
+	// Its consumer deleted (say, by an operator), node 1 sets it up again.
+	if err := js.DeleteConsumer(context.Background(), DefaultStream, "reports-"+tag1); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := n2.Hand(tag1, qid, complaint()); err != nil {
+		t.Fatalf("Hand: %v", err)
+	}
+	eventually(t, "node 1 applying after its consumer was deleted", func() bool { return len(a1.list()) == 2 })
+
 	subjMu.Lock()
 	for _, s := range subjects {
 		if s != DefaultSubject+"."+tag1 {
