@@ -331,8 +331,12 @@ func (h *Handover) handle(m jetstream.Msg) {
 	}
 	if err := h.apply.Apply(p.QueueID, p.Reports); err != nil {
 		h.failed.Add(1)
-		h.log.Error().Err(err).Str("queue_id", p.QueueID).Msg("handed report not applied; retrying")
-		_ = m.NakWithDelay(time.Second)
+		delay := time.Second // doubling per delivery, at most a minute: a lasting failure does not spin
+		if md, err := m.Metadata(); err == nil && md.NumDelivered > 1 {
+			delay = min(time.Second<<min(md.NumDelivered-1, 6), time.Minute)
+		}
+		h.log.Error().Err(err).Str("queue_id", p.QueueID).Dur("retry_in", delay).Msg("handed report not applied; retrying")
+		_ = m.NakWithDelay(delay)
 		return
 	}
 	if err := m.DoubleAck(context.Background()); err != nil {

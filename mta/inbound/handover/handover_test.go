@@ -197,6 +197,7 @@ func TestHandedReportAppliedByItsNode(t *testing.T) {
 	if got.QueueID != qid || len(got.Reports) != 1 || got.Reports[0].Recipient != addr || got.Reports[0].Kind != bounce.KindComplaint {
 		t.Errorf("node 1 applied %+v", got)
 	}
+	eventually(t, "node 1 counting it applied", func() bool { return n1.Stats().Applied == 1 })
 	if st := n1.Stats(); st.Failed != 1 || st.Applied != 1 {
 		t.Errorf("node 1 stats %+v: want one failure retried, then applied", st)
 	}
