@@ -138,6 +138,10 @@ func verpKey(tokenKey []byte) []byte {
 // (with or without a listener here: other nodes' listeners hand this
 // node's reports to it).
 func startInbound(cfg *configs.Server, e *env, log zerolog.Logger) (*inbound.Server, error) {
+	clustered := cfg.Cluster != nil && e.verp != nil
+	if cfg.SMTPListen == "" && !clustered {
+		return nil, nil
+	}
 	deps := inbound.Deps{
 		VERP:       e.verp,
 		Mailto:     e.tokens,
@@ -147,7 +151,7 @@ func startInbound(cfg *configs.Server, e *env, log zerolog.Logger) (*inbound.Ser
 			Suppressor: e.suppressions(), Events: e.queue, Timings: e.queue, History: listsAdapter{subs: e.subs, w: e.consent()}}, log)},
 		Events: e.queue,
 	}
-	if cfg.Cluster != nil && e.verp != nil {
+	if clustered {
 		h, err := e.startHandover(deps, log.With().Str("component", "handover").Logger())
 		if err != nil {
 			return nil, err
