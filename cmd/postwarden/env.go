@@ -18,6 +18,7 @@ import (
 	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/mta/adaptive"
 	"github.com/postwarden/postwarden/mta/dkim"
+	"github.com/postwarden/postwarden/mta/inbound/handover"
 	"github.com/postwarden/postwarden/mta/providers"
 	"github.com/postwarden/postwarden/mta/verp"
 	"github.com/postwarden/postwarden/mta/warmup"
@@ -48,6 +49,8 @@ type env struct {
 	audit *audit.Log
 	// verp encodes envelope senders on bounce_domain; nil when unset.
 	verp *verp.Codec
+	// handover carries reports about other nodes' messages (a clustered serve with a bounce domain).
+	handover *handover.Handover
 	// daemon is true inside `serve`: delivery is the daemon's runner's job.
 	daemon bool
 	// brake judges campaigns after each hard bounce and complaint (the
@@ -115,6 +118,9 @@ func openEnv(cfg *configs.Server, log zerolog.Logger, create bool) (*env, error)
 func (e *env) envelopeSender(id, from string) string {
 	if e.verp == nil || from == "" {
 		return from
+	}
+	if cc := e.cfg.Cluster; cc != nil { // the token names the spool that holds id
+		return e.verp.AddressFrom(id, cc.Node)
 	}
 	return e.verp.Address(id)
 }

@@ -1,20 +1,25 @@
 package main
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"text/tabwriter"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/mta/bounce"
 	"github.com/postwarden/postwarden/mta/inbound"
+	"github.com/postwarden/postwarden/mta/inbound/handover"
+	"github.com/postwarden/postwarden/mta/verp"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/unsubscribe"
@@ -128,12 +133,34 @@ func verpKey(tokenKey []byte) []byte {
 }
 
 // startInbound starts the SMTP listener for bounces, complaints and mailto
-// unsubscribes on smtp_listen; nil, nil when smtp_listen is empty.
+// unsubscribes on smtp_listen; nil, nil when smtp_listen is empty. On a
+// cluster node with a bounce domain it first starts the report hand-over
+// (with or without a listener here: other nodes' listeners hand this
+// node's reports to it).
 func startInbound(cfg *configs.Server, e *env, log zerolog.Logger) (*inbound.Server, error) {
+	clustered := cfg.Cluster != nil && e.verp != nil
+	if cfg.SMTPListen == "" && !clustered {
+		return nil, nil
+	}
+	deps := inbound.Deps{
+		VERP:       e.verp,
+		Mailto:     e.tokens,
+		Bounces:    queueBounces{e.queue},
+		Suppressor: auditedSuppressor{e, "inbound"},
+		Unsubscriber: mailUnsubscriber{e, unsubscribe.NewRecorder(unsubscribe.Config{
+			Suppressor: e.suppressions(), Events: e.queue, Timings: e.queue, History: listsAdapter{subs: e.subs, w: e.consent()}}, log)},
+		Events: e.queue,
+	}
+	if clustered {
+		h, err := e.startHandover(deps, log.With().Str("component", "handover").Logger())
+		if err != nil {
+			return nil, err
+		}
+		deps.Handover = h
+	}
 	if cfg.SMTPListen == "" {
 		return nil, nil
 	}
-	codec := e.verp
 	srv, err := inbound.Start(inbound.Config{
 		Listen:           cfg.SMTPListen,
 		Domain:           cfg.BounceDomain,
@@ -143,19 +170,38 @@ func startInbound(cfg *configs.Server, e *env, log zerolog.Logger) (*inbound.Ser
 		MaxBytesInFlight: cfg.Inbound.MaxBytesInFlight,
 		MaxMessageBytes:  cfg.Inbound.MaxMessageBytes,
 		ReadTimeout:      cfg.Inbound.ReadTimeout,
-	}, inbound.Deps{
-		VERP:       codec,
-		Mailto:     e.tokens,
-		Bounces:    queueBounces{e.queue},
-		Suppressor: auditedSuppressor{e, "inbound"},
-		Unsubscriber: mailUnsubscriber{e, unsubscribe.NewRecorder(unsubscribe.Config{
-			Suppressor: e.suppressions(), Events: e.queue, Timings: e.queue, History: listsAdapter{subs: e.subs, w: e.consent()}}, log)},
-		Events: e.queue,
-	}, log)
+	}, deps, log)
 	if err != nil {
 		return nil, fmt.Errorf("smtp_listen %s: %w", cfg.SMTPListen, err)
 	}
 	return srv, nil
+}
+
+// startHandover starts this node's end of the report hand-over: reports
+// taken by another node's listener about this node's messages are applied
+// here through inbound.Local, the listener's own path (record, suppression
+// through the replica, campaign events, audit); stopped with the workers,
+// before the stores close.
+func (e *env) startHandover(deps inbound.Deps, log zerolog.Logger) (*handover.Handover, error) {
+	local, err := inbound.NewLocal(deps, log)
+	if err != nil {
+		return nil, err
+	}
+	js, done, err := e.clusterJS(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	cc := e.cfg.Cluster
+	h, err := handover.New(js, e.box, handover.Config{Tag: verp.NodeTag(cc.Node), Replicas: cc.Replicas,
+		Dir: filepath.Join(e.cfg.DataDir, "reports-outbox")}, local, log)
+	if err != nil {
+		done()
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	h.Start(context.Background())
+	e.handover = h
+	e.closers = append(e.closers, func() { h.Close(); done() })
+	return h, nil
 }
 
 // queueBounces records reports on queued messages.
@@ -199,4 +245,29 @@ func (u mailUnsubscriber) Unsubscribe(c unsubscribe.Claim, source string) error 
 	}
 	_, err := u.rec.Record(c, suppression.Entry{Target: c.Address, List: c.List, Reason: suppression.Unsubscribed, Source: source}, audit)
 	return err
+}
+
+// handoverCollector exposes the report hand-over of a cluster node: reports
+// kept here until the stream takes them, and those handed, applied, failed
+// (each retried) and dropped (unopenable) since start.
+type handoverCollector struct{ h *handover.Handover }
+
+var (
+	descHandoverOutbox = prometheus.NewDesc("postwarden_cluster_reports_outbox",
+		"Bounce and complaint reports about other nodes' messages kept on this node until the PW_REPORTS stream stores them.", nil, nil)
+	descHandoverTotal = prometheus.NewDesc("postwarden_cluster_reports_total",
+		"Reports about messages of another node: handed (to the stream), kept (in the outbox first), applied (here, for another node's listener), failed (Apply failed, retried), dropped (could not be opened).", []string{"event"}, nil)
+)
+
+func (c handoverCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descHandoverOutbox
+	ch <- descHandoverTotal
+}
+
+func (c handoverCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.h.Stats()
+	ch <- prometheus.MustNewConstMetric(descHandoverOutbox, prometheus.GaugeValue, float64(st.Outbox))
+	for ev, n := range map[string]int64{"handed": st.Handed, "kept": st.Kept, "applied": st.Applied, "failed": st.Failed, "dropped": st.Dropped} {
+		ch <- prometheus.MustNewConstMetric(descHandoverTotal, prometheus.CounterValue, float64(n), ev)
+	}
 }

@@ -295,5 +295,8 @@ func (e *env) collectors() []prometheus.Collector {
 	if e.rep != nil {
 		cs = append(cs, replicaCollector{rep: e.rep})
 	}
+	if e.handover != nil {
+		cs = append(cs, handoverCollector{h: e.handover})
+	}
 	return cs
 }

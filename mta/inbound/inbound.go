@@ -35,6 +35,12 @@
 //   - The bare RCPT TO:<postmaster> is accepted (RFC 5321 §4.5.1), as
 //     postmaster@Domain.
 //   - Addresses are masked in logs.
+//   - In a cluster (Deps.Handover set) a VERP token names the node whose
+//     spool holds its queue id (queue ids are unique per node only). A
+//     report about another node's message is handed to that node
+//     (Handover.Hand) and the 250 waits for the hand-over to be stored;
+//     that node applies it with Local.Apply, the path this listener takes.
+//     A token that names no node acts here, as on a single node.
 package inbound
 
 import (
@@ -91,9 +97,20 @@ const (
 	DefaultMessageBurst     = 20
 )
 
-// VERPDecoder returns the queue id named by a bounce+TOKEN address; *verp.Codec satisfies it.
+// VERPDecoder returns the queue id named by a bounce+TOKEN address and the
+// tag of the node that minted it ("" if it names none); *verp.Codec
+// satisfies it.
 type VERPDecoder interface {
-	Parse(addr string) (queueID string, err error)
+	Route(addr string) (queueID, node string, err error)
+}
+
+// Handover takes reports about a message another cluster node sent. Mine
+// says whether a token's node tag names this node; Hand returns nil only
+// once the reports are stored durably (in the cluster, or on this node's
+// disk until the cluster takes them), for node to apply.
+type Handover interface {
+	Mine(node string) bool
+	Hand(node, queueID string, reps []bounce.Report) error
 }
 
 // MailtoDecoder checks an unsubscribe+TOKEN local part; *unsubscribe.Tokens satisfies it.
@@ -128,7 +145,8 @@ type Events interface {
 	CountCampaignEvent(campaign, addr, kind string) (bool, error)
 }
 
-// Deps are the listener's collaborators. Events is optional.
+// Deps are the listener's collaborators. Events is optional; Handover is
+// set on a cluster node only.
 type Deps struct {
 	VERP         VERPDecoder
 	Mailto       MailtoDecoder
@@ -136,6 +154,7 @@ type Deps struct {
 	Suppressor   Suppressor
 	Unsubscriber Unsubscriber
 	Events       Events
+	Handover     Handover
 }
 
 // ErrUnknownMessage is what a BounceSink wraps for a queue id it does not know.
@@ -298,10 +317,39 @@ func (s *Server) allow(ip string, now time.Time) bool {
 	return r.lim.AllowN(now, 1)
 }
 
+// Local applies reports that another node handed over to this node's
+// messages, through the listener's own path.
+type Local struct{ s *Server }
+
+// NewLocal returns the path for handed-over reports; deps needs Bounces and
+// Suppressor (Events optional).
+func NewLocal(deps Deps, log zerolog.Logger) (*Local, error) {
+	if deps.Bounces == nil || deps.Suppressor == nil {
+		return nil, errors.New("inbound: Bounces and Suppressor are required")
+	}
+	deps.Handover = nil // a handed report acts here or nowhere
+	return &Local{s: &Server{deps: deps, log: log}}, nil
+}
+
+// Apply acts on this node's message queueID through the report of reps
+// about its recipient, exactly as when the listener takes it; a message
+// this node does not hold is logged and dropped (nil).
+func (l *Local) Apply(queueID string, reps []bounce.Report) error {
+	return l.s.applyTo(l.s.log, "", queueID, reps)
+}
+
 // applyTo acts on message queueID through the one report of reps about its
 // recipient: a DSN lists every recipient the remote held, but the VERP
-// address names one message (RFC 3464 §2.3: one group per recipient).
-func (s *Server) applyTo(log zerolog.Logger, queueID string, reps []bounce.Report) error {
+// address names one message (RFC 3464 §2.3: one group per recipient). A
+// message of another node (node) is handed to it.
+func (s *Server) applyTo(log zerolog.Logger, node, queueID string, reps []bounce.Report) error {
+	if h := s.deps.Handover; h != nil && node != "" && !h.Mine(node) {
+		if err := h.Hand(node, queueID, reps); err != nil {
+			return fmt.Errorf("hand report on %s to node %s: %w", queueID, node, err)
+		}
+		log.Info().Str("queue_id", queueID).Str("node_tag", node).Int("reports", len(reps)).Msg("inbound report handed to the node that sent the message")
+		return nil
+	}
 	to, err := s.deps.Bounces.Recipient(queueID)
 	if errors.Is(err, ErrUnknownMessage) {
 		log.Warn().Str("queue_id", queueID).Msg("inbound report for an unknown message dropped")
@@ -361,17 +409,18 @@ func (s *Server) apply(log zerolog.Logger, queueID string, rep bounce.Report) er
 // report handles mail to postmaster or abuse: each report acts through the
 // first VERP address of ours it carries, or is dropped.
 func (s *Server) report(log zerolog.Logger, reports []bounce.Report) error {
-	var ids []string
-	byID := map[string][]bounce.Report{}
+	type route struct{ id, node string }
+	var ids []route
+	byID := map[route][]bounce.Report{}
 	for _, rep := range reports {
-		id := ""
+		var id route
 		for _, v := range rep.VERP {
-			if q, err := s.deps.VERP.Parse(v); err == nil {
-				id = q
+			if q, n, err := s.deps.VERP.Route(v); err == nil {
+				id = route{q, n}
 				break
 			}
 		}
-		if id == "" {
+		if id.id == "" {
 			log.Info().Str("kind", rep.Kind).Str("rcpt", address.Mask(rep.Recipient)).Msg("inbound report without a VERP address of ours dropped")
 			continue
 		}
@@ -382,7 +431,7 @@ func (s *Server) report(log zerolog.Logger, reports []bounce.Report) error {
 	}
 	var errs error
 	for _, id := range ids { // each message once, through its recipient's report
-		errs = errors.Join(errs, s.applyTo(log, id, byID[id]))
+		errs = errors.Join(errs, s.applyTo(log, id.node, id.id, byID[id]))
 	}
 	return errs
 }

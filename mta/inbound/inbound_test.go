@@ -80,6 +80,12 @@ var recipients = []string{"ana@acme.example", "bob@acme.example", "carol@initech
 
 func newWorld(t *testing.T, cfg inbound.Config) *world {
 	t.Helper()
+	return newClusterWorld(t, cfg, nil)
+}
+
+// newClusterWorld is newWorld on a cluster node handing reports to h.
+func newClusterWorld(t *testing.T, cfg inbound.Config, h inbound.Handover) *world {
+	t.Helper()
 	dir := t.TempDir()
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	box, err := sealed.New(bytes.Repeat([]byte{1}, 32))
@@ -123,7 +129,7 @@ func newWorld(t *testing.T, cfg inbound.Config) *world {
 	cfg.Listen, cfg.Domain = "127.0.0.1:0", domain
 	w.srv, err = inbound.Start(cfg, inbound.Deps{VERP: w.codec, Mailto: w.tokens, Bounces: queueSink{q},
 		Suppressor: supp, Unsubscriber: storeUnsub{unsubscribe.NewRecorder(unsubscribe.Config{Suppressor: supp, Events: q}, log)},
-		Events: q}, log)
+		Events: q, Handover: h}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,7 @@ func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 type target struct {
 	kind    int // tBounce, tUnsub, tReport
 	queueID string
+	node    string // tag of the node whose spool holds queueID ("" if the token names none)
 	claim   unsubscribe.Claim
 }
 
@@ -103,11 +104,11 @@ func (s *Server) classify(to string) (target, error) {
 	case l == "postmaster" || l == "abuse": // RFC 2142
 		return target{kind: tReport}, nil
 	case strings.HasPrefix(l, "bounce+"):
-		id, err := s.deps.VERP.Parse(to)
+		id, node, err := s.deps.VERP.Route(to)
 		if err != nil {
 			return target{}, errNoUser
 		}
-		return target{kind: tBounce, queueID: id}, nil
+		return target{kind: tBounce, queueID: id, node: node}, nil
 	case strings.HasPrefix(l, unsubscribe.MailtoPrefix):
 		c, err := s.deps.Mailto.ParseMailto(local)
 		if err != nil {
@@ -146,7 +147,7 @@ func (ss *session) Data(r io.Reader) error {
 		var err error
 		switch t.kind {
 		case tBounce:
-			err = ss.s.applyTo(log, t.queueID, reports)
+			err = ss.s.applyTo(log, t.node, t.queueID, reports)
 		case tUnsub:
 			err = ss.s.unsubscribe(log, t.claim)
 		case tReport:

@@ -92,3 +92,33 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// A cluster node's token names its node; tokens without one still parse
+// (old tokens, single nodes), and both stay within 64 octets.
+func TestRouteNamesTheNode(t *testing.T) {
+	c := codec(t, "0123456789abcdef0123456789abcdef")
+	id := "0190d4c3a1b2c3d4"
+	a := c.AddressFrom(id, "mta1")
+	if local := a[:strings.IndexByte(a, '@')]; len(local) > 64 {
+		t.Errorf("local part of %q is %d octets (RFC 5321 §4.5.3.1.1: 64)", a, len(local))
+	}
+	for _, spelled := range []string{a, strings.ToUpper(a), "<" + a + ">"} {
+		got, node, err := c.Route(spelled)
+		if err != nil || got != id || node != NodeTag("mta1") {
+			t.Errorf("Route(%q) = %q, %q, %v; want %q, %q", spelled, got, node, err, id, NodeTag("mta1"))
+		}
+		if got, err := c.Parse(spelled); err != nil || got != id {
+			t.Errorf("Parse(%q) = %q, %v; want %q", spelled, got, err, id)
+		}
+	}
+	if NodeTag("mta1") == NodeTag("mta2") || len(NodeTag("mta1")) != 8 {
+		t.Errorf("tags %q %q", NodeTag("mta1"), NodeTag("mta2"))
+	}
+	old := c.Address(id)
+	if got, node, err := c.Route(old); err != nil || got != id || node != "" {
+		t.Errorf("Route(old token) = %q, %q, %v; want %q, \"\"", got, node, err, id)
+	}
+	if strings.Contains(strings.ToLower(a), "mta1") {
+		t.Errorf("the node name shows in %q", a)
+	}
+}
