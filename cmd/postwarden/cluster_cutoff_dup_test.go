@@ -1,0 +1,151 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/postwarden/postwarden/mta/mtatest"
+)
+
+// TestClusterCutOffDuplicates: issue 13, promises 2 and 4, for a node cut
+// off from NATS mid-campaign rather than killed. Node 3 holds a share of a
+// 3,000-recipient campaign when the link is cut; it keeps running. Within
+// max_lag (+1 s) of the cut it starts no delivery until the link is
+// healed; its lease runs out and nodes 1 and 2 take its shares over. Every
+// recipient is delivered; those sent twice are all node 3's, at most its
+// unpublished window (2 × delivery.workers, docs/cluster.md); healed, node
+// 3 takes part again and delivers no recipient another node delivered.
+// Each node says EHLO with its own name: the sink tells who sent what.
+func TestClusterCutOffDuplicates(t *testing.T) {
+	const (
+		n      = 3000
+		camp   = "cut-1"
+		lease  = 5 * time.Second
+		maxLag = 3 * time.Second // startCutOffCluster's, on node 3
+	)
+	nodes, proxy, metricsAddr := startCutOffCluster(t, mtatest.Options{DataDelay: 10 * time.Millisecond}, "  lease: 5s\n", func(nd *testNode) {
+		nd.write("postwarden.yaml", strings.Replace(readFile(t, nd.cfgPath), "hostname: mail.test.example", "hostname: "+nd.name+".test.example", 1))
+	})
+	n1, n3 := nodes[0], nodes[2]
+	sink := n1.sink
+	node := func(m mtatest.Received) string { return strings.TrimSuffix(m.Helo, ".test.example") }
+	status := func() *clusterCampaign {
+		st := jsonLines[campaignStatus](t, n1.mustRun(0, "--json", "campaign", "status", camp).stdout)
+		if len(st) != 1 {
+			return nil
+		}
+		return st[0].Cluster
+	}
+	n3Count := func() int {
+		k := 0
+		for _, m := range sink.Messages() {
+			if node(m) == "n3" {
+				k++
+			}
+		}
+		return k
+	}
+
+	n1.mustRun(0, "campaign", "send", n1.campaign(camp, spreadCSV(n)))
+	waitUntil(t, 2*time.Minute, "node 3 delivering a share it holds", func() bool {
+		if n3Count() < 50 {
+			return false
+		}
+		c := status()
+		return c != nil && c.Holders["n3"] > 0
+	})
+
+	proxy.Cut()
+	cutAt := time.Now()
+	atCut := sink.Count()
+	const gStale = "postwarden_cluster_replica_stale"
+	waitUntil(t, 30*time.Second, "node 3's replica stale", func() bool { return scrape(t, metricsAddr, gStale)[gStale] == 1 })
+	// Kept cut off until its lease ran out on both sides and nodes 1 and 2
+	// hold (or finished) every share node 3 held.
+	waitUntil(t, 2*time.Minute, "node 3's shares taken over", func() bool {
+		c := status()
+		return time.Since(cutAt) > lease+maxLag && c != nil && c.Holders["n3"] == 0
+	})
+	if !strings.Contains(readFile(t, n3.logPath), "share lease lost") {
+		t.Errorf("node 3's log does not say it lost its lease")
+	}
+	proxy.Heal()
+	healAt := time.Now()
+	atHeal := sink.Count()
+	t.Logf("cut at %d messages at the sink, healed at %d, %v later", atCut, atHeal, healAt.Sub(cutAt).Round(100*time.Millisecond))
+
+	waitUntil(t, 3*time.Minute, "every recipient delivered and recorded", func() bool {
+		c := status()
+		return len(sink.ByRecipient()) >= n && c != nil && c.Pending == 0
+	})
+	time.Sleep(2 * time.Second) // let late deliveries in, to count them
+
+	msgs := sink.Messages()
+	got := sink.ByRecipient()
+	if len(got) != n {
+		t.Errorf("%d recipients at the sink, want %d", len(got), n)
+	}
+	// Which nodes sent each recipient, and when node 3 started each of its
+	// deliveries (MAIL FROM: after that, the sink has it).
+	senders := map[string][]string{}
+	byNode := map[string]int{}
+	var afterCut, afterHeal int
+	lastBeforeHeal := time.Time{}
+	haltBy := cutAt.Add(maxLag + time.Second) // docs/cluster.md: halted by max_lag + 1 s
+	for _, m := range msgs {
+		nd, rcpt := node(m), strings.ToLower(m.To[0])
+		senders[rcpt] = append(senders[rcpt], nd)
+		byNode[nd]++
+		if nd != "n3" {
+			continue
+		}
+		switch {
+		case !m.Started.Before(healAt):
+			afterHeal++
+		case m.Started.After(cutAt):
+			afterCut++
+			if m.Started.After(lastBeforeHeal) {
+				lastBeforeHeal = m.Started
+			}
+			if m.Started.After(haltBy) {
+				t.Errorf("node 3 started a delivery to %s %v after the cut, past max_lag + 1 s and before the link was healed",
+					m.To[0], m.Started.Sub(cutAt).Round(10*time.Millisecond))
+			}
+		}
+	}
+	if afterCut > 0 {
+		t.Logf("node 3 started %d deliveries after the cut, the last %v after it", afterCut, lastBeforeHeal.Sub(cutAt).Round(10*time.Millisecond))
+	}
+	dups := 0
+	for rcpt, ns := range senders {
+		if len(ns) < 2 {
+			continue
+		}
+		dups += len(ns) - 1
+		// A recipient sent twice is one of node 3's window, sent again by
+		// the node that took its share over.
+		if strings.Count(strings.Join(ns, " "), "n3") != 1 {
+			t.Errorf("%s sent by %v: a duplicate not from node 3's window", rcpt, ns)
+		}
+	}
+	// Healed, node 3 sends only recipients nobody else sent.
+	for _, m := range msgs {
+		if node(m) == "n3" && !m.Started.Before(healAt) {
+			if ns := senders[strings.ToLower(m.To[0])]; len(ns) != 1 {
+				t.Errorf("node 3, healed, delivered to %s, also sent by %v", m.To[0], ns)
+			}
+		}
+	}
+	workers := n3.config().Delivery.Workers
+	t.Logf("by node %v; node 3 after the heal %d; %d recipients sent twice (bound 2 × %d workers)", byNode, afterHeal, dups, workers)
+	if dups > 2*workers {
+		t.Errorf("%d recipients sent twice, over the bound of 2 × %d workers", dups, workers)
+	}
+	if c := status(); c == nil || c.Outcomes["delivered"] != n {
+		t.Errorf("cluster campaign status %+v: want %d delivered", c, n)
+	}
+	if log := readFile(t, n3.logPath); !strings.Contains(log, "deliveries resumed") {
+		t.Errorf("node 3's log does not say deliveries resumed")
+	}
+}
