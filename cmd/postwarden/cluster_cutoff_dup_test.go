@@ -14,13 +14,13 @@ import (
 // max_lag (+1 s) of the cut it starts no delivery until the link is
 // healed; its lease runs out and nodes 1 and 2 take its shares over. Every
 // recipient is delivered; those sent twice are all node 3's, at most its
-// unpublished window (2 × delivery.workers, docs/cluster.md); healed, node
-// 3 takes part again and delivers no recipient another node delivered.
-// Each node says EHLO with its own name: the sink tells who sent what.
+// unpublished window (2 × delivery.workers, docs/cluster.md). Healed, node
+// 3 takes part in a second campaign and delivers no recipient another node
+// delivered. Each node says EHLO with its own name: the sink tells who
+// sent what.
 func TestClusterCutOffDuplicates(t *testing.T) {
 	const (
-		n      = 3000
-		camp   = "cut-1"
+		n      = 3000 // 12 shards: all three nodes take some (4 shards' room each)
 		lease  = 5 * time.Second
 		maxLag = 3 * time.Second // startCutOffCluster's, on node 3
 	)
@@ -30,29 +30,30 @@ func TestClusterCutOffDuplicates(t *testing.T) {
 	n1, n3 := nodes[0], nodes[2]
 	sink := n1.sink
 	node := func(m mtatest.Received) string { return strings.TrimSuffix(m.Helo, ".test.example") }
-	status := func() *clusterCampaign {
+	status := func(camp string) *clusterCampaign {
 		st := jsonLines[campaignStatus](t, n1.mustRun(0, "--json", "campaign", "status", camp).stdout)
 		if len(st) != 1 {
 			return nil
 		}
 		return st[0].Cluster
 	}
-	n3Count := func() int {
+	sentBy := func(nd string, since time.Time) int {
 		k := 0
 		for _, m := range sink.Messages() {
-			if node(m) == "n3" {
+			if node(m) == nd && !m.Started.Before(since) {
 				k++
 			}
 		}
 		return k
 	}
 
-	n1.mustRun(0, "campaign", "send", n1.campaign(camp, spreadCSV(n)))
+	// Campaign 1 (r0@…): node 3 takes a share and delivers from it.
+	n1.mustRun(0, "campaign", "send", n1.campaign("cut-1", spreadCSV(n)))
 	waitUntil(t, 2*time.Minute, "node 3 delivering a share it holds", func() bool {
-		if n3Count() < 50 {
+		if sentBy("n3", time.Time{}) < 50 {
 			return false
 		}
-		c := status()
+		c := status("cut-1")
 		return c != nil && c.Holders["n3"] > 0
 	})
 
@@ -62,9 +63,10 @@ func TestClusterCutOffDuplicates(t *testing.T) {
 	const gStale = "postwarden_cluster_replica_stale"
 	waitUntil(t, 30*time.Second, "node 3's replica stale", func() bool { return scrape(t, metricsAddr, gStale)[gStale] == 1 })
 	// Kept cut off until its lease ran out on both sides and nodes 1 and 2
-	// hold (or finished) every share node 3 held.
+	// hold (or finished) every share node 3 held: they take them over once
+	// their spools have room.
 	waitUntil(t, 2*time.Minute, "node 3's shares taken over", func() bool {
-		c := status()
+		c := status("cut-1")
 		return time.Since(cutAt) > lease+maxLag && c != nil && c.Holders["n3"] == 0
 	})
 	if !strings.Contains(readFile(t, n3.logPath), "share lease lost") {
@@ -72,50 +74,62 @@ func TestClusterCutOffDuplicates(t *testing.T) {
 	}
 	proxy.Heal()
 	healAt := time.Now()
-	atHeal := sink.Count()
-	t.Logf("cut at %d messages at the sink, healed at %d, %v later", atCut, atHeal, healAt.Sub(cutAt).Round(100*time.Millisecond))
+	t.Logf("cut at %d messages at the sink, healed at %d, %v later", atCut, sink.Count(), healAt.Sub(cutAt).Round(100*time.Millisecond))
+	waitUntil(t, time.Minute, "node 3 healthy in node 1's cluster status", func() bool {
+		r, code, _ := clusterMember(t, n1, "n3")
+		if code != 0 {
+			return false
+		}
+		for _, m := range r.Nodes {
+			if m.Node == "n3" {
+				return m.Up && m.Health.Stale == "" && m.Health.SharesUp
+			}
+		}
+		return false
+	})
+	t.Logf("node 3 healthy %v after the heal", time.Since(healAt).Round(100*time.Millisecond))
 
-	waitUntil(t, 3*time.Minute, "every recipient delivered and recorded", func() bool {
-		c := status()
-		return len(sink.ByRecipient()) >= n && c != nil && c.Pending == 0
+	// Campaign 2 (rcpt000@…), sent once node 3 is back: it takes part.
+	n1.mustRun(0, "campaign", "send", n1.campaign("cut-2", bulkCSV(n)))
+	waitUntil(t, 3*time.Minute, "both campaigns delivered and recorded", func() bool {
+		c1, c2 := status("cut-1"), status("cut-2")
+		return len(sink.ByRecipient()) >= 2*n && c1 != nil && c1.Pending == 0 && c2 != nil && c2.Pending == 0
 	})
 	time.Sleep(2 * time.Second) // let late deliveries in, to count them
 
 	msgs := sink.Messages()
-	got := sink.ByRecipient()
-	if len(got) != n {
-		t.Errorf("%d recipients at the sink, want %d", len(got), n)
+	if got := len(sink.ByRecipient()); got != 2*n {
+		t.Errorf("%d recipients at the sink, want %d", got, 2*n)
 	}
 	// Which nodes sent each recipient, and when node 3 started each of its
 	// deliveries (MAIL FROM: after that, the sink has it).
 	senders := map[string][]string{}
 	byNode := map[string]int{}
-	var afterCut, afterHeal int
-	lastBeforeHeal := time.Time{}
+	var afterCut int
+	lastAfterCut := time.Time{}
 	haltBy := cutAt.Add(maxLag + time.Second) // docs/cluster.md: halted by max_lag + 1 s
 	for _, m := range msgs {
 		nd, rcpt := node(m), strings.ToLower(m.To[0])
 		senders[rcpt] = append(senders[rcpt], nd)
 		byNode[nd]++
-		if nd != "n3" {
+		if nd != "n3" || !m.Started.After(cutAt) || !m.Started.Before(healAt) {
 			continue
 		}
-		switch {
-		case !m.Started.Before(healAt):
-			afterHeal++
-		case m.Started.After(cutAt):
-			afterCut++
-			if m.Started.After(lastBeforeHeal) {
-				lastBeforeHeal = m.Started
-			}
-			if m.Started.After(haltBy) {
-				t.Errorf("node 3 started a delivery to %s %v after the cut, past max_lag + 1 s and before the link was healed",
-					m.To[0], m.Started.Sub(cutAt).Round(10*time.Millisecond))
-			}
+		afterCut++
+		lastAfterCut = m.Started
+		if m.Started.After(haltBy) {
+			t.Errorf("node 3 started a delivery to %s %v after the cut, past max_lag + 1 s and before the link was healed",
+				m.To[0], m.Started.Sub(cutAt).Round(10*time.Millisecond))
 		}
 	}
+	workers := n3.config().Delivery.Workers
 	if afterCut > 0 {
-		t.Logf("node 3 started %d deliveries after the cut, the last %v after it", afterCut, lastBeforeHeal.Sub(cutAt).Round(10*time.Millisecond))
+		t.Logf("node 3 started %d deliveries after the cut, the last %v after it", afterCut, lastAfterCut.Sub(cutAt).Round(10*time.Millisecond))
+	}
+	// No outcome of node 3 reaches the cluster after the cut, so its runner
+	// claims nothing once its window is full: it stops long before max_lag.
+	if afterCut > 2*workers {
+		t.Errorf("node 3 started %d deliveries after the cut, more than its window of 2 × %d workers", afterCut, workers)
 	}
 	dups := 0
 	for rcpt, ns := range senders {
@@ -123,27 +137,33 @@ func TestClusterCutOffDuplicates(t *testing.T) {
 			continue
 		}
 		dups += len(ns) - 1
-		// A recipient sent twice is one of node 3's window, sent again by
-		// the node that took its share over.
-		if strings.Count(strings.Join(ns, " "), "n3") != 1 {
+		// A recipient sent twice is one of node 3's window at the cut, sent
+		// again by the node that took its share over.
+		if strings.HasPrefix(rcpt, "rcpt") || strings.Count(strings.Join(ns, " "), "n3") != 1 {
 			t.Errorf("%s sent by %v: a duplicate not from node 3's window", rcpt, ns)
 		}
 	}
 	// Healed, node 3 sends only recipients nobody else sent.
+	afterHeal := 0
 	for _, m := range msgs {
 		if node(m) == "n3" && !m.Started.Before(healAt) {
+			afterHeal++
 			if ns := senders[strings.ToLower(m.To[0])]; len(ns) != 1 {
 				t.Errorf("node 3, healed, delivered to %s, also sent by %v", m.To[0], ns)
 			}
 		}
 	}
-	workers := n3.config().Delivery.Workers
 	t.Logf("by node %v; node 3 after the heal %d; %d recipients sent twice (bound 2 × %d workers)", byNode, afterHeal, dups, workers)
+	if afterHeal == 0 {
+		t.Errorf("node 3 delivered nothing of campaign 2, sent after it was healed")
+	}
 	if dups > 2*workers {
 		t.Errorf("%d recipients sent twice, over the bound of 2 × %d workers", dups, workers)
 	}
-	if c := status(); c == nil || c.Outcomes["delivered"] != n {
-		t.Errorf("cluster campaign status %+v: want %d delivered", c, n)
+	for _, camp := range []string{"cut-1", "cut-2"} {
+		if c := status(camp); c == nil || c.Outcomes["delivered"] != n {
+			t.Errorf("cluster status of %s %+v: want %d delivered", camp, c, n)
+		}
 	}
 	if log := readFile(t, n3.logPath); !strings.Contains(log, "deliveries resumed") {
 		t.Errorf("node 3's log does not say deliveries resumed")
