@@ -678,6 +678,13 @@ func (w *shareWorker) record(ctx context.Context) {
 				if err == nil || ctx.Err() != nil {
 					break
 				}
+				if errors.Is(err, shares.ErrNoCampaign) || errors.Is(err, shares.ErrBadCampaign) {
+					// Not a cluster campaign (a --test-to, a confirmation, one
+					// enqueued before the cluster): nothing to publish. Retried,
+					// it would hold the window full and stop the runner.
+					w.log.Debug().Str("campaign", camp).Int("outcomes", len(byCampaign[camp])).Msg("outcomes of a campaign the cluster does not hold: not published")
+					break
+				}
 				w.log.Warn().Err(err).Str("campaign", camp).Int("outcomes", len(byCampaign[camp])).Msg("outcomes not published; retrying")
 				select {
 				case <-ctx.Done():
