@@ -41,4 +41,3 @@ func TestRecordLocalOutcomes(t *testing.T) {
 		t.Errorf("cluster outcomes %v, pending %d: want %d delivered", st.Outcomes, st.Pending, len(rows))
 	}
 }
-
