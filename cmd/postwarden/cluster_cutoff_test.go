@@ -151,25 +151,22 @@ func clusterMember(t *testing.T, nd *testNode, node string) (clusterReport, int,
 	return rs[0], r.code, false
 }
 
-// TestClusterCutOff: issue 13, promise 2 (fail closed). Nodes 1 and 2 run
-// embedded NATS servers; node 3 reaches node 1's through a proxy standing
-// for the network, with max_lag 3s. The link is cut: node 3 halts delivery
-// (its metrics say stale; node 1's `cluster status` shows it down), a
-// campaign sent on node 3 delivers nothing, and a one-click unsubscribe
-// posted to node 3 answers 200 and is suppressed there at once, and stays
-// so across a kill -9 and restart of node 3 still cut off. The link is
-// healed: the unsubscribe reaches nodes 1 and 2, node 3 resumes by itself
-// and delivers its campaign to everyone but the unsubscribed address.
-func TestClusterCutOff(t *testing.T) {
+// startCutOffCluster starts three `serve` processes sharing one sink:
+// nodes 1 and 2 run embedded NATS servers routed to each other; node 3
+// reaches node 1's through a linkProxy standing for the network, with
+// max_lag 3s and its metrics on metricsAddr. extra (indented lines) is
+// added to every node's cluster section, prep (nil: none) runs on each
+// node before it starts. It waits until the three are up and caught up.
+func startCutOffCluster(t *testing.T, opt mtatest.Options, extra string, prep func(*testNode)) (nodes []*testNode, proxy *linkProxy, metricsAddr string) {
+	t.Helper()
 	bin := buildBinary(t)
-	var nodes []*testNode
 	for i := range 3 {
-		h := newHarness(t, mtatest.Options{})
+		h := newHarness(t, opt)
 		if i > 0 { // one sink for the cluster
 			h.write("postwarden.yaml", strings.ReplaceAll(readFile(t, h.cfgPath), h.sink.Addr, nodes[0].sink.Addr))
 			h.sink = nodes[0].sink
 		}
-		nodes = append(nodes, &testNode{harness: h, name: fmt.Sprintf("n%d", i+1), natsAddr: listenAddr(t), routeAddr: listenAddr(t)})
+		nodes = append(nodes, &testNode{harness: h, name: fmt.Sprintf("n%d", i+1), natsAddr: listenAddr(t), routeAddr: listenAddr(t), bin: bin})
 	}
 	shareKeys(t, nodes)
 	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
@@ -182,25 +179,28 @@ func TestClusterCutOff(t *testing.T) {
     cluster_listen: %s
     routes: ["nats://%s"]
   replicas: 1
-`, nd.name, nd.natsAddr, nd.routeAddr, other.routeAddr))
+%s`, nd.name, nd.natsAddr, nd.routeAddr, other.routeAddr, extra))
 	}
-	proxy := newLinkProxy(t, n1.natsAddr)
-	metricsAddr := listenAddr(t)
+	proxy = newLinkProxy(t, n1.natsAddr)
+	metricsAddr = listenAddr(t)
 	n3.write("postwarden.yaml", readFile(t, n3.cfgPath)+fmt.Sprintf(`metrics_listen: %s
 cluster:
   node: n3
   nats: nats://%s
   replicas: 1
   max_lag: 3s
-`, metricsAddr, proxy.Addr()))
+%s`, metricsAddr, proxy.Addr(), extra))
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, nd := range nodes {
-				t.Logf("%s log:\n%s", nd.name, tail(readFile(t, nd.logPath), 20000))
+				t.Logf("%s log:\n%s", nd.name, tail(grepOut(readFile(t, nd.logPath), "suppress.check", "queue.ls", "cluster status", "campaign.status"), 20000))
 			}
 		}
 	})
 	for _, nd := range nodes {
+		if prep != nil {
+			prep(nd)
+		}
 		nd.start(bin)
 	}
 	for _, nd := range nodes {
@@ -216,12 +216,27 @@ cluster:
 			return false
 		}
 		for _, m := range rs[0].Nodes {
-			if !m.Up || m.Health.Stale != "" || m.Health.ReplicaPending > 0 {
+			if !m.Up || m.Health.Stale != "" || m.Health.ReplicaPending > 0 || !m.Health.SharesUp {
 				return false
 			}
 		}
 		return true
 	})
+	return nodes, proxy, metricsAddr
+}
+
+// TestClusterCutOff: issue 13, promise 2 (fail closed). Nodes 1 and 2 run
+// embedded NATS servers; node 3 reaches node 1's through a proxy standing
+// for the network, with max_lag 3s. The link is cut: node 3 halts delivery
+// (its metrics say stale; node 1's `cluster status` shows it down), a
+// campaign sent on node 3 delivers nothing, and a one-click unsubscribe
+// posted to node 3 answers 200 and is suppressed there at once, and stays
+// so across a kill -9 and restart of node 3 still cut off. The link is
+// healed: the unsubscribe reaches nodes 1 and 2, node 3 resumes by itself
+// and delivers its campaign to everyone but the unsubscribed address.
+func TestClusterCutOff(t *testing.T) {
+	nodes, proxy, metricsAddr := startCutOffCluster(t, mtatest.Options{}, "", nil)
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
 	const (
 		gStale   = "postwarden_cluster_replica_stale"
 		gLag     = "postwarden_cluster_replica_lag"
@@ -286,7 +301,7 @@ cluster:
 	}
 	<-n3.exited
 	restartAt := time.Now()
-	n3.start(bin)
+	n3.start(n3.bin)
 	n3.waitServing()
 	t.Logf("node 3 restarted while cut off, serving after %v", time.Since(restartAt).Round(100*time.Millisecond))
 	if d := time.Since(restartAt); d > 15*time.Second { // it used to wait 30 s for JetStream first

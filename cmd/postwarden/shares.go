@@ -231,11 +231,14 @@ type shareWorker struct {
 	// unpublished counts the outcomes handed to final and not yet in the
 	// cluster: the runner counts them as in flight (RunnerConfig.Unpublished).
 	unpublished atomic.Int64
-	wg          sync.WaitGroup
-	stop        context.CancelFunc
-	ready       chan struct{}   // closed once coord is set
-	checked     atomic.Bool     // the spool was checked against the leases at start
-	ctx         context.Context // ends when the worker stops
+	// publishing is when the batch being published was first tried (unix
+	// ns), 0 while none is.
+	publishing atomic.Int64
+	wg         sync.WaitGroup
+	stop       context.CancelFunc
+	ready      chan struct{}   // closed once coord is set
+	checked    atomic.Bool     // the spool was checked against the leases at start
+	ctx        context.Context // ends when the worker stops
 	// pauses are campaign pauses and resumes made on this node, the newest
 	// per campaign, until the cluster has them (flushPauses).
 	pausesMu sync.Mutex
@@ -683,8 +686,18 @@ func (w *shareWorker) final(m queue.Message, st queue.State) {
 }
 
 // Unpublished is queue.RunnerConfig.Unpublished: final outcomes handed to
-// final and not yet in the cluster.
-func (w *shareWorker) Unpublished() int { return int(w.unpublished.Load()) }
+// final and not yet in the cluster. While a publish has been waiting for
+// its acknowledgement longer than outcomeStall (NATS out of reach, a
+// partition), it counts queue.MaxUnpublished more: the runner falls back to
+// its strict window, so a node cut off sends little that another node will
+// send again, not the room kept for batches.
+func (w *shareWorker) Unpublished() int {
+	n := int(w.unpublished.Load())
+	if since := w.publishing.Load(); since != 0 && time.Since(time.Unix(0, since)) > outcomeStall {
+		n += queue.MaxUnpublished
+	}
+	return n
+}
 
 // outcomeLinger is the longest a final outcome waits for others to share
 // its batch: it delays only the cluster's record, never a delivery.
@@ -695,6 +708,11 @@ const outcomeLinger = 200 * time.Millisecond
 // (queue.MaxUnpublished), so a batch being acknowledged never holds up the
 // runner.
 const outcomeBatch = queue.MaxUnpublished / 2
+
+// outcomeStall is how long a batch may wait for its acknowledgement before
+// the runner stops counting on the publisher (Unpublished): loopback and LAN
+// acks take milliseconds.
+const outcomeStall = 250 * time.Millisecond
 
 // outcomeFlushGrace bounds how long a stopping node keeps publishing the
 // outcomes it holds: each one left unpublished is a recipient another node
@@ -708,9 +726,13 @@ const outcomeFlushGrace = 5 * time.Second
 // When ctx ends it publishes what it holds, for up to outcomeFlushGrace.
 func (w *shareWorker) record(ctx context.Context) {
 	select {
-	case <-ctx.Done():
-		return
 	case <-w.ready:
+	case <-ctx.Done():
+		select {
+		case <-w.ready: // stopping already: publish what is held
+		default:
+			return // no coordinator: nothing can be published
+		}
 	}
 	pubCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -775,10 +797,18 @@ func (w *shareWorker) publishOutcomes(ctx context.Context, batch []finalOutcome)
 		}
 		byCampaign[f.campaign] = append(byCampaign[f.campaign], shares.KeyOutcome{Key: f.key, Outcome: f.outcome})
 	}
+	w.publishing.Store(time.Now().UnixNano())
 	for _, camp := range order {
 		for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
 			err := w.coord.RecordBatch(ctx, camp, byCampaign[camp])
 			if err == nil || ctx.Err() != nil {
+				break
+			}
+			if errors.Is(err, shares.ErrNoCampaign) || errors.Is(err, shares.ErrBadCampaign) {
+				// Not a cluster campaign (a --test-to, a confirmation, one
+				// enqueued before the cluster): nothing to publish. Retried,
+				// it would hold the window full and stop the runner.
+				w.log.Debug().Str("campaign", camp).Int("outcomes", len(byCampaign[camp])).Msg("outcomes of a campaign the cluster does not hold: not published")
 				break
 			}
 			w.log.Warn().Err(err).Str("campaign", camp).Int("outcomes", len(byCampaign[camp])).Msg("outcomes not published; retrying")
@@ -788,6 +818,7 @@ func (w *shareWorker) publishOutcomes(ctx context.Context, batch []finalOutcome)
 			}
 		}
 	}
+	w.publishing.Store(0)
 	w.unpublished.Add(-int64(len(batch)))
 	w.e.queue.Kick() // slots the runner held for them are free
 }

@@ -26,6 +26,13 @@ import (
 // what it is handed).
 func inProcessWorker(t *testing.T, lease time.Duration) (*shareWorker, jetstream.KeyValue) {
 	t.Helper()
+	w, kv, _ := inProcessWorkerServer(t, lease)
+	return w, kv
+}
+
+// inProcessWorkerServer is inProcessWorker, and the NATS server it uses.
+func inProcessWorkerServer(t *testing.T, lease time.Duration) (*shareWorker, jetstream.KeyValue, *server.Server) {
+	t.Helper()
 	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
 		StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
 	if err != nil {
@@ -80,7 +87,7 @@ func inProcessWorker(t *testing.T, lease time.Duration) (*shareWorker, jetstream
 	if err != nil {
 		t.Fatal(err)
 	}
-	return w, kv
+	return w, kv, srv
 }
 
 // spoolCounts are the worker's spool's messages of campaign by state.
