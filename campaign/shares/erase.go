@@ -152,7 +152,7 @@ var errShardMoved = errors.New("shares: shard rewritten concurrently")
 // still the newest; it keeps old's campaign hash header, so a resumed
 // Publish of the same file leaves it alone.
 func (c *Coordinator) rewriteShard(ctx context.Context, subj, campaign string, s int, old *jetstream.RawStreamMsg, rows []Row) (uint64, error) {
-	plain, err := json.Marshal(rows)
+	plain, err := encodeRows(rows)
 	if err != nil {
 		return 0, fmt.Errorf("shares: erase: encode shard %d of %s: %w", s, campaign, err)
 	}

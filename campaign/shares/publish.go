@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/postwarden/postwarden/suppression/address"
+	"github.com/postwarden/postwarden/suppression/sealed"
 )
 
 // Manifest states.
@@ -77,7 +78,11 @@ func (c *Coordinator) Publish(ctx context.Context, campaign, hash string, rows [
 
 	m := Manifest{Campaign: campaign, Hash: hash, Rows: len(keyed), State: ManifestPublishing,
 		Node: c.cfg.Node, Created: time.Now().UTC()}
-	m.Shards = (len(keyed) + c.cfg.ShardSize - 1) / c.cfg.ShardSize
+	plains, rowsOf, err := c.planShards(keyed)
+	if err != nil {
+		return res, fmt.Errorf("shares: %s: %w", campaign, err)
+	}
+	m.Shards = len(plains)
 	mkey := manifestKey(ctok)
 	var rev uint64
 	for {
@@ -115,15 +120,14 @@ func (c *Coordinator) Publish(ctx context.Context, campaign, hash string, rows [
 		break
 	}
 
-	shards := make([][]Row, m.Shards)
-	for _, r := range keyed {
-		s := shardOf(r.Key, m.Shards)
-		shards[s] = append(shards[s], r)
+	if m.Shards != len(plains) { // an interrupted publish: its count stands
+		if plains, rowsOf, err = c.encodeShards(keyed, m.Shards); err != nil {
+			return res, fmt.Errorf("shares: %s: %w", campaign, err)
+		}
 	}
-	m.ShardRows = make([]int, m.Shards)
-	for s, part := range shards {
-		m.ShardRows[s] = len(part)
-		if err := c.publishShard(ctx, ctok, campaign, hash, s, part); err != nil {
+	m.ShardRows = rowsOf
+	for s, plain := range plains {
+		if err := c.publishShard(ctx, ctok, campaign, hash, s, plain, rowsOf[s]); err != nil {
 			return res, err
 		}
 		b, _ := json.Marshal(lease{State: StateFree})
@@ -154,7 +158,7 @@ func (c *Coordinator) Publish(ctx context.Context, campaign, hash string, rows [
 
 // publishShard stores one sealed shard unless it is there already (message
 // id deduplication within the stream's window, the subject check after it).
-func (c *Coordinator) publishShard(ctx context.Context, ctok, campaign, hash string, s int, rows []Row) error {
+func (c *Coordinator) publishShard(ctx context.Context, ctok, campaign, hash string, s int, plain []byte, rows int) error {
 	subj := dataSubject(ctok, s)
 	if old, err := c.data.GetLastMsgForSubject(ctx, subj); err == nil {
 		if old.Header.Get(hdrHash) == hash {
@@ -163,16 +167,9 @@ func (c *Coordinator) publishShard(ctx context.Context, ctok, campaign, hash str
 	} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return fmt.Errorf("shares: look up shard %d of %s: %w", s, campaign, err)
 	}
-	if rows == nil {
-		rows = []Row{}
-	}
-	plain, err := json.Marshal(rows)
-	if err != nil {
-		return fmt.Errorf("shares: encode shard %d of %s: %w", s, campaign, err)
-	}
 	msg := &nats.Msg{Subject: subj, Header: nats.Header{}, Data: c.box.Seal(plain, sealContext(campaign, s))}
 	msg.Header.Set(hdrHash, hash)
-	msg.Header.Set(hdrRows, strconv.Itoa(len(rows)))
+	msg.Header.Set(hdrRows, strconv.Itoa(rows))
 	if _, err := c.js.PublishMsg(ctx, msg, jetstream.WithMsgID(ctok+":"+hash+":"+strconv.Itoa(s))); err != nil {
 		return fmt.Errorf("shares: publish shard %d of %s: %w", s, campaign, err)
 	}
@@ -200,11 +197,98 @@ func (c *Coordinator) openShard(data []byte, campaign string, s int) ([]Row, err
 	if err != nil {
 		return nil, fmt.Errorf("shares: open shard %d of %s: %w", s, campaign, err)
 	}
-	var rows []Row
-	if err := json.Unmarshal(plain, &rows); err != nil {
+	rows, err := decodeRows(plain)
+	if err != nil {
 		return nil, fmt.Errorf("shares: decode shard %d of %s: %w", s, campaign, err)
 	}
 	return rows, nil
+}
+
+// shardHeadroom is what a shard message needs beside its sealed rows: the
+// subject, the headers (hash, rows, message id) and the protocol's line.
+const shardHeadroom = 4 << 10
+
+// maxShardBytes is the most a shard's plain text may hold: the server's
+// max_payload (1 MiB unless configured; Config.MaxShardBytes overrides it)
+// less the seal's overhead and the headroom.
+func (c *Coordinator) maxShardBytes() int {
+	if c.cfg.MaxShardBytes > 0 {
+		return c.cfg.MaxShardBytes
+	}
+	limit := int64(1 << 20)
+	if nc := c.js.Conn(); nc != nil && nc.MaxPayload() > 0 {
+		limit = nc.MaxPayload()
+	}
+	return int(limit) - sealed.Overhead - shardHeadroom
+}
+
+// planShards cuts keyed into ceil(rows/ShardSize) shards, doubled until
+// every shard's encoded rows fit one message (maxShardBytes), and returns
+// each shard's plain text and row count. A row too big for a shard of its
+// own is refused, naming it by its position.
+func (c *Coordinator) planShards(keyed []Row) ([][]byte, []int, error) {
+	n := (len(keyed) + c.cfg.ShardSize - 1) / c.cfg.ShardSize // 0 for no rows: no shard
+	for {
+		plains, rows, err := c.encodeShards(keyed, n)
+		var big *shardTooBig
+		if !errors.As(err, &big) {
+			return plains, rows, err
+		}
+		for _, i := range big.rows { // one row alone too big: no count helps
+			plain, err := encodeRows(keyed[i : i+1])
+			if err != nil {
+				return nil, nil, err
+			}
+			if len(plain) > c.maxShardBytes() {
+				return nil, nil, fmt.Errorf("recipient %d (%s): its row (rendered message and fields) is %d bytes compressed, over the %d a shard message may hold (raise the NATS server's max_payload)",
+					i+1, address.Mask(keyed[i].Address), len(plain), c.maxShardBytes())
+			}
+		}
+		if n >= 4*len(keyed) {
+			return nil, nil, fmt.Errorf("%w: no shard count up to %d fits every shard in %d bytes", err, n, c.maxShardBytes())
+		}
+		n *= 2
+	}
+}
+
+// shardTooBig: a shard's encoded rows do not fit one message.
+type shardTooBig struct {
+	shard, size int
+	rows        []int // the positions in keyed of its rows
+}
+
+func (e *shardTooBig) Error() string {
+	return fmt.Sprintf("shard %d: %d rows are %d bytes compressed", e.shard, len(e.rows), e.size)
+}
+
+// encodeShards cuts keyed into n shards (shardOf) and encodes each;
+// *shardTooBig if one does not fit a message.
+func (c *Coordinator) encodeShards(keyed []Row, n int) ([][]byte, []int, error) {
+	parts := make([][]Row, n)
+	for _, r := range keyed {
+		s := shardOf(r.Key, n)
+		parts[s] = append(parts[s], r)
+	}
+	limit := c.maxShardBytes()
+	plains := make([][]byte, n)
+	rows := make([]int, n)
+	for s, part := range parts {
+		plain, err := encodeRows(part)
+		if err != nil {
+			return nil, nil, fmt.Errorf("encode shard %d: %w", s, err)
+		}
+		if len(plain) > limit {
+			big := &shardTooBig{shard: s, size: len(plain)}
+			for i, r := range keyed {
+				if shardOf(r.Key, n) == s {
+					big.rows = append(big.rows, i)
+				}
+			}
+			return nil, nil, big
+		}
+		plains[s], rows[s] = plain, len(part)
+	}
+	return plains, rows, nil
 }
 
 // rowsHash is a stand-in file hash: sha256 over the keyed rows in order.

@@ -107,6 +107,9 @@ type Config struct {
 	Replicas  int           // stream and bucket replicas; 0 = DefaultReplicas
 	Lease     time.Duration // share lease; 0 = DefaultLease
 	ShardSize int           // rows per shard on average; 0 = DefaultShardSize
+	// MaxShardBytes bounds a shard's encoded rows; 0 = what the server's
+	// max_payload allows. More shards are cut when rows do not fit.
+	MaxShardBytes int
 }
 
 // Row is one recipient as the campaign file gives it. Key is set by Publish
