@@ -82,6 +82,10 @@ const (
 
 	dataPrefix    = "pw.shares.data."
 	outcomePrefix = "pw.shares.out."
+	// kvStream and kvPrefix are the bucket's stream and its keys' subject
+	// prefix, as JetStream names them.
+	kvStream = "KV_" + Bucket
+	kvPrefix = "$KV." + Bucket + "."
 )
 
 // Defaults of Config.
@@ -170,6 +174,7 @@ type Coordinator struct {
 	cfg      Config
 	js       jetstream.JetStream
 	kv       jetstream.KeyValue
+	kvStream jetstream.Stream // the bucket's, for PruneFinished
 	data     jetstream.Stream
 	outcomes jetstream.Stream
 	box      *sealed.Box
@@ -235,6 +240,9 @@ func New(ctx context.Context, js jetstream.JetStream, box *sealed.Box, cfg Confi
 	})
 	if err != nil {
 		return nil, fmt.Errorf("shares: create bucket %s: %w", Bucket, err)
+	}
+	if c.kvStream, err = js.Stream(ctx, kvStream); err != nil {
+		return nil, fmt.Errorf("shares: open the stream of bucket %s: %w", Bucket, err)
 	}
 	return c, nil
 }
