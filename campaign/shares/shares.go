@@ -57,6 +57,11 @@
 // every campaign that holds them: the shard is published again without the
 // row, older messages of its subject are overwritten on disk, the
 // manifest's counts drop and their outcomes are purged.
+//
+// Retention. A campaign's sealed shards are purged once every shard is done
+// (PruneDone); the rest of its records, manifest, keys and outcomes, once its
+// last activity is older than the retention period (PruneFinished, run by
+// every node's retention pass).
 package shares
 
 import (
