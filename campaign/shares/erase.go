@@ -198,6 +198,9 @@ func (c *Coordinator) dropManifestRows(ctx context.Context, ctok string, s, n in
 	campaign := campaignFromToken(ctok)
 	for {
 		e, err := c.kv.Get(ctx, manifestKey(ctok))
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil // pruned meanwhile (PruneFinished): no counts left to lower
+		}
 		if err != nil {
 			return fmt.Errorf("shares: erase: read manifest of %s: %w", campaign, err)
 		}

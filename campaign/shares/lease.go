@@ -126,6 +126,13 @@ func (c *Coordinator) observe(e jetstream.KeyValueEntry, leases map[string]*seen
 	key := e.Key()
 	if e.Operation() != jetstream.KeyValuePut {
 		delete(leases, key)
+		// Only PruneFinished removes a lease: the campaign goes.
+		if ctok, _, ok := parseLeaseKey(key); ok {
+			delete(manifests, ctok)
+			c.mu.Lock()
+			delete(c.manifests, campaignFromToken(ctok))
+			c.mu.Unlock()
+		}
 		return
 	}
 	if ctok, s, ok := parseLeaseKey(key); ok {
@@ -419,7 +426,8 @@ func (c *Coordinator) Complete(ctx context.Context, campaign string, shard int, 
 // every shard is done: each row then has its final outcome, nobody reads
 // them again (a re-run finds the manifest ready and adds nothing), and
 // personal data is kept no longer than it is needed (GDPR Art. 5(1)(e)).
-// The manifest, leases and outcomes stay for `campaign status`. Whichever
+// The manifest, leases and outcomes stay for `campaign status` until
+// PruneFinished, past retention. Whichever
 // node completes the last shard purges; a purge that fails is logged and
 // tried again by the next Complete or PruneDone of the campaign.
 func (c *Coordinator) pruneIfDone(ctx context.Context, ctok, campaign string) {

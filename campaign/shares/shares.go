@@ -57,6 +57,11 @@
 // every campaign that holds them: the shard is published again without the
 // row, older messages of its subject are overwritten on disk, the
 // manifest's counts drop and their outcomes are purged.
+//
+// Retention. A campaign's sealed shards are purged once every shard is done
+// (PruneDone); the rest of its records, manifest, keys and outcomes, once its
+// last activity is older than the retention period (PruneFinished, run by
+// every node's retention pass).
 package shares
 
 import (
@@ -82,6 +87,10 @@ const (
 
 	dataPrefix    = "pw.shares.data."
 	outcomePrefix = "pw.shares.out."
+	// kvStream and kvPrefix are the bucket's stream and its keys' subject
+	// prefix, as JetStream names them.
+	kvStream = "KV_" + Bucket
+	kvPrefix = "$KV." + Bucket + "."
 )
 
 // Defaults of Config.
@@ -173,6 +182,7 @@ type Coordinator struct {
 	cfg      Config
 	js       jetstream.JetStream
 	kv       jetstream.KeyValue
+	kvStream jetstream.Stream // the bucket's, for PruneFinished
 	data     jetstream.Stream
 	outcomes jetstream.Stream
 	box      *sealed.Box
@@ -238,6 +248,9 @@ func New(ctx context.Context, js jetstream.JetStream, box *sealed.Box, cfg Confi
 	})
 	if err != nil {
 		return nil, fmt.Errorf("shares: create bucket %s: %w", Bucket, err)
+	}
+	if c.kvStream, err = js.Stream(ctx, kvStream); err != nil {
+		return nil, fmt.Errorf("shares: open the stream of bucket %s: %w", Bucket, err)
 	}
 	return c, nil
 }

@@ -279,11 +279,21 @@ func (e *env) retentionDeps() retention.Deps {
 	if e.audit != nil { // a nil *audit.Log is "not open", not an Audit
 		d.Audit = e.audit
 	}
+	// A cluster node's daemon prunes the cluster's finished campaigns too,
+	// once its share coordinator is up (any node may: the purges are
+	// idempotent).
+	if w := e.shares; w != nil {
+		select {
+		case <-w.ready:
+			d.Campaigns = w.coord
+		default:
+		}
+	}
 	return d
 }
 
 func opDBPrune(ctx context.Context, e *env, req request, o *out) error {
-	r, err := retention.Prune(e.retentionDeps(), retention.Request{Who: req.Who})
+	r, err := retention.Prune(ctx, e.retentionDeps(), retention.Request{Who: req.Who})
 	if err != nil {
 		return err
 	}

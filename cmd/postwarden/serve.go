@@ -44,12 +44,13 @@ func (e *env) enforceRetention(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		r, err := retention.Prune(e.retentionDeps(), retention.Request{Who: "system:retention", SkipEmpty: true})
+		r, err := retention.Prune(ctx, e.retentionDeps(), retention.Request{Who: "system:retention", SkipEmpty: true})
 		if err != nil {
 			e.log.Error().Err(err).Msg("retention prune failed")
 		}
 		if r != (retention.Result{}) {
-			e.log.Info().Int("finished_messages", r.FinishedMessages).Int("pending_optins", r.PendingOptins).Int("audit_entries", r.AuditEntries).Msg("retention pruned")
+			e.log.Info().Int("finished_messages", r.FinishedMessages).Int("cluster_campaigns", r.ClusterCampaigns).
+				Int("pending_optins", r.PendingOptins).Int("audit_entries", r.AuditEntries).Msg("retention pruned")
 		}
 		select {
 		case <-ctx.Done():

@@ -12,6 +12,7 @@ import (
 	"github.com/postwarden/postwarden/campaign/brakes"
 	"github.com/postwarden/postwarden/campaign/confirm"
 	"github.com/postwarden/postwarden/campaign/report"
+	"github.com/postwarden/postwarden/campaign/shares"
 	"github.com/postwarden/postwarden/mta"
 	"github.com/postwarden/postwarden/mta/inbound"
 	"github.com/postwarden/postwarden/queue"
@@ -100,6 +101,7 @@ var (
 	_ subject.Outbox        = mta.Outbox{}
 	_ subject.Indexer       = (*sealed.Box)(nil)
 	_ retention.Queue       = (*queue.Store)(nil)
+	_ retention.Campaigns   = (*shares.Coordinator)(nil)
 	_ retention.Outbox      = mta.Outbox{}
 	_ retention.Subscribers = (*subscribers.Store)(nil)
 	_ retention.Audit       = (*audit.Log)(nil)

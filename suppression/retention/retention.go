@@ -2,18 +2,20 @@
 // store files so that deleted bytes leave them (compact).
 //
 // Prune removes finished queue records and capture files older than the
-// finished-messages period, unconfirmed sign-ups older than the pending
+// finished-messages period, on a cluster node the cluster's records of the
+// campaigns finished longer ago than that, unconfirmed sign-ups older than the pending
 // opt-in period and audit entries older than the audit period, then records
 // what it removed in the audit log (the counts are only known afterwards).
 // Compact rewrites each store file: bbolt reuses freed pages without wiping
 // them, so until a store is compacted its file still holds what was deleted.
 //
-// The package reaches the queue, the capture outbox, the consent store and
-// the audit log through the small interfaces below: under suppression/ it
+// The package reaches the queue, the capture outbox, the consent store, the
+// cluster's campaigns and the audit log through the small interfaces below: under suppression/ it
 // may not import queue or mta (docs/architecture.md, layering rule 6).
 package retention
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -27,6 +29,13 @@ import (
 // Queue is what pruning needs of the queue store (queue.Store).
 type Queue interface {
 	PruneFinished(olderThan time.Duration) (int, error)
+}
+
+// Campaigns is what pruning needs of a cluster node's campaign shares
+// (campaign/shares.Coordinator): the same rule as Queue's for the records a
+// campaign leaves in the cluster.
+type Campaigns interface {
+	PruneFinished(ctx context.Context, olderThan time.Duration) (int, error)
 }
 
 // Outbox is what pruning needs of the capture folder (mta.Outbox).
@@ -56,6 +65,7 @@ type Periods struct {
 // Deps are the stores a prune works on.
 type Deps struct {
 	Queue       Queue
+	Campaigns   Campaigns // nil on a single node
 	Outbox      Outbox
 	Subscribers Subscribers
 	Audit       Audit
@@ -74,6 +84,7 @@ type Request struct {
 // Result is what a prune removed.
 type Result struct {
 	FinishedMessages int `json:"finished_messages"`
+	ClusterCampaigns int `json:"cluster_campaigns"` // finished campaigns whose cluster records went
 	CaptureFiles     int `json:"capture_files"`
 	PendingOptins    int `json:"pending_optins"`
 	AuditEntries     int `json:"audit_entries"`
@@ -82,8 +93,8 @@ type Result struct {
 // Prune applies the retention periods, then appends a "db.prune" entry
 // with the counts (unless r.SkipEmpty and nothing was removed). On an
 // error of the audit the result still says what was removed.
-func Prune(d Deps, r Request) (Result, error) {
-	res, err := prune(d)
+func Prune(ctx context.Context, d Deps, r Request) (Result, error) {
+	res, err := prune(ctx, d)
 	if err != nil {
 		return res, err
 	}
@@ -94,8 +105,9 @@ func Prune(d Deps, r Request) (Result, error) {
 		return res, errors.New("audit db.prune: audit log is not open")
 	}
 	_, err = d.Audit.Append(audit.Entry{Who: r.Who, Action: "db.prune", Reason: "retention", Details: map[string]string{
-		"finished_messages": fmt.Sprint(res.FinishedMessages), "capture_files": fmt.Sprint(res.CaptureFiles),
-		"pending_optins": fmt.Sprint(res.PendingOptins), "audit_entries": fmt.Sprint(res.AuditEntries)}})
+		"finished_messages": fmt.Sprint(res.FinishedMessages), "cluster_campaigns": fmt.Sprint(res.ClusterCampaigns),
+		"capture_files": fmt.Sprint(res.CaptureFiles), "pending_optins": fmt.Sprint(res.PendingOptins),
+		"audit_entries": fmt.Sprint(res.AuditEntries)}})
 	if err != nil {
 		return res, fmt.Errorf("audit db.prune: %w", err)
 	}
@@ -103,7 +115,7 @@ func Prune(d Deps, r Request) (Result, error) {
 }
 
 // prune removes what the periods say is due, store by store.
-func prune(d Deps) (Result, error) {
+func prune(ctx context.Context, d Deps) (Result, error) {
 	var r Result
 	var err error
 	now := time.Now
@@ -113,6 +125,11 @@ func prune(d Deps) (Result, error) {
 	p := d.Periods
 	if r.FinishedMessages, err = d.Queue.PruneFinished(p.FinishedMessages); err != nil {
 		return r, fmt.Errorf("prune finished messages: %w", err)
+	}
+	if d.Campaigns != nil {
+		if r.ClusterCampaigns, err = d.Campaigns.PruneFinished(ctx, p.FinishedMessages); err != nil {
+			return r, fmt.Errorf("prune finished campaigns in the cluster: %w", err)
+		}
 	}
 	if r.CaptureFiles, err = d.Outbox.Prune(now().Add(-p.FinishedMessages)); err != nil {
 		return r, fmt.Errorf("prune capture files: %w", err)

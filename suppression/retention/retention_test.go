@@ -1,7 +1,9 @@
 package retention_test
 
 import (
+	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -138,7 +140,7 @@ func TestPruneRemovesOnlyWhatIsOld(t *testing.T) {
 
 	d := retention.Deps{Queue: s.q, Outbox: s.outbox, Subscribers: s.subs, Audit: s.audit,
 		Periods: retention.Periods{FinishedMessages: period, PendingOptin: period, Audit: period}}
-	r, err := retention.Prune(d, retention.Request{Who: "local:ops"})
+	r, err := retention.Prune(context.Background(), d, retention.Request{Who: "local:ops"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,13 +173,13 @@ func TestPruneRemovesOnlyWhatIsOld(t *testing.T) {
 
 	// Nothing more is due: the daemon's run is not audited, an operator's is.
 	n := len(all)
-	if r, err := retention.Prune(d, retention.Request{Who: "system:retention", SkipEmpty: true}); err != nil || r != (retention.Result{}) {
+	if r, err := retention.Prune(context.Background(), d, retention.Request{Who: "system:retention", SkipEmpty: true}); err != nil || r != (retention.Result{}) {
 		t.Fatalf("second Prune = %+v, %v", r, err)
 	}
 	if got := len(s.audits(t)); got != n {
 		t.Errorf("an empty daemon prune was audited: %d entries, want %d", got, n)
 	}
-	if _, err := retention.Prune(d, retention.Request{Who: "local:ops"}); err != nil {
+	if _, err := retention.Prune(context.Background(), d, retention.Request{Who: "local:ops"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := len(s.audits(t)); got != n+1 {
@@ -231,5 +233,44 @@ func TestCompactShrinksAndKeepsData(t *testing.T) {
 	}
 	if h, err := s.subs.History("kept@acme.example"); err != nil || len(h) != 1 {
 		t.Errorf("subscribers after compaction: %+v, %v", h, err)
+	}
+}
+
+// campaignsProbe records what a prune asks of a cluster node's campaigns
+// (campaign/shares.Coordinator in the binary; its own tests prune real
+// JetStream records).
+type campaignsProbe struct {
+	asked []time.Duration
+	n     int
+	err   error
+}
+
+func (p *campaignsProbe) PruneFinished(ctx context.Context, olderThan time.Duration) (int, error) {
+	p.asked = append(p.asked, olderThan)
+	return p.n, p.err
+}
+
+// On a cluster node the finished campaigns are pruned with the
+// finished-messages period, counted and audited; their error stops the pass.
+func TestPruneClusterCampaigns(t *testing.T) {
+	s := open(t)
+	const period = 42 * time.Hour
+	probe := &campaignsProbe{n: 3}
+	d := retention.Deps{Queue: s.q, Campaigns: probe, Outbox: s.outbox, Subscribers: s.subs, Audit: s.audit,
+		Periods: retention.Periods{FinishedMessages: period, PendingOptin: period, Audit: period}}
+	r, err := retention.Prune(context.Background(), d, retention.Request{Who: "system:retention", SkipEmpty: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r != (retention.Result{ClusterCampaigns: 3}) || len(probe.asked) != 1 || probe.asked[0] != period {
+		t.Errorf("Prune = %+v, asked %v; want 3 cluster campaigns, asked once for %v", r, probe.asked, period)
+	}
+	all := s.audits(t)
+	if last := all[len(all)-1]; last.Action != "db.prune" || last.Details["cluster_campaigns"] != "3" {
+		t.Errorf("prune audit entry: %+v, want cluster_campaigns 3", last)
+	}
+	probe.err = errors.New("nats: timeout")
+	if _, err := retention.Prune(context.Background(), d, retention.Request{Who: "local:ops"}); err == nil || !errors.Is(err, probe.err) {
+		t.Errorf("Prune with the cluster down: %v, want its error", err)
 	}
 }
