@@ -31,16 +31,11 @@ func (c *Coordinator) EraseIndex(ctx context.Context, indexHex string) (int, err
 	if !validKey(key) {
 		return 0, ErrBadKey
 	}
-	lister, err := c.kv.ListKeysFiltered(ctx, "*.m")
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return 0, c.purgeOutcomes(ctx, key)
-	}
+	// From the stream's state (keys): a KV lister can wait forever while
+	// another node's PruneFinished purges under it.
+	mkeys, err := c.keys(ctx, "*.m")
 	if err != nil {
 		return 0, fmt.Errorf("shares: erase: list campaigns: %w", err)
-	}
-	var mkeys []string
-	for k := range lister.Keys() {
-		mkeys = append(mkeys, k)
 	}
 	removed := 0
 	for _, mk := range mkeys {

@@ -3,6 +3,7 @@ package shares
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -252,13 +253,9 @@ func (m Manifest) ShardOf(key string) int {
 // shards reads every lease key of a campaign.
 func (c *Coordinator) shards(ctx context.Context, ctok string, m Manifest) ([]ShardStatus, error) {
 	campaign := m.Campaign
-	lister, err := c.kv.ListKeysFiltered(ctx, ctok+".s.*")
+	keys, err := c.keys(ctx, ctok+".s.*") // not a KV lister: see keys
 	if err != nil {
 		return nil, fmt.Errorf("shares: list shards of %s: %w", campaign, err)
-	}
-	var keys []string
-	for k := range lister.Keys() {
-		keys = append(keys, k)
 	}
 	var out []ShardStatus
 	for _, k := range keys {
@@ -267,6 +264,9 @@ func (c *Coordinator) shards(ctx context.Context, ctok string, m Manifest) ([]Sh
 			continue
 		}
 		e, err := c.kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // a delete marker: the campaign is being pruned
+		}
 		if err != nil {
 			return nil, fmt.Errorf("shares: read shard %d of %s: %w", s, campaign, err)
 		}
