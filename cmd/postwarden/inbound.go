@@ -193,7 +193,7 @@ func (e *env) startHandover(deps inbound.Deps, log zerolog.Logger) (*handover.Ha
 	}
 	cc := e.cfg.Cluster
 	h, err := handover.New(js, e.box, handover.Config{Tag: verp.NodeTag(cc.Node), Replicas: cc.Replicas,
-		Dir: filepath.Join(e.cfg.DataDir, "reports-outbox")}, local, log)
+		Dir: e.reportsOutbox()}, local, log)
 	if err != nil {
 		done()
 		return nil, fmt.Errorf("cluster: %w", err)
@@ -203,6 +203,10 @@ func (e *env) startHandover(deps inbound.Deps, log zerolog.Logger) (*handover.Ha
 	e.closers = append(e.closers, func() { h.Close(); done() })
 	return h, nil
 }
+
+// reportsOutbox is where a cluster node keeps the reports it could not
+// hand over yet (handover.Config.Dir).
+func (e *env) reportsOutbox() string { return filepath.Join(e.cfg.DataDir, "reports-outbox") }
 
 // queueBounces records reports on queued messages.
 type queueBounces struct{ q *queue.Store }

@@ -13,8 +13,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/postwarden/postwarden/configs"
 	"github.com/postwarden/postwarden/mta"
+	"github.com/postwarden/postwarden/mta/inbound/handover"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/address"
@@ -146,6 +149,9 @@ func opSubjectErase(ctx context.Context, e *env, req request, o *out) error {
 	if err != nil {
 		return err
 	}
+	if err := e.eraseReports(ctx, a.Address); err != nil {
+		return err
+	}
 	return o.Record(clusterErasure{Erasure: res, ShareRows: rows})
 }
 
@@ -178,6 +184,37 @@ func (e *env) eraseFromShares(ctx context.Context, addr string) (int, error) {
 		return n, fmt.Errorf("subject erase: erased on this node, not yet from the campaign shares (run it again): %w", err)
 	}
 	return n, nil
+}
+
+// eraseReports removes the person's bounce and complaint reports handed
+// over between nodes (PW_REPORTS, whichever node they wait for) and this
+// node's outbox of them (issue 13, promise 5); the other nodes' outboxes
+// follow through the replica's erasure (eraseHere).
+func (e *env) eraseReports(ctx context.Context, addr string) error {
+	if e.cfg.Cluster == nil {
+		return nil
+	}
+	ad, err := address.Parse(addr)
+	if err != nil {
+		return fmt.Errorf("subject erase: handed-over reports: %s", address.Mask(addr))
+	}
+	idx := e.box.IndexHex(ad.Key())
+	if h := e.handover; h != nil {
+		_, err = h.EraseIndex(ctx, idx)
+	} else {
+		var js jetstream.JetStream
+		var done func()
+		if js, done, err = e.clusterJS(ctx); err == nil {
+			defer done()
+			if err = handover.PurgeIndex(ctx, js, handover.Config{}, idx); err == nil {
+				_, err = handover.EraseOutbox(e.reportsOutbox(), idx)
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("subject erase: erased on this node, not yet from the handed-over reports (run it again): %w", err)
+	}
+	return nil
 }
 
 func opSubjectRestrict(restrict bool) opFunc {

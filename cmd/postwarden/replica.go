@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/postwarden/postwarden/cmd/internal/natsnode"
+	"github.com/postwarden/postwarden/mta/inbound/handover"
 	"github.com/postwarden/postwarden/queue/cluster"
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/gate"
@@ -113,6 +114,16 @@ func (e *env) eraseHere(_ context.Context, er replica.Erasure) error {
 		Who: "cluster:" + er.Origin, Index: er.Index, Ref: er.Ref,
 		Reason: fmt.Sprintf("erasure %s requested on node %s", er.Ref, er.Origin),
 	})
+	if err != nil {
+		return err
+	}
+	// Reports about them this node keeps for the cluster (the origin
+	// purged the stream).
+	if h := e.handover; h != nil {
+		_, err = h.EraseOutbox(er.Index)
+	} else {
+		_, err = handover.EraseOutbox(e.reportsOutbox(), er.Index)
+	}
 	if err != nil {
 		return err
 	}

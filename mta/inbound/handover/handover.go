@@ -6,7 +6,9 @@
 // Contract:
 //   - Hand(node, queueID, reports) publishes the reports, sealed with the
 //     data key (context "mta/inbound/handover:<subject>"), on
-//     pw.reports.<node tag> of stream PW_REPORTS and returns once the
+//     pw.reports.<node tag>.<index> of stream PW_REPORTS (index: the keyed
+//     index of the reported recipient, "_" when no report names one) and
+//     returns once the
 //     stream has stored it. If the stream does not answer (not connected,
 //     or no ack within PublishTimeout) the sealed message is written,
 //     fsynced, to the outbox directory and Hand returns nil: accepted. A
@@ -18,8 +20,11 @@
 //     message is acknowledged only once Apply returned nil, and retried
 //     otherwise. The stream's work-queue retention removes it then. A report
 //     no node consumes (a node gone for good) is removed after MaxAge.
-//   - Subjects carry node tags only; queue ids, addresses and the
-//     reports themselves are only ever in sealed payloads.
+//   - Subjects carry node tags and keyed indexes only; queue ids, addresses
+//     and the reports themselves are only ever in sealed payloads.
+//   - EraseIndex removes a person's reports from the stream (every node's
+//     subject) and from this node's outbox; EraseOutbox from a node's
+//     outbox alone (issue 13, promise 5: an erasure reaches the streams).
 package handover
 
 import (
@@ -43,6 +48,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/postwarden/postwarden/mta/bounce"
+	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/suppression/atomicfile"
 	"github.com/postwarden/postwarden/suppression/sealed"
 )
@@ -124,6 +130,21 @@ func New(js jetstream.JetStream, box *sealed.Box, cfg Config, apply Applier, log
 	if cfg.Dir == "" {
 		return nil, errors.New("handover: no outbox directory")
 	}
+	cfg.defaults()
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("handover: outbox %s: %w", cfg.Dir, err)
+	}
+	h := &Handover{js: js, box: box, cfg: cfg, apply: apply, log: log, kick: make(chan struct{}, 1)}
+	n, err := pending(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	h.outbox.Store(int64(len(n)))
+	return h, nil
+}
+
+// defaults fills the unset fields.
+func (cfg *Config) defaults() {
 	if cfg.Replicas <= 0 {
 		cfg.Replicas = 1
 	}
@@ -149,16 +170,6 @@ func New(js jetstream.JetStream, box *sealed.Box, cfg Config, apply Applier, log
 	if cfg.AckWait <= 0 {
 		cfg.AckWait = DefaultAckWait
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("handover: outbox %s: %w", cfg.Dir, err)
-	}
-	h := &Handover{js: js, box: box, cfg: cfg, apply: apply, log: log, kick: make(chan struct{}, 1)}
-	n, err := h.pending()
-	if err != nil {
-		return nil, err
-	}
-	h.outbox.Store(int64(len(n)))
-	return h, nil
 }
 
 // Start sets up the stream and this node's consumer (retrying in the
@@ -193,7 +204,7 @@ func (h *Handover) Hand(node, queueID string, reps []bounce.Report) error {
 	if err != nil {
 		return fmt.Errorf("handover: %w", err)
 	}
-	subj := h.cfg.Subject + "." + node
+	subj := h.cfg.Subject + "." + node + "." + h.indexOf(reps)
 	id := newID()
 	data := h.box.Seal(b, context_(subj))
 	if h.js.Conn().IsConnected() {
@@ -218,6 +229,126 @@ func (h *Handover) Hand(node, queueID string, reps []bounce.Report) error {
 	default:
 	}
 	return nil
+}
+
+// noIndex is the subject token of reports that name no recipient.
+const noIndex = "_"
+
+// indexOf is the keyed index of the first recipient reps name, the
+// subject token an erasure finds them by; noIndex if none parses.
+func (h *Handover) indexOf(reps []bounce.Report) string {
+	for _, r := range reps {
+		if a, err := address.Parse(r.Recipient); err == nil {
+			return h.box.IndexHex(a.Key())
+		}
+	}
+	return noIndex
+}
+
+// EraseIndex removes every report about the person of keyed index
+// indexHex: from the stream, whichever node it is for, and from this
+// node's outbox. It returns how many it removed from the outbox (the
+// stream's purge does not count). Other nodes' outboxes: EraseOutbox,
+// on each (the replica's erasure).
+func (h *Handover) EraseIndex(ctx context.Context, indexHex string) (int, error) {
+	h.mu.Lock() // no outbox pass hands one over meanwhile
+	defer h.mu.Unlock()
+	if err := PurgeIndex(ctx, h.js, h.cfg, indexHex); err != nil {
+		return 0, err
+	}
+	return h.eraseOutbox(indexHex)
+}
+
+// EraseOutbox removes the reports about the person of keyed index indexHex
+// from this node's outbox; it returns how many.
+func (h *Handover) EraseOutbox(indexHex string) (int, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.eraseOutbox(indexHex)
+}
+
+func (h *Handover) eraseOutbox(indexHex string) (int, error) {
+	n, err := EraseOutbox(h.cfg.Dir, indexHex)
+	if left, perr := pending(h.cfg.Dir); perr == nil {
+		h.outbox.Store(int64(len(left)))
+	}
+	return n, err
+}
+
+// PurgeIndex removes the reports about the person of keyed index indexHex
+// from the stream cfg names (its defaults filled), for every node; a node
+// without a running Handover (a CLI command) erases through it.
+func PurgeIndex(ctx context.Context, js jetstream.JetStream, cfg Config, indexHex string) error {
+	if !validIndex(indexHex) {
+		return fmt.Errorf("handover: erase: %q is not a keyed index", indexHex)
+	}
+	cfg.defaults()
+	st, err := js.Stream(ctx, cfg.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil // no report was ever handed over
+	}
+	if err != nil {
+		return fmt.Errorf("handover: erase: stream %s: %w", cfg.Stream, err)
+	}
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject(cfg.Subject+".*."+indexHex)); err != nil {
+		return fmt.Errorf("handover: erase: purge %s: %w", cfg.Stream, err)
+	}
+	return nil
+}
+
+// EraseOutbox removes from outbox directory dir the kept reports about the
+// person of keyed index indexHex (the subject on each file's first line);
+// it returns how many. A folder that does not exist holds none.
+func EraseOutbox(dir, indexHex string) (int, error) {
+	if !validIndex(indexHex) {
+		return 0, fmt.Errorf("handover: erase: %q is not a keyed index", indexHex)
+	}
+	names, err := pending(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, name := range names {
+		path := filepath.Join(dir, name)
+		subj, err := firstLine(path)
+		if err != nil {
+			return n, err
+		}
+		if !strings.HasSuffix(subj, "."+indexHex) {
+			continue
+		}
+		if err := os.Remove(path); err != nil {
+			return n, fmt.Errorf("handover: erase: %w", err)
+		}
+		n++
+	}
+	if n > 0 {
+		return n, atomicfile.SyncDir(dir)
+	}
+	return 0, nil
+}
+
+// firstLine reads an outbox file's subject line.
+func firstLine(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("handover: %w", err)
+	}
+	subj, _, _ := strings.Cut(string(b), "\n")
+	return subj, nil
+}
+
+// validIndex reports whether s is a keyed index (hex of sealed.IndexSize
+// bytes): a subject token that matches nothing else.
+func validIndex(s string) bool {
+	if len(s) != 2*sealed.IndexSize {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil
 }
 
 // Stats returns the counters.
@@ -302,7 +433,7 @@ func (h *Handover) subscribe(ctx context.Context) (jetstream.ConsumeContext, err
 	}
 	cons, err := st.CreateOrUpdateConsumer(sctx, jetstream.ConsumerConfig{
 		Durable:       "reports-" + h.cfg.Tag,
-		FilterSubject: h.cfg.Subject + "." + h.cfg.Tag,
+		FilterSubject: h.cfg.Subject + "." + h.cfg.Tag + ".>",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       h.cfg.AckWait,
 		MaxDeliver:    -1,
@@ -369,11 +500,11 @@ func (h *Handover) drain(ctx context.Context) {
 	}
 }
 
-// pending lists the outbox's files, oldest name first.
-func (h *Handover) pending() ([]string, error) {
-	ents, err := os.ReadDir(h.cfg.Dir)
+// pending lists the outbox's files in dir, oldest name first.
+func pending(dir string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("handover: outbox %s: %w", h.cfg.Dir, err)
+		return nil, fmt.Errorf("handover: outbox %s: %w", dir, err)
 	}
 	var names []string
 	for _, e := range ents {
@@ -390,7 +521,7 @@ func (h *Handover) pending() ([]string, error) {
 func (h *Handover) flush(ctx context.Context) (int, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	names, err := h.pending()
+	names, err := pending(h.cfg.Dir)
 	if err != nil || len(names) == 0 {
 		h.outbox.Store(int64(len(names)))
 		return len(names), err

@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/postwarden/postwarden/mta/bounce"
+	"github.com/postwarden/postwarden/suppression/address"
 	"github.com/postwarden/postwarden/suppression/sealed"
 )
 
@@ -215,10 +216,11 @@ func TestHandedReportAppliedByItsNode(t *testing.T) {
 	}
 	eventually(t, "node 1 applying after its consumer was deleted", func() bool { return len(a1.list()) == 2 })
 
+	want := DefaultSubject + "." + tag1 + "." + addrIndex(t)
 	subjMu.Lock()
 	for _, s := range subjects {
-		if s != DefaultSubject+"."+tag1 {
-			t.Errorf("subject %q; want only %s.%s", s, DefaultSubject, tag1)
+		if s != want {
+			t.Errorf("subject %q; want only %s (node tag, keyed index)", s, want)
 		}
 	}
 	subjMu.Unlock()
@@ -301,4 +303,72 @@ func noClear(t *testing.T, dir string) {
 		}
 		return nil
 	})
+}
+
+// addrIndex is the keyed index of addr under testBox.
+func addrIndex(t *testing.T) string {
+	t.Helper()
+	a, err := address.Parse(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testBox(t).IndexHex(a.Key())
+}
+
+// An erasure removes the person's reports from the stream, whichever node
+// they are for, and from the outboxes, and leaves other people's: a report
+// waiting for a node that is down (72 h at most) or kept on a node cut off
+// no longer holds them once they are erased.
+func TestEraseReports(t *testing.T) {
+	storeDir := t.TempDir()
+	srv := startNATS(t, storeDir, -1)
+	js := connect(t, srv.ClientURL())
+	other := []bounce.Report{{Recipient: "someone.else@example.org", Kind: bounce.KindComplaint}}
+	// Node 2 runs; node 1, whose messages the reports are about, is down.
+	n2 := node(t, js, tag2, t.TempDir(), &applied{})
+	eventually(t, "the stream", func() bool { _, err := js.Stream(context.Background(), DefaultStream); return err == nil })
+	for _, reps := range [][]bounce.Report{complaint(), complaint(), other} {
+		if err := n2.Hand(tag1, qid, reps); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Node 3 is cut off: its reports wait in its outbox.
+	outbox := t.TempDir()
+	cut := connect(t, "nats://127.0.0.1:"+strconv.Itoa(freePort(t)))
+	n3, err := New(cut, testBox(t), Config{Tag: "0a0b0c03", Dir: outbox, PublishTimeout: 200 * time.Millisecond}, &applied{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, reps := range [][]bounce.Report{complaint(), other} {
+		if err := n3.Hand(tag1, qid, reps); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if streamMsgs(t, js) != 3 || n3.Stats().Outbox != 2 {
+		t.Fatalf("before: %d in the stream, %d in node 3's outbox; want 3 and 2", streamMsgs(t, js), n3.Stats().Outbox)
+	}
+	if _, err := n2.EraseIndex(context.Background(), "not-an-index"); err == nil {
+		t.Error("EraseIndex took a malformed index")
+	}
+	idx := addrIndex(t)
+	if n, err := n2.EraseIndex(context.Background(), idx); err != nil || n != 0 {
+		t.Fatalf("EraseIndex on node 2 = %d, %v", n, err)
+	}
+	if got := streamMsgs(t, js); got != 1 {
+		t.Errorf("%d reports left in the stream; want the other person's 1", got)
+	}
+	if n, err := n3.EraseOutbox(idx); err != nil || n != 1 || n3.Stats().Outbox != 1 {
+		t.Errorf("EraseOutbox on node 3 = %d, %v, outbox %d; want 1 removed, 1 left", n, err, n3.Stats().Outbox)
+	}
+	if n, err := EraseOutbox(filepath.Join(t.TempDir(), "none"), idx); err != nil || n != 0 {
+		t.Errorf("EraseOutbox of a missing folder = %d, %v", n, err)
+	}
+	// Node 1 comes up: it applies the other person's report only.
+	a1 := &applied{}
+	node(t, js, tag1, t.TempDir(), a1)
+	eventually(t, "node 1 applying what is left", func() bool { return len(a1.list()) == 1 })
+	time.Sleep(300 * time.Millisecond)
+	if l := a1.list(); len(l) != 1 || l[0].Reports[0].Recipient == addr {
+		t.Errorf("node 1 applied %+v; want only the other person's report", l)
+	}
 }
