@@ -412,7 +412,7 @@ func (h *Handover) consume(ctx context.Context) {
 				h.log.Warn().Msg("report hand-over consumer stopped; setting it up again")
 			}
 		} else {
-			h.log.Warn().Err(err).Dur("retry_in", wait).Msg("report hand-over stream not reachable yet")
+			h.log.Warn().Err(err).Dur("retry_in_ms", wait).Msg("report hand-over stream not reachable yet")
 		}
 		select {
 		case <-ctx.Done():
@@ -466,7 +466,7 @@ func (h *Handover) handle(m jetstream.Msg) {
 		if md, err := m.Metadata(); err == nil && md.NumDelivered > 1 {
 			delay = min(time.Second<<min(md.NumDelivered-1, 6), time.Minute)
 		}
-		h.log.Error().Err(err).Str("queue_id", p.QueueID).Dur("retry_in", delay).Msg("handed report not applied; retrying")
+		h.log.Error().Err(err).Str("queue_id", p.QueueID).Dur("retry_in_ms", delay).Msg("handed report not applied; retrying")
 		_ = m.NakWithDelay(delay)
 		return
 	}
@@ -486,7 +486,7 @@ func (h *Handover) drain(ctx context.Context) {
 		n, err := h.flush(ctx)
 		next := time.Hour // only a kick wakes an empty outbox
 		if err != nil {
-			h.log.Warn().Err(err).Int("outbox", n).Dur("retry_in", wait).Msg("report outbox not handed yet")
+			h.log.Warn().Err(err).Int("outbox", n).Dur("retry_in_ms", wait).Msg("report outbox not handed yet")
 			next, wait = wait, min(2*wait, h.cfg.RetryMax)
 		} else {
 			wait = 500 * time.Millisecond
