@@ -625,9 +625,8 @@ func waitServing(nd *node) error {
 // is healthy before the share streams exist (each serve creates them in the
 // background, retrying with backoff while JetStream elects), and a campaign
 // sent before then waits for the retries. Up means: the share streams and
-// bucket are listed, and each node's last "share coordinator not up yet"
-// warning is older than its retry_in_ms plus 2 s (a retry against existing
-// streams returns at once).
+// bucket are listed, and every node's heartbeat says its share worker is up
+// (`shares_up` in `cluster status --json`).
 func waitShares(bin string, nodes []*node) error {
 	deadline := time.Now().Add(2 * time.Minute)
 	want := []string{"KV_pw_shares", "PW_SHARE_DATA", "PW_SHARE_OUTCOMES"}
@@ -643,10 +642,7 @@ func waitShares(bin string, nodes []*node) error {
 		for _, w := range want {
 			ok = ok && have[w]
 		}
-		for _, nd := range nodes {
-			ok = ok && time.Now().After(lastShareRetry(nd).Add(2*time.Second))
-		}
-		if ok {
+		if ok && sharesUp(bin, nodes[0]) == len(nodes) {
 			return nil
 		}
 		time.Sleep(250 * time.Millisecond)
@@ -654,27 +650,29 @@ func waitShares(bin string, nodes []*node) error {
 	return errors.New("share workers never up (see the serve logs)")
 }
 
-// lastShareRetry is when the node's last "share coordinator not up yet"
-// warning said it would retry; zero when there was none.
-func lastShareRetry(nd *node) time.Time {
-	b, _ := os.ReadFile(nd.log)
-	var last time.Time
-	for _, l := range bytes.Split(b, []byte("\n")) {
-		if !bytes.Contains(l, []byte("share coordinator not up yet")) {
-			continue
-		}
-		var v struct {
-			Time    time.Time `json:"time"`
-			RetryIn float64   `json:"retry_in_ms"`
-		}
-		if json.Unmarshal(l, &v) == nil {
-			// The log's time has whole seconds: count the second as passed.
-			if t := v.Time.Add(time.Second + time.Duration(v.RetryIn*float64(time.Millisecond))); t.After(last) {
-				last = t
-			}
+// sharesUp is how many nodes' heartbeats, as n1's `cluster status` lists
+// them, say their share worker is up.
+func sharesUp(bin string, n1 *node) int {
+	out, err := exec.Command(bin, "-c", n1.cfg, "--json", "cluster", "status").Output()
+	if err != nil {
+		return 0
+	}
+	var rep struct {
+		Nodes []struct {
+			Up       bool `json:"up"`
+			SharesUp bool `json:"shares_up"`
+		} `json:"nodes"`
+	}
+	if json.Unmarshal(bytes.TrimSpace(out), &rep) != nil {
+		return 0
+	}
+	n := 0
+	for _, m := range rep.Nodes {
+		if m.Up && m.SharesUp {
+			n++
 		}
 	}
-	return last
+	return n
 }
 
 // waitHealthy waits until `cluster status` on node 1 lists size nodes up,
