@@ -64,19 +64,31 @@ func TestClusterPauseHoldsEveryNode(t *testing.T) {
 	}
 	t.Logf("%d of %d delivered before the pause held; the rest after the resume on node 3", atResume, n)
 
-	// The compliance report made on node 2 carries the cluster's figures,
-	// equal to campaign status there.
-	st := jsonLines[campaignStatus](t, n2.mustRun(0, "--json", "campaign", "status", "held").stdout)
-	rep := jsonLines[report.Report](t, n2.mustRun(0, "--json", "campaign", "report", "held").stdout)
+	// The compliance report made on another node that took part carries
+	// the cluster's figures, equal to campaign status there; a node that
+	// took no part says where to make it.
+	st := jsonLines[campaignStatus](t, n1.mustRun(0, "--json", "campaign", "status", "held").stdout)
+	other := n2
+	if st[0].Cluster.DoneBy[n2.name] == 0 {
+		other = n3
+		if r := n2.run("campaign", "report", "held"); r.code != 1 || !strings.Contains(r.stderr, "took no part") {
+			t.Errorf("report on node 2, which took no part: exit %d, %s", r.code, r.stderr)
+		}
+	}
+	if st[0].Cluster.DoneBy[other.name] == 0 {
+		t.Fatalf("shares done by %v: neither node 2 nor node 3 took part", st[0].Cluster.DoneBy)
+	}
+	st = jsonLines[campaignStatus](t, other.mustRun(0, "--json", "campaign", "status", "held").stdout)
+	rep := jsonLines[report.Report](t, other.mustRun(0, "--json", "campaign", "report", "held").stdout)
 	if len(st) != 1 || st[0].Cluster == nil || len(rep) != 1 || rep[0].Cluster == nil {
 		t.Fatalf("status %+v, report %+v: want both with the cluster's figures", st, rep)
 	}
 	c := rep[0].Cluster
-	if c.Node != n2.name || c.Recipients != st[0].Cluster.Recipients || c.Pending != st[0].Cluster.Pending ||
+	if c.Node != other.name || c.Recipients != st[0].Cluster.Recipients || c.Pending != st[0].Cluster.Pending ||
 		c.Outcomes["delivered"] != st[0].Cluster.Outcomes["delivered"] || c.Recipients != n {
 		t.Errorf("report's cluster figures %+v, status %+v", c, st[0].Cluster)
 	}
-	page := n2.mustRun(0, "campaign", "report", "held", "--out", "-").stdout
+	page := other.mustRun(0, "campaign", "report", "held", "--out", "-").stdout
 	if want := fmt.Sprintf(`data-figure="cluster_recipients">%d<`, n); !strings.Contains(page, want) {
 		t.Errorf("the report page lacks %s", want)
 	}

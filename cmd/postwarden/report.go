@@ -6,8 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/postwarden/postwarden/campaign/report"
 	"github.com/postwarden/postwarden/queue"
@@ -76,6 +79,10 @@ func opCampaignReport(ctx context.Context, e *env, req request, o *out) error {
 	if ok, err := campaignKnown(e.queue, a.ID); err != nil {
 		return err
 	} else if !ok {
+		// A cluster node that took no share of it holds no part of its report.
+		if cs, err := e.clusterCampaignStatus(ctx, a.ID); err == nil && cs != nil {
+			return no("campaign %q: this node took no part in it; make its report on a node that did (%s)", a.ID, strings.Join(partNodes(cs), ", "))
+		}
 		return no("campaign %q not found", a.ID)
 	}
 	if err := e.record(req, "campaign.report", "campaign:"+a.ID, "", nil); err != nil {
@@ -101,6 +108,18 @@ func opCampaignReport(ctx context.Context, e *env, req request, o *out) error {
 		}
 	}
 	return o.Record(r)
+}
+
+// partNodes are the nodes that held or finished shares of a campaign, sorted.
+func partNodes(cs *clusterCampaign) []string {
+	seen := map[string]bool{}
+	for n := range cs.Holders {
+		seen[n] = true
+	}
+	for n := range cs.DoneBy {
+		seen[n] = true
+	}
+	return slices.Sorted(maps.Keys(seen))
 }
 
 // writeReport renders the report's record as its HTML page into path
