@@ -72,7 +72,9 @@ func (c *Coordinator) Run(ctx context.Context, w Worker) error {
 	if err != nil {
 		return fmt.Errorf("shares: watch bucket %s: %w", Bucket, err)
 	}
-	defer watcher.Stop()
+	defer func() { watcher.Stop() }()
+	nc := c.js.Conn()
+	reconnects := nc.Stats().Reconnects
 	leases := map[string]*seenLease{}
 	manifests := map[string]Manifest{} // ready manifests by campaign token
 	paused := map[string]bool{}        // paused campaigns by token: no free shard is claimed
@@ -107,6 +109,20 @@ func (c *Coordinator) Run(ctx context.Context, w Worker) error {
 				}
 			}
 		case <-tick.C:
+			// After a reconnect the server may have lost the watcher's
+			// consumer (a server restarted, or one that dropped it during
+			// the cut); the client makes it again only after two missed
+			// heartbeats, ~10 s. Watch again at once: the replay of every
+			// key changes nothing already seen (same revisions).
+			if r := nc.Stats().Reconnects; r != reconnects && nc.IsConnected() {
+				if nw, err := c.kv.WatchAll(ctx); err == nil {
+					watcher.Stop()
+					watcher, reconnects = nw, r
+					c.log.Info().Msg("watching the share bucket again after a reconnect")
+				} else {
+					c.log.Debug().Err(err).Msg("share bucket not watched again yet; retrying")
+				}
+			}
 		}
 		c.claim(ctx, w, leases, manifests, paused)
 	}
