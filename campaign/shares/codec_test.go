@@ -67,8 +67,8 @@ func indexOf(t *testing.T, addr string) int {
 }
 
 // TestPublishRowTooBig: a row that cannot fit a message even alone is
-// refused before anything is published, naming its position, its address
-// masked.
+// refused before anything is published, naming its position among the rows
+// given (invalid rows before it counted), its address masked.
 func TestPublishRowTooBig(t *testing.T) {
 	nodes := startServers(t, 1)
 	js := connect(t, nodes[0].srv.ClientURL())
@@ -77,6 +77,7 @@ func TestPublishRowTooBig(t *testing.T) {
 	noise := make([]byte, 64<<10)
 	rand.Read(noise)
 	rows[6].Fields["body"] = string(noise)
+	rows[2].Address = "not an address" // left out: row 7 is the 6th kept, named by its own place
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	_, err := c.Publish(ctx, "huge", "", rows)

@@ -56,6 +56,7 @@ func (c *Coordinator) Publish(ctx context.Context, campaign, hash string, rows [
 	}
 	var res Published
 	keyed := make([]Row, 0, len(rows))
+	rowOf := make([]int, 0, len(rows)) // keyed[j] is rows[rowOf[j]]: errors name the caller's row
 	seen := make(map[string]bool, len(rows))
 	for i, r := range rows {
 		a, err := address.Parse(r.Address)
@@ -71,6 +72,7 @@ func (c *Coordinator) Publish(ctx context.Context, campaign, hash string, rows [
 		}
 		seen[k] = true
 		keyed = append(keyed, Row{Key: k, Address: a.String(), Fields: r.Fields})
+		rowOf = append(rowOf, i)
 	}
 	if hash == "" {
 		hash = rowsHash(keyed)
@@ -78,7 +80,7 @@ func (c *Coordinator) Publish(ctx context.Context, campaign, hash string, rows [
 
 	m := Manifest{Campaign: campaign, Hash: hash, Rows: len(keyed), State: ManifestPublishing,
 		Node: c.cfg.Node, Created: time.Now().UTC()}
-	plains, rowsOf, err := c.planShards(keyed)
+	plains, rowsOf, err := c.planShards(keyed, rowOf)
 	if err != nil {
 		return res, fmt.Errorf("shares: %s: %w", campaign, err)
 	}
@@ -225,8 +227,9 @@ func (c *Coordinator) maxShardBytes() int {
 // planShards cuts keyed into ceil(rows/ShardSize) shards, doubled until
 // every shard's encoded rows fit one message (maxShardBytes), and returns
 // each shard's plain text and row count. A row too big for a shard of its
-// own is refused, naming it by its position.
-func (c *Coordinator) planShards(keyed []Row) ([][]byte, []int, error) {
+// own is refused, naming it by its position among the rows Publish was
+// given (rowOf).
+func (c *Coordinator) planShards(keyed []Row, rowOf []int) ([][]byte, []int, error) {
 	n := (len(keyed) + c.cfg.ShardSize - 1) / c.cfg.ShardSize // 0 for no rows: no shard
 	for {
 		plains, rows, err := c.encodeShards(keyed, n)
@@ -241,7 +244,7 @@ func (c *Coordinator) planShards(keyed []Row) ([][]byte, []int, error) {
 			}
 			if len(plain) > c.maxShardBytes() {
 				return nil, nil, fmt.Errorf("recipient %d (%s): its row (rendered message and fields) is %d bytes compressed, over the %d a shard message may hold (raise the NATS server's max_payload)",
-					i+1, address.Mask(keyed[i].Address), len(plain), c.maxShardBytes())
+					rowOf[i]+1, address.Mask(keyed[i].Address), len(plain), c.maxShardBytes())
 			}
 		}
 		if n >= 4*len(keyed) {

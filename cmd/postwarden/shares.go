@@ -734,13 +734,10 @@ func (w *shareWorker) record(ctx context.Context) {
 			return // no coordinator: nothing can be published
 		}
 	}
-	pubCtx, cancel := context.WithCancel(context.Background())
+	// Publishing outlives ctx by outcomeFlushGrace at most.
+	pubCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	stop := context.AfterFunc(ctx, func() {
-		t := time.AfterFunc(outcomeFlushGrace, cancel)
-		context.AfterFunc(pubCtx, func() { t.Stop() })
-	})
-	defer stop()
+	defer context.AfterFunc(ctx, func() { time.AfterFunc(outcomeFlushGrace, cancel) })()
 	for {
 		var batch []finalOutcome
 		select {
