@@ -124,3 +124,18 @@ func TestNewErrors(t *testing.T) {
 		t.Error("unknown kind accepted")
 	}
 }
+
+// A token with a line break in it is refused: base64 decoding skips CR and
+// LF, so it would open as a second spelling of a minted token (the optin
+// fuzz test found one).
+func TestLineBreakRefused(t *testing.T) {
+	for _, k := range kinds {
+		c := codec(t, k)
+		tok := c.Mint([]byte("c1\x00news\x00ana@example.com"))
+		for _, bad := range []string{tok[:5] + "\n" + tok[5:], tok[:9] + "\r\n" + tok[9:], tok + "\n"} {
+			if _, err := c.Parse(bad); !errors.Is(err, ErrBad) {
+				t.Errorf("%s: Parse(%q) = %v; want ErrBad", k, bad, err)
+			}
+		}
+	}
+}
