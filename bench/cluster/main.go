@@ -50,6 +50,7 @@ var (
 	flagTimeout  = flag.Duration("timeout", 5*time.Minute, "longest wait for a campaign to reach the sink")
 	flagBin      = flag.String("bin", "", "a built postwarden binary (default: go build ./cmd/postwarden)")
 	flagNATSBin  = flag.String("nats-bin", "", "a built nats-server binary (default: go build github.com/nats-io/nats-server/v2)")
+	flagRuns     = flag.Int("runs", 1, "rounds of every configuration, interleaved; the overhead is the median of the rounds")
 )
 
 // domains are the recipient domains; all route to the sink.
@@ -94,24 +95,43 @@ func run() error {
 	// node of a cluster (its NATS a lone nats-server process, counted in
 	// the node's CPU: an embedded server refuses JetStream clustering
 	// without a second server), three nodes with embedded NATS.
-	single, err := runCluster(bin, "", filepath.Join(root, "single"), 1, 0)
-	if err != nil {
-		return fmt.Errorf("1 node, no cluster: %w", err)
+	// Three nodes without a cluster section, each sent a third of the
+	// recipients at the same moment, share nothing: what three processes
+	// on this box cost over one with no coordination at all, the floor
+	// under the three-node cluster's figure.
+	var rounds []round
+	for i := range max(1, *flagRuns) {
+		dir := filepath.Join(root, fmt.Sprintf("round%d", i+1))
+		var rd round
+		var err error
+		if rd.single, err = runCluster(bin, "", filepath.Join(dir, "single"), 1, 0, false); err != nil {
+			return fmt.Errorf("1 node, no cluster: %w", err)
+		}
+		if rd.one, err = runCluster(bin, natsBin, filepath.Join(dir, "one"), 1, 0, false); err != nil {
+			return fmt.Errorf("1 node: %w", err)
+		}
+		if rd.apart, err = runCluster(bin, "", filepath.Join(dir, "apart"), 3, 0, true); err != nil {
+			return fmt.Errorf("3 nodes, no cluster: %w", err)
+		}
+		k := 0
+		if i == 0 {
+			k = *flagK // the latency probe once: it measures the stream, not the box
+		}
+		if rd.three, err = runCluster(bin, "", filepath.Join(dir, "three"), 3, k, false); err != nil {
+			return fmt.Errorf("3 nodes: %w", err)
+		}
+		rd.single.label = "1, no `cluster:`"
+		rd.one.label = "1, cluster (lone nats-server, replicas 1)"
+		rd.apart.label = "3, no `cluster:` (a third each, at once)"
+		rd.three.label = "3, cluster (embedded NATS, replicas 3)"
+		rounds = append(rounds, rd)
 	}
-	one, err := runCluster(bin, natsBin, filepath.Join(root, "one"), 1, 0)
-	if err != nil {
-		return fmt.Errorf("1 node: %w", err)
-	}
-	three, err := runCluster(bin, "", filepath.Join(root, "three"), 3, *flagK)
-	if err != nil {
-		return fmt.Errorf("3 nodes: %w", err)
-	}
-	single.label = "1, no `cluster:`"
-	one.label = "1, cluster (lone nats-server, replicas 1)"
-	three.label = "3, cluster (embedded NATS, replicas 3)"
-	report(os.Stdout, single, one, three, load0, loadavg())
+	report(os.Stdout, rounds, load0, loadavg())
 	return nil
 }
+
+// round is one measurement of every configuration.
+type round struct{ single, one, apart, three *result }
 
 // result is what one cluster size measured.
 type result struct {
@@ -189,7 +209,10 @@ func (r *recorder) rcpt(addr string, _ int) error {
 // runCluster runs one configuration: size nodes with embedded NATS, or,
 // when size is 1, a node without a cluster section (natsBin "") or a node
 // whose cluster NATS is a lone nats-server process started here (natsBin).
-func runCluster(bin, natsBin, dir string, size, k int) (*result, error) {
+//
+// With apart, the size nodes run without a cluster section and each is sent
+// its own third of the recipients at once.
+func runCluster(bin, natsBin, dir string, size, k int, apart bool) (*result, error) {
 	rec := &recorder{seen: map[string]int{}}
 	sink, err := mtatest.Start(mtatest.Options{Discard: true, Rcpt: rec.rcpt})
 	if err != nil {
@@ -217,7 +240,7 @@ func runCluster(bin, natsBin, dir string, size, k int) (*result, error) {
 	if size >= 3 {
 		replicas = 3
 	}
-	clustered := size > 1 || natsBin != ""
+	clustered := !apart && (size > 1 || natsBin != "")
 	var natsProc *node
 	if size == 1 && natsBin != "" {
 		natsProc = &node{name: "nats-server", dir: filepath.Join(dir, "nats"), log: filepath.Join(dir, "nats", "nats.log")}
@@ -358,22 +381,49 @@ delivery:
 		r.idle[0] += (c1[1] - c0[1]) / time.Since(t0).Seconds()
 	}
 
-	csvPath, err := writeCampaign(n1.dir, "bench-1", "r", *flagN)
-	if err != nil {
-		return nil, err
+	senders := nodes[:1]
+	if apart {
+		senders = nodes
+	}
+	csvPaths := make([]string, len(senders))
+	for i, nd := range senders {
+		// The recipients split over the senders, the first taking the rest.
+		n := *flagN / len(senders)
+		if i == 0 {
+			n += *flagN % len(senders)
+		}
+		if csvPaths[i], err = writeCampaign(nd.dir, "bench-1", fmt.Sprintf("r%d-", i), n); err != nil {
+			return nil, err
+		}
 	}
 	cpu0 := cpuOf(procs)
 	start := time.Now()
 	// --offline: the bench's loopback DNS publishes no SPF, DKIM or DMARC
 	// record; it measures delivery, not the preflight's lookups.
-	send := exec.Command(bin, "-c", n1.cfg, "campaign", "send", "--offline", csvPath)
-	if out, err := send.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("campaign send: %v\n%s", err, out)
-	} else if clustered && !strings.Contains(string(out), "recipients published") {
-		return nil, fmt.Errorf("campaign send did not publish shares:\n%s", out)
+	sendErrs := make([]error, len(senders))
+	sendCPU := make([]float64, len(senders))
+	var sends sync.WaitGroup
+	for i, nd := range senders {
+		sends.Go(func() {
+			send := exec.Command(bin, "-c", nd.cfg, "campaign", "send", "--offline", csvPaths[i])
+			out, err := send.CombinedOutput()
+			switch {
+			case err != nil:
+				sendErrs[i] = fmt.Errorf("campaign send on %s: %v\n%s", nd.name, err, out)
+			case clustered && !strings.Contains(string(out), "recipients published"):
+				sendErrs[i] = fmt.Errorf("campaign send did not publish shares:\n%s", out)
+			}
+			if send.ProcessState != nil {
+				sendCPU[i] = rusageCPU(send.ProcessState)
+			}
+		})
+	}
+	sends.Wait()
+	if err := errors.Join(sendErrs...); err != nil {
+		return nil, err
 	}
 	r.send = time.Since(start)
-	r.sendCPU = rusageCPU(send.ProcessState)
+	r.sendCPU = sum(sendCPU)
 	if err := waitCount(sink, *flagN, *flagTimeout, nodes); err != nil {
 		return nil, err
 	}
@@ -804,48 +854,80 @@ func sum(v []float64) float64 {
 	return t
 }
 
-func report(w io.Writer, single, one, three *result, loadBefore, loadAfter string) {
+func report(w io.Writer, rounds []round, loadBefore, loadAfter string) {
 	host, _ := os.Hostname()
 	cores := 0
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		cores = strings.Count(string(b), "\nprocessor") + 1
 	}
-	fmt.Fprintf(w, "postwarden bench/cluster: %d recipients, %d domains, mx delivery to one loopback sink (discard), %s, %d CPUs; load average before %s, after %s\n\n",
-		one.n, len(domains), host, cores, loadBefore, loadAfter)
+	first := rounds[0]
+	fmt.Fprintf(w, "postwarden bench/cluster: %d recipients, %d domains, mx delivery to one loopback sink (discard), %s, %d CPUs, %d round(s); load average before %s, after %s\n\n",
+		first.one.n, len(domains), host, cores, len(rounds), loadBefore, loadAfter)
 	fmt.Fprintln(w, "| nodes | campaign send | first at sink | last at sink | msg/s | outcomes recorded | serve CPU per node (s) | idle CPU per node (ms/s) | CPU/msg per node (µs) | send CLI CPU/msg (µs) | total CPU/msg (µs) | sink sessions | duplicates |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	total := map[*result]float64{}
-	for _, r := range []*result{single, one, three} {
-		var cpu, idle, per []string
-		for i := range r.cpu {
-			cpu = append(cpu, fmt.Sprintf("%.2f", r.cpu[i]))
-			idle = append(idle, fmt.Sprintf("%.0f", r.idle[i]*1000))
-			per = append(per, fmt.Sprintf("%.0f", r.cpu[i]/float64(r.n)*1e6))
+	for n, rd := range rounds {
+		for _, r := range []*result{rd.single, rd.one, rd.apart, rd.three} {
+			var cpu, idle, per []string
+			for i := range r.cpu {
+				cpu = append(cpu, fmt.Sprintf("%.2f", r.cpu[i]))
+				idle = append(idle, fmt.Sprintf("%.0f", r.idle[i]*1000))
+				per = append(per, fmt.Sprintf("%.0f", r.cpu[i]/float64(r.n)*1e6))
+			}
+			t := (sum(r.cpu) + r.sendCPU) / float64(r.n) * 1e6
+			total[r] = t
+			label := r.label
+			if len(rounds) > 1 {
+				label = fmt.Sprintf("%s, round %d", label, n+1)
+			}
+			fmt.Fprintf(w, "| %s | %.2f s | %.2f s | %.2f s | %.0f | %.2f s | %s | %s | %s | %.0f | %.0f | %d | %d |\n",
+				label, r.send.Seconds(), r.first.Seconds(), r.wall.Seconds(), float64(r.n)/r.wall.Seconds(), r.settle.Seconds(),
+				strings.Join(cpu, " / "), strings.Join(idle, " / "), strings.Join(per, " / "),
+				r.sendCPU/float64(r.n)*1e6, t, r.sessions, r.dup)
 		}
-		t := (sum(r.cpu) + r.sendCPU) / float64(r.n) * 1e6
-		total[r] = t
-		fmt.Fprintf(w, "| %s | %.2f s | %.2f s | %.2f s | %.0f | %.2f s | %s | %s | %s | %.0f | %.0f | %d | %d |\n",
-			r.label, r.send.Seconds(), r.first.Seconds(), r.wall.Seconds(), float64(r.n)/r.wall.Seconds(), r.settle.Seconds(),
-			strings.Join(cpu, " / "), strings.Join(idle, " / "), strings.Join(per, " / "),
-			r.sendCPU/float64(r.n)*1e6, t, r.sessions, r.dup)
 	}
-	fmt.Fprintf(w, "\ncoordination overhead, total CPU per message 3 nodes / 1 node: **%.2f** against one cluster node, **%.2f** against one node without `cluster:` (target < 1.15)\n", total[three]/total[one], total[three]/total[single])
-	if one.natsCPU > 0 {
-		fmt.Fprintf(w, "(the one cluster node's CPU includes its lone nats-server process: %.2f s, %.0f µs/msg)\n", one.natsCPU, one.natsCPU/float64(one.n)*1e6)
+	// serve is the serve processes' CPU per message alone: three
+	// `campaign send` processes (one per node apart) cost more than one
+	// for what they start up, not for what the nodes do.
+	serve := map[*result]float64{}
+	for r := range total {
+		serve[r] = sum(r.cpu) / float64(r.n)
+	}
+	ratios := func(of map[*result]float64, num, den func(round) *result) string {
+		var v []float64
+		var each []string
+		for _, rd := range rounds {
+			x := of[num(rd)] / of[den(rd)]
+			v = append(v, x)
+			each = append(each, fmt.Sprintf("%.2f", x))
+		}
+		if len(v) == 1 {
+			return fmt.Sprintf("**%.2f**", v[0])
+		}
+		return fmt.Sprintf("**%.2f** (median; rounds %s)", median(v), strings.Join(each, ", "))
+	}
+	single := func(rd round) *result { return rd.single }
+	one := func(rd round) *result { return rd.one }
+	apart := func(rd round) *result { return rd.apart }
+	three := func(rd round) *result { return rd.three }
+	fmt.Fprintf(w, "\ncoordination overhead, total CPU per message 3 nodes / 1 node: %s against one cluster node, %s against one node without `cluster:` (target < 1.15)\n", ratios(total, three, one), ratios(total, three, single))
+	fmt.Fprintf(w, "serve CPU per message, three nodes without a cluster (a third each) over one: %s (what three processes on this box cost with nothing shared); the three-node cluster over them: %s\n", ratios(serve, apart, single), ratios(serve, three, apart))
+	if first.one.natsCPU > 0 {
+		fmt.Fprintf(w, "(the one cluster node's CPU includes its lone nats-server process: %.2f s, %.0f µs/msg)\n", first.one.natsCPU, first.one.natsCPU/float64(first.one.n)*1e6)
 	}
 	fmt.Fprintln(w, "\nJetStream streams after the campaign (messages per campaign message; each stored `replicas` times):")
 	fmt.Fprintln(w, "\n| stream | 1 cluster node: msgs/msg, bytes/msg | 3 nodes: replicas, msgs/msg, bytes/msg |")
 	fmt.Fprintln(w, "|---|---|---|")
-	for _, st := range three.streams {
+	for _, st := range first.three.streams {
 		o := ""
-		for _, s1 := range one.streams {
+		for _, s1 := range first.one.streams {
 			if s1.Name == st.Name {
-				o = fmt.Sprintf("%.2f, %.0f", float64(s1.Messages)/float64(one.n), float64(s1.Bytes)/float64(one.n))
+				o = fmt.Sprintf("%.2f, %.0f", float64(s1.Messages)/float64(first.one.n), float64(s1.Bytes)/float64(first.one.n))
 			}
 		}
-		fmt.Fprintf(w, "| %s | %s | %d, %.2f, %.0f |\n", st.Name, o, st.Replicas, float64(st.Messages)/float64(three.n), float64(st.Bytes)/float64(three.n))
+		fmt.Fprintf(w, "| %s | %s | %d, %.2f, %.0f |\n", st.Name, o, st.Replicas, float64(st.Messages)/float64(first.three.n), float64(st.Bytes)/float64(first.three.n))
 	}
-	if len(three.propLat) > 0 || three.probeMiss > 0 {
+	if three := first.three; len(three.propLat) > 0 || three.probeMiss > 0 {
 		fmt.Fprintf(w, "\ndelivery-to-suppression latency, 3 nodes, %d samples during a second %d-recipient campaign (suppress add on n2 via its admin socket; until n1 and n3 both answer suppressed, polled every 5 ms):\n\n", len(three.propLat)+three.probeMiss, three.n)
 		fmt.Fprintln(w, "| measure | p50 | p90 | p99 | max |")
 		fmt.Fprintln(w, "|---|---|---|---|---|")
@@ -859,4 +941,15 @@ func report(w io.Writer, single, one, three *result, loadBefore, loadAfter strin
 			fmt.Fprintf(w, "\n%d samples never seen suppressed within 10 s\n", three.probeMiss)
 		}
 	}
+}
+
+// median is the middle of v (the mean of the two middle values of an even
+// count).
+func median(v []float64) float64 {
+	v = slices.Clone(v)
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }

@@ -110,11 +110,12 @@ func (e *env) eraseHere(_ context.Context, er replica.Erasure) error {
 	if e.queue == nil || e.subs == nil || e.audit == nil {
 		return errors.New("the queue, consent and audit stores are not open")
 	}
+	own := er.Origin == e.cfg.Cluster.Node
 	_, err := subject.EraseIndex(e.subjectDeps(), subject.IndexRequest{
-		Who: "cluster:" + er.Origin, Index: er.Index, Ref: er.Ref,
+		Who: "cluster:" + er.Origin, Index: er.Index, Ref: er.Ref, Own: own,
 		Reason: fmt.Sprintf("erasure %s requested on node %s", er.Ref, er.Origin),
 	})
-	if err != nil {
+	if err != nil || own {
 		return err
 	}
 	// Reports about them this node keeps for the cluster (the origin

@@ -241,6 +241,87 @@ func TestConsentErasure(t *testing.T) {
 	}
 }
 
+// TestConsentOpAppliedAfterOwnErasure: the node that erases a person
+// erases its consent store first and then publishes the tombstone; a
+// consent op another node published before that tombstone, which the
+// erasing node had not applied yet (here: A is down while B publishes a
+// sign-up), is applied on A after its local erasure and brings the person
+// back there. Once A applies its own tombstone, OnErase (A made it) erases
+// the consent store again: A holds nothing of the person, as B does, and a
+// retried erasure writes no second marker.
+func TestConsentOpAppliedAfterOwnErasure(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	box, dir := testBox(t), t.TempDir()
+	subsOf := map[string]**subscribers.Store{}
+	cfg := func(node string) Config {
+		c := cfgFor(node)
+		c.OnErase = func(_ context.Context, e Erasure) error {
+			_, err := (*subsOf[node]).EraseIndex(e.Index, e.Ref)
+			return err
+		}
+		return c
+	}
+	var aSubs, bSubs *subscribers.Store
+	subsOf["a"], subsOf["b"] = &aSubs, &bSubs
+	a := startConsentNode(t, connect(t, srv.ClientURL()), box, filepath.Join(dir, "a.db"), cfg("a"))
+	aSubs = a.subs
+	b := startConsentNode(t, connect(t, srv.ClientURL()), box, filepath.Join(dir, "b.db"), cfg("b"))
+	bSubs = b.subs
+
+	const eve = "eve@example.com"
+	if err := publishConsent(a, subscribers.SubscribeOp(subscribers.Subscription{Address: eve, List: "news", ViaDoubleOptIn: true})); err != nil {
+		t.Fatal(err)
+	}
+	if err := publishConsent(a, subscribers.ConfirmOp(eve, "news", "", "")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "B confirmed", func() bool { return consentState(t, b.subs, eve, "news") == subscribers.StateConfirmed })
+
+	// A is behind the stream: B's sign-up to another list is published
+	// before A's erasure and reaches A only after A erased locally.
+	a.stopAll()
+	if err := publishConsent(b, subscribers.SubscribeOp(subscribers.Subscription{Address: eve, List: "offers", Name: "Eve Secret", ViaDoubleOptIn: true})); err != nil {
+		t.Fatal(err)
+	}
+	local, err := subscribers.Open(subscribers.Config{Path: a.path + ".subscribers", Box: box}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := local.Erase(eve, "req-1"); err != nil {
+		t.Fatal(err)
+	}
+	local.Close()
+	a = startConsentNode(t, connect(t, srv.ClientURL()), box, a.path, cfg("a"))
+	aSubs = a.subs
+	eventually(t, "A applied B's sign-up", func() bool { return caughtUp(a.node)() })
+	if err := a.rep.Publish(context.Background(), Erase(eve, "req-1", nil)); err != nil {
+		t.Fatal(err)
+	}
+	for name, n := range map[string]*consentNode{"A": a, "B": b} {
+		eventually(t, name+"'s erasure done", func() bool { d, err := n.rep.DueErasures(); return err == nil && d == 0 })
+		for _, list := range []string{"news", "offers"} {
+			if got := consentState(t, n.subs, eve, list); got != subscribers.StateErased {
+				t.Errorf("%s: %s on %s; want erased", name, got, list)
+			}
+		}
+		for _, h := range history(t, n.subs, eve) {
+			for _, e := range h.Events {
+				if e.Kind != subscribers.KindErased {
+					t.Errorf("%s still holds %s on %q: %+v", name, e.Kind, h.List, e)
+				}
+			}
+		}
+	}
+	before := history(t, a.subs, eve)
+	ts, err := a.subs.EraseIndex(box.IndexHex(eve), "req-1")
+	if err != nil || !ts.Unchanged {
+		t.Errorf("erasing again: %+v, %v; want unchanged", ts, err)
+	}
+	if after := history(t, a.subs, eve); !reflect.DeepEqual(before, after) {
+		t.Errorf("a retried erasure wrote to the history: %+v\nwas %+v", after, before)
+	}
+}
+
 // TestConsentAheadOfStream: a consent op accepted while NATS is out of
 // reach is applied here at once, and once the stream has it, applied again
 // nowhere twice.

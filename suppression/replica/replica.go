@@ -37,11 +37,12 @@
 //     (SecureDeleteMsg of each message on their subject), publishes the
 //     erasure (the tombstone, which stays), then purges anything that
 //     slipped onto the subject before the tombstone.
-//   - An erasure made on another node, once applied here, is handed by
-//     index to Config.OnErase (the rest of the erasure on this node's other
-//     stores): kept due in the store in the transaction that applies it,
-//     dropped only once OnErase returned nil, retried with backoff after a
-//     failure and after a restart; never skipped.
+//   - An erasure, once applied here, is handed by index to Config.OnErase
+//     (the rest of the erasure on this node's other stores; on the node
+//     that made it, what a consent op earlier in the stream brought back
+//     after the local erasure): kept due in the store in the transaction
+//     that applies it, dropped only once OnErase returned nil, retried
+//     with backoff after a failure and after a restart; never skipped.
 //   - A replica whose store is empty at Start loads the newest snapshot in
 //     the Config.Snapshots object store (sealed with the data key; the
 //     store and its applied sequence in one transaction, the consent
@@ -117,16 +118,19 @@ type Config struct {
 	// Snapshots is the JetStream object store bucket of the snapshots;
 	// default "pw_snapshots".
 	Snapshots string
-	// OnErase, if set, is the rest of an erasure made on another node:
-	// called, once the erasure from the stream has been applied to the
-	// store, to erase the person from this node's other stores by index
-	// (the queue, consent, capture files). The work is kept in the store
-	// (bucket due) in the transaction that applies the erasure, and
-	// dropped only once OnErase returned nil: a failure is logged and
-	// retried (0.5 s doubling up to RetryMax), a crash resumes it at
-	// Start, nothing is skipped; so OnErase must be idempotent. Erasures
-	// this node made itself are not handed to it (the procedure that
-	// published them erases the rest, by address).
+	// OnErase, if set, is the rest of an erasure: called, once the
+	// erasure from the stream has been applied to the store, to erase the
+	// person from this node's other stores by index (the queue, consent,
+	// capture files). The work is kept in the store (bucket due) in the
+	// transaction that applies the erasure, and dropped only once OnErase
+	// returned nil: a failure is logged and retried (0.5 s doubling up to
+	// RetryMax), a crash resumes it at Start, nothing is skipped; so
+	// OnErase must be idempotent. An erasure this node made itself comes
+	// too (Origin is Config.Node): the procedure that published it erased
+	// the rest by address first, but a consent op earlier in the stream
+	// than the tombstone, not yet applied here then, was applied after it
+	// (stream order); by now every such op is applied, so erasing the
+	// consent store again leaves nothing of the person.
 	OnErase func(ctx context.Context, e Erasure) error
 	// Consent, if set, is this node's consent store: the consent ops of
 	// the stream (OpConsent, see PublishConsent) are applied to it, before
@@ -744,7 +748,7 @@ func (r *Replica) eraseLoop(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			r.log.Warn().Err(err).Dur("retry_in_ms", delay).Msg("erasure from another node not done here yet; retrying")
+			r.log.Warn().Err(err).Dur("retry_in_ms", delay).Msg("erasure not done here yet; retrying")
 			wait = jitter(delay)
 			delay = min(2*delay, r.cfg.RetryMax)
 		} else {
@@ -788,13 +792,13 @@ func (r *Replica) eraseDue(ctx context.Context) error {
 		if err := r.store.DoneDue(e.Seq); err != nil {
 			return err
 		}
-		r.log.Info().Uint64("seq", e.Seq).Str("index", shortIndex(e.Index)).Str("origin", e.Origin).Msg("erasure from another node done here")
+		r.log.Info().Uint64("seq", e.Seq).Str("index", shortIndex(e.Index)).Str("origin", e.Origin).Msg("erasure done here")
 	}
 	return nil
 }
 
-// DueErasures returns how many erasures from other nodes are applied to the
-// store but not yet done in this node's other stores (OnErase).
+// DueErasures returns how many erasures are applied to the store but not
+// yet done in this node's other stores (OnErase).
 func (r *Replica) DueErasures() (int, error) {
 	n := 0
 	err := r.store.Due(func(uint64, []byte) error { n++; return nil })
@@ -1016,7 +1020,7 @@ func (r *Replica) handle(msgs []jetstream.Msg) error {
 			break
 		}
 		l := suppression.Logged{Seq: seq, Mutation: c.Mutation}
-		if c.Mutation.Op == suppression.OpErase && c.Origin != r.cfg.Node && r.cfg.OnErase != nil {
+		if c.Mutation.Op == suppression.OpErase && r.cfg.OnErase != nil {
 			due, err := json.Marshal(Erasure{Seq: seq, ID: c.ID, Origin: c.Origin, Index: r.indexOf(msg.Subject()), Ref: c.Mutation.Ref, Time: c.Time})
 			if err != nil {
 				stop = fmt.Errorf("stream change at %d: %w", seq, err)

@@ -767,10 +767,11 @@ func TestBacklog(t *testing.T) {
 	}
 }
 
-// TestOnErase: an erasure published on A is handed to B's OnErase by index
-// (never to A's, which made it); a failing OnErase is retried until it
-// succeeds; work left when B stops (OnErase failing throughout) is done
-// after B restarts, though the stream has nothing new for it.
+// TestOnErase: an erasure published on A is handed to B's OnErase by index,
+// and to A's once (A made it: its consent store is erased again there); a
+// failing OnErase is retried until it succeeds; work left when B stops
+// (OnErase failing throughout) is done after B restarts, though the stream
+// has nothing new for it.
 func TestOnErase(t *testing.T) {
 	srv := startNATS(t, t.TempDir(), -1)
 	box, dir := testBox(t), t.TempDir()
@@ -779,16 +780,21 @@ func TestOnErase(t *testing.T) {
 		ok bool
 	}
 	var (
-		mu    sync.Mutex
-		calls []call
-		fail  = 2 // B's first two calls fail
+		mu     sync.Mutex
+		calls  []call // B's
+		aCalls []Erasure
+		fail   = 2 // B's first two calls fail
 	)
 	onErase := func(node string) func(context.Context, Erasure) error {
 		return func(_ context.Context, e Erasure) error {
 			mu.Lock()
 			defer mu.Unlock()
-			ok := node == "b" && fail == 0
-			if node == "b" && fail > 0 {
+			if node == "a" {
+				aCalls = append(aCalls, e)
+				return nil
+			}
+			ok := fail == 0
+			if fail > 0 {
 				fail--
 			}
 			calls = append(calls, call{e, ok})
@@ -822,7 +828,14 @@ func TestOnErase(t *testing.T) {
 		}
 	}
 	if len(calls) != 3 {
-		t.Errorf("OnErase called %d times; want 3 (two failures, then done; never on A)", len(calls))
+		t.Errorf("B's OnErase called %d times; want 3 (two failures, then done)", len(calls))
+	}
+	mu.Unlock()
+	eventually(t, "A's OnErase of its own erasure", func() bool { mu.Lock(); defer mu.Unlock(); return len(aCalls) > 0 })
+	eventually(t, "A's due work dropped", func() bool { n, err := a.rep.DueErasures(); return err == nil && n == 0 })
+	mu.Lock()
+	if len(aCalls) != 1 || aCalls[0].Index != ix || aCalls[0].Origin != "a" || aCalls[0].Seq != 2 {
+		t.Errorf("A's OnErase: %+v; want its erasure once, origin a, seq 2", aCalls)
 	}
 	mu.Unlock()
 	eventually(t, "B's due work dropped", func() bool { n, err := b.rep.DueErasures(); return err == nil && n == 0 })

@@ -324,7 +324,7 @@ func (r *Replica) setJoined(seq uint64) {
 // the bucket now, then deletes the snapshots no longer needed (see prune);
 // it returns the snapshot's sequence. It refuses while the store keeps
 // changes the stream does not have yet (suppression.ErrSnapshotPending),
-// while an erasure from another node is not yet done in the consent store
+// while an erasure is not yet done in the consent store
 // (OnErase: it would still hold the person, in a snapshot taken after the
 // erasure, which prune keeps), and while the store has applied nothing.
 func (r *Replica) Snapshot(ctx context.Context) (uint64, error) {
@@ -345,7 +345,7 @@ func (r *Replica) Snapshot(ctx context.Context) (uint64, error) {
 	r.applyMu.Lock()
 	due, err := r.DueErasures()
 	if err == nil && due > 0 && consent != nil {
-		err = fmt.Errorf("%d erasures from other nodes not yet done in the consent store", due)
+		err = fmt.Errorf("%d erasures not yet done in the consent store", due)
 	}
 	var seq uint64
 	if err == nil {

@@ -71,6 +71,13 @@ type IndexRequest struct {
 	Index  string // hex keyed index of the address key (sealed.Box.IndexHex)
 	Ref    string // the origin's request reference (the tombstone's)
 	Reason string // why, for the audit entry and the queue's records
+	// Own: this node made the erasure (Erase ran here) and its tombstone
+	// has now been applied here in stream order. Erase erased the consent
+	// store before publishing; a consent op earlier in the stream than the
+	// tombstone, not yet applied here then, was applied after it and may
+	// have brought the person back (a pending sign-up). Only the consent
+	// store is erased again; the rest Erase did.
+	Own bool
 }
 
 // EraseIndex erases from this node's stores the person whose address has
@@ -95,6 +102,9 @@ func EraseIndex(d Deps, r IndexRequest) (Erasure, error) {
 		return Erasure{}, fmt.Errorf("subject erase by index: the request reference is required")
 	}
 	ref := refPrefix + ix
+	if r.Own {
+		return eraseReturned(d, r, ix)
+	}
 	if err := d.record(Request{Who: r.Who, Reason: r.Reason}, "subject.erase", ref, map[string]string{"request": r.Ref, "scope": "this node, by index"}); err != nil {
 		return Erasure{}, err
 	}
@@ -108,6 +118,31 @@ func EraseIndex(d Deps, r IndexRequest) (Erasure, error) {
 	}
 	res.Subject, res.Tombstone, res.Consents = "index "+ix[:12], ix, tomb.Consents
 	d.Log.Info().Str("who", r.Who).Str("subject", ref[:len(refPrefix)+12]).Str("request", r.Ref).Int("messages", res.Cancelled+res.Scrubbed).Msg("subject erased on this node")
+	return res, nil
+}
+
+// eraseReturned is EraseIndex for an erasure this node made (r.Own): the
+// consent store erased again under the same reference, which writes
+// nothing when nothing came back. When something did, the store is
+// compacted (the deleted records leave the file) and the audit log records
+// it after the fact: until the erase, this node did not know it held them.
+func eraseReturned(d Deps, r IndexRequest, ix string) (Erasure, error) {
+	tomb, err := d.Subscribers.EraseIndex(ix, r.Ref)
+	if err != nil {
+		return Erasure{}, fmt.Errorf("subject erase by index: subscribers: %w", err)
+	}
+	res := Erasure{Subject: "index " + ix[:12], Tombstone: ix, Consents: tomb.Consents}
+	if tomb.Unchanged {
+		return res, nil
+	}
+	ref := refPrefix + ix
+	if err := d.record(Request{Who: r.Who, Reason: r.Reason}, "subject.erase", ref, map[string]string{"request": r.Ref, "scope": "consent records applied here after the erasure"}); err != nil {
+		return Erasure{}, err
+	}
+	if err := retention.CompactAll(d.Stores); err != nil {
+		return Erasure{}, err
+	}
+	d.Log.Warn().Str("subject", ref[:len(refPrefix)+12]).Str("request", r.Ref).Msg("consent records applied after the erasure erased again")
 	return res, nil
 }
 

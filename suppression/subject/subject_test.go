@@ -9,6 +9,7 @@ import (
 	"github.com/postwarden/postwarden/suppression"
 	"github.com/postwarden/postwarden/suppression/gate"
 	"github.com/postwarden/postwarden/suppression/subject"
+	"github.com/postwarden/postwarden/suppression/subscribers"
 )
 
 const (
@@ -176,6 +177,58 @@ func TestEraseIndexLeavesOnlyTheTombstone(t *testing.T) {
 	}
 	if _, err := subject.EraseIndex(d, subject.IndexRequest{Who: "cluster:n1", Index: "ana@example.com", Ref: "x", Reason: "y"}); err == nil {
 		t.Error("an address taken for an index")
+	}
+}
+
+// EraseIndex with Own, as the erasing node runs it once its tombstone comes
+// back from the stream: a consent record applied after its Erase (a
+// sign-up published by another node before the tombstone) is erased, the
+// stores compacted so no byte of it is left, and the audit log says so;
+// with nothing come back it writes and audits nothing.
+func TestEraseIndexOwnErasesWhatCameBack(t *testing.T) {
+	f := newFixture(t)
+	f.person(t, ana, "Marguerite Okonkwo", "c1")
+	d := f.deps()
+	if _, err := subject.Erase(d, subject.Request{Who: "local:dpo", Address: ana, Reason: "DSAR-3"}); err != nil {
+		t.Fatal(err)
+	}
+	all := f.entries(t)
+	reqRef := all[len(all)-1].Details["request"]
+	ref, _ := subject.Ref(f.box, ana)
+	ix := strings.TrimPrefix(ref, "subject:")
+	own := subject.IndexRequest{Who: "cluster:n1", Index: ix, Ref: reqRef, Reason: "erasure " + reqRef + " requested on node n1", Own: true}
+
+	// Nothing came back: nothing written, nothing audited.
+	if _, err := subject.EraseIndex(d, own); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.entries(t)); n != len(all) {
+		t.Errorf("an erasure with nothing come back audited: %d entries, want %d", n, len(all))
+	}
+
+	// A sign-up applied after the erasure (double opt-in: allowed after one).
+	if _, err := f.subs.Subscribe(subscribers.Subscription{Address: ana, List: "offers", Name: "Marguerite Okonkwo", ViaDoubleOptIn: true}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := subject.EraseIndex(d, own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Tombstone != ix || len(res.Consents) != 1 || res.Consents[0].List != "offers" {
+		t.Errorf("erasure: %+v", res)
+	}
+	if st, err := f.subs.Status(ana, "offers"); err != nil || st.State != subscribers.StateErased {
+		t.Errorf("offers after: %+v, %v", st, err)
+	}
+	if hits := scan(t, f.dir, ana, "Okonkwo", "Marguerite"); len(hits) > 0 {
+		t.Errorf("erased data still in files: %v", hits)
+	}
+	after := f.entries(t)
+	if len(after) != len(all)+1 {
+		t.Fatalf("%d audit entries, want %d", len(after), len(all)+1)
+	}
+	if e := after[len(after)-1]; e.Who != "cluster:n1" || e.Action != "subject.erase" || e.Target != ref || e.Details["request"] != reqRef {
+		t.Errorf("audit entry: %+v", e)
 	}
 }
 

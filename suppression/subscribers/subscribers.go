@@ -130,6 +130,9 @@ type Tombstone struct {
 	Time     time.Time      `json:"time"`
 	Ref      string         `json:"ref,omitempty"`
 	Consents []ConsentDates `json:"consents,omitempty"`
+	// Unchanged: the person was erased under this Ref already and nothing
+	// was held for them since; no second marker was written.
+	Unchanged bool `json:"-"`
 }
 
 // Subscription is a sign-up.

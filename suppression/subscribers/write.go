@@ -493,6 +493,14 @@ func (s *Store) erase(idx []byte, who, ref string) (Tombstone, error) {
 				}
 			}
 		}
+		if len(dead) == 0 {
+			// Erased already under this reference and nothing came back
+			// since: a retried erasure writes no second marker.
+			if prev, ok := markerOf(events, idx, ref); ok {
+				ts.Time, ts.Consents, ts.Unchanged = prev.Recorded, prev.Consents, true
+				return nil
+			}
+		}
 		for _, l := range slices.Sorted(maps.Keys(byList)) {
 			ts.Consents = append(ts.Consents, *byList[l])
 			if err := tx.Bucket(bucketMembers).Delete(memberKey(l, idx)); err != nil {
@@ -517,6 +525,19 @@ func (s *Store) erase(idx []byte, who, ref string) (Tombstone, error) {
 	}
 	s.log.Info().Str("index", ts.Index[:12]).Int("lists", len(ts.Consents)).Str("ref", ref).Msg("subscriber erased")
 	return ts, nil
+}
+
+// markerOf returns idx's latest erasure marker if it was written for ref.
+func markerOf(events *bbolt.Bucket, idx []byte, ref string) (storedEvent, bool) {
+	last := lastEvent(events, groupPrefix(idx, ""))
+	if last == nil || last[0] != codeErased {
+		return storedEvent{}, false
+	}
+	var se storedEvent
+	if json.Unmarshal(last[1:], &se) != nil || se.Source != ref {
+		return storedEvent{}, false
+	}
+	return se, true
 }
 
 // PrunePending deletes sign-ups still pending more than olderThan after
