@@ -185,7 +185,9 @@ func (c *Coordinator) Status(ctx context.Context, campaign string) (Status, erro
 	if err != nil {
 		return Status{}, err
 	}
-	m, err := c.manifest(ctx, campaign)
+	// Read, not cached: the operator's view follows a prune made on
+	// another node at once.
+	m, err := c.readManifest(ctx, campaign)
 	if err != nil {
 		return Status{}, err
 	}

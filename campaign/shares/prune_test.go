@@ -213,3 +213,38 @@ func TestPruneFinished(t *testing.T) {
 		t.Errorf("re-run of %s after the prune: new %v, %v; want a new publish", old, pub.New, err)
 	}
 }
+
+// TestStatusAfterPruneElsewhere: a node that read a campaign's status
+// (caching its manifest) and runs no watcher answers ErrNoCampaign once
+// another node pruned it, not the status it cached.
+func TestStatusAfterPruneElsewhere(t *testing.T) {
+	srv := startServers(t, 1)
+	box := testBox(t)
+	worker := newCoordinator(t, connect(t, srv[0].srv.ClientURL()), box, Config{Node: "mta1", Lease: 3 * time.Second, ShardSize: 10})
+	reader := newCoordinator(t, connect(t, srv[0].srv.ClientURL()), box, Config{Node: "mta2", Lease: 3 * time.Second, ShardSize: 10})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := worker.Run(ctx, Worker{Enqueuer: instantNode{worker}}); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	const id = "gone-elsewhere"
+	if _, err := worker.Publish(ctx, id, "h", testRows(20)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, id+" finished", func() bool { _, done := allDone(t, worker, id); return done })
+	if st, err := reader.Status(ctx, id); err != nil || st.Manifest.Rows != 20 {
+		t.Fatalf("status before the prune: %+v, %v", st.Manifest, err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n, err := worker.PruneFinished(ctx, time.Millisecond); err != nil || n != 1 {
+		t.Fatalf("PruneFinished = %d, %v; want the campaign", n, err)
+	}
+	if _, err := reader.Status(ctx, id); !errors.Is(err, ErrNoCampaign) {
+		t.Errorf("status on the other node after the prune: %v; want ErrNoCampaign", err)
+	}
+}

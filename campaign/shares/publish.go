@@ -312,12 +312,23 @@ func (c *Coordinator) manifest(ctx context.Context, campaign string) (Manifest, 
 	if ok {
 		return m, nil
 	}
+	return c.readManifest(ctx, campaign)
+}
+
+// readManifest reads a campaign's ready manifest from the bucket and caches
+// it; a campaign the bucket no longer has (pruned on another node, whose
+// purge this node's watcher may not have seen yet) leaves the cache.
+func (c *Coordinator) readManifest(ctx context.Context, campaign string) (Manifest, error) {
 	ctok, err := campaignToken(campaign)
 	if err != nil {
 		return Manifest{}, err
 	}
+	var m Manifest
 	e, err := c.kv.Get(ctx, manifestKey(ctok))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		c.mu.Lock()
+		delete(c.manifests, campaign)
+		c.mu.Unlock()
 		return Manifest{}, fmt.Errorf("%w: %s", ErrNoCampaign, campaign)
 	}
 	if err != nil {
