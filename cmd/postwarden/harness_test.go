@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -58,10 +59,20 @@ func freeAddr(t *testing.T) string {
 // outgoing connections the other nodes open meanwhile (routes, clients)
 // cannot take it first — freeAddr's port 0 would hand out one from that
 // range, and a node's embedded NATS then failed to bind now and then.
+// A port is handed out once per test binary: two picks of the same free
+// port (the birthday odds over a cluster test's nine were ~0.3 %) gave
+// one node's http_listen the port another's cluster_listen took.
 func listenAddr(t *testing.T) string {
 	t.Helper()
 	for range 200 {
 		port := 20000 + rand.IntN(12000)
+		handedOut.Lock()
+		taken := handedOut.ports[port]
+		handedOut.ports[port] = true
+		handedOut.Unlock()
+		if taken {
+			continue
+		}
 		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			continue
@@ -73,6 +84,12 @@ func listenAddr(t *testing.T) string {
 	t.Fatal("no free loopback port below the ephemeral range")
 	return ""
 }
+
+// handedOut are the ports listenAddr gave.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
 
 func newHarness(t *testing.T, opt mtatest.Options) *harness {
 	t.Helper()
