@@ -14,6 +14,24 @@ import (
 	"github.com/postwarden/postwarden/suppression/sealed"
 )
 
+// openTestQueue opens a queue store in a temporary folder with a fresh
+// data key.
+func openTestQueue(t *testing.T) (*sealed.Box, *queue.Store) {
+	t.Helper()
+	key := make([]byte, sealed.KeySize)
+	rand.Read(key)
+	box, err := sealed.New(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := queue.Open(queue.Config{Path: filepath.Join(t.TempDir(), "queue.db"), Box: box}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	return box, q
+}
+
 // suppressCalls records what a handed report would suppress.
 type suppressCalls struct {
 	mu  sync.Mutex
@@ -33,17 +51,7 @@ func (s *suppressCalls) SuppressAddress(addr, list, reason, source, note string)
 // nothing is suppressed by it, and the message's record stays erased. A
 // message not erased takes the same report.
 func TestHandedReportForErasedMessage(t *testing.T) {
-	key := make([]byte, sealed.KeySize)
-	rand.Read(key)
-	box, err := sealed.New(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := queue.Open(queue.Config{Path: filepath.Join(t.TempDir(), "queue.db"), Box: box}, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { q.Close() })
+	box, q := openTestQueue(t)
 	const gone, kept = "erased.person@acme.example", "kept.person@acme.example"
 	res, err := q.Enqueue([]queue.NewMessage{
 		{Campaign: "c1", List: "news", Key: "c1/1", From: "ana@example.com", To: gone, Body: []byte("Subject: x\r\n\r\nhi\r\n")},

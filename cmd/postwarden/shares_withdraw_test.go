@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
 	"path/filepath"
 	"sync"
@@ -17,7 +16,6 @@ import (
 	"github.com/postwarden/postwarden/campaign/shares"
 	"github.com/postwarden/postwarden/queue"
 	"github.com/postwarden/postwarden/suppression"
-	"github.com/postwarden/postwarden/suppression/sealed"
 	"github.com/postwarden/postwarden/suppression/subscribers"
 )
 
@@ -52,23 +50,13 @@ func inProcessWorkerServer(t *testing.T, lease time.Duration) (*shareWorker, jet
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := make([]byte, sealed.KeySize)
-	rand.Read(key)
-	box, err := sealed.New(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	box, q := openTestQueue(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	coord, err := shares.New(ctx, js, box, shares.Config{Node: "n1", Lease: lease, ShardSize: 20}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	q, err := queue.Open(queue.Config{Path: filepath.Join(t.TempDir(), "queue.db"), Box: box}, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { q.Close() })
 	supp, err := suppression.Open(suppression.Config{Path: filepath.Join(t.TempDir(), "suppression.db"), Box: box}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
