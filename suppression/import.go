@@ -82,7 +82,8 @@ var bucketImports = []byte("imports")
 // it skips the committed batches, asks a to audit the rest (a asks again
 // for a batch audited but not committed, and must not audit it twice) and
 // ends with the summary step. A re-run after a completed import is a new
-// run. Only one import of the same file and defaults runs at a time.
+// run. Only one import of the same file and defaults runs at a time in a
+// process; ImportFileVia with an ImportLocker, one in the cluster.
 func (s *Store) ImportFile(path string, def Entry, a ImportAuditor) (ImportResult, error) {
 	return s.ImportFileVia(path, def, a, nil)
 }
@@ -111,6 +112,39 @@ type ImportPublisher interface {
 	PublishImportRun(key string, m Mutation) error
 }
 
+// ImportLocker is an ImportPublisher that also holds an import run's lock
+// for the whole cluster (suppression/replica): ImportFileVia takes it
+// before it reads the run's record and gives it up when it returns, so that
+// the same file with the same defaults imported on two nodes at once runs
+// on one of them; the per-process guard cannot see another node.
+type ImportLocker interface {
+	// LockImport takes the lock of the import named key (ImportProgress.Key:
+	// a hash, no personal data). Another holder: *ImportRunningError. An
+	// error also when the lock cannot be asked for (NATS out of reach): a
+	// cluster import needs the log anyway.
+	LockImport(key string) (ImportLock, error)
+}
+
+// ImportLock is a lock LockImport took.
+type ImportLock interface {
+	// Held is nil while the lock is still this holder's, else why not
+	// (it lapsed unrenewed, another node took it): the import stops before
+	// its next step, interrupted, to be resumed by whoever holds it.
+	Held() error
+	// Release gives the lock up; a second call does nothing.
+	Release()
+}
+
+// ImportRunningError is LockImport's refusal: another node holds the lock.
+type ImportRunningError struct {
+	Node   string        // the holder
+	Within time.Duration // the lock lapses within this unless the holder renews it
+}
+
+func (e *ImportRunningError) Error() string {
+	return fmt.Sprintf("an import of this file with these defaults is running on node %s (its lock lapses within %s unless renewed)", e.Node, e.Within)
+}
+
 // ImportProgress is an import run's record as a Mutation (OpImport) carries
 // it through the log: no address, no row of the file; the file's base name
 // travels sealed with the rest of the change.
@@ -126,7 +160,9 @@ type ImportProgress struct {
 // (Apply, bucket imports), so the same file with the same defaults re-run on
 // any node of the cluster after an interruption resumes the run there (same
 // run id, same entry time): it publishes the batch in flight again (a
-// duplicate, see ImportPublisher) and skips the ones recorded.
+// duplicate, see ImportPublisher) and skips the ones recorded. If p is an
+// ImportLocker, the run holds its lock from before it reads the record
+// until it returns, and stops before a step once the lock is no longer held.
 func (s *Store) ImportFileVia(path string, def Entry, a ImportAuditor, p ImportPublisher) (ImportResult, error) {
 	if a == nil {
 		return ImportResult{}, fmt.Errorf("import %s: no auditor", path)
@@ -168,6 +204,13 @@ func (s *Store) ImportFileVia(path string, def Entry, a ImportAuditor, p ImportP
 		s.importing.Unlock()
 	}()
 
+	var lock ImportLock
+	if l, ok := p.(ImportLocker); ok { // one run in the cluster: locked before the record is read
+		if lock, err = l.LockImport(hex.EncodeToString(key)); err != nil {
+			return ImportResult{}, fmt.Errorf("import %s: %w", path, err)
+		}
+		defer lock.Release()
+	}
 	if p != nil { // the run's record is the cluster's: read it caught up with the log
 		if err := p.CatchUp(); err != nil {
 			return ImportResult{}, fmt.Errorf("import %s: %w", path, err)
@@ -203,7 +246,7 @@ func (s *Store) ImportFileVia(path string, def Entry, a ImportAuditor, p ImportP
 	if err != nil {
 		return ImportResult{}, fmt.Errorf("import %s: start: %w", path, err)
 	}
-	imp := &importer{s: s, key: key, run: run, digest: digest, auditor: a, pub: p}
+	imp := &importer{s: s, key: key, run: run, digest: digest, auditor: a, pub: p, lock: lock}
 	if started && p != nil { // every node learns the run, and its entry time, before its first batch
 		if err := imp.publish(run.Run+"/start", run); err != nil {
 			return ImportResult{}, fmt.Errorf("import %s: start: %w", path, err)
@@ -224,7 +267,20 @@ type importer struct {
 	digest  string
 	auditor ImportAuditor
 	pub     ImportPublisher // nil: batches written here
+	lock    ImportLock      // nil: no cluster lock (a single node, or a publisher without one)
 	resumed int
+}
+
+// held is nil while the run may take its next step: its lock, if it has
+// one, is still held.
+func (im *importer) held() error {
+	if im.lock == nil {
+		return nil
+	}
+	if err := im.lock.Held(); err != nil {
+		return fmt.Errorf("stopped, interrupted (a re-run resumes it): %w", err)
+	}
+	return nil
 }
 
 // step makes the audit step of batch n.
@@ -378,6 +434,9 @@ func (s *Store) importCSV(r io.Reader, name string, def Entry, im *importer) (Im
 		return res, err
 	}
 	if im != nil {
+		if err := im.held(); err != nil {
+			return res, fmt.Errorf("import %s: summary: %w", name, err)
+		}
 		if err := im.finish(&res); err != nil {
 			return res, fmt.Errorf("import %s: audit summary: %w", name, err)
 		}
@@ -483,6 +542,9 @@ func (b *importBatches) flush() error {
 		return nil
 	}
 	if im != nil { // write-ahead: the audit entry is on disk before the entries
+		if err := im.held(); err != nil {
+			return fmt.Errorf("import %s: batch %d: %w", b.name, b.batchNo, err)
+		}
 		st := im.step(b.batchNo)
 		st.FirstLine, st.LastLine, st.Entries = b.firstLine, b.lastLine, len(b.batch)
 		if err := im.auditor.AuditImport(st); err != nil {

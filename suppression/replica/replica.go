@@ -60,6 +60,11 @@
 //   - An import's run record (suppression.OpImport) is published after the
 //     batch it counts is acknowledged, so every node applies it after the
 //     batch's entries, with its own sequence: any node resumes the run.
+//   - An import run holds a lock for the cluster while it runs (LockImport,
+//     key-value bucket Config.ImportLocks, keyed by the keyed index its
+//     records travel under, the holder's node name as value), renewed every
+//     third of Config.ImportLockTTL: the same import started on two nodes
+//     at once runs on one; a holder killed leaves the lock to lapse.
 package replica
 
 import (
@@ -132,6 +137,15 @@ type Config struct {
 	// (stream order); by now every such op is applied, so erasing the
 	// consent store again leaves nothing of the person.
 	OnErase func(ctx context.Context, e Erasure) error
+	// ImportLocks is the JetStream key-value bucket of the import run
+	// locks (LockImport); default "pw_import_locks".
+	ImportLocks string
+	// ImportLockTTL is how long an import's lock outlives its holder's
+	// last renewal (the bucket's TTL; the holder renews every third of
+	// it): a node killed while importing holds the import up for at most
+	// this; default 30s. The bucket is the cluster's: give every node the
+	// same.
+	ImportLockTTL time.Duration
 	// Consent, if set, is this node's consent store: the consent ops of
 	// the stream (OpConsent, see PublishConsent) are applied to it, before
 	// the suppression store records their sequence, in order, recording
@@ -176,6 +190,8 @@ const (
 	DefaultSubject = "pw.sup"
 	// DefaultSnapshots is the bucket of the sealed snapshots.
 	DefaultSnapshots = "pw_snapshots"
+	// DefaultImportLocks is the bucket of the import run locks.
+	DefaultImportLocks = "pw_import_locks"
 )
 
 // withDefaults fills the zero fields.
@@ -194,6 +210,9 @@ func (c Config) withDefaults() Config {
 	if c.Snapshots == "" {
 		c.Snapshots = DefaultSnapshots
 	}
+	if c.ImportLocks == "" {
+		c.ImportLocks = DefaultImportLocks
+	}
 	if c.Replicas <= 0 {
 		c.Replicas = 1
 	}
@@ -203,6 +222,7 @@ func (c Config) withDefaults() Config {
 	def(&c.ApplyWait, 5*time.Second)
 	def(&c.Poll, time.Second)
 	def(&c.RetryMax, 10*time.Second)
+	def(&c.ImportLockTTL, 30*time.Second)
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -307,7 +327,9 @@ type Replica struct {
 	kick       chan struct{}    // wakes the republisher
 	eraseKick  chan struct{}    // wakes the eraser (OnErase)
 	cancel     context.CancelFunc
+	runCtx     context.Context // Start's; import lock renewals end with it
 	wg         sync.WaitGroup
+	locks      jetstream.KeyValue // the import locks bucket, once opened
 	started    bool
 
 	joined      bool          // join has run (from a snapshot or not)
@@ -346,6 +368,9 @@ func New(js jetstream.JetStream, store *suppression.Store, box *sealed.Box, cfg 
 		return nil, errors.New("suppression replica: no node name (Config.Node)")
 	}
 	cfg = cfg.withDefaults()
+	if cfg.ImportLockTTL < time.Second { // renewed every third of it, through NATS
+		return nil, fmt.Errorf("suppression replica: import lock TTL %s: want at least 1s", cfg.ImportLockTTL)
+	}
 	if strings.ContainsAny(cfg.Subject, " *>") || strings.HasSuffix(cfg.Subject, ".") {
 		return nil, fmt.Errorf("suppression replica: subject prefix %q: want tokens without wildcards", cfg.Subject)
 	}
@@ -391,7 +416,7 @@ func (r *Replica) Start(ctx context.Context) error {
 	r.applied, r.ahead = seq, ahead
 	r.why = "not caught up with the stream yet"
 	runCtx, cancel := context.WithCancel(ctx)
-	r.cancel = cancel
+	r.cancel, r.runCtx = cancel, runCtx
 	r.mu.Unlock()
 	r.log.Info().Uint64("applied_seq", seq).Int("pending", len(ahead)).Msg("suppression replica starting")
 	r.wg.Add(3)
@@ -412,13 +437,14 @@ func (r *Replica) Start(ctx context.Context) error {
 }
 
 // Close stops the background work and waits for it; the store stays open.
+// Import locks held are no longer renewed (they lapse, see LockImport).
 func (r *Replica) Close() error {
 	r.mu.Lock()
-	cancel := r.cancel
-	r.mu.Unlock()
-	if cancel != nil {
-		cancel()
+	if r.cancel != nil {
+		// Under mu: LockImport adds its renewal to wg only before this.
+		r.cancel()
 	}
+	r.mu.Unlock()
 	r.wg.Wait()
 	return nil
 }
