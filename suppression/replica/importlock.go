@@ -205,7 +205,7 @@ func (l *ImportLock) Release() {
 		case errors.Is(err, jetstream.ErrKeyRevisionMismatch):
 			l.r.log.Debug().Msg("import lock lapsed before its release")
 		default:
-			l.r.log.Warn().Err(err).Dur("lapses_within", l.r.cfg.ImportLockTTL).Msg("import lock not released; it lapses")
+			l.r.log.Warn().Err(err).Dur("lapses_within_ms", l.r.cfg.ImportLockTTL).Msg("import lock not released; it lapses")
 		}
 	})
 }
