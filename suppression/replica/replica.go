@@ -417,19 +417,26 @@ func (r *Replica) Start(ctx context.Context) error {
 	r.why = "not caught up with the stream yet"
 	runCtx, cancel := context.WithCancel(ctx)
 	r.cancel, r.runCtx = cancel, runCtx
+	// Added under mu, as Close cancels under it: a Close at the same
+	// moment waits for every loop (WaitGroup: no Add after Wait began).
+	n := 3
+	if r.cfg.OnErase != nil {
+		n++
+	}
+	if r.cfg.SnapshotEvery > 0 {
+		n++
+	}
+	r.wg.Add(n)
 	r.mu.Unlock()
 	r.log.Info().Uint64("applied_seq", seq).Int("pending", len(ahead)).Msg("suppression replica starting")
-	r.wg.Add(3)
 	go func() { defer r.wg.Done(); r.run(runCtx) }()
 	go func() { defer r.wg.Done(); r.poll(runCtx) }()
 	go func() { defer r.wg.Done(); r.republishLoop(runCtx) }()
 	if r.cfg.OnErase != nil {
-		r.wg.Add(1)
 		go func() { defer r.wg.Done(); r.eraseLoop(runCtx) }()
 		r.nudgeEraser() // work a crash left
 	}
 	if r.cfg.SnapshotEvery > 0 {
-		r.wg.Add(1)
 		go func() { defer r.wg.Done(); r.snapshotLoop(runCtx) }()
 	}
 	r.nudge()
