@@ -523,6 +523,10 @@ func (s *Store) erase(idx []byte, who, ref string) (Tombstone, error) {
 	if err != nil {
 		return Tombstone{}, fmt.Errorf("erase %s: %w", who, err)
 	}
+	if ts.Unchanged {
+		s.log.Debug().Str("index", ts.Index[:12]).Str("ref", ref).Msg("subscriber erased already; nothing held since")
+		return ts, nil
+	}
 	s.log.Info().Str("index", ts.Index[:12]).Int("lists", len(ts.Consents)).Str("ref", ref).Msg("subscriber erased")
 	return ts, nil
 }
