@@ -16,7 +16,9 @@ import (
 // data_dir joins a running cluster from the snapshot node 1 put after an
 // erasure, reads the stream from the snapshot's sequence + 1 only, and then
 // honours the changes from before the snapshot (an unsubscribe, the
-// erasure) and after it (a domain suppressed on node 2).
+// erasure) and after it (a domain suppressed on node 2). A campaign the
+// three finished before it joined is not its to report: `campaign report`
+// there says so and names the nodes that took part.
 func TestClusterNodeJoins(t *testing.T) {
 	nodes := startCluster3(t)
 	n1, n2 := nodes[0], nodes[1]
@@ -28,6 +30,20 @@ func TestClusterNodeJoins(t *testing.T) {
 		return strings.Contains(readFile(t, n1.logPath), "suppression snapshot put")
 	})
 	n2.mustRun(0, "suppress", "add", "@late.example", "--reason", "manual")
+	csv := "email,first_name,company\n"
+	for i := range 6 {
+		csv += fmt.Sprintf("early%d@%s,E%d,Acme\n", i, testDomains[i%len(testDomains)], i)
+	}
+	n1.mustRun(0, "campaign", "send", n1.campaign("before-n4", csv))
+	var doneBy map[string]int
+	waitUntil(t, 2*time.Minute, "the campaign finished before node 4 joins", func() bool {
+		st := jsonLines[campaignStatus](t, n1.mustRun(0, "--json", "campaign", "status", "before-n4").stdout)
+		if len(st) != 1 || st[0].Cluster == nil || st[0].Cluster.Pending != 0 {
+			return false
+		}
+		doneBy = st[0].Cluster.DoneBy
+		return true
+	})
 
 	// Node 4: NATS client of the three embedded servers, node 1's keys.
 	h := newHarness(t, mtatest.Options{})
@@ -82,6 +98,15 @@ func TestClusterNodeJoins(t *testing.T) {
 	for _, addr := range []string{"ana@acme.example", "erin@acme.example", "x@late.example"} {
 		if !suppressedOn(n4, addr) {
 			t.Errorf("node 4 does not suppress %s", addr)
+		}
+	}
+	r := n4.run("campaign", "report", "before-n4")
+	if r.code != 1 || !strings.Contains(r.stderr, "this node took no part in it") {
+		t.Errorf("report on node 4, which took no part: exit %d, %s", r.code, r.stderr)
+	}
+	for node := range doneBy {
+		if !strings.Contains(r.stderr, node) {
+			t.Errorf("the refusal %q does not name %s, which took part (shares done by %v)", r.stderr, node, doneBy)
 		}
 	}
 }
