@@ -37,7 +37,10 @@ type ImportLock struct {
 // at the revision last written) every third of the TTL; Release deletes it
 // (purge at that revision, so a lock another node took since is left
 // alone). A holder that vanishes (kill -9, Close) stops renewing, and the
-// lock lapses within the TTL. Another holder: *suppression.ImportRunningError.
+// lock lapses within the TTL. A lock this node's name holds that this
+// replica did not take was left by the node's previous process (killed
+// with it: only one process opens a node's store) and is taken over at once
+// rather than waited out. Another holder: *suppression.ImportRunningError.
 // NATS out of reach: an error, as CatchUp's.
 func (r *Replica) LockImport(ctx context.Context, key string) (*ImportLock, error) {
 	if nc := r.js.Conn(); nc == nil || !nc.IsConnected() {
@@ -74,6 +77,24 @@ func (r *Replica) LockImport(ctx context.Context, key string) (*ImportLock, erro
 		if err != nil {
 			return nil, fmt.Errorf("lock the import: read its holder in bucket %s: %w", r.cfg.ImportLocks, err)
 		}
+		if string(e.Value()) == r.cfg.Node && !r.holding(l.key) {
+			sent := time.Now()
+			cctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
+			rev, err := kv.Update(cctx, l.key, []byte(r.cfg.Node), e.Revision())
+			cancel()
+			if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+				continue // renewed, released or taken meanwhile: ask again
+			}
+			if err != nil {
+				return nil, fmt.Errorf("lock the import: take over this node's earlier lock in bucket %s: %w", r.cfg.ImportLocks, err)
+			}
+			r.log.Info().Msg("import lock this node's previous process left taken over")
+			l.rev, l.wrote = rev, sent
+			if err := r.renewInBackground(l); err != nil {
+				return nil, err
+			}
+			return l, nil
+		}
 		// The server's time of the holder's last write, read on this
 		// node's clock: clamped, so a skewed clock never says more than the TTL.
 		left := min(max(r.cfg.ImportLockTTL-r.cfg.Now().Sub(e.Created()), 0), r.cfg.ImportLockTTL)
@@ -95,9 +116,26 @@ func (r *Replica) renewInBackground(l *ImportLock) error {
 		return errors.New("lock the import: the suppression replica is not running")
 	}
 	r.wg.Add(1) // before Close cancels ctx (under mu): Close waits for it
+	if r.heldLocks == nil {
+		r.heldLocks = map[string]bool{}
+	}
+	r.heldLocks[l.key] = true
 	r.mu.Unlock()
-	go func() { defer r.wg.Done(); l.renew(ctx) }()
+	go func() {
+		defer r.wg.Done()
+		l.renew(ctx)
+		r.mu.Lock()
+		delete(r.heldLocks, l.key)
+		r.mu.Unlock()
+	}()
 	return nil
+}
+
+// holding reports whether this replica holds the import lock key now.
+func (r *Replica) holding(key string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.heldLocks[key]
 }
 
 // importLocks opens or creates the bucket of the import locks, once.

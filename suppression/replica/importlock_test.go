@@ -336,3 +336,42 @@ func TestImportLockNATSDown(t *testing.T) {
 		t.Errorf("audited %v with NATS down; want nothing", aud.calls)
 	}
 }
+
+// TestImportLockTakenOverAfterRestart: a node killed mid-import and
+// restarted at once takes over the lock its previous process left (only
+// one process opens a node's store), resuming the run without waiting out
+// the TTL; another node is still refused until then.
+func TestImportLockTakenOverAfterRestart(t *testing.T) {
+	srv := startNATS(t, t.TempDir(), -1)
+	box, dir := testBox(t), t.TempDir()
+	a := startNode(t, connect(t, srv.ClientURL()), box, filepath.Join(dir, "a.db"), cfgFor("a"))
+	b := startNode(t, connect(t, srv.ClientURL()), box, filepath.Join(dir, "b.db"), cfgFor("b"))
+	eventually(t, "A caught up", caughtUp(a))
+	const rows = 2500
+	paths := importFiles(t, dir, rows, "a", "b")
+	def := suppression.Entry{Reason: suppression.Manual}
+
+	leak := &leakLock{Store: a.rep.Writer()}
+	audA := &stepAuditor{steps: map[string]suppression.ImportStep{}, killAt: 2}
+	if _, err := a.store.ImportFileVia(paths[0], def, audA, leak); err == nil {
+		t.Fatal("the interrupted import succeeded")
+	}
+	run := audA.steps[audA.calls[0]].Run
+	a.stop() // killed: the lock stays, unrenewed, for up to 30 s
+	var running *suppression.ImportRunningError
+	if _, err := b.store.ImportFileVia(paths[1], def, &stepAuditor{steps: map[string]suppression.ImportStep{}}, b.rep.Writer()); !errors.As(err, &running) || running.Node != "a" {
+		t.Fatalf("import on B while A's lock stands: %v; want refused, running on node a", err)
+	}
+
+	a = startNode(t, connect(t, srv.ClientURL()), box, a.path, cfgFor("a"))
+	eventually(t, "A caught up again", caughtUp(a))
+	started := time.Now()
+	res, err := a.store.ImportFileVia(paths[0], def, &stepAuditor{steps: map[string]suppression.ImportStep{}}, a.rep.Writer())
+	if err != nil || res.Run != run || res.Resumed != 1 || res.Batches != 3 {
+		t.Fatalf("import on A restarted = %+v, %v; want its run %s resumed after 1 batch, the lock taken over", res, err, run)
+	}
+	t.Logf("A resumed %s after its restart", time.Since(started).Round(time.Millisecond))
+	if _, err := b.store.ImportFileVia(paths[1], def, &stepAuditor{steps: map[string]suppression.ImportStep{}}, b.rep.Writer()); err != nil {
+		t.Errorf("import on B once A released the lock: %v", err)
+	}
+}

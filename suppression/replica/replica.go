@@ -330,6 +330,7 @@ type Replica struct {
 	runCtx     context.Context // Start's; import lock renewals end with it
 	wg         sync.WaitGroup
 	locks      jetstream.KeyValue // the import locks bucket, once opened
+	heldLocks  map[string]bool    // import locks this replica holds and renews (keys)
 	started    bool
 
 	joined      bool          // join has run (from a snapshot or not)
