@@ -286,6 +286,11 @@ func TestEraseActiveRecoveredAsCancelled(t *testing.T) {
 	if _, err := s.EraseRecipient("ana@example.com", "r"); err != nil {
 		t.Fatal(err)
 	}
+	// Its scrubbed record takes no report (a bounce handed over later):
+	// nothing about the person is recorded any more.
+	if _, err := s.RecordBounce(id, BounceRecord{Recipient: "ana@example.com", Status: "5.1.1", Action: "failed"}); !errors.Is(err, ErrErased) {
+		t.Errorf("a report on the erased message in flight: %v; want ErrErased", err)
+	}
 	s.Close() // crash during the delivery
 	s = openTest(t, Config{Path: path})
 	if _, err := s.Get(id); !errors.Is(err, ErrNotFound) {

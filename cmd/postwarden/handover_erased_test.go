@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"crypto/rand"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -46,10 +48,12 @@ func (s *suppressCalls) SuppressAddress(addr, list, reason, source, note string)
 }
 
 // A report handed over by another node for a message erased here since
-// (subject erase between the bounce and its hand-over) is dropped, as for
-// an unknown message: Apply returns nil so the stream does not retry it,
-// nothing is suppressed by it, and the message's record stays erased. A
-// message not erased takes the same report.
+// (subject erase between the bounce and its hand-over; a message not in
+// flight leaves no record) is dropped as one for an unknown message: Apply
+// returns nil so the stream does not retry it, and nothing is suppressed by
+// it. A message not erased takes the same report. (A message erased in
+// flight keeps a scrubbed record; queue.RecordBounce refuses it with
+// ErrErased: TestEraseActiveRecoveredAsCancelled in queue.)
 func TestHandedReportForErasedMessage(t *testing.T) {
 	box, q := openTestQueue(t)
 	const gone, kept = "erased.person@acme.example", "kept.person@acme.example"
@@ -64,7 +68,8 @@ func TestHandedReportForErasedMessage(t *testing.T) {
 		t.Fatal(err)
 	}
 	supp := &suppressCalls{}
-	local, err := inbound.NewLocal(inbound.Deps{Bounces: queueBounces{q}, Suppressor: supp}, zerolog.Nop())
+	var logged bytes.Buffer // the erased message must take the unknown message's path
+	local, err := inbound.NewLocal(inbound.Deps{Bounces: queueBounces{q}, Suppressor: supp}, zerolog.New(&logged))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,6 +81,9 @@ func TestHandedReportForErasedMessage(t *testing.T) {
 	}
 	if len(supp.got) != 0 {
 		t.Errorf("the erased message's report suppressed %v", supp.got)
+	}
+	if !strings.Contains(logged.String(), "inbound report for an unknown message dropped") {
+		t.Errorf("the erased message was not taken for an unknown one; log:\n%s", logged.String())
 	}
 	if m, err := q.Get(res.IDs[0]); err == nil && (!m.Erased || m.To != "") {
 		t.Errorf("the erased message after the report: %+v", m)

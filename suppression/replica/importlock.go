@@ -59,11 +59,7 @@ func (r *Replica) LockImport(ctx context.Context, key string) (*ImportLock, erro
 		rev, err := kv.Create(cctx, l.key, []byte(r.cfg.Node))
 		cancel()
 		if err == nil {
-			l.rev, l.wrote = rev, sent
-			if err := r.renewInBackground(l); err != nil {
-				return nil, err
-			}
-			return l, nil
+			return r.hold(l, rev, sent)
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return nil, fmt.Errorf("lock the import in bucket %s: %w", r.cfg.ImportLocks, err)
@@ -89,11 +85,7 @@ func (r *Replica) LockImport(ctx context.Context, key string) (*ImportLock, erro
 				return nil, fmt.Errorf("lock the import: take over this node's earlier lock in bucket %s: %w", r.cfg.ImportLocks, err)
 			}
 			r.log.Info().Msg("import lock this node's previous process left taken over")
-			l.rev, l.wrote = rev, sent
-			if err := r.renewInBackground(l); err != nil {
-				return nil, err
-			}
-			return l, nil
+			return r.hold(l, rev, sent)
 		}
 		// The server's time of the holder's last write, read on this
 		// node's clock: clamped, so a skewed clock never says more than the TTL.
@@ -104,16 +96,18 @@ func (r *Replica) LockImport(ctx context.Context, key string) (*ImportLock, erro
 	return nil, fmt.Errorf("lock the import in bucket %s: taken and released again and again; try again", r.cfg.ImportLocks)
 }
 
-// renewInBackground starts l's renewal, unless the replica is closed (the
-// lock is then released at once).
-func (r *Replica) renewInBackground(l *ImportLock) error {
+// hold makes l this replica's, written at revision rev (sent at sent), and
+// starts its renewal, unless the replica is closed (the lock is then
+// released at once).
+func (r *Replica) hold(l *ImportLock, rev uint64, sent time.Time) (*ImportLock, error) {
+	l.rev, l.wrote = rev, sent
 	r.mu.Lock()
 	ctx := r.runCtx
 	if ctx == nil || ctx.Err() != nil {
 		r.mu.Unlock()
 		close(l.done)
 		l.Release()
-		return errors.New("lock the import: the suppression replica is not running")
+		return nil, errors.New("lock the import: the suppression replica is not running")
 	}
 	r.wg.Add(1) // before Close cancels ctx (under mu): Close waits for it
 	if r.heldLocks == nil {
@@ -128,7 +122,7 @@ func (r *Replica) renewInBackground(l *ImportLock) error {
 		delete(r.heldLocks, l.key)
 		r.mu.Unlock()
 	}()
-	return nil
+	return l, nil
 }
 
 // holding reports whether this replica holds the import lock key now.

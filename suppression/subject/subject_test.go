@@ -210,9 +210,24 @@ func TestEraseIndexOwnErasesWhatCameBack(t *testing.T) {
 	if _, err := f.subs.Subscribe(subscribers.Subscription{Address: ana, List: "offers", Name: "Marguerite Okonkwo", ViaDoubleOptIn: true}); err != nil {
 		t.Fatal(err)
 	}
+	before := map[string]os.FileInfo{}
+	for _, st := range d.Stores {
+		fi, err := os.Stat(st.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[st.Path] = fi
+	}
 	res, err := subject.EraseIndex(d, own)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The consent records are sealed; that the deleted pages left the
+	// files shows as every store file rewritten.
+	for p, fi := range before {
+		if now, err := os.Stat(p); err != nil || os.SameFile(fi, now) {
+			t.Errorf("%s not rewritten after what came back was erased (err %v)", p, err)
+		}
 	}
 	if res.Tombstone != ix || len(res.Consents) != 1 || res.Consents[0].List != "offers" {
 		t.Errorf("erasure: %+v", res)
