@@ -78,6 +78,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -918,6 +919,10 @@ func (r *Replica) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, errConsumeAgain) {
+			r.log.Info().Msg("consuming the stream again after a reconnect")
+			continue
+		}
 		r.mu.Lock()
 		r.why, r.consumeErr = err.Error(), err.Error()
 		r.mu.Unlock()
@@ -973,20 +978,44 @@ func (r *Replica) consume(ctx context.Context) error {
 	}
 	done := make(chan struct{})
 	defer close(done)
+	// After a reconnect the server may have lost the ordered consumer (a
+	// server restarted, or one that dropped it during the cut); the client
+	// makes it again only after missed heartbeats, tens of seconds. Consume
+	// again at once from the applied sequence instead (errConsumeAgain).
+	nc := r.js.Conn()
+	reconnects := nc.Stats().Reconnects
+	var again atomic.Bool
 	go func() {
-		select {
-		case <-ctx.Done():
-		case <-done:
+		defer it.Stop()
+		t := time.NewTicker(r.cfg.Poll)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-done:
+				return
+			case <-t.C:
+				if nc.Stats().Reconnects != reconnects && nc.IsConnected() {
+					again.Store(true)
+					return
+				}
+			}
 		}
-		it.Stop()
 	}()
+	stopped := func(err error) error {
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case again.Load():
+			return errConsumeAgain
+		}
+		return fmt.Errorf("consume stream %s: %w", r.cfg.Stream, err)
+	}
 	for {
 		msg, err := it.Next()
 		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("consume stream %s: %w", r.cfg.Stream, err)
+			return stopped(err)
 		}
 		// A backlog (NumPending > 0) is applied in batches of up to
 		// maxBatch, one transaction each.
@@ -1006,13 +1035,13 @@ func (r *Replica) consume(ctx context.Context) error {
 			return err
 		}
 		if next != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("consume stream %s: %w", r.cfg.Stream, next)
+			return stopped(next)
 		}
 	}
 }
+
+// errConsumeAgain ends consume after a reconnect: run consumes again at once.
+var errConsumeAgain = errors.New("reconnected to NATS: consuming the stream again")
 
 // maxBatch bounds the stream changes applied in one transaction.
 const maxBatch = 512
